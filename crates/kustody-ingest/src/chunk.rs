@@ -1,0 +1,229 @@
+//! Splitting chunks into records; runs on worker threads.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use kustody_model::SourceFormat;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// How a file's bytes are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One JSON value per line: an Event, an EventList or an array of Events.
+    Lines,
+    /// One or more (possibly pretty-printed) JSON documents: Events, EventLists or arrays.
+    Document,
+}
+
+#[derive(Debug)]
+pub enum ChunkBody {
+    Lines(Vec<u8>),
+    Document(Vec<u8>),
+}
+
+/// A piece of one input holding whole records, with the position of its first byte.
+#[derive(Debug)]
+pub struct Chunk {
+    pub file: Arc<str>,
+    pub format: SourceFormat,
+    pub layout: Layout,
+    pub body: ChunkBody,
+    /// 1-based line number of the chunk's first byte.
+    pub first_line: u64,
+    /// Offset of the chunk's first byte in the decompressed input.
+    pub base_offset: u64,
+    pub max_record_bytes: usize,
+    /// Problems the reader found while cutting this chunk (oversized line, truncated stream).
+    pub bad: Vec<BadRecord>,
+}
+
+/// One audit event's native JSON text and where it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub text: &'a str,
+    pub line: u64,
+    pub offset: u64,
+}
+
+/// A record that could not be read, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecord {
+    pub file: Arc<str>,
+    pub line: u64,
+    pub offset: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for BadRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.reason)
+    }
+}
+
+impl Chunk {
+    /// Size of the chunk's bytes.
+    pub fn len(&self) -> usize {
+        match &self.body {
+            ChunkBody::Lines(b) | ChunkBody::Document(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `on` for every record in order: `Ok` with the event's JSON text, or `Err` with a
+    /// bad record. Reader-level problems come first.
+    pub fn records(&self, mut on: impl FnMut(Result<Record<'_>, BadRecord>)) {
+        for bad in &self.bad {
+            on(Err(bad.clone()));
+        }
+        match &self.body {
+            ChunkBody::Lines(b) => self.lines(b, &mut on),
+            ChunkBody::Document(b) => self.document(b, &mut on),
+        }
+    }
+
+    fn bad(&self, line: u64, offset: u64, reason: impl Into<String>) -> BadRecord {
+        BadRecord { file: self.file.clone(), line, offset, reason: reason.into() }
+    }
+
+    fn lines(&self, bytes: &[u8], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
+        let mut line_no = self.first_line;
+        let mut start = 0usize;
+        while start < bytes.len() {
+            let end = memchr::memchr(b'\n', bytes.get(start..).unwrap_or_default()).map_or(bytes.len(), |p| start + p);
+            let offset = self.base_offset + start as u64;
+            let mut line = bytes.get(start..end).unwrap_or_default();
+            line = line.strip_suffix(b"\r").unwrap_or(line);
+            line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                if line.len() > self.max_record_bytes {
+                    on(Err(self.bad(
+                        line_no,
+                        offset,
+                        format!("record is {} bytes, over the {} byte limit", line.len(), self.max_record_bytes),
+                    )));
+                } else {
+                    match std::str::from_utf8(line) {
+                        Ok(text) => self.value(text, line_no, offset, None, on),
+                        Err(e) => on(Err(self.bad(line_no, offset, format!("invalid UTF-8 at byte {}", e.valid_up_to())))),
+                    }
+                }
+            }
+            line_no += 1;
+            start = end + 1;
+        }
+    }
+
+    fn document(&self, bytes: &[u8], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let at = e.valid_up_to();
+                let line = self.first_line + memchr::memchr_iter(b'\n', bytes.get(..at).unwrap_or_default()).count() as u64;
+                on(Err(self.bad(line, self.base_offset + at as u64, format!("invalid UTF-8 at byte {at} of the document"))));
+                return;
+            }
+        };
+        let mut lines = LineCounter::new(text, self.first_line);
+        let mut stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
+        loop {
+            let before = stream.byte_offset();
+            match stream.next() {
+                None => break,
+                Some(Ok(value)) => {
+                    let off = offset_in(text, value.get());
+                    let line = lines.line_at(off);
+                    self.value(value.get(), line, self.base_offset + off as u64, Some((text, &mut lines)), on);
+                }
+                Some(Err(e)) => {
+                    let off = text.get(before..).map_or(before, |rest| before + (rest.len() - rest.trim_start().len()));
+                    let line = self.first_line + e.line().saturating_sub(1) as u64;
+                    on(Err(self.bad(line, self.base_offset + off as u64, format!("invalid JSON: {}", strip_position(&e.to_string())))));
+                    break; // the rest of a broken document cannot be resynchronised
+                }
+            }
+        }
+    }
+
+    /// One top-level JSON value: an Event, an EventList or an array of Events.
+    fn value<'t>(
+        &self,
+        text: &'t str,
+        line: u64,
+        offset: u64,
+        doc: Option<(&'t str, &mut LineCounter<'t>)>,
+        on: &mut dyn FnMut(Result<Record<'t>, BadRecord>),
+    ) {
+        let trimmed = text.trim_start();
+        let items: Option<Result<Vec<&RawValue>, serde_json::Error>> = match trimmed.as_bytes().first() {
+            Some(b'[') => Some(serde_json::from_str(trimmed)),
+            Some(b'{') if memchr::memmem::find(trimmed.as_bytes(), b"EventList").is_some() => {
+                match serde_json::from_str::<ListShape<'_>>(trimmed) {
+                    Ok(l) if l.kind.as_deref() == Some("EventList") => Some(Ok(l.items.unwrap_or_default())),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match items {
+            None => on(Ok(Record { text, line, offset })),
+            Some(Err(e)) => on(Err(self.bad(line, offset, format!("invalid JSON: {}", strip_position(&e.to_string()))))),
+            Some(Ok(items)) => {
+                let mut local = LineCounter::new(text, line);
+                let (base_text, counter) = match doc {
+                    Some((d, c)) => (d, c),
+                    None => (text, &mut local),
+                };
+                let base = offset - offset_in(base_text, text) as u64;
+                for item in items {
+                    let off = offset_in(base_text, item.get());
+                    on(Ok(Record { text: item.get(), line: counter.line_at(off), offset: base + off as u64 }));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ListShape<'a> {
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    items: Option<Vec<&'a RawValue>>,
+}
+
+/// Byte offset of `inner` inside `outer` (both borrowed from the same buffer).
+fn offset_in(outer: &str, inner: &str) -> usize {
+    (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize).min(outer.len())
+}
+
+/// Turns increasing byte offsets into line numbers without rescanning from the start.
+struct LineCounter<'a> {
+    text: &'a str,
+    pos: usize,
+    line: u64,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(text: &'a str, first_line: u64) -> Self {
+        LineCounter { text, pos: 0, line: first_line }
+    }
+    fn line_at(&mut self, off: usize) -> u64 {
+        if off >= self.pos {
+            let seg = self.text.as_bytes().get(self.pos..off).unwrap_or_default();
+            self.line += memchr::memchr_iter(b'\n', seg).count() as u64;
+            self.pos = off;
+        }
+        self.line
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg.get(..i).unwrap_or(msg).to_owned(),
+        None => msg.to_owned(),
+    }
+}

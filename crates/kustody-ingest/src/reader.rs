@@ -1,0 +1,291 @@
+//! Sequential reading: decompression, layout sniffing and cutting into chunks.
+
+use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
+
+use kustody_model::SourceFormat;
+
+use crate::chunk::{BadRecord, Chunk, ChunkBody, Layout};
+use crate::{IngestError, InputFile};
+
+/// Reading limits and behaviour.
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    /// A record (one line, or one event inside a document) larger than this is a bad record.
+    pub max_record_bytes: usize,
+    /// A whole-document file (EventList, array, pretty-printed) larger than this is refused.
+    pub max_document_bytes: usize,
+    /// Target size of a JSON Lines chunk handed to a worker.
+    pub chunk_bytes: usize,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions { max_record_bytes: 16 << 20, max_document_bytes: 1 << 30, chunk_bytes: 1 << 20 }
+    }
+}
+
+/// Reads one input and yields [`Chunk`]s. Not thread-safe by design: one reader per file, in
+/// order; the chunks go to parallel workers.
+pub struct ChunkReader {
+    name: Arc<str>,
+    src: Box<dyn BufRead + Send>,
+    opts: ReadOptions,
+    layout: Option<Layout>,
+    carry: Vec<u8>,
+    next_line: u64,
+    offset: u64,
+    eof: bool,
+    started: bool,
+    /// Bytes read from the underlying (possibly compressed) source, for throughput reporting.
+    pub compressed: bool,
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+impl ChunkReader {
+    /// Opens a file (or stdin), detecting gzip by its magic bytes rather than its name.
+    pub fn open(input: &InputFile, opts: ReadOptions) -> Result<ChunkReader, IngestError> {
+        let name: Arc<str> = input.display().into();
+        let raw: Box<dyn Read + Send> = match input {
+            InputFile::Stdin => Box::new(std::io::stdin()),
+            InputFile::Path(p) => Box::new(
+                std::fs::File::open(p).map_err(|e| IngestError::Io { path: name.to_string(), source: e })?,
+            ),
+        };
+        Self::from_reader(name, raw, opts).map_err(|e| IngestError::Io { path: input.display(), source: e })
+    }
+
+    /// Wraps any byte stream (gzip detected by magic bytes).
+    pub fn from_reader(name: Arc<str>, raw: Box<dyn Read + Send>, opts: ReadOptions) -> std::io::Result<ChunkReader> {
+        let mut buffered = BufReader::with_capacity(256 << 10, raw);
+        let head = buffered.fill_buf()?;
+        let compressed = head.starts_with(&GZIP_MAGIC);
+        let src: Box<dyn BufRead + Send> = if compressed {
+            Box::new(BufReader::with_capacity(256 << 10, flate2::bufread::MultiGzDecoder::new(buffered)))
+        } else {
+            Box::new(buffered)
+        };
+        Ok(ChunkReader {
+            name,
+            src,
+            opts,
+            layout: None,
+            carry: Vec::new(),
+            next_line: 1,
+            offset: 0,
+            eof: false,
+            started: false,
+            compressed,
+        })
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The next chunk, or `None` at the end of the input. I/O errors in the middle of a stream
+    /// (a truncated gzip member, a read error) end the input with a final chunk carrying a
+    /// [`BadRecord`] at the current line; they never abort the whole run.
+    pub fn next_chunk(&mut self) -> Option<Chunk> {
+        if self.eof && self.carry.is_empty() {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            if let Err(e) = self.fill(self.opts.chunk_bytes.min(64 << 10)) {
+                return Some(self.io_failure(e));
+            }
+            if self.carry.starts_with(BOM) {
+                self.carry.drain(..BOM.len());
+                self.offset += BOM.len() as u64;
+            }
+            self.layout = Some(sniff(&self.carry));
+        }
+        match self.layout {
+            Some(Layout::Document) => self.document_chunk(),
+            _ => self.lines_chunk(),
+        }
+    }
+
+    fn fill(&mut self, want: usize) -> std::io::Result<()> {
+        while !self.eof && self.carry.len() < want {
+            let buf = self.src.fill_buf()?;
+            if buf.is_empty() {
+                self.eof = true;
+                break;
+            }
+            let n = buf.len();
+            self.carry.extend_from_slice(buf);
+            self.src.consume(n);
+        }
+        Ok(())
+    }
+
+    fn io_failure(&mut self, e: std::io::Error) -> Chunk {
+        self.eof = true;
+        let reason = match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "input ends early (truncated gzip stream?)".to_owned(),
+            _ => format!("read error: {e}"),
+        };
+        let bad = BadRecord { file: self.name.clone(), line: self.next_line, offset: self.offset, reason };
+        // Whatever complete lines were read before the failure are still evidence.
+        let carry = std::mem::take(&mut self.carry);
+        let mut chunk = self.make_chunk(ChunkBody::Lines(carry), Layout::Lines);
+        chunk.bad.push(bad);
+        chunk
+    }
+
+    fn make_chunk(&mut self, body: ChunkBody, layout: Layout) -> Chunk {
+        let bytes = match &body {
+            ChunkBody::Lines(b) | ChunkBody::Document(b) => b,
+        };
+        let lines = memchr::memchr_iter(b'\n', bytes).count() as u64;
+        let len = bytes.len() as u64;
+        let chunk = Chunk {
+            file: self.name.clone(),
+            format: SourceFormat::Native,
+            layout,
+            body,
+            first_line: self.next_line,
+            base_offset: self.offset,
+            max_record_bytes: self.opts.max_record_bytes,
+            bad: Vec::new(),
+        };
+        self.next_line += lines;
+        self.offset += len;
+        chunk
+    }
+
+    fn lines_chunk(&mut self) -> Option<Chunk> {
+        loop {
+            if let Err(e) = self.fill(self.opts.chunk_bytes) {
+                return Some(self.io_failure(e));
+            }
+            if self.eof {
+                if self.carry.is_empty() {
+                    return None;
+                }
+                let rest = std::mem::take(&mut self.carry);
+                return Some(self.make_chunk(ChunkBody::Lines(rest), Layout::Lines));
+            }
+            if let Some(pos) = memchr::memrchr(b'\n', &self.carry) {
+                let tail = self.carry.split_off(pos + 1);
+                let body = std::mem::replace(&mut self.carry, tail);
+                return Some(self.make_chunk(ChunkBody::Lines(body), Layout::Lines));
+            }
+            if self.carry.len() > self.opts.max_record_bytes {
+                return Some(self.skip_oversized_line());
+            }
+            // A long line: read on until it ends.
+            let want = self.carry.len() + self.opts.chunk_bytes;
+            if let Err(e) = self.fill(want) {
+                return Some(self.io_failure(e));
+            }
+        }
+    }
+
+    /// Drops the rest of a line that is over the size limit without buffering it.
+    fn skip_oversized_line(&mut self) -> Chunk {
+        let line = self.next_line;
+        let offset = self.offset;
+        let mut skipped = self.carry.len() as u64;
+        self.carry.clear();
+        loop {
+            let buf = match self.src.fill_buf() {
+                Ok(b) => b,
+                Err(e) => return self.io_failure(e),
+            };
+            if buf.is_empty() {
+                self.eof = true;
+                break;
+            }
+            if let Some(pos) = memchr::memchr(b'\n', buf) {
+                skipped += pos as u64 + 1;
+                self.src.consume(pos + 1);
+                break;
+            }
+            let n = buf.len();
+            skipped += n as u64;
+            self.src.consume(n);
+        }
+        self.offset += skipped;
+        self.next_line += 1;
+        let mut chunk = self.make_chunk(ChunkBody::Lines(Vec::new()), Layout::Lines);
+        chunk.bad.push(BadRecord {
+            file: self.name.clone(),
+            line,
+            offset,
+            reason: format!("record is {skipped} bytes, over the {} byte limit", self.opts.max_record_bytes),
+        });
+        chunk
+    }
+
+    fn document_chunk(&mut self) -> Option<Chunk> {
+        let limit = self.opts.max_document_bytes;
+        if let Err(e) = self.fill(limit.saturating_add(1)) {
+            return Some(self.io_failure(e));
+        }
+        if self.carry.len() > limit {
+            let line = self.next_line;
+            let offset = self.offset;
+            self.carry.clear();
+            self.eof = true;
+            let mut chunk = self.make_chunk(ChunkBody::Document(Vec::new()), Layout::Document);
+            chunk.bad.push(BadRecord {
+                file: self.name.clone(),
+                line,
+                offset,
+                reason: format!("document is over the {limit} byte limit for non-JSON-Lines input"),
+            });
+            return Some(chunk);
+        }
+        self.eof = true;
+        let body = std::mem::take(&mut self.carry);
+        Some(self.make_chunk(ChunkBody::Document(body), Layout::Document))
+    }
+}
+
+/// Decides between JSON Lines and a whole document from the first bytes of the input.
+///
+/// JSON Lines unless the first non-empty line opens a value it does not close (`{`, `[`,
+/// `[{`, or a line ending in `{`/`[`/`,`) and the next line is indented: the shape of a
+/// pretty-printed Event, EventList or array. A corrupt first line of a JSON Lines file therefore
+/// still reads as JSON Lines, so one bad record cannot turn the rest of a file into one bad
+/// document.
+fn sniff(head: &[u8]) -> Layout {
+    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let first = lines.by_ref().map(trim).find(|l| !l.is_empty());
+    let Some(first) = first else { return Layout::Lines };
+    let opens = matches!(first, b"{" | b"[" | b"[{") || matches!(first.last(), Some(b'{' | b'[' | b','));
+    let next_indented = lines
+        .find(|l| !trim(l).is_empty())
+        .is_some_and(|l| matches!(l.first(), Some(b' ' | b'\t' | b'{' | b'}' | b']' | b'"')));
+    if opens && next_indented {
+        Layout::Document
+    } else {
+        Layout::Lines
+    }
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    b.get(start..end).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_layouts() {
+        assert_eq!(sniff(b"{\"a\":1}\n{\"a\":2}\n"), Layout::Lines);
+        assert_eq!(sniff(b"{\"a\":1\n{\"a\":2}\n"), Layout::Lines);
+        assert_eq!(sniff(b"{\n  \"kind\": \"Event\"\n}\n"), Layout::Document);
+        assert_eq!(sniff(b"[\n  {\"a\":1}\n]"), Layout::Document);
+        assert_eq!(sniff(b"[{\"a\":1},{\"a\":2}]\n"), Layout::Lines);
+        assert_eq!(sniff(b""), Layout::Lines);
+    }
+}

@@ -1,0 +1,368 @@
+use std::borrow::Cow;
+use std::cell::OnceCell;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::time::parse_rfc3339_nanos;
+
+/// Why a record is not a usable audit event. Each variant names the field at fault.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum EventError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("wrong type for field `{field}`: {message}")]
+    WrongType { field: String, message: String },
+    #[error("not a JSON object (found {0})")]
+    NotAnObject(&'static str),
+    #[error("not an audit Event: kind is `{0}`")]
+    WrongKind(String),
+    #[error("not an audit Event: apiVersion is `{0}`")]
+    WrongApiVersion(String),
+    #[error("not an audit Event: none of auditID, verb, requestURI or stage is present")]
+    NotAnEvent,
+}
+
+/// `user` / `impersonatedUser` of an audit event.
+#[derive(Debug, Default, Deserialize)]
+pub struct UserInfo<'a> {
+    #[serde(borrow, default)]
+    pub username: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub uid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub groups: Option<Vec<Cow<'a, str>>>,
+}
+
+/// `objectRef` of an audit event.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef<'a> {
+    #[serde(borrow, default)]
+    pub resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub uid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub api_group: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub resource_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub subresource: Option<Cow<'a, str>>,
+}
+
+/// `responseStatus` of an audit event (a `metav1.Status`).
+#[derive(Debug, Default, Deserialize)]
+pub struct ResponseStatus<'a> {
+    #[serde(default)]
+    pub code: Option<i64>,
+    #[serde(borrow, default)]
+    pub status: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub reason: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub message: Option<Cow<'a, str>>,
+}
+
+/// The typed top-level fields of an audit event, borrowed from the record's text.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Fields<'a> {
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    level: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "auditID")]
+    audit_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    stage: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "requestURI")]
+    request_uri: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    verb: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user: Option<UserInfo<'a>>,
+    #[serde(borrow, default)]
+    impersonated_user: Option<UserInfo<'a>>,
+    #[serde(borrow, default, rename = "sourceIPs")]
+    source_ips: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    user_agent: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    object_ref: Option<ObjectRef<'a>>,
+    #[serde(borrow, default)]
+    response_status: Option<ResponseStatus<'a>>,
+    #[serde(borrow, default)]
+    request_object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    response_object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    request_received_timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    stage_timestamp: Option<Cow<'a, str>>,
+    /// v1beta1 only.
+    #[serde(borrow, default)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "pairs")]
+    annotations: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+/// One Kubernetes audit event, borrowed from the text it was parsed from.
+///
+/// Accessors return `None` when the field is absent (or JSON `null`): rule evaluation treats
+/// that as "cannot be extracted", which is different from an empty string.
+#[derive(Debug)]
+pub struct Event<'a> {
+    raw: &'a str,
+    f: Fields<'a>,
+    time_ns: Option<i64>,
+    request_object: OnceCell<Option<Value>>,
+    response_object: OnceCell<Option<Value>>,
+    whole: OnceCell<Option<Value>>,
+}
+
+impl<'a> Event<'a> {
+    /// Parses one native audit event from JSON text. `raw` must be exactly one JSON value.
+    pub fn parse(raw: &'a str) -> Result<Event<'a>, EventError> {
+        let f: Fields<'a> = match serde_json::from_str(raw) {
+            Ok(f) => f,
+            Err(e) => return Err(classify_error(raw, e)),
+        };
+        if let Some(kind) = f.kind.as_deref() {
+            if kind != "Event" {
+                return Err(EventError::WrongKind(kind.to_owned()));
+            }
+        }
+        if let Some(v) = f.api_version.as_deref() {
+            if !v.starts_with("audit.k8s.io/") {
+                return Err(EventError::WrongApiVersion(v.to_owned()));
+            }
+        }
+        if f.audit_id.is_none() && f.verb.is_none() && f.request_uri.is_none() && f.stage.is_none() {
+            return Err(EventError::NotAnEvent);
+        }
+        // Falco drops events without a parseable stageTimestamp; we keep them and fall back to
+        // requestReceivedTimestamp, then to v1beta1's `timestamp`.
+        let time_ns = [&f.stage_timestamp, &f.request_received_timestamp, &f.timestamp]
+            .into_iter()
+            .find_map(|t| t.as_deref().and_then(parse_rfc3339_nanos));
+        Ok(Event {
+            raw,
+            f,
+            time_ns,
+            request_object: OnceCell::new(),
+            response_object: OnceCell::new(),
+            whole: OnceCell::new(),
+        })
+    }
+
+    /// The event's JSON text, exactly as read.
+    pub fn raw(&self) -> &'a str {
+        self.raw
+    }
+    /// Event time in Unix nanoseconds: stageTimestamp, else requestReceivedTimestamp, else
+    /// v1beta1 `timestamp`.
+    pub fn time_ns(&self) -> Option<i64> {
+        self.time_ns
+    }
+    pub fn api_version(&self) -> Option<&str> {
+        self.f.api_version.as_deref()
+    }
+    pub fn level(&self) -> Option<&str> {
+        self.f.level.as_deref()
+    }
+    pub fn audit_id(&self) -> Option<&str> {
+        self.f.audit_id.as_deref()
+    }
+    pub fn stage(&self) -> Option<&str> {
+        self.f.stage.as_deref()
+    }
+    pub fn request_uri(&self) -> Option<&str> {
+        self.f.request_uri.as_deref()
+    }
+    pub fn verb(&self) -> Option<&str> {
+        self.f.verb.as_deref()
+    }
+    pub fn user(&self) -> Option<&UserInfo<'a>> {
+        self.f.user.as_ref()
+    }
+    pub fn impersonated_user(&self) -> Option<&UserInfo<'a>> {
+        self.f.impersonated_user.as_ref()
+    }
+    pub fn source_ips(&self) -> Option<&[Cow<'a, str>]> {
+        self.f.source_ips.as_deref()
+    }
+    pub fn user_agent(&self) -> Option<&str> {
+        self.f.user_agent.as_deref()
+    }
+    pub fn object_ref(&self) -> Option<&ObjectRef<'a>> {
+        self.f.object_ref.as_ref()
+    }
+    pub fn response_status(&self) -> Option<&ResponseStatus<'a>> {
+        self.f.response_status.as_ref()
+    }
+    pub fn stage_timestamp(&self) -> Option<&str> {
+        self.f.stage_timestamp.as_deref()
+    }
+    pub fn request_received_timestamp(&self) -> Option<&str> {
+        self.f.request_received_timestamp.as_deref()
+    }
+    pub fn timestamp(&self) -> Option<&str> {
+        self.f.timestamp.as_deref()
+    }
+    /// The value of annotation `key`, if present.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.f.annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
+    }
+    pub fn annotations(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.f.annotations.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+    /// `requestObject` as raw JSON text, without parsing it.
+    pub fn request_object_raw(&self) -> Option<&'a str> {
+        self.f.request_object.map(RawValue::get).filter(|s| *s != "null")
+    }
+    /// `responseObject` as raw JSON text, without parsing it.
+    pub fn response_object_raw(&self) -> Option<&'a str> {
+        self.f.response_object.map(RawValue::get).filter(|s| *s != "null")
+    }
+    /// `requestObject`, parsed on first use and cached.
+    pub fn request_object(&self) -> Option<&Value> {
+        self.request_object
+            .get_or_init(|| self.request_object_raw().and_then(|r| serde_json::from_str(r).ok()))
+            .as_ref()
+    }
+    /// `responseObject`, parsed on first use and cached.
+    pub fn response_object(&self) -> Option<&Value> {
+        self.response_object
+            .get_or_init(|| self.response_object_raw().and_then(|r| serde_json::from_str(r).ok()))
+            .as_ref()
+    }
+    /// The whole event as a JSON DOM, parsed on first use. Only generic JSON-pointer access
+    /// to fields without a typed accessor needs it.
+    pub fn whole(&self) -> Option<&Value> {
+        self.whole.get_or_init(|| serde_json::from_str(self.raw).ok()).as_ref()
+    }
+}
+
+fn classify_error(raw: &str, e: serde_json::Error) -> EventError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            // Find which field had the wrong type: re-run the (cold) path-tracking deserialiser.
+            let trimmed = raw.trim_start();
+            match trimmed.as_bytes().first() {
+                Some(b'{') | None => {}
+                Some(b'[') => return EventError::NotAnObject("an array"),
+                Some(b'"') => return EventError::NotAnObject("a string"),
+                Some(b't' | b'f') => return EventError::NotAnObject("a boolean"),
+                Some(b'n') => return EventError::NotAnObject("null"),
+                Some(_) => return EventError::NotAnObject("a number"),
+            }
+            let de = &mut serde_json::Deserializer::from_str(raw);
+            match serde_path_to_error::deserialize::<_, Fields<'_>>(de) {
+                Err(pe) => EventError::WrongType {
+                    field: pe.path().to_string(),
+                    message: strip_position(&pe.inner().to_string()),
+                },
+                Ok(_) => EventError::Json(strip_position(&e.to_string())),
+            }
+        }
+        _ => EventError::Json(strip_position(&e.to_string())),
+    }
+}
+
+/// serde_json appends " at line L column C"; the reader reports positions itself.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg.get(..i).unwrap_or(msg).to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// Deserialises a JSON object of strings into a vector of pairs (annotations have a handful of
+/// entries; a vector beats a map here). `null` gives an empty vector.
+fn pairs<'de, D>(d: D) -> Result<Vec<(Cow<'de, str>, Cow<'de, str>)>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<(Cow<'de, str>, Cow<'de, str>)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of strings")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(m.size_hint().unwrap_or(2));
+            while let Some((k, v)) = m.next_entry::<BorrowedStr<'de>, BorrowedStr<'de>>()? {
+                out.push((k.0, v.0));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_option(V)
+}
+
+struct BorrowedStr<'a>(Cow<'a, str>);
+impl<'de> Deserialize<'de> for BorrowedStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct W<'a>(#[serde(borrow)] Cow<'a, str>);
+        W::deserialize(d).map(|w| BorrowedStr(w.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_minimal_event_and_keeps_missing_fields_missing() {
+        let ev = Event::parse(r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"a","verb":"get","stage":"ResponseComplete","requestReceivedTimestamp":"2024-01-01T00:00:00Z","annotations":{"authorization.k8s.io/decision":"allow"}}"#).unwrap();
+        assert_eq!(ev.verb(), Some("get"));
+        assert_eq!(ev.object_ref().map(|o| o.resource.is_none()), None);
+        assert_eq!(ev.time_ns(), Some(1_704_067_200_000_000_000));
+        assert_eq!(ev.annotation("authorization.k8s.io/decision"), Some("allow"));
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let err = Event::parse(r#"{"auditID":"a","verb":"get","objectRef":{"resource":5}}"#).unwrap_err();
+        match err {
+            EventError::WrongType { field, .. } => assert_eq!(field, "objectRef.resource"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_objects_and_other_kinds_are_rejected() {
+        assert_eq!(Event::parse("5").unwrap_err(), EventError::NotAnObject("a number"));
+        assert_eq!(Event::parse("[1]").unwrap_err(), EventError::NotAnObject("an array"));
+        assert_eq!(Event::parse(r#"{"kind":"Pod","verb":"x"}"#).unwrap_err(), EventError::WrongKind("Pod".into()));
+        assert_eq!(Event::parse("{}").unwrap_err(), EventError::NotAnEvent);
+        assert!(matches!(Event::parse(r#"{"verb":"get""#).unwrap_err(), EventError::Json(_)));
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let ev = Event::parse(r#"{"verb":"g\u0065t","annotations":null}"#).unwrap();
+        assert_eq!(ev.verb(), Some("get"));
+    }
+}

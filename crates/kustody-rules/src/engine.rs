@@ -1,0 +1,369 @@
+//! The compiled rule set and its evaluation.
+
+use std::sync::Arc;
+
+use kustody_model::{Detection, Event, FieldValue, OutputField, Priority, SourceRef};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::cond::{self, Ast, Op};
+use crate::diag::{Diagnostic, Severity};
+use crate::expr::{self, Expr, RegexCache, Scope, Value};
+use crate::fields::{Arg, Field};
+use crate::loader::{exception_text, locate, Loader, RuleDef, K8S_AUDIT};
+use crate::output::{field_value, Template};
+use crate::prog::{self, Node};
+
+/// What to build from the loaded rules.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Rules less severe than this are compiled (and checked) but not evaluated.
+    pub min_priority: Priority,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { min_priority: Priority::Debug }
+    }
+}
+
+/// A rule as listed by `kustody rules list`.
+#[derive(Debug, Clone)]
+pub struct RuleInfo {
+    pub name: String,
+    pub desc: String,
+    pub priority: Priority,
+    pub source: String,
+    pub tags: Vec<String>,
+    pub enabled: bool,
+    pub file: Arc<str>,
+    pub line: u32,
+}
+
+struct CompiledRule {
+    info: RuleInfo,
+    expr: Expr,
+    prog: Node,
+    output: Template,
+    /// Per index key, the values the rule can match; `None` = any.
+    keys: [Option<FxHashSet<String>>; KEYS],
+}
+
+/// The index keys: verb, resource, subresource, stage.
+const KEYS: usize = 4;
+
+fn key_of(field: &Field, arg: &Arg) -> Option<usize> {
+    match (field, arg) {
+        (Field::Verb, _) => Some(0),
+        (Field::TargetResource, _) => Some(1),
+        (Field::TargetSubresource, _) => Some(2),
+        (Field::Stage, _) => Some(3),
+        (Field::JsonValue, Arg::Pointer(p)) => match p.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["verb"] => Some(0),
+            ["objectRef", "resource"] => Some(1),
+            ["objectRef", "subresource"] => Some(2),
+            ["stage"] => Some(3),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn event_keys<'e>(ev: &'e Event<'_>) -> [Option<&'e str>; KEYS] {
+    let o = ev.object_ref();
+    [ev.verb(), o.and_then(|o| o.resource.as_deref()), o.and_then(|o| o.subresource.as_deref()), ev.stage()]
+}
+
+/// The values `key` must take for `e` to be true; `None` when unconstrained.
+fn constraint(e: &Expr, key: usize) -> Option<FxHashSet<String>> {
+    match e {
+        Expr::Cmp { lhs, op, rhs } if lhs.transformers.is_empty() && key_of(&lhs.field.field, &lhs.field.arg) == Some(key) => {
+            match (op, rhs) {
+                (Op::Eq, Value::Str(v)) => Some(std::iter::once(v.clone()).collect()),
+                (Op::In | Op::Intersects, Value::List(items)) => Some(items.iter().cloned().collect()),
+                _ => None,
+            }
+        }
+        Expr::And(items) => items.iter().filter_map(|i| constraint(i, key)).reduce(|a, b| a.intersection(&b).cloned().collect()),
+        Expr::Or(items) => {
+            let mut acc = FxHashSet::default();
+            for i in items {
+                acc.extend(constraint(i, key)?);
+            }
+            Some(acc)
+        }
+        _ => None,
+    }
+}
+
+/// Per-thread scratch space: the candidate-rule cache.
+#[derive(Default)]
+pub struct Scratch {
+    cache: FxHashMap<[Option<Box<str>>; KEYS], Arc<[u32]>>,
+    regex: RegexCache,
+}
+
+/// Bounds the candidate cache: keys come from the (untrusted) events.
+const CACHE_LIMIT: usize = 4096;
+
+/// Compiled rules, ready to evaluate events.
+pub struct Engine {
+    rules: Vec<CompiledRule>,
+    /// Indices of rules that are enabled and at or above the minimum priority.
+    active: Vec<u32>,
+}
+
+pub(crate) struct LoadedSet<'l> {
+    pub lists: FxHashMap<String, Vec<String>>,
+    pub loader: &'l Loader,
+}
+
+impl Scope for LoadedSet<'_> {
+    fn macro_ast(&self, name: &str, from_macro: Option<&str>) -> Result<&Ast, String> {
+        let idx = self.loader.macro_idx.get(name).copied().ok_or_else(|| format!("undefined macro `{name}`"))?;
+        let m = self.loader.macros.get(idx).ok_or_else(|| format!("undefined macro `{name}`"))?;
+        if let Some(from) = from_macro {
+            let from_def = self.loader.macro_idx.get(from).and_then(|&i| self.loader.macros.get(i));
+            if let Some(f) = from_def {
+                if m.index >= f.visibility {
+                    return Err(format!("undefined macro `{name}` (it is defined after macro `{from}`, which can only use macros defined before it)"));
+                }
+            }
+        }
+        m.ast.as_ref().ok_or_else(|| format!("macro `{name}` has a syntax error"))
+    }
+    fn list_items(&self, name: &str) -> Option<&[String]> {
+        self.lists.get(name).map(Vec::as_slice)
+    }
+}
+
+impl Engine {
+    /// Loads and compiles rule files in order.
+    pub fn load(files: &[(String, String)], opts: &EngineOptions) -> (Engine, Vec<Diagnostic>) {
+        let mut loader = Loader::new();
+        for (name, text) in files {
+            loader.add_file(name, text);
+        }
+        loader.finish(opts)
+    }
+
+    pub(crate) fn build(set: &LoadedSet<'_>, opts: &EngineOptions) -> (Engine, Vec<Diagnostic>) {
+        let mut diags = Vec::new();
+        let mut rules = Vec::new();
+        let mut other_sources: FxHashMap<(Arc<str>, String), usize> = FxHashMap::default();
+        for def in &set.loader.rules {
+            if def.source != K8S_AUDIT {
+                *other_sources.entry((def.loc.file.clone(), def.source.clone())).or_default() += 1;
+                continue;
+            }
+            match compile_rule(def, set) {
+                Ok(r) => rules.push(r),
+                Err(d) => diags.extend(d),
+            }
+        }
+        let mut other: Vec<_> = other_sources.into_iter().collect();
+        other.sort();
+        for ((file, source), n) in other {
+            diags.push(Diagnostic {
+                severity: Severity::Warning,
+                file,
+                line: 1,
+                col: 1,
+                item: None,
+                message: format!("{n} rule(s) with source `{source}` skipped: kustody evaluates `{K8S_AUDIT}` rules (a rule without `source` is a `syscall` rule in Falco)"),
+            });
+        }
+        let active = rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.info.enabled && r.info.priority.at_least(opts.min_priority))
+            .map(|(i, _)| i as u32)
+            .collect();
+        (Engine { rules, active }, diags)
+    }
+
+    /// Every compiled rule, enabled or not.
+    pub fn rules(&self) -> impl Iterator<Item = &RuleInfo> {
+        self.rules.iter().map(|r| &r.info)
+    }
+
+    pub fn rule(&self, idx: u32) -> Option<&RuleInfo> {
+        self.rules.get(idx as usize).map(|r| &r.info)
+    }
+
+    /// Number of rules that will be evaluated.
+    pub fn active_count(&self) -> usize {
+        self.active.len()
+    }
+
+    fn candidates(&self, ev: &Event<'_>, scratch: &mut Scratch) -> Arc<[u32]> {
+        let keys = event_keys(ev);
+        let probe: [Option<Box<str>>; KEYS] = keys.map(|k| k.map(Box::from));
+        if let Some(c) = scratch.cache.get(&probe) {
+            return c.clone();
+        }
+        let list: Arc<[u32]> = self
+            .active
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.rules.get(i as usize).is_some_and(|r| {
+                    r.keys.iter().zip(keys.iter()).all(|(allowed, have)| match (allowed, have) {
+                        (None, _) => true,
+                        (Some(set), Some(v)) => set.contains(*v),
+                        (Some(_), None) => false,
+                    })
+                })
+            })
+            .collect();
+        if scratch.cache.len() >= CACHE_LIMIT {
+            scratch.cache.clear();
+        }
+        scratch.cache.insert(probe, list.clone());
+        list
+    }
+
+    /// Appends the indices of the active rules matching `ev` (optimised path, in rule order).
+    pub fn matches(&self, ev: &Event<'_>, scratch: &mut Scratch, out: &mut Vec<u32>) {
+        for &i in self.candidates(ev, scratch).iter() {
+            if self.rules.get(i as usize).is_some_and(|r| prog::eval(&r.prog, ev)) {
+                out.push(i);
+            }
+        }
+    }
+
+    /// The same answer as [`Engine::matches`], computed by the plain reference evaluator over
+    /// every active rule, without the index.
+    pub fn matches_reference(&self, ev: &Event<'_>, scratch: &mut Scratch) -> Vec<u32> {
+        self.active
+            .iter()
+            .copied()
+            .filter(|&i| self.rules.get(i as usize).is_some_and(|r| expr::eval_reference(&r.expr, ev, &mut scratch.regex)))
+            .collect()
+    }
+
+    /// Renders a match into a [`Detection`].
+    pub fn detection(&self, idx: u32, ev: &Event<'_>, source_ref: SourceRef) -> Option<Detection> {
+        let r = self.rules.get(idx as usize)?;
+        let (output, fields) = r.output.render(ev);
+        let mut output_fields: Vec<OutputField> = fields.into_iter().map(|(name, value)| OutputField { name, value }).collect();
+        let audit_id = ev.audit_id().map(str::to_owned);
+        if !output_fields.iter().any(|f| f.name == "ka.auditid") {
+            let v = crate::fields::resolve("ka.auditid", None).map(|f| field_value(ev, &f)).unwrap_or(FieldValue::Missing);
+            output_fields.push(OutputField { name: "ka.auditid".into(), value: v });
+        }
+        Some(Detection {
+            rule: r.info.name.clone(),
+            priority: r.info.priority,
+            source: r.info.source.clone(),
+            tags: r.info.tags.clone(),
+            time_ns: ev.time_ns(),
+            output,
+            output_fields,
+            audit_id,
+            source_ref,
+        })
+    }
+}
+
+fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<Diagnostic>> {
+    let item = Some(format!("rule `{}`", def.name));
+    let mk = |severity, file: &Arc<str>, line, col, message: String| Diagnostic { severity, file: file.clone(), line, col, item: item.clone(), message };
+    let mut errors = Vec::new();
+
+    // Falco's shape: "(condition)" then " and not (exception)" for each exception with values.
+    let mut text = format!("({})", def.condition);
+    let cond_end = text.len();
+    for e in &def.exceptions {
+        match exception_text(e) {
+            Ok(Some(t)) => {
+                text.push_str(" and not ");
+                text.push_str(&t);
+            }
+            Ok(None) => {}
+            Err(m) => errors.push(mk(Severity::Error, &e.loc.file, e.loc.pos.line, e.loc.pos.col, m)),
+        }
+    }
+    let exc_loc = def.exceptions.first().map(|e| e.loc.clone());
+    let place = |offset: usize| -> (Arc<str>, u32, u32, String) {
+        if offset >= 1 && offset <= cond_end.saturating_sub(1) || exc_loc.is_none() {
+            let (p, snip) = locate(&def.condition, def.cond_loc.pos, offset.saturating_sub(1));
+            (def.cond_loc.file.clone(), p.line, p.col, snip)
+        } else {
+            let l = exc_loc.clone().unwrap_or_else(|| def.cond_loc.clone());
+            (l.file, l.pos.line, l.pos.col, " (in the rule's exceptions)".into())
+        }
+    };
+    let ast = match cond::parse(&text) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            let (f, l, c, snip) = place(e.offset);
+            errors.push(mk(Severity::Error, &f, l, c, format!("{}{snip}", e.message)));
+            None
+        }
+    };
+    let expr = ast.as_ref().and_then(|ast| match expr::lower(ast, set) {
+        Ok(x) => Some(x),
+        Err(e) => {
+            let unknown_field = e.message.starts_with("unknown field");
+            if unknown_field && def.skip_if_unknown_filter {
+                errors.push(mk(Severity::Warning, &def.loc.file, def.loc.pos.line, def.loc.pos.col, format!("skipped (skip-if-unknown-filter): {}", e.message)));
+                return None;
+            }
+            match &e.in_macro {
+                Some(m) => {
+                    let mdef = set.loader.macro_idx.get(m).and_then(|&i| set.loader.macros.get(i));
+                    let (file, pos, snip) = match mdef {
+                        Some(md) => {
+                            let (p, s) = locate(&md.cond, md.cond_loc.pos, e.span.0);
+                            (md.cond_loc.file.clone(), p, s)
+                        }
+                        None => (def.cond_loc.file.clone(), def.cond_loc.pos, String::new()),
+                    };
+                    errors.push(mk(Severity::Error, &file, pos.line, pos.col, format!("in macro `{m}`: {}{snip}", e.message)));
+                }
+                None => {
+                    let (f, l, c, snip) = place(e.span.0);
+                    errors.push(mk(Severity::Error, &f, l, c, format!("{}{snip}", e.message)));
+                }
+            }
+            None
+        }
+    });
+    let output = match Template::parse(def.output.trim()) {
+        Ok(t) => Some(t),
+        Err(es) => {
+            for m in es {
+                errors.push(mk(Severity::Error, &def.output_loc.file, def.output_loc.pos.line, def.output_loc.pos.col, format!("invalid output: {m}")));
+            }
+            None
+        }
+    };
+    let (Some(expr), Some(output)) = (expr, output) else { return Err(errors) };
+    let prog = match prog::compile(&expr) {
+        Ok(p) => p,
+        Err(m) => {
+            errors.push(mk(Severity::Error, &def.cond_loc.file, def.cond_loc.pos.line, def.cond_loc.pos.col, m));
+            return Err(errors);
+        }
+    };
+    if errors.iter().any(|d| d.severity == Severity::Error) {
+        return Err(errors);
+    }
+    let keys = std::array::from_fn(|k| constraint(&expr, k));
+    Ok(CompiledRule {
+        info: RuleInfo {
+            name: def.name.clone(),
+            desc: def.desc.clone(),
+            priority: def.priority,
+            source: def.source.clone(),
+            tags: def.tags.clone(),
+            enabled: def.enabled,
+            file: def.loc.file.clone(),
+            line: def.loc.pos.line,
+        },
+        expr,
+        prog,
+        output,
+        keys,
+    })
+}

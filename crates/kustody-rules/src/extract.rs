@@ -1,0 +1,453 @@
+//! Field extraction from an [`Event`], following the k8saudit plugin's semantics:
+//! strings are returned as their text, every other JSON value as compact JSON text; an absent
+//! path, or an empty list, is "not extracted" (`None`), which makes every comparison false.
+//!
+//! Deliberate deviations from the plugin, each documented in docs/FALCO-COMPAT.md:
+//! `ka.sourceips` reads the event's `sourceIPs` (the plugin reads a wrong path and is always
+//! empty), `add_capabilities` yields one element per capability, `eff_run_as_*` read
+//! `securityContext`, and fields stay available on events without an `auditID`.
+
+use std::borrow::Cow;
+
+use kustody_model::Event;
+use serde_json::Value;
+
+use crate::fields::{Arg, CAttr, Field, FieldRef};
+
+/// An extracted value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val<'e> {
+    One(Cow<'e, str>),
+    List(Vec<Cow<'e, str>>),
+}
+
+impl Val<'_> {
+    /// Text form used in outputs: lists as `(a,b)`.
+    pub fn render(&self) -> String {
+        match self {
+            Val::One(s) => s.to_string(),
+            Val::List(items) => {
+                let mut s = String::from("(");
+                for (i, it) in items.iter().enumerate() {
+                    if i > 0 {
+                        s.push(',');
+                    }
+                    s.push_str(it);
+                }
+                s.push(')');
+                s
+            }
+        }
+    }
+}
+
+/// JSON → string as the k8saudit plugin does: strings raw, anything else compact JSON.
+pub fn json_text(v: &Value) -> Cow<'_, str> {
+    match v {
+        Value::String(s) => Cow::Borrowed(s.as_str()),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
+fn one<'e>(s: Option<&'e str>) -> Option<Val<'e>> {
+    s.map(|s| Val::One(Cow::Borrowed(s)))
+}
+
+fn list<'e>(items: Vec<Cow<'e, str>>, f: &FieldRef) -> Option<Val<'e>> {
+    if items.is_empty() {
+        return None;
+    }
+    match f.arg {
+        // An index keeps the field list-typed: the list of that one element.
+        Arg::Index(n) => items.into_iter().nth(n).map(|v| Val::List(vec![v])),
+        _ => Some(Val::List(items)),
+    }
+}
+
+fn get<'v>(v: &'v Value, path: &[&str]) -> Option<&'v Value> {
+    path.iter().try_fold(v, |cur, key| cur.get(*key))
+}
+
+fn req<'e>(ev: &'e Event<'_>, path: &[&str]) -> Option<&'e Value> {
+    get(ev.request_object()?, path)
+}
+
+fn req_str<'e>(ev: &'e Event<'_>, path: &[&str]) -> Option<Val<'e>> {
+    req(ev, path).map(|v| Val::One(json_text(v)))
+}
+
+/// Extracts `f` from `ev`; `None` when the field cannot be extracted.
+pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
+    use Field::*;
+    match f.field {
+        AuditId => one(ev.audit_id()),
+        Stage => one(ev.stage()),
+        AuthDecision => one(ev.annotation("authorization.k8s.io/decision")),
+        AuthReason => one(ev.annotation("authorization.k8s.io/reason")),
+        AuthOpenshiftDecision => one(ev.annotation("authentication.openshift.io/decision")),
+        AuthOpenshiftUsername => one(ev.annotation("authentication.openshift.io/username")),
+        ValidationsAdmissionPolicyFailure => one(ev.annotation("validation.policy.admission.k8s.io/validation_failure")),
+        SecurityPodViolations => one(ev.annotation("pod-security.kubernetes.io/audit-violations")),
+        ClusterName => one(ev.annotation("cluster_name")),
+        UserName => one(ev.user().and_then(|u| u.username.as_deref())),
+        UserGroups => {
+            let groups = ev.user().and_then(|u| u.groups.as_ref())?;
+            list(groups.iter().map(|g| Cow::Borrowed(g.as_ref())).collect(), f)
+        }
+        ImpUserName => one(ev.impersonated_user().and_then(|u| u.username.as_deref())),
+        Verb => one(ev.verb()),
+        Uri => one(ev.request_uri()),
+        UriParam => {
+            let Arg::Key(k) = &f.arg else { return None };
+            uri_param(ev.request_uri()?, k).map(|v| Val::One(Cow::Owned(v)))
+        }
+        UserAgent => one(ev.user_agent()),
+        SourceIps => list(ev.source_ips()?.iter().map(|s| Cow::Borrowed(s.as_ref())).collect(), f),
+        TargetName => one(ev.object_ref().and_then(|o| o.name.as_deref())),
+        TargetNamespace => one(ev.object_ref().and_then(|o| o.namespace.as_deref())),
+        TargetResource => one(ev.object_ref().and_then(|o| o.resource.as_deref())),
+        TargetSubresource => one(ev.object_ref().and_then(|o| o.subresource.as_deref())),
+        TargetPodName => {
+            let o = ev.object_ref()?;
+            if o.resource.as_deref() != Some("pods") || o.subresource.as_deref().is_some_and(|s| !s.is_empty()) {
+                return None;
+            }
+            get(ev.response_object()?, &["metadata", "name"]).map(|v| Val::One(json_text(v)))
+        }
+        RespName => get(ev.response_object()?, &["metadata", "name"]).map(|v| Val::One(json_text(v))),
+        ResponseCode => ev.response_status()?.code.map(|c| Val::One(Cow::Owned(c.to_string()))),
+        ResponseReason => one(ev.response_status().and_then(|s| s.reason.as_deref())),
+        ReqBindingSubjects => {
+            let subjects = req(ev, &["subjects"])?.as_array()?;
+            list(subjects.iter().map(|s| Cow::Owned(s.to_string())).collect(), f)
+        }
+        ReqBindingRole => req_str(ev, &["roleRef", "name"]),
+        ReqBindingSubjectHasName => {
+            req(ev, &["subjects"])?;
+            Some(Val::One(Cow::Borrowed("true")))
+        }
+        ReqBindingUserNames => subjects_of_kind(ev, "User", false, f),
+        ReqBindingServiceAccountNames => subjects_of_kind(ev, "ServiceAccount", false, f),
+        ReqBindingServiceAccountNsNames => subjects_of_kind(ev, "ServiceAccount", true, f),
+        ReqBindingGroupNames => subjects_of_kind(ev, "Group", false, f),
+        ReqConfigmapName => one(ev.object_ref().and_then(|o| o.name.as_deref())),
+        ReqConfigmapObj => req(ev, &["data"]).map(|v| Val::One(Cow::Owned(v.to_string()))),
+        ReqContainerImage => req_str(ev, &["spec", "containers", "0", "image"]).or_else(|| first_container(ev, "image")),
+        ReqContainerImageRepository => match first_container(ev, "image")? {
+            Val::One(img) => Some(Val::One(Cow::Owned(image_repository(&img).to_owned()))),
+            Val::List(_) => None,
+        },
+        ReqContainerPrivileged => {
+            let containers = req(ev, &["spec", "containers"])?.as_array()?;
+            let any = containers.iter().any(|c| get(c, &["securityContext", "privileged"]) == Some(&Value::Bool(true)));
+            Some(Val::One(Cow::Borrowed(if any { "true" } else { "false" })))
+        }
+        ReqContainerHostNetwork | ReqPodHostNetwork => req_str(ev, &["spec", "hostNetwork"]),
+        ReqPodHostIpc => req_str(ev, &["spec", "hostIPC"]),
+        ReqPodHostPid => req_str(ev, &["spec", "hostPID"]),
+        ReqPodRunAsUser => req_str(ev, &["spec", "securityContext", "runAsUser"]),
+        ReqPodRunAsGroup => req_str(ev, &["spec", "securityContext", "runAsGroup"]),
+        ReqPodFsGroup => req_str(ev, &["spec", "securityContext", "fsGroup"]),
+        ReqPodSupplementalGroups => {
+            let groups = req(ev, &["spec", "securityContext", "supplementalGroups"])?.as_array()?;
+            list(groups.iter().map(json_text).collect(), f)
+        }
+        ReqPodContainer(family, attr) => {
+            let spec = req(ev, &["spec"])?;
+            let containers = spec.get(family.json_key())?.as_array()?;
+            match f.arg {
+                Arg::Index(n) => {
+                    let vals = container_values(spec, containers.get(n..=n)?, attr);
+                    (!vals.is_empty()).then_some(Val::List(vals))
+                }
+                _ => list(container_values(spec, containers, attr), f),
+            }
+        }
+        ReqRoleRules => {
+            let rules = req(ev, &["rules"])?.as_array()?;
+            list(rules.iter().map(|r| Cow::Owned(r.to_string())).collect(), f)
+        }
+        ReqRoleRulesApiGroups => role_rules(ev, "apiGroups", f),
+        ReqRoleRulesNonResourceUrls => role_rules(ev, "nonResourceURLs", f),
+        ReqRoleRulesVerbs => role_rules(ev, "verbs", f),
+        ReqRoleRulesResources => role_rules(ev, "resources", f),
+        ReqServiceType => req_str(ev, &["spec", "type"]),
+        // The plugin yields the whole ports array as one compact-JSON element.
+        ReqServicePorts => list(vec![Cow::Owned(req(ev, &["spec", "ports"])?.to_string())], f),
+        ReqPodVolumesHostpath => volumes(ev, f, |v| v.get("hostPath").and_then(|h| h.get("path")).map(json_text)),
+        ReqPodVolumesFlexvolumeDriver => volumes(ev, f, |v| v.get("flexVolume").and_then(|h| h.get("driver")).map(json_text)),
+        ReqPodVolumesVolumeType => {
+            let vols = req(ev, &["spec", "volumes"])?.as_array()?;
+            let types = vols
+                .iter()
+                .filter_map(Value::as_object)
+                .flat_map(|o| o.keys().filter(|k| *k != "name").map(|k| Cow::Borrowed(k.as_str())))
+                .collect();
+            list(types, f)
+        }
+        ReqVolumeHostpath => {
+            let Arg::Key(want) = &f.arg else { return None };
+            let vols = req(ev, &["spec", "volumes"])?.as_array()?;
+            let hit = vols.iter().filter_map(|v| get(v, &["hostPath", "path"])?.as_str()).any(|p| match want.strip_suffix('*') {
+                Some(prefix) => p.starts_with(prefix),
+                None => p == want,
+            });
+            Some(Val::One(Cow::Borrowed(if hit { "true" } else { "false" })))
+        }
+        JsonValue => {
+            let Arg::Pointer(ptr) = &f.arg else { return None };
+            json_pointer(ev, ptr)
+        }
+        JsonObj => ev.whole().and_then(|v| serde_json::to_string_pretty(v).ok()).map(|s| Val::One(Cow::Owned(s))),
+        JsonRawTime => ev.time_ns().map(|t| Val::One(Cow::Owned(t.to_string()))),
+    }
+}
+
+fn first_container<'e>(ev: &'e Event<'_>, key: &str) -> Option<Val<'e>> {
+    let c = req(ev, &["spec", "containers"])?.as_array()?.first()?;
+    c.get(key).map(|v| Val::One(json_text(v)))
+}
+
+/// `image.repository`: the image cut at the first `:`, then at the first `@` (the plugin's rule,
+/// which also cuts registry ports: `reg:5000/x` gives `reg`).
+pub fn image_repository(image: &str) -> &str {
+    let a = image.split(':').next().unwrap_or(image);
+    a.split('@').next().unwrap_or(a)
+}
+
+fn container_values<'e>(spec: &'e Value, containers: &'e [Value], attr: CAttr) -> Vec<Cow<'e, str>> {
+    let sc = |c: &'e Value, key: &str| get(c, &["securityContext", key]).map(json_text);
+    let mut out = Vec::new();
+    for c in containers {
+        match attr {
+            CAttr::Name => out.extend(c.get("name").map(json_text)),
+            CAttr::Image => out.extend(c.get("image").map(json_text)),
+            CAttr::ImageRepository => out.extend(c.get("image").and_then(Value::as_str).map(|i| Cow::Borrowed(image_repository(i)))),
+            CAttr::Command | CAttr::Args => {
+                let key = if attr == CAttr::Command { "command" } else { "args" };
+                if let Some(arr) = c.get(key).and_then(Value::as_array) {
+                    let words: Vec<Cow<'_, str>> = arr.iter().map(json_text).collect();
+                    out.push(Cow::Owned(words.join(" ")));
+                }
+            }
+            CAttr::Privileged => out.extend(sc(c, "privileged")),
+            CAttr::AllowPrivilegeEscalation => out.extend(sc(c, "allowPrivilegeEscalation")),
+            CAttr::ReadOnlyFs => out.extend(sc(c, "readOnlyRootFilesystem")),
+            CAttr::RunAsUser => out.extend(sc(c, "runAsUser")),
+            CAttr::RunAsGroup => out.extend(sc(c, "runAsGroup")),
+            CAttr::ProcMount => out.extend(sc(c, "procMount")),
+            CAttr::EffRunAsUser | CAttr::EffRunAsGroup => {
+                let key = if attr == CAttr::EffRunAsUser { "runAsUser" } else { "runAsGroup" };
+                let v = sc(c, key)
+                    .or_else(|| get(spec, &["securityContext", key]).map(json_text))
+                    .unwrap_or(Cow::Borrowed("0"));
+                out.push(v);
+            }
+            CAttr::AddCapabilities => {
+                if let Some(arr) = get(c, &["securityContext", "capabilities", "add"]).and_then(Value::as_array) {
+                    out.extend(arr.iter().map(json_text));
+                }
+            }
+            CAttr::HostPort => {
+                if let Some(ports) = c.get("ports").and_then(Value::as_array) {
+                    out.extend(ports.iter().filter_map(|p| p.get("hostPort").or_else(|| p.get("containerPort")).map(json_text)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn subjects_of_kind<'e>(ev: &'e Event<'_>, kind: &str, with_ns: bool, f: &FieldRef) -> Option<Val<'e>> {
+    let subjects = req(ev, &["subjects"])?.as_array()?;
+    let names = subjects
+        .iter()
+        .filter(|s| s.get("kind").and_then(Value::as_str) == Some(kind))
+        .filter_map(|s| {
+            let name = s.get("name").and_then(Value::as_str)?;
+            if with_ns {
+                let ns = s.get("namespace").and_then(Value::as_str).unwrap_or("");
+                Some(Cow::Owned(format!("{ns}:{name}")))
+            } else {
+                Some(Cow::Borrowed(name))
+            }
+        })
+        .collect();
+    list(names, f)
+}
+
+fn role_rules<'e>(ev: &'e Event<'_>, key: &str, f: &FieldRef) -> Option<Val<'e>> {
+    let rules = req(ev, &["rules"])?.as_array()?;
+    let pick = |r: &'e Value| -> Vec<Cow<'e, str>> { r.get(key).and_then(Value::as_array).map(|a| a.iter().map(json_text).collect()).unwrap_or_default() };
+    match f.arg {
+        // `[n]` selects rule n's values (the plugin indexes the rules array).
+        Arg::Index(n) => {
+            let vals = pick(rules.get(n)?);
+            if vals.is_empty() {
+                None
+            } else {
+                Some(Val::List(vals))
+            }
+        }
+        _ => {
+            let all: Vec<_> = rules.iter().flat_map(pick).collect();
+            if all.is_empty() {
+                None
+            } else {
+                Some(Val::List(all))
+            }
+        }
+    }
+}
+
+fn volumes<'e>(ev: &'e Event<'_>, f: &FieldRef, pick: impl Fn(&'e Value) -> Option<Cow<'e, str>>) -> Option<Val<'e>> {
+    let vols = req(ev, &["spec", "volumes"])?.as_array()?;
+    match f.arg {
+        Arg::Index(n) => pick(vols.get(n)?).map(|v| Val::List(vec![v])),
+        _ => list(vols.iter().filter_map(pick).collect(), f),
+    }
+}
+
+/// `jevt.value[/pointer]`. Pointers into the typed top-level fields are answered without
+/// building a DOM; bodies are parsed once per event; anything else parses the whole event.
+fn json_pointer<'e>(ev: &'e Event<'_>, ptr: &[String]) -> Option<Val<'e>> {
+    let first = ptr.first().map(String::as_str);
+    let rest = ptr.get(1..).unwrap_or_default();
+    let fast = |s: Option<&'e str>| s.map(|s| Val::One(Cow::Borrowed(s)));
+    match (first, rest.len()) {
+        (Some("stage"), 0) => return fast(ev.stage()),
+        (Some("verb"), 0) => return fast(ev.verb()),
+        (Some("auditID"), 0) => return fast(ev.audit_id()),
+        (Some("requestURI"), 0) => return fast(ev.request_uri()),
+        (Some("userAgent"), 0) => return fast(ev.user_agent()),
+        (Some("level"), 0) => return fast(ev.level()),
+        (Some("stageTimestamp"), 0) => return fast(ev.stage_timestamp()),
+        (Some("requestReceivedTimestamp"), 0) => return fast(ev.request_received_timestamp()),
+        (Some("user"), 1) if rest.first().is_some_and(|k| k == "username") => {
+            return fast(ev.user().and_then(|u| u.username.as_deref()))
+        }
+        (Some("objectRef"), 1) => {
+            let o = ev.object_ref()?;
+            let v = match rest.first().map(String::as_str) {
+                Some("resource") => o.resource.as_deref(),
+                Some("namespace") => o.namespace.as_deref(),
+                Some("name") => o.name.as_deref(),
+                Some("subresource") => o.subresource.as_deref(),
+                Some("apiGroup") => o.api_group.as_deref(),
+                Some("apiVersion") => o.api_version.as_deref(),
+                _ => return walk(ev.whole()?, ptr),
+            };
+            return fast(v);
+        }
+        (Some("requestObject"), _) => return walk(ev.request_object()?, rest),
+        (Some("responseObject"), _) => return walk(ev.response_object()?, rest),
+        _ => {}
+    }
+    walk(ev.whole()?, ptr)
+}
+
+fn walk<'v>(root: &'v Value, ptr: &[String]) -> Option<Val<'v>> {
+    let mut cur = root;
+    for seg in ptr {
+        cur = match cur {
+            Value::Object(m) => m.get(seg)?,
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(Val::One(json_text(cur)))
+}
+
+/// First value of query parameter `key` in a request URI, URL-decoded (`+` is a space).
+pub fn uri_param(uri: &str, key: &str) -> Option<String> {
+    let query = uri.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or(query);
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (url_decode(k) == key).then(|| url_decode(v))
+    })
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fields::resolve;
+
+    fn ex(ev: &str, field: &str, arg: Option<&str>) -> Option<String> {
+        let ev = Event::parse(ev).unwrap();
+        let f = resolve(field, arg).unwrap();
+        extract(&ev, &f).map(|v| v.render())
+    }
+
+    const POD: &str = r#"{"auditID":"1","verb":"create","objectRef":{"resource":"pods","namespace":"default","name":"p"},"requestObject":{"kind":"Pod","spec":{"hostPID":true,"securityContext":{"runAsUser":1000},"containers":[{"name":"a","image":"docker.io/evil/miner:1.0","command":["sh","-c"],"args":["id"],"securityContext":{"privileged":true,"capabilities":{"add":["SYS_ADMIN","NET_ADMIN"]}},"ports":[{"containerPort":80},{"containerPort":81,"hostPort":8081}]},{"name":"b","image":"nginx@sha256:abc"}],"volumes":[{"name":"root","hostPath":{"path":"/"}},{"name":"e","emptyDir":{}}]}},"responseObject":{"metadata":{"name":"p"}}}"#;
+
+    #[test]
+    fn pod_fields() {
+        assert_eq!(ex(POD, "ka.req.pod.containers.image", None).as_deref(), Some("(docker.io/evil/miner:1.0,nginx@sha256:abc)"));
+        assert_eq!(ex(POD, "ka.req.pod.containers.image.repository", None).as_deref(), Some("(docker.io/evil/miner,nginx)"));
+        assert_eq!(ex(POD, "ka.req.pod.containers.privileged", None).as_deref(), Some("(true)"));
+        assert_eq!(ex(POD, "ka.req.pod.containers.command", Some("0")).as_deref(), Some("(sh -c)"));
+        assert_eq!(ex(POD, "ka.req.pod.containers.privileged", Some("1")), None);
+        assert_eq!(ex(POD, "ka.req.pod.containers.image", Some("1")).as_deref(), Some("(nginx@sha256:abc)"));
+        assert_eq!(ex(POD, "ka.req.pod.containers.add_capabilities", None).as_deref(), Some("(SYS_ADMIN,NET_ADMIN)"));
+        assert_eq!(ex(POD, "ka.req.pod.containers.host_port", None).as_deref(), Some("(80,8081)"));
+        assert_eq!(ex(POD, "ka.req.pod.containers.eff_run_as_user", None).as_deref(), Some("(1000,1000)"));
+        assert_eq!(ex(POD, "ka.req.pod.host_pid", None).as_deref(), Some("true"));
+        assert_eq!(ex(POD, "ka.req.pod.host_network", None), None);
+        assert_eq!(ex(POD, "ka.req.pod.volumes.hostpath", None).as_deref(), Some("(/)"));
+        assert_eq!(ex(POD, "ka.req.pod.volumes.volume_type", None).as_deref(), Some("(hostPath,emptyDir)"));
+        assert_eq!(ex(POD, "ka.req.volume.hostpath", Some("/")).as_deref(), Some("true"));
+        assert_eq!(ex(POD, "ka.req.volume.hostpath", Some("/etc*")).as_deref(), Some("false"));
+        assert_eq!(ex(POD, "ka.req.container.privileged", None).as_deref(), Some("true"));
+        assert_eq!(ex(POD, "ka.target.pod.name", None).as_deref(), Some("p"));
+        assert_eq!(ex(POD, "ka.req.pod.initContainers.image", None), None);
+        assert_eq!(ex(POD, "jevt.value", Some("/requestObject/spec/containers/1/name")).as_deref(), Some("b"));
+        assert_eq!(ex(POD, "jevt.value", Some("/requestObject/spec/hostPID")).as_deref(), Some("true"));
+        assert_eq!(ex(POD, "jevt.value", Some("/objectRef/namespace")).as_deref(), Some("default"));
+        assert_eq!(ex(POD, "jevt.value", Some("/requestObject/spec/volumes/1")).as_deref(), Some(r#"{"name":"e","emptyDir":{}}"#));
+    }
+
+    #[test]
+    fn uri_params_are_decoded() {
+        let uri = "/api/v1/namespaces/default/pods/p/exec?command=sh&command=-c&command=cat%20%2Fetc%2Fshadow&container=c&stdin=true";
+        assert_eq!(uri_param(uri, "command").as_deref(), Some("sh"));
+        assert_eq!(uri_param(uri, "container").as_deref(), Some("c"));
+        assert_eq!(uri_param("/x?a=b+c%2", "a").as_deref(), Some("b c%2"));
+        assert_eq!(uri_param("/x", "a"), None);
+    }
+
+    #[test]
+    fn bindings_and_rules() {
+        let ev = r#"{"auditID":"1","verb":"create","requestObject":{"roleRef":{"name":"cluster-admin"},"subjects":[{"kind":"ServiceAccount","name":"sa","namespace":"ns"},{"kind":"User","name":"bob"}],"rules":[{"verbs":["get","list"],"resources":["pods"]},{"verbs":["*"],"resources":["secrets"]}]}}"#;
+        assert_eq!(ex(ev, "ka.req.binding.role", None).as_deref(), Some("cluster-admin"));
+        assert_eq!(ex(ev, "ka.req.binding.subjects.serviceaccount_ns_names", None).as_deref(), Some("(ns:sa)"));
+        assert_eq!(ex(ev, "ka.req.binding.subjects.user_names", None).as_deref(), Some("(bob)"));
+        assert_eq!(ex(ev, "ka.req.binding.subjects.group_names", None), None);
+        assert_eq!(ex(ev, "ka.req.role.rules.verbs", None).as_deref(), Some("(get,list,*)"));
+        assert_eq!(ex(ev, "ka.req.role.rules.verbs", Some("1")).as_deref(), Some("(*)"));
+    }
+}

@@ -1,0 +1,328 @@
+//! The field catalogue: every `ka.*` field of Falco's k8saudit plugin plus the json plugin's
+//! `jevt.*`/`json.*`, resolved to a compact [`Field`] id at compile time.
+
+/// Container lists of a pod spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Containers,
+    InitContainers,
+    EphemeralContainers,
+}
+
+impl Family {
+    pub fn json_key(self) -> &'static str {
+        match self {
+            Family::Containers => "containers",
+            Family::InitContainers => "initContainers",
+            Family::EphemeralContainers => "ephemeralContainers",
+        }
+    }
+}
+
+/// Per-container attributes (`ka.req.pod.containers.<attr>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CAttr {
+    Name,
+    Image,
+    ImageRepository,
+    Command,
+    Args,
+    Privileged,
+    AllowPrivilegeEscalation,
+    ReadOnlyFs,
+    RunAsUser,
+    EffRunAsUser,
+    RunAsGroup,
+    EffRunAsGroup,
+    ProcMount,
+    AddCapabilities,
+    HostPort,
+}
+
+const CATTRS: &[(&str, CAttr)] = &[
+    ("name", CAttr::Name),
+    ("image", CAttr::Image),
+    ("image.repository", CAttr::ImageRepository),
+    ("command", CAttr::Command),
+    ("args", CAttr::Args),
+    ("privileged", CAttr::Privileged),
+    ("allow_privilege_escalation", CAttr::AllowPrivilegeEscalation),
+    ("read_only_fs", CAttr::ReadOnlyFs),
+    ("run_as_user", CAttr::RunAsUser),
+    ("eff_run_as_user", CAttr::EffRunAsUser),
+    ("run_as_group", CAttr::RunAsGroup),
+    ("eff_run_as_group", CAttr::EffRunAsGroup),
+    ("proc_mount", CAttr::ProcMount),
+    ("add_capabilities", CAttr::AddCapabilities),
+    ("host_port", CAttr::HostPort),
+];
+
+/// A field id. Arguments (`[n]`, `[key]`, `[/pointer]`) live beside it in [`FieldRef`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    AuditId,
+    Stage,
+    AuthDecision,
+    AuthReason,
+    AuthOpenshiftDecision,
+    AuthOpenshiftUsername,
+    ValidationsAdmissionPolicyFailure,
+    SecurityPodViolations,
+    UserName,
+    UserGroups,
+    ImpUserName,
+    Verb,
+    Uri,
+    UriParam,
+    TargetName,
+    TargetNamespace,
+    TargetResource,
+    TargetSubresource,
+    TargetPodName,
+    ReqBindingSubjects,
+    ReqBindingRole,
+    ReqBindingSubjectHasName,
+    ReqBindingUserNames,
+    ReqBindingServiceAccountNames,
+    ReqBindingServiceAccountNsNames,
+    ReqBindingGroupNames,
+    ReqConfigmapName,
+    ReqConfigmapObj,
+    ReqContainerImage,
+    ReqContainerImageRepository,
+    ReqContainerPrivileged,
+    ReqContainerHostNetwork,
+    ReqPodHostIpc,
+    ReqPodHostNetwork,
+    ReqPodHostPid,
+    ReqPodRunAsUser,
+    ReqPodRunAsGroup,
+    ReqPodFsGroup,
+    ReqPodSupplementalGroups,
+    ReqPodContainer(Family, CAttr),
+    ReqRoleRules,
+    ReqRoleRulesApiGroups,
+    ReqRoleRulesNonResourceUrls,
+    ReqRoleRulesVerbs,
+    ReqRoleRulesResources,
+    ReqServiceType,
+    ReqServicePorts,
+    ReqPodVolumesHostpath,
+    ReqVolumeHostpath,
+    ReqPodVolumesFlexvolumeDriver,
+    ReqPodVolumesVolumeType,
+    RespName,
+    ResponseCode,
+    ResponseReason,
+    UserAgent,
+    SourceIps,
+    ClusterName,
+    JsonValue,
+    JsonObj,
+    JsonRawTime,
+}
+
+/// What argument a field takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgKind {
+    None,
+    /// Optional `[n]`: one element of a list field.
+    OptionalIndex,
+    /// Required `[key]`.
+    RequiredKey,
+    /// Required `[/json/pointer]`.
+    Pointer,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FieldInfo {
+    pub field: Field,
+    pub is_list: bool,
+    pub arg: ArgKind,
+}
+
+const SIMPLE: &[(&str, Field, bool, ArgKind)] = {
+    use ArgKind::*;
+    use Field::*;
+    &[
+        ("ka.auditid", AuditId, false, None),
+        ("ka.stage", Stage, false, None),
+        ("ka.auth.decision", AuthDecision, false, None),
+        ("ka.auth.reason", AuthReason, false, None),
+        ("ka.auth.openshift.decision", AuthOpenshiftDecision, false, None),
+        ("ka.auth.openshift.username", AuthOpenshiftUsername, false, None),
+        ("ka.validations.admission.policy.failure", ValidationsAdmissionPolicyFailure, false, None),
+        ("ka.security.pod.violations", SecurityPodViolations, false, None),
+        ("ka.user.name", UserName, false, None),
+        ("ka.user.groups", UserGroups, true, OptionalIndex),
+        ("ka.impuser.name", ImpUserName, false, None),
+        ("ka.verb", Verb, false, None),
+        ("ka.uri", Uri, false, None),
+        ("ka.uri.param", UriParam, false, RequiredKey),
+        ("ka.target.name", TargetName, false, None),
+        ("ka.target.namespace", TargetNamespace, false, None),
+        ("ka.target.resource", TargetResource, false, None),
+        ("ka.target.subresource", TargetSubresource, false, None),
+        ("ka.target.pod.name", TargetPodName, false, None),
+        ("ka.req.binding.subjects", ReqBindingSubjects, true, OptionalIndex),
+        ("ka.req.binding.role", ReqBindingRole, false, None),
+        ("ka.req.binding.subject.has_name", ReqBindingSubjectHasName, false, RequiredKey),
+        ("ka.req.binding.subjects.user_names", ReqBindingUserNames, true, OptionalIndex),
+        ("ka.req.binding.subjects.serviceaccount_names", ReqBindingServiceAccountNames, true, OptionalIndex),
+        ("ka.req.binding.subjects.serviceaccount_ns_names", ReqBindingServiceAccountNsNames, true, OptionalIndex),
+        ("ka.req.binding.subjects.group_names", ReqBindingGroupNames, true, OptionalIndex),
+        ("ka.req.configmap.name", ReqConfigmapName, false, None),
+        ("ka.req.configmap.obj", ReqConfigmapObj, false, None),
+        ("ka.req.container.image", ReqContainerImage, false, None),
+        ("ka.req.container.image.repository", ReqContainerImageRepository, false, None),
+        ("ka.req.container.privileged", ReqContainerPrivileged, false, None),
+        ("ka.req.container.host_network", ReqContainerHostNetwork, false, None),
+        ("ka.req.pod.host_ipc", ReqPodHostIpc, false, None),
+        ("ka.req.pod.host_network", ReqPodHostNetwork, false, None),
+        ("ka.req.pod.host_pid", ReqPodHostPid, false, None),
+        ("ka.req.pod.run_as_user", ReqPodRunAsUser, false, None),
+        ("ka.req.pod.run_as_group", ReqPodRunAsGroup, false, None),
+        ("ka.req.pod.fs_group", ReqPodFsGroup, false, None),
+        ("ka.req.pod.supplemental_groups", ReqPodSupplementalGroups, true, OptionalIndex),
+        ("ka.req.role.rules", ReqRoleRules, true, OptionalIndex),
+        ("ka.req.role.rules.apiGroups", ReqRoleRulesApiGroups, true, OptionalIndex),
+        ("ka.req.role.rules.nonResourceURLs", ReqRoleRulesNonResourceUrls, true, OptionalIndex),
+        ("ka.req.role.rules.verbs", ReqRoleRulesVerbs, true, OptionalIndex),
+        ("ka.req.role.rules.resources", ReqRoleRulesResources, true, OptionalIndex),
+        ("ka.req.service.type", ReqServiceType, false, None),
+        ("ka.req.service.ports", ReqServicePorts, true, OptionalIndex),
+        ("ka.req.pod.volumes.hostpath", ReqPodVolumesHostpath, true, OptionalIndex),
+        ("ka.req.volume.hostpath", ReqVolumeHostpath, false, RequiredKey),
+        ("ka.req.pod.volumes.flexvolume_driver", ReqPodVolumesFlexvolumeDriver, true, OptionalIndex),
+        ("ka.req.pod.volumes.volume_type", ReqPodVolumesVolumeType, true, OptionalIndex),
+        ("ka.resp.name", RespName, false, None),
+        ("ka.response.code", ResponseCode, false, None),
+        ("ka.response.reason", ResponseReason, false, None),
+        ("ka.useragent", UserAgent, false, None),
+        ("ka.sourceips", SourceIps, true, OptionalIndex),
+        ("ka.cluster.name", ClusterName, false, None),
+        ("jevt.value", JsonValue, false, Pointer),
+        ("json.value", JsonValue, false, Pointer),
+        ("jevt.obj", JsonObj, false, None),
+        ("json.obj", JsonObj, false, None),
+        ("jevt.rawtime", JsonRawTime, false, None),
+        ("json.rawtime", JsonRawTime, false, None),
+    ]
+};
+
+const FAMILIES: &[(&str, Family)] = &[
+    ("ka.req.pod.containers.", Family::Containers),
+    ("ka.req.pod.initContainers.", Family::InitContainers),
+    ("ka.req.pod.ephemeralContainers.", Family::EphemeralContainers),
+];
+
+/// Looks a field name up.
+pub fn lookup(name: &str) -> Option<FieldInfo> {
+    if let Some((_, field, is_list, arg)) = SIMPLE.iter().find(|(n, ..)| *n == name) {
+        return Some(FieldInfo { field: *field, is_list: *is_list, arg: *arg });
+    }
+    for (prefix, family) in FAMILIES {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            let (_, attr) = CATTRS.iter().find(|(n, _)| *n == rest)?;
+            if *family == Family::EphemeralContainers && *attr == CAttr::HostPort {
+                return None;
+            }
+            return Some(FieldInfo { field: Field::ReqPodContainer(*family, *attr), is_list: true, arg: ArgKind::OptionalIndex });
+        }
+    }
+    None
+}
+
+/// Every field name, for listings and docs.
+pub fn all_names() -> Vec<String> {
+    let mut out: Vec<String> = SIMPLE.iter().map(|(n, ..)| (*n).to_owned()).collect();
+    for (prefix, family) in FAMILIES {
+        for (attr_name, attr) in CATTRS {
+            if *family == Family::EphemeralContainers && *attr == CAttr::HostPort {
+                continue;
+            }
+            out.push(format!("{prefix}{attr_name}"));
+        }
+    }
+    out
+}
+
+/// The argument of a field reference, validated against its [`ArgKind`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Arg {
+    None,
+    Index(usize),
+    Key(String),
+    /// Unescaped JSON pointer segments (`~1` → `/`, `~0` → `~`).
+    Pointer(Vec<String>),
+}
+
+/// A resolved field with its argument.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FieldRef {
+    pub field: Field,
+    pub arg: Arg,
+    /// True when the extracted value is a list (a list field without an index argument).
+    pub is_list: bool,
+    /// The name as written, for messages and output.
+    pub display: String,
+}
+
+/// Resolves `name` with its optional `arg` text.
+pub fn resolve(name: &str, arg: Option<&str>) -> Result<FieldRef, String> {
+    let info = lookup(name).ok_or_else(|| format!("unknown field `{name}`"))?;
+    let display = match arg {
+        Some(a) => format!("{name}[{a}]"),
+        None => name.to_owned(),
+    };
+    let arg = match (info.arg, arg) {
+        (ArgKind::None, None) | (ArgKind::OptionalIndex, None) => Arg::None,
+        (ArgKind::None, Some(_)) => return Err(format!("field `{name}` does not take an argument")),
+        (ArgKind::OptionalIndex, Some(a)) => {
+            let valid = !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) && (a == "0" || !a.starts_with('0'));
+            let n = a.parse::<usize>().ok().filter(|_| valid).ok_or_else(|| format!("field `{name}` takes a numeric index, not `{a}`"))?;
+            Arg::Index(n)
+        }
+        (ArgKind::RequiredKey, Some(a)) if !a.is_empty() => Arg::Key(a.to_owned()),
+        (ArgKind::RequiredKey, _) => return Err(format!("field `{name}` requires an argument, e.g. `{name}[key]`")),
+        (ArgKind::Pointer, Some(a)) => Arg::Pointer(parse_pointer(a)),
+        (ArgKind::Pointer, None) => return Err(format!("field `{name}` requires a JSON pointer, e.g. `{name}[/verb]`")),
+    };
+    // As in libsinsp, a list field stays list-typed with an index: only `exists`, `in` and
+    // `intersects` apply to it.
+    Ok(FieldRef { field: info.field, arg, is_list: info.is_list, display })
+}
+
+/// RFC 6901: strip the leading `/`, split on `/`, unescape `~1` then `~0`.
+pub fn parse_pointer(p: &str) -> Vec<String> {
+    let p = p.strip_prefix('/').unwrap_or(p);
+    if p.is_empty() {
+        return Vec::new();
+    }
+    p.split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_is_complete() {
+        let names = all_names();
+        assert_eq!(names.len(), 64 + 15 + 15 + 14 - 2, "{names:?}");
+        assert!(lookup("ka.req.pod.ephemeralContainers.host_port").is_none());
+        assert!(lookup("ka.req.pod.initContainers.host_port").is_some());
+    }
+
+    #[test]
+    fn arguments_are_validated() {
+        assert!(resolve("ka.uri.param", None).is_err());
+        assert!(resolve("ka.verb", Some("x")).is_err());
+        assert!(resolve("ka.user.groups", Some("01")).is_err());
+        let f = resolve("ka.user.groups", Some("1")).unwrap();
+        assert!(f.is_list);
+        assert_eq!(f.arg, Arg::Index(1));
+        let p = resolve("jevt.value", Some("/a~1b/c~0d")).unwrap();
+        assert_eq!(p.arg, Arg::Pointer(vec!["a/b".into(), "c~d".into()]));
+    }
+}

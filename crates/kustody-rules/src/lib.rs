@@ -1,0 +1,26 @@
+//! kustody's rule engine: Falco rule files loaded, compiled and evaluated on audit events.
+//!
+//! The pipeline is `load → compile → evaluate`, and it does no I/O: callers hand in file
+//! names and texts, and get back an [`Engine`] plus every [`Diagnostic`] found. One bad rule
+//! never stops the others from loading (cedar and rust-analyzer return all errors, not the
+//! first); callers decide whether diagnostics are fatal (`--strict`).
+//!
+//! Evaluation is a pure function of (compiled rules, event). Field names are resolved to ids
+//! and value sets compiled when rules load; rules are indexed by the verb, resource,
+//! subresource and stage they can match, so an event is only tested against candidates. The
+//! plain evaluator in [`expr`] stays as the reference the optimised one is tested against.
+
+pub mod cond;
+mod diag;
+mod engine;
+pub mod expr;
+pub mod extract;
+pub mod fields;
+mod loader;
+pub mod output;
+pub mod prog;
+pub mod yaml;
+
+pub use diag::{Diagnostic, Severity};
+pub use engine::{Engine, EngineOptions, RuleInfo, Scratch};
+pub use loader::{Loader, RuleSource, ENGINE_VERSION};

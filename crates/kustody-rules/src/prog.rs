@@ -1,0 +1,311 @@
+//! The optimised evaluator: an [`Expr`] compiled once into a [`Node`] tree where
+//! * value sets are hash sets, `or`-chains of `contains` on one field are one Aho-Corasick
+//!   automaton, and `or`-chains of `=`/`in` on one field are one hash set;
+//! * regexes and globs are compiled once;
+//! * the children of every `and` are ordered cheapest first (evaluation is pure, so order
+//!   cannot change the answer, only how soon a false child stops the work).
+
+use aho_corasick::AhoCorasick;
+use kustody_model::Event;
+use rustc_hash::FxHashSet;
+
+use crate::cond::Op;
+use crate::expr::{glob_match, path_prefix_match, Expr, Operand, Value};
+use crate::extract::Val;
+use crate::fields::{Arg, Field};
+
+#[derive(Debug)]
+pub enum Node {
+    And(Box<[Node]>),
+    Or(Box<[Node]>),
+    Not(Box<Node>),
+    Exists(Operand),
+    Test { lhs: Operand, m: Matcher },
+}
+
+#[derive(Debug)]
+pub enum Matcher {
+    Eq(Box<str>),
+    Ne(Box<str>),
+    Ord(Op, Box<str>),
+    Contains(Box<str>),
+    /// Any of several substrings (merged `contains`), or one case-insensitive substring.
+    Substrings(AhoCorasick),
+    StartsWith(Box<str>),
+    EndsWith(Box<str>),
+    Glob(glob::Pattern, bool),
+    PMatch(Box<[String]>),
+    /// `in`/`intersects`: for a list value, `all` elements (in) or any (intersects).
+    Set { set: FxHashSet<Box<str>>, all: bool },
+    Regex(regex::Regex),
+    Num(Op, Box<[i128]>),
+    Field(Op, Operand),
+}
+
+/// Compiles a checked expression. Fails only on patterns that `lower` already validated.
+pub fn compile(expr: &Expr) -> Result<Node, String> {
+    let node = build(expr)?;
+    Ok(optimise(node))
+}
+
+fn build(expr: &Expr) -> Result<Node, String> {
+    Ok(match expr {
+        Expr::And(items) => Node::And(items.iter().map(build).collect::<Result<_, _>>()?),
+        Expr::Or(items) => Node::Or(items.iter().map(build).collect::<Result<_, _>>()?),
+        Expr::Not(inner) => Node::Not(Box::new(build(inner)?)),
+        Expr::Exists(op) => Node::Exists(op.clone()),
+        Expr::Cmp { lhs, op, rhs } => Node::Test { lhs: lhs.clone(), m: matcher(lhs, *op, rhs)? },
+    })
+}
+
+fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
+    let items: Vec<&str> = match rhs {
+        Value::Field(f) => return Ok(Matcher::Field(op, f.clone())),
+        Value::Str(s) => vec![s.as_str()],
+        Value::List(l) => l.iter().map(String::as_str).collect(),
+    };
+    let first: Box<str> = items.first().copied().unwrap_or("").into();
+    if lhs.is_numeric() {
+        let nums = items.iter().map(|s| s.parse::<i128>().map_err(|e| format!("`{s}`: {e}"))).collect::<Result<Box<[_]>, _>>()?;
+        return Ok(Matcher::Num(op, nums));
+    }
+    let set = || items.iter().map(|s| Box::<str>::from(*s)).collect::<FxHashSet<_>>();
+    Ok(match op {
+        Op::In => Matcher::Set { set: set(), all: true },
+        Op::Intersects => Matcher::Set { set: set(), all: false },
+        Op::Eq => Matcher::Eq(first),
+        Op::Ne => Matcher::Ne(first),
+        Op::Lt | Op::Le | Op::Gt | Op::Ge => Matcher::Ord(op, first),
+        Op::Contains => Matcher::Contains(first),
+        Op::IContains => Matcher::Substrings(
+            AhoCorasick::builder().ascii_case_insensitive(true).build([first.as_ref()]).map_err(|e| e.to_string())?,
+        ),
+        Op::StartsWith => Matcher::StartsWith(first),
+        Op::EndsWith => Matcher::EndsWith(first),
+        Op::Glob | Op::IGlob => Matcher::Glob(glob::Pattern::new(&first).map_err(|e| e.to_string())?, op == Op::IGlob),
+        Op::PMatch => Matcher::PMatch(items.iter().map(|s| (*s).to_owned()).collect()),
+        Op::Regex => Matcher::Regex(regex::Regex::new(&format!("^(?:{first})$")).map_err(|e| e.to_string())?),
+        Op::BContains | Op::BStartsWith => return Err(format!("operator `{}` is not supported", op.name())),
+    })
+}
+
+/// Flattens, merges `or`-chains on one field, and orders `and` children by cost.
+fn optimise(node: Node) -> Node {
+    match node {
+        Node::And(items) => {
+            let mut flat = Vec::new();
+            for it in items.into_vec().into_iter().map(optimise) {
+                match it {
+                    Node::And(inner) => flat.extend(inner.into_vec()),
+                    other => flat.push(other),
+                }
+            }
+            flat.sort_by_key(cost);
+            single_or(flat, Node::And)
+        }
+        Node::Or(items) => {
+            let mut flat = Vec::new();
+            for it in items.into_vec().into_iter().map(optimise) {
+                match it {
+                    Node::Or(inner) => flat.extend(inner.into_vec()),
+                    other => flat.push(other),
+                }
+            }
+            let mut merged = merge_or(flat);
+            merged.sort_by_key(cost);
+            single_or(merged, Node::Or)
+        }
+        Node::Not(inner) => Node::Not(Box::new(optimise(*inner))),
+        other => other,
+    }
+}
+
+fn single_or(mut items: Vec<Node>, wrap: fn(Box<[Node]>) -> Node) -> Node {
+    if items.len() == 1 {
+        if let Some(n) = items.pop() {
+            return n;
+        }
+    }
+    wrap(items.into_boxed_slice())
+}
+
+/// Merges `f contains a or f contains b` into one automaton, and `f = a or f in (b, c)` into
+/// one set, for scalar (non-list, non-numeric) operands.
+fn merge_or(items: Vec<Node>) -> Vec<Node> {
+    let mut out: Vec<Node> = Vec::new();
+    let mut contains: Vec<(Operand, Vec<String>)> = Vec::new();
+    let mut sets: Vec<(Operand, FxHashSet<Box<str>>)> = Vec::new();
+    for it in items {
+        match it {
+            Node::Test { lhs, m: Matcher::Contains(s) } if !lhs.is_list() && !lhs.is_numeric() => {
+                match contains.iter_mut().find(|(l, _)| *l == lhs) {
+                    Some((_, v)) => v.push(s.into()),
+                    None => contains.push((lhs, vec![s.into()])),
+                }
+            }
+            Node::Test { lhs, m: Matcher::Eq(s) } if !lhs.is_list() && !lhs.is_numeric() => add_set(&mut sets, lhs, [s]),
+            Node::Test { lhs, m: Matcher::Set { set, .. } } if !lhs.is_list() && !lhs.is_numeric() => add_set(&mut sets, lhs, set),
+            other => out.push(other),
+        }
+    }
+    for (lhs, pats) in contains {
+        if pats.len() == 1 {
+            if let Some(p) = pats.into_iter().next() {
+                out.push(Node::Test { lhs, m: Matcher::Contains(p.into()) });
+            }
+            continue;
+        }
+        match AhoCorasick::new(&pats) {
+            Ok(ac) => out.push(Node::Test { lhs, m: Matcher::Substrings(ac) }),
+            Err(_) => out.extend(pats.into_iter().map(|p| Node::Test { lhs: lhs.clone(), m: Matcher::Contains(p.into()) })),
+        }
+    }
+    for (lhs, set) in sets {
+        out.push(Node::Test { lhs, m: Matcher::Set { set, all: true } });
+    }
+    out
+}
+
+fn add_set(sets: &mut Vec<(Operand, FxHashSet<Box<str>>)>, lhs: Operand, vals: impl IntoIterator<Item = Box<str>>) {
+    match sets.iter_mut().find(|(l, _)| *l == lhs) {
+        Some((_, s)) => s.extend(vals),
+        None => sets.push((lhs, vals.into_iter().collect())),
+    }
+}
+
+/// Rough cost of evaluating a node on an event: typed top-level fields are nearly free,
+/// request/response bodies cost a parse the first time, the whole event costs a full DOM.
+fn cost(n: &Node) -> u32 {
+    match n {
+        Node::And(items) | Node::Or(items) => items.iter().map(cost).sum(),
+        Node::Not(inner) => cost(inner),
+        Node::Exists(op) => field_cost(op),
+        Node::Test { lhs, m } => {
+            field_cost(lhs)
+                + match m {
+                    Matcher::Regex(_) | Matcher::Glob(..) | Matcher::PMatch(_) => 4,
+                    Matcher::Field(_, r) => field_cost(r),
+                    _ => 0,
+                }
+        }
+    }
+}
+
+fn field_cost(op: &Operand) -> u32 {
+    use Field::*;
+    let base = match op.field.field {
+        AuditId | Stage | UserName | UserGroups | ImpUserName | Verb | Uri | TargetName | TargetNamespace | TargetResource
+        | TargetSubresource | ResponseCode | ResponseReason | UserAgent | SourceIps | ReqConfigmapName | JsonRawTime => 1,
+        AuthDecision | AuthReason | AuthOpenshiftDecision | AuthOpenshiftUsername | ValidationsAdmissionPolicyFailure
+        | SecurityPodViolations | ClusterName => 2,
+        UriParam => 3,
+        JsonValue => match &op.field.arg {
+            Arg::Pointer(p) if p.first().is_some_and(|s| matches!(s.as_str(), "requestObject" | "responseObject")) => 20,
+            Arg::Pointer(p) if p.len() <= 2 => 1,
+            _ => 50,
+        },
+        JsonObj => 60,
+        _ => 20,
+    };
+    base + op.transformers.len() as u32
+}
+
+/// Evaluates a compiled node.
+pub fn eval(n: &Node, ev: &Event<'_>) -> bool {
+    match n {
+        Node::And(items) => items.iter().all(|i| eval(i, ev)),
+        Node::Or(items) => items.iter().any(|i| eval(i, ev)),
+        Node::Not(inner) => !eval(inner, ev),
+        Node::Exists(op) => op.eval(ev).is_some(),
+        Node::Test { lhs, m } => match lhs.eval(ev) {
+            None => false,
+            Some(v) => test(&v, m, ev),
+        },
+    }
+}
+
+fn test(v: &Val<'_>, m: &Matcher, ev: &Event<'_>) -> bool {
+    let s: &str = match v {
+        Val::List(items) => {
+            return match m {
+                Matcher::Set { set, all: true } => items.iter().all(|i| set.contains(i.as_ref())),
+                Matcher::Set { set, all: false } => items.iter().any(|i| set.contains(i.as_ref())),
+                Matcher::Field(op, r) => match r.eval(ev) {
+                    Some(Val::List(rs)) => match op {
+                        Op::In => items.iter().all(|i| rs.contains(i)),
+                        Op::Intersects => items.iter().any(|i| rs.contains(i)),
+                        _ => false,
+                    },
+                    _ => false,
+                },
+                _ => false,
+            }
+        }
+        Val::One(s) => s,
+    };
+    match m {
+        Matcher::Eq(r) => s == r.as_ref(),
+        Matcher::Ne(r) => s != r.as_ref(),
+        Matcher::Ord(op, r) => ord(s, *op, r),
+        Matcher::Contains(r) => s.contains(r.as_ref()),
+        Matcher::Substrings(ac) => ac.is_match(s),
+        Matcher::StartsWith(r) => s.starts_with(r.as_ref()),
+        Matcher::EndsWith(r) => s.ends_with(r.as_ref()),
+        Matcher::Glob(p, ci) => {
+            p.matches_with(s, glob::MatchOptions { case_sensitive: !ci, require_literal_separator: false, require_literal_leading_dot: false })
+        }
+        Matcher::PMatch(paths) => paths.iter().any(|p| path_prefix_match(p, s)),
+        Matcher::Set { set, .. } => set.contains(s),
+        Matcher::Regex(re) => re.is_match(s),
+        Matcher::Num(op, nums) => {
+            let Ok(l) = s.parse::<i128>() else { return false };
+            match op {
+                Op::In | Op::Intersects => nums.contains(&l),
+                _ => nums.first().is_some_and(|r| num_cmp(l, *op, *r)),
+            }
+        }
+        Matcher::Field(op, r) => {
+            let Some(Val::One(rv)) = r.eval(ev) else { return false };
+            if r.is_numeric() {
+                return match (s.parse::<i128>(), rv.parse::<i128>()) {
+                    (Ok(l), Ok(rn)) => num_cmp(l, *op, rn),
+                    _ => false,
+                };
+            }
+            match op {
+                Op::Eq | Op::In | Op::Intersects => s == rv,
+                Op::Ne => s != rv,
+                Op::Lt | Op::Le | Op::Gt | Op::Ge => ord(s, *op, &rv),
+                Op::Contains => s.contains(rv.as_ref()),
+                Op::IContains => s.to_ascii_lowercase().contains(&rv.to_ascii_lowercase()),
+                Op::StartsWith => s.starts_with(rv.as_ref()),
+                Op::EndsWith => s.ends_with(rv.as_ref()),
+                Op::Glob => glob_match(&rv, s, false),
+                Op::IGlob => glob_match(&rv, s, true),
+                Op::PMatch | Op::Regex | Op::BContains | Op::BStartsWith => false,
+            }
+        }
+    }
+}
+
+fn ord(s: &str, op: Op, r: &str) -> bool {
+    match op {
+        Op::Lt => s < r,
+        Op::Le => s <= r,
+        Op::Gt => s > r,
+        Op::Ge => s >= r,
+        _ => false,
+    }
+}
+
+fn num_cmp(l: i128, op: Op, r: i128) -> bool {
+    match op {
+        Op::Eq | Op::In | Op::Intersects => l == r,
+        Op::Ne => l != r,
+        Op::Lt => l < r,
+        Op::Le => l <= r,
+        Op::Gt => l > r,
+        Op::Ge => l >= r,
+        _ => false,
+    }
+}
