@@ -14,6 +14,8 @@ pub enum Layout {
     Lines,
     /// One or more (possibly pretty-printed) JSON documents: Events, EventLists or arrays.
     Document,
+    /// YAML documents separated by `---`, each an Event, EventList or list of Events.
+    Yaml,
 }
 
 #[derive(Debug)]
@@ -79,9 +81,10 @@ impl Chunk {
         for bad in &self.bad {
             on(Err(bad.clone()));
         }
-        match &self.body {
-            ChunkBody::Lines(b) => self.lines(b, &mut on),
-            ChunkBody::Document(b) => self.document(b, &mut on),
+        match (&self.body, self.layout) {
+            (ChunkBody::Lines(b), _) => self.lines(b, &mut on),
+            (ChunkBody::Document(b), Layout::Yaml) => self.yaml(b, &mut on),
+            (ChunkBody::Document(b), _) => self.document(b, &mut on),
         }
     }
 
@@ -143,6 +146,43 @@ impl Chunk {
                     let line = self.first_line + e.line().saturating_sub(1) as u64;
                     on(Err(self.bad(line, self.base_offset + off as u64, format!("invalid JSON: {}", strip_position(&e.to_string())))));
                     break; // the rest of a broken document cannot be resynchronised
+                }
+            }
+        }
+    }
+
+    fn yaml(&self, bytes: &[u8], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let at = e.valid_up_to();
+                let line = self.first_line + memchr::memchr_iter(b'\n', bytes.get(..at).unwrap_or_default()).count() as u64;
+                on(Err(self.bad(line, self.base_offset + at as u64, format!("invalid UTF-8 at byte {at} of the document"))));
+                return;
+            }
+        };
+        for doc in crate::yaml::split_documents(text) {
+            let line = self.first_line + doc.first_line - 1;
+            let offset = self.base_offset + doc.offset as u64;
+            match crate::yaml::to_json(doc.text) {
+                Err(e) => on(Err(self.bad(line + e.line.saturating_sub(1), offset, format!("invalid YAML: {}", e.message)))),
+                Ok(values) => {
+                    for v in values {
+                        let items = match v {
+                            serde_json::Value::Array(items) => items,
+                            serde_json::Value::Object(mut m) if m.get("kind").and_then(|k| k.as_str()) == Some("EventList") => {
+                                match m.remove("items") {
+                                    Some(serde_json::Value::Array(items)) => items,
+                                    _ => Vec::new(),
+                                }
+                            }
+                            other => vec![other],
+                        };
+                        for item in items {
+                            let json = item.to_string();
+                            on(Ok(Record { text: &json, line, offset }));
+                        }
+                    }
                 }
             }
         }

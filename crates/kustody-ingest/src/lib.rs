@@ -16,6 +16,7 @@
 mod chunk;
 mod files;
 mod reader;
+mod yaml;
 
 pub use chunk::{BadRecord, Chunk, ChunkBody, Layout, Record};
 pub use files::{expand_inputs, InputFile};

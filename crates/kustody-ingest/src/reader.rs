@@ -104,7 +104,7 @@ impl ChunkReader {
             self.layout = Some(sniff(&self.carry));
         }
         match self.layout {
-            Some(Layout::Document) => self.document_chunk(),
+            Some(layout @ (Layout::Document | Layout::Yaml)) => self.document_chunk(layout),
             _ => self.lines_chunk(),
         }
     }
@@ -222,7 +222,7 @@ impl ChunkReader {
         chunk
     }
 
-    fn document_chunk(&mut self) -> Option<Chunk> {
+    fn document_chunk(&mut self, layout: Layout) -> Option<Chunk> {
         let limit = self.opts.max_document_bytes;
         if let Err(e) = self.fill(limit.saturating_add(1)) {
             return Some(self.io_failure(e));
@@ -232,7 +232,7 @@ impl ChunkReader {
             let offset = self.offset;
             self.carry.clear();
             self.eof = true;
-            let mut chunk = self.make_chunk(ChunkBody::Document(Vec::new()), Layout::Document);
+            let mut chunk = self.make_chunk(ChunkBody::Document(Vec::new()), layout);
             chunk.bad.push(BadRecord {
                 file: self.name.clone(),
                 line,
@@ -243,7 +243,7 @@ impl ChunkReader {
         }
         self.eof = true;
         let body = std::mem::take(&mut self.carry);
-        Some(self.make_chunk(ChunkBody::Document(body), Layout::Document))
+        Some(self.make_chunk(ChunkBody::Document(body), layout))
     }
 }
 
@@ -256,8 +256,11 @@ impl ChunkReader {
 /// document.
 fn sniff(head: &[u8]) -> Layout {
     let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let first = lines.by_ref().map(trim).find(|l| !l.is_empty());
+    let first = lines.by_ref().map(trim).find(|l| !l.is_empty() && !l.starts_with(b"#"));
     let Some(first) = first else { return Layout::Lines };
+    if crate::yaml::looks_like_yaml(first) {
+        return Layout::Yaml;
+    }
     let opens = matches!(first, b"{" | b"[" | b"[{") || matches!(first.last(), Some(b'{' | b'[' | b','));
     let next_indented = lines
         .find(|l| !trim(l).is_empty())
@@ -287,5 +290,8 @@ mod tests {
         assert_eq!(sniff(b"[\n  {\"a\":1}\n]"), Layout::Document);
         assert_eq!(sniff(b"[{\"a\":1},{\"a\":2}]\n"), Layout::Lines);
         assert_eq!(sniff(b""), Layout::Lines);
+        assert_eq!(sniff(b"# c\n\nkind: Event\napiVersion: audit.k8s.io/v1\n"), Layout::Yaml);
+        assert_eq!(sniff(b"---\nkind: Event\n"), Layout::Yaml);
+        assert_eq!(sniff(b"garbage\n{\"a\":1}\n"), Layout::Lines);
     }
 }

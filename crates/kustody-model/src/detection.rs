@@ -44,4 +44,61 @@ pub struct Detection {
     pub output_fields: Vec<OutputField>,
     pub audit_id: Option<String>,
     pub source_ref: SourceRef,
+    /// Who did what to which object, from where: the columns of tables and CSV.
+    pub context: EventContext,
+}
+
+/// The identity, action, target and origin of an event, independent of any rule's template.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventContext {
+    pub user: Option<String>,
+    pub impersonated_user: Option<String>,
+    pub verb: Option<String>,
+    pub resource: Option<String>,
+    pub subresource: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub response_code: Option<i64>,
+    pub request_uri: Option<String>,
+}
+
+impl EventContext {
+    pub fn of(ev: &crate::Event<'_>) -> Self {
+        let o = ev.object_ref();
+        let s = |v: Option<&str>| v.map(str::to_owned);
+        EventContext {
+            user: s(ev.user().and_then(|u| u.username.as_deref())),
+            impersonated_user: s(ev.impersonated_user().and_then(|u| u.username.as_deref())),
+            verb: s(ev.verb()),
+            resource: s(o.and_then(|o| o.resource.as_deref())),
+            subresource: s(o.and_then(|o| o.subresource.as_deref())),
+            namespace: s(o.and_then(|o| o.namespace.as_deref())),
+            name: s(o.and_then(|o| o.name.as_deref())),
+            source_ip: s(ev.source_ips().and_then(|ips| ips.first()).map(|c| c.as_ref())),
+            user_agent: s(ev.user_agent()),
+            response_code: ev.response_status().and_then(|r| r.code),
+            request_uri: s(ev.request_uri()),
+        }
+    }
+
+    /// `pods/exec` style resource with subresource.
+    pub fn resource_path(&self) -> Option<String> {
+        match (&self.resource, &self.subresource) {
+            (Some(r), Some(s)) if !s.is_empty() => Some(format!("{r}/{s}")),
+            (Some(r), _) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// `namespace/name`, `name`, or `namespace/`.
+    pub fn object(&self) -> Option<String> {
+        match (&self.namespace, &self.name) {
+            (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
+            (None, Some(n)) => Some(n.clone()),
+            (Some(ns), None) => Some(format!("{ns}/*")),
+            (None, None) => None,
+        }
+    }
 }

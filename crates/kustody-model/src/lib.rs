@@ -15,7 +15,7 @@ mod event;
 mod priority;
 pub mod time;
 
-pub use detection::{Detection, FieldValue, OutputField};
+pub use detection::{Detection, EventContext, FieldValue, OutputField};
 pub use event::{Event, EventError, ObjectRef, ResponseStatus, UserInfo};
 pub use priority::{Priority, PriorityParseError};
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kustody_model::{Detection, Event, FieldValue, OutputField, Priority, SourceRef};
+use kustody_model::{Detection, Event, EventContext, FieldValue, OutputField, Priority, SourceRef};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::cond::{self, Ast, Op};
@@ -261,6 +261,7 @@ impl Engine {
             output_fields,
             audit_id,
             source_ref,
+            context: EventContext::of(ev),
         })
     }
 }

@@ -1,1 +1,30 @@
-fn main() {}
+//! The `kustody` binary: parses the command line and dispatches. Everything else lives in the
+//! modules below and the library crates.
+
+mod cli;
+mod hunt;
+mod render;
+mod rules_cmd;
+mod ruleset;
+mod timespec;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Hunt(args) => hunt::run(args),
+        cli::Command::Rules(cli::RulesCommand::Check(args)) => rules_cmd::check(args),
+        cli::Command::Rules(cli::RulesCommand::List(args)) => rules_cmd::list(args),
+        cli::Command::Rules(cli::RulesCommand::Fields) => rules_cmd::fields(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kustody: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Command-line flags (phase one of argument handling: only parsing, no I/O).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kustody_model::Priority;
+
+#[derive(Parser, Debug)]
+#[command(name = "kustody", version, about = "Kubernetes incident response: hunt audit logs with Falco-compatible rules")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run detection rules over Kubernetes audit logs.
+    ///
+    /// Exit codes: 0 = no detections, 1 = detections, 2 = error.
+    Hunt(HuntArgs),
+    /// Check or list rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RuleArgs {
+    /// Falco rule file or directory of *.yaml/*.yml files (repeatable; loaded after the
+    /// built-in rules, in the order given).
+    #[arg(long = "rules", short = 'r', value_name = "FILE|DIR")]
+    pub rules: Vec<PathBuf>,
+    /// Do not load kustody's built-in rules.
+    #[arg(long)]
+    pub no_default_rules: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HuntArgs {
+    /// Audit log files, directories (read recursively, rotated files oldest first) or `-` for stdin.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub rules: RuleArgs,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Only report rules at least this severe (emergency … debug).
+    #[arg(long, value_name = "PRIORITY", value_parser = parse_priority)]
+    pub min_priority: Option<Priority>,
+    /// Only events at or after this time: RFC 3339 (`2024-05-01T10:00:00Z`) or a duration ago (`90m`, `12h`, `7d`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Write detections to FILE instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Treat any rule diagnostic or bad record as a fatal error.
+    #[arg(long)]
+    pub strict: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub threads: Option<usize>,
+    /// Records larger than this many bytes are counted as bad and skipped.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub max_record_bytes: usize,
+    /// Also write run statistics as JSON to FILE (used by the benchmark).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub stats_json: Option<PathBuf>,
+    /// Parse events but evaluate no rules (benchmark baseline).
+    #[arg(long, hide = true)]
+    pub parse_only: bool,
+    /// Colour the table: auto (on a terminal), always, never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// No summary on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RulesCommand {
+    /// Load rule files and print every diagnostic (exit 2 on errors, or on warnings with --strict).
+    Check(CheckArgs),
+    /// List the loaded rules with priority and tags.
+    List(ListArgs),
+    /// List the fields conditions and outputs can use.
+    Fields,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Rule files or directories, loaded in order (an overlay goes after its base).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Also load the built-in rules first (so overlays of them can be checked).
+    #[arg(long)]
+    pub with_default_rules: bool,
+    /// Warnings count as errors.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub rules: RuleArgs,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable, fits 80 columns, coloured on a terminal.
+    Table,
+    /// Falco alert JSON, one per line (falcosidekick-compatible).
+    Jsonl,
+    /// Falco alert JSON objects in one array.
+    Json,
+    /// One row per detection.
+    Csv,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+fn parse_priority(s: &str) -> Result<Priority, String> {
+    s.parse::<Priority>().map_err(|e| e.to_string())
+}

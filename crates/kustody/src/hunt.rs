@@ -1,0 +1,337 @@
+//! `kustody hunt`: read → parse → evaluate in parallel, write in input order, summarise.
+//!
+//! One reader thread cuts inputs into chunks (sequential I/O and gzip); N workers parse and
+//! evaluate chunks; the main thread puts results back in input order and writes them. The
+//! channels are bounded, so memory stays flat whatever the input size.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use kustody_ingest::{expand_inputs, BadRecord, Chunk, ChunkReader, InputFile, ReadOptions};
+use kustody_model::{Detection, Event, SourceRef};
+use kustody_rules::{Engine, EngineOptions, Scratch, Severity};
+
+use crate::cli::{ColorChoice, Format, HuntArgs};
+use crate::render::Writer;
+use crate::{ruleset, timespec};
+
+/// What one worker reports for one chunk.
+#[derive(Default)]
+struct ChunkResult {
+    detections: Vec<Detection>,
+    bad: Vec<BadRecord>,
+    events: u64,
+    skipped_by_time: u64,
+    bytes: u64,
+    /// Set on the first chunk of a file that could not be opened.
+    open_error: Option<String>,
+}
+
+struct Filter {
+    since: Option<i64>,
+    until: Option<i64>,
+}
+
+impl Filter {
+    fn keeps(&self, ev: &Event<'_>) -> bool {
+        if self.since.is_none() && self.until.is_none() {
+            return true;
+        }
+        match ev.time_ns() {
+            None => false,
+            Some(t) => self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u),
+        }
+    }
+}
+
+pub fn run(args: HuntArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let filter = Filter {
+        since: args.since.as_deref().map(|s| timespec::parse(s, now_ns)).transpose().context("--since")?,
+        until: args.until.as_deref().map(|s| timespec::parse(s, now_ns)).transpose().context("--until")?,
+    };
+
+    let opts = EngineOptions { min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug) };
+    let (engine, diags) = if args.parse_only {
+        (Engine::load(&[], &opts).0, Vec::new())
+    } else {
+        ruleset::load(&args.rules.rules, !args.rules.no_default_rules, &opts)?
+    };
+    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+    for d in &diags {
+        eprintln!("{d}");
+    }
+    if args.strict && !diags.is_empty() {
+        bail!("{} rule diagnostic(s) with --strict", diags.len());
+    }
+    if errors > 0 && !args.quiet {
+        eprintln!("kustody: {errors} rule(s) or item(s) failed to load and are skipped (see above; --strict makes this fatal)");
+    }
+
+    let files = expand_inputs(&args.paths)?;
+    if files.is_empty() {
+        bail!("no input files found in {}", args.paths.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", "));
+    }
+    let read_opts = ReadOptions { max_record_bytes: args.max_record_bytes, ..ReadOptions::default() };
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+
+    let out: Box<dyn Write> = match &args.output {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create `{}`", p.display()))?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let color = match args.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => args.output.is_none() && args.format == Format::Table && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let mut writer = Writer::new(out, args.format, color)?;
+    let progress = progress_bar(args.quiet);
+
+    let engine = Arc::new(engine);
+    let filter = Arc::new(filter);
+    let (chunk_tx, chunk_rx) = sync_channel::<(u64, Result<Chunk, String>)>(threads * 2);
+    let (res_tx, res_rx) = sync_channel::<(u64, ChunkResult)>(threads * 4);
+    let chunk_rx = Arc::new(Mutex::new(chunk_rx));
+
+    let mut stats = Stats { files: files.len(), rules_active: engine.active_count(), ..Stats::default() };
+    let outcome = std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || read_all(&files, &read_opts, chunk_tx));
+        for _ in 0..threads {
+            let rx = chunk_rx.clone();
+            let tx = res_tx.clone();
+            let engine = engine.clone();
+            let filter = filter.clone();
+            let parse_only = args.parse_only;
+            scope.spawn(move || worker(&rx, &tx, &engine, &filter, parse_only));
+        }
+        drop(res_tx);
+        collect(&res_rx, &mut writer, &mut stats, args.strict, &progress)
+    });
+    progress.finish_and_clear();
+    writer.finish()?;
+    outcome?;
+
+    stats.elapsed = started.elapsed().as_secs_f64();
+    if !args.quiet {
+        stats.print(&mut std::io::stderr().lock());
+    }
+    if let Some(p) = &args.stats_json {
+        std::fs::write(p, stats.to_json()).with_context(|| format!("cannot write `{}`", p.display()))?;
+    }
+    Ok(if stats.detections > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {bytes} read ({bytes_per_sec}) {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+fn read_all(files: &[InputFile], opts: &ReadOptions, tx: std::sync::mpsc::SyncSender<(u64, Result<Chunk, String>)>) {
+    let mut seq = 0u64;
+    for f in files {
+        let mut reader = match ChunkReader::open(f, opts.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                if tx.send((seq, Err(e.to_string()))).is_err() {
+                    return;
+                }
+                seq += 1;
+                continue;
+            }
+        };
+        while let Some(chunk) = reader.next_chunk() {
+            if tx.send((seq, Ok(chunk))).is_err() {
+                return; // the collector stopped (--strict failure)
+            }
+            seq += 1;
+        }
+    }
+}
+
+fn worker(
+    rx: &Mutex<Receiver<(u64, Result<Chunk, String>)>>,
+    tx: &std::sync::mpsc::SyncSender<(u64, ChunkResult)>,
+    engine: &Engine,
+    filter: &Filter,
+    parse_only: bool,
+) {
+    let mut scratch = Scratch::default();
+    let mut matched = Vec::new();
+    loop {
+        let next = match rx.lock() {
+            Ok(guard) => guard.recv(),
+            Err(_) => return,
+        };
+        let Ok((seq, chunk)) = next else { return };
+        let result = match chunk {
+            Err(e) => ChunkResult { open_error: Some(e), ..ChunkResult::default() },
+            Ok(chunk) => process(&chunk, engine, filter, parse_only, &mut scratch, &mut matched),
+        };
+        if tx.send((seq, result)).is_err() {
+            return;
+        }
+    }
+}
+
+fn process(chunk: &Chunk, engine: &Engine, filter: &Filter, parse_only: bool, scratch: &mut Scratch, matched: &mut Vec<u32>) -> ChunkResult {
+    let mut r = ChunkResult { bytes: chunk.len() as u64, ..ChunkResult::default() };
+    chunk.records(|rec| match rec {
+        Err(bad) => r.bad.push(bad),
+        Ok(rec) => match Event::parse(rec.text) {
+            Err(e) => r.bad.push(BadRecord { file: chunk.file.clone(), line: rec.line, offset: rec.offset, reason: e.to_string() }),
+            Ok(ev) => {
+                r.events += 1;
+                if !filter.keeps(&ev) {
+                    r.skipped_by_time += 1;
+                    return;
+                }
+                if parse_only {
+                    return;
+                }
+                matched.clear();
+                engine.matches(&ev, scratch, matched);
+                for &i in matched.iter() {
+                    let src = SourceRef { file: chunk.file.clone(), line: rec.line, offset: rec.offset, format: chunk.format };
+                    if let Some(d) = engine.detection(i, &ev, src) {
+                        r.detections.push(d);
+                    }
+                }
+            }
+        },
+    });
+    r
+}
+
+fn collect(
+    rx: &Receiver<(u64, ChunkResult)>,
+    writer: &mut Writer,
+    stats: &mut Stats,
+    strict: bool,
+    progress: &indicatif::ProgressBar,
+) -> Result<()> {
+    let mut pending: BTreeMap<u64, ChunkResult> = BTreeMap::new();
+    let mut next = 0u64;
+    for (seq, res) in rx.iter() {
+        pending.insert(seq, res);
+        while let Some(res) = pending.remove(&next) {
+            next += 1;
+            if let Some(e) = res.open_error {
+                stats.unreadable.push(e);
+                if strict {
+                    bail!("{}", stats.unreadable.last().map(String::as_str).unwrap_or_default());
+                }
+                continue;
+            }
+            if strict {
+                if let Some(b) = res.bad.first() {
+                    bail!("bad record at {b} (--strict)");
+                }
+            }
+            stats.events += res.events;
+            stats.bytes += res.bytes;
+            stats.skipped_by_time += res.skipped_by_time;
+            stats.bad += res.bad.len() as u64;
+            for b in res.bad {
+                if stats.first_bad.len() < 10 {
+                    stats.first_bad.push(b.to_string());
+                }
+            }
+            for d in res.detections {
+                stats.detections += 1;
+                *stats.per_rule.entry(d.rule.clone()).or_default() += 1;
+                writer.write(&d)?;
+            }
+            progress.set_position(stats.bytes);
+            progress.set_message(format!("{} events, {} detections", stats.events, stats.detections));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Stats {
+    files: usize,
+    unreadable: Vec<String>,
+    events: u64,
+    bytes: u64,
+    skipped_by_time: u64,
+    bad: u64,
+    first_bad: Vec<String>,
+    detections: u64,
+    per_rule: BTreeMap<String, u64>,
+    rules_active: usize,
+    elapsed: f64,
+}
+
+/// Peak resident set size of this process, from /proc (Linux); 0 elsewhere.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+impl Stats {
+    fn print(&self, w: &mut dyn Write) {
+        let secs = self.elapsed.max(1e-9);
+        let mb = self.bytes as f64 / 1e6;
+        let _ = writeln!(w, "── kustody hunt summary ──");
+        let _ = writeln!(w, "files:       {} ({} unreadable)", self.files, self.unreadable.len());
+        for u in &self.unreadable {
+            let _ = writeln!(w, "  unreadable: {u}");
+        }
+        let _ = writeln!(w, "events:      {}{}", self.events, if self.skipped_by_time > 0 { format!(" ({} outside --since/--until)", self.skipped_by_time) } else { String::new() });
+        let _ = writeln!(w, "bad records: {}", self.bad);
+        for b in &self.first_bad {
+            let _ = writeln!(w, "  {b}");
+        }
+        if self.bad > self.first_bad.len() as u64 {
+            let _ = writeln!(w, "  … and {} more", self.bad - self.first_bad.len() as u64);
+        }
+        let _ = writeln!(w, "rules:       {} active", self.rules_active);
+        let _ = writeln!(w, "detections:  {}", self.detections);
+        let mut by_count: Vec<_> = self.per_rule.iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (rule, n) in by_count {
+            let _ = writeln!(w, "  {n:>7}  {rule}");
+        }
+        let _ = writeln!(
+            w,
+            "throughput:  {:.1} MB in {:.2}s = {:.1} MB/s, {:.0} events/s, peak RSS {:.0} MB",
+            mb,
+            secs,
+            mb / secs,
+            self.events as f64 / secs,
+            peak_rss_bytes() as f64 / 1e6
+        );
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::json!({
+            "files": self.files,
+            "events": self.events,
+            "bytes": self.bytes,
+            "bad_records": self.bad,
+            "detections": self.detections,
+            "per_rule": self.per_rule,
+            "rules_active": self.rules_active,
+            "elapsed_seconds": self.elapsed,
+            "peak_rss_bytes": peak_rss_bytes(),
+        })
+        .to_string()
+    }
+}

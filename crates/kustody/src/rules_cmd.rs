@@ -1,0 +1,57 @@
+//! `kustody rules check|list|fields`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use kustody_rules::{EngineOptions, Severity};
+
+use crate::cli::{CheckArgs, ListArgs, ListFormat};
+use crate::ruleset;
+
+pub fn check(args: CheckArgs) -> Result<ExitCode> {
+    let (engine, diags) = ruleset::load(&args.files, args.with_default_rules, &EngineOptions::default())?;
+    for d in &diags {
+        println!("{d}");
+    }
+    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+    let warnings = diags.len() - errors;
+    eprintln!("{} rules loaded, {errors} error(s), {warnings} warning(s)", engine.rules().count());
+    Ok(if errors > 0 || (args.strict && warnings > 0) { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+pub fn list(args: ListArgs) -> Result<ExitCode> {
+    let (engine, diags) = ruleset::load(&args.rules.rules, !args.rules.no_default_rules, &EngineOptions::default())?;
+    for d in &diags {
+        eprintln!("{d}");
+    }
+    match args.format {
+        ListFormat::Json => {
+            let rules: Vec<_> = engine
+                .rules()
+                .map(|r| {
+                    serde_json::json!({
+                        "rule": r.name, "priority": r.priority.falco_name(), "tags": r.tags,
+                        "enabled": r.enabled, "source": r.source, "desc": r.desc,
+                        "file": r.file.as_ref(), "line": r.line,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rules)?);
+        }
+        ListFormat::Table => {
+            println!("{:<9} {:<45} TAGS", "PRIORITY", "RULE");
+            for r in engine.rules() {
+                let name = if r.enabled { r.name.clone() } else { format!("{} (disabled)", r.name) };
+                println!("{:<9} {:<45} {}", r.priority.upper(), name, r.tags.join(","));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn fields() -> Result<ExitCode> {
+    for f in kustody_rules::fields::all_names() {
+        println!("{f}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
