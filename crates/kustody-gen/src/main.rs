@@ -1,0 +1,164 @@
+//! `kustody-gen`: write the bundled example, write benchmark corpora, run the hunt benchmark.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use kustody_gen::{example, Corpus};
+
+#[derive(Parser)]
+#[command(name = "kustody-gen", about = "Audit-log generators and the hunt benchmark (dev tooling)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write the attack-chain example (deterministic) to FILE or stdout.
+    Example {
+        #[arg(short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Write a realistic corpus of about BYTES bytes of audit JSON lines.
+    Corpus {
+        #[arg(long, default_value_t = 100_000_000)]
+        bytes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Gzip the output.
+        #[arg(long)]
+        gzip: bool,
+        #[arg(short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Benchmark `kustody hunt`: parse only, upstream Falco rules, all rules.
+    Bench {
+        /// Corpus size in bytes.
+        #[arg(long, default_value_t = 1_000_000_000)]
+        bytes: u64,
+        /// The kustody binary to measure (build it with --release first).
+        #[arg(long, default_value = "target/release/kustody")]
+        kustody: PathBuf,
+        /// Where the corpus is cached.
+        #[arg(long, default_value = "bench-data")]
+        dir: PathBuf,
+        /// Upstream Falco rules (the shared corpus).
+        #[arg(long, default_value = "../shared/upstream/falco")]
+        upstream: PathBuf,
+        /// Runs per case; the fastest is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Worker threads passed to kustody (-j).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Example { output } => {
+            let mut out = sink(output.as_deref())?;
+            example(&mut out)?;
+            out.flush()?;
+        }
+        Cmd::Corpus { bytes, seed, gzip, output } => {
+            let out = sink(output.as_deref())?;
+            if gzip {
+                let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+                Corpus::new(seed).write(bytes, &mut gz)?;
+                gz.finish()?.flush()?;
+            } else {
+                let mut out = out;
+                Corpus::new(seed).write(bytes, &mut out)?;
+                out.flush()?;
+            }
+        }
+        Cmd::Bench { bytes, kustody, dir, upstream, runs, threads } => bench(bytes, &kustody, &dir, &upstream, runs, threads)?,
+    }
+    Ok(())
+}
+
+fn sink(path: Option<&Path>) -> Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(p) => Box::new(BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create `{}`", p.display()))?)),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    })
+}
+
+fn bench(bytes: u64, kustody: &Path, dir: &Path, upstream: &Path, runs: u32, threads: Option<usize>) -> Result<()> {
+    if !kustody.exists() {
+        bail!("`{}` not found: run `cargo build --release -p kustody` first", kustody.display());
+    }
+    let main_rules = upstream.join("k8s_audit_rules.yaml");
+    let gke_rules = upstream.join("k8s_audit_rules_gke.yaml");
+    if !main_rules.exists() {
+        bail!("upstream Falco rules not found at `{}` (pass --upstream)", main_rules.display());
+    }
+    std::fs::create_dir_all(dir)?;
+    let corpus = dir.join(format!("corpus-{bytes}.jsonl"));
+    if !corpus.exists() {
+        eprintln!("generating {} ({} MB)...", corpus.display(), bytes / 1_000_000);
+        let tmp = corpus.with_extension("tmp");
+        let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        Corpus::new(1).write(bytes, &mut out)?;
+        out.flush()?;
+        drop(out);
+        std::fs::rename(&tmp, &corpus)?;
+    }
+    // Warm the page cache so the first case is not penalised.
+    std::io::copy(&mut std::fs::File::open(&corpus)?, &mut std::io::sink())?;
+    let size = std::fs::metadata(&corpus)?.len() as f64;
+    let stats_path = dir.join("stats.json");
+    let main_s = main_rules.display().to_string();
+    let gke_s = gke_rules.display().to_string();
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("parse only", vec!["--parse-only"]),
+        ("upstream Falco k8s_audit rules", vec!["--no-default-rules", "--rules", &main_s]),
+        ("all rules (built-in + upstream + GKE overlay)", vec!["--rules", &main_s, "--rules", &gke_s]),
+    ];
+    println!("corpus: {} ({:.0} MB)", corpus.display(), size / 1e6);
+    println!("{:<48} {:>9} {:>10} {:>12} {:>9} {:>11}", "case", "seconds", "MB/s", "events/s", "RSS MB", "detections");
+    let mut parse_secs = 0.0;
+    for (name, extra) in &cases {
+        let mut best: Option<(f64, serde_json::Value)> = None;
+        for _ in 0..runs.max(1) {
+            let mut cmd = Command::new(kustody);
+            cmd.arg("hunt").arg(&corpus).args(["-q", "-f", "jsonl", "-o", "/dev/null", "--stats-json"]).arg(&stats_path).args(extra);
+            if let Some(t) = threads {
+                cmd.args(["-j", &t.to_string()]);
+            }
+            let t0 = Instant::now();
+            let status = cmd.status()?;
+            let secs = t0.elapsed().as_secs_f64();
+            if !matches!(status.code(), Some(0 | 1)) {
+                bail!("kustody failed on case `{name}`: {status}");
+            }
+            let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats_path)?)?;
+            if best.as_ref().is_none_or(|(b, _)| secs < *b) {
+                best = Some((secs, stats));
+            }
+        }
+        let Some((secs, stats)) = best else { continue };
+        if *name == "parse only" {
+            parse_secs = secs;
+        }
+        let events = stats["events"].as_f64().unwrap_or(0.0);
+        println!(
+            "{:<48} {:>9.2} {:>10.1} {:>12.0} {:>9.1} {:>11}",
+            name,
+            secs,
+            size / 1e6 / secs,
+            events / secs,
+            stats["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            stats["detections"]
+        );
+        if *name != "parse only" && parse_secs > 0.0 {
+            println!("{:<48} {:>9.2}x parse-only time", "", secs / parse_secs);
+        }
+    }
+    Ok(())
+}
