@@ -19,6 +19,7 @@ pub mod fields;
 mod loader;
 pub mod output;
 pub mod prog;
+pub mod testing;
 pub mod yaml;
 
 pub use diag::{Diagnostic, Severity};

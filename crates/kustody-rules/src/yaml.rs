@@ -172,3 +172,32 @@ mod tests {
         assert!(err.pos.line >= 1);
     }
 }
+
+/// Converts a node to JSON: plain scalars become numbers, booleans or null where YAML 1.2's core
+/// schema says so; quoted scalars stay strings.
+pub fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value;
+    match node {
+        Node::Scalar { value, style: TScalarStyle::Plain, .. } => match value.as_str() {
+            "" | "~" | "null" | "Null" | "NULL" => Value::Null,
+            "true" | "True" | "TRUE" => Value::Bool(true),
+            "false" | "False" | "FALSE" => Value::Bool(false),
+            v => v
+                .parse::<i64>()
+                .map(Value::from)
+                .or_else(|_| v.parse::<f64>().map_err(|_| ()).and_then(|f| serde_json::Number::from_f64(f).map(Value::Number).ok_or(())))
+                .unwrap_or_else(|_| Value::String(v.to_owned())),
+        },
+        Node::Scalar { value, .. } => Value::String(value.clone()),
+        Node::Seq { items, .. } => Value::Array(items.iter().map(to_json).collect()),
+        Node::Map { entries, .. } => {
+            let mut m = serde_json::Map::new();
+            for (k, v) in entries {
+                if let Some(k) = k.as_str() {
+                    m.insert(k.to_owned(), to_json(v));
+                }
+            }
+            Value::Object(m)
+        }
+    }
+}

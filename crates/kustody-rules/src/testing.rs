@@ -1,0 +1,94 @@
+//! Data-driven rule tests: cases of (event, rules expected to fire), run through both the
+//! optimised and the reference evaluator. Used by this crate's tests and by the binary's tests
+//! for the built-in rules; public so users' rule repositories can reuse the format.
+//!
+//! ```yaml
+//! base:            # an audit event every case starts from
+//!   verb: get
+//!   ...
+//! cases:
+//!   - name: privileged pod
+//!     event:       # deep-merged over `base`; `null` deletes a key; lists replace
+//!       verb: create
+//!     fires: [Create Privileged Pod]   # exactly these rules, no more, no fewer
+//!     only: [Create Privileged Pod]    # optional: compare only among these rules
+//! ```
+
+use serde_json::Value;
+
+use crate::engine::{Engine, Scratch};
+use crate::yaml::{self, Node};
+
+/// One failed expectation, described for a test report.
+pub type Failure = String;
+
+/// Merges `patch` into `base`: objects recursively, `null` deletes, anything else replaces.
+pub fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    b.remove(k);
+                } else {
+                    merge(b.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+/// Runs every case in `cases_yaml` against `engine`. Returns (cases run, failures).
+pub fn run_cases(engine: &Engine, cases_yaml: &str, file: &str) -> Result<(usize, Vec<Failure>), String> {
+    let docs = yaml::parse(cases_yaml).map_err(|e| format!("{file}:{}:{}: {}", e.pos.line, e.pos.col, e.message))?;
+    let doc = docs.first().ok_or_else(|| format!("{file}: empty"))?;
+    let base = doc.get("base").map(yaml::to_json).unwrap_or(Value::Object(Default::default()));
+    let Some(Node::Seq { items, .. }) = doc.get("cases") else { return Err(format!("{file}: no `cases` list")) };
+    let mut failures = Vec::new();
+    let mut scratch = Scratch::default();
+    for case in items {
+        let line = case.pos().line;
+        let name = case.get("name").and_then(Node::as_str).unwrap_or("?").to_owned();
+        let mut ev = base.clone();
+        if let Some(patch) = case.get("event") {
+            merge(&mut ev, &yaml::to_json(patch));
+        }
+        let text = ev.to_string();
+        let strs = |key: &str| -> Option<Vec<String>> {
+            match case.get(key) {
+                Some(Node::Seq { items, .. }) => Some(items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect()),
+                _ => None,
+            }
+        };
+        let mut expected = strs("fires").unwrap_or_default();
+        let only = strs("only");
+        let event = match kustody_model::Event::parse(&text) {
+            Ok(e) => e,
+            Err(e) => {
+                failures.push(format!("{file}:{line}: case `{name}`: event does not parse: {e}"));
+                continue;
+            }
+        };
+        let names = |idx: &[u32]| -> Vec<String> {
+            let mut v: Vec<String> = idx
+                .iter()
+                .filter_map(|&i| engine.rule(i).map(|r| r.name.clone()))
+                .filter(|n| only.as_ref().is_none_or(|o| o.contains(n)))
+                .collect();
+            v.sort();
+            v
+        };
+        let mut fast = Vec::new();
+        engine.matches(&event, &mut scratch, &mut fast);
+        let fast = names(&fast);
+        let reference = names(&engine.matches_reference(&event, &mut scratch));
+        expected.sort();
+        if fast != expected {
+            failures.push(format!("{file}:{line}: case `{name}`: expected {expected:?}, fired {fast:?}"));
+        }
+        if reference != fast {
+            failures.push(format!("{file}:{line}: case `{name}`: reference evaluator fired {reference:?}, optimised {fast:?}"));
+        }
+    }
+    Ok((items.len(), failures))
+}
