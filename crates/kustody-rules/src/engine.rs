@@ -294,13 +294,22 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
             (l.file, l.pos.line, l.pos.col, " (in the rule's exceptions)".into())
         }
     };
-    let ast = match cond::parse(&text) {
-        Ok(a) => Some(a),
-        Err(e) => {
-            let (f, l, c, snip) = place(e.offset);
-            errors.push(mk(Severity::Error, &f, l, c, format!("{}{snip}", e.message)));
+    // Syntax errors are reported against the condition as written (without the parentheses
+    // and exception clauses added above), so positions and messages match the user's text.
+    let ast = match cond::parse(&def.condition) {
+        Err(own) => {
+            let (p, snip) = locate(&def.condition, def.cond_loc.pos, own.offset);
+            errors.push(mk(Severity::Error, &def.cond_loc.file, p.line, p.col, format!("{}{snip}", own.message)));
             None
         }
+        Ok(_) => match cond::parse(&text) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let (f, l, c, snip) = place(e.offset);
+                errors.push(mk(Severity::Error, &f, l, c, format!("{}{snip}", e.message)));
+                None
+            }
+        },
     };
     let expr = ast.as_ref().and_then(|ast| match expr::lower(ast, set) {
         Ok(x) => Some(x),

@@ -117,6 +117,8 @@ pub struct Loader {
     rule_idx: FxHashMap<String, usize>,
     counter: usize,
     pub(crate) diags: Vec<Diagnostic>,
+    /// Files in load order, to sort diagnostics by position.
+    files: Vec<Arc<str>>,
 }
 
 type Res<T> = Result<T, (Pos, String)>;
@@ -201,6 +203,7 @@ impl Loader {
     /// Adds one rule file. Problems become diagnostics; nothing here fails.
     pub fn add_file(&mut self, name: &str, text: &str) {
         let file: Arc<str> = name.into();
+        self.files.push(file.clone());
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let docs = match yaml::parse(text) {
             Ok(d) => d,
@@ -643,6 +646,8 @@ impl Loader {
         let (engine, diags) = Engine::build(&ctx, opts);
         let mut all = std::mem::take(&mut self.diags);
         all.extend(diags);
+        let order = |f: &Arc<str>| self.files.iter().position(|x| x == f).unwrap_or(usize::MAX);
+        all.sort_by_key(|d| (order(&d.file), d.line, d.col));
         (engine, all)
     }
 
