@@ -129,10 +129,15 @@ impl ChunkReader {
             std::io::ErrorKind::UnexpectedEof => "input ends early (truncated gzip stream?)".to_owned(),
             _ => format!("read error: {e}"),
         };
-        let bad = BadRecord { file: self.name.clone(), line: self.next_line, offset: self.offset, reason };
-        // Whatever complete lines were read before the failure are still evidence.
-        let carry = std::mem::take(&mut self.carry);
+        // Whatever complete lines were read before the failure are still evidence; the partial
+        // last line is part of the failure, reported at its own line.
+        let mut carry = std::mem::take(&mut self.carry);
+        let keep = if self.layout == Some(Layout::Lines) { memchr::memrchr(b'\n', &carry).map_or(0, |p| p + 1) } else { 0 };
+        let dropped = carry.len() - keep;
+        carry.truncate(keep);
         let mut chunk = self.make_chunk(ChunkBody::Lines(carry), Layout::Lines);
+        let bad = BadRecord { file: self.name.clone(), line: self.next_line, offset: self.offset, reason: format!("{reason}; {dropped} bytes of an incomplete record dropped") };
+        self.offset += dropped as u64;
         chunk.bad.push(bad);
         chunk
     }

@@ -46,10 +46,9 @@ pub fn split_documents(text: &str) -> Vec<Doc<'_>> {
 
 fn push_doc<'a>(docs: &mut Vec<Doc<'a>>, text: &'a str, start: usize, end: usize, first_line: u64) {
     let Some(body) = text.get(start..end) else { return };
-    if body.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-        return;
-    }
-    docs.push(Doc { text: body, first_line, offset: start });
+    let is_filler = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
+    let Some(skip) = body.lines().position(|l| !is_filler(l)) else { return };
+    docs.push(Doc { text: body, first_line: first_line + skip as u64, offset: start });
 }
 
 pub struct YamlError {
