@@ -130,9 +130,19 @@ fn colorize(s: &str, p: Priority) -> String {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
+/// Event fields are attacker-controlled: control characters (terminal escape sequences) are
+/// shown as `\u{..}` escapes instead of being sent to the terminal.
+fn sanitize(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
         return s.to_owned();
+    }
+    s.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let s = sanitize(s);
+    if s.chars().count() <= max {
+        return s;
     }
     let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
     out.push('…');
@@ -141,20 +151,24 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Keeps the end of a path (the file name and line matter most).
 fn truncate_left(s: &str, max: usize) -> String {
+    let s = sanitize(s);
     let n = s.chars().count();
     if n <= max {
-        return s.to_owned();
+        return s;
     }
     let mut out = String::from("…");
     out.extend(s.chars().skip(n - max.saturating_sub(1)));
     out
 }
 
+/// RFC 4180 quoting, plus a leading `'` on values a spreadsheet would run as a formula
+/// (user agents and names are attacker-controlled).
 fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_owned() };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s
     }
 }
 
@@ -195,11 +209,29 @@ pub fn falco_json(d: &Detection, hostname: &str) -> Value {
     Value::Object(m)
 }
 
+/// Falco reports the host it runs on; `KUSTODY_HOSTNAME` overrides it (reproducible output).
 fn hostname() -> String {
+    if let Ok(h) = std::env::var("KUSTODY_HOSTNAME") {
+        return h;
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .ok()
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_text_is_neutralised() {
+        assert_eq!(truncate("evil\u{1b}[2Jagent", 80), "evil\\u{1b}[2Jagent");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("-1"), "'-1");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate_left("/very/long/path.log:12", 10), "…th.log:12");
+    }
 }

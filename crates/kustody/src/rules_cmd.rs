@@ -39,10 +39,12 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&rules)?);
         }
         ListFormat::Table => {
-            println!("{:<9} {:<45} TAGS", "PRIORITY", "RULE");
-            for r in engine.rules() {
-                let name = if r.enabled { r.name.clone() } else { format!("{} (disabled)", r.name) };
-                println!("{:<9} {:<45} {}", r.priority.upper(), name, r.tags.join(","));
+            let names: Vec<String> =
+                engine.rules().map(|r| if r.enabled { r.name.clone() } else { format!("{} (disabled)", r.name) }).collect();
+            let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(4);
+            println!("{:<9} {:<width$}  TAGS", "PRIORITY", "RULE");
+            for (r, name) in engine.rules().zip(&names) {
+                println!("{:<9} {:<width$}  {}", r.priority.upper(), name, r.tags.join(","));
             }
         }
     }
