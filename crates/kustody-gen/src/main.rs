@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use kustody_gen::{example, Corpus};
 
 #[derive(Parser)]
-#[command(name = "kustody-gen", about = "Audit-log generators and the hunt benchmark (dev tooling)")]
+#[command(
+    name = "kustody-gen",
+    about = "Audit-log generators and the hunt benchmark (dev tooling)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -65,7 +68,12 @@ fn main() -> Result<()> {
             example(&mut out)?;
             out.flush()?;
         }
-        Cmd::Corpus { bytes, seed, gzip, output } => {
+        Cmd::Corpus {
+            bytes,
+            seed,
+            gzip,
+            output,
+        } => {
             let out = sink(output.as_deref())?;
             if gzip {
                 let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
@@ -77,31 +85,57 @@ fn main() -> Result<()> {
                 out.flush()?;
             }
         }
-        Cmd::Bench { bytes, kustody, dir, upstream, runs, threads } => bench(bytes, &kustody, &dir, &upstream, runs, threads)?,
+        Cmd::Bench {
+            bytes,
+            kustody,
+            dir,
+            upstream,
+            runs,
+            threads,
+        } => bench(bytes, &kustody, &dir, &upstream, runs, threads)?,
     }
     Ok(())
 }
 
 fn sink(path: Option<&Path>) -> Result<Box<dyn Write>> {
     Ok(match path {
-        Some(p) => Box::new(BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create `{}`", p.display()))?)),
+        Some(p) => Box::new(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create `{}`", p.display()))?,
+        )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     })
 }
 
-fn bench(bytes: u64, kustody: &Path, dir: &Path, upstream: &Path, runs: u32, threads: Option<usize>) -> Result<()> {
+fn bench(
+    bytes: u64,
+    kustody: &Path,
+    dir: &Path,
+    upstream: &Path,
+    runs: u32,
+    threads: Option<usize>,
+) -> Result<()> {
     if !kustody.exists() {
-        bail!("`{}` not found: run `cargo build --release -p kustody` first", kustody.display());
+        bail!(
+            "`{}` not found: run `cargo build --release -p kustody` first",
+            kustody.display()
+        );
     }
     let main_rules = upstream.join("k8s_audit_rules.yaml");
     let gke_rules = upstream.join("k8s_audit_rules_gke.yaml");
     if !main_rules.exists() {
-        bail!("upstream Falco rules not found at `{}` (pass --upstream)", main_rules.display());
+        bail!(
+            "upstream Falco rules not found at `{}` (pass --upstream)",
+            main_rules.display()
+        );
     }
     std::fs::create_dir_all(dir)?;
     let corpus = dir.join(format!("corpus-{bytes}.jsonl"));
     if !corpus.exists() {
-        eprintln!("generating {} ({} MB)...", corpus.display(), bytes / 1_000_000);
+        eprintln!(
+            "generating {} ({} MB)...",
+            corpus.display(),
+            bytes / 1_000_000
+        );
         let tmp = corpus.with_extension("tmp");
         let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         Corpus::new(1).write(bytes, &mut out)?;
@@ -117,17 +151,31 @@ fn bench(bytes: u64, kustody: &Path, dir: &Path, upstream: &Path, runs: u32, thr
     let gke_s = gke_rules.display().to_string();
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("parse only", vec!["--parse-only"]),
-        ("upstream Falco k8s_audit rules", vec!["--no-default-rules", "--rules", &main_s]),
-        ("all rules (built-in + upstream + GKE overlay)", vec!["--rules", &main_s, "--rules", &gke_s]),
+        (
+            "upstream Falco k8s_audit rules",
+            vec!["--no-default-rules", "--rules", &main_s],
+        ),
+        (
+            "all rules (built-in + upstream + GKE overlay)",
+            vec!["--rules", &main_s, "--rules", &gke_s],
+        ),
     ];
     println!("corpus: {} ({:.0} MB)", corpus.display(), size / 1e6);
-    println!("{:<48} {:>9} {:>10} {:>12} {:>9} {:>11}", "case", "seconds", "MB/s", "events/s", "RSS MB", "detections");
-    let mut parse_secs = 0.0;
-    for (name, extra) in &cases {
-        let mut best: Option<(f64, serde_json::Value)> = None;
-        for _ in 0..runs.max(1) {
+    println!(
+        "{:<48} {:>8} {:>8} {:>9} {:>11} {:>7} {:>10}",
+        "case", "wall s", "CPU s", "MB/s", "events/s", "RSS MB", "detections"
+    );
+    // Runs are interleaved (case 1, 2, 3, 1, 2, 3, ...) and the fastest of each case is kept, so
+    // a slow spell on a shared machine hits every case alike instead of skewing the ratios.
+    let mut best: Vec<Option<(f64, serde_json::Value)>> = vec![None; cases.len()];
+    for _ in 0..runs.max(1) {
+        for (i, (name, extra)) in cases.iter().enumerate() {
             let mut cmd = Command::new(kustody);
-            cmd.arg("hunt").arg(&corpus).args(["-q", "-f", "jsonl", "-o", "/dev/null", "--stats-json"]).arg(&stats_path).args(extra);
+            cmd.arg("hunt")
+                .arg(&corpus)
+                .args(["-q", "-f", "jsonl", "-o", "/dev/null", "--stats-json"])
+                .arg(&stats_path)
+                .args(extra);
             if let Some(t) = threads {
                 cmd.args(["-j", &t.to_string()]);
             }
@@ -137,27 +185,40 @@ fn bench(bytes: u64, kustody: &Path, dir: &Path, upstream: &Path, runs: u32, thr
             if !matches!(status.code(), Some(0 | 1)) {
                 bail!("kustody failed on case `{name}`: {status}");
             }
-            let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats_path)?)?;
-            if best.as_ref().is_none_or(|(b, _)| secs < *b) {
-                best = Some((secs, stats));
+            let stats: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&stats_path)?)?;
+            if let Some(slot) = best.get_mut(i) {
+                if slot.as_ref().is_none_or(|(b, _)| secs < *b) {
+                    *slot = Some((secs, stats));
+                }
             }
         }
-        let Some((secs, stats)) = best else { continue };
-        if *name == "parse only" {
-            parse_secs = secs;
-        }
+    }
+    let mut parse: Option<(f64, f64)> = None;
+    for ((name, _), result) in cases.iter().zip(best) {
+        let Some((secs, stats)) = result else {
+            continue;
+        };
+        let cpu = stats["cpu_seconds"].as_f64().unwrap_or(0.0);
         let events = stats["events"].as_f64().unwrap_or(0.0);
         println!(
-            "{:<48} {:>9.2} {:>10.1} {:>12.0} {:>9.1} {:>11}",
+            "{:<48} {:>8.2} {:>8.2} {:>9.1} {:>11.0} {:>7.1} {:>10}",
             name,
             secs,
+            cpu,
             size / 1e6 / secs,
             events / secs,
             stats["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1e6,
             stats["detections"]
         );
-        if *name != "parse only" && parse_secs > 0.0 {
-            println!("{:<48} {:>9.2}x parse-only time", "", secs / parse_secs);
+        match parse {
+            None => parse = Some((secs, cpu)),
+            Some((ps, pc)) => println!(
+                "{:<48} {:>7.2}x {:>7.2}x parse-only (wall, CPU)",
+                "",
+                secs / ps,
+                cpu / pc.max(0.01)
+            ),
         }
     }
     Ok(())

@@ -75,6 +75,13 @@ impl Chunk {
         self.len() == 0
     }
 
+    /// The chunk's buffer, to give back to the reader's [`crate::BufferPool`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        match self.body {
+            ChunkBody::Lines(b) | ChunkBody::Document(b) => b,
+        }
+    }
+
     /// Calls `on` for every record in order: `Ok` with the event's JSON text, or `Err` with a
     /// bad record. Reader-level problems come first.
     pub fn records(&self, mut on: impl FnMut(Result<Record<'_>, BadRecord>)) {
@@ -89,14 +96,20 @@ impl Chunk {
     }
 
     fn bad(&self, line: u64, offset: u64, reason: impl Into<String>) -> BadRecord {
-        BadRecord { file: self.file.clone(), line, offset, reason: reason.into() }
+        BadRecord {
+            file: self.file.clone(),
+            line,
+            offset,
+            reason: reason.into(),
+        }
     }
 
     fn lines(&self, bytes: &[u8], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
         let mut line_no = self.first_line;
         let mut start = 0usize;
         while start < bytes.len() {
-            let end = memchr::memchr(b'\n', bytes.get(start..).unwrap_or_default()).map_or(bytes.len(), |p| start + p);
+            let end = memchr::memchr(b'\n', bytes.get(start..).unwrap_or_default())
+                .map_or(bytes.len(), |p| start + p);
             let offset = self.base_offset + start as u64;
             let mut line = bytes.get(start..end).unwrap_or_default();
             line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -106,12 +119,20 @@ impl Chunk {
                     on(Err(self.bad(
                         line_no,
                         offset,
-                        format!("record is {} bytes, over the {} byte limit", line.len(), self.max_record_bytes),
+                        format!(
+                            "record is {} bytes, over the {} byte limit",
+                            line.len(),
+                            self.max_record_bytes
+                        ),
                     )));
                 } else {
                     match std::str::from_utf8(line) {
                         Ok(text) => self.value(text, line_no, offset, None, on),
-                        Err(e) => on(Err(self.bad(line_no, offset, format!("invalid UTF-8 at byte {}", e.valid_up_to())))),
+                        Err(e) => on(Err(self.bad(
+                            line_no,
+                            offset,
+                            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+                        ))),
                     }
                 }
             }
@@ -125,8 +146,14 @@ impl Chunk {
             Ok(t) => t,
             Err(e) => {
                 let at = e.valid_up_to();
-                let line = self.first_line + memchr::memchr_iter(b'\n', bytes.get(..at).unwrap_or_default()).count() as u64;
-                on(Err(self.bad(line, self.base_offset + at as u64, format!("invalid UTF-8 at byte {at} of the document"))));
+                let line = self.first_line
+                    + memchr::memchr_iter(b'\n', bytes.get(..at).unwrap_or_default()).count()
+                        as u64;
+                on(Err(self.bad(
+                    line,
+                    self.base_offset + at as u64,
+                    format!("invalid UTF-8 at byte {at} of the document"),
+                )));
                 return;
             }
         };
@@ -139,12 +166,24 @@ impl Chunk {
                 Some(Ok(value)) => {
                     let off = offset_in(text, value.get());
                     let line = lines.line_at(off);
-                    self.value(value.get(), line, self.base_offset + off as u64, Some((text, &mut lines)), on);
+                    self.value(
+                        value.get(),
+                        line,
+                        self.base_offset + off as u64,
+                        Some((text, &mut lines)),
+                        on,
+                    );
                 }
                 Some(Err(e)) => {
-                    let off = text.get(before..).map_or(before, |rest| before + (rest.len() - rest.trim_start().len()));
+                    let off = text.get(before..).map_or(before, |rest| {
+                        before + (rest.len() - rest.trim_start().len())
+                    });
                     let line = self.first_line + e.line().saturating_sub(1) as u64;
-                    on(Err(self.bad(line, self.base_offset + off as u64, format!("invalid JSON: {}", strip_position(&e.to_string())))));
+                    on(Err(self.bad(
+                        line,
+                        self.base_offset + off as u64,
+                        format!("invalid JSON: {}", strip_position(&e.to_string())),
+                    )));
                     break; // the rest of a broken document cannot be resynchronised
                 }
             }
@@ -156,8 +195,14 @@ impl Chunk {
             Ok(t) => t,
             Err(e) => {
                 let at = e.valid_up_to();
-                let line = self.first_line + memchr::memchr_iter(b'\n', bytes.get(..at).unwrap_or_default()).count() as u64;
-                on(Err(self.bad(line, self.base_offset + at as u64, format!("invalid UTF-8 at byte {at} of the document"))));
+                let line = self.first_line
+                    + memchr::memchr_iter(b'\n', bytes.get(..at).unwrap_or_default()).count()
+                        as u64;
+                on(Err(self.bad(
+                    line,
+                    self.base_offset + at as u64,
+                    format!("invalid UTF-8 at byte {at} of the document"),
+                )));
                 return;
             }
         };
@@ -165,12 +210,18 @@ impl Chunk {
             let line = self.first_line + doc.first_line - 1;
             let offset = self.base_offset + doc.offset as u64;
             match crate::yaml::to_json(doc.text) {
-                Err(e) => on(Err(self.bad(line + e.line.saturating_sub(1), offset, format!("invalid YAML: {}", e.message)))),
+                Err(e) => on(Err(self.bad(
+                    line + e.line.saturating_sub(1),
+                    offset,
+                    format!("invalid YAML: {}", e.message),
+                ))),
                 Ok(values) => {
                     for v in values {
                         let items = match v {
                             serde_json::Value::Array(items) => items,
-                            serde_json::Value::Object(mut m) if m.get("kind").and_then(|k| k.as_str()) == Some("EventList") => {
+                            serde_json::Value::Object(mut m)
+                                if m.get("kind").and_then(|k| k.as_str()) == Some("EventList") =>
+                            {
                                 match m.remove("items") {
                                     Some(serde_json::Value::Array(items)) => items,
                                     _ => Vec::new(),
@@ -180,7 +231,11 @@ impl Chunk {
                         };
                         for item in items {
                             let json = item.to_string();
-                            on(Ok(Record { text: &json, line, offset }));
+                            on(Ok(Record {
+                                text: &json,
+                                line,
+                                offset,
+                            }));
                         }
                     }
                 }
@@ -198,19 +253,26 @@ impl Chunk {
         on: &mut dyn FnMut(Result<Record<'t>, BadRecord>),
     ) {
         let trimmed = text.trim_start();
-        let items: Option<Result<Vec<&RawValue>, serde_json::Error>> = match trimmed.as_bytes().first() {
-            Some(b'[') => Some(serde_json::from_str(trimmed)),
-            Some(b'{') if memchr::memmem::find(trimmed.as_bytes(), b"EventList").is_some() => {
-                match serde_json::from_str::<ListShape<'_>>(trimmed) {
-                    Ok(l) if l.kind.as_deref() == Some("EventList") => Some(Ok(l.items.unwrap_or_default())),
-                    _ => None,
+        let items: Option<Result<Vec<&RawValue>, serde_json::Error>> =
+            match trimmed.as_bytes().first() {
+                Some(b'[') => Some(serde_json::from_str(trimmed)),
+                Some(b'{') if memchr::memmem::find(trimmed.as_bytes(), b"EventList").is_some() => {
+                    match serde_json::from_str::<ListShape<'_>>(trimmed) {
+                        Ok(l) if l.kind.as_deref() == Some("EventList") => {
+                            Some(Ok(l.items.unwrap_or_default()))
+                        }
+                        _ => None,
+                    }
                 }
-            }
-            _ => None,
-        };
+                _ => None,
+            };
         match items {
             None => on(Ok(Record { text, line, offset })),
-            Some(Err(e)) => on(Err(self.bad(line, offset, format!("invalid JSON: {}", strip_position(&e.to_string()))))),
+            Some(Err(e)) => on(Err(self.bad(
+                line,
+                offset,
+                format!("invalid JSON: {}", strip_position(&e.to_string())),
+            ))),
             Some(Ok(items)) => {
                 let mut local = LineCounter::new(text, line);
                 let (base_text, counter) = match doc {
@@ -220,7 +282,11 @@ impl Chunk {
                 let base = offset - offset_in(base_text, text) as u64;
                 for item in items {
                     let off = offset_in(base_text, item.get());
-                    on(Ok(Record { text: item.get(), line: counter.line_at(off), offset: base + off as u64 }));
+                    on(Ok(Record {
+                        text: item.get(),
+                        line: counter.line_at(off),
+                        offset: base + off as u64,
+                    }));
                 }
             }
         }
@@ -237,7 +303,9 @@ struct ListShape<'a> {
 
 /// Byte offset of `inner` inside `outer` (both borrowed from the same buffer).
 fn offset_in(outer: &str, inner: &str) -> usize {
-    (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize).min(outer.len())
+    (inner.as_ptr() as usize)
+        .saturating_sub(outer.as_ptr() as usize)
+        .min(outer.len())
 }
 
 /// Turns increasing byte offsets into line numbers without rescanning from the start.
@@ -249,7 +317,11 @@ struct LineCounter<'a> {
 
 impl<'a> LineCounter<'a> {
     fn new(text: &'a str, first_line: u64) -> Self {
-        LineCounter { text, pos: 0, line: first_line }
+        LineCounter {
+            text,
+            pos: 0,
+            line: first_line,
+        }
     }
     fn line_at(&mut self, off: usize) -> u64 {
         if off >= self.pos {

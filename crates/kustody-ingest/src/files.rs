@@ -39,7 +39,10 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<InputFile>, IngestError> 
         }
         let meta = std::fs::metadata(input).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => IngestError::NotFound(input.display().to_string()),
-            _ => IngestError::Io { path: input.display().to_string(), source: e },
+            _ => IngestError::Io {
+                path: input.display().to_string(),
+                source: e,
+            },
         })?;
         if meta.is_dir() {
             walk(input, &mut out)?;
@@ -51,7 +54,10 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<InputFile>, IngestError> 
 }
 
 fn walk(dir: &Path, out: &mut Vec<InputFile>) -> Result<(), IngestError> {
-    let io = |e| IngestError::Io { path: dir.display().to_string(), source: e };
+    let io = |e| IngestError::Io {
+        path: dir.display().to_string(),
+        source: e,
+    };
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -79,14 +85,22 @@ fn walk(dir: &Path, out: &mut Vec<InputFile>) -> Result<(), IngestError> {
 
 /// Sort key: (base name, age rank, timestamp-or-number, name). Lower sorts first = older.
 fn rotation_key(path: &Path) -> (String, u8, String, String) {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let stem = name.strip_suffix(".gz").unwrap_or(&name);
     // logrotate: base.log.N
     if let Some((base, n)) = stem.rsplit_once('.') {
         if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
             let n: u64 = n.parse().unwrap_or(0);
             // Higher N is older: invert so it sorts first.
-            return (base.to_owned(), 0, format!("{:020}", u64::MAX - n), name.clone());
+            return (
+                base.to_owned(),
+                0,
+                format!("{:020}", u64::MAX - n),
+                name.clone(),
+            );
         }
     }
     // lumberjack: base-YYYY-MM-DDTHH-MM-SS.mmm.ext
@@ -94,7 +108,12 @@ fn rotation_key(path: &Path) -> (String, u8, String, String) {
         let base_prefix = stem.get(..pos).unwrap_or("").trim_end_matches('-');
         let ext = stem.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
         let base = format!("{base_prefix}.{ext}");
-        return (base, 0, stem.get(pos..).unwrap_or("").to_owned(), name.clone());
+        return (
+            base,
+            0,
+            stem.get(pos..).unwrap_or("").to_owned(),
+            name.clone(),
+        );
     }
     (stem.to_owned(), 1, String::new(), name.clone())
 }
@@ -104,11 +123,14 @@ fn find_timestamp(s: &str) -> Option<usize> {
     let b = s.as_bytes();
     let pattern = b"dddd-dd-ddTdd-dd-dd";
     (0..b.len().saturating_sub(pattern.len() - 1)).find(|&i| {
-        pattern.iter().enumerate().all(|(j, &p)| match (p, b.get(i + j)) {
-            (b'd', Some(c)) => c.is_ascii_digit(),
-            (p, Some(&c)) => p == c,
-            _ => false,
-        })
+        pattern
+            .iter()
+            .enumerate()
+            .all(|(j, &p)| match (p, b.get(i + j)) {
+                (b'd', Some(c)) => c.is_ascii_digit(),
+                (p, Some(&c)) => p == c,
+                _ => false,
+            })
     })
 }
 
@@ -156,6 +178,9 @@ mod tests {
 
     #[test]
     fn missing_input_is_an_error() {
-        assert!(matches!(expand_inputs(&["/nonexistent/x".into()]), Err(IngestError::NotFound(_))));
+        assert!(matches!(
+            expand_inputs(&["/nonexistent/x".into()]),
+            Err(IngestError::NotFound(_))
+        ));
     }
 }

@@ -20,7 +20,7 @@ mod yaml;
 
 pub use chunk::{BadRecord, Chunk, ChunkBody, Layout, Record};
 pub use files::{expand_inputs, InputFile};
-pub use reader::{ChunkReader, ReadOptions};
+pub use reader::{BufferPool, ChunkReader, ReadOptions};
 
 /// Errors that stop reading one input (not one record).
 #[derive(Debug, thiserror::Error)]

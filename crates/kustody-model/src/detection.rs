@@ -1,9 +1,12 @@
+use std::sync::Arc;
+
 use crate::{Priority, SourceRef};
 
 /// One `%field` of a rule's output template with the value it had on the event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputField {
-    pub name: String,
+    /// The field as written in the template (`ka.uri.param[command]`); shared, not copied.
+    pub name: Arc<str>,
     pub value: FieldValue,
 }
 
@@ -31,11 +34,11 @@ impl FieldValue {
 /// A rule that matched an event, rendered and ready for output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detection {
-    pub rule: String,
+    pub rule: Arc<str>,
     pub priority: Priority,
     /// Falco's event source name (`k8s_audit`).
-    pub source: String,
-    pub tags: Vec<String>,
+    pub source: Arc<str>,
+    pub tags: Arc<[String]>,
     /// Event time (Unix nanoseconds), when the event had one.
     pub time_ns: Option<i64>,
     /// The rendered output template.
@@ -76,7 +79,10 @@ impl EventContext {
             subresource: s(o.and_then(|o| o.subresource.as_deref())),
             namespace: s(o.and_then(|o| o.namespace.as_deref())),
             name: s(o.and_then(|o| o.name.as_deref())),
-            source_ip: s(ev.source_ips().and_then(|ips| ips.first()).map(|c| c.as_ref())),
+            source_ip: s(ev
+                .source_ips()
+                .and_then(|ips| ips.first())
+                .map(|c| c.as_ref())),
             user_agent: s(ev.user_agent()),
             response_code: ev.response_status().and_then(|r| r.code),
             request_uri: s(ev.request_uri()),

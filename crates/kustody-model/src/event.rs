@@ -32,8 +32,9 @@ pub struct UserInfo<'a> {
     pub username: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub uid: Option<Cow<'a, str>>,
+    /// Kept raw: most rules never look at groups; see [`Event::user_groups`].
     #[serde(borrow, default)]
-    pub groups: Option<Vec<Cow<'a, str>>>,
+    pub groups: Option<&'a RawValue>,
 }
 
 /// `objectRef` of an audit event.
@@ -94,7 +95,7 @@ struct Fields<'a> {
     #[serde(borrow, default)]
     impersonated_user: Option<UserInfo<'a>>,
     #[serde(borrow, default, rename = "sourceIPs")]
-    source_ips: Option<Vec<Cow<'a, str>>>,
+    source_ips: Option<&'a RawValue>,
     #[serde(borrow, default)]
     user_agent: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -112,8 +113,8 @@ struct Fields<'a> {
     /// v1beta1 only.
     #[serde(borrow, default)]
     timestamp: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "pairs")]
-    annotations: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    #[serde(borrow, default)]
+    annotations: Option<&'a RawValue>,
 }
 
 /// One Kubernetes audit event, borrowed from the text it was parsed from.
@@ -125,6 +126,9 @@ pub struct Event<'a> {
     raw: &'a str,
     f: Fields<'a>,
     time_ns: Option<i64>,
+    groups: OnceCell<Option<Vec<Cow<'a, str>>>>,
+    source_ips: OnceCell<Option<Vec<Cow<'a, str>>>>,
+    annotations: OnceCell<Pairs<'a>>,
     request_object: OnceCell<Option<Value>>,
     response_object: OnceCell<Option<Value>>,
     whole: OnceCell<Option<Value>>,
@@ -147,18 +151,29 @@ impl<'a> Event<'a> {
                 return Err(EventError::WrongApiVersion(v.to_owned()));
             }
         }
-        if f.audit_id.is_none() && f.verb.is_none() && f.request_uri.is_none() && f.stage.is_none() {
+        if f.audit_id.is_none() && f.verb.is_none() && f.request_uri.is_none() && f.stage.is_none()
+        {
             return Err(EventError::NotAnEvent);
         }
+        // The lazily parsed parts must still have the right types: check them now, cheaply,
+        // so a malformed record is reported here rather than silently ignored later.
+        check_lazy(&f)?;
         // Falco drops events without a parseable stageTimestamp; we keep them and fall back to
         // requestReceivedTimestamp, then to v1beta1's `timestamp`.
-        let time_ns = [&f.stage_timestamp, &f.request_received_timestamp, &f.timestamp]
-            .into_iter()
-            .find_map(|t| t.as_deref().and_then(parse_rfc3339_nanos));
+        let time_ns = [
+            &f.stage_timestamp,
+            &f.request_received_timestamp,
+            &f.timestamp,
+        ]
+        .into_iter()
+        .find_map(|t| t.as_deref().and_then(parse_rfc3339_nanos));
         Ok(Event {
             raw,
             f,
             time_ns,
+            groups: OnceCell::new(),
+            source_ips: OnceCell::new(),
+            annotations: OnceCell::new(),
             request_object: OnceCell::new(),
             response_object: OnceCell::new(),
             whole: OnceCell::new(),
@@ -199,7 +214,25 @@ impl<'a> Event<'a> {
         self.f.impersonated_user.as_ref()
     }
     pub fn source_ips(&self) -> Option<&[Cow<'a, str>]> {
-        self.f.source_ips.as_deref()
+        self.source_ips
+            .get_or_init(|| {
+                self.f
+                    .source_ips
+                    .and_then(|r| serde_json::from_str(r.get()).ok())
+            })
+            .as_deref()
+    }
+    /// `user.groups`.
+    pub fn user_groups(&self) -> Option<&[Cow<'a, str>]> {
+        self.groups
+            .get_or_init(|| {
+                self.f
+                    .user
+                    .as_ref()
+                    .and_then(|u| u.groups)
+                    .and_then(|r| serde_json::from_str(r.get()).ok())
+            })
+            .as_deref()
     }
     pub fn user_agent(&self) -> Option<&str> {
         self.f.user_agent.as_deref()
@@ -219,38 +252,100 @@ impl<'a> Event<'a> {
     pub fn timestamp(&self) -> Option<&str> {
         self.f.timestamp.as_deref()
     }
+    fn annotation_pairs(&self) -> &Pairs<'a> {
+        self.annotations.get_or_init(|| {
+            let Some(raw) = self.f.annotations else {
+                return Vec::new();
+            };
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            pairs(&mut de).unwrap_or_default()
+        })
+    }
     /// The value of annotation `key`, if present.
     pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.f.annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
+        self.annotation_pairs()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
     }
     pub fn annotations(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.f.annotations.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+        self.annotation_pairs()
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
     }
     /// `requestObject` as raw JSON text, without parsing it.
     pub fn request_object_raw(&self) -> Option<&'a str> {
-        self.f.request_object.map(RawValue::get).filter(|s| *s != "null")
+        self.f
+            .request_object
+            .map(RawValue::get)
+            .filter(|s| *s != "null")
     }
     /// `responseObject` as raw JSON text, without parsing it.
     pub fn response_object_raw(&self) -> Option<&'a str> {
-        self.f.response_object.map(RawValue::get).filter(|s| *s != "null")
+        self.f
+            .response_object
+            .map(RawValue::get)
+            .filter(|s| *s != "null")
     }
     /// `requestObject`, parsed on first use and cached.
     pub fn request_object(&self) -> Option<&Value> {
         self.request_object
-            .get_or_init(|| self.request_object_raw().and_then(|r| serde_json::from_str(r).ok()))
+            .get_or_init(|| {
+                self.request_object_raw()
+                    .and_then(|r| serde_json::from_str(r).ok())
+            })
             .as_ref()
+    }
+    /// `requestObject` as a DOM if something already parsed it (never parses).
+    pub fn request_object_if_parsed(&self) -> Option<&Value> {
+        self.request_object.get().and_then(Option::as_ref)
     }
     /// `responseObject`, parsed on first use and cached.
     pub fn response_object(&self) -> Option<&Value> {
         self.response_object
-            .get_or_init(|| self.response_object_raw().and_then(|r| serde_json::from_str(r).ok()))
+            .get_or_init(|| {
+                self.response_object_raw()
+                    .and_then(|r| serde_json::from_str(r).ok())
+            })
             .as_ref()
     }
     /// The whole event as a JSON DOM, parsed on first use. Only generic JSON-pointer access
     /// to fields without a typed accessor needs it.
     pub fn whole(&self) -> Option<&Value> {
-        self.whole.get_or_init(|| serde_json::from_str(self.raw).ok()).as_ref()
+        self.whole
+            .get_or_init(|| serde_json::from_str(self.raw).ok())
+            .as_ref()
     }
+}
+
+/// Type-checks the raw parts without keeping the result: first byte tells the JSON type.
+fn check_lazy(f: &Fields<'_>) -> Result<(), EventError> {
+    let want =
+        |raw: Option<&RawValue>, open: u8, field: &str, what: &str| -> Result<(), EventError> {
+            match raw.map(|r| r.get().as_bytes().first().copied()) {
+                None | Some(Some(b'n')) => Ok(()),
+                Some(Some(c)) if c == open => Ok(()),
+                Some(_) => Err(EventError::WrongType {
+                    field: field.to_owned(),
+                    message: format!("expected {what}"),
+                }),
+            }
+        };
+    want(f.source_ips, b'[', "sourceIPs", "a list of strings")?;
+    want(f.annotations, b'{', "annotations", "a map of strings")?;
+    want(
+        f.user.as_ref().and_then(|u| u.groups),
+        b'[',
+        "user.groups",
+        "a list of strings",
+    )?;
+    want(
+        f.impersonated_user.as_ref().and_then(|u| u.groups),
+        b'[',
+        "impersonatedUser.groups",
+        "a list of strings",
+    )?;
+    Ok(())
 }
 
 fn classify_error(raw: &str, e: serde_json::Error) -> EventError {
@@ -288,15 +383,17 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
+type Pairs<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+
 /// Deserialises a JSON object of strings into a vector of pairs (annotations have a handful of
 /// entries; a vector beats a map here). `null` gives an empty vector.
-fn pairs<'de, D>(d: D) -> Result<Vec<(Cow<'de, str>, Cow<'de, str>)>, D::Error>
+fn pairs<'de, D>(d: D) -> Result<Pairs<'de>, D::Error>
 where
     D: Deserializer<'de>,
 {
     struct V;
     impl<'de> Visitor<'de> for V {
-        type Value = Vec<(Cow<'de, str>, Cow<'de, str>)>;
+        type Value = Pairs<'de>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a map of strings")
         }
@@ -339,12 +436,16 @@ mod tests {
         assert_eq!(ev.verb(), Some("get"));
         assert_eq!(ev.object_ref().map(|o| o.resource.is_none()), None);
         assert_eq!(ev.time_ns(), Some(1_704_067_200_000_000_000));
-        assert_eq!(ev.annotation("authorization.k8s.io/decision"), Some("allow"));
+        assert_eq!(
+            ev.annotation("authorization.k8s.io/decision"),
+            Some("allow")
+        );
     }
 
     #[test]
     fn wrong_type_names_the_field() {
-        let err = Event::parse(r#"{"auditID":"a","verb":"get","objectRef":{"resource":5}}"#).unwrap_err();
+        let err =
+            Event::parse(r#"{"auditID":"a","verb":"get","objectRef":{"resource":5}}"#).unwrap_err();
         match err {
             EventError::WrongType { field, .. } => assert_eq!(field, "objectRef.resource"),
             other => panic!("unexpected {other:?}"),
@@ -353,11 +454,23 @@ mod tests {
 
     #[test]
     fn non_objects_and_other_kinds_are_rejected() {
-        assert_eq!(Event::parse("5").unwrap_err(), EventError::NotAnObject("a number"));
-        assert_eq!(Event::parse("[1]").unwrap_err(), EventError::NotAnObject("an array"));
-        assert_eq!(Event::parse(r#"{"kind":"Pod","verb":"x"}"#).unwrap_err(), EventError::WrongKind("Pod".into()));
+        assert_eq!(
+            Event::parse("5").unwrap_err(),
+            EventError::NotAnObject("a number")
+        );
+        assert_eq!(
+            Event::parse("[1]").unwrap_err(),
+            EventError::NotAnObject("an array")
+        );
+        assert_eq!(
+            Event::parse(r#"{"kind":"Pod","verb":"x"}"#).unwrap_err(),
+            EventError::WrongKind("Pod".into())
+        );
         assert_eq!(Event::parse("{}").unwrap_err(), EventError::NotAnEvent);
-        assert!(matches!(Event::parse(r#"{"verb":"get""#).unwrap_err(), EventError::Json(_)));
+        assert!(matches!(
+            Event::parse(r#"{"verb":"get""#).unwrap_err(),
+            EventError::Json(_)
+        ));
     }
 
     #[test]

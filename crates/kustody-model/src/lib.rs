@@ -13,6 +13,7 @@
 mod detection;
 mod event;
 mod priority;
+pub mod rawjson;
 pub mod time;
 
 pub use detection::{Detection, EventContext, FieldValue, OutputField};

@@ -10,7 +10,7 @@ use crate::diag::{Diagnostic, Severity};
 use crate::expr::{self, Expr, RegexCache, Scope, Value};
 use crate::fields::{Arg, Field};
 use crate::loader::{exception_text, locate, Loader, RuleDef, K8S_AUDIT};
-use crate::output::{field_value, Template};
+use crate::output::Template;
 use crate::prog::{self, Node};
 
 /// What to build from the loaded rules.
@@ -22,7 +22,9 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { min_priority: Priority::Debug }
+        EngineOptions {
+            min_priority: Priority::Debug,
+        }
     }
 }
 
@@ -41,6 +43,10 @@ pub struct RuleInfo {
 
 struct CompiledRule {
     info: RuleInfo,
+    /// Shared copies for detections (cloning an `Arc` per alert instead of strings).
+    name: Arc<str>,
+    source: Arc<str>,
+    tags: Arc<[String]>,
     expr: Expr,
     prog: Node,
     output: Template,
@@ -57,33 +63,48 @@ fn key_of(field: &Field, arg: &Arg) -> Option<usize> {
         (Field::TargetResource, _) => Some(1),
         (Field::TargetSubresource, _) => Some(2),
         (Field::Stage, _) => Some(3),
-        (Field::JsonValue, Arg::Pointer(p)) => match p.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-            ["verb"] => Some(0),
-            ["objectRef", "resource"] => Some(1),
-            ["objectRef", "subresource"] => Some(2),
-            ["stage"] => Some(3),
-            _ => None,
-        },
+        (Field::JsonValue, Arg::Pointer(p)) => {
+            match p.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                ["verb"] => Some(0),
+                ["objectRef", "resource"] => Some(1),
+                ["objectRef", "subresource"] => Some(2),
+                ["stage"] => Some(3),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
 
 fn event_keys<'e>(ev: &'e Event<'_>) -> [Option<&'e str>; KEYS] {
     let o = ev.object_ref();
-    [ev.verb(), o.and_then(|o| o.resource.as_deref()), o.and_then(|o| o.subresource.as_deref()), ev.stage()]
+    [
+        ev.verb(),
+        o.and_then(|o| o.resource.as_deref()),
+        o.and_then(|o| o.subresource.as_deref()),
+        ev.stage(),
+    ]
 }
 
 /// The values `key` must take for `e` to be true; `None` when unconstrained.
 fn constraint(e: &Expr, key: usize) -> Option<FxHashSet<String>> {
     match e {
-        Expr::Cmp { lhs, op, rhs } if lhs.transformers.is_empty() && key_of(&lhs.field.field, &lhs.field.arg) == Some(key) => {
+        Expr::Cmp { lhs, op, rhs }
+            if lhs.transformers.is_empty()
+                && key_of(&lhs.field.field, &lhs.field.arg) == Some(key) =>
+        {
             match (op, rhs) {
                 (Op::Eq, Value::Str(v)) => Some(std::iter::once(v.clone()).collect()),
-                (Op::In | Op::Intersects, Value::List(items)) => Some(items.iter().cloned().collect()),
+                (Op::In | Op::Intersects, Value::List(items)) => {
+                    Some(items.iter().cloned().collect())
+                }
                 _ => None,
             }
         }
-        Expr::And(items) => items.iter().filter_map(|i| constraint(i, key)).reduce(|a, b| a.intersection(&b).cloned().collect()),
+        Expr::And(items) => items
+            .iter()
+            .filter_map(|i| constraint(i, key))
+            .reduce(|a, b| a.intersection(&b).cloned().collect()),
         Expr::Or(items) => {
             let mut acc = FxHashSet::default();
             for i in items {
@@ -95,11 +116,20 @@ fn constraint(e: &Expr, key: usize) -> Option<FxHashSet<String>> {
     }
 }
 
-/// Per-thread scratch space: the candidate-rule cache.
+/// Per-thread scratch space: the candidate-rule cache, keyed by a hash of the event's index
+/// keys (verified against the stored keys, so collisions cannot mix up candidate lists).
 #[derive(Default)]
 pub struct Scratch {
-    cache: FxHashMap<[Option<Box<str>>; KEYS], Arc<[u32]>>,
+    cache: FxHashMap<u64, Vec<CacheEntry>>,
+    entries: usize,
     regex: RegexCache,
+}
+
+/// Index keys of an event and the candidate rules for them.
+type CacheEntry = ([Option<Box<str>>; KEYS], Box<[u32]>);
+
+thread_local! {
+    static AUDIT_ID: Arc<str> = Arc::from("ka.auditid");
 }
 
 /// Bounds the candidate cache: keys come from the (untrusted) events.
@@ -119,17 +149,32 @@ pub(crate) struct LoadedSet<'l> {
 
 impl Scope for LoadedSet<'_> {
     fn macro_ast(&self, name: &str, from_macro: Option<&str>) -> Result<&Ast, String> {
-        let idx = self.loader.macro_idx.get(name).copied().ok_or_else(|| format!("undefined macro `{name}`"))?;
-        let m = self.loader.macros.get(idx).ok_or_else(|| format!("undefined macro `{name}`"))?;
+        let idx = self
+            .loader
+            .macro_idx
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("undefined macro `{name}`"))?;
+        let m = self
+            .loader
+            .macros
+            .get(idx)
+            .ok_or_else(|| format!("undefined macro `{name}`"))?;
         if let Some(from) = from_macro {
-            let from_def = self.loader.macro_idx.get(from).and_then(|&i| self.loader.macros.get(i));
+            let from_def = self
+                .loader
+                .macro_idx
+                .get(from)
+                .and_then(|&i| self.loader.macros.get(i));
             if let Some(f) = from_def {
                 if m.index >= f.visibility {
                     return Err(format!("undefined macro `{name}` (it is defined after macro `{from}`, which can only use macros defined before it)"));
                 }
             }
         }
-        m.ast.as_ref().ok_or_else(|| format!("macro `{name}` has a syntax error"))
+        m.ast
+            .as_ref()
+            .ok_or_else(|| format!("macro `{name}` has a syntax error"))
     }
     fn list_items(&self, name: &str) -> Option<&[String]> {
         self.lists.get(name).map(Vec::as_slice)
@@ -152,7 +197,9 @@ impl Engine {
         let mut other_sources: FxHashMap<(Arc<str>, String), usize> = FxHashMap::default();
         for def in &set.loader.rules {
             if def.source != K8S_AUDIT {
-                *other_sources.entry((def.loc.file.clone(), def.source.clone())).or_default() += 1;
+                *other_sources
+                    .entry((def.loc.file.clone(), def.source.clone()))
+                    .or_default() += 1;
                 continue;
             }
             match compile_rule(def, set) {
@@ -195,37 +242,69 @@ impl Engine {
         self.active.len()
     }
 
-    fn candidates(&self, ev: &Event<'_>, scratch: &mut Scratch) -> Arc<[u32]> {
+    /// The rules that can match an event with these index keys (cached per thread).
+    fn candidates<'s>(&self, ev: &Event<'_>, scratch: &'s mut Scratch) -> &'s [u32] {
         let keys = event_keys(ev);
-        let probe: [Option<Box<str>>; KEYS] = keys.map(|k| k.map(Box::from));
-        if let Some(c) = scratch.cache.get(&probe) {
-            return c.clone();
-        }
-        let list: Arc<[u32]> = self
-            .active
-            .iter()
-            .copied()
-            .filter(|&i| {
-                self.rules.get(i as usize).is_some_and(|r| {
-                    r.keys.iter().zip(keys.iter()).all(|(allowed, have)| match (allowed, have) {
-                        (None, _) => true,
-                        (Some(set), Some(v)) => set.contains(*v),
-                        (Some(_), None) => false,
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = rustc_hash::FxHasher::default();
+            keys.hash(&mut h);
+            h.finish()
+        };
+        let same = |stored: &[Option<Box<str>>; KEYS]| {
+            stored
+                .iter()
+                .zip(keys.iter())
+                .all(|(a, b)| a.as_deref() == *b)
+        };
+        let found = scratch
+            .cache
+            .get(&hash)
+            .and_then(|bucket| bucket.iter().position(|(k, _)| same(k)));
+        let pos = match found {
+            Some(p) => p,
+            None => {
+                let list: Box<[u32]> = self
+                    .active
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        self.rules.get(i as usize).is_some_and(|r| {
+                            r.keys.iter().zip(keys.iter()).all(|(allowed, have)| {
+                                match (allowed, have) {
+                                    (None, _) => true,
+                                    (Some(set), Some(v)) => set.contains(*v),
+                                    (Some(_), None) => false,
+                                }
+                            })
+                        })
                     })
-                })
-            })
-            .collect();
-        if scratch.cache.len() >= CACHE_LIMIT {
-            scratch.cache.clear();
-        }
-        scratch.cache.insert(probe, list.clone());
-        list
+                    .collect();
+                if scratch.entries >= CACHE_LIMIT {
+                    scratch.cache.clear();
+                    scratch.entries = 0;
+                }
+                scratch.entries += 1;
+                let bucket = scratch.cache.entry(hash).or_default();
+                bucket.push((keys.map(|k| k.map(Box::from)), list));
+                bucket.len() - 1
+            }
+        };
+        scratch
+            .cache
+            .get(&hash)
+            .and_then(|b| b.get(pos))
+            .map_or(&[], |(_, l)| l)
     }
 
     /// Appends the indices of the active rules matching `ev` (optimised path, in rule order).
     pub fn matches(&self, ev: &Event<'_>, scratch: &mut Scratch, out: &mut Vec<u32>) {
-        for &i in self.candidates(ev, scratch).iter() {
-            if self.rules.get(i as usize).is_some_and(|r| prog::eval(&r.prog, ev)) {
+        for &i in self.candidates(ev, scratch) {
+            if self
+                .rules
+                .get(i as usize)
+                .is_some_and(|r| prog::eval(&r.prog, ev))
+            {
                 out.push(i);
             }
         }
@@ -237,38 +316,68 @@ impl Engine {
         self.active
             .iter()
             .copied()
-            .filter(|&i| self.rules.get(i as usize).is_some_and(|r| expr::eval_reference(&r.expr, ev, &mut scratch.regex)))
+            .filter(|&i| {
+                self.rules
+                    .get(i as usize)
+                    .is_some_and(|r| expr::eval_reference(&r.expr, ev, &mut scratch.regex))
+            })
             .collect()
     }
 
-    /// Renders a match into a [`Detection`].
-    pub fn detection(&self, idx: u32, ev: &Event<'_>, source_ref: SourceRef) -> Option<Detection> {
+    /// Renders a match into a [`Detection`]. `with_context` fills [`Detection::context`]
+    /// (the columns of tables and CSV; JSON output does not need it).
+    pub fn detection(
+        &self,
+        idx: u32,
+        ev: &Event<'_>,
+        source_ref: SourceRef,
+        with_context: bool,
+    ) -> Option<Detection> {
         let r = self.rules.get(idx as usize)?;
         let (output, fields) = r.output.render(ev);
-        let mut output_fields: Vec<OutputField> = fields.into_iter().map(|(name, value)| OutputField { name, value }).collect();
+        let mut output_fields: Vec<OutputField> = fields
+            .into_iter()
+            .map(|(name, value)| OutputField { name, value })
+            .collect();
         let audit_id = ev.audit_id().map(str::to_owned);
-        if !output_fields.iter().any(|f| f.name == "ka.auditid") {
-            let v = crate::fields::resolve("ka.auditid", None).map(|f| field_value(ev, &f)).unwrap_or(FieldValue::Missing);
-            output_fields.push(OutputField { name: "ka.auditid".into(), value: v });
+        if !output_fields.iter().any(|f| &*f.name == "ka.auditid") {
+            let v = ev
+                .audit_id()
+                .map_or(FieldValue::Missing, |a| FieldValue::Str(a.to_owned()));
+            output_fields.push(OutputField {
+                name: AUDIT_ID.with(Clone::clone),
+                value: v,
+            });
         }
         Some(Detection {
-            rule: r.info.name.clone(),
+            rule: r.name.clone(),
             priority: r.info.priority,
-            source: r.info.source.clone(),
-            tags: r.info.tags.clone(),
+            source: r.source.clone(),
+            tags: r.tags.clone(),
             time_ns: ev.time_ns(),
             output,
             output_fields,
             audit_id,
             source_ref,
-            context: EventContext::of(ev),
+            context: if with_context {
+                EventContext::of(ev)
+            } else {
+                EventContext::default()
+            },
         })
     }
 }
 
 fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<Diagnostic>> {
     let item = Some(format!("rule `{}`", def.name));
-    let mk = |severity, file: &Arc<str>, line, col, message: String| Diagnostic { severity, file: file.clone(), line, col, item: item.clone(), message };
+    let mk = |severity, file: &Arc<str>, line, col, message: String| Diagnostic {
+        severity,
+        file: file.clone(),
+        line,
+        col,
+        item: item.clone(),
+        message,
+    };
     let mut errors = Vec::new();
 
     // Falco's shape: "(condition)" then " and not (exception)" for each exception with values.
@@ -281,7 +390,13 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
                 text.push_str(&t);
             }
             Ok(None) => {}
-            Err(m) => errors.push(mk(Severity::Error, &e.loc.file, e.loc.pos.line, e.loc.pos.col, m)),
+            Err(m) => errors.push(mk(
+                Severity::Error,
+                &e.loc.file,
+                e.loc.pos.line,
+                e.loc.pos.col,
+                m,
+            )),
         }
     }
     let exc_loc = def.exceptions.first().map(|e| e.loc.clone());
@@ -291,7 +406,12 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
             (def.cond_loc.file.clone(), p.line, p.col, snip)
         } else {
             let l = exc_loc.clone().unwrap_or_else(|| def.cond_loc.clone());
-            (l.file, l.pos.line, l.pos.col, " (in the rule's exceptions)".into())
+            (
+                l.file,
+                l.pos.line,
+                l.pos.col,
+                " (in the rule's exceptions)".into(),
+            )
         }
     };
     // Syntax errors are reported against the condition as written (without the parentheses
@@ -299,14 +419,26 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
     let ast = match cond::parse(&def.condition) {
         Err(own) => {
             let (p, snip) = locate(&def.condition, def.cond_loc.pos, own.offset);
-            errors.push(mk(Severity::Error, &def.cond_loc.file, p.line, p.col, format!("{}{snip}", own.message)));
+            errors.push(mk(
+                Severity::Error,
+                &def.cond_loc.file,
+                p.line,
+                p.col,
+                format!("{}{snip}", own.message),
+            ));
             None
         }
         Ok(_) => match cond::parse(&text) {
             Ok(a) => Some(a),
             Err(e) => {
                 let (f, l, c, snip) = place(e.offset);
-                errors.push(mk(Severity::Error, &f, l, c, format!("{}{snip}", e.message)));
+                errors.push(mk(
+                    Severity::Error,
+                    &f,
+                    l,
+                    c,
+                    format!("{}{snip}", e.message),
+                ));
                 None
             }
         },
@@ -316,12 +448,22 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
         Err(e) => {
             let unknown_field = e.message.starts_with("unknown field");
             if unknown_field && def.skip_if_unknown_filter {
-                errors.push(mk(Severity::Warning, &def.loc.file, def.loc.pos.line, def.loc.pos.col, format!("skipped (skip-if-unknown-filter): {}", e.message)));
+                errors.push(mk(
+                    Severity::Warning,
+                    &def.loc.file,
+                    def.loc.pos.line,
+                    def.loc.pos.col,
+                    format!("skipped (skip-if-unknown-filter): {}", e.message),
+                ));
                 return None;
             }
             match &e.in_macro {
                 Some(m) => {
-                    let mdef = set.loader.macro_idx.get(m).and_then(|&i| set.loader.macros.get(i));
+                    let mdef = set
+                        .loader
+                        .macro_idx
+                        .get(m)
+                        .and_then(|&i| set.loader.macros.get(i));
                     let (file, pos, snip) = match mdef {
                         Some(md) => {
                             let (p, s) = locate(&md.cond, md.cond_loc.pos, e.span.0);
@@ -329,11 +471,23 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
                         }
                         None => (def.cond_loc.file.clone(), def.cond_loc.pos, String::new()),
                     };
-                    errors.push(mk(Severity::Error, &file, pos.line, pos.col, format!("in macro `{m}`: {}{snip}", e.message)));
+                    errors.push(mk(
+                        Severity::Error,
+                        &file,
+                        pos.line,
+                        pos.col,
+                        format!("in macro `{m}`: {}{snip}", e.message),
+                    ));
                 }
                 None => {
                     let (f, l, c, snip) = place(e.span.0);
-                    errors.push(mk(Severity::Error, &f, l, c, format!("{}{snip}", e.message)));
+                    errors.push(mk(
+                        Severity::Error,
+                        &f,
+                        l,
+                        c,
+                        format!("{}{snip}", e.message),
+                    ));
                 }
             }
             None
@@ -343,16 +497,30 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
         Ok(t) => Some(t),
         Err(es) => {
             for m in es {
-                errors.push(mk(Severity::Error, &def.output_loc.file, def.output_loc.pos.line, def.output_loc.pos.col, format!("invalid output: {m}")));
+                errors.push(mk(
+                    Severity::Error,
+                    &def.output_loc.file,
+                    def.output_loc.pos.line,
+                    def.output_loc.pos.col,
+                    format!("invalid output: {m}"),
+                ));
             }
             None
         }
     };
-    let (Some(expr), Some(output)) = (expr, output) else { return Err(errors) };
+    let (Some(expr), Some(output)) = (expr, output) else {
+        return Err(errors);
+    };
     let prog = match prog::compile(&expr) {
         Ok(p) => p,
         Err(m) => {
-            errors.push(mk(Severity::Error, &def.cond_loc.file, def.cond_loc.pos.line, def.cond_loc.pos.col, m));
+            errors.push(mk(
+                Severity::Error,
+                &def.cond_loc.file,
+                def.cond_loc.pos.line,
+                def.cond_loc.pos.col,
+                m,
+            ));
             return Err(errors);
         }
     };
@@ -361,6 +529,9 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
     }
     let keys = std::array::from_fn(|k| constraint(&expr, k));
     Ok(CompiledRule {
+        name: def.name.as_str().into(),
+        source: def.source.as_str().into(),
+        tags: def.tags.clone().into(),
         info: RuleInfo {
             name: def.name.clone(),
             desc: def.desc.clone(),

@@ -58,7 +58,9 @@ fn transform(t: Transformer, v: Val<'_>) -> Option<Val<'_>> {
             Transformer::Basename => s.rsplit('/').next().unwrap_or("").to_owned(),
             Transformer::B64 => {
                 let trimmed = s.trim_end_matches('=');
-                let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed).ok()?;
+                let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+                    .decode(trimmed)
+                    .ok()?;
                 String::from_utf8(bytes).ok()?
             }
             Transformer::Len => s.len().to_string(),
@@ -109,7 +111,11 @@ pub trait Scope {
 
 /// Lowers `ast` (the text of a rule or macro) into an [`Expr`].
 pub fn lower(ast: &Ast, scope: &dyn Scope) -> Result<Expr, LowerError> {
-    Lowerer { scope, stack: Vec::new() }.lower(ast)
+    Lowerer {
+        scope,
+        stack: Vec::new(),
+    }
+    .lower(ast)
 }
 
 struct Lowerer<'s> {
@@ -120,20 +126,43 @@ struct Lowerer<'s> {
 
 impl Lowerer<'_> {
     fn err(&self, span: Span, message: impl Into<String>) -> LowerError {
-        LowerError { span, in_macro: self.stack.last().cloned(), message: message.into() }
+        LowerError {
+            span,
+            in_macro: self.stack.last().cloned(),
+            message: message.into(),
+        }
     }
 
     fn lower(&mut self, ast: &Ast) -> Result<Expr, LowerError> {
         Ok(match ast {
-            Ast::And(items) => Expr::And(items.iter().map(|a| self.lower(a)).collect::<Result<_, _>>()?),
-            Ast::Or(items) => Expr::Or(items.iter().map(|a| self.lower(a)).collect::<Result<_, _>>()?),
+            Ast::And(items) => Expr::And(
+                items
+                    .iter()
+                    .map(|a| self.lower(a))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Ast::Or(items) => Expr::Or(
+                items
+                    .iter()
+                    .map(|a| self.lower(a))
+                    .collect::<Result<_, _>>()?,
+            ),
             Ast::Not(inner) => Expr::Not(Box::new(self.lower(inner)?)),
             Ast::Macro { name, span } => {
                 if self.stack.iter().any(|m| m == name) {
-                    return Err(self.err(*span, format!("macro `{name}` refers to itself (loop: {} -> {name})", self.stack.join(" -> "))));
+                    return Err(self.err(
+                        *span,
+                        format!(
+                            "macro `{name}` refers to itself (loop: {} -> {name})",
+                            self.stack.join(" -> ")
+                        ),
+                    ));
                 }
                 let from = self.stack.last().map(String::as_str);
-                let body = self.scope.macro_ast(name, from).map_err(|m| self.err(*span, m))?;
+                let body = self
+                    .scope
+                    .macro_ast(name, from)
+                    .map_err(|m| self.err(*span, m))?;
                 self.stack.push(name.clone());
                 let r = self.lower(body);
                 self.stack.pop();
@@ -168,10 +197,16 @@ impl Lowerer<'_> {
         transformers.reverse();
         if let Some(pos) = transformers.iter().position(|t| *t == Transformer::Len) {
             if pos + 1 != transformers.len() {
-                return Err(self.err(f.span, "`len()` gives a number: no string transformer can be applied to it"));
+                return Err(self.err(
+                    f.span,
+                    "`len()` gives a number: no string transformer can be applied to it",
+                ));
             }
         }
-        Ok(Operand { field, transformers })
+        Ok(Operand {
+            field,
+            transformers,
+        })
     }
 }
 
@@ -184,26 +219,47 @@ fn is_numeric_text(s: &str) -> bool {
 fn check_types(lhs: &Operand, op: Op, rhs: &Value) -> Result<(), String> {
     let name = lhs.display();
     if lhs.is_list() && !matches!(op, Op::In | Op::Intersects) {
-        return Err(format!("`{name}` is a list field: only `exists`, `in` and `intersects` apply to it, not `{}`", op.name()));
+        return Err(format!(
+            "`{name}` is a list field: only `exists`, `in` and `intersects` apply to it, not `{}`",
+            op.name()
+        ));
     }
     match op {
         Op::BContains | Op::BStartsWith => {
-            return Err(format!("operator `{}` applies to byte-buffer fields; `{name}` is a string field", op.name()))
+            return Err(format!(
+                "operator `{}` applies to byte-buffer fields; `{name}` is a string field",
+                op.name()
+            ))
         }
         Op::Lt | Op::Le | Op::Gt | Op::Ge => {
             if let Value::Str(v) = rhs {
                 if !is_numeric_text(v) {
-                    return Err(format!("operator `{}` needs a numeric value, not `{v}`", op.name()));
+                    return Err(format!(
+                        "operator `{}` needs a numeric value, not `{v}`",
+                        op.name()
+                    ));
                 }
             }
         }
         Op::Regex => {
             if let Value::Str(v) = rhs {
-                regex::Regex::new(&format!("^(?:{v})$")).map_err(|e| format!("invalid regex `{v}`: {e}"))?;
+                regex::Regex::new(&format!("^(?:{v})$"))
+                    .map_err(|e| format!("invalid regex `{v}`: {e}"))?;
             }
         }
-        Op::Contains | Op::IContains | Op::StartsWith | Op::EndsWith | Op::Glob | Op::IGlob | Op::PMatch if lhs.is_numeric() => {
-            return Err(format!("operator `{}` does not apply to the number `{name}`", op.name()))
+        Op::Contains
+        | Op::IContains
+        | Op::StartsWith
+        | Op::EndsWith
+        | Op::Glob
+        | Op::IGlob
+        | Op::PMatch
+            if lhs.is_numeric() =>
+        {
+            return Err(format!(
+                "operator `{}` does not apply to the number `{name}`",
+                op.name()
+            ))
         }
         _ => {}
     }
@@ -212,7 +268,10 @@ fn check_types(lhs: &Operand, op: Op, rhs: &Value) -> Result<(), String> {
             return Err(format!("`val()` cannot be used with `{}`", op.name()));
         }
         if r.is_list() != lhs.is_list() || r.is_numeric() != lhs.is_numeric() {
-            return Err(format!("`{name}` and `{}` have different types", r.display()));
+            return Err(format!(
+                "`{name}` and `{}` have different types",
+                r.display()
+            ));
         }
     }
     if lhs.is_numeric() {
@@ -273,7 +332,9 @@ pub fn eval_reference(expr: &Expr, ev: &Event<'_>, cache: &mut RegexCache) -> bo
 }
 
 fn reference_numeric(s: &str, op: Op, rhs: &[&str]) -> bool {
-    let Ok(l) = s.parse::<i128>() else { return false };
+    let Ok(l) = s.parse::<i128>() else {
+        return false;
+    };
     let nums: Vec<i128> = rhs.iter().filter_map(|r| r.parse().ok()).collect();
     let Some(&r) = nums.first() else { return false };
     match op {
@@ -306,7 +367,9 @@ fn reference_string(s: &str, op: Op, rhs: &[&str], cache: &mut RegexCache) -> bo
         Op::IGlob => glob_match(r, s, true),
         Op::PMatch => rhs.iter().any(|p| path_prefix_match(p, s)),
         Op::Regex => {
-            let re = cache.entry(r.to_owned()).or_insert_with(|| regex::Regex::new(&format!("^(?:{r})$")).ok());
+            let re = cache
+                .entry(r.to_owned())
+                .or_insert_with(|| regex::Regex::new(&format!("^(?:{r})$")).ok());
             re.as_ref().is_some_and(|re| re.is_match(s))
         }
         Op::BContains | Op::BStartsWith => false,
@@ -315,8 +378,14 @@ fn reference_string(s: &str, op: Op, rhs: &[&str], cache: &mut RegexCache) -> bo
 
 /// fnmatch(3) with no flags: `*` also matches `/`.
 pub fn glob_match(pattern: &str, s: &str, case_insensitive: bool) -> bool {
-    let opts = glob::MatchOptions { case_sensitive: !case_insensitive, require_literal_separator: false, require_literal_leading_dot: false };
-    glob::Pattern::new(pattern).map(|p| p.matches_with(s, opts)).unwrap_or(false)
+    let opts = glob::MatchOptions {
+        case_sensitive: !case_insensitive,
+        require_literal_separator: false,
+        require_literal_leading_dot: false,
+    };
+    glob::Pattern::new(pattern)
+        .map(|p| p.matches_with(s, opts))
+        .unwrap_or(false)
 }
 
 /// libsinsp `pmatch`: `s` equals `prefix` or lies below it, comparing `/`-separated
@@ -329,7 +398,11 @@ pub fn path_prefix_match(prefix: &str, s: &str) -> bool {
             (None, _) => return true,
             (Some(_), None) => return false,
             (Some(w), Some(h)) => {
-                let ok = if w.contains(['*', '?', '[']) { glob_match(w, h, false) } else { w == h };
+                let ok = if w.contains(['*', '?', '[']) {
+                    glob_match(w, h, false)
+                } else {
+                    w == h
+                };
                 if !ok {
                     return false;
                 }

@@ -46,7 +46,10 @@ const CATTRS: &[(&str, CAttr)] = &[
     ("command", CAttr::Command),
     ("args", CAttr::Args),
     ("privileged", CAttr::Privileged),
-    ("allow_privilege_escalation", CAttr::AllowPrivilegeEscalation),
+    (
+        "allow_privilege_escalation",
+        CAttr::AllowPrivilegeEscalation,
+    ),
     ("read_only_fs", CAttr::ReadOnlyFs),
     ("run_as_user", CAttr::RunAsUser),
     ("eff_run_as_user", CAttr::EffRunAsUser),
@@ -149,10 +152,30 @@ const SIMPLE: &[(&str, Field, bool, ArgKind)] = {
         ("ka.stage", Stage, false, None),
         ("ka.auth.decision", AuthDecision, false, None),
         ("ka.auth.reason", AuthReason, false, None),
-        ("ka.auth.openshift.decision", AuthOpenshiftDecision, false, None),
-        ("ka.auth.openshift.username", AuthOpenshiftUsername, false, None),
-        ("ka.validations.admission.policy.failure", ValidationsAdmissionPolicyFailure, false, None),
-        ("ka.security.pod.violations", SecurityPodViolations, false, None),
+        (
+            "ka.auth.openshift.decision",
+            AuthOpenshiftDecision,
+            false,
+            None,
+        ),
+        (
+            "ka.auth.openshift.username",
+            AuthOpenshiftUsername,
+            false,
+            None,
+        ),
+        (
+            "ka.validations.admission.policy.failure",
+            ValidationsAdmissionPolicyFailure,
+            false,
+            None,
+        ),
+        (
+            "ka.security.pod.violations",
+            SecurityPodViolations,
+            false,
+            None,
+        ),
         ("ka.user.name", UserName, false, None),
         ("ka.user.groups", UserGroups, true, OptionalIndex),
         ("ka.impuser.name", ImpUserName, false, None),
@@ -164,37 +187,127 @@ const SIMPLE: &[(&str, Field, bool, ArgKind)] = {
         ("ka.target.resource", TargetResource, false, None),
         ("ka.target.subresource", TargetSubresource, false, None),
         ("ka.target.pod.name", TargetPodName, false, None),
-        ("ka.req.binding.subjects", ReqBindingSubjects, true, OptionalIndex),
+        (
+            "ka.req.binding.subjects",
+            ReqBindingSubjects,
+            true,
+            OptionalIndex,
+        ),
         ("ka.req.binding.role", ReqBindingRole, false, None),
-        ("ka.req.binding.subject.has_name", ReqBindingSubjectHasName, false, RequiredKey),
-        ("ka.req.binding.subjects.user_names", ReqBindingUserNames, true, OptionalIndex),
-        ("ka.req.binding.subjects.serviceaccount_names", ReqBindingServiceAccountNames, true, OptionalIndex),
-        ("ka.req.binding.subjects.serviceaccount_ns_names", ReqBindingServiceAccountNsNames, true, OptionalIndex),
-        ("ka.req.binding.subjects.group_names", ReqBindingGroupNames, true, OptionalIndex),
+        (
+            "ka.req.binding.subject.has_name",
+            ReqBindingSubjectHasName,
+            false,
+            RequiredKey,
+        ),
+        (
+            "ka.req.binding.subjects.user_names",
+            ReqBindingUserNames,
+            true,
+            OptionalIndex,
+        ),
+        (
+            "ka.req.binding.subjects.serviceaccount_names",
+            ReqBindingServiceAccountNames,
+            true,
+            OptionalIndex,
+        ),
+        (
+            "ka.req.binding.subjects.serviceaccount_ns_names",
+            ReqBindingServiceAccountNsNames,
+            true,
+            OptionalIndex,
+        ),
+        (
+            "ka.req.binding.subjects.group_names",
+            ReqBindingGroupNames,
+            true,
+            OptionalIndex,
+        ),
         ("ka.req.configmap.name", ReqConfigmapName, false, None),
         ("ka.req.configmap.obj", ReqConfigmapObj, false, None),
         ("ka.req.container.image", ReqContainerImage, false, None),
-        ("ka.req.container.image.repository", ReqContainerImageRepository, false, None),
-        ("ka.req.container.privileged", ReqContainerPrivileged, false, None),
-        ("ka.req.container.host_network", ReqContainerHostNetwork, false, None),
+        (
+            "ka.req.container.image.repository",
+            ReqContainerImageRepository,
+            false,
+            None,
+        ),
+        (
+            "ka.req.container.privileged",
+            ReqContainerPrivileged,
+            false,
+            None,
+        ),
+        (
+            "ka.req.container.host_network",
+            ReqContainerHostNetwork,
+            false,
+            None,
+        ),
         ("ka.req.pod.host_ipc", ReqPodHostIpc, false, None),
         ("ka.req.pod.host_network", ReqPodHostNetwork, false, None),
         ("ka.req.pod.host_pid", ReqPodHostPid, false, None),
         ("ka.req.pod.run_as_user", ReqPodRunAsUser, false, None),
         ("ka.req.pod.run_as_group", ReqPodRunAsGroup, false, None),
         ("ka.req.pod.fs_group", ReqPodFsGroup, false, None),
-        ("ka.req.pod.supplemental_groups", ReqPodSupplementalGroups, true, OptionalIndex),
+        (
+            "ka.req.pod.supplemental_groups",
+            ReqPodSupplementalGroups,
+            true,
+            OptionalIndex,
+        ),
         ("ka.req.role.rules", ReqRoleRules, true, OptionalIndex),
-        ("ka.req.role.rules.apiGroups", ReqRoleRulesApiGroups, true, OptionalIndex),
-        ("ka.req.role.rules.nonResourceURLs", ReqRoleRulesNonResourceUrls, true, OptionalIndex),
-        ("ka.req.role.rules.verbs", ReqRoleRulesVerbs, true, OptionalIndex),
-        ("ka.req.role.rules.resources", ReqRoleRulesResources, true, OptionalIndex),
+        (
+            "ka.req.role.rules.apiGroups",
+            ReqRoleRulesApiGroups,
+            true,
+            OptionalIndex,
+        ),
+        (
+            "ka.req.role.rules.nonResourceURLs",
+            ReqRoleRulesNonResourceUrls,
+            true,
+            OptionalIndex,
+        ),
+        (
+            "ka.req.role.rules.verbs",
+            ReqRoleRulesVerbs,
+            true,
+            OptionalIndex,
+        ),
+        (
+            "ka.req.role.rules.resources",
+            ReqRoleRulesResources,
+            true,
+            OptionalIndex,
+        ),
         ("ka.req.service.type", ReqServiceType, false, None),
         ("ka.req.service.ports", ReqServicePorts, true, OptionalIndex),
-        ("ka.req.pod.volumes.hostpath", ReqPodVolumesHostpath, true, OptionalIndex),
-        ("ka.req.volume.hostpath", ReqVolumeHostpath, false, RequiredKey),
-        ("ka.req.pod.volumes.flexvolume_driver", ReqPodVolumesFlexvolumeDriver, true, OptionalIndex),
-        ("ka.req.pod.volumes.volume_type", ReqPodVolumesVolumeType, true, OptionalIndex),
+        (
+            "ka.req.pod.volumes.hostpath",
+            ReqPodVolumesHostpath,
+            true,
+            OptionalIndex,
+        ),
+        (
+            "ka.req.volume.hostpath",
+            ReqVolumeHostpath,
+            false,
+            RequiredKey,
+        ),
+        (
+            "ka.req.pod.volumes.flexvolume_driver",
+            ReqPodVolumesFlexvolumeDriver,
+            true,
+            OptionalIndex,
+        ),
+        (
+            "ka.req.pod.volumes.volume_type",
+            ReqPodVolumesVolumeType,
+            true,
+            OptionalIndex,
+        ),
         ("ka.resp.name", RespName, false, None),
         ("ka.response.code", ResponseCode, false, None),
         ("ka.response.reason", ResponseReason, false, None),
@@ -213,13 +326,20 @@ const SIMPLE: &[(&str, Field, bool, ArgKind)] = {
 const FAMILIES: &[(&str, Family)] = &[
     ("ka.req.pod.containers.", Family::Containers),
     ("ka.req.pod.initContainers.", Family::InitContainers),
-    ("ka.req.pod.ephemeralContainers.", Family::EphemeralContainers),
+    (
+        "ka.req.pod.ephemeralContainers.",
+        Family::EphemeralContainers,
+    ),
 ];
 
 /// Looks a field name up.
 pub fn lookup(name: &str) -> Option<FieldInfo> {
     if let Some((_, field, is_list, arg)) = SIMPLE.iter().find(|(n, ..)| *n == name) {
-        return Some(FieldInfo { field: *field, is_list: *is_list, arg: *arg });
+        return Some(FieldInfo {
+            field: *field,
+            is_list: *is_list,
+            arg: *arg,
+        });
     }
     for (prefix, family) in FAMILIES {
         if let Some(rest) = name.strip_prefix(prefix) {
@@ -227,7 +347,11 @@ pub fn lookup(name: &str) -> Option<FieldInfo> {
             if *family == Family::EphemeralContainers && *attr == CAttr::HostPort {
                 return None;
             }
-            return Some(FieldInfo { field: Field::ReqPodContainer(*family, *attr), is_list: true, arg: ArgKind::OptionalIndex });
+            return Some(FieldInfo {
+                field: Field::ReqPodContainer(*family, *attr),
+                is_list: true,
+                arg: ArgKind::OptionalIndex,
+            });
         }
     }
     None
@@ -277,20 +401,41 @@ pub fn resolve(name: &str, arg: Option<&str>) -> Result<FieldRef, String> {
     };
     let arg = match (info.arg, arg) {
         (ArgKind::None, None) | (ArgKind::OptionalIndex, None) => Arg::None,
-        (ArgKind::None, Some(_)) => return Err(format!("field `{name}` does not take an argument")),
+        (ArgKind::None, Some(_)) => {
+            return Err(format!("field `{name}` does not take an argument"))
+        }
         (ArgKind::OptionalIndex, Some(a)) => {
-            let valid = !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) && (a == "0" || !a.starts_with('0'));
-            let n = a.parse::<usize>().ok().filter(|_| valid).ok_or_else(|| format!("field `{name}` takes a numeric index, not `{a}`"))?;
+            let valid = !a.is_empty()
+                && a.bytes().all(|b| b.is_ascii_digit())
+                && (a == "0" || !a.starts_with('0'));
+            let n = a
+                .parse::<usize>()
+                .ok()
+                .filter(|_| valid)
+                .ok_or_else(|| format!("field `{name}` takes a numeric index, not `{a}`"))?;
             Arg::Index(n)
         }
         (ArgKind::RequiredKey, Some(a)) if !a.is_empty() => Arg::Key(a.to_owned()),
-        (ArgKind::RequiredKey, _) => return Err(format!("field `{name}` requires an argument, e.g. `{name}[key]`")),
+        (ArgKind::RequiredKey, _) => {
+            return Err(format!(
+                "field `{name}` requires an argument, e.g. `{name}[key]`"
+            ))
+        }
         (ArgKind::Pointer, Some(a)) => Arg::Pointer(parse_pointer(a)),
-        (ArgKind::Pointer, None) => return Err(format!("field `{name}` requires a JSON pointer, e.g. `{name}[/verb]`")),
+        (ArgKind::Pointer, None) => {
+            return Err(format!(
+                "field `{name}` requires a JSON pointer, e.g. `{name}[/verb]`"
+            ))
+        }
     };
     // As in libsinsp, a list field stays list-typed with an index: only `exists`, `in` and
     // `intersects` apply to it.
-    Ok(FieldRef { field: info.field, arg, is_list: info.is_list, display })
+    Ok(FieldRef {
+        field: info.field,
+        arg,
+        is_list: info.is_list,
+        display,
+    })
 }
 
 /// RFC 6901: strip the leading `/`, split on `/`, unescape `~1` then `~0`.
@@ -299,7 +444,9 @@ pub fn parse_pointer(p: &str) -> Vec<String> {
     if p.is_empty() {
         return Vec::new();
     }
-    p.split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect()
+    p.split('/')
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Output templates: `%field` and `%field[arg]` replaced by the event's values, `<NA>` when a
 //! field cannot be extracted, list values as `(a,b)`.
 
+use std::sync::Arc;
+
 use kustody_model::{Event, FieldValue};
 
 use crate::extract::{extract, Val};
@@ -9,7 +11,7 @@ use crate::fields::{resolve, FieldRef};
 #[derive(Debug, Clone)]
 enum Seg {
     Lit(String),
-    Field(FieldRef),
+    Field(FieldRef, Arc<str>),
 }
 
 /// A compiled output template.
@@ -64,7 +66,8 @@ impl Template {
                     if !lit.is_empty() {
                         segs.push(Seg::Lit(std::mem::take(&mut lit)));
                     }
-                    segs.push(Seg::Field(f));
+                    let name: Arc<str> = f.display.as_str().into();
+                    segs.push(Seg::Field(f, name));
                 }
                 Err(e) => errors.push(e),
             }
@@ -83,7 +86,7 @@ impl Template {
     pub fn fields(&self) -> Vec<&FieldRef> {
         let mut out: Vec<&FieldRef> = Vec::new();
         for s in &self.segs {
-            if let Seg::Field(f) = s {
+            if let Seg::Field(f, _) = s {
                 if !out.iter().any(|o| o.display == f.display) {
                     out.push(f);
                 }
@@ -93,17 +96,20 @@ impl Template {
     }
 
     /// Renders the template and returns the text plus each field's value.
-    pub fn render(&self, ev: &Event<'_>) -> (String, Vec<(String, FieldValue)>) {
-        let mut text = String::new();
-        let mut fields: Vec<(String, FieldValue)> = Vec::new();
+    pub fn render(&self, ev: &Event<'_>) -> (String, Vec<(Arc<str>, FieldValue)>) {
+        let mut text = String::with_capacity(256);
+        let mut fields: Vec<(Arc<str>, FieldValue)> = Vec::with_capacity(self.segs.len() / 2 + 1);
         for s in &self.segs {
             match s {
                 Seg::Lit(l) => text.push_str(l),
-                Seg::Field(f) => {
+                Seg::Field(f, name) => {
                     let v = field_value(ev, f);
-                    text.push_str(&v.text());
-                    if !fields.iter().any(|(n, _)| *n == f.display) {
-                        fields.push((f.display.clone(), v));
+                    match &v {
+                        FieldValue::Str(x) => text.push_str(x),
+                        other => text.push_str(&other.text()),
+                    }
+                    if !fields.iter().any(|(n, _)| n == name) {
+                        fields.push((name.clone(), v));
                     }
                 }
             }
@@ -117,7 +123,9 @@ pub fn field_value(ev: &Event<'_>, f: &FieldRef) -> FieldValue {
     match extract(ev, f) {
         None => FieldValue::Missing,
         Some(Val::One(s)) => FieldValue::Str(s.into_owned()),
-        Some(Val::List(items)) => FieldValue::List(items.into_iter().map(|s| s.into_owned()).collect()),
+        Some(Val::List(items)) => {
+            FieldValue::List(items.into_iter().map(|s| s.into_owned()).collect())
+        }
     }
 }
 
@@ -131,8 +139,11 @@ mod tests {
         let t = Template::parse("user=%ka.user.name groups=%ka.user.groups cmd=%ka.uri.param[command] ns=%ka.target.namespace 100% done.").unwrap();
         let (text, fields) = t.render(&ev);
         assert_eq!(text, "user=bob groups=(a,b) cmd=id ns=<NA> 100% done.");
-        assert_eq!(fields[3], ("ka.target.namespace".to_owned(), FieldValue::Missing));
-        assert_eq!(fields[2].0, "ka.uri.param[command]");
+        assert_eq!(
+            fields[3],
+            (Arc::from("ka.target.namespace"), FieldValue::Missing)
+        );
+        assert_eq!(&*fields[2].0, "ka.uri.param[command]");
     }
 
     #[test]

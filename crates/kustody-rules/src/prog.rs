@@ -36,7 +36,10 @@ pub enum Matcher {
     Glob(glob::Pattern, bool),
     PMatch(Box<[String]>),
     /// `in`/`intersects`: for a list value, `all` elements (in) or any (intersects).
-    Set { set: FxHashSet<Box<str>>, all: bool },
+    Set {
+        set: FxHashSet<Box<str>>,
+        all: bool,
+    },
     Regex(regex::Regex),
     Num(Op, Box<[i128]>),
     Field(Op, Operand),
@@ -54,7 +57,10 @@ fn build(expr: &Expr) -> Result<Node, String> {
         Expr::Or(items) => Node::Or(items.iter().map(build).collect::<Result<_, _>>()?),
         Expr::Not(inner) => Node::Not(Box::new(build(inner)?)),
         Expr::Exists(op) => Node::Exists(op.clone()),
-        Expr::Cmp { lhs, op, rhs } => Node::Test { lhs: lhs.clone(), m: matcher(lhs, *op, rhs)? },
+        Expr::Cmp { lhs, op, rhs } => Node::Test {
+            lhs: lhs.clone(),
+            m: matcher(lhs, *op, rhs)?,
+        },
     })
 }
 
@@ -66,26 +72,50 @@ fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
     };
     let first: Box<str> = items.first().copied().unwrap_or("").into();
     if lhs.is_numeric() {
-        let nums = items.iter().map(|s| s.parse::<i128>().map_err(|e| format!("`{s}`: {e}"))).collect::<Result<Box<[_]>, _>>()?;
+        let nums = items
+            .iter()
+            .map(|s| s.parse::<i128>().map_err(|e| format!("`{s}`: {e}")))
+            .collect::<Result<Box<[_]>, _>>()?;
         return Ok(Matcher::Num(op, nums));
     }
-    let set = || items.iter().map(|s| Box::<str>::from(*s)).collect::<FxHashSet<_>>();
+    let set = || {
+        items
+            .iter()
+            .map(|s| Box::<str>::from(*s))
+            .collect::<FxHashSet<_>>()
+    };
     Ok(match op {
-        Op::In => Matcher::Set { set: set(), all: true },
-        Op::Intersects => Matcher::Set { set: set(), all: false },
+        Op::In => Matcher::Set {
+            set: set(),
+            all: true,
+        },
+        Op::Intersects => Matcher::Set {
+            set: set(),
+            all: false,
+        },
         Op::Eq => Matcher::Eq(first),
         Op::Ne => Matcher::Ne(first),
         Op::Lt | Op::Le | Op::Gt | Op::Ge => Matcher::Ord(op, first),
         Op::Contains => Matcher::Contains(first),
         Op::IContains => Matcher::Substrings(
-            AhoCorasick::builder().ascii_case_insensitive(true).build([first.as_ref()]).map_err(|e| e.to_string())?,
+            AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build([first.as_ref()])
+                .map_err(|e| e.to_string())?,
         ),
         Op::StartsWith => Matcher::StartsWith(first),
         Op::EndsWith => Matcher::EndsWith(first),
-        Op::Glob | Op::IGlob => Matcher::Glob(glob::Pattern::new(&first).map_err(|e| e.to_string())?, op == Op::IGlob),
+        Op::Glob | Op::IGlob => Matcher::Glob(
+            glob::Pattern::new(&first).map_err(|e| e.to_string())?,
+            op == Op::IGlob,
+        ),
         Op::PMatch => Matcher::PMatch(items.iter().map(|s| (*s).to_owned()).collect()),
-        Op::Regex => Matcher::Regex(regex::Regex::new(&format!("^(?:{first})$")).map_err(|e| e.to_string())?),
-        Op::BContains | Op::BStartsWith => return Err(format!("operator `{}` is not supported", op.name())),
+        Op::Regex => {
+            Matcher::Regex(regex::Regex::new(&format!("^(?:{first})$")).map_err(|e| e.to_string())?)
+        }
+        Op::BContains | Op::BStartsWith => {
+            return Err(format!("operator `{}` is not supported", op.name()))
+        }
     })
 }
 
@@ -137,36 +167,61 @@ fn merge_or(items: Vec<Node>) -> Vec<Node> {
     let mut sets: Vec<(Operand, FxHashSet<Box<str>>)> = Vec::new();
     for it in items {
         match it {
-            Node::Test { lhs, m: Matcher::Contains(s) } if !lhs.is_list() && !lhs.is_numeric() => {
+            Node::Test {
+                lhs,
+                m: Matcher::Contains(s),
+            } if !lhs.is_list() && !lhs.is_numeric() => {
                 match contains.iter_mut().find(|(l, _)| *l == lhs) {
                     Some((_, v)) => v.push(s.into()),
                     None => contains.push((lhs, vec![s.into()])),
                 }
             }
-            Node::Test { lhs, m: Matcher::Eq(s) } if !lhs.is_list() && !lhs.is_numeric() => add_set(&mut sets, lhs, [s]),
-            Node::Test { lhs, m: Matcher::Set { set, .. } } if !lhs.is_list() && !lhs.is_numeric() => add_set(&mut sets, lhs, set),
+            Node::Test {
+                lhs,
+                m: Matcher::Eq(s),
+            } if !lhs.is_list() && !lhs.is_numeric() => add_set(&mut sets, lhs, [s]),
+            Node::Test {
+                lhs,
+                m: Matcher::Set { set, .. },
+            } if !lhs.is_list() && !lhs.is_numeric() => add_set(&mut sets, lhs, set),
             other => out.push(other),
         }
     }
     for (lhs, pats) in contains {
         if pats.len() == 1 {
             if let Some(p) = pats.into_iter().next() {
-                out.push(Node::Test { lhs, m: Matcher::Contains(p.into()) });
+                out.push(Node::Test {
+                    lhs,
+                    m: Matcher::Contains(p.into()),
+                });
             }
             continue;
         }
         match AhoCorasick::new(&pats) {
-            Ok(ac) => out.push(Node::Test { lhs, m: Matcher::Substrings(ac) }),
-            Err(_) => out.extend(pats.into_iter().map(|p| Node::Test { lhs: lhs.clone(), m: Matcher::Contains(p.into()) })),
+            Ok(ac) => out.push(Node::Test {
+                lhs,
+                m: Matcher::Substrings(ac),
+            }),
+            Err(_) => out.extend(pats.into_iter().map(|p| Node::Test {
+                lhs: lhs.clone(),
+                m: Matcher::Contains(p.into()),
+            })),
         }
     }
     for (lhs, set) in sets {
-        out.push(Node::Test { lhs, m: Matcher::Set { set, all: true } });
+        out.push(Node::Test {
+            lhs,
+            m: Matcher::Set { set, all: true },
+        });
     }
     out
 }
 
-fn add_set(sets: &mut Vec<(Operand, FxHashSet<Box<str>>)>, lhs: Operand, vals: impl IntoIterator<Item = Box<str>>) {
+fn add_set(
+    sets: &mut Vec<(Operand, FxHashSet<Box<str>>)>,
+    lhs: Operand,
+    vals: impl IntoIterator<Item = Box<str>>,
+) {
     match sets.iter_mut().find(|(l, _)| *l == lhs) {
         Some((_, s)) => s.extend(vals),
         None => sets.push((lhs, vals.into_iter().collect())),
@@ -194,13 +249,24 @@ fn cost(n: &Node) -> u32 {
 fn field_cost(op: &Operand) -> u32 {
     use Field::*;
     let base = match op.field.field {
-        AuditId | Stage | UserName | UserGroups | ImpUserName | Verb | Uri | TargetName | TargetNamespace | TargetResource
-        | TargetSubresource | ResponseCode | ResponseReason | UserAgent | SourceIps | ReqConfigmapName | JsonRawTime => 1,
-        AuthDecision | AuthReason | AuthOpenshiftDecision | AuthOpenshiftUsername | ValidationsAdmissionPolicyFailure
-        | SecurityPodViolations | ClusterName => 2,
+        AuditId | Stage | UserName | UserGroups | ImpUserName | Verb | Uri | TargetName
+        | TargetNamespace | TargetResource | TargetSubresource | ResponseCode | ResponseReason
+        | UserAgent | SourceIps | ReqConfigmapName | JsonRawTime => 1,
+        AuthDecision
+        | AuthReason
+        | AuthOpenshiftDecision
+        | AuthOpenshiftUsername
+        | ValidationsAdmissionPolicyFailure
+        | SecurityPodViolations
+        | ClusterName => 2,
         UriParam => 3,
         JsonValue => match &op.field.arg {
-            Arg::Pointer(p) if p.first().is_some_and(|s| matches!(s.as_str(), "requestObject" | "responseObject")) => 20,
+            Arg::Pointer(p)
+                if p.first()
+                    .is_some_and(|s| matches!(s.as_str(), "requestObject" | "responseObject")) =>
+            {
+                20
+            }
             Arg::Pointer(p) if p.len() <= 2 => 1,
             _ => 50,
         },
@@ -216,7 +282,21 @@ pub fn eval(n: &Node, ev: &Event<'_>) -> bool {
         Node::And(items) => items.iter().all(|i| eval(i, ev)),
         Node::Or(items) => items.iter().any(|i| eval(i, ev)),
         Node::Not(inner) => !eval(inner, ev),
+        Node::Exists(op) if op.transformers.is_empty() && op.field.field == Field::JsonRawTime => {
+            ev.time_ns().is_some()
+        }
         Node::Exists(op) => op.eval(ev).is_some(),
+        // `jevt.rawtime = 0` is upstream's "never true": compare numbers, no formatting.
+        Node::Test {
+            lhs,
+            m: Matcher::Eq(v),
+        } if lhs.transformers.is_empty()
+            && lhs.field.field == Field::JsonRawTime
+            && v.parse::<i64>().is_ok() =>
+        {
+            ev.time_ns()
+                .is_some_and(|t| v.parse::<i64>().is_ok_and(|n| n == t))
+        }
         Node::Test { lhs, m } => match lhs.eval(ev) {
             None => false,
             Some(v) => test(&v, m, ev),
@@ -251,21 +331,30 @@ fn test(v: &Val<'_>, m: &Matcher, ev: &Event<'_>) -> bool {
         Matcher::Substrings(ac) => ac.is_match(s),
         Matcher::StartsWith(r) => s.starts_with(r.as_ref()),
         Matcher::EndsWith(r) => s.ends_with(r.as_ref()),
-        Matcher::Glob(p, ci) => {
-            p.matches_with(s, glob::MatchOptions { case_sensitive: !ci, require_literal_separator: false, require_literal_leading_dot: false })
-        }
+        Matcher::Glob(p, ci) => p.matches_with(
+            s,
+            glob::MatchOptions {
+                case_sensitive: !ci,
+                require_literal_separator: false,
+                require_literal_leading_dot: false,
+            },
+        ),
         Matcher::PMatch(paths) => paths.iter().any(|p| path_prefix_match(p, s)),
         Matcher::Set { set, .. } => set.contains(s),
         Matcher::Regex(re) => re.is_match(s),
         Matcher::Num(op, nums) => {
-            let Ok(l) = s.parse::<i128>() else { return false };
+            let Ok(l) = s.parse::<i128>() else {
+                return false;
+            };
             match op {
                 Op::In | Op::Intersects => nums.contains(&l),
                 _ => nums.first().is_some_and(|r| num_cmp(l, *op, *r)),
             }
         }
         Matcher::Field(op, r) => {
-            let Some(Val::One(rv)) = r.eval(ev) else { return false };
+            let Some(Val::One(rv)) = r.eval(ev) else {
+                return false;
+            };
             if r.is_numeric() {
                 return match (s.parse::<i128>(), rv.parse::<i128>()) {
                     (Ok(l), Ok(rn)) => num_cmp(l, *op, rn),

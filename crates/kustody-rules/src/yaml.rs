@@ -15,9 +15,19 @@ pub struct Pos {
 
 #[derive(Debug, Clone)]
 pub enum Node {
-    Scalar { value: String, style: TScalarStyle, pos: Pos },
-    Seq { items: Vec<Node>, pos: Pos },
-    Map { entries: Vec<(Node, Node)>, pos: Pos },
+    Scalar {
+        value: String,
+        style: TScalarStyle,
+        pos: Pos,
+    },
+    Seq {
+        items: Vec<Node>,
+        pos: Pos,
+    },
+    Map {
+        entries: Vec<(Node, Node)>,
+        pos: Pos,
+    },
 }
 
 impl Node {
@@ -42,7 +52,10 @@ impl Node {
     /// For a mapping, the value of `key`.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match self {
-            Node::Map { entries, .. } => entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
+            Node::Map { entries, .. } => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -59,12 +72,22 @@ impl Node {
     /// is approximated by the node position (+1 column for quoted scalars).
     pub fn text_start(&self) -> Pos {
         match self {
-            Node::Scalar { style: TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted, pos, .. } => {
-                Pos { line: pos.line, col: pos.col + 1 }
-            }
-            Node::Scalar { style: TScalarStyle::Literal | TScalarStyle::Folded, pos, .. } => {
-                Pos { line: pos.line + 1, col: pos.col }
-            }
+            Node::Scalar {
+                style: TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted,
+                pos,
+                ..
+            } => Pos {
+                line: pos.line,
+                col: pos.col + 1,
+            },
+            Node::Scalar {
+                style: TScalarStyle::Literal | TScalarStyle::Folded,
+                pos,
+                ..
+            } => Pos {
+                line: pos.line + 1,
+                col: pos.col,
+            },
             other => other.pos(),
         }
     }
@@ -91,7 +114,10 @@ struct Builder {
 
 fn pos(m: &Marker) -> Pos {
     // yaml-rust2 markers: 1-based line, 0-based column.
-    Pos { line: u32::try_from(m.line()).unwrap_or(u32::MAX), col: u32::try_from(m.col() + 1).unwrap_or(u32::MAX) }
+    Pos {
+        line: u32::try_from(m.line()).unwrap_or(u32::MAX),
+        col: u32::try_from(m.col() + 1).unwrap_or(u32::MAX),
+    }
 }
 
 impl Builder {
@@ -114,9 +140,18 @@ impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let p = pos(&mark);
         match ev {
-            Event::Scalar(value, style, anchor, _) => self.push(Node::Scalar { value, style, pos: p }, anchor),
+            Event::Scalar(value, style, anchor, _) => self.push(
+                Node::Scalar {
+                    value,
+                    style,
+                    pos: p,
+                },
+                anchor,
+            ),
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), p, anchor)),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(Vec::new(), None, p, anchor)),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map(Vec::new(), None, p, anchor))
+            }
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some(frame) = self.stack.pop() {
                     let (node, anchor) = match frame {
@@ -133,10 +168,18 @@ impl MarkedEventReceiver for Builder {
                     .rev()
                     .find(|(a, _)| *a == id)
                     .map(|(_, n)| n.clone())
-                    .unwrap_or(Node::Scalar { value: String::new(), style: TScalarStyle::Plain, pos: p });
+                    .unwrap_or(Node::Scalar {
+                        value: String::new(),
+                        style: TScalarStyle::Plain,
+                        pos: p,
+                    });
                 self.push(node, 0);
             }
-            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
+            Event::Nothing
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart
+            | Event::DocumentEnd => {}
         }
     }
 }
@@ -152,40 +195,27 @@ pub fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
     Ok(builder.docs)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_are_one_based() {
-        let docs = parse("- rule: a\n  condition: >\n    x = y\n").unwrap();
-        let Node::Seq { items, pos } = &docs[0] else { panic!() };
-        assert_eq!(*pos, Pos { line: 1, col: 1 });
-        let item = &items[0];
-        assert_eq!(item.get("rule").unwrap().pos(), Pos { line: 1, col: 9 });
-        assert_eq!(item.get("condition").unwrap().as_str(), Some("x = y\n"));
-    }
-
-    #[test]
-    fn syntax_errors_have_positions() {
-        let err = parse("- rule: [a\n").unwrap_err();
-        assert!(err.pos.line >= 1);
-    }
-}
-
 /// Converts a node to JSON: plain scalars become numbers, booleans or null where YAML 1.2's core
 /// schema says so; quoted scalars stay strings.
 pub fn to_json(node: &Node) -> serde_json::Value {
     use serde_json::Value;
     match node {
-        Node::Scalar { value, style: TScalarStyle::Plain, .. } => match value.as_str() {
+        Node::Scalar {
+            value,
+            style: TScalarStyle::Plain,
+            ..
+        } => match value.as_str() {
             "" | "~" | "null" | "Null" | "NULL" => Value::Null,
             "true" | "True" | "TRUE" => Value::Bool(true),
             "false" | "False" | "FALSE" => Value::Bool(false),
             v => v
                 .parse::<i64>()
                 .map(Value::from)
-                .or_else(|_| v.parse::<f64>().map_err(|_| ()).and_then(|f| serde_json::Number::from_f64(f).map(Value::Number).ok_or(())))
+                .or_else(|_| {
+                    v.parse::<f64>()
+                        .map_err(|_| ())
+                        .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number).ok_or(()))
+                })
                 .unwrap_or_else(|_| Value::String(v.to_owned())),
         },
         Node::Scalar { value, .. } => Value::String(value.clone()),
@@ -199,5 +229,28 @@ pub fn to_json(node: &Node) -> serde_json::Value {
             }
             Value::Object(m)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based() {
+        let docs = parse("- rule: a\n  condition: >\n    x = y\n").unwrap();
+        let Node::Seq { items, pos } = &docs[0] else {
+            panic!()
+        };
+        assert_eq!(*pos, Pos { line: 1, col: 1 });
+        let item = &items[0];
+        assert_eq!(item.get("rule").unwrap().pos(), Pos { line: 1, col: 9 });
+        assert_eq!(item.get("condition").unwrap().as_str(), Some("x = y\n"));
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let err = parse("- rule: [a\n").unwrap_err();
+        assert!(err.pos.line >= 1);
     }
 }

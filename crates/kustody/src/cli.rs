@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kustody_model::Priority;
 
 #[derive(Parser, Debug)]
-#[command(name = "kustody", version, about = "Kubernetes incident response: hunt audit logs with Falco-compatible rules")]
+#[command(
+    name = "kustody",
+    version,
+    about = "Kubernetes incident response: hunt audit logs with Falco-compatible rules"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -13,17 +13,20 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use kustody_ingest::{expand_inputs, BadRecord, Chunk, ChunkReader, InputFile, ReadOptions};
-use kustody_model::{Detection, Event, SourceRef};
+use kustody_model::{Event, SourceRef};
 use kustody_rules::{Engine, EngineOptions, Scratch, Severity};
 
 use crate::cli::{ColorChoice, Format, HuntArgs};
-use crate::render::Writer;
+use crate::render::{Renderer, Sink};
 use crate::{ruleset, timespec};
 
 /// What one worker reports for one chunk.
 #[derive(Default)]
 struct ChunkResult {
-    detections: Vec<Detection>,
+    /// Detections already rendered in the output format.
+    rendered: Vec<u8>,
+    /// The rule of each detection, in order.
+    rules: Vec<u32>,
     bad: Vec<BadRecord>,
     events: u64,
     skipped_by_time: u64,
@@ -35,6 +38,8 @@ struct ChunkResult {
 struct Filter {
     since: Option<i64>,
     until: Option<i64>,
+    /// The output format shows who/what/where columns (table, CSV).
+    with_context: bool,
 }
 
 impl Filter {
@@ -51,19 +56,38 @@ impl Filter {
 
 pub fn run(args: HuntArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
     let filter = Filter {
-        since: args.since.as_deref().map(|s| timespec::parse(s, now_ns)).transpose().context("--since")?,
-        until: args.until.as_deref().map(|s| timespec::parse(s, now_ns)).transpose().context("--until")?,
+        since: args
+            .since
+            .as_deref()
+            .map(|s| timespec::parse(s, now_ns))
+            .transpose()
+            .context("--since")?,
+        until: args
+            .until
+            .as_deref()
+            .map(|s| timespec::parse(s, now_ns))
+            .transpose()
+            .context("--until")?,
+        with_context: matches!(args.format, Format::Table | Format::Csv),
     };
 
-    let opts = EngineOptions { min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug) };
+    let opts = EngineOptions {
+        min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug),
+    };
     let (engine, diags) = if args.parse_only {
         (Engine::load(&[], &opts).0, Vec::new())
     } else {
         ruleset::load(&args.rules.rules, !args.rules.no_default_rules, &opts)?
     };
-    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     for d in &diags {
         eprintln!("{d}");
     }
@@ -76,21 +100,42 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
 
     let files = expand_inputs(&args.paths)?;
     if files.is_empty() {
-        bail!("no input files found in {}", args.paths.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", "));
+        bail!(
+            "no input files found in {}",
+            args.paths
+                .iter()
+                .map(|p| format!("`{}`", p.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
-    let read_opts = ReadOptions { max_record_bytes: args.max_record_bytes, ..ReadOptions::default() };
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+    let read_opts = ReadOptions {
+        max_record_bytes: args.max_record_bytes,
+        ..ReadOptions::default()
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
 
     let out: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create `{}`", p.display()))?)),
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create `{}`", p.display()))?,
+        )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let color = match args.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
-        ColorChoice::Auto => args.output.is_none() && args.format == Format::Table && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        ColorChoice::Auto => {
+            args.output.is_none()
+                && args.format == Format::Table
+                && std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none()
+        }
     };
-    let mut writer = Writer::new(out, args.format, color)?;
+    let mut sink = Sink::new(out, args.format)?;
+    let renderer = Renderer::new(args.format, color);
     let progress = progress_bar(args.quiet);
 
     let engine = Arc::new(engine);
@@ -99,22 +144,36 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
     let (res_tx, res_rx) = sync_channel::<(u64, ChunkResult)>(threads * 4);
     let chunk_rx = Arc::new(Mutex::new(chunk_rx));
 
-    let mut stats = Stats { files: files.len(), rules_active: engine.active_count(), ..Stats::default() };
+    let mut stats = Stats {
+        files: files.len(),
+        rules_active: engine.active_count(),
+        ..Stats::default()
+    };
     let outcome = std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(move || read_all(&files, &read_opts, chunk_tx));
+        let reader_opts = read_opts.clone();
+        scope.spawn(move || read_all(&files, &reader_opts, chunk_tx));
         for _ in 0..threads {
             let rx = chunk_rx.clone();
             let tx = res_tx.clone();
             let engine = engine.clone();
             let filter = filter.clone();
             let parse_only = args.parse_only;
-            scope.spawn(move || worker(&rx, &tx, &engine, &filter, parse_only));
+            let pool = read_opts.pool.clone();
+            let renderer = renderer.clone();
+            scope.spawn(move || worker(&rx, &tx, &engine, &filter, parse_only, &pool, &renderer));
         }
         drop(res_tx);
-        collect(&res_rx, &mut writer, &mut stats, args.strict, &progress)
+        collect(
+            &res_rx,
+            &mut sink,
+            &engine,
+            &mut stats,
+            args.strict,
+            &progress,
+        )
     });
     progress.finish_and_clear();
-    writer.finish()?;
+    sink.finish()?;
     outcome?;
 
     stats.elapsed = started.elapsed().as_secs_f64();
@@ -122,9 +181,14 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         stats.print(&mut std::io::stderr().lock());
     }
     if let Some(p) = &args.stats_json {
-        std::fs::write(p, stats.to_json()).with_context(|| format!("cannot write `{}`", p.display()))?;
+        std::fs::write(p, stats.to_json())
+            .with_context(|| format!("cannot write `{}`", p.display()))?;
     }
-    Ok(if stats.detections > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if stats.detections > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
@@ -133,14 +197,20 @@ fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
     }
     let pb = indicatif::ProgressBar::new_spinner();
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {bytes} read ({bytes_per_sec}) {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed} {bytes} read ({bytes_per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     pb
 }
 
-fn read_all(files: &[InputFile], opts: &ReadOptions, tx: std::sync::mpsc::SyncSender<(u64, Result<Chunk, String>)>) {
+fn read_all(
+    files: &[InputFile],
+    opts: &ReadOptions,
+    tx: std::sync::mpsc::SyncSender<(u64, Result<Chunk, String>)>,
+) {
     let mut seq = 0u64;
     for f in files {
         let mut reader = match ChunkReader::open(f, opts.clone()) {
@@ -168,6 +238,8 @@ fn worker(
     engine: &Engine,
     filter: &Filter,
     parse_only: bool,
+    pool: &kustody_ingest::BufferPool,
+    renderer: &Renderer,
 ) {
     let mut scratch = Scratch::default();
     let mut matched = Vec::new();
@@ -178,8 +250,23 @@ fn worker(
         };
         let Ok((seq, chunk)) = next else { return };
         let result = match chunk {
-            Err(e) => ChunkResult { open_error: Some(e), ..ChunkResult::default() },
-            Ok(chunk) => process(&chunk, engine, filter, parse_only, &mut scratch, &mut matched),
+            Err(e) => ChunkResult {
+                open_error: Some(e),
+                ..ChunkResult::default()
+            },
+            Ok(chunk) => {
+                let r = process(
+                    &chunk,
+                    engine,
+                    filter,
+                    parse_only,
+                    &mut scratch,
+                    &mut matched,
+                    renderer,
+                );
+                pool.give(chunk.into_buffer());
+                r
+            }
         };
         if tx.send((seq, result)).is_err() {
             return;
@@ -187,12 +274,29 @@ fn worker(
     }
 }
 
-fn process(chunk: &Chunk, engine: &Engine, filter: &Filter, parse_only: bool, scratch: &mut Scratch, matched: &mut Vec<u32>) -> ChunkResult {
-    let mut r = ChunkResult { bytes: chunk.len() as u64, ..ChunkResult::default() };
+fn process(
+    chunk: &Chunk,
+    engine: &Engine,
+    filter: &Filter,
+    parse_only: bool,
+    scratch: &mut Scratch,
+    matched: &mut Vec<u32>,
+    renderer: &Renderer,
+) -> ChunkResult {
+    let with_context = filter.with_context;
+    let mut r = ChunkResult {
+        bytes: chunk.len() as u64,
+        ..ChunkResult::default()
+    };
     chunk.records(|rec| match rec {
         Err(bad) => r.bad.push(bad),
         Ok(rec) => match Event::parse(rec.text) {
-            Err(e) => r.bad.push(BadRecord { file: chunk.file.clone(), line: rec.line, offset: rec.offset, reason: e.to_string() }),
+            Err(e) => r.bad.push(BadRecord {
+                file: chunk.file.clone(),
+                line: rec.line,
+                offset: rec.offset,
+                reason: e.to_string(),
+            }),
             Ok(ev) => {
                 r.events += 1;
                 if !filter.keeps(&ev) {
@@ -205,9 +309,22 @@ fn process(chunk: &Chunk, engine: &Engine, filter: &Filter, parse_only: bool, sc
                 matched.clear();
                 engine.matches(&ev, scratch, matched);
                 for &i in matched.iter() {
-                    let src = SourceRef { file: chunk.file.clone(), line: rec.line, offset: rec.offset, format: chunk.format };
-                    if let Some(d) = engine.detection(i, &ev, src) {
-                        r.detections.push(d);
+                    let src = SourceRef {
+                        file: chunk.file.clone(),
+                        line: rec.line,
+                        offset: rec.offset,
+                        format: chunk.format,
+                    };
+                    if let Some(d) = engine.detection(i, &ev, src, with_context) {
+                        match renderer.render(&d, &mut r.rendered) {
+                            Ok(()) => r.rules.push(i),
+                            Err(e) => r.bad.push(BadRecord {
+                                file: chunk.file.clone(),
+                                line: rec.line,
+                                offset: rec.offset,
+                                reason: format!("cannot render detection of `{}`: {e}", d.rule),
+                            }),
+                        }
                     }
                 }
             }
@@ -218,7 +335,8 @@ fn process(chunk: &Chunk, engine: &Engine, filter: &Filter, parse_only: bool, sc
 
 fn collect(
     rx: &Receiver<(u64, ChunkResult)>,
-    writer: &mut Writer,
+    sink: &mut Sink,
+    engine: &Engine,
     stats: &mut Stats,
     strict: bool,
     progress: &indicatif::ProgressBar,
@@ -232,7 +350,14 @@ fn collect(
             if let Some(e) = res.open_error {
                 stats.unreadable.push(e);
                 if strict {
-                    bail!("{}", stats.unreadable.last().map(String::as_str).unwrap_or_default());
+                    bail!(
+                        "{}",
+                        stats
+                            .unreadable
+                            .last()
+                            .map(String::as_str)
+                            .unwrap_or_default()
+                    );
                 }
                 continue;
             }
@@ -250,13 +375,22 @@ fn collect(
                     stats.first_bad.push(b.to_string());
                 }
             }
-            for d in res.detections {
-                stats.detections += 1;
-                *stats.per_rule.entry(d.rule.clone()).or_default() += 1;
-                writer.write(&d)?;
+            sink.write(&res.rendered, res.rules.len() as u64)?;
+            stats.detections += res.rules.len() as u64;
+            for i in res.rules {
+                let name = engine.rule(i).map_or("?", |r| r.name.as_str());
+                match stats.per_rule.get_mut(name) {
+                    Some(n) => *n += 1,
+                    None => {
+                        stats.per_rule.insert(name.to_owned(), 1);
+                    }
+                }
             }
             progress.set_position(stats.bytes);
-            progress.set_message(format!("{} events, {} detections", stats.events, stats.detections));
+            progress.set_message(format!(
+                "{} events, {} detections",
+                stats.events, stats.detections
+            ));
         }
     }
     Ok(())
@@ -281,8 +415,27 @@ struct Stats {
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// CPU seconds (user + system) this process has used, from /proc (Linux); 0 elsewhere.
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on every Linux ABI kustody targets.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 impl Stats {
@@ -290,11 +443,25 @@ impl Stats {
         let secs = self.elapsed.max(1e-9);
         let mb = self.bytes as f64 / 1e6;
         let _ = writeln!(w, "── kustody hunt summary ──");
-        let _ = writeln!(w, "files:       {} ({} unreadable)", self.files, self.unreadable.len());
+        let _ = writeln!(
+            w,
+            "files:       {} ({} unreadable)",
+            self.files,
+            self.unreadable.len()
+        );
         for u in &self.unreadable {
             let _ = writeln!(w, "  unreadable: {u}");
         }
-        let _ = writeln!(w, "events:      {}{}", self.events, if self.skipped_by_time > 0 { format!(" ({} outside --since/--until)", self.skipped_by_time) } else { String::new() });
+        let _ = writeln!(
+            w,
+            "events:      {}{}",
+            self.events,
+            if self.skipped_by_time > 0 {
+                format!(" ({} outside --since/--until)", self.skipped_by_time)
+            } else {
+                String::new()
+            }
+        );
         let _ = writeln!(w, "bad records: {}", self.bad);
         for b in &self.first_bad {
             let _ = writeln!(w, "  {b}");
@@ -331,6 +498,7 @@ impl Stats {
             "rules_active": self.rules_active,
             "elapsed_seconds": self.elapsed,
             "peak_rss_bytes": peak_rss_bytes(),
+            "cpu_seconds": cpu_seconds(),
         })
         .to_string()
     }

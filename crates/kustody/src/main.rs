@@ -12,6 +12,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Parsing audit events allocates and frees many small strings per event across worker
+/// threads; mimalloc's thread-local free lists measured ~10% faster than glibc malloc on the
+/// hunt benchmark (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {

@@ -1,68 +1,104 @@
 //! Output formats for detections: table, Falco JSON (lines or array), CSV.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Result;
 use kustody_model::time::{format_rfc3339_nanos, format_rfc3339_secs};
 use kustody_model::{Detection, FieldValue, Priority};
 use owo_colors::OwoColorize;
-use serde_json::{json, Map, Value};
+use serde::ser::SerializeMap;
+use serde::Serialize;
 
 use crate::cli::Format;
 
-pub struct Writer {
-    out: Box<dyn Write>,
+/// Formats detections into bytes. Workers render in parallel; the collector only writes.
+#[derive(Clone)]
+pub struct Renderer {
     format: Format,
     color: bool,
+    hostname: Arc<str>,
+}
+
+/// Writes rendered detections in input order, adding the format's framing (CSV header, JSON
+/// array brackets and commas).
+pub struct Sink {
+    out: Box<dyn Write>,
+    format: Format,
     count: u64,
-    hostname: String,
 }
 
 const WIDTH: usize = 80;
+const CSV_HEADER: &str = "time,priority,rule,user,verb,resource,namespace,name,source_ip,user_agent,response_code,audit_id,file,line,output";
 
-impl Writer {
-    pub fn new(mut out: Box<dyn Write>, format: Format, color: bool) -> Result<Writer> {
+impl Sink {
+    pub fn new(mut out: Box<dyn Write>, format: Format) -> Result<Sink> {
         match format {
-            Format::Csv => writeln!(out, "time,priority,rule,user,verb,resource,namespace,name,source_ip,user_agent,response_code,audit_id,file,line,output")?,
+            Format::Csv => writeln!(out, "{CSV_HEADER}")?,
             Format::Json => write!(out, "[")?,
             Format::Table | Format::Jsonl => {}
         }
-        Ok(Writer { out, format, color, count: 0, hostname: hostname() })
+        Ok(Sink {
+            out,
+            format,
+            count: 0,
+        })
     }
 
-    pub fn write(&mut self, d: &Detection) -> Result<()> {
-        match self.format {
-            Format::Jsonl => {
-                serde_json::to_writer(&mut self.out, &falco_json(d, &self.hostname))?;
-                self.out.write_all(b"\n")?;
+    /// Writes `items` detections rendered into `bytes` by [`Renderer::render`].
+    pub fn write(&mut self, bytes: &[u8], items: u64) -> Result<()> {
+        if self.format == Format::Json {
+            // One object per line from the renderer; the array needs commas between them.
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                self.out
+                    .write_all(if self.count == 0 { b"\n" } else { b",\n" })?;
+                self.out.write_all(line)?;
+                self.count += 1;
             }
-            Format::Json => {
-                self.out.write_all(if self.count == 0 { b"\n" } else { b",\n" })?;
-                serde_json::to_writer(&mut self.out, &falco_json(d, &self.hostname))?;
-            }
-            Format::Csv => self.csv(d)?,
-            Format::Table => self.table(d)?,
+            return Ok(());
         }
-        self.count += 1;
+        self.out.write_all(bytes)?;
+        self.count += items;
         Ok(())
     }
 
     pub fn finish(&mut self) -> Result<()> {
-        match self.format {
-            Format::Json => writeln!(self.out, "{}]", if self.count > 0 { "\n" } else { "" })?,
-            Format::Table if self.count == 0 => {}
-            _ => {}
+        if self.format == Format::Json {
+            writeln!(self.out, "{}]", if self.count > 0 { "\n" } else { "" })?;
         }
         self.out.flush()?;
         Ok(())
     }
+}
 
-    fn csv(&mut self, d: &Detection) -> Result<()> {
+impl Renderer {
+    pub fn new(format: Format, color: bool) -> Renderer {
+        Renderer {
+            format,
+            color,
+            hostname: hostname().into(),
+        }
+    }
+
+    /// Appends one detection to `out` (JSON formats: exactly one line).
+    pub fn render(&self, d: &Detection, out: &mut Vec<u8>) -> Result<()> {
+        match self.format {
+            Format::Jsonl | Format::Json => {
+                serde_json::to_writer(&mut *out, &falco_alert(d, &self.hostname))?;
+                out.push(b'\n');
+            }
+            Format::Csv => self.csv(d, out)?,
+            Format::Table => self.table(d, out)?,
+        }
+        Ok(())
+    }
+
+    fn csv(&self, d: &Detection, out: &mut Vec<u8>) -> Result<()> {
         let c = &d.context;
         let cols = [
             d.time_ns.map(format_rfc3339_nanos).unwrap_or_default(),
             d.priority.falco_name().to_owned(),
-            d.rule.clone(),
+            d.rule.to_string(),
             c.user.clone().unwrap_or_default(),
             c.verb.clone().unwrap_or_default(),
             c.resource_path().unwrap_or_default(),
@@ -77,21 +113,32 @@ impl Writer {
             d.output.clone(),
         ];
         let line: Vec<String> = cols.iter().map(|s| csv_field(s)).collect();
-        writeln!(self.out, "{}", line.join(","))?;
+        writeln!(out, "{}", line.join(","))?;
         Ok(())
     }
 
     /// Three lines per detection, each at most 80 columns:
     /// time, priority, rule / who did what to which object from where / evidence location.
-    fn table(&mut self, d: &Detection) -> Result<()> {
+    fn table(&self, d: &Detection, out: &mut Vec<u8>) -> Result<()> {
         let c = &d.context;
-        let time = d.time_ns.map(format_rfc3339_secs).unwrap_or_else(|| "-".repeat(20));
+        let time = d
+            .time_ns
+            .map(format_rfc3339_secs)
+            .unwrap_or_else(|| "-".repeat(20));
         let prio = format!("{:<8}", d.priority.upper());
         let head_room = WIDTH.saturating_sub(time.len() + 2 + prio.len() + 1);
         let rule = truncate(&d.rule, head_room);
-        let prio_shown = if self.color { colorize(&prio, d.priority) } else { prio };
-        let rule_shown = if self.color { rule.bold().to_string() } else { rule };
-        writeln!(self.out, "{time}  {prio_shown} {rule_shown}")?;
+        let prio_shown = if self.color {
+            colorize(&prio, d.priority)
+        } else {
+            prio
+        };
+        let rule_shown = if self.color {
+            rule.bold().to_string()
+        } else {
+            rule
+        };
+        writeln!(out, "{time}  {prio_shown} {rule_shown}")?;
 
         let mut what = vec![c.user.clone().unwrap_or_else(|| "<no user>".into())];
         if let Some(imp) = &c.impersonated_user {
@@ -106,15 +153,18 @@ impl Writer {
         if let Some(ip) = &c.source_ip {
             what.push(format!("from {ip}"));
         }
-        writeln!(self.out, "    {}", truncate(&what.join(" "), WIDTH - 4))?;
+        writeln!(out, "    {}", truncate(&what.join(" "), WIDTH - 4))?;
         let id = d.audit_id.as_deref().unwrap_or("<no auditID>");
         let loc = format!("{}:{}", d.source_ref.file, d.source_ref.line);
-        let third = format!("{} {id}", truncate_left(&loc, WIDTH - 4 - id.len().min(36) - 1));
+        let third = format!(
+            "{} {id}",
+            truncate_left(&loc, WIDTH - 4 - id.len().min(36) - 1)
+        );
         let third = truncate(&third, WIDTH - 4);
         if self.color {
-            writeln!(self.out, "    {}", third.dimmed())?;
+            writeln!(out, "    {}", third.dimmed())?;
         } else {
-            writeln!(self.out, "    {third}")?;
+            writeln!(out, "    {third}")?;
         }
         Ok(())
     }
@@ -136,7 +186,15 @@ fn sanitize(s: &str) -> String {
     if !s.chars().any(char::is_control) {
         return s.to_owned();
     }
-    s.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -164,7 +222,11 @@ fn truncate_left(s: &str, max: usize) -> String {
 /// RFC 4180 quoting, plus a leading `'` on values a spreadsheet would run as a formula
 /// (user agents and names are attacker-controlled).
 fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_owned() };
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -172,41 +234,74 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn field_json(v: &FieldValue) -> Value {
-    match v {
-        FieldValue::Missing => Value::Null,
-        FieldValue::Str(s) => Value::String(s.clone()),
-        FieldValue::List(items) => Value::Array(items.iter().cloned().map(Value::String).collect()),
+/// Falco's alert JSON: `hostname, output, output_fields, priority, rule, source, tags, time`
+/// (alphabetical, as Falco writes it), with `evt.time`, `ka.auditid` and the evidence location
+/// (`kustody.file`, `kustody.line`) added to `output_fields`. Serialised straight from borrowed
+/// data: building a `serde_json::Value` per alert cost more than evaluating the rules.
+#[derive(Serialize)]
+struct FalcoAlert<'a> {
+    hostname: &'a str,
+    output: String,
+    output_fields: OutputFields<'a>,
+    priority: &'static str,
+    rule: &'a str,
+    source: &'a str,
+    tags: Vec<&'a str>,
+    time: String,
+}
+
+enum FieldOut<'a> {
+    Value(&'a FieldValue),
+    Int(i64),
+    Str(&'a str),
+    U64(u64),
+}
+
+struct OutputFields<'a>(Vec<(&'a str, FieldOut<'a>)>);
+
+impl Serialize for OutputFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            match v {
+                FieldOut::Value(FieldValue::Missing) => m.serialize_entry(k, &())?,
+                FieldOut::Value(FieldValue::Str(x)) => m.serialize_entry(k, x)?,
+                FieldOut::Value(FieldValue::List(items)) => m.serialize_entry(k, items)?,
+                FieldOut::Int(i) => m.serialize_entry(k, i)?,
+                FieldOut::Str(x) => m.serialize_entry(k, x)?,
+                FieldOut::U64(u) => m.serialize_entry(k, u)?,
+            }
+        }
+        m.end()
     }
 }
 
-/// Falco's alert JSON: `hostname, output, output_fields, priority, rule, source, tags, time`
-/// (alphabetical, as Falco writes it), with `evt.time`, `ka.auditid` and the evidence location
-/// (`kustody.file`, `kustody.line`) added to `output_fields`.
-pub fn falco_json(d: &Detection, hostname: &str) -> Value {
-    let mut fields: Vec<(String, Value)> = d.output_fields.iter().map(|f| (f.name.clone(), field_json(&f.value))).collect();
-    fields.push(("evt.time".into(), d.time_ns.map_or(Value::Null, |t| json!(t))));
-    fields.push(("kustody.file".into(), json!(d.source_ref.file.as_ref())));
-    fields.push(("kustody.line".into(), json!(d.source_ref.line)));
-    fields.sort_by(|a, b| a.0.cmp(&b.0));
-    fields.dedup_by(|a, b| a.0 == b.0);
-    let mut of = Map::new();
-    for (k, v) in fields {
-        of.insert(k, v);
+fn falco_alert<'a>(d: &'a Detection, hostname: &'a str) -> FalcoAlert<'a> {
+    let mut fields: Vec<(&str, FieldOut<'_>)> = d
+        .output_fields
+        .iter()
+        .map(|f| (&*f.name, FieldOut::Value(&f.value)))
+        .collect();
+    if let Some(t) = d.time_ns {
+        fields.push(("evt.time", FieldOut::Int(t)));
     }
-    let mut tags = d.tags.clone();
-    tags.sort();
+    fields.push(("kustody.file", FieldOut::Str(&d.source_ref.file)));
+    fields.push(("kustody.line", FieldOut::U64(d.source_ref.line)));
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    fields.dedup_by(|a, b| a.0 == b.0);
+    let mut tags: Vec<&str> = d.tags.iter().map(String::as_str).collect();
+    tags.sort_unstable();
     let time = d.time_ns.map(format_rfc3339_nanos).unwrap_or_default();
-    let mut m = Map::new();
-    m.insert("hostname".into(), json!(hostname));
-    m.insert("output".into(), json!(format!("{time}: {} {}", d.priority.falco_name(), d.output)));
-    m.insert("output_fields".into(), Value::Object(of));
-    m.insert("priority".into(), json!(d.priority.falco_name()));
-    m.insert("rule".into(), json!(d.rule));
-    m.insert("source".into(), json!(d.source));
-    m.insert("tags".into(), json!(tags));
-    m.insert("time".into(), json!(time));
-    Value::Object(m)
+    FalcoAlert {
+        hostname,
+        output: format!("{time}: {} {}", d.priority.falco_name(), d.output),
+        output_fields: OutputFields(fields),
+        priority: d.priority.falco_name(),
+        rule: &d.rule,
+        source: &d.source,
+        tags,
+        time,
+    }
 }
 
 /// Falco reports the host it runs on; `KUSTODY_HOSTNAME` overrides it (reproducible output).
