@@ -116,6 +116,39 @@ fn constraint(e: &Expr, key: usize) -> Option<FxHashSet<String>> {
     }
 }
 
+/// Removes top-level conjuncts implied by the index constraints `keys` (see `candidates`).
+fn prune_implied(e: &Expr, keys: &[Option<FxHashSet<String>>; KEYS]) -> Expr {
+    match e {
+        Expr::And(items) => Expr::And(
+            items
+                .iter()
+                .filter(|c| !implied(c, keys))
+                .map(|c| prune_implied(c, keys))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// True when every event the index offers satisfies `c`.
+fn implied(c: &Expr, keys: &[Option<FxHashSet<String>>; KEYS]) -> bool {
+    let Expr::Cmp { lhs, op, rhs } = c else {
+        return false;
+    };
+    if !lhs.transformers.is_empty() {
+        return false;
+    }
+    let Some(Some(allowed)) = key_of(&lhs.field.field, &lhs.field.arg).and_then(|k| keys.get(k))
+    else {
+        return false;
+    };
+    match (op, rhs) {
+        (Op::Eq, Value::Str(v)) => allowed.len() == 1 && allowed.contains(v),
+        (Op::In | Op::Intersects, Value::List(items)) => allowed.iter().all(|a| items.contains(a)),
+        _ => false,
+    }
+}
+
 /// Per-thread scratch space: the candidate-rule cache, keyed by a hash of the event's index
 /// keys (verified against the stored keys, so collisions cannot mix up candidate lists).
 #[derive(Default)]
@@ -511,7 +544,11 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
     let (Some(expr), Some(output)) = (expr, output) else {
         return Err(errors);
     };
-    let prog = match prog::compile(&expr) {
+    let keys: [Option<FxHashSet<String>>; KEYS] = std::array::from_fn(|k| constraint(&expr, k));
+    // The index only offers an event to this rule when its keys are in these sets, so the
+    // conjuncts that demand exactly that (`kevt`'s stage test, `ka.verb=create`, ...) need not be
+    // evaluated again. The reference evaluator keeps the full condition.
+    let prog = match prog::compile(&prune_implied(&expr, &keys)) {
         Ok(p) => p,
         Err(m) => {
             errors.push(mk(
@@ -527,7 +564,6 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
     if errors.iter().any(|d| d.severity == Severity::Error) {
         return Err(errors);
     }
-    let keys = std::array::from_fn(|k| constraint(&expr, k));
     Ok(CompiledRule {
         name: def.name.as_str().into(),
         source: def.source.as_str().into(),

@@ -40,6 +40,11 @@ pub enum Matcher {
         set: FxHashSet<Box<str>>,
         all: bool,
     },
+    /// The same for a handful of values, where comparing beats hashing.
+    Few {
+        items: Box<[Box<str>]>,
+        all: bool,
+    },
     Regex(regex::Regex),
     Num(Op, Box<[i128]>),
     Field(Op, Operand),
@@ -85,14 +90,8 @@ fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
             .collect::<FxHashSet<_>>()
     };
     Ok(match op {
-        Op::In => Matcher::Set {
-            set: set(),
-            all: true,
-        },
-        Op::Intersects => Matcher::Set {
-            set: set(),
-            all: false,
-        },
+        Op::In => set_matcher(set(), true),
+        Op::Intersects => set_matcher(set(), false),
         Op::Eq => Matcher::Eq(first),
         Op::Ne => Matcher::Ne(first),
         Op::Lt | Op::Le | Op::Gt | Op::Ge => Matcher::Ord(op, first),
@@ -117,6 +116,22 @@ fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
             return Err(format!("operator `{}` is not supported", op.name()))
         }
     })
+}
+
+/// Up to this many values, a linear scan is faster than hashing the probe.
+const FEW: usize = 4;
+
+fn set_matcher(set: FxHashSet<Box<str>>, all: bool) -> Matcher {
+    if set.len() <= FEW {
+        let mut items: Vec<Box<str>> = set.into_iter().collect();
+        items.sort();
+        Matcher::Few {
+            items: items.into_boxed_slice(),
+            all,
+        }
+    } else {
+        Matcher::Set { set, all }
+    }
 }
 
 /// Flattens, merges `or`-chains on one field, and orders `and` children by cost.
@@ -184,6 +199,10 @@ fn merge_or(items: Vec<Node>) -> Vec<Node> {
                 lhs,
                 m: Matcher::Set { set, .. },
             } if !lhs.is_list() && !lhs.is_numeric() => add_set(&mut sets, lhs, set),
+            Node::Test {
+                lhs,
+                m: Matcher::Few { items, .. },
+            } if !lhs.is_list() && !lhs.is_numeric() => add_set(&mut sets, lhs, items.into_vec()),
             other => out.push(other),
         }
     }
@@ -211,7 +230,7 @@ fn merge_or(items: Vec<Node>) -> Vec<Node> {
     for (lhs, set) in sets {
         out.push(Node::Test {
             lhs,
-            m: Matcher::Set { set, all: true },
+            m: set_matcher(set, true),
         });
     }
     out
@@ -310,6 +329,14 @@ fn test(v: &Val<'_>, m: &Matcher, ev: &Event<'_>) -> bool {
             return match m {
                 Matcher::Set { set, all: true } => items.iter().all(|i| set.contains(i.as_ref())),
                 Matcher::Set { set, all: false } => items.iter().any(|i| set.contains(i.as_ref())),
+                Matcher::Few {
+                    items: few,
+                    all: true,
+                } => items.iter().all(|i| few.iter().any(|f| **f == **i)),
+                Matcher::Few {
+                    items: few,
+                    all: false,
+                } => items.iter().any(|i| few.iter().any(|f| **f == **i)),
                 Matcher::Field(op, r) => match r.eval(ev) {
                     Some(Val::List(rs)) => match op {
                         Op::In => items.iter().all(|i| rs.contains(i)),
@@ -341,6 +368,7 @@ fn test(v: &Val<'_>, m: &Matcher, ev: &Event<'_>) -> bool {
         ),
         Matcher::PMatch(paths) => paths.iter().any(|p| path_prefix_match(p, s)),
         Matcher::Set { set, .. } => set.contains(s),
+        Matcher::Few { items, .. } => items.iter().any(|f| &**f == s),
         Matcher::Regex(re) => re.is_match(s),
         Matcher::Num(op, nums) => {
             let Ok(l) = s.parse::<i128>() else {
