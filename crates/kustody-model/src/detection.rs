@@ -65,12 +65,33 @@ pub struct EventContext {
     pub user_agent: Option<String>,
     pub response_code: Option<i64>,
     pub request_uri: Option<String>,
+    /// For exec and attach: the command's argv, joined with spaces.
+    pub command: Option<String>,
 }
 
 impl EventContext {
     pub fn of(ev: &crate::Event<'_>) -> Self {
         let o = ev.object_ref();
         let s = |v: Option<&str>| v.map(str::to_owned);
+        // Creates carry no name in objectRef: the object's own metadata has it.
+        let body_name = |raw: Option<&str>| {
+            raw.and_then(|r| crate::rawjson::pointer(r, &["metadata", "name"]))
+                .and_then(crate::rawjson::text)
+                .map(|c| c.into_owned())
+        };
+        let name = s(o.and_then(|o| o.name.as_deref()))
+            .or_else(|| body_name(ev.response_object_raw()))
+            .or_else(|| body_name(ev.request_object_raw()));
+        let command = match o.and_then(|o| o.subresource.as_deref()) {
+            Some("exec" | "attach") => {
+                let argv = ev
+                    .request_uri()
+                    .map(|u| crate::uri::all(u, "command"))
+                    .unwrap_or_default();
+                (!argv.is_empty()).then(|| argv.join(" "))
+            }
+            _ => None,
+        };
         EventContext {
             user: s(ev.user().and_then(|u| u.username.as_deref())),
             impersonated_user: s(ev.impersonated_user().and_then(|u| u.username.as_deref())),
@@ -78,7 +99,7 @@ impl EventContext {
             resource: s(o.and_then(|o| o.resource.as_deref())),
             subresource: s(o.and_then(|o| o.subresource.as_deref())),
             namespace: s(o.and_then(|o| o.namespace.as_deref())),
-            name: s(o.and_then(|o| o.name.as_deref())),
+            name,
             source_ip: s(ev
                 .source_ips()
                 .and_then(|ips| ips.first())
@@ -86,6 +107,7 @@ impl EventContext {
             user_agent: s(ev.user_agent()),
             response_code: ev.response_status().and_then(|r| r.code),
             request_uri: s(ev.request_uri()),
+            command,
         }
     }
 

@@ -15,6 +15,7 @@ mod event;
 mod priority;
 pub mod rawjson;
 pub mod time;
+pub mod uri;
 
 pub use detection::{Detection, EventContext, FieldValue, OutputField};
 pub use event::{Event, EventError, ObjectRef, ResponseStatus, UserInfo};

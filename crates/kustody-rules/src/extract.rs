@@ -455,42 +455,7 @@ fn walk<'v>(root: &'v Value, ptr: &[String]) -> Option<Val<'v>> {
     Some(Val::One(json_text(cur)))
 }
 
-/// First value of query parameter `key` in a request URI, URL-decoded (`+` is a space).
-pub fn uri_param(uri: &str, key: &str) -> Option<String> {
-    let query = uri.split_once('?')?.1;
-    let query = query.split('#').next().unwrap_or(query);
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (url_decode(k) == key).then(|| url_decode(v))
-    })
-}
-
-fn url_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use kustody_model::uri::param as uri_param;
 
 #[cfg(test)]
 mod tests {

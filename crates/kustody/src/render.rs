@@ -29,7 +29,7 @@ pub struct Sink {
 }
 
 const WIDTH: usize = 80;
-const CSV_HEADER: &str = "time,priority,rule,user,verb,resource,namespace,name,source_ip,user_agent,response_code,audit_id,file,line,output";
+const CSV_HEADER: &str = "time,priority,rule,user,verb,resource,namespace,name,command,source_ip,user_agent,response_code,audit_id,file,line,output";
 
 impl Sink {
     pub fn new(mut out: Box<dyn Write>, format: Format) -> Result<Sink> {
@@ -104,6 +104,7 @@ impl Renderer {
             c.resource_path().unwrap_or_default(),
             c.namespace.clone().unwrap_or_default(),
             c.name.clone().unwrap_or_default(),
+            c.command.clone().unwrap_or_default(),
             c.source_ip.clone().unwrap_or_default(),
             c.user_agent.clone().unwrap_or_default(),
             c.response_code.map(|x| x.to_string()).unwrap_or_default(),
@@ -117,8 +118,8 @@ impl Renderer {
         Ok(())
     }
 
-    /// Three lines per detection, each at most 80 columns:
-    /// time, priority, rule / who did what to which object from where / evidence location.
+    /// Three lines per detection (four for exec/attach), each at most 80 columns: time,
+    /// priority, rule / who did what to which object from where / [the command] / evidence.
     fn table(&self, d: &Detection, out: &mut Vec<u8>) -> Result<()> {
         let c = &d.context;
         let time = d
@@ -154,6 +155,9 @@ impl Renderer {
             what.push(format!("from {ip}"));
         }
         writeln!(out, "    {}", truncate(&what.join(" "), WIDTH - 4))?;
+        if let Some(cmd) = &c.command {
+            writeln!(out, "    $ {}", truncate(cmd, WIDTH - 6))?;
+        }
         let id = d.audit_id.as_deref().unwrap_or("<no auditID>");
         let loc = format!("{}:{}", d.source_ref.file, d.source_ref.line);
         let third = format!(
