@@ -375,7 +375,15 @@ fn collect(
                     stats.first_bad.push(b.to_string());
                 }
             }
-            sink.write(&res.rendered, res.rules.len() as u64)?;
+            if progress.is_hidden() {
+                sink.write(&res.rendered, res.rules.len() as u64)?;
+            } else if !res.rendered.is_empty() {
+                // Alerts reach the terminal as they are found, without tearing the spinner.
+                progress.suspend(|| -> Result<()> {
+                    sink.write(&res.rendered, res.rules.len() as u64)?;
+                    sink.flush()
+                })?;
+            }
             stats.detections += res.rules.len() as u64;
             for i in res.rules {
                 let name = engine.rule(i).map_or("?", |r| r.name.as_str());

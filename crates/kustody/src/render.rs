@@ -62,6 +62,11 @@ impl Sink {
         Ok(())
     }
 
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush()?;
+        Ok(())
+    }
+
     pub fn finish(&mut self) -> Result<()> {
         if self.format == Format::Json {
             writeln!(self.out, "{}]", if self.count > 0 { "\n" } else { "" })?;

@@ -346,3 +346,53 @@ fn upstream_rules_over_the_example_and_the_recorded_audit_log() {
     );
     assert!(count("Disallowed K8s User") > 0);
 }
+
+#[test]
+fn rules_directories_load_in_name_order_after_the_builtin_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10-base defines a rule; 20-overlay appends to the built-in system-user list, silencing
+    // the built-in rules for the attacker's service account.
+    std::fs::write(
+        dir.path().join("10-base.yaml"),
+        "- rule: Any DaemonSet\n  desc: d\n  condition: ka.target.resource = daemonsets and ka.verb = create\n  output: ds %ka.resp.name\n  priority: ERROR\n  source: k8s_audit\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("20-overlay.yaml"),
+        "- list: kustody_system_users\n  items: [\"system:serviceaccount:shop:web-frontend\"]\n  override: {items: append}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a rules file").unwrap();
+    let out = kustody(&[
+        "hunt",
+        EXAMPLE,
+        "-f",
+        "jsonl",
+        "-q",
+        "--rules",
+        dir.path().to_str().unwrap(),
+    ]);
+    let alerts: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rules: std::collections::BTreeSet<&str> =
+        alerts.iter().map(|a| a["rule"].as_str().unwrap()).collect();
+    assert!(rules.contains("Any DaemonSet"), "{rules:?}");
+    assert_eq!(
+        alerts
+            .iter()
+            .find(|a| a["rule"] == "Any DaemonSet")
+            .unwrap()["output_fields"]["ka.resp.name"],
+        "node-agent"
+    );
+    assert!(
+        !rules.contains("kustody Service Account Token Used Interactively"),
+        "the overlay's allow-list applies: {rules:?}"
+    );
+    // An empty directory is an error, not a silent success.
+    let empty = tempfile::tempdir().unwrap();
+    let out = kustody(&["hunt", empty.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no input files found"));
+}
