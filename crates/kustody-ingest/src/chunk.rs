@@ -159,11 +159,13 @@ impl Chunk {
         };
         let mut lines = LineCounter::new(text, self.first_line);
         let mut stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
+        let mut first = true;
         loop {
             let before = stream.byte_offset();
             match stream.next() {
                 None => break,
                 Some(Ok(value)) => {
+                    first = false;
                     let off = offset_in(text, value.get());
                     let line = lines.line_at(off);
                     self.value(
@@ -173,6 +175,12 @@ impl Chunk {
                         Some((text, &mut lines)),
                         on,
                     );
+                }
+                Some(Err(_)) if first => {
+                    // Not a document after all (the layout is a guess from the first lines):
+                    // read it line by line, so one broken line cannot hide the rest.
+                    self.lines(bytes, on);
+                    break;
                 }
                 Some(Err(e)) => {
                     let off = text.get(before..).map_or(before, |rest| {

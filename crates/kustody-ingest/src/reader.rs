@@ -17,6 +17,8 @@ pub struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
 impl BufferPool {
     /// Keeps at most this many spare buffers.
     const MAX: usize = 32;
+    /// Larger buffers are freed, not kept.
+    const KEEP_MAX_BYTES: usize = 4 << 20;
 
     /// An empty buffer with at least `capacity` bytes reserved.
     pub fn take(&self, capacity: usize) -> Vec<u8> {
@@ -33,6 +35,11 @@ impl BufferPool {
 
     /// Returns a buffer for reuse.
     pub fn give(&self, buf: Vec<u8>) {
+        // Only ordinary chunk buffers are worth keeping; one that held a whole document or a
+        // very long line would pin its memory for the rest of the run.
+        if buf.capacity() > Self::KEEP_MAX_BYTES {
+            return;
+        }
         if let Ok(mut p) = self.0.lock() {
             if p.len() < Self::MAX && buf.capacity() > 0 {
                 p.push(buf);
@@ -78,6 +85,8 @@ pub struct ChunkReader {
     offset: u64,
     eof: bool,
     started: bool,
+    /// Bytes at the start of `carry` known to hold no newline.
+    scanned: usize,
     /// Bytes read from the underlying (possibly compressed) source, for throughput reporting.
     pub compressed: bool,
 }
@@ -131,6 +140,7 @@ impl ChunkReader {
             offset: 0,
             eof: false,
             started: false,
+            scanned: 0,
             compressed,
         })
     }
@@ -167,7 +177,9 @@ impl ChunkReader {
     /// capacity (no intermediate buffer copy once the sniffing buffer is drained).
     fn fill(&mut self, want: usize) -> std::io::Result<()> {
         while !self.eof && self.carry.len() < want {
-            let need = want - self.carry.len();
+            // Grow in steps: `want` can be the 1 GiB document limit, and reserving it up front
+            // would allocate (and, without overcommit, fail) before a byte is read.
+            let need = (want - self.carry.len()).min(self.opts.chunk_bytes.max(64 << 10));
             self.carry.reserve(need);
             let n = (&mut self.src)
                 .take(need as u64)
@@ -189,6 +201,27 @@ impl ChunkReader {
         };
         // Whatever complete lines were read before the failure are still evidence; the partial
         // last line is part of the failure, reported at its own line.
+        if self.layout.is_none() {
+            if self.carry.starts_with(BOM) {
+                self.carry.drain(..BOM.len());
+                self.offset += BOM.len() as u64;
+            }
+            self.layout = Some(sniff(&self.carry));
+        }
+        if let Some(layout @ (Layout::Document | Layout::Yaml)) = self.layout {
+            // Hand the partial document to the parser: it reports where the input ends and
+            // keeps every complete item before that point.
+            let body = std::mem::take(&mut self.carry);
+            let (line, offset) = (self.next_line, self.offset);
+            let mut chunk = self.make_chunk(ChunkBody::Document(body), layout);
+            chunk.bad.push(BadRecord {
+                file: self.name.clone(),
+                line,
+                offset,
+                reason,
+            });
+            return chunk;
+        }
         let mut carry = std::mem::take(&mut self.carry);
         let keep = if self.layout == Some(Layout::Lines) {
             memchr::memrchr(b'\n', &carry).map_or(0, |p| p + 1)
@@ -242,14 +275,21 @@ impl ChunkReader {
                 let rest = std::mem::take(&mut self.carry);
                 return Some(self.make_chunk(ChunkBody::Lines(rest), Layout::Lines));
             }
-            if let Some(pos) = memchr::memrchr(b'\n', &self.carry) {
+            let from = self.scanned.min(self.carry.len());
+            let found = memchr::memrchr(b'\n', self.carry.get(from..).unwrap_or_default())
+                .map(|p| p + from);
+            if let Some(pos) = found {
+                self.scanned = 0;
                 let mut next = self.opts.pool.take(self.opts.chunk_bytes + (64 << 10));
                 next.extend_from_slice(self.carry.get(pos + 1..).unwrap_or_default());
                 self.carry.truncate(pos + 1);
                 let body = std::mem::replace(&mut self.carry, next);
                 return Some(self.make_chunk(ChunkBody::Lines(body), Layout::Lines));
             }
+            // No newline in what we have: the next pass scans only the new bytes.
+            self.scanned = self.carry.len();
             if self.carry.len() > self.opts.max_record_bytes {
+                self.scanned = 0;
                 return Some(self.skip_oversized_line());
             }
             // A long line: read on until it ends.
@@ -347,9 +387,12 @@ fn sniff(head: &[u8]) -> Layout {
     }
     let opens =
         matches!(first, b"{" | b"[" | b"[{") || matches!(first.last(), Some(b'{' | b'[' | b','));
-    let next_indented = lines
-        .find(|l| !trim(l).is_empty())
-        .is_some_and(|l| matches!(l.first(), Some(b' ' | b'\t' | b'{' | b'}' | b']' | b'"')));
+    // Pretty-printers indent the second line; a JSON Lines file whose first line is a broken
+    // fragment goes on with an unindented `{`.
+    let next_indented = lines.find(|l| !trim(l).is_empty()).is_some_and(|l| {
+        matches!(l.first(), Some(b' ' | b'\t'))
+            || matches!(trim(l), b"}" | b"]" | b"{" | b"[" | b"},")
+    });
     if opens && next_indented {
         Layout::Document
     } else {
@@ -387,5 +430,10 @@ mod tests {
         );
         assert_eq!(sniff(b"---\nkind: Event\n"), Layout::Yaml);
         assert_eq!(sniff(b"garbage\n{\"a\":1}\n"), Layout::Lines);
+        assert_eq!(
+            sniff(b"\"annotations\":{\"a\":\"b\"},\n{\"a\":1}\n"),
+            Layout::Lines
+        );
+        assert_eq!(sniff(b"{\"a\":1,\n  \"b\":2}\n"), Layout::Document);
     }
 }

@@ -240,11 +240,45 @@ fn a_line_over_the_limit_is_skipped_without_buffering_it() {
 }
 
 #[test]
-fn a_broken_pretty_document_is_one_bad_record() {
+fn a_broken_pretty_document_is_reported_line_by_line() {
     let text = "{\n  \"auditID\": \"x\",\n  \"verb\": \n";
     let out = read(text.as_bytes());
     assert_eq!(ids(&out).len(), 0);
+    assert!(!bad(&out).is_empty(), "{out:?}");
+    // A second document after a complete first one: the first is kept.
+    let pretty = serde_json::to_string_pretty(
+        &serde_json::from_str::<serde_json::Value>(&ev("ok")).unwrap(),
+    )
+    .unwrap();
+    let text = format!("{pretty}\n{{\n  \"auditID\": \"x\",\n");
+    let out = read(text.as_bytes());
+    assert_eq!(ids(&out), [(1, "ok")]);
     assert_eq!(bad(&out).len(), 1, "{out:?}");
+}
+
+#[test]
+fn a_broken_first_line_does_not_hide_a_json_lines_file() {
+    let mut text = String::from("\"annotations\":{\"a\":\"b\"},\n");
+    for i in 0..50 {
+        text.push_str(&ev(&format!("e{i}")));
+        text.push('\n');
+    }
+    let out = read_with(text.as_bytes(), ReadOptions::default());
+    assert_eq!(ids(&out).len(), 50);
+    assert_eq!(bad(&out).len(), 1);
+}
+
+#[test]
+fn a_small_truncated_gzip_keeps_its_complete_records() {
+    let body: String = (0..100)
+        .map(|i| format!("{}\n", ev(&format!("e{i}"))))
+        .collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.as_bytes()).unwrap();
+    let full = gz.finish().unwrap();
+    let out = read_with(full.get(..full.len() - 20).unwrap(), ReadOptions::default());
+    assert!(ids(&out).len() >= 90, "{}", ids(&out).len());
+    assert_eq!(bad(&out).len(), 1);
 }
 
 #[test]

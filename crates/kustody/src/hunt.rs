@@ -33,7 +33,12 @@ struct ChunkResult {
     bytes: u64,
     /// Set on the first chunk of a file that could not be opened.
     open_error: Option<String>,
+    /// Bad records beyond the ones kept in `bad` (a chunk of garbage has thousands).
+    bad_not_kept: u64,
 }
+
+/// Bad records kept with their details per chunk; the rest are only counted.
+const BAD_KEPT_PER_CHUNK: usize = 16;
 
 struct Filter {
     since: Option<i64>,
@@ -140,18 +145,28 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
 
     let engine = Arc::new(engine);
     let filter = Arc::new(filter);
-    let (chunk_tx, chunk_rx) = sync_channel::<(u64, Result<Chunk, String>)>(threads * 2);
-    let (res_tx, res_rx) = sync_channel::<(u64, ChunkResult)>(threads * 4);
-    let chunk_rx = Arc::new(Mutex::new(chunk_rx));
-
     let mut stats = Stats {
         files: files.len(),
         rules_active: engine.active_count(),
         ..Stats::default()
     };
+    // Every channel end lives inside the scope: when the collector stops early (`--strict`, a
+    // closed stdout) its ends drop, the reader and workers see disconnected channels and stop,
+    // and the scope can join them. A window of tokens bounds the chunks in flight, so the
+    // reordering buffer stays bounded even when one chunk is slow.
+    let window = threads * 4;
     let outcome = std::thread::scope(|scope| -> Result<()> {
+        let (chunk_tx, chunk_rx) = sync_channel::<(u64, Result<Chunk, String>)>(threads * 2);
+        let (res_tx, res_rx) = sync_channel::<(u64, ChunkResult)>(window);
+        let (token_tx, token_rx) = sync_channel::<()>(window);
+        for _ in 0..window {
+            token_tx
+                .send(())
+                .map_err(|_| anyhow::anyhow!("internal: token channel closed"))?;
+        }
+        let chunk_rx = Arc::new(Mutex::new(chunk_rx));
         let reader_opts = read_opts.clone();
-        scope.spawn(move || read_all(&files, &reader_opts, chunk_tx));
+        scope.spawn(move || read_all(&files, &reader_opts, &chunk_tx, &token_rx));
         for _ in 0..threads {
             let rx = chunk_rx.clone();
             let tx = res_tx.clone();
@@ -163,8 +178,10 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
             scope.spawn(move || worker(&rx, &tx, &engine, &filter, parse_only, &pool, &renderer));
         }
         drop(res_tx);
+        drop(chunk_rx);
         collect(
-            &res_rx,
+            res_rx,
+            token_tx,
             &mut sink,
             &engine,
             &mut stats,
@@ -173,8 +190,23 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         )
     });
     progress.finish_and_clear();
-    sink.finish()?;
-    outcome?;
+    // A closed pipe (`kustody hunt ... | head`) ends the run quietly, like any Unix filter.
+    let closed = |e: &anyhow::Error| {
+        e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        })
+    };
+    match outcome.and_then(|()| sink.finish()) {
+        Err(e) if closed(&e) => {
+            return Ok(if stats.detections > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        other => other?,
+    }
 
     stats.elapsed = started.elapsed().as_secs_f64();
     if !args.quiet {
@@ -206,28 +238,36 @@ fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
     pb
 }
 
+/// Cuts every input into chunks, in order. A token from the collector is taken before each
+/// send, so at most `window` chunks are between here and the output.
 fn read_all(
     files: &[InputFile],
     opts: &ReadOptions,
-    tx: std::sync::mpsc::SyncSender<(u64, Result<Chunk, String>)>,
+    tx: &std::sync::mpsc::SyncSender<(u64, Result<Chunk, String>)>,
+    tokens: &Receiver<()>,
 ) {
     let mut seq = 0u64;
+    let mut send = |item: Result<Chunk, String>| -> bool {
+        if tokens.recv().is_err() || tx.send((seq, item)).is_err() {
+            return false; // the collector stopped
+        }
+        seq += 1;
+        true
+    };
     for f in files {
-        let mut reader = match ChunkReader::open(f, opts.clone()) {
-            Ok(r) => r,
+        match ChunkReader::open(f, opts.clone()) {
             Err(e) => {
-                if tx.send((seq, Err(e.to_string()))).is_err() {
+                if !send(Err(e.to_string())) {
                     return;
                 }
-                seq += 1;
-                continue;
             }
-        };
-        while let Some(chunk) = reader.next_chunk() {
-            if tx.send((seq, Ok(chunk))).is_err() {
-                return; // the collector stopped (--strict failure)
+            Ok(mut reader) => {
+                while let Some(chunk) = reader.next_chunk() {
+                    if !send(Ok(chunk)) {
+                        return;
+                    }
+                }
             }
-            seq += 1;
         }
     }
 }
@@ -289,9 +329,9 @@ fn process(
         ..ChunkResult::default()
     };
     chunk.records(|rec| match rec {
-        Err(bad) => r.bad.push(bad),
+        Err(bad) => keep_bad(&mut r, || bad),
         Ok(rec) => match Event::parse(rec.text) {
-            Err(e) => r.bad.push(BadRecord {
+            Err(e) => keep_bad(&mut r, || BadRecord {
                 file: chunk.file.clone(),
                 line: rec.line,
                 offset: rec.offset,
@@ -318,7 +358,7 @@ fn process(
                     if let Some(d) = engine.detection(i, &ev, src, with_context) {
                         match renderer.render(&d, &mut r.rendered) {
                             Ok(()) => r.rules.push(i),
-                            Err(e) => r.bad.push(BadRecord {
+                            Err(e) => keep_bad(&mut r, || BadRecord {
                                 file: chunk.file.clone(),
                                 line: rec.line,
                                 offset: rec.offset,
@@ -333,8 +373,17 @@ fn process(
     r
 }
 
+fn keep_bad(r: &mut ChunkResult, bad: impl FnOnce() -> BadRecord) {
+    if r.bad.len() < BAD_KEPT_PER_CHUNK {
+        r.bad.push(bad());
+    } else {
+        r.bad_not_kept += 1;
+    }
+}
+
 fn collect(
-    rx: &Receiver<(u64, ChunkResult)>,
+    rx: Receiver<(u64, ChunkResult)>,
+    tokens: std::sync::mpsc::SyncSender<()>,
     sink: &mut Sink,
     engine: &Engine,
     stats: &mut Stats,
@@ -347,6 +396,9 @@ fn collect(
         pending.insert(seq, res);
         while let Some(res) = pending.remove(&next) {
             next += 1;
+            // One chunk left the window: the reader may cut another. (Failure means the reader
+            // is done, which is fine.)
+            let _ = tokens.try_send(());
             if let Some(e) = res.open_error {
                 stats.unreadable.push(e);
                 if strict {
@@ -369,7 +421,7 @@ fn collect(
             stats.events += res.events;
             stats.bytes += res.bytes;
             stats.skipped_by_time += res.skipped_by_time;
-            stats.bad += res.bad.len() as u64;
+            stats.bad += res.bad.len() as u64 + res.bad_not_kept;
             for b in res.bad {
                 if stats.first_bad.len() < 10 {
                     stats.first_bad.push(b.to_string());
