@@ -83,18 +83,42 @@ fn walk(dir: &Path, out: &mut Vec<InputFile>) -> Result<(), IngestError> {
     Ok(())
 }
 
-/// Sort key: (base name, age rank, timestamp-or-number, name). Lower sorts first = older.
+/// Sort key: (base name, age rank, order within the base, name). Lower sorts first = older.
 fn rotation_key(path: &Path) -> (String, u8, String, String) {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let stem = name.strip_suffix(".gz").unwrap_or(&name);
-    // logrotate: base.log.N
+    // kube-apiserver (lumberjack): <base>-YYYY-MM-DDTHH-MM-SS[.mmm][.ext]
+    if let Some(pos) = find_timestamp(stem) {
+        let prefix = stem.get(..pos).unwrap_or("").trim_end_matches('-');
+        let mut end = pos + 19;
+        let after = stem.get(end..).unwrap_or("");
+        let millis = after
+            .strip_prefix('.')
+            .filter(|m| m.len() >= 3 && m.bytes().take(3).all(|b| b.is_ascii_digit()));
+        if millis.is_some() {
+            end += 4;
+        }
+        let ext = stem.get(end..).unwrap_or("");
+        return (
+            format!("{prefix}{ext}"),
+            0,
+            stem.get(pos..end).unwrap_or("").to_owned(),
+            name.clone(),
+        );
+    }
+    // logrotate dateext: <base>-YYYYMMDD
+    if let Some((base, date)) = stem.rsplit_once('-') {
+        if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) {
+            return (base.to_owned(), 0, date.to_owned(), name.clone());
+        }
+    }
+    // logrotate: <base>.N, higher N older
     if let Some((base, n)) = stem.rsplit_once('.') {
-        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+        if !n.is_empty() && n.len() < 10 && n.bytes().all(|b| b.is_ascii_digit()) {
             let n: u64 = n.parse().unwrap_or(0);
-            // Higher N is older: invert so it sorts first.
             return (
                 base.to_owned(),
                 0,
@@ -102,18 +126,6 @@ fn rotation_key(path: &Path) -> (String, u8, String, String) {
                 name.clone(),
             );
         }
-    }
-    // lumberjack: base-YYYY-MM-DDTHH-MM-SS.mmm.ext
-    if let Some(pos) = find_timestamp(stem) {
-        let base_prefix = stem.get(..pos).unwrap_or("").trim_end_matches('-');
-        let ext = stem.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
-        let base = format!("{base_prefix}.{ext}");
-        return (
-            base,
-            0,
-            stem.get(pos..).unwrap_or("").to_owned(),
-            name.clone(),
-        );
     }
     (stem.to_owned(), 1, String::new(), name.clone())
 }
@@ -149,6 +161,11 @@ mod tests {
             "kube.log.2.gz",
             "kube.log",
             ".swp",
+            "api.log-20240102.gz",
+            "api.log-20240101",
+            "api.log",
+            "audit-2023-12-31T00-00-00.000",
+            "audit",
         ] {
             std::fs::write(dir.path().join(n), "").unwrap();
         }
@@ -165,6 +182,11 @@ mod tests {
         assert_eq!(
             names,
             [
+                "api.log-20240101",
+                "api.log-20240102.gz",
+                "api.log",
+                "audit-2023-12-31T00-00-00.000",
+                "audit",
                 "audit-2024-01-01T00-00-00.000.log",
                 "audit-2024-01-02T00-00-00.000.log.gz",
                 "audit.log",

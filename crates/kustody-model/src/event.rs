@@ -296,10 +296,6 @@ impl<'a> Event<'a> {
             })
             .as_ref()
     }
-    /// `requestObject` as a DOM if something already parsed it (never parses).
-    pub fn request_object_if_parsed(&self) -> Option<&Value> {
-        self.request_object.get().and_then(Option::as_ref)
-    }
     /// `responseObject`, parsed on first use and cached.
     pub fn response_object(&self) -> Option<&Value> {
         self.response_object

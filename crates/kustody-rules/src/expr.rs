@@ -378,14 +378,7 @@ fn reference_string(s: &str, op: Op, rhs: &[&str], cache: &mut RegexCache) -> bo
 
 /// fnmatch(3) with no flags: `*` also matches `/`.
 pub fn glob_match(pattern: &str, s: &str, case_insensitive: bool) -> bool {
-    let opts = glob::MatchOptions {
-        case_sensitive: !case_insensitive,
-        require_literal_separator: false,
-        require_literal_leading_dot: false,
-    };
-    glob::Pattern::new(pattern)
-        .map(|p| p.matches_with(s, opts))
-        .unwrap_or(false)
+    crate::fnmatch::Pattern::new(pattern, case_insensitive).matches(s)
 }
 
 /// libsinsp `pmatch`: `s` equals `prefix` or lies below it, comparing `/`-separated

@@ -143,10 +143,8 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
             )
         }
         ReqBindingRole => req_str(ev, &["roleRef", "name"]),
-        ReqBindingSubjectHasName => {
-            req(ev, &["subjects"])?;
-            Some(Val::One(Cow::Borrowed("true")))
-        }
+        // Deprecated in the plugin, which always answers "true".
+        ReqBindingSubjectHasName => Some(Val::One(Cow::Borrowed("true"))),
         ReqBindingUserNames => subjects_of_kind(ev, "User", false, f),
         ReqBindingServiceAccountNames => subjects_of_kind(ev, "ServiceAccount", false, f),
         ReqBindingServiceAccountNsNames => subjects_of_kind(ev, "ServiceAccount", true, f),
@@ -423,14 +421,9 @@ fn json_pointer<'e>(ev: &'e Event<'_>, ptr: &[String]) -> Option<Val<'e>> {
             };
             return fast(v);
         }
-        // One value deep in a body: walking the raw text beats building a DOM, unless the DOM
-        // already exists because `ka.req.*` fields of this event were read.
-        (Some("requestObject"), _) => {
-            return match ev.request_object_if_parsed() {
-                Some(dom) => walk(dom, rest),
-                None => raw_walk(ev.request_object_raw()?, rest),
-            }
-        }
+        // One value deep in a body: walking the raw text beats building a DOM.
+        // Always the raw text: the same answer whichever other fields were read before.
+        (Some("requestObject"), _) => return raw_walk(ev.request_object_raw()?, rest),
         (Some("responseObject"), _) => return raw_walk(ev.response_object_raw()?, rest),
         _ => {}
     }
@@ -441,18 +434,6 @@ fn raw_walk<'e>(raw: &'e str, ptr: &[String]) -> Option<Val<'e>> {
     kustody_model::rawjson::pointer(raw, ptr)
         .and_then(kustody_model::rawjson::text)
         .map(Val::One)
-}
-
-fn walk<'v>(root: &'v Value, ptr: &[String]) -> Option<Val<'v>> {
-    let mut cur = root;
-    for seg in ptr {
-        cur = match cur {
-            Value::Object(m) => m.get(seg)?,
-            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(Val::One(json_text(cur)))
 }
 
 pub use kustody_model::uri::param as uri_param;

@@ -16,6 +16,7 @@ mod engine;
 pub mod expr;
 pub mod extract;
 pub mod fields;
+mod fnmatch;
 mod loader;
 pub mod output;
 pub mod prog;

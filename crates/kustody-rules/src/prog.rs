@@ -33,7 +33,7 @@ pub enum Matcher {
     Substrings(AhoCorasick),
     StartsWith(Box<str>),
     EndsWith(Box<str>),
-    Glob(glob::Pattern, bool),
+    Glob(crate::fnmatch::Pattern),
     PMatch(Box<[String]>),
     /// `in`/`intersects`: for a list value, `all` elements (in) or any (intersects).
     Set {
@@ -104,10 +104,9 @@ fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
         ),
         Op::StartsWith => Matcher::StartsWith(first),
         Op::EndsWith => Matcher::EndsWith(first),
-        Op::Glob | Op::IGlob => Matcher::Glob(
-            glob::Pattern::new(&first).map_err(|e| e.to_string())?,
-            op == Op::IGlob,
-        ),
+        Op::Glob | Op::IGlob => {
+            Matcher::Glob(crate::fnmatch::Pattern::new(&first, op == Op::IGlob))
+        }
         Op::PMatch => Matcher::PMatch(items.iter().map(|s| (*s).to_owned()).collect()),
         Op::Regex => {
             Matcher::Regex(regex::Regex::new(&format!("^(?:{first})$")).map_err(|e| e.to_string())?)
@@ -358,14 +357,7 @@ fn test(v: &Val<'_>, m: &Matcher, ev: &Event<'_>) -> bool {
         Matcher::Substrings(ac) => ac.is_match(s),
         Matcher::StartsWith(r) => s.starts_with(r.as_ref()),
         Matcher::EndsWith(r) => s.ends_with(r.as_ref()),
-        Matcher::Glob(p, ci) => p.matches_with(
-            s,
-            glob::MatchOptions {
-                case_sensitive: !ci,
-                require_literal_separator: false,
-                require_literal_leading_dot: false,
-            },
-        ),
+        Matcher::Glob(p) => p.matches(s),
         Matcher::PMatch(paths) => paths.iter().any(|p| path_prefix_match(p, s)),
         Matcher::Set { set, .. } => set.contains(s),
         Matcher::Few { items, .. } => items.iter().any(|f| &**f == s),

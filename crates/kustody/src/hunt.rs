@@ -17,7 +17,7 @@ use kustody_model::{Event, SourceRef};
 use kustody_rules::{Engine, EngineOptions, Scratch, Severity};
 
 use crate::cli::{ColorChoice, Format, HuntArgs};
-use crate::render::{Renderer, Sink};
+use crate::render::{sanitize, Renderer, Sink};
 use crate::{ruleset, timespec};
 
 /// What one worker reports for one chunk.
@@ -94,7 +94,7 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         .filter(|d| d.severity == Severity::Error)
         .count();
     for d in &diags {
-        eprintln!("{d}");
+        eprintln!("{}", sanitize(&d.to_string()));
     }
     if args.strict && !diags.is_empty() {
         bail!("{} rule diagnostic(s) with --strict", diags.len());
@@ -510,7 +510,7 @@ impl Stats {
             self.unreadable.len()
         );
         for u in &self.unreadable {
-            let _ = writeln!(w, "  unreadable: {u}");
+            let _ = writeln!(w, "  unreadable: {}", sanitize(u));
         }
         let _ = writeln!(
             w,
@@ -524,7 +524,7 @@ impl Stats {
         );
         let _ = writeln!(w, "bad records: {}", self.bad);
         for b in &self.first_bad {
-            let _ = writeln!(w, "  {b}");
+            let _ = writeln!(w, "  {}", sanitize(b));
         }
         if self.bad > self.first_bad.len() as u64 {
             let _ = writeln!(w, "  … and {} more", self.bad - self.first_bad.len() as u64);
@@ -534,7 +534,7 @@ impl Stats {
         let mut by_count: Vec<_> = self.per_rule.iter().collect();
         by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         for (rule, n) in by_count {
-            let _ = writeln!(w, "  {n:>7}  {rule}");
+            let _ = writeln!(w, "  {n:>7}  {}", sanitize(rule));
         }
         let _ = writeln!(
             w,

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kustody: error: {e:#}");
+            eprintln!("kustody: error: {}", render::sanitize(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }

@@ -189,15 +189,22 @@ fn colorize(s: &str, p: Priority) -> String {
     }
 }
 
-/// Event fields are attacker-controlled: control characters (terminal escape sequences) are
-/// shown as `\u{..}` escapes instead of being sent to the terminal.
-fn sanitize(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
+/// Characters that must not reach a terminal raw: C0/C1 controls (escape sequences) and the
+/// invisible format characters that reorder or hide text (bidi overrides, zero-width marks).
+fn is_hostile(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Event fields, file names and bad-record reasons are attacker-controlled: hostile characters
+/// are shown as `\u{..}` escapes instead of being sent to the terminal or a spreadsheet.
+pub fn sanitize(s: &str) -> String {
+    if !s.chars().any(is_hostile) {
         return s.to_owned();
     }
     s.chars()
         .map(|c| {
-            if c.is_control() {
+            if is_hostile(c) {
                 c.escape_unicode().to_string()
             } else {
                 c.to_string()
@@ -231,6 +238,7 @@ fn truncate_left(s: &str, max: usize) -> String {
 /// RFC 4180 quoting, plus a leading `'` on values a spreadsheet would run as a formula
 /// (user agents and names are attacker-controlled).
 fn csv_field(s: &str) -> String {
+    let s = sanitize(s);
     let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{s}")
     } else {
@@ -336,6 +344,11 @@ mod tests {
         assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
         assert_eq!(csv_field("-1"), "'-1");
         assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(sanitize("a\u{202e}b\u{9b}c"), "a\\u{202e}b\\u{9b}c");
+        assert_eq!(
+            csv_field("x\u{1b}]8;;http://e\u{7}y"),
+            "x\\u{1b}]8;;http://e\\u{7}y"
+        );
         assert_eq!(truncate_left("/very/long/path.log:12", 10), "…th.log:12");
     }
 }

@@ -6,6 +6,7 @@ use anyhow::Result;
 use kustody_rules::{EngineOptions, Severity};
 
 use crate::cli::{CheckArgs, ListArgs, ListFormat};
+use crate::render::sanitize;
 use crate::ruleset;
 
 pub fn check(args: CheckArgs) -> Result<ExitCode> {
@@ -15,7 +16,7 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         &EngineOptions::default(),
     )?;
     for d in &diags {
-        println!("{d}");
+        println!("{}", sanitize(&d.to_string()));
     }
     let errors = diags
         .iter()
@@ -40,7 +41,7 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
         &EngineOptions::default(),
     )?;
     for d in &diags {
-        eprintln!("{d}");
+        eprintln!("{}", sanitize(&d.to_string()));
     }
     match args.format {
         ListFormat::Json => {

@@ -19,15 +19,18 @@ pub fn parse(s: &str, now_ns: i64) -> Result<i64> {
         Ok(n) => n,
         Err(_) => bail!("cannot read time `{s}`: use RFC 3339 (2024-05-01T10:00:00Z) or a duration like 90m, 12h, 7d"),
     };
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        "w" => n * 7 * 86_400,
+    let per_unit: i64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
         _ => bail!("cannot read time `{s}`: unknown unit `{unit}` (use s, m, h, d or w)"),
     };
-    Ok(now_ns - secs * 1_000_000_000)
+    n.checked_mul(per_unit)
+        .and_then(|secs| secs.checked_mul(1_000_000_000))
+        .and_then(|ns| now_ns.checked_sub(ns))
+        .ok_or_else(|| anyhow::anyhow!("time `{s}` is out of range"))
 }
 
 #[cfg(test)]
@@ -41,5 +44,6 @@ mod tests {
         assert_eq!(parse("2h", 7_200_000_000_000).unwrap(), 0);
         assert!(parse("2x", 0).is_err());
         assert!(parse("yesterday", 0).is_err());
+        assert!(parse("999999999999d", 0).is_err());
     }
 }
