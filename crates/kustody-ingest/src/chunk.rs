@@ -215,36 +215,21 @@ impl Chunk {
             }
         };
         for doc in crate::yaml::split_documents(text) {
-            let line = self.first_line + doc.first_line - 1;
+            let line_of = |l: u64| self.first_line + doc.start_line - 1 + l.saturating_sub(1);
             let offset = self.base_offset + doc.offset as u64;
-            match crate::yaml::to_json(doc.text) {
+            match crate::yaml::events(doc.text) {
                 Err(e) => on(Err(self.bad(
-                    line + e.line.saturating_sub(1),
+                    line_of(e.line),
                     offset,
                     format!("invalid YAML: {}", e.message),
                 ))),
-                Ok(values) => {
-                    for v in values {
-                        let items = match v {
-                            serde_json::Value::Array(items) => items,
-                            serde_json::Value::Object(mut m)
-                                if m.get("kind").and_then(|k| k.as_str()) == Some("EventList") =>
-                            {
-                                match m.remove("items") {
-                                    Some(serde_json::Value::Array(items)) => items,
-                                    _ => Vec::new(),
-                                }
-                            }
-                            other => vec![other],
-                        };
-                        for item in items {
-                            let json = item.to_string();
-                            on(Ok(Record {
-                                text: &json,
-                                line,
-                                offset,
-                            }));
-                        }
+                Ok(events) => {
+                    for ev in events {
+                        on(Ok(Record {
+                            text: &ev.json,
+                            line: line_of(ev.line),
+                            offset,
+                        }));
                     }
                 }
             }

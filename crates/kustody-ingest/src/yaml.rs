@@ -1,7 +1,6 @@
 //! Audit events written as YAML (`kubectl get -o yaml` style exports, test fixtures).
 
-use serde_json::{Map, Number, Value};
-use yaml_rust2::{Yaml, YamlLoader};
+use kustody_model::yaml::Node;
 
 /// A line that can only start a YAML document: `---`, or a `key:` mapping entry.
 pub fn looks_like_yaml(line: &[u8]) -> bool {
@@ -22,12 +21,13 @@ pub fn looks_like_yaml(line: &[u8]) -> bool {
 
 pub struct Doc<'a> {
     pub text: &'a str,
-    /// 1-based line of the document's first line within the input.
-    pub first_line: u64,
+    /// 1-based line of `text`'s first line within the input.
+    pub start_line: u64,
     pub offset: usize,
 }
 
-/// Splits on `---` separator lines, keeping each document's position.
+/// Splits on `---` separator lines, keeping each document's position, so one broken document
+/// does not take the others with it.
 pub fn split_documents(text: &str) -> Vec<Doc<'_>> {
     let mut docs = Vec::new();
     let mut start = 0usize;
@@ -46,19 +46,27 @@ pub fn split_documents(text: &str) -> Vec<Doc<'_>> {
     docs
 }
 
-fn push_doc<'a>(docs: &mut Vec<Doc<'a>>, text: &'a str, start: usize, end: usize, first_line: u64) {
+fn push_doc<'a>(docs: &mut Vec<Doc<'a>>, text: &'a str, start: usize, end: usize, start_line: u64) {
     let Some(body) = text.get(start..end) else {
         return;
     };
-    let is_filler = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
-    let Some(skip) = body.lines().position(|l| !is_filler(l)) else {
+    if body
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         return;
-    };
+    }
     docs.push(Doc {
         text: body,
-        first_line: first_line + skip as u64,
+        start_line,
         offset: start,
     });
+}
+
+/// One event of a YAML document: its JSON text and the line (within the document) it starts on.
+pub struct YamlEvent {
+    pub json: String,
+    pub line: u64,
 }
 
 pub struct YamlError {
@@ -66,39 +74,28 @@ pub struct YamlError {
     pub message: String,
 }
 
-/// Parses one YAML document into JSON values.
-pub fn to_json(text: &str) -> Result<Vec<Value>, YamlError> {
-    let docs = YamlLoader::load_from_str(text).map_err(|e| YamlError {
-        line: e.marker().line() as u64,
-        message: e.info().to_owned(),
+/// The events of one YAML document: a single Event, an EventList or a list of Events.
+pub fn events(text: &str) -> Result<Vec<YamlEvent>, YamlError> {
+    let docs = kustody_model::yaml::parse(text).map_err(|e| YamlError {
+        line: u64::from(e.pos.line),
+        message: e.message,
     })?;
-    Ok(docs.iter().map(convert).collect())
-}
-
-fn convert(y: &Yaml) -> Value {
-    match y {
-        Yaml::Real(s) => s
-            .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map_or_else(|| Value::String(s.clone()), Value::Number),
-        Yaml::Integer(i) => Value::Number((*i).into()),
-        Yaml::String(s) => Value::String(s.clone()),
-        Yaml::Boolean(b) => Value::Bool(*b),
-        Yaml::Array(a) => Value::Array(a.iter().map(convert).collect()),
-        Yaml::Hash(h) => {
-            let mut m = Map::new();
-            for (k, v) in h {
-                let key = match k {
-                    Yaml::String(s) | Yaml::Real(s) => s.clone(),
-                    Yaml::Integer(i) => i.to_string(),
-                    Yaml::Boolean(b) => b.to_string(),
-                    _ => continue,
-                };
-                m.insert(key, convert(v));
+    let mut out = Vec::new();
+    for doc in &docs {
+        let items: Vec<&Node> = match doc {
+            Node::Seq { items, .. } => items.iter().collect(),
+            Node::Map { .. } if doc.get("kind").and_then(Node::as_str) == Some("EventList") => {
+                match doc.get("items") {
+                    Some(Node::Seq { items, .. }) => items.iter().collect(),
+                    _ => Vec::new(),
+                }
             }
-            Value::Object(m)
-        }
-        Yaml::Alias(_) | Yaml::Null | Yaml::BadValue => Value::Null,
+            other => vec![other],
+        };
+        out.extend(items.into_iter().map(|n| YamlEvent {
+            json: kustody_model::yaml::to_json(n).to_string(),
+            line: u64::from(n.pos().line),
+        }));
     }
+    Ok(out)
 }

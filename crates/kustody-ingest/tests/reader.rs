@@ -157,6 +157,34 @@ fn pretty_printed_documents() {
 }
 
 #[test]
+fn yaml_lists_and_errors_have_their_own_lines() {
+    let text = "# c\nkind: EventList\nitems:\n- auditID: i1\n  verb: get\n- auditID: i2\n  verb: list\n---\n# c\n# c\nkind: Event\nauditID: [unclosed\n---\n- auditID: s1\n  verb: get\n";
+    let out = read(text.as_bytes());
+    assert_eq!(ids(&out), [(4, "i1"), (6, "i2"), (14, "s1")]);
+    let b = bad(&out);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert!((12..=13).contains(&b[0].0), "{b:?}");
+    // A billion-laughs document is one bad record, not an out-of-memory abort.
+    let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let p = i - 1;
+        laughs.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    let out = read(laughs.as_bytes());
+    assert_eq!(bad(&out).len(), 1);
+    let deep = format!(
+        "x:\n{}y\n",
+        (0..5000)
+            .map(|i| format!("{}- \n", "  ".repeat(i)))
+            .collect::<String>()
+    );
+    let out = read_with(deep.as_bytes(), ReadOptions::default());
+    assert_eq!(ids(&out).len(), 0);
+}
+
+#[test]
 fn yaml_documents() {
     let text = "# a comment\nkind: Event\napiVersion: audit.k8s.io/v1\nauditID: y1\nverb: get\n---\nkind: Event\nauditID: y2\nverb: list\n";
     assert_eq!(ids(&read(text.as_bytes())), [(2, "y1"), (7, "y2")]);

@@ -296,6 +296,14 @@ impl<'a> Event<'a> {
             })
             .as_ref()
     }
+    /// True when a rule needed `requestObject` or `responseObject` as a DOM and it could not be
+    /// built (JSON nested deeper than serde_json's 128 levels): `ka.req.*` fields were then
+    /// unavailable for this event, which the caller must report rather than hide.
+    pub fn body_unparsed(&self) -> bool {
+        (matches!(self.request_object.get(), Some(None)) && self.request_object_raw().is_some())
+            || (matches!(self.response_object.get(), Some(None))
+                && self.response_object_raw().is_some())
+    }
     /// `responseObject`, parsed on first use and cached.
     pub fn response_object(&self) -> Option<&Value> {
         self.response_object

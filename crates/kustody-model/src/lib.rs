@@ -16,6 +16,7 @@ mod priority;
 pub mod rawjson;
 pub mod time;
 pub mod uri;
+pub mod yaml;
 
 pub use detection::{Detection, EventContext, FieldValue, OutputField};
 pub use event::{Event, EventError, ObjectRef, ResponseStatus, UserInfo};

@@ -114,6 +114,8 @@ pub fn lower(ast: &Ast, scope: &dyn Scope) -> Result<Expr, LowerError> {
     Lowerer {
         scope,
         stack: Vec::new(),
+        nodes: 0,
+        depth: 0,
     }
     .lower(ast)
 }
@@ -122,7 +124,16 @@ struct Lowerer<'s> {
     scope: &'s dyn Scope,
     /// Macros being expanded, innermost last, for loop detection and error attribution.
     stack: Vec<String>,
+    /// Nodes produced so far and the current depth: macros that use each other twice per level
+    /// grow exponentially, and deep trees overflow evaluation stacks.
+    nodes: usize,
+    depth: usize,
 }
+
+/// A rule's condition, all macros inlined, may have at most this many nodes…
+pub const MAX_NODES: usize = 100_000;
+/// …and be nested at most this deep.
+pub const MAX_DEPTH: usize = 128;
 
 impl Lowerer<'_> {
     fn err(&self, span: Span, message: impl Into<String>) -> LowerError {
@@ -134,6 +145,28 @@ impl Lowerer<'_> {
     }
 
     fn lower(&mut self, ast: &Ast) -> Result<Expr, LowerError> {
+        self.nodes += 1;
+        self.depth += 1;
+        let span = match ast {
+            Ast::Macro { span, .. } | Ast::Cmp { span, .. } => *span,
+            Ast::Exists { lhs } => lhs.span,
+            _ => (0, 0),
+        };
+        if self.nodes > MAX_NODES {
+            return Err(self.err(
+                span,
+                format!("condition has more than {MAX_NODES} nodes once macros are expanded"),
+            ));
+        }
+        if self.depth > MAX_DEPTH {
+            return Err(self.err(span, format!("condition is nested more than {MAX_DEPTH} levels deep once macros are expanded")));
+        }
+        let r = self.lower_node(ast);
+        self.depth -= 1;
+        r
+    }
+
+    fn lower_node(&mut self, ast: &Ast) -> Result<Expr, LowerError> {
         Ok(match ast {
             Ast::And(items) => Expr::And(
                 items
@@ -177,7 +210,13 @@ impl Lowerer<'_> {
                         let mut out = Vec::new();
                         for it in items {
                             match self.scope.list_items(&it.value).filter(|_| it.bare) {
-                                Some(expanded) => out.extend(expanded.iter().cloned()),
+                                Some(expanded) => {
+                                    self.nodes += expanded.len() / 8;
+                                    if self.nodes > MAX_NODES {
+                                        return Err(self.err(*span, format!("condition has more than {MAX_NODES} nodes once lists are expanded")));
+                                    }
+                                    out.extend(expanded.iter().cloned())
+                                }
                                 None => out.push(it.value.clone()),
                             }
                         }

@@ -21,7 +21,7 @@ mod loader;
 pub mod output;
 pub mod prog;
 pub mod testing;
-pub mod yaml;
+pub use kustody_model::yaml;
 
 pub use diag::{Diagnostic, Severity};
 pub use engine::{Engine, EngineOptions, RuleInfo, Scratch};

@@ -33,6 +33,9 @@ const PLUGINS: &[(&str, (u64, u64, u64))] = &[
     ("json", (0, 7, 0)),
 ];
 
+/// A list, nested lists expanded, keeps at most this many items (a diagnostic says so).
+pub const MAX_LIST_ITEMS: usize = 100_000;
+
 /// The event source kustody evaluates.
 pub const K8S_AUDIT: &str = "k8s_audit";
 
@@ -51,6 +54,7 @@ pub(crate) struct Loc {
 
 #[derive(Debug)]
 struct ListDef {
+    loc: Loc,
     name: String,
     items: Vec<String>,
     index: usize,
@@ -425,6 +429,10 @@ impl Loader {
             None => {
                 self.list_idx.insert(name.clone(), self.lists.len());
                 self.lists.push(ListDef {
+                    loc: Loc {
+                        file: file.clone(),
+                        pos: name_node.pos(),
+                    },
                     name,
                     items,
                     index: self.counter,
@@ -890,6 +898,22 @@ impl Loader {
                 }
             }
         }
+        for l in &self.lists {
+            if expanded
+                .get(&l.name)
+                .is_some_and(|v| v.len() >= MAX_LIST_ITEMS)
+            {
+                let d = Diagnostic {
+                    severity: Severity::Error,
+                    file: l.loc.file.clone(),
+                    line: l.loc.pos.line,
+                    col: l.loc.pos.col,
+                    item: Some(format!("list `{}`", l.name)),
+                    message: format!("expands to more than {MAX_LIST_ITEMS} items; truncated"),
+                };
+                self.diags.push(d);
+            }
+        }
         let ctx = crate::engine::LoadedSet {
             lists: expanded,
             loader: &self,
@@ -922,9 +946,13 @@ impl Loader {
         for item in &l.items {
             match self.list_idx.get(item).copied().filter(|&j| j != i) {
                 Some(j) if self.lists.get(j).is_some_and(|r| r.index < l.visibility) => {
-                    out.extend(self.expand_list(j, done, visiting))
+                    let inner = self.expand_list(j, done, visiting);
+                    // Lists of lists can double at every level: stop at a sane size.
+                    let room = MAX_LIST_ITEMS.saturating_sub(out.len());
+                    out.extend(inner.into_iter().take(room));
                 }
-                _ => out.push(item.clone()),
+                _ if out.len() < MAX_LIST_ITEMS => out.push(item.clone()),
+                _ => {}
             }
         }
         visiting.pop();

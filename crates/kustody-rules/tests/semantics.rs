@@ -327,3 +327,51 @@ fn min_priority_filters_evaluation_not_loading() {
     assert_eq!(engine.active_count(), 1);
     assert_eq!(fired(&engine, EV_GET_PODS), ["warn"]);
 }
+
+#[test]
+fn hostile_rule_files_are_refused_with_diagnostics_not_crashes() {
+    let started = std::time::Instant::now();
+    // Macros that use the previous one twice: 2^40 nodes if inlined blindly.
+    let mut text = "- macro: m0\n  condition: ka.verb = get\n".to_owned();
+    for i in 1..=40 {
+        text.push_str(&format!(
+            "- macro: m{i}\n  condition: (m{p} or m{p})\n",
+            p = i - 1
+        ));
+    }
+    text += &rule("exp", "m40");
+    // A long chain of `not`.
+    text.push_str("- macro: n0\n  condition: ka.verb = get\n");
+    for i in 1..=3000 {
+        text.push_str(&format!("- macro: n{i}\n  condition: not n{}\n", i - 1));
+    }
+    text += &rule("deep", "n3000");
+    // Lists that double at every level.
+    text.push_str("- list: l0\n  items: [a, b]\n");
+    for i in 1..=40 {
+        text.push_str(&format!("- list: l{i}\n  items: [l{p}, l{p}]\n", p = i - 1));
+    }
+    text += &rule("big list", "ka.verb in (l40)");
+    text += &rule("fine", "ka.verb = get");
+    let (engine, diags) = load(&[("hostile.yaml", &text)]);
+    let names: Vec<_> = engine.rules().map(|r| r.name.clone()).collect();
+    assert!(names.contains(&"fine".to_owned()), "{names:?}");
+    assert!(!names.contains(&"exp".to_owned()) && !names.contains(&"deep".to_owned()));
+    let msgs: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("rule `exp`") && m.contains("nodes")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("rule `deep`") && m.contains("nested")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("list `l40`") && m.contains("truncated")),
+        "{msgs:#?}"
+    );
+    assert!(started.elapsed().as_secs() < 30, "refusing must be quick");
+}

@@ -35,6 +35,9 @@ struct ChunkResult {
     open_error: Option<String>,
     /// Bad records beyond the ones kept in `bad` (a chunk of garbage has thousands).
     bad_not_kept: u64,
+    /// Events whose body a rule needed but could not be parsed, and where the first was.
+    degraded: u64,
+    degraded_at: Option<String>,
 }
 
 /// Bad records kept with their details per chunk; the rest are only counted.
@@ -348,6 +351,12 @@ fn process(
                 }
                 matched.clear();
                 engine.matches(&ev, scratch, matched);
+                if ev.body_unparsed() {
+                    r.degraded += 1;
+                    if r.degraded_at.is_none() {
+                        r.degraded_at = Some(format!("{}:{}", chunk.file, rec.line));
+                    }
+                }
                 for &i in matched.iter() {
                     let src = SourceRef {
                         file: chunk.file.clone(),
@@ -422,6 +431,10 @@ fn collect(
             stats.bytes += res.bytes;
             stats.skipped_by_time += res.skipped_by_time;
             stats.bad += res.bad.len() as u64 + res.bad_not_kept;
+            stats.degraded += res.degraded;
+            if stats.first_degraded.is_none() {
+                stats.first_degraded = res.degraded_at;
+            }
             for b in res.bad {
                 if stats.first_bad.len() < 10 {
                     stats.first_bad.push(b.to_string());
@@ -465,6 +478,8 @@ struct Stats {
     skipped_by_time: u64,
     bad: u64,
     first_bad: Vec<String>,
+    degraded: u64,
+    first_degraded: Option<String>,
     detections: u64,
     per_rule: BTreeMap<String, u64>,
     rules_active: usize,
@@ -529,6 +544,14 @@ impl Stats {
         if self.bad > self.first_bad.len() as u64 {
             let _ = writeln!(w, "  … and {} more", self.bad - self.first_bad.len() as u64);
         }
+        if self.degraded > 0 {
+            let _ = writeln!(
+                w,
+                "degraded:    {} events: a rule needed a request/response body nested too deeply to parse, so its ka.req.* fields were unavailable (first at {})",
+                self.degraded,
+                sanitize(self.first_degraded.as_deref().unwrap_or("?"))
+            );
+        }
         let _ = writeln!(w, "rules:       {} active", self.rules_active);
         let _ = writeln!(w, "detections:  {}", self.detections);
         let mut by_count: Vec<_> = self.per_rule.iter().collect();
@@ -553,6 +576,7 @@ impl Stats {
             "events": self.events,
             "bytes": self.bytes,
             "bad_records": self.bad,
+            "degraded_events": self.degraded,
             "detections": self.detections,
             "per_rule": self.per_rule,
             "rules_active": self.rules_active,

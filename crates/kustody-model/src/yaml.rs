@@ -1,9 +1,13 @@
-//! A YAML tree that remembers where every node starts, so diagnostics can name file:line:column.
+//! A YAML tree that remembers where every node starts, so diagnostics and bad records can name
+//! file:line:column. Used for rule files and for audit events written as YAML.
 //!
-//! yaml-rust2's own `Yaml` type drops positions; its event parser keeps them, so this builds a
-//! small tree from marked events.
+//! yaml-rust2's own `Yaml` type drops positions, and its loader recurses once per nesting level
+//! and copies anchored nodes for every alias. This builder pulls the parser's events one by one
+//! into an explicit stack, refuses nesting deeper than [`MAX_DEPTH`], and stops when aliases
+//! would expand the tree past a budget proportional to the input (a "billion laughs" document
+//! is a few hundred bytes).
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// 1-based line and column.
@@ -100,16 +104,33 @@ pub struct YamlError {
     pub message: String,
 }
 
+/// Deeper nesting is refused: no real rule file or audit event comes close.
+pub const MAX_DEPTH: usize = 256;
+
 enum Frame {
     Seq(Vec<Node>, Pos, usize),
     Map(Vec<(Node, Node)>, Option<Node>, Pos, usize),
 }
 
-#[derive(Default)]
 struct Builder {
     docs: Vec<Node>,
     stack: Vec<Frame>,
     anchors: Vec<(usize, Node)>,
+    /// Nodes still allowed, alias expansions included.
+    budget: usize,
+}
+
+fn size(n: &Node) -> usize {
+    match n {
+        Node::Scalar { .. } => 1,
+        Node::Seq { items, .. } => 1 + items.iter().map(size).sum::<usize>(),
+        Node::Map { entries, .. } => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| size(k) + size(v))
+                .sum::<usize>()
+        }
+    }
 }
 
 fn pos(m: &Marker) -> Pos {
@@ -121,7 +142,64 @@ fn pos(m: &Marker) -> Pos {
 }
 
 impl Builder {
-    fn push(&mut self, node: Node, anchor: usize) {
+    fn event(&mut self, ev: Event, p: Pos) -> Result<(), YamlError> {
+        let err = |message: String| YamlError { pos: p, message };
+        match ev {
+            Event::Scalar(value, style, anchor, _) => self.push(
+                Node::Scalar {
+                    value,
+                    style,
+                    pos: p,
+                },
+                anchor,
+                1,
+                p,
+            )?,
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(err(format!("nested more than {MAX_DEPTH} levels deep")));
+                }
+                self.stack.push(if matches!(ev, Event::SequenceStart(..)) {
+                    Frame::Seq(Vec::new(), p, anchor)
+                } else {
+                    Frame::Map(Vec::new(), None, p, anchor)
+                });
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some(frame) = self.stack.pop() {
+                    let (node, anchor) = match frame {
+                        Frame::Seq(items, pos, a) => (Node::Seq { items, pos }, a),
+                        Frame::Map(entries, _, pos, a) => (Node::Map { entries, pos }, a),
+                    };
+                    self.push(node, anchor, 1, p)?;
+                }
+            }
+            Event::Alias(id) => {
+                let node = self
+                    .anchors
+                    .iter()
+                    .rev()
+                    .find(|(a, _)| *a == id)
+                    .map(|(_, n)| n.clone());
+                let node = node.ok_or_else(|| err(format!("alias to unknown anchor {id}")))?;
+                let n = size(&node);
+                self.push(node, 0, n, p)?;
+            }
+            Event::Nothing
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart
+            | Event::DocumentEnd => {}
+        }
+        Ok(())
+    }
+
+    /// Adds a finished node, charging `cost` nodes against the budget.
+    fn push(&mut self, node: Node, anchor: usize, cost: usize, p: Pos) -> Result<(), YamlError> {
+        self.budget = self.budget.checked_sub(cost).ok_or_else(|| YamlError {
+            pos: p,
+            message: "document expands to too many nodes (aliases repeating anchors?)".into(),
+        })?;
         if anchor > 0 {
             self.anchors.push((anchor, node.clone()));
         }
@@ -133,65 +211,29 @@ impl Builder {
                 Some(k) => entries.push((k, node)),
             },
         }
-    }
-}
-
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        let p = pos(&mark);
-        match ev {
-            Event::Scalar(value, style, anchor, _) => self.push(
-                Node::Scalar {
-                    value,
-                    style,
-                    pos: p,
-                },
-                anchor,
-            ),
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), p, anchor)),
-            Event::MappingStart(anchor, _) => {
-                self.stack.push(Frame::Map(Vec::new(), None, p, anchor))
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                if let Some(frame) = self.stack.pop() {
-                    let (node, anchor) = match frame {
-                        Frame::Seq(items, pos, a) => (Node::Seq { items, pos }, a),
-                        Frame::Map(entries, _, pos, a) => (Node::Map { entries, pos }, a),
-                    };
-                    self.push(node, anchor);
-                }
-            }
-            Event::Alias(id) => {
-                let node = self
-                    .anchors
-                    .iter()
-                    .rev()
-                    .find(|(a, _)| *a == id)
-                    .map(|(_, n)| n.clone())
-                    .unwrap_or(Node::Scalar {
-                        value: String::new(),
-                        style: TScalarStyle::Plain,
-                        pos: p,
-                    });
-                self.push(node, 0);
-            }
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
-        }
+        Ok(())
     }
 }
 
 /// Parses every YAML document in `text`.
 pub fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
-    let mut builder = Builder::default();
+    let mut builder = Builder {
+        docs: Vec::new(),
+        stack: Vec::new(),
+        anchors: Vec::new(),
+        budget: 10_000 + 4 * text.len(),
+    };
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, true).map_err(|e| YamlError {
-        pos: pos(e.marker()),
-        message: e.info().to_owned(),
-    })?;
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| YamlError {
+            pos: pos(e.marker()),
+            message: e.info().to_owned(),
+        })?;
+        if matches!(ev, Event::StreamEnd) {
+            break;
+        }
+        builder.event(ev, pos(&mark))?;
+    }
     Ok(builder.docs)
 }
 
@@ -246,6 +288,37 @@ mod tests {
         let item = &items[0];
         assert_eq!(item.get("rule").unwrap().pos(), Pos { line: 1, col: 9 });
         assert_eq!(item.get("condition").unwrap().as_str(), Some("x = y\n"));
+    }
+
+    #[test]
+    fn hostile_documents_are_refused() {
+        let deep = "- ".repeat(10_000) + "x\n";
+        assert!(parse(&deep)
+            .unwrap_err()
+            .message
+            .contains("nested more than"));
+        let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = if i == 1 {
+                "a".to_owned()
+            } else {
+                format!("a{}", i - 1)
+            };
+            laughs.push_str(&format!("a{i}: &a{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        assert!(parse(&laughs)
+            .unwrap_err()
+            .message
+            .contains("too many nodes"));
+        // Aliases within budget still work.
+        let ok = parse("base: &b {x: 1}\nother: *b\n").unwrap();
+        assert_eq!(
+            ok[0]
+                .get("other")
+                .and_then(|o| o.get("x"))
+                .and_then(Node::as_str),
+            Some("1")
+        );
     }
 
     #[test]
