@@ -188,6 +188,43 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
                 _ => list(container_values(spec, containers, attr), f),
             }
         }
+        PodSpecContainer(family, attr) => {
+            let spec = pod_spec(ev)?;
+            let containers = spec.get(family.json_key())?.as_array()?;
+            match f.arg {
+                Arg::Index(n) => {
+                    let vals = container_values(spec, containers.get(n..=n)?, attr);
+                    (!vals.is_empty()).then_some(Val::List(vals))
+                }
+                _ => list(container_values(spec, containers, attr), f),
+            }
+        }
+        PodSpecVolumesHostpath | PodSpecVolumesHostpathDirs => {
+            let vols = pod_spec(ev)?.get("volumes")?.as_array()?;
+            let vols: &[Value] = match f.arg {
+                Arg::Index(n) => vols.get(n..=n)?,
+                _ => vols,
+            };
+            let paths = vols
+                .iter()
+                .filter_map(|v| get(v, &["hostPath", "path"])?.as_str())
+                .map(normalize_path);
+            let out: Vec<Cow<'_, str>> = if f.field == PodSpecVolumesHostpathDirs {
+                paths.flat_map(|p| ancestors(&p)).map(Cow::Owned).collect()
+            } else {
+                paths.map(Cow::Owned).collect()
+            };
+            list(out, f)
+        }
+        PodSpecHostNetwork => pod_spec(ev)?
+            .get("hostNetwork")
+            .map(|v| Val::One(json_text(v))),
+        PodSpecHostPid => pod_spec(ev)?.get("hostPID").map(|v| Val::One(json_text(v))),
+        PodSpecHostIpc => pod_spec(ev)?.get("hostIPC").map(|v| Val::One(json_text(v))),
+        PodSpecServiceAccount => pod_spec(ev)?
+            .get("serviceAccountName")
+            .or_else(|| pod_spec(ev)?.get("serviceAccount"))
+            .map(|v| Val::One(json_text(v))),
         ReqRoleRules => {
             let rules = req(ev, &["rules"])?.as_array()?;
             list(rules.iter().map(|r| Cow::Owned(r.to_string())).collect(), f)
@@ -252,6 +289,55 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
 fn first_container<'e>(ev: &'e Event<'_>, key: &str) -> Option<Val<'e>> {
     let c = req(ev, &["spec", "containers"])?.as_array()?.first()?;
     c.get(key).map(|v| Val::One(json_text(v)))
+}
+
+/// The pod spec of the request object, wherever the workload keeps it: `spec` of a Pod,
+/// `spec.template.spec` of Deployments, DaemonSets, StatefulSets, ReplicaSets, Jobs and
+/// ReplicationControllers (also in their patches), `spec.jobTemplate.spec.template.spec` of
+/// CronJobs.
+fn pod_spec<'e>(ev: &'e Event<'_>) -> Option<&'e Value> {
+    let spec = req(ev, &["spec"])?;
+    get(spec, &["template", "spec"])
+        .or_else(|| get(spec, &["jobTemplate", "spec", "template", "spec"]))
+        .or_else(|| {
+            (spec.get("containers").is_some()
+                || spec.get("volumes").is_some()
+                || spec.get("initContainers").is_some())
+            .then_some(spec)
+        })
+}
+
+/// `/etc/`, `//etc`, `/etc/./` → `/etc`: hostPath spellings that name the same directory.
+pub fn normalize_path(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// A normalised path and every directory above it, except `/`: lets `intersects (/proc, /etc)`
+/// catch `/proc/1/root` and `/etc/kubernetes`.
+fn ancestors(p: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = p;
+    while cur.len() > 1 {
+        out.push(cur.to_owned());
+        cur = match cur.rfind('/') {
+            Some(0) | None => "/",
+            Some(i) => cur.get(..i).unwrap_or("/"),
+        };
+    }
+    if out.is_empty() {
+        out.push("/".to_owned());
+    }
+    out
 }
 
 /// `image.repository`: the image cut at the first `:`, then at the first `@` (the plugin's rule,
@@ -543,6 +629,42 @@ mod tests {
         assert_eq!(uri_param(uri, "container").as_deref(), Some("c"));
         assert_eq!(uri_param("/x?a=b+c%2", "a").as_deref(), Some("b c%2"));
         assert_eq!(uri_param("/x", "a"), None);
+    }
+
+    #[test]
+    fn workload_pod_specs() {
+        let ds = r#"{"auditID":"1","verb":"create","objectRef":{"resource":"daemonsets"},"requestObject":{"spec":{"template":{"spec":{"hostPID":true,"containers":[{"name":"a","image":"x"},{"name":"b","image":"y","securityContext":{"privileged":true}}],"volumes":[{"name":"e","emptyDir":{}},{"name":"a","hostPath":{"path":"/data"}},{"name":"r","hostPath":{"path":"/proc/1/root/"}}]}}}}}"#;
+        assert_eq!(
+            ex(ds, "kustody.podspec.containers.privileged", None).as_deref(),
+            Some("(true)")
+        );
+        assert_eq!(
+            ex(ds, "kustody.podspec.host_pid", None).as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            ex(ds, "kustody.podspec.volumes.hostpath", None).as_deref(),
+            Some("(/data,/proc/1/root)")
+        );
+        assert_eq!(
+            ex(ds, "kustody.podspec.volumes.hostpath_dirs", None).as_deref(),
+            Some("(/data,/proc/1/root,/proc/1,/proc)")
+        );
+        assert_eq!(
+            ex(ds, "ka.req.pod.containers.privileged", None),
+            None,
+            "upstream fields read only a Pod's spec"
+        );
+        let cj = r#"{"auditID":"1","verb":"create","requestObject":{"spec":{"jobTemplate":{"spec":{"template":{"spec":{"containers":[{"name":"a","image":"x","securityContext":{"capabilities":{"add":["SYS_ADMIN"]}}}]}}}}}}}"#;
+        assert_eq!(
+            ex(cj, "kustody.podspec.containers.add_capabilities", None).as_deref(),
+            Some("(SYS_ADMIN)")
+        );
+        assert_eq!(
+            ex(POD, "kustody.podspec.volumes.hostpath_dirs", None).as_deref(),
+            Some("(/)")
+        );
+        assert_eq!(normalize_path("//etc/./kubernetes/../"), "/etc");
     }
 
     #[test]

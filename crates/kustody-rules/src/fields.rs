@@ -123,6 +123,14 @@ pub enum Field {
     JsonValue,
     JsonObj,
     JsonRawTime,
+    /// kustody extensions: the pod spec of any workload (see [`pod_spec`](crate::extract)).
+    PodSpecContainer(Family, CAttr),
+    PodSpecVolumesHostpath,
+    PodSpecVolumesHostpathDirs,
+    PodSpecHostNetwork,
+    PodSpecHostPid,
+    PodSpecHostIpc,
+    PodSpecServiceAccount,
 }
 
 /// What argument a field takes.
@@ -318,6 +326,51 @@ const SIMPLE: &[(&str, Field, bool, ArgKind)] = {
     ]
 };
 
+/// kustody's own fields, for workloads whose pod spec sits in a template (Deployments,
+/// DaemonSets, StatefulSets, ReplicaSets, Jobs, CronJobs) as well as bare Pods. Documented in
+/// docs/FALCO-COMPAT.md; Falco does not have them.
+const EXTENSIONS: &[(&str, Field, bool, ArgKind)] = {
+    use ArgKind::*;
+    use Field::*;
+    &[
+        (
+            "kustody.podspec.volumes.hostpath",
+            PodSpecVolumesHostpath,
+            true,
+            OptionalIndex,
+        ),
+        (
+            "kustody.podspec.volumes.hostpath_dirs",
+            PodSpecVolumesHostpathDirs,
+            true,
+            None,
+        ),
+        (
+            "kustody.podspec.host_network",
+            PodSpecHostNetwork,
+            false,
+            None,
+        ),
+        ("kustody.podspec.host_pid", PodSpecHostPid, false, None),
+        ("kustody.podspec.host_ipc", PodSpecHostIpc, false, None),
+        (
+            "kustody.podspec.service_account",
+            PodSpecServiceAccount,
+            false,
+            None,
+        ),
+    ]
+};
+
+const PODSPEC_FAMILIES: &[(&str, Family)] = &[
+    ("kustody.podspec.containers.", Family::Containers),
+    ("kustody.podspec.initContainers.", Family::InitContainers),
+    (
+        "kustody.podspec.ephemeralContainers.",
+        Family::EphemeralContainers,
+    ),
+];
+
 const FAMILIES: &[(&str, Family)] = &[
     ("ka.req.pod.containers.", Family::Containers),
     ("ka.req.pod.initContainers.", Family::InitContainers),
@@ -329,7 +382,19 @@ const FAMILIES: &[(&str, Family)] = &[
 
 /// Looks a field name up.
 pub fn lookup(name: &str) -> Option<FieldInfo> {
-    if let Some((_, field, is_list, arg)) = SIMPLE.iter().find(|(n, ..)| *n == name) {
+    for (prefix, family) in PODSPEC_FAMILIES {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            let (_, attr) = CATTRS.iter().find(|(n, _)| *n == rest)?;
+            return Some(FieldInfo {
+                field: Field::PodSpecContainer(*family, *attr),
+                is_list: true,
+                arg: ArgKind::OptionalIndex,
+            });
+        }
+    }
+    if let Some((_, field, is_list, arg)) =
+        SIMPLE.iter().chain(EXTENSIONS).find(|(n, ..)| *n == name)
+    {
         return Some(FieldInfo {
             field: *field,
             is_list: *is_list,
@@ -362,6 +427,10 @@ pub fn all_names() -> Vec<String> {
             }
             out.push(format!("{prefix}{attr_name}"));
         }
+    }
+    out.extend(EXTENSIONS.iter().map(|(n, ..)| (*n).to_owned()));
+    for (prefix, _) in PODSPEC_FAMILIES {
+        out.extend(CATTRS.iter().map(|(a, _)| format!("{prefix}{a}")));
     }
     out
 }
