@@ -141,9 +141,14 @@ impl Chunk {
         }
     }
 
-    fn document(&self, bytes: &[u8], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
-        let text = match std::str::from_utf8(bytes) {
-            Ok(t) => t,
+    /// A whole document as text, or a bad record at the first invalid UTF-8 byte.
+    fn document_text<'b>(
+        &self,
+        bytes: &'b [u8],
+        on: &mut dyn FnMut(Result<Record<'_>, BadRecord>),
+    ) -> Option<&'b str> {
+        match std::str::from_utf8(bytes) {
+            Ok(t) => Some(t),
             Err(e) => {
                 let at = e.valid_up_to();
                 let line = self.first_line
@@ -154,8 +159,14 @@ impl Chunk {
                     self.base_offset + at as u64,
                     format!("invalid UTF-8 at byte {at} of the document"),
                 )));
-                return;
+                None
             }
+        }
+    }
+
+    fn document(&self, bytes: &[u8], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
+        let Some(text) = self.document_text(bytes, on) else {
+            return;
         };
         let mut lines = LineCounter::new(text, self.first_line);
         let mut stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
@@ -199,20 +210,8 @@ impl Chunk {
     }
 
     fn yaml(&self, bytes: &[u8], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
-        let text = match std::str::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                let at = e.valid_up_to();
-                let line = self.first_line
-                    + memchr::memchr_iter(b'\n', bytes.get(..at).unwrap_or_default()).count()
-                        as u64;
-                on(Err(self.bad(
-                    line,
-                    self.base_offset + at as u64,
-                    format!("invalid UTF-8 at byte {at} of the document"),
-                )));
-                return;
-            }
+        let Some(text) = self.document_text(bytes, on) else {
+            return;
         };
         for doc in crate::yaml::split_documents(text) {
             let line_of = |l: u64| self.first_line + doc.start_line - 1 + l.saturating_sub(1);
