@@ -34,22 +34,10 @@ struct Ev {
 }
 
 impl Ev {
-    fn new(
-        rng: &mut Rng,
-        t_ns: i64,
-        user: &str,
-        ua: &str,
-        ip: &str,
-        verb: &'static str,
-        resource: &'static str,
-    ) -> Ev {
+    fn new(rng: &mut Rng, t_ns: i64, user: &str, ua: &str, ip: &str, verb: &'static str, resource: &'static str) -> Ev {
         let groups = if user.starts_with("system:serviceaccount:") {
             let ns = user.split(':').nth(2).unwrap_or("default");
-            vec![
-                "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{ns}"),
-                "system:authenticated".into(),
-            ]
+            vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()]
         } else if user.starts_with("system:node:") {
             vec!["system:nodes".into(), "system:authenticated".into()]
         } else {
@@ -188,7 +176,10 @@ impl Ev {
                     self.verb,
                     self.resource,
                     self.group,
-                    self.ns.as_ref().map(|n| format!(" in the namespace \"{n}\"")).unwrap_or_else(|| " at the cluster scope".into())
+                    self.ns
+                        .as_ref()
+                        .map(|n| format!(" in the namespace \"{n}\""))
+                        .unwrap_or_else(|| " at the cluster scope".into())
                 )
             } else {
                 format!("{} {}", self.resource, reason)
@@ -262,11 +253,7 @@ fn pod_spec(image: &str, extra: Value) -> Value {
 fn benign(rng: &mut Rng, t: i64, pad: usize) -> Ev {
     let node = *rng.pick(NODES).unwrap_or(&"node");
     let app = *rng.pick(APPS).unwrap_or(&"app");
-    let ns = if app == "payments" {
-        "payments"
-    } else {
-        "shop"
-    };
+    let ns = if app == "payments" { "payments" } else { "shop" };
     match rng.below(20) {
         0..=3 => Ev::new(rng, t, &format!("system:node:{node}"), "kubelet/v1.30.2 (linux/amd64) kubernetes/3968350", "10.0.1.21", "patch", "nodes")
             .name(node)
@@ -351,11 +338,7 @@ fn attack_chain(rng: &mut Rng, t0: i64) -> Vec<Ev> {
             .api("authorization.k8s.io", "v1")
             .req(json!({"kind": "SelfSubjectRulesReview", "apiVersion": "authorization.k8s.io/v1", "spec": {"namespace": "shop"}})),
     );
-    for (verb, res) in [
-        ("list", "secrets"),
-        ("create", "pods/exec"),
-        ("create", "daemonsets"),
-    ] {
+    for (verb, res) in [("list", "secrets"), ("create", "pods/exec"), ("create", "daemonsets")] {
         out.push(
             Ev::new(rng, t0 + 99 * s, sa, KUBECTL, pod_ip, "create", "selfsubjectaccessreviews")
                 .api("authorization.k8s.io", "v1")
@@ -371,10 +354,7 @@ fn attack_chain(rng: &mut Rng, t0: i64) -> Vec<Ev> {
             .reason(""),
     );
     out.push(
-        Ev::new(rng, t0 + 106 * s, sa, KUBECTL, pod_ip, "list", "secrets")
-            .query("limit=500")
-            .code(403)
-            .reason(""),
+        Ev::new(rng, t0 + 106 * s, sa, KUBECTL, pod_ip, "list", "secrets").query("limit=500").code(403).reason(""),
     );
     // 5. Exec into the payments database pod (WebSocket exec: verb get, two stages).
     let exec_q = "command=sh&command=-c&command=cat%20%2Fvar%2Frun%2Fsecrets%2Fkubernetes.io%2Fserviceaccount%2Ftoken%3B%20env&container=postgres&stdin=true&stdout=true&stderr=true&tty=false";
@@ -437,11 +417,7 @@ pub struct Corpus {
 
 impl Corpus {
     pub fn new(seed: u64) -> Corpus {
-        Corpus {
-            rng: Rng::new(seed),
-            t: 1_795_165_200_000_000_000,
-            n: 0,
-        }
+        Corpus { rng: Rng::new(seed), t: 1_795_165_200_000_000_000, n: 0 }
     }
 
     /// The next event as one JSON line (no newline). Sizes: mostly 0.5–2 KB, a tail up to 20 KB;

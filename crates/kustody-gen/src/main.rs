@@ -10,10 +10,7 @@ use clap::{Parser, Subcommand};
 use kustody_gen::{example, Corpus};
 
 #[derive(Parser)]
-#[command(
-    name = "kustody-gen",
-    about = "Audit-log generators and the hunt benchmark (dev tooling)"
-)]
+#[command(name = "kustody-gen", about = "Audit-log generators and the hunt benchmark (dev tooling)")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -68,12 +65,7 @@ fn main() -> Result<()> {
             example(&mut out)?;
             out.flush()?;
         }
-        Cmd::Corpus {
-            bytes,
-            seed,
-            gzip,
-            output,
-        } => {
+        Cmd::Corpus { bytes, seed, gzip, output } => {
             let out = sink(output.as_deref())?;
             if gzip {
                 let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
@@ -85,14 +77,9 @@ fn main() -> Result<()> {
                 out.flush()?;
             }
         }
-        Cmd::Bench {
-            bytes,
-            kustody,
-            dir,
-            upstream,
-            runs,
-            threads,
-        } => bench(bytes, &kustody, &dir, &upstream, runs, threads)?,
+        Cmd::Bench { bytes, kustody, dir, upstream, runs, threads } => {
+            bench(bytes, &kustody, &dir, &upstream, runs, threads)?
+        }
     }
     Ok(())
 }
@@ -106,36 +93,19 @@ fn sink(path: Option<&Path>) -> Result<Box<dyn Write>> {
     })
 }
 
-fn bench(
-    bytes: u64,
-    kustody: &Path,
-    dir: &Path,
-    upstream: &Path,
-    runs: u32,
-    threads: Option<usize>,
-) -> Result<()> {
+fn bench(bytes: u64, kustody: &Path, dir: &Path, upstream: &Path, runs: u32, threads: Option<usize>) -> Result<()> {
     if !kustody.exists() {
-        bail!(
-            "`{}` not found: run `cargo build --release -p kustody` first",
-            kustody.display()
-        );
+        bail!("`{}` not found: run `cargo build --release -p kustody` first", kustody.display());
     }
     let main_rules = upstream.join("k8s_audit_rules.yaml");
     let gke_rules = upstream.join("k8s_audit_rules_gke.yaml");
     if !main_rules.exists() {
-        bail!(
-            "upstream Falco rules not found at `{}` (pass --upstream)",
-            main_rules.display()
-        );
+        bail!("upstream Falco rules not found at `{}` (pass --upstream)", main_rules.display());
     }
     std::fs::create_dir_all(dir)?;
     let corpus = dir.join(format!("corpus-{bytes}.jsonl"));
     if !corpus.exists() {
-        eprintln!(
-            "generating {} ({} MB)...",
-            corpus.display(),
-            bytes / 1_000_000
-        );
+        eprintln!("generating {} ({} MB)...", corpus.display(), bytes / 1_000_000);
         let tmp = corpus.with_extension("tmp");
         let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         Corpus::new(1).write(bytes, &mut out)?;
@@ -151,14 +121,8 @@ fn bench(
     let gke_s = gke_rules.display().to_string();
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("parse only", vec!["--parse-only"]),
-        (
-            "upstream Falco k8s_audit rules",
-            vec!["--no-default-rules", "--rules", &main_s],
-        ),
-        (
-            "all rules (built-in + upstream + GKE overlay)",
-            vec!["--rules", &main_s, "--rules", &gke_s],
-        ),
+        ("upstream Falco k8s_audit rules", vec!["--no-default-rules", "--rules", &main_s]),
+        ("all rules (built-in + upstream + GKE overlay)", vec!["--rules", &main_s, "--rules", &gke_s]),
     ];
     println!("corpus: {} ({:.0} MB)", corpus.display(), size / 1e6);
     println!(
@@ -185,8 +149,7 @@ fn bench(
             if !matches!(status.code(), Some(0 | 1)) {
                 bail!("kustody failed on case `{name}`: {status}");
             }
-            let stats: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&stats_path)?)?;
+            let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats_path)?)?;
             if let Some(slot) = best.get_mut(i) {
                 if slot.as_ref().is_none_or(|(b, _)| secs < *b) {
                     *slot = Some((secs, stats));
@@ -213,12 +176,9 @@ fn bench(
         );
         match parse {
             None => parse = Some((secs, cpu)),
-            Some((ps, pc)) => println!(
-                "{:<48} {:>7.2}x {:>7.2}x parse-only (wall, CPU)",
-                "",
-                secs / ps,
-                cpu / pc.max(0.01)
-            ),
+            Some((ps, pc)) => {
+                println!("{:<48} {:>7.2}x {:>7.2}x parse-only (wall, CPU)", "", secs / ps, cpu / pc.max(0.01))
+            }
         }
     }
     Ok(())

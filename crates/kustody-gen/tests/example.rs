@@ -12,10 +12,7 @@
 fn committed_example_is_up_to_date() {
     let mut out = Vec::new();
     kustody_gen::example(&mut out).unwrap();
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/attack-chain.jsonl"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/attack-chain.jsonl");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(path, &out).unwrap();
     }
@@ -31,15 +28,8 @@ fn corpus_is_deterministic_and_sized() {
     kustody_gen::Corpus::new(7).write(200_000, &mut b).unwrap();
     assert_eq!(a, b);
     assert!((200_000..230_000).contains(&n));
-    let sizes: Vec<usize> = a
-        .split(|&c| c == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::len)
-        .collect();
-    assert!(
-        sizes.iter().any(|&s| s < 1000) && sizes.iter().any(|&s| s > 5000),
-        "sizes should span 0.5-20 KB"
-    );
+    let sizes: Vec<usize> = a.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::len).collect();
+    assert!(sizes.iter().any(|&s| s < 1000) && sizes.iter().any(|&s| s > 5000), "sizes should span 0.5-20 KB");
     for line in a.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
         let text = std::str::from_utf8(line).unwrap();
         kustody_model::Event::parse(text).unwrap();

@@ -96,20 +96,14 @@ impl Chunk {
     }
 
     fn bad(&self, line: u64, offset: u64, reason: impl Into<String>) -> BadRecord {
-        BadRecord {
-            file: self.file.clone(),
-            line,
-            offset,
-            reason: reason.into(),
-        }
+        BadRecord { file: self.file.clone(), line, offset, reason: reason.into() }
     }
 
     fn lines(&self, bytes: &[u8], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
         let mut line_no = self.first_line;
         let mut start = 0usize;
         while start < bytes.len() {
-            let end = memchr::memchr(b'\n', bytes.get(start..).unwrap_or_default())
-                .map_or(bytes.len(), |p| start + p);
+            let end = memchr::memchr(b'\n', bytes.get(start..).unwrap_or_default()).map_or(bytes.len(), |p| start + p);
             let offset = self.base_offset + start as u64;
             let mut line = bytes.get(start..end).unwrap_or_default();
             line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -119,20 +113,14 @@ impl Chunk {
                     on(Err(self.bad(
                         line_no,
                         offset,
-                        format!(
-                            "record is {} bytes, over the {} byte limit",
-                            line.len(),
-                            self.max_record_bytes
-                        ),
+                        format!("record is {} bytes, over the {} byte limit", line.len(), self.max_record_bytes),
                     )));
                 } else {
                     match std::str::from_utf8(line) {
                         Ok(text) => self.value(text, line_no, offset, None, on),
-                        Err(e) => on(Err(self.bad(
-                            line_no,
-                            offset,
-                            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-                        ))),
+                        Err(e) => {
+                            on(Err(self.bad(line_no, offset, format!("invalid UTF-8 at byte {}", e.valid_up_to()))))
+                        }
                     }
                 }
             }
@@ -142,18 +130,13 @@ impl Chunk {
     }
 
     /// A whole document as text, or a bad record at the first invalid UTF-8 byte.
-    fn document_text<'b>(
-        &self,
-        bytes: &'b [u8],
-        on: &mut dyn FnMut(Result<Record<'_>, BadRecord>),
-    ) -> Option<&'b str> {
+    fn document_text<'b>(&self, bytes: &'b [u8], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) -> Option<&'b str> {
         match std::str::from_utf8(bytes) {
             Ok(t) => Some(t),
             Err(e) => {
                 let at = e.valid_up_to();
-                let line = self.first_line
-                    + memchr::memchr_iter(b'\n', bytes.get(..at).unwrap_or_default()).count()
-                        as u64;
+                let line =
+                    self.first_line + memchr::memchr_iter(b'\n', bytes.get(..at).unwrap_or_default()).count() as u64;
                 on(Err(self.bad(
                     line,
                     self.base_offset + at as u64,
@@ -179,13 +162,7 @@ impl Chunk {
                     first = false;
                     let off = offset_in(text, value.get());
                     let line = lines.line_at(off);
-                    self.value(
-                        value.get(),
-                        line,
-                        self.base_offset + off as u64,
-                        Some((text, &mut lines)),
-                        on,
-                    );
+                    self.value(value.get(), line, self.base_offset + off as u64, Some((text, &mut lines)), on);
                 }
                 Some(Err(_)) if first => {
                     // Not a document after all (the layout is a guess from the first lines):
@@ -194,9 +171,7 @@ impl Chunk {
                     break;
                 }
                 Some(Err(e)) => {
-                    let off = text.get(before..).map_or(before, |rest| {
-                        before + (rest.len() - rest.trim_start().len())
-                    });
+                    let off = text.get(before..).map_or(before, |rest| before + (rest.len() - rest.trim_start().len()));
                     let line = self.first_line + e.line().saturating_sub(1) as u64;
                     on(Err(self.bad(
                         line,
@@ -217,18 +192,10 @@ impl Chunk {
             let line_of = |l: u64| self.first_line + doc.start_line - 1 + l.saturating_sub(1);
             let offset = self.base_offset + doc.offset as u64;
             match crate::yaml::events(doc.text) {
-                Err(e) => on(Err(self.bad(
-                    line_of(e.line),
-                    offset,
-                    format!("invalid YAML: {}", e.message),
-                ))),
+                Err(e) => on(Err(self.bad(line_of(e.line), offset, format!("invalid YAML: {}", e.message)))),
                 Ok(events) => {
                     for ev in events {
-                        on(Ok(Record {
-                            text: &ev.json,
-                            line: line_of(ev.line),
-                            offset,
-                        }));
+                        on(Ok(Record { text: &ev.json, line: line_of(ev.line), offset }));
                     }
                 }
             }
@@ -245,26 +212,21 @@ impl Chunk {
         on: &mut dyn FnMut(Result<Record<'t>, BadRecord>),
     ) {
         let trimmed = text.trim_start();
-        let items: Option<Result<Vec<&RawValue>, serde_json::Error>> =
-            match trimmed.as_bytes().first() {
-                Some(b'[') => Some(serde_json::from_str(trimmed)),
-                Some(b'{') if memchr::memmem::find(trimmed.as_bytes(), b"EventList").is_some() => {
-                    match serde_json::from_str::<ListShape<'_>>(trimmed) {
-                        Ok(l) if l.kind.as_deref() == Some("EventList") => {
-                            Some(Ok(l.items.unwrap_or_default()))
-                        }
-                        _ => None,
-                    }
+        let items: Option<Result<Vec<&RawValue>, serde_json::Error>> = match trimmed.as_bytes().first() {
+            Some(b'[') => Some(serde_json::from_str(trimmed)),
+            Some(b'{') if memchr::memmem::find(trimmed.as_bytes(), b"EventList").is_some() => {
+                match serde_json::from_str::<ListShape<'_>>(trimmed) {
+                    Ok(l) if l.kind.as_deref() == Some("EventList") => Some(Ok(l.items.unwrap_or_default())),
+                    _ => None,
                 }
-                _ => None,
-            };
+            }
+            _ => None,
+        };
         match items {
             None => on(Ok(Record { text, line, offset })),
-            Some(Err(e)) => on(Err(self.bad(
-                line,
-                offset,
-                format!("invalid JSON: {}", strip_position(&e.to_string())),
-            ))),
+            Some(Err(e)) => {
+                on(Err(self.bad(line, offset, format!("invalid JSON: {}", strip_position(&e.to_string())))))
+            }
             Some(Ok(items)) => {
                 let mut local = LineCounter::new(text, line);
                 let (base_text, counter) = match doc {
@@ -274,11 +236,7 @@ impl Chunk {
                 let base = offset - offset_in(base_text, text) as u64;
                 for item in items {
                     let off = offset_in(base_text, item.get());
-                    on(Ok(Record {
-                        text: item.get(),
-                        line: counter.line_at(off),
-                        offset: base + off as u64,
-                    }));
+                    on(Ok(Record { text: item.get(), line: counter.line_at(off), offset: base + off as u64 }));
                 }
             }
         }
@@ -295,9 +253,7 @@ struct ListShape<'a> {
 
 /// Byte offset of `inner` inside `outer` (both borrowed from the same buffer).
 fn offset_in(outer: &str, inner: &str) -> usize {
-    (inner.as_ptr() as usize)
-        .saturating_sub(outer.as_ptr() as usize)
-        .min(outer.len())
+    (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize).min(outer.len())
 }
 
 /// Turns increasing byte offsets into line numbers without rescanning from the start.
@@ -309,11 +265,7 @@ struct LineCounter<'a> {
 
 impl<'a> LineCounter<'a> {
     fn new(text: &'a str, first_line: u64) -> Self {
-        LineCounter {
-            text,
-            pos: 0,
-            line: first_line,
-        }
+        LineCounter { text, pos: 0, line: first_line }
     }
     fn line_at(&mut self, off: usize) -> u64 {
         if off >= self.pos {

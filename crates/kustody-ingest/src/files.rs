@@ -24,7 +24,7 @@ impl InputFile {
     pub fn display(&self) -> String {
         match self {
             InputFile::Path(p) => p.display().to_string(),
-            InputFile::Stdin => "-".to_owned(),
+            InputFile::Stdin => "<stdin>".to_owned(),
         }
     }
 }
@@ -39,10 +39,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<InputFile>, IngestError> 
         }
         let meta = std::fs::metadata(input).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => IngestError::NotFound(input.display().to_string()),
-            _ => IngestError::Io {
-                path: input.display().to_string(),
-                source: e,
-            },
+            _ => IngestError::Io { path: input.display().to_string(), source: e },
         })?;
         if meta.is_dir() {
             walk(input, &mut out)?;
@@ -54,10 +51,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<InputFile>, IngestError> 
 }
 
 fn walk(dir: &Path, out: &mut Vec<InputFile>) -> Result<(), IngestError> {
-    let io = |e| IngestError::Io {
-        path: dir.display().to_string(),
-        source: e,
-    };
+    let io = |e| IngestError::Io { path: dir.display().to_string(), source: e };
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -85,29 +79,19 @@ fn walk(dir: &Path, out: &mut Vec<InputFile>) -> Result<(), IngestError> {
 
 /// Sort key: (base name, age rank, order within the base, name). Lower sorts first = older.
 fn rotation_key(path: &Path) -> (String, u8, String, String) {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = name.strip_suffix(".gz").unwrap_or(&name);
     // kube-apiserver (lumberjack): <base>-YYYY-MM-DDTHH-MM-SS[.mmm][.ext]
     if let Some(pos) = find_timestamp(stem) {
         let prefix = stem.get(..pos).unwrap_or("").trim_end_matches('-');
         let mut end = pos + 19;
         let after = stem.get(end..).unwrap_or("");
-        let millis = after
-            .strip_prefix('.')
-            .filter(|m| m.len() >= 3 && m.bytes().take(3).all(|b| b.is_ascii_digit()));
+        let millis = after.strip_prefix('.').filter(|m| m.len() >= 3 && m.bytes().take(3).all(|b| b.is_ascii_digit()));
         if millis.is_some() {
             end += 4;
         }
         let ext = stem.get(end..).unwrap_or("");
-        return (
-            format!("{prefix}{ext}"),
-            0,
-            stem.get(pos..end).unwrap_or("").to_owned(),
-            name.clone(),
-        );
+        return (format!("{prefix}{ext}"), 0, stem.get(pos..end).unwrap_or("").to_owned(), name.clone());
     }
     // logrotate dateext: <base>-YYYYMMDD
     if let Some((base, date)) = stem.rsplit_once('-') {
@@ -119,12 +103,7 @@ fn rotation_key(path: &Path) -> (String, u8, String, String) {
     if let Some((base, n)) = stem.rsplit_once('.') {
         if !n.is_empty() && n.len() < 10 && n.bytes().all(|b| b.is_ascii_digit()) {
             let n: u64 = n.parse().unwrap_or(0);
-            return (
-                base.to_owned(),
-                0,
-                format!("{:020}", u64::MAX - n),
-                name.clone(),
-            );
+            return (base.to_owned(), 0, format!("{:020}", u64::MAX - n), name.clone());
         }
     }
     (stem.to_owned(), 1, String::new(), name.clone())
@@ -135,14 +114,11 @@ fn find_timestamp(s: &str) -> Option<usize> {
     let b = s.as_bytes();
     let pattern = b"dddd-dd-ddTdd-dd-dd";
     (0..b.len().saturating_sub(pattern.len() - 1)).find(|&i| {
-        pattern
-            .iter()
-            .enumerate()
-            .all(|(j, &p)| match (p, b.get(i + j)) {
-                (b'd', Some(c)) => c.is_ascii_digit(),
-                (p, Some(&c)) => p == c,
-                _ => false,
-            })
+        pattern.iter().enumerate().all(|(j, &p)| match (p, b.get(i + j)) {
+            (b'd', Some(c)) => c.is_ascii_digit(),
+            (p, Some(&c)) => p == c,
+            _ => false,
+        })
     })
 }
 
@@ -200,9 +176,6 @@ mod tests {
 
     #[test]
     fn missing_input_is_an_error() {
-        assert!(matches!(
-            expand_inputs(&["/nonexistent/x".into()]),
-            Err(IngestError::NotFound(_))
-        ));
+        assert!(matches!(expand_inputs(&["/nonexistent/x".into()]), Err(IngestError::NotFound(_))));
     }
 }

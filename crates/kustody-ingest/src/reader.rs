@@ -22,12 +22,7 @@ impl BufferPool {
 
     /// An empty buffer with at least `capacity` bytes reserved.
     pub fn take(&self, capacity: usize) -> Vec<u8> {
-        let mut v = self
-            .0
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_default();
+        let mut v = self.0.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
         v.clear();
         v.reserve(capacity);
         v
@@ -101,32 +96,19 @@ impl ChunkReader {
         let raw: Box<dyn Read + Send> = match input {
             InputFile::Stdin => Box::new(std::io::stdin()),
             InputFile::Path(p) => {
-                Box::new(std::fs::File::open(p).map_err(|e| IngestError::Io {
-                    path: name.to_string(),
-                    source: e,
-                })?)
+                Box::new(std::fs::File::open(p).map_err(|e| IngestError::Io { path: name.to_string(), source: e })?)
             }
         };
-        Self::from_reader(name, raw, opts).map_err(|e| IngestError::Io {
-            path: input.display(),
-            source: e,
-        })
+        Self::from_reader(name, raw, opts).map_err(|e| IngestError::Io { path: input.display(), source: e })
     }
 
     /// Wraps any byte stream (gzip detected by magic bytes).
-    pub fn from_reader(
-        name: Arc<str>,
-        raw: Box<dyn Read + Send>,
-        opts: ReadOptions,
-    ) -> std::io::Result<ChunkReader> {
+    pub fn from_reader(name: Arc<str>, raw: Box<dyn Read + Send>, opts: ReadOptions) -> std::io::Result<ChunkReader> {
         let mut buffered = BufReader::with_capacity(256 << 10, raw);
         let head = buffered.fill_buf()?;
         let compressed = head.starts_with(&GZIP_MAGIC);
         let src: Box<dyn BufRead + Send> = if compressed {
-            Box::new(BufReader::with_capacity(
-                256 << 10,
-                flate2::bufread::MultiGzDecoder::new(buffered),
-            ))
+            Box::new(BufReader::with_capacity(256 << 10, flate2::bufread::MultiGzDecoder::new(buffered)))
         } else {
             Box::new(buffered)
         };
@@ -181,9 +163,7 @@ impl ChunkReader {
             // would allocate (and, without overcommit, fail) before a byte is read.
             let need = (want - self.carry.len()).min(self.opts.chunk_bytes.max(64 << 10));
             self.carry.reserve(need);
-            let n = (&mut self.src)
-                .take(need as u64)
-                .read_to_end(&mut self.carry)?;
+            let n = (&mut self.src).take(need as u64).read_to_end(&mut self.carry)?;
             if n == 0 {
                 self.eof = true;
             }
@@ -194,9 +174,7 @@ impl ChunkReader {
     fn io_failure(&mut self, e: std::io::Error) -> Chunk {
         self.eof = true;
         let reason = match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                "input ends early (truncated gzip stream?)".to_owned()
-            }
+            std::io::ErrorKind::UnexpectedEof => "input ends early (truncated gzip stream?)".to_owned(),
             _ => format!("read error: {e}"),
         };
         // Whatever complete lines were read before the failure are still evidence; the partial
@@ -214,20 +192,12 @@ impl ChunkReader {
             let body = std::mem::take(&mut self.carry);
             let (line, offset) = (self.next_line, self.offset);
             let mut chunk = self.make_chunk(ChunkBody::Document(body), layout);
-            chunk.bad.push(BadRecord {
-                file: self.name.clone(),
-                line,
-                offset,
-                reason,
-            });
+            chunk.bad.push(BadRecord { file: self.name.clone(), line, offset, reason });
             return chunk;
         }
         let mut carry = std::mem::take(&mut self.carry);
-        let keep = if self.layout == Some(Layout::Lines) {
-            memchr::memrchr(b'\n', &carry).map_or(0, |p| p + 1)
-        } else {
-            0
-        };
+        let keep =
+            if self.layout == Some(Layout::Lines) { memchr::memrchr(b'\n', &carry).map_or(0, |p| p + 1) } else { 0 };
         let dropped = carry.len() - keep;
         carry.truncate(keep);
         let mut chunk = self.make_chunk(ChunkBody::Lines(carry), Layout::Lines);
@@ -276,8 +246,7 @@ impl ChunkReader {
                 return Some(self.make_chunk(ChunkBody::Lines(rest), Layout::Lines));
             }
             let from = self.scanned.min(self.carry.len());
-            let found = memchr::memrchr(b'\n', self.carry.get(from..).unwrap_or_default())
-                .map(|p| p + from);
+            let found = memchr::memrchr(b'\n', self.carry.get(from..).unwrap_or_default()).map(|p| p + from);
             if let Some(pos) = found {
                 self.scanned = 0;
                 let mut next = self.opts.pool.take(self.opts.chunk_bytes + (64 << 10));
@@ -331,10 +300,7 @@ impl ChunkReader {
             file: self.name.clone(),
             line,
             offset,
-            reason: format!(
-                "record is {skipped} bytes, over the {} byte limit",
-                self.opts.max_record_bytes
-            ),
+            reason: format!("record is {skipped} bytes, over the {} byte limit", self.opts.max_record_bytes),
         });
         chunk
     }
@@ -372,26 +338,19 @@ impl ChunkReader {
 /// still reads as JSON Lines, so one bad record cannot turn the rest of a file into one bad
 /// document.
 fn sniff(head: &[u8]) -> Layout {
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let first = lines
-        .by_ref()
-        .map(trim)
-        .find(|l| !l.is_empty() && !l.starts_with(b"#"));
+    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let first = lines.by_ref().map(trim).find(|l| !l.is_empty() && !l.starts_with(b"#"));
     let Some(first) = first else {
         return Layout::Lines;
     };
     if crate::yaml::looks_like_yaml(first) {
         return Layout::Yaml;
     }
-    let opens =
-        matches!(first, b"{" | b"[" | b"[{") || matches!(first.last(), Some(b'{' | b'[' | b','));
+    let opens = matches!(first, b"{" | b"[" | b"[{") || matches!(first.last(), Some(b'{' | b'[' | b','));
     // Pretty-printers indent the second line; a JSON Lines file whose first line is a broken
     // fragment goes on with an unindented `{`.
     let next_indented = lines.find(|l| !trim(l).is_empty()).is_some_and(|l| {
-        matches!(l.first(), Some(b' ' | b'\t'))
-            || matches!(trim(l), b"}" | b"]" | b"{" | b"[" | b"},")
+        matches!(l.first(), Some(b' ' | b'\t')) || matches!(trim(l), b"}" | b"]" | b"{" | b"[" | b"},")
     });
     if opens && next_indented {
         Layout::Document
@@ -401,14 +360,8 @@ fn sniff(head: &[u8]) -> Layout {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
     b.get(start..end).unwrap_or_default()
 }
 
@@ -424,16 +377,10 @@ mod tests {
         assert_eq!(sniff(b"[\n  {\"a\":1}\n]"), Layout::Document);
         assert_eq!(sniff(b"[{\"a\":1},{\"a\":2}]\n"), Layout::Lines);
         assert_eq!(sniff(b""), Layout::Lines);
-        assert_eq!(
-            sniff(b"# c\n\nkind: Event\napiVersion: audit.k8s.io/v1\n"),
-            Layout::Yaml
-        );
+        assert_eq!(sniff(b"# c\n\nkind: Event\napiVersion: audit.k8s.io/v1\n"), Layout::Yaml);
         assert_eq!(sniff(b"---\nkind: Event\n"), Layout::Yaml);
         assert_eq!(sniff(b"garbage\n{\"a\":1}\n"), Layout::Lines);
-        assert_eq!(
-            sniff(b"\"annotations\":{\"a\":\"b\"},\n{\"a\":1}\n"),
-            Layout::Lines
-        );
+        assert_eq!(sniff(b"\"annotations\":{\"a\":\"b\"},\n{\"a\":1}\n"), Layout::Lines);
         assert_eq!(sniff(b"{\"a\":1,\n  \"b\":2}\n"), Layout::Document);
     }
 }

@@ -13,9 +13,7 @@ pub fn looks_like_yaml(line: &[u8]) -> bool {
     let key = line.get(..colon).unwrap_or_default();
     let after = line.get(colon + 1);
     !key.is_empty()
-        && key
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
+        && key.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
         && matches!(after, None | Some(b' ' | b'\t'))
 }
 
@@ -50,17 +48,10 @@ fn push_doc<'a>(docs: &mut Vec<Doc<'a>>, text: &'a str, start: usize, end: usize
     let Some(body) = text.get(start..end) else {
         return;
     };
-    if body
-        .lines()
-        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-    {
+    if body.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
         return;
     }
-    docs.push(Doc {
-        text: body,
-        start_line,
-        offset: start,
-    });
+    docs.push(Doc { text: body, start_line, offset: start });
 }
 
 /// One event of a YAML document: its JSON text and the line (within the document) it starts on.
@@ -76,26 +67,24 @@ pub struct YamlError {
 
 /// The events of one YAML document: a single Event, an EventList or a list of Events.
 pub fn events(text: &str) -> Result<Vec<YamlEvent>, YamlError> {
-    let docs = kustody_model::yaml::parse(text).map_err(|e| YamlError {
-        line: u64::from(e.pos.line),
-        message: e.message,
-    })?;
+    let docs =
+        kustody_model::yaml::parse(text).map_err(|e| YamlError { line: u64::from(e.pos.line), message: e.message })?;
     let mut out = Vec::new();
     for doc in &docs {
         let items: Vec<&Node> = match doc {
             Node::Seq { items, .. } => items.iter().collect(),
-            Node::Map { .. } if doc.get("kind").and_then(Node::as_str) == Some("EventList") => {
-                match doc.get("items") {
-                    Some(Node::Seq { items, .. }) => items.iter().collect(),
-                    _ => Vec::new(),
-                }
-            }
+            Node::Map { .. } if doc.get("kind").and_then(Node::as_str) == Some("EventList") => match doc.get("items") {
+                Some(Node::Seq { items, .. }) => items.iter().collect(),
+                _ => Vec::new(),
+            },
             other => vec![other],
         };
-        out.extend(items.into_iter().map(|n| YamlEvent {
-            json: kustody_model::yaml::to_json(n).to_string(),
-            line: u64::from(n.pos().line),
-        }));
+        out.extend(
+            items.into_iter().map(|n| YamlEvent {
+                json: kustody_model::yaml::to_json(n).to_string(),
+                line: u64::from(n.pos().line),
+            }),
+        );
     }
     Ok(out)
 }

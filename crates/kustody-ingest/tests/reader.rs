@@ -24,12 +24,7 @@ enum Out {
 }
 
 fn read_with(bytes: &[u8], opts: ReadOptions) -> Vec<Out> {
-    let mut r = ChunkReader::from_reader(
-        Arc::from("t"),
-        Box::new(std::io::Cursor::new(bytes.to_vec())),
-        opts,
-    )
-    .unwrap();
+    let mut r = ChunkReader::from_reader(Arc::from("t"), Box::new(std::io::Cursor::new(bytes.to_vec())), opts).unwrap();
     let mut out = Vec::new();
     while let Some(chunk) = r.next_chunk() {
         chunk.records(|rec| match rec {
@@ -45,14 +40,7 @@ fn read_with(bytes: &[u8], opts: ReadOptions) -> Vec<Out> {
 
 fn read(bytes: &[u8]) -> Vec<Out> {
     // Tiny chunks so records straddle chunk boundaries.
-    read_with(
-        bytes,
-        ReadOptions {
-            chunk_bytes: 64,
-            max_record_bytes: 4096,
-            ..ReadOptions::default()
-        },
-    )
+    read_with(bytes, ReadOptions { chunk_bytes: 64, max_record_bytes: 4096, ..ReadOptions::default() })
 }
 
 fn ev(id: &str) -> String {
@@ -93,24 +81,14 @@ fn v1beta1_and_no_api_version_and_fallback_timestamps() {
         r#"{"auditID":"notime","verb":"list"}"#,
     ];
     let text = lines.join("\n");
-    let mut r = ChunkReader::from_reader(
-        "t".into(),
-        Box::new(std::io::Cursor::new(text.into_bytes())),
-        ReadOptions::default(),
-    )
-    .unwrap();
+    let mut r =
+        ChunkReader::from_reader("t".into(), Box::new(std::io::Cursor::new(text.into_bytes())), ReadOptions::default())
+            .unwrap();
     let mut times = Vec::new();
     while let Some(c) = r.next_chunk() {
         c.records(|rec| times.push(Event::parse(rec.unwrap().text).unwrap().time_ns()));
     }
-    assert_eq!(
-        times,
-        [
-            Some(1_505_159_705_000_000_000),
-            Some(1_704_067_200_000_000_000),
-            None
-        ]
-    );
+    assert_eq!(times, [Some(1_505_159_705_000_000_000), Some(1_704_067_200_000_000_000), None]);
 }
 
 #[test]
@@ -123,34 +101,23 @@ fn event_list_and_arrays_on_one_line() {
         ev("a2"),
         ev("x")
     );
-    assert_eq!(
-        ids(&read(text.as_bytes())),
-        [(1, "l1"), (1, "l2"), (2, "a1"), (2, "a2"), (3, "x")]
-    );
+    assert_eq!(ids(&read(text.as_bytes())), [(1, "l1"), (1, "l2"), (2, "a1"), (2, "a2"), (3, "x")]);
 }
 
 #[test]
 fn pretty_printed_documents() {
-    let pretty = |id: &str| {
-        serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&ev(id)).unwrap())
-            .unwrap()
-    };
+    let pretty =
+        |id: &str| serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&ev(id)).unwrap()).unwrap();
     // One document.
     let out = read(pretty("one").as_bytes());
     assert_eq!(ids(&out), [(1, "one")]);
     // Several concatenated documents keep their starting lines.
     let two = format!("{}\n{}\n", pretty("d1"), pretty("d2"));
     let lines_first = pretty("d1").lines().count() as u64;
-    assert_eq!(
-        ids(&read(two.as_bytes())),
-        [(1, "d1"), (lines_first + 1, "d2")]
-    );
+    assert_eq!(ids(&read(two.as_bytes())), [(1, "d1"), (lines_first + 1, "d2")]);
     // A pretty EventList and a pretty array.
-    let list = format!(
-        "{{\n  \"kind\": \"EventList\",\n  \"items\": [\n    {},\n    {}\n  ]\n}}\n",
-        ev("p1"),
-        ev("p2")
-    );
+    let list =
+        format!("{{\n  \"kind\": \"EventList\",\n  \"items\": [\n    {},\n    {}\n  ]\n}}\n", ev("p1"), ev("p2"));
     assert_eq!(ids(&read(list.as_bytes())), [(4, "p1"), (5, "p2")]);
     let arr = format!("[\n  {},\n  {}\n]\n", ev("q1"), ev("q2"));
     assert_eq!(ids(&read(arr.as_bytes())), [(2, "q1"), (3, "q2")]);
@@ -168,18 +135,12 @@ fn yaml_lists_and_errors_have_their_own_lines() {
     let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..12 {
         let p = i - 1;
-        laughs.push_str(&format!(
-            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
-        ));
+        laughs
+            .push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
     }
     let out = read(laughs.as_bytes());
     assert_eq!(bad(&out).len(), 1);
-    let deep = format!(
-        "x:\n{}y\n",
-        (0..5000)
-            .map(|i| format!("{}- \n", "  ".repeat(i)))
-            .collect::<String>()
-    );
+    let deep = format!("x:\n{}y\n", (0..5000).map(|i| format!("{}- \n", "  ".repeat(i))).collect::<String>());
     let out = read_with(deep.as_bytes(), ReadOptions::default());
     assert_eq!(ids(&out).len(), 0);
 }
@@ -203,9 +164,7 @@ fn gzip_and_concatenated_gzip_members() {
 
 #[test]
 fn truncated_gzip_keeps_what_was_read_and_reports() {
-    let body: String = (0..200)
-        .map(|i| format!("{}\n", ev(&format!("e{i}"))))
-        .collect();
+    let body: String = (0..200).map(|i| format!("{}\n", ev(&format!("e{i}")))).collect();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(body.as_bytes()).unwrap();
     let full = gz.finish().unwrap();
@@ -215,18 +174,12 @@ fn truncated_gzip_keeps_what_was_read_and_reports() {
     assert!(!good.is_empty() && good.len() < 200, "{}", good.len());
     let b = bad(&out);
     assert_eq!(b.len(), 1, "{b:?}");
-    assert!(
-        b[0].1.contains("truncated") || b[0].1.contains("read error"),
-        "{b:?}"
-    );
+    assert!(b[0].1.contains("truncated") || b[0].1.contains("read error"), "{b:?}");
 }
 
 #[test]
 fn bad_records_are_counted_with_line_and_reason_and_the_run_goes_on() {
-    let long = format!(
-        r#"{{"auditID":"long","verb":"get","x":"{}"}}"#,
-        "a".repeat(5000)
-    );
+    let long = format!(r#"{{"auditID":"long","verb":"get","x":"{}"}}"#, "a".repeat(5000));
     let mut text: Vec<u8> = Vec::new();
     text.extend(format!("{}\n", ev("ok1")).bytes()); // 1
     text.extend(b"{\"auditID\":\"trunc\",\"verb\":\"g\n"); // 2 truncated JSON
@@ -256,11 +209,7 @@ fn a_line_over_the_limit_is_skipped_without_buffering_it() {
     let text = format!("{}\n{huge}\n{}\n", ev("before"), ev("after"));
     let out = read_with(
         text.as_bytes(),
-        ReadOptions {
-            chunk_bytes: 1024,
-            max_record_bytes: 10_000,
-            ..ReadOptions::default()
-        },
+        ReadOptions { chunk_bytes: 1024, max_record_bytes: 10_000, ..ReadOptions::default() },
     );
     assert_eq!(ids(&out), [(1, "before"), (3, "after")]);
     assert_eq!(bad(&out).len(), 1);
@@ -274,10 +223,7 @@ fn a_broken_pretty_document_is_reported_line_by_line() {
     assert_eq!(ids(&out).len(), 0);
     assert!(!bad(&out).is_empty(), "{out:?}");
     // A second document after a complete first one: the first is kept.
-    let pretty = serde_json::to_string_pretty(
-        &serde_json::from_str::<serde_json::Value>(&ev("ok")).unwrap(),
-    )
-    .unwrap();
+    let pretty = serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&ev("ok")).unwrap()).unwrap();
     let text = format!("{pretty}\n{{\n  \"auditID\": \"x\",\n");
     let out = read(text.as_bytes());
     assert_eq!(ids(&out), [(1, "ok")]);
@@ -298,9 +244,7 @@ fn a_broken_first_line_does_not_hide_a_json_lines_file() {
 
 #[test]
 fn a_small_truncated_gzip_keeps_its_complete_records() {
-    let body: String = (0..100)
-        .map(|i| format!("{}\n", ev(&format!("e{i}"))))
-        .collect();
+    let body: String = (0..100).map(|i| format!("{}\n", ev(&format!("e{i}")))).collect();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(body.as_bytes()).unwrap();
     let full = gz.finish().unwrap();
@@ -313,19 +257,11 @@ fn a_small_truncated_gzip_keeps_its_complete_records() {
 fn shared_native_samples_read_without_bad_records() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/samples/native");
     if !dir.exists() {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI=true but {} is missing",
-            dir.display()
-        );
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true but {} is missing", dir.display());
         eprintln!("SKIP: {} not found", dir.display());
         return;
     }
-    let expect = [
-        ("audit2rbac-demo.log", 37),
-        ("khi-oss-event.yaml", 1),
-        ("openshift-single-event.json", 1),
-    ];
+    let expect = [("audit2rbac-demo.log", 37), ("khi-oss-event.yaml", 1), ("openshift-single-event.json", 1)];
     for (name, n) in expect {
         let bytes = std::fs::read(dir.join(name)).unwrap();
         let out = read_with(&bytes, ReadOptions::default());

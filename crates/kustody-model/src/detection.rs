@@ -84,10 +84,7 @@ impl EventContext {
             .or_else(|| body_name(ev.request_object_raw()));
         let command = match o.and_then(|o| o.subresource.as_deref()) {
             Some("exec" | "attach") => {
-                let argv = ev
-                    .request_uri()
-                    .map(|u| crate::uri::all(u, "command"))
-                    .unwrap_or_default();
+                let argv = ev.request_uri().map(|u| crate::uri::all(u, "command")).unwrap_or_default();
                 (!argv.is_empty()).then(|| argv.join(" "))
             }
             _ => None,
@@ -100,10 +97,7 @@ impl EventContext {
             subresource: s(o.and_then(|o| o.subresource.as_deref())),
             namespace: s(o.and_then(|o| o.namespace.as_deref())),
             name,
-            source_ip: s(ev
-                .source_ips()
-                .and_then(|ips| ips.first())
-                .map(|c| c.as_ref())),
+            source_ip: s(ev.source_ips().and_then(|ips| ips.first()).map(|c| c.as_ref())),
             user_agent: s(ev.user_agent()),
             response_code: ev.response_status().and_then(|r| r.code),
             request_uri: s(ev.request_uri()),

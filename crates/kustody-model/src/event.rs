@@ -151,8 +151,7 @@ impl<'a> Event<'a> {
                 return Err(EventError::WrongApiVersion(v.to_owned()));
             }
         }
-        if f.audit_id.is_none() && f.verb.is_none() && f.request_uri.is_none() && f.stage.is_none()
-        {
+        if f.audit_id.is_none() && f.verb.is_none() && f.request_uri.is_none() && f.stage.is_none() {
             return Err(EventError::NotAnEvent);
         }
         // The lazily parsed parts must still have the right types: check them now, cheaply,
@@ -160,13 +159,9 @@ impl<'a> Event<'a> {
         check_lazy(&f)?;
         // Falco drops events without a parseable stageTimestamp; we keep them and fall back to
         // requestReceivedTimestamp, then to v1beta1's `timestamp`.
-        let time_ns = [
-            &f.stage_timestamp,
-            &f.request_received_timestamp,
-            &f.timestamp,
-        ]
-        .into_iter()
-        .find_map(|t| t.as_deref().and_then(parse_rfc3339_nanos));
+        let time_ns = [&f.stage_timestamp, &f.request_received_timestamp, &f.timestamp]
+            .into_iter()
+            .find_map(|t| t.as_deref().and_then(parse_rfc3339_nanos));
         Ok(Event {
             raw,
             f,
@@ -214,23 +209,13 @@ impl<'a> Event<'a> {
         self.f.impersonated_user.as_ref()
     }
     pub fn source_ips(&self) -> Option<&[Cow<'a, str>]> {
-        self.source_ips
-            .get_or_init(|| {
-                self.f
-                    .source_ips
-                    .and_then(|r| serde_json::from_str(r.get()).ok())
-            })
-            .as_deref()
+        self.source_ips.get_or_init(|| self.f.source_ips.and_then(|r| serde_json::from_str(r.get()).ok())).as_deref()
     }
     /// `user.groups`.
     pub fn user_groups(&self) -> Option<&[Cow<'a, str>]> {
         self.groups
             .get_or_init(|| {
-                self.f
-                    .user
-                    .as_ref()
-                    .and_then(|u| u.groups)
-                    .and_then(|r| serde_json::from_str(r.get()).ok())
+                self.f.user.as_ref().and_then(|u| u.groups).and_then(|r| serde_json::from_str(r.get()).ok())
             })
             .as_deref()
     }
@@ -263,37 +248,23 @@ impl<'a> Event<'a> {
     }
     /// The value of annotation `key`, if present.
     pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotation_pairs()
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_ref())
+        self.annotation_pairs().iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
     }
     pub fn annotations(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.annotation_pairs()
-            .iter()
-            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+        self.annotation_pairs().iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
     }
     /// `requestObject` as raw JSON text, without parsing it.
     pub fn request_object_raw(&self) -> Option<&'a str> {
-        self.f
-            .request_object
-            .map(RawValue::get)
-            .filter(|s| *s != "null")
+        self.f.request_object.map(RawValue::get).filter(|s| *s != "null")
     }
     /// `responseObject` as raw JSON text, without parsing it.
     pub fn response_object_raw(&self) -> Option<&'a str> {
-        self.f
-            .response_object
-            .map(RawValue::get)
-            .filter(|s| *s != "null")
+        self.f.response_object.map(RawValue::get).filter(|s| *s != "null")
     }
     /// `requestObject`, parsed on first use and cached.
     pub fn request_object(&self) -> Option<&Value> {
         self.request_object
-            .get_or_init(|| {
-                self.request_object_raw()
-                    .and_then(|r| serde_json::from_str(r).ok())
-            })
+            .get_or_init(|| self.request_object_raw().and_then(|r| serde_json::from_str(r).ok()))
             .as_ref()
     }
     /// True when a rule needed `requestObject` or `responseObject` as a DOM and it could not be
@@ -301,54 +272,34 @@ impl<'a> Event<'a> {
     /// unavailable for this event, which the caller must report rather than hide.
     pub fn body_unparsed(&self) -> bool {
         (matches!(self.request_object.get(), Some(None)) && self.request_object_raw().is_some())
-            || (matches!(self.response_object.get(), Some(None))
-                && self.response_object_raw().is_some())
+            || (matches!(self.response_object.get(), Some(None)) && self.response_object_raw().is_some())
     }
     /// `responseObject`, parsed on first use and cached.
     pub fn response_object(&self) -> Option<&Value> {
         self.response_object
-            .get_or_init(|| {
-                self.response_object_raw()
-                    .and_then(|r| serde_json::from_str(r).ok())
-            })
+            .get_or_init(|| self.response_object_raw().and_then(|r| serde_json::from_str(r).ok()))
             .as_ref()
     }
     /// The whole event as a JSON DOM, parsed on first use. Only generic JSON-pointer access
     /// to fields without a typed accessor needs it.
     pub fn whole(&self) -> Option<&Value> {
-        self.whole
-            .get_or_init(|| serde_json::from_str(self.raw).ok())
-            .as_ref()
+        self.whole.get_or_init(|| serde_json::from_str(self.raw).ok()).as_ref()
     }
 }
 
 /// Type-checks the raw parts without keeping the result: first byte tells the JSON type.
 fn check_lazy(f: &Fields<'_>) -> Result<(), EventError> {
-    let want =
-        |raw: Option<&RawValue>, open: u8, field: &str, what: &str| -> Result<(), EventError> {
-            match raw.map(|r| r.get().as_bytes().first().copied()) {
-                None | Some(Some(b'n')) => Ok(()),
-                Some(Some(c)) if c == open => Ok(()),
-                Some(_) => Err(EventError::WrongType {
-                    field: field.to_owned(),
-                    message: format!("expected {what}"),
-                }),
-            }
-        };
+    let want = |raw: Option<&RawValue>, open: u8, field: &str, what: &str| -> Result<(), EventError> {
+        match raw.map(|r| r.get().as_bytes().first().copied()) {
+            None | Some(Some(b'n')) => Ok(()),
+            Some(Some(c)) if c == open => Ok(()),
+            Some(_) => Err(EventError::WrongType { field: field.to_owned(), message: format!("expected {what}") }),
+        }
+    };
     want(f.source_ips, b'[', "sourceIPs", "a list of strings")?;
     want(f.annotations, b'{', "annotations", "a map of strings")?;
-    want(
-        f.user.as_ref().and_then(|u| u.groups),
-        b'[',
-        "user.groups",
-        "a list of strings",
-    )?;
-    want(
-        f.impersonated_user.as_ref().and_then(|u| u.groups),
-        b'[',
-        "impersonatedUser.groups",
-        "a list of strings",
-    )?;
+    want(f.user.as_ref().and_then(|u| u.groups), b'[', "user.groups", "a list of strings")?;
+    want(f.impersonated_user.as_ref().and_then(|u| u.groups), b'[', "impersonatedUser.groups", "a list of strings")?;
     Ok(())
 }
 
@@ -440,16 +391,12 @@ mod tests {
         assert_eq!(ev.verb(), Some("get"));
         assert_eq!(ev.object_ref().map(|o| o.resource.is_none()), None);
         assert_eq!(ev.time_ns(), Some(1_704_067_200_000_000_000));
-        assert_eq!(
-            ev.annotation("authorization.k8s.io/decision"),
-            Some("allow")
-        );
+        assert_eq!(ev.annotation("authorization.k8s.io/decision"), Some("allow"));
     }
 
     #[test]
     fn wrong_type_names_the_field() {
-        let err =
-            Event::parse(r#"{"auditID":"a","verb":"get","objectRef":{"resource":5}}"#).unwrap_err();
+        let err = Event::parse(r#"{"auditID":"a","verb":"get","objectRef":{"resource":5}}"#).unwrap_err();
         match err {
             EventError::WrongType { field, .. } => assert_eq!(field, "objectRef.resource"),
             other => panic!("unexpected {other:?}"),
@@ -458,23 +405,11 @@ mod tests {
 
     #[test]
     fn non_objects_and_other_kinds_are_rejected() {
-        assert_eq!(
-            Event::parse("5").unwrap_err(),
-            EventError::NotAnObject("a number")
-        );
-        assert_eq!(
-            Event::parse("[1]").unwrap_err(),
-            EventError::NotAnObject("an array")
-        );
-        assert_eq!(
-            Event::parse(r#"{"kind":"Pod","verb":"x"}"#).unwrap_err(),
-            EventError::WrongKind("Pod".into())
-        );
+        assert_eq!(Event::parse("5").unwrap_err(), EventError::NotAnObject("a number"));
+        assert_eq!(Event::parse("[1]").unwrap_err(), EventError::NotAnObject("an array"));
+        assert_eq!(Event::parse(r#"{"kind":"Pod","verb":"x"}"#).unwrap_err(), EventError::WrongKind("Pod".into()));
         assert_eq!(Event::parse("{}").unwrap_err(), EventError::NotAnEvent);
-        assert!(matches!(
-            Event::parse(r#"{"verb":"get""#).unwrap_err(),
-            EventError::Json(_)
-        ));
+        assert!(matches!(Event::parse(r#"{"verb":"get""#).unwrap_err(), EventError::Json(_)));
     }
 
     #[test]

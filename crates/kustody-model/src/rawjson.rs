@@ -130,14 +130,8 @@ mod tests {
     fn walks_objects_and_arrays() {
         let raw = r#"{"spec":{"hostPID":true,"containers":[{"name":"a","ports":[{"containerPort":80}]},{"name":"b\"q"}],"n":1.50},"a/b":"x","data":{"k":"v"}}"#;
         assert_eq!(p(raw, &["spec", "hostPID"]).as_deref(), Some("true"));
-        assert_eq!(
-            p(raw, &["spec", "containers", "1", "name"]).as_deref(),
-            Some("b\"q")
-        );
-        assert_eq!(
-            p(raw, &["spec", "containers", "0", "ports"]).as_deref(),
-            Some(r#"[{"containerPort":80}]"#)
-        );
+        assert_eq!(p(raw, &["spec", "containers", "1", "name"]).as_deref(), Some("b\"q"));
+        assert_eq!(p(raw, &["spec", "containers", "0", "ports"]).as_deref(), Some(r#"[{"containerPort":80}]"#));
         assert_eq!(p(raw, &["spec", "n"]).as_deref(), Some("1.50"));
         assert_eq!(p(raw, &["a/b"]).as_deref(), Some("x"));
         assert_eq!(p(raw, &["data"]).as_deref(), Some(r#"{"k":"v"}"#));
@@ -154,9 +148,7 @@ pub fn items(raw: &str) -> Option<Vec<&str>> {
     if !raw.starts_with('[') {
         return None;
     }
-    serde_json::from_str::<Vec<&RawValue>>(raw)
-        .ok()
-        .map(|v| v.into_iter().map(RawValue::get).collect())
+    serde_json::from_str::<Vec<&RawValue>>(raw).ok().map(|v| v.into_iter().map(RawValue::get).collect())
 }
 
 /// The keys of a raw JSON object in document order, or `None` if `raw` is not an object.
@@ -208,10 +200,7 @@ mod more_tests {
 
     #[test]
     fn items_and_keys() {
-        assert_eq!(
-            items(r#"[1,"a",{"b":2}]"#),
-            Some(vec!["1", "\"a\"", r#"{"b":2}"#])
-        );
+        assert_eq!(items(r#"[1,"a",{"b":2}]"#), Some(vec!["1", "\"a\"", r#"{"b":2}"#]));
         assert_eq!(items("{}"), None);
         assert_eq!(
             keys(r#"{"name":"x","hostPath":{"path":"/"}}"#),

@@ -20,10 +20,7 @@ pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
     if b.len() < 20 || b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
         return None;
     }
-    if !matches!(b.get(10), Some(b'T' | b't' | b' '))
-        || b.get(13) != Some(&b':')
-        || b.get(16) != Some(&b':')
-    {
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) || b.get(13) != Some(&b':') || b.get(16) != Some(&b':') {
         return None;
     }
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
@@ -74,12 +71,7 @@ pub fn format_rfc3339_nanos(ns: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z", sod / 3600, (sod % 3600) / 60, sod % 60)
 }
 
 /// Formats Unix nanoseconds with second precision, for compact tables.
@@ -122,16 +114,10 @@ mod tests {
     fn parses_and_formats_round_trip() {
         let ns = parse_rfc3339_nanos("2026-11-23T05:30:09.067603Z");
         assert_eq!(ns, Some(1_795_411_809_067_603_000));
-        assert_eq!(
-            format_rfc3339_nanos(1_795_411_809_067_603_000),
-            "2026-11-23T05:30:09.067603000Z"
-        );
+        assert_eq!(format_rfc3339_nanos(1_795_411_809_067_603_000), "2026-11-23T05:30:09.067603000Z");
         assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339_nanos("1970-01-01T01:00:00+01:00"), Some(0));
-        assert_eq!(
-            parse_rfc3339_nanos("2017-09-11T19:55:05Z"),
-            Some(1_505_159_705_000_000_000)
-        );
+        assert_eq!(parse_rfc3339_nanos("2017-09-11T19:55:05Z"), Some(1_505_159_705_000_000_000));
         assert_eq!(format_rfc3339_nanos(-1), "1969-12-31T23:59:59.999999999Z");
     }
 

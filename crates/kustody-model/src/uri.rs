@@ -17,10 +17,7 @@ pub fn param(uri: &str, key: &str) -> Option<String> {
 
 /// All values of `key`, in order: an exec's whole argv is `command=a&command=b`.
 pub fn all(uri: &str, key: &str) -> Vec<String> {
-    params(uri)
-        .filter(|(k, _)| k == key)
-        .map(|(_, v)| v)
-        .collect()
+    params(uri).filter(|(k, _)| k == key).map(|(_, v)| v).collect()
 }
 
 fn decode(s: &str) -> String {

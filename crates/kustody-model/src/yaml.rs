@@ -19,19 +19,9 @@ pub struct Pos {
 
 #[derive(Debug, Clone)]
 pub enum Node {
-    Scalar {
-        value: String,
-        style: TScalarStyle,
-        pos: Pos,
-    },
-    Seq {
-        items: Vec<Node>,
-        pos: Pos,
-    },
-    Map {
-        entries: Vec<(Node, Node)>,
-        pos: Pos,
-    },
+    Scalar { value: String, style: TScalarStyle, pos: Pos },
+    Seq { items: Vec<Node>, pos: Pos },
+    Map { entries: Vec<(Node, Node)>, pos: Pos },
 }
 
 impl Node {
@@ -56,10 +46,7 @@ impl Node {
     /// For a mapping, the value of `key`.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match self {
-            Node::Map { entries, .. } => entries
-                .iter()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .map(|(_, v)| v),
+            Node::Map { entries, .. } => entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -76,22 +63,12 @@ impl Node {
     /// is approximated by the node position (+1 column for quoted scalars).
     pub fn text_start(&self) -> Pos {
         match self {
-            Node::Scalar {
-                style: TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted,
-                pos,
-                ..
-            } => Pos {
-                line: pos.line,
-                col: pos.col + 1,
-            },
-            Node::Scalar {
-                style: TScalarStyle::Literal | TScalarStyle::Folded,
-                pos,
-                ..
-            } => Pos {
-                line: pos.line + 1,
-                col: pos.col,
-            },
+            Node::Scalar { style: TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted, pos, .. } => {
+                Pos { line: pos.line, col: pos.col + 1 }
+            }
+            Node::Scalar { style: TScalarStyle::Literal | TScalarStyle::Folded, pos, .. } => {
+                Pos { line: pos.line + 1, col: pos.col }
+            }
             other => other.pos(),
         }
     }
@@ -124,37 +101,20 @@ fn size(n: &Node) -> usize {
     match n {
         Node::Scalar { .. } => 1,
         Node::Seq { items, .. } => 1 + items.iter().map(size).sum::<usize>(),
-        Node::Map { entries, .. } => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| size(k) + size(v))
-                .sum::<usize>()
-        }
+        Node::Map { entries, .. } => 1 + entries.iter().map(|(k, v)| size(k) + size(v)).sum::<usize>(),
     }
 }
 
 fn pos(m: &Marker) -> Pos {
     // yaml-rust2 markers: 1-based line, 0-based column.
-    Pos {
-        line: u32::try_from(m.line()).unwrap_or(u32::MAX),
-        col: u32::try_from(m.col() + 1).unwrap_or(u32::MAX),
-    }
+    Pos { line: u32::try_from(m.line()).unwrap_or(u32::MAX), col: u32::try_from(m.col() + 1).unwrap_or(u32::MAX) }
 }
 
 impl Builder {
     fn event(&mut self, ev: Event, p: Pos) -> Result<(), YamlError> {
         let err = |message: String| YamlError { pos: p, message };
         match ev {
-            Event::Scalar(value, style, anchor, _) => self.push(
-                Node::Scalar {
-                    value,
-                    style,
-                    pos: p,
-                },
-                anchor,
-                1,
-                p,
-            )?,
+            Event::Scalar(value, style, anchor, _) => self.push(Node::Scalar { value, style, pos: p }, anchor, 1, p)?,
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 if self.stack.len() >= MAX_DEPTH {
                     return Err(err(format!("nested more than {MAX_DEPTH} levels deep")));
@@ -175,21 +135,12 @@ impl Builder {
                 }
             }
             Event::Alias(id) => {
-                let node = self
-                    .anchors
-                    .iter()
-                    .rev()
-                    .find(|(a, _)| *a == id)
-                    .map(|(_, n)| n.clone());
+                let node = self.anchors.iter().rev().find(|(a, _)| *a == id).map(|(_, n)| n.clone());
                 let node = node.ok_or_else(|| err(format!("alias to unknown anchor {id}")))?;
                 let n = size(&node);
                 self.push(node, 0, n, p)?;
             }
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
         }
         Ok(())
     }
@@ -217,18 +168,12 @@ impl Builder {
 
 /// Parses every YAML document in `text`.
 pub fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
-    let mut builder = Builder {
-        docs: Vec::new(),
-        stack: Vec::new(),
-        anchors: Vec::new(),
-        budget: 10_000 + 4 * text.len(),
-    };
+    let mut builder =
+        Builder { docs: Vec::new(), stack: Vec::new(), anchors: Vec::new(), budget: 10_000 + 4 * text.len() };
     let mut parser = Parser::new_from_str(text);
     loop {
-        let (ev, mark) = parser.next_token().map_err(|e| YamlError {
-            pos: pos(e.marker()),
-            message: e.info().to_owned(),
-        })?;
+        let (ev, mark) =
+            parser.next_token().map_err(|e| YamlError { pos: pos(e.marker()), message: e.info().to_owned() })?;
         if matches!(ev, Event::StreamEnd) {
             break;
         }
@@ -242,11 +187,7 @@ pub fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
 pub fn to_json(node: &Node) -> serde_json::Value {
     use serde_json::Value;
     match node {
-        Node::Scalar {
-            value,
-            style: TScalarStyle::Plain,
-            ..
-        } => match value.as_str() {
+        Node::Scalar { value, style: TScalarStyle::Plain, .. } => match value.as_str() {
             "" | "~" | "null" | "Null" | "NULL" => Value::Null,
             "true" | "True" | "TRUE" => Value::Bool(true),
             "false" | "False" | "FALSE" => Value::Bool(false),
@@ -281,9 +222,7 @@ mod tests {
     #[test]
     fn positions_are_one_based() {
         let docs = parse("- rule: a\n  condition: >\n    x = y\n").unwrap();
-        let Node::Seq { items, pos } = &docs[0] else {
-            panic!()
-        };
+        let Node::Seq { items, pos } = &docs[0] else { panic!() };
         assert_eq!(*pos, Pos { line: 1, col: 1 });
         let item = &items[0];
         assert_eq!(item.get("rule").unwrap().pos(), Pos { line: 1, col: 9 });
@@ -293,32 +232,16 @@ mod tests {
     #[test]
     fn hostile_documents_are_refused() {
         let deep = "- ".repeat(10_000) + "x\n";
-        assert!(parse(&deep)
-            .unwrap_err()
-            .message
-            .contains("nested more than"));
+        assert!(parse(&deep).unwrap_err().message.contains("nested more than"));
         let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..12 {
-            let prev = if i == 1 {
-                "a".to_owned()
-            } else {
-                format!("a{}", i - 1)
-            };
+            let prev = if i == 1 { "a".to_owned() } else { format!("a{}", i - 1) };
             laughs.push_str(&format!("a{i}: &a{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
         }
-        assert!(parse(&laughs)
-            .unwrap_err()
-            .message
-            .contains("too many nodes"));
+        assert!(parse(&laughs).unwrap_err().message.contains("too many nodes"));
         // Aliases within budget still work.
         let ok = parse("base: &b {x: 1}\nother: *b\n").unwrap();
-        assert_eq!(
-            ok[0]
-                .get("other")
-                .and_then(|o| o.get("x"))
-                .and_then(Node::as_str),
-            Some("1")
-        );
+        assert_eq!(ok[0].get("other").and_then(|o| o.get("x")).and_then(Node::as_str), Some("1"));
     }
 
     #[test]

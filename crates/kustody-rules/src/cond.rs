@@ -12,19 +12,9 @@ pub enum Ast {
     And(Vec<Ast>),
     Or(Vec<Ast>),
     Not(Box<Ast>),
-    Macro {
-        name: String,
-        span: Span,
-    },
-    Exists {
-        lhs: FieldExpr,
-    },
-    Cmp {
-        lhs: FieldExpr,
-        op: Op,
-        rhs: Rhs,
-        span: Span,
-    },
+    Macro { name: String, span: Span },
+    Exists { lhs: FieldExpr },
+    Cmp { lhs: FieldExpr, op: Op, rhs: Rhs, span: Span },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -173,11 +163,7 @@ struct Lexer<'a> {
 }
 
 fn is_word_byte(b: u8) -> bool {
-    !b.is_ascii_whitespace()
-        && !matches!(
-            b,
-            b'(' | b')' | b',' | b'=' | b'<' | b'>' | b'!' | b'"' | b'\''
-        )
+    !b.is_ascii_whitespace() && !matches!(b, b'(' | b')' | b',' | b'=' | b'<' | b'>' | b'!' | b'"' | b'\'')
 }
 
 impl<'a> Lexer<'a> {
@@ -213,10 +199,7 @@ impl<'a> Lexer<'a> {
             (b'>', _) => (Tok::Cmp(Op::Gt), 1),
             (b'"' | b'\'', _) => return self.string(b).map(Some),
             (b'!', _) => {
-                return Err(ParseError {
-                    offset: start,
-                    message: "unexpected `!` (use `not` or `!=`)".into(),
-                })
+                return Err(ParseError { offset: start, message: "unexpected `!` (use `not` or `!=`)".into() })
             }
             _ => {
                 let mut end = start;
@@ -241,10 +224,7 @@ impl<'a> Lexer<'a> {
                     end += 1;
                 }
                 if depth > 0 {
-                    return Err(ParseError {
-                        offset: start,
-                        message: "unterminated `[` in field argument".into(),
-                    });
+                    return Err(ParseError { offset: start, message: "unterminated `[` in field argument".into() });
                 }
                 let word = self.src.get(start..end).unwrap_or_default().to_owned();
                 (Tok::Word(word), end - start)
@@ -261,12 +241,7 @@ impl<'a> Lexer<'a> {
         let mut i = start + 1;
         loop {
             match bytes.get(i) {
-                None => {
-                    return Err(ParseError {
-                        offset: start,
-                        message: "unterminated string".into(),
-                    })
-                }
+                None => return Err(ParseError { offset: start, message: "unterminated string".into() }),
                 Some(&c) if c == quote => break,
                 Some(b'\\') => {
                     match bytes.get(i + 1) {
@@ -277,12 +252,7 @@ impl<'a> Lexer<'a> {
                             out.push(b'\\');
                             out.push(c);
                         }
-                        None => {
-                            return Err(ParseError {
-                                offset: start,
-                                message: "unterminated string".into(),
-                            })
-                        }
+                        None => return Err(ParseError { offset: start, message: "unterminated string".into() }),
                     }
                     i += 2;
                 }
@@ -293,10 +263,8 @@ impl<'a> Lexer<'a> {
             }
         }
         self.pos = i + 1;
-        let s = String::from_utf8(out).map_err(|_| ParseError {
-            offset: start,
-            message: "invalid UTF-8 in string".into(),
-        })?;
+        let s = String::from_utf8(out)
+            .map_err(|_| ParseError { offset: start, message: "invalid UTF-8 in string".into() })?;
         Ok((Tok::Str(s), (start, self.pos)))
     }
 }
@@ -308,17 +276,9 @@ pub fn parse(src: &str) -> Result<Ast, ParseError> {
     while let Some(t) = lexer.next()? {
         toks.push(t);
     }
-    let mut p = Parser {
-        toks,
-        i: 0,
-        end: src.len(),
-        depth: 0,
-    };
+    let mut p = Parser { toks, i: 0, end: src.len(), depth: 0 };
     if p.toks.is_empty() {
-        return Err(ParseError {
-            offset: 0,
-            message: "empty condition".into(),
-        });
+        return Err(ParseError { offset: 0, message: "empty condition".into() });
     }
     let ast = p.or_expr()?;
     if let Some((tok, span)) = p.toks.get(p.i) {
@@ -359,10 +319,7 @@ impl Parser {
         self.toks.get(self.i).map_or(self.end, |(_, s)| s.0)
     }
     fn err<T>(&self, message: impl Into<String>) -> Result<T, ParseError> {
-        Err(ParseError {
-            offset: self.offset(),
-            message: message.into(),
-        })
+        Err(ParseError { offset: self.offset(), message: message.into() })
     }
     fn bump(&mut self) -> Option<(Tok, Span)> {
         let t = self.toks.get(self.i).cloned();
@@ -379,11 +336,7 @@ impl Parser {
             self.i += 1;
             items.push(self.and_expr()?);
         }
-        Ok(if items.len() == 1 {
-            items.pop().unwrap_or(Ast::And(Vec::new()))
-        } else {
-            Ast::Or(items)
-        })
+        Ok(if items.len() == 1 { items.pop().unwrap_or(Ast::And(Vec::new())) } else { Ast::Or(items) })
     }
 
     fn and_expr(&mut self) -> Result<Ast, ParseError> {
@@ -392,11 +345,7 @@ impl Parser {
             self.i += 1;
             items.push(self.not_expr()?);
         }
-        Ok(if items.len() == 1 {
-            items.pop().unwrap_or(Ast::And(Vec::new()))
-        } else {
-            Ast::And(items)
-        })
+        Ok(if items.len() == 1 { items.pop().unwrap_or(Ast::And(Vec::new())) } else { Ast::And(items) })
     }
 
     fn not_expr(&mut self) -> Result<Ast, ParseError> {
@@ -427,9 +376,7 @@ impl Parser {
                     }
                 }
             }
-            Some(Tok::Word(w)) if matches!(w.as_str(), "and" | "or") => {
-                self.err(format!("unexpected `{w}`"))
-            }
+            Some(Tok::Word(w)) if matches!(w.as_str(), "and" | "or") => self.err(format!("unexpected `{w}`")),
             Some(Tok::Word(_)) => self.check(),
             Some(t) => {
                 let d = describe(t);
@@ -455,23 +402,14 @@ impl Parser {
         let Some(op) = op else {
             let is_macro_name = lhs.transformers.is_empty()
                 && lhs.arg.is_none()
-                && lhs
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                && lhs.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if is_macro_name {
-                return Ok(Ast::Macro {
-                    name: lhs.name,
-                    span: lhs.span,
-                });
+                return Ok(Ast::Macro { name: lhs.name, span: lhs.span });
             }
             return match self.peek() {
                 Some(t) => {
                     let d = describe(t);
-                    self.err(format!(
-                        "expected an operator after `{}`, found {d}",
-                        lhs.name
-                    ))
+                    self.err(format!("expected an operator after `{}`, found {d}", lhs.name))
                 }
                 None => self.err(format!("expected an operator after `{}`", lhs.name)),
             };
@@ -484,16 +422,8 @@ impl Parser {
         } else {
             self.value()?
         };
-        let end = self
-            .toks
-            .get(self.i.saturating_sub(1))
-            .map_or(self.end, |(_, s)| s.1);
-        Ok(Ast::Cmp {
-            lhs,
-            op,
-            rhs,
-            span: (start, end),
-        })
+        let end = self.toks.get(self.i.saturating_sub(1)).map_or(self.end, |(_, s)| s.1);
+        Ok(Ast::Cmp { lhs, op, rhs, span: (start, end) })
     }
 
     fn field_expr(&mut self) -> Result<FieldExpr, ParseError> {
@@ -525,16 +455,8 @@ impl Parser {
                     }
                 }
             }
-            let end = self
-                .toks
-                .get(self.i.saturating_sub(1))
-                .map_or(span.1, |(_, s)| s.1);
-            return Ok(FieldExpr {
-                transformers,
-                name,
-                arg,
-                span: (start, end),
-            });
+            let end = self.toks.get(self.i.saturating_sub(1)).map_or(span.1, |(_, s)| s.1);
+            return Ok(FieldExpr { transformers, name, arg, span: (start, end) });
         }
     }
 
@@ -576,14 +498,8 @@ impl Parser {
         }
         loop {
             match self.bump() {
-                Some((Tok::Word(w), _)) => items.push(ListItem {
-                    value: w,
-                    bare: true,
-                }),
-                Some((Tok::Str(s), _)) => items.push(ListItem {
-                    value: s,
-                    bare: false,
-                }),
+                Some((Tok::Word(w), _)) => items.push(ListItem { value: w, bare: true }),
+                Some((Tok::Str(s), _)) => items.push(ListItem { value: s, bare: false }),
                 Some((t, _)) => {
                     self.i -= 1;
                     return self.err(format!("expected a list value, found {}", describe(&t)));
@@ -595,10 +511,7 @@ impl Parser {
                 Some((Tok::RParen, _)) => return Ok(items),
                 Some((t, _)) => {
                     self.i -= 1;
-                    return self.err(format!(
-                        "expected `,` or `)` in list, found {}",
-                        describe(&t)
-                    ));
+                    return self.err(format!("expected `,` or `)` in list, found {}", describe(&t)));
                 }
                 None => return self.err("unterminated list"),
             }
@@ -609,10 +522,9 @@ impl Parser {
 /// `ka.uri.param[command]` → (`ka.uri.param`, `command`).
 fn split_arg(word: &str) -> (String, Option<String>) {
     match word.find('[') {
-        Some(i) if word.ends_with(']') => (
-            word.get(..i).unwrap_or_default().to_owned(),
-            word.get(i + 1..word.len() - 1).map(str::to_owned),
-        ),
+        Some(i) if word.ends_with(']') => {
+            (word.get(..i).unwrap_or_default().to_owned(), word.get(i + 1..word.len() - 1).map(str::to_owned))
+        }
         _ => (word.to_owned(), None),
     }
 }
@@ -629,12 +541,7 @@ mod tests {
         match a {
             Ast::And(v) | Ast::Or(v) => v.iter().flat_map(flat).collect(),
             Ast::Not(x) => flat(x),
-            Ast::Cmp {
-                lhs,
-                op,
-                rhs: Rhs::Value(v),
-                ..
-            } => vec![cmp(&lhs.name, *op, v)],
+            Ast::Cmp { lhs, op, rhs: Rhs::Value(v), .. } => vec![cmp(&lhs.name, *op, v)],
             _ => vec![],
         }
     }
@@ -650,10 +557,7 @@ mod tests {
 
     #[test]
     fn bare_values_with_special_characters() {
-        let a = parse(
-            "ka.user.name=system:anonymous and ka.uri startswith /healthz? and ka.verb != get",
-        )
-        .unwrap();
+        let a = parse("ka.user.name=system:anonymous and ka.uri startswith /healthz? and ka.verb != get").unwrap();
         assert_eq!(
             flat(&a),
             vec![
@@ -667,28 +571,14 @@ mod tests {
     #[test]
     fn field_arguments_and_lists() {
         let a = parse("jevt.value[/stage] in (k8s_audit_stages, \"x y\")").unwrap();
-        let Ast::Cmp {
-            lhs,
-            op: Op::In,
-            rhs: Rhs::List(items),
-            ..
-        } = a
-        else {
-            panic!()
-        };
+        let Ast::Cmp { lhs, op: Op::In, rhs: Rhs::List(items), .. } = a else { panic!() };
         assert_eq!(lhs.name, "jevt.value");
         assert_eq!(lhs.arg.as_deref(), Some("/stage"));
         assert_eq!(
             items,
             vec![
-                ListItem {
-                    value: "k8s_audit_stages".into(),
-                    bare: true
-                },
-                ListItem {
-                    value: "x y".into(),
-                    bare: false
-                }
+                ListItem { value: "k8s_audit_stages".into(), bare: true },
+                ListItem { value: "x y".into(), bare: false }
             ]
         );
     }
@@ -696,18 +586,8 @@ mod tests {
     #[test]
     fn transformers_and_val() {
         let a = parse("tolower(b64(ka.user.name)) = val(ka.impuser.name)").unwrap();
-        let Ast::Cmp {
-            lhs,
-            rhs: Rhs::Field(f),
-            ..
-        } = a
-        else {
-            panic!()
-        };
-        assert_eq!(
-            lhs.transformers,
-            vec![Transformer::ToLower, Transformer::B64]
-        );
+        let Ast::Cmp { lhs, rhs: Rhs::Field(f), .. } = a else { panic!() };
+        assert_eq!(lhs.transformers, vec![Transformer::ToLower, Transformer::B64]);
         assert_eq!(f.name, "ka.impuser.name");
     }
 

@@ -22,9 +22,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            min_priority: Priority::Debug,
-        }
+        EngineOptions { min_priority: Priority::Debug }
     }
 }
 
@@ -63,48 +61,37 @@ fn key_of(field: &Field, arg: &Arg) -> Option<usize> {
         (Field::TargetResource, _) => Some(1),
         (Field::TargetSubresource, _) => Some(2),
         (Field::Stage, _) => Some(3),
-        (Field::JsonValue, Arg::Pointer(p)) => {
-            match p.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-                ["verb"] => Some(0),
-                ["objectRef", "resource"] => Some(1),
-                ["objectRef", "subresource"] => Some(2),
-                ["stage"] => Some(3),
-                _ => None,
-            }
-        }
+        (Field::JsonValue, Arg::Pointer(p)) => match p.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["verb"] => Some(0),
+            ["objectRef", "resource"] => Some(1),
+            ["objectRef", "subresource"] => Some(2),
+            ["stage"] => Some(3),
+            _ => None,
+        },
         _ => None,
     }
 }
 
 fn event_keys<'e>(ev: &'e Event<'_>) -> [Option<&'e str>; KEYS] {
     let o = ev.object_ref();
-    [
-        ev.verb(),
-        o.and_then(|o| o.resource.as_deref()),
-        o.and_then(|o| o.subresource.as_deref()),
-        ev.stage(),
-    ]
+    [ev.verb(), o.and_then(|o| o.resource.as_deref()), o.and_then(|o| o.subresource.as_deref()), ev.stage()]
 }
 
 /// The values `key` must take for `e` to be true; `None` when unconstrained.
 fn constraint(e: &Expr, key: usize) -> Option<FxHashSet<String>> {
     match e {
         Expr::Cmp { lhs, op, rhs }
-            if lhs.transformers.is_empty()
-                && key_of(&lhs.field.field, &lhs.field.arg) == Some(key) =>
+            if lhs.transformers.is_empty() && key_of(&lhs.field.field, &lhs.field.arg) == Some(key) =>
         {
             match (op, rhs) {
                 (Op::Eq, Value::Str(v)) => Some(std::iter::once(v.clone()).collect()),
-                (Op::In | Op::Intersects, Value::List(items)) => {
-                    Some(items.iter().cloned().collect())
-                }
+                (Op::In | Op::Intersects, Value::List(items)) => Some(items.iter().cloned().collect()),
                 _ => None,
             }
         }
-        Expr::And(items) => items
-            .iter()
-            .filter_map(|i| constraint(i, key))
-            .reduce(|a, b| a.intersection(&b).cloned().collect()),
+        Expr::And(items) => {
+            items.iter().filter_map(|i| constraint(i, key)).reduce(|a, b| a.intersection(&b).cloned().collect())
+        }
         Expr::Or(items) => {
             let mut acc = FxHashSet::default();
             for i in items {
@@ -119,13 +106,9 @@ fn constraint(e: &Expr, key: usize) -> Option<FxHashSet<String>> {
 /// Removes top-level conjuncts implied by the index constraints `keys` (see `candidates`).
 fn prune_implied(e: &Expr, keys: &[Option<FxHashSet<String>>; KEYS]) -> Expr {
     match e {
-        Expr::And(items) => Expr::And(
-            items
-                .iter()
-                .filter(|c| !implied(c, keys))
-                .map(|c| prune_implied(c, keys))
-                .collect(),
-        ),
+        Expr::And(items) => {
+            Expr::And(items.iter().filter(|c| !implied(c, keys)).map(|c| prune_implied(c, keys)).collect())
+        }
         other => other.clone(),
     }
 }
@@ -138,8 +121,7 @@ fn implied(c: &Expr, keys: &[Option<FxHashSet<String>>; KEYS]) -> bool {
     if !lhs.transformers.is_empty() {
         return false;
     }
-    let Some(Some(allowed)) = key_of(&lhs.field.field, &lhs.field.arg).and_then(|k| keys.get(k))
-    else {
+    let Some(Some(allowed)) = key_of(&lhs.field.field, &lhs.field.arg).and_then(|k| keys.get(k)) else {
         return false;
     };
     match (op, rhs) {
@@ -182,32 +164,17 @@ pub(crate) struct LoadedSet<'l> {
 
 impl Scope for LoadedSet<'_> {
     fn macro_ast(&self, name: &str, from_macro: Option<&str>) -> Result<&Ast, String> {
-        let idx = self
-            .loader
-            .macro_idx
-            .get(name)
-            .copied()
-            .ok_or_else(|| format!("undefined macro `{name}`"))?;
-        let m = self
-            .loader
-            .macros
-            .get(idx)
-            .ok_or_else(|| format!("undefined macro `{name}`"))?;
+        let idx = self.loader.macro_idx.get(name).copied().ok_or_else(|| format!("undefined macro `{name}`"))?;
+        let m = self.loader.macros.get(idx).ok_or_else(|| format!("undefined macro `{name}`"))?;
         if let Some(from) = from_macro {
-            let from_def = self
-                .loader
-                .macro_idx
-                .get(from)
-                .and_then(|&i| self.loader.macros.get(i));
+            let from_def = self.loader.macro_idx.get(from).and_then(|&i| self.loader.macros.get(i));
             if let Some(f) = from_def {
                 if m.index >= f.visibility {
                     return Err(format!("undefined macro `{name}` (it is defined after macro `{from}`, which can only use macros defined before it)"));
                 }
             }
         }
-        m.ast
-            .as_ref()
-            .ok_or_else(|| format!("macro `{name}` has a syntax error"))
+        m.ast.as_ref().ok_or_else(|| format!("macro `{name}` has a syntax error"))
     }
     fn list_items(&self, name: &str) -> Option<&[String]> {
         self.lists.get(name).map(Vec::as_slice)
@@ -230,9 +197,7 @@ impl Engine {
         let mut other_sources: FxHashMap<(Arc<str>, String), usize> = FxHashMap::default();
         for def in &set.loader.rules {
             if def.source != K8S_AUDIT {
-                *other_sources
-                    .entry((def.loc.file.clone(), def.source.clone()))
-                    .or_default() += 1;
+                *other_sources.entry((def.loc.file.clone(), def.source.clone())).or_default() += 1;
                 continue;
             }
             match compile_rule(def, set) {
@@ -284,16 +249,8 @@ impl Engine {
             keys.hash(&mut h);
             h.finish()
         };
-        let same = |stored: &[Option<Box<str>>; KEYS]| {
-            stored
-                .iter()
-                .zip(keys.iter())
-                .all(|(a, b)| a.as_deref() == *b)
-        };
-        let found = scratch
-            .cache
-            .get(&hash)
-            .and_then(|bucket| bucket.iter().position(|(k, _)| same(k)));
+        let same = |stored: &[Option<Box<str>>; KEYS]| stored.iter().zip(keys.iter()).all(|(a, b)| a.as_deref() == *b);
+        let found = scratch.cache.get(&hash).and_then(|bucket| bucket.iter().position(|(k, _)| same(k)));
         let pos = match found {
             Some(p) => p,
             None => {
@@ -303,12 +260,10 @@ impl Engine {
                     .copied()
                     .filter(|&i| {
                         self.rules.get(i as usize).is_some_and(|r| {
-                            r.keys.iter().zip(keys.iter()).all(|(allowed, have)| {
-                                match (allowed, have) {
-                                    (None, _) => true,
-                                    (Some(set), Some(v)) => set.contains(*v),
-                                    (Some(_), None) => false,
-                                }
+                            r.keys.iter().zip(keys.iter()).all(|(allowed, have)| match (allowed, have) {
+                                (None, _) => true,
+                                (Some(set), Some(v)) => set.contains(*v),
+                                (Some(_), None) => false,
                             })
                         })
                     })
@@ -323,21 +278,13 @@ impl Engine {
                 bucket.len() - 1
             }
         };
-        scratch
-            .cache
-            .get(&hash)
-            .and_then(|b| b.get(pos))
-            .map_or(&[], |(_, l)| l)
+        scratch.cache.get(&hash).and_then(|b| b.get(pos)).map_or(&[], |(_, l)| l)
     }
 
     /// Appends the indices of the active rules matching `ev` (optimised path, in rule order).
     pub fn matches(&self, ev: &Event<'_>, scratch: &mut Scratch, out: &mut Vec<u32>) {
         for &i in self.candidates(ev, scratch) {
-            if self
-                .rules
-                .get(i as usize)
-                .is_some_and(|r| prog::eval(&r.prog, ev))
-            {
+            if self.rules.get(i as usize).is_some_and(|r| prog::eval(&r.prog, ev)) {
                 out.push(i);
             }
         }
@@ -350,37 +297,22 @@ impl Engine {
             .iter()
             .copied()
             .filter(|&i| {
-                self.rules
-                    .get(i as usize)
-                    .is_some_and(|r| expr::eval_reference(&r.expr, ev, &mut scratch.regex))
+                self.rules.get(i as usize).is_some_and(|r| expr::eval_reference(&r.expr, ev, &mut scratch.regex))
             })
             .collect()
     }
 
     /// Renders a match into a [`Detection`]. `with_context` fills [`Detection::context`]
     /// (the columns of tables and CSV; JSON output does not need it).
-    pub fn detection(
-        &self,
-        idx: u32,
-        ev: &Event<'_>,
-        source_ref: SourceRef,
-        with_context: bool,
-    ) -> Option<Detection> {
+    pub fn detection(&self, idx: u32, ev: &Event<'_>, source_ref: SourceRef, with_context: bool) -> Option<Detection> {
         let r = self.rules.get(idx as usize)?;
         let (output, fields) = r.output.render(ev);
-        let mut output_fields: Vec<OutputField> = fields
-            .into_iter()
-            .map(|(name, value)| OutputField { name, value })
-            .collect();
+        let mut output_fields: Vec<OutputField> =
+            fields.into_iter().map(|(name, value)| OutputField { name, value }).collect();
         let audit_id = ev.audit_id().map(str::to_owned);
         if !output_fields.iter().any(|f| &*f.name == "ka.auditid") {
-            let v = ev
-                .audit_id()
-                .map_or(FieldValue::Missing, |a| FieldValue::Str(a.to_owned()));
-            output_fields.push(OutputField {
-                name: AUDIT_ID.with(Clone::clone),
-                value: v,
-            });
+            let v = ev.audit_id().map_or(FieldValue::Missing, |a| FieldValue::Str(a.to_owned()));
+            output_fields.push(OutputField { name: AUDIT_ID.with(Clone::clone), value: v });
         }
         Some(Detection {
             rule: r.name.clone(),
@@ -392,11 +324,7 @@ impl Engine {
             output_fields,
             audit_id,
             source_ref,
-            context: if with_context {
-                EventContext::of(ev)
-            } else {
-                EventContext::default()
-            },
+            context: if with_context { EventContext::of(ev) } else { EventContext::default() },
         })
     }
 }
@@ -423,13 +351,7 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
                 text.push_str(&t);
             }
             Ok(None) => {}
-            Err(m) => errors.push(mk(
-                Severity::Error,
-                &e.loc.file,
-                e.loc.pos.line,
-                e.loc.pos.col,
-                m,
-            )),
+            Err(m) => errors.push(mk(Severity::Error, &e.loc.file, e.loc.pos.line, e.loc.pos.col, m)),
         }
     }
     let exc_loc = def.exceptions.first().map(|e| e.loc.clone());
@@ -439,12 +361,7 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
             (def.cond_loc.file.clone(), p.line, p.col, snip)
         } else {
             let l = exc_loc.clone().unwrap_or_else(|| def.cond_loc.clone());
-            (
-                l.file,
-                l.pos.line,
-                l.pos.col,
-                " (in the rule's exceptions)".into(),
-            )
+            (l.file, l.pos.line, l.pos.col, " (in the rule's exceptions)".into())
         }
     };
     // Syntax errors are reported against the condition as written (without the parentheses
@@ -452,26 +369,14 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
     let ast = match cond::parse(&def.condition) {
         Err(own) => {
             let (p, snip) = locate(&def.condition, def.cond_loc.pos, own.offset);
-            errors.push(mk(
-                Severity::Error,
-                &def.cond_loc.file,
-                p.line,
-                p.col,
-                format!("{}{snip}", own.message),
-            ));
+            errors.push(mk(Severity::Error, &def.cond_loc.file, p.line, p.col, format!("{}{snip}", own.message)));
             None
         }
         Ok(_) => match cond::parse(&text) {
             Ok(a) => Some(a),
             Err(e) => {
                 let (f, l, c, snip) = place(e.offset);
-                errors.push(mk(
-                    Severity::Error,
-                    &f,
-                    l,
-                    c,
-                    format!("{}{snip}", e.message),
-                ));
+                errors.push(mk(Severity::Error, &f, l, c, format!("{}{snip}", e.message)));
                 None
             }
         },
@@ -492,11 +397,7 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
             }
             match &e.in_macro {
                 Some(m) => {
-                    let mdef = set
-                        .loader
-                        .macro_idx
-                        .get(m)
-                        .and_then(|&i| set.loader.macros.get(i));
+                    let mdef = set.loader.macro_idx.get(m).and_then(|&i| set.loader.macros.get(i));
                     let (file, pos, snip) = match mdef {
                         Some(md) => {
                             let (p, s) = locate(&md.cond, md.cond_loc.pos, e.span.0);
@@ -514,13 +415,7 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
                 }
                 None => {
                     let (f, l, c, snip) = place(e.span.0);
-                    errors.push(mk(
-                        Severity::Error,
-                        &f,
-                        l,
-                        c,
-                        format!("{}{snip}", e.message),
-                    ));
+                    errors.push(mk(Severity::Error, &f, l, c, format!("{}{snip}", e.message)));
                 }
             }
             None
@@ -551,13 +446,7 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
     let prog = match prog::compile(&prune_implied(&expr, &keys)) {
         Ok(p) => p,
         Err(m) => {
-            errors.push(mk(
-                Severity::Error,
-                &def.cond_loc.file,
-                def.cond_loc.pos.line,
-                def.cond_loc.pos.col,
-                m,
-            ));
+            errors.push(mk(Severity::Error, &def.cond_loc.file, def.cond_loc.pos.line, def.cond_loc.pos.col, m));
             return Err(errors);
         }
     };

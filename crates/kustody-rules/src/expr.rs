@@ -58,9 +58,7 @@ fn transform(t: Transformer, v: Val<'_>) -> Option<Val<'_>> {
             Transformer::Basename => s.rsplit('/').next().unwrap_or("").to_owned(),
             Transformer::B64 => {
                 let trimmed = s.trim_end_matches('=');
-                let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-                    .decode(trimmed)
-                    .ok()?;
+                let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed).ok()?;
                 String::from_utf8(bytes).ok()?
             }
             Transformer::Len => s.len().to_string(),
@@ -111,13 +109,7 @@ pub trait Scope {
 
 /// Lowers `ast` (the text of a rule or macro) into an [`Expr`].
 pub fn lower(ast: &Ast, scope: &dyn Scope) -> Result<Expr, LowerError> {
-    Lowerer {
-        scope,
-        stack: Vec::new(),
-        nodes: 0,
-        depth: 0,
-    }
-    .lower(ast)
+    Lowerer { scope, stack: Vec::new(), nodes: 0, depth: 0 }.lower(ast)
 }
 
 struct Lowerer<'s> {
@@ -137,11 +129,7 @@ pub const MAX_DEPTH: usize = 128;
 
 impl Lowerer<'_> {
     fn err(&self, span: Span, message: impl Into<String>) -> LowerError {
-        LowerError {
-            span,
-            in_macro: self.stack.last().cloned(),
-            message: message.into(),
-        }
+        LowerError { span, in_macro: self.stack.last().cloned(), message: message.into() }
     }
 
     fn lower(&mut self, ast: &Ast) -> Result<Expr, LowerError> {
@@ -153,13 +141,11 @@ impl Lowerer<'_> {
             _ => (0, 0),
         };
         if self.nodes > MAX_NODES {
-            return Err(self.err(
-                span,
-                format!("condition has more than {MAX_NODES} nodes once macros are expanded"),
-            ));
+            return Err(self.err(span, format!("condition has more than {MAX_NODES} nodes once macros are expanded")));
         }
         if self.depth > MAX_DEPTH {
-            return Err(self.err(span, format!("condition is nested more than {MAX_DEPTH} levels deep once macros are expanded")));
+            return Err(self
+                .err(span, format!("condition is nested more than {MAX_DEPTH} levels deep once macros are expanded")));
         }
         let r = self.lower_node(ast);
         self.depth -= 1;
@@ -168,34 +154,18 @@ impl Lowerer<'_> {
 
     fn lower_node(&mut self, ast: &Ast) -> Result<Expr, LowerError> {
         Ok(match ast {
-            Ast::And(items) => Expr::And(
-                items
-                    .iter()
-                    .map(|a| self.lower(a))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Ast::Or(items) => Expr::Or(
-                items
-                    .iter()
-                    .map(|a| self.lower(a))
-                    .collect::<Result<_, _>>()?,
-            ),
+            Ast::And(items) => Expr::And(items.iter().map(|a| self.lower(a)).collect::<Result<_, _>>()?),
+            Ast::Or(items) => Expr::Or(items.iter().map(|a| self.lower(a)).collect::<Result<_, _>>()?),
             Ast::Not(inner) => Expr::Not(Box::new(self.lower(inner)?)),
             Ast::Macro { name, span } => {
                 if self.stack.iter().any(|m| m == name) {
                     return Err(self.err(
                         *span,
-                        format!(
-                            "macro `{name}` refers to itself (loop: {} -> {name})",
-                            self.stack.join(" -> ")
-                        ),
+                        format!("macro `{name}` refers to itself (loop: {} -> {name})", self.stack.join(" -> ")),
                     ));
                 }
                 let from = self.stack.last().map(String::as_str);
-                let body = self
-                    .scope
-                    .macro_ast(name, from)
-                    .map_err(|m| self.err(*span, m))?;
+                let body = self.scope.macro_ast(name, from).map_err(|m| self.err(*span, m))?;
                 self.stack.push(name.clone());
                 let r = self.lower(body);
                 self.stack.pop();
@@ -213,7 +183,12 @@ impl Lowerer<'_> {
                                 Some(expanded) => {
                                     self.nodes += expanded.len() / 8;
                                     if self.nodes > MAX_NODES {
-                                        return Err(self.err(*span, format!("condition has more than {MAX_NODES} nodes once lists are expanded")));
+                                        return Err(self.err(
+                                            *span,
+                                            format!(
+                                                "condition has more than {MAX_NODES} nodes once lists are expanded"
+                                            ),
+                                        ));
                                     }
                                     out.extend(expanded.iter().cloned())
                                 }
@@ -236,16 +211,10 @@ impl Lowerer<'_> {
         transformers.reverse();
         if let Some(pos) = transformers.iter().position(|t| *t == Transformer::Len) {
             if pos + 1 != transformers.len() {
-                return Err(self.err(
-                    f.span,
-                    "`len()` gives a number: no string transformer can be applied to it",
-                ));
+                return Err(self.err(f.span, "`len()` gives a number: no string transformer can be applied to it"));
             }
         }
-        Ok(Operand {
-            field,
-            transformers,
-        })
+        Ok(Operand { field, transformers })
     }
 }
 
@@ -265,40 +234,24 @@ fn check_types(lhs: &Operand, op: Op, rhs: &Value) -> Result<(), String> {
     }
     match op {
         Op::BContains | Op::BStartsWith => {
-            return Err(format!(
-                "operator `{}` applies to byte-buffer fields; `{name}` is a string field",
-                op.name()
-            ))
+            return Err(format!("operator `{}` applies to byte-buffer fields; `{name}` is a string field", op.name()))
         }
         Op::Lt | Op::Le | Op::Gt | Op::Ge => {
             if let Value::Str(v) = rhs {
                 if !is_numeric_text(v) {
-                    return Err(format!(
-                        "operator `{}` needs a numeric value, not `{v}`",
-                        op.name()
-                    ));
+                    return Err(format!("operator `{}` needs a numeric value, not `{v}`", op.name()));
                 }
             }
         }
         Op::Regex => {
             if let Value::Str(v) = rhs {
-                regex::Regex::new(&format!("^(?:{v})$"))
-                    .map_err(|e| format!("invalid regex `{v}`: {e}"))?;
+                regex::Regex::new(&format!("^(?:{v})$")).map_err(|e| format!("invalid regex `{v}`: {e}"))?;
             }
         }
-        Op::Contains
-        | Op::IContains
-        | Op::StartsWith
-        | Op::EndsWith
-        | Op::Glob
-        | Op::IGlob
-        | Op::PMatch
+        Op::Contains | Op::IContains | Op::StartsWith | Op::EndsWith | Op::Glob | Op::IGlob | Op::PMatch
             if lhs.is_numeric() =>
         {
-            return Err(format!(
-                "operator `{}` does not apply to the number `{name}`",
-                op.name()
-            ))
+            return Err(format!("operator `{}` does not apply to the number `{name}`", op.name()))
         }
         _ => {}
     }
@@ -307,10 +260,7 @@ fn check_types(lhs: &Operand, op: Op, rhs: &Value) -> Result<(), String> {
             return Err(format!("`val()` cannot be used with `{}`", op.name()));
         }
         if r.is_list() != lhs.is_list() || r.is_numeric() != lhs.is_numeric() {
-            return Err(format!(
-                "`{name}` and `{}` have different types",
-                r.display()
-            ));
+            return Err(format!("`{name}` and `{}` have different types", r.display()));
         }
     }
     if lhs.is_numeric() {
@@ -406,9 +356,7 @@ fn reference_string(s: &str, op: Op, rhs: &[&str], cache: &mut RegexCache) -> bo
         Op::IGlob => glob_match(r, s, true),
         Op::PMatch => rhs.iter().any(|p| path_prefix_match(p, s)),
         Op::Regex => {
-            let re = cache
-                .entry(r.to_owned())
-                .or_insert_with(|| regex::Regex::new(&format!("^(?:{r})$")).ok());
+            let re = cache.entry(r.to_owned()).or_insert_with(|| regex::Regex::new(&format!("^(?:{r})$")).ok());
             re.as_ref().is_some_and(|re| re.is_match(s))
         }
         Op::BContains | Op::BStartsWith => false,
@@ -430,11 +378,7 @@ pub fn path_prefix_match(prefix: &str, s: &str) -> bool {
             (None, _) => return true,
             (Some(_), None) => return false,
             (Some(w), Some(h)) => {
-                let ok = if w.contains(['*', '?', '[']) {
-                    glob_match(w, h, false)
-                } else {
-                    w == h
-                };
+                let ok = if w.contains(['*', '?', '[']) { glob_match(w, h, false) } else { w == h };
                 if !ok {
                     return false;
                 }

@@ -94,10 +94,7 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
         UserName => one(ev.user().and_then(|u| u.username.as_deref())),
         UserGroups => {
             let groups = ev.user_groups()?;
-            list(
-                groups.iter().map(|g| Cow::Borrowed(g.as_ref())).collect(),
-                f,
-            )
+            list(groups.iter().map(|g| Cow::Borrowed(g.as_ref())).collect(), f)
         }
         ImpUserName => one(ev.impersonated_user().and_then(|u| u.username.as_deref())),
         Verb => one(ev.verb()),
@@ -107,40 +104,24 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
             uri_param(ev.request_uri()?, k).map(|v| Val::One(Cow::Owned(v)))
         }
         UserAgent => one(ev.user_agent()),
-        SourceIps => list(
-            ev.source_ips()?
-                .iter()
-                .map(|s| Cow::Borrowed(s.as_ref()))
-                .collect(),
-            f,
-        ),
+        SourceIps => list(ev.source_ips()?.iter().map(|s| Cow::Borrowed(s.as_ref())).collect(), f),
         TargetName => one(ev.object_ref().and_then(|o| o.name.as_deref())),
         TargetNamespace => one(ev.object_ref().and_then(|o| o.namespace.as_deref())),
         TargetResource => one(ev.object_ref().and_then(|o| o.resource.as_deref())),
         TargetSubresource => one(ev.object_ref().and_then(|o| o.subresource.as_deref())),
         TargetPodName => {
             let o = ev.object_ref()?;
-            if o.resource.as_deref() != Some("pods")
-                || o.subresource.as_deref().is_some_and(|s| !s.is_empty())
-            {
+            if o.resource.as_deref() != Some("pods") || o.subresource.as_deref().is_some_and(|s| !s.is_empty()) {
                 return None;
             }
             get(ev.response_object()?, &["metadata", "name"]).map(|v| Val::One(json_text(v)))
         }
-        RespName => {
-            get(ev.response_object()?, &["metadata", "name"]).map(|v| Val::One(json_text(v)))
-        }
-        ResponseCode => ev
-            .response_status()?
-            .code
-            .map(|c| Val::One(Cow::Owned(c.to_string()))),
+        RespName => get(ev.response_object()?, &["metadata", "name"]).map(|v| Val::One(json_text(v))),
+        ResponseCode => ev.response_status()?.code.map(|c| Val::One(Cow::Owned(c.to_string()))),
         ResponseReason => one(ev.response_status().and_then(|s| s.reason.as_deref())),
         ReqBindingSubjects => {
             let subjects = req(ev, &["subjects"])?.as_array()?;
-            list(
-                subjects.iter().map(|s| Cow::Owned(s.to_string())).collect(),
-                f,
-            )
+            list(subjects.iter().map(|s| Cow::Owned(s.to_string())).collect(), f)
         }
         ReqBindingRole => req_str(ev, &["roleRef", "name"]),
         // Deprecated in the plugin, which always answers "true".
@@ -152,19 +133,19 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
         ReqConfigmapName => one(ev.object_ref().and_then(|o| o.name.as_deref())),
         // The plugin compacts `data` to JSON text; audit logs are compact JSON already, so the
         // raw text is the same bytes, without a DOM of a possibly large body.
-        ReqConfigmapObj => kustody_model::rawjson::pointer(ev.request_object_raw()?, &["data"])
-            .map(|r| Val::One(Cow::Borrowed(r))),
-        ReqContainerImage => req_str(ev, &["spec", "containers", "0", "image"])
-            .or_else(|| first_container(ev, "image")),
+        ReqConfigmapObj => {
+            kustody_model::rawjson::pointer(ev.request_object_raw()?, &["data"]).map(|r| Val::One(Cow::Borrowed(r)))
+        }
+        ReqContainerImage => {
+            req_str(ev, &["spec", "containers", "0", "image"]).or_else(|| first_container(ev, "image"))
+        }
         ReqContainerImageRepository => match first_container(ev, "image")? {
             Val::One(img) => Some(Val::One(Cow::Owned(image_repository(&img).to_owned()))),
             Val::List(_) => None,
         },
         ReqContainerPrivileged => {
             let containers = req(ev, &["spec", "containers"])?.as_array()?;
-            let any = containers
-                .iter()
-                .any(|c| get(c, &["securityContext", "privileged"]) == Some(&Value::Bool(true)));
+            let any = containers.iter().any(|c| get(c, &["securityContext", "privileged"]) == Some(&Value::Bool(true)));
             Some(Val::One(Cow::Borrowed(if any { "true" } else { "false" })))
         }
         ReqContainerHostNetwork | ReqPodHostNetwork => req_str(ev, &["spec", "hostNetwork"]),
@@ -205,10 +186,7 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
                 Arg::Index(n) => vols.get(n..=n)?,
                 _ => vols,
             };
-            let paths = vols
-                .iter()
-                .filter_map(|v| get(v, &["hostPath", "path"])?.as_str())
-                .map(normalize_path);
+            let paths = vols.iter().filter_map(|v| get(v, &["hostPath", "path"])?.as_str()).map(normalize_path);
             let out: Vec<Cow<'_, str>> = if f.field == PodSpecVolumesHostpathDirs {
                 paths.flat_map(|p| ancestors(&p)).map(Cow::Owned).collect()
             } else {
@@ -216,9 +194,7 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
             };
             list(out, f)
         }
-        PodSpecHostNetwork => pod_spec(ev)?
-            .get("hostNetwork")
-            .map(|v| Val::One(json_text(v))),
+        PodSpecHostNetwork => pod_spec(ev)?.get("hostNetwork").map(|v| Val::One(json_text(v))),
         PodSpecHostPid => pod_spec(ev)?.get("hostPID").map(|v| Val::One(json_text(v))),
         PodSpecHostIpc => pod_spec(ev)?.get("hostIPC").map(|v| Val::One(json_text(v))),
         PodSpecServiceAccount => pod_spec(ev)?
@@ -235,41 +211,29 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
         ReqRoleRulesResources => role_rules(ev, "resources", f),
         ReqServiceType => req_str(ev, &["spec", "type"]),
         // The plugin yields the whole ports array as one compact-JSON element.
-        ReqServicePorts => list(
-            vec![Cow::Owned(req(ev, &["spec", "ports"])?.to_string())],
-            f,
-        ),
-        ReqPodVolumesHostpath => volumes(ev, f, |v| {
-            v.get("hostPath").and_then(|h| h.get("path")).map(json_text)
-        }),
-        ReqPodVolumesFlexvolumeDriver => volumes(ev, f, |v| {
-            v.get("flexVolume")
-                .and_then(|h| h.get("driver"))
-                .map(json_text)
-        }),
+        ReqServicePorts => list(vec![Cow::Owned(req(ev, &["spec", "ports"])?.to_string())], f),
+        ReqPodVolumesHostpath => volumes(ev, f, |v| v.get("hostPath").and_then(|h| h.get("path")).map(json_text)),
+        ReqPodVolumesFlexvolumeDriver => {
+            volumes(ev, f, |v| v.get("flexVolume").and_then(|h| h.get("driver")).map(json_text))
+        }
         ReqPodVolumesVolumeType => {
             let vols = req(ev, &["spec", "volumes"])?.as_array()?;
             let types = vols
                 .iter()
                 .filter_map(Value::as_object)
-                .flat_map(|o| {
-                    o.keys()
-                        .filter(|k| *k != "name")
-                        .map(|k| Cow::Borrowed(k.as_str()))
-                })
+                .flat_map(|o| o.keys().filter(|k| *k != "name").map(|k| Cow::Borrowed(k.as_str())))
                 .collect();
             list(types, f)
         }
         ReqVolumeHostpath => {
             let Arg::Key(want) = &f.arg else { return None };
             let vols = req(ev, &["spec", "volumes"])?.as_array()?;
-            let hit = vols
-                .iter()
-                .filter_map(|v| get(v, &["hostPath", "path"])?.as_str())
-                .any(|p| match want.strip_suffix('*') {
+            let hit = vols.iter().filter_map(|v| get(v, &["hostPath", "path"])?.as_str()).any(|p| {
+                match want.strip_suffix('*') {
                     Some(prefix) => p.starts_with(prefix),
                     None => p == want,
-                });
+                }
+            });
             Some(Val::One(Cow::Borrowed(if hit { "true" } else { "false" })))
         }
         JsonValue => {
@@ -278,10 +242,7 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
             };
             json_pointer(ev, ptr)
         }
-        JsonObj => ev
-            .whole()
-            .and_then(|v| serde_json::to_string_pretty(v).ok())
-            .map(|s| Val::One(Cow::Owned(s))),
+        JsonObj => ev.whole().and_then(|v| serde_json::to_string_pretty(v).ok()).map(|s| Val::One(Cow::Owned(s))),
         JsonRawTime => ev.time_ns().map(|t| Val::One(Cow::Owned(t.to_string()))),
     }
 }
@@ -297,14 +258,10 @@ fn first_container<'e>(ev: &'e Event<'_>, key: &str) -> Option<Val<'e>> {
 /// CronJobs.
 fn pod_spec<'e>(ev: &'e Event<'_>) -> Option<&'e Value> {
     let spec = req(ev, &["spec"])?;
-    get(spec, &["template", "spec"])
-        .or_else(|| get(spec, &["jobTemplate", "spec", "template", "spec"]))
-        .or_else(|| {
-            (spec.get("containers").is_some()
-                || spec.get("volumes").is_some()
-                || spec.get("initContainers").is_some())
+    get(spec, &["template", "spec"]).or_else(|| get(spec, &["jobTemplate", "spec", "template", "spec"])).or_else(|| {
+        (spec.get("containers").is_some() || spec.get("volumes").is_some() || spec.get("initContainers").is_some())
             .then_some(spec)
-        })
+    })
 }
 
 /// `/etc/`, `//etc`, `/etc/./` → `/etc`: hostPath spellings that name the same directory.
@@ -347,28 +304,18 @@ pub fn image_repository(image: &str) -> &str {
     a.split('@').next().unwrap_or(a)
 }
 
-fn container_values<'e>(
-    spec: &'e Value,
-    containers: &'e [Value],
-    attr: CAttr,
-) -> Vec<Cow<'e, str>> {
+fn container_values<'e>(spec: &'e Value, containers: &'e [Value], attr: CAttr) -> Vec<Cow<'e, str>> {
     let sc = |c: &'e Value, key: &str| get(c, &["securityContext", key]).map(json_text);
     let mut out = Vec::new();
     for c in containers {
         match attr {
             CAttr::Name => out.extend(c.get("name").map(json_text)),
             CAttr::Image => out.extend(c.get("image").map(json_text)),
-            CAttr::ImageRepository => out.extend(
-                c.get("image")
-                    .and_then(Value::as_str)
-                    .map(|i| Cow::Borrowed(image_repository(i))),
-            ),
+            CAttr::ImageRepository => {
+                out.extend(c.get("image").and_then(Value::as_str).map(|i| Cow::Borrowed(image_repository(i))))
+            }
             CAttr::Command | CAttr::Args => {
-                let key = if attr == CAttr::Command {
-                    "command"
-                } else {
-                    "args"
-                };
+                let key = if attr == CAttr::Command { "command" } else { "args" };
                 if let Some(arr) = c.get(key).and_then(Value::as_array) {
                     let words: Vec<Cow<'_, str>> = arr.iter().map(json_text).collect();
                     out.push(Cow::Owned(words.join(" ")));
@@ -381,30 +328,24 @@ fn container_values<'e>(
             CAttr::RunAsGroup => out.extend(sc(c, "runAsGroup")),
             CAttr::ProcMount => out.extend(sc(c, "procMount")),
             CAttr::EffRunAsUser | CAttr::EffRunAsGroup => {
-                let key = if attr == CAttr::EffRunAsUser {
-                    "runAsUser"
-                } else {
-                    "runAsGroup"
-                };
+                let key = if attr == CAttr::EffRunAsUser { "runAsUser" } else { "runAsGroup" };
                 let v = sc(c, key)
                     .or_else(|| get(spec, &["securityContext", key]).map(json_text))
                     .unwrap_or(Cow::Borrowed("0"));
                 out.push(v);
             }
             CAttr::AddCapabilities => {
-                if let Some(arr) =
-                    get(c, &["securityContext", "capabilities", "add"]).and_then(Value::as_array)
-                {
+                if let Some(arr) = get(c, &["securityContext", "capabilities", "add"]).and_then(Value::as_array) {
                     out.extend(arr.iter().map(json_text));
                 }
             }
             CAttr::HostPort => {
                 if let Some(ports) = c.get("ports").and_then(Value::as_array) {
-                    out.extend(ports.iter().filter_map(|p| {
-                        p.get("hostPort")
-                            .or_else(|| p.get("containerPort"))
-                            .map(json_text)
-                    }));
+                    out.extend(
+                        ports
+                            .iter()
+                            .filter_map(|p| p.get("hostPort").or_else(|| p.get("containerPort")).map(json_text)),
+                    );
                 }
             }
         }
@@ -412,12 +353,7 @@ fn container_values<'e>(
     out
 }
 
-fn subjects_of_kind<'e>(
-    ev: &'e Event<'_>,
-    kind: &str,
-    with_ns: bool,
-    f: &FieldRef,
-) -> Option<Val<'e>> {
+fn subjects_of_kind<'e>(ev: &'e Event<'_>, kind: &str, with_ns: bool, f: &FieldRef) -> Option<Val<'e>> {
     let subjects = req(ev, &["subjects"])?.as_array()?;
     let names = subjects
         .iter()
@@ -438,10 +374,7 @@ fn subjects_of_kind<'e>(
 fn role_rules<'e>(ev: &'e Event<'_>, key: &str, f: &FieldRef) -> Option<Val<'e>> {
     let rules = req(ev, &["rules"])?.as_array()?;
     let pick = |r: &'e Value| -> Vec<Cow<'e, str>> {
-        r.get(key)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().map(json_text).collect())
-            .unwrap_or_default()
+        r.get(key).and_then(Value::as_array).map(|a| a.iter().map(json_text).collect()).unwrap_or_default()
     };
     match f.arg {
         // `[n]` selects rule n's values (the plugin indexes the rules array).
@@ -464,11 +397,7 @@ fn role_rules<'e>(ev: &'e Event<'_>, key: &str, f: &FieldRef) -> Option<Val<'e>>
     }
 }
 
-fn volumes<'e>(
-    ev: &'e Event<'_>,
-    f: &FieldRef,
-    pick: impl Fn(&'e Value) -> Option<Cow<'e, str>>,
-) -> Option<Val<'e>> {
+fn volumes<'e>(ev: &'e Event<'_>, f: &FieldRef, pick: impl Fn(&'e Value) -> Option<Cow<'e, str>>) -> Option<Val<'e>> {
     let vols = req(ev, &["spec", "volumes"])?.as_array()?;
     match f.arg {
         Arg::Index(n) => pick(vols.get(n)?).map(|v| Val::List(vec![v])),
@@ -517,9 +446,7 @@ fn json_pointer<'e>(ev: &'e Event<'_>, ptr: &[String]) -> Option<Val<'e>> {
 }
 
 fn raw_walk<'e>(raw: &'e str, ptr: &[String]) -> Option<Val<'e>> {
-    kustody_model::rawjson::pointer(raw, ptr)
-        .and_then(kustody_model::rawjson::text)
-        .map(Val::One)
+    kustody_model::rawjson::pointer(raw, ptr).and_then(kustody_model::rawjson::text).map(Val::One)
 }
 
 pub use kustody_model::uri::param as uri_param;
@@ -547,75 +474,25 @@ mod tests {
             ex(POD, "ka.req.pod.containers.image.repository", None).as_deref(),
             Some("(docker.io/evil/miner,nginx)")
         );
-        assert_eq!(
-            ex(POD, "ka.req.pod.containers.privileged", None).as_deref(),
-            Some("(true)")
-        );
-        assert_eq!(
-            ex(POD, "ka.req.pod.containers.command", Some("0")).as_deref(),
-            Some("(sh -c)")
-        );
+        assert_eq!(ex(POD, "ka.req.pod.containers.privileged", None).as_deref(), Some("(true)"));
+        assert_eq!(ex(POD, "ka.req.pod.containers.command", Some("0")).as_deref(), Some("(sh -c)"));
         assert_eq!(ex(POD, "ka.req.pod.containers.privileged", Some("1")), None);
-        assert_eq!(
-            ex(POD, "ka.req.pod.containers.image", Some("1")).as_deref(),
-            Some("(nginx@sha256:abc)")
-        );
-        assert_eq!(
-            ex(POD, "ka.req.pod.containers.add_capabilities", None).as_deref(),
-            Some("(SYS_ADMIN,NET_ADMIN)")
-        );
-        assert_eq!(
-            ex(POD, "ka.req.pod.containers.host_port", None).as_deref(),
-            Some("(80,8081)")
-        );
-        assert_eq!(
-            ex(POD, "ka.req.pod.containers.eff_run_as_user", None).as_deref(),
-            Some("(1000,1000)")
-        );
-        assert_eq!(
-            ex(POD, "ka.req.pod.host_pid", None).as_deref(),
-            Some("true")
-        );
+        assert_eq!(ex(POD, "ka.req.pod.containers.image", Some("1")).as_deref(), Some("(nginx@sha256:abc)"));
+        assert_eq!(ex(POD, "ka.req.pod.containers.add_capabilities", None).as_deref(), Some("(SYS_ADMIN,NET_ADMIN)"));
+        assert_eq!(ex(POD, "ka.req.pod.containers.host_port", None).as_deref(), Some("(80,8081)"));
+        assert_eq!(ex(POD, "ka.req.pod.containers.eff_run_as_user", None).as_deref(), Some("(1000,1000)"));
+        assert_eq!(ex(POD, "ka.req.pod.host_pid", None).as_deref(), Some("true"));
         assert_eq!(ex(POD, "ka.req.pod.host_network", None), None);
-        assert_eq!(
-            ex(POD, "ka.req.pod.volumes.hostpath", None).as_deref(),
-            Some("(/)")
-        );
-        assert_eq!(
-            ex(POD, "ka.req.pod.volumes.volume_type", None).as_deref(),
-            Some("(hostPath,emptyDir)")
-        );
-        assert_eq!(
-            ex(POD, "ka.req.volume.hostpath", Some("/")).as_deref(),
-            Some("true")
-        );
-        assert_eq!(
-            ex(POD, "ka.req.volume.hostpath", Some("/etc*")).as_deref(),
-            Some("false")
-        );
-        assert_eq!(
-            ex(POD, "ka.req.container.privileged", None).as_deref(),
-            Some("true")
-        );
+        assert_eq!(ex(POD, "ka.req.pod.volumes.hostpath", None).as_deref(), Some("(/)"));
+        assert_eq!(ex(POD, "ka.req.pod.volumes.volume_type", None).as_deref(), Some("(hostPath,emptyDir)"));
+        assert_eq!(ex(POD, "ka.req.volume.hostpath", Some("/")).as_deref(), Some("true"));
+        assert_eq!(ex(POD, "ka.req.volume.hostpath", Some("/etc*")).as_deref(), Some("false"));
+        assert_eq!(ex(POD, "ka.req.container.privileged", None).as_deref(), Some("true"));
         assert_eq!(ex(POD, "ka.target.pod.name", None).as_deref(), Some("p"));
         assert_eq!(ex(POD, "ka.req.pod.initContainers.image", None), None);
-        assert_eq!(
-            ex(
-                POD,
-                "jevt.value",
-                Some("/requestObject/spec/containers/1/name")
-            )
-            .as_deref(),
-            Some("b")
-        );
-        assert_eq!(
-            ex(POD, "jevt.value", Some("/requestObject/spec/hostPID")).as_deref(),
-            Some("true")
-        );
-        assert_eq!(
-            ex(POD, "jevt.value", Some("/objectRef/namespace")).as_deref(),
-            Some("default")
-        );
+        assert_eq!(ex(POD, "jevt.value", Some("/requestObject/spec/containers/1/name")).as_deref(), Some("b"));
+        assert_eq!(ex(POD, "jevt.value", Some("/requestObject/spec/hostPID")).as_deref(), Some("true"));
+        assert_eq!(ex(POD, "jevt.value", Some("/objectRef/namespace")).as_deref(), Some("default"));
         assert_eq!(
             ex(POD, "jevt.value", Some("/requestObject/spec/volumes/1")).as_deref(),
             Some(r#"{"name":"e","emptyDir":{}}"#)
@@ -634,62 +511,28 @@ mod tests {
     #[test]
     fn workload_pod_specs() {
         let ds = r#"{"auditID":"1","verb":"create","objectRef":{"resource":"daemonsets"},"requestObject":{"spec":{"template":{"spec":{"hostPID":true,"containers":[{"name":"a","image":"x"},{"name":"b","image":"y","securityContext":{"privileged":true}}],"volumes":[{"name":"e","emptyDir":{}},{"name":"a","hostPath":{"path":"/data"}},{"name":"r","hostPath":{"path":"/proc/1/root/"}}]}}}}}"#;
-        assert_eq!(
-            ex(ds, "kustody.podspec.containers.privileged", None).as_deref(),
-            Some("(true)")
-        );
-        assert_eq!(
-            ex(ds, "kustody.podspec.host_pid", None).as_deref(),
-            Some("true")
-        );
-        assert_eq!(
-            ex(ds, "kustody.podspec.volumes.hostpath", None).as_deref(),
-            Some("(/data,/proc/1/root)")
-        );
+        assert_eq!(ex(ds, "kustody.podspec.containers.privileged", None).as_deref(), Some("(true)"));
+        assert_eq!(ex(ds, "kustody.podspec.host_pid", None).as_deref(), Some("true"));
+        assert_eq!(ex(ds, "kustody.podspec.volumes.hostpath", None).as_deref(), Some("(/data,/proc/1/root)"));
         assert_eq!(
             ex(ds, "kustody.podspec.volumes.hostpath_dirs", None).as_deref(),
             Some("(/data,/proc/1/root,/proc/1,/proc)")
         );
-        assert_eq!(
-            ex(ds, "ka.req.pod.containers.privileged", None),
-            None,
-            "upstream fields read only a Pod's spec"
-        );
+        assert_eq!(ex(ds, "ka.req.pod.containers.privileged", None), None, "upstream fields read only a Pod's spec");
         let cj = r#"{"auditID":"1","verb":"create","requestObject":{"spec":{"jobTemplate":{"spec":{"template":{"spec":{"containers":[{"name":"a","image":"x","securityContext":{"capabilities":{"add":["SYS_ADMIN"]}}}]}}}}}}}"#;
-        assert_eq!(
-            ex(cj, "kustody.podspec.containers.add_capabilities", None).as_deref(),
-            Some("(SYS_ADMIN)")
-        );
-        assert_eq!(
-            ex(POD, "kustody.podspec.volumes.hostpath_dirs", None).as_deref(),
-            Some("(/)")
-        );
+        assert_eq!(ex(cj, "kustody.podspec.containers.add_capabilities", None).as_deref(), Some("(SYS_ADMIN)"));
+        assert_eq!(ex(POD, "kustody.podspec.volumes.hostpath_dirs", None).as_deref(), Some("(/)"));
         assert_eq!(normalize_path("//etc/./kubernetes/../"), "/etc");
     }
 
     #[test]
     fn bindings_and_rules() {
         let ev = r#"{"auditID":"1","verb":"create","requestObject":{"roleRef":{"name":"cluster-admin"},"subjects":[{"kind":"ServiceAccount","name":"sa","namespace":"ns"},{"kind":"User","name":"bob"}],"rules":[{"verbs":["get","list"],"resources":["pods"]},{"verbs":["*"],"resources":["secrets"]}]}}"#;
-        assert_eq!(
-            ex(ev, "ka.req.binding.role", None).as_deref(),
-            Some("cluster-admin")
-        );
-        assert_eq!(
-            ex(ev, "ka.req.binding.subjects.serviceaccount_ns_names", None).as_deref(),
-            Some("(ns:sa)")
-        );
-        assert_eq!(
-            ex(ev, "ka.req.binding.subjects.user_names", None).as_deref(),
-            Some("(bob)")
-        );
+        assert_eq!(ex(ev, "ka.req.binding.role", None).as_deref(), Some("cluster-admin"));
+        assert_eq!(ex(ev, "ka.req.binding.subjects.serviceaccount_ns_names", None).as_deref(), Some("(ns:sa)"));
+        assert_eq!(ex(ev, "ka.req.binding.subjects.user_names", None).as_deref(), Some("(bob)"));
         assert_eq!(ex(ev, "ka.req.binding.subjects.group_names", None), None);
-        assert_eq!(
-            ex(ev, "ka.req.role.rules.verbs", None).as_deref(),
-            Some("(get,list,*)")
-        );
-        assert_eq!(
-            ex(ev, "ka.req.role.rules.verbs", Some("1")).as_deref(),
-            Some("(*)")
-        );
+        assert_eq!(ex(ev, "ka.req.role.rules.verbs", None).as_deref(), Some("(get,list,*)"));
+        assert_eq!(ex(ev, "ka.req.role.rules.verbs", Some("1")).as_deref(), Some("(*)"));
     }
 }

@@ -46,10 +46,7 @@ const CATTRS: &[(&str, CAttr)] = &[
     ("command", CAttr::Command),
     ("args", CAttr::Args),
     ("privileged", CAttr::Privileged),
-    (
-        "allow_privilege_escalation",
-        CAttr::AllowPrivilegeEscalation,
-    ),
+    ("allow_privilege_escalation", CAttr::AllowPrivilegeEscalation),
     ("read_only_fs", CAttr::ReadOnlyFs),
     ("run_as_user", CAttr::RunAsUser),
     ("eff_run_as_user", CAttr::EffRunAsUser),
@@ -160,30 +157,10 @@ const SIMPLE: &[(&str, Field, bool, ArgKind)] = {
         ("ka.stage", Stage, false, None),
         ("ka.auth.decision", AuthDecision, false, None),
         ("ka.auth.reason", AuthReason, false, None),
-        (
-            "ka.auth.openshift.decision",
-            AuthOpenshiftDecision,
-            false,
-            None,
-        ),
-        (
-            "ka.auth.openshift.username",
-            AuthOpenshiftUsername,
-            false,
-            None,
-        ),
-        (
-            "ka.validations.admission.policy.failure",
-            ValidationsAdmissionPolicyFailure,
-            false,
-            None,
-        ),
-        (
-            "ka.security.pod.violations",
-            SecurityPodViolations,
-            false,
-            None,
-        ),
+        ("ka.auth.openshift.decision", AuthOpenshiftDecision, false, None),
+        ("ka.auth.openshift.username", AuthOpenshiftUsername, false, None),
+        ("ka.validations.admission.policy.failure", ValidationsAdmissionPolicyFailure, false, None),
+        ("ka.security.pod.violations", SecurityPodViolations, false, None),
         ("ka.user.name", UserName, false, None),
         ("ka.user.groups", UserGroups, true, None),
         ("ka.impuser.name", ImpUserName, false, None),
@@ -197,120 +174,35 @@ const SIMPLE: &[(&str, Field, bool, ArgKind)] = {
         ("ka.target.pod.name", TargetPodName, false, None),
         ("ka.req.binding.subjects", ReqBindingSubjects, true, None),
         ("ka.req.binding.role", ReqBindingRole, false, None),
-        (
-            "ka.req.binding.subject.has_name",
-            ReqBindingSubjectHasName,
-            false,
-            RequiredKey,
-        ),
-        (
-            "ka.req.binding.subjects.user_names",
-            ReqBindingUserNames,
-            true,
-            None,
-        ),
-        (
-            "ka.req.binding.subjects.serviceaccount_names",
-            ReqBindingServiceAccountNames,
-            true,
-            None,
-        ),
-        (
-            "ka.req.binding.subjects.serviceaccount_ns_names",
-            ReqBindingServiceAccountNsNames,
-            true,
-            None,
-        ),
-        (
-            "ka.req.binding.subjects.group_names",
-            ReqBindingGroupNames,
-            true,
-            None,
-        ),
+        ("ka.req.binding.subject.has_name", ReqBindingSubjectHasName, false, RequiredKey),
+        ("ka.req.binding.subjects.user_names", ReqBindingUserNames, true, None),
+        ("ka.req.binding.subjects.serviceaccount_names", ReqBindingServiceAccountNames, true, None),
+        ("ka.req.binding.subjects.serviceaccount_ns_names", ReqBindingServiceAccountNsNames, true, None),
+        ("ka.req.binding.subjects.group_names", ReqBindingGroupNames, true, None),
         ("ka.req.configmap.name", ReqConfigmapName, false, None),
         ("ka.req.configmap.obj", ReqConfigmapObj, false, None),
         ("ka.req.container.image", ReqContainerImage, false, None),
-        (
-            "ka.req.container.image.repository",
-            ReqContainerImageRepository,
-            false,
-            None,
-        ),
-        (
-            "ka.req.container.privileged",
-            ReqContainerPrivileged,
-            false,
-            None,
-        ),
-        (
-            "ka.req.container.host_network",
-            ReqContainerHostNetwork,
-            false,
-            None,
-        ),
+        ("ka.req.container.image.repository", ReqContainerImageRepository, false, None),
+        ("ka.req.container.privileged", ReqContainerPrivileged, false, None),
+        ("ka.req.container.host_network", ReqContainerHostNetwork, false, None),
         ("ka.req.pod.host_ipc", ReqPodHostIpc, false, None),
         ("ka.req.pod.host_network", ReqPodHostNetwork, false, None),
         ("ka.req.pod.host_pid", ReqPodHostPid, false, None),
         ("ka.req.pod.run_as_user", ReqPodRunAsUser, false, None),
         ("ka.req.pod.run_as_group", ReqPodRunAsGroup, false, None),
         ("ka.req.pod.fs_group", ReqPodFsGroup, false, None),
-        (
-            "ka.req.pod.supplemental_groups",
-            ReqPodSupplementalGroups,
-            true,
-            None,
-        ),
+        ("ka.req.pod.supplemental_groups", ReqPodSupplementalGroups, true, None),
         ("ka.req.role.rules", ReqRoleRules, true, None),
-        (
-            "ka.req.role.rules.apiGroups",
-            ReqRoleRulesApiGroups,
-            true,
-            OptionalIndex,
-        ),
-        (
-            "ka.req.role.rules.nonResourceURLs",
-            ReqRoleRulesNonResourceUrls,
-            true,
-            OptionalIndex,
-        ),
-        (
-            "ka.req.role.rules.verbs",
-            ReqRoleRulesVerbs,
-            true,
-            OptionalIndex,
-        ),
-        (
-            "ka.req.role.rules.resources",
-            ReqRoleRulesResources,
-            true,
-            OptionalIndex,
-        ),
+        ("ka.req.role.rules.apiGroups", ReqRoleRulesApiGroups, true, OptionalIndex),
+        ("ka.req.role.rules.nonResourceURLs", ReqRoleRulesNonResourceUrls, true, OptionalIndex),
+        ("ka.req.role.rules.verbs", ReqRoleRulesVerbs, true, OptionalIndex),
+        ("ka.req.role.rules.resources", ReqRoleRulesResources, true, OptionalIndex),
         ("ka.req.service.type", ReqServiceType, false, None),
         ("ka.req.service.ports", ReqServicePorts, true, OptionalIndex),
-        (
-            "ka.req.pod.volumes.hostpath",
-            ReqPodVolumesHostpath,
-            true,
-            OptionalIndex,
-        ),
-        (
-            "ka.req.volume.hostpath",
-            ReqVolumeHostpath,
-            false,
-            RequiredKey,
-        ),
-        (
-            "ka.req.pod.volumes.flexvolume_driver",
-            ReqPodVolumesFlexvolumeDriver,
-            true,
-            OptionalIndex,
-        ),
-        (
-            "ka.req.pod.volumes.volume_type",
-            ReqPodVolumesVolumeType,
-            true,
-            OptionalIndex,
-        ),
+        ("ka.req.pod.volumes.hostpath", ReqPodVolumesHostpath, true, OptionalIndex),
+        ("ka.req.volume.hostpath", ReqVolumeHostpath, false, RequiredKey),
+        ("ka.req.pod.volumes.flexvolume_driver", ReqPodVolumesFlexvolumeDriver, true, OptionalIndex),
+        ("ka.req.pod.volumes.volume_type", ReqPodVolumesVolumeType, true, OptionalIndex),
         ("ka.resp.name", RespName, false, None),
         ("ka.response.code", ResponseCode, false, None),
         ("ka.response.reason", ResponseReason, false, None),
@@ -333,51 +225,25 @@ const EXTENSIONS: &[(&str, Field, bool, ArgKind)] = {
     use ArgKind::*;
     use Field::*;
     &[
-        (
-            "kustody.podspec.volumes.hostpath",
-            PodSpecVolumesHostpath,
-            true,
-            OptionalIndex,
-        ),
-        (
-            "kustody.podspec.volumes.hostpath_dirs",
-            PodSpecVolumesHostpathDirs,
-            true,
-            None,
-        ),
-        (
-            "kustody.podspec.host_network",
-            PodSpecHostNetwork,
-            false,
-            None,
-        ),
+        ("kustody.podspec.volumes.hostpath", PodSpecVolumesHostpath, true, OptionalIndex),
+        ("kustody.podspec.volumes.hostpath_dirs", PodSpecVolumesHostpathDirs, true, None),
+        ("kustody.podspec.host_network", PodSpecHostNetwork, false, None),
         ("kustody.podspec.host_pid", PodSpecHostPid, false, None),
         ("kustody.podspec.host_ipc", PodSpecHostIpc, false, None),
-        (
-            "kustody.podspec.service_account",
-            PodSpecServiceAccount,
-            false,
-            None,
-        ),
+        ("kustody.podspec.service_account", PodSpecServiceAccount, false, None),
     ]
 };
 
 const PODSPEC_FAMILIES: &[(&str, Family)] = &[
     ("kustody.podspec.containers.", Family::Containers),
     ("kustody.podspec.initContainers.", Family::InitContainers),
-    (
-        "kustody.podspec.ephemeralContainers.",
-        Family::EphemeralContainers,
-    ),
+    ("kustody.podspec.ephemeralContainers.", Family::EphemeralContainers),
 ];
 
 const FAMILIES: &[(&str, Family)] = &[
     ("ka.req.pod.containers.", Family::Containers),
     ("ka.req.pod.initContainers.", Family::InitContainers),
-    (
-        "ka.req.pod.ephemeralContainers.",
-        Family::EphemeralContainers,
-    ),
+    ("ka.req.pod.ephemeralContainers.", Family::EphemeralContainers),
 ];
 
 /// Looks a field name up.
@@ -392,14 +258,8 @@ pub fn lookup(name: &str) -> Option<FieldInfo> {
             });
         }
     }
-    if let Some((_, field, is_list, arg)) =
-        SIMPLE.iter().chain(EXTENSIONS).find(|(n, ..)| *n == name)
-    {
-        return Some(FieldInfo {
-            field: *field,
-            is_list: *is_list,
-            arg: *arg,
-        });
+    if let Some((_, field, is_list, arg)) = SIMPLE.iter().chain(EXTENSIONS).find(|(n, ..)| *n == name) {
+        return Some(FieldInfo { field: *field, is_list: *is_list, arg: *arg });
     }
     for (prefix, family) in FAMILIES {
         if let Some(rest) = name.strip_prefix(prefix) {
@@ -465,13 +325,9 @@ pub fn resolve(name: &str, arg: Option<&str>) -> Result<FieldRef, String> {
     };
     let arg = match (info.arg, arg) {
         (ArgKind::None, None) | (ArgKind::OptionalIndex, None) => Arg::None,
-        (ArgKind::None, Some(_)) => {
-            return Err(format!("field `{name}` does not take an argument"))
-        }
+        (ArgKind::None, Some(_)) => return Err(format!("field `{name}` does not take an argument")),
         (ArgKind::OptionalIndex, Some(a)) => {
-            let valid = !a.is_empty()
-                && a.bytes().all(|b| b.is_ascii_digit())
-                && (a == "0" || !a.starts_with('0'));
+            let valid = !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) && (a == "0" || !a.starts_with('0'));
             let n = a
                 .parse::<usize>()
                 .ok()
@@ -480,26 +336,15 @@ pub fn resolve(name: &str, arg: Option<&str>) -> Result<FieldRef, String> {
             Arg::Index(n)
         }
         (ArgKind::RequiredKey, Some(a)) if !a.is_empty() => Arg::Key(a.to_owned()),
-        (ArgKind::RequiredKey, _) => {
-            return Err(format!(
-                "field `{name}` requires an argument, e.g. `{name}[key]`"
-            ))
-        }
+        (ArgKind::RequiredKey, _) => return Err(format!("field `{name}` requires an argument, e.g. `{name}[key]`")),
         (ArgKind::Pointer, Some(a)) => Arg::Pointer(parse_pointer(a)),
         (ArgKind::Pointer, None) => {
-            return Err(format!(
-                "field `{name}` requires a JSON pointer, e.g. `{name}[/verb]`"
-            ))
+            return Err(format!("field `{name}` requires a JSON pointer, e.g. `{name}[/verb]`"))
         }
     };
     // As in libsinsp, a list field stays list-typed with an index: only `exists`, `in` and
     // `intersects` apply to it.
-    Ok(FieldRef {
-        field: info.field,
-        arg,
-        is_list: info.is_list,
-        display,
-    })
+    Ok(FieldRef { field: info.field, arg, is_list: info.is_list, display })
 }
 
 /// RFC 6901: strip the leading `/`, split on `/`, unescape `~1` then `~0`.
@@ -508,9 +353,7 @@ pub fn parse_pointer(p: &str) -> Vec<String> {
     if p.is_empty() {
         return Vec::new();
     }
-    p.split('/')
-        .map(|s| s.replace("~1", "/").replace("~0", "~"))
-        .collect()
+    p.split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect()
 }
 
 #[cfg(test)]
@@ -520,27 +363,12 @@ mod tests {
     #[test]
     fn catalogue_is_complete() {
         // FACTS.md §2: 100 `ka.*` fields, 61 lists, 53 with an optional index, 3 requiring a key.
-        let ka: Vec<String> = all_names()
-            .into_iter()
-            .filter(|n| n.starts_with("ka."))
-            .collect();
+        let ka: Vec<String> = all_names().into_iter().filter(|n| n.starts_with("ka.")).collect();
         assert_eq!(ka.len(), 100);
         let infos: Vec<FieldInfo> = ka.iter().filter_map(|n| lookup(n)).collect();
         assert_eq!(infos.iter().filter(|i| i.is_list).count(), 61);
-        assert_eq!(
-            infos
-                .iter()
-                .filter(|i| i.arg == ArgKind::OptionalIndex)
-                .count(),
-            53
-        );
-        assert_eq!(
-            infos
-                .iter()
-                .filter(|i| i.arg == ArgKind::RequiredKey)
-                .count(),
-            3
-        );
+        assert_eq!(infos.iter().filter(|i| i.arg == ArgKind::OptionalIndex).count(), 53);
+        assert_eq!(infos.iter().filter(|i| i.arg == ArgKind::RequiredKey).count(), 3);
         assert!(lookup("ka.req.pod.ephemeralContainers.host_port").is_none());
         assert!(lookup("ka.req.pod.initContainers.host_port").is_some());
     }
@@ -550,10 +378,7 @@ mod tests {
         assert!(resolve("ka.uri.param", None).is_err());
         assert!(resolve("ka.verb", Some("x")).is_err());
         assert!(resolve("ka.sourceips", Some("01")).is_err());
-        assert!(
-            resolve("ka.user.groups", Some("1")).is_err(),
-            "the plugin gives user.groups no index"
-        );
+        assert!(resolve("ka.user.groups", Some("1")).is_err(), "the plugin gives user.groups no index");
         let f = resolve("ka.sourceips", Some("1")).unwrap();
         assert!(f.is_list);
         assert_eq!(f.arg, Arg::Index(1));

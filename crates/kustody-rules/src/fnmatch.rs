@@ -7,10 +7,7 @@ enum Tok {
     Lit(char),
     Any,
     Star,
-    Class {
-        negated: bool,
-        items: Vec<(char, char)>,
-    },
+    Class { negated: bool, items: Vec<(char, char)> },
 }
 
 /// A compiled pattern.
@@ -48,10 +45,7 @@ impl Pattern {
             }
             i += 1;
         }
-        Pattern {
-            toks,
-            fold: case_insensitive,
-        }
+        Pattern { toks, fold: case_insensitive }
     }
 
     /// Whether the whole of `s` matches.
@@ -93,10 +87,9 @@ impl Pattern {
             Tok::Any => true,
             Tok::Star => false,
             Tok::Class { negated, items } => {
-                let hit = items.iter().any(|&(lo, hi)| {
-                    (lo..=hi).contains(&c)
-                        || (self.fold && (fold(lo)..=fold(hi)).contains(&fold(c)))
-                });
+                let hit = items
+                    .iter()
+                    .any(|&(lo, hi)| (lo..=hi).contains(&c) || (self.fold && (fold(lo)..=fold(hi)).contains(&fold(c))));
                 hit != *negated
             }
         }

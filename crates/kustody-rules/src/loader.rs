@@ -129,10 +129,7 @@ type Res<T> = Result<T, (Pos, String)>;
 fn scalar(node: &Node, key: &str) -> Res<String> {
     match node {
         Node::Scalar { value, .. } => Ok(value.clone()),
-        other => Err((
-            other.pos(),
-            format!("`{key}` must be a string, not {}", other.kind()),
-        )),
+        other => Err((other.pos(), format!("`{key}` must be a string, not {}", other.kind()))),
     }
 }
 
@@ -148,10 +145,7 @@ fn strings(node: &Node, key: &str) -> Res<Vec<String>> {
     match node {
         Node::Seq { items, .. } => items.iter().map(|i| scalar(i, key)).collect(),
         n if n.is_null() => Ok(Vec::new()),
-        other => Err((
-            other.pos(),
-            format!("`{key}` must be a list, not {}", other.kind()),
-        )),
+        other => Err((other.pos(), format!("`{key}` must be a list, not {}", other.kind()))),
     }
 }
 
@@ -161,11 +155,7 @@ fn parse_version(s: &str) -> Option<(u64, u64, u64)> {
         return Some((0, n, 0));
     }
     let mut it = s.split('.').map(|p| p.parse::<u64>().ok());
-    Some((
-        it.next()??,
-        it.next().flatten().unwrap_or(0),
-        it.next().flatten().unwrap_or(0),
-    ))
+    Some((it.next()??, it.next().flatten().unwrap_or(0), it.next().flatten().unwrap_or(0)))
 }
 
 fn fmt_version(v: (u64, u64, u64)) -> String {
@@ -235,13 +225,7 @@ impl Loader {
         let docs = match yaml::parse(text) {
             Ok(d) => d,
             Err(e) => {
-                self.diag(
-                    Severity::Error,
-                    &file,
-                    e.pos,
-                    None,
-                    format!("invalid YAML: {}", e.message),
-                );
+                self.diag(Severity::Error, &file, e.pos, None, format!("invalid YAML: {}", e.message));
                 return;
             }
         };
@@ -272,27 +256,15 @@ impl Loader {
                 file,
                 item.pos(),
                 None,
-                format!(
-                    "expected an item (rule, macro, list, ...), found {}",
-                    item.kind()
-                ),
+                format!("expected an item (rule, macro, list, ...), found {}", item.kind()),
             );
             return;
         };
-        let key = entries
-            .first()
-            .and_then(|(k, _)| k.as_str())
-            .unwrap_or_default();
-        let kind = [
-            "rule",
-            "macro",
-            "list",
-            "required_engine_version",
-            "required_plugin_versions",
-        ]
-        .into_iter()
-        .find(|k| item.get(k).is_some())
-        .unwrap_or(key);
+        let key = entries.first().and_then(|(k, _)| k.as_str()).unwrap_or_default();
+        let kind = ["rule", "macro", "list", "required_engine_version", "required_plugin_versions"]
+            .into_iter()
+            .find(|k| item.get(k).is_some())
+            .unwrap_or(key);
         let result = match kind {
             "rule" => self.rule(file, item),
             "macro" => self.macro_item(file, item),
@@ -305,21 +277,15 @@ impl Loader {
             }
         };
         if let Err((p, msg)) = result {
-            let name = item
-                .get(kind)
-                .and_then(Node::as_str)
-                .map(|n| format!("{kind} `{n}`"));
+            let name = item.get(kind).and_then(Node::as_str).map(|n| format!("{kind} `{n}`"));
             self.diag(Severity::Error, file, p, name, msg);
         }
     }
 
     fn engine_version(&mut self, file: &Arc<str>, item: &Node) -> Res<()> {
-        let node = item
-            .get("required_engine_version")
-            .ok_or((item.pos(), "missing value".to_owned()))?;
+        let node = item.get("required_engine_version").ok_or((item.pos(), "missing value".to_owned()))?;
         let text = scalar(node, "required_engine_version")?;
-        let v = parse_version(&text)
-            .ok_or((node.pos(), format!("cannot parse engine version `{text}`")))?;
+        let v = parse_version(&text).ok_or((node.pos(), format!("cannot parse engine version `{text}`")))?;
         if v.0 != ENGINE_VERSION.0 || v > ENGINE_VERSION {
             self.diag(
                 Severity::Warning,
@@ -337,14 +303,9 @@ impl Loader {
     }
 
     fn plugin_versions(&mut self, file: &Arc<str>, item: &Node) -> Res<()> {
-        let node = item
-            .get("required_plugin_versions")
-            .ok_or((item.pos(), "missing value".to_owned()))?;
+        let node = item.get("required_plugin_versions").ok_or((item.pos(), "missing value".to_owned()))?;
         let Node::Seq { items, .. } = node else {
-            return Err((
-                node.pos(),
-                "`required_plugin_versions` must be a list".into(),
-            ));
+            return Err((node.pos(), "`required_plugin_versions` must be a list".into()));
         };
         for req in items {
             let mut candidates = vec![req];
@@ -359,26 +320,17 @@ impl Loader {
                     .map(|n| scalar(n, "name"))
                     .transpose()?
                     .ok_or((c.pos(), "plugin requirement without `name`".to_owned()))?;
-                let ver_text = c
-                    .get("version")
-                    .map(|n| scalar(n, "version"))
-                    .transpose()?
-                    .unwrap_or_else(|| "0.0.0".into());
-                let ver = parse_version(&ver_text)
-                    .ok_or((c.pos(), format!("cannot parse plugin version `{ver_text}`")))?;
-                if PLUGINS
-                    .iter()
-                    .any(|(n, have)| *n == name && have.0 == ver.0 && *have >= ver)
-                {
+                let ver_text =
+                    c.get("version").map(|n| scalar(n, "version")).transpose()?.unwrap_or_else(|| "0.0.0".into());
+                let ver =
+                    parse_version(&ver_text).ok_or((c.pos(), format!("cannot parse plugin version `{ver_text}`")))?;
+                if PLUGINS.iter().any(|(n, have)| *n == name && have.0 == ver.0 && *have >= ver) {
                     satisfied = true;
                 }
                 wanted.push(format!("{name} {ver_text}"));
             }
             if !satisfied {
-                let have: Vec<String> = PLUGINS
-                    .iter()
-                    .map(|(n, v)| format!("{n} {}", fmt_version(*v)))
-                    .collect();
+                let have: Vec<String> = PLUGINS.iter().map(|(n, v)| format!("{n} {}", fmt_version(*v))).collect();
                 self.diag(
                     Severity::Warning,
                     file,
@@ -396,13 +348,9 @@ impl Loader {
     }
 
     fn list(&mut self, file: &Arc<str>, item: &Node) -> Res<()> {
-        let name_node = item
-            .get("list")
-            .ok_or((item.pos(), "missing name".to_owned()))?;
+        let name_node = item.get("list").ok_or((item.pos(), "missing name".to_owned()))?;
         let name = scalar(name_node, "list")?;
-        let items_node = item
-            .get("items")
-            .ok_or((item.pos(), "list without `items`".to_owned()))?;
+        let items_node = item.get("items").ok_or((item.pos(), "list without `items`".to_owned()))?;
         let items = strings(items_node, "items")?;
         let (append, replace) = self.mode(file, item, &name, "list", &["items"], &["items"])?;
         match self.list_idx.get(&name).copied() {
@@ -421,18 +369,12 @@ impl Loader {
                 }
             }
             None if append => {
-                return Err((
-                    name_node.pos(),
-                    format!("list `{name}` is appended to but was never defined"),
-                ))
+                return Err((name_node.pos(), format!("list `{name}` is appended to but was never defined")))
             }
             None => {
                 self.list_idx.insert(name.clone(), self.lists.len());
                 self.lists.push(ListDef {
-                    loc: Loc {
-                        file: file.clone(),
-                        pos: name_node.pos(),
-                    },
+                    loc: Loc { file: file.clone(), pos: name_node.pos() },
                     name,
                     items,
                     index: self.counter,
@@ -453,11 +395,7 @@ impl Loader {
         keys: &[&str],
         appendable: &[&str],
     ) -> Res<(bool, bool)> {
-        let append = item
-            .get("append")
-            .map(|n| boolean(n, "append"))
-            .transpose()?
-            .unwrap_or(false);
+        let append = item.get("append").map(|n| boolean(n, "append")).transpose()?.unwrap_or(false);
         let Some(ov) = item.get("override") else {
             if append {
                 self.diag(
@@ -471,16 +409,10 @@ impl Loader {
             return Ok((append, false));
         };
         if append {
-            return Err((
-                ov.pos(),
-                "`append` and `override` cannot be used together".into(),
-            ));
+            return Err((ov.pos(), "`append` and `override` cannot be used together".into()));
         }
         let Node::Map { entries, .. } = ov else {
-            return Err((
-                ov.pos(),
-                "`override` must be a mapping of key: append|replace".into(),
-            ));
+            return Err((ov.pos(), "`override` must be a mapping of key: append|replace".into()));
         };
         let mut out = (false, false);
         for (k, v) in entries {
@@ -492,31 +424,19 @@ impl Loader {
             match how.as_str() {
                 "append" if appendable.contains(&key.as_str()) => out.0 = true,
                 "replace" => out.1 = true,
-                _ => {
-                    return Err((
-                        v.pos(),
-                        format!("`{key}` override must be `append` or `replace`, not `{how}`"),
-                    ))
-                }
+                _ => return Err((v.pos(), format!("`{key}` override must be `append` or `replace`, not `{how}`"))),
             }
         }
         Ok(out)
     }
 
     fn macro_item(&mut self, file: &Arc<str>, item: &Node) -> Res<()> {
-        let name_node = item
-            .get("macro")
-            .ok_or((item.pos(), "missing name".to_owned()))?;
+        let name_node = item.get("macro").ok_or((item.pos(), "missing name".to_owned()))?;
         let name = scalar(name_node, "macro")?;
-        let cond_node = item
-            .get("condition")
-            .ok_or((item.pos(), "macro without `condition`".to_owned()))?;
+        let cond_node = item.get("condition").ok_or((item.pos(), "macro without `condition`".to_owned()))?;
         let cond = scalar(cond_node, "condition")?;
         let (append, _) = self.mode(file, item, &name, "macro", &["condition"], &["condition"])?;
-        let cond_loc = Loc {
-            file: file.clone(),
-            pos: cond_node.text_start(),
-        };
+        let cond_loc = Loc { file: file.clone(), pos: cond_node.text_start() };
         match self.macro_idx.get(&name).copied() {
             Some(i) => {
                 if let Some(m) = self.macros.get_mut(i) {
@@ -530,10 +450,7 @@ impl Loader {
                 }
             }
             None if append => {
-                return Err((
-                    name_node.pos(),
-                    format!("macro `{name}` is appended to but was never defined"),
-                ))
+                return Err((name_node.pos(), format!("macro `{name}` is appended to but was never defined")))
             }
             None => {
                 self.macro_idx.insert(name.clone(), self.macros.len());
@@ -551,41 +468,23 @@ impl Loader {
     }
 
     fn rule(&mut self, file: &Arc<str>, item: &Node) -> Res<()> {
-        let name_node = item
-            .get("rule")
-            .ok_or((item.pos(), "missing name".to_owned()))?;
+        let name_node = item.get("rule").ok_or((item.pos(), "missing name".to_owned()))?;
         let name = scalar(name_node, "rule")?;
         let label = Some(format!("rule `{name}`"));
         if let Node::Map { entries, .. } = item {
             for (k, _) in entries {
                 if let Some(k) = k.as_str().filter(|k| !RULE_KEYS.contains(k)) {
-                    self.diag(
-                        Severity::Warning,
-                        file,
-                        item.pos(),
-                        label.clone(),
-                        format!("unknown key `{k}` ignored"),
-                    );
+                    self.diag(Severity::Warning, file, item.pos(), label.clone(), format!("unknown key `{k}` ignored"));
                 }
             }
         }
-        let append = item
-            .get("append")
-            .map(|n| boolean(n, "append"))
-            .transpose()?
-            .unwrap_or(false);
+        let append = item.get("append").map(|n| boolean(n, "append")).transpose()?.unwrap_or(false);
         let existing = self.rule_idx.get(&name).copied();
         if let Some(ov) = item.get("override") {
             if append {
-                return Err((
-                    ov.pos(),
-                    "`append` and `override` cannot be used together".into(),
-                ));
+                return Err((ov.pos(), "`append` and `override` cannot be used together".into()));
             }
-            let i = existing.ok_or((
-                name_node.pos(),
-                format!("no rule `{name}` exists to override"),
-            ))?;
+            let i = existing.ok_or((name_node.pos(), format!("no rule `{name}` exists to override")))?;
             return self.override_rule(file, item, ov, i);
         }
         if append {
@@ -596,10 +495,7 @@ impl Loader {
                 label,
                 "`append: true` is deprecated; use `override: {condition: append}`",
             );
-            let i = existing.ok_or((
-                name_node.pos(),
-                format!("no rule `{name}` exists to append to"),
-            ))?;
+            let i = existing.ok_or((name_node.pos(), format!("no rule `{name}` exists to append to")))?;
             if let Some(c) = item.get("condition") {
                 let c = scalar(c, "condition")?;
                 if let Some(r) = self.rules.get_mut(i) {
@@ -612,21 +508,19 @@ impl Loader {
             }
             return Ok(());
         }
-        let defines = ["condition", "output", "desc", "priority"]
-            .iter()
-            .any(|k| item.get(k).is_some());
+        let defines = ["condition", "output", "desc", "priority"].iter().any(|k| item.get(k).is_some());
         if !defines {
             let Some(en) = item.get("enabled") else {
-                return Err((
-                    item.pos(),
-                    "rule has no condition, output, desc or priority".into(),
-                ));
+                return Err((item.pos(), "rule has no condition, output, desc or priority".into()));
             };
-            let i = existing.ok_or((
-                name_node.pos(),
-                format!("rule has `enabled` but no rule `{name}` exists yet"),
-            ))?;
-            self.diag(Severity::Warning, file, item.pos(), label, "changing `enabled` without `override` is deprecated; use `override: {enabled: replace}`");
+            let i = existing.ok_or((name_node.pos(), format!("rule has `enabled` but no rule `{name}` exists yet")))?;
+            self.diag(
+                Severity::Warning,
+                file,
+                item.pos(),
+                label,
+                "changing `enabled` without `override` is deprecated; use `override: {enabled: replace}`",
+            );
             let v = boolean(en, "enabled")?;
             if let Some(r) = self.rules.get_mut(i) {
                 r.enabled = v;
@@ -658,43 +552,22 @@ impl Loader {
     }
 
     fn full_rule(&mut self, file: &Arc<str>, item: &Node, name: &str) -> Res<RuleDef> {
-        let need = |key: &str| {
-            item.get(key)
-                .ok_or((item.pos(), format!("missing required key `{key}`")))
-        };
+        let need = |key: &str| item.get(key).ok_or((item.pos(), format!("missing required key `{key}`")));
         let cond_node = need("condition")?;
         let output_node = need("output")?;
         let desc = scalar(need("desc")?, "desc")?;
         let prio_node = need("priority")?;
         let prio_text = scalar(prio_node, "priority")?;
-        let priority = prio_text
-            .parse::<Priority>()
-            .map_err(|e| (prio_node.pos(), e.to_string()))?;
-        let source = item
-            .get("source")
-            .map(|n| scalar(n, "source"))
-            .transpose()?
-            .unwrap_or_else(|| "syscall".into());
-        let tags = item
-            .get("tags")
-            .map(|n| strings(n, "tags"))
-            .transpose()?
-            .unwrap_or_default();
-        let enabled = item
-            .get("enabled")
-            .map(|n| boolean(n, "enabled"))
-            .transpose()?
-            .unwrap_or(true);
+        let priority = prio_text.parse::<Priority>().map_err(|e| (prio_node.pos(), e.to_string()))?;
+        let source = item.get("source").map(|n| scalar(n, "source")).transpose()?.unwrap_or_else(|| "syscall".into());
+        let tags = item.get("tags").map(|n| strings(n, "tags")).transpose()?.unwrap_or_default();
+        let enabled = item.get("enabled").map(|n| boolean(n, "enabled")).transpose()?.unwrap_or(true);
         let skip = item
             .get("skip-if-unknown-filter")
             .map(|n| boolean(n, "skip-if-unknown-filter"))
             .transpose()?
             .unwrap_or(false);
-        let exceptions = item
-            .get("exceptions")
-            .map(|e| exceptions(file, e))
-            .transpose()?
-            .unwrap_or_default();
+        let exceptions = item.get("exceptions").map(|e| exceptions(file, e)).transpose()?.unwrap_or_default();
         for e in &exceptions {
             if e.fields.is_none() {
                 return Err((e.loc.pos, format!("exception `{}` has no `fields`", e.name)));
@@ -704,34 +577,22 @@ impl Loader {
             name: name.to_owned(),
             desc: desc.trim().to_owned(),
             condition: scalar(cond_node, "condition")?,
-            cond_loc: Loc {
-                file: file.clone(),
-                pos: cond_node.text_start(),
-            },
+            cond_loc: Loc { file: file.clone(), pos: cond_node.text_start() },
             output: scalar(output_node, "output")?,
-            output_loc: Loc {
-                file: file.clone(),
-                pos: output_node.text_start(),
-            },
+            output_loc: Loc { file: file.clone(), pos: output_node.text_start() },
             priority,
             source,
             tags,
             enabled,
             exceptions,
             skip_if_unknown_filter: skip,
-            loc: Loc {
-                file: file.clone(),
-                pos: item.pos(),
-            },
+            loc: Loc { file: file.clone(), pos: item.pos() },
         })
     }
 
     fn override_rule(&mut self, file: &Arc<str>, item: &Node, ov: &Node, i: usize) -> Res<()> {
         let Node::Map { entries, .. } = ov else {
-            return Err((
-                ov.pos(),
-                "`override` must be a mapping of key: append|replace".into(),
-            ));
+            return Err((ov.pos(), "`override` must be a mapping of key: append|replace".into()));
         };
         let mut listed = Vec::new();
         for (k, v) in entries {
@@ -743,24 +604,17 @@ impl Loader {
                 _ => false,
             };
             if !ok {
-                return Err((
-                    v.pos(),
-                    format!("`{key}` cannot be overridden with `{how}`"),
-                ));
+                return Err((v.pos(), format!("`{key}` cannot be overridden with `{how}`")));
             }
-            let value = item.get(&key).ok_or((
-                k.pos(),
-                format!("an override for `{key}` was specified but `{key}` is not defined"),
-            ))?;
+            let value = item
+                .get(&key)
+                .ok_or((k.pos(), format!("an override for `{key}` was specified but `{key}` is not defined")))?;
             listed.push(key.clone());
             let append = how == "append";
             match key.as_str() {
                 "condition" | "output" | "desc" => {
                     let text = scalar(value, &key)?;
-                    let loc = Loc {
-                        file: file.clone(),
-                        pos: value.text_start(),
-                    };
+                    let loc = Loc { file: file.clone(), pos: value.text_start() };
                     let Some(r) = self.rules.get_mut(i) else {
                         continue;
                     };
@@ -784,9 +638,7 @@ impl Loader {
                 }
                 "priority" => {
                     let t = scalar(value, "priority")?;
-                    let p = t
-                        .parse::<Priority>()
-                        .map_err(|e| (value.pos(), e.to_string()))?;
+                    let p = t.parse::<Priority>().map_err(|e| (value.pos(), e.to_string()))?;
                     if let Some(r) = self.rules.get_mut(i) {
                         r.priority = p;
                     }
@@ -830,10 +682,7 @@ impl Loader {
         }
         for key in RULE_OVERRIDABLE {
             if item.get(key).is_some() && !listed.iter().any(|l| l == key) {
-                return Err((
-                    item.pos(),
-                    format!("unexpected key `{key}`: no corresponding entry under `override`"),
-                ));
+                return Err((item.pos(), format!("unexpected key `{key}`: no corresponding entry under `override`")));
             }
         }
         Ok(())
@@ -847,16 +696,19 @@ impl Loader {
             match r.exceptions.iter_mut().find(|x| x.name == e.name) {
                 Some(existing) => {
                     if e.fields.is_some() || e.comps.is_some() {
-                        return Err((e.loc.pos, format!("exception `{}` exists: an append may only add values, not fields or comps", e.name)));
+                        return Err((
+                            e.loc.pos,
+                            format!(
+                                "exception `{}` exists: an append may only add values, not fields or comps",
+                                e.name
+                            ),
+                        ));
                     }
                     existing.values.extend(e.values);
                 }
                 None => {
                     if e.fields.is_none() || e.values.is_empty() {
-                        return Err((
-                            e.loc.pos,
-                            format!("new exception `{}` needs `fields` and `values`", e.name),
-                        ));
+                        return Err((e.loc.pos, format!("new exception `{}` needs `fields` and `values`", e.name)));
                     }
                     r.exceptions.push(e);
                 }
@@ -899,10 +751,7 @@ impl Loader {
             }
         }
         for l in &self.lists {
-            if expanded
-                .get(&l.name)
-                .is_some_and(|v| v.len() >= MAX_LIST_ITEMS)
-            {
+            if expanded.get(&l.name).is_some_and(|v| v.len() >= MAX_LIST_ITEMS) {
                 let d = Diagnostic {
                     severity: Severity::Error,
                     file: l.loc.file.clone(),
@@ -914,10 +763,7 @@ impl Loader {
                 self.diags.push(d);
             }
         }
-        let ctx = crate::engine::LoadedSet {
-            lists: expanded,
-            loader: &self,
-        };
+        let ctx = crate::engine::LoadedSet { lists: expanded, loader: &self };
         let (engine, diags) = Engine::build(&ctx, opts);
         let mut all = std::mem::take(&mut self.diags);
         all.extend(diags);
@@ -971,11 +817,7 @@ fn exceptions(file: &Arc<str>, node: &Node) -> Res<Vec<ExceptionDef>> {
     items
         .iter()
         .map(|e| {
-            let name = scalar(
-                e.get("name")
-                    .ok_or((e.pos(), "exception without `name`".to_owned()))?,
-                "name",
-            )?;
+            let name = scalar(e.get("name").ok_or((e.pos(), "exception without `name`".to_owned()))?, "name")?;
             let fields_or = |key: &str| -> Res<Option<ExcFields>> {
                 Ok(match e.get(key) {
                     None => None,
@@ -1006,10 +848,7 @@ fn exceptions(file: &Arc<str>, node: &Node) -> Res<Vec<ExceptionDef>> {
                 fields: fields_or("fields")?,
                 comps: fields_or("comps")?,
                 values,
-                loc: Loc {
-                    file: file.clone(),
-                    pos: e.pos(),
-                },
+                loc: Loc { file: file.clone(), pos: e.pos() },
             })
         })
         .collect()
@@ -1019,11 +858,7 @@ fn exceptions(file: &Arc<str>, node: &Node) -> Res<Vec<ExceptionDef>> {
 fn quote(v: &str) -> String {
     let needs = v.is_empty()
         || v.bytes().any(|b| {
-            b.is_ascii_whitespace()
-                || matches!(
-                    b,
-                    b'(' | b')' | b',' | b'=' | b'<' | b'>' | b'!' | b'"' | b'\''
-                )
+            b.is_ascii_whitespace() || matches!(b, b'(' | b')' | b',' | b'=' | b'<' | b'>' | b'!' | b'"' | b'\'')
         });
     if needs {
         format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
@@ -1047,21 +882,26 @@ pub(crate) fn exception_text(e: &ExceptionDef) -> Result<Option<String>, String>
                 None => "in".to_owned(),
                 Some(ExcFields::Single(c)) => c.trim().to_owned(),
                 Some(ExcFields::Multi(_)) => {
-                    return Err(format!(
-                        "exception `{}`: `comps` must be a single operator when `fields` is",
-                        e.name
-                    ))
+                    return Err(format!("exception `{}`: `comps` must be a single operator when `fields` is", e.name))
                 }
             };
             if !is_list_op(&comp) {
-                return Err(format!("exception `{}`: with a single field, `comps` must be in, intersects or pmatch, not `{comp}`", e.name));
+                return Err(format!(
+                    "exception `{}`: with a single field, `comps` must be in, intersects or pmatch, not `{comp}`",
+                    e.name
+                ));
             }
             let mut vals = Vec::new();
             for tuple in &e.values {
                 for v in tuple {
                     match v {
                         ExcItem::Scalar(s) => vals.push(quote(s)),
-                        ExcItem::List(_) => return Err(format!("exception `{}`: values must be scalars when `fields` is a single field", e.name)),
+                        ExcItem::List(_) => {
+                            return Err(format!(
+                                "exception `{}`: values must be scalars when `fields` is a single field",
+                                e.name
+                            ))
+                        }
                     }
                 }
             }
@@ -1074,12 +914,7 @@ pub(crate) fn exception_text(e: &ExceptionDef) -> Result<Option<String>, String>
                 Some(ExcFields::Single(c)) => vec![c.trim().to_owned()],
             };
             if comps.len() != fields.len() {
-                return Err(format!(
-                    "exception `{}`: {} fields but {} comps",
-                    e.name,
-                    fields.len(),
-                    comps.len()
-                ));
+                return Err(format!("exception `{}`: {} fields but {} comps", e.name, fields.len(), comps.len()));
             }
             let mut tuples = Vec::new();
             for tuple in &e.values {
@@ -1097,14 +932,9 @@ pub(crate) fn exception_text(e: &ExceptionDef) -> Result<Option<String>, String>
                     .zip(tuple)
                     .map(|((f, c), v)| {
                         let val = match v {
-                            ExcItem::List(items) => format!(
-                                "({})",
-                                items
-                                    .iter()
-                                    .map(|s| quote(s))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
+                            ExcItem::List(items) => {
+                                format!("({})", items.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "))
+                            }
                             ExcItem::Scalar(s) if is_list_op(c) && !s.starts_with('(') => {
                                 format!("({})", quote(s))
                             }
@@ -1128,32 +958,16 @@ pub(crate) fn locate(text: &str, start: Pos, offset: usize) -> (Pos, String) {
     let before = text.get(..offset).unwrap_or(text);
     let newlines = before.matches('\n').count() as u32;
     let pos = match before.rfind('\n') {
-        None => Pos {
-            line: start.line,
-            col: start.col + before.chars().count() as u32,
-        },
+        None => Pos { line: start.line, col: start.col + before.chars().count() as u32 },
         Some(nl) => Pos {
             line: start.line + newlines,
             col: start.col + before.get(nl + 1..).map_or(0, |s| s.chars().count()) as u32,
         },
     };
-    let from = text
-        .get(..offset)
-        .map_or(0, |b| b.char_indices().rev().nth(20).map_or(0, |(i, _)| i));
-    let to = text.get(offset..).map_or(text.len(), |a| {
-        offset + a.char_indices().nth(20).map_or(a.len(), |(i, _)| i)
-    });
-    let near = text
-        .get(from..to)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    let snippet = if near.is_empty() {
-        String::new()
-    } else {
-        format!(" (near `{near}`)")
-    };
+    let from = text.get(..offset).map_or(0, |b| b.char_indices().rev().nth(20).map_or(0, |(i, _)| i));
+    let to = text.get(offset..).map_or(text.len(), |a| offset + a.char_indices().nth(20).map_or(a.len(), |(i, _)| i));
+    let near = text.get(from..to).unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ");
+    let snippet = if near.is_empty() { String::new() } else { format!(" (near `{near}`)") };
     (pos, snippet)
 }
 
@@ -1174,10 +988,7 @@ mod tests {
             fields: Some(fields),
             comps,
             values,
-            loc: Loc {
-                file: "f".into(),
-                pos: Pos::default(),
-            },
+            loc: Loc { file: "f".into(), pos: Pos::default() },
         }
     }
 
@@ -1186,10 +997,7 @@ mod tests {
         let e = exc(
             ExcFields::Multi(vec!["ka.user.name".into(), "ka.target.namespace".into()]),
             Some(ExcFields::Multi(vec!["endswith".into(), "in".into()])),
-            vec![vec![
-                ExcItem::Scalar("@robot.example".into()),
-                ExcItem::List(vec!["a".into(), "b c".into()]),
-            ]],
+            vec![vec![ExcItem::Scalar("@robot.example".into()), ExcItem::List(vec!["a".into(), "b c".into()])]],
         );
         assert_eq!(
             exception_text(&e).unwrap().unwrap(),
@@ -1198,20 +1006,11 @@ mod tests {
         let e = exc(
             ExcFields::single("ka.verb"),
             None,
-            vec![
-                vec![ExcItem::Scalar("get".into())],
-                vec![ExcItem::Scalar("list".into())],
-            ],
+            vec![vec![ExcItem::Scalar("get".into())], vec![ExcItem::Scalar("list".into())]],
         );
-        assert_eq!(
-            exception_text(&e).unwrap().unwrap(),
-            "(ka.verb in (get, list))"
-        );
-        let e = exc(
-            ExcFields::single("ka.verb"),
-            Some(ExcFields::single("=")),
-            vec![vec![ExcItem::Scalar("get".into())]],
-        );
+        assert_eq!(exception_text(&e).unwrap().unwrap(), "(ka.verb in (get, list))");
+        let e =
+            exc(ExcFields::single("ka.verb"), Some(ExcFields::single("=")), vec![vec![ExcItem::Scalar("get".into())]]);
         assert!(exception_text(&e).is_err());
     }
 

@@ -123,9 +123,7 @@ pub fn field_value(ev: &Event<'_>, f: &FieldRef) -> FieldValue {
     match extract(ev, f) {
         None => FieldValue::Missing,
         Some(Val::One(s)) => FieldValue::Str(s.into_owned()),
-        Some(Val::List(items)) => {
-            FieldValue::List(items.into_iter().map(|s| s.into_owned()).collect())
-        }
+        Some(Val::List(items)) => FieldValue::List(items.into_iter().map(|s| s.into_owned()).collect()),
     }
 }
 
@@ -136,13 +134,13 @@ mod tests {
     #[test]
     fn renders_fields_lists_and_missing() {
         let ev = Event::parse(r#"{"auditID":"x","verb":"get","user":{"username":"bob","groups":["a","b"]},"requestURI":"/api/v1/namespaces/d/pods/p/exec?command=id"}"#).unwrap();
-        let t = Template::parse("user=%ka.user.name groups=%ka.user.groups cmd=%ka.uri.param[command] ns=%ka.target.namespace 100% done.").unwrap();
+        let t = Template::parse(
+            "user=%ka.user.name groups=%ka.user.groups cmd=%ka.uri.param[command] ns=%ka.target.namespace 100% done.",
+        )
+        .unwrap();
         let (text, fields) = t.render(&ev);
         assert_eq!(text, "user=bob groups=(a,b) cmd=id ns=<NA> 100% done.");
-        assert_eq!(
-            fields[3],
-            (Arc::from("ka.target.namespace"), FieldValue::Missing)
-        );
+        assert_eq!(fields[3], (Arc::from("ka.target.namespace"), FieldValue::Missing));
         assert_eq!(&*fields[2].0, "ka.uri.param[command]");
     }
 

@@ -62,10 +62,7 @@ fn build(expr: &Expr) -> Result<Node, String> {
         Expr::Or(items) => Node::Or(items.iter().map(build).collect::<Result<_, _>>()?),
         Expr::Not(inner) => Node::Not(Box::new(build(inner)?)),
         Expr::Exists(op) => Node::Exists(op.clone()),
-        Expr::Cmp { lhs, op, rhs } => Node::Test {
-            lhs: lhs.clone(),
-            m: matcher(lhs, *op, rhs)?,
-        },
+        Expr::Cmp { lhs, op, rhs } => Node::Test { lhs: lhs.clone(), m: matcher(lhs, *op, rhs)? },
     })
 }
 
@@ -83,12 +80,7 @@ fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
             .collect::<Result<Box<[_]>, _>>()?;
         return Ok(Matcher::Num(op, nums));
     }
-    let set = || {
-        items
-            .iter()
-            .map(|s| Box::<str>::from(*s))
-            .collect::<FxHashSet<_>>()
-    };
+    let set = || items.iter().map(|s| Box::<str>::from(*s)).collect::<FxHashSet<_>>();
     Ok(match op {
         Op::In => set_matcher(set(), true),
         Op::Intersects => set_matcher(set(), false),
@@ -97,23 +89,14 @@ fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
         Op::Lt | Op::Le | Op::Gt | Op::Ge => Matcher::Ord(op, first),
         Op::Contains => Matcher::Contains(first),
         Op::IContains => Matcher::Substrings(
-            AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .build([first.as_ref()])
-                .map_err(|e| e.to_string())?,
+            AhoCorasick::builder().ascii_case_insensitive(true).build([first.as_ref()]).map_err(|e| e.to_string())?,
         ),
         Op::StartsWith => Matcher::StartsWith(first),
         Op::EndsWith => Matcher::EndsWith(first),
-        Op::Glob | Op::IGlob => {
-            Matcher::Glob(crate::fnmatch::Pattern::new(&first, op == Op::IGlob))
-        }
+        Op::Glob | Op::IGlob => Matcher::Glob(crate::fnmatch::Pattern::new(&first, op == Op::IGlob)),
         Op::PMatch => Matcher::PMatch(items.iter().map(|s| (*s).to_owned()).collect()),
-        Op::Regex => {
-            Matcher::Regex(regex::Regex::new(&format!("^(?:{first})$")).map_err(|e| e.to_string())?)
-        }
-        Op::BContains | Op::BStartsWith => {
-            return Err(format!("operator `{}` is not supported", op.name()))
-        }
+        Op::Regex => Matcher::Regex(regex::Regex::new(&format!("^(?:{first})$")).map_err(|e| e.to_string())?),
+        Op::BContains | Op::BStartsWith => return Err(format!("operator `{}` is not supported", op.name())),
     })
 }
 
@@ -124,10 +107,7 @@ fn set_matcher(set: FxHashSet<Box<str>>, all: bool) -> Matcher {
     if set.len() <= FEW {
         let mut items: Vec<Box<str>> = set.into_iter().collect();
         items.sort();
-        Matcher::Few {
-            items: items.into_boxed_slice(),
-            all,
-        }
+        Matcher::Few { items: items.into_boxed_slice(), all }
     } else {
         Matcher::Set { set, all }
     }
@@ -181,65 +161,45 @@ fn merge_or(items: Vec<Node>) -> Vec<Node> {
     let mut sets: Vec<(Operand, FxHashSet<Box<str>>)> = Vec::new();
     for it in items {
         match it {
-            Node::Test {
-                lhs,
-                m: Matcher::Contains(s),
-            } if !lhs.is_list() && !lhs.is_numeric() => {
+            Node::Test { lhs, m: Matcher::Contains(s) } if !lhs.is_list() && !lhs.is_numeric() => {
                 match contains.iter_mut().find(|(l, _)| *l == lhs) {
                     Some((_, v)) => v.push(s.into()),
                     None => contains.push((lhs, vec![s.into()])),
                 }
             }
-            Node::Test {
-                lhs,
-                m: Matcher::Eq(s),
-            } if !lhs.is_list() && !lhs.is_numeric() => add_set(&mut sets, lhs, [s]),
-            Node::Test {
-                lhs,
-                m: Matcher::Set { set, .. },
-            } if !lhs.is_list() && !lhs.is_numeric() => add_set(&mut sets, lhs, set),
-            Node::Test {
-                lhs,
-                m: Matcher::Few { items, .. },
-            } if !lhs.is_list() && !lhs.is_numeric() => add_set(&mut sets, lhs, items.into_vec()),
+            Node::Test { lhs, m: Matcher::Eq(s) } if !lhs.is_list() && !lhs.is_numeric() => {
+                add_set(&mut sets, lhs, [s])
+            }
+            Node::Test { lhs, m: Matcher::Set { set, .. } } if !lhs.is_list() && !lhs.is_numeric() => {
+                add_set(&mut sets, lhs, set)
+            }
+            Node::Test { lhs, m: Matcher::Few { items, .. } } if !lhs.is_list() && !lhs.is_numeric() => {
+                add_set(&mut sets, lhs, items.into_vec())
+            }
             other => out.push(other),
         }
     }
     for (lhs, pats) in contains {
         if pats.len() == 1 {
             if let Some(p) = pats.into_iter().next() {
-                out.push(Node::Test {
-                    lhs,
-                    m: Matcher::Contains(p.into()),
-                });
+                out.push(Node::Test { lhs, m: Matcher::Contains(p.into()) });
             }
             continue;
         }
         match AhoCorasick::new(&pats) {
-            Ok(ac) => out.push(Node::Test {
-                lhs,
-                m: Matcher::Substrings(ac),
-            }),
-            Err(_) => out.extend(pats.into_iter().map(|p| Node::Test {
-                lhs: lhs.clone(),
-                m: Matcher::Contains(p.into()),
-            })),
+            Ok(ac) => out.push(Node::Test { lhs, m: Matcher::Substrings(ac) }),
+            Err(_) => {
+                out.extend(pats.into_iter().map(|p| Node::Test { lhs: lhs.clone(), m: Matcher::Contains(p.into()) }))
+            }
         }
     }
     for (lhs, set) in sets {
-        out.push(Node::Test {
-            lhs,
-            m: set_matcher(set, true),
-        });
+        out.push(Node::Test { lhs, m: set_matcher(set, true) });
     }
     out
 }
 
-fn add_set(
-    sets: &mut Vec<(Operand, FxHashSet<Box<str>>)>,
-    lhs: Operand,
-    vals: impl IntoIterator<Item = Box<str>>,
-) {
+fn add_set(sets: &mut Vec<(Operand, FxHashSet<Box<str>>)>, lhs: Operand, vals: impl IntoIterator<Item = Box<str>>) {
     match sets.iter_mut().find(|(l, _)| *l == lhs) {
         Some((_, s)) => s.extend(vals),
         None => sets.push((lhs, vals.into_iter().collect())),
@@ -267,9 +227,9 @@ fn cost(n: &Node) -> u32 {
 fn field_cost(op: &Operand) -> u32 {
     use Field::*;
     let base = match op.field.field {
-        AuditId | Stage | UserName | UserGroups | ImpUserName | Verb | Uri | TargetName
-        | TargetNamespace | TargetResource | TargetSubresource | ResponseCode | ResponseReason
-        | UserAgent | SourceIps | ReqConfigmapName | JsonRawTime => 1,
+        AuditId | Stage | UserName | UserGroups | ImpUserName | Verb | Uri | TargetName | TargetNamespace
+        | TargetResource | TargetSubresource | ResponseCode | ResponseReason | UserAgent | SourceIps
+        | ReqConfigmapName | JsonRawTime => 1,
         AuthDecision
         | AuthReason
         | AuthOpenshiftDecision
@@ -279,10 +239,7 @@ fn field_cost(op: &Operand) -> u32 {
         | ClusterName => 2,
         UriParam => 3,
         JsonValue => match &op.field.arg {
-            Arg::Pointer(p)
-                if p.first()
-                    .is_some_and(|s| matches!(s.as_str(), "requestObject" | "responseObject")) =>
-            {
+            Arg::Pointer(p) if p.first().is_some_and(|s| matches!(s.as_str(), "requestObject" | "responseObject")) => {
                 20
             }
             Arg::Pointer(p) if p.len() <= 2 => 1,
@@ -305,15 +262,10 @@ pub fn eval(n: &Node, ev: &Event<'_>) -> bool {
         }
         Node::Exists(op) => op.eval(ev).is_some(),
         // `jevt.rawtime = 0` is upstream's "never true": compare numbers, no formatting.
-        Node::Test {
-            lhs,
-            m: Matcher::Eq(v),
-        } if lhs.transformers.is_empty()
-            && lhs.field.field == Field::JsonRawTime
-            && v.parse::<i64>().is_ok() =>
+        Node::Test { lhs, m: Matcher::Eq(v) }
+            if lhs.transformers.is_empty() && lhs.field.field == Field::JsonRawTime && v.parse::<i64>().is_ok() =>
         {
-            ev.time_ns()
-                .is_some_and(|t| v.parse::<i64>().is_ok_and(|n| n == t))
+            ev.time_ns().is_some_and(|t| v.parse::<i64>().is_ok_and(|n| n == t))
         }
         Node::Test { lhs, m } => match lhs.eval(ev) {
             None => false,
@@ -328,14 +280,8 @@ fn test(v: &Val<'_>, m: &Matcher, ev: &Event<'_>) -> bool {
             return match m {
                 Matcher::Set { set, all: true } => items.iter().all(|i| set.contains(i.as_ref())),
                 Matcher::Set { set, all: false } => items.iter().any(|i| set.contains(i.as_ref())),
-                Matcher::Few {
-                    items: few,
-                    all: true,
-                } => items.iter().all(|i| few.iter().any(|f| **f == **i)),
-                Matcher::Few {
-                    items: few,
-                    all: false,
-                } => items.iter().any(|i| few.iter().any(|f| **f == **i)),
+                Matcher::Few { items: few, all: true } => items.iter().all(|i| few.iter().any(|f| **f == **i)),
+                Matcher::Few { items: few, all: false } => items.iter().any(|i| few.iter().any(|f| **f == **i)),
                 Matcher::Field(op, r) => match r.eval(ev) {
                     Some(Val::List(rs)) => match op {
                         Op::In => items.iter().all(|i| rs.contains(i)),

@@ -39,18 +39,10 @@ pub fn merge(base: &mut Value, patch: &Value) {
 }
 
 /// Runs every case in `cases_yaml` against `engine`. Returns (cases run, failures).
-pub fn run_cases(
-    engine: &Engine,
-    cases_yaml: &str,
-    file: &str,
-) -> Result<(usize, Vec<Failure>), String> {
-    let docs = yaml::parse(cases_yaml)
-        .map_err(|e| format!("{file}:{}:{}: {}", e.pos.line, e.pos.col, e.message))?;
+pub fn run_cases(engine: &Engine, cases_yaml: &str, file: &str) -> Result<(usize, Vec<Failure>), String> {
+    let docs = yaml::parse(cases_yaml).map_err(|e| format!("{file}:{}:{}: {}", e.pos.line, e.pos.col, e.message))?;
     let doc = docs.first().ok_or_else(|| format!("{file}: empty"))?;
-    let base = doc
-        .get("base")
-        .map(yaml::to_json)
-        .unwrap_or(Value::Object(Default::default()));
+    let base = doc.get("base").map(yaml::to_json).unwrap_or(Value::Object(Default::default()));
     let Some(Node::Seq { items, .. }) = doc.get("cases") else {
         return Err(format!("{file}: no `cases` list"));
     };
@@ -58,11 +50,7 @@ pub fn run_cases(
     let mut scratch = Scratch::default();
     for case in items {
         let line = case.pos().line;
-        let name = case
-            .get("name")
-            .and_then(Node::as_str)
-            .unwrap_or("?")
-            .to_owned();
+        let name = case.get("name").and_then(Node::as_str).unwrap_or("?").to_owned();
         let mut ev = base.clone();
         if let Some(patch) = case.get("event") {
             merge(&mut ev, &yaml::to_json(patch));
@@ -70,12 +58,9 @@ pub fn run_cases(
         let text = ev.to_string();
         let strs = |key: &str| -> Option<Vec<String>> {
             match case.get(key) {
-                Some(Node::Seq { items, .. }) => Some(
-                    items
-                        .iter()
-                        .filter_map(|i| i.as_str().map(str::to_owned))
-                        .collect(),
-                ),
+                Some(Node::Seq { items, .. }) => {
+                    Some(items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect())
+                }
                 _ => None,
             }
         };
@@ -84,9 +69,7 @@ pub fn run_cases(
         let event = match kustody_model::Event::parse(&text) {
             Ok(e) => e,
             Err(e) => {
-                failures.push(format!(
-                    "{file}:{line}: case `{name}`: event does not parse: {e}"
-                ));
+                failures.push(format!("{file}:{line}: case `{name}`: event does not parse: {e}"));
                 continue;
             }
         };
@@ -105,12 +88,12 @@ pub fn run_cases(
         let reference = names(&engine.matches_reference(&event, &mut scratch));
         expected.sort();
         if fast != expected {
-            failures.push(format!(
-                "{file}:{line}: case `{name}`: expected {expected:?}, fired {fast:?}"
-            ));
+            failures.push(format!("{file}:{line}: case `{name}`: expected {expected:?}, fired {fast:?}"));
         }
         if reference != fast {
-            failures.push(format!("{file}:{line}: case `{name}`: reference evaluator fired {reference:?}, optimised {fast:?}"));
+            failures.push(format!(
+                "{file}:{line}: case `{name}`: reference evaluator fired {reference:?}, optimised {fast:?}"
+            ));
         }
     }
     Ok((items.len(), failures))

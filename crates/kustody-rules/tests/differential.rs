@@ -21,27 +21,17 @@ fn rule_files() -> Vec<(String, String)> {
     let mut files = vec![
         (
             "starter".to_owned(),
-            std::fs::read_to_string(root().join("crates/kustody/rules/kustody-starter.yaml"))
-                .unwrap(),
+            std::fs::read_to_string(root().join("crates/kustody/rules/kustody-starter.yaml")).unwrap(),
         ),
-        (
-            "semantics".to_owned(),
-            include_str!("data/semantics.rules.yaml").to_owned(),
-        ),
+        ("semantics".to_owned(), include_str!("data/semantics.rules.yaml").to_owned()),
     ];
     let upstream = root().join("../shared/upstream/falco");
     if upstream.exists() {
         for f in ["k8s_audit_rules.yaml", "k8s_audit_rules_gke.yaml"] {
-            files.push((
-                f.to_owned(),
-                std::fs::read_to_string(upstream.join(f)).unwrap(),
-            ));
+            files.push((f.to_owned(), std::fs::read_to_string(upstream.join(f)).unwrap()));
         }
     } else {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI=true but ../shared is missing"
-        );
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true but ../shared is missing");
         eprintln!("SKIP: upstream rules not found; differential test runs on project rules only");
     }
     files
@@ -71,19 +61,10 @@ fn optimised_and_reference_evaluators_agree() {
     let example = std::fs::read_to_string(root().join("examples/attack-chain.jsonl")).unwrap();
     assert_eq!(check(&engine, &example, "example"), 322);
     let mut corpus = Vec::new();
-    kustody_gen::Corpus::new(42)
-        .write(3_000_000, &mut corpus)
-        .unwrap();
+    kustody_gen::Corpus::new(42).write(3_000_000, &mut corpus).unwrap();
     assert!(check(&engine, &String::from_utf8(corpus).unwrap(), "corpus") > 1000);
     let recorded = root().join("../shared/fixtures/kube-apiserver/audit.jsonl");
     if recorded.exists() {
-        assert_eq!(
-            check(
-                &engine,
-                &std::fs::read_to_string(recorded).unwrap(),
-                "recorded"
-            ),
-            405
-        );
+        assert_eq!(check(&engine, &std::fs::read_to_string(recorded).unwrap(), "recorded"), 405);
     }
 }

@@ -13,10 +13,7 @@ use kustody_rules::testing::run_cases;
 use kustody_rules::{Diagnostic, Engine, EngineOptions, Severity};
 
 fn load(files: &[(&str, &str)]) -> (Engine, Vec<Diagnostic>) {
-    let files: Vec<(String, String)> = files
-        .iter()
-        .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
-        .collect();
+    let files: Vec<(String, String)> = files.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect();
     Engine::load(&files, &EngineOptions::default())
 }
 
@@ -26,13 +23,8 @@ fn fired(engine: &Engine, event: &str) -> Vec<String> {
     let mut out = Vec::new();
     engine.matches(&ev, &mut scratch, &mut out);
     let reference = engine.matches_reference(&ev, &mut scratch);
-    assert_eq!(
-        out, reference,
-        "optimised and reference evaluators disagree on {event}"
-    );
-    out.iter()
-        .map(|&i| engine.rule(i).unwrap().name.clone())
-        .collect()
+    assert_eq!(out, reference, "optimised and reference evaluators disagree on {event}");
+    out.iter().map(|&i| engine.rule(i).unwrap().name.clone()).collect()
 }
 
 const EV_GET_PODS: &str = r#"{"auditID":"1","stage":"ResponseComplete","verb":"get","user":{"username":"alice"},"objectRef":{"resource":"pods","namespace":"default"}}"#;
@@ -42,12 +34,7 @@ fn semantics_cases() {
     let rules = include_str!("data/semantics.rules.yaml");
     let (engine, diags) = load(&[("semantics.rules.yaml", rules)]);
     assert!(diags.is_empty(), "{diags:#?}");
-    let (n, failures) = run_cases(
-        &engine,
-        include_str!("data/semantics.cases.yaml"),
-        "semantics.cases.yaml",
-    )
-    .unwrap();
+    let (n, failures) = run_cases(&engine, include_str!("data/semantics.cases.yaml"), "semantics.cases.yaml").unwrap();
     assert!(n >= 50);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -75,11 +62,7 @@ fn every_error_is_reported_and_good_rules_still_load() {
     let (engine, diags) = load(&[("rules.yaml", &text)]);
     let names: Vec<_> = engine.rules().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["good", "good too"]);
-    let errors: Vec<String> = diags
-        .iter()
-        .filter(|d| d.severity == Severity::Error)
-        .map(ToString::to_string)
-        .collect();
+    let errors: Vec<String> = diags.iter().filter(|d| d.severity == Severity::Error).map(ToString::to_string).collect();
     assert_eq!(errors.len(), 9, "{errors:#?}");
     // Each names file:line:column and the rule.
     assert!(
@@ -88,30 +71,16 @@ fn every_error_is_reported_and_good_rules_still_load() {
         errors[0]
     );
     assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("rule `bad syntax`") && e.contains("unexpected end of condition")),
+        errors.iter().any(|e| e.contains("rule `bad syntax`") && e.contains("unexpected end of condition")),
         "{errors:#?}"
     );
-    assert!(errors
-        .iter()
-        .any(|e| e.contains("undefined macro `no_such_macro`")));
-    assert!(errors
-        .iter()
-        .any(|e| e.contains("only `exists`, `in` and `intersects`")));
-    assert!(errors
-        .iter()
-        .any(|e| e.contains("`bcontains` applies to byte-buffer fields")));
+    assert!(errors.iter().any(|e| e.contains("undefined macro `no_such_macro`")));
+    assert!(errors.iter().any(|e| e.contains("only `exists`, `in` and `intersects`")));
+    assert!(errors.iter().any(|e| e.contains("`bcontains` applies to byte-buffer fields")));
     assert!(errors.iter().any(|e| e.contains("needs a numeric value")));
-    assert!(errors
-        .iter()
-        .any(|e| e.contains("rule `no output`: missing required key `output`")));
-    assert!(errors
-        .iter()
-        .any(|e| e.contains("unknown priority `SEVERE`")));
-    assert!(errors
-        .iter()
-        .any(|e| e.contains("invalid output: unknown field `ka.bogus`")));
+    assert!(errors.iter().any(|e| e.contains("rule `no output`: missing required key `output`")));
+    assert!(errors.iter().any(|e| e.contains("unknown priority `SEVERE`")));
+    assert!(errors.iter().any(|e| e.contains("invalid output: unknown field `ka.bogus`")));
     assert_eq!(fired(&engine, EV_GET_PODS), ["good", "good too"]);
 }
 
@@ -119,11 +88,7 @@ fn every_error_is_reported_and_good_rules_still_load() {
 fn invalid_yaml_is_a_positioned_error() {
     let (_, diags) = load(&[("broken.yaml", "- rule: x\n  condition: [a\n")]);
     assert_eq!(diags.len(), 1);
-    assert!(
-        diags[0].to_string().starts_with("broken.yaml:"),
-        "{}",
-        diags[0]
-    );
+    assert!(diags[0].to_string().starts_with("broken.yaml:"), "{}", diags[0]);
     assert!(diags[0].message.contains("invalid YAML"));
 }
 
@@ -158,10 +123,7 @@ fn override_append_replace_and_deprecated_append() {
     assert_eq!(fired(&engine, &EV_GET_PODS.replace("alice", "bob")), ["r"]);
     assert!(fired(&engine, &EV_GET_PODS.replace("default", "prod")).is_empty());
     // The appended macro text is `ka.verb = get or ka.verb = list`.
-    assert_eq!(
-        fired(&engine, &EV_GET_PODS.replace("\"get\"", "\"list\"")),
-        ["r"]
-    );
+    assert_eq!(fired(&engine, &EV_GET_PODS.replace("\"get\"", "\"list\"")), ["r"]);
 
     let deprecated = "- rule: r\n  condition: and ka.user.name = alice\n  append: true\n";
     let (engine, diags) = load(&[("base.yaml", &base), ("old.yaml", deprecated)]);
@@ -183,38 +145,26 @@ fn override_mistakes_are_errors() {
             "- rule: r\n  condition: and x\n  priority: INFO\n  override: {condition: append}\n",
             "unexpected key `priority`",
         ),
-        (
-            "- rule: nope\n  condition: x\n  override: {condition: append}\n",
-            "no rule `nope` exists to override",
-        ),
+        ("- rule: nope\n  condition: x\n  override: {condition: append}\n", "no rule `nope` exists to override"),
         (
             "- rule: r\n  priority: INFO\n  override: {priority: append}\n",
             "`priority` cannot be overridden with `append`",
         ),
-        (
-            "- rule: r\n  condition: x\n  append: true\n  override: {condition: append}\n",
-            "cannot be used together",
-        ),
-        (
-            "- rule: nope\n  enabled: false\n",
-            "no rule `nope` exists yet",
-        ),
+        ("- rule: r\n  condition: x\n  append: true\n  override: {condition: append}\n", "cannot be used together"),
+        ("- rule: nope\n  enabled: false\n", "no rule `nope` exists yet"),
         ("- list: l\n  items: [a]\n  append: true\n", "never defined"),
     ];
     for (overlay, want) in cases {
         let (_, diags) = load(&[("base.yaml", &base), ("o.yaml", overlay)]);
-        assert!(
-            diags.iter().any(|d| d.message.contains(want)),
-            "for {overlay:?} wanted {want:?}, got {diags:#?}"
-        );
+        assert!(diags.iter().any(|d| d.message.contains(want)), "for {overlay:?} wanted {want:?}, got {diags:#?}");
     }
 }
 
 #[test]
 fn enabled_false_and_redefinition() {
     let base = [rule("r", "ka.verb = get"), rule("s", "ka.verb = get")].concat();
-    let overlay = "- rule: r\n  enabled: false\n  override: {enabled: replace}\n".to_owned()
-        + &rule("s", "ka.verb = list");
+    let overlay =
+        "- rule: r\n  enabled: false\n  override: {enabled: replace}\n".to_owned() + &rule("s", "ka.verb = list");
     let (engine, diags) = load(&[("base.yaml", &base), ("o.yaml", &overlay)]);
     assert!(diags.is_empty(), "{diags:#?}");
     assert!(fired(&engine, EV_GET_PODS).is_empty());
@@ -246,29 +196,20 @@ fn load_order_lists_and_macros() {
     let names: Vec<_> = engine.rules().map(|r| r.name.clone()).collect();
     assert_eq!(names, ["list order", "cond list"]);
     assert!(
-        diags
-            .iter()
-            .any(|d| d.message.contains("undefined macro `second`")
-                && d.message.contains("in macro `first`")),
+        diags.iter().any(|d| d.message.contains("undefined macro `second`") && d.message.contains("in macro `first`")),
         "{diags:#?}"
     );
     assert_eq!(fired(&engine, EV_GET_PODS), ["cond list"]);
-    assert_eq!(
-        fired(&engine, &EV_GET_PODS.replace("alice", "late")),
-        ["list order"]
-    );
+    assert_eq!(fired(&engine, &EV_GET_PODS.replace("alice", "late")), ["list order"]);
 }
 
 #[test]
 fn macro_loops_are_reported() {
-    let text =
-        "- macro: a\n  condition: b\n- macro: b\n  condition: a\n".to_owned() + &rule("r", "a");
+    let text = "- macro: a\n  condition: b\n- macro: b\n  condition: a\n".to_owned() + &rule("r", "a");
     let (engine, diags) = load(&[("f.yaml", &text)]);
     assert_eq!(engine.rules().count(), 0);
     assert!(
-        diags.iter().any(
-            |d| d.message.contains("undefined macro") || d.message.contains("refers to itself")
-        ),
+        diags.iter().any(|d| d.message.contains("undefined macro") || d.message.contains("refers to itself")),
         "{diags:#?}"
     );
 }
@@ -290,10 +231,7 @@ fn versions_sources_and_unknown_items() {
     let (engine, diags) = load(&[("f.yaml", text)]);
     assert_eq!(engine.rules().count(), 0);
     let msgs: Vec<String> = diags.iter().map(ToString::to_string).collect();
-    assert!(
-        diags.iter().all(|d| d.severity == Severity::Warning),
-        "{msgs:#?}"
-    );
+    assert!(diags.iter().all(|d| d.severity == Severity::Warning), "{msgs:#?}");
     assert!(msgs.iter().any(|m| m.contains("engine version 0.99.0")));
     assert!(msgs.iter().any(|m| m.contains("plugin k8saudit 9.0.0")));
     assert!(msgs.iter().any(|m| m.contains("source `syscall` skipped")));
@@ -311,18 +249,9 @@ fn skip_if_unknown_filter() {
 
 #[test]
 fn min_priority_filters_evaluation_not_loading() {
-    let text = [
-        rule("warn", "ka.verb = get"),
-        rule("info", "ka.verb = get").replace("WARNING", "INFO"),
-    ]
-    .concat();
+    let text = [rule("warn", "ka.verb = get"), rule("info", "ka.verb = get").replace("WARNING", "INFO")].concat();
     let files = vec![("f.yaml".to_owned(), text)];
-    let (engine, _) = Engine::load(
-        &files,
-        &EngineOptions {
-            min_priority: kustody_model::Priority::Warning,
-        },
-    );
+    let (engine, _) = Engine::load(&files, &EngineOptions { min_priority: kustody_model::Priority::Warning });
     assert_eq!(engine.rules().count(), 2);
     assert_eq!(engine.active_count(), 1);
     assert_eq!(fired(&engine, EV_GET_PODS), ["warn"]);
@@ -334,10 +263,7 @@ fn hostile_rule_files_are_refused_with_diagnostics_not_crashes() {
     // Macros that use the previous one twice: 2^40 nodes if inlined blindly.
     let mut text = "- macro: m0\n  condition: ka.verb = get\n".to_owned();
     for i in 1..=40 {
-        text.push_str(&format!(
-            "- macro: m{i}\n  condition: (m{p} or m{p})\n",
-            p = i - 1
-        ));
+        text.push_str(&format!("- macro: m{i}\n  condition: (m{p} or m{p})\n", p = i - 1));
     }
     text += &rule("exp", "m40");
     // A long chain of `not`.
@@ -358,20 +284,8 @@ fn hostile_rule_files_are_refused_with_diagnostics_not_crashes() {
     assert!(names.contains(&"fine".to_owned()), "{names:?}");
     assert!(!names.contains(&"exp".to_owned()) && !names.contains(&"deep".to_owned()));
     let msgs: Vec<String> = diags.iter().map(ToString::to_string).collect();
-    assert!(
-        msgs.iter()
-            .any(|m| m.contains("rule `exp`") && m.contains("nodes")),
-        "{msgs:#?}"
-    );
-    assert!(
-        msgs.iter()
-            .any(|m| m.contains("rule `deep`") && m.contains("nested")),
-        "{msgs:#?}"
-    );
-    assert!(
-        msgs.iter()
-            .any(|m| m.contains("list `l40`") && m.contains("truncated")),
-        "{msgs:#?}"
-    );
+    assert!(msgs.iter().any(|m| m.contains("rule `exp`") && m.contains("nodes")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("rule `deep`") && m.contains("nested")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("list `l40`") && m.contains("truncated")), "{msgs:#?}");
     assert!(started.elapsed().as_secs() < 30, "refusing must be quick");
 }

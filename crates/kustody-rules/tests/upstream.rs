@@ -22,15 +22,9 @@ fn upstream_dir() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "CI=true but the shared upstream rules are missing at {}",
-            dir.display()
-        );
+        panic!("CI=true but the shared upstream rules are missing at {}", dir.display());
     }
-    eprintln!(
-        "SKIP: {} not found; upstream corpus tests skipped (they run in CI)",
-        dir.display()
-    );
+    eprintln!("SKIP: {} not found; upstream corpus tests skipped (they run in CI)", dir.display());
     None
 }
 
@@ -40,10 +34,7 @@ fn load(names: &[&str]) -> (Engine, Vec<kustody_rules::Diagnostic>) {
         .iter()
         .map(|n| {
             let p = dir.join(n);
-            (
-                p.display().to_string(),
-                std::fs::read_to_string(&p).expect("readable"),
-            )
+            (p.display().to_string(), std::fs::read_to_string(&p).expect("readable"))
         })
         .collect();
     Engine::load(&files, &EngineOptions::default())
@@ -71,19 +62,11 @@ fn upstream_rules_fire_as_falco_would() {
     }
     let (engine, diags) = load(&["k8s_audit_rules.yaml", "k8s_audit_rules_gke.yaml"]);
     assert!(diags.is_empty());
-    let file = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/upstream-falco.cases.yaml"
-    );
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/upstream-falco.cases.yaml");
     let text = std::fs::read_to_string(file).unwrap();
     let (n, failures) = run_cases(&engine, &text, file).unwrap();
     assert!(n >= 70, "only {n} cases");
-    assert!(
-        failures.is_empty(),
-        "{} of {n} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {n} cases failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -100,18 +83,10 @@ fn every_upstream_rule_has_a_true_positive_or_is_disabled_by_default() {
         "Untrusted Node Unsuccessfully Tried to Join the Cluster",
     ];
     let (engine, _) = load(&["k8s_audit_rules.yaml", "k8s_audit_rules_gke.yaml"]);
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/upstream-falco.cases.yaml"
-    ))
-    .unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/upstream-falco.cases.yaml")).unwrap();
     for r in engine.rules() {
-        let covered =
-            text.contains(&format!("[{}", r.name)) || text.contains(&format!(", {}", r.name));
-        assert!(
-            covered || off_by_default.contains(&r.name.as_str()),
-            "no true-positive case for `{}`",
-            r.name
-        );
+        let covered = text.contains(&format!("[{}", r.name)) || text.contains(&format!(", {}", r.name));
+        assert!(covered || off_by_default.contains(&r.name.as_str()), "no true-positive case for `{}`", r.name);
     }
 }

@@ -35,6 +35,8 @@ struct ChunkResult {
     open_error: Option<String>,
     /// Bad records beyond the ones kept in `bad` (a chunk of garbage has thousands).
     bad_not_kept: u64,
+    /// Events without a parseable stageTimestamp, requestReceivedTimestamp or timestamp.
+    untimed: u64,
     /// Events whose body a rule needed but could not be parsed, and where the first was.
     degraded: u64,
     degraded_at: Option<String>,
@@ -64,38 +66,23 @@ impl Filter {
 
 pub fn run(args: HuntArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    let now_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
+    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
     let filter = Filter {
-        since: args
-            .since
-            .as_deref()
-            .map(|s| timespec::parse(s, now_ns))
-            .transpose()
-            .context("--since")?,
-        until: args
-            .until
-            .as_deref()
-            .map(|s| timespec::parse(s, now_ns))
-            .transpose()
-            .context("--until")?,
+        since: args.since.as_deref().map(|s| timespec::parse(s, now_ns)).transpose().context("--since")?,
+        until: args.until.as_deref().map(|s| timespec::parse(s, now_ns)).transpose().context("--until")?,
         with_context: matches!(args.format, Format::Table | Format::Csv),
     };
 
-    let opts = EngineOptions {
-        min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug),
-    };
+    let opts = EngineOptions { min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug) };
     let (engine, diags) = if args.parse_only {
         (Engine::load(&[], &opts).0, Vec::new())
     } else {
         ruleset::load(&args.rules.rules, !args.rules.no_default_rules, &opts)?
     };
-    let errors = diags
-        .iter()
-        .filter(|d| d.severity == Severity::Error)
-        .count();
+    if engine.active_count() == 0 && !args.parse_only {
+        bail!("no rule is active: nothing would be detected (check --rules, --no-default-rules, --min-priority and the diagnostics above)");
+    }
+    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
     for d in &diags {
         eprintln!("{}", sanitize(&d.to_string()));
     }
@@ -110,21 +97,11 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
     if files.is_empty() {
         bail!(
             "no input files found in {}",
-            args.paths
-                .iter()
-                .map(|p| format!("`{}`", p.display()))
-                .collect::<Vec<_>>()
-                .join(", ")
+            args.paths.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", ")
         );
     }
-    let read_opts = ReadOptions {
-        max_record_bytes: args.max_record_bytes,
-        ..ReadOptions::default()
-    };
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .max(1);
+    let read_opts = ReadOptions { max_record_bytes: args.max_record_bytes, ..ReadOptions::default() };
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
 
     let out: Box<dyn Write> = match &args.output {
         Some(p) => Box::new(std::io::BufWriter::new(
@@ -148,11 +125,7 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
 
     let engine = Arc::new(engine);
     let filter = Arc::new(filter);
-    let mut stats = Stats {
-        files: files.len(),
-        rules_active: engine.active_count(),
-        ..Stats::default()
-    };
+    let mut stats = Stats { files: files.len(), rules_active: engine.active_count(), ..Stats::default() };
     // Every channel end lives inside the scope: when the collector stops early (`--strict`, a
     // closed stdout) its ends drop, the reader and workers see disconnected channels and stop,
     // and the scope can join them. A window of tokens bounds the chunks in flight, so the
@@ -163,9 +136,7 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         let (res_tx, res_rx) = sync_channel::<(u64, ChunkResult)>(window);
         let (token_tx, token_rx) = sync_channel::<()>(window);
         for _ in 0..window {
-            token_tx
-                .send(())
-                .map_err(|_| anyhow::anyhow!("internal: token channel closed"))?;
+            token_tx.send(()).map_err(|_| anyhow::anyhow!("internal: token channel closed"))?;
         }
         let chunk_rx = Arc::new(Mutex::new(chunk_rx));
         let reader_opts = read_opts.clone();
@@ -182,32 +153,16 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         }
         drop(res_tx);
         drop(chunk_rx);
-        collect(
-            res_rx,
-            token_tx,
-            &mut sink,
-            &engine,
-            &mut stats,
-            args.strict,
-            &progress,
-        )
+        collect(res_rx, token_tx, &mut sink, &engine, &mut stats, args.strict, &progress)
     });
     progress.finish_and_clear();
     // A closed pipe (`kustody hunt ... | head`) ends the run quietly, like any Unix filter.
     let closed = |e: &anyhow::Error| {
-        e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        })
+        e.chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
     };
     match outcome.and_then(|()| sink.finish()) {
-        Err(e) if closed(&e) => {
-            return Ok(if stats.detections > 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        Err(e) if closed(&e) => return Ok(if stats.detections > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }),
         other => other?,
     }
 
@@ -216,14 +171,9 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         stats.print(&mut std::io::stderr().lock());
     }
     if let Some(p) = &args.stats_json {
-        std::fs::write(p, stats.to_json())
-            .with_context(|| format!("cannot write `{}`", p.display()))?;
+        std::fs::write(p, stats.to_json()).with_context(|| format!("cannot write `{}`", p.display()))?;
     }
-    Ok(if stats.detections > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if stats.detections > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
@@ -232,10 +182,8 @@ fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
     }
     let pb = indicatif::ProgressBar::new_spinner();
     pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {elapsed} {bytes} read ({bytes_per_sec}) {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {bytes} read ({bytes_per_sec}) {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     pb
@@ -293,20 +241,9 @@ fn worker(
         };
         let Ok((seq, chunk)) = next else { return };
         let result = match chunk {
-            Err(e) => ChunkResult {
-                open_error: Some(e),
-                ..ChunkResult::default()
-            },
+            Err(e) => ChunkResult { open_error: Some(e), ..ChunkResult::default() },
             Ok(chunk) => {
-                let r = process(
-                    &chunk,
-                    engine,
-                    filter,
-                    parse_only,
-                    &mut scratch,
-                    &mut matched,
-                    renderer,
-                );
+                let r = process(&chunk, engine, filter, parse_only, &mut scratch, &mut matched, renderer);
                 pool.give(chunk.into_buffer());
                 r
             }
@@ -327,10 +264,7 @@ fn process(
     renderer: &Renderer,
 ) -> ChunkResult {
     let with_context = filter.with_context;
-    let mut r = ChunkResult {
-        bytes: chunk.len() as u64,
-        ..ChunkResult::default()
-    };
+    let mut r = ChunkResult { bytes: chunk.len() as u64, ..ChunkResult::default() };
     chunk.records(|rec| match rec {
         Err(bad) => keep_bad(&mut r, || bad),
         Ok(rec) => match Event::parse(rec.text) {
@@ -342,6 +276,9 @@ fn process(
             }),
             Ok(ev) => {
                 r.events += 1;
+                if ev.time_ns().is_none() {
+                    r.untimed += 1;
+                }
                 if !filter.keeps(&ev) {
                     r.skipped_by_time += 1;
                     return;
@@ -411,14 +348,7 @@ fn collect(
             if let Some(e) = res.open_error {
                 stats.unreadable.push(e);
                 if strict {
-                    bail!(
-                        "{}",
-                        stats
-                            .unreadable
-                            .last()
-                            .map(String::as_str)
-                            .unwrap_or_default()
-                    );
+                    bail!("{}", stats.unreadable.last().map(String::as_str).unwrap_or_default());
                 }
                 continue;
             }
@@ -432,6 +362,7 @@ fn collect(
             stats.skipped_by_time += res.skipped_by_time;
             stats.bad += res.bad.len() as u64 + res.bad_not_kept;
             stats.degraded += res.degraded;
+            stats.untimed += res.untimed;
             if stats.first_degraded.is_none() {
                 stats.first_degraded = res.degraded_at;
             }
@@ -460,10 +391,7 @@ fn collect(
                 }
             }
             progress.set_position(stats.bytes);
-            progress.set_message(format!(
-                "{} events, {} detections",
-                stats.events, stats.detections
-            ));
+            progress.set_message(format!("{} events, {} detections", stats.events, stats.detections));
         }
     }
     Ok(())
@@ -480,6 +408,7 @@ struct Stats {
     first_bad: Vec<String>,
     degraded: u64,
     first_degraded: Option<String>,
+    untimed: u64,
     detections: u64,
     per_rule: BTreeMap<String, u64>,
     rules_active: usize,
@@ -491,9 +420,7 @@ pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
 }
@@ -518,12 +445,7 @@ impl Stats {
         let secs = self.elapsed.max(1e-9);
         let mb = self.bytes as f64 / 1e6;
         let _ = writeln!(w, "── kustody hunt summary ──");
-        let _ = writeln!(
-            w,
-            "files:       {} ({} unreadable)",
-            self.files,
-            self.unreadable.len()
-        );
+        let _ = writeln!(w, "files:       {} ({} unreadable)", self.files, self.unreadable.len());
         for u in &self.unreadable {
             let _ = writeln!(w, "  unreadable: {}", sanitize(u));
         }
@@ -543,6 +465,9 @@ impl Stats {
         }
         if self.bad > self.first_bad.len() as u64 {
             let _ = writeln!(w, "  … and {} more", self.bad - self.first_bad.len() as u64);
+        }
+        if self.untimed > 0 {
+            let _ = writeln!(w, "no time:     {} events have no parseable timestamp (kept; their alerts carry \"time\": null)", self.untimed);
         }
         if self.degraded > 0 {
             let _ = writeln!(
@@ -577,6 +502,7 @@ impl Stats {
             "bytes": self.bytes,
             "bad_records": self.bad,
             "degraded_events": self.degraded,
+            "events_without_time": self.untimed,
             "detections": self.detections,
             "per_rule": self.per_rule,
             "rules_active": self.rules_active,

@@ -38,11 +38,7 @@ impl Sink {
             Format::Json => write!(out, "[")?,
             Format::Table | Format::Jsonl => {}
         }
-        Ok(Sink {
-            out,
-            format,
-            count: 0,
-        })
+        Ok(Sink { out, format, count: 0 })
     }
 
     /// Writes `items` detections rendered into `bytes` by [`Renderer::render`].
@@ -50,8 +46,7 @@ impl Sink {
         if self.format == Format::Json {
             // One object per line from the renderer; the array needs commas between them.
             for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                self.out
-                    .write_all(if self.count == 0 { b"\n" } else { b",\n" })?;
+                self.out.write_all(if self.count == 0 { b"\n" } else { b",\n" })?;
                 self.out.write_all(line)?;
                 self.count += 1;
             }
@@ -78,11 +73,7 @@ impl Sink {
 
 impl Renderer {
     pub fn new(format: Format, color: bool) -> Renderer {
-        Renderer {
-            format,
-            color,
-            hostname: hostname().into(),
-        }
+        Renderer { format, color, hostname: hostname().into() }
     }
 
     /// Appends one detection to `out` (JSON formats: exactly one line).
@@ -127,23 +118,12 @@ impl Renderer {
     /// priority, rule / who did what to which object from where / [the command] / evidence.
     fn table(&self, d: &Detection, out: &mut Vec<u8>) -> Result<()> {
         let c = &d.context;
-        let time = d
-            .time_ns
-            .map(format_rfc3339_secs)
-            .unwrap_or_else(|| "-".repeat(20));
+        let time = d.time_ns.map(format_rfc3339_secs).unwrap_or_else(|| "-".repeat(20));
         let prio = format!("{:<8}", d.priority.upper());
         let head_room = WIDTH.saturating_sub(time.len() + 2 + prio.len() + 1);
         let rule = truncate(&d.rule, head_room);
-        let prio_shown = if self.color {
-            colorize(&prio, d.priority)
-        } else {
-            prio
-        };
-        let rule_shown = if self.color {
-            rule.bold().to_string()
-        } else {
-            rule
-        };
+        let prio_shown = if self.color { colorize(&prio, d.priority) } else { prio };
+        let rule_shown = if self.color { rule.bold().to_string() } else { rule };
         writeln!(out, "{time}  {prio_shown} {rule_shown}")?;
 
         let mut what = vec![c.user.clone().unwrap_or_else(|| "<no user>".into())];
@@ -165,10 +145,7 @@ impl Renderer {
         }
         let id = d.audit_id.as_deref().unwrap_or("<no auditID>");
         let loc = format!("{}:{}", d.source_ref.file, d.source_ref.line);
-        let third = format!(
-            "{} {id}",
-            truncate_left(&loc, WIDTH - 4 - id.len().min(36) - 1)
-        );
+        let third = format!("{} {id}", truncate_left(&loc, WIDTH - 4 - id.len().min(36) - 1));
         let third = truncate(&third, WIDTH - 4);
         if self.color {
             writeln!(out, "    {}", third.dimmed())?;
@@ -202,15 +179,7 @@ pub fn sanitize(s: &str) -> String {
     if !s.chars().any(is_hostile) {
         return s.to_owned();
     }
-    s.chars()
-        .map(|c| {
-            if is_hostile(c) {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    s.chars().map(|c| if is_hostile(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -239,11 +208,7 @@ fn truncate_left(s: &str, max: usize) -> String {
 /// (user agents and names are attacker-controlled).
 fn csv_field(s: &str) -> String {
     let s = sanitize(s);
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}")
-    } else {
-        s.to_owned()
-    };
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_owned() };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -264,7 +229,8 @@ struct FalcoAlert<'a> {
     rule: &'a str,
     source: &'a str,
     tags: Vec<&'a str>,
-    time: String,
+    /// RFC 3339; `null` for an event with no usable timestamp (counted in the summary).
+    time: Option<String>,
 }
 
 enum FieldOut<'a> {
@@ -294,11 +260,8 @@ impl Serialize for OutputFields<'_> {
 }
 
 fn falco_alert<'a>(d: &'a Detection, hostname: &'a str) -> FalcoAlert<'a> {
-    let mut fields: Vec<(&str, FieldOut<'_>)> = d
-        .output_fields
-        .iter()
-        .map(|f| (&*f.name, FieldOut::Value(&f.value)))
-        .collect();
+    let mut fields: Vec<(&str, FieldOut<'_>)> =
+        d.output_fields.iter().map(|f| (&*f.name, FieldOut::Value(&f.value))).collect();
     if let Some(t) = d.time_ns {
         fields.push(("evt.time", FieldOut::Int(t)));
     }
@@ -308,10 +271,10 @@ fn falco_alert<'a>(d: &'a Detection, hostname: &'a str) -> FalcoAlert<'a> {
     fields.dedup_by(|a, b| a.0 == b.0);
     let mut tags: Vec<&str> = d.tags.iter().map(String::as_str).collect();
     tags.sort_unstable();
-    let time = d.time_ns.map(format_rfc3339_nanos).unwrap_or_default();
+    let time = d.time_ns.map(format_rfc3339_nanos);
     FalcoAlert {
         hostname,
-        output: format!("{time}: {} {}", d.priority.falco_name(), d.output),
+        output: format!("{}: {} {}", time.as_deref().unwrap_or("<no time>"), d.priority.falco_name(), d.output),
         output_fields: OutputFields(fields),
         priority: d.priority.falco_name(),
         rule: &d.rule,
@@ -345,10 +308,7 @@ mod tests {
         assert_eq!(csv_field("-1"), "'-1");
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(sanitize("a\u{202e}b\u{9b}c"), "a\\u{202e}b\\u{9b}c");
-        assert_eq!(
-            csv_field("x\u{1b}]8;;http://e\u{7}y"),
-            "x\\u{1b}]8;;http://e\\u{7}y"
-        );
+        assert_eq!(csv_field("x\u{1b}]8;;http://e\u{7}y"), "x\\u{1b}]8;;http://e\\u{7}y");
         assert_eq!(truncate_left("/very/long/path.log:12", 10), "…th.log:12");
     }
 }

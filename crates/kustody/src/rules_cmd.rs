@@ -10,36 +10,18 @@ use crate::render::sanitize;
 use crate::ruleset;
 
 pub fn check(args: CheckArgs) -> Result<ExitCode> {
-    let (engine, diags) = ruleset::load(
-        &args.files,
-        args.with_default_rules,
-        &EngineOptions::default(),
-    )?;
+    let (engine, diags) = ruleset::load(&args.files, args.with_default_rules, &EngineOptions::default())?;
     for d in &diags {
         println!("{}", sanitize(&d.to_string()));
     }
-    let errors = diags
-        .iter()
-        .filter(|d| d.severity == Severity::Error)
-        .count();
+    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
     let warnings = diags.len() - errors;
-    eprintln!(
-        "{} rules loaded, {errors} error(s), {warnings} warning(s)",
-        engine.rules().count()
-    );
-    Ok(if errors > 0 || (args.strict && warnings > 0) {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    eprintln!("{} rules loaded, {errors} error(s), {warnings} warning(s)", engine.rules().count());
+    Ok(if errors > 0 || (args.strict && warnings > 0) { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
 pub fn list(args: ListArgs) -> Result<ExitCode> {
-    let (engine, diags) = ruleset::load(
-        &args.rules.rules,
-        !args.rules.no_default_rules,
-        &EngineOptions::default(),
-    )?;
+    let (engine, diags) = ruleset::load(&args.rules.rules, !args.rules.no_default_rules, &EngineOptions::default())?;
     for d in &diags {
         eprintln!("{}", sanitize(&d.to_string()));
     }
@@ -60,28 +42,12 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
         ListFormat::Table => {
             let names: Vec<String> = engine
                 .rules()
-                .map(|r| {
-                    if r.enabled {
-                        r.name.clone()
-                    } else {
-                        format!("{} (disabled)", r.name)
-                    }
-                })
+                .map(|r| if r.enabled { r.name.clone() } else { format!("{} (disabled)", r.name) })
                 .collect();
-            let width = names
-                .iter()
-                .map(|n| n.chars().count())
-                .max()
-                .unwrap_or(4)
-                .max(4);
+            let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(4);
             println!("{:<9} {:<width$}  TAGS", "PRIORITY", "RULE");
             for (r, name) in engine.rules().zip(&names) {
-                println!(
-                    "{:<9} {:<width$}  {}",
-                    r.priority.upper(),
-                    name,
-                    r.tags.join(",")
-                );
+                println!("{:<9} {:<width$}  {}", r.priority.upper(), name, r.tags.join(","));
             }
         }
     }

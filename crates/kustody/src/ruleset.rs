@@ -6,10 +6,7 @@ use anyhow::{Context, Result};
 use kustody_rules::{Diagnostic, Engine, EngineOptions};
 
 /// kustody's own rules, compiled into the binary.
-pub const BUILTIN: &[(&str, &str)] = &[(
-    "builtin:kustody-starter.yaml",
-    include_str!("../rules/kustody-starter.yaml"),
-)];
+pub const BUILTIN: &[(&str, &str)] = &[("builtin:kustody-starter.yaml", include_str!("../rules/kustody-starter.yaml"))];
 
 /// Expands files and directories (`*.yaml`/`*.yml`, sorted, not recursive into hidden dirs).
 pub fn rule_files(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
@@ -34,32 +31,19 @@ pub fn rule_files(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
 
 fn read(p: &Path) -> Result<(String, String)> {
     const LIMIT: u64 = 64 << 20;
-    let meta = std::fs::metadata(p)
-        .with_context(|| format!("cannot read rules file `{}`", p.display()))?;
+    let meta = std::fs::metadata(p).with_context(|| format!("cannot read rules file `{}`", p.display()))?;
     if meta.len() > LIMIT {
-        anyhow::bail!(
-            "rules file `{}` is over the {LIMIT} byte limit",
-            p.display()
-        );
+        anyhow::bail!("rules file `{}` is over the {LIMIT} byte limit", p.display());
     }
-    let text = std::fs::read_to_string(p)
-        .with_context(|| format!("cannot read rules file `{}`", p.display()))?;
+    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read rules file `{}`", p.display()))?;
     Ok((p.display().to_string(), text))
 }
 
 /// Loads built-in rules (unless disabled) and the given files.
-pub fn load(
-    extra: &[PathBuf],
-    defaults: bool,
-    opts: &EngineOptions,
-) -> Result<(Engine, Vec<Diagnostic>)> {
+pub fn load(extra: &[PathBuf], defaults: bool, opts: &EngineOptions) -> Result<(Engine, Vec<Diagnostic>)> {
     let mut files: Vec<(String, String)> = Vec::new();
     if defaults {
-        files.extend(
-            BUILTIN
-                .iter()
-                .map(|(n, t)| ((*n).to_owned(), (*t).to_owned())),
-        );
+        files.extend(BUILTIN.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())));
     }
     files.extend(rule_files(extra)?);
     Ok(Engine::load(&files, opts))

@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 fn kustody(args: &[&str]) -> Output {
@@ -30,11 +27,7 @@ fn kustody_stdin(args: &[&str], stdin: Option<&[u8]>) -> Output {
         .current_dir(repo())
         .env("KUSTODY_HOSTNAME", "golden")
         .env_remove("NO_COLOR")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -50,15 +43,15 @@ fn text(b: &[u8]) -> String {
 }
 
 fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).unwrap();
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("missing golden file {}", path.display()));
-    assert!(expected == actual, "{name} differs from golden (UPDATE_GOLDEN=1 to accept):\n--- expected\n{expected}\n--- actual\n{actual}");
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing golden file {}", path.display()));
+    assert!(
+        expected == actual,
+        "{name} differs from golden (UPDATE_GOLDEN=1 to accept):\n--- expected\n{expected}\n--- actual\n{actual}"
+    );
 }
 
 const EXAMPLE: &str = "examples/attack-chain.jsonl";
@@ -68,10 +61,7 @@ fn shared() -> Option<PathBuf> {
     if p.join("upstream/falco/k8s_audit_rules.yaml").exists() {
         return Some(p);
     }
-    assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
-        "CI=true but ../shared is missing"
-    );
+    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true but ../shared is missing");
     eprintln!("SKIP: ../shared not found");
     None
 }
@@ -100,26 +90,9 @@ fn hunt_example_jsonl_golden_is_falco_alert_json() {
     for line in stdout.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(
-            keys,
-            [
-                "hostname",
-                "output",
-                "output_fields",
-                "priority",
-                "rule",
-                "source",
-                "tags",
-                "time"
-            ]
-        );
+        assert_eq!(keys, ["hostname", "output", "output_fields", "priority", "rule", "source", "tags", "time"]);
         let of = &v["output_fields"];
-        assert!(
-            of["ka.auditid"].is_string()
-                && of["kustody.file"] == EXAMPLE
-                && of["kustody.line"].is_u64(),
-            "{line}"
-        );
+        assert!(of["ka.auditid"].is_string() && of["kustody.file"] == EXAMPLE && of["kustody.line"].is_u64(), "{line}");
         assert_eq!(v["source"], "k8s_audit");
     }
     // json is the same objects in one array.
@@ -137,12 +110,8 @@ fn hunt_example_csv_golden() {
 #[test]
 fn every_step_of_the_attack_chain_is_reported_and_the_benign_part_is_quiet() {
     let out = kustody(&["hunt", EXAMPLE, "-f", "jsonl", "-q"]);
-    let alerts: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let rules: std::collections::BTreeSet<&str> =
-        alerts.iter().map(|a| a["rule"].as_str().unwrap()).collect();
+    let alerts: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rules: std::collections::BTreeSet<&str> = alerts.iter().map(|a| a["rule"].as_str().unwrap()).collect();
     for want in [
         "kustody Service Account Token Used Interactively",
         "kustody Permission Enumeration by Service Account",
@@ -163,15 +132,7 @@ fn every_step_of_the_attack_chain_is_reported_and_the_benign_part_is_quiet() {
 
 #[test]
 fn min_priority_and_time_window() {
-    let out = kustody(&[
-        "hunt",
-        EXAMPLE,
-        "-f",
-        "jsonl",
-        "-q",
-        "--min-priority",
-        "critical",
-    ]);
+    let out = kustody(&["hunt", EXAMPLE, "-f", "jsonl", "-q", "--min-priority", "critical"]);
     assert_eq!(text(&out.stdout).lines().count(), 1);
     let out = kustody(&[
         "hunt",
@@ -188,11 +149,7 @@ fn min_priority_and_time_window() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("Exec or Attach"));
     let out = kustody(&["hunt", EXAMPLE, "-q", "--since", "2026-11-21T00:00:00Z"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "no detections after the window: exit 0"
-    );
+    assert_eq!(out.status.code(), Some(0), "no detections after the window: exit 0");
     let out = kustody(&["hunt", EXAMPLE, "--since", "yesterday"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot read time `yesterday`"));
@@ -202,15 +159,12 @@ fn min_priority_and_time_window() {
 fn exit_codes_and_errors() {
     let out = kustody(&["hunt", "does/not/exist.log"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("`does/not/exist.log` does not exist"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("`does/not/exist.log` does not exist"), "{}", text(&out.stderr));
     let out = kustody(&["hunt", EXAMPLE, "--rules", "does/not/exist.yaml"]);
     assert_eq!(out.status.code(), Some(2));
     let out = kustody(&["hunt", EXAMPLE, "--no-default-rules", "-q"]);
-    assert_eq!(out.status.code(), Some(0), "no rules, no detections");
+    assert_eq!(out.status.code(), Some(2), "no active rule is an error, not a false all-clear");
+    assert!(text(&out.stderr).contains("no rule is active"));
 }
 
 #[test]
@@ -232,11 +186,7 @@ fn bad_records_are_reported_and_strict_stops_at_the_first() {
     assert!(err.contains("events:      20"), "{err}");
     let out = kustody(&["hunt", p, "--strict"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains(&format!("bad record at {p}:4")),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains(&format!("bad record at {p}:4")), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -245,7 +195,7 @@ fn stdin_gzip_and_rotated_directories() {
     let out = kustody_stdin(&["hunt", "-", "-f", "jsonl", "-q"], Some(&example));
     assert_eq!(out.status.code(), Some(1));
     let from_stdin = text(&out.stdout).lines().count();
-    assert!(text(&out.stdout).contains("\"kustody.file\":\"-\""));
+    assert!(text(&out.stdout).contains("\"kustody.file\":\"<stdin>\""));
 
     // Split the example into rotated files: the older half gzipped with a lumberjack name.
     let dir = tempfile::tempdir().unwrap();
@@ -254,17 +204,10 @@ fn stdin_gzip_and_rotated_directories() {
     let (old, new) = lines.split_at(lines.len() / 2);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all((old.join("\n") + "\n").as_bytes()).unwrap();
-    std::fs::write(
-        dir.path().join("audit-2026-11-20T09-10-00.000.log.gz"),
-        gz.finish().unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("audit-2026-11-20T09-10-00.000.log.gz"), gz.finish().unwrap()).unwrap();
     std::fs::write(dir.path().join("audit.log"), new.join("\n") + "\n").unwrap();
     let out = kustody(&["hunt", dir.path().to_str().unwrap(), "-f", "jsonl", "-q"]);
-    let alerts: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let alerts: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(alerts.len(), from_stdin);
     let times: Vec<&str> = alerts.iter().map(|a| a["time"].as_str().unwrap()).collect();
     let mut sorted = times.clone();
@@ -299,20 +242,8 @@ fn rules_check_and_list_on_upstream_and_builtin_rules() {
     let Some(shared) = shared() else { return };
     let main = shared.join("upstream/falco/k8s_audit_rules.yaml");
     let gke = shared.join("upstream/falco/k8s_audit_rules_gke.yaml");
-    let out = kustody(&[
-        "rules",
-        "check",
-        "--strict",
-        main.to_str().unwrap(),
-        gke.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    let out = kustody(&["rules", "check", "--strict", main.to_str().unwrap(), gke.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stderr).contains("48 rules loaded, 0 error(s), 0 warning(s)"));
 }
 
@@ -333,17 +264,10 @@ fn upstream_rules_over_the_example_and_the_recorded_audit_log() {
         "--strict",
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let alerts: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let alerts: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let count = |r: &str| alerts.iter().filter(|a| a["rule"] == r).count();
     // WebSocket exec is audited with verb get at ResponseStarted: upstream's rule accepts get.
-    assert!(
-        count("Attach/Exec Pod") >= 20,
-        "{}",
-        count("Attach/Exec Pod")
-    );
+    assert!(count("Attach/Exec Pod") >= 20, "{}", count("Attach/Exec Pod"));
     assert!(count("Disallowed K8s User") > 0);
 }
 
@@ -363,27 +287,12 @@ fn rules_directories_load_in_name_order_after_the_builtin_rules() {
     )
     .unwrap();
     std::fs::write(dir.path().join("notes.txt"), "not a rules file").unwrap();
-    let out = kustody(&[
-        "hunt",
-        EXAMPLE,
-        "-f",
-        "jsonl",
-        "-q",
-        "--rules",
-        dir.path().to_str().unwrap(),
-    ]);
-    let alerts: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let rules: std::collections::BTreeSet<&str> =
-        alerts.iter().map(|a| a["rule"].as_str().unwrap()).collect();
+    let out = kustody(&["hunt", EXAMPLE, "-f", "jsonl", "-q", "--rules", dir.path().to_str().unwrap()]);
+    let alerts: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rules: std::collections::BTreeSet<&str> = alerts.iter().map(|a| a["rule"].as_str().unwrap()).collect();
     assert!(rules.contains("Any DaemonSet"), "{rules:?}");
     assert_eq!(
-        alerts
-            .iter()
-            .find(|a| a["rule"] == "Any DaemonSet")
-            .unwrap()["output_fields"]["ka.resp.name"],
+        alerts.iter().find(|a| a["rule"] == "Any DaemonSet").unwrap()["output_fields"]["ka.resp.name"],
         "node-agent"
     );
     assert!(
