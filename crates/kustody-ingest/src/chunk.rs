@@ -21,7 +21,10 @@ pub enum Layout {
 #[derive(Debug)]
 pub enum ChunkBody {
     Lines(Vec<u8>),
+    /// A whole YAML input.
     Document(Vec<u8>),
+    /// Records of a JSON document, found by [`crate::docsplit::Splitter`].
+    Spans(Vec<u8>, Vec<crate::docsplit::Span>),
 }
 
 /// A piece of one input holding whole records, with the position of its first byte.
@@ -67,7 +70,7 @@ impl Chunk {
     /// Size of the chunk's bytes.
     pub fn len(&self) -> usize {
         match &self.body {
-            ChunkBody::Lines(b) | ChunkBody::Document(b) => b.len(),
+            ChunkBody::Lines(b) | ChunkBody::Document(b) | ChunkBody::Spans(b, _) => b.len(),
         }
     }
 
@@ -78,7 +81,7 @@ impl Chunk {
     /// The chunk's buffer, to give back to the reader's [`crate::BufferPool`].
     pub fn into_buffer(self) -> Vec<u8> {
         match self.body {
-            ChunkBody::Lines(b) | ChunkBody::Document(b) => b,
+            ChunkBody::Lines(b) | ChunkBody::Document(b) | ChunkBody::Spans(b, _) => b,
         }
     }
 
@@ -92,6 +95,7 @@ impl Chunk {
             (ChunkBody::Lines(b), _) => self.lines(b, &mut on),
             (ChunkBody::Document(b), Layout::Yaml) => self.yaml(b, &mut on),
             (ChunkBody::Document(b), _) => self.document(b, &mut on),
+            (ChunkBody::Spans(b, spans), _) => self.spans(b, spans, &mut on),
         }
     }
 
@@ -126,6 +130,31 @@ impl Chunk {
             }
             line_no += 1;
             start = end + 1;
+        }
+    }
+
+    /// Records of a streamed JSON document; each is checked and parsed on its own, so a broken
+    /// record costs only itself.
+    fn spans(&self, bytes: &[u8], spans: &[crate::docsplit::Span], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
+        for span in spans {
+            let offset = self.base_offset + span.start as u64;
+            if let Some(size) = span.oversize {
+                on(Err(self.bad(
+                    span.line,
+                    offset,
+                    format!("record is {size} bytes, over the {} byte limit", self.max_record_bytes),
+                )));
+                continue;
+            }
+            let raw = bytes.get(span.start..span.end).unwrap_or_default();
+            match std::str::from_utf8(raw) {
+                Ok(text) => self.value(text.trim(), span.line, offset, None, on),
+                Err(e) => on(Err(self.bad(
+                    span.line,
+                    offset,
+                    format!("invalid UTF-8 at byte {} of the record", e.valid_up_to()),
+                ))),
+            }
         }
     }
 

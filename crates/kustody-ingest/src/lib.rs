@@ -14,6 +14,7 @@
 //! the pointer to the original record. Everything downstream only ever sees native events.
 
 mod chunk;
+mod docsplit;
 mod files;
 mod reader;
 mod yaml;

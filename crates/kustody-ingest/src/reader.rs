@@ -82,6 +82,8 @@ pub struct ChunkReader {
     started: bool,
     /// Bytes at the start of `carry` known to hold no newline.
     scanned: usize,
+    /// Record boundaries of a streaming JSON document.
+    splitter: Option<crate::docsplit::Splitter>,
     /// Bytes read from the underlying (possibly compressed) source, for throughput reporting.
     pub compressed: bool,
 }
@@ -123,6 +125,7 @@ impl ChunkReader {
             eof: false,
             started: false,
             scanned: 0,
+            splitter: None,
             compressed,
         })
     }
@@ -186,6 +189,17 @@ impl ChunkReader {
             }
             self.layout = Some(sniff(&self.carry));
         }
+        if self.layout == Some(Layout::Document) {
+            // Keep every complete record before the failure; the partial one is reported.
+            self.eof = true;
+            let line = self.splitter.as_ref().map_or(self.next_line, crate::docsplit::Splitter::line);
+            let offset = self.offset;
+            let mut chunk = self
+                .document_chunk(Layout::Document)
+                .unwrap_or_else(|| self.make_chunk(ChunkBody::Lines(Vec::new()), Layout::Lines));
+            chunk.bad.push(BadRecord { file: self.name.clone(), line, offset, reason });
+            return chunk;
+        }
         if let Some(layout @ (Layout::Document | Layout::Yaml)) = self.layout {
             // Hand the partial document to the parser: it reports where the input ends and
             // keeps every complete item before that point.
@@ -214,7 +228,7 @@ impl ChunkReader {
 
     fn make_chunk(&mut self, body: ChunkBody, layout: Layout) -> Chunk {
         let bytes = match &body {
-            ChunkBody::Lines(b) | ChunkBody::Document(b) => b,
+            ChunkBody::Lines(b) | ChunkBody::Document(b) | ChunkBody::Spans(b, _) => b,
         };
         let lines = memchr::memchr_iter(b'\n', bytes).count() as u64;
         let len = bytes.len() as u64;
@@ -306,6 +320,68 @@ impl ChunkReader {
     }
 
     fn document_chunk(&mut self, layout: Layout) -> Option<Chunk> {
+        if layout == Layout::Yaml {
+            return self.yaml_chunk();
+        }
+        // JSON documents stream: the splitter finds record boundaries, whole records go to the
+        // workers in chunks of about `chunk_bytes`, and memory holds one chunk plus the record
+        // being read.
+        let mut spans = Vec::new();
+        let splitter = self.splitter.get_or_insert_with(|| crate::docsplit::Splitter::new(self.next_line));
+        splitter.scan(&self.carry, &mut spans);
+        loop {
+            let splitter = self.splitter.get_or_insert_with(|| crate::docsplit::Splitter::new(self.next_line));
+            let done_bytes = spans.last().map_or(0, |s| s.end);
+            if self.eof || done_bytes >= self.opts.chunk_bytes {
+                if self.eof {
+                    splitter.finish_input(self.carry.len(), &mut spans);
+                }
+                if spans.is_empty() {
+                    self.carry.clear();
+                    return None;
+                }
+                let cut = if self.eof { self.carry.len() } else { splitter.keep_from() };
+                splitter.shift(cut);
+                let mut next = self.opts.pool.take(self.opts.chunk_bytes + (64 << 10));
+                next.extend_from_slice(self.carry.get(cut..).unwrap_or_default());
+                self.carry.truncate(cut);
+                let body = std::mem::replace(&mut self.carry, next);
+                let offset = self.offset;
+                self.offset += cut as u64;
+                return Some(Chunk {
+                    file: self.name.clone(),
+                    format: SourceFormat::Native,
+                    layout,
+                    body: ChunkBody::Spans(body, spans),
+                    first_line: 0,
+                    base_offset: offset,
+                    max_record_bytes: self.opts.max_record_bytes,
+                    bad: Vec::new(),
+                });
+            }
+            if splitter.open_record_len().is_some_and(|n| n > self.opts.max_record_bytes) {
+                // Keep scanning the oversized record to find its end, but not its bytes.
+                if let Some((from, to)) = splitter.drop_record_bytes() {
+                    self.carry.drain(from..to);
+                }
+            }
+            let want = self.carry.len() + self.opts.chunk_bytes;
+            if let Err(e) = self.fill(want) {
+                let line = self.splitter.as_ref().map_or(self.next_line, crate::docsplit::Splitter::line);
+                let mut chunk = self.io_failure(e);
+                if let Some(b) = chunk.bad.last_mut() {
+                    b.line = line;
+                }
+                return Some(chunk);
+            }
+            if let Some(splitter) = self.splitter.as_mut() {
+                splitter.scan(&self.carry, &mut spans);
+            }
+        }
+    }
+
+    /// YAML documents are read whole (they are small: hand-exported events), up to the limit.
+    fn yaml_chunk(&mut self) -> Option<Chunk> {
         let limit = self.opts.max_document_bytes;
         if let Err(e) = self.fill(limit.saturating_add(1)) {
             return Some(self.io_failure(e));
@@ -315,18 +391,18 @@ impl ChunkReader {
             let offset = self.offset;
             self.carry.clear();
             self.eof = true;
-            let mut chunk = self.make_chunk(ChunkBody::Document(Vec::new()), layout);
+            let mut chunk = self.make_chunk(ChunkBody::Document(Vec::new()), Layout::Yaml);
             chunk.bad.push(BadRecord {
                 file: self.name.clone(),
                 line,
                 offset,
-                reason: format!("document is over the {limit} byte limit for non-JSON-Lines input"),
+                reason: format!("YAML input is over the {limit} byte limit"),
             });
             return Some(chunk);
         }
         self.eof = true;
         let body = std::mem::take(&mut self.carry);
-        Some(self.make_chunk(ChunkBody::Document(body), layout))
+        Some(self.make_chunk(ChunkBody::Document(body), Layout::Yaml))
     }
 }
 

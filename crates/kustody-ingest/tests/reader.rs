@@ -272,3 +272,47 @@ fn shared_native_samples_read_without_bad_records() {
     let out = read_with(&std::fs::read(aks).unwrap(), ReadOptions::default());
     assert_eq!(ids(&out).len(), 1, "{out:?}");
 }
+
+#[test]
+fn damage_inside_a_pretty_document_costs_only_the_damaged_events() {
+    let pretty = |id: &str| {
+        let v: serde_json::Value = serde_json::from_str(&ev(id)).unwrap();
+        serde_json::to_string_pretty(&v).unwrap().lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    };
+    let items: Vec<String> = (0..40).map(|i| pretty(&format!("e{i}"))).collect();
+    // The 4th event is cut short in the middle.
+    let mut broken = items.clone();
+    let cut = broken[3].find("\"verb\"").unwrap();
+    broken[3].truncate(cut + 8);
+    let text = format!("[\n{}\n]\n", broken.join(",\n"));
+    let out = read(text.as_bytes());
+    assert_eq!(ids(&out).len(), 39, "{:?}", bad(&out));
+    assert_eq!(bad(&out).len(), 1, "{:?}", bad(&out));
+    // One invalid byte in one event of an EventList.
+    let mut bytes =
+        format!("{{\n \"kind\": \"EventList\",\n \"items\": [\n{}\n ]\n}}\n", items.join(",\n")).into_bytes();
+    let at = bytes.windows(4).position(|w| w == b"e17\"").unwrap();
+    bytes[at + 1] = 0xff;
+    let out = read(&bytes);
+    assert_eq!(ids(&out).len(), 39);
+    assert_eq!(bad(&out).len(), 1);
+    assert!(bad(&out)[0].1.contains("invalid UTF-8"), "{:?}", bad(&out));
+    // A truncated EventList keeps everything before the cut.
+    let full = format!("{{\n \"kind\": \"EventList\",\n \"items\": [\n{}\n ]\n}}\n", items.join(",\n"));
+    let out = read(full.get(..full.len() / 2).unwrap().as_bytes());
+    assert!(ids(&out).len() >= 18, "{}", ids(&out).len());
+    assert_eq!(bad(&out).len(), 1, "{:?}", bad(&out));
+}
+
+#[test]
+fn an_oversized_event_in_a_document_is_skipped_while_streaming() {
+    let big = format!(r#"{{"auditID":"big","verb":"get","x":"{}"}}"#, "y".repeat(300_000));
+    let text = format!("[\n  {},\n  {},\n  {}\n]\n", ev("a"), big, ev("b"));
+    let out = read_with(
+        text.as_bytes(),
+        ReadOptions { chunk_bytes: 1024, max_record_bytes: 10_000, ..ReadOptions::default() },
+    );
+    assert_eq!(ids(&out), [(2, "a"), (4, "b")]);
+    assert_eq!(bad(&out).len(), 1);
+    assert!(bad(&out)[0].1.contains("over the 10000 byte limit"), "{:?}", bad(&out));
+}

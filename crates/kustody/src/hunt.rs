@@ -467,7 +467,11 @@ impl Stats {
             let _ = writeln!(w, "  … and {} more", self.bad - self.first_bad.len() as u64);
         }
         if self.untimed > 0 {
-            let _ = writeln!(w, "no time:     {} events have no parseable timestamp (kept; their alerts carry \"time\": null)", self.untimed);
+            let _ = writeln!(
+                w,
+                "no time:     {} events have no parseable timestamp (kept; their alerts carry \"time\": null)",
+                self.untimed
+            );
         }
         if self.degraded > 0 {
             let _ = writeln!(
