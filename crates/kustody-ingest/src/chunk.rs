@@ -22,7 +22,7 @@ pub enum Layout {
 pub enum ChunkBody {
     Lines(Vec<u8>),
     /// A whole YAML input.
-    Document(Vec<u8>),
+    Yaml(Vec<u8>),
     /// Records of a JSON document, found by [`crate::docsplit::Splitter`].
     Spans(Vec<u8>, Vec<crate::docsplit::Span>),
 }
@@ -70,7 +70,7 @@ impl Chunk {
     /// Size of the chunk's bytes.
     pub fn len(&self) -> usize {
         match &self.body {
-            ChunkBody::Lines(b) | ChunkBody::Document(b) | ChunkBody::Spans(b, _) => b.len(),
+            ChunkBody::Lines(b) | ChunkBody::Yaml(b) | ChunkBody::Spans(b, _) => b.len(),
         }
     }
 
@@ -81,7 +81,7 @@ impl Chunk {
     /// The chunk's buffer, to give back to the reader's [`crate::BufferPool`].
     pub fn into_buffer(self) -> Vec<u8> {
         match self.body {
-            ChunkBody::Lines(b) | ChunkBody::Document(b) | ChunkBody::Spans(b, _) => b,
+            ChunkBody::Lines(b) | ChunkBody::Yaml(b) | ChunkBody::Spans(b, _) => b,
         }
     }
 
@@ -93,8 +93,7 @@ impl Chunk {
         }
         match (&self.body, self.layout) {
             (ChunkBody::Lines(b), _) => self.lines(b, &mut on),
-            (ChunkBody::Document(b), Layout::Yaml) => self.yaml(b, &mut on),
-            (ChunkBody::Document(b), _) => self.document(b, &mut on),
+            (ChunkBody::Yaml(b), _) => self.yaml(b, &mut on),
             (ChunkBody::Spans(b, spans), _) => self.spans(b, spans, &mut on),
         }
     }
@@ -121,7 +120,7 @@ impl Chunk {
                     )));
                 } else {
                     match std::str::from_utf8(line) {
-                        Ok(text) => self.value(text, line_no, offset, None, on),
+                        Ok(text) => self.value(text, line_no, offset, on),
                         Err(e) => {
                             on(Err(self.bad(line_no, offset, format!("invalid UTF-8 at byte {}", e.valid_up_to()))))
                         }
@@ -148,7 +147,7 @@ impl Chunk {
             }
             let raw = bytes.get(span.start..span.end).unwrap_or_default();
             match std::str::from_utf8(raw) {
-                Ok(text) => self.value(text.trim(), span.line, offset, None, on),
+                Ok(text) => self.value(text.trim(), span.line, offset, on),
                 Err(e) => on(Err(self.bad(
                     span.line,
                     offset,
@@ -176,43 +175,6 @@ impl Chunk {
         }
     }
 
-    fn document(&self, bytes: &[u8], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
-        let Some(text) = self.document_text(bytes, on) else {
-            return;
-        };
-        let mut lines = LineCounter::new(text, self.first_line);
-        let mut stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
-        let mut first = true;
-        loop {
-            let before = stream.byte_offset();
-            match stream.next() {
-                None => break,
-                Some(Ok(value)) => {
-                    first = false;
-                    let off = offset_in(text, value.get());
-                    let line = lines.line_at(off);
-                    self.value(value.get(), line, self.base_offset + off as u64, Some((text, &mut lines)), on);
-                }
-                Some(Err(_)) if first => {
-                    // Not a document after all (the layout is a guess from the first lines):
-                    // read it line by line, so one broken line cannot hide the rest.
-                    self.lines(bytes, on);
-                    break;
-                }
-                Some(Err(e)) => {
-                    let off = text.get(before..).map_or(before, |rest| before + (rest.len() - rest.trim_start().len()));
-                    let line = self.first_line + e.line().saturating_sub(1) as u64;
-                    on(Err(self.bad(
-                        line,
-                        self.base_offset + off as u64,
-                        format!("invalid JSON: {}", strip_position(&e.to_string())),
-                    )));
-                    break; // the rest of a broken document cannot be resynchronised
-                }
-            }
-        }
-    }
-
     fn yaml(&self, bytes: &[u8], on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
         let Some(text) = self.document_text(bytes, on) else {
             return;
@@ -232,14 +194,7 @@ impl Chunk {
     }
 
     /// One top-level JSON value: an Event, an EventList or an array of Events.
-    fn value<'t>(
-        &self,
-        text: &'t str,
-        line: u64,
-        offset: u64,
-        doc: Option<(&'t str, &mut LineCounter<'t>)>,
-        on: &mut dyn FnMut(Result<Record<'t>, BadRecord>),
-    ) {
+    fn value<'t>(&self, text: &'t str, line: u64, offset: u64, on: &mut dyn FnMut(Result<Record<'t>, BadRecord>)) {
         let trimmed = text.trim_start();
         let items: Option<Result<Vec<&RawValue>, serde_json::Error>> = match trimmed.as_bytes().first() {
             Some(b'[') => Some(serde_json::from_str(trimmed)),
@@ -257,15 +212,10 @@ impl Chunk {
                 on(Err(self.bad(line, offset, format!("invalid JSON: {}", strip_position(&e.to_string())))))
             }
             Some(Ok(items)) => {
-                let mut local = LineCounter::new(text, line);
-                let (base_text, counter) = match doc {
-                    Some((d, c)) => (d, c),
-                    None => (text, &mut local),
-                };
-                let base = offset - offset_in(base_text, text) as u64;
+                let mut counter = LineCounter::new(text, line);
                 for item in items {
-                    let off = offset_in(base_text, item.get());
-                    on(Ok(Record { text: item.get(), line: counter.line_at(off), offset: base + off as u64 }));
+                    let off = offset_in(text, item.get());
+                    on(Ok(Record { text: item.get(), line: counter.line_at(off), offset: offset + off as u64 }));
                 }
             }
         }

@@ -200,12 +200,12 @@ impl ChunkReader {
             chunk.bad.push(BadRecord { file: self.name.clone(), line, offset, reason });
             return chunk;
         }
-        if let Some(layout @ (Layout::Document | Layout::Yaml)) = self.layout {
+        if let Some(layout @ Layout::Yaml) = self.layout {
             // Hand the partial document to the parser: it reports where the input ends and
             // keeps every complete item before that point.
             let body = std::mem::take(&mut self.carry);
             let (line, offset) = (self.next_line, self.offset);
-            let mut chunk = self.make_chunk(ChunkBody::Document(body), layout);
+            let mut chunk = self.make_chunk(ChunkBody::Yaml(body), layout);
             chunk.bad.push(BadRecord { file: self.name.clone(), line, offset, reason });
             return chunk;
         }
@@ -228,7 +228,7 @@ impl ChunkReader {
 
     fn make_chunk(&mut self, body: ChunkBody, layout: Layout) -> Chunk {
         let bytes = match &body {
-            ChunkBody::Lines(b) | ChunkBody::Document(b) | ChunkBody::Spans(b, _) => b,
+            ChunkBody::Lines(b) | ChunkBody::Yaml(b) | ChunkBody::Spans(b, _) => b,
         };
         let lines = memchr::memchr_iter(b'\n', bytes).count() as u64;
         let len = bytes.len() as u64;
@@ -391,7 +391,7 @@ impl ChunkReader {
             let offset = self.offset;
             self.carry.clear();
             self.eof = true;
-            let mut chunk = self.make_chunk(ChunkBody::Document(Vec::new()), Layout::Yaml);
+            let mut chunk = self.make_chunk(ChunkBody::Yaml(Vec::new()), Layout::Yaml);
             chunk.bad.push(BadRecord {
                 file: self.name.clone(),
                 line,
@@ -402,7 +402,7 @@ impl ChunkReader {
         }
         self.eof = true;
         let body = std::mem::take(&mut self.carry);
-        Some(self.make_chunk(ChunkBody::Document(body), Layout::Yaml))
+        Some(self.make_chunk(ChunkBody::Yaml(body), Layout::Yaml))
     }
 }
 
