@@ -383,39 +383,41 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
     };
     let expr = ast.as_ref().and_then(|ast| match expr::lower(ast, set) {
         Ok(x) => Some(x),
-        Err(e) => {
-            let unknown_field = e.message.starts_with("unknown field");
-            if unknown_field && def.skip_if_unknown_filter {
+        Err(errs) => {
+            if def.skip_if_unknown_filter && errs.iter().all(|e| e.message.starts_with("unknown field")) {
+                let msg = errs.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
                 errors.push(mk(
                     Severity::Warning,
                     &def.loc.file,
                     def.loc.pos.line,
                     def.loc.pos.col,
-                    format!("skipped (skip-if-unknown-filter): {}", e.message),
+                    format!("skipped (skip-if-unknown-filter): {msg}"),
                 ));
                 return None;
             }
-            match &e.in_macro {
-                Some(m) => {
-                    let mdef = set.loader.macro_idx.get(m).and_then(|&i| set.loader.macros.get(i));
-                    let (file, pos, snip) = match mdef {
-                        Some(md) => {
-                            let (p, s) = locate(&md.cond, md.cond_loc.pos, e.span.0);
-                            (md.cond_loc.file.clone(), p, s)
-                        }
-                        None => (def.cond_loc.file.clone(), def.cond_loc.pos, String::new()),
-                    };
-                    errors.push(mk(
-                        Severity::Error,
-                        &file,
-                        pos.line,
-                        pos.col,
-                        format!("in macro `{m}`: {}{snip}", e.message),
-                    ));
-                }
-                None => {
-                    let (f, l, c, snip) = place(e.span.0);
-                    errors.push(mk(Severity::Error, &f, l, c, format!("{}{snip}", e.message)));
+            for e in errs {
+                match &e.in_macro {
+                    Some(m) => {
+                        let mdef = set.loader.macro_idx.get(m).and_then(|&i| set.loader.macros.get(i));
+                        let (file, pos, snip) = match mdef {
+                            Some(md) => {
+                                let (p, s) = locate(&md.cond, md.cond_loc.pos, e.span.0);
+                                (md.cond_loc.file.clone(), p, s)
+                            }
+                            None => (def.cond_loc.file.clone(), def.cond_loc.pos, String::new()),
+                        };
+                        errors.push(mk(
+                            Severity::Error,
+                            &file,
+                            pos.line,
+                            pos.col,
+                            format!("in macro `{m}`: {}{snip}", e.message),
+                        ));
+                    }
+                    None => {
+                        let (f, l, c, snip) = place(e.span.0);
+                        errors.push(mk(Severity::Error, &f, l, c, format!("{}{snip}", e.message)));
+                    }
                 }
             }
             None

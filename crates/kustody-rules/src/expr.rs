@@ -107,9 +107,22 @@ pub trait Scope {
     fn list_items(&self, name: &str) -> Option<&[String]>;
 }
 
-/// Lowers `ast` (the text of a rule or macro) into an [`Expr`].
-pub fn lower(ast: &Ast, scope: &dyn Scope) -> Result<Expr, LowerError> {
-    Lowerer { scope, stack: Vec::new(), nodes: 0, depth: 0 }.lower(ast)
+/// Lowers `ast` (the text of a rule or macro) into an [`Expr`]. Reports every independent
+/// problem (each operand of an `and`/`or` is checked even after one failed), not just the first.
+pub fn lower(ast: &Ast, scope: &dyn Scope) -> Result<Expr, Vec<LowerError>> {
+    let mut l = Lowerer { scope, stack: Vec::new(), nodes: 0, depth: 0, errors: Vec::new(), fatal: false };
+    let result = l.lower(ast);
+    let mut errors = l.errors;
+    match result {
+        Ok(e) if errors.is_empty() => Ok(e),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            if !e.message.is_empty() {
+                errors.push(e);
+            }
+            Err(errors)
+        }
+    }
 }
 
 struct Lowerer<'s> {
@@ -120,6 +133,10 @@ struct Lowerer<'s> {
     /// grow exponentially, and deep trees overflow evaluation stacks.
     nodes: usize,
     depth: usize,
+    /// Errors found in operands whose siblings were still checked.
+    errors: Vec<LowerError>,
+    /// A size limit was hit: stop at once.
+    fatal: bool,
 }
 
 /// A rule's condition, all macros inlined, may have at most this many nodes…
@@ -141,9 +158,11 @@ impl Lowerer<'_> {
             _ => (0, 0),
         };
         if self.nodes > MAX_NODES {
+            self.fatal = true;
             return Err(self.err(span, format!("condition has more than {MAX_NODES} nodes once macros are expanded")));
         }
         if self.depth > MAX_DEPTH {
+            self.fatal = true;
             return Err(self
                 .err(span, format!("condition is nested more than {MAX_DEPTH} levels deep once macros are expanded")));
         }
@@ -152,10 +171,34 @@ impl Lowerer<'_> {
         r
     }
 
+    /// Lowers every operand, recording the errors of the ones that fail, so that one bad
+    /// comparison does not hide the next.
+    fn lower_all(&mut self, items: &[Ast]) -> Result<Vec<Expr>, LowerError> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut failed = false;
+        for a in items {
+            match self.lower(a) {
+                Ok(e) => out.push(e),
+                Err(e) if self.fatal => return Err(e),
+                Err(e) => {
+                    if !e.message.is_empty() {
+                        self.errors.push(e);
+                    }
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            // Already recorded: an empty message marks "see the errors above".
+            return Err(LowerError { span: (0, 0), in_macro: None, message: String::new() });
+        }
+        Ok(out)
+    }
+
     fn lower_node(&mut self, ast: &Ast) -> Result<Expr, LowerError> {
         Ok(match ast {
-            Ast::And(items) => Expr::And(items.iter().map(|a| self.lower(a)).collect::<Result<_, _>>()?),
-            Ast::Or(items) => Expr::Or(items.iter().map(|a| self.lower(a)).collect::<Result<_, _>>()?),
+            Ast::And(items) => Expr::And(self.lower_all(items)?),
+            Ast::Or(items) => Expr::Or(self.lower_all(items)?),
             Ast::Not(inner) => Expr::Not(Box::new(self.lower(inner)?)),
             Ast::Macro { name, span } => {
                 if self.stack.iter().any(|m| m == name) {

@@ -289,3 +289,18 @@ fn hostile_rule_files_are_refused_with_diagnostics_not_crashes() {
     assert!(msgs.iter().any(|m| m.contains("list `l40`") && m.contains("truncated")), "{msgs:#?}");
     assert!(started.elapsed().as_secs() < 30, "refusing must be quick");
 }
+
+#[test]
+fn every_bad_comparison_of_one_condition_is_reported() {
+    let text = rule("two", "ka.user.groups = foo or ka.nope contains x or (ka.verb = get and ka.verb < abc)");
+    let (engine, diags) = load(&[("f.yaml", &text)]);
+    assert_eq!(engine.rules().count(), 0);
+    let msgs: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    assert_eq!(msgs.len(), 3, "{msgs:#?}");
+    assert!(
+        msgs[0].contains("list field") && msgs[1].contains("unknown field `ka.nope`") && msgs[2].contains("numeric"),
+        "{msgs:#?}"
+    );
+    // Columns point at each comparison.
+    assert!(msgs[0].starts_with("f.yaml:3:14:") && msgs[1].starts_with("f.yaml:3:38:"), "{msgs:#?}");
+}
