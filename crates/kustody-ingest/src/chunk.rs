@@ -23,7 +23,7 @@ pub enum ChunkBody {
     Lines(Vec<u8>),
     /// A whole YAML input.
     Yaml(Vec<u8>),
-    /// Records of a JSON document, found by [`crate::docsplit::Splitter`].
+    /// Records of a JSON document, as found by the document splitter.
     Spans(Vec<u8>, Vec<crate::docsplit::Span>),
 }
 

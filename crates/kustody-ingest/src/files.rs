@@ -30,11 +30,11 @@ impl InputFile {
 }
 
 /// Expands files, directories (recursively) and `-` into the files to read, in reading order.
-pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<InputFile>, IngestError> {
-    let mut out = Vec::new();
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Inputs, IngestError> {
+    let mut out = Inputs::default();
     for input in inputs {
         if input.as_os_str() == "-" {
-            out.push(InputFile::Stdin);
+            out.files.push(InputFile::Stdin);
             continue;
         }
         let meta = std::fs::metadata(input).map_err(|e| match e.kind() {
@@ -44,13 +44,25 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<InputFile>, IngestError> 
         if meta.is_dir() {
             walk(input, &mut out)?;
         } else {
-            out.push(InputFile::Path(input.clone()));
+            out.files.push(InputFile::Path(input.clone()));
         }
     }
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<InputFile>) -> Result<(), IngestError> {
+/// What to read, and the files found in directories that are evidently not logs (checksums,
+/// signatures, notes, images): skipped and listed, never read as bad records by the thousand.
+/// Files named explicitly are always read.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub files: Vec<InputFile>,
+    pub skipped: Vec<PathBuf>,
+}
+
+const NOT_LOGS: &[&str] =
+    &[".md", ".sha256", ".sha512", ".md5", ".sig", ".asc", ".pem", ".crt", ".png", ".jpg", ".jpeg", ".pdf", ".html"];
+
+fn walk(dir: &Path, out: &mut Inputs) -> Result<(), IngestError> {
     let io = |e| IngestError::Io { path: dir.display().to_string(), source: e };
     let mut files = Vec::new();
     let mut dirs = Vec::new();
@@ -65,11 +77,16 @@ fn walk(dir: &Path, out: &mut Vec<InputFile>) -> Result<(), IngestError> {
         if ft.is_dir() {
             dirs.push(path);
         } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
-            files.push(path);
+            let lower = name.to_string_lossy().to_ascii_lowercase();
+            if NOT_LOGS.iter().any(|ext| lower.ends_with(ext)) {
+                out.skipped.push(path);
+            } else {
+                files.push(path);
+            }
         }
     }
     files.sort_by_cached_key(|p| rotation_key(p));
-    out.extend(files.into_iter().map(InputFile::Path));
+    out.files.extend(files.into_iter().map(InputFile::Path));
     dirs.sort();
     for d in dirs {
         walk(&d, out)?;
@@ -147,7 +164,10 @@ mod tests {
         }
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/x.log"), "").unwrap();
-        let files = expand_inputs(&[dir.path().to_path_buf()]).unwrap();
+        std::fs::write(dir.path().join("README.md"), "").unwrap();
+        let inputs = expand_inputs(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(inputs.skipped, [dir.path().join("README.md")]);
+        let files = inputs.files;
         let names: Vec<String> = files
             .iter()
             .map(|f| match f {

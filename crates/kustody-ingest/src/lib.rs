@@ -20,7 +20,8 @@ mod reader;
 mod yaml;
 
 pub use chunk::{BadRecord, Chunk, ChunkBody, Layout, Record};
-pub use files::{expand_inputs, InputFile};
+pub use docsplit::Span;
+pub use files::{expand_inputs, InputFile, Inputs};
 pub use reader::{BufferPool, ChunkReader, ReadOptions};
 
 /// Errors that stop reading one input (not one record).

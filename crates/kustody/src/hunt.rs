@@ -93,7 +93,9 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         eprintln!("kustody: {errors} rule(s) or item(s) failed to load and are skipped (see above; --strict makes this fatal)");
     }
 
-    let files = expand_inputs(&args.paths)?;
+    let inputs = expand_inputs(&args.paths)?;
+    let skipped = inputs.skipped;
+    let files = inputs.files;
     if files.is_empty() {
         bail!(
             "no input files found in {}",
@@ -125,7 +127,7 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
 
     let engine = Arc::new(engine);
     let filter = Arc::new(filter);
-    let mut stats = Stats { files: files.len(), rules_active: engine.active_count(), ..Stats::default() };
+    let mut stats = Stats { files: files.len(), skipped, rules_active: engine.active_count(), ..Stats::default() };
     // Every channel end lives inside the scope: when the collector stops early (`--strict`, a
     // closed stdout) its ends drop, the reader and workers see disconnected channels and stop,
     // and the scope can join them. A window of tokens bounds the chunks in flight, so the
@@ -400,6 +402,7 @@ fn collect(
 #[derive(Default)]
 struct Stats {
     files: usize,
+    skipped: Vec<std::path::PathBuf>,
     unreadable: Vec<String>,
     events: u64,
     bytes: u64,
@@ -446,6 +449,14 @@ impl Stats {
         let mb = self.bytes as f64 / 1e6;
         let _ = writeln!(w, "── kustody hunt summary ──");
         let _ = writeln!(w, "files:       {} ({} unreadable)", self.files, self.unreadable.len());
+        if let Some(first) = self.skipped.first() {
+            let _ = writeln!(
+                w,
+                "skipped:     {} files in directories that are not logs by their names (first: {}); name them to read them",
+                self.skipped.len(),
+                sanitize(&first.display().to_string())
+            );
+        }
         for u in &self.unreadable {
             let _ = writeln!(w, "  unreadable: {}", sanitize(u));
         }
