@@ -31,6 +31,8 @@ struct Ev {
     req: Option<Value>,
     resp: Option<Value>,
     reason: String,
+    /// Authorized without an RBAC reason (system:masters).
+    no_reason: bool,
 }
 
 impl Ev {
@@ -65,6 +67,7 @@ impl Ev {
             req: None,
             resp: None,
             reason: String::new(),
+            no_reason: false,
         }
     }
     fn api(mut self, group: &'static str, version: &'static str) -> Self {
@@ -90,10 +93,6 @@ impl Ev {
     }
     fn code(mut self, code: u16) -> Self {
         self.code = code;
-        self
-    }
-    fn level(mut self, level: &'static str) -> Self {
-        self.level = level;
         self
     }
     fn stage(mut self, stage: &'static str) -> Self {
@@ -186,7 +185,7 @@ impl Ev {
             });
         }
         let decision = if self.code == 403 { "forbid" } else { "allow" };
-        let reason = if self.reason.is_empty() && self.code != 403 {
+        let reason = if self.reason.is_empty() && self.code != 403 && !self.no_reason {
             "RBAC: allowed by ClusterRoleBinding \"system:basic-user\" of ClusterRole \"system:basic-user\" to Group \"system:authenticated\"".to_owned()
         } else {
             self.reason.clone()
@@ -311,7 +310,12 @@ fn benign(rng: &mut Rng, t: i64, pad: usize) -> Ev {
             .name(&format!("{app}-7d9f8b6c5")),
         17 => Ev::new(rng, t, "system:serviceaccount:shop:checkout", "checkout/2.3.1 Go-http-client/2.0", "10.244.1.31", "get", "configmaps").ns("shop").name("checkout-config"),
         18 => Ev::new(rng, t, "bob@example.com", KUBECTL, "192.0.2.44", "get", "pods").ns(ns).sub("log").name(&format!("{app}-7d9f8b6c5-abcde")).query("container=app&tailLines=100"),
-        _ => Ev::new(rng, t, "system:apiserver", "kube-apiserver/v1.30.2 (linux/amd64) kubernetes/3968350", "::1", "get", "namespaces").name("default").level("Metadata"),
+        _ => {
+            let mut e = Ev::new(rng, t, "system:apiserver", "kube-apiserver/v1.30.2", "::1", "get", "namespaces").name("default");
+            e.no_reason = true;
+            e.groups = vec!["system:masters".into()];
+            e
+        }
     }
 }
 
