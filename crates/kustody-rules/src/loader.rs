@@ -109,6 +109,17 @@ pub(crate) struct RuleDef {
     pub loc: Loc,
 }
 
+/// How a `list` or `macro` item relates to an earlier one of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A plain definition: new, or replacing an earlier one.
+    Define,
+    /// `append: true` or `override: {...: append}`.
+    Append,
+    /// `override: {...: replace}`: must replace an existing item.
+    Replace,
+}
+
 /// Accumulates rule files in order, then compiles them into an [`Engine`].
 #[derive(Default)]
 pub struct Loader {
@@ -352,9 +363,9 @@ impl Loader {
         let name = scalar(name_node, "list")?;
         let items_node = item.get("items").ok_or((item.pos(), "list without `items`".to_owned()))?;
         let items = strings(items_node, "items")?;
-        let (append, replace) = self.mode(file, item, &name, "list", &["items"], &["items"])?;
+        let mode = self.mode(file, item, &name, "list", &["items"], &["items"])?;
         match self.list_idx.get(&name).copied() {
-            Some(i) if append => {
+            Some(i) if mode == Mode::Append => {
                 if let Some(l) = self.lists.get_mut(i) {
                     l.items.extend(items);
                     l.visibility = self.counter;
@@ -362,14 +373,16 @@ impl Loader {
             }
             Some(i) => {
                 // A redefinition, or `override: {items: replace}`, replaces the items.
-                let _ = replace;
                 if let Some(l) = self.lists.get_mut(i) {
                     l.items = items;
                     l.visibility = self.counter;
                 }
             }
-            None if append => {
-                return Err((name_node.pos(), format!("list `{name}` is appended to but was never defined")))
+            None if mode != Mode::Define => {
+                return Err((
+                    name_node.pos(),
+                    format!("list `{name}` is overridden or appended to but was never defined"),
+                ))
             }
             None => {
                 self.list_idx.insert(name.clone(), self.lists.len());
@@ -385,7 +398,7 @@ impl Loader {
         Ok(())
     }
 
-    /// Reads `append` / `override` for a macro or list: (append?, replace?).
+    /// Reads `append` / `override` for a macro or list.
     fn mode(
         &mut self,
         file: &Arc<str>,
@@ -394,7 +407,7 @@ impl Loader {
         kind: &str,
         keys: &[&str],
         appendable: &[&str],
-    ) -> Res<(bool, bool)> {
+    ) -> Res<Mode> {
         let append = item.get("append").map(|n| boolean(n, "append")).transpose()?.unwrap_or(false);
         let Some(ov) = item.get("override") else {
             if append {
@@ -406,7 +419,7 @@ impl Loader {
                     "`append: true` is deprecated; use `override: {...: append}`",
                 );
             }
-            return Ok((append, false));
+            return Ok(if append { Mode::Append } else { Mode::Define });
         };
         if append {
             return Err((ov.pos(), "`append` and `override` cannot be used together".into()));
@@ -414,7 +427,7 @@ impl Loader {
         let Node::Map { entries, .. } = ov else {
             return Err((ov.pos(), "`override` must be a mapping of key: append|replace".into()));
         };
-        let mut out = (false, false);
+        let mut out = Mode::Replace;
         for (k, v) in entries {
             let key = scalar(k, "override")?;
             let how = scalar(v, &key)?;
@@ -422,8 +435,8 @@ impl Loader {
                 return Err((k.pos(), format!("`{key}` cannot be overridden on a {kind}")));
             }
             match how.as_str() {
-                "append" if appendable.contains(&key.as_str()) => out.0 = true,
-                "replace" => out.1 = true,
+                "append" if appendable.contains(&key.as_str()) => out = Mode::Append,
+                "replace" => {}
                 _ => return Err((v.pos(), format!("`{key}` override must be `append` or `replace`, not `{how}`"))),
             }
         }
@@ -435,12 +448,12 @@ impl Loader {
         let name = scalar(name_node, "macro")?;
         let cond_node = item.get("condition").ok_or((item.pos(), "macro without `condition`".to_owned()))?;
         let cond = scalar(cond_node, "condition")?;
-        let (append, _) = self.mode(file, item, &name, "macro", &["condition"], &["condition"])?;
+        let mode = self.mode(file, item, &name, "macro", &["condition"], &["condition"])?;
         let cond_loc = Loc { file: file.clone(), pos: cond_node.text_start() };
         match self.macro_idx.get(&name).copied() {
             Some(i) => {
                 if let Some(m) = self.macros.get_mut(i) {
-                    if append {
+                    if mode == Mode::Append {
                         m.cond = format!("{} {}", m.cond, cond);
                     } else {
                         m.cond = cond;
@@ -449,8 +462,11 @@ impl Loader {
                     m.visibility = self.counter;
                 }
             }
-            None if append => {
-                return Err((name_node.pos(), format!("macro `{name}` is appended to but was never defined")))
+            None if mode != Mode::Define => {
+                return Err((
+                    name_node.pos(),
+                    format!("macro `{name}` is overridden or appended to but was never defined"),
+                ))
             }
             None => {
                 self.macro_idx.insert(name.clone(), self.macros.len());

@@ -20,7 +20,14 @@ pub enum Node {
     Or(Box<[Node]>),
     Not(Box<Node>),
     Exists(Operand),
-    Test { lhs: Operand, m: Matcher },
+    Test {
+        lhs: Operand,
+        m: Matcher,
+    },
+    /// `jevt.rawtime exists` and `jevt.rawtime = N` (upstream's always-true / never-true
+    /// macros, on every event): compared as numbers, without formatting the time.
+    HasTime,
+    TimeIs(i64),
 }
 
 #[derive(Debug)]
@@ -61,9 +68,17 @@ fn build(expr: &Expr) -> Result<Node, String> {
         Expr::And(items) => Node::And(items.iter().map(build).collect::<Result<_, _>>()?),
         Expr::Or(items) => Node::Or(items.iter().map(build).collect::<Result<_, _>>()?),
         Expr::Not(inner) => Node::Not(Box::new(build(inner)?)),
+        Expr::Exists(op) if is_rawtime(op) => Node::HasTime,
         Expr::Exists(op) => Node::Exists(op.clone()),
+        Expr::Cmp { lhs, op: Op::Eq, rhs: Value::Str(v) } if is_rawtime(lhs) && v.parse::<i64>().is_ok() => {
+            Node::TimeIs(v.parse::<i64>().unwrap_or_default())
+        }
         Expr::Cmp { lhs, op, rhs } => Node::Test { lhs: lhs.clone(), m: matcher(lhs, *op, rhs)? },
     })
+}
+
+fn is_rawtime(op: &Operand) -> bool {
+    op.transformers.is_empty() && op.field.field == Field::JsonRawTime
 }
 
 fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
@@ -212,6 +227,7 @@ fn cost(n: &Node) -> u32 {
     match n {
         Node::And(items) | Node::Or(items) => items.iter().map(cost).sum(),
         Node::Not(inner) => cost(inner),
+        Node::HasTime | Node::TimeIs(_) => 1,
         Node::Exists(op) => field_cost(op),
         Node::Test { lhs, m } => {
             field_cost(lhs)
@@ -257,16 +273,9 @@ pub fn eval(n: &Node, ev: &Event<'_>) -> bool {
         Node::And(items) => items.iter().all(|i| eval(i, ev)),
         Node::Or(items) => items.iter().any(|i| eval(i, ev)),
         Node::Not(inner) => !eval(inner, ev),
-        Node::Exists(op) if op.transformers.is_empty() && op.field.field == Field::JsonRawTime => {
-            ev.time_ns().is_some()
-        }
+        Node::HasTime => ev.time_ns().is_some(),
+        Node::TimeIs(n) => ev.time_ns() == Some(*n),
         Node::Exists(op) => op.eval(ev).is_some(),
-        // `jevt.rawtime = 0` is upstream's "never true": compare numbers, no formatting.
-        Node::Test { lhs, m: Matcher::Eq(v) }
-            if lhs.transformers.is_empty() && lhs.field.field == Field::JsonRawTime && v.parse::<i64>().is_ok() =>
-        {
-            ev.time_ns().is_some_and(|t| v.parse::<i64>().is_ok_and(|n| n == t))
-        }
         Node::Test { lhs, m } => match lhs.eval(ev) {
             None => false,
             Some(v) => test(&v, m, ev),
