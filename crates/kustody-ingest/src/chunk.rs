@@ -43,12 +43,14 @@ pub struct Chunk {
     pub bad: Vec<BadRecord>,
 }
 
-/// One audit event's native JSON text and where it starts.
+/// One audit event's native JSON text, where its original record starts, and the format the
+/// record was in (managed-cloud records are unwrapped or normalised to native JSON).
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
     pub text: &'a str,
     pub line: u64,
     pub offset: u64,
+    pub format: SourceFormat,
 }
 
 /// A record that could not be read, and why.
@@ -120,7 +122,14 @@ impl Chunk {
                     )));
                 } else {
                     match std::str::from_utf8(line) {
-                        Ok(text) => self.value(text, line_no, offset, on),
+                        // EKS S3 exports prefix each event with its timestamp.
+                        Ok(text) => match crate::managed::strip_s3_prefix(text) {
+                            Some(event) => {
+                                let at = offset + (text.len() - event.len()) as u64;
+                                self.emit(event, line_no, at, SourceFormat::EksS3, on)
+                            }
+                            None => self.value(text, line_no, offset, on),
+                        },
                         Err(e) => {
                             on(Err(self.bad(line_no, offset, format!("invalid UTF-8 at byte {}", e.valid_up_to()))))
                         }
@@ -186,7 +195,7 @@ impl Chunk {
                 Err(e) => on(Err(self.bad(line_of(e.line), offset, format!("invalid YAML: {}", e.message)))),
                 Ok(events) => {
                     for ev in events {
-                        on(Ok(Record { text: &ev.json, line: line_of(ev.line), offset }));
+                        self.emit(&ev.json, line_of(ev.line), offset, SourceFormat::NativeYaml, on);
                     }
                 }
             }
@@ -194,20 +203,27 @@ impl Chunk {
     }
 
     /// One top-level JSON value: an Event, an EventList or an array of Events.
-    fn value<'t>(&self, text: &'t str, line: u64, offset: u64, on: &mut dyn FnMut(Result<Record<'t>, BadRecord>)) {
+    /// One top-level JSON value: an Event, an EventList, an array, a managed-cloud batch
+    /// (`records`, `events`, `logEvents`) or a single wrapped record.
+    fn value(&self, text: &str, line: u64, offset: u64, on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
         let trimmed = text.trim_start();
-        let items: Option<Result<Vec<&RawValue>, serde_json::Error>> = match trimmed.as_bytes().first() {
+        let b = trimmed.as_bytes();
+        let listy = ["EventList", "\"records\"", "\"events\"", "\"logEvents\""]
+            .iter()
+            .any(|n| memchr::memmem::find(b, n.as_bytes()).is_some());
+        let items: Option<Result<Vec<&RawValue>, serde_json::Error>> = match b.first() {
             Some(b'[') => Some(serde_json::from_str(trimmed)),
-            Some(b'{') if memchr::memmem::find(trimmed.as_bytes(), b"EventList").is_some() => {
-                match serde_json::from_str::<ListShape<'_>>(trimmed) {
-                    Ok(l) if l.kind.as_deref() == Some("EventList") => Some(Ok(l.items.unwrap_or_default())),
-                    _ => None,
+            Some(b'{') if listy => match serde_json::from_str::<ListShape<'_>>(trimmed) {
+                Ok(l) if l.kind.as_deref() == Some("EventList") => Some(Ok(l.items.unwrap_or_default())),
+                Ok(l) if l.records.is_some() || l.log_events.is_some() || l.events.is_some() => {
+                    Some(Ok(l.records.or(l.log_events).or(l.events).unwrap_or_default()))
                 }
-            }
+                _ => None,
+            },
             _ => None,
         };
         match items {
-            None => on(Ok(Record { text, line, offset })),
+            None => self.emit(text, line, offset, SourceFormat::Native, on),
             Some(Err(e)) => {
                 on(Err(self.bad(line, offset, format!("invalid JSON: {}", strip_position(&e.to_string())))))
             }
@@ -215,9 +231,28 @@ impl Chunk {
                 let mut counter = LineCounter::new(text, line);
                 for item in items {
                     let off = offset_in(text, item.get());
-                    on(Ok(Record { text: item.get(), line: counter.line_at(off), offset: offset + off as u64 }));
+                    self.emit(item.get(), counter.line_at(off), offset + off as u64, SourceFormat::Native, on);
                 }
             }
+        }
+    }
+
+    /// One record: a native Event as it is, or a managed-cloud record unwrapped/normalised.
+    fn emit(
+        &self,
+        text: &str,
+        line: u64,
+        offset: u64,
+        native: SourceFormat,
+        on: &mut dyn FnMut(Result<Record<'_>, BadRecord>),
+    ) {
+        match crate::managed::unwrap(text) {
+            Ok(crate::managed::Unwrapped::Native) => on(Ok(Record { text, line, offset, format: native })),
+            Ok(crate::managed::Unwrapped::One(event, format)) => on(Ok(Record { text: &event, line, offset, format })),
+            Ok(crate::managed::Unwrapped::Skip(reason)) => {
+                on(Err(self.bad(line, offset, format!("skipped: {reason}"))))
+            }
+            Err(reason) => on(Err(self.bad(line, offset, reason))),
         }
     }
 }
@@ -228,6 +263,15 @@ struct ListShape<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     items: Option<Vec<&'a RawValue>>,
+    /// AKS Event Hubs / storage batches.
+    #[serde(borrow, default)]
+    records: Option<Vec<&'a RawValue>>,
+    /// `aws logs filter-log-events` / `get-log-events` output.
+    #[serde(borrow, default)]
+    events: Option<Vec<&'a RawValue>>,
+    /// CloudWatch Logs subscription / Firehose records.
+    #[serde(borrow, default, rename = "logEvents")]
+    log_events: Option<Vec<&'a RawValue>>,
 }
 
 /// Byte offset of `inner` inside `outer` (both borrowed from the same buffer).

@@ -281,7 +281,10 @@ impl Splitter {
 
     fn end_string(&mut self, buf: &[u8]) {
         if self.top == Top::Object && self.depth == 1 && self.expect_key {
-            self.key_is_items = buf.get(self.key_start..self.pos) == Some(b"items".as_slice());
+            // EventList `items`, and the batches of managed clouds: AKS `records`, CloudWatch
+            // `events` (CLI output) and `logEvents` (subscriptions).
+            self.key_is_items =
+                matches!(buf.get(self.key_start..self.pos), Some(b"items" | b"records" | b"events" | b"logEvents"));
         }
     }
 

@@ -31,6 +31,15 @@ pub enum SourceFormat {
     Native,
     /// A native Event written as YAML.
     NativeYaml,
+    /// EKS: a CloudWatch Logs event whose `message` holds the Event (CLI output, subscription
+    /// or Firehose records).
+    Eks,
+    /// EKS: an S3 export line, `<timestamp> <event JSON>`.
+    EksS3,
+    /// GKE: a Cloud Logging LogEntry with an AuditLog `protoPayload`, mapped to an Event.
+    Gke,
+    /// AKS: a diagnostic-settings record whose `properties.log` holds the Event.
+    Aks,
 }
 
 impl SourceFormat {
@@ -39,6 +48,10 @@ impl SourceFormat {
         match self {
             SourceFormat::Native => "native",
             SourceFormat::NativeYaml => "native-yaml",
+            SourceFormat::Eks => "eks-cloudwatch",
+            SourceFormat::EksS3 => "eks-s3",
+            SourceFormat::Gke => "gke",
+            SourceFormat::Aks => "aks",
         }
     }
 }

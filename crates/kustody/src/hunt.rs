@@ -297,12 +297,8 @@ fn process(
                     }
                 }
                 for &i in matched.iter() {
-                    let src = SourceRef {
-                        file: chunk.file.clone(),
-                        line: rec.line,
-                        offset: rec.offset,
-                        format: chunk.format,
-                    };
+                    let src =
+                        SourceRef { file: chunk.file.clone(), line: rec.line, offset: rec.offset, format: rec.format };
                     if let Some(d) = engine.detection(i, &ev, src, with_context) {
                         match renderer.render(&d, &mut r.rendered) {
                             Ok(()) => r.rules.push(i),

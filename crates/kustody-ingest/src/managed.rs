@@ -1,0 +1,301 @@
+//! Managed-cloud wrappers around audit events, unwrapped or normalised to native Event JSON.
+//!
+//! * EKS: CloudWatch Logs events `{"message": "<event JSON>", "timestamp": ...}` — as the
+//!   `events` of `aws logs filter-log-events` / `get-log-events` output, as the `logEvents` of a
+//!   subscription/Firehose record, or one per line; S3 exports are `<timestamp> <event JSON>` lines.
+//! * AKS: diagnostic-settings records `{"category": "kube-audit", "properties": {"log": ...}}` —
+//!   as the `records` of an Event Hubs / storage batch, or one per line. `log` is a JSON string
+//!   or an object.
+//! * GKE: Cloud Logging LogEntries with an AuditLog `protoPayload`, mapped field by field onto a
+//!   native Event (docs/FORMATS.md has the mapping and what GKE cannot provide).
+//!
+//! Detection is by shape, per record; a wrapper that is recognised but broken is a bad record
+//! with the reason, never a silent skip.
+
+use std::borrow::Cow;
+
+use kustody_model::SourceFormat;
+use serde_json::{json, Map, Value};
+
+/// What one top-level record turned out to be.
+pub enum Unwrapped<'a> {
+    /// Not a known wrapper: the text itself is (presumably) a native Event.
+    Native,
+    /// One native Event.
+    One(Cow<'a, str>, SourceFormat),
+    /// A wrapper that holds nothing to read (a CloudWatch control message, another AKS log
+    /// category), with the reason it is skipped.
+    Skip(String),
+}
+
+fn has(text: &str, needle: &str) -> bool {
+    memchr::memmem::find(text.as_bytes(), needle.as_bytes()).is_some()
+}
+
+/// Recognises a wrapped event. Cheap byte checks first, so native events pay nothing.
+pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
+    let t = text.trim_start();
+    if !t.starts_with('{') {
+        return Ok(Unwrapped::Native);
+    }
+    if has(t, "\"protoPayload\"") {
+        let v: Value = serde_json::from_str(t).map_err(|e| format!("invalid JSON: {e}"))?;
+        if v.get("protoPayload").is_some() {
+            return gke(&v).map(|e| Unwrapped::One(Cow::Owned(e.to_string()), SourceFormat::Gke));
+        }
+    }
+    if has(t, "\"properties\"") && has(t, "\"category\"") {
+        #[derive(serde::Deserialize)]
+        struct Aks<'a> {
+            #[serde(borrow)]
+            category: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            properties: Option<AksProps<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct AksProps<'a> {
+            #[serde(borrow)]
+            log: Option<&'a serde_json::value::RawValue>,
+        }
+        if let Ok(r) = serde_json::from_str::<Aks<'_>>(t) {
+            if let Some(props) = r.properties {
+                let category = r.category.unwrap_or_default();
+                if category != "kube-audit" && category != "kube-audit-admin" {
+                    return Ok(Unwrapped::Skip(format!("AKS record of category `{category}` is not an audit log")));
+                }
+                let log = props.log.ok_or("AKS record without `properties.log`")?.get();
+                return embedded(log, "properties.log").map(|e| Unwrapped::One(e, SourceFormat::Aks));
+            }
+        }
+    }
+    if has(t, "\"message\"") {
+        #[derive(serde::Deserialize)]
+        struct Cw<'a> {
+            #[serde(borrow)]
+            message: Option<&'a serde_json::value::RawValue>,
+            #[serde(default, rename = "messageType")]
+            message_type: Option<String>,
+        }
+        if let Ok(r) = serde_json::from_str::<Cw<'_>>(t) {
+            if let Some(m) = r.message {
+                // A native Event never has a top-level `message`; a CloudWatch event always does.
+                if r.message_type.is_none() {
+                    let inner = embedded(m.get(), "message")?;
+                    if inner.trim_start().starts_with('{') {
+                        return Ok(Unwrapped::One(inner, SourceFormat::Eks));
+                    }
+                    return Ok(Unwrapped::Skip(
+                        "CloudWatch event whose message is not JSON (a control message?)".into(),
+                    ));
+                }
+            }
+            if r.message_type.as_deref() == Some("CONTROL_MESSAGE") {
+                return Ok(Unwrapped::Skip("CloudWatch Logs control message".into()));
+            }
+        }
+    }
+    Ok(Unwrapped::Native)
+}
+
+/// An event carried as a JSON string (escaped) or as an object, inside a wrapper field.
+fn embedded<'a>(raw: &'a str, field: &str) -> Result<Cow<'a, str>, String> {
+    let raw = raw.trim();
+    if raw.starts_with('"') {
+        let s: String = serde_json::from_str(raw).map_err(|e| format!("`{field}` is not a valid JSON string: {e}"))?;
+        let trimmed = s.trim();
+        if !trimmed.starts_with('{') {
+            return Err(format!("`{field}` does not hold a JSON object"));
+        }
+        if serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_err() {
+            return Err(format!("`{field}` holds text that is not valid JSON"));
+        }
+        return Ok(Cow::Owned(trimmed.to_owned()));
+    }
+    if raw.starts_with('{') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    Err(format!("`{field}` is neither a JSON string nor an object"))
+}
+
+/// An EKS S3 export line: `<RFC 3339 timestamp> <event JSON>`.
+pub fn strip_s3_prefix(line: &str) -> Option<&str> {
+    let (ts, rest) = line.split_once(' ')?;
+    let rest = rest.trim_start();
+    (ts.len() >= 20 && kustody_model::time::parse_rfc3339_nanos(ts).is_some() && rest.starts_with('{')).then_some(rest)
+}
+
+/// gRPC status codes (google.rpc.Code) to the HTTP codes kube-apiserver would have answered.
+fn http_code(grpc: i64) -> i64 {
+    match grpc {
+        0 => 200,
+        1 => 499,
+        3 => 400,
+        4 => 504,
+        5 => 404,
+        6 => 409,
+        7 => 403,
+        8 => 429,
+        9 => 400,
+        10 => 409,
+        11 => 400,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
+}
+
+/// Subresources that stream: their native events are reported at ResponseStarted.
+const STREAMING: &[&str] = &["exec", "attach", "portforward", "proxy"];
+
+/// Maps a GKE LogEntry with an AuditLog protoPayload onto a native audit Event.
+pub fn gke(entry: &Value) -> Result<Value, String> {
+    let p = entry.get("protoPayload").ok_or("LogEntry without protoPayload")?;
+    let ty = p.get("@type").and_then(Value::as_str).unwrap_or("");
+    if !ty.ends_with("google.cloud.audit.AuditLog") {
+        return Err(format!("protoPayload of type `{ty}` is not an AuditLog"));
+    }
+    let method = p.get("methodName").and_then(Value::as_str).ok_or("AuditLog without methodName")?;
+    if !method.starts_with("io.k8s.") {
+        return Err(format!("methodName `{method}` is not a Kubernetes API call"));
+    }
+    let verb = method.rsplit('.').next().unwrap_or("");
+    let resource_name = p.get("resourceName").and_then(Value::as_str).unwrap_or("");
+    let mut segs: Vec<&str> = resource_name.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version) = if segs.len() >= 2 { (segs.remove(0), segs.remove(0)) } else { ("", "") };
+    let mut object_ref = Map::new();
+    let group = if group == "core" { "" } else { group };
+    if !group.is_empty() {
+        object_ref.insert("apiGroup".into(), json!(group));
+    }
+    if !version.is_empty() {
+        object_ref.insert("apiVersion".into(), json!(version));
+    }
+    let mut rest: &[&str] = &segs;
+    if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        object_ref.insert("namespace".into(), json!(rest.get(1)));
+        rest = rest.get(2..).unwrap_or_default();
+    }
+    if let Some(r) = rest.first() {
+        object_ref.insert("resource".into(), json!(r));
+    }
+    if let Some(n) = rest.get(1) {
+        object_ref.insert("name".into(), json!(n));
+    }
+    let sub = rest.get(2).copied();
+    if let Some(s) = sub {
+        object_ref.insert("subresource".into(), json!(s));
+    }
+    let uri = {
+        let base = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+        format!("{base}/{}", segs.join("/"))
+    };
+    let stage = if sub.is_some_and(|s| STREAMING.contains(&s)) { "ResponseStarted" } else { "ResponseComplete" };
+    let code = p.get("status").and_then(|s| s.get("code")).and_then(Value::as_i64).unwrap_or(0);
+    let mut status = json!({"metadata": {}, "code": http_code(code)});
+    if let Some(msg) = p.get("status").and_then(|s| s.get("message")) {
+        status["message"] = msg.clone();
+    }
+    let time = entry.get("timestamp").cloned().unwrap_or(Value::Null);
+    let mut annotations = entry.get("labels").and_then(Value::as_object).cloned().unwrap_or_default();
+    if let Some(c) = entry.get("resource").and_then(|r| r.get("labels")).and_then(|l| l.get("cluster_name")) {
+        annotations.insert("cluster_name".into(), c.clone());
+    }
+    let strip_type = |v: &Value| -> Value {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("@type");
+        }
+        v
+    };
+    let request = p.get("request").map(strip_type);
+    let response = p.get("response").map(strip_type);
+    let level = if request.is_some() || response.is_some() { "RequestResponse" } else { "Metadata" };
+    let audit_id = entry
+        .get("operation")
+        .and_then(|o| o.get("id"))
+        .or_else(|| entry.get("insertId"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let meta = p.get("requestMetadata");
+    let mut ev = json!({
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": level,
+        "auditID": audit_id,
+        "stage": stage,
+        "requestURI": uri,
+        "verb": verb,
+        "user": {"username": p.get("authenticationInfo").and_then(|a| a.get("principalEmail")).cloned().unwrap_or(Value::Null)},
+        "sourceIPs": meta.and_then(|m| m.get("callerIp")).map(|ip| json!([ip])).unwrap_or(Value::Null),
+        "userAgent": meta.and_then(|m| m.get("callerSuppliedUserAgent")).cloned().unwrap_or(Value::Null),
+        "objectRef": Value::Object(object_ref),
+        "responseStatus": status,
+        "requestReceivedTimestamp": time,
+        "stageTimestamp": entry.get("timestamp").cloned().unwrap_or(Value::Null),
+        "annotations": Value::Object(annotations),
+    });
+    if let Some(r) = request {
+        ev["requestObject"] = r;
+    }
+    if let Some(r) = response {
+        ev["responseObject"] = r;
+    }
+    Ok(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gke_mapping() {
+        let entry = json!({
+            "insertId": "i1",
+            "labels": {"authorization.k8s.io/decision": "allow"},
+            "operation": {"id": "op-1"},
+            "protoPayload": {
+                "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+                "authenticationInfo": {"principalEmail": "alice@example.com"},
+                "methodName": "io.k8s.core.v1.pods.exec.create",
+                "requestMetadata": {"callerIp": "192.0.2.1", "callerSuppliedUserAgent": "kubectl/v1.30"},
+                "resourceName": "core/v1/namespaces/shop/pods/db-0/exec",
+                "status": {"code": 7, "message": "denied"},
+                "request": {"@type": "k8s.io/Foo", "a": 1}
+            },
+            "resource": {"labels": {"cluster_name": "prod"}},
+            "timestamp": "2024-01-01T00:00:00Z"
+        });
+        let ev = gke(&entry).unwrap();
+        assert_eq!(ev["verb"], "create");
+        assert_eq!(
+            ev["objectRef"],
+            json!({"apiVersion": "v1", "namespace": "shop", "resource": "pods", "name": "db-0", "subresource": "exec"})
+        );
+        assert_eq!(ev["stage"], "ResponseStarted");
+        assert_eq!(ev["responseStatus"]["code"], 403);
+        assert_eq!(ev["user"]["username"], "alice@example.com");
+        assert_eq!(ev["sourceIPs"], json!(["192.0.2.1"]));
+        assert_eq!(ev["annotations"]["cluster_name"], "prod");
+        assert_eq!(ev["auditID"], "op-1");
+        assert_eq!(ev["requestObject"], json!({"a": 1}));
+        assert_eq!(ev["requestURI"], "/api/v1/namespaces/shop/pods/db-0/exec");
+        let rb = json!({"protoPayload": {"@type": "type.googleapis.com/google.cloud.audit.AuditLog", "methodName": "io.k8s.authorization.rbac.v1.clusterrolebindings.create", "resourceName": "rbac.authorization.k8s.io/v1/clusterrolebindings/x"}});
+        let ev = gke(&rb).unwrap();
+        assert_eq!(ev["objectRef"]["apiGroup"], "rbac.authorization.k8s.io");
+        assert_eq!(ev["objectRef"]["resource"], "clusterrolebindings");
+        assert_eq!(ev["objectRef"].get("namespace"), None);
+        let ns = json!({"protoPayload": {"@type": "type.googleapis.com/google.cloud.audit.AuditLog", "methodName": "io.k8s.core.v1.namespaces.delete", "resourceName": "core/v1/namespaces/crypto"}});
+        let ev = gke(&ns).unwrap();
+        assert_eq!(ev["objectRef"]["resource"], "namespaces");
+        assert_eq!(ev["objectRef"]["name"], "crypto");
+        assert!(gke(&json!({"protoPayload": {"@type": "x.Other"}})).is_err());
+    }
+
+    #[test]
+    fn s3_prefix() {
+        assert_eq!(strip_s3_prefix("2024-01-01T00:00:00.000Z {\"a\":1}"), Some("{\"a\":1}"));
+        assert_eq!(strip_s3_prefix("{\"a\":1}"), None);
+        assert_eq!(strip_s3_prefix("garbage {\"a\":1}"), None);
+    }
+}
