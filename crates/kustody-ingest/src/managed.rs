@@ -193,8 +193,8 @@ pub fn gke(entry: &Value) -> Result<Value, String> {
     let stage = if sub.is_some_and(|s| STREAMING.contains(&s)) { "ResponseStarted" } else { "ResponseComplete" };
     let code = p.get("status").and_then(|s| s.get("code")).and_then(Value::as_i64).unwrap_or(0);
     let mut status = json!({"metadata": {}, "code": http_code(code)});
-    if let Some(msg) = p.get("status").and_then(|s| s.get("message")) {
-        status["message"] = msg.clone();
+    if let (Some(msg), Some(o)) = (p.get("status").and_then(|s| s.get("message")), status.as_object_mut()) {
+        o.insert("message".into(), msg.clone());
     }
     let time = entry.get("timestamp").cloned().unwrap_or(Value::Null);
     let mut annotations = entry.get("labels").and_then(Value::as_object).cloned().unwrap_or_default();
@@ -235,11 +235,13 @@ pub fn gke(entry: &Value) -> Result<Value, String> {
         "stageTimestamp": entry.get("timestamp").cloned().unwrap_or(Value::Null),
         "annotations": Value::Object(annotations),
     });
-    if let Some(r) = request {
-        ev["requestObject"] = r;
-    }
-    if let Some(r) = response {
-        ev["responseObject"] = r;
+    if let Some(o) = ev.as_object_mut() {
+        if let Some(r) = request {
+            o.insert("requestObject".into(), r);
+        }
+        if let Some(r) = response {
+            o.insert("responseObject".into(), r);
+        }
     }
     Ok(ev)
 }
