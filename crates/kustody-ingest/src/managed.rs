@@ -80,13 +80,13 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
             if let Some(m) = r.message {
                 // A native Event never has a top-level `message`; a CloudWatch event always does.
                 if r.message_type.is_none() {
-                    let inner = embedded(m.get(), "message")?;
-                    if inner.trim_start().starts_with('{') {
-                        return Ok(Unwrapped::One(inner, SourceFormat::Eks));
+                    let text_message = serde_json::from_str::<String>(m.get()).ok();
+                    if text_message.as_deref().is_some_and(|t| !t.trim_start().starts_with('{')) {
+                        return Ok(Unwrapped::Skip(
+                            "CloudWatch event whose message is not a JSON object (a control message?)".into(),
+                        ));
                     }
-                    return Ok(Unwrapped::Skip(
-                        "CloudWatch event whose message is not JSON (a control message?)".into(),
-                    ));
+                    return embedded(m.get(), "message").map(|e| Unwrapped::One(e, SourceFormat::Eks));
                 }
             }
             if r.message_type.as_deref() == Some("CONTROL_MESSAGE") {

@@ -143,7 +143,8 @@ impl ChunkReader {
         }
         if !self.started {
             self.started = true;
-            if let Err(e) = self.fill(self.opts.chunk_bytes.min(64 << 10)) {
+            // Sniff from up to 64 KiB: licence headers and comments can be long.
+            if let Err(e) = self.fill(64 << 10) {
                 return Some(self.io_failure(e));
             }
             if self.carry.starts_with(BOM) {
