@@ -80,13 +80,13 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
             if let Some(m) = r.message {
                 // A native Event never has a top-level `message`; a CloudWatch event always does.
                 if r.message_type.is_none() {
-                    let text_message = serde_json::from_str::<String>(m.get()).ok();
-                    if text_message.as_deref().is_some_and(|t| !t.trim_start().starts_with('{')) {
-                        return Ok(Unwrapped::Skip(
+                    return Ok(match embedded(m.get(), "message") {
+                        Ok(e) => Unwrapped::One(e, SourceFormat::Eks),
+                        Err(_) if m.get().starts_with('"') => Unwrapped::Skip(
                             "CloudWatch event whose message is not a JSON object (a control message?)".into(),
-                        ));
-                    }
-                    return embedded(m.get(), "message").map(|e| Unwrapped::One(e, SourceFormat::Eks));
+                        ),
+                        Err(e) => return Err(e),
+                    });
                 }
             }
             if r.message_type.as_deref() == Some("CONTROL_MESSAGE") {
@@ -97,19 +97,20 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
     Ok(Unwrapped::Native)
 }
 
-/// An event carried as a JSON string (escaped) or as an object, inside a wrapper field.
+/// An event carried as a JSON string (escaped) or as an object, inside a wrapper field. The
+/// string is unescaped once; whether it is valid JSON is left to `Event::parse` (one pass, not
+/// two), whose error the caller reports with the record's format.
 fn embedded<'a>(raw: &'a str, field: &str) -> Result<Cow<'a, str>, String> {
     let raw = raw.trim();
     if raw.starts_with('"') {
-        let s: String = serde_json::from_str(raw).map_err(|e| format!("`{field}` is not a valid JSON string: {e}"))?;
-        let trimmed = s.trim();
-        if !trimmed.starts_with('{') {
+        let mut s: String =
+            serde_json::from_str(raw).map_err(|e| format!("`{field}` is not a valid JSON string: {e}"))?;
+        if !s.trim_start().starts_with('{') {
             return Err(format!("`{field}` does not hold a JSON object"));
         }
-        if serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_err() {
-            return Err(format!("`{field}` holds text that is not valid JSON"));
-        }
-        return Ok(Cow::Owned(trimmed.to_owned()));
+        let end = s.trim_end().len();
+        s.truncate(end);
+        return Ok(Cow::Owned(s));
     }
     if raw.starts_with('{') {
         return Ok(Cow::Borrowed(raw));

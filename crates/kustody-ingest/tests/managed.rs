@@ -125,7 +125,7 @@ fn aks_records_with_string_or_object_logs_and_malformed_wrappers() {
     );
     assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), [3, 4, 5]);
     assert!(bad[0].1.contains("`properties.log`"), "{bad:?}");
-    assert!(bad[1].1.contains("not valid JSON"), "{bad:?}");
+    assert!(bad[1].1.contains("invalid JSON"), "{bad:?}");
     assert!(bad[2].1.contains("category `cluster-autoscaler`"), "{bad:?}");
     // The same records as an Event Hubs batch.
     let batch = serde_json::json!({"records": lines});

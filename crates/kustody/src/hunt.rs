@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use kustody_ingest::{expand_inputs, BadRecord, Chunk, ChunkReader, InputFile, ReadOptions};
-use kustody_model::{Event, SourceRef};
+use kustody_model::{Event, SourceFormat, SourceRef};
 use kustody_rules::{Engine, EngineOptions, Scratch, Severity};
 
 use crate::cli::{ColorChoice, Format, HuntArgs};
@@ -274,7 +274,10 @@ fn process(
                 file: chunk.file.clone(),
                 line: rec.line,
                 offset: rec.offset,
-                reason: e.to_string(),
+                reason: match rec.format {
+                    SourceFormat::Native | SourceFormat::NativeYaml => e.to_string(),
+                    f => format!("event inside a {} record: {e}", f.as_str()),
+                },
             }),
             Ok(ev) => {
                 r.events += 1;
