@@ -22,6 +22,10 @@ pub enum Command {
     ///
     /// Exit codes: 0 = no detections, 1 = detections, 2 = error.
     Hunt(HuntArgs),
+    /// Every event that touches one identity, in time order, marked with its detections.
+    ///
+    /// Exit codes: 0 = events found, 1 = no event matched, 2 = error.
+    Timeline(TimelineArgs),
     /// Check or list rules.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -125,6 +129,55 @@ pub enum Format {
     Json,
     /// One row per detection.
     Csv,
+    /// JSON lines for Timesketch import (message, datetime, timestamp_desc, fields).
+    Timesketch,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("identity").required(true).args(["pod", "user", "sa", "ip"])))]
+pub struct TimelineArgs {
+    /// Audit log files, directories or `-` for stdin.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// A pod: its creation, exec/attach (with commands), log reads, changes to it and its
+    /// owners, and requests made with its service account's token.
+    #[arg(long, value_name = "NS/NAME")]
+    pub pod: Option<String>,
+    /// A user name (as authenticated or impersonated).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// A service account: requests with its token and changes to it.
+    #[arg(long, value_name = "NS/NAME")]
+    pub sa: Option<String>,
+    /// A source IP address.
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<String>,
+    #[command(flatten)]
+    pub rules: RuleArgs,
+    /// Only events at or after this time (RFC 3339 or a duration ago: 90m, 12h, 7d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events before this time.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value_t = TimelineFormat::Table)]
+    pub format: TimelineFormat,
+    /// Write to FILE instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimelineFormat {
+    /// Two or three lines per event, 80 columns.
+    Table,
+    /// One JSON object per event.
+    Jsonl,
+    /// One row per event.
+    Csv,
+    /// JSON lines for Timesketch import.
+    Timesketch,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,7 +70,7 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
     let filter = Filter {
         since: args.since.as_deref().map(|s| timespec::parse(s, now_ns)).transpose().context("--since")?,
         until: args.until.as_deref().map(|s| timespec::parse(s, now_ns)).transpose().context("--until")?,
-        with_context: matches!(args.format, Format::Table | Format::Csv),
+        with_context: matches!(args.format, Format::Table | Format::Csv | Format::Timesketch),
     };
 
     let opts = EngineOptions { min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug) };

@@ -6,6 +6,7 @@ mod hunt;
 mod render;
 mod rules_cmd;
 mod ruleset;
+mod timeline;
 mod timespec;
 
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Hunt(args) => hunt::run(args),
+        cli::Command::Timeline(args) => timeline::run(args),
         cli::Command::Rules(cli::RulesCommand::Check(args)) => rules_cmd::check(args),
         cli::Command::Rules(cli::RulesCommand::List(args)) => rules_cmd::list(args),
         cli::Command::Rules(cli::RulesCommand::Fields) => rules_cmd::fields(),

@@ -9,6 +9,7 @@ use kustody_model::{Detection, FieldValue, Priority};
 use owo_colors::OwoColorize;
 use serde::ser::SerializeMap;
 use serde::Serialize;
+use serde_json::{json, Map, Value};
 
 use crate::cli::Format;
 
@@ -36,7 +37,7 @@ impl Sink {
         match format {
             Format::Csv => writeln!(out, "{CSV_HEADER}")?,
             Format::Json => write!(out, "[")?,
-            Format::Table | Format::Jsonl => {}
+            Format::Table | Format::Jsonl | Format::Timesketch => {}
         }
         Ok(Sink { out, format, count: 0 })
     }
@@ -84,6 +85,16 @@ impl Renderer {
                 out.push(b'\n');
             }
             Format::Csv => self.csv(d, out)?,
+            Format::Timesketch => {
+                let mut fields = timesketch_fields(&d.context, d.time_ns, d.audit_id.as_deref(), &d.source_ref);
+                fields.insert("message".into(), json!(format!("[{}] {}", d.rule, d.output)));
+                fields.insert("timestamp_desc".into(), json!("kustody detection"));
+                fields.insert("rule".into(), json!(&*d.rule));
+                fields.insert("priority".into(), json!(d.priority.falco_name()));
+                fields.insert("tags".into(), json!(d.tags.join(",")));
+                serde_json::to_writer(&mut *out, &Value::Object(fields))?;
+                out.push(b'\n');
+            }
             Format::Table => self.table(d, out)?,
         }
         Ok(())
@@ -206,7 +217,7 @@ fn truncate_left(s: &str, max: usize) -> String {
 
 /// RFC 4180 quoting, plus a leading `'` on values a spreadsheet would run as a formula
 /// (user agents and names are attacker-controlled).
-fn csv_field(s: &str) -> String {
+pub fn csv_field(s: &str) -> String {
     let s = sanitize(s);
     let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_owned() };
     if s.contains([',', '"', '\n', '\r']) {
@@ -282,6 +293,45 @@ fn falco_alert<'a>(d: &'a Detection, hostname: &'a str) -> FalcoAlert<'a> {
         tags,
         time,
     }
+}
+
+/// The fields Timesketch needs (`datetime`, `timestamp` in microseconds) and the event's
+/// who/what/where as searchable attributes; the caller adds `message` and `timestamp_desc`.
+pub fn timesketch_fields(
+    c: &kustody_model::EventContext,
+    time_ns: Option<i64>,
+    audit_id: Option<&str>,
+    src: &kustody_model::SourceRef,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("datetime".into(), json!(time_ns.map(format_rfc3339_nanos)));
+    m.insert("timestamp".into(), json!(time_ns.map(|t| t / 1000)));
+    for (k, v) in [
+        ("user", &c.user),
+        ("impersonated_user", &c.impersonated_user),
+        ("verb", &c.verb),
+        ("namespace", &c.namespace),
+        ("name", &c.name),
+        ("source_ip", &c.source_ip),
+        ("user_agent", &c.user_agent),
+        ("command", &c.command),
+        ("request_uri", &c.request_uri),
+    ] {
+        if let Some(v) = v {
+            m.insert(k.into(), json!(v));
+        }
+    }
+    if let Some(r) = c.resource_path() {
+        m.insert("resource".into(), json!(r));
+    }
+    if let Some(code) = c.response_code {
+        m.insert("response_code".into(), json!(code));
+    }
+    m.insert("audit_id".into(), json!(audit_id));
+    m.insert("source_file".into(), json!(&*src.file));
+    m.insert("source_line".into(), json!(src.line));
+    m.insert("source_format".into(), json!(src.format.as_str()));
+    m
 }
 
 /// Falco reports the host it runs on; `KUSTODY_HOSTNAME` overrides it (reproducible output).

@@ -305,3 +305,59 @@ fn rules_directories_load_in_name_order_after_the_builtin_rules() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no input files found"));
 }
+
+#[test]
+fn timeline_of_the_compromised_pod_golden() {
+    let out = kustody(&["timeline", EXAMPLE, "--pod", "shop/web-frontend-6c8d9f7b4-q2x9m"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.lines().all(|l| l.chars().count() <= 80));
+    golden("timeline-pod.table.txt", &stdout);
+    assert!(text(&out.stderr).contains("service account `web-frontend`"), "{}", text(&out.stderr));
+    // Every step of the chain is on the pod's timeline, in time order, with its detections.
+    let out = kustody(&["timeline", EXAMPLE, "--pod", "shop/web-frontend-6c8d9f7b4-q2x9m", "-f", "jsonl"]);
+    let rows: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows[0]["verb"], "create");
+    assert_eq!(rows[0]["why"], "pod");
+    assert!(rows
+        .iter()
+        .any(|r| r["subresource"] == "exec" && r["command"].as_str().unwrap().contains("serviceaccount/token")));
+    assert!(rows.iter().any(|r| r["resource"] == "daemonsets" && !r["detections"].as_array().unwrap().is_empty()));
+    let times: Vec<&str> = rows.iter().map(|r| r["time"].as_str().unwrap()).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted);
+}
+
+#[test]
+fn timeline_by_user_ip_and_service_account_and_timesketch() {
+    let by_ip = kustody(&["timeline", EXAMPLE, "--ip", "10.244.1.17", "-f", "jsonl"]);
+    let by_sa = kustody(&["timeline", EXAMPLE, "--sa", "shop/web-frontend", "-f", "jsonl"]);
+    let by_user = kustody(&["timeline", EXAMPLE, "--user", "system:serviceaccount:shop:web-frontend", "-f", "jsonl"]);
+    let n = |o: &Output| text(&o.stdout).lines().count();
+    assert_eq!(n(&by_ip), 10);
+    assert_eq!(n(&by_sa), 10);
+    assert_eq!(n(&by_user), 10);
+    let alice = kustody(&["timeline", EXAMPLE, "--user", "alice@example.com", "-f", "csv"]);
+    assert!(n(&alice) > 10);
+    assert!(text(&alice.stdout).starts_with("time,why,user,verb"));
+    let nobody = kustody(&["timeline", EXAMPLE, "--user", "nobody"]);
+    assert_eq!(nobody.status.code(), Some(1));
+    let bad = kustody(&["timeline", EXAMPLE, "--pod", "no-namespace"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let none = kustody(&["timeline", EXAMPLE]);
+    assert_eq!(none.status.code(), Some(2), "an identity is required");
+    // Timesketch JSONL, for timelines and for hunt.
+    for args in [
+        vec!["timeline", EXAMPLE, "--ip", "10.244.1.17", "-f", "timesketch"],
+        vec!["hunt", EXAMPLE, "-q", "-f", "timesketch"],
+    ] {
+        let out = kustody(&args);
+        for line in text(&out.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(v["message"].is_string() && v["timestamp_desc"].is_string(), "{line}");
+            assert!(v["datetime"].as_str().unwrap().ends_with('Z') && v["timestamp"].is_i64(), "{line}");
+            assert!(v["source_file"] == EXAMPLE && v["source_line"].is_u64(), "{line}");
+        }
+    }
+}
