@@ -34,11 +34,14 @@ enum Who {
 struct PodFacts {
     service_account: Option<String>,
     ip: Option<String>,
-    /// (resource, name) of owners, transitively: replicasets/x, deployments/y, …
-    owners: BTreeSet<(String, String)>,
-    /// Every ownerReference seen on a create in the pod's namespace: (resource, name) → owners.
-    refs: Vec<((String, String), Vec<(String, String)>)>,
+    /// Owners, transitively: replicasets/x, deployments/y, …
+    owners: BTreeSet<Obj>,
+    /// Every ownerReference seen on a create in the pod's namespace: object → its owners.
+    refs: Vec<(Obj, Vec<Obj>)>,
 }
+
+/// (resource, name) of an object in the pod's namespace.
+type Obj = (String, String);
 
 struct Entry {
     time_ns: Option<i64>,
@@ -81,8 +84,8 @@ fn object_name(ev: &Event<'_>) -> Option<String> {
     body(ev.response_object_raw()).or_else(|| body(ev.request_object_raw()))
 }
 
-fn owner_refs(ev: &Event<'_>) -> Vec<(String, String)> {
-    let from = |raw: Option<&str>| -> Vec<(String, String)> {
+fn owner_refs(ev: &Event<'_>) -> Vec<Obj> {
+    let from = |raw: Option<&str>| -> Vec<Obj> {
         let Some(list) =
             raw.and_then(|r| rawjson::pointer(r, &["metadata", "ownerReferences"])).and_then(rawjson::items)
         else {
