@@ -39,6 +39,8 @@ pub struct Chunk {
     /// Offset of the chunk's first byte in the decompressed input.
     pub base_offset: u64,
     pub max_record_bytes: usize,
+    /// The record formats accepted (`--input-format`).
+    pub input_format: crate::InputFormat,
     /// Problems the reader found while cutting this chunk (oversized line, truncated stream).
     pub bad: Vec<BadRecord>,
 }
@@ -123,7 +125,9 @@ impl Chunk {
                 } else {
                     match std::str::from_utf8(line) {
                         // EKS S3 exports prefix each event with its timestamp.
-                        Ok(text) => match crate::managed::strip_s3_prefix(text) {
+                        Ok(text) => match crate::managed::strip_s3_prefix(text)
+                            .filter(|_| self.input_format.accepts(SourceFormat::EksS3))
+                        {
                             Some(event) => {
                                 let at = offset + (text.len() - event.len()) as u64;
                                 self.emit(event, line_no, at, SourceFormat::EksS3, on)
@@ -246,8 +250,19 @@ impl Chunk {
         native: SourceFormat,
         on: &mut dyn FnMut(Result<Record<'_>, BadRecord>),
     ) {
+        let want = self.input_format;
+        if want == crate::InputFormat::Native {
+            return on(Ok(Record { text, line, offset, format: native }));
+        }
+        let wrong = |f: SourceFormat| format!("a {} record, but --input-format is {}", f.as_str(), want.as_str());
         match crate::managed::unwrap(text) {
+            Ok(crate::managed::Unwrapped::Native) if !want.accepts(native) => {
+                on(Err(self.bad(line, offset, wrong(native))))
+            }
             Ok(crate::managed::Unwrapped::Native) => on(Ok(Record { text, line, offset, format: native })),
+            Ok(crate::managed::Unwrapped::One(_, format)) if !want.accepts(format) => {
+                on(Err(self.bad(line, offset, wrong(format))))
+            }
             Ok(crate::managed::Unwrapped::One(event, format)) => on(Ok(Record { text: &event, line, offset, format })),
             Ok(crate::managed::Unwrapped::Skip(reason)) => {
                 on(Err(self.bad(line, offset, format!("skipped: {reason}"))))

@@ -23,7 +23,7 @@ mod yaml;
 pub use chunk::{BadRecord, Chunk, ChunkBody, Layout, Record};
 pub use docsplit::Span;
 pub use files::{expand_inputs, InputFile, Inputs};
-pub use reader::{BufferPool, ChunkReader, ReadOptions};
+pub use reader::{BufferPool, ChunkReader, InputFormat, ReadOptions};
 
 /// Errors that stop reading one input (not one record).
 #[derive(Debug, thiserror::Error)]

@@ -43,6 +43,45 @@ impl BufferPool {
     }
 }
 
+/// The record format a user can force with `--input-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InputFormat {
+    /// Detect per record (the default).
+    #[default]
+    Auto,
+    /// Native Events only: wrappers are not unwrapped (and then fail as non-Events).
+    Native,
+    /// EKS CloudWatch events or S3 export lines only.
+    Eks,
+    /// GKE LogEntries only.
+    Gke,
+    /// AKS diagnostic records only.
+    Aks,
+}
+
+impl InputFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputFormat::Auto => "auto",
+            InputFormat::Native => "native",
+            InputFormat::Eks => "eks",
+            InputFormat::Gke => "gke",
+            InputFormat::Aks => "aks",
+        }
+    }
+
+    /// Whether a record detected as `f` is acceptable.
+    pub fn accepts(self, f: SourceFormat) -> bool {
+        match self {
+            InputFormat::Auto => true,
+            InputFormat::Native => matches!(f, SourceFormat::Native | SourceFormat::NativeYaml),
+            InputFormat::Eks => matches!(f, SourceFormat::Eks | SourceFormat::EksS3),
+            InputFormat::Gke => f == SourceFormat::Gke,
+            InputFormat::Aks => f == SourceFormat::Aks,
+        }
+    }
+}
+
 /// Reading limits and behaviour.
 #[derive(Debug, Clone)]
 pub struct ReadOptions {
@@ -52,6 +91,8 @@ pub struct ReadOptions {
     pub max_document_bytes: usize,
     /// Target size of a JSON Lines chunk handed to a worker.
     pub chunk_bytes: usize,
+    /// Which record formats to accept (`--input-format`); `Auto` detects per record.
+    pub input_format: InputFormat,
     /// Where chunk buffers come from; give processed chunks' buffers back with
     /// [`crate::Chunk::into_buffer`].
     pub pool: BufferPool,
@@ -64,6 +105,7 @@ impl Default for ReadOptions {
             max_document_bytes: 1 << 30,
             chunk_bytes: 1 << 20,
             pool: BufferPool::default(),
+            input_format: InputFormat::Auto,
         }
     }
 }
@@ -241,6 +283,7 @@ impl ChunkReader {
             first_line: self.next_line,
             base_offset: self.offset,
             max_record_bytes: self.opts.max_record_bytes,
+            input_format: self.opts.input_format,
             bad: Vec::new(),
         };
         self.next_line += lines;
@@ -357,6 +400,7 @@ impl ChunkReader {
                     first_line: 0,
                     base_offset: offset,
                     max_record_bytes: self.opts.max_record_bytes,
+                    input_format: self.opts.input_format,
                     bad: Vec::new(),
                 });
             }

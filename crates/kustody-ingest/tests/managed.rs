@@ -157,3 +157,32 @@ fn gke_json_lines_and_arrays() {
     assert_eq!((evs.len(), bad.len()), (1, 1));
     assert!(bad[0].1.contains("not an AuditLog"), "{bad:?}");
 }
+
+#[test]
+fn a_forced_input_format_turns_other_records_into_bad_records() {
+    use kustody_ingest::InputFormat;
+    let aks = serde_json::json!({"category": "kube-audit", "properties": {"log": native("a").to_string()}});
+    let text = format!("{}\n{aks}\n2024-01-01T00:00:00.000Z {}\n", native("n"), native("s"));
+    let read_as = |f: InputFormat| {
+        let opts = ReadOptions { input_format: f, ..ReadOptions::default() };
+        let mut r =
+            ChunkReader::from_reader(Arc::from("t"), Box::new(std::io::Cursor::new(text.clone().into_bytes())), opts)
+                .unwrap();
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        while let Some(c) = r.next_chunk() {
+            c.records(|rec| match rec {
+                Ok(rec) => ok.push(rec.format),
+                Err(b) => bad.push(b.reason),
+            });
+        }
+        (ok, bad)
+    };
+    assert_eq!(read_as(InputFormat::Auto).0, [SourceFormat::Native, SourceFormat::Aks, SourceFormat::EksS3]);
+    let (ok, bad) = read_as(InputFormat::Aks);
+    assert_eq!(ok, [SourceFormat::Aks]);
+    assert_eq!(bad.len(), 2);
+    assert!(bad[0].contains("a native record, but --input-format is aks"), "{bad:?}");
+    assert_eq!(read_as(InputFormat::Eks).0, [SourceFormat::EksS3]);
+    // Native: wrappers are not unwrapped (the AKS record then fails as a non-Event downstream).
+    assert_eq!(read_as(InputFormat::Native).0.len(), 2);
+}

@@ -70,6 +70,10 @@ pub struct HuntArgs {
     /// Worker threads (default: all cores).
     #[arg(long, short = 'j', value_name = "N")]
     pub threads: Option<usize>,
+    /// Record format: detected per record (auto), or forced (records of other formats are then
+    /// bad records).
+    #[arg(long, value_enum, default_value_t = InputFormatArg::Auto)]
+    pub input_format: InputFormatArg,
     /// Records larger than this many bytes are counted as bad and skipped.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     pub max_record_bytes: usize,
@@ -154,6 +158,9 @@ pub struct TimelineArgs {
     pub ip: Option<String>,
     #[command(flatten)]
     pub rules: RuleArgs,
+    /// Record format: auto-detected per record, or forced.
+    #[arg(long, value_enum, default_value_t = InputFormatArg::Auto)]
+    pub input_format: InputFormatArg,
     /// Only events at or after this time (RFC 3339 or a duration ago: 90m, 12h, 7d).
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
@@ -178,6 +185,32 @@ pub enum TimelineFormat {
     Csv,
     /// JSON lines for Timesketch import.
     Timesketch,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormatArg {
+    /// Detect per record.
+    Auto,
+    /// Native audit.k8s.io Events only.
+    Native,
+    /// EKS CloudWatch events and S3 export lines.
+    Eks,
+    /// GKE Cloud Logging LogEntries.
+    Gke,
+    /// AKS diagnostic-settings records.
+    Aks,
+}
+
+impl From<InputFormatArg> for kustody_ingest::InputFormat {
+    fn from(a: InputFormatArg) -> Self {
+        match a {
+            InputFormatArg::Auto => Self::Auto,
+            InputFormatArg::Native => Self::Native,
+            InputFormatArg::Eks => Self::Eks,
+            InputFormatArg::Gke => Self::Gke,
+            InputFormatArg::Aks => Self::Aks,
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

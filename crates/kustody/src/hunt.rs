@@ -102,7 +102,11 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
             args.paths.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", ")
         );
     }
-    let read_opts = ReadOptions { max_record_bytes: args.max_record_bytes, ..ReadOptions::default() };
+    let read_opts = ReadOptions {
+        max_record_bytes: args.max_record_bytes,
+        input_format: args.input_format.into(),
+        ..ReadOptions::default()
+    };
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
 
     let out: Box<dyn Write> = match &args.output {

@@ -212,10 +212,10 @@ fn select(who: &Who, facts: &PodFacts, ev: &Event<'_>) -> Option<String> {
 }
 
 /// Calls `f` for every event of every input, in order.
-fn each_event(files: &[InputFile], f: &mut dyn FnMut(&Event<'_>, SourceRef)) -> Result<u64> {
+fn each_event(files: &[InputFile], opts: &ReadOptions, f: &mut dyn FnMut(&Event<'_>, SourceRef)) -> Result<u64> {
     let mut bad = 0u64;
     for file in files {
-        let mut reader = ChunkReader::open(file, ReadOptions::default())?;
+        let mut reader = ChunkReader::open(file, opts.clone())?;
         while let Some(chunk) = reader.next_chunk() {
             chunk.records(|rec| match rec {
                 Err(_) => bad += 1,
@@ -259,17 +259,18 @@ pub fn run(args: TimelineArgs) -> Result<ExitCode> {
         eprintln!("{}", sanitize(&d.to_string()));
     }
     let files = expand_inputs(&args.paths)?.files;
+    let opts = ReadOptions { input_format: args.input_format.into(), ..ReadOptions::default() };
     let mut facts = PodFacts::default();
     let reread = !files.iter().any(|f| matches!(f, InputFile::Stdin));
     if let (Who::Pod { ns, name }, true) = (&who, reread) {
-        each_event(&files, &mut |ev, _| facts.learn(ns, name, ev))?;
+        each_event(&files, &opts, &mut |ev, _| facts.learn(ns, name, ev))?;
         facts.resolve_owners(name);
     }
     let mut entries = Vec::new();
     let mut scratch = Scratch::default();
     let mut matched = Vec::new();
     let mut seq = 0u64;
-    let bad = each_event(&files, &mut |ev, src| {
+    let bad = each_event(&files, &opts, &mut |ev, src| {
         seq += 1;
         if let (Who::Pod { ns, name }, false) = (&who, reread) {
             facts.learn(ns, name, ev);
