@@ -183,6 +183,6 @@ fn a_forced_input_format_turns_other_records_into_bad_records() {
     assert_eq!(bad.len(), 2);
     assert!(bad[0].contains("a native record, but --input-format is aks"), "{bad:?}");
     assert_eq!(read_as(InputFormat::Eks).0, [SourceFormat::EksS3]);
-    // Native: wrappers are not unwrapped (the AKS record then fails as a non-Event downstream).
-    assert_eq!(read_as(InputFormat::Native).0.len(), 2);
+    // Native: nothing is unwrapped (the AKS record and the S3 line then fail as non-Events downstream).
+    assert_eq!(read_as(InputFormat::Native).0.len(), 3);
 }
