@@ -20,6 +20,7 @@ mod fnmatch;
 mod loader;
 pub mod output;
 pub mod prog;
+pub mod sigma;
 pub mod testing;
 pub use kustody_model::yaml;
 

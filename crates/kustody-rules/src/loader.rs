@@ -133,6 +133,8 @@ pub struct Loader {
     pub(crate) diags: Vec<Diagnostic>,
     /// Files in load order, to sort diagnostics by position.
     files: Vec<Arc<str>>,
+    /// Sigma field mapping, parsed on first use.
+    sigma_mapping: Option<Vec<(String, String)>>,
 }
 
 type Res<T> = Result<T, (Pos, String)>;
@@ -242,6 +244,10 @@ impl Loader {
         };
         for doc in docs {
             match doc {
+                Node::Map { .. } if doc.get("detection").is_some() => {
+                    self.counter += 1;
+                    self.sigma(&file, &doc);
+                }
                 Node::Seq { items, .. } => {
                     for item in &items {
                         self.counter += 1;
@@ -290,6 +296,47 @@ impl Loader {
         if let Err((p, msg)) = result {
             let name = item.get(kind).and_then(Node::as_str).map(|n| format!("{kind} `{n}`"));
             self.diag(Severity::Error, file, p, name, msg);
+        }
+    }
+
+    /// A Sigma rule, translated to a Falco rule (see [`crate::sigma`]).
+    fn sigma(&mut self, file: &Arc<str>, doc: &Node) {
+        if self.sigma_mapping.is_none() {
+            self.sigma_mapping = Some(crate::sigma::parse_mapping(crate::sigma::DEFAULT_MAPPING).unwrap_or_default());
+        }
+        let mapping = self.sigma_mapping.clone().unwrap_or_default();
+        let title = doc.get("title").and_then(Node::as_str).map(|t| format!("sigma rule `{t}`"));
+        let det_pos = doc.get("detection").map_or(doc.pos(), Node::pos);
+        match crate::sigma::translate(doc, &mapping) {
+            Err(e) => self.diag(Severity::Error, file, det_pos, title, e),
+            Ok(t) => {
+                for w in &t.warnings {
+                    self.diag(Severity::Warning, file, det_pos, title.clone(), format!("can never match: {w}"));
+                }
+                let mut name = t.title.clone();
+                if self.rule_idx.contains_key(&name) {
+                    let id = doc.get("id").and_then(Node::as_str).unwrap_or("?");
+                    name = format!("{name} ({id})");
+                }
+                let loc = Loc { file: file.clone(), pos: doc.pos() };
+                let def = RuleDef {
+                    name: name.clone(),
+                    desc: t.desc,
+                    condition: t.condition,
+                    cond_loc: Loc { file: file.clone(), pos: det_pos },
+                    output: t.output,
+                    output_loc: loc.clone(),
+                    priority: t.priority,
+                    source: K8S_AUDIT.to_owned(),
+                    tags: t.tags,
+                    enabled: true,
+                    exceptions: Vec::new(),
+                    skip_if_unknown_filter: false,
+                    loc,
+                };
+                self.rule_idx.insert(name, self.rules.len());
+                self.rules.push(def);
+            }
         }
     }
 

@@ -90,3 +90,36 @@ fn every_upstream_rule_has_a_true_positive_or_is_disabled_by_default() {
         assert!(covered || off_by_default.contains(&r.name.as_str()), "no true-positive case for `{}`", r.name);
     }
 }
+
+fn sigma_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/upstream/sigma/kubernetes");
+    if dir.exists() {
+        return Some(dir);
+    }
+    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true but {} is missing", dir.display());
+    eprintln!("SKIP: {} not found", dir.display());
+    None
+}
+
+#[test]
+fn all_16_upstream_sigma_rules_load_unchanged_and_fire_as_specified() {
+    let Some(dir) = sigma_dir() else { return };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    let files: Vec<(String, String)> =
+        paths.iter().map(|p| (p.display().to_string(), std::fs::read_to_string(p).unwrap())).collect();
+    assert_eq!(files.len(), 16);
+    let (engine, diags) = Engine::load(&files, &EngineOptions::default());
+    assert_eq!(engine.rules().count(), 16);
+    // The one rule that compares a number with 'ALLOW' is reported as never matching.
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(
+        diags[0].message.contains("can never match") && diags[0].file.contains("potential_enumeration"),
+        "{diags:#?}"
+    );
+    assert!(engine.rules().all(|r| r.tags.iter().any(|t| t == "sigma")));
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/upstream-sigma.cases.yaml");
+    let (n, failures) = run_cases(&engine, &std::fs::read_to_string(file).unwrap(), file).unwrap();
+    assert!(n >= 20);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,354 @@
+//! Sigma rules for the `kubernetes`/`audit` log source, translated into the Falco condition
+//! language so they run in the same compiled engine, with the same index and outputs.
+//!
+//! Semantics (SigmaHQ specification): string matching is case-insensitive unless `|cased`;
+//! `*` and `?` are wildcards (`\*`, `\?` literal); a list of values is OR, `|all` makes it AND;
+//! `field: '*'` means the field is present, `field: null` that it is absent. Each comparison
+//! becomes an `iglob`/`glob` pattern (fnmatch), so case folding and wildcards are exact.
+//! Conditions: selection names, `and`, `or`, `not`, parentheses, `1 of X*`, `all of X*`,
+//! `1 of them`, `all of them`.
+//!
+//! Field names: a name listed in the field-mapping file (`data/sigma-field-mapping.yaml`) maps to
+//! a dotted native path or a `ka.*`/`kustody.*` field; any other dotted name is a JSON pointer
+//! into the event.
+
+use kustody_model::yaml::Node;
+use kustody_model::Priority;
+
+/// The field mapping shipped with kustody.
+pub const DEFAULT_MAPPING: &str = include_str!("../data/sigma-field-mapping.yaml");
+
+/// A Sigma rule translated to Falco form.
+#[derive(Debug)]
+pub struct Translated {
+    pub title: String,
+    pub condition: String,
+    pub output: String,
+    pub desc: String,
+    pub priority: Priority,
+    pub tags: Vec<String>,
+    /// Problems that do not stop the rule (e.g. a selection that can never match).
+    pub warnings: Vec<String>,
+}
+
+/// Paths whose values are numbers in every audit event: a non-numeric literal can never match.
+const NUMERIC_PATHS: &[&str] = &["responseStatus.code"];
+
+/// Parses the mapping file into (sigma name, target) pairs.
+pub fn parse_mapping(text: &str) -> Result<Vec<(String, String)>, String> {
+    let docs = kustody_model::yaml::parse(text).map_err(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))?;
+    let mut out = Vec::new();
+    if let Some(Node::Map { entries, .. }) = docs.first() {
+        for (k, v) in entries {
+            if let (Some(k), Some(v)) = (k.as_str(), v.as_str()) {
+                out.push((k.to_owned(), v.to_owned()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A Sigma value as an fnmatch pattern: Sigma wildcards kept, fnmatch's other specials escaped.
+fn pattern(v: &str) -> String {
+    let mut out = String::new();
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek() {
+                Some('*' | '?' | '\\') => {
+                    out.push('\\');
+                    out.extend(chars.next());
+                }
+                _ => out.push_str("\\\\"),
+            },
+            '[' | ']' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn field_expr(name: &str, mapping: &[(String, String)]) -> String {
+    let target = mapping.iter().find(|(k, _)| k == name).map_or(name, |(_, v)| v.as_str());
+    if target.starts_with("ka.") || target.starts_with("kustody.") || target.starts_with("jevt.") {
+        return target.to_owned();
+    }
+    let ptr: Vec<String> = target.split('.').map(|s| s.replace('~', "~0").replace('/', "~1")).collect();
+    format!("jevt.value[/{}]", ptr.join("/"))
+}
+
+fn is_list_field(f: &str) -> bool {
+    crate::fields::lookup(f.split('[').next().unwrap_or(f)).is_some_and(|i| i.is_list)
+}
+
+fn scalar_text(n: &Node) -> Option<String> {
+    match n {
+        Node::Scalar { value, .. } => Some(value.clone()),
+        _ => None,
+    }
+}
+
+/// Translates one `field|mods: values` pair.
+fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Vec<String>) -> Result<String, String> {
+    let mut parts = key.split('|');
+    let name = parts.next().unwrap_or("");
+    let mods: Vec<&str> = parts.collect();
+    let field = field_expr(name, mapping);
+    let list_field = is_list_field(&field);
+    let mut cased = false;
+    let mut all = false;
+    let mut shape = "exact";
+    let mut regex_flags = String::new();
+    let mut fieldref = false;
+    let mut exists: Option<bool> = None;
+    for m in &mods {
+        match *m {
+            "contains" | "startswith" | "endswith" => shape = m,
+            "all" => all = true,
+            "cased" => cased = true,
+            "re" => shape = "re",
+            "i" | "m" | "s" if shape == "re" => regex_flags.push_str(m),
+            "exists" => exists = Some(value.as_str() != Some("false")),
+            "fieldref" => fieldref = true,
+            other => return Err(format!("modifier `{other}` is not supported yet")),
+        }
+    }
+    if let Some(e) = exists {
+        return Ok(if e { format!("{field} exists") } else { format!("not {field} exists") });
+    }
+    let values: Vec<Option<String>> = match value {
+        Node::Seq { items, .. } => items.iter().map(|i| if i.is_null() { None } else { scalar_text(i) }).collect(),
+        n if n.is_null() => vec![None],
+        n => vec![scalar_text(n)],
+    };
+    if values.is_empty() {
+        return Err(format!("`{key}` has no values"));
+    }
+    let numeric =
+        NUMERIC_PATHS.contains(&name) || mapping.iter().any(|(k, v)| k == name && NUMERIC_PATHS.contains(&v.as_str()));
+    if numeric && shape == "exact" {
+        let impossible: Vec<&String> =
+            values.iter().flatten().filter(|v| !v.contains(['*', '?']) && v.parse::<i64>().is_err()).collect();
+        if !impossible.is_empty() && impossible.len() == values.len() {
+            warnings.push(format!(
+                "`{name}` is a number in every audit event, so {} can never match",
+                impossible.iter().map(|v| quote(v)).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    let mut terms = Vec::new();
+    for v in values {
+        let Some(v) = v else {
+            terms.push(format!("not {field} exists"));
+            continue;
+        };
+        if fieldref {
+            terms.push(format!("{field} = val({})", field_expr(&v, mapping)));
+            continue;
+        }
+        if shape == "re" {
+            let flags = if regex_flags.is_empty() { String::new() } else { format!("(?{regex_flags})") };
+            terms.push(format!("{field} regex {}", quote(&format!("{flags}(?s:.*(?:{v}).*)"))));
+            continue;
+        }
+        if v == "*" && shape == "exact" {
+            terms.push(format!("{field} exists"));
+            continue;
+        }
+        let p = pattern(&v);
+        let p = match shape {
+            "contains" => format!("*{p}*"),
+            "startswith" => format!("{p}*"),
+            "endswith" => format!("*{p}"),
+            _ => p,
+        };
+        if list_field {
+            // List fields take only in/intersects: exact (cased) element membership.
+            terms.push(format!("{field} intersects ({})", quote(&v)));
+        } else {
+            terms.push(format!("{field} {} {}", if cased { "glob" } else { "iglob" }, quote(&p)));
+        }
+    }
+    let joiner = if all { " and " } else { " or " };
+    Ok(format!("({})", terms.join(joiner)))
+}
+
+/// A selection: a map (all pairs AND) or a list of maps (OR).
+fn selection(n: &Node, mapping: &[(String, String)], warnings: &mut Vec<String>) -> Result<String, String> {
+    match n {
+        Node::Map { entries, .. } => {
+            let mut parts = Vec::new();
+            for (k, v) in entries {
+                let key = k.as_str().ok_or("selection keys must be field names")?;
+                parts.push(pair(key, v, mapping, warnings)?);
+            }
+            if parts.is_empty() {
+                return Err("empty selection".into());
+            }
+            Ok(format!("({})", parts.join(" and ")))
+        }
+        Node::Seq { items, .. } if items.iter().all(|i| matches!(i, Node::Map { .. })) => {
+            let parts: Result<Vec<_>, _> = items.iter().map(|i| selection(i, mapping, warnings)).collect();
+            Ok(format!("({})", parts?.join(" or ")))
+        }
+        _ => Err("keyword selections (lists of plain values) are not supported yet".into()),
+    }
+}
+
+fn glob_names<'a>(pat: &str, names: &'a [String]) -> Vec<&'a String> {
+    let p = crate::fnmatch::Pattern::new(pat, false);
+    names.iter().filter(|n| p.matches(n)).collect()
+}
+
+/// Translates a Sigma condition, substituting selections.
+fn condition(cond: &str, sels: &[(String, String)]) -> Result<String, String> {
+    let names: Vec<String> = sels.iter().map(|(n, _)| n.clone()).collect();
+    let get = |n: &str| sels.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let spaced = cond.replace('(', " ( ").replace(')', " ) ");
+    let toks: Vec<&str> = spaced.split_whitespace().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(&t) = toks.get(i) {
+        match t {
+            "and" | "or" | "not" | "(" | ")" => out.push(t.to_owned()),
+            "1" | "all" | "any" if toks.get(i + 1) == Some(&"of") => {
+                let target = toks.get(i + 2).ok_or("`of` needs a target")?;
+                let matched: Vec<&String> = if *target == "them" {
+                    names.iter().filter(|n| !n.starts_with('_')).collect()
+                } else {
+                    glob_names(target, &names)
+                };
+                if matched.is_empty() {
+                    return Err(format!("`{t} of {target}` matches no selection"));
+                }
+                let parts: Vec<String> = matched.iter().filter_map(|n| get(n)).collect();
+                out.push(format!("({})", parts.join(if t == "all" { " and " } else { " or " })));
+                i += 2;
+            }
+            name => out.push(get(name).ok_or_else(|| format!("condition names `{name}`, which is not a selection"))?),
+        }
+        i += 1;
+    }
+    if out.is_empty() {
+        return Err("empty condition".into());
+    }
+    Ok(out.join(" "))
+}
+
+fn level_priority(level: Option<&str>) -> Priority {
+    match level.map(str::to_ascii_lowercase).as_deref() {
+        Some("critical") => Priority::Critical,
+        Some("high") => Priority::Error,
+        Some("medium") => Priority::Warning,
+        Some("low") => Priority::Notice,
+        _ => Priority::Informational,
+    }
+}
+
+/// Translates one Sigma rule document.
+pub fn translate(doc: &Node, mapping: &[(String, String)]) -> Result<Translated, String> {
+    let title = doc.get("title").and_then(Node::as_str).ok_or("Sigma rule without `title`")?.to_owned();
+    let ls = doc.get("logsource");
+    let product = ls.and_then(|l| l.get("product")).and_then(Node::as_str);
+    let service = ls.and_then(|l| l.get("service")).and_then(Node::as_str);
+    if product != Some("kubernetes") || service != Some("audit") {
+        return Err(format!("log source {product:?}/{service:?} is not kubernetes/audit"));
+    }
+    let det = doc.get("detection").ok_or("Sigma rule without `detection`")?;
+    let Node::Map { entries, .. } = det else { return Err("`detection` must be a mapping".into()) };
+    let mut warnings = Vec::new();
+    let mut sels = Vec::new();
+    let mut cond_text = None;
+    for (k, v) in entries {
+        let Some(name) = k.as_str() else { continue };
+        match name {
+            "condition" => cond_text = Some(v),
+            "timeframe" => return Err("`timeframe` (aggregation) is not supported yet".into()),
+            _ => sels.push((
+                name.to_owned(),
+                selection(v, mapping, &mut warnings).map_err(|e| format!("selection `{name}`: {e}"))?,
+            )),
+        }
+    }
+    let cond = match cond_text {
+        Some(Node::Scalar { value, .. }) => condition(value, &sels)?,
+        Some(Node::Seq { items, .. }) => {
+            let parts: Result<Vec<_>, String> =
+                items.iter().filter_map(Node::as_str).map(|c| condition(c, &sels)).collect();
+            format!("({})", parts?.join(") or ("))
+        }
+        _ => return Err("detection without `condition`".into()),
+    };
+    let mut tags: Vec<String> = match doc.get("tags") {
+        Some(Node::Seq { items, .. }) => items.iter().filter_map(Node::as_str).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    };
+    tags.push("sigma".into());
+    let desc = doc.get("description").and_then(Node::as_str).unwrap_or("").trim().to_owned();
+    Ok(Translated {
+        output: format!(
+            "{} (user=%ka.user.name verb=%ka.verb resource=%ka.target.resource ns=%ka.target.namespace name=%ka.target.name code=%ka.response.code agent=%ka.useragent)",
+            title
+        ),
+        title,
+        condition: cond,
+        desc,
+        priority: level_priority(doc.get("level").and_then(Node::as_str)),
+        tags,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tr(yaml: &str) -> Result<Translated, String> {
+        let docs = kustody_model::yaml::parse(yaml).unwrap();
+        translate(&docs[0], &parse_mapping(DEFAULT_MAPPING).unwrap())
+    }
+
+    #[test]
+    fn translates_selections_and_conditions() {
+        let t = tr("title: T\nlogsource: {product: kubernetes, service: audit}\nlevel: high\ndetection:\n  sel_a:\n    verb: [create, delete]\n    objectRef.resource|contains: Secret\n  sel_b:\n    apiGroup|startswith: rbac\n  filter:\n    user.username: null\n  condition: 1 of sel_* and not filter\n").unwrap();
+        assert_eq!(t.priority, Priority::Error);
+        assert!(
+            t.condition.contains("jevt.value[/verb] iglob \"create\" or jevt.value[/verb] iglob \"delete\""),
+            "{}",
+            t.condition
+        );
+        assert!(t.condition.contains("jevt.value[/objectRef/resource] iglob \"*Secret*\""), "{}", t.condition);
+        assert!(t.condition.contains("jevt.value[/objectRef/apiGroup] iglob \"rbac*\""), "{}", t.condition);
+        assert!(
+            t.condition.contains("not (not jevt.value[/user/username] exists)")
+                || t.condition.contains("not ((not jevt.value[/user/username] exists))"),
+            "{}",
+            t.condition
+        );
+        assert!(crate::cond::parse(&t.condition).is_ok());
+    }
+
+    #[test]
+    fn impossible_and_unsupported() {
+        let t = tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    responseStatus.code: 'ALLOW'\n  condition: s\n").unwrap();
+        assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+        assert!(tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    verb|cidr: 10.0.0.0/8\n  condition: s\n").unwrap_err().contains("cidr"));
+        assert!(tr("title: T\nlogsource: {product: windows}\ndetection:\n  s: {a: b}\n  condition: s\n").is_err());
+        assert!(tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s: {verb: get}\n  condition: t\n").is_err());
+    }
+
+    #[test]
+    fn patterns_escape_fnmatch_but_keep_sigma_wildcards() {
+        assert_eq!(pattern("a*b?c"), "a*b?c");
+        assert_eq!(pattern("a\\*b"), "a\\*b");
+        assert_eq!(pattern("[x]"), "\\[x\\]");
+        assert_eq!(pattern("C:\\Windows"), "C:\\\\Windows");
+    }
+}
