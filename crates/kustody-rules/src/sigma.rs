@@ -84,6 +84,43 @@ fn field_expr(name: &str, mapping: &[(String, String)]) -> String {
     format!("jevt.value[/{}]", ptr.join("/"))
 }
 
+/// `base64`: the value base64-encoded; `base64offset`: the three encodings of the value at byte
+/// offsets 0, 1 and 2 inside a longer text, without the edge characters that depend on the
+/// neighbours (use with `contains`); `windash`: `-` and `/` (and the Unicode dashes) swapped
+/// as option prefixes.
+fn variants(v: &str, encode: Option<&str>, windash: bool) -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut out = match encode {
+        Some("base64") => vec![b64(v.as_bytes())],
+        Some(_) => (0..3usize)
+            .map(|i| {
+                let mut padded = vec![b' '; i];
+                padded.extend_from_slice(v.as_bytes());
+                let enc = b64(&padded);
+                let start = [0, 2, 3].get(i).copied().unwrap_or(0);
+                let cut = [0, 3, 2].get((v.len() + i) % 3).copied().unwrap_or(0);
+                // pySigma's slicing: the cut also drops the padding.
+                enc.get(start..enc.len().saturating_sub(cut)).unwrap_or(&enc).to_owned()
+            })
+            .collect(),
+        None => vec![v.to_owned()],
+    };
+    if windash {
+        let mut more = Vec::new();
+        for x in &out {
+            for dash in ['-', '/', '\u{2013}', '\u{2014}', '\u{2015}'] {
+                if let Some(rest) = x.strip_prefix(['-', '/']) {
+                    more.push(format!("{dash}{rest}"));
+                }
+            }
+        }
+        out.extend(more);
+        out.dedup();
+    }
+    out
+}
+
 fn is_list_field(f: &str) -> bool {
     crate::fields::lookup(f.split('[').next().unwrap_or(f)).is_some_and(|i| i.is_list)
 }
@@ -108,8 +145,12 @@ fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Ve
     let mut regex_flags = String::new();
     let mut fieldref = false;
     let mut exists: Option<bool> = None;
+    let mut encode: Option<&str> = None;
+    let mut windash = false;
     for m in &mods {
         match *m {
+            "base64" | "base64offset" => encode = Some(m),
+            "windash" => windash = true,
             "contains" | "startswith" | "endswith" => shape = m,
             "all" => all = true,
             "cased" => cased = true,
@@ -143,6 +184,14 @@ fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Ve
             ));
         }
     }
+    // Value transformations multiply the values: each variant is one more alternative.
+    let values: Vec<Option<String>> = values
+        .into_iter()
+        .flat_map(|v| match v {
+            None => vec![None],
+            Some(v) => variants(&v, encode, windash).into_iter().map(Some).collect(),
+        })
+        .collect();
     let mut terms = Vec::new();
     for v in values {
         let Some(v) = v else {
@@ -350,5 +399,9 @@ mod tests {
         assert_eq!(pattern("a\\*b"), "a\\*b");
         assert_eq!(pattern("[x]"), "\\[x\\]");
         assert_eq!(pattern("C:\\Windows"), "C:\\\\Windows");
+        assert_eq!(variants("abc", Some("base64"), false), ["YWJj"]);
+        assert_eq!(variants("-x", None, true).len(), 5);
+        // Same as pySigma's base64offset of "http" (checked with its slicing in Python).
+        assert_eq!(variants("http", Some("base64offset"), false), ["aHR0c", "h0dH", "odHRw"]);
     }
 }
