@@ -119,10 +119,12 @@ fn bench(bytes: u64, kustody: &Path, dir: &Path, upstream: &Path, runs: u32, thr
     let stats_path = dir.join("stats.json");
     let main_s = main_rules.display().to_string();
     let gke_s = gke_rules.display().to_string();
+    let sigma_s = upstream.join("../sigma/kubernetes").display().to_string();
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("parse only", vec!["--parse-only"]),
         ("upstream Falco k8s_audit rules", vec!["--no-default-rules", "--rules", &main_s]),
         ("all rules (built-in + upstream + GKE overlay)", vec!["--rules", &main_s, "--rules", &gke_s]),
+        ("upstream Sigma kubernetes/audit rules (16)", vec!["--no-default-rules", "--rules", &sigma_s]),
     ];
     println!("corpus: {} ({:.0} MB)", corpus.display(), size / 1e6);
     println!(
