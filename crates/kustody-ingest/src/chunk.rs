@@ -132,7 +132,13 @@ impl Chunk {
                                 let at = offset + (text.len() - event.len()) as u64;
                                 self.emit(event, line_no, at, SourceFormat::EksS3, on)
                             }
-                            None => self.value(text, line_no, offset, on),
+                            None => match crate::managed::decode_firehose(text) {
+                                // A Kinesis/Firehose data record as delivered: base64 of gzip
+                                // of a CloudWatch Logs subscription message.
+                                Some(Ok(json)) => self.value(&json, line_no, offset, on),
+                                Some(Err(reason)) => on(Err(self.bad(line_no, offset, reason))),
+                                None => self.value(text, line_no, offset, on),
+                            },
                         },
                         Err(e) => {
                             on(Err(self.bad(line_no, offset, format!("invalid UTF-8 at byte {}", e.valid_up_to()))))

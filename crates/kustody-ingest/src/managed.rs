@@ -125,6 +125,35 @@ pub fn strip_s3_prefix(line: &str) -> Option<&str> {
     (ts.len() >= 20 && kustody_model::time::parse_rfc3339_nanos(ts).is_some() && rest.starts_with('{')).then_some(rest)
 }
 
+/// A subscription record is this much JSON at most once decompressed (CloudWatch Logs caps a
+/// subscription payload at 1 MB compressed; this leaves room without inviting a gzip bomb).
+const MAX_FIREHOSE_JSON: u64 = 64 << 20;
+
+/// A line of base64 that decodes to gzip: a CloudWatch Logs subscription record as Kinesis or
+/// Firehose deliver it. `None` when the line is not base64-of-gzip.
+pub fn decode_firehose(line: &str) -> Option<Result<String, String>> {
+    use base64::Engine as _;
+    use std::io::Read;
+    let t = line.trim();
+    // Base64 of gzip always starts with "H4sI" (1f 8b 08).
+    if !t.starts_with("H4sI") || !t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) {
+        return None;
+    }
+    let bytes = match base64::engine::general_purpose::STANDARD.decode(t) {
+        Ok(b) => b,
+        Err(e) => return Some(Err(format!("base64 record that does not decode: {e}"))),
+    };
+    let mut json = String::new();
+    let mut gz = flate2::read::MultiGzDecoder::new(bytes.as_slice()).take(MAX_FIREHOSE_JSON + 1);
+    if let Err(e) = gz.read_to_string(&mut json) {
+        return Some(Err(format!("base64 record whose gzip payload is damaged: {e}")));
+    }
+    if json.len() as u64 > MAX_FIREHOSE_JSON {
+        return Some(Err(format!("subscription record decompresses to more than {MAX_FIREHOSE_JSON} bytes")));
+    }
+    Some(Ok(json))
+}
+
 /// gRPC status codes (google.rpc.Code) to the HTTP codes kube-apiserver would have answered.
 fn http_code(grpc: i64) -> i64 {
     match grpc {

@@ -186,3 +186,21 @@ fn a_forced_input_format_turns_other_records_into_bad_records() {
     // Native: nothing is unwrapped (the AKS record and the S3 line then fail as non-Events downstream).
     assert_eq!(read_as(InputFormat::Native).0.len(), 3);
 }
+
+#[test]
+fn firehose_records_base64_of_gzip_one_per_line() {
+    use base64::Engine as _;
+    let data = serde_json::json!({"messageType": "DATA_MESSAGE", "logGroup": "/aws/eks/prod/cluster",
+        "logEvents": [{"id": "1", "timestamp": 1, "message": native("k1").to_string()}, {"id": "2", "timestamp": 1, "message": native("k2").to_string()}]});
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(data.to_string().as_bytes()).unwrap();
+    let line = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+    let broken = format!("H4sI{}", "A".repeat(40));
+    let (evs, bad) = read(format!("{line}\n{broken}\n").as_bytes());
+    assert_eq!(
+        evs.iter().map(|e| (e.0, e.1.as_str(), e.3)).collect::<Vec<_>>(),
+        [(1, "k1", SourceFormat::Eks), (1, "k2", SourceFormat::Eks)]
+    );
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0].1.contains("gzip payload is damaged") || bad[0].1.contains("does not decode"), "{bad:?}");
+}
