@@ -49,7 +49,7 @@ struct CompiledRule {
     prog: Node,
     output: Template,
     /// Per index key, the values the rule can match; `None` = any.
-    keys: [Option<FxHashSet<String>>; KEYS],
+    keys: [Option<Constraint>; KEYS],
 }
 
 /// The index keys: verb, resource, subresource, stage.
@@ -77,25 +77,69 @@ fn event_keys<'e>(ev: &'e Event<'_>) -> [Option<&'e str>; KEYS] {
     [ev.verb(), o.and_then(|o| o.resource.as_deref()), o.and_then(|o| o.subresource.as_deref()), ev.stage()]
 }
 
+/// The values an index key must take for a rule to match; with `ci`, compared ASCII
+/// case-insensitively (the set then holds lower-case values).
+#[derive(Debug, Clone)]
+struct Constraint {
+    set: FxHashSet<String>,
+    ci: bool,
+}
+
+impl Constraint {
+    fn lower(self) -> Constraint {
+        if self.ci {
+            return self;
+        }
+        Constraint { set: self.set.into_iter().map(|v| v.to_ascii_lowercase()).collect(), ci: true }
+    }
+
+    fn admits(&self, v: &str) -> bool {
+        if self.ci {
+            self.set.contains(&v.to_ascii_lowercase())
+        } else {
+            self.set.contains(v)
+        }
+    }
+}
+
+/// A glob pattern with no wildcard or escape: a literal (Sigma's case-insensitive equality).
+fn glob_literal(p: &str) -> bool {
+    !p.contains(['*', '?', '[', '\\'])
+}
+
 /// The values `key` must take for `e` to be true; `None` when unconstrained.
-fn constraint(e: &Expr, key: usize) -> Option<FxHashSet<String>> {
+fn constraint(e: &Expr, key: usize) -> Option<Constraint> {
     match e {
         Expr::Cmp { lhs, op, rhs }
             if lhs.transformers.is_empty() && key_of(&lhs.field.field, &lhs.field.arg) == Some(key) =>
         {
             match (op, rhs) {
-                (Op::Eq, Value::Str(v)) => Some(std::iter::once(v.clone()).collect()),
-                (Op::In | Op::Intersects, Value::List(items)) => Some(items.iter().cloned().collect()),
+                (Op::Eq, Value::Str(v)) => Some(Constraint { set: std::iter::once(v.clone()).collect(), ci: false }),
+                (Op::In | Op::Intersects, Value::List(items)) => {
+                    Some(Constraint { set: items.iter().cloned().collect(), ci: false })
+                }
+                (Op::Glob, Value::Str(v)) if glob_literal(v) => {
+                    Some(Constraint { set: std::iter::once(v.clone()).collect(), ci: false })
+                }
+                (Op::IGlob, Value::Str(v)) if glob_literal(v) => {
+                    Some(Constraint { set: std::iter::once(v.to_ascii_lowercase()).collect(), ci: true })
+                }
                 _ => None,
             }
         }
-        Expr::And(items) => {
-            items.iter().filter_map(|i| constraint(i, key)).reduce(|a, b| a.intersection(&b).cloned().collect())
-        }
+        Expr::And(items) => items.iter().filter_map(|i| constraint(i, key)).reduce(|a, b| {
+            let (a, b) = if a.ci || b.ci { (a.lower(), b.lower()) } else { (a, b) };
+            Constraint { ci: a.ci, set: a.set.intersection(&b.set).cloned().collect() }
+        }),
         Expr::Or(items) => {
-            let mut acc = FxHashSet::default();
+            let mut parts = Vec::new();
             for i in items {
-                acc.extend(constraint(i, key)?);
+                parts.push(constraint(i, key)?);
+            }
+            let ci = parts.iter().any(|c| c.ci);
+            let mut acc = Constraint { set: FxHashSet::default(), ci };
+            for p in parts {
+                acc.set.extend(if ci { p.lower().set } else { p.set });
             }
             Some(acc)
         }
@@ -104,7 +148,7 @@ fn constraint(e: &Expr, key: usize) -> Option<FxHashSet<String>> {
 }
 
 /// Removes top-level conjuncts implied by the index constraints `keys` (see `candidates`).
-fn prune_implied(e: &Expr, keys: &[Option<FxHashSet<String>>; KEYS]) -> Expr {
+fn prune_implied(e: &Expr, keys: &[Option<Constraint>; KEYS]) -> Expr {
     match e {
         Expr::And(items) => {
             Expr::And(items.iter().filter(|c| !implied(c, keys)).map(|c| prune_implied(c, keys)).collect())
@@ -114,7 +158,7 @@ fn prune_implied(e: &Expr, keys: &[Option<FxHashSet<String>>; KEYS]) -> Expr {
 }
 
 /// True when every event the index offers satisfies `c`.
-fn implied(c: &Expr, keys: &[Option<FxHashSet<String>>; KEYS]) -> bool {
+fn implied(c: &Expr, keys: &[Option<Constraint>; KEYS]) -> bool {
     let Expr::Cmp { lhs, op, rhs } = c else {
         return false;
     };
@@ -124,6 +168,11 @@ fn implied(c: &Expr, keys: &[Option<FxHashSet<String>>; KEYS]) -> bool {
     let Some(Some(allowed)) = key_of(&lhs.field.field, &lhs.field.arg).and_then(|k| keys.get(k)) else {
         return false;
     };
+    // A case-insensitive constraint over-approximates: it implies nothing exact.
+    if allowed.ci {
+        return false;
+    }
+    let allowed = &allowed.set;
     match (op, rhs) {
         (Op::Eq, Value::Str(v)) => allowed.len() == 1 && allowed.contains(v),
         (Op::In | Op::Intersects, Value::List(items)) => allowed.iter().all(|a| items.contains(a)),
@@ -262,7 +311,7 @@ impl Engine {
                         self.rules.get(i as usize).is_some_and(|r| {
                             r.keys.iter().zip(keys.iter()).all(|(allowed, have)| match (allowed, have) {
                                 (None, _) => true,
-                                (Some(set), Some(v)) => set.contains(*v),
+                                (Some(c), Some(v)) => c.admits(v),
                                 (Some(_), None) => false,
                             })
                         })
@@ -441,7 +490,7 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
     let (Some(expr), Some(output)) = (expr, output) else {
         return Err(errors);
     };
-    let keys: [Option<FxHashSet<String>>; KEYS] = std::array::from_fn(|k| constraint(&expr, k));
+    let keys: [Option<Constraint>; KEYS] = std::array::from_fn(|k| constraint(&expr, k));
     // The index only offers an event to this rule when its keys are in these sets, so the
     // conjuncts that demand exactly that (`kevt`'s stage test, `ka.verb=create`, ...) need not be
     // evaluated again. The reference evaluator keeps the full condition.

@@ -53,6 +53,11 @@ pub enum Matcher {
         all: bool,
     },
     Regex(regex::Regex),
+    /// ASCII case-insensitive equality (`iglob` without wildcards); holds the lower-case value.
+    IEq(Box<str>),
+    /// Prefix / suffix, optionally ASCII case-insensitive (lower-case needle).
+    Prefix(Box<str>, bool),
+    Suffix(Box<str>, bool),
     Num(Op, Box<[i128]>),
     Field(Op, Operand),
 }
@@ -108,10 +113,32 @@ fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
         ),
         Op::StartsWith => Matcher::StartsWith(first),
         Op::EndsWith => Matcher::EndsWith(first),
-        Op::Glob | Op::IGlob => Matcher::Glob(crate::fnmatch::Pattern::new(&first, op == Op::IGlob)),
+        Op::Glob | Op::IGlob => glob_matcher(&first, op == Op::IGlob)?,
         Op::PMatch => Matcher::PMatch(items.iter().map(|s| (*s).to_owned()).collect()),
         Op::Regex => Matcher::Regex(regex::Regex::new(&format!("^(?:{first})$")).map_err(|e| e.to_string())?),
         Op::BContains | Op::BStartsWith => return Err(format!("operator `{}` is not supported", op.name())),
+    })
+}
+
+/// Globs of the shapes Sigma produces — `lit`, `lit*`, `*lit`, `*lit*` — as direct string
+/// tests (ASCII case folding for `iglob`, like fnmatch's FNM_CASEFOLD); anything else as fnmatch.
+fn glob_matcher(p: &str, ci: bool) -> Result<Matcher, String> {
+    let inner = p.strip_prefix('*').unwrap_or(p);
+    let inner = inner.strip_suffix('*').unwrap_or(inner);
+    if inner.is_empty() || inner.contains(['*', '?', '[', '\\']) {
+        return Ok(Matcher::Glob(crate::fnmatch::Pattern::new(p, ci)));
+    }
+    let (lead, trail) = (p.starts_with('*'), p.len() > 1 && p.ends_with('*'));
+    let lit: Box<str> = if ci { inner.to_ascii_lowercase().into() } else { inner.into() };
+    Ok(match (lead, trail) {
+        (false, false) if ci => Matcher::IEq(lit),
+        (false, false) => Matcher::Eq(lit),
+        (true, true) if ci => Matcher::Substrings(
+            AhoCorasick::builder().ascii_case_insensitive(true).build([lit.as_ref()]).map_err(|e| e.to_string())?,
+        ),
+        (true, true) => Matcher::Contains(lit),
+        (false, true) => Matcher::Prefix(lit, ci),
+        (true, false) => Matcher::Suffix(lit, ci),
     })
 }
 
@@ -317,6 +344,15 @@ fn test(v: &Val<'_>, m: &Matcher, ev: &Event<'_>) -> bool {
         Matcher::Set { set, .. } => set.contains(s),
         Matcher::Few { items, .. } => items.iter().any(|f| &**f == s),
         Matcher::Regex(re) => re.is_match(s),
+        Matcher::IEq(r) => s.eq_ignore_ascii_case(r),
+        Matcher::Prefix(r, ci) => {
+            s.get(..r.len()).is_some_and(|h| if *ci { h.eq_ignore_ascii_case(r) } else { h == r.as_ref() })
+        }
+        Matcher::Suffix(r, ci) => {
+            s.len() >= r.len()
+                && s.get(s.len() - r.len()..)
+                    .is_some_and(|t| if *ci { t.eq_ignore_ascii_case(r) } else { t == r.as_ref() })
+        }
         Matcher::Num(op, nums) => {
             let Ok(l) = s.parse::<i128>() else {
                 return false;
