@@ -423,6 +423,16 @@ fn json_pointer<'e>(ev: &'e Event<'_>, ptr: &[String]) -> Option<Val<'e>> {
         (Some("user"), 1) if rest.first().is_some_and(|k| k == "username") => {
             return fast(ev.user().and_then(|u| u.username.as_deref()))
         }
+        (Some("impersonatedUser"), 1) if rest.first().is_some_and(|k| k == "username") => {
+            return fast(ev.impersonated_user().and_then(|u| u.username.as_deref()))
+        }
+        // Sigma's `responseStatus.code`: the typed number, as JSON text, without a scan.
+        (Some("responseStatus"), 1) if rest.first().is_some_and(|k| k == "code") => {
+            return ev.response_status()?.code.map(|c| Val::One(Cow::Owned(c.to_string())));
+        }
+        (Some("responseStatus"), 1) if rest.first().is_some_and(|k| k == "reason") => {
+            return fast(ev.response_status().and_then(|r| r.reason.as_deref()))
+        }
         (Some("objectRef"), 1) => {
             let o = ev.object_ref()?;
             let v = match rest.first().map(String::as_str) {
