@@ -33,6 +33,9 @@ pub enum Transformer {
     B64,
     Basename,
     Len,
+    /// kustody extension: the value as an integer (not extractable when it is not one), so
+    /// `< <= > >=` compare numbers. Sigma's `gt`/`lt` modifiers use it.
+    Num,
 }
 
 impl Transformer {
@@ -43,6 +46,7 @@ impl Transformer {
             "b64" => Transformer::B64,
             "basename" => Transformer::Basename,
             "len" => Transformer::Len,
+            "num" => Transformer::Num,
             _ => return None,
         })
     }
@@ -53,6 +57,7 @@ impl Transformer {
             Transformer::B64 => "b64",
             Transformer::Basename => "basename",
             Transformer::Len => "len",
+            Transformer::Num => "num",
         }
     }
 }
@@ -77,6 +82,9 @@ pub enum Op {
     In,
     Intersects,
     Regex,
+    /// kustody extension: the value is an IP address inside one of the listed networks
+    /// (`10.0.0.0/8`, `fd00::/8`); on a list field, any element. Sigma's `cidr` modifier uses it.
+    Cidr,
 }
 
 impl Op {
@@ -94,6 +102,7 @@ impl Op {
             "in" => Op::In,
             "intersects" => Op::Intersects,
             "regex" => Op::Regex,
+            "cidr" => Op::Cidr,
             _ => return None,
         })
     }
@@ -117,11 +126,12 @@ impl Op {
             Op::In => "in",
             Op::Intersects => "intersects",
             Op::Regex => "regex",
+            Op::Cidr => "cidr",
         }
     }
     /// Operators whose right-hand side is a parenthesised list.
     pub fn takes_list(self) -> bool {
-        matches!(self, Op::In | Op::Intersects | Op::PMatch)
+        matches!(self, Op::In | Op::Intersects | Op::PMatch | Op::Cidr)
     }
 }
 

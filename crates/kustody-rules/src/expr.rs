@@ -29,7 +29,7 @@ impl Operand {
         self.field.is_list && !self.is_numeric()
     }
     pub fn is_numeric(&self) -> bool {
-        self.transformers.contains(&Transformer::Len)
+        self.transformers.iter().any(|t| matches!(t, Transformer::Len | Transformer::Num))
     }
 
     /// Extracts and transforms. `None` when the field cannot be extracted.
@@ -62,6 +62,7 @@ fn transform(t: Transformer, v: Val<'_>) -> Option<Val<'_>> {
                 String::from_utf8(bytes).ok()?
             }
             Transformer::Len => s.len().to_string(),
+            Transformer::Num => s.trim().parse::<i128>().ok()?.to_string(),
         })
     };
     match (t, v) {
@@ -252,10 +253,15 @@ impl Lowerer<'_> {
         let field = resolve(&f.name, f.arg.as_deref()).map_err(|m| self.err(f.span, m))?;
         let mut transformers = f.transformers.clone();
         transformers.reverse();
-        if let Some(pos) = transformers.iter().position(|t| *t == Transformer::Len) {
+        if let Some(pos) = transformers.iter().position(|t| matches!(t, Transformer::Len | Transformer::Num)) {
             if pos + 1 != transformers.len() {
-                return Err(self.err(f.span, "`len()` gives a number: no string transformer can be applied to it"));
+                return Err(
+                    self.err(f.span, "`len()` and `num()` give a number: no string transformer can be applied to it")
+                );
             }
+        }
+        if transformers.last() == Some(&Transformer::Num) && field.is_list {
+            return Err(self.err(f.span, "`num()` applies to single values, not to the list field"));
         }
         Ok(Operand { field, transformers })
     }
@@ -269,6 +275,17 @@ fn is_numeric_text(s: &str) -> bool {
 /// Falco's (libsinsp's) operator/type rules, checked at load time.
 fn check_types(lhs: &Operand, op: Op, rhs: &Value) -> Result<(), String> {
     let name = lhs.display();
+    if op == Op::Cidr {
+        if let Value::List(items) = rhs {
+            if let Some(bad) = items.iter().find(|i| parse_cidr(i).is_none()) {
+                return Err(format!("`{bad}` is not a network (use 10.0.0.0/8 or fd00::/8)"));
+            }
+        }
+        if lhs.is_numeric() {
+            return Err(format!("`cidr` does not apply to the number `{name}`"));
+        }
+        return Ok(());
+    }
     if lhs.is_list() && !matches!(op, Op::In | Op::Intersects) {
         return Err(format!(
             "`{name}` is a list field: only `exists`, `in` and `intersects` apply to it, not `{}`",
@@ -346,6 +363,14 @@ pub fn eval_reference(expr: &Expr, ev: &Event<'_>, cache: &mut RegexCache) -> bo
                     }
                 }
             };
+            if *op == Op::Cidr {
+                let nets: Vec<(std::net::IpAddr, u8)> = rhs_values.iter().filter_map(|r| parse_cidr(r)).collect();
+                let hit = |s: &str| nets.iter().any(|n| in_network(s, *n));
+                return match &l {
+                    Val::List(items) => items.iter().any(|i| hit(i)),
+                    Val::One(s) => hit(s),
+                };
+            }
             match l {
                 Val::List(items) => match op {
                     Op::In => items.iter().all(|i| rhs_values.contains(&i.as_ref())),
@@ -402,8 +427,37 @@ fn reference_string(s: &str, op: Op, rhs: &[&str], cache: &mut RegexCache) -> bo
             let re = cache.entry(r.to_owned()).or_insert_with(|| regex::Regex::new(&format!("^(?:{r})$")).ok());
             re.as_ref().is_some_and(|re| re.is_match(s))
         }
-        Op::BContains | Op::BStartsWith => false,
+        Op::BContains | Op::BStartsWith | Op::Cidr => false,
     }
+}
+
+/// `10.0.0.0/8`, `fd00::/8`, or a bare address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, bits) = match s.split_once('/') {
+        Some((a, b)) => (a, Some(b.parse::<u8>().ok()?)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bits = bits.unwrap_or(max);
+    (bits <= max).then_some((ip, bits))
+}
+
+/// Whether the address text `s` lies in `net`.
+pub fn in_network(s: &str, (net, bits): (std::net::IpAddr, u8)) -> bool {
+    use std::net::IpAddr;
+    let Ok(ip) = s.trim().parse::<IpAddr>() else { return false };
+    let (a, b, width) = match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32u32),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128u32),
+        _ => return false,
+    };
+    let bits = u32::from(bits);
+    if bits == 0 {
+        return true;
+    }
+    let shift = width - bits;
+    a.checked_shr(shift) == b.checked_shr(shift)
 }
 
 /// fnmatch(3) with no flags: `*` also matches `/`.

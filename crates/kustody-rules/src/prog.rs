@@ -53,6 +53,8 @@ pub enum Matcher {
         all: bool,
     },
     Regex(regex::Regex),
+    /// Networks for `cidr`; on a list, any element.
+    Cidr(Box<[(std::net::IpAddr, u8)]>),
     /// ASCII case-insensitive equality (`iglob` without wildcards); holds the lower-case value.
     IEq(Box<str>),
     /// Prefix / suffix, optionally ASCII case-insensitive (lower-case needle).
@@ -102,6 +104,7 @@ fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
     }
     let set = || items.iter().map(|s| Box::<str>::from(*s)).collect::<FxHashSet<_>>();
     Ok(match op {
+        Op::Cidr => Matcher::Cidr(items.iter().filter_map(|s| crate::expr::parse_cidr(s)).collect()),
         Op::In => set_matcher(set(), true),
         Op::Intersects => set_matcher(set(), false),
         Op::Eq => Matcher::Eq(first),
@@ -316,6 +319,7 @@ fn test(v: &Val<'_>, m: &Matcher, ev: &Event<'_>) -> bool {
             return match m {
                 Matcher::Set { set, all: true } => items.iter().all(|i| set.contains(i.as_ref())),
                 Matcher::Set { set, all: false } => items.iter().any(|i| set.contains(i.as_ref())),
+                Matcher::Cidr(nets) => items.iter().any(|i| nets.iter().any(|n| crate::expr::in_network(i, *n))),
                 Matcher::Few { items: few, all: true } => items.iter().all(|i| few.iter().any(|f| **f == **i)),
                 Matcher::Few { items: few, all: false } => items.iter().any(|i| few.iter().any(|f| **f == **i)),
                 Matcher::Field(op, r) => match r.eval(ev) {
@@ -344,6 +348,7 @@ fn test(v: &Val<'_>, m: &Matcher, ev: &Event<'_>) -> bool {
         Matcher::Set { set, .. } => set.contains(s),
         Matcher::Few { items, .. } => items.iter().any(|f| &**f == s),
         Matcher::Regex(re) => re.is_match(s),
+        Matcher::Cidr(nets) => nets.iter().any(|n| crate::expr::in_network(s, *n)),
         Matcher::IEq(r) => s.eq_ignore_ascii_case(r),
         Matcher::Prefix(r, ci) => {
             s.get(..r.len()).is_some_and(|h| if *ci { h.eq_ignore_ascii_case(r) } else { h == r.as_ref() })
@@ -382,7 +387,7 @@ fn test(v: &Val<'_>, m: &Matcher, ev: &Event<'_>) -> bool {
                 Op::EndsWith => s.ends_with(rv.as_ref()),
                 Op::Glob => glob_match(&rv, s, false),
                 Op::IGlob => glob_match(&rv, s, true),
-                Op::PMatch | Op::Regex | Op::BContains | Op::BStartsWith => false,
+                Op::PMatch | Op::Regex | Op::BContains | Op::BStartsWith | Op::Cidr => false,
             }
         }
     }

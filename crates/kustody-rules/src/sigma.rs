@@ -151,6 +151,8 @@ fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Ve
         match *m {
             "base64" | "base64offset" => encode = Some(m),
             "windash" => windash = true,
+            "cidr" => shape = "cidr",
+            "gt" | "gte" | "lt" | "lte" => shape = m,
             "contains" | "startswith" | "endswith" => shape = m,
             "all" => all = true,
             "cased" => cased = true,
@@ -200,6 +202,23 @@ fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Ve
         };
         if fieldref {
             terms.push(format!("{field} = val({})", field_expr(&v, mapping)));
+            continue;
+        }
+        if shape == "cidr" {
+            terms.push(format!("{field} cidr ({})", quote(&v)));
+            continue;
+        }
+        if let Some(op) = match shape {
+            "gt" => Some(">"),
+            "gte" => Some(">="),
+            "lt" => Some("<"),
+            "lte" => Some("<="),
+            _ => None,
+        } {
+            if v.trim().parse::<i64>().is_err() {
+                return Err(format!("`{key}` needs a number, not `{v}`"));
+            }
+            terms.push(format!("num({field}) {op} {}", v.trim()));
             continue;
         }
         if shape == "re" {
@@ -388,7 +407,14 @@ mod tests {
     fn impossible_and_unsupported() {
         let t = tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    responseStatus.code: 'ALLOW'\n  condition: s\n").unwrap();
         assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
-        assert!(tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    verb|cidr: 10.0.0.0/8\n  condition: s\n").unwrap_err().contains("cidr"));
+        assert!(tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    verb|expand: '%x%'\n  condition: s\n").unwrap_err().contains("expand"));
+        let t = tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    sourceIPs|cidr: [10.0.0.0/8, 'fd00::/8']\n    responseStatus.code|gte: 400\n  condition: s\n").unwrap();
+        assert!(
+            t.condition.contains("ka.sourceips cidr (\"10.0.0.0/8\") or ka.sourceips cidr (\"fd00::/8\")"),
+            "{}",
+            t.condition
+        );
+        assert!(t.condition.contains("num(jevt.value[/responseStatus/code]) >= 400"), "{}", t.condition);
         assert!(tr("title: T\nlogsource: {product: windows}\ndetection:\n  s: {a: b}\n  condition: s\n").is_err());
         assert!(tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s: {verb: get}\n  condition: t\n").is_err());
     }
