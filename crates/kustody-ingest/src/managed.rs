@@ -39,6 +39,11 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
         return Ok(Unwrapped::Native);
     }
     if has(t, "\"protoPayload\"") {
+        if let Ok(entry) = serde_json::from_str::<GkeEntry<'_>>(t) {
+            if let Some(p) = entry.proto_payload {
+                return gke_fast(&entry.common, &p).map(|e| Unwrapped::One(Cow::Owned(e), SourceFormat::Gke));
+            }
+        }
         let v: Value = serde_json::from_str(t).map_err(|e| format!("invalid JSON: {e}"))?;
         if v.get("protoPayload").is_some() {
             return gke(&v).map(|e| Unwrapped::One(Cow::Owned(e.to_string()), SourceFormat::Gke));
@@ -173,6 +178,204 @@ fn http_code(grpc: i64) -> i64 {
         16 => 401,
         _ => 500,
     }
+}
+
+// ---- GKE without a DOM -----------------------------------------------------------------
+//
+// The LogEntry is read into borrowed fields with the request/response bodies kept raw, and the
+// Event is written straight out: no tree is built, and bodies are copied once. (The bodies keep
+// GKE's `@type` key; rules never look at it.) Anything unusual falls back to `gke()` below.
+
+#[derive(serde::Deserialize)]
+struct GkeEntry<'a> {
+    #[serde(borrow, rename = "protoPayload")]
+    proto_payload: Option<GkePayload<'a>>,
+    #[serde(flatten, borrow)]
+    common: GkeCommon<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct GkeCommon<'a> {
+    #[serde(borrow, rename = "insertId")]
+    insert_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    operation: Option<GkeOperation<'a>>,
+    #[serde(borrow)]
+    labels: Option<std::collections::BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    #[serde(borrow)]
+    resource: Option<GkeResource<'a>>,
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct GkeOperation<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct GkeResource<'a> {
+    #[serde(borrow)]
+    labels: Option<std::collections::BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GkePayload<'a> {
+    #[serde(borrow, rename = "@type")]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    method_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    resource_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    authentication_info: Option<GkeAuth<'a>>,
+    #[serde(borrow)]
+    request_metadata: Option<GkeMeta<'a>>,
+    #[serde(borrow)]
+    status: Option<GkeStatus<'a>>,
+    #[serde(borrow)]
+    request: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    response: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GkeAuth<'a> {
+    #[serde(borrow)]
+    principal_email: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GkeMeta<'a> {
+    #[serde(borrow)]
+    caller_ip: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    caller_supplied_user_agent: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct GkeStatus<'a> {
+    code: Option<i64>,
+    #[serde(borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutEvent<'a> {
+    kind: &'static str,
+    api_version: &'static str,
+    level: &'static str,
+    #[serde(rename = "auditID", skip_serializing_if = "Option::is_none")]
+    audit_id: Option<&'a str>,
+    stage: &'static str,
+    #[serde(rename = "requestURI")]
+    request_uri: String,
+    verb: &'a str,
+    user: OutUser<'a>,
+    #[serde(rename = "sourceIPs", skip_serializing_if = "Option::is_none")]
+    source_ips: Option<[&'a str; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a str>,
+    object_ref: std::collections::BTreeMap<&'static str, &'a str>,
+    response_status: OutStatus<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_received_timestamp: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage_timestamp: Option<&'a str>,
+    annotations: std::collections::BTreeMap<&'a str, &'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_object: Option<&'a serde_json::value::RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_object: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(serde::Serialize)]
+struct OutUser<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct OutStatus<'a> {
+    metadata: std::collections::BTreeMap<&'a str, &'a str>,
+    code: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+fn gke_fast(c: &GkeCommon<'_>, p: &GkePayload<'_>) -> Result<String, String> {
+    let ty = p.ty.as_deref().unwrap_or("");
+    if !ty.ends_with("google.cloud.audit.AuditLog") {
+        return Err(format!("protoPayload of type `{ty}` is not an AuditLog"));
+    }
+    let method = p.method_name.as_deref().ok_or("AuditLog without methodName")?;
+    if !method.starts_with("io.k8s.") {
+        return Err(format!("methodName `{method}` is not a Kubernetes API call"));
+    }
+    let verb = method.rsplit('.').next().unwrap_or("");
+    let resource_name = p.resource_name.as_deref().unwrap_or("");
+    let mut segs: Vec<&str> = resource_name.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version) = if segs.len() >= 2 { (segs.remove(0), segs.remove(0)) } else { ("", "") };
+    let group = if group == "core" { "" } else { group };
+    let mut object_ref = std::collections::BTreeMap::new();
+    if !group.is_empty() {
+        object_ref.insert("apiGroup", group);
+    }
+    if !version.is_empty() {
+        object_ref.insert("apiVersion", version);
+    }
+    let mut rest: &[&str] = &segs;
+    if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        if let Some(ns) = rest.get(1) {
+            object_ref.insert("namespace", ns);
+        }
+        rest = rest.get(2..).unwrap_or_default();
+    }
+    if let Some(r) = rest.first() {
+        object_ref.insert("resource", r);
+    }
+    if let Some(n) = rest.get(1) {
+        object_ref.insert("name", n);
+    }
+    let sub = rest.get(2).copied();
+    if let Some(s) = sub {
+        object_ref.insert("subresource", s);
+    }
+    let base = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    let mut annotations: std::collections::BTreeMap<&str, &str> =
+        c.labels.iter().flatten().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+    if let Some(cluster) = c.resource.as_ref().and_then(|r| r.labels.as_ref()).and_then(|l| l.get("cluster_name")) {
+        annotations.insert("cluster_name", cluster.as_ref());
+    }
+    let out = OutEvent {
+        kind: "Event",
+        api_version: "audit.k8s.io/v1",
+        level: if p.request.is_some() || p.response.is_some() { "RequestResponse" } else { "Metadata" },
+        audit_id: c.operation.as_ref().and_then(|o| o.id.as_deref()).or(c.insert_id.as_deref()),
+        stage: if sub.is_some_and(|s| STREAMING.contains(&s)) { "ResponseStarted" } else { "ResponseComplete" },
+        request_uri: format!("{base}/{}", segs.join("/")),
+        verb,
+        user: OutUser { username: p.authentication_info.as_ref().and_then(|a| a.principal_email.as_deref()) },
+        source_ips: p.request_metadata.as_ref().and_then(|m| m.caller_ip.as_deref()).map(|ip| [ip]),
+        user_agent: p.request_metadata.as_ref().and_then(|m| m.caller_supplied_user_agent.as_deref()),
+        object_ref,
+        response_status: OutStatus {
+            metadata: std::collections::BTreeMap::new(),
+            code: http_code(p.status.as_ref().and_then(|s| s.code).unwrap_or(0)),
+            message: p.status.as_ref().and_then(|s| s.message.as_deref()),
+        },
+        request_received_timestamp: c.timestamp.as_deref(),
+        stage_timestamp: c.timestamp.as_deref(),
+        annotations,
+        request_object: p.request,
+        response_object: p.response,
+    };
+    serde_json::to_string(&out).map_err(|e| e.to_string())
 }
 
 /// Subresources that stream: their native events are reported at ResponseStarted.
@@ -322,6 +525,22 @@ mod tests {
         assert_eq!(ev["objectRef"]["resource"], "namespaces");
         assert_eq!(ev["objectRef"]["name"], "crypto");
         assert!(gke(&json!({"protoPayload": {"@type": "x.Other"}})).is_err());
+    }
+
+    #[test]
+    fn fast_and_dom_gke_paths_agree() {
+        let entry = json!({
+            "insertId": "i1", "labels": {"authorization.k8s.io/decision": "allow"}, "operation": {"id": "op-1"},
+            "protoPayload": {"@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+                "authenticationInfo": {"principalEmail": "alice@example.com"}, "methodName": "io.k8s.core.v1.pods.exec.create",
+                "requestMetadata": {"callerIp": "192.0.2.1", "callerSuppliedUserAgent": "kubectl/v1.30"},
+                "resourceName": "core/v1/namespaces/shop/pods/db-0/exec", "status": {"code": 7, "message": "denied"},
+                "request": {"a": [1, {"b": "c"}]}},
+            "resource": {"labels": {"cluster_name": "prod"}}, "timestamp": "2024-01-01T00:00:00Z"});
+        let text = entry.to_string();
+        let Ok(Unwrapped::One(fast, _)) = unwrap(&text) else { panic!() };
+        let fast: Value = serde_json::from_str(&fast).unwrap();
+        assert_eq!(fast, gke(&entry).unwrap());
     }
 
     #[test]
