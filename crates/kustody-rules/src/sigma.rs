@@ -40,8 +40,21 @@ pub fn parse_mapping(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     if let Some(Node::Map { entries, .. }) = docs.first() {
         for (k, v) in entries {
-            if let (Some(k), Some(v)) = (k.as_str(), v.as_str()) {
-                out.push((k.to_owned(), v.to_owned()));
+            match (k.as_str(), v) {
+                // `placeholders: {name: [values]}` feeds the `expand` modifier (`%name%`).
+                (Some("placeholders"), Node::Map { entries: ph, .. }) => {
+                    for (name, values) in ph {
+                        let (Some(name), Node::Seq { items, .. }) = (name.as_str(), values) else { continue };
+                        let vals: Vec<&str> = items.iter().filter_map(Node::as_str).collect();
+                        out.push((format!("%{name}%"), vals.join("\n")));
+                    }
+                }
+                (Some(k), v) => {
+                    if let Some(v) = v.as_str() {
+                        out.push((k.to_owned(), v.to_owned()));
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -121,6 +134,43 @@ fn variants(v: &str, encode: Option<&str>, windash: bool) -> Vec<String> {
     out
 }
 
+/// `expand`: every `%name%` is replaced by each of the placeholder's values from the mapping
+/// file's `placeholders` section.
+fn expand_placeholders(
+    values: Vec<Option<String>>,
+    mapping: &[(String, String)],
+) -> Result<Vec<Option<String>>, String> {
+    let mut out = Vec::new();
+    let mut todo: Vec<String> = values.iter().flatten().cloned().collect();
+    out.extend(values.iter().filter(|v| v.is_none()).cloned());
+    let mut guard = 0;
+    while let Some(v) = todo.pop() {
+        guard += 1;
+        if guard > 10_000 {
+            return Err("`expand` produces too many values".into());
+        }
+        let Some(start) = v.find('%') else {
+            out.push(Some(v));
+            continue;
+        };
+        let Some(len) = v.get(start + 1..).and_then(|r| r.find('%')) else {
+            out.push(Some(v));
+            continue;
+        };
+        let name = v.get(start..start + len + 2).unwrap_or("");
+        let Some((_, vals)) = mapping.iter().find(|(k, _)| k == name) else {
+            return Err(format!(
+                "placeholder `{name}` has no values (add it under `placeholders:` in the field-mapping file)"
+            ));
+        };
+        for val in vals.split('\n') {
+            todo.push(format!("{}{val}{}", v.get(..start).unwrap_or(""), v.get(start + len + 2..).unwrap_or("")));
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
 fn is_list_field(f: &str) -> bool {
     crate::fields::lookup(f.split('[').next().unwrap_or(f)).is_some_and(|i| i.is_list)
 }
@@ -147,10 +197,12 @@ fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Ve
     let mut exists: Option<bool> = None;
     let mut encode: Option<&str> = None;
     let mut windash = false;
+    let mut expand = false;
     for m in &mods {
         match *m {
             "base64" | "base64offset" => encode = Some(m),
             "windash" => windash = true,
+            "expand" => expand = true,
             "cidr" => shape = "cidr",
             "gt" | "gte" | "lt" | "lte" => shape = m,
             "contains" | "startswith" | "endswith" => shape = m,
@@ -186,6 +238,7 @@ fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Ve
             ));
         }
     }
+    let values = if expand { expand_placeholders(values, mapping)? } else { values };
     // Value transformations multiply the values: each variant is one more alternative.
     let values: Vec<Option<String>> = values
         .into_iter()
@@ -407,7 +460,11 @@ mod tests {
     fn impossible_and_unsupported() {
         let t = tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    responseStatus.code: 'ALLOW'\n  condition: s\n").unwrap();
         assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
-        assert!(tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    verb|expand: '%x%'\n  condition: s\n").unwrap_err().contains("expand"));
+        assert!(tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    verb|expand: '%x%'\n  condition: s\n").unwrap_err().contains("placeholder `%x%`"));
+        let docs = kustody_model::yaml::parse("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    user.username|expand: '%admins%'\n  condition: s\n").unwrap();
+        let mapping = parse_mapping("placeholders:\n  admins: [alice, bob]\n").unwrap();
+        let t = translate(&docs[0], &mapping).unwrap();
+        assert!(t.condition.contains("\"alice\"") && t.condition.contains("\"bob\""), "{}", t.condition);
         let t = tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    sourceIPs|cidr: [10.0.0.0/8, 'fd00::/8']\n    responseStatus.code|gte: 400\n  condition: s\n").unwrap();
         assert!(
             t.condition.contains("ka.sourceips cidr (\"10.0.0.0/8\") or ka.sourceips cidr (\"fd00::/8\")"),
