@@ -40,8 +40,8 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
     }
     if has(t, "\"protoPayload\"") {
         if let Ok(entry) = serde_json::from_str::<GkeEntry<'_>>(t) {
-            if let Some(p) = entry.proto_payload {
-                return gke_fast(&entry.common, &p).map(|e| Unwrapped::One(Cow::Owned(e), SourceFormat::Gke));
+            if let Some(p) = &entry.proto_payload {
+                return gke_fast(&entry, p).map(|e| Unwrapped::One(Cow::Owned(e), SourceFormat::Gke));
             }
         }
         let v: Value = serde_json::from_str(t).map_err(|e| format!("invalid JSON: {e}"))?;
@@ -62,6 +62,35 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
             #[serde(borrow)]
             log: Option<&'a serde_json::value::RawValue>,
         }
+        /// The common case in one pass: `properties.log` is a string, unescaped while parsing.
+        #[derive(serde::Deserialize)]
+        struct AksText<'a> {
+            #[serde(borrow)]
+            category: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            properties: Option<AksTextProps<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct AksTextProps<'a> {
+            #[serde(borrow)]
+            log: Option<Cow<'a, str>>,
+        }
+        if let Ok(AksText { category, properties: Some(AksTextProps { log: Some(log) }) }) =
+            serde_json::from_str::<AksText<'_>>(t)
+        {
+            let category = category.unwrap_or_default();
+            if category != "kube-audit" && category != "kube-audit-admin" {
+                return Ok(Unwrapped::Skip(format!("AKS record of category `{category}` is not an audit log")));
+            }
+            if !log.trim_start().starts_with('{') {
+                return Err("`properties.log` does not hold a JSON object".into());
+            }
+            let event = match log {
+                Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+                Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
+            };
+            return Ok(Unwrapped::One(event, SourceFormat::Aks));
+        }
         if let Ok(r) = serde_json::from_str::<Aks<'_>>(t) {
             if let Some(props) = r.properties {
                 let category = r.category.unwrap_or_default();
@@ -81,9 +110,30 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
             #[serde(default, rename = "messageType")]
             message_type: Option<String>,
         }
+        /// The common case in one pass: `message` unescaped while the wrapper is parsed.
+        #[derive(serde::Deserialize)]
+        struct CwText<'a> {
+            #[serde(borrow)]
+            message: Option<Cow<'a, str>>,
+            #[serde(default, rename = "messageType")]
+            message_type: Option<Cow<'a, str>>,
+        }
+        if let Ok(CwText { message: Some(m), message_type: None }) = serde_json::from_str::<CwText<'_>>(t) {
+            // A native Event never has a top-level `message`; a CloudWatch event always does.
+            let trimmed = m.trim();
+            if !trimmed.starts_with('{') {
+                return Ok(Unwrapped::Skip(
+                    "CloudWatch event whose message is not a JSON object (a control message?)".into(),
+                ));
+            }
+            let event = match m {
+                Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+                Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
+            };
+            return Ok(Unwrapped::One(event, SourceFormat::Eks));
+        }
         if let Ok(r) = serde_json::from_str::<Cw<'_>>(t) {
             if let Some(m) = r.message {
-                // A native Event never has a top-level `message`; a CloudWatch event always does.
                 if r.message_type.is_none() {
                     return Ok(match embedded(m.get(), "message") {
                         Ok(e) => Unwrapped::One(e, SourceFormat::Eks),
@@ -186,16 +236,11 @@ fn http_code(grpc: i64) -> i64 {
 // Event is written straight out: no tree is built, and bodies are copied once. (The bodies keep
 // GKE's `@type` key; rules never look at it.) Anything unusual falls back to `gke()` below.
 
+/// A LogEntry (no `#[serde(flatten)]`: it buffers the whole entry and halved the speed).
 #[derive(serde::Deserialize)]
 struct GkeEntry<'a> {
     #[serde(borrow, rename = "protoPayload")]
     proto_payload: Option<GkePayload<'a>>,
-    #[serde(flatten, borrow)]
-    common: GkeCommon<'a>,
-}
-
-#[derive(serde::Deserialize)]
-struct GkeCommon<'a> {
     #[serde(borrow, rename = "insertId")]
     insert_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -308,7 +353,7 @@ struct OutStatus<'a> {
     message: Option<&'a str>,
 }
 
-fn gke_fast(c: &GkeCommon<'_>, p: &GkePayload<'_>) -> Result<String, String> {
+fn gke_fast(c: &GkeEntry<'_>, p: &GkePayload<'_>) -> Result<String, String> {
     let ty = p.ty.as_deref().unwrap_or("");
     if !ty.ends_with("google.cloud.audit.AuditLog") {
         return Err(format!("protoPayload of type `{ty}` is not an AuditLog"));
