@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use kustody_model::Event;
 use serde_json::Value;
 
-use crate::fields::{Arg, CAttr, Field, FieldRef};
+use crate::fields::{Arg, CAttr, Family, Field, FieldRef};
 
 /// An extracted value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,28 +158,8 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
             let groups = req(ev, &["spec", "securityContext", "supplementalGroups"])?.as_array()?;
             list(groups.iter().map(json_text).collect(), f)
         }
-        ReqPodContainer(family, attr) => {
-            let spec = req(ev, &["spec"])?;
-            let containers = spec.get(family.json_key())?.as_array()?;
-            match f.arg {
-                Arg::Index(n) => {
-                    let vals = container_values(spec, containers.get(n..=n)?, attr);
-                    (!vals.is_empty()).then_some(Val::List(vals))
-                }
-                _ => list(container_values(spec, containers, attr), f),
-            }
-        }
-        PodSpecContainer(family, attr) => {
-            let spec = pod_spec(ev)?;
-            let containers = spec.get(family.json_key())?.as_array()?;
-            match f.arg {
-                Arg::Index(n) => {
-                    let vals = container_values(spec, containers.get(n..=n)?, attr);
-                    (!vals.is_empty()).then_some(Val::List(vals))
-                }
-                _ => list(container_values(spec, containers, attr), f),
-            }
-        }
+        ReqPodContainer(family, attr) => containers(req(ev, &["spec"])?, family, attr, f),
+        PodSpecContainer(family, attr) => containers(pod_spec(ev)?, family, attr, f),
         PodSpecVolumesHostpath | PodSpecVolumesHostpathDirs => {
             let vols = pod_spec(ev)?.get("volumes")?.as_array()?;
             let vols: &[Value] = match f.arg {
@@ -302,6 +282,18 @@ fn ancestors(p: &str) -> Vec<String> {
 pub fn image_repository(image: &str) -> &str {
     let a = image.split(':').next().unwrap_or(image);
     a.split('@').next().unwrap_or(a)
+}
+
+/// A per-container field of the pod spec `spec`; `[n]` selects container n.
+fn containers<'e>(spec: &'e Value, family: Family, attr: CAttr, f: &FieldRef) -> Option<Val<'e>> {
+    let list_of = spec.get(family.json_key())?.as_array()?;
+    match f.arg {
+        Arg::Index(n) => {
+            let vals = container_values(spec, list_of.get(n..=n)?, attr);
+            (!vals.is_empty()).then_some(Val::List(vals))
+        }
+        _ => list(container_values(spec, list_of, attr), f),
+    }
 }
 
 fn container_values<'e>(spec: &'e Value, containers: &'e [Value], attr: CAttr) -> Vec<Cow<'e, str>> {

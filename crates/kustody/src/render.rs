@@ -101,28 +101,19 @@ impl Renderer {
     }
 
     fn csv(&self, d: &Detection, out: &mut Vec<u8>) -> Result<()> {
-        let c = &d.context;
-        let cols = [
+        let mut cols = vec![
             d.time_ns.map(format_rfc3339_nanos).unwrap_or_default(),
             d.priority.falco_name().to_owned(),
             d.rule.to_string(),
-            c.user.clone().unwrap_or_default(),
-            c.verb.clone().unwrap_or_default(),
-            c.resource_path().unwrap_or_default(),
-            c.namespace.clone().unwrap_or_default(),
-            c.name.clone().unwrap_or_default(),
-            c.command.clone().unwrap_or_default(),
-            c.source_ip.clone().unwrap_or_default(),
-            c.user_agent.clone().unwrap_or_default(),
-            c.response_code.map(|x| x.to_string()).unwrap_or_default(),
+        ];
+        cols.extend(context_cells(&d.context));
+        cols.extend([
             d.audit_id.clone().unwrap_or_default(),
             d.source_ref.file.to_string(),
             d.source_ref.line.to_string(),
             d.output.clone(),
-        ];
-        let line: Vec<String> = cols.iter().map(|s| csv_field(s)).collect();
-        writeln!(out, "{}", line.join(","))?;
-        Ok(())
+        ]);
+        write_csv_row(out, &cols)
     }
 
     /// Three lines per detection (four for exec/attach), each at most 80 columns: time,
@@ -213,6 +204,31 @@ fn truncate_left(s: &str, max: usize) -> String {
     let mut out = String::from("…");
     out.extend(s.chars().skip(n - max.saturating_sub(1)));
     out
+}
+
+/// The CSV columns `user,verb,resource,namespace,name,command,source_ip,user_agent,response_code`
+/// shared by detections and timelines.
+pub const CONTEXT_HEADER: &str = "user,verb,resource,namespace,name,command,source_ip,user_agent,response_code";
+
+pub fn context_cells(c: &kustody_model::EventContext) -> [String; 9] {
+    let s = |v: &Option<String>| v.clone().unwrap_or_default();
+    [
+        s(&c.user),
+        s(&c.verb),
+        c.resource_path().unwrap_or_default(),
+        s(&c.namespace),
+        s(&c.name),
+        s(&c.command),
+        s(&c.source_ip),
+        s(&c.user_agent),
+        c.response_code.map(|x| x.to_string()).unwrap_or_default(),
+    ]
+}
+
+/// One CSV row, every cell quoted and formula-guarded by [`csv_field`].
+pub fn write_csv_row(out: &mut dyn Write, cells: &[String]) -> Result<()> {
+    writeln!(out, "{}", cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","))?;
+    Ok(())
 }
 
 /// RFC 4180 quoting, plus a leading `'` on values a spreadsheet would run as a formula

@@ -19,7 +19,7 @@ use kustody_rules::{EngineOptions, Scratch};
 use serde_json::{json, Value};
 
 use crate::cli::{TimelineArgs, TimelineFormat};
-use crate::render::{sanitize, timesketch_fields};
+use crate::render::{context_cells, sanitize, timesketch_fields, write_csv_row, CONTEXT_HEADER};
 use crate::{ruleset, timespec};
 
 enum Who {
@@ -306,7 +306,7 @@ pub fn run(args: TimelineArgs) -> Result<ExitCode> {
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     if args.format == TimelineFormat::Csv {
-        writeln!(out, "time,why,user,verb,resource,namespace,name,command,response_code,source_ip,user_agent,audit_id,file,line,detections")?;
+        writeln!(out, "time,why,{CONTEXT_HEADER},audit_id,file,line,detections")?;
     }
     for e in &entries {
         write_entry(&mut out, e, args.format)?;
@@ -363,24 +363,16 @@ fn write_entry(out: &mut dyn Write, e: &Entry, format: TimelineFormat) -> Result
             out.write_all(b"\n")?;
         }
         TimelineFormat::Csv => {
-            let cols = [
-                e.time_ns.map(kustody_model::time::format_rfc3339_nanos).unwrap_or_default(),
-                e.why.clone(),
-                c.user.clone().unwrap_or_default(),
-                c.verb.clone().unwrap_or_default(),
-                c.resource_path().unwrap_or_default(),
-                c.namespace.clone().unwrap_or_default(),
-                c.name.clone().unwrap_or_default(),
-                c.command.clone().unwrap_or_default(),
-                c.response_code.map(|x| x.to_string()).unwrap_or_default(),
-                c.source_ip.clone().unwrap_or_default(),
-                c.user_agent.clone().unwrap_or_default(),
+            let mut cols =
+                vec![e.time_ns.map(kustody_model::time::format_rfc3339_nanos).unwrap_or_default(), e.why.clone()];
+            cols.extend(context_cells(c));
+            cols.extend([
                 e.audit_id.clone().unwrap_or_default(),
                 e.source.file.to_string(),
                 e.source.line.to_string(),
                 rules.join("; "),
-            ];
-            writeln!(out, "{}", cols.iter().map(|s| crate::render::csv_field(s)).collect::<Vec<_>>().join(","))?;
+            ]);
+            write_csv_row(out, &cols)?;
         }
         TimelineFormat::Timesketch => {
             let mut m = timesketch_fields(c, e.time_ns, e.audit_id.as_deref(), &e.source);
