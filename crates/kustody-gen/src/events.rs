@@ -448,13 +448,122 @@ impl Corpus {
 
     /// Writes lines until at least `bytes` have been written.
     pub fn write(&mut self, bytes: u64, out: &mut dyn Write) -> std::io::Result<u64> {
+        self.write_as(bytes, Wrap::Native, out)
+    }
+
+    /// Writes about `bytes` of native events (counted before wrapping), each in `wrap`'s format.
+    pub fn write_as(&mut self, bytes: u64, wrap: Wrap, out: &mut dyn Write) -> std::io::Result<u64> {
         let mut written = 0u64;
         while written < bytes {
-            let line = self.next_line();
+            let native = self.next_line();
+            let line = wrap_line(&native, wrap);
             out.write_all(line.as_bytes())?;
             out.write_all(b"\n")?;
-            written += line.len() as u64 + 1;
+            written += native.len() as u64 + 1;
         }
         Ok(written)
     }
+}
+
+/// How a managed cluster would have exported an event (for normalisation benchmarks and
+/// fixtures). The inverse of kustody's readers; see docs/FORMATS.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrap {
+    Native,
+    /// A CloudWatch Logs event: the Event as a string in `message`.
+    Eks,
+    /// An AKS diagnostic record: the Event as a string in `properties.log`.
+    Aks,
+    /// A GKE Cloud Logging LogEntry with an AuditLog payload.
+    Gke,
+}
+
+impl std::str::FromStr for Wrap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "native" => Wrap::Native,
+            "eks" => Wrap::Eks,
+            "aks" => Wrap::Aks,
+            "gke" => Wrap::Gke,
+            other => return Err(format!("unknown format `{other}` (native, eks, aks, gke)")),
+        })
+    }
+}
+
+/// Renders one native event line in `wrap`'s format.
+pub fn wrap_line(line: &str, wrap: Wrap) -> String {
+    match wrap {
+        Wrap::Native => line.to_owned(),
+        Wrap::Eks => {
+            json!({"logStreamName": "kube-apiserver-audit-1", "timestamp": 1_700_000_000_000u64, "message": line,
+            "ingestionTime": 1_700_000_000_001u64, "eventId": "1"})
+            .to_string()
+        }
+        Wrap::Aks => {
+            json!({"category": "kube-audit", "properties": {"log": line, "stream": "stdout", "pod": "kube-apiserver-1"},
+            "time": "2024-01-01T00:00:00Z"})
+            .to_string()
+        }
+        Wrap::Gke => serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|ev| gke_entry(&ev))
+            .map_or_else(|| line.to_owned(), |v| v.to_string()),
+    }
+}
+
+fn gke_entry(ev: &Value) -> Option<Value> {
+    let o = ev.get("objectRef")?;
+    let s = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let group = s(o.get("apiGroup")).filter(|g| !g.is_empty()).unwrap_or_else(|| "core".into());
+    let version = s(o.get("apiVersion")).unwrap_or_else(|| "v1".into());
+    let resource = s(o.get("resource"))?;
+    let mut path = format!("{group}/{version}");
+    if let Some(ns) = s(o.get("namespace")) {
+        path.push_str(&format!("/namespaces/{ns}"));
+    }
+    path.push_str(&format!("/{resource}"));
+    if let Some(n) = s(o.get("name")) {
+        path.push_str(&format!("/{n}"));
+    }
+    let sub = s(o.get("subresource"));
+    if let Some(x) = &sub {
+        path.push_str(&format!("/{x}"));
+    }
+    let verb = s(ev.get("verb"))?;
+    let code = ev.get("responseStatus").and_then(|r| r.get("code")).and_then(Value::as_i64).unwrap_or(200);
+    let grpc = match code {
+        200..=299 => 0,
+        401 => 16,
+        403 => 7,
+        404 => 5,
+        409 => 6,
+        _ => 13,
+    };
+    let mut payload = json!({
+        "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+        "authenticationInfo": {"principalEmail": ev.get("user").and_then(|u| u.get("username"))},
+        "methodName": format!("io.k8s.{group}.{version}.{resource}{}.{verb}", sub.map(|x| format!(".{x}")).unwrap_or_default()),
+        "resourceName": path,
+        "requestMetadata": {"callerIp": ev.get("sourceIPs").and_then(|i| i.get(0)), "callerSuppliedUserAgent": ev.get("userAgent")},
+        "serviceName": "k8s.io",
+        "status": {"code": grpc},
+    });
+    if let Some(p) = payload.as_object_mut() {
+        if let Some(r) = ev.get("requestObject") {
+            p.insert("request".into(), r.clone());
+        }
+        if let Some(r) = ev.get("responseObject") {
+            p.insert("response".into(), r.clone());
+        }
+    }
+    Some(json!({
+        "insertId": ev.get("auditID"),
+        "labels": ev.get("annotations").cloned().unwrap_or_else(|| json!({})),
+        "operation": {"id": ev.get("auditID"), "first": true, "last": true, "producer": "k8s.io"},
+        "protoPayload": payload,
+        "resource": {"type": "k8s_cluster", "labels": {"cluster_name": "prod", "location": "europe-west1", "project_id": "p"}},
+        "timestamp": ev.get("stageTimestamp"),
+        "logName": "projects/p/logs/cloudaudit.googleapis.com%2Factivity",
+    }))
 }

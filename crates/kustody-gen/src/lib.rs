@@ -12,7 +12,7 @@
 
 mod events;
 
-pub use events::{example, Corpus};
+pub use events::{example, wrap_line, Corpus, Wrap};
 
 /// SplitMix64: tiny, fast, and good enough to make generated traffic look varied.
 pub struct Rng(u64);

@@ -32,6 +32,9 @@ enum Cmd {
         /// Gzip the output.
         #[arg(long)]
         gzip: bool,
+        /// How each event is exported: native, eks, aks or gke.
+        #[arg(long, default_value = "native")]
+        format: kustody_gen::Wrap,
         #[arg(short = 'o')]
         output: Option<PathBuf>,
     },
@@ -65,15 +68,15 @@ fn main() -> Result<()> {
             example(&mut out)?;
             out.flush()?;
         }
-        Cmd::Corpus { bytes, seed, gzip, output } => {
+        Cmd::Corpus { bytes, seed, gzip, output, format } => {
             let out = sink(output.as_deref())?;
             if gzip {
                 let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
-                Corpus::new(seed).write(bytes, &mut gz)?;
+                Corpus::new(seed).write_as(bytes, format, &mut gz)?;
                 gz.finish()?.flush()?;
             } else {
                 let mut out = out;
-                Corpus::new(seed).write(bytes, &mut out)?;
+                Corpus::new(seed).write_as(bytes, format, &mut out)?;
                 out.flush()?;
             }
         }
@@ -126,6 +129,26 @@ fn bench(bytes: u64, kustody: &Path, dir: &Path, upstream: &Path, runs: u32, thr
         ("all rules (built-in + upstream + GKE overlay)", vec!["--rules", &main_s, "--rules", &gke_s]),
         ("upstream Sigma kubernetes/audit rules (16)", vec!["--no-default-rules", "--rules", &sigma_s]),
     ];
+    // The same events as EKS, AKS and GKE export them, for the normalisation cases.
+    let norm_bytes = (bytes / 10).max(1_000_000);
+    let mut wrapped = Vec::new();
+    for (name, wrap) in [
+        ("native", kustody_gen::Wrap::Native),
+        ("eks", kustody_gen::Wrap::Eks),
+        ("aks", kustody_gen::Wrap::Aks),
+        ("gke", kustody_gen::Wrap::Gke),
+    ] {
+        let path = dir.join(format!("norm-{name}-{norm_bytes}.jsonl"));
+        if !path.exists() {
+            let tmp = path.with_extension("tmp");
+            let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+            Corpus::new(2).write_as(norm_bytes, wrap, &mut out)?;
+            out.flush()?;
+            drop(out);
+            std::fs::rename(&tmp, &path)?;
+        }
+        wrapped.push((name, path));
+    }
     println!("corpus: {} ({:.0} MB)", corpus.display(), size / 1e6);
     println!(
         "{:<48} {:>8} {:>8} {:>9} {:>11} {:>7} {:>10}",
@@ -182,6 +205,37 @@ fn bench(bytes: u64, kustody: &Path, dir: &Path, upstream: &Path, runs: u32, thr
                 println!("{:<48} {:>7.2}x {:>7.2}x parse-only (wall, CPU)", "", secs / ps, cpu / pc.max(0.01))
             }
         }
+    }
+    // Normalisation: read + unwrap/convert + parse, no rules; CPU seconds, best of `runs`.
+    println!("\nnormalisation ({} MB of events, --parse-only, best CPU of {runs}):", norm_bytes / 1_000_000);
+    let mut native_cpu = 0.0;
+    for (name, path) in &wrapped {
+        let mut best = f64::MAX;
+        let mut events = 0.0;
+        for _ in 0..runs.max(1) {
+            let status = Command::new(kustody)
+                .arg("hunt")
+                .arg(path)
+                .args(["-q", "--parse-only", "-f", "jsonl", "-o", "/dev/null", "--stats-json"])
+                .arg(&stats_path)
+                .status()?;
+            if !matches!(status.code(), Some(0 | 1)) {
+                bail!("kustody failed on `{}`", path.display());
+            }
+            let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats_path)?)?;
+            best = best.min(stats["cpu_seconds"].as_f64().unwrap_or(0.0));
+            events = stats["events"].as_f64().unwrap_or(0.0);
+        }
+        if *name == "native" {
+            native_cpu = best;
+        }
+        println!(
+            "  {:<8} {:>10.0} events  {:>6.2} CPU s  {:>5.2}x native",
+            name,
+            events,
+            best,
+            best / native_cpu.max(0.01)
+        );
     }
     Ok(())
 }
