@@ -34,6 +34,10 @@ fuzz_target!(|data: &[u8]| {
     while let Some(chunk) = reader.next_chunk() {
         chunk.records(|rec| {
             if let Ok(rec) = rec {
+                // GKE records are written by us, not passed through: they must be valid JSON.
+                if rec.format == kustody_model::SourceFormat::Gke {
+                    assert!(serde_json::from_str::<serde_json::Value>(rec.text).is_ok(), "invalid GKE output: {}", rec.text);
+                }
                 if let Ok(ev) = kustody_model::Event::parse(rec.text) {
                     out.clear();
                     engine.matches(&ev, &mut scratch, &mut out);

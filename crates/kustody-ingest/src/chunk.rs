@@ -212,15 +212,15 @@ impl Chunk {
         }
     }
 
-    /// One top-level JSON value: an Event, an EventList or an array of Events.
     /// One top-level JSON value: an Event, an EventList, an array, a managed-cloud batch
     /// (`records`, `events`, `logEvents`) or a single wrapped record.
     fn value(&self, text: &str, line: u64, offset: u64, on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
         let trimmed = text.trim_start();
         let b = trimmed.as_bytes();
-        let listy = ["EventList", "\"records\"", "\"events\"", "\"logEvents\""]
-            .iter()
-            .any(|n| memchr::memmem::find(b, n.as_bytes()).is_some());
+        let listy = !crate::managed::looks_native(trimmed)
+            && ["EventList", "\"records\"", "\"events\"", "\"logEvents\""]
+                .iter()
+                .any(|n| crate::managed::has(trimmed, n));
         let items: Option<Result<Vec<&RawValue>, serde_json::Error>> = match b.first() {
             Some(b'[') => Some(serde_json::from_str(trimmed)),
             Some(b'{') if listy => match serde_json::from_str::<ListShape<'_>>(trimmed) {
