@@ -111,7 +111,13 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
             }
             let event = match log {
                 Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
-                Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
+                Cow::Owned(mut o) => {
+                    // Trim in place: copying every event once more cost ~3 % of an AKS read.
+                    o.truncate(o.trim_end().len());
+                    let lead = o.len() - o.trim_start().len();
+                    o.drain(..lead);
+                    Cow::Owned(o)
+                }
             };
             return Ok(Unwrapped::One(event, SourceFormat::Aks));
         }
@@ -152,7 +158,13 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
             }
             let event = match m {
                 Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
-                Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
+                Cow::Owned(mut o) => {
+                    // Trim in place: copying every event once more cost ~3 % of an AKS read.
+                    o.truncate(o.trim_end().len());
+                    let lead = o.len() - o.trim_start().len();
+                    o.drain(..lead);
+                    Cow::Owned(o)
+                }
             };
             return Ok(Unwrapped::One(event, SourceFormat::Eks));
         }
