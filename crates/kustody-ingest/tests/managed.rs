@@ -44,13 +44,7 @@ fn native(id: &str) -> serde_json::Value {
 }
 
 fn shared() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/samples");
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true but ../shared/samples is missing");
-    eprintln!("SKIP: ../shared/samples not found");
-    None
+    kustody_testkit::shared("samples").map(|s| s.join("samples"))
 }
 
 #[test]

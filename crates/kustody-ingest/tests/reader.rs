@@ -9,7 +9,6 @@
 )]
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use kustody_ingest::{ChunkReader, ReadOptions};
@@ -255,12 +254,7 @@ fn a_small_truncated_gzip_keeps_its_complete_records() {
 
 #[test]
 fn shared_native_samples_read_without_bad_records() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/samples/native");
-    if !dir.exists() {
-        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true but {} is missing", dir.display());
-        eprintln!("SKIP: {} not found", dir.display());
-        return;
-    }
+    let Some(dir) = kustody_testkit::shared("samples/native").map(|s| s.join("samples/native")) else { return };
     let expect = [("audit2rbac-demo.log", 37), ("khi-oss-event.yaml", 1), ("openshift-single-event.json", 1)];
     for (name, n) in expect {
         let bytes = std::fs::read(dir.join(name)).unwrap();

@@ -17,15 +17,7 @@ use kustody_rules::{Engine, EngineOptions};
 
 /// `../shared/upstream/falco`, or `None` (with a notice) when it is absent outside CI.
 fn upstream_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/upstream/falco");
-    if dir.join("k8s_audit_rules.yaml").exists() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but the shared upstream rules are missing at {}", dir.display());
-    }
-    eprintln!("SKIP: {} not found; upstream corpus tests skipped (they run in CI)", dir.display());
-    None
+    kustody_testkit::shared("upstream/falco/k8s_audit_rules.yaml").map(|s| s.join("upstream/falco"))
 }
 
 fn load(names: &[&str]) -> (Engine, Vec<kustody_rules::Diagnostic>) {
@@ -92,13 +84,7 @@ fn every_upstream_rule_has_a_true_positive_or_is_disabled_by_default() {
 }
 
 fn sigma_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/upstream/sigma/kubernetes");
-    if dir.exists() {
-        return Some(dir);
-    }
-    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true but {} is missing", dir.display());
-    eprintln!("SKIP: {} not found", dir.display());
-    None
+    kustody_testkit::shared("upstream/sigma/kubernetes").map(|s| s.join("upstream/sigma/kubernetes"))
 }
 
 #[test]

@@ -57,13 +57,7 @@ fn golden(name: &str, actual: &str) {
 const EXAMPLE: &str = "examples/attack-chain.jsonl";
 
 fn shared() -> Option<PathBuf> {
-    let p = repo().join("../shared");
-    if p.join("upstream/falco/k8s_audit_rules.yaml").exists() {
-        return Some(p);
-    }
-    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true but ../shared is missing");
-    eprintln!("SKIP: ../shared not found");
-    None
+    kustody_testkit::shared("upstream/falco/k8s_audit_rules.yaml")
 }
 
 #[test]
