@@ -184,7 +184,8 @@ pub fn sanitize(s: &str) -> String {
     s.chars().map(|c| if is_hostile(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` made safe for a terminal and cut to `max` characters, with `…` marking a cut.
+pub fn truncate(s: &str, max: usize) -> String {
     let s = sanitize(s);
     if s.chars().count() <= max {
         return s;

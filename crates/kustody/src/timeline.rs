@@ -19,7 +19,7 @@ use kustody_rules::{EngineOptions, Scratch};
 use serde_json::{json, Value};
 
 use crate::cli::{TimelineArgs, TimelineFormat};
-use crate::render::{context_cells, sanitize, timesketch_fields, write_csv_row, CONTEXT_HEADER};
+use crate::render::{context_cells, sanitize, timesketch_fields, truncate, write_csv_row, CONTEXT_HEADER};
 use crate::{ruleset, timespec};
 
 enum Who {
@@ -336,17 +336,17 @@ fn write_entry(out: &mut dyn Write, e: &Entry, format: TimelineFormat) -> Result
             if let Some(code) = c.response_code {
                 what.push(format!("→{code}"));
             }
-            writeln!(out, "{}", fit(&format!("{time}  {}  [{}]", what.join(" "), e.why), 80))?;
+            writeln!(out, "{}", truncate(&format!("{time}  {}  [{}]", what.join(" "), e.why), 80))?;
             let mut who = vec![c.user.clone().unwrap_or_else(|| "<no user>".into())];
             if let Some(ip) = &c.source_ip {
                 who.push(format!("from {ip}"));
             }
-            writeln!(out, "    {}", fit(&who.join(" "), 76))?;
+            writeln!(out, "    {}", truncate(&who.join(" "), 76))?;
             if let Some(cmd) = &c.command {
-                writeln!(out, "    $ {}", fit(cmd, 74))?;
+                writeln!(out, "    $ {}", truncate(cmd, 74))?;
             }
             if !rules.is_empty() {
-                writeln!(out, "    ! {}", fit(&rules.join(", "), 74))?;
+                writeln!(out, "    ! {}", truncate(&rules.join(", "), 74))?;
             }
         }
         TimelineFormat::Jsonl => {
@@ -393,14 +393,4 @@ fn write_entry(out: &mut dyn Write, e: &Entry, format: TimelineFormat) -> Result
         }
     }
     Ok(())
-}
-
-fn fit(s: &str, width: usize) -> String {
-    let s = sanitize(s);
-    if s.chars().count() <= width {
-        return s;
-    }
-    let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
-    t.push('…');
-    t
 }
