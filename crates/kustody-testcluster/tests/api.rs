@@ -13,21 +13,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{rt, Client};
+use common::{cluster, rt, Client};
 use kustody_testcluster::{Pod, TestCluster};
 use serde_json::{json, Value};
-
-/// Start a cluster, or skip (locally) / fail (CI) when runc or busybox-static is missing.
-fn cluster(b: kustody_testcluster::Builder) -> Option<TestCluster> {
-    match b.start() {
-        Ok(c) => Some(c),
-        Err(e) if std::env::var("CI").as_deref() != Ok("true") && format!("{e:#}").contains("apt-get install") => {
-            eprintln!("SKIP: {e:#}");
-            None
-        }
-        Err(e) => panic!("test cluster did not start: {e:#}"),
-    }
-}
 
 #[test]
 fn discovery_documents() {

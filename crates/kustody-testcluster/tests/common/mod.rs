@@ -278,3 +278,15 @@ pub fn rt() -> tokio::runtime::Runtime {
         Err(e) => std::panic::panic_any(format!("runtime: {e}")),
     }
 }
+
+/// Start a cluster, or skip (locally) / fail (CI=true) when runc or busybox-static is missing.
+pub fn cluster(b: kustody_testcluster::Builder) -> Option<TestCluster> {
+    match b.start() {
+        Ok(c) => Some(c),
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") && format!("{e:#}").contains("apt-get install") => {
+            eprintln!("SKIP: {e:#}");
+            None
+        }
+        Err(e) => std::panic::panic_any(format!("test cluster did not start: {e:#}")),
+    }
+}
