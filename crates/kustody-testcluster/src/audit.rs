@@ -265,6 +265,16 @@ impl AuditLog {
                 o["apiGroup"] = json!(f.group);
             }
             o["apiVersion"] = json!(f.version);
+            // the request object's identity, when the level logs the request object
+            if rec.level >= Level::Request && matches!(f.verb.as_str(), "update" | "patch") {
+                if let Some(m) = rec.request_object.as_ref().and_then(|r| r.get("metadata")) {
+                    for k in ["uid", "resourceVersion"] {
+                        if let Some(v) = m.get(k).filter(|v| v.is_string()) {
+                            o[k] = v.clone();
+                        }
+                    }
+                }
+            }
             if !f.subresource.is_empty() {
                 o["subresource"] = json!(f.subresource);
             }
@@ -290,7 +300,7 @@ impl AuditLog {
                 e["requestObject"] = o.clone();
             }
         }
-        if rec.level >= Level::RequestResponse && stage == "ResponseComplete" {
+        if rec.level >= Level::RequestResponse {
             if let Some(o) = &rec.response_object {
                 e["responseObject"] = o.clone();
             }

@@ -125,10 +125,26 @@ async fn event(
     let _ = api.call(who, "POST", &uri(&res::EVENTS, ns, ""), Some(&ev)).await;
 }
 
-/// Emit a kubelet event about a pod.
-pub async fn pod_event(api: &Arc<Api>, node: &str, pod: &Value, typ: &str, reason: &str, message: &str) {
-    let state = State::default();
-    event(api, &state, &format!("system:node:{node}"), "kubelet", pod, &res::PODS, typ, reason, message, false).await;
+/// Emit a kubelet event about a pod (`fieldPath` names the container).
+pub async fn pod_event(
+    api: &Arc<Api>,
+    node: &str,
+    pod: &Value,
+    container: &str,
+    typ: &str,
+    reason: &str,
+    message: &str,
+) {
+    let ns = meta_str(pod, "namespace");
+    let now = now_rfc3339();
+    let ev = json!({"apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{}.{:x}", meta_str(pod, "name"), rand::random::<u64>()), "namespace": ns},
+        "involvedObject": {"kind": "Pod", "namespace": ns, "name": meta_str(pod, "name"), "uid": meta_str(pod, "uid"),
+                           "apiVersion": "v1", "resourceVersion": meta_str(pod, "resourceVersion"), "fieldPath": format!("spec.containers{{{container}}}")},
+        "reason": reason, "message": message, "source": {"component": "kubelet", "host": node},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": typ,
+        "eventTime": null, "reportingComponent": "kubelet", "reportingInstance": node});
+    let _ = api.call(&format!("system:node:{node}"), "POST", &uri(&res::EVENTS, ns, ""), Some(&ev)).await;
 }
 
 // ---- scheduler ---------------------------------------------------------------------------
@@ -684,9 +700,9 @@ pub fn node_objects(names: &[String]) -> Vec<Value> {
                 "metadata": {"name": name, "labels": {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
                     "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
                     "annotations": {"node.alpha.kubernetes.io/ttl": "0", "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
-                "spec": {"podCIDR": format!("10.244.{}.0/22", i * 4), "podCIDRs": [format!("10.244.{}.0/22", i * 4)]},
-                "status": {"capacity": {"cpu": "2", "memory": "24Gi", "pods": "110", "ephemeral-storage": "64Gi"},
-                           "allocatable": {"cpu": "2", "memory": "23Gi", "pods": "110", "ephemeral-storage": "60Gi"},
+                "spec": {},
+                "status": {"capacity": {"cpu": "2", "ephemeral-storage": "64Gi", "hugepages-1Gi": "0", "hugepages-2Mi": "0", "memory": "24Gi", "pods": "110"},
+                           "allocatable": {"cpu": "2", "ephemeral-storage": "60Gi", "hugepages-1Gi": "0", "hugepages-2Mi": "0", "memory": "23Gi", "pods": "110"},
                            "conditions": [cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
                                           cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
                                           cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),

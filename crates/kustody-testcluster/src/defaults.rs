@@ -24,7 +24,7 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "securityContext", json!({}));
     set_default(spec, "schedulerName", json!("default-scheduler"));
     for list in ["containers", "initContainers", "ephemeralContainers"] {
-        for c in spec[list].as_array_mut().into_iter().flatten() {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
             set_default(c, "resources", json!({}));
             set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
             set_default(c, "terminationMessagePolicy", json!("File"));
@@ -122,7 +122,9 @@ pub fn default_object(api: &Api, rt: &'static ResourceType, obj: &mut Value) {
             if rt.plural != "daemonsets" && rt.plural != "jobs" {
                 set_default(&mut obj["spec"], "replicas", json!(1));
             }
-            set_default(&mut obj["spec"], "revisionHistoryLimit", json!(10));
+            if rt.plural != "replicasets" && rt.plural != "jobs" {
+                set_default(&mut obj["spec"], "revisionHistoryLimit", json!(10));
+            }
             if rt.plural == "deployments" {
                 set_default(&mut obj["spec"], "progressDeadlineSeconds", json!(600));
                 set_default(
@@ -138,7 +140,17 @@ pub fn default_object(api: &Api, rt: &'static ResourceType, obj: &mut Value) {
             default_pod_spec(&mut obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]);
             obj["status"] = json!({});
         }
-        "secrets" => set_default(obj, "type", json!("Opaque")),
+        "secrets" => {
+            // stringData is write-only: it is merged into data, base64-encoded
+            use base64::Engine;
+            if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                for (k, v) in sd {
+                    obj["data"][k] = json!(b64.encode(v.as_str().unwrap_or("")));
+                }
+            }
+            set_default(obj, "type", json!("Opaque"));
+        }
         _ => {}
     }
     let _ = ns;

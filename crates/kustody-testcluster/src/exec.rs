@@ -40,6 +40,7 @@ pub async fn serve(
     let fail = |api: &Api, mut rec: crate::audit::AuditRecord, e: ApiError| {
         rec.code = e.code;
         rec.status = Some(e.to_status());
+        rec.response_object = Some(e.to_status());
         api.audit.write(&rec, "ResponseStarted");
         api.audit.write(&rec, "ResponseComplete");
         json_response(e.code, &e.to_status(), &rec.id)
@@ -190,9 +191,15 @@ fn success() -> Value {
     json!({"metadata": {}, "status": "Success"})
 }
 
-fn exit_status(code: i32) -> Value {
+/// The exit status as the kubelet words it: v5 and v4 differ (recorded from a real kubelet).
+fn exit_status(code: i32, protocol: &str, argv: &[String]) -> Value {
+    let detail = if protocol.starts_with("v5") {
+        format!("command terminated with exit code {code}")
+    } else {
+        format!("error executing command [{}], exit code {code}", argv.join(" "))
+    };
     json!({"metadata": {}, "status": "Failure",
-           "message": format!("command terminated with non-zero exit code: command terminated with exit code {code}"),
+           "message": format!("command terminated with non-zero exit code: {detail}"),
            "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
 }
 
@@ -294,7 +301,7 @@ async fn exec_session(api: &Api, mut ws: Ws, target: &crate::kubelet::Target, co
     }
     let status = match child.wait().await {
         Ok(st) if st.success() => success(),
-        Ok(st) => exit_status(st.code().unwrap_or(137)),
+        Ok(st) => exit_status(st.code().unwrap_or(137), opts.protocol, command),
         Err(e) => internal_status(&format!("error waiting for command: {e}")),
     };
     finish(&mut ws, opts, status).await;

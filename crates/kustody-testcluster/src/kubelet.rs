@@ -162,6 +162,7 @@ impl Kubelet {
                                 }
                             };
                             if fresh {
+                                report(api, &rt, &format!("system:node:{}", rt.node));
                                 let api = api.clone();
                                 let (rt, spec, pod) = (rt.clone(), e.clone(), (*pod).clone());
                                 tokio::spawn(async move { supervise(api, rt, pod, spec, true).await });
@@ -712,6 +713,22 @@ async fn supervise(api: Arc<Api>, rt: Arc<PodRt>, pod: Value, spec: Value, ephem
             }
         }
         report(&api, &rt, &node_user);
+        if instance == 0 {
+            let (api, pod, node, name, image) = (
+                api.clone(),
+                pod.clone(),
+                rt.node.clone(),
+                name.clone(),
+                spec["image"].as_str().unwrap_or("").to_string(),
+            );
+            tokio::spawn(async move {
+                let msg =
+                    format!("Container image \"{image}\" already present on machine and can be accessed by the pod");
+                crate::controllers::pod_event(&api, &node, &pod, &name, "Normal", "Pulled", &msg).await;
+                crate::controllers::pod_event(&api, &node, &pod, &name, "Normal", "Created", "Container created").await;
+                crate::controllers::pod_event(&api, &node, &pod, &name, "Normal", "Started", "Container started").await;
+            });
+        }
         let mut pumps = Vec::new();
         if let Some(o) = started.child.stdout.take() {
             pumps.push(tokio::spawn(pump_log(o, 1, file.clone(), out_tx.clone())));
@@ -906,10 +923,13 @@ async fn stop_pod(api: &Arc<Api>, rt: Arc<PodRt>, grace: u64, delete_object: boo
     }
 }
 
-/// The kubelet's final delete of a terminated pod (grace period 0).
+/// The kubelet's final delete of a terminated pod: grace period 0, on the pod's uid.
 async fn finalize_pod(api: &Arc<Api>, node: &str, ns: &str, name: &str) {
-    let uri = format!("/api/v1/namespaces/{ns}/pods/{name}?gracePeriodSeconds=0");
-    let _ = api.call(&format!("system:node:{node}"), "DELETE", &uri, None).await;
+    let Some(pod) = api.store.get(&res::PODS, ns, name) else { return };
+    let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+                      "preconditions": {"uid": meta_str(&pod, "uid")}});
+    let uri = format!("/api/v1/namespaces/{ns}/pods/{name}");
+    let _ = api.call(&format!("system:node:{node}"), "DELETE", &uri, Some(&opts)).await;
 }
 
 #[cfg(test)]

@@ -142,6 +142,7 @@ impl Pod {
 #[derive(Debug, Clone)]
 pub struct Builder {
     nodes: usize,
+    node_names: Vec<String>,
     namespace: Option<String>,
     pods: Vec<Pod>,
     objects: Vec<Value>,
@@ -155,6 +156,7 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             nodes: 1,
+            node_names: vec![],
             namespace: None,
             pods: vec![],
             objects: vec![],
@@ -170,6 +172,12 @@ impl Builder {
     /// Number of nodes (all run on this host). Default 1.
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n.max(1);
+        self
+    }
+    /// Name the nodes (instead of node-0, node-1, ...).
+    pub fn node_names(mut self, names: &[&str]) -> Self {
+        self.node_names = names.iter().map(|n| n.to_string()).collect();
+        self.nodes = self.node_names.len().max(1);
         self
     }
     /// A namespace to create; pods without one go there.
@@ -292,7 +300,11 @@ impl TestCluster {
             audit::Policy::parse(b.audit_policy.as_deref().unwrap_or(audit::DEFAULT_POLICY)).context("audit policy")?;
         let audit_path = dir.join("audit.log");
         let audit = audit::AuditLog::create(&audit_path, policy)?;
-        let nodes: Vec<String> = (0..b.nodes).map(|i| format!("node-{i}")).collect();
+        let nodes: Vec<String> = if b.node_names.is_empty() {
+            (0..b.nodes).map(|i| format!("node-{i}")).collect()
+        } else {
+            b.node_names.clone()
+        };
         let runc = runtime::Runc { bin: runc_bin, root: dir.join("runc") };
         let kubelet = kubelet::Kubelet::new(runc, images, dir.clone(), nodes.clone());
         let store = Arc::new(store::Store::new());

@@ -226,15 +226,35 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
                 "finalize" => (r.kind, vec!["update"]),
                 _ => (r.kind, vec!["get"]),
             };
-            resources.push(json!({"name": format!("{}/{}", r.plural, sub), "singularName": "",
-                                  "namespaced": r.namespaced, "kind": kind, "verbs": verbs}));
+            let mut entry = json!({"name": format!("{}/{}", r.plural, sub), "singularName": "",
+                                   "namespaced": r.namespaced});
+            // subresources served as another group's kind name it
+            match *sub {
+                "scale" => {
+                    entry["group"] = json!("autoscaling");
+                    entry["version"] = json!("v1");
+                }
+                "token" => {
+                    entry["group"] = json!("authentication.k8s.io");
+                    entry["version"] = json!("v1");
+                }
+                _ => {}
+            }
+            entry["kind"] = json!(kind);
+            entry["verbs"] = json!(verbs);
+            resources.push(entry);
         }
     }
     if resources.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    if group.is_empty() {
+        // the legacy core group's list carries no apiVersion
+        return Some(json!({"kind": "APIResourceList", "groupVersion": version, "resources": resources}));
+    }
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{group}/{version}"), "resources": resources}),
+    )
 }
 
 /// `GET /version`.

@@ -67,6 +67,15 @@ pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
 /// Kubernetes' field order: kind, apiVersion, metadata, the rest, status last.
 pub fn canonical(v: Value) -> Value {
     let Value::Object(mut m) = v else { return v };
+    // Go's omitempty: empty lists and maps in metadata are not written
+    if let Some(Value::Object(meta)) = m.get_mut("metadata") {
+        meta.retain(|_, v| match v {
+            Value::Null => false,
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            _ => true,
+        });
+    }
     let mut out = serde_json::Map::with_capacity(m.len());
     for k in ["kind", "apiVersion", "metadata"] {
         if let Some(x) = m.remove(k) {
@@ -288,7 +297,7 @@ fn obj_has_spec(rt: &ResourceType) -> bool {
             | "serviceaccounts"
             | "events"
             | "endpoints"
-            | "endpointslices"
+            | "services"
             | "roles"
             | "clusterroles"
             | "rolebindings"
