@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod client;
 pub mod controllers;
 pub mod defaults;
 pub mod exec;

@@ -9,11 +9,9 @@
     reason = "tests fail by panicking"
 )]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{cluster, rt, Client};
+use kustody_testcluster::client::{cluster, rt, Client};
 use kustody_testcluster::{Pod, TestCluster};
 use serde_json::{json, Value};
 

@@ -17,13 +17,11 @@
     reason = "tests fail by panicking"
 )]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{cluster, rt, Client};
+use kustody_testcluster::client::{cluster, rt, Client};
 use kustody_testcluster::{Pod, TestCluster};
 use serde_json::Value;
 

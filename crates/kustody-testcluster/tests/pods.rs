@@ -10,11 +10,9 @@
     reason = "tests fail by panicking"
 )]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{cluster, rt, Client};
+use kustody_testcluster::client::{cluster, rt, Client};
 use kustody_testcluster::{Pod, TestCluster};
 use serde_json::{json, Value};
 

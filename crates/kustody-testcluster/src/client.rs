@@ -1,15 +1,23 @@
-//! A small HTTPS + WebSocket client for the test cluster's own tests: real TLS, real HTTP/1.1,
-//! real WebSocket frames over a socket.
-#![allow(dead_code)]
+//! A small HTTPS + WebSocket client for tests against the cluster: real TLS (client
+//! certificates or bearer tokens), real HTTP/1.1, real WebSocket frames over a socket. kustody
+//! itself talks to clusters through kube-rs; this client exists so the harness can be tested on
+//! its own and so tests can act as an attacker with a stolen token.
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support: tests fail by panicking"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::TestCluster;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use kustody_testcluster::TestCluster;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -280,7 +288,7 @@ pub fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Start a cluster, or skip (locally) / fail (CI=true) when runc or busybox-static is missing.
-pub fn cluster(b: kustody_testcluster::Builder) -> Option<TestCluster> {
+pub fn cluster(b: crate::Builder) -> Option<TestCluster> {
     match b.start() {
         Ok(c) => Some(c),
         Err(e) if std::env::var("CI").as_deref() != Ok("true") && format!("{e:#}").contains("apt-get install") => {
