@@ -28,10 +28,46 @@ struct Args {
     /// Write the kubeconfig here too.
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
+    /// Instead of serving: start and stop N clusters, each with one running busybox pod, and
+    /// print startup latency percentiles (the image cache is built before the first).
+    #[arg(long, value_name = "N")]
+    measure: Option<usize>,
+}
+
+fn measure(n: usize) -> anyhow::Result<()> {
+    use std::time::Instant;
+    // warm the image cache
+    drop(TestCluster::builder().start()?);
+    let mut ms = Vec::with_capacity(n);
+    let mut teardown = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let c = TestCluster::builder().namespace("m").pod(Pod::new("one")).start()?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        drop(c);
+        teardown.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v.get(i).copied().unwrap_or(0.0)
+    };
+    println!(
+        "cluster start with 1 running pod, n={n}: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms; teardown p50 {:.0} ms",
+        pct(&mut ms, 0.5),
+        pct(&mut ms, 0.95),
+        pct(&mut ms, 1.0),
+        pct(&mut teardown, 0.5)
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.measure {
+        return measure(n.max(1));
+    }
     let ns = args.namespace.clone();
     let cluster = TestCluster::builder()
         .nodes(args.nodes)
