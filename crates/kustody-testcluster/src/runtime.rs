@@ -128,8 +128,12 @@ pub const INSTALL_HINT: &str = "apt-get install -y runc busybox-static gcc libc6
 
 /// Check the host tools: runc, a static busybox, and gcc for the static test binaries.
 pub fn check_host() -> Result<(PathBuf, PathBuf)> {
-    let runc = find_in_path("runc")
-        .with_context(|| format!("the test cluster needs runc, which is not installed; run: {INSTALL_HINT}"))?;
+    // KUSTODY_TESTCLUSTER_RUNC names another runc binary (and lets tests check this message).
+    let runc = match std::env::var_os("KUSTODY_TESTCLUSTER_RUNC") {
+        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
+        None => find_in_path("runc"),
+    }
+    .with_context(|| format!("the test cluster needs runc, which is not installed; run: {INSTALL_HINT}"))?;
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(PathBuf::from)

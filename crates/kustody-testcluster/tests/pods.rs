@@ -509,3 +509,61 @@ fn deleting_a_pod_stops_its_containers_and_removes_it() {
     })
     .expect("kubelet's final delete audited");
 }
+
+#[test]
+fn attach_streams_the_containers_stdio_both_ways() {
+    let Some(c) = cluster(TestCluster::builder().namespace("att")) else { return };
+    c.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "echo", "namespace": "att"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "main", "image": "busybox:1.36", "stdin": true,
+                 "command": ["sh", "-c", "echo ready; while read line; do echo got $line; echo err $line >&2; done"]}]}}))
+        .unwrap();
+    c.wait_pod_running("att", "echo", Duration::from_secs(10)).unwrap();
+    let cl = Client::admin(&c);
+    let s = rt()
+        .block_on(cl.ws(
+            "/api/v1/namespaces/att/pods/echo/attach?container=main&stdin=true&stdout=true&stderr=true",
+            V5,
+            Some(b"hello\n"),
+            Some(Duration::from_millis(800)),
+        ))
+        .unwrap();
+    assert_eq!(s.protocol, "v5.channel.k8s.io");
+    assert_eq!(s.frames[0], (1, vec![]));
+    assert_eq!(String::from_utf8_lossy(&s.channel(1)), "got hello\n");
+    assert_eq!(String::from_utf8_lossy(&s.channel(2)), "err hello\n");
+    // what went through attach is in the container's log too
+    let log = rt().block_on(cl.req("GET", "/api/v1/namespaces/att/pods/echo/log", None)).unwrap().text();
+    assert!(log.contains("ready\n") && log.contains("got hello\n"), "{log}");
+    let audit = c.audit_events().unwrap();
+    assert!(audit
+        .iter()
+        .any(|e| e["objectRef"]["subresource"] == "attach" && e["verb"] == "get" && e["stage"] == "ResponseStarted"));
+}
+
+#[test]
+fn replicaset_adopts_a_matching_orphan_instead_of_creating_a_pod() {
+    let Some(c) = cluster(TestCluster::builder().namespace("adopt").pod(Pod::new("orphan").label("app", "adopt")))
+    else {
+        return;
+    };
+    let rs = c
+        .apply(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "rs", "namespace": "adopt"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "adopt"}},
+                     "template": {"metadata": {"labels": {"app": "adopt"}}, "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}]}}}}))
+        .unwrap();
+    let orphan = c
+        .wait_for(Duration::from_secs(5), || {
+            c.get("pods", "adopt", "orphan")
+                .filter(|p| p["metadata"]["ownerReferences"][0]["uid"] == rs["metadata"]["uid"])
+        })
+        .unwrap();
+    assert_eq!(orphan["metadata"]["ownerReferences"][0]["controller"], true);
+    let status = c
+        .wait_for(Duration::from_secs(5), || {
+            c.get("replicasets", "adopt", "rs").filter(|r| r["status"]["replicas"] == 1)
+        })
+        .unwrap();
+    assert_eq!(status["status"]["readyReplicas"], 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.list("pods", Some("adopt")).len(), 1, "the ReplicaSet created a pod although it adopted one");
+}
