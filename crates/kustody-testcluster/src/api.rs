@@ -97,50 +97,8 @@ impl Request {
     }
 }
 
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b.get(i) {
-            Some(b'%') => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            Some(b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            Some(c) => {
-                out.push(*c);
-                i += 1;
-            }
-            None => break,
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 pub fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
+    kustody_model::uri::params(&format!("?{q}")).collect()
 }
 
 /// What a request addresses (kube-apiserver's RequestInfo).

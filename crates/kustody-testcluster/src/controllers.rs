@@ -89,40 +89,40 @@ fn owner_ref(rt: &ResourceType, owner: &Value) -> Value {
            "uid": meta_str(owner, "uid"), "controller": true, "blockOwnerDeletion": true})
 }
 
-#[allow(clippy::too_many_arguments, reason = "an Event has that many parts")]
-async fn event(
-    api: &Arc<Api>,
-    state: &State,
-    who: &str,
-    component: &str,
-    obj: &Value,
-    rt: &ResourceType,
-    typ: &str,
-    reason: &str,
-    message: &str,
-    once: bool,
-) {
-    let key = format!("{}/{reason}/{message}", meta_str(obj, "uid"));
-    if once {
-        let mut e = match state.emitted.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if !e.insert(key) {
-            return;
+/// Writes Events as one controller.
+struct Recorder<'a> {
+    api: &'a Arc<Api>,
+    state: &'a State,
+    who: &'static str,
+    component: &'static str,
+}
+
+impl Recorder<'_> {
+    /// An Event about `obj`. With `once`, the same reason and message for the same object is
+    /// written only once (a persistent failure is not repeated on every pass).
+    async fn event(&self, obj: &Value, rt: &ResourceType, typ: &str, reason: &str, message: &str, once: bool) {
+        let key = format!("{}/{reason}/{message}", meta_str(obj, "uid"));
+        if once {
+            let mut e = match self.state.emitted.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if !e.insert(key) {
+                return;
+            }
         }
+        let ns = meta_str(obj, "namespace");
+        let ns = if ns.is_empty() { "default" } else { ns };
+        let now = now_rfc3339();
+        let ev = json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("{}.{:x}", meta_str(obj, "name"), rand::random::<u64>()), "namespace": ns},
+            "involvedObject": {"kind": rt.kind, "namespace": meta_str(obj, "namespace"), "name": meta_str(obj, "name"),
+                               "uid": meta_str(obj, "uid"), "apiVersion": rt.api_version(), "resourceVersion": meta_str(obj, "resourceVersion")},
+            "reason": reason, "message": message, "source": {"component": self.component},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": typ,
+            "eventTime": null, "reportingComponent": self.component, "reportingInstance": ""});
+        let _ = self.api.call(self.who, "POST", &uri(&res::EVENTS, ns, ""), Some(&ev)).await;
     }
-    let ns = meta_str(obj, "namespace");
-    let ns = if ns.is_empty() { "default" } else { ns };
-    let now = now_rfc3339();
-    let ev = json!({"apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("{}.{:x}", meta_str(obj, "name"), rand::random::<u64>()), "namespace": ns},
-        "involvedObject": {"kind": rt.kind, "namespace": meta_str(obj, "namespace"), "name": meta_str(obj, "name"),
-                           "uid": meta_str(obj, "uid"), "apiVersion": rt.api_version(), "resourceVersion": meta_str(obj, "resourceVersion")},
-        "reason": reason, "message": message, "source": {"component": component},
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": typ,
-        "eventTime": null, "reportingComponent": component, "reportingInstance": ""});
-    let _ = api.call(who, "POST", &uri(&res::EVENTS, ns, ""), Some(&ev)).await;
 }
 
 /// Emit a kubelet event about a pod (`fieldPath` names the container).
@@ -150,6 +150,7 @@ pub async fn pod_event(
 // ---- scheduler ---------------------------------------------------------------------------
 
 async fn schedule(api: &Arc<Api>, state: &State) {
+    let events = Recorder { api, state, who: SCHEDULER, component: "default-scheduler" };
     let (_, pods) = api.store.list(&res::PODS, None);
     let (_, nodes) = api.store.list(&res::NODES, None);
     for p in pods {
@@ -175,19 +176,7 @@ async fn schedule(api: &Arc<Api>, state: &State) {
                 x["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "False", "lastProbeTime": null,
                     "lastTransitionTime": now_rfc3339(), "reason": "Unschedulable", "message": m2}]);
             });
-            event(
-                api,
-                state,
-                SCHEDULER,
-                "default-scheduler",
-                &p,
-                &res::PODS,
-                "Warning",
-                "FailedScheduling",
-                &msg,
-                true,
-            )
-            .await;
+            events.event(&p, &res::PODS, "Warning", "FailedScheduling", &msg, true).await;
             continue;
         };
         let node_name = meta_str(node, "name").to_string();
@@ -196,19 +185,16 @@ async fn schedule(api: &Arc<Api>, state: &State) {
                              "target": {"apiVersion": "v1", "kind": "Node", "name": node_name}});
         if api.call(SCHEDULER, "POST", &format!("{}/binding", uri(&res::PODS, ns, name)), Some(&binding)).await.is_ok()
         {
-            event(
-                api,
-                state,
-                SCHEDULER,
-                "default-scheduler",
-                &p,
-                &res::PODS,
-                "Normal",
-                "Scheduled",
-                &format!("Successfully assigned {ns}/{name} to {node_name}"),
-                false,
-            )
-            .await;
+            events
+                .event(
+                    &p,
+                    &res::PODS,
+                    "Normal",
+                    "Scheduled",
+                    &format!("Successfully assigned {ns}/{name} to {node_name}"),
+                    false,
+                )
+                .await;
         }
     }
 }
@@ -331,6 +317,7 @@ async fn claim(
 }
 
 async fn replicaset(api: &Arc<Api>, state: &State, rs: &Value) {
+    let events = Recorder { api, state, who: RS_CTRL, component: "replicaset-controller" };
     if terminating(rs) {
         return;
     }
@@ -342,19 +329,16 @@ async fn replicaset(api: &Arc<Api>, state: &State, rs: &Value) {
         for _ in active.len()..want {
             let pod = pod_from_template(&res::REPLICASETS, rs, &rs["spec"]["template"], None, &format!("{name}-"));
             if let Ok(created) = api.call(RS_CTRL, "POST", &uri(&res::PODS, ns, ""), Some(&pod)).await {
-                event(
-                    api,
-                    state,
-                    RS_CTRL,
-                    "replicaset-controller",
-                    rs,
-                    &res::REPLICASETS,
-                    "Normal",
-                    "SuccessfulCreate",
-                    &format!("Created pod: {}", meta_str(&created, "name")),
-                    false,
-                )
-                .await;
+                events
+                    .event(
+                        rs,
+                        &res::REPLICASETS,
+                        "Normal",
+                        "SuccessfulCreate",
+                        &format!("Created pod: {}", meta_str(&created, "name")),
+                        false,
+                    )
+                    .await;
             }
         }
     } else if active.len() > want {
@@ -362,19 +346,16 @@ async fn replicaset(api: &Arc<Api>, state: &State, rs: &Value) {
         victims.sort_by(|a, b| meta_str(b, "creationTimestamp").cmp(meta_str(a, "creationTimestamp")));
         for v in victims.iter().take(active.len() - want) {
             if api.call(RS_CTRL, "DELETE", &uri(&res::PODS, ns, meta_str(v, "name")), None).await.is_ok() {
-                event(
-                    api,
-                    state,
-                    RS_CTRL,
-                    "replicaset-controller",
-                    rs,
-                    &res::REPLICASETS,
-                    "Normal",
-                    "SuccessfulDelete",
-                    &format!("Deleted pod: {}", meta_str(v, "name")),
-                    false,
-                )
-                .await;
+                events
+                    .event(
+                        rs,
+                        &res::REPLICASETS,
+                        "Normal",
+                        "SuccessfulDelete",
+                        &format!("Deleted pod: {}", meta_str(v, "name")),
+                        false,
+                    )
+                    .await;
             }
         }
     }
@@ -395,6 +376,7 @@ async fn replicaset(api: &Arc<Api>, state: &State, rs: &Value) {
 }
 
 async fn daemonset(api: &Arc<Api>, state: &State, ds: &Value) {
+    let events = Recorder { api, state, who: DS_CTRL, component: "daemonset-controller" };
     if terminating(ds) {
         return;
     }
@@ -410,19 +392,16 @@ async fn daemonset(api: &Arc<Api>, state: &State, ds: &Value) {
         let mut pod = pod_from_template(&res::DAEMONSETS, ds, &ds["spec"]["template"], None, &format!("{name}-"));
         pod["spec"]["nodeName"] = json!(node);
         if let Ok(created) = api.call(DS_CTRL, "POST", &uri(&res::PODS, ns, ""), Some(&pod)).await {
-            event(
-                api,
-                state,
-                DS_CTRL,
-                "daemonset-controller",
-                ds,
-                &res::DAEMONSETS,
-                "Normal",
-                "SuccessfulCreate",
-                &format!("Created pod: {}", meta_str(&created, "name")),
-                false,
-            )
-            .await;
+            events
+                .event(
+                    ds,
+                    &res::DAEMONSETS,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &format!("Created pod: {}", meta_str(&created, "name")),
+                    false,
+                )
+                .await;
         }
     }
     let active: Vec<Arc<Value>> = api
@@ -441,6 +420,7 @@ async fn daemonset(api: &Arc<Api>, state: &State, ds: &Value) {
 }
 
 async fn statefulset(api: &Arc<Api>, state: &State, sts: &Value) {
+    let events = Recorder { api, state, who: STS_CTRL, component: "statefulset-controller" };
     if terminating(sts) {
         return;
     }
@@ -456,19 +436,7 @@ async fn statefulset(api: &Arc<Api>, state: &State, sts: &Value) {
                 let msg = format!(
                     "create Pod {pod_name} in StatefulSet {name} failed error: pods \"{pod_name}\" already exists"
                 );
-                event(
-                    api,
-                    state,
-                    STS_CTRL,
-                    "statefulset-controller",
-                    sts,
-                    &res::STATEFULSETS,
-                    "Warning",
-                    "FailedCreate",
-                    &msg,
-                    true,
-                )
-                .await;
+                events.event(sts, &res::STATEFULSETS, "Warning", "FailedCreate", &msg, true).await;
                 break;
             }
             None => {
@@ -478,35 +446,20 @@ async fn statefulset(api: &Arc<Api>, state: &State, sts: &Value) {
                 pod["spec"]["hostname"] = json!(pod_name);
                 match api.call(STS_CTRL, "POST", &uri(&res::PODS, ns, ""), Some(&pod)).await {
                     Ok(_) => {
-                        event(
-                            api,
-                            state,
-                            STS_CTRL,
-                            "statefulset-controller",
-                            sts,
-                            &res::STATEFULSETS,
-                            "Normal",
-                            "SuccessfulCreate",
-                            &format!("create Pod {pod_name} in StatefulSet {name} successful"),
-                            false,
-                        )
-                        .await;
+                        events
+                            .event(
+                                sts,
+                                &res::STATEFULSETS,
+                                "Normal",
+                                "SuccessfulCreate",
+                                &format!("create Pod {pod_name} in StatefulSet {name} successful"),
+                                false,
+                            )
+                            .await;
                     }
                     Err(e) => {
                         let msg = format!("create Pod {pod_name} in StatefulSet {name} failed error: {}", e.message);
-                        event(
-                            api,
-                            state,
-                            STS_CTRL,
-                            "statefulset-controller",
-                            sts,
-                            &res::STATEFULSETS,
-                            "Warning",
-                            "FailedCreate",
-                            &msg,
-                            true,
-                        )
-                        .await;
+                        events.event(sts, &res::STATEFULSETS, "Warning", "FailedCreate", &msg, true).await;
                     }
                 }
                 // ordered: one pod at a time until it is running
