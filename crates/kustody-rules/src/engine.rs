@@ -35,6 +35,8 @@ pub struct RuleInfo {
     pub source: String,
     pub tags: Vec<String>,
     pub enabled: bool,
+    /// A correlation step's condition: evaluated for the correlation, never alerts.
+    pub hidden: bool,
     pub file: Arc<str>,
     pub line: u32,
 }
@@ -202,8 +204,14 @@ const CACHE_LIMIT: usize = 4096;
 /// Compiled rules, ready to evaluate events.
 pub struct Engine {
     rules: Vec<CompiledRule>,
-    /// Indices of rules that are enabled and at or above the minimum priority.
+    /// Indices of rules that are evaluated: enabled and at or above the minimum priority, or
+    /// feeding an active correlation.
     active: Vec<u32>,
+    /// Per rule: whether its matches are reported (enabled, not hidden, at the priority).
+    emit: Vec<bool>,
+    /// Per rule: the (correlation, steps) it feeds.
+    feeds: Vec<Vec<(u16, u64)>>,
+    corrs: Vec<crate::correlate::Compiled>,
 }
 
 pub(crate) struct LoadedSet<'l> {
@@ -266,13 +274,71 @@ impl Engine {
                 message: format!("{n} rule(s) with source `{source}` skipped: kustody evaluates `{K8S_AUDIT}` rules (a rule without `source` is a `syscall` rule in Falco)"),
             });
         }
+        let (corrs, feeds) = build_correlations(&set.loader.correlations, &rules, opts, &mut diags);
+        let emit: Vec<bool> = rules
+            .iter()
+            .map(|r| r.info.enabled && !r.info.hidden && r.info.priority.at_least(opts.min_priority))
+            .collect();
         let active = rules
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.info.enabled && r.info.priority.at_least(opts.min_priority))
+            .filter(|(i, r)| {
+                r.info.enabled && (emit.get(*i) == Some(&true) || feeds.get(*i).is_some_and(|f| !f.is_empty()))
+            })
             .map(|(i, _)| i as u32)
             .collect();
-        (Engine { rules, active }, diags)
+        (Engine { rules, active, emit, feeds, corrs }, diags)
+    }
+
+    /// Whether matches of rule `idx` are reported (hidden correlation steps and rules below the
+    /// minimum priority that only feed correlations are evaluated but not reported).
+    pub fn emits(&self, idx: u32) -> bool {
+        self.emit.get(idx as usize).copied().unwrap_or(false)
+    }
+
+    /// Whether any correlation is active (callers can skip [`Engine::correlation_inputs`]).
+    pub fn has_correlations(&self) -> bool {
+        !self.corrs.is_empty()
+    }
+
+    /// The correlation inputs a match of rule `idx` on `ev` contributes.
+    pub fn correlation_inputs(
+        &self,
+        idx: u32,
+        ev: &Event<'_>,
+        source_ref: &SourceRef,
+        out: &mut Vec<crate::CorrInput>,
+    ) {
+        let Some(feeds) = self.feeds.get(idx as usize).filter(|f| !f.is_empty()) else { return };
+        let Some(rule) = self.rules.get(idx as usize) else { return };
+        let Some(time_ns) = ev.time_ns() else { return };
+        for &(corr, steps) in feeds {
+            let Some(c) = self.corrs.get(corr as usize) else { continue };
+            let (key, fields) = c.key.render(ev);
+            if fields.iter().any(|(_, v)| matches!(v, FieldValue::Missing)) {
+                continue;
+            }
+            out.push(crate::CorrInput {
+                corr,
+                steps,
+                key: key.into_boxed_str(),
+                rule: rule.name.clone(),
+                time_ns,
+                source_ref: source_ref.clone(),
+                audit_id: ev.audit_id().map(str::to_owned),
+                context: EventContext::of(ev),
+            });
+        }
+    }
+
+    /// Every loaded correlation, enabled or not.
+    pub fn correlations(&self) -> impl Iterator<Item = &crate::CorrelationInfo> {
+        self.corrs.iter().map(|c| &c.info)
+    }
+
+    /// Fresh streaming state for the active correlations.
+    pub fn correlator(&self) -> crate::Correlator {
+        crate::Correlator::new(&self.corrs)
     }
 
     /// Every compiled rule, enabled or not.
@@ -515,6 +581,7 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
             source: def.source.clone(),
             tags: def.tags.clone(),
             enabled: def.enabled,
+            hidden: def.hidden,
             file: def.loc.file.clone(),
             line: def.loc.pos.line,
         },
@@ -523,4 +590,96 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
         output,
         keys,
     })
+}
+
+/// Compiles the loaded correlations against the compiled rules: each step's rule names become
+/// indices, each rule learns which steps it feeds. Correlations below the minimum priority or
+/// disabled are kept for listing but feed nothing.
+fn build_correlations(
+    defs: &[crate::correlate::CorrDef],
+    rules: &[CompiledRule],
+    opts: &EngineOptions,
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<crate::correlate::Compiled>, Vec<Vec<(u16, u64)>>) {
+    let by_name: FxHashMap<&str, usize> = rules.iter().enumerate().map(|(i, r)| (r.info.name.as_str(), i)).collect();
+    let mut feeds: Vec<Vec<(u16, u64)>> = vec![Vec::new(); rules.len()];
+    let mut out = Vec::new();
+    for d in defs {
+        let item = Some(format!("correlation `{}`", d.name));
+        let diag = |severity, message: String| Diagnostic {
+            severity,
+            file: d.loc.file.clone(),
+            line: d.loc.pos.line,
+            col: d.loc.pos.col,
+            item: item.clone(),
+            message,
+        };
+        let key_text: Vec<String> = d.by.iter().map(|f| format!("%{f}")).collect();
+        let Ok(key) = Template::parse(&key_text.join("\u{1f}")) else {
+            diags.push(diag(Severity::Error, "invalid `by` fields".into()));
+            continue;
+        };
+        let mut steps_idx: Vec<Vec<usize>> = Vec::new();
+        let mut ok = true;
+        for (i, names) in d.steps.iter().enumerate() {
+            let mut idx = Vec::new();
+            for n in names {
+                match by_name.get(n.as_str()) {
+                    Some(&r) => idx.push(r),
+                    None => {
+                        diags.push(diag(
+                            Severity::Error,
+                            format!("step {}: no rule `{n}` (or it did not compile)", i + 1),
+                        ));
+                        ok = false;
+                    }
+                }
+            }
+            if ok && !idx.iter().any(|&r| rules.get(r).is_some_and(|r| r.info.enabled)) {
+                diags.push(diag(
+                    Severity::Warning,
+                    format!("step {}: every rule it names is disabled, so it can never complete", i + 1),
+                ));
+            }
+            steps_idx.push(idx);
+        }
+        if !ok {
+            continue;
+        }
+        let corr = out.len() as u16;
+        let active = d.enabled && d.priority.at_least(opts.min_priority);
+        if active {
+            for (step, idx) in steps_idx.iter().enumerate() {
+                for &r in idx {
+                    if let Some(f) = feeds.get_mut(r) {
+                        match f.iter_mut().find(|(c, _)| *c == corr) {
+                            Some((_, mask)) => *mask |= 1u64 << step,
+                            None => f.push((corr, 1u64 << step)),
+                        }
+                    }
+                }
+            }
+        }
+        out.push(crate::correlate::Compiled {
+            info: crate::CorrelationInfo {
+                name: d.name.clone(),
+                desc: d.desc.clone(),
+                priority: d.priority,
+                tags: d.tags.clone(),
+                enabled: d.enabled,
+                file: d.loc.file.clone(),
+                line: d.loc.pos.line,
+                by: d.by.clone(),
+                window: d.window.clone(),
+                steps: d.steps.clone(),
+                count: d.count,
+            },
+            name: d.name.as_str().into(),
+            tags: d.tags.clone().into(),
+            key,
+            window_ns: d.window_ns,
+            output: d.output.trim().to_owned(),
+        });
+    }
+    (out, feeds)
 }

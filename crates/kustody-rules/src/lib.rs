@@ -11,6 +11,7 @@
 //! plain evaluator in [`expr`] stays as the reference the optimised one is tested against.
 
 pub mod cond;
+pub mod correlate;
 mod diag;
 mod engine;
 pub mod expr;
@@ -24,6 +25,7 @@ pub mod sigma;
 pub mod testing;
 pub use kustody_model::yaml;
 
+pub use correlate::{CorrInput, CorrelationInfo, Correlator};
 pub use diag::{Diagnostic, Severity};
 pub use engine::{Engine, EngineOptions, RuleInfo, Scratch};
 pub use loader::{Loader, RuleSource, ENGINE_VERSION};

@@ -106,6 +106,8 @@ pub(crate) struct RuleDef {
     pub enabled: bool,
     pub exceptions: Vec<ExceptionDef>,
     pub skip_if_unknown_filter: bool,
+    /// A correlation step's condition: evaluated, never alerts on its own.
+    pub hidden: bool,
     pub loc: Loc,
 }
 
@@ -135,6 +137,7 @@ pub struct Loader {
     files: Vec<Arc<str>>,
     /// Sigma field mapping, parsed on first use.
     sigma_mapping: Option<Vec<(String, String)>>,
+    pub(crate) correlations: Vec<crate::correlate::CorrDef>,
 }
 
 type Res<T> = Result<T, (Pos, String)>;
@@ -278,18 +281,19 @@ impl Loader {
             return;
         };
         let key = entries.first().and_then(|(k, _)| k.as_str()).unwrap_or_default();
-        let kind = ["rule", "macro", "list", "required_engine_version", "required_plugin_versions"]
+        let kind = ["rule", "macro", "list", "correlation", "required_engine_version", "required_plugin_versions"]
             .into_iter()
             .find(|k| item.get(k).is_some())
             .unwrap_or(key);
         let result = match kind {
             "rule" => self.rule(file, item),
+            "correlation" => self.correlation(file, item),
             "macro" => self.macro_item(file, item),
             "list" => self.list(file, item),
             "required_engine_version" => self.engine_version(file, item),
             "required_plugin_versions" => self.plugin_versions(file, item),
             other => {
-                self.diag(Severity::Warning, file, *pos, None, format!("unknown item `{other}` ignored (expected rule, macro, list, required_engine_version or required_plugin_versions)"));
+                self.diag(Severity::Warning, file, *pos, None, format!("unknown item `{other}` ignored (expected rule, macro, list, correlation, required_engine_version or required_plugin_versions)"));
                 Ok(())
             }
         };
@@ -332,6 +336,7 @@ impl Loader {
                     enabled: true,
                     exceptions: Vec::new(),
                     skip_if_unknown_filter: false,
+                    hidden: false,
                     loc,
                 };
                 self.rule_idx.insert(name, self.rules.len());
@@ -649,8 +654,143 @@ impl Loader {
             enabled,
             exceptions,
             skip_if_unknown_filter: skip,
+            hidden: false,
             loc: Loc { file: file.clone(), pos: item.pos() },
         })
+    }
+
+    /// A `correlation` item (kustody extension; see [`crate::correlate`]).
+    fn correlation(&mut self, file: &Arc<str>, item: &Node) -> Res<()> {
+        const KEYS: &[&str] =
+            &["correlation", "desc", "by", "window", "sequence", "count", "priority", "output", "tags", "enabled"];
+        let name_node = item.get("correlation").ok_or((item.pos(), "missing name".to_owned()))?;
+        let name = scalar(name_node, "correlation")?;
+        let label = Some(format!("correlation `{name}`"));
+        if let Node::Map { entries, .. } = item {
+            for (k, _) in entries {
+                if let Some(k) = k.as_str().filter(|k| !KEYS.contains(k)) {
+                    self.diag(Severity::Warning, file, item.pos(), label.clone(), format!("unknown key `{k}` ignored"));
+                }
+            }
+        }
+        if self.rule_idx.contains_key(&name) || self.correlations.iter().any(|c| c.name == name) {
+            return Err((name_node.pos(), format!("a rule or correlation named `{name}` already exists")));
+        }
+        let need = |key: &str| item.get(key).ok_or((item.pos(), format!("missing required key `{key}`")));
+        let desc = scalar(need("desc")?, "desc")?;
+        let prio_node = need("priority")?;
+        let priority =
+            scalar(prio_node, "priority")?.parse::<Priority>().map_err(|e| (prio_node.pos(), e.to_string()))?;
+        let output = scalar(need("output")?, "output")?;
+        let window_node = need("window")?;
+        let window = scalar(window_node, "window")?;
+        let window_ns = crate::correlate::parse_window(&window)
+            .ok_or((window_node.pos(), format!("invalid window `{window}` (a positive number with s, m, h or d)")))?;
+        let by = item.get("by").map(|n| strings(n, "by")).transpose()?.unwrap_or_else(|| vec!["ka.user.name".into()]);
+        if by.is_empty() {
+            return Err((item.pos(), "`by` needs at least one field".into()));
+        }
+        for f in &by {
+            if crate::fields::resolve(f, None).is_err() {
+                return Err((item.get("by").map_or(item.pos(), Node::pos), format!("unknown field `{f}` in `by`")));
+            }
+        }
+        // The output may use the grouping fields and %kustody.steps only: a finding spans events.
+        let mut rest = output.clone();
+        let mut by_sorted = by.clone();
+        by_sorted.sort_by_key(|b| std::cmp::Reverse(b.len()));
+        for f in by_sorted.iter().map(|f| format!("%{f}")).chain(["%kustody.steps".to_owned()]) {
+            rest = rest.replace(&f, "");
+        }
+        if let Some(i) = rest.find('%').filter(|&i| rest.get(i + 1..).is_some_and(|r| r.contains('.'))) {
+            let field: String =
+                rest.get(i..).unwrap_or("").chars().take_while(|c| !c.is_whitespace() && *c != ')').collect();
+            return Err((
+                item.get("output").map_or(item.pos(), Node::text_start),
+                format!("a correlation's output can use its `by` fields and %kustody.steps, not `{field}`"),
+            ));
+        }
+        let tags = item.get("tags").map(|n| strings(n, "tags")).transpose()?.unwrap_or_default();
+        let enabled = item.get("enabled").map(|n| boolean(n, "enabled")).transpose()?.unwrap_or(true);
+        let count = item
+            .get("count")
+            .map(|n| {
+                scalar(n, "count")
+                    .and_then(|c| c.parse::<u32>().map_err(|_| (n.pos(), "`count` must be a positive integer".into())))
+            })
+            .transpose()?;
+        let seq = need("sequence")?;
+        let Node::Seq { items: steps_nodes, .. } = seq else {
+            return Err((seq.pos(), "`sequence` must be a list of steps".into()));
+        };
+        if steps_nodes.is_empty() || steps_nodes.len() > 16 {
+            return Err((seq.pos(), "`sequence` needs 1 to 16 steps".into()));
+        }
+        if count.is_some() != (steps_nodes.len() == 1) && count.is_some() {
+            return Err((seq.pos(), "a `count` threshold takes exactly one step".into()));
+        }
+        if count.is_none() && steps_nodes.len() < 2 {
+            return Err((seq.pos(), "a sequence needs at least two steps (or a `count` threshold)".into()));
+        }
+        let mut steps = Vec::new();
+        for (i, st) in steps_nodes.iter().enumerate() {
+            let names = match st {
+                n if n.as_str().is_some() => vec![scalar(n, "sequence")?],
+                Node::Map { .. } => {
+                    if let Some(r) = st.get("rule") {
+                        vec![scalar(r, "rule")?]
+                    } else if let Some(r) = st.get("rules") {
+                        strings(r, "rules")?
+                    } else if let Some(c) = st.get("condition") {
+                        let hidden = format!("{name} / step {}", i + 1);
+                        let def = RuleDef {
+                            name: hidden.clone(),
+                            desc: format!("step {} of correlation `{name}`", i + 1),
+                            condition: scalar(c, "condition")?,
+                            cond_loc: Loc { file: file.clone(), pos: c.text_start() },
+                            output: "%ka.auditid".into(),
+                            output_loc: Loc { file: file.clone(), pos: c.text_start() },
+                            priority: Priority::Debug,
+                            source: K8S_AUDIT.to_owned(),
+                            tags: Vec::new(),
+                            enabled,
+                            exceptions: Vec::new(),
+                            skip_if_unknown_filter: false,
+                            hidden: true,
+                            loc: Loc { file: file.clone(), pos: st.pos() },
+                        };
+                        self.rule_idx.insert(hidden.clone(), self.rules.len());
+                        self.rules.push(def);
+                        vec![hidden]
+                    } else {
+                        return Err((
+                            st.pos(),
+                            "a step is a rule name, or a map with `rule`, `rules` or `condition`".into(),
+                        ));
+                    }
+                }
+                other => return Err((other.pos(), format!("a step is a rule name or a map, not {}", other.kind()))),
+            };
+            if names.is_empty() {
+                return Err((st.pos(), "a step needs at least one rule".into()));
+            }
+            steps.push(names);
+        }
+        self.correlations.push(crate::correlate::CorrDef {
+            name,
+            desc: desc.trim().to_owned(),
+            by,
+            window,
+            window_ns,
+            steps,
+            count,
+            priority,
+            tags,
+            output,
+            enabled,
+            loc: Loc { file: file.clone(), pos: item.pos() },
+        });
+        Ok(())
     }
 
     fn override_rule(&mut self, file: &Arc<str>, item: &Node, ov: &Node, i: usize) -> Res<()> {

@@ -12,6 +12,11 @@
 //!       verb: create
 //!     fires: [Create Privileged Pod]   # exactly these rules, no more, no fewer
 //!     only: [Create Privileged Pod]    # optional: compare only among these rules
+//!   - name: a chain
+//!     events:      # several events, in order, each merged over `base`; correlations
+//!       - {...}    # run across them; `fires` is every rule and correlation that fired
+//!       - {...}
+//!     fires: [Enumeration, Attack Chain]
 //! ```
 
 use serde_json::Value;
@@ -51,11 +56,12 @@ pub fn run_cases(engine: &Engine, cases_yaml: &str, file: &str) -> Result<(usize
     for case in items {
         let line = case.pos().line;
         let name = case.get("name").and_then(Node::as_str).unwrap_or("?").to_owned();
-        let mut ev = base.clone();
-        if let Some(patch) = case.get("event") {
-            merge(&mut ev, &yaml::to_json(patch));
-        }
-        let text = ev.to_string();
+        // `event:` is one event; `events:` a sequence, run in order through one correlator.
+        let patches: Vec<Value> = match (case.get("events"), case.get("event")) {
+            (Some(Node::Seq { items, .. }), _) => items.iter().map(yaml::to_json).collect(),
+            (_, Some(p)) => vec![yaml::to_json(p)],
+            _ => vec![Value::Object(Default::default())],
+        };
         let strs = |key: &str| -> Option<Vec<String>> {
             match case.get(key) {
                 Some(Node::Seq { items, .. }) => {
@@ -66,33 +72,61 @@ pub fn run_cases(engine: &Engine, cases_yaml: &str, file: &str) -> Result<(usize
         };
         let mut expected = strs("fires").unwrap_or_default();
         let only = strs("only");
-        let event = match kustody_model::Event::parse(&text) {
-            Ok(e) => e,
-            Err(e) => {
-                failures.push(format!("{file}:{line}: case `{name}`: event does not parse: {e}"));
-                continue;
-            }
-        };
+        let keep = |n: &String| only.as_ref().is_none_or(|o| o.contains(n));
         let names = |idx: &[u32]| -> Vec<String> {
-            let mut v: Vec<String> = idx
-                .iter()
+            idx.iter()
+                .filter(|&&i| engine.emits(i))
                 .filter_map(|&i| engine.rule(i).map(|r| r.name.clone()))
-                .filter(|n| only.as_ref().is_none_or(|o| o.contains(n)))
-                .collect();
-            v.sort();
-            v
+                .filter(|n| keep(n))
+                .collect()
         };
-        let mut fast = Vec::new();
-        engine.matches(&event, &mut scratch, &mut fast);
-        let fast = names(&fast);
-        let reference = names(&engine.matches_reference(&event, &mut scratch));
-        expected.sort();
-        if fast != expected {
-            failures.push(format!("{file}:{line}: case `{name}`: expected {expected:?}, fired {fast:?}"));
+        let mut correlator = engine.correlator();
+        let (mut fast_all, mut reference_all) = (Vec::new(), Vec::new());
+        for (k, patch) in patches.iter().enumerate() {
+            let mut ev = base.clone();
+            merge(&mut ev, patch);
+            let text = ev.to_string();
+            let event = match kustody_model::Event::parse(&text) {
+                Ok(e) => e,
+                Err(e) => {
+                    failures.push(format!("{file}:{line}: case `{name}`, event {}: does not parse: {e}", k + 1));
+                    continue;
+                }
+            };
+            let mut fast = Vec::new();
+            engine.matches(&event, &mut scratch, &mut fast);
+            let src = kustody_model::SourceRef {
+                file: std::sync::Arc::from(file),
+                line: line as u64,
+                offset: k as u64,
+                format: kustody_model::SourceFormat::Native,
+            };
+            let mut inputs = Vec::new();
+            for &i in &fast {
+                engine.correlation_inputs(i, &event, &src, &mut inputs);
+            }
+            for inp in &inputs {
+                if let Some(d) = correlator.observe(inp) {
+                    let n = d.rule.to_string();
+                    if keep(&n) {
+                        fast_all.push(n.clone());
+                        reference_all.push(n);
+                    }
+                }
+            }
+            fast_all.extend(names(&fast));
+            reference_all.extend(names(&engine.matches_reference(&event, &mut scratch)));
         }
-        if reference != fast {
+        for v in [&mut fast_all, &mut reference_all, &mut expected] {
+            v.sort();
+            v.dedup();
+        }
+        if fast_all != expected {
+            failures.push(format!("{file}:{line}: case `{name}`: expected {expected:?}, fired {fast_all:?}"));
+        }
+        if reference_all != fast_all {
             failures.push(format!(
-                "{file}:{line}: case `{name}`: reference evaluator fired {reference:?}, optimised {fast:?}"
+                "{file}:{line}: case `{name}`: reference evaluator fired {reference_all:?}, optimised {fast_all:?}"
             ));
         }
     }

@@ -27,6 +27,8 @@ struct ChunkResult {
     rendered: Vec<u8>,
     /// The rule of each detection, in order.
     rules: Vec<u32>,
+    /// What matched rules contribute to correlations, in input order.
+    corr: Vec<kustody_rules::CorrInput>,
     bad: Vec<BadRecord>,
     events: u64,
     skipped_by_time: u64,
@@ -159,7 +161,7 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         }
         drop(res_tx);
         drop(chunk_rx);
-        collect(res_rx, token_tx, &mut sink, &engine, &mut stats, args.strict, &progress)
+        collect(res_rx, token_tx, &mut sink, &engine, &renderer, &mut stats, args.strict, &progress)
     });
     progress.finish_and_clear();
     // A closed pipe (`kustody hunt ... | head`) ends the run quietly, like any Unix filter.
@@ -306,6 +308,12 @@ fn process(
                 for &i in matched.iter() {
                     let src =
                         SourceRef { file: chunk.file.clone(), line: rec.line, offset: rec.offset, format: rec.format };
+                    if engine.has_correlations() {
+                        engine.correlation_inputs(i, &ev, &src, &mut r.corr);
+                    }
+                    if !engine.emits(i) {
+                        continue;
+                    }
                     if let Some(d) = engine.detection(i, &ev, src, with_context) {
                         match renderer.render(&d, &mut r.rendered) {
                             Ok(()) => r.rules.push(i),
@@ -332,15 +340,19 @@ fn keep_bad(r: &mut ChunkResult, bad: impl FnOnce() -> BadRecord) {
     }
 }
 
+#[allow(clippy::too_many_arguments, reason = "the collector owns the run's sequential state")]
 fn collect(
     rx: Receiver<(u64, ChunkResult)>,
     tokens: std::sync::mpsc::SyncSender<()>,
     sink: &mut Sink,
     engine: &Engine,
+    renderer: &Renderer,
     stats: &mut Stats,
     strict: bool,
     progress: &indicatif::ProgressBar,
 ) -> Result<()> {
+    // Correlation runs here, in input order, with bounded state.
+    let mut correlator = engine.correlator();
     let mut pending: BTreeMap<u64, ChunkResult> = BTreeMap::new();
     let mut next = 0u64;
     for (seq, res) in rx.iter() {
@@ -388,11 +400,16 @@ fn collect(
             stats.detections += res.rules.len() as u64;
             for i in res.rules {
                 let name = engine.rule(i).map_or("?", |r| r.name.as_str());
-                match stats.per_rule.get_mut(name) {
-                    Some(n) => *n += 1,
-                    None => {
-                        stats.per_rule.insert(name.to_owned(), 1);
-                    }
+                stats.count(name);
+            }
+            let mut found = Vec::new();
+            for inp in &res.corr {
+                if let Some(d) = correlator.observe(inp) {
+                    renderer.render(&d, &mut found)?;
+                    stats.detections += 1;
+                    stats.count(&d.rule);
+                    sink.write(&found, 1)?;
+                    found.clear();
                 }
             }
             progress.set_position(stats.bytes);
@@ -400,6 +417,17 @@ fn collect(
         }
     }
     Ok(())
+}
+
+impl Stats {
+    fn count(&mut self, rule: &str) {
+        match self.per_rule.get_mut(rule) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_rule.insert(rule.to_owned(), 1);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
