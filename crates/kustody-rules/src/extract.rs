@@ -174,6 +174,24 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
             };
             list(out, f)
         }
+        PodSpecImageRegistries | PodSpecUnpinnedImages => {
+            let spec = pod_spec(ev)?;
+            let images: Vec<&str> = ["containers", "initContainers", "ephemeralContainers"]
+                .iter()
+                .filter_map(|k| spec.get(*k)?.as_array())
+                .flatten()
+                .filter_map(|c| c.get("image")?.as_str())
+                .collect();
+            let out: Vec<Cow<'_, str>> = if f.field == PodSpecImageRegistries {
+                images.iter().map(|i| Cow::Owned(image_registry(i).to_owned())).collect()
+            } else {
+                images.iter().filter(|i| !i.contains("@sha256:")).map(|i| Cow::Owned((*i).to_owned())).collect()
+            };
+            if out.is_empty() {
+                return None;
+            }
+            list(out, f)
+        }
         PodSpecHostNetwork => pod_spec(ev)?.get("hostNetwork").map(|v| Val::One(json_text(v))),
         PodSpecHostPid => pod_spec(ev)?.get("hostPID").map(|v| Val::One(json_text(v))),
         PodSpecHostIpc => pod_spec(ev)?.get("hostIPC").map(|v| Val::One(json_text(v))),
@@ -242,6 +260,16 @@ fn pod_spec<'e>(ev: &'e Event<'_>) -> Option<&'e Value> {
         (spec.get("containers").is_some() || spec.get("volumes").is_some() || spec.get("initContainers").is_some())
             .then_some(spec)
     })
+}
+
+/// The registry host of an image reference, as the container runtime resolves it: the first
+/// path component when it looks like a host (has a `.` or `:`, or is `localhost`), else
+/// `docker.io` (`nginx`, `library/nginx`, `bitnami/redis`).
+pub fn image_registry(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first,
+        _ => "docker.io",
+    }
 }
 
 /// `/etc/`, `//etc`, `/etc/./` → `/etc`: hostPath spellings that name the same directory.

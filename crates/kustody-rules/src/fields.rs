@@ -128,6 +128,8 @@ pub enum Field {
     PodSpecHostPid,
     PodSpecHostIpc,
     PodSpecServiceAccount,
+    PodSpecImageRegistries,
+    PodSpecUnpinnedImages,
 }
 
 /// What argument a field takes.
@@ -231,6 +233,8 @@ const EXTENSIONS: &[(&str, Field, bool, ArgKind)] = {
         ("kustody.podspec.host_pid", PodSpecHostPid, false, None),
         ("kustody.podspec.host_ipc", PodSpecHostIpc, false, None),
         ("kustody.podspec.service_account", PodSpecServiceAccount, false, None),
+        ("kustody.podspec.image_registries", PodSpecImageRegistries, true, None),
+        ("kustody.podspec.unpinned_images", PodSpecUnpinnedImages, true, None),
     ]
 };
 

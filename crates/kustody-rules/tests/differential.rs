@@ -21,7 +21,7 @@ fn rule_files() -> Vec<(String, String)> {
     let mut files = vec![
         (
             "starter".to_owned(),
-            std::fs::read_to_string(root().join("crates/kustody/rules/kustody-starter.yaml")).unwrap(),
+            std::fs::read_to_string(root().join("crates/kustody/rules/kustody.yaml")).unwrap(),
         ),
         ("semantics".to_owned(), include_str!("data/semantics.rules.yaml").to_owned()),
     ];

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use kustody_rules::{Diagnostic, Engine, EngineOptions};
 
 /// kustody's own rules, compiled into the binary.
-pub const BUILTIN: &[(&str, &str)] = &[("builtin:kustody-starter.yaml", include_str!("../rules/kustody-starter.yaml"))];
+pub const BUILTIN: &[(&str, &str)] = &[("builtin:kustody.yaml", include_str!("../rules/kustody.yaml"))];
 
 /// Expands files and directories (`*.yaml`/`*.yml`, sorted, not recursive into hidden dirs).
 pub fn rule_files(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
