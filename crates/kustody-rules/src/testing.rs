@@ -132,3 +132,59 @@ pub fn run_cases(engine: &Engine, cases_yaml: &str, file: &str) -> Result<(usize
     }
     Ok((items.len(), failures))
 }
+
+/// For each rule and correlation, the first case (in file order) where it fires, with the
+/// rendered output: the examples in generated rule documentation. Only `fires:` cases count.
+pub fn examples(engine: &Engine, cases_yaml: &str) -> Result<Vec<(String, String, String)>, String> {
+    let docs = yaml::parse(cases_yaml).map_err(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))?;
+    let doc = docs.first().ok_or("empty cases file")?;
+    let base = doc.get("base").map(yaml::to_json).unwrap_or(Value::Object(Default::default()));
+    let Some(Node::Seq { items, .. }) = doc.get("cases") else {
+        return Err("no `cases` list".into());
+    };
+    let mut out: Vec<(String, String, String)> = Vec::new();
+    let mut scratch = Scratch::default();
+    for case in items {
+        let name = case.get("name").and_then(Node::as_str).unwrap_or("?").to_owned();
+        let patches: Vec<Value> = match (case.get("events"), case.get("event")) {
+            (Some(Node::Seq { items, .. }), _) => items.iter().map(yaml::to_json).collect(),
+            (_, Some(p)) => vec![yaml::to_json(p)],
+            _ => vec![Value::Object(Default::default())],
+        };
+        let mut correlator = engine.correlator();
+        for patch in &patches {
+            let mut ev = base.clone();
+            merge(&mut ev, patch);
+            let text = ev.to_string();
+            let Ok(event) = kustody_model::Event::parse(&text) else { continue };
+            let mut fired = Vec::new();
+            engine.matches(&event, &mut scratch, &mut fired);
+            let src = kustody_model::SourceRef {
+                file: std::sync::Arc::from("example"),
+                line: 1,
+                offset: 0,
+                format: kustody_model::SourceFormat::Native,
+            };
+            let mut inputs = Vec::new();
+            for &i in &fired {
+                engine.correlation_inputs(i, &event, &src, &mut inputs);
+                if !engine.emits(i) {
+                    continue;
+                }
+                if let Some(d) = engine.detection(i, &event, src.clone(), false) {
+                    if !out.iter().any(|(r, _, _)| *r == *d.rule) {
+                        out.push((d.rule.to_string(), name.clone(), d.output));
+                    }
+                }
+            }
+            for inp in &inputs {
+                if let Some(d) = correlator.observe(inp) {
+                    if !out.iter().any(|(r, _, _)| *r == *d.rule) {
+                        out.push((d.rule.to_string(), name.clone(), d.output));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -19,10 +19,7 @@ fn root() -> PathBuf {
 
 fn rule_files() -> Vec<(String, String)> {
     let mut files = vec![
-        (
-            "starter".to_owned(),
-            std::fs::read_to_string(root().join("crates/kustody/rules/kustody.yaml")).unwrap(),
-        ),
+        ("starter".to_owned(), std::fs::read_to_string(root().join("crates/kustody/rules/kustody.yaml")).unwrap()),
         ("semantics".to_owned(), include_str!("data/semantics.rules.yaml").to_owned()),
     ];
     if let Some(shared) = kustody_testkit::shared("upstream/falco") {

@@ -99,6 +99,8 @@ pub enum RulesCommand {
     List(ListArgs),
     /// List the fields conditions and outputs can use.
     Fields,
+    /// Print the built-in rules' documentation (docs/RULES.md) as Markdown.
+    Doc,
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +123,9 @@ pub struct ListArgs {
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = ListFormat::Table)]
     pub format: ListFormat,
+    /// List MITRE ATT&CK techniques and the rules covering them, instead of rules.
+    #[arg(long)]
+    pub mitre: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

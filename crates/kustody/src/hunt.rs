@@ -27,8 +27,9 @@ struct ChunkResult {
     rendered: Vec<u8>,
     /// The rule of each detection, in order.
     rules: Vec<u32>,
-    /// What matched rules contribute to correlations, in input order.
-    corr: Vec<kustody_rules::CorrInput>,
+    /// What matched rules contribute to correlations, in input order, each with the length of
+    /// `rendered` after its event's own detections (where a finding it completes belongs).
+    corr: Vec<(usize, kustody_rules::CorrInput)>,
     bad: Vec<BadRecord>,
     events: u64,
     skipped_by_time: u64,
@@ -305,11 +306,12 @@ fn process(
                         r.degraded_at = Some(format!("{}:{}", chunk.file, rec.line));
                     }
                 }
+                let mut corr = Vec::new();
                 for &i in matched.iter() {
                     let src =
                         SourceRef { file: chunk.file.clone(), line: rec.line, offset: rec.offset, format: rec.format };
                     if engine.has_correlations() {
-                        engine.correlation_inputs(i, &ev, &src, &mut r.corr);
+                        engine.correlation_inputs(i, &ev, &src, &mut corr);
                     }
                     if !engine.emits(i) {
                         continue;
@@ -326,6 +328,8 @@ fn process(
                         }
                     }
                 }
+                let at = r.rendered.len();
+                r.corr.extend(corr.into_iter().map(|c| (at, c)));
             }
         },
     });
@@ -388,12 +392,45 @@ fn collect(
                     stats.first_bad.push(b.to_string());
                 }
             }
+            // The chunk's detections, with correlation findings placed right after the detections
+            // of the event that completed them.
+            let mut parts: Vec<(&[u8], u64)> = Vec::new();
+            let mut findings: Vec<Vec<u8>> = Vec::new();
+            let mut at = 0usize;
+            for (end, inp) in &res.corr {
+                if let Some(d) = correlator.observe(inp) {
+                    let mut buf = Vec::new();
+                    renderer.render(&d, &mut buf)?;
+                    stats.detections += 1;
+                    stats.count(&d.rule);
+                    findings.push(buf);
+                    parts.push((res.rendered.get(at..*end).unwrap_or_default(), 0));
+                    parts.push((&[], findings.len() as u64));
+                    at = *end;
+                }
+            }
+            parts.push((res.rendered.get(at..).unwrap_or_default(), 0));
+            let write_all = |sink: &mut Sink| -> Result<()> {
+                let mut counted = false;
+                for (bytes, finding) in &parts {
+                    if *finding > 0 {
+                        let f = findings.get(*finding as usize - 1).map(Vec::as_slice).unwrap_or_default();
+                        sink.write(f, 1)?;
+                    } else if !bytes.is_empty() {
+                        // the chunk's own detections are counted once, with its first part
+                        let n = if counted { 0 } else { res.rules.len() as u64 };
+                        counted = true;
+                        sink.write(bytes, n)?;
+                    }
+                }
+                Ok(())
+            };
             if progress.is_hidden() {
-                sink.write(&res.rendered, res.rules.len() as u64)?;
-            } else if !res.rendered.is_empty() {
+                write_all(sink)?;
+            } else if !res.rendered.is_empty() || !findings.is_empty() {
                 // Alerts reach the terminal as they are found, without tearing the spinner.
                 progress.suspend(|| -> Result<()> {
-                    sink.write(&res.rendered, res.rules.len() as u64)?;
+                    write_all(sink)?;
                     sink.flush()
                 })?;
             }
@@ -401,16 +438,6 @@ fn collect(
             for i in res.rules {
                 let name = engine.rule(i).map_or("?", |r| r.name.as_str());
                 stats.count(name);
-            }
-            let mut found = Vec::new();
-            for inp in &res.corr {
-                if let Some(d) = correlator.observe(inp) {
-                    renderer.render(&d, &mut found)?;
-                    stats.detections += 1;
-                    stats.count(&d.rule);
-                    sink.write(&found, 1)?;
-                    found.clear();
-                }
             }
             progress.set_position(stats.bytes);
             progress.set_message(format!("{} events, {} detections", stats.events, stats.detections));

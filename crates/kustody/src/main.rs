@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         cli::Command::Rules(cli::RulesCommand::Check(args)) => rules_cmd::check(args),
         cli::Command::Rules(cli::RulesCommand::List(args)) => rules_cmd::list(args),
         cli::Command::Rules(cli::RulesCommand::Fields) => rules_cmd::fields(),
+        cli::Command::Rules(cli::RulesCommand::Doc) => rules_cmd::doc(),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,10 @@ use kustody_rules::{Diagnostic, Engine, EngineOptions};
 /// kustody's own rules, compiled into the binary.
 pub const BUILTIN: &[(&str, &str)] = &[("builtin:kustody.yaml", include_str!("../rules/kustody.yaml"))];
 
+/// The built-in rules' test cases: the examples in `kustody rules doc`.
+pub const BUILTIN_CASES: &str = include_str!("../rules/kustody.cases.yaml");
+pub const BUILTIN_OPTIONAL_CASES: &str = include_str!("../rules/kustody-optional.cases.yaml");
+
 /// Expands files and directories (`*.yaml`/`*.yml`, sorted, not recursive into hidden dirs).
 pub fn rule_files(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();

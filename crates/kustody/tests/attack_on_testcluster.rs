@@ -87,8 +87,11 @@ fn kustody_hunt_finds_an_attack_run_against_the_test_cluster() {
         "kustody Permission Enumeration by Service Account",
         "kustody Secrets Listed by Service Account or Cluster-wide",
         "kustody Forbidden Request by Service Account",
-        "kustody Privileged or Host-Mounting Workload Created",
+        "kustody Privileged Container in Workload",
+        "kustody Sensitive Host Path Mounted by Workload",
         "kustody Exec or Attach Into Pod",
+        // enumerate -> secrets -> privileged pod / exec, by the one identity
+        "kustody Attack Chain from Enumeration to Escalation",
     ] {
         assert!(
             !fired(&alerts, rule).is_empty(),

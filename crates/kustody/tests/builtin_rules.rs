@@ -49,10 +49,17 @@ fn every_rule_has_a_true_positive_and_every_rule_is_tagged_with_attack_technique
     let mut missing = BTreeSet::new();
     for (name, tags) in &names {
         // a true positive names the rule in some `fires:` list
-        if !cases.lines().filter(|l| l.contains("fires:") || l.trim_start().starts_with("kustody")).any(|l| l.contains(name.as_str())) {
+        if !cases
+            .lines()
+            .filter(|l| l.contains("fires:") || l.trim_start().starts_with("kustody"))
+            .any(|l| l.contains(name.as_str()))
+        {
             missing.insert(format!("{name}: no true-positive case"));
         }
-        if !tags.iter().any(|t| t.starts_with('T') && t.get(1..5).is_some_and(|d| d.chars().all(|c| c.is_ascii_digit()))) {
+        if !tags
+            .iter()
+            .any(|t| t.starts_with('T') && t.get(1..5).is_some_and(|d| d.chars().all(|c| c.is_ascii_digit())))
+        {
             missing.insert(format!("{name}: no ATT&CK technique tag"));
         }
     }

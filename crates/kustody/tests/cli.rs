@@ -110,12 +110,27 @@ fn every_step_of_the_attack_chain_is_reported_and_the_benign_part_is_quiet() {
         "kustody Service Account Token Used Interactively",
         "kustody Permission Enumeration by Service Account",
         "kustody Secrets Listed by Service Account or Cluster-wide",
+        "kustody Forbidden Request by Service Account",
         "kustody Exec or Attach Into Pod",
-        "kustody Privileged or Host-Mounting Workload Created",
+        "kustody Privileged Container in Workload",
+        "kustody Sensitive Host Path Mounted by Workload",
+        "kustody Host Namespaces Shared by Workload",
         "kustody DaemonSet Created by Non-System Identity",
+        "kustody Attack Chain from Enumeration to Escalation",
     ] {
         assert!(rules.contains(want), "missing {want}: {rules:?}");
     }
+    // the correlated finding names every step and points at the last one's evidence
+    let chain = alerts.iter().find(|a| a["rule"] == "kustody Attack Chain from Enumeration to Escalation").unwrap();
+    assert_eq!(chain["priority"], "Critical");
+    let steps = chain["output_fields"]["kustody.steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    assert!(steps[0].as_str().unwrap().starts_with("kustody Permission Enumeration"));
+    assert!(
+        chain["output_fields"]["kustody.file"].is_string()
+            || chain["output_fields"]["kustody.line"].is_number()
+            || chain.get("output").is_some()
+    );
     for a in &alerts {
         assert_eq!(
             a["output_fields"]["ka.user.name"], "system:serviceaccount:shop:web-frontend",
@@ -127,7 +142,20 @@ fn every_step_of_the_attack_chain_is_reported_and_the_benign_part_is_quiet() {
 #[test]
 fn min_priority_and_time_window() {
     let out = kustody(&["hunt", EXAMPLE, "-f", "jsonl", "-q", "--min-priority", "critical"]);
-    assert_eq!(text(&out.stdout).lines().count(), 1);
+    let critical: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rule"].as_str().unwrap().to_owned())
+        .collect();
+    // the chain is found although its steps (WARNING, NOTICE) are below the minimum: they are
+    // evaluated for the correlation, not reported
+    assert_eq!(
+        critical,
+        [
+            "kustody Attack Chain from Enumeration to Escalation",
+            "kustody Privileged Container in Workload",
+            "kustody Sensitive Host Path Mounted by Workload"
+        ]
+    );
     let out = kustody(&[
         "hunt",
         EXAMPLE,
@@ -354,4 +382,49 @@ fn timeline_by_user_ip_and_service_account_and_timesketch() {
             assert!(v["source_file"] == EXAMPLE && v["source_line"].is_u64(), "{line}");
         }
     }
+}
+
+#[test]
+fn docs_rules_md_is_generated_from_the_rules() {
+    let out = kustody(&["rules", "doc"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/RULES.md");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &out.stdout).unwrap();
+    }
+    let committed = std::fs::read_to_string(path).unwrap();
+    assert!(
+        committed == text(&out.stdout),
+        "docs/RULES.md is stale: run `cargo run -p kustody -- rules doc > docs/RULES.md`"
+    );
+    assert!(!committed.contains("Example: none"), "a rule has no true-positive case");
+}
+
+#[test]
+fn rules_list_mitre_maps_techniques_to_rules() {
+    let out = kustody(&["rules", "list", "--mitre", "-f", "json"]);
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let techniques: Vec<&str> = v.iter().map(|t| t["technique"].as_str().unwrap()).collect();
+    for t in [
+        "T1609",
+        "T1610",
+        "T1611",
+        "T1613",
+        "T1069",
+        "T1552.007",
+        "T1528",
+        "T1550.001",
+        "T1053.007",
+        "T1098",
+        "T1078.001",
+        "T1070",
+        "T1562.001",
+    ] {
+        assert!(techniques.contains(&t), "{t} not covered: {techniques:?}");
+    }
+    let exec = v.iter().find(|t| t["technique"] == "T1609").unwrap();
+    assert!(exec["rules"].as_array().unwrap().iter().any(|r| r == "kustody Exec or Attach Into Pod"));
+    assert_eq!(exec["name"], "Container Administration Command");
+    let table = text(&kustody(&["rules", "list", "--mitre"]).stdout);
+    assert!(table.contains("T1611      Escape to Host"), "{table}");
 }
