@@ -319,6 +319,58 @@ fn benign(rng: &mut Rng, t: i64, pad: usize) -> Ev {
     }
 }
 
+/// Routine cluster activity that looks like what the rules hunt for, by the identities that do
+/// it every day: the kubelet minting pod tokens, controllers creating privileged CNI pods,
+/// operators reading secrets, managed-cloud add-on managers, people checking their access.
+fn lookalike(rng: &mut Rng, t: i64) -> Ev {
+    let node = *rng.pick(NODES).unwrap_or(&"node");
+    let kcm = "kube-controller-manager/v1.30.2 (linux/amd64) kubernetes/3968350";
+    match rng.below(10) {
+        0 => Ev::new(rng, t, &format!("system:node:{node}"), "kubelet/v1.30.2 (linux/amd64) kubernetes/3968350", "10.0.1.21", "create", "serviceaccounts")
+            .ns("shop")
+            .name("default")
+            .sub("token")
+            .code(201)
+            .req(json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "spec": {"expirationSeconds": 3607, "boundObjectRef": {"kind": "Pod", "name": "web-0"}}})),
+        1 => Ev::new(rng, t, "system:serviceaccount:kube-system:daemon-set-controller", kcm, "10.0.0.10", "create", "pods")
+            .ns("kube-system")
+            .code(201)
+            .req(json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"generateName": "aws-node-", "namespace": "kube-system"},
+                        "spec": {"hostNetwork": true, "containers": [{"name": "aws-node", "image": "602401143452.dkr.ecr.us-east-1.amazonaws.com/amazon-k8s-cni:v1.18.0", "securityContext": {"privileged": true, "capabilities": {"add": ["NET_ADMIN"]}}}],
+                                 "volumes": [{"name": "cni-bin", "hostPath": {"path": "/opt/cni/bin"}}, {"name": "run", "hostPath": {"path": "/var/run/aws-node"}}]}})),
+        2 => Ev::new(rng, t, "system:serviceaccount:cert-manager:cert-manager", "cert-manager/v1.13.3 (linux/amd64) cert-manager/0c5b4c6a", "10.244.3.4", "get", "secrets")
+            .ns("shop")
+            .name("shop-tls"),
+        3 => Ev::new(rng, t, "eks:addon-manager", "eks-addon-manager/v0.1", "10.0.0.12", "patch", "daemonsets")
+            .api("apps", "v1")
+            .ns("kube-system")
+            .name("kube-proxy")
+            .req(json!({"spec": {"template": {"spec": {"hostNetwork": true, "containers": [{"name": "kube-proxy", "image": "602401143452.dkr.ecr.us-east-1.amazonaws.com/eks/kube-proxy:v1.30.0", "securityContext": {"privileged": true}}]}}}})),
+        4 => Ev::new(rng, t, "alice@example.com", KUBECTL, "192.0.2.10", "create", "selfsubjectaccessreviews")
+            .api("authorization.k8s.io", "v1")
+            .code(201)
+            .req(json!({"kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": {"namespace": "shop", "verb": "create", "resource": "deployments"}}})),
+        5 => Ev::new(rng, t, "system:serviceaccount:kube-system:clusterrole-aggregation-controller", kcm, "10.0.0.10", "update", "clusterroles")
+            .api("rbac.authorization.k8s.io", "v1")
+            .name("admin")
+            .req(json!({"rules": [{"apiGroups": [""], "resources": ["pods", "pods/exec", "secrets"], "verbs": ["*"]}]})),
+        6 => Ev::new(rng, t, "system:kube-controller-manager", kcm, "10.0.0.10", "create", "events")
+            .ns("shop")
+            .code(201),
+        7 => Ev::new(rng, t, "system:serviceaccount:kube-system:replicaset-controller", kcm, "10.0.0.10", "create", "pods")
+            .ns("kube-system")
+            .code(201)
+            .req(json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"generateName": "coredns-5d78c9869d-", "namespace": "kube-system"}, "spec": {"containers": [{"name": "coredns", "image": "registry.k8s.io/coredns/coredns:v1.11.1", "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}}}]}})),
+        8 => Ev::new(rng, t, "system:gke-common-webhooks", "gke-common-webhooks/v1", "10.0.0.14", "update", "mutatingwebhookconfigurations")
+            .api("admissionregistration.k8s.io", "v1")
+            .name("pod-ready.config.common-webhooks.networking.gke.io"),
+        _ => Ev::new(rng, t, "system:serviceaccount:kube-system:csrapproving", kcm, "10.0.0.10", "update", "certificatesigningrequests")
+            .api("certificates.k8s.io", "v1")
+            .name(&format!("csr-{}", rng.below(99999)))
+            .sub("approval"),
+    }
+}
+
 /// The attack chain of seed 003, as audit events from `t0` on.
 fn attack_chain(rng: &mut Rng, t0: i64) -> Vec<Ev> {
     let s = 1_000_000_000i64;
@@ -417,11 +469,18 @@ pub struct Corpus {
     rng: Rng,
     t: i64,
     n: u64,
+    benign_only: bool,
 }
 
 impl Corpus {
     pub fn new(seed: u64) -> Corpus {
-        Corpus { rng: Rng::new(seed), t: 1_795_165_200_000_000_000, n: 0 }
+        Corpus { rng: Rng::new(seed), t: 1_795_165_200_000_000_000, n: 0, benign_only: false }
+    }
+
+    /// Benign traffic only (no attack-chain events), with one event in ten one of the routine
+    /// actions that resemble attacks: the noise test for the built-in rules.
+    pub fn benign(seed: u64) -> Corpus {
+        Corpus { benign_only: true, ..Corpus::new(seed) }
     }
 
     /// The next event as one JSON line (no newline). Sizes: mostly 0.5–2 KB, a tail up to 20 KB;
@@ -429,7 +488,10 @@ impl Corpus {
     pub fn next_line(&mut self) -> String {
         self.n += 1;
         self.t += 1_000_000 + self.rng.below(20_000_000) as i64;
-        if self.n % 500 == 0 {
+        if self.benign_only && self.n % 10 == 0 {
+            return lookalike(&mut self.rng, self.t).to_json();
+        }
+        if !self.benign_only && self.n % 500 == 0 {
             let chain = attack_chain(&mut self.rng, self.t);
             let i = self.rng.below(chain.len() as u64) as usize;
             if let Some(e) = chain.get(i) {

@@ -35,6 +35,9 @@ enum Cmd {
         /// How each event is exported: native, eks, aks or gke.
         #[arg(long, default_value = "native")]
         format: kustody_gen::Wrap,
+        /// Benign traffic only, with routine actions that resemble attacks (the noise test).
+        #[arg(long)]
+        benign: bool,
         #[arg(short = 'o')]
         output: Option<PathBuf>,
     },
@@ -68,15 +71,16 @@ fn main() -> Result<()> {
             example(&mut out)?;
             out.flush()?;
         }
-        Cmd::Corpus { bytes, seed, gzip, output, format } => {
+        Cmd::Corpus { bytes, seed, gzip, output, format, benign } => {
             let out = sink(output.as_deref())?;
+            let mut corpus = if benign { Corpus::benign(seed) } else { Corpus::new(seed) };
             if gzip {
                 let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
-                Corpus::new(seed).write_as(bytes, format, &mut gz)?;
+                corpus.write_as(bytes, format, &mut gz)?;
                 gz.finish()?.flush()?;
             } else {
                 let mut out = out;
-                Corpus::new(seed).write_as(bytes, format, &mut out)?;
+                corpus.write_as(bytes, format, &mut out)?;
                 out.flush()?;
             }
         }
