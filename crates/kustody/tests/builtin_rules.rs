@@ -66,3 +66,22 @@ fn every_rule_has_a_true_positive_and_every_rule_is_tagged_with_attack_technique
     assert!(names.len() >= 30, "{} rules", names.len());
     assert!(missing.is_empty(), "{missing:#?}");
 }
+
+#[test]
+fn users_extend_the_allow_lists_from_their_own_rule_file() {
+    use kustody_rules::Scratch;
+    let ev = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"a","stage":"ResponseComplete",
+        "requestURI":"/api/v1/namespaces/ci/pods","verb":"create","user":{"username":"system:serviceaccount:ci:deployer"},
+        "sourceIPs":["10.0.0.5"],"userAgent":"helm/v3","objectRef":{"resource":"pods","namespace":"ci","apiVersion":"v1"},
+        "responseStatus":{"code":201},"stageTimestamp":"2026-01-01T00:00:00Z",
+        "requestObject":{"spec":{"containers":[{"name":"a","image":"x","securityContext":{"privileged":true}}]}}}"#;
+    let ev = kustody_model::Event::parse(ev).unwrap();
+    let fired = |engine: &Engine| {
+        let mut out = Vec::new();
+        engine.matches(&ev, &mut Scratch::default(), &mut out);
+        out.iter().filter(|&&i| engine.emits(i)).map(|&i| engine.rule(i).unwrap().name.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(fired(&load(None)), ["kustody Privileged Container in Workload"]);
+    let allow = "- list: kustody_allowed_automation\n  items: [\"system:serviceaccount:ci:deployer\"]\n  override: {items: append}\n";
+    assert!(fired(&load(Some(allow))).is_empty());
+}
