@@ -103,6 +103,11 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
             let Arg::Key(k) = &f.arg else { return None };
             uri_param(ev.request_uri()?, k).map(|v| Val::One(Cow::Owned(v)))
         }
+        UriParams => {
+            let Arg::Key(k) = &f.arg else { return None };
+            let all = kustody_model::uri::all(ev.request_uri()?, k);
+            (!all.is_empty()).then(|| Val::One(Cow::Owned(all.join(" "))))
+        }
         UserAgent => one(ev.user_agent()),
         SourceIps => list(ev.source_ips()?.iter().map(|s| Cow::Borrowed(s.as_ref())).collect(), f),
         TargetName => one(ev.object_ref().and_then(|o| o.name.as_deref())),

@@ -130,6 +130,8 @@ pub enum Field {
     PodSpecServiceAccount,
     PodSpecImageRegistries,
     PodSpecUnpinnedImages,
+    /// Every value of a query parameter, in order, joined by spaces (an exec's whole argv).
+    UriParams,
 }
 
 /// What argument a field takes.
@@ -235,6 +237,7 @@ const EXTENSIONS: &[(&str, Field, bool, ArgKind)] = {
         ("kustody.podspec.service_account", PodSpecServiceAccount, false, None),
         ("kustody.podspec.image_registries", PodSpecImageRegistries, true, None),
         ("kustody.podspec.unpinned_images", PodSpecUnpinnedImages, true, None),
+        ("kustody.uri.params", UriParams, false, RequiredKey),
     ]
 };
 

@@ -283,7 +283,7 @@ fn field_cost(op: &Operand) -> u32 {
         | ValidationsAdmissionPolicyFailure
         | SecurityPodViolations
         | ClusterName => 2,
-        UriParam => 3,
+        UriParam | UriParams => 3,
         JsonValue => match &op.field.arg {
             Arg::Pointer(p) if p.first().is_some_and(|s| matches!(s.as_str(), "requestObject" | "responseObject")) => {
                 20
