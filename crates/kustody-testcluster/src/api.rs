@@ -212,6 +212,8 @@ pub struct Api {
     pub server_address: Mutex<String>,
     pub ca_pem: String,
     pub anonymous: bool,
+    /// The exec/attach subprotocols served, most preferred first (older kubelets lack v5).
+    pub exec_protocols: Mutex<Vec<String>>,
 }
 
 fn strip_kind(v: &Value) -> Value {
@@ -247,6 +249,7 @@ impl Api {
             server_address: Mutex::new(String::new()),
             ca_pem,
             anonymous,
+            exec_protocols: Mutex::new(Vec::new()),
         }
     }
 

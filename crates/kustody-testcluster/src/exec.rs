@@ -111,7 +111,13 @@ pub async fn serve(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
         .collect();
-    let Some(protocol) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)).copied() else {
+    let served: Vec<String> = api.exec_protocols.lock().map(|p| p.clone()).unwrap_or_default();
+    let Some(protocol) = PROTOCOLS
+        .iter()
+        .filter(|p| served.is_empty() || served.iter().any(|s| s == *p))
+        .find(|p| offered.iter().any(|o| o == *p))
+        .copied()
+    else {
         return fail(&api, rec, ApiError::bad_request(format!(
             "unable to upgrade connection: none of the offered subprotocols {offered:?} is supported (want one of {PROTOCOLS:?})"
         )));

@@ -151,6 +151,7 @@ pub struct Builder {
     anonymous: bool,
     port: u16,
     wait: bool,
+    exec_protocols: Vec<String>,
 }
 
 impl Default for Builder {
@@ -165,6 +166,7 @@ impl Default for Builder {
             anonymous: false,
             port: 0,
             wait: true,
+            exec_protocols: vec![],
         }
     }
 }
@@ -208,6 +210,12 @@ impl Builder {
     /// Listen on this port instead of a random one.
     pub fn port(mut self, p: u16) -> Self {
         self.port = p;
+        self
+    }
+    /// Serve only these exec/attach subprotocols (e.g. `["v4.channel.k8s.io"]`, as a kubelet
+    /// older than 1.30 does).
+    pub fn exec_protocols(mut self, protocols: &[&str]) -> Self {
+        self.exec_protocols = protocols.iter().map(|p| p.to_string()).collect();
         self
     }
     /// Do not wait for the spec's pods to run.
@@ -324,6 +332,9 @@ impl TestCluster {
             let addr = l.local_addr()?;
             Ok::<_, anyhow::Error>((l, format!("https://{addr}")))
         })?;
+        if let Ok(mut p) = api.exec_protocols.lock() {
+            p.clone_from(&b.exec_protocols);
+        }
         if let Ok(mut a) = api.server_address.lock() {
             *a = url.trim_start_matches("https://").to_string();
         }

@@ -1,0 +1,18 @@
+//! Cluster access for kustody.
+//!
+//! - [`config`]: which cluster, as whom, in which namespace, with kubectl's precedence rules
+//!   (`--kubeconfig`, `KUBECONFIG`, `~/.kube/config`, in-cluster), and recognition of the EKS, GKE
+//!   and AKS credential plugins.
+//! - [`exec`]: running a command in a container over the exec WebSocket protocol (v5 and v4),
+//!   streaming stdout into any sink while hashing it.
+//!
+//! Clients are kube-rs clients; exec uses kube-rs's connection (TLS, authentication, upgrade)
+//! and kustody's own message loop, so output goes straight to the sink without intermediate
+//! pipes.
+
+pub mod config;
+pub mod error;
+pub mod exec;
+
+pub use config::{Cluster, ClusterOptions};
+pub use error::ClusterError;
