@@ -29,6 +29,68 @@ pub enum Command {
     /// Check or list rules.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Who kustody is on the cluster, and how it got there.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+    /// Run a command in a container (exec over WebSocket), stdout streamed and hashed.
+    ///
+    /// Exit codes: the command's own (0-255), or 2 when it could not run.
+    Exec(ExecArgs),
+}
+
+/// Which cluster, as whom, where (kubectl's flags and precedence).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClusterArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the pod's service account).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: its current-context).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Namespace (default: the context's, else `default`).
+    #[arg(long, short = 'n', global = true)]
+    pub namespace: Option<String>,
+    /// Explain how the connection was chosen (configuration, context, server, authentication).
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// Print the identity the cluster sees (SelfSubjectReview) and how kustody authenticated.
+    Whoami(WhoamiArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WhoamiArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The pod: `pod/NAME` or `NAME`.
+    pub target: String,
+    /// Container (default: the pod's only container).
+    #[arg(long, short = 'c')]
+    pub container: Option<String>,
+    /// Send this file on stdin, then end of input.
+    #[arg(long, value_name = "FILE")]
+    pub stdin_file: Option<PathBuf>,
+    /// Write stdout to this file instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Have the container count its stdout too, and fail on a mismatch (needs sh, tee, wc).
+    #[arg(long)]
+    pub verify_size: bool,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub timeout: u64,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]

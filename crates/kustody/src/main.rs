@@ -2,6 +2,7 @@
 //! modules below and the library crates.
 
 mod cli;
+mod cluster_cmd;
 mod hunt;
 mod render;
 mod rules_cmd;
@@ -28,6 +29,8 @@ fn main() -> ExitCode {
         cli::Command::Rules(cli::RulesCommand::List(args)) => rules_cmd::list(args),
         cli::Command::Rules(cli::RulesCommand::Fields) => rules_cmd::fields(),
         cli::Command::Rules(cli::RulesCommand::Doc) => rules_cmd::doc(),
+        cli::Command::Auth(cli::AuthCommand::Whoami(args)) => cluster_cmd::whoami(args),
+        cli::Command::Exec(args) => cluster_cmd::exec(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,123 @@
+//! Commands that talk to a cluster: `kustody auth whoami`, `kustody exec`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use kustody_cluster::exec::{exec as run_exec, ExecSpec};
+use kustody_cluster::{Cluster, ClusterError, ClusterOptions};
+
+use crate::cli::{ClusterArgs, ExecArgs, WhoamiArgs};
+use crate::render::sanitize;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")
+}
+
+async fn connect(args: &ClusterArgs) -> Result<Cluster> {
+    let opts = ClusterOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+        namespace: args.namespace.clone(),
+        all_namespaces: false,
+    };
+    let cluster = Cluster::connect(&opts).await?;
+    if args.verbose {
+        for n in &cluster.notes {
+            eprintln!("kustody: {}", sanitize(n));
+        }
+        eprintln!("kustody: namespace: {}", sanitize(&cluster.namespace));
+    }
+    Ok(cluster)
+}
+
+pub fn whoami(args: WhoamiArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let started = Instant::now();
+        let cluster = connect(&args.cluster).await?;
+        let review = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+        let req = http_post("/apis/authentication.k8s.io/v1/selfsubjectreviews", &review)?;
+        let v: serde_json::Value = cluster.client.request(req).await.map_err(ClusterError::from_kube)?;
+        let info = v.get("status").and_then(|s| s.get("userInfo")).cloned().unwrap_or_default();
+        let mut out = std::io::stdout().lock();
+        let text = |k: &str| info.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+        writeln!(out, "user:    {}", sanitize(&text("username")))?;
+        if !text("uid").is_empty() {
+            writeln!(out, "uid:     {}", sanitize(&text("uid")))?;
+        }
+        let groups: Vec<String> = info
+            .get("groups")
+            .and_then(|g| g.as_array())
+            .map(|g| g.iter().filter_map(|x| x.as_str().map(sanitize)).collect())
+            .unwrap_or_default();
+        writeln!(out, "groups:  {}", groups.join(", "))?;
+        writeln!(out, "server:  {}", sanitize(&cluster.server))?;
+        writeln!(out, "context: {}", sanitize(cluster.context.as_deref().unwrap_or("(in-cluster)")))?;
+        writeln!(out, "auth:    {}", sanitize(&cluster.auth.to_string()))?;
+        if args.cluster.verbose {
+            eprintln!("kustody: answered in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn http_post(path: &str, body: &serde_json::Value) -> Result<http::Request<Vec<u8>>> {
+    http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(body)?)
+        .context("request")
+}
+
+pub fn exec(args: ExecArgs) -> Result<ExitCode> {
+    let pod = args
+        .target
+        .strip_prefix("pod/")
+        .or_else(|| args.target.strip_prefix("pods/"))
+        .unwrap_or(&args.target)
+        .to_owned();
+    if pod.contains('/') {
+        anyhow::bail!("`{}`: exec takes a pod (`pod/NAME` or `NAME`)", args.target);
+    }
+    let stdin = args
+        .stdin_file
+        .as_ref()
+        .map(|p| std::fs::read(p).with_context(|| format!("cannot read `{}`", p.display())))
+        .transpose()?;
+    runtime()?.block_on(async move {
+        let cluster = connect(&args.cluster).await?;
+        let spec = ExecSpec {
+            namespace: cluster.namespace.clone(),
+            pod,
+            container: args.container.clone(),
+            command: args.command.clone(),
+            stdin,
+            timeout: Some(Duration::from_secs(args.timeout)),
+            verify_size: args.verify_size,
+            max_stderr: None,
+        };
+        let outcome = match &args.output {
+            Some(p) => {
+                let mut f =
+                    tokio::fs::File::create(p).await.with_context(|| format!("cannot create `{}`", p.display()))?;
+                run_exec(&cluster.client, &spec, &mut f).await
+            }
+            None => run_exec(&cluster.client, &spec, &mut tokio::io::stdout()).await,
+        }?;
+        std::io::stderr().write_all(&outcome.stderr)?;
+        eprintln!(
+            "kustody: exit {} · {} bytes of stdout, sha256 {}{} · {} · {:.1} ms",
+            outcome.exit_code,
+            outcome.stdout_bytes,
+            outcome.stdout_sha256,
+            match outcome.size_verified {
+                Some(true) => " (size verified in the container)",
+                Some(false) => " (size NOT verified: no report from the container)",
+                None => "",
+            },
+            outcome.protocol,
+            outcome.elapsed.as_secs_f64() * 1000.0
+        );
+        Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
+    })
+}
