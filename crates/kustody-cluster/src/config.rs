@@ -145,6 +145,11 @@ pub enum Auth {
     },
     InCluster,
     Anonymous,
+    /// Minted in-process instead of running the plugin.
+    Native {
+        plugin: Plugin,
+        credentials: String,
+    },
 }
 
 impl std::fmt::Display for Auth {
@@ -157,6 +162,9 @@ impl std::fmt::Display for Auth {
             Auth::ExecPlugin { command, recognized: Some(p) } => write!(f, "exec plugin `{command}` ({p})"),
             Auth::InCluster => f.write_str("in-cluster service-account token"),
             Auth::Anonymous => f.write_str("no credentials"),
+            Auth::Native { plugin, credentials } => {
+                write!(f, "{plugin}, minted in-process (credentials: {credentials})")
+            }
         }
     }
 }
@@ -218,7 +226,7 @@ pub async fn resolve(opts: &ClusterOptions) -> Result<Resolved, ClusterError> {
             None => None,
         }
     };
-    let (mut config, source, context, auth) = match file {
+    let (mut config, source, context, mut auth) = match file {
         Some((kc, source)) => {
             let context = opts.context.clone().or_else(|| kc.current_context.clone());
             if let Some(c) = &opts.context {
@@ -254,20 +262,49 @@ pub async fn resolve(opts: &ClusterOptions) -> Result<Resolved, ClusterError> {
             (config, Source::InCluster, None, Auth::InCluster)
         }
     };
+    // A recognised plugin is replaced by an in-process token when this build can mint it.
+    if let Auth::ExecPlugin { command, recognized: Some(plugin) } = auth.clone() {
+        match native_token(&plugin) {
+            Ok((token, credentials, ms)) => {
+                config.auth_info.exec = None;
+                config.auth_info.token = Some(token);
+                notes.push(format!(
+                    "recognised `{command}` ({plugin}); minted the token in-process in {ms:.2} ms instead of running it"
+                ));
+                auth = Auth::Native { plugin, credentials };
+            }
+            Err(why) => notes.push(format!("recognised `{command}` ({plugin}); running it, because {why}")),
+        }
+    }
     notes.push(format!("configuration: {source}"));
     if let Some(c) = &context {
         notes.push(format!("context: {c}"));
     }
     notes.push(format!("server: {}", config.cluster_url));
     notes.push(format!("authentication: {auth}"));
-    if let Auth::ExecPlugin { recognized: Some(p), .. } = &auth {
-        notes.push(format!(
-            "recognised the plugin ({p}); native in-process minting is not built into this binary yet, so the plugin runs as a subprocess"
-        ));
-    }
     let namespace = opts.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     config.default_namespace = namespace.clone();
     Ok(Resolved { config, source, context, namespace, all_namespaces: opts.all_namespaces, auth, notes })
+}
+
+/// Mint a token for a recognised plugin, or say why not (the plugin then runs).
+fn native_token(plugin: &Plugin) -> Result<(secrecy::SecretString, String, f64), String> {
+    let started = std::time::Instant::now();
+    match plugin {
+        Plugin::Eks { cluster, region, role_arn, profile } => {
+            if role_arn.is_some() {
+                return Err("assuming a role (--role-arn) is not done in-process yet".into());
+            }
+            let creds = crate::eks::static_credentials(profile.as_deref())
+                .map_err(|e| format!("the AWS credentials are {e}"))?;
+            let region = crate::eks::region(region.as_deref(), profile.as_deref())
+                .ok_or("no AWS region is configured (--region, AWS_REGION or the profile's region)")?;
+            let t = crate::eks::token(&creds, cluster, &region, std::time::SystemTime::now())?;
+            Ok((t.token, creds.source, started.elapsed().as_secs_f64() * 1000.0))
+        }
+        Plugin::Gke => Err("GKE tokens are not minted in-process yet".into()),
+        Plugin::Aks { .. } => Err("AKS tokens are not minted in-process yet".into()),
+    }
 }
 
 /// A client and what it is connected to.
@@ -288,7 +325,13 @@ impl Cluster {
     pub async fn connect(opts: &ClusterOptions) -> Result<Cluster, ClusterError> {
         let r = resolve(opts).await?;
         let server = r.config.cluster_url.to_string();
-        let client = kube::Client::try_from(r.config).map_err(|e| ClusterError::Config(format!("client: {e}")))?;
+        let client = kube::Client::try_from(r.config).map_err(|e| {
+            // say why a recognised plugin was run instead of minted in-process
+            let why: Vec<&str> =
+                r.notes.iter().filter(|n| n.contains("running it, because")).map(String::as_str).collect();
+            let why = if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) };
+            ClusterError::Config(format!("client: {e}{why}"))
+        })?;
         Ok(Cluster {
             client,
             namespace: r.namespace,

@@ -11,6 +11,7 @@
 //! pipes.
 
 pub mod config;
+pub mod eks;
 pub mod error;
 pub mod exec;
 

@@ -152,6 +152,7 @@ pub struct Builder {
     port: u16,
     wait: bool,
     exec_protocols: Vec<String>,
+    eks_users: Vec<(String, String, Vec<String>)>,
 }
 
 impl Default for Builder {
@@ -167,6 +168,7 @@ impl Default for Builder {
             port: 0,
             wait: true,
             exec_protocols: vec![],
+            eks_users: vec![],
         }
     }
 }
@@ -216,6 +218,15 @@ impl Builder {
     /// older than 1.30 does).
     pub fn exec_protocols(mut self, protocols: &[&str]) -> Self {
         self.exec_protocols = protocols.iter().map(|p| p.to_string()).collect();
+        self
+    }
+    /// Accept EKS tokens signed with this AWS access key ID as `user` (in `groups`).
+    pub fn eks_user(mut self, access_key_id: &str, user: &str, groups: &[&str]) -> Self {
+        self.eks_users.push((
+            access_key_id.to_owned(),
+            user.to_owned(),
+            groups.iter().map(|g| g.to_string()).collect(),
+        ));
         self
     }
     /// Do not wait for the spec's pods to run.
@@ -332,6 +343,13 @@ impl TestCluster {
             let addr = l.local_addr()?;
             Ok::<_, anyhow::Error>((l, format!("https://{addr}")))
         })?;
+        if let Ok(mut m) = api.eks_users.lock() {
+            for (akid, user, groups) in &b.eks_users {
+                let mut u = rbac::UserInfo::new(user, &groups.iter().map(String::as_str).collect::<Vec<_>>());
+                u.groups.push("system:authenticated".into());
+                m.insert(akid.clone(), u);
+            }
+        }
         if let Ok(mut p) = api.exec_protocols.lock() {
             p.clone_from(&b.exec_protocols);
         }

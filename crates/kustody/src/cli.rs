@@ -59,6 +59,35 @@ pub struct ClusterArgs {
 pub enum AuthCommand {
     /// Print the identity the cluster sees (SelfSubjectReview) and how kustody authenticated.
     Whoami(WhoamiArgs),
+    /// Mint a managed-cloud token in-process and print it as a client.authentication.k8s.io
+    /// ExecCredential: a fast drop-in for `aws eks get-token` in a kubeconfig.
+    Token(TokenArgs),
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Eks,
+    Gke,
+    Aks,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// The cloud.
+    #[arg(long, value_enum)]
+    pub provider: Provider,
+    /// EKS: the cluster name (as `aws eks get-token --cluster-name`).
+    #[arg(long)]
+    pub cluster_name: Option<String>,
+    /// EKS: the region (default: AWS_REGION, AWS_DEFAULT_REGION, then the profile's).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// EKS: the AWS profile (default: AWS_PROFILE, then `default`).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Print how long minting took, on stderr.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
 }
 
 #[derive(Args, Debug)]

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use kustody_cluster::exec::{exec as run_exec, ExecSpec};
 use kustody_cluster::{Cluster, ClusterError, ClusterOptions};
 
-use crate::cli::{ClusterArgs, ExecArgs, WhoamiArgs};
+use crate::cli::{ClusterArgs, ExecArgs, Provider, TokenArgs, WhoamiArgs};
 use crate::render::sanitize;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -120,4 +120,34 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode> {
         );
         Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
     })
+}
+
+pub fn token(args: TokenArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    match args.provider {
+        Provider::Eks => {
+            let cluster = args.cluster_name.as_deref().context("--cluster-name is required for --provider eks")?;
+            let creds = kustody_cluster::eks::static_credentials(args.profile.as_deref()).map_err(|e| {
+                anyhow::anyhow!("no AWS credentials kustody can use in-process: the configured credentials are {e}")
+            })?;
+            let region = kustody_cluster::eks::region(args.region.as_deref(), args.profile.as_deref())
+                .context("no AWS region: pass --region or set AWS_REGION")?;
+            let t = kustody_cluster::eks::token(&creds, cluster, &region, std::time::SystemTime::now())
+                .map_err(anyhow::Error::msg)?;
+            let out = serde_json::to_string_pretty(&kustody_cluster::eks::exec_credential(&t))?;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{out}")?;
+            if args.verbose {
+                eprintln!(
+                    "kustody: EKS token for {cluster} in {region} minted in {:.2} ms (credentials: {})",
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    creds.source
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Provider::Gke | Provider::Aks => {
+            anyhow::bail!("in-process GKE and AKS tokens are not implemented yet: keep gke-gcloud-auth-plugin / kubelogin in the kubeconfig for now")
+        }
+    }
 }

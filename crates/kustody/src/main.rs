@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         cli::Command::Rules(cli::RulesCommand::Fields) => rules_cmd::fields(),
         cli::Command::Rules(cli::RulesCommand::Doc) => rules_cmd::doc(),
         cli::Command::Auth(cli::AuthCommand::Whoami(args)) => cluster_cmd::whoami(args),
+        cli::Command::Auth(cli::AuthCommand::Token(args)) => cluster_cmd::token(args),
         cli::Command::Exec(args) => cluster_cmd::exec(args),
     };
     match result {

@@ -71,3 +71,87 @@ fn whoami_and_exec_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A kubeconfig whose user runs `command args...` as its credential plugin.
+fn exec_kubeconfig(c: &TestCluster, dir: &std::path::Path, command: &str, args: &[&str]) -> String {
+    let admin = c.kubeconfig_yaml(None, Some("cli"));
+    let start = admin.find("users:").unwrap();
+    let end = admin.find("contexts:").unwrap();
+    let args: Vec<String> = args.iter().map(|a| format!("      - \"{a}\"\n")).collect();
+    let user = format!(
+        "users:\n- name: kustody-testcluster-user\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1beta1\n      command: {command}\n      args:\n{}      interactiveMode: Never\n",
+        args.concat().replace("      - ", "      - ")
+    );
+    let text = format!("{}{}{}", &admin[..start], user, &admin[end..]);
+    let path = dir.join(format!("kubeconfig-{}", command.rsplit('/').next().unwrap()));
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn eks_plugin_is_replaced_by_an_in_process_token_and_kustody_is_a_drop_in_plugin() {
+    let Some(c) =
+        cluster(TestCluster::builder().namespace("cli").eks_user("AKIDEXAMPLE", "eks-admin", &["system:masters"]))
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let with_creds = |cmd: &mut Command| {
+        cmd.env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env_remove("KUBECONFIG");
+    };
+    // the kubeconfig `aws eks update-kubeconfig` writes: kustody never runs `aws`
+    let kc = exec_kubeconfig(
+        &c,
+        dir.path(),
+        "aws",
+        &["--region", "eu-west-1", "eks", "get-token", "--cluster-name", "prod", "--output", "json"],
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kustody"));
+    cmd.args(["auth", "whoami", "--kubeconfig", &kc, "-v"]).env("PATH", "/nonexistent");
+    with_creds(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("user:    eks-admin"), "{stdout}");
+    assert!(
+        stdout.contains("EKS token for cluster prod in eu-west-1, minted in-process (credentials: environment)"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("minted the token in-process in"), "{stderr}");
+
+    // kubectl-style use: `kustody auth token` as the kubeconfig's plugin (kube-rs runs it)
+    let kc2 = exec_kubeconfig(
+        &c,
+        dir.path(),
+        env!("CARGO_BIN_EXE_kustody"),
+        &["auth", "token", "--provider", "eks", "--cluster-name", "prod", "--region", "eu-west-1"],
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kustody"));
+    cmd.args(["auth", "whoami", "--kubeconfig", &kc2]);
+    with_creds(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("user:    eks-admin"));
+
+    // without credentials it can use, kustody says why and runs the plugin (absent here)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kustody"));
+    cmd.args(["auth", "whoami", "--kubeconfig", &kc, "-v"])
+        .env("PATH", "/nonexistent")
+        .env("HOME", dir.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env_remove("KUBECONFIG");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("running it, because the AWS credentials are profile `default` has no static keys"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,229 @@
+//! EKS bearer tokens, minted in-process: a SigV4 query-presigned STS `GetCallerIdentity` URL
+//! with the signed `x-k8s-aws-id` header, base64url-encoded behind `k8s-aws-v1.` (FACTS.md §6,
+//! aws-iam-authenticator's `pkg/token`). The same token `aws eks get-token` prints, without a
+//! Python process.
+//!
+//! Credentials (this build): the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`) and static keys in the shared credentials file (`AWS_PROFILE`, the
+//! plugin's `--profile`, else `default`). SSO, web identity (IRSA), EKS Pod Identity, IMDSv2 and
+//! `--role-arn` are recognised and left to the plugin, which kustody then runs as before.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Static AWS credentials.
+#[derive(Clone)]
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+    pub session_token: Option<SecretString>,
+    /// Where they came from (for `-v`).
+    pub source: String,
+}
+
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// How long a presigned URL is valid, as the CLI signs it.
+const PRESIGN_SECONDS: u64 = 60;
+/// The ExecCredential expiry the CLI reports: the token is accepted for 15 minutes.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(14 * 60);
+
+/// A minted token.
+pub struct EksToken {
+    pub token: SecretString,
+    pub expires: SystemTime,
+    pub presigned_url: String,
+}
+
+fn sts_host(region: &str) -> String {
+    if region.starts_with("cn-") {
+        format!("sts.{region}.amazonaws.com.cn")
+    } else {
+        format!("sts.{region}.amazonaws.com")
+    }
+}
+
+/// Mint a token for `cluster` in `region` at `now`.
+pub fn token(creds: &AwsCredentials, cluster: &str, region: &str, now: SystemTime) -> Result<EksToken, String> {
+    use aws_sigv4::http_request::{
+        sign, SessionTokenMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
+    };
+    let url = format!("https://{}/?Action=GetCallerIdentity&Version=2011-06-15", sts_host(region));
+    let identity = aws_credential_types::Credentials::new(
+        creds.access_key_id.clone(),
+        creds.secret_access_key.expose_secret().to_owned(),
+        creds.session_token.as_ref().map(|t| t.expose_secret().to_owned()),
+        None,
+        "kustody",
+    )
+    .into();
+    let mut settings = SigningSettings::default();
+    settings.signature_location = SignatureLocation::QueryParams;
+    settings.expires_in = Some(Duration::from_secs(PRESIGN_SECONDS));
+    // botocore signs X-Amz-Security-Token as part of the canonical query string
+    settings.session_token_mode = SessionTokenMode::Include;
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("sts")
+        .time(now)
+        .settings(settings)
+        .build()
+        .map_err(|e| format!("signing parameters: {e}"))?
+        .into();
+    let headers = [("x-k8s-aws-id", cluster)];
+    // botocore's query signing hashes the (empty) payload; only S3 presigning uses
+    // UNSIGNED-PAYLOAD
+    let signable = SignableRequest::new("GET", &url, headers.into_iter(), SignableBody::Bytes(&[]))
+        .map_err(|e| format!("signable request: {e}"))?;
+    let (instructions, _) = sign(signable, &params).map_err(|e| format!("signing: {e}"))?.into_parts();
+    let mut req = http::Request::get(&url).body(()).map_err(|e| format!("request: {e}"))?;
+    instructions.apply_to_request_http1x(&mut req);
+    let presigned = req.uri().to_string();
+    let token = format!("k8s-aws-v1.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(presigned.as_bytes()));
+    Ok(EksToken { token: SecretString::from(token), expires: now + TOKEN_LIFETIME, presigned_url: presigned })
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// `[section]` key = value pairs of an INI file.
+fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('#') || l.starts_with(';') || l.is_empty() {
+            continue;
+        }
+        if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            inside = name.trim() == section;
+            continue;
+        }
+        if inside {
+            if let Some((k, v)) = l.split_once('=') {
+                out.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// Static credentials from the environment or the shared credentials file. `Err` says which
+/// source is configured that this build does not handle natively.
+pub fn static_credentials(profile: Option<&str>) -> Result<AwsCredentials, String> {
+    if let (Some(id), Some(secret)) = (std::env::var_os("AWS_ACCESS_KEY_ID"), std::env::var_os("AWS_SECRET_ACCESS_KEY"))
+    {
+        return Ok(AwsCredentials {
+            access_key_id: id.to_string_lossy().into_owned(),
+            secret_access_key: SecretString::from(secret.to_string_lossy().into_owned()),
+            session_token: std::env::var_os("AWS_SESSION_TOKEN")
+                .map(|t| SecretString::from(t.to_string_lossy().into_owned())),
+            source: "environment".into(),
+        });
+    }
+    if std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
+        return Err("web identity (IRSA) credentials".into());
+    }
+    if std::env::var_os("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
+        || std::env::var_os("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
+    {
+        return Err("container (EKS Pod Identity / ECS) credentials".into());
+    }
+    let profile =
+        profile.map(str::to_owned).or_else(|| std::env::var("AWS_PROFILE").ok()).unwrap_or_else(|| "default".into());
+    let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".aws").join("credentials")));
+    if let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) {
+        let kv = ini_section(&text, &profile);
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if let (Some(id), Some(secret)) = (get("aws_access_key_id"), get("aws_secret_access_key")) {
+            return Ok(AwsCredentials {
+                access_key_id: id,
+                secret_access_key: SecretString::from(secret),
+                session_token: get("aws_session_token").map(SecretString::from),
+                source: format!("shared credentials file, profile {profile}"),
+            });
+        }
+    }
+    Err(format!(
+        "profile `{profile}` has no static keys (SSO, assumed roles and instance credentials are left to the plugin)"
+    ))
+}
+
+/// The region: the plugin's, then `AWS_REGION`/`AWS_DEFAULT_REGION`, then the profile's.
+pub fn region(plugin_region: Option<&str>, profile: Option<&str>) -> Option<String> {
+    if let Some(r) = plugin_region {
+        return Some(r.to_owned());
+    }
+    if let Some(r) = std::env::var("AWS_REGION").ok().or_else(|| std::env::var("AWS_DEFAULT_REGION").ok()) {
+        return Some(r);
+    }
+    let profile =
+        profile.map(str::to_owned).or_else(|| std::env::var("AWS_PROFILE").ok()).unwrap_or_else(|| "default".into());
+    let file = std::env::var_os("AWS_CONFIG_FILE")
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".aws").join("config")))?;
+    let text = std::fs::read_to_string(file).ok()?;
+    let section = if profile == "default" { "default".to_owned() } else { format!("profile {profile}") };
+    ini_section(&text, &section).into_iter().find(|(k, _)| k == "region").map(|(_, v)| v)
+}
+
+/// The ExecCredential kubectl reads from a credential plugin.
+pub fn exec_credential(token: &EksToken) -> serde_json::Value {
+    let exp: chrono::DateTime<chrono::Utc> = token.expires.into();
+    serde_json::json!({"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1beta1", "spec": {},
+        "status": {"expirationTimestamp": exp.format("%Y-%m-%dT%H:%M:%SZ").to_string(), "token": token.token.expose_secret()}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_shape() {
+        let creds = AwsCredentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: SecretString::from("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_owned()),
+            session_token: None,
+            source: "test".into(),
+        };
+        let t =
+            token(&creds, "prod", "eu-west-1", SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_165_200)).unwrap();
+        assert!(t
+            .presigned_url
+            .starts_with("https://sts.eu-west-1.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15&"));
+        for p in [
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+            "X-Amz-Expires=60",
+            "X-Amz-SignedHeaders=host%3Bx-k8s-aws-id",
+            "X-Amz-Date=20261120T090000Z",
+        ] {
+            assert!(t.presigned_url.contains(p), "{p} in {}", t.presigned_url);
+        }
+        assert!(t.token.expose_secret().starts_with("k8s-aws-v1."));
+        assert!(!t.token.expose_secret().contains('='));
+        assert!(!format!("{creds:?}").contains("wJalr"), "the secret never reaches Debug output");
+    }
+
+    #[test]
+    fn ini_sections() {
+        let text = "[default]\naws_access_key_id = A\n[prod]\n# c\naws_access_key_id=B\naws_secret_access_key = S\n";
+        assert_eq!(
+            ini_section(text, "prod"),
+            vec![("aws_access_key_id".into(), "B".into()), ("aws_secret_access_key".into(), "S".into())]
+        );
+    }
+}
