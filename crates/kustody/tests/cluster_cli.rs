@@ -80,7 +80,7 @@ fn exec_kubeconfig(c: &TestCluster, dir: &std::path::Path, command: &str, args: 
     let args: Vec<String> = args.iter().map(|a| format!("      - \"{a}\"\n")).collect();
     let user = format!(
         "users:\n- name: kustody-testcluster-user\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1beta1\n      command: {command}\n      args:\n{}      interactiveMode: Never\n",
-        args.concat().replace("      - ", "      - ")
+        args.concat()
     );
     let text = format!("{}{}{}", &admin[..start], user, &admin[end..]);
     let path = dir.join(format!("kubeconfig-{}", command.rsplit('/').next().unwrap()));
