@@ -1,5 +1,7 @@
 //! `kustody-gen`: write the bundled example, write benchmark corpora, run the hunt benchmark.
 
+mod exec_bench;
+
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,6 +42,19 @@ enum Cmd {
         benign: bool,
         #[arg(short = 'o')]
         output: Option<PathBuf>,
+    },
+    /// Benchmark exec and token minting against a test cluster (needs root and runc), next to
+    /// bare `runc exec`, the Python `kubernetes` client and `aws eks get-token`.
+    ExecBench {
+        /// Small execs per series.
+        #[arg(long, default_value_t = 100)]
+        n: usize,
+        /// Parallel execs in the pool.
+        #[arg(long, default_value_t = 10)]
+        threads: usize,
+        /// Also run the Python kubernetes client (pip install kubernetes).
+        #[arg(long)]
+        python: bool,
     },
     /// Benchmark `kustody hunt`: parse only, upstream Falco rules, all rules.
     Bench {
@@ -84,6 +99,7 @@ fn main() -> Result<()> {
                 out.flush()?;
             }
         }
+        Cmd::ExecBench { n, threads, python } => exec_bench::run(n, threads, python)?,
         Cmd::Bench { bytes, kustody, dir, upstream, runs, threads } => {
             bench(bytes, &kustody, &dir, &upstream, runs, threads)?
         }
