@@ -24,6 +24,13 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
+/// A client as the test cluster's admin, through its kubeconfig.
+async fn admin(c: &TestCluster) -> Cluster {
+    Cluster::connect(&ClusterOptions { kubeconfig: Some(c.kubeconfig_path().to_path_buf()), ..Default::default() })
+        .await
+        .unwrap()
+}
+
 fn spec(c: &TestCluster, pod: &str, argv: &[&str]) -> ExecSpec {
     ExecSpec {
         namespace: c.namespace.clone(),
@@ -116,12 +123,7 @@ fn kubeconfig_env_and_the_missing_config_message() {
 fn exec_streams_hashes_and_reports_exit_codes() {
     let Some(c) = cluster(TestCluster::builder().namespace("x").pod(TPod::new("shell"))) else { return };
     rt().block_on(async {
-        let k = Cluster::connect(&ClusterOptions {
-            kubeconfig: Some(c.kubeconfig_path().to_path_buf()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let k = admin(&c).await;
         let mut out = Vec::new();
         let o = exec(&k.client, &spec(&c, "shell", &["echo", "hello from the pod"]), &mut out).await.unwrap();
         assert_eq!(out, b"hello from the pod\n");
@@ -172,12 +174,7 @@ fn exec_errors_are_precise() {
         .unwrap();
     let kc = c.write_kubeconfig_for_token("getter", &only_get).unwrap();
     rt().block_on(async {
-        let k = Cluster::connect(&ClusterOptions {
-            kubeconfig: Some(c.kubeconfig_path().to_path_buf()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let k = admin(&c).await;
         let e = exec(&k.client, &spec(&c, "nope", &["id"]), &mut Vec::new()).await.err().unwrap();
         assert_eq!(e.to_string(), "pod e/nope not found");
         let mut s = spec(&c, "shell", &["id"]);
@@ -213,12 +210,7 @@ fn exec_over_v4_and_through_a_bounded_pool() {
         return;
     };
     rt().block_on(async {
-        let k = Cluster::connect(&ClusterOptions {
-            kubeconfig: Some(c.kubeconfig_path().to_path_buf()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let k = admin(&c).await;
         let mut out = Vec::new();
         let o = exec(&k.client, &spec(&c, "shell", &["sh", "-c", "echo four; exit 2"]), &mut out).await.unwrap();
         assert_eq!((o.protocol, o.exit_code, out.as_slice()), ("v4.channel.k8s.io", 2, &b"four\n"[..]));
