@@ -498,7 +498,7 @@ impl Api {
                 return self.finish(rec, Err(e));
             }
         }
-        let result = self.dispatch(caller, &info, req, &mut rec).await;
+        let result = self.dispatch(caller, &info, req).await;
         self.finish(rec, result)
     }
 
@@ -543,13 +543,7 @@ impl Api {
         }
     }
 
-    async fn dispatch(
-        self: &Arc<Self>,
-        caller: &Caller,
-        info: &ReqInfo,
-        req: &Request,
-        rec: &mut AuditRecord,
-    ) -> Result<Reply, ApiError> {
+    async fn dispatch(self: &Arc<Self>, caller: &Caller, info: &ReqInfo, req: &Request) -> Result<Reply, ApiError> {
         if !info.resource_request {
             return self.non_resource(req);
         }
@@ -595,13 +589,10 @@ impl Api {
             )),
             ("delete", "") => self.delete(rt, info, req),
             ("deletecollection", "") => self.delete_collection(rt, info, req),
-            _ => {
-                let _ = rec;
-                Err(ApiError::method_not_allowed(format!(
-                    "the server does not allow this method on the requested resource ({} {})",
-                    info.verb, info.sub
-                )))
-            }
+            _ => Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({} {})",
+                info.verb, info.sub
+            ))),
         }
     }
 
@@ -710,10 +701,6 @@ impl Api {
                 if tx.send(line("ADDED", o)).await.is_err() {
                     return;
                 }
-            }
-            if from.is_some() {
-                // Objects matching at the start are known to the client.
-                let _ = &seen;
             }
             let mut last_rv = start_rv;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);

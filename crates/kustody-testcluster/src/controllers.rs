@@ -84,6 +84,17 @@ fn controller_uid(o: &Value) -> Option<&str> {
     o["metadata"]["ownerReferences"].as_array()?.iter().find(|r| r["controller"] == true)?["uid"].as_str()
 }
 
+/// The pods in the owner's namespace whose controller it is.
+fn owned_pods(api: &Api, owner: &Value) -> Vec<Arc<Value>> {
+    let uid = meta_str(owner, "uid");
+    api.store
+        .list(&res::PODS, Some(meta_str(owner, "namespace")))
+        .1
+        .into_iter()
+        .filter(|p| controller_uid(p) == Some(uid))
+        .collect()
+}
+
 fn owner_ref(rt: &ResourceType, owner: &Value) -> Value {
     json!({"apiVersion": rt.api_version(), "kind": rt.kind, "name": meta_str(owner, "name"),
            "uid": meta_str(owner, "uid"), "controller": true, "blockOwnerDeletion": true})
@@ -359,13 +370,7 @@ async fn replicaset(api: &Arc<Api>, state: &State, rs: &Value) {
             }
         }
     }
-    let active: Vec<Arc<Value>> = api
-        .store
-        .list(&res::PODS, Some(ns))
-        .1
-        .into_iter()
-        .filter(|p| controller_uid(p) == Some(meta_str(rs, "uid")) && !terminating(p) && !finished(p))
-        .collect();
+    let active: Vec<Arc<Value>> = owned_pods(api, rs).into_iter().filter(|p| !terminating(p) && !finished(p)).collect();
     let ready = active.iter().filter(|p| is_ready(p)).count();
     let gen = rs["metadata"]["generation"].clone();
     let total = active.len();
@@ -404,13 +409,7 @@ async fn daemonset(api: &Arc<Api>, state: &State, ds: &Value) {
                 .await;
         }
     }
-    let active: Vec<Arc<Value>> = api
-        .store
-        .list(&res::PODS, Some(ns))
-        .1
-        .into_iter()
-        .filter(|p| controller_uid(p) == Some(meta_str(ds, "uid")) && !terminating(p))
-        .collect();
+    let active: Vec<Arc<Value>> = owned_pods(api, ds).into_iter().filter(|p| !terminating(p)).collect();
     let ready = active.iter().filter(|p| is_ready(p)).count();
     let (n, cur, gen) = (nodes.len(), active.len(), ds["metadata"]["generation"].clone());
     api.update_status(DS_CTRL, &res::DAEMONSETS, ns, name, |x| {
@@ -470,8 +469,7 @@ async fn statefulset(api: &Arc<Api>, state: &State, sts: &Value) {
             break;
         }
     }
-    let owned: Vec<Arc<Value>> =
-        api.store.list(&res::PODS, Some(ns)).1.into_iter().filter(|p| controller_uid(p) == Some(uid)).collect();
+    let owned = owned_pods(api, sts);
     for p in &owned {
         let ord = meta_str(p, "name").rsplit('-').next().and_then(|o| o.parse::<usize>().ok());
         if ord.is_some_and(|o| o >= replicas) && !terminating(p) {

@@ -41,7 +41,6 @@ pub fn default_pod_spec(spec: &mut Value) {
 
 /// Fill server-side defaults on create.
 pub fn default_object(api: &Api, rt: &'static ResourceType, obj: &mut Value) {
-    let ns = meta_str(obj, "namespace").to_string();
     match rt.plural {
         "namespaces" => {
             let name = meta_str(obj, "name").to_string();
@@ -153,7 +152,6 @@ pub fn default_object(api: &Api, rt: &'static ResourceType, obj: &mut Value) {
         }
         _ => {}
     }
-    let _ = ns;
 }
 
 fn name_cause(rt: &ResourceType, name: &str) -> Option<Cause> {

@@ -46,13 +46,17 @@ pub async fn serve(
         json_response(e.code, &e.to_status(), &rec.id)
     };
     // WebSocket upgrades need `get` and, since 1.35, `create` on the subresource.
-    for verb in ["get", "create"] {
-        if let Err(e) = api.authorize(&caller, &info, &req, verb) {
+    let allowed = api.authorize(&caller, &info, &req, "get").and_then(|reason| {
+        api.authorize(&caller, &info, &req, "create")?;
+        Ok(reason)
+    });
+    match allowed {
+        Ok(reason) => rec.decision = Some((true, reason)),
+        Err(e) => {
             rec.decision = Some((false, String::new()));
             return fail(&api, rec, e);
         }
     }
-    rec.decision = Some((true, api.authorize(&caller, &info, &req, "get").unwrap_or_default()));
     let Some(pod) = api.store.get(&res::PODS, &info.ns, &info.name) else {
         return fail(&api, rec, ApiError::not_found(&res::PODS, &info.name));
     };

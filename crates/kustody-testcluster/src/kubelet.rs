@@ -846,14 +846,13 @@ fn report(api: &Api, rt: &PodRt, who: &str) {
         let mut statuses = statuses.clone();
         statuses.sort_by_key(|s| order.iter().position(|n| s["name"] == n.as_str()).unwrap_or(usize::MAX));
         let restart_never = p["spec"]["restartPolicy"] != "Always";
-        let phase = if all_running || stopping || !restart_never || !all_done {
-            if statuses.is_empty() { "Pending" } else { "Running" }
-        } else if any_failed {
-            "Failed"
-        } else {
-            "Succeeded"
+        // finished for good only when no container runs and none will be restarted
+        let phase = match (all_done && restart_never, any_failed, statuses.is_empty()) {
+            (true, true, _) => "Failed",
+            (true, false, _) => "Succeeded",
+            (false, _, true) => "Pending",
+            (false, _, false) => "Running",
         };
-        let phase = if all_done && restart_never { if any_failed { "Failed" } else { "Succeeded" } } else { phase };
         let ready = if all_running && !stopping { "True" } else { "False" };
         let gen = p["metadata"]["generation"].clone();
         let cond = |t: &str, s: &str, old: &Value| -> Value {

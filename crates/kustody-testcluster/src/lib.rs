@@ -361,7 +361,7 @@ impl TestCluster {
         tasks.push(rt.spawn(controllers::run(api.clone(), Arc::new(controllers::State::default()))));
         drop(_guard);
         let namespace = b.namespace.clone().unwrap_or_else(|| "default".into());
-        let mut cluster = TestCluster {
+        let cluster = TestCluster {
             rt: Some(rt),
             api,
             kubeconfig: dir.join("kubeconfig"),
@@ -397,7 +397,6 @@ impl TestCluster {
                 cluster.wait_pod_running(&ns, &name, Duration::from_secs(20))?;
             }
         }
-        let _ = &mut cluster;
         Ok(cluster)
     }
 

@@ -293,46 +293,30 @@ pub struct ContainerConfig {
     pub privileged: bool,
 }
 
+/// Docker's default capability set; privileged containers get these plus `PRIVILEGED_EXTRA`.
+const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SYS_CHROOT",
+    "CAP_MKNOD",
+    "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP",
+];
+const PRIVILEGED_EXTRA: &[&str] = &["CAP_DAC_READ_SEARCH", "CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_ADMIN"];
+
 fn caps(privileged: bool) -> Value {
-    let list: Vec<&str> = if privileged {
-        vec![
-            "CAP_CHOWN",
-            "CAP_DAC_OVERRIDE",
-            "CAP_DAC_READ_SEARCH",
-            "CAP_FOWNER",
-            "CAP_FSETID",
-            "CAP_KILL",
-            "CAP_SETGID",
-            "CAP_SETUID",
-            "CAP_SETPCAP",
-            "CAP_NET_BIND_SERVICE",
-            "CAP_NET_RAW",
-            "CAP_NET_ADMIN",
-            "CAP_SYS_CHROOT",
-            "CAP_SYS_PTRACE",
-            "CAP_SYS_ADMIN",
-            "CAP_MKNOD",
-            "CAP_AUDIT_WRITE",
-            "CAP_SETFCAP",
-        ]
-    } else {
-        vec![
-            "CAP_CHOWN",
-            "CAP_DAC_OVERRIDE",
-            "CAP_FOWNER",
-            "CAP_FSETID",
-            "CAP_KILL",
-            "CAP_SETGID",
-            "CAP_SETUID",
-            "CAP_SETPCAP",
-            "CAP_NET_BIND_SERVICE",
-            "CAP_NET_RAW",
-            "CAP_SYS_CHROOT",
-            "CAP_MKNOD",
-            "CAP_AUDIT_WRITE",
-            "CAP_SETFCAP",
-        ]
-    };
+    let mut list: Vec<&str> = DEFAULT_CAPS.to_vec();
+    if privileged {
+        list.extend_from_slice(PRIVILEGED_EXTRA);
+    }
     json!({"bounding": list, "effective": list, "permitted": list})
 }
 

@@ -120,7 +120,6 @@ async fn handle(
     let imp_groups: Vec<String> =
         hreq.headers().get_all("impersonate-group").iter().filter_map(|v| v.to_str().ok().map(String::from)).collect();
     let (parts, body) = hreq.into_parts();
-    let _ = parts;
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => req.body = b.to_bytes(),
         Err(_) => {
@@ -166,7 +165,7 @@ async fn handle(
     let mut caller = Caller { user, impersonated: None, source_ip: peer.ip().to_string(), user_agent, internal: false };
     // Impersonation.
     if let Some(target) = imp_user {
-        if let Err(e) = impersonate(&api, &mut caller, &target, &imp_groups, &req) {
+        if let Err(e) = impersonate(&api, &mut caller, &target, &imp_groups) {
             let info = parse_info(&req);
             let mut rec = api.audit_record(&caller, &req.uri, Api::facts(&info, &req));
             rec.code = e.code;
@@ -188,7 +187,7 @@ fn parts_headers(parts: &hyper::http::request::Parts) -> hyper::HeaderMap {
     parts.headers.clone()
 }
 
-fn impersonate(api: &Api, caller: &mut Caller, target: &str, groups: &[String], req: &Request) -> Result<(), ApiError> {
+fn impersonate(api: &Api, caller: &mut Caller, target: &str, groups: &[String]) -> Result<(), ApiError> {
     use crate::rbac::{authorize, Attributes};
     let check = |resource: &str, ns: &str, name: &str| -> Result<(), ApiError> {
         let a = Attributes {
@@ -234,7 +233,6 @@ fn impersonate(api: &Api, caller: &mut Caller, target: &str, groups: &[String], 
     if target != "system:anonymous" {
         imp.groups.push("system:authenticated".into());
     }
-    let _ = req;
     caller.impersonated = Some(imp);
     Ok(())
 }
