@@ -87,7 +87,7 @@ pub struct RequestFacts {
     pub path: String,
 }
 
-fn yaml_to_json(y: &yaml_rust2::Yaml) -> Value {
+pub(crate) fn yaml_to_json(y: &yaml_rust2::Yaml) -> Value {
     use yaml_rust2::Yaml;
     match y {
         Yaml::Real(s) => s.parse::<f64>().map(Value::from).unwrap_or(Value::Null),

@@ -305,6 +305,20 @@ pub fn validate(rt: &'static ResourceType, obj: &Value, old: Option<&Value>) -> 
             causes.push(c);
         }
     }
+    // apimachinery ValidateAnnotations: keys and values together at most 256 KiB
+    let annotation_bytes: usize = obj["metadata"]["annotations"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    if annotation_bytes > 262_144 {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            message: "Too long: may not be more than 262144 bytes".into(),
+            field: "metadata.annotations".into(),
+        });
+    }
     match rt.plural {
         "pods" => {
             validate_containers(&obj["spec"], "spec", &mut causes);

@@ -139,6 +139,12 @@ impl Pod {
     }
 }
 
+/// The documents of a multi-document YAML text, as JSON.
+pub fn yaml_documents(text: &str) -> Result<Vec<Value>> {
+    let docs = yaml_rust2::YamlLoader::load_from_str(text).context("not YAML")?;
+    Ok(docs.iter().filter(|d| !d.is_null()).map(audit::yaml_to_json).collect())
+}
+
 /// Options for [`TestCluster`].
 #[derive(Debug, Clone)]
 pub struct Builder {
@@ -500,6 +506,35 @@ impl TestCluster {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Create every object of a multi-document YAML manifest (a file the repository ships, say).
+    pub fn apply_yaml(&self, text: &str) -> Result<Vec<Value>> {
+        yaml_documents(text)?.into_iter().map(|d| self.apply(d)).collect()
+    }
+
+    /// A user with a bearer token bound to an existing ClusterRole, in one namespace
+    /// (RoleBinding) or cluster-wide (`namespace: None`, ClusterRoleBinding).
+    pub fn add_user_with_cluster_role(
+        &self,
+        name: &str,
+        cluster_role: &str,
+        namespace: Option<&str>,
+    ) -> Result<String> {
+        let token = format!("tc-user.{}", store::random_suffix(24));
+        let mut user = rbac::UserInfo::new(name, &[]);
+        user.groups.push("system:authenticated".into());
+        self.api.add_token(&token, user, None);
+        let subject = json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": name});
+        let role_ref = json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role});
+        let binding = format!("tc-{name}-{cluster_role}").replace(':', "-");
+        match namespace {
+            Some(ns) => self.apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": binding, "namespace": ns}, "roleRef": role_ref, "subjects": [subject]}))?,
+            None => self.apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": binding}, "roleRef": role_ref, "subjects": [subject]}))?,
+        };
+        Ok(token)
     }
 
     /// A user with a bearer token and the given RBAC rules, cluster-wide (`namespace: None`, a
