@@ -1,5 +1,6 @@
 //! `kustody-gen`: write the bundled example, write benchmark corpora, run the hunt benchmark.
 
+mod contain_bench;
 mod exec_bench;
 
 use std::io::{BufWriter, Write};
@@ -56,6 +57,15 @@ enum Cmd {
         #[arg(long)]
         python: bool,
     },
+    /// Benchmark `kustody quarantine` and `release` against a test cluster (needs root and runc).
+    QuarantineBench {
+        /// Pods to quarantine (the Deployment's replicas).
+        #[arg(long, default_value_t = 20)]
+        n: usize,
+        /// The kustody binary.
+        #[arg(long, default_value = "target/release/kustody")]
+        kustody: PathBuf,
+    },
     /// Benchmark `kustody hunt`: parse only, upstream Falco rules, all rules.
     Bench {
         /// Corpus size in bytes.
@@ -100,6 +110,7 @@ fn main() -> Result<()> {
             }
         }
         Cmd::ExecBench { n, threads, python } => exec_bench::run(n, threads, python)?,
+        Cmd::QuarantineBench { n, kustody } => contain_bench::run(n, &kustody)?,
         Cmd::Bench { bytes, kustody, dir, upstream, runs, threads } => {
             bench(bytes, &kustody, &dir, &upstream, runs, threads)?
         }

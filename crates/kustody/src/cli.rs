@@ -36,6 +36,18 @@ pub enum Command {
     ///
     /// Exit codes: the command's own (0-255), or 2 when it could not run.
     Exec(ExecArgs),
+    /// Isolate a suspect pod without destroying the evidence: deny-all NetworkPolicy, labels that
+    /// take it out of its Services and controller (a clean replacement starts), verified by
+    /// reading back. Every action is appended to the action log.
+    ///
+    /// Exit codes: 0 = quarantined and verified (or dry run), 1 = applied but a check failed,
+    /// 2 = refused or error (nothing changed unless the message says otherwise).
+    Quarantine(QuarantineArgs),
+    /// Undo a quarantine: remove the quarantine labels, and kustody's NetworkPolicies once no
+    /// quarantined pod in the namespace needs them.
+    ///
+    /// Exit codes: 0 = released (or dry run), 1 = the pod was not quarantined, 2 = error.
+    Release(ReleaseArgs),
 }
 
 /// Which cluster, as whom, where (kubectl's flags and precedence).
@@ -120,6 +132,75 @@ pub struct ExecArgs {
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct QuarantineArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The pod: `pod/NAME` or `NAME` (not with --list).
+    #[arg(required_unless_present = "list")]
+    pub target: Option<String>,
+    /// Allow egress only to a honeypot: namespace, optionally `/key=value,...` selecting its pods.
+    /// An ingress policy admitting the quarantined pod is created on the honeypot's side.
+    #[arg(long, value_name = "NS[/SELECTOR]")]
+    pub honeypot: Option<String>,
+    /// Also allow DNS queries to kube-system/k8s-app=kube-dns (UDP and TCP 53).
+    #[arg(long)]
+    pub allow_dns: bool,
+    /// Also cordon the pod's node (no new pods are scheduled there).
+    #[arg(long)]
+    pub cordon: bool,
+    /// Print the exact API requests and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the exact API requests, then ask for confirmation (needs a terminal).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub plan: bool,
+    /// Why (recorded on the pod and in the action log).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Quarantine even kube-system, control-plane, static/mirror and hostNetwork pods.
+    #[arg(long)]
+    pub force: bool,
+    /// List quarantined pods (in the namespace, or all with -A) with when, why and by whom.
+    #[arg(long, conflicts_with_all = ["dry_run", "plan", "honeypot", "allow_dns", "cordon", "force"])]
+    pub list: bool,
+    /// With --list: every namespace.
+    #[arg(long, short = 'A')]
+    pub all_namespaces: bool,
+    /// Output format of --list.
+    #[arg(long, short = 'f', value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+    /// Wait at most this long for verification (EndpointSlices, replacement) to settle.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub wait: u64,
+    /// Action log (JSONL; default $KUSTODY_ACTION_LOG, else ~/.local/state/kustody/actions.jsonl).
+    #[arg(long, value_name = "FILE")]
+    pub action_log: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The pod: `pod/NAME` or `NAME`.
+    pub target: String,
+    /// Put back the labels quarantine removed. Its controller will then adopt the pod again.
+    #[arg(long)]
+    pub restore_labels: bool,
+    /// Uncordon the node, if this quarantine cordoned it.
+    #[arg(long)]
+    pub uncordon: bool,
+    /// Print the exact API requests and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Why (recorded on the pod and in the action log).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Action log (JSONL; default $KUSTODY_ACTION_LOG, else ~/.local/state/kustody/actions.jsonl).
+    #[arg(long, value_name = "FILE")]
+    pub action_log: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

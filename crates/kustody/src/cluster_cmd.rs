@@ -11,11 +11,11 @@ use kustody_cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::cli::{ClusterArgs, ExecArgs, Provider, TokenArgs, WhoamiArgs};
 use crate::render::sanitize;
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")
 }
 
-async fn connect(args: &ClusterArgs) -> Result<Cluster> {
+pub(crate) async fn connect(args: &ClusterArgs) -> Result<Cluster> {
     let opts = ClusterOptions {
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
@@ -69,16 +69,17 @@ fn http_post(path: &str, body: &serde_json::Value) -> Result<http::Request<Vec<u
         .context("request")
 }
 
-pub fn exec(args: ExecArgs) -> Result<ExitCode> {
-    let pod = args
-        .target
-        .strip_prefix("pod/")
-        .or_else(|| args.target.strip_prefix("pods/"))
-        .unwrap_or(&args.target)
-        .to_owned();
-    if pod.contains('/') {
-        anyhow::bail!("`{}`: exec takes a pod (`pod/NAME` or `NAME`)", args.target);
+/// `pod/NAME`, `pods/NAME` or `NAME`.
+pub(crate) fn pod_name(target: &str) -> Result<String> {
+    let pod = target.strip_prefix("pod/").or_else(|| target.strip_prefix("pods/")).unwrap_or(target);
+    if pod.is_empty() || pod.contains('/') {
+        anyhow::bail!("`{target}`: expected a pod (`pod/NAME` or `NAME`)");
     }
+    Ok(pod.to_owned())
+}
+
+pub fn exec(args: ExecArgs) -> Result<ExitCode> {
+    let pod = pod_name(&args.target)?;
     let stdin = args
         .stdin_file
         .as_ref()

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cluster_cmd;
+mod contain_cmd;
 mod hunt;
 mod render;
 mod rules_cmd;
@@ -32,6 +33,8 @@ fn main() -> ExitCode {
         cli::Command::Auth(cli::AuthCommand::Whoami(args)) => cluster_cmd::whoami(args),
         cli::Command::Auth(cli::AuthCommand::Token(args)) => cluster_cmd::token(args),
         cli::Command::Exec(args) => cluster_cmd::exec(args),
+        cli::Command::Quarantine(args) => contain_cmd::quarantine(args),
+        cli::Command::Release(args) => contain_cmd::release(args),
     };
     match result {
         Ok(code) => code,
