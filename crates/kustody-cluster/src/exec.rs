@@ -143,21 +143,54 @@ pub async fn exec<W: AsyncWrite + Unpin + Send>(
     stdout: &mut W,
 ) -> Result<ExecOutcome, ExecError> {
     let started = Instant::now();
-    let run = run(client, spec, stdout, started);
+    let run = run(client, spec, None, stdout, started);
     match spec.timeout {
         Some(t) => tokio::time::timeout(t, run).await.map_err(|_| ExecError::Timeout(t))?,
         None => run.await,
     }
 }
 
+/// Run `spec` with stdin fed from `stdin` as the caller produces it (a conversation: the caller
+/// reads `stdout` through a pipe and decides what to send next). `spec.stdin` is ignored; the
+/// channel closing ends stdin. Needs v5 to end stdin cleanly (v4: see [`V4_STDIN_GRACE`]).
+pub async fn exec_interactive<W: AsyncWrite + Unpin + Send>(
+    client: &kube::Client,
+    spec: &ExecSpec,
+    stdin: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    stdout: &mut W,
+) -> Result<ExecOutcome, ExecError> {
+    let started = Instant::now();
+    let run = run(client, spec, Some(stdin), stdout, started);
+    match spec.timeout {
+        Some(t) => tokio::time::timeout(t, run).await.map_err(|_| ExecError::Timeout(t))?,
+        None => run.await,
+    }
+}
+
+async fn send_stdin<S>(ws: &mut S, data: &[u8]) -> Result<(), ExecError>
+where
+    S: futures_util::Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    for chunk in data.chunks(32 * 1024) {
+        let mut frame = Vec::with_capacity(chunk.len() + 1);
+        frame.push(0);
+        frame.extend_from_slice(chunk);
+        ws.send(Message::binary(frame)).await.map_err(|e| ExecError::Transport(e.to_string()))?;
+    }
+    Ok(())
+}
+
 async fn run<W: AsyncWrite + Unpin + Send>(
     client: &kube::Client,
     spec: &ExecSpec,
+    mut live_stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
     stdout: &mut W,
     started: Instant,
 ) -> Result<ExecOutcome, ExecError> {
     let command = if spec.verify_size { with_size_report(&spec.command) } else { spec.command.clone() };
-    let mut ap = AttachParams::default().stdin(spec.stdin.is_some()).stdout(true).stderr(true);
+    let has_stdin = spec.stdin.is_some() || live_stdin.is_some();
+    let mut ap = AttachParams::default().stdin(has_stdin).stdout(true).stderr(true);
     if let Some(c) = &spec.container {
         ap = ap.container(c.clone());
     }
@@ -168,22 +201,19 @@ async fn run<W: AsyncWrite + Unpin + Send>(
     let v5 = conn.supports_stream_close();
     let protocol = if v5 { "v5.channel.k8s.io" } else { "v4.channel.k8s.io" };
     let mut ws = conn.into_stream();
-    if let Some(input) = &spec.stdin {
-        for chunk in input.chunks(32 * 1024) {
-            let mut frame = Vec::with_capacity(chunk.len() + 1);
-            frame.push(0);
-            frame.extend_from_slice(chunk);
-            ws.send(Message::binary(frame)).await.map_err(|e| ExecError::Transport(e.to_string()))?;
-        }
-        if v5 {
-            ws.send(Message::binary(vec![255u8, 0])).await.map_err(|e| ExecError::Transport(e.to_string()))?;
+    if live_stdin.is_none() {
+        if let Some(input) = &spec.stdin {
+            send_stdin(&mut ws, input).await?;
+            if v5 {
+                ws.send(Message::binary(vec![255u8, 0])).await.map_err(|e| ExecError::Transport(e.to_string()))?;
+            }
         }
     }
     // v4 has no way to end stdin but closing the connection, after which output still in flight
     // can be lost. So on v4 the connection is closed only once the command has been quiet for
     // `V4_STDIN_GRACE` without finishing: a command that ends on its own (a collector reading
     // a known length) delivers everything; one waiting for end of input gets it late.
-    let mut v4_open_stdin = !v5 && spec.stdin.is_some();
+    let mut v4_open_stdin = !v5 && spec.stdin.is_some() && live_stdin.is_none();
     let max_stderr = spec.max_stderr.unwrap_or(1 << 20);
     let mut hasher = Sha256::new();
     let mut stdout_bytes = 0u64;
@@ -191,6 +221,57 @@ async fn run<W: AsyncWrite + Unpin + Send>(
     let mut stderr_dropped = 0u64;
     let mut status: Option<ExecStatus> = None;
     loop {
+        if let Some(rx) = live_stdin.as_mut() {
+            // whichever comes first: output to read, or input the caller wants sent
+            let input = tokio::select! {
+                biased;
+                m = ws.next() => Err(m),
+                i = rx.recv() => Ok(i),
+            };
+            match input {
+                Ok(Some(data)) => {
+                    send_stdin(&mut ws, &data).await?;
+                    continue;
+                }
+                Ok(None) => {
+                    live_stdin = None;
+                    if v5 {
+                        ws.send(Message::binary(vec![255u8, 0]))
+                            .await
+                            .map_err(|e| ExecError::Transport(e.to_string()))?;
+                    } else {
+                        v4_open_stdin = true;
+                    }
+                    continue;
+                }
+                Err(m) => {
+                    let Some(msg) = m else { break };
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(e) if status.is_some() => {
+                            let _ = e;
+                            break;
+                        }
+                        Err(e) => return Err(ExecError::Transport(e.to_string())),
+                    };
+                    if handle(
+                        msg,
+                        stdout,
+                        &mut hasher,
+                        &mut stdout_bytes,
+                        &mut stderr,
+                        &mut stderr_dropped,
+                        max_stderr,
+                        &mut status,
+                    )
+                    .await?
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
         let next = if v4_open_stdin {
             match tokio::time::timeout(V4_STDIN_GRACE, ws.next()).await {
                 Ok(m) => m,
@@ -212,33 +293,19 @@ async fn run<W: AsyncWrite + Unpin + Send>(
             }
             Err(e) => return Err(ExecError::Transport(e.to_string())),
         };
-        match msg {
-            Message::Binary(b) => {
-                let Some((&ch, data)) = b.split_first() else { continue };
-                match ch {
-                    1 => {
-                        stdout.write_all(data).await?;
-                        hasher.update(data);
-                        stdout_bytes += data.len() as u64;
-                    }
-                    2 => {
-                        let room = max_stderr.saturating_sub(stderr.len());
-                        stderr.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
-                        stderr_dropped += data.len().saturating_sub(room) as u64;
-                    }
-                    3 if !data.is_empty() => {
-                        status = Some(serde_json::from_slice(data).unwrap_or_else(|_| ExecStatus {
-                            // v1-v3 send the error as text
-                            status: "Failure".into(),
-                            message: String::from_utf8_lossy(data).into_owned(),
-                            ..ExecStatus::default()
-                        }));
-                    }
-                    _ => {}
-                }
-            }
-            Message::Close(_) => break,
-            _ => {}
+        if handle(
+            msg,
+            stdout,
+            &mut hasher,
+            &mut stdout_bytes,
+            &mut stderr,
+            &mut stderr_dropped,
+            max_stderr,
+            &mut status,
+        )
+        .await?
+        {
+            break;
         }
     }
     stdout.flush().await?;
@@ -285,6 +352,49 @@ async fn run<W: AsyncWrite + Unpin + Send>(
         elapsed: started.elapsed(),
         size_verified,
     })
+}
+
+/// One message of the stream; `true` when the stream is closed.
+#[allow(clippy::too_many_arguments)]
+async fn handle<W: AsyncWrite + Unpin + Send>(
+    msg: Message,
+    stdout: &mut W,
+    hasher: &mut Sha256,
+    stdout_bytes: &mut u64,
+    stderr: &mut Vec<u8>,
+    stderr_dropped: &mut u64,
+    max_stderr: usize,
+    status: &mut Option<ExecStatus>,
+) -> Result<bool, ExecError> {
+    match msg {
+        Message::Binary(b) => {
+            let Some((&ch, data)) = b.split_first() else { return Ok(false) };
+            match ch {
+                1 => {
+                    stdout.write_all(data).await?;
+                    hasher.update(data);
+                    *stdout_bytes += data.len() as u64;
+                }
+                2 => {
+                    let room = max_stderr.saturating_sub(stderr.len());
+                    stderr.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
+                    *stderr_dropped += data.len().saturating_sub(room) as u64;
+                }
+                3 if !data.is_empty() => {
+                    *status = Some(serde_json::from_slice(data).unwrap_or_else(|_| ExecStatus {
+                        // v1-v3 send the error as text
+                        status: "Failure".into(),
+                        message: String::from_utf8_lossy(data).into_owned(),
+                        ..ExecStatus::default()
+                    }));
+                }
+                _ => {}
+            }
+            Ok(false)
+        }
+        Message::Close(_) => Ok(true),
+        _ => Ok(false),
+    }
 }
 
 /// Many execs through one client, at most `limit` at a time.

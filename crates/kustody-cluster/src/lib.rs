@@ -14,6 +14,7 @@ pub mod config;
 pub mod eks;
 pub mod error;
 pub mod exec;
+pub mod identity;
 pub mod select;
 
 pub use config::{Cluster, ClusterOptions};

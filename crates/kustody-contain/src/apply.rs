@@ -31,21 +31,7 @@ fn kube_err(what: &str) -> impl Fn(kube::Error) -> ClusterError + '_ {
 
 /// The identity the API server sees, from a SelfSubjectReview.
 pub async fn whoami(client: &kube::Client) -> Result<Actor, ClusterError> {
-    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
-    let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&body).unwrap_or_default())
-        .map_err(|e| ClusterError::Api(e.to_string()))?;
-    let v: Value = client.request(req).await.map_err(kube_err("identify the caller (SelfSubjectReview)"))?;
-    let u = &v["status"]["userInfo"];
-    Ok(Actor {
-        username: u["username"].as_str().unwrap_or_default().to_owned(),
-        uid: u["uid"].as_str().unwrap_or_default().to_owned(),
-        groups: u["groups"]
-            .as_array()
-            .map(|g| g.iter().filter_map(|x| x.as_str().map(String::from)).collect())
-            .unwrap_or_default(),
-    })
+    kustody_cluster::identity::whoami(client).await
 }
 
 fn controller_of(m: &ObjectMeta) -> Option<String> {

@@ -128,15 +128,7 @@ impl Workload {
     }
 }
 
-/// The identity the API server sees (SelfSubjectReview).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Actor {
-    pub username: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub uid: String,
-    #[serde(default)]
-    pub groups: Vec<String>,
-}
+pub use kustody_cluster::identity::Actor;
 
 /// Everything read from the cluster before planning.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,615 @@
+//! The evidence bundle: a directory (or `.tar.zst` of it) holding artifacts and `MANIFEST.json`,
+//! whose SHA-256 is printed and stored beside it in `MANIFEST.json.sha256`. Every artifact is
+//! hashed while it is written. See docs/EVIDENCE.md.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const FORMAT: &str = "kustody-evidence/1";
+pub const MANIFEST: &str = "MANIFEST.json";
+pub const MANIFEST_SHA: &str = "MANIFEST.json.sha256";
+
+/// How an artifact was obtained.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Source {
+    /// An API request (exact URL, as sent).
+    Api { method: String, url: String },
+    /// A command in a container (exact argv; `stdin` names the artifact that was sent on stdin).
+    Exec {
+        namespace: String,
+        pod: String,
+        container: String,
+        command: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdin: Option<String>,
+    },
+    /// Parsed from the sections of another exec's output (the collector's transcript).
+    Collector {
+        namespace: String,
+        pod: String,
+        container: String,
+        /// Which collector sections (`stat`, `net tcp`, `files`, ...).
+        sections: Vec<String>,
+    },
+    /// Written by kustody itself (the collector script).
+    Kustody { what: String },
+}
+
+/// One file in the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Artifact {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+    pub source: Source,
+    pub started: String,
+    pub finished: String,
+    /// What was changed from the original bytes (redactions), if anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<String>,
+    /// Notes: truncation, parse problems, exit status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// Something that could not be collected.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Failure {
+    /// What was wanted (`pod/ns/name/container/processes`, `cluster/node`, ...).
+    pub item: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    pub at: String,
+}
+
+/// The manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Manifest {
+    pub format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<String>,
+    pub kustody_version: String,
+    /// The identity the API server sees (SelfSubjectReview).
+    pub collector: serde_json::Value,
+    /// API server URL, kubeconfig context.
+    pub cluster: serde_json::Value,
+    /// The command line, as run.
+    pub command: Vec<String>,
+    pub options: serde_json::Value,
+    pub started: String,
+    pub finished: String,
+    /// Each pod: namespace, name, uid, node, containers and how each was collected.
+    pub targets: Vec<serde_json::Value>,
+    pub artifacts: Vec<Artifact>,
+    pub failures: Vec<Failure>,
+    /// Time per step, for the slow step to be visible.
+    #[serde(default)]
+    pub timings: serde_json::Value,
+}
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A bundle being written (directory). Cheap to clone; artifacts are recorded under a lock.
+#[derive(Clone)]
+pub struct Bundle {
+    root: PathBuf,
+    inner: Arc<Mutex<(Vec<Artifact>, Vec<Failure>)>>,
+}
+
+/// A writer that hashes what it writes (std).
+pub struct HashingFile {
+    file: std::io::BufWriter<std::fs::File>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(buf.get(..n).unwrap_or_default());
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl HashingFile {
+    pub fn finish(mut self) -> std::io::Result<(String, u64)> {
+        self.file.flush()?;
+        self.file.get_ref().sync_all()?;
+        Ok((format!("{:x}", self.hasher.finalize()), self.size))
+    }
+}
+
+/// A tokio writer that hashes what it writes (for exec and log streams).
+pub struct AsyncHashingFile {
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl tokio::io::AsyncWrite for AsyncHashingFile {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.file).poll_write(cx, buf) {
+            std::task::Poll::Ready(Ok(n)) => {
+                this.hasher.update(buf.get(..n).unwrap_or_default());
+                this.size += n as u64;
+                std::task::Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.file).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.file).poll_shutdown(cx)
+    }
+}
+
+impl AsyncHashingFile {
+    pub async fn finish(mut self) -> std::io::Result<(String, u64)> {
+        use tokio::io::AsyncWriteExt;
+        self.file.flush().await?;
+        self.file.get_ref().sync_all().await?;
+        Ok((format!("{:x}", self.hasher.finalize()), self.size))
+    }
+}
+
+/// A bundle-relative path: no absolute paths, no `..`.
+pub fn safe_rel(rel: &str) -> Result<PathBuf, String> {
+    let p = Path::new(rel);
+    if rel.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(format!("unsafe path in bundle: {rel:?}"));
+    }
+    Ok(p.to_path_buf())
+}
+
+/// A name usable as one path component (pod and container names are DNS labels already; this
+/// guards against anything else).
+pub fn component(s: &str) -> String {
+    let c: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    if c.is_empty() || c == "." || c == ".." {
+        "_".into()
+    } else {
+        c
+    }
+}
+
+impl Bundle {
+    /// Create the directory (it must not exist, or be empty).
+    pub fn create(root: &Path) -> std::io::Result<Bundle> {
+        if root.exists() && std::fs::read_dir(root)?.next().is_some() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not empty; evidence is never overwritten", root.display()),
+            ));
+        }
+        std::fs::create_dir_all(root)?;
+        Ok(Bundle { root: root.to_path_buf(), inner: Arc::new(Mutex::new((Vec::new(), Vec::new()))) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn full(&self, rel: &str) -> std::io::Result<PathBuf> {
+        let p = self.root.join(safe_rel(rel).map_err(std::io::Error::other)?);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(p)
+    }
+
+    /// Open `rel` for writing (create_new: nothing is overwritten).
+    pub fn open(&self, rel: &str) -> std::io::Result<HashingFile> {
+        let f = std::fs::OpenOptions::new().write(true).create_new(true).open(self.full(rel)?)?;
+        Ok(HashingFile { file: std::io::BufWriter::with_capacity(256 * 1024, f), hasher: Sha256::new(), size: 0 })
+    }
+
+    pub async fn open_async(&self, rel: &str) -> std::io::Result<AsyncHashingFile> {
+        let p = self.full(rel)?;
+        let f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(p).await?;
+        Ok(AsyncHashingFile {
+            file: tokio::io::BufWriter::with_capacity(256 * 1024, f),
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// Remove a file that was opened but whose collection failed before anything useful arrived.
+    pub fn discard(&self, rel: &str) {
+        if let Ok(p) = safe_rel(rel) {
+            let _ = std::fs::remove_file(self.root.join(p));
+        }
+    }
+
+    /// Write `bytes` as `rel` and record it.
+    pub fn write(
+        &self,
+        rel: &str,
+        bytes: &[u8],
+        source: Source,
+        started: String,
+        notes: Vec<String>,
+        redacted: Vec<String>,
+    ) -> std::io::Result<()> {
+        let mut f = self.open(rel)?;
+        f.write_all(bytes)?;
+        let (sha256, size) = f.finish()?;
+        self.record(Artifact { path: rel.to_owned(), sha256, size, source, started, finished: now(), redacted, notes });
+        Ok(())
+    }
+
+    pub fn record(&self, a: Artifact) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.0.push(a);
+        }
+    }
+
+    pub fn fail(&self, item: impl Into<String>, reason: impl Into<String>, source: Option<Source>) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.1.push(Failure { item: item.into(), reason: reason.into(), source, at: now() });
+        }
+    }
+
+    pub fn failures(&self) -> Vec<Failure> {
+        self.inner.lock().map(|g| g.1.clone()).unwrap_or_default()
+    }
+
+    pub fn artifacts(&self) -> Vec<Artifact> {
+        self.inner.lock().map(|g| g.0.clone()).unwrap_or_default()
+    }
+
+    /// Write the manifest (artifacts sorted by path) and its hash file; returns the hash.
+    pub fn seal(&self, mut m: Manifest) -> std::io::Result<String> {
+        let (mut artifacts, failures) = self.inner.lock().map(|g| (g.0.clone(), g.1.clone())).unwrap_or_default();
+        artifacts.sort_by(|a, b| a.path.cmp(&b.path));
+        m.format = FORMAT.into();
+        m.artifacts = artifacts;
+        m.failures = failures;
+        let mut bytes = serde_json::to_vec_pretty(&m).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        let sha = format!("{:x}", Sha256::digest(&bytes));
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(self.root.join(MANIFEST))?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        let mut h = std::fs::OpenOptions::new().write(true).create_new(true).open(self.root.join(MANIFEST_SHA))?;
+        h.write_all(format!("{sha}  {MANIFEST}\n").as_bytes())?;
+        h.sync_all()?;
+        Ok(sha)
+    }
+}
+
+/// Pack a sealed bundle directory into `out` (`.tar.zst`), files in sorted order with fixed
+/// metadata; returns the archive's SHA-256 (also written to `out.sha256`).
+pub fn pack(dir: &Path, out: &Path) -> std::io::Result<String> {
+    let f = std::fs::OpenOptions::new().write(true).create_new(true).open(out)?;
+    let hashing = HashingWriter { inner: std::io::BufWriter::new(f), hasher: Sha256::new() };
+    let enc = zstd::stream::write::Encoder::new(hashing, 3)?;
+    let mut tar = tar::Builder::new(enc);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort();
+    for rel in files {
+        let name = format!("bundle/{rel}");
+        let mut file = std::fs::File::open(dir.join(&rel))?;
+        tar.append_file(&name, &mut file)?;
+    }
+    let enc = tar.into_inner()?;
+    let mut hashing = enc.finish()?;
+    hashing.inner.flush()?;
+    hashing.inner.get_ref().sync_all()?;
+    let sha = format!("{:x}", hashing.hasher.finalize());
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut side = std::ffi::OsString::from(out.as_os_str());
+    side.push(".sha256");
+    std::fs::write(PathBuf::from(side), format!("{sha}  {name}\n"))?;
+    Ok(sha)
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(buf.get(..n).unwrap_or_default());
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            walk(root, &e.path(), out)?;
+        } else {
+            let rel = e.path().strip_prefix(root).map_err(std::io::Error::other)?.to_string_lossy().replace('\\', "/");
+            out.push(rel);
+        }
+    }
+    Ok(())
+}
+
+/// What `kustody verify` found.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub manifest_sha256: String,
+    /// `MANIFEST.json.sha256` matched the manifest.
+    pub manifest_hash_ok: bool,
+    pub checked: usize,
+    pub ok: usize,
+    pub changed: Vec<String>,
+    pub missing: Vec<String>,
+    pub extra: Vec<String>,
+    /// Problems reading the bundle itself.
+    pub errors: Vec<String>,
+    pub failures_recorded: usize,
+    pub case: Option<String>,
+}
+
+impl Report {
+    pub fn clean(&self) -> bool {
+        self.manifest_hash_ok
+            && self.changed.is_empty()
+            && self.missing.is_empty()
+            && self.extra.is_empty()
+            && self.errors.is_empty()
+    }
+}
+
+/// Largest manifest `verify` reads.
+const MAX_MANIFEST: u64 = 256 << 20;
+
+fn hash_reader(r: &mut dyn Read) -> std::io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(buf.get(..k).unwrap_or_default());
+        n += k as u64;
+    }
+    Ok((format!("{:x}", h.finalize()), n))
+}
+
+fn check_manifest(bytes: &[u8], sha_file: Option<&str>, report: &mut Report) -> Option<Manifest> {
+    report.manifest_sha256 = format!("{:x}", Sha256::digest(bytes));
+    match sha_file {
+        Some(t) => {
+            let stated = t.split_whitespace().next().unwrap_or_default();
+            report.manifest_hash_ok = stated.eq_ignore_ascii_case(&report.manifest_sha256);
+            if !report.manifest_hash_ok {
+                report.changed.push(MANIFEST.into());
+            }
+        }
+        None => {
+            report.missing.push(MANIFEST_SHA.into());
+        }
+    }
+    match serde_json::from_slice::<Manifest>(bytes) {
+        Ok(m) if m.format == FORMAT => {
+            report.failures_recorded = m.failures.len();
+            report.case = m.case.clone();
+            Some(m)
+        }
+        Ok(m) => {
+            report.errors.push(format!("{MANIFEST}: format {:?}, expected {FORMAT}", m.format));
+            None
+        }
+        Err(e) => {
+            report.errors.push(format!("{MANIFEST}: {e}"));
+            None
+        }
+    }
+}
+
+/// Recompute every artifact of a bundle directory or `.tar.zst`.
+pub fn verify(path: &Path) -> Report {
+    let mut report = Report::default();
+    if path.is_dir() {
+        verify_dir(path, &mut report);
+    } else {
+        if let Err(e) = verify_archive(path, &mut report) {
+            report.errors.push(format!("{}: {e}", path.display()));
+        }
+    }
+    report.changed.sort();
+    report.missing.sort();
+    report.extra.sort();
+    report
+}
+
+fn read_limited(p: &Path) -> std::io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    std::fs::File::open(p)?.take(MAX_MANIFEST).read_to_end(&mut v)?;
+    Ok(v)
+}
+
+fn verify_dir(dir: &Path, report: &mut Report) {
+    let bytes = match read_limited(&dir.join(MANIFEST)) {
+        Ok(b) => b,
+        Err(e) => {
+            report.errors.push(format!("{}: {e}", dir.join(MANIFEST).display()));
+            return;
+        }
+    };
+    let sha = std::fs::read_to_string(dir.join(MANIFEST_SHA)).ok();
+    let Some(m) = check_manifest(&bytes, sha.as_deref(), report) else { return };
+    let mut present = Vec::new();
+    if let Err(e) = walk(dir, dir, &mut present) {
+        report.errors.push(format!("{}: {e}", dir.display()));
+    }
+    let mut listed = std::collections::BTreeSet::new();
+    for a in &m.artifacts {
+        listed.insert(a.path.clone());
+        report.checked += 1;
+        let Ok(rel) = safe_rel(&a.path) else {
+            report.errors.push(format!("{MANIFEST}: unsafe artifact path {:?}", a.path));
+            continue;
+        };
+        match std::fs::File::open(dir.join(rel)).and_then(|mut f| hash_reader(&mut f)) {
+            Ok((h, n)) if h == a.sha256 && n == a.size => report.ok += 1,
+            Ok(_) => report.changed.push(a.path.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => report.missing.push(a.path.clone()),
+            Err(e) => report.errors.push(format!("{}: {e}", a.path)),
+        }
+    }
+    for p in present {
+        if p != MANIFEST && p != MANIFEST_SHA && !listed.contains(&p) {
+            report.extra.push(p);
+        }
+    }
+}
+
+fn verify_archive(path: &Path, report: &mut Report) -> std::io::Result<()> {
+    // one pass: hash every entry, then compare with the manifest found among them
+    let f = std::fs::File::open(path)?;
+    let dec = zstd::stream::read::Decoder::new(f)?;
+    let mut ar = tar::Archive::new(dec);
+    let mut seen: std::collections::BTreeMap<String, (String, u64)> = std::collections::BTreeMap::new();
+    let mut manifest = None;
+    let mut manifest_sha = None;
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.to_string_lossy().into_owned();
+        let rel = name.strip_prefix("bundle/").unwrap_or(&name).to_owned();
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        if rel == MANIFEST {
+            let mut v = Vec::new();
+            (&mut entry).take(MAX_MANIFEST).read_to_end(&mut v)?;
+            manifest = Some(v);
+        } else if rel == MANIFEST_SHA {
+            let mut v = String::new();
+            (&mut entry).take(4096).read_to_string(&mut v)?;
+            manifest_sha = Some(v);
+        } else {
+            let h = hash_reader(&mut entry)?;
+            seen.insert(rel, h);
+        }
+    }
+    let Some(bytes) = manifest else {
+        report.errors.push(format!("{}: no {MANIFEST} in the archive", path.display()));
+        return Ok(());
+    };
+    let Some(m) = check_manifest(&bytes, manifest_sha.as_deref(), report) else { return Ok(()) };
+    for a in &m.artifacts {
+        report.checked += 1;
+        match seen.remove(&a.path) {
+            Some((h, n)) if h == a.sha256 && n == a.size => report.ok += 1,
+            Some(_) => report.changed.push(a.path.clone()),
+            None => report.missing.push(a.path.clone()),
+        }
+    }
+    report.extra.extend(seen.into_keys());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path) -> Bundle {
+        let b = Bundle::create(dir).unwrap();
+        b.write("a/one.txt", b"hello", Source::Kustody { what: "test".into() }, now(), vec![], vec![]).unwrap();
+        b.write("two.json", b"{}", Source::Api { method: "GET".into(), url: "/api/v1".into() }, now(), vec![], vec![])
+            .unwrap();
+        b.fail("cluster/node", "forbidden", None);
+        b.seal(Manifest { kustody_version: "t".into(), ..Manifest::default() }).unwrap();
+        b
+    }
+
+    #[test]
+    fn verify_dir_detects_one_byte_missing_and_extra() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("b");
+        sample(&d);
+        let r = verify(&d);
+        assert!(r.clean(), "{r:?}");
+        assert_eq!((r.checked, r.ok, r.failures_recorded), (2, 2, 1));
+        std::fs::write(d.join("a/one.txt"), b"hellO").unwrap();
+        std::fs::write(d.join("extra"), b"x").unwrap();
+        std::fs::remove_file(d.join("two.json")).unwrap();
+        let r = verify(&d);
+        assert_eq!(r.changed, vec!["a/one.txt"]);
+        assert_eq!(r.missing, vec!["two.json"]);
+        assert_eq!(r.extra, vec!["extra"]);
+        assert!(!r.clean());
+    }
+
+    #[test]
+    fn manifest_edit_is_detected() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("b");
+        sample(&d);
+        let m = std::fs::read_to_string(d.join(MANIFEST)).unwrap().replace("\"t\"", "\"u\"");
+        std::fs::write(d.join(MANIFEST), m).unwrap();
+        let r = verify(&d);
+        assert!(!r.manifest_hash_ok && !r.clean());
+    }
+
+    #[test]
+    fn archive_round_trip_and_tamper() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("b");
+        sample(&d);
+        let out = t.path().join("b.tar.zst");
+        pack(&d, &out).unwrap();
+        assert!(t.path().join("b.tar.zst.sha256").exists());
+        let r = verify(&out);
+        assert!(r.clean(), "{r:?}");
+        assert_eq!(r.ok, 2);
+        // an archive whose artifact differs by one byte
+        std::fs::write(d.join("a/one.txt"), b"hellO").unwrap();
+        let out2 = t.path().join("c.tar.zst");
+        pack(&d, &out2).unwrap();
+        assert_eq!(verify(&out2).changed, vec!["a/one.txt"]);
+        // garbage is an error, not a panic
+        std::fs::write(t.path().join("g.tar.zst"), b"not zstd").unwrap();
+        assert!(!verify(&t.path().join("g.tar.zst")).errors.is_empty());
+    }
+
+    #[test]
+    fn unsafe_paths_refused() {
+        assert!(safe_rel("../x").is_err());
+        assert!(safe_rel("/etc/passwd").is_err());
+        assert!(safe_rel("a/./b").is_ok());
+        assert!(safe_rel("").is_err());
+        assert_eq!(component("../x y"), ".._x_y");
+        assert_eq!(component(".."), "_");
+    }
+}
