@@ -72,7 +72,6 @@ done
 m mountinfo; cat /proc/$T/mountinfo
 m hosts; cat $R/etc/hosts
 m resolv; cat $R/etc/resolv.conf
-m hostname; cat $R/etc/hostname
 for n in tcp tcp6 udp udp6 unix; do m net $n; cat /proc/$T/net/$n; done
 m files; cd $R/ && find . \( -path ./proc -o -path ./sys -o -path ./dev \) -prune -o -exec stat -c '%i|%h|%s|%f|%u|%g|%Y|%Z|%n' {} +
 m end 1
@@ -129,28 +128,58 @@ pub fn check_glob(g: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Every spelling under which `exclude` may be reached (`/var/run` is often a link to `/run`).
+fn exclusions(exclude: &[String]) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in exclude {
+        let e = e.trim_end_matches('/');
+        v.push(format!(".{e}"));
+        if let Some(rest) = e.strip_prefix("/var/run/") {
+            v.push(format!("./run/{rest}"));
+        }
+    }
+    v
+}
+
+/// The find expression that skips `exclude`, then prints.
+fn prune(exclude: &[String]) -> String {
+    let ex = exclusions(exclude);
+    if ex.is_empty() {
+        return "-print".into();
+    }
+    let alts: Vec<String> = ex.iter().map(|e| format!("-path {}", quote(e))).collect();
+    format!("\\( {} \\) -prune -o -print", alts.join(" -o "))
+}
+
 /// The command that streams a tar of `globs` (checked with [`check_glob`]) relative to the
 /// container's root `root` (`/` or `/proc/PID/root/`), leaving out `exclude` (credential
-/// volumes). Nothing is written in the container: the archive goes to stdout.
+/// volumes). Paths are expanded by `find` (tar's own `--exclude` is missing from many busybox
+/// builds) and archived with `--no-recursion`. Nothing is written in the container.
 pub fn tar_command(root: &str, globs: &[String], exclude: &[String]) -> Vec<String> {
     let mut script = format!("cd {} || exit 1; set --", quote(root));
     for g in globs {
-        script.push(' ');
-        script.push('.');
+        script.push_str(" .");
         script.push_str(g);
     }
-    script.push_str("; exec tar c");
-    for e in exclude {
-        script.push_str(&format!(" --exclude={}", quote(&format!(".{}", e.trim_end_matches('/')))));
-    }
-    script.push_str(" -f - -- \"$@\"");
+    script.push_str(&format!(
+        "; set -f; IFS='
+'; set -- $(find \"$@\" {}); [ $# -gt 0 ] || {{ echo 'nothing matched' >&2; exit 1; }}; exec tar c --no-recursion -f - -- \"$@\"",
+        prune(exclude)
+    ));
     vec!["sh".into(), "-c".into(), script]
 }
 
 /// The command that streams a tar of the files named on stdin (one per line, relative to
 /// `root`).
 pub fn tar_list_command(root: &str) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), format!("cd {} || exit 1; exec tar c -f - -T -", quote(root))]
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "cd {} || exit 1; set --; while IFS= read -r f; do set -- \"$@\" \"$f\"; done; exec tar c --no-recursion -f - -- \"$@\"",
+            quote(root)
+        ),
+    ]
 }
 
 #[cfg(test)]
@@ -178,9 +207,8 @@ mod tests {
     #[test]
     fn tar_command_shape() {
         let c = tar_command("/", &["/etc/*.conf".into()], &["/var/run/secrets/kubernetes.io/serviceaccount".into()]);
-        assert_eq!(
-            c[2],
-            "cd '/' || exit 1; set -- ./etc/*.conf; exec tar c --exclude='./var/run/secrets/kubernetes.io/serviceaccount' -f - -- \"$@\""
-        );
+        assert!(c[2].starts_with("cd '/' || exit 1; set -- ./etc/*.conf; set -f;"), "{}", c[2]);
+        assert!(c[2].contains("-path './var/run/secrets/kubernetes.io/serviceaccount' -o -path './run/secrets/kubernetes.io/serviceaccount'"), "{}", c[2]);
+        assert!(c[2].ends_with("exec tar c --no-recursion -f - -- \"$@\""), "{}", c[2]);
     }
 }

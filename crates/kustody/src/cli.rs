@@ -48,6 +48,101 @@ pub enum Command {
     ///
     /// Exit codes: 0 = released (or dry run), 1 = the pod was not quarantined, 2 = error.
     Release(ReleaseArgs),
+    /// Acquire evidence from a pod (or every pod a selector matches) without changing it:
+    /// processes, sockets, environment names, mounts, logs, a hashed file listing with drift
+    /// since start, copies of --paths, and the cluster context, into a bundle whose MANIFEST.json
+    /// records who collected what, when and how.
+    ///
+    /// Exit codes: 0 = everything collected, 3 = bundle written but some items failed (listed, and
+    /// in the manifest), 2 = error (no bundle).
+    Collect(CollectArgs),
+    /// Recompute every hash of an evidence bundle (directory or .tar.zst) and report changed,
+    /// missing or extra files.
+    ///
+    /// Exit codes: 0 = intact, 1 = changed, missing or extra files, 2 = unreadable.
+    Verify(VerifyArgs),
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileArg {
+    /// Volatile state, listing with hashes, logs, cluster context.
+    Triage,
+    /// Triage plus a tar of every file changed since the container started.
+    Full,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViaArg {
+    /// Exec a shell in the container; an ephemeral debug container when it has none.
+    Auto,
+    /// Only exec in the container.
+    Exec,
+    /// Always use an ephemeral debug container (the container's own binaries are not trusted).
+    Debug,
+}
+
+#[derive(Args, Debug)]
+pub struct CollectArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The pod: `pod/NAME` or `NAME` (or use -l).
+    #[arg(required_unless_present = "selector", conflicts_with = "selector")]
+    pub target: Option<String>,
+    /// Every pod matching this label selector (in -n's namespace, or all with -A).
+    #[arg(long, short = 'l')]
+    pub selector: Option<String>,
+    /// With -l: pods in every namespace.
+    #[arg(long, short = 'A', requires = "selector")]
+    pub all_namespaces: bool,
+    /// Only this container (default: all of the pod's containers).
+    #[arg(long, short = 'c')]
+    pub container: Option<String>,
+    /// Bundle: a new directory, or a FILE.tar.zst (default: ./kustody-evidence-<what>-<time>).
+    #[arg(long, short = 'o', value_name = "DIR|FILE.tar.zst")]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "triage")]
+    pub profile: ProfileArg,
+    /// Absolute paths or globs to copy as a tar stream (repeatable).
+    #[arg(long, value_name = "GLOB", num_args = 1..)]
+    pub paths: Vec<String>,
+    /// Case identifier, recorded in the manifest.
+    #[arg(long, value_name = "ID")]
+    pub case: Option<String>,
+    /// Keep environment variable values (default: names only; values may be credentials).
+    #[arg(long)]
+    pub include_env_values: bool,
+    /// Image of the ephemeral debug container for containers without a shell.
+    #[arg(long, value_name = "IMAGE", default_value = kustody_collect::acquire::DEFAULT_DEBUG_IMAGE)]
+    pub debug_image: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub via: ViaArg,
+    /// Pods collected at once (with -l).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: u16,
+    /// Give up on one exec after this many seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// At most this many bytes per container log.
+    #[arg(long, default_value_t = 256 << 20, value_name = "BYTES")]
+    pub max_log_bytes: u64,
+    /// Files larger than this are listed but not hashed.
+    #[arg(long, default_value_t = 512 << 20, value_name = "BYTES")]
+    pub max_hash_bytes: u64,
+    /// No per-pod progress.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The bundle: a directory or a .tar.zst.
+    pub bundle: PathBuf,
+    /// The manifest SHA-256 printed at collection time (recorded out of band): also checked.
+    #[arg(long, value_name = "SHA256")]
+    pub expect: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which cluster, as whom, where (kubectl's flags and precedence).

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cluster_cmd;
+mod collect_cmd;
 mod contain_cmd;
 mod hunt;
 mod render;
@@ -35,6 +36,8 @@ fn main() -> ExitCode {
         cli::Command::Exec(args) => cluster_cmd::exec(args),
         cli::Command::Quarantine(args) => contain_cmd::quarantine(args),
         cli::Command::Release(args) => contain_cmd::release(args),
+        cli::Command::Collect(args) => collect_cmd::collect(args),
+        cli::Command::Verify(args) => collect_cmd::verify(args),
     };
     match result {
         Ok(code) => code,
