@@ -3,6 +3,11 @@
 //! container when it has no shell), then the optional tar copies. Everything lands in a
 //! [`Bundle`]; what cannot be collected is recorded as a failure and the rest goes on.
 
+#![allow(
+    clippy::indexing_slicing,
+    reason = "serde_json::Value string-key assignment on objects built here (json!({..})), which never panics"
+)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,12 +102,15 @@ pub struct StepTime {
     pub max_ms: f64,
 }
 
+/// One GET's result, shared by every pod that needs it.
+type Shared = Arc<tokio::sync::OnceCell<Result<Value, String>>>;
+
 /// Shared state of one collection run.
 pub struct Collector {
     client: kube::Client,
     pub bundle: Bundle,
     opts: Arc<Options>,
-    cache: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Result<Value, String>>>>>,
+    cache: Mutex<HashMap<String, Shared>>,
     timings: Mutex<BTreeMap<String, StepTime>>,
 }
 
@@ -198,7 +206,11 @@ fn controller_ref(obj: &Value) -> Option<(String, String, String)> {
         .as_array()?
         .iter()
         .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))?;
-    Some((r.get("apiVersion")?.as_str()?.to_owned(), r.get("kind")?.as_str()?.to_owned(), r.get("name")?.as_str()?.to_owned()))
+    Some((
+        r.get("apiVersion")?.as_str()?.to_owned(),
+        r.get("kind")?.as_str()?.to_owned(),
+        r.get("name")?.as_str()?.to_owned(),
+    ))
 }
 
 fn labels_of(obj: &Value) -> BTreeMap<String, String> {
@@ -276,11 +288,20 @@ impl Collector {
     }
 
     /// Store an API object (redacted), or record why it could not be read.
-    fn store_api(&self, rel: &str, item: &str, url: &str, started: String, res: Result<Value, String>, notes: Vec<String>) -> Option<Value> {
+    fn store_api(
+        &self,
+        rel: &str,
+        item: &str,
+        url: &str,
+        started: String,
+        res: Result<Value, String>,
+        notes: Vec<String>,
+    ) -> Option<Value> {
         let src = Source::Api { method: "GET".into(), url: url.to_owned() };
         match res {
             Ok(mut v) => {
-                let redacted = if self.opts.include_env_values { Vec::new() } else { crate::redact::env_values(&mut v) };
+                let redacted =
+                    if self.opts.include_env_values { Vec::new() } else { crate::redact::env_values(&mut v) };
                 if let Err(e) = self.bundle.write(rel, &pretty(&v), src, started, notes, redacted) {
                     self.bundle.fail(item, format!("writing {rel}: {e}"), None);
                 }
@@ -327,8 +348,14 @@ impl Collector {
         let started = now();
         let res = self.get(&url).await;
         self.time("api: pod", t0.elapsed());
-        let Some(pod) = self.store_api(&format!("{dir}/cluster/pod.json"), &format!("{dir}/cluster/pod"), &url, started, res.clone(), vec![])
-        else {
+        let Some(pod) = self.store_api(
+            &format!("{dir}/cluster/pod.json"),
+            &format!("{dir}/cluster/pod"),
+            &url,
+            started,
+            res.clone(),
+            vec![],
+        ) else {
             return json!({"namespace": ns, "pod": name, "error": res.err()});
         };
         // the unredacted object stays in memory only
@@ -364,7 +391,11 @@ impl Collector {
         let mut tasks = Vec::new();
         for c in names {
             let me = self.clone();
-            let status = statuses.iter().find(|s| s.get("name").and_then(Value::as_str) == Some(&c)).cloned().unwrap_or_default();
+            let status = statuses
+                .iter()
+                .find(|s| s.get("name").and_then(Value::as_str) == Some(&c))
+                .cloned()
+                .unwrap_or_default();
             let (pod, dir, ns, name) = (pod.clone(), dir.clone(), ns.to_owned(), name.to_owned());
             tasks.push(tokio::spawn(async move { me.container(&pod, &status, &ns, &name, &c, &dir).await }));
         }
@@ -410,7 +441,11 @@ impl Collector {
                         cur = o;
                     }
                     Err(e) => {
-                        self.bundle.fail(format!("{dir}/cluster/owners ({kind}/{oname})"), e, Some(Source::Api { method: "GET".into(), url }));
+                        self.bundle.fail(
+                            format!("{dir}/cluster/owners ({kind}/{oname})"),
+                            e,
+                            Some(Source::Api { method: "GET".into(), url }),
+                        );
                         break;
                     }
                 }
@@ -419,27 +454,58 @@ impl Collector {
                 }
             }
             let url = urls.join(" ");
-            self.store_api(&format!("{dir}/cluster/owners.json"), &format!("{dir}/cluster/owners"), &url, started, Ok(Value::Array(chain)), vec![]);
+            self.store_api(
+                &format!("{dir}/cluster/owners.json"),
+                &format!("{dir}/cluster/owners"),
+                &url,
+                started,
+                Ok(Value::Array(chain)),
+                vec![],
+            );
         };
         let node_f = async {
             if let Some(n) = node {
                 let url = format!("/api/v1/nodes/{n}");
                 let started = now();
                 let r = self.get(&url).await;
-                self.store_api(&format!("{dir}/cluster/node.json"), &format!("{dir}/cluster/node"), &url, started, r, vec![]);
+                self.store_api(
+                    &format!("{dir}/cluster/node.json"),
+                    &format!("{dir}/cluster/node"),
+                    &url,
+                    started,
+                    r,
+                    vec![],
+                );
             }
         };
         let events = async {
-            let url = format!("/api/v1/namespaces/{ns}/events?fieldSelector={}", urlencode(&format!("involvedObject.uid={uid}")));
+            let url = format!(
+                "/api/v1/namespaces/{ns}/events?fieldSelector={}",
+                urlencode(&format!("involvedObject.uid={uid}"))
+            );
             let started = now();
             let r = self.get(&url).await;
-            self.store_api(&format!("{dir}/cluster/events.json"), &format!("{dir}/cluster/events"), &url, started, r, vec![]);
+            self.store_api(
+                &format!("{dir}/cluster/events.json"),
+                &format!("{dir}/cluster/events"),
+                &url,
+                started,
+                r,
+                vec![],
+            );
         };
         let sa_f = async {
             let url = format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}");
             let started = now();
             let r = self.get(&url).await;
-            self.store_api(&format!("{dir}/cluster/serviceaccount.json"), &format!("{dir}/cluster/serviceaccount"), &url, started, r, vec![]);
+            self.store_api(
+                &format!("{dir}/cluster/serviceaccount.json"),
+                &format!("{dir}/cluster/serviceaccount"),
+                &url,
+                started,
+                r,
+                vec![],
+            );
             self.rbac(ns, sa, dir).await;
         };
         let selecting = async {
@@ -476,7 +542,10 @@ impl Collector {
             .flat_map(|k| pod.pointer(&format!("/status/{k}")).and_then(Value::as_array).cloned().unwrap_or_default())
             .map(|s| json!({"container": s.get("name"), "image": s.get("image"), "imageID": s.get("imageID"), "containerID": s.get("containerID")}))
             .collect();
-        let url = format!("/api/v1/namespaces/{ns}/pods/{}", pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default());
+        let url = format!(
+            "/api/v1/namespaces/{ns}/pods/{}",
+            pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
+        );
         let _ = self.bundle.write(
             &format!("{dir}/cluster/images.json"),
             &pretty(&Value::Array(images)),
@@ -494,7 +563,11 @@ impl Collector {
         let rb_url = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings");
         let crb_url = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings".to_owned();
         let (rb, crb) = tokio::join!(self.get_cached(&rb_url), self.get_cached(&crb_url));
-        let groups = ["system:serviceaccounts".to_owned(), format!("system:serviceaccounts:{ns}"), "system:authenticated".to_owned()];
+        let groups = [
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".to_owned(),
+        ];
         let grants = |b: &Value| {
             b.get("subjects").and_then(Value::as_array).into_iter().flatten().any(|s| {
                 let kind = s.get("kind").and_then(Value::as_str).unwrap_or_default();
@@ -513,9 +586,18 @@ impl Collector {
             match res {
                 Ok(list) => {
                     urls.push(url);
-                    bindings.extend(list.get("items").and_then(Value::as_array).into_iter().flatten().filter(|b| grants(b)).cloned());
+                    bindings.extend(
+                        list.get("items")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter(|b| grants(b))
+                            .cloned(),
+                    );
                 }
-                Err(e) => self.bundle.fail(format!("{dir}/cluster/rbac"), e, Some(Source::Api { method: "GET".into(), url })),
+                Err(e) => {
+                    self.bundle.fail(format!("{dir}/cluster/rbac"), e, Some(Source::Api { method: "GET".into(), url }))
+                }
             }
         }
         let mut roles = Vec::new();
@@ -536,10 +618,15 @@ impl Collector {
                     roles.push(r);
                     urls.push(url);
                 }
-                Err(e) => self.bundle.fail(format!("{dir}/cluster/rbac ({kind}/{name})"), e, Some(Source::Api { method: "GET".into(), url })),
+                Err(e) => self.bundle.fail(
+                    format!("{dir}/cluster/rbac ({kind}/{name})"),
+                    e,
+                    Some(Source::Api { method: "GET".into(), url }),
+                ),
             }
         }
-        let v = json!({"serviceAccount": format!("system:serviceaccount:{ns}:{sa}"), "bindings": bindings, "roles": roles});
+        let v =
+            json!({"serviceAccount": format!("system:serviceaccount:{ns}:{sa}"), "bindings": bindings, "roles": roles});
         let _ = self.bundle.write(
             &format!("{dir}/cluster/rbac.json"),
             &pretty(&v),
@@ -551,7 +638,15 @@ impl Collector {
     }
 
     /// One container: logs, collector, copies.
-    async fn container(self: &Arc<Self>, pod: &Value, status: &Value, ns: &str, name: &str, c: &str, dir: &str) -> ContainerReport {
+    async fn container(
+        self: &Arc<Self>,
+        pod: &Value,
+        status: &Value,
+        ns: &str,
+        name: &str,
+        c: &str,
+        dir: &str,
+    ) -> ContainerReport {
         let cdir = format!("{dir}/containers/{}", component(c));
         let mut report = ContainerReport {
             name: c.to_owned(),
@@ -565,7 +660,11 @@ impl Collector {
         let work = async {
             if !running {
                 let state = status.get("state").map(|s| s.to_string()).unwrap_or_else(|| "no status".into());
-                self.bundle.fail(format!("{cdir}/collector"), format!("container {c} is not running ({state}): nothing to exec into"), None);
+                self.bundle.fail(
+                    format!("{cdir}/collector"),
+                    format!("container {c} is not running ({state}): nothing to exec into"),
+                    None,
+                );
                 return;
             }
             self.acquire(pod, status, ns, name, c, &cdir, &mut report).await;
@@ -597,11 +696,15 @@ impl Collector {
                 let mut f = self.bundle.open_async(&rel).await.map_err(|e| e.to_string())?;
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
-                    let n = futures_util::AsyncReadExt::read(&mut body, &mut buf).await.map_err(|e| format!("reading the log: {e}"))?;
+                    let n = futures_util::AsyncReadExt::read(&mut body, &mut buf)
+                        .await
+                        .map_err(|e| format!("reading the log: {e}"))?;
                     if n == 0 {
                         break;
                     }
-                    tokio::io::AsyncWriteExt::write_all(&mut f, buf.get(..n).unwrap_or_default()).await.map_err(|e| e.to_string())?;
+                    tokio::io::AsyncWriteExt::write_all(&mut f, buf.get(..n).unwrap_or_default())
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
                 f.finish().await.map_err(|e| e.to_string())
             }
@@ -612,7 +715,16 @@ impl Collector {
                     if size >= self.opts.max_log_bytes {
                         notes.push(format!("limited to {} bytes (--max-log-bytes)", self.opts.max_log_bytes));
                     }
-                    self.bundle.record(Artifact { path: rel, sha256, size, source: src, started, finished: now(), redacted: vec![], notes });
+                    self.bundle.record(Artifact {
+                        path: rel,
+                        sha256,
+                        size,
+                        source: src,
+                        started,
+                        finished: now(),
+                        redacted: vec![],
+                        notes,
+                    });
                 }
                 Err(e) => {
                     self.bundle.discard(&rel);
@@ -661,7 +773,11 @@ impl Collector {
                         run = self.run_collector(ns, name, &exec_container, mode, cdir, started_at, &excluded).await;
                     }
                     Err(e) => {
-                        self.bundle.fail(format!("{cdir}/collector"), format!("the container has no shell, and the debug container failed: {e}"), None);
+                        self.bundle.fail(
+                            format!("{cdir}/collector"),
+                            format!("the container has no shell, and the debug container failed: {e}"),
+                            None,
+                        );
                         return;
                     }
                 }
@@ -692,7 +808,16 @@ impl Collector {
                 let mut stdin = list.join("\n").into_bytes();
                 stdin.push(b'\n');
                 let cmd = script::tar_list_command(&root);
-                self.tar(ns, name, &exec_container, &format!("{cdir}/changed.tar"), cmd, Some(stdin), "tar changed files").await;
+                self.tar(
+                    ns,
+                    name,
+                    &exec_container,
+                    &format!("{cdir}/changed.tar"),
+                    cmd,
+                    Some(stdin),
+                    "tar changed files",
+                )
+                .await;
             }
         }
         if mode == Mode::Debug {
@@ -701,12 +826,28 @@ impl Collector {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn tar(&self, ns: &str, pod: &str, container: &str, rel: &str, command: Vec<String>, stdin: Option<Vec<u8>>, step: &str) {
+    async fn tar(
+        &self,
+        ns: &str,
+        pod: &str,
+        container: &str,
+        rel: &str,
+        command: Vec<String>,
+        stdin: Option<Vec<u8>>,
+        step: &str,
+    ) {
         let t0 = Instant::now();
         let started = now();
         let stdin_rel = stdin.as_ref().map(|_| format!("{rel}.list"));
         if let (Some(s), Some(r)) = (&stdin, &stdin_rel) {
-            let _ = self.bundle.write(r, s, Source::Kustody { what: "the file list sent to tar on stdin".into() }, now(), vec![], vec![]);
+            let _ = self.bundle.write(
+                r,
+                s,
+                Source::Kustody { what: "the file list sent to tar on stdin".into() },
+                now(),
+                vec![],
+                vec![],
+            );
         }
         let spec = ExecSpec {
             namespace: ns.to_owned(),
@@ -718,7 +859,13 @@ impl Collector {
             verify_size: false,
             max_stderr: Some(64 * 1024),
         };
-        let src = Source::Exec { namespace: ns.into(), pod: pod.into(), container: container.into(), command, stdin: stdin_rel };
+        let src = Source::Exec {
+            namespace: ns.into(),
+            pod: pod.into(),
+            container: container.into(),
+            command,
+            stdin: stdin_rel,
+        };
         let res = async {
             let mut f = self.bundle.open_async(rel).await.map_err(|e| e.to_string())?;
             let out = exec::exec(&self.client, &spec, &mut f).await.map_err(|e| e.to_string())?;
@@ -733,7 +880,16 @@ impl Collector {
                 if !err.is_empty() {
                     notes.push(format!("stderr: {}", err.chars().take(2000).collect::<String>()));
                 }
-                self.bundle.record(Artifact { path: rel.into(), sha256, size, source: src, started, finished: now(), redacted: vec![], notes });
+                self.bundle.record(Artifact {
+                    path: rel.into(),
+                    sha256,
+                    size,
+                    source: src,
+                    started,
+                    finished: now(),
+                    redacted: vec![],
+                    notes,
+                });
             }
             Err(e) => {
                 self.bundle.discard(rel);
@@ -744,7 +900,14 @@ impl Collector {
     }
 
     /// Add an ephemeral container targeting `c` and wait until it runs; returns its name.
-    async fn debug_container(&self, pod: &Value, ns: &str, name: &str, c: &str, report: &mut ContainerReport) -> Result<String, String> {
+    async fn debug_container(
+        &self,
+        pod: &Value,
+        ns: &str,
+        name: &str,
+        c: &str,
+        report: &mut ContainerReport,
+    ) -> Result<String, String> {
         let t0 = Instant::now();
         let dname = format!("kustody-{}", rand_hex(3));
         let target = pod
@@ -774,9 +937,10 @@ impl Collector {
             .header("content-type", "application/strategic-merge-patch+json")
             .body(serde_json::to_vec(&body).unwrap_or_default())
             .map_err(|e| e.to_string())?;
-        self.client.request_text(req).await.map_err(|e| {
-            format!("{} (a shell-less container needs `patch` on `pods/ephemeralcontainers`)", kerr(e))
-        })?;
+        self.client
+            .request_text(req)
+            .await
+            .map_err(|e| format!("{} (a shell-less container needs `patch` on `pods/ephemeralcontainers`)", kerr(e)))?;
         report.debug_container = Some(json!({"name": dname, "patch": {"method": "PATCH", "url": url, "body": body},
             "note": "the only change kustody makes to the pod: ephemeral containers cannot be removed and stay in its spec"}));
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -791,7 +955,14 @@ impl Collector {
                     break;
                 }
                 if let Some(w) = st.pointer("/state/waiting/reason").and_then(Value::as_str) {
-                    if matches!(w, "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "CreateContainerError" | "RunContainerError") {
+                    if matches!(
+                        w,
+                        "ErrImagePull"
+                            | "ImagePullBackOff"
+                            | "InvalidImageName"
+                            | "CreateContainerError"
+                            | "RunContainerError"
+                    ) {
                         return Err(format!("debug container {dname} ({}): {w}", self.opts.debug_image));
                     }
                 }
@@ -893,9 +1064,15 @@ impl Collector {
         drop(tx);
         done.extend(sections.finish());
         let outcome = exec_task.await.map_err(|e| ExecError::Failed { message: e.to_string() }).and_then(|r| r);
-        self.time("collector phase 1 (processes, network, listing)", Duration::from_secs_f64(phase1_ms.unwrap_or(ms(t0.elapsed())) / 1000.0));
+        self.time(
+            "collector phase 1 (processes, network, listing)",
+            Duration::from_secs_f64(phase1_ms.unwrap_or(ms(t0.elapsed())) / 1000.0),
+        );
         if let Some(p1ms) = phase1_ms {
-            self.time("collector phase 2 (hashes)", Duration::from_secs_f64((ms(t0.elapsed()) - p1ms).max(0.0) / 1000.0));
+            self.time(
+                "collector phase 2 (hashes)",
+                Duration::from_secs_f64((ms(t0.elapsed()) - p1ms).max(0.0) / 1000.0),
+            );
         }
         let (outcome, error) = match outcome {
             Ok(o) => (Some(o), None),
@@ -954,7 +1131,8 @@ fn selects(what: &str, o: &Value, labels: &BTreeMap<String, String>) -> bool {
         _ => {
             let sel: Option<BTreeMap<String, String>> =
                 o.pointer("/spec/selector").and_then(|s| serde_json::from_value(s.clone()).ok());
-            sel.as_ref().is_some_and(|s| !s.is_empty()) && kustody_cluster::select::service_matches(sel.as_ref(), labels)
+            sel.as_ref().is_some_and(|s| !s.is_empty())
+                && kustody_cluster::select::service_matches(sel.as_ref(), labels)
         }
     }
 }
@@ -992,7 +1170,16 @@ struct CollectorRun {
 impl CollectorRun {
     /// Parse the sections and write the artifacts.
     #[allow(clippy::too_many_arguments)]
-    fn finish(&mut self, col: &Collector, ns: &str, pod: &str, exec_container: &str, c: &str, cdir: &str, report: &mut ContainerReport) {
+    fn finish(
+        &mut self,
+        col: &Collector,
+        ns: &str,
+        pod: &str,
+        exec_container: &str,
+        c: &str,
+        cdir: &str,
+        report: &mut ContainerReport,
+    ) {
         let b = &col.bundle;
         let started = now();
         let csrc = |sections: &[&str]| Source::Collector {
@@ -1005,7 +1192,9 @@ impl CollectorRun {
         let _ = b.write(
             &format!("{cdir}/collector/phase1.sh"),
             self.phase1.as_bytes(),
-            Source::Kustody { what: format!("collector script, phase 1, sent on stdin to `sh -s` in {exec_container}") },
+            Source::Kustody {
+                what: format!("collector script, phase 1, sent on stdin to `sh -s` in {exec_container}"),
+            },
             started.clone(),
             vec![],
             vec![],
@@ -1035,9 +1224,19 @@ impl CollectorRun {
                 let _ = b.write(
                     &format!("{cdir}/collector/stderr.txt"),
                     &o.stderr,
-                    Source::Exec { namespace: ns.into(), pod: pod.into(), container: exec_container.into(), command: script::command(), stdin: None },
+                    Source::Exec {
+                        namespace: ns.into(),
+                        pod: pod.into(),
+                        container: exec_container.into(),
+                        command: script::command(),
+                        stdin: None,
+                    },
                     started.clone(),
-                    if o.stderr_dropped > 0 { vec![format!("{} more bytes dropped", o.stderr_dropped)] } else { vec![] },
+                    if o.stderr_dropped > 0 {
+                        vec![format!("{} more bytes dropped", o.stderr_dropped)]
+                    } else {
+                        vec![]
+                    },
                     vec![],
                 );
             }
@@ -1054,23 +1253,48 @@ impl CollectorRun {
                 other => other.to_string(),
             };
             transcript["error"] = json!(reason);
-            b.fail(item.clone(), reason, Some(Source::Exec {
-                namespace: ns.into(),
-                pod: pod.into(),
-                container: exec_container.into(),
-                command: script::command(),
-                stdin: Some(format!("{cdir}/collector/phase1.sh")),
-            }));
+            b.fail(
+                item.clone(),
+                reason,
+                Some(Source::Exec {
+                    namespace: ns.into(),
+                    pod: pod.into(),
+                    container: exec_container.into(),
+                    command: script::command(),
+                    stdin: Some(format!("{cdir}/collector/phase1.sh")),
+                }),
+            );
         }
-        let complete = |tag: &str| self.sections.iter().any(|s| s.tag == tag);
-        if !complete("begin") {
+        let ended = |phase: &str| self.sections.iter().any(|s| s.tag == "end" && s.arg == phase);
+        if self.error.is_none() && !(ended("1") && ended("2")) {
+            let code = self.outcome.as_ref().map_or(-1, |o| o.exit_code);
+            let reason = format!(
+                "the collector stopped before {} (exit code {code}{}): was the pod or container deleted, or the shell killed?",
+                if ended("1") { "hashing finished" } else { "reading processes, sockets and files finished" },
+                if code == 137 { ", SIGKILL" } else { "" }
+            );
+            transcript["error"] = json!(reason);
+            b.fail(
+                item.clone(),
+                reason,
+                Some(Source::Exec {
+                    namespace: ns.into(),
+                    pod: pod.into(),
+                    container: exec_container.into(),
+                    command: script::command(),
+                    stdin: Some(format!("{cdir}/collector/phase1.sh")),
+                }),
+            );
+        }
+        if !self.sections.iter().any(|s| s.tag == "begin") {
             report.collector = Some(transcript);
             return;
         }
         let one = |tag: &str| self.sections.iter().find(|s| s.tag == tag);
         let text = |s: &Section| String::from_utf8_lossy(&s.body).into_owned();
         self.target_pid = one("target").and_then(|s| text(s).trim().parse().ok());
-        let btime: Option<u64> = one("btime").and_then(|s| text(s).split_whitespace().nth(1).and_then(|x| x.parse().ok()));
+        let btime: Option<u64> =
+            one("btime").and_then(|s| text(s).split_whitespace().nth(1).and_then(|x| x.parse().ok()));
         // processes
         let mut procs: BTreeMap<u32, Process> = BTreeMap::new();
         for s in &self.sections {
@@ -1092,8 +1316,11 @@ impl CollectorRun {
                         p.start_ticks = Some(start);
                         p.threads = Some(threads);
                         p.started = btime.and_then(|bt| {
-                            chrono::DateTime::from_timestamp((bt + start / procfs::USER_HZ) as i64, ((start % procfs::USER_HZ) * 10_000_000) as u32)
-                                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                            chrono::DateTime::from_timestamp(
+                                (bt + start / procfs::USER_HZ) as i64,
+                                ((start % procfs::USER_HZ) * 10_000_000) as u32,
+                            )
+                            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
                         });
                     } else {
                         p.unreadable.push("stat (unparsed)".into());
@@ -1144,17 +1371,32 @@ impl CollectorRun {
         let mut bad = 0;
         for s in self.sections.iter().filter(|s| s.tag == "net") {
             let body = text(s);
-            let (mut v, n) = if s.arg == "unix" { procfs::parse_net_unix(&body) } else { procfs::parse_net_inet(&s.arg, &body) };
+            let (mut v, n) =
+                if s.arg == "unix" { procfs::parse_net_unix(&body) } else { procfs::parse_net_inet(&s.arg, &body) };
             sockets.append(&mut v);
             bad += n;
-            let _ = b.write(&format!("{cdir}/raw/proc-net-{}", component(&s.arg)), &s.body, csrc(&["net"]), started.clone(), vec![format!("/proc/net/{}", s.arg)], vec![]);
+            let _ = b.write(
+                &format!("{cdir}/raw/proc-net-{}", component(&s.arg)),
+                &s.body,
+                csrc(&["net"]),
+                started.clone(),
+                vec![format!("/proc/net/{}", s.arg)],
+                vec![],
+            );
         }
         procfs::map_sockets(&mut sockets, &procs);
         report.sockets = sockets.len();
         report.listening = sockets
             .iter()
             .filter(|s| s.listening && !s.proto.starts_with("unix"))
-            .map(|s| format!("{} {}{}", s.proto, s.local, if s.pids.is_empty() { String::new() } else { format!(" (pid {:?})", s.pids) }))
+            .map(|s| {
+                format!(
+                    "{} {}{}",
+                    s.proto,
+                    s.local,
+                    if s.pids.is_empty() { String::new() } else { format!(" (pid {:?})", s.pids) }
+                )
+            })
             .collect();
         let net = json!({"listening": sockets.iter().filter(|s| s.listening).collect::<Vec<_>>(), "sockets": sockets});
         let _ = b.write(
@@ -1168,7 +1410,11 @@ impl CollectorRun {
         for (tag, rel) in [("mountinfo", "raw/mountinfo"), ("hosts", "etc/hosts"), ("resolv", "etc/resolv.conf")] {
             if let Some(s) = one(tag) {
                 if s.rc.is_some_and(|rc| rc != 0) && s.body.is_empty() {
-                    b.fail(format!("{cdir}/{rel}"), format!("not readable in the container (exit {})", s.rc.unwrap_or(-1)), None);
+                    b.fail(
+                        format!("{cdir}/{rel}"),
+                        format!("not readable in the container (exit {})", s.rc.unwrap_or(-1)),
+                        None,
+                    );
                 } else {
                     let _ = b.write(&format!("{cdir}/{rel}"), &s.body, csrc(&[tag]), started.clone(), vec![], vec![]);
                 }
@@ -1197,7 +1443,11 @@ impl CollectorRun {
                 if f.kind == "file" && (f.executable() || f.drift) && f.not_hashed.is_none() {
                     f.sha256 = by_inode.get(&f.inode).cloned();
                     if f.sha256.is_none() {
-                        f.not_hashed = Some(if phase2_done { "unreadable in the container".into() } else { "collection ended before hashing".into() });
+                        f.not_hashed = Some(if phase2_done {
+                            "unreadable in the container".into()
+                        } else {
+                            "collection ended before hashing".into()
+                        });
                     }
                 }
             }
@@ -1219,10 +1469,20 @@ impl CollectorRun {
                 notes.push(format!("listing truncated: {} bytes beyond the limit dropped", listing.dropped));
             }
             if listing.rc.is_some_and(|rc| rc != 0) {
-                notes.push(format!("find/stat exited {} (some paths unreadable; see collector/stderr.txt)", listing.rc.unwrap_or(-1)));
+                notes.push(format!(
+                    "find/stat exited {} (some paths unreadable; see collector/stderr.txt)",
+                    listing.rc.unwrap_or(-1)
+                ));
             }
             notes.push(format!("credential volumes listed but never hashed or copied: {}", self.excluded.join(", ")));
-            let _ = b.write(&format!("{cdir}/files.jsonl"), &out, csrc(&["files", "hashes", "hash1"]), started.clone(), notes, vec![]);
+            let _ = b.write(
+                &format!("{cdir}/files.jsonl"),
+                &out,
+                csrc(&["files", "hashes", "hash1"]),
+                started.clone(),
+                notes,
+                vec![],
+            );
             let drift: Vec<&FileEntry> = self.files.iter().filter(|f| f.drift).collect();
             let _ = b.write(
                 &format!("{cdir}/drift.json"),

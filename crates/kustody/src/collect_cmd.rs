@@ -103,8 +103,10 @@ pub fn collect(args: CollectArgs) -> Result<ExitCode> {
         let bar = (progress && std::io::stderr().is_terminal()).then(|| {
             let pb = indicatif::ProgressBar::new(pods.len() as u64);
             pb.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} pods {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} pods {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             pb
         });
@@ -213,7 +215,11 @@ pub fn collect(args: CollectArgs) -> Result<ExitCode> {
                     g("drift"),
                     g("hashed"),
                     if listening.is_empty() { String::new() } else { format!("; listening: {}", listening.join(", ")) },
-                    if deleted.is_empty() { String::new() } else { format!("; DELETED EXECUTABLE: pid {}", deleted.join(", ")) },
+                    if deleted.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; DELETED EXECUTABLE: pid {}", deleted.join(", "))
+                    },
                 )?;
             }
         }
@@ -232,7 +238,11 @@ pub fn collect(args: CollectArgs) -> Result<ExitCode> {
             writeln!(o, "archive sha256: {a}")?;
         }
         writeln!(o, "MANIFEST.json sha256: {sha}")?;
-        writeln!(o, "record this hash with the case; `kustody verify {} --expect {sha}` checks the bundle", final_path.display())?;
+        writeln!(
+            o,
+            "record this hash with the case; `kustody verify {} --expect {sha}` checks the bundle",
+            final_path.display()
+        )?;
         Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
     })
 }
@@ -246,8 +256,10 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let mut o = std::io::stdout().lock();
     if args.json {
         let mut v = serde_json::to_value(&r)?;
-        v["expected_manifest_sha256_matches"] = json!(expect_ok);
-        v["intact"] = json!(r.clean() && expect_ok != Some(false));
+        if let Some(o) = v.as_object_mut() {
+            o.insert("expected_manifest_sha256_matches".into(), json!(expect_ok));
+            o.insert("intact".into(), json!(r.clean() && expect_ok != Some(false)));
+        }
         serde_json::to_writer_pretty(&mut o, &v)?;
         writeln!(o)?;
     } else {
@@ -263,11 +275,17 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
         )?;
         match expect_ok {
             Some(true) => writeln!(o, "matches the expected manifest hash")?,
-            Some(false) => writeln!(o, "does NOT match the expected manifest hash {}", sanitize(args.expect.as_deref().unwrap_or_default()))?,
+            Some(false) => writeln!(
+                o,
+                "does NOT match the expected manifest hash {}",
+                sanitize(args.expect.as_deref().unwrap_or_default())
+            )?,
             None => {}
         }
         writeln!(o, "artifacts: {} checked, {} intact", r.checked, r.ok)?;
-        for (what, list) in [("changed", &r.changed), ("missing", &r.missing), ("extra", &r.extra), ("error", &r.errors)] {
+        for (what, list) in
+            [("changed", &r.changed), ("missing", &r.missing), ("extra", &r.extra), ("error", &r.errors)]
+        {
             for p in list {
                 writeln!(o, "  {what}: {}", sanitize(p))?;
             }
