@@ -1,5 +1,6 @@
 //! `kustody-gen`: write the bundled example, write benchmark corpora, run the hunt benchmark.
 
+mod collect_bench;
 mod contain_bench;
 mod exec_bench;
 
@@ -66,6 +67,22 @@ enum Cmd {
         #[arg(long, default_value = "target/release/kustody")]
         kustody: PathBuf,
     },
+    /// Benchmark `kustody collect` against a test cluster (needs root and runc): a 3-container
+    /// triage, a selector sweep, and one exec per command side by side.
+    CollectBench {
+        /// Triage runs of the 3-container pod.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Pods in the swept Deployment.
+        #[arg(long, default_value_t = 50)]
+        fleet: usize,
+        /// `--parallel` for the sweep.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// The kustody binary.
+        #[arg(long, default_value = "target/release/kustody")]
+        kustody: PathBuf,
+    },
     /// Benchmark `kustody hunt`: parse only, upstream Falco rules, all rules.
     Bench {
         /// Corpus size in bytes.
@@ -111,6 +128,7 @@ fn main() -> Result<()> {
         }
         Cmd::ExecBench { n, threads, python } => exec_bench::run(n, threads, python)?,
         Cmd::QuarantineBench { n, kustody } => contain_bench::run(n, &kustody)?,
+        Cmd::CollectBench { runs, fleet, parallel, kustody } => collect_bench::run(runs, fleet, parallel, &kustody)?,
         Cmd::Bench { bytes, kustody, dir, upstream, runs, threads } => {
             bench(bytes, &kustody, &dir, &upstream, runs, threads)?
         }
