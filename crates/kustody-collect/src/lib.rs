@@ -6,6 +6,7 @@
 //! - [`acquire`]: the orchestration against a cluster (API context, collector exec, debug
 //!   container, logs, tar copies, fleets).
 
+#[cfg(feature = "cluster")]
 pub mod acquire;
 pub mod bundle;
 pub mod frame;
