@@ -97,7 +97,7 @@ pub struct CollectArgs {
     /// Only this container (default: all of the pod's containers).
     #[arg(long, short = 'c')]
     pub container: Option<String>,
-    /// Bundle: a new directory, or a FILE.tar.zst (default: ./kustody-evidence-<what>-<time>).
+    /// Bundle: a new directory, or a FILE.tar.zst (default: ./kustody-evidence-WHAT-TIME).
     #[arg(long, short = 'o', value_name = "DIR|FILE.tar.zst")]
     pub output: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "triage")]
