@@ -25,11 +25,23 @@ fn pct(v: &[f64], p: f64) -> f64 {
 
 fn collect(kustody: &Path, kubeconfig: &Path, out: &Path, args: &[&str]) -> Result<(f64, String)> {
     let t = Instant::now();
-    let o = Command::new(kustody).arg("collect").args(args).arg("-o").arg(out).arg("--kubeconfig").arg(kubeconfig).arg("-q").output()?;
+    let o = Command::new(kustody)
+        .arg("collect")
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("-q")
+        .output()?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     if !o.status.success() {
-        bail!("kustody collect {args:?} exited {:?}:\n{stdout}\n{}", o.status.code(), String::from_utf8_lossy(&o.stderr));
+        bail!(
+            "kustody collect {args:?} exited {:?}:\n{stdout}\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     Ok((ms, stdout))
 }
@@ -69,10 +81,26 @@ async fn naive(client: &kube::Client, ns: &str, pod: &str, container: &str) -> R
             let _ = run(sv(&["cat", &format!("/proc/{pid}/{f}")])).await;
             n += 1;
         }
-        let _ = run(sv(&["ls", "-l", &format!("/proc/{pid}/exe"), &format!("/proc/{pid}/cwd"), &format!("/proc/{pid}/fd/")])).await;
+        let _ = run(sv(&[
+            "ls",
+            "-l",
+            &format!("/proc/{pid}/exe"),
+            &format!("/proc/{pid}/cwd"),
+            &format!("/proc/{pid}/fd/"),
+        ]))
+        .await;
         n += 1;
     }
-    for f in ["/proc/self/mountinfo", "/etc/hosts", "/etc/resolv.conf", "/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6", "/proc/net/unix"] {
+    for f in [
+        "/proc/self/mountinfo",
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/proc/net/tcp",
+        "/proc/net/tcp6",
+        "/proc/net/udp",
+        "/proc/net/udp6",
+        "/proc/net/unix",
+    ] {
         let _ = run(sv(&["cat", f])).await;
         n += 1;
     }
@@ -128,8 +156,12 @@ pub fn run(runs: usize, fleet: usize, parallel: usize, kustody: &Path) -> Result
     println!("kustody collect -l app=fleet ({fleet} pods), --parallel {parallel}, 3 runs");
     let mut walls = Vec::new();
     for i in 0..3 {
-        let (ms, out) =
-            collect(kustody, &kc, &work.path().join(format!("fleet-{i}")), &["-l", "app=fleet", "-n", ns, "--parallel", &parallel.to_string()])?;
+        let (ms, out) = collect(
+            kustody,
+            &kc,
+            &work.path().join(format!("fleet-{i}")),
+            &["-l", "app=fleet", "-n", ns, "--parallel", &parallel.to_string()],
+        )?;
         walls.push(ms);
         last = out;
     }
@@ -139,7 +171,9 @@ pub fn run(runs: usize, fleet: usize, parallel: usize, kustody: &Path) -> Result
     println!("one busybox container (trio/main): kustody collect -c main vs one exec per command, 5 runs each");
     let mut ours = Vec::new();
     for i in 0..5 {
-        ours.push(collect(kustody, &kc, &work.path().join(format!("main-{i}")), &["pod/trio", "-n", ns, "-c", "main"])?.0);
+        ours.push(
+            collect(kustody, &kc, &work.path().join(format!("main-{i}")), &["pod/trio", "-n", ns, "-c", "main"])?.0,
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (theirs, execs) = rt.block_on(async {
