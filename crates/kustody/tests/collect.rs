@@ -403,3 +403,81 @@ fn pod_deleted_mid_collection_leaves_a_valid_partial_bundle() {
     assert!(out.join("pods/ir/doomed/cluster/pod.json").exists());
     assert_eq!(kustody(None, &["verify", out.to_str().unwrap()]).code, 0, "the partial bundle verifies");
 }
+
+#[test]
+fn selector_sweep_across_namespaces_with_owners_previous_logs_and_changed_files() {
+    let ns = "shop";
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "cart", "namespace": ns},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "cart"}},
+            "template": {"metadata": {"labels": {"app": "cart", "team": "red"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "web", "image": "busybox:1.36",
+                    "command": ["sh", "-c", "sleep 1.5; echo x > /tmp/dropped; exec sleep 3600"]}]}}}});
+    // in another namespace: restarts once (a previous log), and drops a file
+    let flaky = Pod::new("flaky").namespace("other").label("team", "red").command(&[
+        "sh",
+        "-c",
+        "if [ -e /state/second ]; then echo second life; sleep 1.5; echo y > /tmp/dropped; exec sleep 3600; \
+         else touch /state/second; echo first life; exit 1; fi",
+    ]);
+    // the marker survives the restart in an emptyDir, as on a real node
+    let mut flaky = flaky.to_object("other");
+    flaky["spec"]["volumes"] = json!([{"name": "state", "emptyDir": {}}]);
+    flaky["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "state", "mountPath": "/state"}]);
+    let Some((c, kc, dir)) = setup(TestCluster::builder().namespace(ns).object(deploy).no_wait()) else {
+        return;
+    };
+    c.create_namespace("other").unwrap();
+    c.apply(Pod::new("lonely").to_object("other")).unwrap();
+    c.apply(flaky).unwrap();
+    // wait: 3 cart pods and flaky restarted, each with its file dropped
+    c.wait_for(Duration::from_secs(30), || {
+        let pods: Vec<Value> =
+            c.list("pods", None).into_iter().filter(|p| p["metadata"]["labels"]["team"] == "red").collect();
+        let ready = pods.iter().filter(|p| {
+            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+            let pns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+            let c0 = if pns == ns { "web" } else { "main" };
+            c.container_rootfs(pns, name, c0).is_some_and(|r| r.join("tmp/dropped").exists())
+        });
+        (ready.count() == 4).then_some(())
+    })
+    .unwrap();
+    let out = dir.path().join("sweep");
+    let r = kustody(
+        Some(&kc),
+        &["collect", "-l", "team=red", "-A", "--profile", "full", "-o", out.to_str().unwrap(), "--parallel", "2"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("collected 4 container(s) in 4 pod(s)"), "{}", r.stdout);
+    assert!(r.stderr.contains("[4/4]"), "per-pod progress without a terminal: {}", r.stderr);
+    let m = read_json(&out.join("MANIFEST.json"));
+    let pods: Vec<String> = m["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{}/{}", t["namespace"].as_str().unwrap(), t["pod"].as_str().unwrap()))
+        .collect();
+    assert!(pods.contains(&"other/flaky".to_owned()) && !pods.iter().any(|p| p.ends_with("/lonely")), "{pods:?}");
+    // owner chain: ReplicaSet, then Deployment
+    let cart = pods.iter().find(|p| p.starts_with("shop/")).unwrap();
+    let owners = read_json(&out.join(format!("pods/{cart}/cluster/owners.json")));
+    let kinds: Vec<&str> = owners.as_array().unwrap().iter().map(|o| o["object"]["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["ReplicaSet", "Deployment"]);
+    // previous log of the restarted container, and the current one
+    let prev = std::fs::read_to_string(out.join("pods/other/flaky/containers/main/log.previous.txt")).unwrap();
+    assert!(prev.contains("first life") && !prev.contains("second life"), "{prev}");
+    assert!(std::fs::read_to_string(out.join("pods/other/flaky/containers/main/log.txt"))
+        .unwrap()
+        .contains("second life"));
+    // full profile: the changed file, archived
+    let names = tar_names(&out.join(format!("pods/{cart}/containers/web/changed.tar")));
+    assert!(names.contains(&"./tmp/dropped".to_owned()), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("serviceaccount")), "credentials never copied: {names:?}");
+    assert_eq!(kustody(None, &["verify", out.to_str().unwrap()]).code, 0);
+    // a selector matching nothing is an error, and writes nothing
+    let none = dir.path().join("none");
+    let r = kustody(Some(&kc), &["collect", "-l", "team=blue", "-n", ns, "-o", none.to_str().unwrap()]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no pod matches"), "{}", r.stderr);
+    assert!(!none.exists());
+}
