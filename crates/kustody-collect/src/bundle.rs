@@ -3,6 +3,7 @@
 //! hashed while it is written. See docs/EVIDENCE.md.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -91,6 +92,11 @@ pub struct Manifest {
     /// Time per step, for the slow step to be visible.
     #[serde(default)]
     pub timings: serde_json::Value,
+}
+
+/// Evidence files are readable by their owner only (0600), never overwritten.
+fn new_file(p: impl AsRef<Path>) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p)
 }
 
 pub fn now() -> String {
@@ -206,7 +212,7 @@ impl Bundle {
                 format!("{} exists and is not empty; evidence is never overwritten", root.display()),
             ));
         }
-        std::fs::create_dir_all(root)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root)?;
         Ok(Bundle { root: root.to_path_buf(), inner: Arc::new(Mutex::new((Vec::new(), Vec::new()))) })
     }
 
@@ -217,20 +223,20 @@ impl Bundle {
     fn full(&self, rel: &str) -> std::io::Result<PathBuf> {
         let p = self.root.join(safe_rel(rel).map_err(std::io::Error::other)?);
         if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d)?;
         }
         Ok(p)
     }
 
     /// Open `rel` for writing (create_new: nothing is overwritten).
     pub fn open(&self, rel: &str) -> std::io::Result<HashingFile> {
-        let f = std::fs::OpenOptions::new().write(true).create_new(true).open(self.full(rel)?)?;
+        let f = new_file(self.full(rel)?)?;
         Ok(HashingFile { file: std::io::BufWriter::with_capacity(256 * 1024, f), hasher: Sha256::new(), size: 0 })
     }
 
     pub async fn open_async(&self, rel: &str) -> std::io::Result<AsyncHashingFile> {
         let p = self.full(rel)?;
-        let f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(p).await?;
+        let f = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p).await?;
         Ok(AsyncHashingFile {
             file: tokio::io::BufWriter::with_capacity(256 * 1024, f),
             hasher: Sha256::new(),
@@ -292,10 +298,10 @@ impl Bundle {
         let mut bytes = serde_json::to_vec_pretty(&m).map_err(std::io::Error::other)?;
         bytes.push(b'\n');
         let sha = format!("{:x}", Sha256::digest(&bytes));
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(self.root.join(MANIFEST))?;
+        let mut f = new_file(self.root.join(MANIFEST))?;
         f.write_all(&bytes)?;
         f.sync_all()?;
-        let mut h = std::fs::OpenOptions::new().write(true).create_new(true).open(self.root.join(MANIFEST_SHA))?;
+        let mut h = new_file(self.root.join(MANIFEST_SHA))?;
         h.write_all(format!("{sha}  {MANIFEST}\n").as_bytes())?;
         h.sync_all()?;
         Ok(sha)
@@ -305,7 +311,7 @@ impl Bundle {
 /// Pack a sealed bundle directory into `out` (`.tar.zst`), files in sorted order with fixed
 /// metadata; returns the archive's SHA-256 (also written to `out.sha256`).
 pub fn pack(dir: &Path, out: &Path) -> std::io::Result<String> {
-    let f = std::fs::OpenOptions::new().write(true).create_new(true).open(out)?;
+    let f = new_file(out)?;
     let hashing = HashingWriter { inner: std::io::BufWriter::new(f), hasher: Sha256::new() };
     let enc = zstd::stream::write::Encoder::new(hashing, 3)?;
     let mut tar = tar::Builder::new(enc);
@@ -326,7 +332,7 @@ pub fn pack(dir: &Path, out: &Path) -> std::io::Result<String> {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut side = std::ffi::OsString::from(out.as_os_str());
     side.push(".sha256");
-    std::fs::write(PathBuf::from(side), format!("{sha}  {name}\n"))?;
+    new_file(PathBuf::from(side))?.write_all(format!("{sha}  {name}\n").as_bytes())?;
     Ok(sha)
 }
 
@@ -561,6 +567,12 @@ mod tests {
         let r = verify(&d);
         assert!(r.clean(), "{r:?}");
         assert_eq!((r.checked, r.ok, r.failures_recorded), (2, 2, 1));
+        use std::os::unix::fs::PermissionsExt;
+        for (p, mode) in
+            [(d.join("a/one.txt"), 0o600), (d.join(MANIFEST), 0o600), (d.join("a"), 0o700), (d.clone(), 0o700)]
+        {
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, mode, "{}", p.display());
+        }
         std::fs::write(d.join("a/one.txt"), b"hellO").unwrap();
         std::fs::write(d.join("extra"), b"x").unwrap();
         std::fs::remove_file(d.join("two.json")).unwrap();
