@@ -221,7 +221,7 @@ async fn run<W: AsyncWrite + Unpin + Send>(
     let mut stderr_dropped = 0u64;
     let mut status: Option<ExecStatus> = None;
     loop {
-        if let Some(rx) = live_stdin.as_mut() {
+        let next = if let Some(rx) = live_stdin.as_mut() {
             // whichever comes first: output to read, or input the caller wants sent
             let input = tokio::select! {
                 biased;
@@ -244,35 +244,9 @@ async fn run<W: AsyncWrite + Unpin + Send>(
                     }
                     continue;
                 }
-                Err(m) => {
-                    let Some(msg) = m else { break };
-                    let msg = match msg {
-                        Ok(m) => m,
-                        Err(e) if status.is_some() => {
-                            let _ = e;
-                            break;
-                        }
-                        Err(e) => return Err(ExecError::Transport(e.to_string())),
-                    };
-                    if handle(
-                        msg,
-                        stdout,
-                        &mut hasher,
-                        &mut stdout_bytes,
-                        &mut stderr,
-                        &mut stderr_dropped,
-                        max_stderr,
-                        &mut status,
-                    )
-                    .await?
-                    {
-                        break;
-                    }
-                    continue;
-                }
+                Err(m) => m,
             }
-        }
-        let next = if v4_open_stdin {
+        } else if v4_open_stdin {
             match tokio::time::timeout(V4_STDIN_GRACE, ws.next()).await {
                 Ok(m) => m,
                 Err(_) => {

@@ -17,7 +17,7 @@ use kustody_cluster::ClusterError;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
-use crate::bundle::{component, now, Artifact, Bundle, Source};
+use crate::bundle::{component, now, Bundle, Source};
 use crate::frame::{Section, Sections};
 use crate::procfs::{self, FileEntry, Process, Socket};
 use crate::script::{self, Mode};
@@ -709,28 +709,13 @@ impl Collector {
                 f.finish().await.map_err(|e| e.to_string())
             }
             .await;
-            match res {
-                Ok((sha256, size)) => {
-                    let mut notes = Vec::new();
-                    if size >= self.opts.max_log_bytes {
-                        notes.push(format!("limited to {} bytes (--max-log-bytes)", self.opts.max_log_bytes));
-                    }
-                    self.bundle.record(Artifact {
-                        path: rel,
-                        sha256,
-                        size,
-                        source: src,
-                        started,
-                        finished: now(),
-                        redacted: vec![],
-                        notes,
-                    });
-                }
-                Err(e) => {
-                    self.bundle.discard(&rel);
-                    self.bundle.fail(rel, e, Some(src));
-                }
-            }
+            let max = self.opts.max_log_bytes;
+            let res = res.map(|(sha, size)| {
+                let notes =
+                    if size >= max { vec![format!("limited to {max} bytes (--max-log-bytes)")] } else { vec![] };
+                (sha, size, notes)
+            });
+            self.bundle.settle(&rel, res, src, started);
             self.time("logs", t0.elapsed());
         }
     }
@@ -873,29 +858,15 @@ impl Collector {
             Ok::<_, String>((out, sha, size))
         }
         .await;
-        match res {
-            Ok((out, sha256, size)) => {
-                let mut notes = vec![format!("exit code {}", out.exit_code)];
-                let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-                if !err.is_empty() {
-                    notes.push(format!("stderr: {}", err.chars().take(2000).collect::<String>()));
-                }
-                self.bundle.record(Artifact {
-                    path: rel.into(),
-                    sha256,
-                    size,
-                    source: src,
-                    started,
-                    finished: now(),
-                    redacted: vec![],
-                    notes,
-                });
+        let res = res.map(|(out, sha256, size)| {
+            let mut notes = vec![format!("exit code {}", out.exit_code)];
+            let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            if !err.is_empty() {
+                notes.push(format!("stderr: {}", err.chars().take(2000).collect::<String>()));
             }
-            Err(e) => {
-                self.bundle.discard(rel);
-                self.bundle.fail(rel, e, Some(src));
-            }
-        }
+            (sha256, size, notes)
+        });
+        self.bundle.settle(rel, res, src, started);
         self.time(step, t0.elapsed());
     }
 

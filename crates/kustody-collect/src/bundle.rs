@@ -268,6 +268,26 @@ impl Bundle {
         Ok(())
     }
 
+    /// The end of a streamed artifact: record it, or remove the partial file and record why.
+    pub fn settle(&self, rel: &str, res: Result<(String, u64, Vec<String>), String>, source: Source, started: String) {
+        match res {
+            Ok((sha256, size, notes)) => self.record(Artifact {
+                path: rel.to_owned(),
+                sha256,
+                size,
+                source,
+                started,
+                finished: now(),
+                redacted: vec![],
+                notes,
+            }),
+            Err(e) => {
+                self.discard(rel);
+                self.fail(rel, e, Some(source));
+            }
+        }
+    }
+
     pub fn record(&self, a: Artifact) {
         if let Ok(mut g) = self.inner.lock() {
             g.0.push(a);
