@@ -264,7 +264,16 @@ pub async fn resolve(opts: &ClusterOptions) -> Result<Resolved, ClusterError> {
     };
     // A recognised plugin is replaced by an in-process token when this build can mint it.
     if let Auth::ExecPlugin { command, recognized: Some(plugin) } = auth.clone() {
-        match native_token(&plugin) {
+        let plugin_env: Vec<(String, secrecy::SecretString)> = config
+            .auth_info
+            .exec
+            .as_ref()
+            .and_then(|e| e.env.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| Some((m.get("name")?.clone(), secrecy::SecretString::from(m.get("value")?.clone()))))
+            .collect();
+        match native_token(&plugin, plugin_env).await {
             Ok((token, credentials, ms)) => {
                 config.auth_info.exec = None;
                 config.auth_info.token = Some(token);
@@ -288,8 +297,13 @@ pub async fn resolve(opts: &ClusterOptions) -> Result<Resolved, ClusterError> {
 }
 
 /// Mint a token for a recognised plugin, or say why not (the plugin then runs).
-fn native_token(plugin: &Plugin) -> Result<(secrecy::SecretString, String, f64), String> {
+async fn native_token(
+    plugin: &Plugin,
+    plugin_env: Vec<(String, secrecy::SecretString)>,
+) -> Result<(secrecy::SecretString, String, f64), String> {
     let started = std::time::Instant::now();
+    let now = std::time::SystemTime::now();
+    let ms = || started.elapsed().as_secs_f64() * 1000.0;
     match plugin {
         Plugin::Eks { cluster, region, role_arn, profile } => {
             if role_arn.is_some() {
@@ -299,11 +313,28 @@ fn native_token(plugin: &Plugin) -> Result<(secrecy::SecretString, String, f64),
                 .map_err(|e| format!("the AWS credentials are {e}"))?;
             let region = crate::eks::region(region.as_deref(), profile.as_deref())
                 .ok_or("no AWS region is configured (--region, AWS_REGION or the profile's region)")?;
-            let t = crate::eks::token(&creds, cluster, &region, std::time::SystemTime::now())?;
-            Ok((t.token, creds.source, started.elapsed().as_secs_f64() * 1000.0))
+            let t = crate::eks::token(&creds, cluster, &region, now)?;
+            Ok((t.token, creds.source, ms()))
         }
-        Plugin::Gke => Err("GKE tokens are not minted in-process yet".into()),
-        Plugin::Aks { .. } => Err("AKS tokens are not minted in-process yet".into()),
+        Plugin::Gke => {
+            let (adc, origin) = crate::gke::find()?;
+            let t = crate::gke::access_token(&adc, now)
+                .await
+                .map_err(|e| format!("the Google token request failed: {e}"))?;
+            Ok((t.token, format!("{} from {origin}", adc.describe()), ms()))
+        }
+        Plugin::Aks { server_id, login, tenant_id, client_id } => {
+            let cred = crate::aks::resolve(&crate::aks::Login {
+                mode: login.clone(),
+                tenant_id: tenant_id.clone(),
+                client_id: client_id.clone(),
+                plugin_env,
+            })?;
+            let t = crate::aks::access_token(&cred, server_id, now)
+                .await
+                .map_err(|e| format!("the Entra ID token request failed: {e}"))?;
+            Ok((t.token, cred.describe(), ms()))
+        }
     }
 }
 

@@ -10,11 +10,14 @@
 //! and kustody's own message loop, so output goes straight to the sink without intermediate
 //! pipes.
 
+pub mod aks;
 pub mod config;
 pub mod eks;
 pub mod error;
 pub mod exec;
+pub mod gke;
 pub mod identity;
+pub mod oauth;
 pub mod select;
 
 pub use config::{Cluster, ClusterOptions};

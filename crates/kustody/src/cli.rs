@@ -192,6 +192,18 @@ pub struct TokenArgs {
     /// EKS: the AWS profile (default: AWS_PROFILE, then `default`).
     #[arg(long)]
     pub profile: Option<String>,
+    /// AKS: the server id (scope `<id>/.default`).
+    #[arg(long, default_value = kustody_cluster::aks::AKS_SERVER_ID)]
+    pub server_id: String,
+    /// AKS: kubelogin's login mode: spn, workloadidentity or msi.
+    #[arg(long, short = 'l')]
+    pub login: Option<String>,
+    /// AKS: tenant (default: AZURE_TENANT_ID).
+    #[arg(long)]
+    pub tenant_id: Option<String>,
+    /// AKS: client id of the service principal or identity (default: AZURE_CLIENT_ID).
+    #[arg(long)]
+    pub client_id: Option<String>,
     /// Print how long minting took, on stderr.
     #[arg(long, short = 'v')]
     pub verbose: bool,

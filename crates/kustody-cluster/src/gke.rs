@@ -1,0 +1,203 @@
+//! GKE access tokens, in-process, from Application Default Credentials — what
+//! `gke-gcloud-auth-plugin` prints, without running gcloud (FACTS.md §6).
+//!
+//! ADC, in Google's order: the file named by `GOOGLE_APPLICATION_CREDENTIALS`; gcloud's
+//! `application_default_credentials.json` (`$CLOUDSDK_CONFIG` or `~/.config/gcloud`); the
+//! metadata server (`GCE_METADATA_HOST` or `metadata.google.internal`). File types:
+//! `service_account` (an RS256 JWT assertion exchanged at the key's `token_uri`),
+//! `authorized_user` (a refresh-token grant), `impersonated_service_account` (the source
+//! credential's token, then IAM Credentials `generateAccessToken`). `external_account`
+//! (workload identity federation) is recognised and reported as not minted in-process.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+use crate::oauth::{self, AccessToken};
+
+/// The scopes gke-gcloud-auth-plugin asks for.
+pub const SCOPES: &str =
+    "https://www.googleapis.com/auth/cloud-platform https://www.googleapis.com/auth/userinfo.email";
+const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+
+/// A credential from ADC.
+#[derive(Debug, Clone)]
+pub enum Adc {
+    ServiceAccount { email: String, key: SecretString, key_id: Option<String>, token_uri: String },
+    AuthorizedUser { client_id: String, client_secret: SecretString, refresh_token: SecretString, token_uri: String },
+    Impersonated { source: Box<Adc>, url: String, delegates: Vec<String> },
+    Metadata { host: String },
+}
+
+impl Adc {
+    /// For `-v`: what kind of credential, never its secret.
+    pub fn describe(&self) -> String {
+        match self {
+            Adc::ServiceAccount { email, .. } => format!("service account key for {email}"),
+            Adc::AuthorizedUser { .. } => "user credentials (gcloud auth application-default login)".into(),
+            Adc::Impersonated { source, url, .. } => {
+                let target = url.rsplit('/').next().unwrap_or_default().trim_end_matches(":generateAccessToken");
+                format!("{target} impersonated by {}", source.describe())
+            }
+            Adc::Metadata { host } => format!("metadata server {host}"),
+        }
+    }
+}
+
+fn s(v: &Value, k: &str) -> Option<String> {
+    v.get(k).and_then(Value::as_str).filter(|x| !x.is_empty()).map(str::to_owned)
+}
+
+/// Parse an ADC JSON file.
+pub fn parse(text: &str, origin: &str) -> Result<Adc, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("{origin}: not JSON ({e})"))?;
+    let need = |k: &str| s(&v, k).ok_or_else(|| format!("{origin}: no `{k}`"));
+    match v.get("type").and_then(Value::as_str) {
+        Some("service_account") => Ok(Adc::ServiceAccount {
+            email: need("client_email")?,
+            key: SecretString::from(need("private_key")?),
+            key_id: s(&v, "private_key_id"),
+            token_uri: s(&v, "token_uri").unwrap_or_else(|| GOOGLE_TOKEN_URI.into()),
+        }),
+        Some("authorized_user") => Ok(Adc::AuthorizedUser {
+            client_id: need("client_id")?,
+            client_secret: SecretString::from(need("client_secret")?),
+            refresh_token: SecretString::from(need("refresh_token")?),
+            token_uri: s(&v, "token_uri").unwrap_or_else(|| GOOGLE_TOKEN_URI.into()),
+        }),
+        Some("impersonated_service_account") => {
+            let source = v.get("source_credentials").ok_or_else(|| format!("{origin}: no `source_credentials`"))?;
+            Ok(Adc::Impersonated {
+                source: Box::new(parse(&source.to_string(), origin)?),
+                url: need("service_account_impersonation_url")?,
+                delegates: v
+                    .get("delegates")
+                    .and_then(Value::as_array)
+                    .map(|d| d.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default(),
+            })
+        }
+        Some("external_account") => {
+            Err(format!("{origin}: external_account (workload identity federation) is not minted in-process yet"))
+        }
+        Some(other) => Err(format!("{origin}: credential type {other:?} is not supported")),
+        None => Err(format!("{origin}: no `type`")),
+    }
+}
+
+fn gcloud_adc_path() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("CLOUDSDK_CONFIG") {
+        return Some(PathBuf::from(d).join("application_default_credentials.json"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/gcloud/application_default_credentials.json"))
+}
+
+/// Find ADC; `Err` says why nothing usable was found.
+pub fn find() -> Result<(Adc, String), String> {
+    let read = |p: &PathBuf| -> Result<String, String> {
+        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if meta.len() > 1 << 20 {
+            return Err(format!("{}: larger than 1 MiB, not a credentials file", p.display()));
+        }
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    if let Some(p) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
+        let p = PathBuf::from(p);
+        let origin = format!("GOOGLE_APPLICATION_CREDENTIALS={}", p.display());
+        return Ok((parse(&read(&p)?, &origin)?, origin));
+    }
+    if let Some(p) = gcloud_adc_path().filter(|p| p.exists()) {
+        let origin = p.display().to_string();
+        return Ok((parse(&read(&p)?, &origin)?, origin));
+    }
+    let host = std::env::var("GCE_METADATA_HOST").unwrap_or_else(|_| "metadata.google.internal".into());
+    Ok((Adc::Metadata { host: host.clone() }, format!("metadata server {host}")))
+}
+
+/// Exchange the credential for an access token.
+pub async fn access_token(adc: &Adc, now: SystemTime) -> Result<AccessToken, String> {
+    match adc {
+        Adc::ServiceAccount { email, key, key_id, token_uri } => {
+            let iat = oauth::epoch(now);
+            let header = match key_id {
+                Some(k) => json!({"alg": "RS256", "typ": "JWT", "kid": k}),
+                None => json!({"alg": "RS256", "typ": "JWT"}),
+            };
+            let claims = json!({"iss": email, "scope": SCOPES, "aud": token_uri, "iat": iat, "exp": iat + 3600});
+            let assertion = oauth::jwt_rs256(&header, &claims, key)?;
+            let v = oauth::post_form(
+                token_uri,
+                &[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", &assertion)],
+                None,
+            )
+            .await?;
+            oauth::token_of(&v, now)
+        }
+        Adc::AuthorizedUser { client_id, client_secret, refresh_token, token_uri } => {
+            use secrecy::ExposeSecret;
+            let v = oauth::post_form(
+                token_uri,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("client_id", client_id),
+                    ("client_secret", client_secret.expose_secret()),
+                    ("refresh_token", refresh_token.expose_secret()),
+                ],
+                None,
+            )
+            .await?;
+            oauth::token_of(&v, now)
+        }
+        Adc::Impersonated { source, url, delegates } => {
+            let src = Box::pin(access_token(source, now)).await?;
+            let body =
+                json!({"scope": SCOPES.split(' ').collect::<Vec<_>>(), "delegates": delegates, "lifetime": "3600s"});
+            use secrecy::ExposeSecret;
+            let req = http::Request::post(url.as_str())
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {}", src.token.expose_secret()))
+                .body(body.to_string().into_bytes())
+                .map_err(|e| e.to_string())?;
+            let v = oauth::json_answer(url, oauth::send(req).await?)?;
+            oauth::token_of(&v, now)
+        }
+        Adc::Metadata { host } => {
+            let url = format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token");
+            let req = http::Request::get(url.as_str())
+                .header("metadata-flavor", "Google")
+                .body(Vec::new())
+                .map_err(|e| e.to_string())?;
+            let v = oauth::json_answer(&url, oauth::send(req).await?)?;
+            oauth::token_of(&v, now)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adc_files() {
+        let sa = r#"{"type":"service_account","client_email":"a@p.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n","private_key_id":"k1"}"#;
+        match parse(sa, "f").unwrap() {
+            Adc::ServiceAccount { token_uri, key_id, .. } => {
+                assert_eq!(token_uri, GOOGLE_TOKEN_URI);
+                assert_eq!(key_id.as_deref(), Some("k1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let imp = r#"{"type":"impersonated_service_account","service_account_impersonation_url":"https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/t@p.iam.gserviceaccount.com:generateAccessToken","source_credentials":{"type":"authorized_user","client_id":"c","client_secret":"s","refresh_token":"r"}}"#;
+        let a = parse(imp, "f").unwrap();
+        assert_eq!(
+            a.describe(),
+            "t@p.iam.gserviceaccount.com impersonated by user credentials (gcloud auth application-default login)"
+        );
+        assert!(!format!("{a:?}").contains("\"s\""), "secrets stay out of Debug");
+        assert!(parse(r#"{"type":"external_account"}"#, "f").unwrap_err().contains("not minted in-process"));
+        assert!(parse(r#"{"type":"service_account"}"#, "f").unwrap_err().contains("client_email"));
+        assert!(parse("nope", "f").is_err());
+    }
+}

@@ -1,0 +1,470 @@
+//! Native GKE and AKS tokens against token endpoints this test runs on 127.0.0.1, speaking the
+//! real protocols: the JWT-bearer grant with a service-account key (signature verified with the
+//! key's public half), the refresh-token grant, IAM Credentials `generateAccessToken`, the GCE
+//! metadata server; Entra ID client credentials with a secret, a certificate assertion (`x5t`
+//! checked against the certificate), a federated token (workload identity), and IMDS. Then a
+//! kubeconfig whose user runs `gke-gcloud-auth-plugin` / `kubelogin` (neither installed) reaches
+//! the test cluster with the token kustody minted itself.
+//!
+//! Each case runs `kustody` as a subprocess with its own environment (credentials come from the
+//! environment, which tests in one process would share).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "tests fail by panicking")]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use sha1::Digest;
+
+const KEY: &str = include_str!("data/cloud/test-rsa-key.pem");
+const CERT: &str = include_str!("data/cloud/test-cert.pem");
+const AKS_SCOPE: &str = "6dae42f8-4368-4678-94ff-3960e28e3630/.default";
+
+/// One request the endpoint saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Seen {
+    fn form(&self) -> BTreeMap<String, String> {
+        self.body.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (unescape(k), unescape(v))).collect()
+    }
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap());
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+type Handler = Box<dyn Fn(&Seen) -> (u16, Value) + Send + Sync>;
+
+/// A plain-HTTP endpoint on 127.0.0.1 answering with `handler`; returns its base URL and log.
+fn endpoint(handler: Handler) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() || line.is_empty() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let method = parts.next().unwrap_or_default().to_owned();
+            let target = parts.next().unwrap_or_default().to_owned();
+            let mut headers = BTreeMap::new();
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                }
+            }
+            let n: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut body = vec![0u8; n];
+            r.read_exact(&mut body).unwrap();
+            let seen = Seen { method, target, headers, body: String::from_utf8_lossy(&body).into_owned() };
+            let (status, v) = handler(&seen);
+            log2.lock().unwrap().push(seen);
+            let text = v.to_string();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    (base, log)
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn kustody(args: &[&str], env: &[(&str, &str)], home: &Path) -> Out {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kustody"));
+    c.args(args).env_clear().env("HOME", home).env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn b64url_decode(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
+}
+
+fn der(pem: &str, label: &str) -> Vec<u8> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let body: String = pem[pem.find(&begin).unwrap() + begin.len()..pem.find(&end).unwrap()]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+}
+
+/// Verify an RS256 JWT with the test key's public half; returns (header, claims).
+fn verify_jwt(jwt: &str) -> (Value, Value) {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "{jwt}");
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(&der(KEY, "PRIVATE KEY")).unwrap();
+    let public =
+        ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, pair.public().as_ref());
+    public
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &b64url_decode(parts[2]))
+        .expect("signature verifies");
+    (
+        serde_json::from_slice(&b64url_decode(parts[0])).unwrap(),
+        serde_json::from_slice(&b64url_decode(parts[1])).unwrap(),
+    )
+}
+
+fn credential(out: &Out) -> Value {
+    assert_eq!(out.code, 0, "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "ExecCredential");
+    v
+}
+
+fn expires_in(v: &Value) -> i64 {
+    let t = chrono::DateTime::parse_from_rfc3339(v["status"]["expirationTimestamp"].as_str().unwrap()).unwrap();
+    t.timestamp() - chrono::Utc::now().timestamp()
+}
+
+#[test]
+fn gke_service_account_key_jwt_bearer() {
+    let (base, log) = endpoint(Box::new(|s| {
+        if s.form().get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+            return (400, json!({"error": "unsupported_grant_type"}));
+        }
+        (200, json!({"access_token": "ya29.from-sa-key", "expires_in": 3599, "token_type": "Bearer"}))
+    }));
+    let home = tempfile::tempdir().unwrap();
+    let key = home.path().join("sa.json");
+    let token_uri = format!("{base}/token");
+    std::fs::write(
+        &key,
+        json!({"type": "service_account", "project_id": "p", "private_key_id": "kid-1", "private_key": KEY,
+            "client_email": "ir@p.iam.gserviceaccount.com", "token_uri": token_uri})
+        .to_string(),
+    )
+    .unwrap();
+    let out = kustody(
+        &["auth", "token", "--provider", "gke", "-v"],
+        &[("GOOGLE_APPLICATION_CREDENTIALS", key.to_str().unwrap())],
+        home.path(),
+    );
+    let v = credential(&out);
+    assert_eq!(v["status"]["token"], "ya29.from-sa-key");
+    assert!((3500..=3600).contains(&expires_in(&v)), "{v}");
+    assert!(out.stderr.contains("service account key for ir@p.iam.gserviceaccount.com"), "{}", out.stderr);
+    let seen = log.lock().unwrap()[0].clone();
+    assert_eq!((seen.method.as_str(), seen.target.as_str()), ("POST", "/token"));
+    let (header, claims) = verify_jwt(&seen.form()["assertion"]);
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["kid"], "kid-1");
+    assert_eq!(claims["iss"], "ir@p.iam.gserviceaccount.com");
+    assert_eq!(claims["aud"], token_uri);
+    assert!(claims["scope"].as_str().unwrap().contains("https://www.googleapis.com/auth/cloud-platform"));
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3600);
+    assert!(!out.stderr.contains("PRIVATE KEY") && !out.stdout.contains("PRIVATE KEY"));
+}
+
+#[test]
+fn gke_authorized_user_impersonation_and_metadata() {
+    let (base, log) = endpoint(Box::new(|s| match s.target.as_str() {
+        "/token" => {
+            let f = s.form();
+            if f.get("grant_type").map(String::as_str) != Some("refresh_token")
+                || f.get("refresh_token").map(String::as_str) != Some("1//r")
+            {
+                return (
+                    400,
+                    json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
+                );
+            }
+            (200, json!({"access_token": "ya29.user", "expires_in": 1800}))
+        }
+        t if t.ends_with(":generateAccessToken") => {
+            if s.headers.get("authorization").map(String::as_str) != Some("Bearer ya29.user") {
+                return (401, json!({"error": {"message": "no source token"}}));
+            }
+            let exp = (chrono::Utc::now() + chrono::Duration::seconds(3600))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            (200, json!({"accessToken": "ya29.impersonated", "expireTime": exp}))
+        }
+        "/computeMetadata/v1/instance/service-accounts/default/token" => {
+            if s.headers.get("metadata-flavor").map(String::as_str) != Some("Google") {
+                return (403, json!({"error": "missing Metadata-Flavor"}));
+            }
+            (200, json!({"access_token": "ya29.metadata", "expires_in": 3000, "token_type": "Bearer"}))
+        }
+        _ => (404, json!({"error": "not found"})),
+    }));
+    let home = tempfile::tempdir().unwrap();
+    let gcloud = home.path().join(".config/gcloud");
+    std::fs::create_dir_all(&gcloud).unwrap();
+    let user = json!({"type": "authorized_user", "client_id": "c.apps.googleusercontent.com", "client_secret": "cs",
+        "refresh_token": "1//r", "token_uri": format!("{base}/token")});
+    // gcloud's ADC file in $HOME
+    std::fs::write(gcloud.join("application_default_credentials.json"), user.to_string()).unwrap();
+    let v = credential(&kustody(&["auth", "token", "--provider", "gke"], &[], home.path()));
+    assert_eq!(v["status"]["token"], "ya29.user");
+    assert!((1700..=1800).contains(&expires_in(&v)));
+    // impersonation
+    let imp = json!({"type": "impersonated_service_account", "delegates": [],
+        "service_account_impersonation_url": format!("{base}/v1/projects/-/serviceAccounts/target@p.iam.gserviceaccount.com:generateAccessToken"),
+        "source_credentials": user});
+    let f = home.path().join("imp.json");
+    std::fs::write(&f, imp.to_string()).unwrap();
+    let out = kustody(
+        &["auth", "token", "--provider", "gke", "-v"],
+        &[("GOOGLE_APPLICATION_CREDENTIALS", f.to_str().unwrap())],
+        home.path(),
+    );
+    let v = credential(&out);
+    assert_eq!(v["status"]["token"], "ya29.impersonated");
+    assert!(out.stderr.contains("target@p.iam.gserviceaccount.com impersonated by"), "{}", out.stderr);
+    let body: Value = serde_json::from_str(&log.lock().unwrap().last().unwrap().body).unwrap();
+    assert_eq!(body["lifetime"], "3600s");
+    // the metadata server, when there is no ADC file
+    std::fs::remove_file(gcloud.join("application_default_credentials.json")).unwrap();
+    let host = base.trim_start_matches("http://");
+    let v = credential(&kustody(&["auth", "token", "--provider", "gke"], &[("GCE_METADATA_HOST", host)], home.path()));
+    assert_eq!(v["status"]["token"], "ya29.metadata");
+    // a revoked refresh token: the endpoint's reason, exit 2, no secret echoed
+    let bad = json!({"type": "authorized_user", "client_id": "c", "client_secret": "cs-secret", "refresh_token": "1//revoked",
+        "token_uri": format!("{base}/token")});
+    std::fs::write(&f, bad.to_string()).unwrap();
+    let out = kustody(
+        &["auth", "token", "--provider", "gke"],
+        &[("GOOGLE_APPLICATION_CREDENTIALS", f.to_str().unwrap())],
+        home.path(),
+    );
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("400") && out.stderr.contains("expired or revoked"), "{}", out.stderr);
+    assert!(!out.stderr.contains("cs-secret") && !out.stderr.contains("1//revoked"));
+    // tokens never go to a non-loopback host in clear text
+    let plain = json!({"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r",
+        "token_uri": "http://example.com/token"});
+    std::fs::write(&f, plain.to_string()).unwrap();
+    let out = kustody(
+        &["auth", "token", "--provider", "gke"],
+        &[("GOOGLE_APPLICATION_CREDENTIALS", f.to_str().unwrap())],
+        home.path(),
+    );
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("refusing to send credentials"), "{}", out.stderr);
+}
+
+#[test]
+fn aks_secret_certificate_workload_identity_and_msi() {
+    let cert_der = der(CERT, "CERTIFICATE");
+    let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(&cert_der));
+    let (base, log) = endpoint(Box::new(move |s| {
+        if s.target.starts_with("/metadata/identity/oauth2/token") {
+            if s.headers.get("metadata").map(String::as_str) != Some("true") {
+                return (
+                    400,
+                    json!({"error": "invalid_request", "error_description": "Required metadata header not specified"}),
+                );
+            }
+            return (
+                200,
+                json!({"access_token": "eyJ.msi", "expires_in": "3599", "resource": "6dae42f8-4368-4678-94ff-3960e28e3630"}),
+            );
+        }
+        if s.target != "/tenant-1/oauth2/v2.0/token" {
+            return (404, json!({"error": "not_found"}));
+        }
+        let f = s.form();
+        if f.get("grant_type").map(String::as_str) != Some("client_credentials")
+            || f.get("scope").map(String::as_str) != Some(AKS_SCOPE)
+        {
+            return (400, json!({"error": "invalid_request"}));
+        }
+        match (f.get("client_secret"), f.get("client_assertion")) {
+            (Some(secret), None) if secret == "sp-secret" => {
+                (200, json!({"access_token": "eyJ.secret", "expires_in": 3599, "token_type": "Bearer"}))
+            }
+            (None, Some(a)) if a == "federated.jwt.token" => {
+                (200, json!({"access_token": "eyJ.workload", "expires_in": 3599}))
+            }
+            (None, Some(a)) => {
+                let (h, c) = verify_jwt(a);
+                assert_eq!(h["x5t"], x5t.as_str());
+                assert_eq!(c["sub"], "app-1");
+                assert!(c["aud"].as_str().unwrap().ends_with("/tenant-1/oauth2/v2.0/token"));
+                (200, json!({"access_token": "eyJ.certificate", "expires_in": 3599}))
+            }
+            _ => (
+                401,
+                json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}),
+            ),
+        }
+    }));
+    let home = tempfile::tempdir().unwrap();
+    let common =
+        [("AZURE_AUTHORITY_HOST", base.as_str()), ("AZURE_TENANT_ID", "tenant-1"), ("AZURE_CLIENT_ID", "app-1")];
+    let with = |extra: &[(&'static str, &str)]| -> Vec<(&str, String)> {
+        common.iter().chain(extra.iter()).map(|(k, v)| (*k, (*v).to_owned())).collect()
+    };
+    let run = |mode: &str, env: Vec<(&str, String)>| {
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        kustody(&["auth", "token", "--provider", "aks", "--login", mode, "-v"], &e, home.path())
+    };
+    let out = run("spn", with(&[("AZURE_CLIENT_SECRET", "sp-secret")]));
+    assert_eq!(credential(&out)["status"]["token"], "eyJ.secret");
+    assert!(out.stderr.contains("service principal app-1 (secret)"), "{}", out.stderr);
+    let both = home.path().join("sp.pem");
+    std::fs::write(&both, format!("{CERT}{KEY}")).unwrap();
+    let out = run("spn", with(&[("AZURE_CLIENT_CERTIFICATE_PATH", both.to_str().unwrap())]));
+    assert_eq!(credential(&out)["status"]["token"], "eyJ.certificate");
+    let fed = home.path().join("token");
+    std::fs::write(&fed, "federated.jwt.token\n").unwrap();
+    let out = run("workloadidentity", with(&[("AZURE_FEDERATED_TOKEN_FILE", fed.to_str().unwrap())]));
+    assert_eq!(credential(&out)["status"]["token"], "eyJ.workload");
+    let out = kustody(
+        &["auth", "token", "--provider", "aks", "--login", "msi", "--client-id", "mi-1"],
+        &[("AZURE_POD_IDENTITY_AUTHORITY_HOST", base.as_str())],
+        home.path(),
+    );
+    let v = credential(&out);
+    assert_eq!(v["status"]["token"], "eyJ.msi");
+    assert!((3500..=3600).contains(&expires_in(&v)));
+    let msi = log.lock().unwrap().last().unwrap().clone();
+    assert!(
+        msi.target.contains("resource=6dae42f8-4368-4678-94ff-3960e28e3630") && msi.target.contains("client_id=mi-1"),
+        "{}",
+        msi.target
+    );
+    // a wrong secret: Entra's reason, exit 2, the secret not echoed
+    let out = run("spn", with(&[("AZURE_CLIENT_SECRET", "wrong-secret")]));
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("AADSTS7000215"), "{}", out.stderr);
+    assert!(!out.stderr.contains("wrong-secret"));
+    // modes that need a person are refused in-process with the reason
+    let out = run("devicecode", with(&[]));
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("not minted in-process"), "{}", out.stderr);
+}
+
+/// A kubeconfig written by `gcloud container clusters get-credentials` / `kubelogin
+/// convert-kubeconfig`: the plugins are not installed, kustody mints the tokens itself and the
+/// test cluster accepts them.
+#[test]
+fn kubeconfig_plugins_replaced_by_native_tokens_on_the_test_cluster() {
+    let Some(c) = kustody_testcluster::client::cluster(kustody_testcluster::TestCluster::builder().namespace("ir"))
+    else {
+        return;
+    };
+    let rules = json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]);
+    let gke_token = c.add_user("gke-responder@example.com", &[], rules.clone(), Some("ir")).unwrap();
+    let aks_token = c.add_user("aks-responder", &[], rules, Some("ir")).unwrap();
+    let (base, _log) = endpoint(Box::new(move |s| {
+        if s.target == "/token" {
+            (200, json!({"access_token": gke_token, "expires_in": 3599}))
+        } else if s.target == "/tenant-1/oauth2/v2.0/token"
+            && s.form().get("client_secret").map(String::as_str) == Some("sp-secret")
+        {
+            (200, json!({"access_token": aks_token, "expires_in": 3599}))
+        } else {
+            (401, json!({"error": "invalid_client"}))
+        }
+    }));
+    let home = tempfile::tempdir().unwrap();
+    let key = home.path().join("sa.json");
+    std::fs::write(
+        &key,
+        json!({"type": "service_account", "private_key": KEY, "client_email": "ir@p.iam.gserviceaccount.com", "token_uri": format!("{base}/token")})
+            .to_string(),
+    )
+    .unwrap();
+    let mut kc: Value =
+        serde_json::from_str(&serde_json::to_string(&serde_yaml_like(&c.kubeconfig_yaml(None, Some("ir")))).unwrap())
+            .unwrap();
+    kc["users"] = json!([
+        {"name": "gke", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "gke-gcloud-auth-plugin",
+            "installHint": "Install gke-gcloud-auth-plugin", "provideClusterInfo": true, "interactiveMode": "IfAvailable"}}},
+        {"name": "aks", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "kubelogin",
+            "args": ["get-token", "--login", "spn", "--server-id", "6dae42f8-4368-4678-94ff-3960e28e3630", "--tenant-id", "tenant-1",
+                     "--client-id", "app-1", "--environment", "AzurePublicCloud"],
+            "env": [{"name": "AAD_SERVICE_PRINCIPAL_CLIENT_SECRET", "value": "sp-secret"}], "interactiveMode": "IfAvailable"}}}
+    ]);
+    let cluster_name = kc["clusters"][0]["name"].clone();
+    kc["contexts"] = json!([
+        {"name": "gke", "context": {"cluster": cluster_name, "user": "gke", "namespace": "ir"}},
+        {"name": "aks", "context": {"cluster": cluster_name, "user": "aks", "namespace": "ir"}}
+    ]);
+    kc["current-context"] = json!("gke");
+    let kcf = home.path().join("kubeconfig");
+    std::fs::write(&kcf, kc.to_string()).unwrap();
+    let out = kustody(
+        &["auth", "whoami", "--kubeconfig", kcf.to_str().unwrap(), "-v"],
+        &[("GOOGLE_APPLICATION_CREDENTIALS", key.to_str().unwrap())],
+        home.path(),
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("gke-responder@example.com"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("recognised `gke-gcloud-auth-plugin`")
+            && out.stderr.contains("minted the token in-process"),
+        "{}",
+        out.stderr
+    );
+    // the secret comes from the plugin's own `env` entry, as kubelogin would have read it
+    let out = kustody(
+        &["auth", "whoami", "--kubeconfig", kcf.to_str().unwrap(), "--context", "aks", "-v"],
+        &[("AZURE_AUTHORITY_HOST", base.as_str())],
+        home.path(),
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("aks-responder"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("recognised `kubelogin`") && out.stderr.contains("minted the token in-process"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The harness's kubeconfig is YAML; the JSON subset it uses is parsed by the test cluster's
+/// own YAML reader.
+fn serde_yaml_like(text: &str) -> Value {
+    kustody_testcluster::yaml_documents(text).unwrap().into_iter().next().unwrap()
+}
