@@ -180,6 +180,8 @@ pub struct Resolved {
     pub auth: Auth,
     /// What a `-v` run prints about how the connection was chosen.
     pub notes: Vec<String>,
+    /// A natively minted token, kept fresh by the client's [`crate::refresh::RefreshLayer`].
+    pub native: Option<crate::refresh::TokenCache>,
 }
 
 fn home_kubeconfig() -> Option<PathBuf> {
@@ -263,6 +265,7 @@ pub async fn resolve(opts: &ClusterOptions) -> Result<Resolved, ClusterError> {
         }
     };
     // A recognised plugin is replaced by an in-process token when this build can mint it.
+    let mut native = None;
     if let Auth::ExecPlugin { command, recognized: Some(plugin) } = auth.clone() {
         let plugin_env: Vec<(String, secrecy::SecretString)> = config
             .auth_info
@@ -273,12 +276,20 @@ pub async fn resolve(opts: &ClusterOptions) -> Result<Resolved, ClusterError> {
             .into_iter()
             .filter_map(|m| Some((m.get("name")?.clone(), secrecy::SecretString::from(m.get("value")?.clone()))))
             .collect();
-        match native_token(&plugin, plugin_env).await {
+        match native_token(&plugin, plugin_env.clone()).await {
             Ok((token, credentials, ms)) => {
                 config.auth_info.exec = None;
-                config.auth_info.token = Some(token);
+                config.auth_info.token = None;
+                let (p2, env2) = (plugin.clone(), plugin_env);
+                let mint: crate::refresh::Mint = std::sync::Arc::new(move || {
+                    let (p, e) = (p2.clone(), env2.clone());
+                    Box::pin(async move { native_token(&p, e).await.map(|(t, _, _)| t) })
+                });
+                native = Some(crate::refresh::TokenCache::new(token, mint));
                 notes.push(format!(
-                    "recognised `{command}` ({plugin}); minted the token in-process in {ms:.2} ms instead of running it"
+                    "recognised `{command}` ({plugin}); minted the token in-process in {ms:.2} ms instead of running it \
+                     (cached; minted again {}s before expiry, or once after a 401)",
+                    crate::refresh::MARGIN.as_secs()
                 ));
                 auth = Auth::Native { plugin, credentials };
             }
@@ -293,14 +304,14 @@ pub async fn resolve(opts: &ClusterOptions) -> Result<Resolved, ClusterError> {
     notes.push(format!("authentication: {auth}"));
     let namespace = opts.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     config.default_namespace = namespace.clone();
-    Ok(Resolved { config, source, context, namespace, all_namespaces: opts.all_namespaces, auth, notes })
+    Ok(Resolved { config, source, context, namespace, all_namespaces: opts.all_namespaces, auth, notes, native })
 }
 
 /// Mint a token for a recognised plugin, or say why not (the plugin then runs).
 async fn native_token(
     plugin: &Plugin,
     plugin_env: Vec<(String, secrecy::SecretString)>,
-) -> Result<(secrecy::SecretString, String, f64), String> {
+) -> Result<(crate::oauth::AccessToken, String, f64), String> {
     let started = std::time::Instant::now();
     let now = std::time::SystemTime::now();
     let ms = || started.elapsed().as_secs_f64() * 1000.0;
@@ -314,14 +325,14 @@ async fn native_token(
             let region = crate::eks::region(region.as_deref(), profile.as_deref())
                 .ok_or("no AWS region is configured (--region, AWS_REGION or the profile's region)")?;
             let t = crate::eks::token(&creds, cluster, &region, now)?;
-            Ok((t.token, creds.source, ms()))
+            Ok((crate::oauth::AccessToken { token: t.token, expires_at: t.expires }, creds.source, ms()))
         }
         Plugin::Gke => {
             let (adc, origin) = crate::gke::find()?;
             let t = crate::gke::access_token(&adc, now)
                 .await
                 .map_err(|e| format!("the Google token request failed: {e}"))?;
-            Ok((t.token, format!("{} from {origin}", adc.describe()), ms()))
+            Ok((t, format!("{} from {origin}", adc.describe()), ms()))
         }
         Plugin::Aks { server_id, login, tenant_id, client_id } => {
             let cred = crate::aks::resolve(&crate::aks::Login {
@@ -333,7 +344,7 @@ async fn native_token(
             let t = crate::aks::access_token(&cred, server_id, now)
                 .await
                 .map_err(|e| format!("the Entra ID token request failed: {e}"))?;
-            Ok((t.token, cred.describe(), ms()))
+            Ok((t, cred.describe(), ms()))
         }
     }
 }
@@ -356,7 +367,13 @@ impl Cluster {
     pub async fn connect(opts: &ClusterOptions) -> Result<Cluster, ClusterError> {
         let r = resolve(opts).await?;
         let server = r.config.cluster_url.to_string();
-        let client = kube::Client::try_from(r.config).map_err(|e| {
+        let native = r.native.clone();
+        let built = match native {
+            Some(cache) => kube::client::ClientBuilder::try_from(r.config)
+                .map(|b| b.with_layer(&crate::refresh::RefreshLayer(cache)).build()),
+            None => kube::Client::try_from(r.config),
+        };
+        let client = built.map_err(|e| {
             // say why a recognised plugin was run instead of minted in-process
             let why: Vec<&str> =
                 r.notes.iter().filter(|n| n.contains("running it, because")).map(String::as_str).collect();

@@ -18,6 +18,7 @@ pub mod exec;
 pub mod gke;
 pub mod identity;
 pub mod oauth;
+pub mod refresh;
 pub mod select;
 
 pub use config::{Cluster, ClusterOptions};

@@ -9,7 +9,13 @@
 //! Each case runs `kustody` as a subprocess with its own environment (credentials come from the
 //! environment, which tests in one process would share).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "tests fail by panicking")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail by panicking"
+)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -397,13 +403,20 @@ fn kubeconfig_plugins_replaced_by_native_tokens_on_the_test_cluster() {
     let rules = json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]);
     let gke_token = c.add_user("gke-responder@example.com", &[], rules.clone(), Some("ir")).unwrap();
     let aks_token = c.add_user("aks-responder", &[], rules, Some("ir")).unwrap();
-    let (base, _log) = endpoint(Box::new(move |s| {
+    // GKE: the first token minted is one the cluster refuses (revoked, say): kustody must mint
+    // again after the 401 and retry. AKS: tokens that expire within the refresh margin are
+    // minted again before the next request.
+    let gke_mints = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let gm = gke_mints.clone();
+    let (base, log) = endpoint(Box::new(move |s| {
         if s.target == "/token" {
-            (200, json!({"access_token": gke_token, "expires_in": 3599}))
+            let first = gm.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            let token = if first { "revoked".to_owned() } else { gke_token.clone() };
+            (200, json!({"access_token": token, "expires_in": 3599}))
         } else if s.target == "/tenant-1/oauth2/v2.0/token"
             && s.form().get("client_secret").map(String::as_str) == Some("sp-secret")
         {
-            (200, json!({"access_token": aks_token, "expires_in": 3599}))
+            (200, json!({"access_token": aks_token, "expires_in": 30}))
         } else {
             (401, json!({"error": "invalid_client"}))
         }
@@ -448,6 +461,7 @@ fn kubeconfig_plugins_replaced_by_native_tokens_on_the_test_cluster() {
         "{}",
         out.stderr
     );
+    assert_eq!(gke_mints.load(std::sync::atomic::Ordering::SeqCst), 2, "minted once more after the 401");
     // the secret comes from the plugin's own `env` entry, as kubelogin would have read it
     let out = kustody(
         &["auth", "whoami", "--kubeconfig", kcf.to_str().unwrap(), "--context", "aks", "-v"],
@@ -461,6 +475,8 @@ fn kubeconfig_plugins_replaced_by_native_tokens_on_the_test_cluster() {
         "{}",
         out.stderr
     );
+    let aks_mints = log.lock().unwrap().iter().filter(|s| s.target.starts_with("/tenant-1/")).count();
+    assert_eq!(aks_mints, 2, "a token expiring within the margin is minted again before use");
 }
 
 /// The harness's kubeconfig is YAML; the JSON subset it uses is parsed by the test cluster's
