@@ -317,10 +317,8 @@ async fn native_token(
     let ms = || started.elapsed().as_secs_f64() * 1000.0;
     match plugin {
         Plugin::Eks { cluster, region, role_arn, profile } => {
-            if role_arn.is_some() {
-                return Err("assuming a role (--role-arn) is not done in-process yet".into());
-            }
-            let creds = crate::eks::static_credentials(profile.as_deref())
+            let creds = crate::eks::credentials(profile.as_deref(), role_arn.as_deref())
+                .await
                 .map_err(|e| format!("the AWS credentials are {e}"))?;
             let region = crate::eks::region(region.as_deref(), profile.as_deref())
                 .ok_or("no AWS region is configured (--region, AWS_REGION or the profile's region)")?;

@@ -163,6 +163,59 @@ pub fn static_credentials(profile: Option<&str>) -> Result<AwsCredentials, Strin
     ))
 }
 
+/// Credentials for minting: static keys natively (fast, no I/O beyond one file), else — in a
+/// build with the `aws-chain` feature — the AWS SDK's default chain (SSO, credential_process,
+/// web identity/IRSA, EKS Pod Identity and ECS, IMDSv2), and `--role-arn` through STS AssumeRole.
+pub async fn credentials(profile: Option<&str>, role_arn: Option<&str>) -> Result<AwsCredentials, String> {
+    if role_arn.is_none() {
+        match static_credentials(profile) {
+            Ok(c) => return Ok(c),
+            Err(why) => return chain(profile, None, why).await,
+        }
+    }
+    chain(profile, role_arn, String::new()).await
+}
+
+#[cfg(not(feature = "aws-chain"))]
+async fn chain(_profile: Option<&str>, role_arn: Option<&str>, why: String) -> Result<AwsCredentials, String> {
+    match role_arn {
+        Some(_) => Err("assuming a role (--role-arn) needs a kustody built with --features aws-chain".into()),
+        None => Err(format!(
+            "{why}; this kustody reads static keys only (build it with --features aws-chain for SSO, IRSA, Pod Identity and IMDS)"
+        )),
+    }
+}
+
+#[cfg(feature = "aws-chain")]
+async fn chain(profile: Option<&str>, role_arn: Option<&str>, _why: String) -> Result<AwsCredentials, String> {
+    use aws_credential_types::provider::ProvideCredentials;
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(p) = profile {
+        loader = loader.profile_name(p);
+    }
+    let cfg = loader.load().await;
+    let err = |e: aws_credential_types::provider::error::CredentialsError| {
+        format!("the AWS credential chain: {}", aws_smithy_types::error::display::DisplayErrorContext(e))
+    };
+    let (creds, source) = match role_arn {
+        None => {
+            let p = cfg.credentials_provider().ok_or("the AWS SDK found no credentials provider")?;
+            (p.provide_credentials().await.map_err(err)?, "AWS SDK default chain".to_owned())
+        }
+        Some(arn) => {
+            let p =
+                aws_config::sts::AssumeRoleProvider::builder(arn).session_name("kustody").configure(&cfg).build().await;
+            (p.provide_credentials().await.map_err(err)?, format!("role {arn} assumed with the AWS SDK default chain"))
+        }
+    };
+    Ok(AwsCredentials {
+        access_key_id: creds.access_key_id().to_owned(),
+        secret_access_key: SecretString::from(creds.secret_access_key().to_owned()),
+        session_token: creds.session_token().map(|t| SecretString::from(t.to_owned())),
+        source,
+    })
+}
+
 /// The region: the plugin's, then `AWS_REGION`/`AWS_DEFAULT_REGION`, then the profile's.
 pub fn region(plugin_region: Option<&str>, profile: Option<&str>) -> Option<String> {
     if let Some(r) = plugin_region {

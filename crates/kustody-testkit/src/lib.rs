@@ -20,3 +20,4 @@ pub fn shared(probe: &str) -> Option<PathBuf> {
     eprintln!("SKIP: {} not found (tests that need ../shared run in CI)", wanted.display());
     None
 }
+pub mod http;

@@ -192,6 +192,9 @@ pub struct TokenArgs {
     /// EKS: the AWS profile (default: AWS_PROFILE, then `default`).
     #[arg(long)]
     pub profile: Option<String>,
+    /// EKS: assume this role first (as `aws eks get-token --role-arn`; needs the aws-chain feature).
+    #[arg(long)]
+    pub role_arn: Option<String>,
     /// AKS: the server id (scope `<id>/.default`).
     #[arg(long, default_value = kustody_cluster::aks::AKS_SERVER_ID)]
     pub server_id: String,

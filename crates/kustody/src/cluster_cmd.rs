@@ -134,9 +134,11 @@ pub fn token(args: TokenArgs) -> Result<ExitCode> {
     match args.provider {
         Provider::Eks => {
             let cluster = args.cluster_name.as_deref().context("--cluster-name is required for --provider eks")?;
-            let creds = kustody_cluster::eks::static_credentials(args.profile.as_deref()).map_err(|e| {
-                anyhow::anyhow!("no AWS credentials kustody can use in-process: the configured credentials are {e}")
-            })?;
+            let creds = runtime()?
+                .block_on(kustody_cluster::eks::credentials(args.profile.as_deref(), args.role_arn.as_deref()))
+                .map_err(|e| {
+                    anyhow::anyhow!("no AWS credentials kustody can use in-process: the configured credentials are {e}")
+                })?;
             let region = kustody_cluster::eks::region(args.region.as_deref(), args.profile.as_deref())
                 .context("no AWS region: pass --region or set AWS_REGION")?;
             let t = kustody_cluster::eks::token(&creds, cluster, &region, std::time::SystemTime::now())
