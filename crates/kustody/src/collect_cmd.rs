@@ -223,6 +223,21 @@ pub fn collect(args: CollectArgs) -> Result<ExitCode> {
                 )?;
             }
         }
+        for t in &targets {
+            for c in t.get("containers").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(d) = c.pointer("/debug_container/name").and_then(Value::as_str) {
+                    writeln!(
+                        o,
+                        "note: added ephemeral container {} to pod {}/{} to read {} (it has no shell, or --via debug); \
+                         Kubernetes cannot remove it, it stays in the pod's spec (terminated) — recorded in the manifest",
+                        sanitize(d),
+                        sanitize(t.get("namespace").and_then(Value::as_str).unwrap_or_default()),
+                        sanitize(t.get("pod").and_then(Value::as_str).unwrap_or_default()),
+                        sanitize(c.get("name").and_then(Value::as_str).unwrap_or_default()),
+                    )?;
+                }
+            }
+        }
         if !failures.is_empty() {
             writeln!(o, "not collected ({}):", failures.len())?;
             for f in &failures {

@@ -291,6 +291,11 @@ fn three_containers_one_distroless_into_an_archive() {
     assert_eq!(snapshot(&app_root), before, "the distroless container's filesystem changed");
     assert!(out.exists() && !dir.path().join("trio.tar.zst.partial").exists());
     assert!(r.stdout.contains("collected 3 container(s) in 1 pod(s)"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("note: added ephemeral container kustody-") && r.stdout.contains("to read app"),
+        "{}",
+        r.stdout
+    );
     let v = kustody(None, &["verify", out.to_str().unwrap(), "--json"]);
     assert_eq!(v.code, 0, "{}", v.stdout);
     let report: Value = serde_json::from_str(&v.stdout).unwrap();
