@@ -652,10 +652,24 @@ impl TestCluster {
         }
         self.api.kubelet.shutdown_blocking();
         if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
+            // wait for blocking tasks (a container's rootfs copy, a log writer) so none of
+            // them writes into the directory after it is removed; not possible from inside
+            // another runtime, where blocking is not allowed
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            } else {
+                rt.shutdown_timeout(Duration::from_secs(3));
+            }
         }
         self.api.kubelet.shutdown_blocking();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // a late writer can still recreate a path: remove until it stays removed
+        for _ in 0..40 {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            if !self.dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
