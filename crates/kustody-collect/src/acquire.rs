@@ -1218,44 +1218,32 @@ impl CollectorRun {
         if !self.preamble.is_empty() {
             transcript["preamble"] = json!(String::from_utf8_lossy(&self.preamble));
         }
-        if let Some(e) = &self.error {
-            let reason = match e {
-                ExecError::Transport(m) => format!("the collector's stream ended early (pod or container gone?): {m}"),
-                other => other.to_string(),
-            };
-            transcript["error"] = json!(reason);
-            b.fail(
-                item.clone(),
-                reason,
-                Some(Source::Exec {
-                    namespace: ns.into(),
-                    pod: pod.into(),
-                    container: exec_container.into(),
-                    command: script::command(),
-                    stdin: Some(format!("{cdir}/collector/phase1.sh")),
-                }),
-            );
-        }
         let ended = |phase: &str| self.sections.iter().any(|s| s.tag == "end" && s.arg == phase);
-        if self.error.is_none() && !(ended("1") && ended("2")) {
-            let code = self.outcome.as_ref().map_or(-1, |o| o.exit_code);
-            let reason = format!(
-                "the collector stopped before {} (exit code {code}{}): was the pod or container deleted, or the shell killed?",
-                if ended("1") { "hashing finished" } else { "reading processes, sockets and files finished" },
-                if code == 137 { ", SIGKILL" } else { "" }
-            );
+        let stopped = match &self.error {
+            Some(ExecError::Transport(m)) => {
+                Some(format!("the collector's stream ended early (pod or container gone?): {m}"))
+            }
+            Some(other) => Some(other.to_string()),
+            None if !(ended("1") && ended("2")) => {
+                let code = self.outcome.as_ref().map_or(-1, |o| o.exit_code);
+                Some(format!(
+                    "the collector stopped before {} (exit code {code}{}): was the pod or container deleted, or the shell killed?",
+                    if ended("1") { "hashing finished" } else { "reading processes, sockets and files finished" },
+                    if code == 137 { ", SIGKILL" } else { "" }
+                ))
+            }
+            None => None,
+        };
+        if let Some(reason) = stopped {
             transcript["error"] = json!(reason);
-            b.fail(
-                item.clone(),
-                reason,
-                Some(Source::Exec {
-                    namespace: ns.into(),
-                    pod: pod.into(),
-                    container: exec_container.into(),
-                    command: script::command(),
-                    stdin: Some(format!("{cdir}/collector/phase1.sh")),
-                }),
-            );
+            let source = Source::Exec {
+                namespace: ns.into(),
+                pod: pod.into(),
+                container: exec_container.into(),
+                command: script::command(),
+                stdin: Some(format!("{cdir}/collector/phase1.sh")),
+            };
+            b.fail(item.clone(), reason, Some(source));
         }
         if !self.sections.iter().any(|s| s.tag == "begin") {
             report.collector = Some(transcript);

@@ -3,7 +3,10 @@
 //! Tests that read `../shared` (upstream rule corpora, samples, recordings) fail loudly when it
 //! is missing under `CI=true` and print a clear skip notice otherwise; [`shared`] does both.
 
+#![allow(clippy::panic, reason = "test support fails loudly")]
+
 use std::path::PathBuf;
+use std::process::Command;
 
 /// The `../shared` directory beside the repository, when `../shared/<probe>` exists.
 ///
@@ -20,4 +23,37 @@ pub fn shared(probe: &str) -> Option<PathBuf> {
     eprintln!("SKIP: {} not found (tests that need ../shared run in CI)", wanted.display());
     None
 }
+
+/// A file of this repository, as text (deploy manifests, fixtures).
+///
+/// # Panics
+///
+/// When it cannot be read: the test names a file that must exist.
+pub fn repo_file(rel: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// What a command printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run a command to completion.
+///
+/// # Panics
+///
+/// When it cannot be started.
+pub fn run(cmd: &mut Command) -> Run {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 pub mod http;

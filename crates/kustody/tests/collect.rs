@@ -14,21 +14,11 @@ use std::time::{Duration, Instant};
 
 use kustody_testcluster::client::cluster;
 use kustody_testcluster::{Pod, TestCluster};
+use kustody_testkit::{repo_file, run, Run};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 const SECRET_VALUE: &str = "hunter2-do-not-store";
-
-fn repo_file(rel: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 fn kustody(kubeconfig: Option<&Path>, args: &[&str]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kustody"));
@@ -36,12 +26,7 @@ fn kustody(kubeconfig: Option<&Path>, args: &[&str]) -> Run {
     if let Some(k) = kubeconfig {
         cmd.arg("--kubeconfig").arg(k);
     }
-    let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run(&mut cmd)
 }
 
 /// A cluster with the shipped roles and a kubeconfig for a user bound to kustody-reader.

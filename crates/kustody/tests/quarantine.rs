@@ -12,35 +12,18 @@ use std::time::Duration;
 
 use kustody_testcluster::client::cluster;
 use kustody_testcluster::{Pod, TestCluster};
+use kustody_testkit::{repo_file, run, Run};
 use serde_json::{json, Value};
 
 const LABEL: &str = "kustody.io/quarantined";
 
-fn repo_file(rel: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn kustody(kubeconfig: &Path, log: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_kustody"))
+    run(Command::new(env!("CARGO_BIN_EXE_kustody"))
         .args(args)
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .env_remove("KUBECONFIG")
-        .env("KUSTODY_ACTION_LOG", log)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .env("KUSTODY_ACTION_LOG", log))
 }
 
 /// A cluster with the shipped roles, and a kubeconfig for a user bound to kustody-responder.
