@@ -6,8 +6,10 @@
 //! metadata server (`GCE_METADATA_HOST` or `metadata.google.internal`). File types:
 //! `service_account` (an RS256 JWT assertion exchanged at the key's `token_uri`),
 //! `authorized_user` (a refresh-token grant), `impersonated_service_account` (the source
-//! credential's token, then IAM Credentials `generateAccessToken`). `external_account`
-//! (workload identity federation) is recognised and reported as not minted in-process.
+//! credential's token, then IAM Credentials `generateAccessToken`), `external_account`
+//! (workload identity federation: a subject token from a file or URL exchanged at Google's STS,
+//! then optionally `generateAccessToken`; executable- and AWS-sourced ones are not minted
+//! in-process).
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -25,10 +27,40 @@ const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 /// A credential from ADC.
 #[derive(Debug, Clone)]
 pub enum Adc {
-    ServiceAccount { email: String, key: SecretString, key_id: Option<String>, token_uri: String },
-    AuthorizedUser { client_id: String, client_secret: SecretString, refresh_token: SecretString, token_uri: String },
-    Impersonated { source: Box<Adc>, url: String, delegates: Vec<String> },
-    Metadata { host: String },
+    ServiceAccount {
+        email: String,
+        key: SecretString,
+        key_id: Option<String>,
+        token_uri: String,
+    },
+    AuthorizedUser {
+        client_id: String,
+        client_secret: SecretString,
+        refresh_token: SecretString,
+        token_uri: String,
+    },
+    Impersonated {
+        source: Box<Adc>,
+        url: String,
+        delegates: Vec<String>,
+    },
+    External {
+        audience: String,
+        subject_token_type: String,
+        token_url: String,
+        impersonation_url: Option<String>,
+        source: SubjectSource,
+    },
+    Metadata {
+        host: String,
+    },
+}
+
+/// Where a workload identity federation subject token comes from.
+#[derive(Debug, Clone)]
+pub enum SubjectSource {
+    File { path: String, json_field: Option<String> },
+    Url { url: String, headers: Vec<(String, String)>, json_field: Option<String> },
 }
 
 impl Adc {
@@ -40,6 +72,16 @@ impl Adc {
             Adc::Impersonated { source, url, .. } => {
                 let target = url.rsplit('/').next().unwrap_or_default().trim_end_matches(":generateAccessToken");
                 format!("{target} impersonated by {}", source.describe())
+            }
+            Adc::External { audience, impersonation_url, .. } => {
+                let pool = audience.rsplit("/providers/").next().unwrap_or(audience);
+                match impersonation_url {
+                    Some(u) => format!(
+                        "workload identity federation (provider {pool}) impersonating {}",
+                        u.rsplit('/').next().unwrap_or_default().trim_end_matches(":generateAccessToken")
+                    ),
+                    None => format!("workload identity federation (provider {pool})"),
+                }
             }
             Adc::Metadata { host } => format!("metadata server {host}"),
         }
@@ -80,7 +122,37 @@ pub fn parse(text: &str, origin: &str) -> Result<Adc, String> {
             })
         }
         Some("external_account") => {
-            Err(format!("{origin}: external_account (workload identity federation) is not minted in-process yet"))
+            let cs = v.get("credential_source").ok_or_else(|| format!("{origin}: no `credential_source`"))?;
+            let json_field = match cs.pointer("/format/type").and_then(Value::as_str) {
+                Some("json") => Some(
+                    cs.pointer("/format/subject_token_field_name")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| format!("{origin}: json format without subject_token_field_name"))?
+                        .to_owned(),
+                ),
+                _ => None,
+            };
+            let source = if let Some(path) = s(cs, "file") {
+                SubjectSource::File { path, json_field }
+            } else if let Some(url) = s(cs, "url") {
+                let headers = cs
+                    .get("headers")
+                    .and_then(Value::as_object)
+                    .map(|h| h.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+                    .unwrap_or_default();
+                SubjectSource::Url { url, headers, json_field }
+            } else {
+                return Err(format!(
+                    "{origin}: external_account with an executable or AWS credential source is not minted in-process yet"
+                ));
+            };
+            Ok(Adc::External {
+                audience: need("audience")?,
+                subject_token_type: need("subject_token_type")?,
+                token_url: s(&v, "token_url").unwrap_or_else(|| "https://sts.googleapis.com/v1/token".into()),
+                impersonation_url: s(&v, "service_account_impersonation_url"),
+                source,
+            })
         }
         Some(other) => Err(format!("{origin}: credential type {other:?} is not supported")),
         None => Err(format!("{origin}: no `type`")),
@@ -152,16 +224,30 @@ pub async fn access_token(adc: &Adc, now: SystemTime) -> Result<AccessToken, Str
         }
         Adc::Impersonated { source, url, delegates } => {
             let src = Box::pin(access_token(source, now)).await?;
-            let body =
-                json!({"scope": SCOPES.split(' ').collect::<Vec<_>>(), "delegates": delegates, "lifetime": "3600s"});
-            use secrecy::ExposeSecret;
-            let req = http::Request::post(url.as_str())
-                .header("content-type", "application/json")
-                .header("authorization", format!("Bearer {}", src.token.expose_secret()))
-                .body(body.to_string().into_bytes())
-                .map_err(|e| e.to_string())?;
-            let v = oauth::json_answer(url, oauth::send(req).await?)?;
-            oauth::token_of(&v, now)
+            impersonate(&src, url, delegates, now).await
+        }
+        Adc::External { audience, subject_token_type, token_url, impersonation_url, source } => {
+            let subject = subject_token(source).await?;
+            let scope =
+                if impersonation_url.is_some() { "https://www.googleapis.com/auth/cloud-platform" } else { SCOPES };
+            let v = oauth::post_form(
+                token_url,
+                &[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                    ("audience", audience),
+                    ("scope", scope),
+                    ("requested_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+                    ("subject_token_type", subject_token_type),
+                    ("subject_token", &subject),
+                ],
+                None,
+            )
+            .await?;
+            let federated = oauth::token_of(&v, now)?;
+            match impersonation_url {
+                Some(url) => impersonate(&federated, url, &[], now).await,
+                None => Ok(federated),
+            }
         }
         Adc::Metadata { host } => {
             let url = format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token");
@@ -172,6 +258,55 @@ pub async fn access_token(adc: &Adc, now: SystemTime) -> Result<AccessToken, Str
             let v = oauth::json_answer(&url, oauth::send(req).await?)?;
             oauth::token_of(&v, now)
         }
+    }
+}
+
+/// IAM Credentials `generateAccessToken` for the target in `url`, authorised by `source`.
+async fn impersonate(
+    source: &AccessToken,
+    url: &str,
+    delegates: &[String],
+    now: SystemTime,
+) -> Result<AccessToken, String> {
+    use secrecy::ExposeSecret;
+    let body = json!({"scope": SCOPES.split(' ').collect::<Vec<_>>(), "delegates": delegates, "lifetime": "3600s"});
+    let req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", source.token.expose_secret()))
+        .body(body.to_string().into_bytes())
+        .map_err(|e| e.to_string())?;
+    let v = oauth::json_answer(url, oauth::send(req).await?)?;
+    oauth::token_of(&v, now)
+}
+
+/// The subject token of a workload identity federation credential.
+async fn subject_token(source: &SubjectSource) -> Result<String, String> {
+    let (raw, field) = match source {
+        SubjectSource::File { path, json_field } => {
+            let meta = std::fs::metadata(path).map_err(|e| format!("subject token {path}: {e}"))?;
+            if meta.len() > 1 << 20 {
+                return Err(format!("subject token {path}: larger than 1 MiB"));
+            }
+            (std::fs::read_to_string(path).map_err(|e| format!("subject token {path}: {e}"))?, json_field)
+        }
+        SubjectSource::Url { url, headers, json_field } => {
+            let mut req = http::Request::get(url.as_str());
+            for (k, v) in headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            let (status, body) = oauth::send(req.body(Vec::new()).map_err(|e| e.to_string())?).await?;
+            if !(200..300).contains(&status) {
+                return Err(format!("subject token {url}: {status}"));
+            }
+            (String::from_utf8_lossy(&body).into_owned(), json_field)
+        }
+    };
+    match field {
+        None => Ok(raw.trim().to_owned()),
+        Some(f) => serde_json::from_str::<Value>(&raw)
+            .ok()
+            .and_then(|v| v.get(f).and_then(Value::as_str).map(str::to_owned))
+            .ok_or_else(|| format!("the subject token is not JSON with a `{f}` field")),
     }
 }
 
@@ -196,7 +331,9 @@ mod tests {
             "t@p.iam.gserviceaccount.com impersonated by user credentials (gcloud auth application-default login)"
         );
         assert!(!format!("{a:?}").contains("\"s\""), "secrets stay out of Debug");
-        assert!(parse(r#"{"type":"external_account"}"#, "f").unwrap_err().contains("not minted in-process"));
+        assert!(parse(r#"{"type":"external_account","credential_source":{"executable":{"command":"x"}}}"#, "f")
+            .unwrap_err()
+            .contains("not minted in-process"));
         assert!(parse(r#"{"type":"service_account"}"#, "f").unwrap_err().contains("client_email"));
         assert!(parse("nope", "f").is_err());
     }

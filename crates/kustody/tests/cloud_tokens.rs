@@ -403,3 +403,62 @@ fn kubeconfig_plugins_replaced_by_native_tokens_on_the_test_cluster() {
 fn serde_yaml_like(text: &str) -> Value {
     kustody_testcluster::yaml_documents(text).unwrap().into_iter().next().unwrap()
 }
+
+#[test]
+fn gke_workload_identity_federation_from_a_file_then_impersonation() {
+    let (base, log) = endpoint(Box::new(|s| match s.target.as_str() {
+        "/v1/token" => {
+            let f = s.form();
+            let ok = f.get("grant_type").map(String::as_str) == Some("urn:ietf:params:oauth:grant-type:token-exchange")
+                && f.get("subject_token").map(String::as_str) == Some("oidc-token-from-ci")
+                && f.get("subject_token_type").map(String::as_str) == Some("urn:ietf:params:oauth:token-type:jwt")
+                && f.get("requested_token_type").map(String::as_str)
+                    == Some("urn:ietf:params:oauth:token-type:access_token")
+                && f.get("audience").is_some_and(|a| a.contains("workloadIdentityPools/ci/providers/gh"));
+            if !ok {
+                return (400, json!({"error": "invalid_request", "error_description": format!("{f:?}")}));
+            }
+            (
+                200,
+                json!({"access_token": "federated", "issued_token_type": "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer", "expires_in": 3600}),
+            )
+        }
+        t if t.ends_with(":generateAccessToken") => {
+            if s.headers.get("authorization").map(String::as_str) != Some("Bearer federated") {
+                return (401, json!({"error": {"message": "not the federated token"}}));
+            }
+            let exp = (chrono::Utc::now() + chrono::Duration::seconds(3600))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            (200, json!({"accessToken": "ya29.wif", "expireTime": exp}))
+        }
+        _ => (404, json!({})),
+    }));
+    let home = tempfile::tempdir().unwrap();
+    let subject = home.path().join("oidc.json");
+    std::fs::write(&subject, json!({"value": "oidc-token-from-ci"}).to_string()).unwrap();
+    let cfg = home.path().join("wif.json");
+    std::fs::write(
+        &cfg,
+        json!({"type": "external_account",
+            "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/gh",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "token_url": format!("{base}/v1/token"),
+            "service_account_impersonation_url": format!("{base}/v1/projects/-/serviceAccounts/deployer@p.iam.gserviceaccount.com:generateAccessToken"),
+            "credential_source": {"file": subject.to_str().unwrap(), "format": {"type": "json", "subject_token_field_name": "value"}}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = kustody(
+        &["auth", "token", "--provider", "gke", "-v"],
+        &[("GOOGLE_APPLICATION_CREDENTIALS", cfg.to_str().unwrap())],
+        home.path(),
+    );
+    let v = credential(&out);
+    assert_eq!(v["status"]["token"], "ya29.wif");
+    assert!(
+        out.stderr
+            .contains("workload identity federation (provider gh) impersonating deployer@p.iam.gserviceaccount.com"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(log.lock().unwrap().len(), 2);
+}
