@@ -11,7 +11,12 @@
 //! Inputs are kubelogin's flags and the environment variables it and the Azure SDKs read
 //! (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`, `AZURE_CLIENT_CERTIFICATE_PATH`,
 //! `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`, `AAD_SERVICE_PRINCIPAL_*`).
-//! `devicecode`, `interactive`, `ropc`, `azurecli` and `azd` are not minted in-process.
+//! - `azurecli`: the Azure CLI's MSAL token cache (`$AZURE_CONFIG_DIR` or `~/.azure`,
+//!   `msal_token_cache.json`): a cached access token for the server id when one is still valid,
+//!   else the CLI's refresh token redeemed with the CLI's public client id. The cache file is
+//!   read, never written.
+//!
+//! `devicecode`, `interactive`, `ropc` and `azd` are not minted in-process.
 
 use std::time::SystemTime;
 
@@ -32,7 +37,11 @@ pub enum Credential {
     Certificate { tenant: String, client_id: String, pem: SecretString, authority: String },
     Workload { tenant: String, client_id: String, token_file: std::path::PathBuf, authority: String },
     ManagedIdentity { client_id: Option<String>, endpoint: String },
+    AzureCli { cache: std::path::PathBuf, tenant: Option<String>, authority: String },
 }
+
+/// The Azure CLI's public client id (its MSAL cache entries carry it).
+pub const AZURE_CLI_CLIENT_ID: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b46";
 
 impl Credential {
     pub fn describe(&self) -> String {
@@ -48,6 +57,7 @@ impl Credential {
             }
             Credential::ManagedIdentity { client_id: Some(c), .. } => format!("managed identity {c}"),
             Credential::ManagedIdentity { client_id: None, .. } => "system-assigned managed identity".into(),
+            Credential::AzureCli { cache, .. } => format!("Azure CLI token cache {}", cache.display()),
         }
     }
 }
@@ -122,6 +132,21 @@ pub fn resolve(login: &Login) -> Result<Credential, String> {
                 .trim_end_matches('/')
                 .to_owned(),
         }),
+        "azurecli" => {
+            let dir = env(&["AZURE_CONFIG_DIR"])
+                .map(std::path::PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".azure")))
+                .ok_or("no AZURE_CONFIG_DIR or HOME")?;
+            let cache = dir.join("msal_token_cache.json");
+            if !cache.exists() {
+                return Err(format!("no Azure CLI token cache at {} (run `az login`)", cache.display()));
+            }
+            Ok(Credential::AzureCli {
+                cache,
+                tenant: login.tenant_id.clone().or_else(|| env(&["AZURE_TENANT_ID"])),
+                authority,
+            })
+        }
         other => {
             Err(format!("kubelogin login mode `{other}` needs a person or another tool; it is not minted in-process"))
         }
@@ -176,6 +201,9 @@ pub async fn access_token(cred: &Credential, server_id: &str, now: SystemTime) -
                 std::fs::read_to_string(token_file).map_err(|e| format!("{}: {e}", token_file.display()))?;
             client_assertion(&url, client_id, assertion.trim(), &scope, now).await
         }
+        Credential::AzureCli { cache, tenant, authority } => {
+            azure_cli(cache, tenant.as_deref(), authority, server_id, now).await
+        }
         Credential::ManagedIdentity { client_id, endpoint } => {
             let mut url =
                 format!("{endpoint}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={server_id}");
@@ -190,6 +218,73 @@ pub async fn access_token(cred: &Credential, server_id: &str, now: SystemTime) -
             oauth::token_of(&v, now)
         }
     }
+}
+
+/// From the Azure CLI's MSAL cache: a valid cached access token for `server_id`, else a refresh.
+async fn azure_cli(
+    cache: &std::path::Path,
+    tenant: Option<&str>,
+    authority: &str,
+    server_id: &str,
+    now: SystemTime,
+) -> Result<AccessToken, String> {
+    let meta = std::fs::metadata(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    if meta.len() > 16 << 20 {
+        return Err(format!("{}: larger than 16 MiB", cache.display()));
+    }
+    let text = std::fs::read_to_string(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON ({e})", cache.display()))?;
+    let entries = |kind: &str| -> Vec<serde_json::Value> {
+        v.get(kind).and_then(|m| m.as_object()).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    };
+    let field = |e: &serde_json::Value, k: &str| e.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_owned();
+    let tenant_ok = |e: &serde_json::Value| {
+        tenant.is_none_or(|t| field(e, "realm") == t || field(e, "home_account_id").ends_with(&format!(".{t}")))
+    };
+    let margin = oauth::epoch(now + crate::refresh::MARGIN);
+    for at in entries("AccessToken") {
+        let target = field(&at, "target").to_ascii_lowercase();
+        let expires: u64 = field(&at, "expires_on").parse().unwrap_or(0);
+        if field(&at, "client_id") == AZURE_CLI_CLIENT_ID
+            && target.split(' ').any(|t| t.starts_with(&format!("{}/", server_id.to_ascii_lowercase())))
+            && tenant_ok(&at)
+            && expires > margin
+        {
+            return Ok(AccessToken {
+                token: SecretString::from(field(&at, "secret")),
+                expires_at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires),
+            });
+        }
+    }
+    let rt = entries("RefreshToken")
+        .into_iter()
+        .find(|r| field(r, "client_id") == AZURE_CLI_CLIENT_ID && tenant_ok(r))
+        .ok_or_else(|| {
+            format!(
+                "{}: no Azure CLI refresh token{} (run `az login`)",
+                cache.display(),
+                tenant.map(|t| format!(" for tenant {t}")).unwrap_or_default()
+            )
+        })?;
+    let tenant = tenant
+        .map(str::to_owned)
+        .or_else(|| field(&rt, "home_account_id").rsplit('.').next().map(str::to_owned).filter(|t| !t.is_empty()))
+        .unwrap_or_else(|| "organizations".into());
+    let url = format!("{authority}/{tenant}/oauth2/v2.0/token");
+    let secret = SecretString::from(field(&rt, "secret"));
+    let v = oauth::post_form(
+        &url,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", AZURE_CLI_CLIENT_ID),
+            ("refresh_token", secret.expose_secret()),
+            ("scope", &format!("{server_id}/.default offline_access openid profile")),
+        ],
+        None,
+    )
+    .await?;
+    oauth::token_of(&v, now)
 }
 
 async fn client_assertion(
@@ -220,7 +315,7 @@ mod tests {
 
     #[test]
     fn interactive_modes_are_not_minted() {
-        for m in [None, Some("devicecode"), Some("azurecli"), Some("interactive")] {
+        for m in [None, Some("devicecode"), Some("interactive"), Some("ropc")] {
             let e = resolve(&Login { mode: m.map(String::from), ..Login::default() }).unwrap_err();
             assert!(e.contains("not minted in-process"), "{e}");
         }

@@ -198,7 +198,7 @@ pub struct TokenArgs {
     /// AKS: the server id (scope `<id>/.default`).
     #[arg(long, default_value = kustody_cluster::aks::AKS_SERVER_ID)]
     pub server_id: String,
-    /// AKS: kubelogin's login mode: spn, workloadidentity or msi.
+    /// AKS: kubelogin's login mode: spn, workloadidentity, msi or azurecli.
     #[arg(long, short = 'l')]
     pub login: Option<String>,
     /// AKS: tenant (default: AZURE_TENANT_ID).

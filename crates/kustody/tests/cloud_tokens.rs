@@ -462,3 +462,46 @@ fn gke_workload_identity_federation_from_a_file_then_impersonation() {
     );
     assert_eq!(log.lock().unwrap().len(), 2);
 }
+
+#[test]
+fn aks_azure_cli_cache_cached_token_then_refresh() {
+    let (base, log) = endpoint(Box::new(|s| {
+        let f = s.form();
+        let ok = s.target == "/tenant-9/oauth2/v2.0/token"
+            && f.get("grant_type").map(String::as_str) == Some("refresh_token")
+            && f.get("client_id").map(String::as_str) == Some("04b07795-8ddb-461a-bbee-02f9e1bf7b46")
+            && f.get("refresh_token").map(String::as_str) == Some("cli-refresh")
+            && f.get("scope").is_some_and(|x| x.starts_with(AKS_SCOPE));
+        if !ok {
+            return (400, json!({"error": "invalid_grant", "error_description": format!("{} {f:?}", s.target)}));
+        }
+        (200, json!({"access_token": "eyJ.refreshed", "expires_in": 3599, "refresh_token": "rotated"}))
+    }));
+    let home = tempfile::tempdir().unwrap();
+    let azure = home.path().join(".azure");
+    std::fs::create_dir_all(&azure).unwrap();
+    let cache_with = |expires_on: i64| {
+        json!({
+            "AccessToken": {"k1": {"credential_type": "AccessToken", "secret": "eyJ.cached", "home_account_id": "oid-1.tenant-9",
+                "environment": "login.microsoftonline.com", "client_id": "04b07795-8ddb-461a-bbee-02f9e1bf7b46",
+                "target": "6dae42f8-4368-4678-94ff-3960e28e3630/user_impersonation", "realm": "tenant-9",
+                "token_type": "Bearer", "expires_on": expires_on.to_string()}},
+            "RefreshToken": {"k2": {"credential_type": "RefreshToken", "secret": "cli-refresh", "home_account_id": "oid-1.tenant-9",
+                "environment": "login.microsoftonline.com", "client_id": "04b07795-8ddb-461a-bbee-02f9e1bf7b46"}}
+        })
+        .to_string()
+    };
+    let now = chrono::Utc::now().timestamp();
+    std::fs::write(azure.join("msal_token_cache.json"), cache_with(now + 1800)).unwrap();
+    let env = [("AZURE_AUTHORITY_HOST", base.as_str())];
+    let out = kustody(&["auth", "token", "--provider", "aks", "--login", "azurecli", "-v"], &env, home.path());
+    assert_eq!(credential(&out)["status"]["token"], "eyJ.cached");
+    assert!(log.lock().unwrap().is_empty(), "a valid cached token needs no request");
+    // expired: the CLI's refresh token is redeemed with the CLI's client id, in the account's tenant
+    std::fs::write(azure.join("msal_token_cache.json"), cache_with(now - 10)).unwrap();
+    let before = std::fs::read(azure.join("msal_token_cache.json")).unwrap();
+    let out = kustody(&["auth", "token", "--provider", "aks", "--login", "azurecli"], &env, home.path());
+    assert_eq!(credential(&out)["status"]["token"], "eyJ.refreshed");
+    assert_eq!(std::fs::read(azure.join("msal_token_cache.json")).unwrap(), before, "the CLI's cache is never written");
+    assert!(!out.stderr.contains("cli-refresh") && !out.stdout.contains("cli-refresh"));
+}
