@@ -887,11 +887,6 @@ impl Collector {
             .into_iter()
             .flatten()
             .find(|x| x.get("name").and_then(Value::as_str) == Some(c));
-        // run as the target's user, so /proc/PID/root is readable without extra capabilities
-        let run_as = target
-            .and_then(|t| t.pointer("/securityContext/runAsUser"))
-            .or_else(|| pod.pointer("/spec/securityContext/runAsUser"))
-            .cloned();
         let mut spec = json!({
             "name": dname, "image": self.opts.debug_image,
             "command": ["sleep", "900"],
@@ -899,8 +894,8 @@ impl Collector {
             "terminationMessagePolicy": "File",
             "imagePullPolicy": "IfNotPresent",
         });
-        if let Some(u) = run_as {
-            spec["securityContext"] = json!({"runAsUser": u});
+        if let Some(sc) = debug_security_context(pod, target) {
+            spec["securityContext"] = sc;
         }
         let body = json!({"spec": {"ephemeralContainers": [spec.clone()]}});
         let url = format!("/api/v1/namespaces/{ns}/pods/{name}/ephemeralcontainers");
@@ -1067,6 +1062,40 @@ impl Collector {
             elapsed: t0.elapsed(),
         }
     }
+}
+
+/// The debug container's securityContext: the target's user and group, so `/proc/PID/root` and
+/// the target's files are readable without added capabilities; for a non-root target also what
+/// the `restricted` Pod Security level demands (no privilege escalation, all capabilities
+/// dropped, RuntimeDefault seccomp), so admission accepts it where the target was accepted.
+pub fn debug_security_context(pod: &Value, target: Option<&Value>) -> Option<Value> {
+    let pick = |k: &str| {
+        target
+            .and_then(|t| t.pointer(&format!("/securityContext/{k}")))
+            .or_else(|| pod.pointer(&format!("/spec/securityContext/{k}")))
+            .cloned()
+    };
+    let user = pick("runAsUser");
+    let group = pick("runAsGroup");
+    let non_root = pick("runAsNonRoot").and_then(|v| v.as_bool()).unwrap_or(false)
+        || user.as_ref().and_then(Value::as_u64).is_some_and(|u| u != 0);
+    if user.is_none() && group.is_none() && !non_root {
+        return None;
+    }
+    let mut sc = serde_json::Map::new();
+    if let Some(u) = user {
+        sc.insert("runAsUser".into(), u);
+    }
+    if let Some(g) = group {
+        sc.insert("runAsGroup".into(), g);
+    }
+    if non_root {
+        sc.insert("runAsNonRoot".into(), json!(true));
+        sc.insert("allowPrivilegeEscalation".into(), json!(false));
+        sc.insert("capabilities".into(), json!({"drop": ["ALL"]}));
+        sc.insert("seccompProfile".into(), json!({"type": "RuntimeDefault"}));
+    }
+    Some(Value::Object(sc))
 }
 
 /// Which files to hash: executables once per inode, changed files, within the size limit,
@@ -1433,6 +1462,16 @@ impl CollectorRun {
                     listing.rc.unwrap_or(-1)
                 ));
             }
+            if self.files.is_empty() {
+                b.fail(
+                    format!("{cdir}/files.jsonl"),
+                    format!(
+                        "no file listing: find/stat exited {} in the container (missing tools?); --via debug lists it with the debug image's",
+                        listing.rc.unwrap_or(-1)
+                    ),
+                    None,
+                );
+            }
             notes.push(format!("credential volumes listed but never hashed or copied: {}", self.excluded.join(", ")));
             let _ = b.write(
                 &format!("{cdir}/files.jsonl"),
@@ -1456,5 +1495,27 @@ impl CollectorRun {
         }
         let _ = c;
         report.collector = Some(transcript);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_container_security_context() {
+        let root = json!({"spec": {"containers": [{"name": "a"}]}});
+        assert!(debug_security_context(&root, root.pointer("/spec/containers/0")).is_none());
+        let pod = json!({"spec": {"securityContext": {"runAsUser": 1000, "runAsGroup": 3000},
+            "containers": [{"name": "a", "securityContext": {"runAsUser": 1001}}]}});
+        let sc = debug_security_context(&pod, pod.pointer("/spec/containers/0")).unwrap();
+        assert_eq!(sc["runAsUser"], 1001);
+        assert_eq!(sc["runAsGroup"], 3000);
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+        let explicit_root = json!({"spec": {"securityContext": {"runAsUser": 0}, "containers": [{"name": "a"}]}});
+        let sc = debug_security_context(&explicit_root, None).unwrap();
+        assert_eq!(sc["runAsUser"], 0);
+        assert!(sc.get("capabilities").is_none(), "a root target keeps the default capabilities");
     }
 }

@@ -471,3 +471,35 @@ fn selector_sweep_across_namespaces_with_owners_previous_logs_and_changed_files(
     assert!(r.stderr.contains("no pod matches"), "{}", r.stderr);
     assert!(!none.exists());
 }
+
+/// `--via debug` on a container that has a shell: the target's own tools are not used (they may
+/// be the attacker's); the debug container runs as the target's user.
+#[test]
+fn via_debug_reads_a_shell_container_with_the_debug_images_tools() {
+    let ns = "ir";
+    let pod = Pod::new("shelly")
+        .command(&["sh", "-c", "echo hi > /tmp/mark; exec sleep 3600"])
+        .spec(json!({"securityContext": {"runAsUser": 0}}));
+    let Some((c, kc, dir)) = setup(TestCluster::builder().namespace(ns).pod(pod)) else {
+        return;
+    };
+    let root = c.container_rootfs(ns, "shelly", "main").unwrap();
+    let before = snapshot(&root);
+    let out = dir.path().join("b");
+    let r = kustody(Some(&kc), &["collect", "pod/shelly", "-n", ns, "--via", "debug", "-o", out.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(snapshot(&root), before);
+    let m = read_json(&out.join("MANIFEST.json"));
+    let cont = &m["targets"][0]["containers"][0];
+    assert_eq!(cont["via"], "debug");
+    assert!(cont["files"].as_u64().unwrap() > 100, "{cont:#}");
+    let sc = &cont["debug_container"]["patch"]["body"]["spec"]["ephemeralContainers"][0]["securityContext"];
+    assert_eq!(sc["runAsUser"], 0, "{sc}");
+    let files = files_jsonl(&out.join("pods/ir/shelly/containers/main/files.jsonl"));
+    assert!(files.iter().any(|f| f["path"] == "/tmp/mark"), "the target's filesystem, not the debug image's");
+    let procs = read_json(&out.join("pods/ir/shelly/containers/main/processes.json"));
+    assert!(
+        procs.as_array().unwrap().iter().all(|p| p["cmdline"][0] != "sleep" || p["cmdline"][1] == "3600"),
+        "{procs:#}"
+    );
+}
