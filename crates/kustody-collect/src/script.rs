@@ -117,7 +117,10 @@ pub fn phase2(paths: &[String]) -> String {
 /// anything: absolute, and only characters that occur in ordinary paths and globs.
 pub fn check_glob(g: &str) -> Result<(), String> {
     if !g.starts_with('/') {
-        return Err(format!("--paths {g:?}: must be an absolute path or glob"));
+        return Err(format!(
+            "--paths {g:?}: must be an absolute path or glob (--paths takes every value after it: put the pod first, \
+             `kustody collect pod/NAME --paths /GLOB...`)"
+        ));
     }
     if g.split('/').any(|c| c == "..") {
         return Err(format!("--paths {g:?}: `..` is not allowed"));

@@ -86,7 +86,7 @@ pub struct CollectArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// The pod: `pod/NAME` or `NAME` (or use -l).
-    #[arg(required_unless_present = "selector", conflicts_with = "selector")]
+    #[arg(conflicts_with = "selector")]
     pub target: Option<String>,
     /// Every pod matching this label selector (in -n's namespace, or all with -A).
     #[arg(long, short = 'l')]

@@ -34,6 +34,9 @@ pub fn collect(args: CollectArgs) -> Result<ExitCode> {
     for g in &args.paths {
         kustody_collect::script::check_glob(g).map_err(anyhow::Error::msg)?;
     }
+    if args.target.is_none() && args.selector.is_none() {
+        anyhow::bail!("name a pod (`kustody collect pod/NAME`) or select pods with -l SELECTOR");
+    }
     let target = args.target.as_deref().map(pod_name).transpose()?;
     let out = args.output.clone().unwrap_or_else(|| default_output(&args));
     let archive = is_archive(&out);

@@ -503,3 +503,21 @@ fn via_debug_reads_a_shell_container_with_the_debug_images_tools() {
         "{procs:#}"
     );
 }
+
+#[test]
+fn argument_mistakes_are_explained_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("no-kubeconfig");
+    let r = kustody(Some(&nowhere), &["collect", "--paths", "/tmp/x", "pod/y"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("put the pod first"), "{}", r.stderr);
+    let r = kustody(Some(&nowhere), &["collect", "pod/y", "--paths", "/tmp/$(reboot)"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not allowed"), "{}", r.stderr);
+    let r = kustody(Some(&nowhere), &["collect"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("name a pod"), "{}", r.stderr);
+    let r = kustody(None, &["verify", dir.path().join("missing").to_str().unwrap()]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no such bundle"), "{}", r.stderr);
+}
