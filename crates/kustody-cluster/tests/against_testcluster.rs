@@ -240,3 +240,28 @@ fn exec_over_v4_and_through_a_bounded_pool() {
         }
     });
 }
+
+/// The benchmark's runtime-free mode: `echo` is answered by the API server (authorised and
+/// audited as any exec), anything else still runs in the container.
+#[test]
+fn exec_without_runtime_answers_echo_only() {
+    let Some(c) = cluster(TestCluster::builder().namespace("b").pod(TPod::new("shell")).exec_without_runtime()) else {
+        return;
+    };
+    rt().block_on(async {
+        let k = admin(&c).await;
+        let mut out = Vec::new();
+        let o = exec(&k.client, &spec(&c, "shell", &["echo", "no", "runc"]), &mut out).await.unwrap();
+        assert_eq!((o.exit_code, out.as_slice()), (0, &b"no runc\n"[..]));
+        let mut out = Vec::new();
+        exec(&k.client, &spec(&c, "shell", &["cat", "/proc/1/cmdline"]), &mut out).await.unwrap();
+        assert!(out.starts_with(b"sleep"), "{out:?}");
+    });
+    let audited = c.audit_events().unwrap();
+    assert!(
+        audited
+            .iter()
+            .any(|e| e["objectRef"]["subresource"] == "exec"
+                && e["requestURI"].as_str().unwrap().contains("command=runc"))
+    );
+}

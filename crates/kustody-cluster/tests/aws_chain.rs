@@ -92,4 +92,83 @@ fn pod_identity_and_imds_credentials_sign_eks_tokens() {
     let seen = log.lock().unwrap().clone();
     assert_eq!(seen[0].method, "PUT", "IMDSv2 starts with a session token: {seen:?}");
     assert!(seen.iter().any(|s| s.target == "/latest/meta-data/iam/security-credentials/node-role"));
+
+    // --role-arn: AssumeRole at STS (AWS_ENDPOINT_URL_STS), signed with the base credentials
+    let sts_xml = |action: &str, key: &str| {
+        format!(
+            "<{action}Response xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><{action}Result><Credentials>\
+             <AccessKeyId>{key}</AccessKeyId><SecretAccessKey>role-secret</SecretAccessKey><SessionToken>role-session</SessionToken>\
+             <Expiration>2099-01-01T00:00:00Z</Expiration></Credentials><AssumedRoleUser><Arn>arn:aws:sts::111122223333:assumed-role/ir/kustody</Arn>\
+             <AssumedRoleId>AROAEXAMPLE:kustody</AssumedRoleId></AssumedRoleUser></{action}Result>\
+             <ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></{action}Response>"
+        )
+    };
+    let (x1, x2) = (sts_xml("AssumeRole", "ASIAROLE"), sts_xml("AssumeRoleWithWebIdentity", "ASIAWEBID"));
+    let (base, log) = endpoint(Box::new(move |s| {
+        if s.body.contains("Action=AssumeRoleWithWebIdentity") && s.body.contains("WebIdentityToken=projected-sa-token")
+        {
+            return (200, json!({"$raw": {"body": x2, "headers": {"content-type": "text/xml"}}}));
+        }
+        let signed =
+            s.headers.get("authorization").is_some_and(|a| a.starts_with("AWS4-HMAC-SHA256 Credential=AKIABASE/"));
+        if signed && s.body.contains("Action=AssumeRole") && s.body.contains("RoleSessionName=kustody") {
+            return (200, json!({"$raw": {"body": x1, "headers": {"content-type": "text/xml"}}}));
+        }
+        (403, json!({"$raw": {"body": "<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>"}}))
+    }));
+    clear_aws_env(home.path());
+    std::env::set_var("AWS_ENDPOINT_URL_STS", &base);
+    std::env::set_var("AWS_ACCESS_KEY_ID", "AKIABASE");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "base-secret");
+    let c = rt.block_on(kustody_cluster::eks::credentials(None, Some("arn:aws:iam::111122223333:role/ir"))).unwrap();
+    assert_eq!(c.access_key_id, "ASIAROLE");
+    assert!(c.source.contains("role arn:aws:iam::111122223333:role/ir"), "{}", c.source);
+    assert!(log.lock().unwrap()[0].body.contains("RoleArn=arn%3Aaws%3Aiam%3A%3A111122223333%3Arole%2Fir"));
+    // IRSA: AssumeRoleWithWebIdentity with the projected token
+    clear_aws_env(home.path());
+    let token = home.path().join("token");
+    std::fs::write(&token, "projected-sa-token").unwrap();
+    std::env::set_var("AWS_ENDPOINT_URL_STS", &base);
+    std::env::set_var("AWS_WEB_IDENTITY_TOKEN_FILE", &token);
+    std::env::set_var("AWS_ROLE_ARN", "arn:aws:iam::111122223333:role/irsa");
+    let c = rt.block_on(kustody_cluster::eks::credentials(None, None)).unwrap();
+    assert_eq!(c.access_key_id, "ASIAWEBID");
+
+    // SSO (legacy profile): the cached SSO access token, then GetRoleCredentials
+    let (base, log) = endpoint(Box::new(|s| {
+        if s.target.starts_with("/federation/credentials")
+            && s.target.contains("account_id=111122223333")
+            && s.target.contains("role_name=Responder")
+            && s.headers.get("x-amz-sso_bearer_token").map(String::as_str) == Some("sso-access")
+        {
+            return (
+                200,
+                json!({"roleCredentials": {"accessKeyId": "ASIASSO", "secretAccessKey": "sso-secret",
+                "sessionToken": "sso-session", "expiration": 4_070_908_800_000_u64}}),
+            );
+        }
+        (401, json!({"message": "no"}))
+    }));
+    clear_aws_env(home.path());
+    let start = "https://example.awsapps.com/start";
+    std::fs::write(
+        home.path().join("config"),
+        format!("[profile ir]\nsso_start_url = {start}\nsso_region = eu-west-1\nsso_account_id = 111122223333\nsso_role_name = Responder\nregion = eu-west-1\n"),
+    )
+    .unwrap();
+    let cache = home.path().join(".aws/sso/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let name = {
+        use sha1::Digest;
+        format!("{:x}", sha1::Sha1::digest(start.as_bytes()))
+    };
+    std::fs::write(
+        cache.join(format!("{name}.json")),
+        json!({"startUrl": start, "region": "eu-west-1", "accessToken": "sso-access", "expiresAt": "2099-01-01T00:00:00Z"}).to_string(),
+    )
+    .unwrap();
+    std::env::set_var("AWS_ENDPOINT_URL_SSO", &base);
+    let c = rt.block_on(kustody_cluster::eks::credentials(Some("ir"), None)).unwrap();
+    assert_eq!(c.access_key_id, "ASIASSO");
+    assert_eq!(log.lock().unwrap().len(), 1);
 }

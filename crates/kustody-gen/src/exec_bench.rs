@@ -118,11 +118,83 @@ pub fn run(n: usize, threads: usize, python: bool) -> Result<()> {
     if ok {
         println!("aws eks get-token (awscli, a process): {:.0} ms", t.elapsed().as_secs_f64() * 1000.0);
     }
+    let (py_seq, py_pool) = if python { python_bench(&kubeconfig, n, threads)? } else { (0.0, 0.0) };
     if python {
+        println!(
+            "python kubernetes client, {n} execs: sequential {py_seq:.2} s, thread pool of {threads} {py_pool:.2} s"
+        );
+        println!(
+            "ratios: kustody pool vs python sequential {:.1}x, vs python pool {:.1}x; kustody sequential vs python sequential {:.1}x",
+            py_seq / pool.as_secs_f64(),
+            py_pool / pool.as_secs_f64(),
+            py_seq / seq.as_secs_f64()
+        );
+    }
+    drop(c);
+    runtime_free(n, threads, python)
+}
+
+/// The same sequence against a test cluster whose API server answers `echo` execs itself (TLS,
+/// authentication, authorization, audit, upgrade and framing, but no `runc exec`): what is left
+/// is the client and the API server, which is where kustody's own overhead shows.
+fn runtime_free(n: usize, threads: usize, python: bool) -> Result<()> {
+    let c = TestCluster::builder().namespace("bench").pod(Pod::new("shell")).exec_without_runtime().start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let kubeconfig = c.kubeconfig_path().to_path_buf();
+    let (mut lat, seq, pool) = rt.block_on(async {
+        let k =
+            Cluster::connect(&ClusterOptions { kubeconfig: Some(kubeconfig.clone()), ..Default::default() }).await?;
+        exec(&k.client, &spec("bench", &["echo", "warm"]), &mut Vec::new()).await?;
+        let mut lat = Vec::new();
+        for _ in 0..n.max(200) {
+            let t = Instant::now();
+            let mut out = Vec::new();
+            exec(&k.client, &spec("bench", &["echo", "hi"]), &mut out).await?;
+            if out != b"hi\n" {
+                bail!("unexpected output {out:?}");
+            }
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let t = Instant::now();
+        for i in 0..n {
+            exec(&k.client, &spec("bench", &["echo", &format!("job {i}")]), &mut Vec::new()).await?;
+        }
+        let seq = t.elapsed();
+        let p = ExecPool::new(k.client.clone(), threads);
+        let t = Instant::now();
+        let jobs = (0..n).map(|i| {
+            let p = p.clone();
+            async move { p.run(spec("bench", &["echo", &format!("job {i}")])).await }
+        });
+        for r in futures_util::future::join_all(jobs).await {
+            r?;
+        }
+        Ok::<_, anyhow::Error>((lat, seq, t.elapsed()))
+    })?;
+    let count = lat.len();
+    let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+    println!("without the container runtime (the API server answers `echo` itself):");
+    println!("  small exec, {count} runs: p50 {p50:.2} ms, p99 {p99:.2} ms (kustody client + API server, no runc)");
+    println!("  {n} small execs: sequential {:.2} s, pool of {threads} {:.2} s", seq.as_secs_f64(), pool.as_secs_f64());
+    if python {
+        let (ps, pp) = python_bench(&kubeconfig, n, threads)?;
+        println!("  python kubernetes client: sequential {ps:.2} s, thread pool of {threads} {pp:.2} s");
+        println!(
+            "  ratios: kustody pool vs python sequential {:.1}x, vs python pool {:.1}x; sequential vs sequential {:.1}x",
+            ps / pool.as_secs_f64(),
+            pp / pool.as_secs_f64(),
+            ps / seq.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn python_bench(kubeconfig: &Path, n: usize, threads: usize) -> Result<(f64, f64)> {
+    {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/exec_bench.py");
         let out = Command::new("python3")
             .arg(&script)
-            .arg(&kubeconfig)
+            .arg(kubeconfig)
             .args(["bench", "shell", &n.to_string(), &threads.to_string()])
             .output()
             .context("python3")?;
@@ -132,13 +204,6 @@ pub fn run(n: usize, threads: usize, python: bool) -> Result<()> {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let ps = v.get("sequential_s").and_then(|x| x.as_f64()).unwrap_or(0.0);
         let pp = v.get("pool_s").and_then(|x| x.as_f64()).unwrap_or(0.0);
-        println!("python kubernetes client, {n} execs: sequential {ps:.2} s, thread pool of {threads} {pp:.2} s");
-        println!(
-            "ratios: kustody pool vs python sequential {:.1}x, vs python pool {:.1}x; kustody sequential vs python sequential {:.1}x",
-            ps / pool.as_secs_f64(),
-            pp / pool.as_secs_f64(),
-            ps / seq.as_secs_f64()
-        );
+        Ok((ps, pp))
     }
-    Ok(())
 }

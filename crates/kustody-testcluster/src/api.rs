@@ -214,6 +214,9 @@ pub struct Api {
     pub anonymous: bool,
     /// The exec/attach subprotocols served, most preferred first (older kubelets lack v5).
     pub exec_protocols: Mutex<Vec<String>>,
+    /// Benchmarks only: `echo` execs answered by the server itself, without the container
+    /// runtime (see `Builder::exec_without_runtime`).
+    pub exec_echo_only: std::sync::atomic::AtomicBool,
     /// EKS-style tokens (`k8s-aws-v1.` + presigned STS URL) accepted for these access key IDs,
     /// as the users given: the way aws-iam-authenticator maps IAM identities. The signature is
     /// not checked (there is no STS here).
@@ -254,6 +257,7 @@ impl Api {
             ca_pem,
             anonymous,
             exec_protocols: Mutex::new(Vec::new()),
+            exec_echo_only: std::sync::atomic::AtomicBool::new(false),
             eks_users: Mutex::new(HashMap::new()),
         }
     }

@@ -158,6 +158,7 @@ pub struct Builder {
     port: u16,
     wait: bool,
     exec_protocols: Vec<String>,
+    exec_without_runtime: bool,
     eks_users: Vec<(String, String, Vec<String>)>,
 }
 
@@ -174,6 +175,7 @@ impl Default for Builder {
             port: 0,
             wait: true,
             exec_protocols: vec![],
+            exec_without_runtime: false,
             eks_users: vec![],
         }
     }
@@ -222,6 +224,13 @@ impl Builder {
     }
     /// Serve only these exec/attach subprotocols (e.g. `["v4.channel.k8s.io"]`, as a kubelet
     /// older than 1.30 does).
+    /// Benchmarks only: answer `echo ARGS` execs in the API server itself (TLS, authentication,
+    /// authorization, audit, the WebSocket upgrade and framing as usual) without starting
+    /// `runc exec`, so a client's own exec overhead can be measured apart from the runtime's.
+    pub fn exec_without_runtime(mut self) -> Self {
+        self.exec_without_runtime = true;
+        self
+    }
     pub fn exec_protocols(mut self, protocols: &[&str]) -> Self {
         self.exec_protocols = protocols.iter().map(|p| p.to_string()).collect();
         self
@@ -356,6 +365,7 @@ impl TestCluster {
                 m.insert(akid.clone(), u);
             }
         }
+        api.exec_echo_only.store(b.exec_without_runtime, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut p) = api.exec_protocols.lock() {
             p.clone_from(&b.exec_protocols);
         }
