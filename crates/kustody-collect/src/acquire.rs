@@ -314,6 +314,20 @@ impl Collector {
         }
     }
 
+    /// GET `url` into `DIR/cluster/NAME.json`, or record why not.
+    async fn fetch(&self, dir: &str, name: &str, url: &str) {
+        let started = now();
+        let r = self.get(url).await;
+        self.store_api(
+            &format!("{dir}/cluster/{name}.json"),
+            &format!("{dir}/cluster/{name}"),
+            url,
+            started,
+            r,
+            vec![],
+        );
+    }
+
     /// Pods matching a label selector, in a namespace or all.
     pub async fn select(&self, ns: Option<&str>, selector: &str) -> Result<Vec<(String, String)>, String> {
         let base = match ns {
@@ -465,17 +479,7 @@ impl Collector {
         };
         let node_f = async {
             if let Some(n) = node {
-                let url = format!("/api/v1/nodes/{n}");
-                let started = now();
-                let r = self.get(&url).await;
-                self.store_api(
-                    &format!("{dir}/cluster/node.json"),
-                    &format!("{dir}/cluster/node"),
-                    &url,
-                    started,
-                    r,
-                    vec![],
-                );
+                self.fetch(dir, "node", &format!("/api/v1/nodes/{n}")).await;
             }
         };
         let events = async {
@@ -483,29 +487,10 @@ impl Collector {
                 "/api/v1/namespaces/{ns}/events?fieldSelector={}",
                 urlencode(&format!("involvedObject.uid={uid}"))
             );
-            let started = now();
-            let r = self.get(&url).await;
-            self.store_api(
-                &format!("{dir}/cluster/events.json"),
-                &format!("{dir}/cluster/events"),
-                &url,
-                started,
-                r,
-                vec![],
-            );
+            self.fetch(dir, "events", &url).await;
         };
         let sa_f = async {
-            let url = format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}");
-            let started = now();
-            let r = self.get(&url).await;
-            self.store_api(
-                &format!("{dir}/cluster/serviceaccount.json"),
-                &format!("{dir}/cluster/serviceaccount"),
-                &url,
-                started,
-                r,
-                vec![],
-            );
+            self.fetch(dir, "serviceaccount", &format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}")).await;
             self.rbac(ns, sa, dir).await;
         };
         let selecting = async {

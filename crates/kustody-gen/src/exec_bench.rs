@@ -33,30 +33,7 @@ pub fn run(n: usize, threads: usize, python: bool) -> Result<()> {
     let (lat, seq, pool, mbps) = rt.block_on(async {
         let k =
             Cluster::connect(&ClusterOptions { kubeconfig: Some(kubeconfig.clone()), ..Default::default() }).await?;
-        // warm up: TLS session, connection pool
-        exec(&k.client, &spec("bench", &["true"]), &mut Vec::new()).await?;
-        let mut lat = Vec::new();
-        for _ in 0..n.max(50) {
-            let t = Instant::now();
-            let mut out = Vec::new();
-            exec(&k.client, &spec("bench", &["echo", "hi"]), &mut out).await?;
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        let t = Instant::now();
-        for i in 0..n {
-            exec(&k.client, &spec("bench", &["echo", &format!("job {i}")]), &mut Vec::new()).await?;
-        }
-        let seq = t.elapsed();
-        let p = ExecPool::new(k.client.clone(), threads);
-        let t = Instant::now();
-        let jobs = (0..n).map(|i| {
-            let p = p.clone();
-            async move { p.run(spec("bench", &["echo", &format!("job {i}")])).await }
-        });
-        for r in futures_util::future::join_all(jobs).await {
-            r?;
-        }
-        let pool = t.elapsed();
+        let (lat, seq, pool) = execs(&k.client, n, n.max(50), threads).await?;
         let t = Instant::now();
         let mut sink = tokio::io::sink();
         let o = exec(&k.client, &spec("bench", &["head", "-c", "100000000", "/dev/zero"]), &mut sink).await?;
@@ -144,32 +121,7 @@ fn runtime_free(n: usize, threads: usize, python: bool) -> Result<()> {
     let (mut lat, seq, pool) = rt.block_on(async {
         let k =
             Cluster::connect(&ClusterOptions { kubeconfig: Some(kubeconfig.clone()), ..Default::default() }).await?;
-        exec(&k.client, &spec("bench", &["echo", "warm"]), &mut Vec::new()).await?;
-        let mut lat = Vec::new();
-        for _ in 0..n.max(200) {
-            let t = Instant::now();
-            let mut out = Vec::new();
-            exec(&k.client, &spec("bench", &["echo", "hi"]), &mut out).await?;
-            if out != b"hi\n" {
-                bail!("unexpected output {out:?}");
-            }
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        let t = Instant::now();
-        for i in 0..n {
-            exec(&k.client, &spec("bench", &["echo", &format!("job {i}")]), &mut Vec::new()).await?;
-        }
-        let seq = t.elapsed();
-        let p = ExecPool::new(k.client.clone(), threads);
-        let t = Instant::now();
-        let jobs = (0..n).map(|i| {
-            let p = p.clone();
-            async move { p.run(spec("bench", &["echo", &format!("job {i}")])).await }
-        });
-        for r in futures_util::future::join_all(jobs).await {
-            r?;
-        }
-        Ok::<_, anyhow::Error>((lat, seq, t.elapsed()))
+        execs(&k.client, n, n.max(200), threads).await
     })?;
     let count = lat.len();
     let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
@@ -187,6 +139,43 @@ fn runtime_free(n: usize, threads: usize, python: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Latency of `echo hi` (`samples` runs, output checked), then `n` execs sequentially and
+/// through a pool of `threads`.
+async fn execs(
+    client: &kube::Client,
+    n: usize,
+    samples: usize,
+    threads: usize,
+) -> Result<(Vec<f64>, Duration, Duration)> {
+    // warm up: TLS session, connection pool
+    exec(client, &spec("bench", &["echo", "warm"]), &mut Vec::new()).await?;
+    let mut lat = Vec::new();
+    for _ in 0..samples {
+        let t = Instant::now();
+        let mut out = Vec::new();
+        exec(client, &spec("bench", &["echo", "hi"]), &mut out).await?;
+        if out != b"hi\n" {
+            bail!("unexpected output {out:?}");
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let t = Instant::now();
+    for i in 0..n {
+        exec(client, &spec("bench", &["echo", &format!("job {i}")]), &mut Vec::new()).await?;
+    }
+    let seq = t.elapsed();
+    let p = ExecPool::new(client.clone(), threads);
+    let t = Instant::now();
+    let jobs = (0..n).map(|i| {
+        let p = p.clone();
+        async move { p.run(spec("bench", &["echo", &format!("job {i}")])).await }
+    });
+    for r in futures_util::future::join_all(jobs).await {
+        r?;
+    }
+    Ok((lat, seq, t.elapsed()))
 }
 
 fn python_bench(kubeconfig: &Path, n: usize, threads: usize) -> Result<(f64, f64)> {
