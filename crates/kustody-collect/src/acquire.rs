@@ -733,6 +733,14 @@ impl Collector {
         let started_at = started_epoch(status);
         let excluded = credential_mounts(pod, c);
         let mut run = self.run_collector(ns, name, &exec_container, mode, cdir, started_at, &excluded).await;
+        if mode == Mode::InContainer && run.sections.is_empty() && matches!(run.error, Some(ExecError::Transport(_))) {
+            // The script is sent as soon as the stream opens; when `sh` cannot start, the server
+            // may close the socket on that unread input before its status arrives (a reset).
+            // Ask once more without input: that answer says whether there is a shell.
+            if let Err(e @ ExecError::CommandNotFound { .. }) = self.probe_shell(ns, name, &exec_container).await {
+                run.error = Some(e);
+            }
+        }
         if let Some(ExecError::CommandNotFound { .. }) = &run.error {
             if self.opts.via == Via::Auto {
                 // no shell (distroless): the static collector in an ephemeral container
@@ -928,6 +936,19 @@ impl Collector {
         }
         self.time("debug container start", t0.elapsed());
         Ok(dname)
+    }
+
+    /// `sh -c 'exit 0'` without stdin: `CommandNotFound` when the container has no shell.
+    async fn probe_shell(&self, ns: &str, pod: &str, container: &str) -> Result<(), ExecError> {
+        let spec = ExecSpec {
+            namespace: ns.into(),
+            pod: pod.into(),
+            container: Some(container.into()),
+            command: vec!["sh".into(), "-c".into(), "exit 0".into()],
+            timeout: Some(Duration::from_secs(20)),
+            ..ExecSpec::default()
+        };
+        exec::exec(&self.client, &spec, &mut tokio::io::sink()).await.map(|_| ())
     }
 
     /// End the debug container's idle process (it would otherwise sleep for 15 minutes).
