@@ -323,7 +323,7 @@ async fn native_token(
             let region = crate::eks::region(region.as_deref(), profile.as_deref())
                 .ok_or("no AWS region is configured (--region, AWS_REGION or the profile's region)")?;
             let t = crate::eks::token(&creds, cluster, &region, now)?;
-            Ok((crate::oauth::AccessToken { token: t.token, expires_at: t.expires }, creds.source, ms()))
+            Ok((t.access_token(), creds.source, ms()))
         }
         Plugin::Gke => {
             let (adc, origin) = crate::gke::find()?;

@@ -234,11 +234,11 @@ pub fn region(plugin_region: Option<&str>, profile: Option<&str>) -> Option<Stri
     ini_section(&text, &section).into_iter().find(|(k, _)| k == "region").map(|(_, v)| v)
 }
 
-/// The ExecCredential kubectl reads from a credential plugin.
-pub fn exec_credential(token: &EksToken) -> serde_json::Value {
-    let exp: chrono::DateTime<chrono::Utc> = token.expires.into();
-    serde_json::json!({"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1beta1", "spec": {},
-        "status": {"expirationTimestamp": exp.format("%Y-%m-%dT%H:%M:%SZ").to_string(), "token": token.token.expose_secret()}})
+impl EksToken {
+    /// As the access token every provider hands out (cache, refresh, ExecCredential).
+    pub fn access_token(self) -> crate::oauth::AccessToken {
+        crate::oauth::AccessToken { token: self.token, expires_at: self.expires }
+    }
 }
 
 #[cfg(test)]

@@ -75,20 +75,28 @@ pub async fn send(req: http::Request<Vec<u8>>) -> Result<(u16, Vec<u8>), String>
     tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| format!("{uri}: no answer within {TIMEOUT:?}"))?
 }
 
+/// Percent-encoding of everything but RFC 3986's unreserved characters: form values and URL
+/// query values alike.
+pub fn percent_encode(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
 /// `application/x-www-form-urlencoded`.
 pub fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let enc = |s: &str| {
-        let mut o = String::with_capacity(s.len());
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                o.push(b as char);
-            } else {
-                o.push_str(&format!("%{b:02X}"));
-            }
-        }
-        o
-    };
-    pairs.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&").into_bytes()
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+        .into_bytes()
 }
 
 /// POST a form; the JSON answer on 2xx, else the endpoint's own error text.

@@ -334,7 +334,7 @@ impl Collector {
             Some(ns) => format!("/api/v1/namespaces/{ns}/pods"),
             None => "/api/v1/pods".to_owned(),
         };
-        let mut url = format!("{base}?labelSelector={}", urlencode(selector));
+        let mut url = format!("{base}?labelSelector={}", kustody_cluster::oauth::percent_encode(selector));
         let mut out = Vec::new();
         loop {
             let v = self.get(&url).await?;
@@ -345,7 +345,11 @@ impl Collector {
             }
             match v.pointer("/metadata/continue").and_then(Value::as_str) {
                 Some(c) if !c.is_empty() => {
-                    url = format!("{base}?labelSelector={}&continue={}", urlencode(selector), urlencode(c));
+                    url = format!(
+                        "{base}?labelSelector={}&continue={}",
+                        kustody_cluster::oauth::percent_encode(selector),
+                        kustody_cluster::oauth::percent_encode(c)
+                    );
                 }
                 _ => break,
             }
@@ -485,7 +489,7 @@ impl Collector {
         let events = async {
             let url = format!(
                 "/api/v1/namespaces/{ns}/events?fieldSelector={}",
-                urlencode(&format!("involvedObject.uid={uid}"))
+                kustody_cluster::oauth::percent_encode(&format!("involvedObject.uid={uid}"))
             );
             self.fetch(dir, "events", &url).await;
         };
@@ -732,7 +736,7 @@ impl Collector {
         }
         let started_at = started_epoch(status);
         let excluded = credential_mounts(pod, c);
-        let mut run = self.run_collector(ns, name, &exec_container, mode, cdir, started_at, &excluded).await;
+        let mut run = self.run_collector(ns, name, &exec_container, mode, started_at, &excluded).await;
         if mode == Mode::InContainer && run.sections.is_empty() && matches!(run.error, Some(ExecError::Transport(_))) {
             // The script is sent as soon as the stream opens; when `sh` cannot start, the server
             // may close the socket on that unread input before its status arrives (a reset).
@@ -748,7 +752,7 @@ impl Collector {
                     Ok(d) => {
                         exec_container = d;
                         mode = Mode::Debug;
-                        run = self.run_collector(ns, name, &exec_container, mode, cdir, started_at, &excluded).await;
+                        run = self.run_collector(ns, name, &exec_container, mode, started_at, &excluded).await;
                     }
                     Err(e) => {
                         self.bundle.fail(
@@ -762,7 +766,7 @@ impl Collector {
             }
         }
         report.via = if mode == Mode::Debug { "debug".into() } else { "exec".into() };
-        run.finish(self, ns, name, &exec_container, c, cdir, report);
+        run.finish(self, ns, name, &exec_container, cdir, report);
         // copies
         let root = match (mode, run.target_pid) {
             (Mode::Debug, Some(t)) => format!("/proc/{t}/root/"),
@@ -978,7 +982,6 @@ impl Collector {
         pod: &str,
         container: &str,
         mode: Mode,
-        cdir: &str,
         started_at: Option<i64>,
         excluded: &[String],
     ) -> CollectorRun {
@@ -1050,7 +1053,6 @@ impl Collector {
             Ok(o) => (Some(o), None),
             Err(e) => (None, Some(e)),
         };
-        let _ = cdir;
         CollectorRun {
             phase1: p1,
             phase2: p2,
@@ -1143,18 +1145,6 @@ fn selects(what: &str, o: &Value, labels: &BTreeMap<String, String>) -> bool {
     }
 }
 
-pub fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The collector's output, before it is written.
 struct CollectorRun {
     phase1: String,
@@ -1182,7 +1172,6 @@ impl CollectorRun {
         ns: &str,
         pod: &str,
         exec_container: &str,
-        c: &str,
         cdir: &str,
         report: &mut ContainerReport,
     ) {
@@ -1499,7 +1488,6 @@ impl CollectorRun {
         } else if self.error.is_none() {
             b.fail(format!("{cdir}/files.jsonl"), "the collector sent no file listing", None);
         }
-        let _ = c;
         report.collector = Some(transcript);
     }
 }

@@ -130,6 +130,10 @@ impl Write for HashingFile {
 }
 
 impl HashingFile {
+    fn new(f: std::fs::File) -> HashingFile {
+        HashingFile { file: std::io::BufWriter::with_capacity(256 * 1024, f), hasher: Sha256::new(), size: 0 }
+    }
+
     pub fn finish(mut self) -> std::io::Result<(String, u64)> {
         self.file.flush()?;
         self.file.get_ref().sync_all()?;
@@ -231,7 +235,7 @@ impl Bundle {
     /// Open `rel` for writing (create_new: nothing is overwritten).
     pub fn open(&self, rel: &str) -> std::io::Result<HashingFile> {
         let f = new_file(self.full(rel)?)?;
-        Ok(HashingFile { file: std::io::BufWriter::with_capacity(256 * 1024, f), hasher: Sha256::new(), size: 0 })
+        Ok(HashingFile::new(f))
     }
 
     pub async fn open_async(&self, rel: &str) -> std::io::Result<AsyncHashingFile> {
@@ -332,8 +336,7 @@ impl Bundle {
 /// metadata; returns the archive's SHA-256 (also written to `out.sha256`).
 pub fn pack(dir: &Path, out: &Path) -> std::io::Result<String> {
     let f = new_file(out)?;
-    let hashing = HashingWriter { inner: std::io::BufWriter::new(f), hasher: Sha256::new() };
-    let enc = zstd::stream::write::Encoder::new(hashing, 3)?;
+    let enc = zstd::stream::write::Encoder::new(HashingFile::new(f), 3)?;
     let mut tar = tar::Builder::new(enc);
     tar.mode(tar::HeaderMode::Deterministic);
     let mut files = Vec::new();
@@ -344,32 +347,12 @@ pub fn pack(dir: &Path, out: &Path) -> std::io::Result<String> {
         let mut file = std::fs::File::open(dir.join(&rel))?;
         tar.append_file(&name, &mut file)?;
     }
-    let enc = tar.into_inner()?;
-    let mut hashing = enc.finish()?;
-    hashing.inner.flush()?;
-    hashing.inner.get_ref().sync_all()?;
-    let sha = format!("{:x}", hashing.hasher.finalize());
+    let (sha, _) = tar.into_inner()?.finish()?.finish()?;
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut side = std::ffi::OsString::from(out.as_os_str());
     side.push(".sha256");
     new_file(PathBuf::from(side))?.write_all(format!("{sha}  {name}\n").as_bytes())?;
     Ok(sha)
-}
-
-struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(buf.get(..n).unwrap_or_default());
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {

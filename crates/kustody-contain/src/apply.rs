@@ -19,7 +19,7 @@ use kustody_cluster::select;
 use kustody_cluster::ClusterError;
 use serde_json::{json, Value};
 
-use crate::plan::{self, Access, Actor, Options, Plan, ReleaseSnapshot, Request, Snapshot, Workload, LABEL};
+use crate::plan::{self, Access, Options, Plan, ReleaseSnapshot, Request, Snapshot, Workload, LABEL};
 
 fn kube_err(what: &str) -> impl Fn(kube::Error) -> ClusterError + '_ {
     move |e| match ClusterError::from_kube(e) {
@@ -27,11 +27,6 @@ fn kube_err(what: &str) -> impl Fn(kube::Error) -> ClusterError + '_ {
         ClusterError::Forbidden(m) => ClusterError::Forbidden(format!("{m} (needed to {what})")),
         other => other,
     }
-}
-
-/// The identity the API server sees, from a SelfSubjectReview.
-pub async fn whoami(client: &kube::Client) -> Result<Actor, ClusterError> {
-    kustody_cluster::identity::whoami(client).await
 }
 
 fn controller_of(m: &ObjectMeta) -> Option<String> {

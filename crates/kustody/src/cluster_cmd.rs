@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use kustody_cluster::exec::{exec as run_exec, ExecSpec};
-use kustody_cluster::{Cluster, ClusterError, ClusterOptions};
+use kustody_cluster::{Cluster, ClusterOptions};
 
 use crate::cli::{ClusterArgs, ExecArgs, Provider, TokenArgs, WhoamiArgs};
 use crate::render::sanitize;
@@ -36,21 +36,13 @@ pub fn whoami(args: WhoamiArgs) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         let started = Instant::now();
         let cluster = connect(&args.cluster).await?;
-        let review = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
-        let req = http_post("/apis/authentication.k8s.io/v1/selfsubjectreviews", &review)?;
-        let v: serde_json::Value = cluster.client.request(req).await.map_err(ClusterError::from_kube)?;
-        let info = v.get("status").and_then(|s| s.get("userInfo")).cloned().unwrap_or_default();
+        let me = kustody_cluster::identity::whoami(&cluster.client).await?;
         let mut out = std::io::stdout().lock();
-        let text = |k: &str| info.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
-        writeln!(out, "user:    {}", sanitize(&text("username")))?;
-        if !text("uid").is_empty() {
-            writeln!(out, "uid:     {}", sanitize(&text("uid")))?;
+        writeln!(out, "user:    {}", sanitize(&me.username))?;
+        if !me.uid.is_empty() {
+            writeln!(out, "uid:     {}", sanitize(&me.uid))?;
         }
-        let groups: Vec<String> = info
-            .get("groups")
-            .and_then(|g| g.as_array())
-            .map(|g| g.iter().filter_map(|x| x.as_str().map(sanitize)).collect())
-            .unwrap_or_default();
+        let groups: Vec<String> = me.groups.iter().map(|g| sanitize(g)).collect();
         writeln!(out, "groups:  {}", groups.join(", "))?;
         writeln!(out, "server:  {}", sanitize(&cluster.server))?;
         writeln!(out, "context: {}", sanitize(cluster.context.as_deref().unwrap_or("(in-cluster)")))?;
@@ -60,13 +52,6 @@ pub fn whoami(args: WhoamiArgs) -> Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-fn http_post(path: &str, body: &serde_json::Value) -> Result<http::Request<Vec<u8>>> {
-    http::Request::post(path)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(body)?)
-        .context("request")
 }
 
 /// `pod/NAME`, `pods/NAME` or `NAME`.
@@ -143,9 +128,7 @@ pub fn token(args: TokenArgs) -> Result<ExitCode> {
                 .context("no AWS region: pass --region or set AWS_REGION")?;
             let t = kustody_cluster::eks::token(&creds, cluster, &region, std::time::SystemTime::now())
                 .map_err(anyhow::Error::msg)?;
-            let out = serde_json::to_string_pretty(&kustody_cluster::eks::exec_credential(&t))?;
-            let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "{out}")?;
+            print_credential(&t.access_token())?;
             if args.verbose {
                 eprintln!(
                     "kustody: EKS token for {cluster} in {region} minted in {:.2} ms (credentials: {})",

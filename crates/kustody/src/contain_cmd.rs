@@ -114,7 +114,8 @@ pub fn quarantine(args: QuarantineArgs) -> Result<ExitCode> {
         let cluster = connect(&args.cluster).await?;
         let client = &cluster.client;
         let ns = cluster.namespace.clone();
-        let (actor, snap) = tokio::try_join!(apply::whoami(client), apply::snapshot(client, &ns, &pod, &opts))?;
+        let (actor, snap) =
+            tokio::try_join!(kustody_cluster::identity::whoami(client), apply::snapshot(client, &ns, &pod, &opts))?;
         let mut p = plan::quarantine(&snap, &opts, &actor, &now());
         let mut err = std::io::stderr().lock();
         let base = |outcome: &str| entry("quarantine", outcome, &actor, &cluster, &ns, &pod);
@@ -365,7 +366,8 @@ pub fn release(args: ReleaseArgs) -> Result<ExitCode> {
         let cluster = connect(&args.cluster).await?;
         let client = &cluster.client;
         let ns = cluster.namespace.clone();
-        let (actor, snap) = tokio::try_join!(apply::whoami(client), apply::release_snapshot(client, &ns, &pod))?;
+        let (actor, snap) =
+            tokio::try_join!(kustody_cluster::identity::whoami(client), apply::release_snapshot(client, &ns, &pod))?;
         let opts = plan::ReleaseOptions {
             restore_labels: args.restore_labels,
             uncordon: args.uncordon,
