@@ -1,11 +1,11 @@
 //! Splitting chunks into records; runs on worker threads.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use kustody_model::SourceFormat;
-use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use crate::managed::Unwrapped;
 
 /// How a file's bytes are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,34 +216,26 @@ impl Chunk {
     /// (`records`, `events`, `logEvents`) or a single wrapped record.
     fn value(&self, text: &str, line: u64, offset: u64, on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
         let trimmed = text.trim_start();
-        let b = trimmed.as_bytes();
-        let listy = !crate::managed::looks_native(trimmed)
-            && ["EventList", "\"records\"", "\"events\"", "\"logEvents\""]
-                .iter()
-                .any(|n| crate::managed::has(trimmed, n));
-        let items: Option<Result<Vec<&RawValue>, serde_json::Error>> = match b.first() {
-            Some(b'[') => Some(serde_json::from_str(trimmed)),
-            Some(b'{') if listy => match serde_json::from_str::<ListShape<'_>>(trimmed) {
-                Ok(l) if l.kind.as_deref() == Some("EventList") => Some(Ok(l.items.unwrap_or_default())),
-                Ok(l) if l.records.is_some() || l.log_events.is_some() || l.events.is_some() => {
-                    Some(Ok(l.records.or(l.log_events).or(l.events).unwrap_or_default()))
-                }
-                _ => None,
+        let shape = match trimmed.as_bytes().first() {
+            Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(trimmed) {
+                Ok(items) => Ok(Unwrapped::List(items.into_iter().map(RawValue::get).collect())),
+                Err(e) => Err(format!("invalid JSON: {}", strip_position(&e.to_string()))),
             },
-            _ => None,
+            _ => crate::managed::unwrap(text),
         };
-        match items {
-            None => self.emit(text, line, offset, SourceFormat::Native, on),
-            Some(Err(e)) => {
-                on(Err(self.bad(line, offset, format!("invalid JSON: {}", strip_position(&e.to_string())))))
-            }
-            Some(Ok(items)) => {
+        match shape {
+            Ok(Unwrapped::List(items)) => {
                 let mut counter = LineCounter::new(text, line);
                 for item in items {
-                    let off = offset_in(text, item.get());
-                    self.emit(item.get(), counter.line_at(off), offset + off as u64, SourceFormat::Native, on);
+                    let off = offset_in(text, item);
+                    self.emit(item, counter.line_at(off), offset + off as u64, SourceFormat::Native, on);
                 }
             }
+            // Nothing but lists is unwrapped when the input is declared native.
+            Ok(_) if self.input_format == crate::InputFormat::Native => {
+                on(Ok(Record { text, line, offset, format: SourceFormat::Native }))
+            }
+            shape => self.deliver(text, shape, line, offset, SourceFormat::Native, on),
         }
     }
 
@@ -256,43 +248,37 @@ impl Chunk {
         native: SourceFormat,
         on: &mut dyn FnMut(Result<Record<'_>, BadRecord>),
     ) {
-        let want = self.input_format;
-        if want == crate::InputFormat::Native {
+        if self.input_format == crate::InputFormat::Native {
             return on(Ok(Record { text, line, offset, format: native }));
         }
+        self.deliver(text, crate::managed::unwrap(text), line, offset, native, on)
+    }
+
+    /// Hands on a record of the shape [`crate::managed::unwrap`] found, checked against
+    /// `--input-format`.
+    fn deliver(
+        &self,
+        text: &str,
+        shape: Result<Unwrapped<'_>, String>,
+        line: u64,
+        offset: u64,
+        native: SourceFormat,
+        on: &mut dyn FnMut(Result<Record<'_>, BadRecord>),
+    ) {
+        let want = self.input_format;
         let wrong = |f: SourceFormat| format!("a {} record, but --input-format is {}", f.as_str(), want.as_str());
-        match crate::managed::unwrap(text) {
-            Ok(crate::managed::Unwrapped::Native) if !want.accepts(native) => {
+        match shape {
+            // A list inside a list is not a record format; the event parser says why.
+            Ok(Unwrapped::Native | Unwrapped::List(_)) if !want.accepts(native) => {
                 on(Err(self.bad(line, offset, wrong(native))))
             }
-            Ok(crate::managed::Unwrapped::Native) => on(Ok(Record { text, line, offset, format: native })),
-            Ok(crate::managed::Unwrapped::One(_, format)) if !want.accepts(format) => {
-                on(Err(self.bad(line, offset, wrong(format))))
-            }
-            Ok(crate::managed::Unwrapped::One(event, format)) => on(Ok(Record { text: &event, line, offset, format })),
-            Ok(crate::managed::Unwrapped::Skip(reason)) => {
-                on(Err(self.bad(line, offset, format!("skipped: {reason}"))))
-            }
+            Ok(Unwrapped::Native | Unwrapped::List(_)) => on(Ok(Record { text, line, offset, format: native })),
+            Ok(Unwrapped::One(_, format)) if !want.accepts(format) => on(Err(self.bad(line, offset, wrong(format)))),
+            Ok(Unwrapped::One(event, format)) => on(Ok(Record { text: &event, line, offset, format })),
+            Ok(Unwrapped::Skip(reason)) => on(Err(self.bad(line, offset, format!("skipped: {reason}")))),
             Err(reason) => on(Err(self.bad(line, offset, reason))),
         }
     }
-}
-
-#[derive(Deserialize)]
-struct ListShape<'a> {
-    #[serde(borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    items: Option<Vec<&'a RawValue>>,
-    /// AKS Event Hubs / storage batches.
-    #[serde(borrow, default)]
-    records: Option<Vec<&'a RawValue>>,
-    /// `aws logs filter-log-events` / `get-log-events` output.
-    #[serde(borrow, default)]
-    events: Option<Vec<&'a RawValue>>,
-    /// CloudWatch Logs subscription / Firehose records.
-    #[serde(borrow, default, rename = "logEvents")]
-    log_events: Option<Vec<&'a RawValue>>,
 }
 
 /// Byte offset of `inner` inside `outer` (both borrowed from the same buffer).

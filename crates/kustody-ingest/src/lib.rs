@@ -16,6 +16,7 @@
 mod chunk;
 mod docsplit;
 mod files;
+mod jscan;
 mod managed;
 mod reader;
 mod yaml;

@@ -17,10 +17,15 @@ use std::borrow::Cow;
 use kustody_model::SourceFormat;
 use serde_json::{json, Map, Value};
 
+use crate::jscan;
+
 /// What one top-level record turned out to be.
 pub enum Unwrapped<'a> {
     /// Not a known wrapper: the text itself is (presumably) a native Event.
     Native,
+    /// The elements of a list: an EventList's `items`, or the `records` / `logEvents` /
+    /// `events` of an AKS, CloudWatch subscription or `aws logs` batch.
+    List(Vec<&'a str>),
     /// One native Event.
     One(Cow<'a, str>, SourceFormat),
     /// A wrapper that holds nothing to read (a CloudWatch control message, another AKS log
@@ -28,151 +33,170 @@ pub enum Unwrapped<'a> {
     Skip(String),
 }
 
-/// The needles the readers look for before parsing anything.
-const NEEDLES: &[&str] = &[
-    "\"protoPayload\"",
-    "\"properties\"",
-    "\"category\"",
-    "\"message\"",
-    "EventList",
-    "\"records\"",
-    "\"events\"",
-    "\"logEvents\"",
-];
-
-/// Substring search with the searcher built once per needle (building one per call, on every
-/// line, cost 4-6% of a read).
-pub(crate) fn has(text: &str, needle: &str) -> bool {
-    static FINDERS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
-        std::sync::LazyLock::new(|| NEEDLES.iter().map(memchr::memmem::Finder::new).collect());
-    match NEEDLES.iter().position(|n| *n == needle).and_then(|i| FINDERS.get(i)) {
-        Some(f) => f.find(text.as_bytes()).is_some(),
-        None => memchr::memmem::find(text.as_bytes(), needle.as_bytes()).is_some(),
-    }
-}
-
 /// Whether a record opens the way the API server writes a native event; no wrapper or list does.
 pub(crate) fn looks_native(text: &str) -> bool {
     text.starts_with(r#"{"kind":"Event","#)
 }
 
-/// Recognises a wrapped event. Cheap byte checks first, so native events pay nothing.
+/// The top-level members a wrapper is recognised by, as raw JSON text.
+#[derive(Default)]
+struct Envelope<'a> {
+    kind: Option<&'a str>,
+    items: Option<&'a str>,
+    records: Option<&'a str>,
+    events: Option<&'a str>,
+    log_events: Option<&'a str>,
+    proto_payload: bool,
+    properties: bool,
+    /// `properties.log`, unescaped during the scan when it is a string.
+    log: Option<jscan::Member<'a>>,
+    category: Option<&'a str>,
+    /// `message`, unescaped during the scan when it is a string.
+    message: Option<jscan::Member<'a>>,
+    message_type: Option<&'a str>,
+}
+
+/// Reads the members that tell wrappers apart, in one validating pass that unescapes the event
+/// text (`message`, `properties.log`) as it goes. Stops at a `protoPayload`: serde reads a
+/// LogEntry whole.
+fn envelope(t: &str) -> Result<Envelope<'_>, jscan::ScanError> {
+    let mut env = Envelope::default();
+    let mut m = jscan::Members::new(t)?;
+    while let Some(key) = m.key()? {
+        // serde_json keeps the last of duplicate keys; so do we.
+        let slot = match key.as_ref() {
+            "kind" => &mut env.kind,
+            "items" => &mut env.items,
+            "records" => &mut env.records,
+            "events" => &mut env.events,
+            "logEvents" => &mut env.log_events,
+            "category" => &mut env.category,
+            "messageType" => &mut env.message_type,
+            "message" => {
+                env.message = Some(m.text()?);
+                continue;
+            }
+            "properties" if m.at_object() => {
+                env.properties = true;
+                env.log = m.object(|p| {
+                    let mut log = None;
+                    while let Some(k) = p.key()? {
+                        if k == "log" {
+                            log = Some(p.text()?);
+                        } else {
+                            p.raw()?;
+                        }
+                    }
+                    Ok(log)
+                })?;
+                continue;
+            }
+            "protoPayload" => {
+                env.proto_payload = true;
+                return Ok(env);
+            }
+            _ => {
+                m.raw()?;
+                continue;
+            }
+        };
+        *slot = Some(m.raw()?);
+    }
+    m.finish()?;
+    Ok(env)
+}
+
+/// Recognises a wrapper or a list by its top-level members, found in one validating pass (see
+/// [`crate::jscan`]). Text that is not a JSON object, or not valid JSON, is `Native`: the event
+/// parser then reports exactly what is wrong with it.
 pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
-    let t = text.trim_start();
+    let t = text.trim();
     if !t.starts_with('{') || looks_native(t) {
         return Ok(Unwrapped::Native);
     }
-    if has(t, "\"protoPayload\"") {
+    let Ok(env) = envelope(t) else {
+        return Ok(Unwrapped::Native);
+    };
+    let kind = env.kind.and_then(jscan::string_value).and_then(Result::ok);
+    if kind.as_deref() == Some("EventList") {
+        return list(env.items.unwrap_or("[]"), "items");
+    }
+    for (raw, field) in [(env.records, "records"), (env.log_events, "logEvents"), (env.events, "events")] {
+        if let Some(raw) = raw.filter(|r| r.starts_with('[')) {
+            return list(raw, field);
+        }
+    }
+    if env.proto_payload {
         if let Ok(entry) = serde_json::from_str::<GkeEntry<'_>>(t) {
             if let Some(p) = &entry.proto_payload {
                 return gke_fast(&entry, p).map(|e| Unwrapped::One(Cow::Owned(e), SourceFormat::Gke));
             }
         }
         let v: Value = serde_json::from_str(t).map_err(|e| format!("invalid JSON: {e}"))?;
-        if v.get("protoPayload").is_some() {
-            return gke(&v).map(|e| Unwrapped::One(Cow::Owned(e.to_string()), SourceFormat::Gke));
-        }
+        return gke(&v).map(|e| Unwrapped::One(Cow::Owned(e.to_string()), SourceFormat::Gke));
     }
-    if has(t, "\"properties\"") && has(t, "\"category\"") {
-        #[derive(serde::Deserialize)]
-        struct Aks<'a> {
-            #[serde(borrow)]
-            category: Option<Cow<'a, str>>,
-            #[serde(borrow)]
-            properties: Option<AksProps<'a>>,
+    if let (true, Some(category)) = (env.properties, env.category) {
+        let Some(Ok(category)) = jscan::string_value(category) else {
+            return Err("AKS record whose `category` is not a string".into());
+        };
+        if let Some(skip) = aks_not_audit(&category) {
+            return Ok(skip);
         }
-        #[derive(serde::Deserialize)]
-        struct AksProps<'a> {
-            #[serde(borrow)]
-            log: Option<&'a serde_json::value::RawValue>,
-        }
-        /// The common case in one pass: `properties.log` is a string, unescaped while parsing.
-        #[derive(serde::Deserialize)]
-        struct AksText<'a> {
-            #[serde(borrow)]
-            category: Option<Cow<'a, str>>,
-            #[serde(borrow)]
-            properties: Option<AksTextProps<'a>>,
-        }
-        #[derive(serde::Deserialize)]
-        struct AksTextProps<'a> {
-            #[serde(borrow)]
-            log: Option<Cow<'a, str>>,
-        }
-        if let Ok(AksText { category, properties: Some(AksTextProps { log: Some(log) }) }) =
-            serde_json::from_str::<AksText<'_>>(t)
-        {
-            let category = category.unwrap_or_default();
-            if let Some(skip) = aks_not_audit(&category) {
-                return Ok(skip);
-            }
-            if !log.trim_start().starts_with('{') {
-                return Err("`properties.log` does not hold a JSON object".into());
-            }
-            let event = trimmed_event(log);
-            return Ok(Unwrapped::One(event, SourceFormat::Aks));
-        }
-        if let Ok(r) = serde_json::from_str::<Aks<'_>>(t) {
-            if let Some(props) = r.properties {
-                let category = r.category.unwrap_or_default();
-                if let Some(skip) = aks_not_audit(&category) {
-                    return Ok(skip);
-                }
-                let log = props.log.ok_or("AKS record without `properties.log`")?.get();
-                return embedded(log, "properties.log").map(|e| Unwrapped::One(e, SourceFormat::Aks));
-            }
-        }
+        let log = env.log.ok_or("AKS record without `properties.log`")?;
+        return embedded(log, "properties.log").map(|e| Unwrapped::One(e, SourceFormat::Aks));
     }
-    if has(t, "\"message\"") {
-        #[derive(serde::Deserialize)]
-        struct Cw<'a> {
-            #[serde(borrow)]
-            message: Option<&'a serde_json::value::RawValue>,
-            #[serde(default, rename = "messageType")]
-            message_type: Option<String>,
-        }
-        /// The common case in one pass: `message` unescaped while the wrapper is parsed.
-        #[derive(serde::Deserialize)]
-        struct CwText<'a> {
-            #[serde(borrow)]
-            message: Option<Cow<'a, str>>,
-            #[serde(default, rename = "messageType")]
-            message_type: Option<Cow<'a, str>>,
-        }
-        if let Ok(CwText { message: Some(m), message_type: None }) = serde_json::from_str::<CwText<'_>>(t) {
-            // A native Event never has a top-level `message`; a CloudWatch event always does.
-            let trimmed = m.trim();
-            if !trimmed.starts_with('{') {
-                return Ok(Unwrapped::Skip(
-                    "CloudWatch event whose message is not a JSON object (a control message?)".into(),
-                ));
+    if let Some(m) = env.message {
+        match env.message_type.map(|t| jscan::string_value(t).and_then(Result::ok)) {
+            None => {}
+            Some(Some(t)) if t == "CONTROL_MESSAGE" => {
+                return Ok(Unwrapped::Skip("CloudWatch Logs control message".into()))
             }
-            let event = trimmed_event(m);
-            return Ok(Unwrapped::One(event, SourceFormat::Eks));
+            // A subscription record without `logEvents` has nothing to read.
+            Some(_) => return Ok(Unwrapped::Native),
         }
-        if let Ok(r) = serde_json::from_str::<Cw<'_>>(t) {
-            if let Some(m) = r.message {
-                if r.message_type.is_none() {
-                    return Ok(match embedded(m.get(), "message") {
-                        Ok(e) => Unwrapped::One(e, SourceFormat::Eks),
-                        Err(_) if m.get().starts_with('"') => Unwrapped::Skip(
-                            "CloudWatch event whose message is not a JSON object (a control message?)".into(),
-                        ),
-                        Err(e) => return Err(e),
-                    });
-                }
+        // A native Event never has a top-level `message`; a CloudWatch event always does.
+        let raw = m.raw;
+        return match embedded(m, "message") {
+            Ok(e) => Ok(Unwrapped::One(e, SourceFormat::Eks)),
+            Err(_) if raw.starts_with('"') => {
+                Ok(Unwrapped::Skip("CloudWatch event whose message is not a JSON object (a control message?)".into()))
             }
-            if r.message_type.as_deref() == Some("CONTROL_MESSAGE") {
-                return Ok(Unwrapped::Skip("CloudWatch Logs control message".into()));
-            }
-        }
+            Err(e) => Err(e),
+        };
     }
     Ok(Unwrapped::Native)
 }
 
-/// An embedded event without surrounding whitespace, trimmed in place when it was unescaped
-/// into its own buffer (copying every event once more cost ~3 % of an AKS read).
-fn trimmed_event(event: Cow<'_, str>) -> Cow<'_, str> {
+/// The elements of a list member; a list member that is not an array is a bad record.
+fn list<'a>(raw: &'a str, field: &str) -> Result<Unwrapped<'a>, String> {
+    jscan::elements(raw).map(Unwrapped::List).map_err(|e| format!("invalid JSON in `{field}`: {e}"))
+}
+
+/// AKS diagnostic records of another log category are skipped, with the reason.
+fn aks_not_audit(category: &str) -> Option<Unwrapped<'static>> {
+    (category != "kube-audit" && category != "kube-audit-admin")
+        .then(|| Unwrapped::Skip(format!("AKS record of category `{category}` is not an audit log")))
+}
+
+/// An event carried as a JSON string (escaped, and unescaped by the scan that found it) or as
+/// an object, inside a wrapper field. Whether the event is valid JSON is left to `Event::parse`
+/// (one pass, not two), whose error the caller reports with the record's format.
+fn embedded<'a>(m: jscan::Member<'a>, field: &str) -> Result<Cow<'a, str>, String> {
+    if m.raw.starts_with('{') {
+        return Ok(Cow::Borrowed(m.raw));
+    }
+    let Some(s) = m.text else {
+        return Err(format!("`{field}` is neither a JSON string nor an object"));
+    };
+    if !s.trim_start().starts_with('{') {
+        return Err(format!("`{field}` does not hold a JSON object"));
+    }
+    Ok(trimmed(s))
+}
+
+/// Text without surrounding whitespace, trimmed in place when it was unescaped into its own
+/// buffer (copying every event once more cost ~3 % of an AKS read).
+fn trimmed(event: Cow<'_, str>) -> Cow<'_, str> {
     match event {
         Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
         Cow::Owned(mut o) => {
@@ -182,33 +206,6 @@ fn trimmed_event(event: Cow<'_, str>) -> Cow<'_, str> {
             Cow::Owned(o)
         }
     }
-}
-
-/// AKS diagnostic records of another log category are skipped, with the reason.
-fn aks_not_audit(category: &str) -> Option<Unwrapped<'static>> {
-    (category != "kube-audit" && category != "kube-audit-admin")
-        .then(|| Unwrapped::Skip(format!("AKS record of category `{category}` is not an audit log")))
-}
-
-/// An event carried as a JSON string (escaped) or as an object, inside a wrapper field. The
-/// string is unescaped once; whether it is valid JSON is left to `Event::parse` (one pass, not
-/// two), whose error the caller reports with the record's format.
-fn embedded<'a>(raw: &'a str, field: &str) -> Result<Cow<'a, str>, String> {
-    let raw = raw.trim();
-    if raw.starts_with('"') {
-        let mut s: String =
-            serde_json::from_str(raw).map_err(|e| format!("`{field}` is not a valid JSON string: {e}"))?;
-        if !s.trim_start().starts_with('{') {
-            return Err(format!("`{field}` does not hold a JSON object"));
-        }
-        let end = s.trim_end().len();
-        s.truncate(end);
-        return Ok(Cow::Owned(s));
-    }
-    if raw.starts_with('{') {
-        return Ok(Cow::Borrowed(raw));
-    }
-    Err(format!("`{field}` is neither a JSON string nor an object"))
 }
 
 /// An EKS S3 export line: `<RFC 3339 timestamp> <event JSON>`.
