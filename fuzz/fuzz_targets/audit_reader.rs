@@ -33,12 +33,19 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     while let Some(chunk) = reader.next_chunk() {
         chunk.records(|rec| {
-            if let Ok(rec) = rec {
-                // GKE records are written by us, not passed through: they must be valid JSON.
-                if rec.format == kustody_model::SourceFormat::Gke {
+            if let Ok(mut rec) = rec {
+                // GKE records are written by us, not passed through: they must be valid JSON,
+                // and the fields the converter hands over must be what parsing its text gives.
+                let parsed = (rec.format == kustody_model::SourceFormat::Gke).then(|| {
                     assert!(serde_json::from_str::<serde_json::Value>(rec.text).is_ok(), "invalid GKE output: {}", rec.text);
+                    kustody_model::Event::parse(rec.text).map(|e| e.accessor_dump()).map_err(|e| e.to_string())
+                });
+                let ev = rec.event();
+                if let Some(parsed) = parsed {
+                    let built = ev.as_ref().map(|e| e.accessor_dump()).map_err(|e| e.to_string());
+                    assert_eq!(built, parsed, "GKE parts differ from parsing {}", rec.text);
                 }
-                if let Ok(ev) = kustody_model::Event::parse(rec.text) {
+                if let Ok(ev) = ev {
                     out.clear();
                     engine.matches(&ev, &mut scratch, &mut out);
                     for &i in &out {

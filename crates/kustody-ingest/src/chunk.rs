@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kustody_model::SourceFormat;
+use kustody_model::{Event, EventError, Parts, SourceFormat};
 use serde_json::value::RawValue;
 
 use crate::managed::Unwrapped;
@@ -47,12 +47,29 @@ pub struct Chunk {
 
 /// One audit event's native JSON text, where its original record starts, and the format the
 /// record was in (managed-cloud records are unwrapped or normalised to native JSON).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Record<'a> {
     pub text: &'a str,
     pub line: u64,
     pub offset: u64,
     pub format: SourceFormat,
+    /// The event's fields, when the converter that wrote `text` already holds them.
+    pub parts: Option<Box<Parts<'a>>>,
+}
+
+impl<'a> Record<'a> {
+    fn new(text: &'a str, line: u64, offset: u64, format: SourceFormat) -> Self {
+        Record { text, line, offset, format, parts: None }
+    }
+
+    /// The audit event: built from the converter's fields when there are any (the first call),
+    /// otherwise parsed from `text`.
+    pub fn event(&mut self) -> Result<Event<'a>, EventError> {
+        match self.parts.take() {
+            Some(p) => Event::from_parts(self.text, *p),
+            None => Event::parse(self.text),
+        }
+    }
 }
 
 /// A record that could not be read, and why.
@@ -233,7 +250,7 @@ impl Chunk {
             }
             // Nothing but lists is unwrapped when the input is declared native.
             Ok(_) if self.input_format == crate::InputFormat::Native => {
-                on(Ok(Record { text, line, offset, format: SourceFormat::Native }))
+                on(Ok(Record::new(text, line, offset, SourceFormat::Native)))
             }
             shape => self.deliver(text, shape, line, offset, SourceFormat::Native, on),
         }
@@ -249,7 +266,7 @@ impl Chunk {
         on: &mut dyn FnMut(Result<Record<'_>, BadRecord>),
     ) {
         if self.input_format == crate::InputFormat::Native {
-            return on(Ok(Record { text, line, offset, format: native }));
+            return on(Ok(Record::new(text, line, offset, native)));
         }
         self.deliver(text, crate::managed::unwrap(text), line, offset, native, on)
     }
@@ -272,9 +289,15 @@ impl Chunk {
             Ok(Unwrapped::Native | Unwrapped::List(_)) if !want.accepts(native) => {
                 on(Err(self.bad(line, offset, wrong(native))))
             }
-            Ok(Unwrapped::Native | Unwrapped::List(_)) => on(Ok(Record { text, line, offset, format: native })),
+            Ok(Unwrapped::Native | Unwrapped::List(_)) => on(Ok(Record::new(text, line, offset, native))),
             Ok(Unwrapped::One(_, format)) if !want.accepts(format) => on(Err(self.bad(line, offset, wrong(format)))),
-            Ok(Unwrapped::One(event, format)) => on(Ok(Record { text: &event, line, offset, format })),
+            Ok(Unwrapped::One(event, format)) => on(Ok(Record::new(&event, line, offset, format))),
+            Ok(Unwrapped::Gke(_, _)) if !want.accepts(SourceFormat::Gke) => {
+                on(Err(self.bad(line, offset, wrong(SourceFormat::Gke))))
+            }
+            Ok(Unwrapped::Gke(event, parts)) => {
+                on(Ok(Record { text: &event, line, offset, format: SourceFormat::Gke, parts: Some(parts) }))
+            }
             Ok(Unwrapped::Skip(reason)) => on(Err(self.bad(line, offset, format!("skipped: {reason}")))),
             Err(reason) => on(Err(self.bad(line, offset, reason))),
         }

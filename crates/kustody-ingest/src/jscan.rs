@@ -17,7 +17,7 @@ const MAX_DEPTH: usize = 128;
 
 /// Where and why text is not valid JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ScanError {
+pub struct ScanError {
     pub at: usize,
     pub what: &'static str,
 }
@@ -82,9 +82,39 @@ fn plain_run(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// Appends `s` to `out` as a JSON string, quotes included. Runs that need no escaping (nearly
+/// all text) are found eight bytes at a time and copied whole; nothing is allocated.
+pub fn write_string(out: &mut String, s: &str) {
+    let b = s.as_bytes();
+    out.push('"');
+    let mut i = 0;
+    loop {
+        let end = plain_run(b, i);
+        out.push_str(s.get(i..end).unwrap_or_default());
+        let Some(&c) = b.get(end) else { break };
+        match c {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            c => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX.get(usize::from(c >> 4)).copied().unwrap_or(b'0')));
+                out.push(char::from(HEX.get(usize::from(c & 15)).copied().unwrap_or(b'0')));
+            }
+        }
+        i = end + 1;
+    }
+    out.push('"');
+}
+
 /// The string whose opening quote is at `i`: the index just past its closing quote, and
 /// whether it holds any escape.
-pub(crate) fn string_end(b: &[u8], i: usize) -> Scan<(usize, bool)> {
+pub fn string_end(b: &[u8], i: usize) -> Scan<(usize, bool)> {
     if b.get(i) != Some(&b'"') {
         return err(i, "expected a string");
     }
@@ -119,7 +149,7 @@ pub(crate) fn string_end(b: &[u8], i: usize) -> Scan<(usize, bool)> {
 /// Plain bytes are copied eight at a time with one fixed-size store (whole or partial: the
 /// output never runs ahead of the input, so the spare bytes are overwritten or cut off);
 /// copying each short run between escapes through `memcpy` cost more than the scan.
-pub(crate) fn string_at(text: &str, i: usize) -> Scan<(Cow<'_, str>, usize)> {
+pub fn string_at(text: &str, i: usize) -> Scan<(Cow<'_, str>, usize)> {
     let b = text.as_bytes();
     if b.get(i) != Some(&b'"') {
         return err(i, "expected a string");
@@ -322,7 +352,7 @@ fn number(b: &[u8], mut i: usize) -> Scan<usize> {
 
 /// A member's value: its raw JSON text, and when the caller asked for it, the unescaped text
 /// of a string.
-pub(crate) struct Member<'a> {
+pub struct Member<'a> {
     pub raw: &'a str,
     pub text: Option<Cow<'a, str>>,
 }
@@ -330,7 +360,7 @@ pub(crate) struct Member<'a> {
 /// A pull scanner over the members of one object: [`Members::key`] then exactly one of the
 /// value methods, until `key` answers `None`. Each value is scanned (and validated) once, the
 /// way the caller wants it: skipped, unescaped, or descended into.
-pub(crate) struct Members<'a> {
+pub struct Members<'a> {
     text: &'a str,
     pos: usize,
     first: bool,
@@ -341,7 +371,7 @@ pub(crate) struct Members<'a> {
 
 impl<'a> Members<'a> {
     /// The object whose `{` is the first non-blank byte of `text`.
-    pub(crate) fn new(text: &'a str) -> Scan<Self> {
+    pub fn new(text: &'a str) -> Scan<Self> {
         Self::at(text, ws(text.as_bytes(), 0), 0)
     }
 
@@ -357,7 +387,7 @@ impl<'a> Members<'a> {
 
     /// The next key (unescaped), with the scanner placed on its value; `None` after the
     /// closing brace.
-    pub(crate) fn key(&mut self) -> Scan<Option<Cow<'a, str>>> {
+    pub fn key(&mut self) -> Scan<Option<Cow<'a, str>>> {
         if self.done {
             return Ok(None);
         }
@@ -395,14 +425,14 @@ impl<'a> Members<'a> {
     }
 
     /// Skips the current value; its raw JSON text.
-    pub(crate) fn raw(&mut self) -> Scan<&'a str> {
+    pub fn raw(&mut self) -> Scan<&'a str> {
         let start = self.pos;
         self.pos = skip(self.text.as_bytes(), start, self.depth + 1)?;
         Ok(self.text.get(start..self.pos).unwrap_or_default())
     }
 
     /// The current value, with a string's text unescaped in the same pass.
-    pub(crate) fn text(&mut self) -> Scan<Member<'a>> {
+    pub fn text(&mut self) -> Scan<Member<'a>> {
         let start = self.pos;
         if self.text.as_bytes().get(start) != Some(&b'"') {
             return self.raw().map(|raw| Member { raw, text: None });
@@ -413,13 +443,13 @@ impl<'a> Members<'a> {
     }
 
     /// Whether the current value is an object.
-    pub(crate) fn at_object(&self) -> bool {
+    pub fn at_object(&self) -> bool {
         self.text.as_bytes().get(self.pos) == Some(&b'{')
     }
 
     /// Runs `f` on the members of the current value, an object, then skips whatever `f` left
     /// unread of it.
-    pub(crate) fn object<R>(&mut self, f: impl FnOnce(&mut Members<'a>) -> Scan<R>) -> Scan<R> {
+    pub fn object<R>(&mut self, f: impl FnOnce(&mut Members<'a>) -> Scan<R>) -> Scan<R> {
         let mut inner = Members::at(self.text, self.pos, self.depth + 1)?;
         let r = f(&mut inner)?;
         while inner.key()?.is_some() {
@@ -430,7 +460,7 @@ impl<'a> Members<'a> {
     }
 
     /// After the last member of a top-level object: only whitespace may follow.
-    pub(crate) fn finish(self) -> Scan<()> {
+    pub fn finish(self) -> Scan<()> {
         if !self.done {
             return err(self.pos, "object not read to its end");
         }
@@ -439,7 +469,7 @@ impl<'a> Members<'a> {
 }
 
 /// The raw JSON text of each element of the array `text` holds.
-pub(crate) fn elements(text: &str) -> Scan<Vec<&str>> {
+pub fn elements(text: &str) -> Scan<Vec<&str>> {
     let b = text.as_bytes();
     let mut out = Vec::new();
     let mut j = ws(b, 0);
@@ -475,11 +505,11 @@ fn trailing(b: &[u8], i: usize) -> Scan<()> {
 }
 
 /// The unescaped value of a raw JSON string (`"..."`), or `None` when `raw` is not a string.
-pub(crate) fn string_value(raw: &str) -> Option<Scan<Cow<'_, str>>> {
+pub fn string_value(raw: &str) -> Option<Scan<Cow<'_, str>>> {
     if !raw.starts_with('"') {
         return None;
     }
-    Some(string_at(raw, 0).and_then(|(s, end)| if end == raw.len() { Ok(s) } else { err(end, "trailing characters") }))
+    Some(string_at(raw, 0).and_then(|(s, end)| trailing(raw.as_bytes(), end).map(|()| s)))
 }
 
 #[cfg(test)]
@@ -532,6 +562,22 @@ mod tests {
         }
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(skip(deep.as_bytes(), 0, 0).is_err());
+    }
+
+    #[test]
+    fn writes_strings_serde_json_reads_back() {
+        for t in [
+            "",
+            "plain",
+            "q\"b\\s",
+            "ctl \u{1}\u{1f}\n\r\t\u{8}\u{c} end",
+            "caf\u{e9} \u{2028} \u{1F600}",
+            "long run of plain text then \"",
+        ] {
+            let mut out = String::new();
+            write_string(&mut out, t);
+            assert_eq!(serde_json::from_str::<String>(&out).ok().as_deref(), Some(t), "{out}");
+        }
     }
 
     #[test]

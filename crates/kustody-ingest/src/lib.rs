@@ -16,7 +16,7 @@
 mod chunk;
 mod docsplit;
 mod files;
-mod jscan;
+pub mod jscan;
 mod managed;
 mod reader;
 mod yaml;

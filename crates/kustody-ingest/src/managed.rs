@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use kustody_model::SourceFormat;
+use kustody_model::{ObjectRef, Parts, ResponseStatus, SourceFormat, UserInfo};
 use serde_json::{json, Map, Value};
 
 use crate::jscan;
@@ -28,6 +28,8 @@ pub enum Unwrapped<'a> {
     List(Vec<&'a str>),
     /// One native Event.
     One(Cow<'a, str>, SourceFormat),
+    /// A GKE LogEntry converted to a native Event: its text, and its fields as already known.
+    Gke(String, Box<Parts<'a>>),
     /// A wrapper that holds nothing to read (a CloudWatch control message, another AKS log
     /// category), with the reason it is skipped.
     Skip(String),
@@ -129,7 +131,7 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
     if env.proto_payload {
         if let Ok(entry) = serde_json::from_str::<GkeEntry<'_>>(t) {
             if let Some(p) = &entry.proto_payload {
-                return gke_fast(&entry, p).map(|e| Unwrapped::One(Cow::Owned(e), SourceFormat::Gke));
+                return gke_fast(&entry, p, t.len()).map(|(text, parts)| Unwrapped::Gke(text, Box::new(parts)));
             }
         }
         let v: Value = serde_json::from_str(t).map_err(|e| format!("invalid JSON: {e}"))?;
@@ -280,8 +282,8 @@ struct GkeEntry<'a> {
     insert_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     operation: Option<GkeOperation<'a>>,
-    #[serde(borrow)]
-    labels: Option<std::collections::BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    #[serde(borrow, default, deserialize_with = "label_pairs")]
+    labels: Option<Pairs<'a>>,
     #[serde(borrow)]
     resource: Option<GkeResource<'a>>,
     #[serde(borrow)]
@@ -297,7 +299,54 @@ struct GkeOperation<'a> {
 #[derive(serde::Deserialize)]
 struct GkeResource<'a> {
     #[serde(borrow)]
-    labels: Option<std::collections::BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    labels: Option<GkeResourceLabels<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct GkeResourceLabels<'a> {
+    #[serde(borrow)]
+    cluster_name: Option<Cow<'a, str>>,
+}
+
+/// Key/value pairs of strings, borrowed where the text had no escapes.
+type Pairs<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+
+/// A LogEntry's `labels` (a map of strings) as pairs sorted by key, the last of a duplicated
+/// key winning: what a `BTreeMap` gives, without its allocations (labels are read for every
+/// event and hold two or three entries).
+fn label_pairs<'de, D>(d: D) -> Result<Option<Pairs<'de>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Pairs<'de>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of strings")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            #[derive(serde::Deserialize)]
+            struct S<'a>(#[serde(borrow)] Cow<'a, str>);
+            let mut out = Vec::with_capacity(4);
+            while let Some((S(k), S(v))) = m.next_entry()? {
+                out.push((k, v));
+            }
+            out.reverse();
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out.dedup_by(|a, b| a.0 == b.0);
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_option(V)
 }
 
 #[derive(serde::Deserialize)]
@@ -344,45 +393,55 @@ struct GkeStatus<'a> {
     message: Option<Cow<'a, str>>,
 }
 
-/// Writes `s` as a JSON string. Text that needs no escaping (nearly all of it: borrowed
-/// strings had none in the input) is copied as is; the rest goes through serde_json.
+/// Writes `s` as a JSON string.
 fn put_str(out: &mut String, s: &str) {
-    let plain = !s.bytes().fold(false, |acc, b| acc | (b < 0x20) | (b == b'"') | (b == b'\\'));
-    if plain {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-    } else if let Ok(q) = serde_json::to_string(s) {
-        out.push_str(&q);
-    } else {
-        out.push_str("\"\"");
-    }
+    jscan::write_string(out, s);
 }
 
-/// Writes `,"key":"value"` (keys are ours or already-checked input).
+/// Writes `,"key":"value"`; `key` is one of ours and needs no escaping.
 fn put_field(out: &mut String, key: &str, value: &str) {
-    out.push(',');
+    out.push_str(",\"");
     put_member(out, key, value);
 }
 
-/// Writes `"key":"value"`.
+/// Writes `key":"value"` after an opening quote the caller wrote; `key` is one of ours.
 fn put_member(out: &mut String, key: &str, value: &str) {
-    put_str(out, key);
-    out.push(':');
+    out.push_str(key);
+    out.push_str("\":");
     put_str(out, value);
 }
 
-fn gke_fast(c: &GkeEntry<'_>, p: &GkePayload<'_>) -> Result<String, String> {
+/// A part of a borrowed-or-owned string, borrowed whenever the whole was.
+fn part<'a>(whole: &Cow<'a, str>, piece: &str) -> Cow<'a, str> {
+    match whole {
+        Cow::Borrowed(w) => {
+            // `piece` is a slice of `w`: find it by address and re-borrow it for `'a`.
+            let start = (piece.as_ptr() as usize).wrapping_sub(w.as_ptr() as usize);
+            match w.get(start..start + piece.len()) {
+                Some(p) if p.as_ptr() == piece.as_ptr() => Cow::Borrowed(p),
+                _ => Cow::Owned(piece.to_owned()),
+            }
+        }
+        Cow::Owned(_) => Cow::Owned(piece.to_owned()),
+    }
+}
+
+/// The native Event for a LogEntry: its JSON text, and the same fields as [`Parts`] so the
+/// text need not be parsed again. The two are written side by side from the same values;
+/// `fast_path_parts_match_parsing_its_output` and the `audit_reader` fuzz target check that
+/// they agree.
+fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Result<(String, Parts<'a>), String> {
     let ty = p.ty.as_deref().unwrap_or("");
     if !ty.ends_with("google.cloud.audit.AuditLog") {
         return Err(format!("protoPayload of type `{ty}` is not an AuditLog"));
     }
-    let method = p.method_name.as_deref().ok_or("AuditLog without methodName")?;
+    let method = p.method_name.as_ref().ok_or("AuditLog without methodName")?;
     if !method.starts_with("io.k8s.") {
         return Err(format!("methodName `{method}` is not a Kubernetes API call"));
     }
-    let verb = method.rsplit('.').next().unwrap_or("");
-    let resource_name = p.resource_name.as_deref().unwrap_or("");
+    let verb = part(method, method.rsplit('.').next().unwrap_or(""));
+    let no_name = Cow::Borrowed("");
+    let resource_name = p.resource_name.as_ref().unwrap_or(&no_name);
     let mut segs: Vec<&str> = resource_name.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version) = if segs.len() >= 2 { (segs.remove(0), segs.remove(0)) } else { ("", "") };
     let group = if group == "core" { "" } else { group };
@@ -393,88 +452,128 @@ fn gke_fast(c: &GkeEntry<'_>, p: &GkePayload<'_>) -> Result<String, String> {
         rest = rest.get(2..).unwrap_or_default();
     }
     let sub = rest.get(2).copied();
-    let (request, response) = (p.request.map(|r| r.get()), p.response.map(|r| r.get()));
-    let mut out = String::with_capacity(512 + request.map_or(0, str::len) + response.map_or(0, str::len));
-    out.push_str(r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"#);
-    out.push_str(if request.is_some() || response.is_some() { r#""RequestResponse""# } else { r#""Metadata""# });
-    if let Some(id) = c.operation.as_ref().and_then(|o| o.id.as_deref()).or(c.insert_id.as_deref()) {
-        put_field(&mut out, "auditID", id);
-    }
-    put_field(
-        &mut out,
-        "stage",
-        if sub.is_some_and(|s| STREAMING.contains(&s)) { "ResponseStarted" } else { "ResponseComplete" },
-    );
+    let (request, response) = (p.request, p.response);
+    let level = if request.is_some() || response.is_some() { "RequestResponse" } else { "Metadata" };
+    let audit_id = c.operation.as_ref().and_then(|o| o.id.clone()).or_else(|| c.insert_id.clone());
+    let stage = if sub.is_some_and(|s| STREAMING.contains(&s)) { "ResponseStarted" } else { "ResponseComplete" };
     let mut uri = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
     for s in &segs {
         uri.push('/');
         uri.push_str(s);
     }
+    let username = p.authentication_info.as_ref().and_then(|a| a.principal_email.clone());
+    let ip = p.request_metadata.as_ref().and_then(|m| m.caller_ip.clone());
+    let user_agent = p.request_metadata.as_ref().and_then(|m| m.caller_supplied_user_agent.clone());
+    let nonempty = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(|v| part(resource_name, v));
+    let object_ref = ObjectRef {
+        api_group: nonempty(Some(group)),
+        api_version: nonempty(Some(version)),
+        namespace: nonempty(namespace),
+        resource: nonempty(rest.first().copied()),
+        name: nonempty(rest.get(1).copied()),
+        subresource: nonempty(sub),
+        ..ObjectRef::default()
+    };
+    let code = http_code(p.status.as_ref().and_then(|s| s.code).unwrap_or(0));
+    let message = p.status.as_ref().and_then(|s| s.message.clone());
+    let cluster = c.resource.as_ref().and_then(|r| r.labels.as_ref()).and_then(|l| l.cluster_name.as_ref());
+    let annotations: Pairs<'a> = c
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| *k != "cluster_name" || cluster.is_none())
+        .cloned()
+        .chain(cluster.map(|c| (Cow::Borrowed("cluster_name"), c.clone())))
+        .collect();
+
+    // The Event is about as long as the LogEntry it comes from; growing the buffer while
+    // writing cost a reallocation and a copy for most events.
+    let mut out = String::with_capacity(entry_len + 256);
+    out.push_str(r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":""#);
+    out.push_str(level);
+    out.push('"');
+    if let Some(id) = &audit_id {
+        put_field(&mut out, "auditID", id);
+    }
+    put_field(&mut out, "stage", stage);
     put_field(&mut out, "requestURI", &uri);
-    put_field(&mut out, "verb", verb);
+    put_field(&mut out, "verb", &verb);
     out.push_str(r#","user":{"#);
-    if let Some(u) = p.authentication_info.as_ref().and_then(|a| a.principal_email.as_deref()) {
-        put_str(&mut out, "username");
-        out.push(':');
-        put_str(&mut out, u);
+    if let Some(u) = &username {
+        out.push('"');
+        put_member(&mut out, "username", u);
     }
     out.push('}');
-    if let Some(ip) = p.request_metadata.as_ref().and_then(|m| m.caller_ip.as_deref()) {
+    if let Some(ip) = &ip {
         out.push_str(r#","sourceIPs":["#);
         put_str(&mut out, ip);
         out.push(']');
     }
-    if let Some(ua) = p.request_metadata.as_ref().and_then(|m| m.caller_supplied_user_agent.as_deref()) {
+    if let Some(ua) = &user_agent {
         put_field(&mut out, "userAgent", ua);
     }
     out.push_str(r#","objectRef":{"#);
     let mut first = true;
     for (k, v) in [
-        ("apiGroup", Some(group)),
-        ("apiVersion", Some(version)),
-        ("namespace", namespace),
-        ("resource", rest.first().copied()),
-        ("name", rest.get(1).copied()),
-        ("subresource", sub),
+        ("apiGroup", &object_ref.api_group),
+        ("apiVersion", &object_ref.api_version),
+        ("namespace", &object_ref.namespace),
+        ("resource", &object_ref.resource),
+        ("name", &object_ref.name),
+        ("subresource", &object_ref.subresource),
     ] {
-        if let Some(v) = v.filter(|v| !v.is_empty()) {
-            if !std::mem::take(&mut first) {
-                out.push(',');
-            }
+        if let Some(v) = v {
+            out.push_str(if std::mem::take(&mut first) { "\"" } else { ",\"" });
             put_member(&mut out, k, v);
         }
     }
     out.push_str(r#"},"responseStatus":{"metadata":{},"code":"#);
-    out.push_str(&http_code(p.status.as_ref().and_then(|s| s.code).unwrap_or(0)).to_string());
-    if let Some(m) = p.status.as_ref().and_then(|s| s.message.as_deref()) {
+    out.push_str(&code.to_string());
+    if let Some(m) = &message {
         put_field(&mut out, "message", m);
     }
     out.push('}');
-    if let Some(ts) = c.timestamp.as_deref() {
+    if let Some(ts) = &c.timestamp {
         put_field(&mut out, "requestReceivedTimestamp", ts);
         put_field(&mut out, "stageTimestamp", ts);
     }
     out.push_str(r#","annotations":{"#);
-    let cluster = c.resource.as_ref().and_then(|r| r.labels.as_ref()).and_then(|l| l.get("cluster_name"));
-    let labels = c.labels.iter().flatten().filter(|(k, _)| *k != "cluster_name" || cluster.is_none());
-    let mut first = true;
-    for (k, v) in labels.map(|(k, v)| (k.as_ref(), v.as_ref())).chain(cluster.map(|c| ("cluster_name", c.as_ref()))) {
-        if !std::mem::take(&mut first) {
+    for (i, (k, v)) in annotations.iter().enumerate() {
+        if i > 0 {
             out.push(',');
         }
-        put_member(&mut out, k, v);
+        put_str(&mut out, k);
+        out.push(':');
+        put_str(&mut out, v);
     }
     out.push('}');
     for (key, body) in [("requestObject", request), ("responseObject", response)] {
         if let Some(b) = body {
-            out.push(',');
-            put_str(&mut out, key);
-            out.push(':');
-            out.push_str(b);
+            out.push_str(",\"");
+            out.push_str(key);
+            out.push_str("\":");
+            out.push_str(b.get());
         }
     }
     out.push('}');
-    Ok(out)
+    let parts = Parts {
+        level: Some(Cow::Borrowed(level)),
+        audit_id,
+        stage: Some(Cow::Borrowed(stage)),
+        request_uri: Some(Cow::Owned(uri)),
+        verb: Some(verb),
+        user: Some(UserInfo { username, ..UserInfo::default() }),
+        source_ips: ip.map(|ip| vec![ip]),
+        user_agent,
+        object_ref: Some(object_ref),
+        response_status: Some(ResponseStatus { code: Some(code), message, ..ResponseStatus::default() }),
+        request_object: request,
+        response_object: response,
+        request_received_timestamp: c.timestamp.clone(),
+        stage_timestamp: c.timestamp.clone(),
+        annotations: Some(annotations),
+    };
+    Ok((out, parts))
 }
 
 /// Subresources that stream: their native events are reported at ResponseStarted.
@@ -518,10 +617,11 @@ pub fn gke(entry: &Value) -> Result<Value, String> {
     if let Some(s) = sub {
         object_ref.insert("subresource".into(), json!(s));
     }
-    let uri = {
-        let base = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
-        format!("{base}/{}", segs.join("/"))
-    };
+    let mut uri = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    for s in &segs {
+        uri.push('/');
+        uri.push_str(s);
+    }
     let stage = if sub.is_some_and(|s| STREAMING.contains(&s)) { "ResponseStarted" } else { "ResponseComplete" };
     let code = p.get("status").and_then(|s| s.get("code")).and_then(Value::as_i64).unwrap_or(0);
     let mut status = json!({"metadata": {}, "code": http_code(code)});
@@ -540,8 +640,9 @@ pub fn gke(entry: &Value) -> Result<Value, String> {
         }
         v
     };
-    let request = p.get("request").map(strip_type);
-    let response = p.get("response").map(strip_type);
+    // A null body is no body, as in the fast path.
+    let request = p.get("request").filter(|v| !v.is_null()).map(strip_type);
+    let response = p.get("response").filter(|v| !v.is_null()).map(strip_type);
     let level = if request.is_some() || response.is_some() { "RequestResponse" } else { "Metadata" };
     let audit_id = entry
         .get("operation")
@@ -631,6 +732,17 @@ mod tests {
         assert!(gke(&json!({"protoPayload": {"@type": "x.Other"}})).is_err());
     }
 
+    /// The fast path's text, checked against the DOM mapping, and its parts against parsing
+    /// that text.
+    fn fast(entry: &Value) -> Value {
+        let text = entry.to_string();
+        let Ok(Unwrapped::Gke(fast, parts)) = unwrap(&text) else { panic!("not converted: {text}") };
+        let parsed = kustody_model::Event::parse(&fast).unwrap_or_else(|e| panic!("{e}: {fast}"));
+        let built = kustody_model::Event::from_parts(&fast, *parts).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(built.accessor_dump(), parsed.accessor_dump());
+        serde_json::from_str(&fast).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
     fn fast_and_dom_gke_paths_agree() {
         let entry = json!({
@@ -641,10 +753,7 @@ mod tests {
                 "resourceName": "core/v1/namespaces/shop/pods/db-0/exec", "status": {"code": 7, "message": "denied"},
                 "request": {"a": [1, {"b": "c"}]}},
             "resource": {"labels": {"cluster_name": "prod"}}, "timestamp": "2024-01-01T00:00:00Z"});
-        let text = entry.to_string();
-        let Ok(Unwrapped::One(fast, _)) = unwrap(&text) else { panic!() };
-        let fast: Value = serde_json::from_str(&fast).unwrap();
-        assert_eq!(fast, gke(&entry).unwrap());
+        assert_eq!(fast(&entry), gke(&entry).unwrap());
 
         // Strings that need escaping (quotes, backslashes, control characters, non-ASCII) and a
         // cluster name in both the labels and the resource survive the hand-written output.
@@ -657,12 +766,21 @@ mod tests {
                 "resourceName": "apps/v1/namespaces/sh\"op/deployments/web", "status": {"code": 0},
                 "response": {"z": "\u{2028}"}},
             "resource": {"labels": {"cluster_name": "prod"}}, "timestamp": "2024-01-01T00:00:00Z"});
-        let text = entry.to_string();
-        let Ok(Unwrapped::One(fast, _)) = unwrap(&text) else { panic!() };
-        let fast: Value = serde_json::from_str(&fast).unwrap();
-        assert_eq!(fast, gke(&entry).unwrap());
-        assert_eq!(fast["annotations"]["cluster_name"], "prod");
-        assert_eq!(fast["objectRef"]["namespace"], "sh\"op");
+        let f = fast(&entry);
+        assert_eq!(f, gke(&entry).unwrap());
+        assert_eq!(f["annotations"]["cluster_name"], "prod");
+        assert_eq!(f["objectRef"]["namespace"], "sh\"op");
+
+        // Sparse entries: no ids, no principal, no status, no timestamp, a bare resource name,
+        // a null body, a methodName with an escape (an owned string).
+        for entry in [
+            json!({"protoPayload": {"@type": "type.googleapis.com/google.cloud.audit.AuditLog", "methodName": "io.k8s.core.v1.namespaces.list"}}),
+            json!({"insertId": "x", "protoPayload": {"@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+                "methodName": "io.k8s.core.v1.nodes\t.get", "resourceName": "core/v1/nodes/n1", "request": null,
+                "status": {"message": ""}}, "labels": {}, "timestamp": "not a time"}),
+        ] {
+            assert_eq!(fast(&entry), gke(&entry).unwrap());
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kustody_ingest::{ChunkReader, ReadOptions};
-use kustody_model::{Event, SourceFormat};
+use kustody_model::SourceFormat;
 
 /// (line, auditID, verb, format) of each event, and (line, reason) of each bad record.
 type Read = (Vec<(u64, String, String, SourceFormat)>, Vec<(u64, String)>);
@@ -26,7 +26,7 @@ fn read(bytes: &[u8]) -> Read {
     while let Some(chunk) = r.next_chunk() {
         chunk.records(|rec| match rec {
             Err(b) => bad.push((b.line, b.reason)),
-            Ok(rec) => match Event::parse(rec.text) {
+            Ok(mut rec) => match rec.event() {
                 Ok(e) => {
                     evs.push((rec.line, e.audit_id().unwrap_or("-").into(), e.verb().unwrap_or("-").into(), rec.format))
                 }

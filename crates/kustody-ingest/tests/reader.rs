@@ -28,7 +28,7 @@ fn read_with(bytes: &[u8], opts: ReadOptions) -> Vec<Out> {
     while let Some(chunk) = r.next_chunk() {
         chunk.records(|rec| match rec {
             Err(b) => out.push(Out::Bad(b.line, b.reason)),
-            Ok(rec) => match Event::parse(rec.text) {
+            Ok(mut rec) => match rec.event() {
                 Ok(ev) => out.push(Out::Ev(rec.line, ev.audit_id().unwrap_or("-").to_owned())),
                 Err(e) => out.push(Out::Bad(rec.line, e.to_string())),
             },

@@ -117,6 +117,29 @@ struct Fields<'a> {
     annotations: Option<&'a RawValue>,
 }
 
+/// The fields of an event that a converter already holds, to build an [`Event`] from them
+/// instead of parsing the text it wrote (see [`Event::from_parts`]). Absent fields are `None`
+/// (or empty), exactly as [`Event::parse`] would leave them.
+#[derive(Debug, Default)]
+pub struct Parts<'a> {
+    pub level: Option<Cow<'a, str>>,
+    pub audit_id: Option<Cow<'a, str>>,
+    pub stage: Option<Cow<'a, str>>,
+    pub request_uri: Option<Cow<'a, str>>,
+    pub verb: Option<Cow<'a, str>>,
+    pub user: Option<UserInfo<'a>>,
+    pub source_ips: Option<Vec<Cow<'a, str>>>,
+    pub user_agent: Option<Cow<'a, str>>,
+    pub object_ref: Option<ObjectRef<'a>>,
+    pub response_status: Option<ResponseStatus<'a>>,
+    pub request_object: Option<&'a RawValue>,
+    pub response_object: Option<&'a RawValue>,
+    pub request_received_timestamp: Option<Cow<'a, str>>,
+    pub stage_timestamp: Option<Cow<'a, str>>,
+    /// `None` when the event has no `annotations` member; the pairs in document order.
+    pub annotations: Option<Vec<(Cow<'a, str>, Cow<'a, str>)>>,
+}
+
 /// One Kubernetes audit event, borrowed from the text it was parsed from.
 ///
 /// Accessors return `None` when the field is absent (or JSON `null`): rule evaluation treats
@@ -157,6 +180,45 @@ impl<'a> Event<'a> {
         // The lazily parsed parts must still have the right types: check them now, cheaply,
         // so a malformed record is reported here rather than silently ignored later.
         check_lazy(&f)?;
+        Self::assemble(raw, f)
+    }
+
+    /// An audit/v1 Event from fields a converter already holds, with `raw` the native JSON text
+    /// it wrote for them. The caller guarantees that `raw` holds exactly these fields (GKE's
+    /// converter is checked against [`Event::parse`] of its own output, field by field); this
+    /// saves parsing the text again.
+    pub fn from_parts(raw: &'a str, p: Parts<'a>) -> Result<Event<'a>, EventError> {
+        let f = Fields {
+            kind: Some(Cow::Borrowed("Event")),
+            api_version: Some(Cow::Borrowed("audit.k8s.io/v1")),
+            level: p.level,
+            audit_id: p.audit_id,
+            stage: p.stage,
+            request_uri: p.request_uri,
+            verb: p.verb,
+            user: p.user,
+            impersonated_user: None,
+            source_ips: None,
+            user_agent: p.user_agent,
+            object_ref: p.object_ref,
+            response_status: p.response_status,
+            request_object: p.request_object,
+            response_object: p.response_object,
+            request_received_timestamp: p.request_received_timestamp,
+            stage_timestamp: p.stage_timestamp,
+            timestamp: None,
+            annotations: None,
+        };
+        let ev = Self::assemble(raw, f)?;
+        let _ = ev.source_ips.set(p.source_ips);
+        let _ = ev.annotations.set(p.annotations.unwrap_or_default());
+        Ok(ev)
+    }
+
+    fn assemble(raw: &'a str, f: Fields<'a>) -> Result<Event<'a>, EventError> {
+        if f.audit_id.is_none() && f.verb.is_none() && f.request_uri.is_none() && f.stage.is_none() {
+            return Err(EventError::NotAnEvent);
+        }
         // Falco drops events without a parseable stageTimestamp; we keep them and fall back to
         // requestReceivedTimestamp, then to v1beta1's `timestamp`.
         let time_ns = [&f.stage_timestamp, &f.request_received_timestamp, &f.timestamp]
@@ -284,6 +346,48 @@ impl<'a> Event<'a> {
     /// to fields without a typed accessor needs it.
     pub fn whole(&self) -> Option<&Value> {
         self.whole.get_or_init(|| serde_json::from_str(self.raw).ok()).as_ref()
+    }
+}
+
+impl Event<'_> {
+    /// Every accessor's value, one per line: two events that print the same are the same to
+    /// every rule. Tests and fuzz targets compare [`Event::from_parts`] with [`Event::parse`]
+    /// by it.
+    #[doc(hidden)]
+    pub fn accessor_dump(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        fn user(u: Option<&UserInfo<'_>>) -> Option<(Option<String>, Option<String>, Option<String>)> {
+            u.map(|u| {
+                let o = |c: &Option<Cow<'_, str>>| c.as_deref().map(str::to_owned);
+                (o(&u.username), o(&u.uid), u.groups.map(|g| g.get().to_owned()))
+            })
+        }
+        let _ = writeln!(
+            s,
+            "time {:?} api {:?} level {:?} id {:?}",
+            self.time_ns(),
+            self.api_version(),
+            self.level(),
+            self.audit_id()
+        );
+        let _ = writeln!(s, "stage {:?} uri {:?} verb {:?}", self.stage(), self.request_uri(), self.verb());
+        let _ = writeln!(s, "user {:?} groups {:?}", user(self.user()), self.user_groups());
+        let _ = writeln!(s, "impersonated {:?}", user(self.impersonated_user()));
+        let _ = writeln!(s, "ips {:?} ua {:?}", self.source_ips(), self.user_agent());
+        let _ = writeln!(s, "objectRef {:?}", self.object_ref());
+        let _ = writeln!(s, "status {:?}", self.response_status());
+        let _ = writeln!(
+            s,
+            "times {:?} {:?} {:?}",
+            self.request_received_timestamp(),
+            self.stage_timestamp(),
+            self.timestamp()
+        );
+        let _ = writeln!(s, "annotations {:?}", self.annotations().collect::<Vec<_>>());
+        let _ = writeln!(s, "bodies {:?} {:?}", self.request_object_raw(), self.response_object_raw());
+        let _ = writeln!(s, "raw {}", self.raw());
+        s
     }
 }
 

@@ -19,7 +19,7 @@ pub mod uri;
 pub mod yaml;
 
 pub use detection::{Detection, EventContext, FieldValue, OutputField};
-pub use event::{Event, EventError, ObjectRef, ResponseStatus, UserInfo};
+pub use event::{Event, EventError, ObjectRef, Parts, ResponseStatus, UserInfo};
 pub use priority::{Priority, PriorityParseError};
 
 use std::sync::Arc;

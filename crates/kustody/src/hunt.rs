@@ -276,7 +276,7 @@ fn process(
     let mut r = ChunkResult { bytes: chunk.len() as u64, ..ChunkResult::default() };
     chunk.records(|rec| match rec {
         Err(bad) => keep_bad(&mut r, || bad),
-        Ok(rec) => match Event::parse(rec.text) {
+        Ok(mut rec) => match rec.event() {
             Err(e) => keep_bad(&mut r, || BadRecord {
                 file: chunk.file.clone(),
                 line: rec.line,

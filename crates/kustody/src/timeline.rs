@@ -219,7 +219,7 @@ fn each_event(files: &[InputFile], opts: &ReadOptions, f: &mut dyn FnMut(&Event<
         while let Some(chunk) = reader.next_chunk() {
             chunk.records(|rec| match rec {
                 Err(_) => bad += 1,
-                Ok(rec) => match Event::parse(rec.text) {
+                Ok(mut rec) => match rec.event() {
                     Err(_) => bad += 1,
                     Ok(ev) => {
                         let src = SourceRef {
