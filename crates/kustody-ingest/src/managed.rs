@@ -116,6 +116,16 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
     if !t.starts_with('{') || looks_native(t) {
         return Ok(Unwrapped::Native);
     }
+    // `gcloud logging read` writes a LogEntry's keys in alphabetical order, so one opens with
+    // `insertId` (or, without one, `labels`/`logName`): go straight to the LogEntry reader.
+    // Anything else it does not take is scanned like every other record.
+    if ["{\"insertId\":", "{\"labels\":", "{\"logName\":"].iter().any(|p| t.starts_with(p)) {
+        if let Ok(entry) = serde_json::from_str::<GkeEntry<'_>>(t) {
+            if let Some(p) = &entry.proto_payload {
+                return gke_fast(&entry, p, t.len()).map(|(text, parts)| Unwrapped::Gke(text, Box::new(parts)));
+            }
+        }
+    }
     let Ok(env) = envelope(t) else {
         return Ok(Unwrapped::Native);
     };
