@@ -42,8 +42,10 @@ fn case_events() -> Vec<(String, Value)> {
         .collect()
 }
 
-/// Reads `bytes` as a file would be read; returns the one event's text and format.
-fn read_one(bytes: &[u8]) -> (String, SourceFormat) {
+/// Reads `bytes` as a file would be read; returns the one event's text and format, and the
+/// rules that fired on the event as `hunt` builds it (from the converter's fields for GKE),
+/// checked against the rules that fire on its parsed text.
+fn read_one(engine: &Engine, bytes: &[u8]) -> (String, SourceFormat) {
     let mut r = ChunkReader::from_reader(
         Arc::from("t"),
         Box::new(std::io::Cursor::new(bytes.to_vec())),
@@ -53,7 +55,11 @@ fn read_one(bytes: &[u8]) -> (String, SourceFormat) {
     let mut out = Vec::new();
     while let Some(chunk) = r.next_chunk() {
         chunk.records(|rec| match rec {
-            Ok(rec) => out.push((rec.text.to_owned(), rec.format)),
+            Ok(mut rec) => {
+                let as_hunted = fired_on(engine, &rec.event().unwrap());
+                assert_eq!(as_hunted, fired(engine, rec.text), "{:?} record built vs parsed", rec.format);
+                out.push((rec.text.to_owned(), rec.format))
+            }
             Err(b) => panic!("bad record: {b}"),
         });
     }
@@ -62,9 +68,12 @@ fn read_one(bytes: &[u8]) -> (String, SourceFormat) {
 }
 
 fn fired(engine: &Engine, text: &str) -> Vec<String> {
-    let ev = Event::parse(text).unwrap();
+    fired_on(engine, &Event::parse(text).unwrap())
+}
+
+fn fired_on(engine: &Engine, ev: &Event<'_>) -> Vec<String> {
     let mut out = Vec::new();
-    engine.matches(&ev, &mut Scratch::default(), &mut out);
+    engine.matches(ev, &mut Scratch::default(), &mut out);
     let mut names: Vec<String> = out.iter().map(|&i| engine.rule(i).unwrap().name.clone()).collect();
     names.sort();
     names
@@ -152,18 +161,18 @@ fn upstream_rules_fire_the_same_on_every_format() {
         let want = fired(&engine, &native);
         fired_somewhere += usize::from(!want.is_empty());
         let cli = serde_json::to_string_pretty(&json!({"events": [{"logStreamName": "kube-apiserver-audit-x", "timestamp": 1, "message": native, "eventId": "1"}]})).unwrap();
-        let (text, fmt) = read_one(cli.as_bytes());
+        let (text, fmt) = read_one(&engine, cli.as_bytes());
         assert_eq!((fmt, fired(&engine, &text)), (SourceFormat::Eks, want.clone()), "EKS rendering of `{name}`");
         eks += 1;
-        let (text, fmt) = read_one(format!("2024-01-01T00:00:00.000Z {native}\n").as_bytes());
+        let (text, fmt) = read_one(&engine, format!("2024-01-01T00:00:00.000Z {native}\n").as_bytes());
         assert_eq!((fmt, fired(&engine, &text)), (SourceFormat::EksS3, want.clone()), "EKS S3 rendering of `{name}`");
         s3 += 1;
         let rec = json!({"records": [{"category": "kube-audit", "properties": {"log": native, "stream": "stdout", "pod": "kube-apiserver-1"}}]});
-        let (text, fmt) = read_one(format!("{rec}\n").as_bytes());
+        let (text, fmt) = read_one(&engine, format!("{rec}\n").as_bytes());
         assert_eq!((fmt, fired(&engine, &text)), (SourceFormat::Aks, want.clone()), "AKS rendering of `{name}`");
         aks += 1;
         if let Some(entry) = to_gke(&ev) {
-            let (text, fmt) = read_one(format!("{entry}\n").as_bytes());
+            let (text, fmt) = read_one(&engine, format!("{entry}\n").as_bytes());
             assert_eq!(
                 (fmt, fired(&engine, &text)),
                 (SourceFormat::Gke, want.clone()),
