@@ -7,8 +7,8 @@
 //! parsing the event itself (BENCHMARKS.md, issue 5). This scanner walks the envelope by
 //! position, checking the JSON grammar as it goes, and unescapes a string in one tight loop.
 //!
-//! Nothing here allocates except [`unescape`], and nothing panics on any input: every index
-//! goes through `get`.
+//! Nothing here panics on any input: every index goes through `get`. Only results allocate: a
+//! string that had escapes ([`string_at`]) and the list of [`elements`].
 
 use std::borrow::Cow;
 
