@@ -7,9 +7,8 @@
 //! `service_account` (an RS256 JWT assertion exchanged at the key's `token_uri`),
 //! `authorized_user` (a refresh-token grant), `impersonated_service_account` (the source
 //! credential's token, then IAM Credentials `generateAccessToken`), `external_account`
-//! (workload identity federation: a subject token from a file or URL exchanged at Google's STS,
-//! then optionally `generateAccessToken`; executable- and AWS-sourced ones are not minted
-//! in-process).
+//! (workload identity federation: a subject token from a file, a URL, an executable or AWS —
+//! see [`crate::wif`] — exchanged at Google's STS, then optionally `generateAccessToken`).
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -18,6 +17,7 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use crate::oauth::{self, AccessToken};
+pub use crate::wif::SubjectSource;
 
 /// The scopes gke-gcloud-auth-plugin asks for.
 pub const SCOPES: &str =
@@ -56,13 +56,6 @@ pub enum Adc {
     },
 }
 
-/// Where a workload identity federation subject token comes from.
-#[derive(Debug, Clone)]
-pub enum SubjectSource {
-    File { path: String, json_field: Option<String> },
-    Url { url: String, headers: Vec<(String, String)>, json_field: Option<String> },
-}
-
 impl Adc {
     /// For `-v`: what kind of credential, never its secret.
     pub fn describe(&self) -> String {
@@ -73,14 +66,15 @@ impl Adc {
                 let target = url.rsplit('/').next().unwrap_or_default().trim_end_matches(":generateAccessToken");
                 format!("{target} impersonated by {}", source.describe())
             }
-            Adc::External { audience, impersonation_url, .. } => {
+            Adc::External { audience, impersonation_url, source, .. } => {
                 let pool = audience.rsplit("/providers/").next().unwrap_or(audience);
+                let from = source.describe();
                 match impersonation_url {
                     Some(u) => format!(
-                        "workload identity federation (provider {pool}) impersonating {}",
+                        "workload identity federation (provider {pool}, token from {from}) impersonating {}",
                         u.rsplit('/').next().unwrap_or_default().trim_end_matches(":generateAccessToken")
                     ),
-                    None => format!("workload identity federation (provider {pool})"),
+                    None => format!("workload identity federation (provider {pool}, token from {from})"),
                 }
             }
             Adc::Metadata { host } => format!("metadata server {host}"),
@@ -123,29 +117,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Adc, String> {
         }
         Some("external_account") => {
             let cs = v.get("credential_source").ok_or_else(|| format!("{origin}: no `credential_source`"))?;
-            let json_field = match cs.pointer("/format/type").and_then(Value::as_str) {
-                Some("json") => Some(
-                    cs.pointer("/format/subject_token_field_name")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| format!("{origin}: json format without subject_token_field_name"))?
-                        .to_owned(),
-                ),
-                _ => None,
-            };
-            let source = if let Some(path) = s(cs, "file") {
-                SubjectSource::File { path, json_field }
-            } else if let Some(url) = s(cs, "url") {
-                let headers = cs
-                    .get("headers")
-                    .and_then(Value::as_object)
-                    .map(|h| h.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
-                    .unwrap_or_default();
-                SubjectSource::Url { url, headers, json_field }
-            } else {
-                return Err(format!(
-                    "{origin}: external_account with an executable or AWS credential source is not minted in-process yet"
-                ));
-            };
+            let source = SubjectSource::parse(cs, origin)?;
             Ok(Adc::External {
                 audience: need("audience")?,
                 subject_token_type: need("subject_token_type")?,
@@ -227,7 +199,10 @@ pub async fn access_token(adc: &Adc, now: SystemTime) -> Result<AccessToken, Str
             impersonate(&src, url, delegates, now).await
         }
         Adc::External { audience, subject_token_type, token_url, impersonation_url, source } => {
-            let subject = subject_token(source).await?;
+            use secrecy::ExposeSecret;
+            let req =
+                crate::wif::Request { audience, subject_token_type, impersonation_url: impersonation_url.as_deref() };
+            let subject = source.token(&req, now).await?;
             let scope =
                 if impersonation_url.is_some() { "https://www.googleapis.com/auth/cloud-platform" } else { SCOPES };
             let v = oauth::post_form(
@@ -238,7 +213,7 @@ pub async fn access_token(adc: &Adc, now: SystemTime) -> Result<AccessToken, Str
                     ("scope", scope),
                     ("requested_token_type", "urn:ietf:params:oauth:token-type:access_token"),
                     ("subject_token_type", subject_token_type),
-                    ("subject_token", &subject),
+                    ("subject_token", subject.expose_secret()),
                 ],
                 None,
             )
@@ -279,37 +254,6 @@ async fn impersonate(
     oauth::token_of(&v, now)
 }
 
-/// The subject token of a workload identity federation credential.
-async fn subject_token(source: &SubjectSource) -> Result<String, String> {
-    let (raw, field) = match source {
-        SubjectSource::File { path, json_field } => {
-            let meta = std::fs::metadata(path).map_err(|e| format!("subject token {path}: {e}"))?;
-            if meta.len() > 1 << 20 {
-                return Err(format!("subject token {path}: larger than 1 MiB"));
-            }
-            (std::fs::read_to_string(path).map_err(|e| format!("subject token {path}: {e}"))?, json_field)
-        }
-        SubjectSource::Url { url, headers, json_field } => {
-            let mut req = http::Request::get(url.as_str());
-            for (k, v) in headers {
-                req = req.header(k.as_str(), v.as_str());
-            }
-            let (status, body) = oauth::send(req.body(Vec::new()).map_err(|e| e.to_string())?).await?;
-            if !(200..300).contains(&status) {
-                return Err(format!("subject token {url}: {status}"));
-            }
-            (String::from_utf8_lossy(&body).into_owned(), json_field)
-        }
-    };
-    match field {
-        None => Ok(raw.trim().to_owned()),
-        Some(f) => serde_json::from_str::<Value>(&raw)
-            .ok()
-            .and_then(|v| v.get(f).and_then(Value::as_str).map(str::to_owned))
-            .ok_or_else(|| format!("the subject token is not JSON with a `{f}` field")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,7 +277,7 @@ mod tests {
         assert!(!format!("{a:?}").contains("\"s\""), "secrets stay out of Debug");
         assert!(parse(r#"{"type":"external_account","credential_source":{"executable":{"command":"x"}}}"#, "f")
             .unwrap_err()
-            .contains("not minted in-process"));
+            .contains("audience"));
         assert!(parse(r#"{"type":"service_account"}"#, "f").unwrap_err().contains("client_email"));
         assert!(parse("nope", "f").is_err());
     }

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod oauth;
 pub mod refresh;
 pub mod select;
+pub mod wif;
 
 pub use config::{Cluster, ClusterOptions};
 pub use error::ClusterError;

@@ -26,11 +26,16 @@ pub struct Seen {
 
 impl Seen {
     pub fn form(&self) -> BTreeMap<String, String> {
-        self.body.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (unescape(k), unescape(v))).collect()
+        self.body
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+            .collect()
     }
 }
 
-fn unescape(s: &str) -> String {
+/// `%XX` and `+` decoded (form values, and percent-encoded text inside them).
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;

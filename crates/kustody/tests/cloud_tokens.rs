@@ -456,7 +456,7 @@ fn gke_workload_identity_federation_from_a_file_then_impersonation() {
     assert_eq!(v["status"]["token"], "ya29.wif");
     assert!(
         out.stderr
-            .contains("workload identity federation (provider gh) impersonating deployer@p.iam.gserviceaccount.com"),
+            .contains("workload identity federation (provider gh, token from a token file) impersonating deployer@p.iam.gserviceaccount.com"),
         "{}",
         out.stderr
     );
@@ -504,4 +504,238 @@ fn aks_azure_cli_cache_cached_token_then_refresh() {
     assert_eq!(credential(&out)["status"]["token"], "eyJ.refreshed");
     assert_eq!(std::fs::read(azure.join("msal_token_cache.json")).unwrap(), before, "the CLI's cache is never written");
     assert!(!out.stderr.contains("cli-refresh") && !out.stdout.contains("cli-refresh"));
+}
+
+/// Google's STS for the federation tests: checks the grant and hands the subject token to
+/// `check`, which answers with an error text or nothing.
+fn google_sts(check: impl Fn(&str, &str) -> Option<String> + Send + Sync + 'static) -> kustody_testkit::http::Handler {
+    Box::new(move |s| {
+        if s.target != "/v1/token" {
+            return (404, json!({}));
+        }
+        let f = s.form();
+        if f.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:token-exchange") {
+            return (400, json!({"error": "invalid_grant"}));
+        }
+        match check(
+            f.get("subject_token").map_or("", String::as_str),
+            f.get("subject_token_type").map_or("", String::as_str),
+        ) {
+            Some(why) => (400, json!({"error": "invalid_request", "error_description": why})),
+            None => (200, json!({"access_token": "ya29.federated", "token_type": "Bearer", "expires_in": 3600})),
+        }
+    })
+}
+
+#[test]
+fn gke_workload_identity_federation_from_an_executable() {
+    let (base, _log) = endpoint(google_sts(|token, ty| {
+        (token != "oidc-from-exe" || ty != "urn:ietf:params:oauth:token-type:id_token")
+            .then(|| format!("unexpected subject token {token:?} of type {ty:?}"))
+    }));
+    let home = tempfile::tempdir().unwrap();
+    let runs = home.path().join("runs");
+    let cache = home.path().join("cache.json");
+    let exe = home.path().join("token-helper");
+    // The executable checks what Google's libraries tell it, counts its runs, and writes the
+    // output file as the spec asks.
+    std::fs::write(
+        &exe,
+        format!(
+            r#"#!/bin/sh
+echo run >> {runs}
+[ "$GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE" = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/exe" ] || {{ echo '{{"version":1,"success":false,"code":"400","message":"wrong audience"}}'; exit 1; }}
+[ "$GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE" = 0 ] || exit 3
+[ "$GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE" = "{cache}" ] || exit 4
+[ "$1" = "--mode" ] || exit 5
+exp=$(( $(date +%s) + 3600 ))
+out='{{"version":1,"success":true,"token_type":"urn:ietf:params:oauth:token-type:id_token","id_token":"oidc-from-exe","expiration_time":'$exp'}}'
+echo "$out" > "$GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE"
+echo "$out"
+"#,
+            runs = runs.display(),
+            cache = cache.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cfg = home.path().join("wif.json");
+    let write_cfg = |audience: &str| {
+        std::fs::write(
+            &cfg,
+            json!({"type": "external_account", "audience": audience,
+                "subject_token_type": "urn:ietf:params:oauth:token-type:id_token", "token_url": format!("{base}/v1/token"),
+                "credential_source": {"executable": {"command": format!("{} --mode ci", exe.display()),
+                    "timeout_millis": 5000, "output_file": cache.to_str().unwrap()}}})
+            .to_string(),
+        )
+        .unwrap()
+    };
+    write_cfg("//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/exe");
+    let adc = ("GOOGLE_APPLICATION_CREDENTIALS", cfg.to_str().unwrap());
+    let allow = ("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1");
+    // Google's safeguard: not without the opt-in, and the executable is not run.
+    let out = kustody(&["auth", "token", "--provider", "gke"], &[adc], home.path());
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1"), "{}", out.stderr);
+    assert!(!runs.exists());
+    // Run once; the second time the output file is a valid cache.
+    let out = kustody(&["auth", "token", "--provider", "gke", "-v"], &[adc, allow], home.path());
+    assert_eq!(credential(&out)["status"]["token"], "ya29.federated");
+    assert!(out.stderr.contains("token from an executable"), "{}", out.stderr);
+    let out = kustody(&["auth", "token", "--provider", "gke"], &[adc, allow], home.path());
+    assert_eq!(credential(&out)["status"]["token"], "ya29.federated");
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1, "the cache spared a run");
+    // An expired cache is ignored; the executable's own failure is reported with its code.
+    std::fs::write(&cache, r#"{"version":1,"success":true,"token_type":"urn:ietf:params:oauth:token-type:id_token","id_token":"old","expiration_time":1}"#).unwrap();
+    write_cfg("//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/other");
+    let out = kustody(&["auth", "token", "--provider", "gke"], &[adc, allow], home.path());
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("400: wrong audience"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 2);
+}
+
+/// SigV4 (AWS's signing process), written out independently of the signer kustody uses.
+fn sigv4_signature(secret: &str, date: &str, region: &str, canonical_request: &str) -> String {
+    use ring::hmac;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mac =
+        |key: &[u8], data: &str| hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data.as_bytes()).as_ref().to_vec();
+    let day = &date[..8];
+    let scope = format!("{day}/{region}/sts/aws4_request");
+    let to_sign =
+        format!("AWS4-HMAC-SHA256\n{date}\n{scope}\n{}", hex(&sha2::Sha256::digest(canonical_request.as_bytes())));
+    let k = mac(format!("AWS4{secret}").as_bytes(), day);
+    let k = mac(&k, region);
+    let k = mac(&k, "sts");
+    let k = mac(&k, "aws4_request");
+    hex(&mac(&k, &to_sign))
+}
+
+#[test]
+fn gke_workload_identity_federation_from_aws_with_imdsv2() {
+    use sha2::Digest as _;
+    const AUDIENCE: &str = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/aws/providers/ec2";
+    const VERIFY: &str = "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15";
+    let (base, log) = endpoint(Box::new(|s| {
+        let raw = |body: &str| json!({"$raw": {"body": body}});
+        let session_ok = s.headers.get("x-aws-ec2-metadata-token").map(String::as_str) == Some("imds-session");
+        match (s.method.as_str(), s.target.as_str()) {
+            ("PUT", "/latest/api/token") if s.headers.contains_key("x-aws-ec2-metadata-token-ttl-seconds") => {
+                (200, raw("imds-session"))
+            }
+            (_, t) if t.starts_with("/latest/meta-data/") && !session_ok => (401, raw("")),
+            ("GET", "/latest/meta-data/placement/availability-zone") => (200, raw("eu-west-1b")),
+            ("GET", "/latest/meta-data/iam/security-credentials") => (200, raw("ec2-role\n")),
+            ("GET", "/latest/meta-data/iam/security-credentials/ec2-role") => (
+                200,
+                json!({"Code": "Success", "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "instance-secret", "Token": "instance-session", "Expiration": "2099-01-01T00:00:00Z"}),
+            ),
+            ("POST", "/v1/token") => {
+                let f = s.form();
+                let token = kustody_testkit::http::percent_decode(f.get("subject_token").map_or("", String::as_str));
+                let check = || -> Result<(), String> {
+                    if f.get("subject_token_type").map(String::as_str)
+                        != Some("urn:ietf:params:aws:token-type:aws4_request")
+                    {
+                        return Err("subject_token_type".into());
+                    }
+                    let v: Value = serde_json::from_str(&token).map_err(|e| format!("{e}: {token}"))?;
+                    let url = "https://sts.eu-west-1.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15";
+                    if v["url"] != url || v["method"] != "POST" {
+                        return Err(format!("url/method: {v}"));
+                    }
+                    let h: std::collections::BTreeMap<String, String> = v["headers"]
+                        .as_array()
+                        .ok_or("no headers")?
+                        .iter()
+                        .map(|x| {
+                            (x["key"].as_str().unwrap_or("").to_owned(), x["value"].as_str().unwrap_or("").to_owned())
+                        })
+                        .collect();
+                    let want = |k: &str, val: &str| {
+                        if h.get(k).map(String::as_str) == Some(val) {
+                            Ok(())
+                        } else {
+                            Err(format!("{k}: {h:?}"))
+                        }
+                    };
+                    want("host", "sts.eu-west-1.amazonaws.com")?;
+                    want("x-goog-cloud-target-resource", AUDIENCE)?;
+                    want("x-amz-security-token", "instance-session")?;
+                    let date = h.get("x-amz-date").ok_or("no x-amz-date")?;
+                    let auth = h.get("Authorization").ok_or("no Authorization")?;
+                    let signed = "host;x-amz-date;x-amz-security-token;x-goog-cloud-target-resource";
+                    let canonical = format!(
+                        "POST\n/\nAction=GetCallerIdentity&Version=2011-06-15\nhost:sts.eu-west-1.amazonaws.com\nx-amz-date:{date}\nx-amz-security-token:instance-session\nx-goog-cloud-target-resource:{AUDIENCE}\n\n{signed}\n{}",
+                        sha2::Sha256::digest(b"").iter().map(|x| format!("{x:02x}")).collect::<String>()
+                    );
+                    let sig = sigv4_signature("instance-secret", date, "eu-west-1", &canonical);
+                    let expect = format!(
+                        "AWS4-HMAC-SHA256 Credential=ASIAEXAMPLE/{}/eu-west-1/sts/aws4_request, SignedHeaders={signed}, Signature={sig}",
+                        &date[..8]
+                    );
+                    if *auth != expect {
+                        Err(format!("signature: got {auth}, want {expect}"))
+                    } else {
+                        Ok(())
+                    }
+                };
+                match check() {
+                    Ok(()) => {
+                        (200, json!({"access_token": "ya29.from-aws", "token_type": "Bearer", "expires_in": 3600}))
+                    }
+                    Err(why) => (400, json!({"error": "invalid_request", "error_description": why})),
+                }
+            }
+            _ => (404, json!({})),
+        }
+    }));
+    let home = tempfile::tempdir().unwrap();
+    let cfg = home.path().join("aws.json");
+    std::fs::write(
+        &cfg,
+        json!({"type": "external_account", "audience": AUDIENCE,
+            "subject_token_type": "urn:ietf:params:aws:token-type:aws4_request", "token_url": format!("{base}/v1/token"),
+            "credential_source": {"environment_id": "aws1",
+                "region_url": format!("{base}/latest/meta-data/placement/availability-zone"),
+                "url": format!("{base}/latest/meta-data/iam/security-credentials"),
+                "regional_cred_verification_url": VERIFY,
+                "imdsv2_session_token_url": format!("{base}/latest/api/token")}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = kustody(
+        &["auth", "token", "--provider", "gke", "-v"],
+        &[("GOOGLE_APPLICATION_CREDENTIALS", cfg.to_str().unwrap())],
+        home.path(),
+    );
+    assert_eq!(credential(&out)["status"]["token"], "ya29.from-aws", "{}", out.stderr);
+    assert!(!out.stderr.contains("instance-secret") && !out.stdout.contains("instance-secret"));
+    let seen: Vec<String> = log.lock().unwrap().iter().map(|s| format!("{} {}", s.method, s.target)).collect();
+    assert_eq!(
+        seen,
+        [
+            "PUT /latest/api/token",
+            "GET /latest/meta-data/placement/availability-zone",
+            "GET /latest/meta-data/iam/security-credentials",
+            "GET /latest/meta-data/iam/security-credentials/ec2-role",
+            "POST /v1/token",
+        ]
+    );
+    // Keys and region in the environment: no metadata server at all.
+    log.lock().unwrap().clear();
+    let out = kustody(
+        &["auth", "token", "--provider", "gke"],
+        &[
+            ("GOOGLE_APPLICATION_CREDENTIALS", cfg.to_str().unwrap()),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "instance-secret"),
+            ("AWS_SESSION_TOKEN", "instance-session"),
+        ],
+        home.path(),
+    );
+    assert_eq!(credential(&out)["status"]["token"], "ya29.from-aws", "{}", out.stderr);
+    assert_eq!(log.lock().unwrap().iter().map(|s| s.target.as_str()).collect::<Vec<_>>(), ["/v1/token"]);
 }
