@@ -53,12 +53,18 @@ fn sts_host(region: &str) -> String {
     }
 }
 
-/// Mint a token for `cluster` in `region` at `now`.
-pub fn token(creds: &AwsCredentials, cluster: &str, region: &str, now: SystemTime) -> Result<EksToken, String> {
-    use aws_sigv4::http_request::{
-        sign, SessionTokenMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
-    };
-    let url = format!("https://{}/?Action=GetCallerIdentity&Version=2011-06-15", sts_host(region));
+/// SigV4-signs a request to STS (`sts` in `region`, session token included in the signature, as
+/// botocore does) and returns what to add to it. `headers` are signed along.
+pub(crate) fn sign_sts(
+    creds: &AwsCredentials,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    region: &str,
+    now: SystemTime,
+    settings: aws_sigv4::http_request::SigningSettings,
+) -> Result<aws_sigv4::http_request::SigningInstructions, String> {
+    use aws_sigv4::http_request::{sign, SessionTokenMode, SignableBody, SignableRequest};
     let identity = aws_credential_types::Credentials::new(
         creds.access_key_id.clone(),
         creds.secret_access_key.expose_secret().to_owned(),
@@ -67,10 +73,7 @@ pub fn token(creds: &AwsCredentials, cluster: &str, region: &str, now: SystemTim
         "kustody",
     )
     .into();
-    let mut settings = SigningSettings::default();
-    settings.signature_location = SignatureLocation::QueryParams;
-    settings.expires_in = Some(Duration::from_secs(PRESIGN_SECONDS));
-    // botocore signs X-Amz-Security-Token as part of the canonical query string
+    let mut settings = settings;
     settings.session_token_mode = SessionTokenMode::Include;
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
@@ -81,12 +84,20 @@ pub fn token(creds: &AwsCredentials, cluster: &str, region: &str, now: SystemTim
         .build()
         .map_err(|e| format!("signing parameters: {e}"))?
         .into();
-    let headers = [("x-k8s-aws-id", cluster)];
-    // botocore's query signing hashes the (empty) payload; only S3 presigning uses
-    // UNSIGNED-PAYLOAD
-    let signable = SignableRequest::new("GET", &url, headers.into_iter(), SignableBody::Bytes(&[]))
+    // botocore hashes the (empty) payload, also when presigning; only S3 uses UNSIGNED-PAYLOAD
+    let signable = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(&[]))
         .map_err(|e| format!("signable request: {e}"))?;
-    let (instructions, _) = sign(signable, &params).map_err(|e| format!("signing: {e}"))?.into_parts();
+    Ok(sign(signable, &params).map_err(|e| format!("signing: {e}"))?.into_parts().0)
+}
+
+/// Mint a token for `cluster` in `region` at `now`.
+pub fn token(creds: &AwsCredentials, cluster: &str, region: &str, now: SystemTime) -> Result<EksToken, String> {
+    use aws_sigv4::http_request::{SignatureLocation, SigningSettings};
+    let url = format!("https://{}/?Action=GetCallerIdentity&Version=2011-06-15", sts_host(region));
+    let mut settings = SigningSettings::default();
+    settings.signature_location = SignatureLocation::QueryParams;
+    settings.expires_in = Some(Duration::from_secs(PRESIGN_SECONDS));
+    let instructions = sign_sts(creds, "GET", &url, &[("x-k8s-aws-id", cluster)], region, now, settings)?;
     let mut req = http::Request::get(&url).body(()).map_err(|e| format!("request: {e}"))?;
     instructions.apply_to_request_http1x(&mut req);
     let presigned = req.uri().to_string();

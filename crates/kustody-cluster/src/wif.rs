@@ -404,32 +404,10 @@ pub fn signed_get_caller_identity(
     audience: &str,
     now: SystemTime,
 ) -> Result<String, String> {
-    use aws_sigv4::http_request::{sign, SessionTokenMode, SignableBody, SignableRequest, SigningSettings};
     let uri: http::Uri = url.parse().map_err(|e| format!("regional_cred_verification_url {url:?}: {e}"))?;
     let host = uri.authority().map(|a| a.as_str().to_owned()).ok_or_else(|| format!("{url:?} has no host"))?;
-    let identity = aws_credential_types::Credentials::new(
-        creds.access_key_id.clone(),
-        creds.secret_access_key.expose_secret().to_owned(),
-        creds.session_token.as_ref().map(|t| t.expose_secret().to_owned()),
-        None,
-        "kustody",
-    )
-    .into();
-    let mut settings = SigningSettings::default();
-    settings.session_token_mode = SessionTokenMode::Include;
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("sts")
-        .time(now)
-        .settings(settings)
-        .build()
-        .map_err(|e| format!("signing parameters: {e}"))?
-        .into();
     let headers = [("host", host.as_str()), ("x-goog-cloud-target-resource", audience)];
-    let signable = SignableRequest::new("POST", url, headers.into_iter(), SignableBody::Bytes(&[]))
-        .map_err(|e| format!("signable request: {e}"))?;
-    let (instructions, _) = sign(signable, &params).map_err(|e| format!("signing: {e}"))?.into_parts();
+    let instructions = crate::eks::sign_sts(creds, "POST", url, &headers, region, now, Default::default())?;
     let mut r = http::Request::post(url)
         .header("host", host.as_str())
         .header("x-goog-cloud-target-resource", audience)
