@@ -37,9 +37,14 @@ fuzz_target!(|data: &[u8]| {
         (Err(_), Err(_)) => {}
         // serde_json limits nesting to 128 levels, as we do, but counts slightly differently.
         (Err(e), Ok(_)) if e.what == "nested too deeply" => {}
-        // Grammatically valid, but serde_json's Value cannot hold it: the scanner, which never
-        // converts numbers, rightly accepts it.
-        (Ok(_), Err(e)) if e.to_string().contains("recursion limit") || e.to_string().contains("number out of range") => {}
+        // Grammatically valid, but serde_json's Value cannot hold it: a number too large for
+        // f64, or a lone surrogate escape (`\ude00`) in a string the scanner only skips. The
+        // scanner checks grammar, never converts numbers, and rejects lone surrogates only when
+        // it unescapes (checked below).
+        (Ok(_), Err(e))
+            if e.to_string().contains("recursion limit")
+                || e.to_string().contains("number out of range")
+                || e.to_string().contains("surrogate") => {}
         (a, b) => panic!("scanner {:?} but serde_json {:?} on {text:?}", a.as_ref().map(|_| ()), b.as_ref().map(|_| ())),
     }
     // Strings alone.
@@ -56,9 +61,14 @@ fuzz_target!(|data: &[u8]| {
             (Ok(a), Ok(b)) => assert_eq!(a, &b.iter().map(|r| r.get()).collect::<Vec<_>>()),
             (Err(_), Err(_)) => {}
             (Err(e), Ok(_)) if e.what == "nested too deeply" => {}
-            // Grammatically valid, but serde_json's Value cannot hold it: the scanner, which never
-        // converts numbers, rightly accepts it.
-        (Ok(_), Err(e)) if e.to_string().contains("recursion limit") || e.to_string().contains("number out of range") => {}
+            // Grammatically valid, but serde_json's Value cannot hold it: a number too large for
+        // f64, or a lone surrogate escape (`\ude00`) in a string the scanner only skips. The
+        // scanner checks grammar, never converts numbers, and rejects lone surrogates only when
+        // it unescapes (checked below).
+        (Ok(_), Err(e))
+            if e.to_string().contains("recursion limit")
+                || e.to_string().contains("number out of range")
+                || e.to_string().contains("surrogate") => {}
             (a, b) => panic!("elements {:?} but serde_json {:?} on {text:?}", a.is_ok(), b.is_ok()),
         }
     }
