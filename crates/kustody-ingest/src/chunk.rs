@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use kustody_model::{Event, EventError, Parts, SourceFormat};
-use serde_json::value::RawValue;
 
 use crate::managed::Unwrapped;
 
@@ -232,15 +231,7 @@ impl Chunk {
     /// One top-level JSON value: an Event, an EventList, an array, a managed-cloud batch
     /// (`records`, `events`, `logEvents`) or a single wrapped record.
     fn value(&self, text: &str, line: u64, offset: u64, on: &mut dyn FnMut(Result<Record<'_>, BadRecord>)) {
-        let trimmed = text.trim_start();
-        let shape = match trimmed.as_bytes().first() {
-            Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(trimmed) {
-                Ok(items) => Ok(Unwrapped::List(items.into_iter().map(RawValue::get).collect())),
-                Err(e) => Err(format!("invalid JSON: {}", strip_position(&e.to_string()))),
-            },
-            _ => crate::managed::unwrap(text),
-        };
-        match shape {
+        match crate::managed::unwrap(text) {
             Ok(Unwrapped::List(items)) => {
                 let mut counter = LineCounter::new(text, line);
                 for item in items {
@@ -327,12 +318,5 @@ impl<'a> LineCounter<'a> {
             self.pos = off;
         }
         self.line
-    }
-}
-
-fn strip_position(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg.get(..i).unwrap_or(msg).to_owned(),
-        None => msg.to_owned(),
     }
 }

@@ -108,22 +108,24 @@ fn envelope(t: &str) -> Result<Envelope<'_>, jscan::ScanError> {
     Ok(env)
 }
 
-/// Recognises a wrapper or a list by its top-level members, found in one validating pass (see
-/// [`crate::jscan`]). Text that is not a JSON object, or not valid JSON, is `Native`: the event
+/// Recognises a JSON array (a list of its elements), or a wrapper or a list by its top-level
+/// members, found in one validating pass (see [`crate::jscan`]). Text that is not a JSON object, or not valid JSON, is `Native`: the event
 /// parser then reports exactly what is wrong with it.
 pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
     let t = text.trim();
+    if t.starts_with('[') {
+        return jscan::elements(t).map(Unwrapped::List).map_err(|e| format!("invalid JSON: {e}"));
+    }
     if !t.starts_with('{') || looks_native(t) {
         return Ok(Unwrapped::Native);
     }
     // `gcloud logging read` writes a LogEntry's keys in alphabetical order, so one opens with
     // `insertId` (or, without one, `labels`/`logName`): go straight to the LogEntry reader.
     // Anything else it does not take is scanned like every other record.
-    if ["{\"insertId\":", "{\"labels\":", "{\"logName\":"].iter().any(|p| t.starts_with(p)) {
-        if let Ok(entry) = serde_json::from_str::<GkeEntry<'_>>(t) {
-            if let Some(p) = &entry.proto_payload {
-                return gke_fast(&entry, p, t.len()).map(|(text, parts)| Unwrapped::Gke(text, Box::new(parts)));
-            }
+    let gcloud_order = ["{\"insertId\":", "{\"labels\":", "{\"logName\":"].iter().any(|p| t.starts_with(p));
+    if gcloud_order {
+        if let Some(r) = log_entry(t) {
+            return r;
         }
     }
     let Ok(env) = envelope(t) else {
@@ -139,11 +141,12 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
         }
     }
     if env.proto_payload {
-        if let Ok(entry) = serde_json::from_str::<GkeEntry<'_>>(t) {
-            if let Some(p) = &entry.proto_payload {
-                return gke_fast(&entry, p, t.len()).map(|(text, parts)| Unwrapped::Gke(text, Box::new(parts)));
+        if !gcloud_order {
+            if let Some(r) = log_entry(t) {
+                return r;
             }
         }
+        // Not readable as a typed LogEntry (an unexpected type somewhere): the DOM mapping.
         let v: Value = serde_json::from_str(t).map_err(|e| format!("invalid JSON: {e}"))?;
         return gke(&v).map(|e| Unwrapped::One(Cow::Owned(e.to_string()), SourceFormat::Gke));
     }
@@ -177,6 +180,14 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
         };
     }
     Ok(Unwrapped::Native)
+}
+
+/// A LogEntry with a `protoPayload`, read into borrowed fields and converted; `None` when `t`
+/// is not one the typed reader takes.
+fn log_entry(t: &str) -> Option<Result<Unwrapped<'_>, String>> {
+    let entry = serde_json::from_str::<GkeEntry<'_>>(t).ok()?;
+    let p = entry.proto_payload.as_ref()?;
+    Some(gke_fast(&entry, p, t.len()).map(|(text, parts)| Unwrapped::Gke(text, Box::new(parts))))
 }
 
 /// The elements of a list member; a list member that is not an array is a bad record.
@@ -403,11 +414,6 @@ struct GkeStatus<'a> {
     message: Option<Cow<'a, str>>,
 }
 
-/// Writes `s` as a JSON string.
-fn put_str(out: &mut String, s: &str) {
-    jscan::write_string(out, s);
-}
-
 /// Writes `,"key":"value"`; `key` is one of ours and needs no escaping.
 fn put_field(out: &mut String, key: &str, value: &str) {
     out.push_str(",\"");
@@ -418,7 +424,7 @@ fn put_field(out: &mut String, key: &str, value: &str) {
 fn put_member(out: &mut String, key: &str, value: &str) {
     out.push_str(key);
     out.push_str("\":");
-    put_str(out, value);
+    jscan::write_string(out, value);
 }
 
 /// A part of a borrowed-or-owned string, borrowed whenever the whole was.
@@ -516,7 +522,7 @@ fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Resul
     out.push('}');
     if let Some(ip) = &ip {
         out.push_str(r#","sourceIPs":["#);
-        put_str(&mut out, ip);
+        jscan::write_string(&mut out, ip);
         out.push(']');
     }
     if let Some(ua) = &user_agent {
@@ -552,9 +558,9 @@ fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Resul
         if i > 0 {
             out.push(',');
         }
-        put_str(&mut out, k);
+        jscan::write_string(&mut out, k);
         out.push(':');
-        put_str(&mut out, v);
+        jscan::write_string(&mut out, v);
     }
     out.push('}');
     for (key, body) in [("requestObject", request), ("responseObject", response)] {
