@@ -131,18 +131,23 @@ fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
     out
 }
 
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, when the first two are set.
+pub fn env_credentials() -> Option<AwsCredentials> {
+    let (id, secret) = (std::env::var_os("AWS_ACCESS_KEY_ID")?, std::env::var_os("AWS_SECRET_ACCESS_KEY")?);
+    Some(AwsCredentials {
+        access_key_id: id.to_string_lossy().into_owned(),
+        secret_access_key: SecretString::from(secret.to_string_lossy().into_owned()),
+        session_token: std::env::var_os("AWS_SESSION_TOKEN")
+            .map(|t| SecretString::from(t.to_string_lossy().into_owned())),
+        source: "environment".into(),
+    })
+}
+
 /// Static credentials from the environment or the shared credentials file. `Err` says which
 /// source is configured that this build does not handle natively.
 pub fn static_credentials(profile: Option<&str>) -> Result<AwsCredentials, String> {
-    if let (Some(id), Some(secret)) = (std::env::var_os("AWS_ACCESS_KEY_ID"), std::env::var_os("AWS_SECRET_ACCESS_KEY"))
-    {
-        return Ok(AwsCredentials {
-            access_key_id: id.to_string_lossy().into_owned(),
-            secret_access_key: SecretString::from(secret.to_string_lossy().into_owned()),
-            session_token: std::env::var_os("AWS_SESSION_TOKEN")
-                .map(|t| SecretString::from(t.to_string_lossy().into_owned())),
-            source: "environment".into(),
-        });
+    if let Some(c) = env_credentials() {
+        return Ok(c);
     }
     if std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
         return Err("web identity (IRSA) credentials".into());

@@ -82,7 +82,8 @@ impl Adc {
     }
 }
 
-fn s(v: &Value, k: &str) -> Option<String> {
+/// A non-empty string member of a credential file.
+pub(crate) fn s(v: &Value, k: &str) -> Option<String> {
     v.get(k).and_then(Value::as_str).filter(|x| !x.is_empty()).map(str::to_owned)
 }
 

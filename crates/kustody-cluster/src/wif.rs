@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
+use crate::gke::s;
 use crate::oauth;
 
 /// Where a workload identity federation subject token comes from.
@@ -56,10 +57,6 @@ pub struct Request<'a> {
 
 /// Largest subject token, executable output or metadata answer read.
 const MAX_BYTES: u64 = 1 << 20;
-
-fn s(v: &Value, k: &str) -> Option<String> {
-    v.get(k).and_then(Value::as_str).filter(|x| !x.is_empty()).map(str::to_owned)
-}
 
 impl SubjectSource {
     /// The `credential_source` of an `external_account` file.
@@ -129,11 +126,7 @@ impl SubjectSource {
     pub async fn token(&self, req: &Request<'_>, now: SystemTime) -> Result<SecretString, String> {
         match self {
             SubjectSource::File { path, json_field } => {
-                let meta = std::fs::metadata(path).map_err(|e| format!("subject token {path}: {e}"))?;
-                if meta.len() > MAX_BYTES {
-                    return Err(format!("subject token {path}: larger than 1 MiB"));
-                }
-                let raw = std::fs::read_to_string(path).map_err(|e| format!("subject token {path}: {e}"))?;
+                let raw = read_capped(path).map_err(|e| format!("subject token {path}: {e}"))?;
                 field(&raw, json_field.as_deref())
             }
             SubjectSource::Url { url, headers, json_field } => {
@@ -344,15 +337,7 @@ async fn aws(
     audience: &str,
     now: SystemTime,
 ) -> Result<SecretString, String> {
-    let from_env = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-        (Some(id), Some(secret)) => Some(crate::eks::AwsCredentials {
-            access_key_id: id,
-            secret_access_key: SecretString::from(secret),
-            session_token: env("AWS_SESSION_TOKEN").map(SecretString::from),
-            source: "environment".into(),
-        }),
-        _ => None,
-    };
+    let from_env = crate::eks::env_credentials();
     let region_env = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION"));
     let session = if region_env.is_none() || from_env.is_none() { imds.session().await? } else { None };
     let region = match region_env {
