@@ -174,12 +174,6 @@ impl<'a> Event<'a> {
                 return Err(EventError::WrongApiVersion(v.to_owned()));
             }
         }
-        if f.audit_id.is_none() && f.verb.is_none() && f.request_uri.is_none() && f.stage.is_none() {
-            return Err(EventError::NotAnEvent);
-        }
-        // The lazily parsed parts must still have the right types: check them now, cheaply,
-        // so a malformed record is reported here rather than silently ignored later.
-        check_lazy(&f)?;
         Self::assemble(raw, f)
     }
 
@@ -219,6 +213,9 @@ impl<'a> Event<'a> {
         if f.audit_id.is_none() && f.verb.is_none() && f.request_uri.is_none() && f.stage.is_none() {
             return Err(EventError::NotAnEvent);
         }
+        // The lazily parsed parts must still have the right types: check them now, cheaply,
+        // so a malformed record is reported here rather than silently ignored later.
+        check_lazy(&f)?;
         // Falco drops events without a parseable stageTimestamp; we keep them and fall back to
         // requestReceivedTimestamp, then to v1beta1's `timestamp`.
         let time_ns = [&f.stage_timestamp, &f.request_received_timestamp, &f.timestamp]
