@@ -442,41 +442,73 @@ fn part<'a>(whole: &Cow<'a, str>, piece: &str) -> Cow<'a, str> {
     }
 }
 
-/// The native Event for a LogEntry: its JSON text, and the same fields as [`Parts`] so the
-/// text need not be parsed again. The two are written side by side from the same values;
-/// `fast_path_parts_match_parsing_its_output` and the `audit_reader` fuzz target check that
-/// they agree.
-fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Result<(String, Parts<'a>), String> {
-    let ty = p.ty.as_deref().unwrap_or("");
+/// A LogEntry must hold a Kubernetes API call's AuditLog; its `methodName`.
+fn check_audit_log<'m>(ty: &str, method: Option<&'m str>) -> Result<&'m str, String> {
     if !ty.ends_with("google.cloud.audit.AuditLog") {
         return Err(format!("protoPayload of type `{ty}` is not an AuditLog"));
     }
-    let method = p.method_name.as_ref().ok_or("AuditLog without methodName")?;
+    let method = method.ok_or("AuditLog without methodName")?;
     if !method.starts_with("io.k8s.") {
         return Err(format!("methodName `{method}` is not a Kubernetes API call"));
     }
-    let verb = part(method, method.rsplit('.').next().unwrap_or(""));
-    let no_name = Cow::Borrowed("");
-    let resource_name = p.resource_name.as_ref().unwrap_or(&no_name);
-    let mut segs: Vec<&str> = resource_name.split('/').filter(|s| !s.is_empty()).collect();
-    let (group, version) = if segs.len() >= 2 { (segs.remove(0), segs.remove(0)) } else { ("", "") };
+    Ok(method)
+}
+
+/// What a GKE `resourceName` (`GROUP/VERSION[/namespaces/NS]/RESOURCE[/NAME[/SUB]]`) says
+/// about the request, in native terms.
+struct Target<'r> {
+    /// Empty for the core group.
+    group: &'r str,
+    version: &'r str,
+    namespace: Option<&'r str>,
+    resource: Option<&'r str>,
+    name: Option<&'r str>,
+    sub: Option<&'r str>,
+    uri: String,
+    stage: &'static str,
+}
+
+fn target(resource_name: &str) -> Target<'_> {
+    let mut all: Vec<&str> = resource_name.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version) = if all.len() >= 2 { (all.remove(0), all.remove(0)) } else { ("", "") };
     let group = if group == "core" { "" } else { group };
-    let mut rest: &[&str] = &segs;
+    let mut rest: &[&str] = &all;
     let mut namespace = None;
     if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
         namespace = rest.get(1).copied();
         rest = rest.get(2..).unwrap_or_default();
     }
     let sub = rest.get(2).copied();
-    let (request, response) = (p.request, p.response);
-    let level = if request.is_some() || response.is_some() { "RequestResponse" } else { "Metadata" };
-    let audit_id = c.operation.as_ref().and_then(|o| o.id.clone()).or_else(|| c.insert_id.clone());
-    let stage = if sub.is_some_and(|s| STREAMING.contains(&s)) { "ResponseStarted" } else { "ResponseComplete" };
     let mut uri = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
-    for s in &segs {
+    for s in &all {
         uri.push('/');
         uri.push_str(s);
     }
+    Target {
+        group,
+        version,
+        namespace,
+        resource: rest.first().copied(),
+        name: rest.get(1).copied(),
+        sub,
+        uri,
+        stage: if sub.is_some_and(|s| STREAMING.contains(&s)) { "ResponseStarted" } else { "ResponseComplete" },
+    }
+}
+
+/// The native Event for a LogEntry: its JSON text, and the same fields as [`Parts`] so the
+/// text need not be parsed again. The two are written side by side from the same values;
+/// `fast_path_parts_match_parsing_its_output` and the `audit_reader` fuzz target check that
+/// they agree.
+fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Result<(String, Parts<'a>), String> {
+    let m = check_audit_log(p.ty.as_deref().unwrap_or(""), p.method_name.as_deref())?;
+    let no_name = Cow::Borrowed("");
+    let verb = part(p.method_name.as_ref().unwrap_or(&no_name), m.rsplit('.').next().unwrap_or(""));
+    let resource_name = p.resource_name.as_ref().unwrap_or(&no_name);
+    let Target { group, version, namespace, resource, name, sub, uri, stage } = target(resource_name);
+    let (request, response) = (p.request, p.response);
+    let level = if request.is_some() || response.is_some() { "RequestResponse" } else { "Metadata" };
+    let audit_id = c.operation.as_ref().and_then(|o| o.id.clone()).or_else(|| c.insert_id.clone());
     let username = p.authentication_info.as_ref().and_then(|a| a.principal_email.clone());
     let ip = p.request_metadata.as_ref().and_then(|m| m.caller_ip.clone());
     let user_agent = p.request_metadata.as_ref().and_then(|m| m.caller_supplied_user_agent.clone());
@@ -485,8 +517,8 @@ fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Resul
         api_group: nonempty(Some(group)),
         api_version: nonempty(Some(version)),
         namespace: nonempty(namespace),
-        resource: nonempty(rest.first().copied()),
-        name: nonempty(rest.get(1).copied()),
+        resource: nonempty(resource),
+        name: nonempty(name),
         subresource: nonempty(sub),
         ..ObjectRef::default()
     };
@@ -598,47 +630,26 @@ const STREAMING: &[&str] = &["exec", "attach", "portforward", "proxy"];
 /// Maps a GKE LogEntry with an AuditLog protoPayload onto a native audit Event.
 pub fn gke(entry: &Value) -> Result<Value, String> {
     let p = entry.get("protoPayload").ok_or("LogEntry without protoPayload")?;
-    let ty = p.get("@type").and_then(Value::as_str).unwrap_or("");
-    if !ty.ends_with("google.cloud.audit.AuditLog") {
-        return Err(format!("protoPayload of type `{ty}` is not an AuditLog"));
-    }
-    let method = p.get("methodName").and_then(Value::as_str).ok_or("AuditLog without methodName")?;
-    if !method.starts_with("io.k8s.") {
-        return Err(format!("methodName `{method}` is not a Kubernetes API call"));
-    }
+    let method = check_audit_log(
+        p.get("@type").and_then(Value::as_str).unwrap_or(""),
+        p.get("methodName").and_then(Value::as_str),
+    )?;
     let verb = method.rsplit('.').next().unwrap_or("");
-    let resource_name = p.get("resourceName").and_then(Value::as_str).unwrap_or("");
-    let mut segs: Vec<&str> = resource_name.split('/').filter(|s| !s.is_empty()).collect();
-    let (group, version) = if segs.len() >= 2 { (segs.remove(0), segs.remove(0)) } else { ("", "") };
+    let Target { group, version, namespace, resource, name, sub, uri, stage } =
+        target(p.get("resourceName").and_then(Value::as_str).unwrap_or(""));
     let mut object_ref = Map::new();
-    let group = if group == "core" { "" } else { group };
-    if !group.is_empty() {
-        object_ref.insert("apiGroup".into(), json!(group));
+    for (k, v) in [
+        ("apiGroup", Some(group)),
+        ("apiVersion", Some(version)),
+        ("namespace", namespace),
+        ("resource", resource),
+        ("name", name),
+        ("subresource", sub),
+    ] {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            object_ref.insert(k.into(), json!(v));
+        }
     }
-    if !version.is_empty() {
-        object_ref.insert("apiVersion".into(), json!(version));
-    }
-    let mut rest: &[&str] = &segs;
-    if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
-        object_ref.insert("namespace".into(), json!(rest.get(1)));
-        rest = rest.get(2..).unwrap_or_default();
-    }
-    if let Some(r) = rest.first() {
-        object_ref.insert("resource".into(), json!(r));
-    }
-    if let Some(n) = rest.get(1) {
-        object_ref.insert("name".into(), json!(n));
-    }
-    let sub = rest.get(2).copied();
-    if let Some(s) = sub {
-        object_ref.insert("subresource".into(), json!(s));
-    }
-    let mut uri = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
-    for s in &segs {
-        uri.push('/');
-        uri.push_str(s);
-    }
-    let stage = if sub.is_some_and(|s| STREAMING.contains(&s)) { "ResponseStarted" } else { "ResponseComplete" };
     let code = p.get("status").and_then(|s| s.get("code")).and_then(Value::as_i64).unwrap_or(0);
     let mut status = json!({"metadata": {}, "code": http_code(code)});
     if let (Some(msg), Some(o)) = (p.get("status").and_then(|s| s.get("message")), status.as_object_mut()) {
