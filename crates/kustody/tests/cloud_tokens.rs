@@ -50,6 +50,16 @@ fn kustody(args: &[&str], env: &[(&str, &str)], home: &Path) -> Out {
     }
 }
 
+/// Writes `adc` as the credential file `name` in `home`, then runs `kustody auth token --provider
+/// gke -v` with `GOOGLE_APPLICATION_CREDENTIALS` naming it, and `env`.
+fn gke_token(home: &Path, name: &str, adc: &Value, env: &[(&str, &str)]) -> Out {
+    let file = home.join(name);
+    std::fs::write(&file, adc.to_string()).unwrap();
+    let mut all = vec![("GOOGLE_APPLICATION_CREDENTIALS", file.to_str().unwrap())];
+    all.extend_from_slice(env);
+    kustody(&["auth", "token", "--provider", "gke", "-v"], &all, home)
+}
+
 fn b64url_decode(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
 }
@@ -101,19 +111,13 @@ fn gke_service_account_key_jwt_bearer() {
         (200, json!({"access_token": "ya29.from-sa-key", "expires_in": 3599, "token_type": "Bearer"}))
     }));
     let home = tempfile::tempdir().unwrap();
-    let key = home.path().join("sa.json");
     let token_uri = format!("{base}/token");
-    std::fs::write(
-        &key,
-        json!({"type": "service_account", "project_id": "p", "private_key_id": "kid-1", "private_key": KEY,
-            "client_email": "ir@p.iam.gserviceaccount.com", "token_uri": token_uri})
-        .to_string(),
-    )
-    .unwrap();
-    let out = kustody(
-        &["auth", "token", "--provider", "gke", "-v"],
-        &[("GOOGLE_APPLICATION_CREDENTIALS", key.to_str().unwrap())],
+    let out = gke_token(
         home.path(),
+        "sa.json",
+        &json!({"type": "service_account", "project_id": "p", "private_key_id": "kid-1", "private_key": KEY,
+        "client_email": "ir@p.iam.gserviceaccount.com", "token_uri": token_uri}),
+        &[],
     );
     let v = credential(&out);
     assert_eq!(v["status"]["token"], "ya29.from-sa-key");
@@ -436,21 +440,15 @@ fn gke_workload_identity_federation_from_a_file_then_impersonation() {
     let home = tempfile::tempdir().unwrap();
     let subject = home.path().join("oidc.json");
     std::fs::write(&subject, json!({"value": "oidc-token-from-ci"}).to_string()).unwrap();
-    let cfg = home.path().join("wif.json");
-    std::fs::write(
-        &cfg,
-        json!({"type": "external_account",
-            "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/gh",
-            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "token_url": format!("{base}/v1/token"),
-            "service_account_impersonation_url": format!("{base}/v1/projects/-/serviceAccounts/deployer@p.iam.gserviceaccount.com:generateAccessToken"),
-            "credential_source": {"file": subject.to_str().unwrap(), "format": {"type": "json", "subject_token_field_name": "value"}}})
-        .to_string(),
-    )
-    .unwrap();
-    let out = kustody(
-        &["auth", "token", "--provider", "gke", "-v"],
-        &[("GOOGLE_APPLICATION_CREDENTIALS", cfg.to_str().unwrap())],
+    let out = gke_token(
         home.path(),
+        "wif.json",
+        &json!({"type": "external_account",
+        "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/gh",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "token_url": format!("{base}/v1/token"),
+        "service_account_impersonation_url": format!("{base}/v1/projects/-/serviceAccounts/deployer@p.iam.gserviceaccount.com:generateAccessToken"),
+        "credential_source": {"file": subject.to_str().unwrap(), "format": {"type": "json", "subject_token_field_name": "value"}}}),
+        &[],
     );
     let v = credential(&out);
     assert_eq!(v["status"]["token"], "ya29.wif");
@@ -692,24 +690,14 @@ fn gke_workload_identity_federation_from_aws_with_imdsv2() {
         }
     }));
     let home = tempfile::tempdir().unwrap();
-    let cfg = home.path().join("aws.json");
-    std::fs::write(
-        &cfg,
-        json!({"type": "external_account", "audience": AUDIENCE,
-            "subject_token_type": "urn:ietf:params:aws:token-type:aws4_request", "token_url": format!("{base}/v1/token"),
-            "credential_source": {"environment_id": "aws1",
-                "region_url": format!("{base}/latest/meta-data/placement/availability-zone"),
-                "url": format!("{base}/latest/meta-data/iam/security-credentials"),
-                "regional_cred_verification_url": VERIFY,
-                "imdsv2_session_token_url": format!("{base}/latest/api/token")}})
-        .to_string(),
-    )
-    .unwrap();
-    let out = kustody(
-        &["auth", "token", "--provider", "gke", "-v"],
-        &[("GOOGLE_APPLICATION_CREDENTIALS", cfg.to_str().unwrap())],
-        home.path(),
-    );
+    let adc = json!({"type": "external_account", "audience": AUDIENCE,
+        "subject_token_type": "urn:ietf:params:aws:token-type:aws4_request", "token_url": format!("{base}/v1/token"),
+        "credential_source": {"environment_id": "aws1",
+            "region_url": format!("{base}/latest/meta-data/placement/availability-zone"),
+            "url": format!("{base}/latest/meta-data/iam/security-credentials"),
+            "regional_cred_verification_url": VERIFY,
+            "imdsv2_session_token_url": format!("{base}/latest/api/token")}});
+    let out = gke_token(home.path(), "aws.json", &adc, &[]);
     assert_eq!(credential(&out)["status"]["token"], "ya29.from-aws", "{}", out.stderr);
     assert!(!out.stderr.contains("instance-secret") && !out.stdout.contains("instance-secret"));
     let seen: Vec<String> = log.lock().unwrap().iter().map(|s| format!("{} {}", s.method, s.target)).collect();
@@ -725,17 +713,13 @@ fn gke_workload_identity_federation_from_aws_with_imdsv2() {
     );
     // Keys and region in the environment: no metadata server at all.
     log.lock().unwrap().clear();
-    let out = kustody(
-        &["auth", "token", "--provider", "gke"],
-        &[
-            ("GOOGLE_APPLICATION_CREDENTIALS", cfg.to_str().unwrap()),
-            ("AWS_REGION", "eu-west-1"),
-            ("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE"),
-            ("AWS_SECRET_ACCESS_KEY", "instance-secret"),
-            ("AWS_SESSION_TOKEN", "instance-session"),
-        ],
-        home.path(),
-    );
+    let env = [
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", "instance-secret"),
+        ("AWS_SESSION_TOKEN", "instance-session"),
+    ];
+    let out = gke_token(home.path(), "aws.json", &adc, &env);
     assert_eq!(credential(&out)["status"]["token"], "ya29.from-aws", "{}", out.stderr);
     assert_eq!(log.lock().unwrap().iter().map(|s| s.target.as_str()).collect::<Vec<_>>(), ["/v1/token"]);
 }
