@@ -49,6 +49,8 @@ pub(crate) struct CorrDef {
     pub window_ns: i64,
     /// Each step's rule names (condition steps name their hidden rule).
     pub steps: Vec<Vec<String>>,
+    /// `sequence` (true): the steps in order; `steps` (false): all of them in any order.
+    pub ordered: bool,
     pub count: Option<u32>,
     pub priority: Priority,
     pub tags: Vec<String>,
@@ -71,6 +73,8 @@ pub struct CorrelationInfo {
     pub window: String,
     /// Rule names per step (hidden condition steps as `<name> / step N`).
     pub steps: Vec<Vec<String>>,
+    /// Whether the steps must come in order (`sequence`) or in any order (`steps`).
+    pub ordered: bool,
     pub count: Option<u32>,
 }
 
@@ -126,6 +130,8 @@ struct Hit {
 struct KeyState {
     /// Sequence progress: the hits of steps 0..len.
     hits: Vec<Hit>,
+    /// Any-order progress: the latest hit of each step, by step index.
+    slots: Vec<Option<Hit>>,
     /// Threshold: times in the window, oldest first.
     times: VecDeque<i64>,
     last_seen: i64,
@@ -140,6 +146,7 @@ struct Tracked {
     by: Vec<Arc<str>>,
     window_ns: i64,
     steps: usize,
+    ordered: bool,
     count: Option<u32>,
     output: String,
     keys: FxHashMap<Box<str>, KeyState>,
@@ -163,6 +170,7 @@ impl Correlator {
                     by: c.info.by.iter().map(|b| Arc::from(b.as_str())).collect(),
                     window_ns: c.window_ns,
                     steps: c.info.steps.len(),
+                    ordered: c.info.ordered,
                     count: c.info.count,
                     output: c.output.clone(),
                     keys: FxHashMap::default(),
@@ -211,6 +219,9 @@ impl Correlator {
             }
             return None;
         }
+        if !t.ordered {
+            return observe_any_order(t, &source, inp, hit());
+        }
         // Sequence: a stale partial match starts over.
         if st.hits.first().is_some_and(|h| inp.time_ns - h.time_ns > t.window_ns) {
             st.hits.clear();
@@ -231,6 +242,39 @@ impl Correlator {
         }
         None
     }
+}
+
+/// Any order: each step keeps its latest hit within the window; one event fills one step (the
+/// first empty one it satisfies, else it refreshes the oldest of its steps). When every step is
+/// filled the finding lists the hits in time order and the key starts over.
+fn observe_any_order(t: &mut Tracked, source: &Arc<str>, inp: &CorrInput, hit: Hit) -> Option<Detection> {
+    let (window, steps) = (t.window_ns, t.steps);
+    let st = t.keys.get_mut(&inp.key)?;
+    if st.slots.len() != steps {
+        st.slots.resize_with(steps, || None);
+    }
+    for slot in st.slots.iter_mut() {
+        if slot.as_ref().is_some_and(|h| (inp.time_ns - h.time_ns).abs() > window) {
+            *slot = None;
+        }
+    }
+    let mine = |i: usize| inp.steps & (1u64 << i) != 0;
+    let target = (0..steps).find(|&i| mine(i) && st.slots.get(i).is_some_and(Option::is_none)).or_else(|| {
+        (0..steps)
+            .filter(|&i| mine(i))
+            .min_by_key(|&i| st.slots.get(i).and_then(|s| s.as_ref()).map_or(i64::MIN, |h| h.time_ns))
+    });
+    if let Some(slot) = target.and_then(|i| st.slots.get_mut(i)) {
+        *slot = Some(hit);
+    }
+    if !st.slots.iter().all(Option::is_some) {
+        return None;
+    }
+    let mut hits: Vec<Hit> = std::mem::take(&mut st.slots).into_iter().flatten().collect();
+    hits.sort_by_key(|h| h.time_ns);
+    let summary = hits.iter().map(|h| format!("{} at {} ({})", h.rule, fmt_time(h.time_ns), h.source_ref)).collect();
+    let t: &Tracked = t;
+    Some(finding(t, source, &inp.key, &hits, summary))
 }
 
 fn evict(keys: &mut FxHashMap<Box<str>, KeyState>, horizon: i64) {

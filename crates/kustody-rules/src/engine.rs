@@ -672,6 +672,7 @@ fn build_correlations(
                 by: d.by.clone(),
                 window: d.window.clone(),
                 steps: d.steps.clone(),
+                ordered: d.ordered,
                 count: d.count,
             },
             name: d.name.as_str().into(),

@@ -661,8 +661,19 @@ impl Loader {
 
     /// A `correlation` item (kustody extension; see [`crate::correlate`]).
     fn correlation(&mut self, file: &Arc<str>, item: &Node) -> Res<()> {
-        const KEYS: &[&str] =
-            &["correlation", "desc", "by", "window", "sequence", "count", "priority", "output", "tags", "enabled"];
+        const KEYS: &[&str] = &[
+            "correlation",
+            "desc",
+            "by",
+            "window",
+            "sequence",
+            "steps",
+            "count",
+            "priority",
+            "output",
+            "tags",
+            "enabled",
+        ];
         let name_node = item.get("correlation").ok_or((item.pos(), "missing name".to_owned()))?;
         let name = scalar(name_node, "correlation")?;
         let label = Some(format!("correlation `{name}`"));
@@ -719,23 +730,31 @@ impl Loader {
                     .and_then(|c| c.parse::<u32>().map_err(|_| (n.pos(), "`count` must be a positive integer".into())))
             })
             .transpose()?;
-        let seq = need("sequence")?;
+        // `sequence`: the steps in this order; `steps`: all of them, in any order.
+        let (seq, ordered, key) = match (item.get("sequence"), item.get("steps")) {
+            (Some(_), Some(s)) => {
+                return Err((s.pos(), "give either `sequence` (in order) or `steps` (any order), not both".into()))
+            }
+            (Some(s), None) => (s, true, "sequence"),
+            (None, Some(s)) => (s, false, "steps"),
+            (None, None) => return Err((item.pos(), "missing required key `sequence` (or `steps`)".into())),
+        };
         let Node::Seq { items: steps_nodes, .. } = seq else {
-            return Err((seq.pos(), "`sequence` must be a list of steps".into()));
+            return Err((seq.pos(), format!("`{key}` must be a list of steps")));
         };
         if steps_nodes.is_empty() || steps_nodes.len() > 16 {
-            return Err((seq.pos(), "`sequence` needs 1 to 16 steps".into()));
+            return Err((seq.pos(), format!("`{key}` needs 1 to 16 steps")));
         }
         if count.is_some() != (steps_nodes.len() == 1) && count.is_some() {
             return Err((seq.pos(), "a `count` threshold takes exactly one step".into()));
         }
         if count.is_none() && steps_nodes.len() < 2 {
-            return Err((seq.pos(), "a sequence needs at least two steps (or a `count` threshold)".into()));
+            return Err((seq.pos(), format!("`{key}` needs at least two steps (or a `count` threshold)")));
         }
         let mut steps = Vec::new();
         for (i, st) in steps_nodes.iter().enumerate() {
             let names = match st {
-                n if n.as_str().is_some() => vec![scalar(n, "sequence")?],
+                n if n.as_str().is_some() => vec![scalar(n, key)?],
                 Node::Map { .. } => {
                     if let Some(r) = st.get("rule") {
                         vec![scalar(r, "rule")?]
@@ -783,6 +802,7 @@ impl Loader {
             window,
             window_ns,
             steps,
+            ordered,
             count,
             priority,
             tags,

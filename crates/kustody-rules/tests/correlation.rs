@@ -35,6 +35,13 @@ const RULES: &str = r#"
   sequence: [A]
   output: "%ka.user.name"
   priority: WARNING
+- correlation: A and B in any order
+  desc: d
+  by: [ka.user.name]
+  window: 10s
+  steps: [A, B]
+  output: "A and B by %ka.user.name: %kustody.steps"
+  priority: WARNING
 "#;
 
 fn load(text: &str) -> (Engine, Vec<String>) {
@@ -75,6 +82,30 @@ fn sequences_need_order_one_key_and_the_window() {
 }
 
 #[test]
+fn any_order_sets_fire_whatever_the_order_and_list_steps_in_time_order() {
+    let (engine, diags) = load(RULES);
+    assert!(diags.is_empty(), "{diags:?}");
+    let mut c = engine.correlator();
+    // B then A completes the set; the steps are listed in time order
+    assert!(c.observe(&input(2, 0b10, "u", 0)).is_none());
+    let f = c.observe(&input(2, 0b01, "u", 3)).expect("B then A");
+    assert_eq!(&*f.rule, "A and B in any order");
+    assert_eq!(f.audit_id.as_deref(), Some("id-3"));
+    let steps = f.output.split(": ").nth(1).unwrap();
+    assert!(steps.find("f:0").unwrap() < steps.find("f:3").unwrap(), "{steps}");
+    // the set starts over after firing; one event cannot fill both steps twice
+    assert!(c.observe(&input(2, 0b10, "u", 4)).is_none());
+    assert!(c.observe(&input(2, 0b10, "u", 5)).is_none());
+    // a B older than the window does not count, a fresh one does
+    assert!(c.observe(&input(2, 0b01, "u", 30)).is_none());
+    assert!(c.observe(&input(2, 0b10, "v", 31)).is_none(), "another identity's B");
+    assert!(c.observe(&input(2, 0b10, "u", 32)).is_some());
+    // an event that satisfies both steps fills one of them
+    assert!(c.observe(&input(2, 0b11, "w", 40)).is_none());
+    assert!(c.observe(&input(2, 0b11, "w", 41)).is_some());
+}
+
+#[test]
 fn thresholds_fire_once_per_burst() {
     let (engine, _) = load(RULES);
     let mut c = engine.correlator();
@@ -101,6 +132,9 @@ fn bad_correlations_are_diagnosed_with_their_position() {
     let cases = [
         ("sequence: [A, Nope]", "no rule `Nope`"),
         ("sequence: [A]", "at least two steps"),
+        ("steps: [A]", "at least two steps"),
+        ("sequence: [A, B]\n  steps: [A, B]", "not both"),
+        ("by: [ka.user.name]", "missing required key `sequence` (or `steps`)"),
         ("count: 3\n  sequence: [A, B]", "exactly one step"),
         ("window: 10 minutes\n  sequence: [A, B]", "invalid window"),
         ("by: [ka.nope]\n  sequence: [A, B]", "unknown field `ka.nope`"),

@@ -277,7 +277,13 @@ pub fn render_doc() -> Result<String> {
                 let what = match c.count {
                     Some(n) => format!("{n} matches within {} by the same {}", c.window, c.by.join(", ")),
                     None => {
-                        format!("{} steps in order within {} by the same {}", c.steps.len(), c.window, c.by.join(", "))
+                        format!(
+                            "{} steps {} within {} by the same {}",
+                            c.steps.len(),
+                            if c.ordered { "in order" } else { "in any order" },
+                            c.window,
+                            c.by.join(", ")
+                        )
                     }
                 };
                 let _ = writeln!(s, "- Correlation: {what}");
