@@ -10,6 +10,7 @@
 //! subresource and stage they can match, so an event is only tested against candidates. The
 //! plain evaluator in [`expr`] stays as the reference the optimised one is tested against.
 
+pub mod allow;
 pub mod cond;
 pub mod correlate;
 mod diag;
@@ -28,4 +29,5 @@ pub use kustody_model::yaml;
 pub use correlate::{CorrInput, CorrelationInfo, Correlator};
 pub use diag::{Diagnostic, Severity};
 pub use engine::{Engine, EngineOptions, RuleInfo, Scratch};
+pub use fnmatch::Pattern;
 pub use loader::{Loader, RuleSource, ENGINE_VERSION};

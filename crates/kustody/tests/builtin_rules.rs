@@ -85,3 +85,23 @@ fn users_extend_the_allow_lists_from_their_own_rule_file() {
     let allow = "- list: kustody_allowed_automation\n  items: [\"system:serviceaccount:ci:deployer\"]\n  override: {items: append}\n";
     assert!(fired(&load(Some(allow))).is_empty());
 }
+
+#[test]
+fn the_allow_catalogue_loads_cleanly_and_every_entry_names_existing_rules() {
+    let (list, diags) = kustody_rules::allow::AllowList::load(&[(
+        "allow.yaml".to_owned(),
+        include_str!("../rules/allow.yaml").to_owned(),
+    )]);
+    assert!(diags.is_empty(), "{diags:#?}");
+    assert!(list.entries().len() >= 15, "{} entries", list.entries().len());
+    let engine = load(None);
+    let names: Vec<String> =
+        engine.rules().map(|r| r.name.clone()).chain(engine.correlations().map(|c| c.name.clone())).collect();
+    for e in list.entries() {
+        assert!(!e.desc.is_empty(), "allow `{}` has no desc", e.name);
+        for pat in &e.rules {
+            let p = kustody_rules::allow::glob(pat);
+            assert!(names.iter().any(|n| p.matches(n)), "allow `{}`: `{pat}` names no built-in rule", e.name);
+        }
+    }
+}
