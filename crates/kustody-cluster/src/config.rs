@@ -19,6 +19,14 @@ pub struct ClusterOptions {
     pub namespace: Option<String>,
     /// `-A/--all-namespaces`.
     pub all_namespaces: bool,
+    /// `--as`: impersonate this user (the `Impersonate-User` header on every request).
+    pub impersonate: Option<String>,
+    /// `--as-group`: impersonate these groups too (`Impersonate-Group`, one header each).
+    pub impersonate_groups: Vec<String>,
+    /// `--request-timeout`: give up on connecting, or on a read or write that makes no progress,
+    /// after this long (zero or `None`: never, kubectl's default). This bounds streams too: an
+    /// exec or log read that receives nothing for this long fails.
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 /// Where the configuration came from.
@@ -302,6 +310,20 @@ pub async fn resolve(opts: &ClusterOptions) -> Result<Resolved, ClusterError> {
     }
     notes.push(format!("server: {}", config.cluster_url));
     notes.push(format!("authentication: {auth}"));
+    if let Some(user) = &opts.impersonate {
+        config.auth_info.impersonate = Some(user.clone());
+        config.auth_info.impersonate_groups =
+            (!opts.impersonate_groups.is_empty()).then(|| opts.impersonate_groups.clone());
+        notes.push(format!("impersonating: {user} (groups: {})", opts.impersonate_groups.join(", ")));
+    }
+    if let Some(t) = opts.request_timeout.filter(|t| !t.is_zero()) {
+        config.connect_timeout = Some(t);
+        config.read_timeout = Some(t);
+        config.write_timeout = Some(t);
+        // counted from each request, not from when its pooled connection went idle
+        config.reset_reader_on_write = true;
+        notes.push(format!("request timeout: {t:?}"));
+    }
     let namespace = opts.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     config.default_namespace = namespace.clone();
     Ok(Resolved { config, source, context, namespace, all_namespaces: opts.all_namespaces, auth, notes, native })

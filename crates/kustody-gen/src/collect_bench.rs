@@ -28,7 +28,7 @@ fn collect(kustody: &Path, kubeconfig: &Path, out: &Path, args: &[&str]) -> Resu
     let o = Command::new(kustody)
         .arg("collect")
         .args(args)
-        .arg("-o")
+        .arg("--output-file")
         .arg(out)
         .arg("--kubeconfig")
         .arg(kubeconfig)

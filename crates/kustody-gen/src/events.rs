@@ -488,10 +488,10 @@ impl Corpus {
     pub fn next_line(&mut self) -> String {
         self.n += 1;
         self.t += 1_000_000 + self.rng.below(20_000_000) as i64;
-        if self.benign_only && self.n % 10 == 0 {
+        if self.benign_only && self.n.is_multiple_of(10) {
             return lookalike(&mut self.rng, self.t).to_json();
         }
-        if !self.benign_only && self.n % 500 == 0 {
+        if !self.benign_only && self.n.is_multiple_of(500) {
             let chain = attack_chain(&mut self.rng, self.t);
             let i = self.rng.below(chain.len() as u64) as usize;
             if let Some(e) = chain.get(i) {

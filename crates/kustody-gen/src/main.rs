@@ -211,7 +211,7 @@ fn bench(bytes: u64, kustody: &Path, dir: &Path, upstream: &Path, runs: u32, thr
             let mut cmd = Command::new(kustody);
             cmd.arg("hunt")
                 .arg(&corpus)
-                .args(["-q", "-f", "jsonl", "-o", "/dev/null", "--stats-json"])
+                .args(["-q", "-f", "jsonl", "--output-file", "/dev/null", "--stats-json"])
                 .arg(&stats_path)
                 .args(extra);
             if let Some(t) = threads {
@@ -271,7 +271,7 @@ fn bench(bytes: u64, kustody: &Path, dir: &Path, upstream: &Path, runs: u32, thr
             let status = Command::new(kustody)
                 .arg("hunt")
                 .args(std::iter::repeat_n(path, REPEAT))
-                .args(["-q", "--parse-only", "-f", "jsonl", "-o", "/dev/null", "--stats-json"])
+                .args(["-q", "--parse-only", "-f", "jsonl", "--output-file", "/dev/null", "--stats-json"])
                 .arg(&stats_path)
                 .status()?;
             if !matches!(status.code(), Some(0 | 1)) {

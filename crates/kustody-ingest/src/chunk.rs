@@ -152,7 +152,7 @@ impl Chunk {
                                 // A Kinesis/Firehose data record as delivered: base64 of gzip
                                 // of a CloudWatch Logs subscription message.
                                 Some(Ok(json)) => self.value(&json, line_no, offset, on),
-                                Some(Err(reason)) => on(Err(self.bad(line_no, offset, reason))),
+                                Some(Err(reason)) => on(Err(self.bad(line_no, offset, reason.to_string()))),
                                 None => self.value(text, line_no, offset, on),
                             },
                         },
@@ -267,7 +267,7 @@ impl Chunk {
     fn deliver(
         &self,
         text: &str,
-        shape: Result<Unwrapped<'_>, String>,
+        shape: Result<Unwrapped<'_>, crate::managed::ManagedError>,
         line: u64,
         offset: u64,
         native: SourceFormat,
@@ -290,7 +290,7 @@ impl Chunk {
                 on(Ok(Record { text: &event, line, offset, format: SourceFormat::Gke, parts: Some(parts) }))
             }
             Ok(Unwrapped::Skip(reason)) => on(Err(self.bad(line, offset, format!("skipped: {reason}")))),
-            Err(reason) => on(Err(self.bad(line, offset, reason))),
+            Err(reason) => on(Err(self.bad(line, offset, reason.to_string()))),
         }
     }
 }

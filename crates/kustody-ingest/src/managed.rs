@@ -108,13 +108,50 @@ fn envelope(t: &str) -> Result<Envelope<'_>, jscan::ScanError> {
     Ok(env)
 }
 
+/// Why a record in a managed-cloud format cannot be read (it becomes a bad record with this
+/// text).
+#[derive(Debug, thiserror::Error)]
+pub enum ManagedError {
+    /// The record, or the event inside it, is not valid JSON.
+    #[error("invalid JSON: {0}")]
+    Scan(jscan::ScanError),
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A list member (`items`, `records`, `logEvents`, `events`) that is not a JSON array.
+    #[error("invalid JSON in `{field}`: {scan}")]
+    List { field: &'static str, scan: jscan::ScanError },
+    #[error("AKS record whose `category` is not a string")]
+    AksCategory,
+    #[error("AKS record without `properties.log`")]
+    AksNoLog,
+    /// The wrapper field meant to hold the event holds something else.
+    #[error("`{0}` is neither a JSON string nor an object")]
+    NotStringOrObject(&'static str),
+    #[error("`{0}` does not hold a JSON object")]
+    NotAnObject(&'static str),
+    #[error("base64 record that does not decode: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("base64 record whose gzip payload is damaged: {0}")]
+    Gzip(#[from] std::io::Error),
+    #[error("subscription record decompresses to more than {0} bytes")]
+    TooLarge(u64),
+    #[error("LogEntry without protoPayload")]
+    NoProtoPayload,
+    #[error("protoPayload of type `{0}` is not an AuditLog")]
+    NotAuditLog(String),
+    #[error("AuditLog without methodName")]
+    NoMethodName,
+    #[error("methodName `{0}` is not a Kubernetes API call")]
+    NotKubernetesCall(String),
+}
+
 /// Recognises a JSON array (a list of its elements), or a wrapper or a list by its top-level
 /// members, found in one validating pass (see [`crate::jscan`]). Text that is not a JSON object, or not valid JSON, is `Native`: the event
 /// parser then reports exactly what is wrong with it.
-pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
+pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, ManagedError> {
     let t = text.trim();
     if t.starts_with('[') {
-        return jscan::elements(t).map(Unwrapped::List).map_err(|e| format!("invalid JSON: {e}"));
+        return jscan::elements(t).map(Unwrapped::List).map_err(ManagedError::Scan);
     }
     if !t.starts_with('{') || looks_native(t) {
         return Ok(Unwrapped::Native);
@@ -147,17 +184,17 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
             }
         }
         // Not readable as a typed LogEntry (an unexpected type somewhere): the DOM mapping.
-        let v: Value = serde_json::from_str(t).map_err(|e| format!("invalid JSON: {e}"))?;
+        let v: Value = serde_json::from_str(t)?;
         return gke(&v).map(|e| Unwrapped::One(Cow::Owned(e.to_string()), SourceFormat::Gke));
     }
     if let (true, Some(category)) = (env.properties, env.category) {
         let Some(Ok(category)) = jscan::string_value(category) else {
-            return Err("AKS record whose `category` is not a string".into());
+            return Err(ManagedError::AksCategory);
         };
         if let Some(skip) = aks_not_audit(&category) {
             return Ok(skip);
         }
-        let log = env.log.ok_or("AKS record without `properties.log`")?;
+        let log = env.log.ok_or(ManagedError::AksNoLog)?;
         return embedded(log, "properties.log").map(|e| Unwrapped::One(e, SourceFormat::Aks));
     }
     if let Some(m) = env.message {
@@ -184,15 +221,15 @@ pub fn unwrap(text: &str) -> Result<Unwrapped<'_>, String> {
 
 /// A LogEntry with a `protoPayload`, read into borrowed fields and converted; `None` when `t`
 /// is not one the typed reader takes.
-fn log_entry(t: &str) -> Option<Result<Unwrapped<'_>, String>> {
+fn log_entry(t: &str) -> Option<Result<Unwrapped<'_>, ManagedError>> {
     let entry = serde_json::from_str::<GkeEntry<'_>>(t).ok()?;
     let p = entry.proto_payload.as_ref()?;
     Some(gke_fast(&entry, p, t.len()).map(|(text, parts)| Unwrapped::Gke(text, Box::new(parts))))
 }
 
 /// The elements of a list member; a list member that is not an array is a bad record.
-fn list<'a>(raw: &'a str, field: &str) -> Result<Unwrapped<'a>, String> {
-    jscan::elements(raw).map(Unwrapped::List).map_err(|e| format!("invalid JSON in `{field}`: {e}"))
+fn list<'a>(raw: &'a str, field: &'static str) -> Result<Unwrapped<'a>, ManagedError> {
+    jscan::elements(raw).map(Unwrapped::List).map_err(|scan| ManagedError::List { field, scan })
 }
 
 /// AKS diagnostic records of another log category are skipped, with the reason.
@@ -204,15 +241,15 @@ fn aks_not_audit(category: &str) -> Option<Unwrapped<'static>> {
 /// An event carried as a JSON string (escaped, and unescaped by the scan that found it) or as
 /// an object, inside a wrapper field. Whether the event is valid JSON is left to `Event::parse`
 /// (one pass, not two), whose error the caller reports with the record's format.
-fn embedded<'a>(m: jscan::Member<'a>, field: &str) -> Result<Cow<'a, str>, String> {
+fn embedded<'a>(m: jscan::Member<'a>, field: &'static str) -> Result<Cow<'a, str>, ManagedError> {
     if m.raw.starts_with('{') {
         return Ok(Cow::Borrowed(m.raw));
     }
     let Some(s) = m.text else {
-        return Err(format!("`{field}` is neither a JSON string nor an object"));
+        return Err(ManagedError::NotStringOrObject(field));
     };
     if !s.trim_start().starts_with('{') {
-        return Err(format!("`{field}` does not hold a JSON object"));
+        return Err(ManagedError::NotAnObject(field));
     }
     Ok(trimmed(s))
 }
@@ -244,7 +281,7 @@ const MAX_FIREHOSE_JSON: u64 = 64 << 20;
 
 /// A line of base64 that decodes to gzip: a CloudWatch Logs subscription record as Kinesis or
 /// Firehose deliver it. `None` when the line is not base64-of-gzip.
-pub fn decode_firehose(line: &str) -> Option<Result<String, String>> {
+pub fn decode_firehose(line: &str) -> Option<Result<String, ManagedError>> {
     use base64::Engine as _;
     use std::io::Read;
     let t = line.trim();
@@ -254,15 +291,15 @@ pub fn decode_firehose(line: &str) -> Option<Result<String, String>> {
     }
     let bytes = match base64::engine::general_purpose::STANDARD.decode(t) {
         Ok(b) => b,
-        Err(e) => return Some(Err(format!("base64 record that does not decode: {e}"))),
+        Err(e) => return Some(Err(e.into())),
     };
     let mut json = String::new();
     let mut gz = flate2::read::MultiGzDecoder::new(bytes.as_slice()).take(MAX_FIREHOSE_JSON + 1);
     if let Err(e) = gz.read_to_string(&mut json) {
-        return Some(Err(format!("base64 record whose gzip payload is damaged: {e}")));
+        return Some(Err(e.into()));
     }
     if json.len() as u64 > MAX_FIREHOSE_JSON {
-        return Some(Err(format!("subscription record decompresses to more than {MAX_FIREHOSE_JSON} bytes")));
+        return Some(Err(ManagedError::TooLarge(MAX_FIREHOSE_JSON)));
     }
     Some(Ok(json))
 }
@@ -443,13 +480,13 @@ fn part<'a>(whole: &Cow<'a, str>, piece: &str) -> Cow<'a, str> {
 }
 
 /// A LogEntry must hold a Kubernetes API call's AuditLog; its `methodName`.
-fn check_audit_log<'m>(ty: &str, method: Option<&'m str>) -> Result<&'m str, String> {
+fn check_audit_log<'m>(ty: &str, method: Option<&'m str>) -> Result<&'m str, ManagedError> {
     if !ty.ends_with("google.cloud.audit.AuditLog") {
-        return Err(format!("protoPayload of type `{ty}` is not an AuditLog"));
+        return Err(ManagedError::NotAuditLog(ty.to_owned()));
     }
-    let method = method.ok_or("AuditLog without methodName")?;
+    let method = method.ok_or(ManagedError::NoMethodName)?;
     if !method.starts_with("io.k8s.") {
-        return Err(format!("methodName `{method}` is not a Kubernetes API call"));
+        return Err(ManagedError::NotKubernetesCall(method.to_owned()));
     }
     Ok(method)
 }
@@ -500,7 +537,7 @@ fn target(resource_name: &str) -> Target<'_> {
 /// text need not be parsed again. The two are written side by side from the same values;
 /// `fast_path_parts_match_parsing_its_output` and the `audit_reader` fuzz target check that
 /// they agree.
-fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Result<(String, Parts<'a>), String> {
+fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Result<(String, Parts<'a>), ManagedError> {
     let m = check_audit_log(p.ty.as_deref().unwrap_or(""), p.method_name.as_deref())?;
     let no_name = Cow::Borrowed("");
     let verb = part(p.method_name.as_ref().unwrap_or(&no_name), m.rsplit('.').next().unwrap_or(""));
@@ -628,8 +665,8 @@ fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Resul
 const STREAMING: &[&str] = &["exec", "attach", "portforward", "proxy"];
 
 /// Maps a GKE LogEntry with an AuditLog protoPayload onto a native audit Event.
-pub fn gke(entry: &Value) -> Result<Value, String> {
-    let p = entry.get("protoPayload").ok_or("LogEntry without protoPayload")?;
+pub fn gke(entry: &Value) -> Result<Value, ManagedError> {
+    let p = entry.get("protoPayload").ok_or(ManagedError::NoProtoPayload)?;
     let method = check_audit_log(
         p.get("@type").and_then(Value::as_str).unwrap_or(""),
         p.get("methodName").and_then(Value::as_str),
@@ -756,7 +793,11 @@ mod tests {
         let ev = gke(&ns).unwrap();
         assert_eq!(ev["objectRef"]["resource"], "namespaces");
         assert_eq!(ev["objectRef"]["name"], "crypto");
-        assert!(gke(&json!({"protoPayload": {"@type": "x.Other"}})).is_err());
+        assert!(matches!(
+            gke(&json!({"protoPayload": {"@type": "x.Other"}})),
+            Err(ManagedError::NotAuditLog(t)) if t == "x.Other"
+        ));
+        assert!(matches!(gke(&json!({"logName": "x"})), Err(ManagedError::NoProtoPayload)));
     }
 
     /// The fast path's text, checked against the DOM mapping, and its parts against parsing

@@ -7,7 +7,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::cond::{self, Ast, Op};
 use crate::diag::{Diagnostic, Severity};
-use crate::expr::{self, Expr, RegexCache, Scope, Value};
+use crate::expr::{self, Expr, MacroError, RegexCache, Scope, Value};
 use crate::fields::{Arg, Field};
 use crate::loader::{exception_text, locate, Loader, RuleDef, K8S_AUDIT};
 use crate::output::Template;
@@ -220,18 +220,19 @@ pub(crate) struct LoadedSet<'l> {
 }
 
 impl Scope for LoadedSet<'_> {
-    fn macro_ast(&self, name: &str, from_macro: Option<&str>) -> Result<&Ast, String> {
-        let idx = self.loader.macro_idx.get(name).copied().ok_or_else(|| format!("undefined macro `{name}`"))?;
-        let m = self.loader.macros.get(idx).ok_or_else(|| format!("undefined macro `{name}`"))?;
+    fn macro_ast(&self, name: &str, from_macro: Option<&str>) -> Result<&Ast, MacroError> {
+        let undefined = || MacroError::Undefined(name.to_owned());
+        let idx = self.loader.macro_idx.get(name).copied().ok_or_else(undefined)?;
+        let m = self.loader.macros.get(idx).ok_or_else(undefined)?;
         if let Some(from) = from_macro {
             let from_def = self.loader.macro_idx.get(from).and_then(|&i| self.loader.macros.get(i));
             if let Some(f) = from_def {
                 if m.index >= f.visibility {
-                    return Err(format!("undefined macro `{name}` (it is defined after macro `{from}`, which can only use macros defined before it)"));
+                    return Err(MacroError::DefinedLater { name: name.to_owned(), from: from.to_owned() });
                 }
             }
         }
-        m.ast.as_ref().ok_or_else(|| format!("macro `{name}` has a syntax error"))
+        m.ast.as_ref().ok_or_else(|| MacroError::SyntaxError(name.to_owned()))
     }
     fn list_items(&self, name: &str) -> Option<&[String]> {
         self.lists.get(name).map(Vec::as_slice)
@@ -466,7 +467,7 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
                 text.push_str(&t);
             }
             Ok(None) => {}
-            Err(m) => errors.push(mk(Severity::Error, &e.loc.file, e.loc.pos.line, e.loc.pos.col, m)),
+            Err(m) => errors.push(mk(Severity::Error, &e.loc.file, e.loc.pos.line, e.loc.pos.col, m.to_string())),
         }
     }
     let exc_loc = def.exceptions.first().map(|e| e.loc.clone());
@@ -563,7 +564,13 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
     let prog = match prog::compile(&prune_implied(&expr, &keys)) {
         Ok(p) => p,
         Err(m) => {
-            errors.push(mk(Severity::Error, &def.cond_loc.file, def.cond_loc.pos.line, def.cond_loc.pos.col, m));
+            errors.push(mk(
+                Severity::Error,
+                &def.cond_loc.file,
+                def.cond_loc.pos.line,
+                def.cond_loc.pos.col,
+                m.to_string(),
+            ));
             return Err(errors);
         }
     };

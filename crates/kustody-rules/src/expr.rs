@@ -100,10 +100,49 @@ pub struct LowerError {
     pub message: String,
 }
 
+/// Why a macro named in a condition cannot be used (from [`Scope::macro_ast`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MacroError {
+    #[error("undefined macro `{0}`")]
+    Undefined(String),
+    /// Falco's load order: a macro sees only macros defined before it.
+    #[error(
+        "undefined macro `{name}` (it is defined after macro `{from}`, which can only use macros defined before it)"
+    )]
+    DefinedLater { name: String, from: String },
+    #[error("macro `{0}` has a syntax error")]
+    SyntaxError(String),
+}
+
+/// A comparison that Falco's (libsinsp's) operator and type rules refuse, found at load time.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TypeError {
+    #[error("`{0}` is not a network (use 10.0.0.0/8 or fd00::/8)")]
+    NotANetwork(String),
+    #[error("`cidr` does not apply to the number `{0}`")]
+    CidrOnNumber(String),
+    #[error("`{field}` is a list field: only `exists`, `in` and `intersects` apply to it, not `{op}`")]
+    ListField { field: String, op: &'static str },
+    #[error("operator `{op}` applies to byte-buffer fields; `{field}` is a string field")]
+    ByteOperator { op: &'static str, field: String },
+    #[error("operator `{op}` needs a numeric value, not `{value}`")]
+    NotNumeric { op: &'static str, value: String },
+    #[error("invalid regex `{pattern}`: {source}")]
+    Regex { pattern: String, source: regex::Error },
+    #[error("operator `{op}` does not apply to the number `{field}`")]
+    StringOperatorOnNumber { op: &'static str, field: String },
+    #[error("`val()` cannot be used with `{0}`")]
+    FieldValueWith(&'static str),
+    #[error("`{lhs}` and `{rhs}` have different types")]
+    DifferentTypes { lhs: String, rhs: String },
+    #[error("`{field}` is a number; `{value}` is not")]
+    NumberField { field: String, value: String },
+}
+
 /// What lowering needs from the loaded rule set.
 pub trait Scope {
     /// The parsed condition of macro `name`, if it is visible from the current context.
-    fn macro_ast(&self, name: &str, from_macro: Option<&str>) -> Result<&Ast, String>;
+    fn macro_ast(&self, name: &str, from_macro: Option<&str>) -> Result<&Ast, MacroError>;
     /// The final items of list `name`.
     fn list_items(&self, name: &str) -> Option<&[String]>;
 }
@@ -209,7 +248,7 @@ impl Lowerer<'_> {
                     ));
                 }
                 let from = self.stack.last().map(String::as_str);
-                let body = self.scope.macro_ast(name, from).map_err(|m| self.err(*span, m))?;
+                let body = self.scope.macro_ast(name, from).map_err(|m| self.err(*span, m.to_string()))?;
                 self.stack.push(name.clone());
                 let r = self.lower(body);
                 self.stack.pop();
@@ -243,14 +282,14 @@ impl Lowerer<'_> {
                     }
                     Rhs::Field(f) => Value::Field(self.operand(f)?),
                 };
-                check_types(&lhs, *op, &rhs).map_err(|m| self.err(*span, m))?;
+                check_types(&lhs, *op, &rhs).map_err(|m| self.err(*span, m.to_string()))?;
                 Expr::Cmp { lhs, op: *op, rhs }
             }
         })
     }
 
     fn operand(&self, f: &FieldExpr) -> Result<Operand, LowerError> {
-        let field = resolve(&f.name, f.arg.as_deref()).map_err(|m| self.err(f.span, m))?;
+        let field = resolve(&f.name, f.arg.as_deref()).map_err(|m| self.err(f.span, m.to_string()))?;
         let mut transformers = f.transformers.clone();
         transformers.reverse();
         if let Some(pos) = transformers.iter().position(|t| matches!(t, Transformer::Len | Transformer::Num)) {
@@ -273,54 +312,50 @@ fn is_numeric_text(s: &str) -> bool {
 }
 
 /// Falco's (libsinsp's) operator/type rules, checked at load time.
-fn check_types(lhs: &Operand, op: Op, rhs: &Value) -> Result<(), String> {
+fn check_types(lhs: &Operand, op: Op, rhs: &Value) -> Result<(), TypeError> {
     let name = lhs.display();
     if op == Op::Cidr {
         if let Value::List(items) = rhs {
             if let Some(bad) = items.iter().find(|i| parse_cidr(i).is_none()) {
-                return Err(format!("`{bad}` is not a network (use 10.0.0.0/8 or fd00::/8)"));
+                return Err(TypeError::NotANetwork(bad.clone()));
             }
         }
         if lhs.is_numeric() {
-            return Err(format!("`cidr` does not apply to the number `{name}`"));
+            return Err(TypeError::CidrOnNumber(name));
         }
         return Ok(());
     }
     if lhs.is_list() && !matches!(op, Op::In | Op::Intersects) {
-        return Err(format!(
-            "`{name}` is a list field: only `exists`, `in` and `intersects` apply to it, not `{}`",
-            op.name()
-        ));
+        return Err(TypeError::ListField { field: name, op: op.name() });
     }
     match op {
-        Op::BContains | Op::BStartsWith => {
-            return Err(format!("operator `{}` applies to byte-buffer fields; `{name}` is a string field", op.name()))
-        }
+        Op::BContains | Op::BStartsWith => return Err(TypeError::ByteOperator { op: op.name(), field: name }),
         Op::Lt | Op::Le | Op::Gt | Op::Ge => {
             if let Value::Str(v) = rhs {
                 if !is_numeric_text(v) {
-                    return Err(format!("operator `{}` needs a numeric value, not `{v}`", op.name()));
+                    return Err(TypeError::NotNumeric { op: op.name(), value: v.clone() });
                 }
             }
         }
         Op::Regex => {
             if let Value::Str(v) = rhs {
-                regex::Regex::new(&format!("^(?:{v})$")).map_err(|e| format!("invalid regex `{v}`: {e}"))?;
+                regex::Regex::new(&format!("^(?:{v})$"))
+                    .map_err(|source| TypeError::Regex { pattern: v.clone(), source })?;
             }
         }
         Op::Contains | Op::IContains | Op::StartsWith | Op::EndsWith | Op::Glob | Op::IGlob | Op::PMatch
             if lhs.is_numeric() =>
         {
-            return Err(format!("operator `{}` does not apply to the number `{name}`", op.name()))
+            return Err(TypeError::StringOperatorOnNumber { op: op.name(), field: name })
         }
         _ => {}
     }
     if let Value::Field(r) = rhs {
         if matches!(op, Op::PMatch | Op::Regex) {
-            return Err(format!("`val()` cannot be used with `{}`", op.name()));
+            return Err(TypeError::FieldValueWith(op.name()));
         }
         if r.is_list() != lhs.is_list() || r.is_numeric() != lhs.is_numeric() {
-            return Err(format!("`{name}` and `{}` have different types", r.display()));
+            return Err(TypeError::DifferentTypes { lhs: name, rhs: r.display() });
         }
     }
     if lhs.is_numeric() {
@@ -330,7 +365,7 @@ fn check_types(lhs: &Operand, op: Op, rhs: &Value) -> Result<(), String> {
             Value::Field(_) => None,
         };
         if let Some(v) = bad {
-            return Err(format!("`{name}` is a number; `{v}` is not"));
+            return Err(TypeError::NumberField { field: name, value: v });
         }
     }
     Ok(())

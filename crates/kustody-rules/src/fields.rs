@@ -323,31 +323,44 @@ pub struct FieldRef {
     pub display: String,
 }
 
+/// Why a field name (with its argument) does not resolve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("unknown field `{0}`")]
+    Unknown(String),
+    #[error("field `{0}` does not take an argument")]
+    UnexpectedArgument(String),
+    #[error("field `{name}` takes a numeric index, not `{arg}`")]
+    BadIndex { name: String, arg: String },
+    #[error("field `{0}` requires an argument, e.g. `{0}[key]`")]
+    MissingKey(String),
+    #[error("field `{0}` requires a JSON pointer, e.g. `{0}[/verb]`")]
+    MissingPointer(String),
+}
+
 /// Resolves `name` with its optional `arg` text.
-pub fn resolve(name: &str, arg: Option<&str>) -> Result<FieldRef, String> {
-    let info = lookup(name).ok_or_else(|| format!("unknown field `{name}`"))?;
+pub fn resolve(name: &str, arg: Option<&str>) -> Result<FieldRef, FieldError> {
+    let info = lookup(name).ok_or_else(|| FieldError::Unknown(name.to_owned()))?;
     let display = match arg {
         Some(a) => format!("{name}[{a}]"),
         None => name.to_owned(),
     };
     let arg = match (info.arg, arg) {
         (ArgKind::None, None) | (ArgKind::OptionalIndex, None) => Arg::None,
-        (ArgKind::None, Some(_)) => return Err(format!("field `{name}` does not take an argument")),
+        (ArgKind::None, Some(_)) => return Err(FieldError::UnexpectedArgument(name.to_owned())),
         (ArgKind::OptionalIndex, Some(a)) => {
             let valid = !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) && (a == "0" || !a.starts_with('0'));
             let n = a
                 .parse::<usize>()
                 .ok()
                 .filter(|_| valid)
-                .ok_or_else(|| format!("field `{name}` takes a numeric index, not `{a}`"))?;
+                .ok_or_else(|| FieldError::BadIndex { name: name.to_owned(), arg: a.to_owned() })?;
             Arg::Index(n)
         }
         (ArgKind::RequiredKey, Some(a)) if !a.is_empty() => Arg::Key(a.to_owned()),
-        (ArgKind::RequiredKey, _) => return Err(format!("field `{name}` requires an argument, e.g. `{name}[key]`")),
+        (ArgKind::RequiredKey, _) => return Err(FieldError::MissingKey(name.to_owned())),
         (ArgKind::Pointer, Some(a)) => Arg::Pointer(parse_pointer(a)),
-        (ArgKind::Pointer, None) => {
-            return Err(format!("field `{name}` requires a JSON pointer, e.g. `{name}[/verb]`"))
-        }
+        (ArgKind::Pointer, None) => return Err(FieldError::MissingPointer(name.to_owned())),
     };
     // As in libsinsp, a list field stays list-typed with an index: only `exists`, `in` and
     // `intersects` apply to it.
@@ -382,9 +395,13 @@ mod tests {
 
     #[test]
     fn arguments_are_validated() {
-        assert!(resolve("ka.uri.param", None).is_err());
-        assert!(resolve("ka.verb", Some("x")).is_err());
-        assert!(resolve("ka.sourceips", Some("01")).is_err());
+        assert_eq!(resolve("ka.uri.param", None), Err(FieldError::MissingKey("ka.uri.param".into())));
+        assert_eq!(resolve("ka.verb", Some("x")), Err(FieldError::UnexpectedArgument("ka.verb".into())));
+        assert_eq!(
+            resolve("ka.sourceips", Some("01")),
+            Err(FieldError::BadIndex { name: "ka.sourceips".into(), arg: "01".into() })
+        );
+        assert_eq!(resolve("ka.nope", None).unwrap_err().to_string(), "unknown field `ka.nope`");
         assert!(resolve("ka.user.groups", Some("1")).is_err(), "the plugin gives user.groups no index");
         let f = resolve("ka.sourceips", Some("1")).unwrap();
         assert!(f.is_list);

@@ -69,7 +69,7 @@ impl Template {
                     let name: Arc<str> = f.display.as_str().into();
                     segs.push(Seg::Field(f, name));
                 }
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(e.to_string()),
             }
         }
         if !lit.is_empty() {

@@ -64,13 +64,28 @@ pub enum Matcher {
     Field(Op, Operand),
 }
 
+/// Why a checked expression could not be compiled (`lower` validates most of these first).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProgError {
+    /// A value compared with a numeric field is not a number.
+    #[error("`{value}`: {source}")]
+    Number { value: String, source: std::num::ParseIntError },
+    #[error(transparent)]
+    Regex(#[from] regex::Error),
+    /// A substring automaton could not be built.
+    #[error(transparent)]
+    Substrings(#[from] aho_corasick::BuildError),
+    #[error("operator `{0}` is not supported")]
+    UnsupportedOperator(&'static str),
+}
+
 /// Compiles a checked expression. Fails only on patterns that `lower` already validated.
-pub fn compile(expr: &Expr) -> Result<Node, String> {
+pub fn compile(expr: &Expr) -> Result<Node, ProgError> {
     let node = build(expr)?;
     Ok(optimise(node))
 }
 
-fn build(expr: &Expr) -> Result<Node, String> {
+fn build(expr: &Expr) -> Result<Node, ProgError> {
     Ok(match expr {
         Expr::And(items) => Node::And(items.iter().map(build).collect::<Result<_, _>>()?),
         Expr::Or(items) => Node::Or(items.iter().map(build).collect::<Result<_, _>>()?),
@@ -88,7 +103,7 @@ fn is_rawtime(op: &Operand) -> bool {
     op.transformers.is_empty() && op.field.field == Field::JsonRawTime
 }
 
-fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
+fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, ProgError> {
     let items: Vec<&str> = match rhs {
         Value::Field(f) => return Ok(Matcher::Field(op, f.clone())),
         Value::Str(s) => vec![s.as_str()],
@@ -98,7 +113,7 @@ fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
     if lhs.is_numeric() {
         let nums = items
             .iter()
-            .map(|s| s.parse::<i128>().map_err(|e| format!("`{s}`: {e}")))
+            .map(|s| s.parse::<i128>().map_err(|source| ProgError::Number { value: (*s).to_owned(), source }))
             .collect::<Result<Box<[_]>, _>>()?;
         return Ok(Matcher::Num(op, nums));
     }
@@ -111,21 +126,21 @@ fn matcher(lhs: &Operand, op: Op, rhs: &Value) -> Result<Matcher, String> {
         Op::Ne => Matcher::Ne(first),
         Op::Lt | Op::Le | Op::Gt | Op::Ge => Matcher::Ord(op, first),
         Op::Contains => Matcher::Contains(first),
-        Op::IContains => Matcher::Substrings(
-            AhoCorasick::builder().ascii_case_insensitive(true).build([first.as_ref()]).map_err(|e| e.to_string())?,
-        ),
+        Op::IContains => {
+            Matcher::Substrings(AhoCorasick::builder().ascii_case_insensitive(true).build([first.as_ref()])?)
+        }
         Op::StartsWith => Matcher::StartsWith(first),
         Op::EndsWith => Matcher::EndsWith(first),
         Op::Glob | Op::IGlob => glob_matcher(&first, op == Op::IGlob)?,
         Op::PMatch => Matcher::PMatch(items.iter().map(|s| (*s).to_owned()).collect()),
-        Op::Regex => Matcher::Regex(regex::Regex::new(&format!("^(?:{first})$")).map_err(|e| e.to_string())?),
-        Op::BContains | Op::BStartsWith => return Err(format!("operator `{}` is not supported", op.name())),
+        Op::Regex => Matcher::Regex(regex::Regex::new(&format!("^(?:{first})$"))?),
+        Op::BContains | Op::BStartsWith => return Err(ProgError::UnsupportedOperator(op.name())),
     })
 }
 
 /// Globs of the shapes Sigma produces — `lit`, `lit*`, `*lit`, `*lit*` — as direct string
 /// tests (ASCII case folding for `iglob`, like fnmatch's FNM_CASEFOLD); anything else as fnmatch.
-fn glob_matcher(p: &str, ci: bool) -> Result<Matcher, String> {
+fn glob_matcher(p: &str, ci: bool) -> Result<Matcher, ProgError> {
     let inner = p.strip_prefix('*').unwrap_or(p);
     let inner = inner.strip_suffix('*').unwrap_or(inner);
     if inner.is_empty() || inner.contains(['*', '?', '[', '\\']) {
@@ -136,9 +151,9 @@ fn glob_matcher(p: &str, ci: bool) -> Result<Matcher, String> {
     Ok(match (lead, trail) {
         (false, false) if ci => Matcher::IEq(lit),
         (false, false) => Matcher::Eq(lit),
-        (true, true) if ci => Matcher::Substrings(
-            AhoCorasick::builder().ascii_case_insensitive(true).build([lit.as_ref()]).map_err(|e| e.to_string())?,
-        ),
+        (true, true) if ci => {
+            Matcher::Substrings(AhoCorasick::builder().ascii_case_insensitive(true).build([lit.as_ref()])?)
+        }
         (true, true) => Matcher::Contains(lit),
         (false, true) => Matcher::Prefix(lit, ci),
         (true, false) => Matcher::Suffix(lit, ci),

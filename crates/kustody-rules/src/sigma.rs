@@ -15,6 +15,50 @@
 use kustody_model::yaml::Node;
 use kustody_model::Priority;
 
+/// Why a Sigma rule (or the field-mapping file) cannot be translated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SigmaError {
+    /// The field-mapping file is not valid YAML.
+    #[error("{line}:{col}: {message}")]
+    Mapping { line: u32, col: u32, message: String },
+    #[error("Sigma rule without `title`")]
+    NoTitle,
+    #[error("log source {product:?}/{service:?} is not kubernetes/audit")]
+    LogSource { product: Option<String>, service: Option<String> },
+    #[error("Sigma rule without `detection`")]
+    NoDetection,
+    #[error("`detection` must be a mapping")]
+    DetectionNotMapping,
+    #[error("detection without `condition`")]
+    NoCondition,
+    /// A Sigma feature kustody does not translate: `timeframe`, keyword selections, a modifier.
+    #[error("{0} is not supported yet")]
+    Unsupported(String),
+    /// A problem inside the named selection.
+    #[error("selection `{name}`: {source}")]
+    Selection { name: String, source: Box<SigmaError> },
+    #[error("selection keys must be field names")]
+    SelectionKey,
+    #[error("empty selection")]
+    EmptySelection,
+    #[error("`{key}` has no values")]
+    NoValues { key: String },
+    #[error("`{key}` needs a number, not `{value}`")]
+    NotANumber { key: String, value: String },
+    #[error("`expand` produces too many values")]
+    ExpandTooMany,
+    #[error("placeholder `{0}` has no values (add it under `placeholders:` in the field-mapping file)")]
+    UnknownPlaceholder(String),
+    #[error("`of` needs a target")]
+    OfWithoutTarget,
+    #[error("`{quantifier} of {target}` matches no selection")]
+    OfMatchesNothing { quantifier: String, target: String },
+    #[error("condition names `{0}`, which is not a selection")]
+    UnknownSelection(String),
+    #[error("empty condition")]
+    EmptyCondition,
+}
+
 /// The field mapping shipped with kustody.
 pub const DEFAULT_MAPPING: &str = include_str!("../data/sigma-field-mapping.yaml");
 
@@ -35,8 +79,12 @@ pub struct Translated {
 const NUMERIC_PATHS: &[&str] = &["responseStatus.code"];
 
 /// Parses the mapping file into (sigma name, target) pairs.
-pub fn parse_mapping(text: &str) -> Result<Vec<(String, String)>, String> {
-    let docs = kustody_model::yaml::parse(text).map_err(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))?;
+pub fn parse_mapping(text: &str) -> Result<Vec<(String, String)>, SigmaError> {
+    let docs = kustody_model::yaml::parse(text).map_err(|e| SigmaError::Mapping {
+        line: e.pos.line,
+        col: e.pos.col,
+        message: e.message,
+    })?;
     let mut out = Vec::new();
     if let Some(Node::Map { entries, .. }) = docs.first() {
         for (k, v) in entries {
@@ -139,7 +187,7 @@ fn variants(v: &str, encode: Option<&str>, windash: bool) -> Vec<String> {
 fn expand_placeholders(
     values: Vec<Option<String>>,
     mapping: &[(String, String)],
-) -> Result<Vec<Option<String>>, String> {
+) -> Result<Vec<Option<String>>, SigmaError> {
     let mut out = Vec::new();
     let mut todo: Vec<String> = values.iter().flatten().cloned().collect();
     out.extend(values.iter().filter(|v| v.is_none()).cloned());
@@ -147,7 +195,7 @@ fn expand_placeholders(
     while let Some(v) = todo.pop() {
         guard += 1;
         if guard > 10_000 {
-            return Err("`expand` produces too many values".into());
+            return Err(SigmaError::ExpandTooMany);
         }
         let Some(start) = v.find('%') else {
             out.push(Some(v));
@@ -159,9 +207,7 @@ fn expand_placeholders(
         };
         let name = v.get(start..start + len + 2).unwrap_or("");
         let Some((_, vals)) = mapping.iter().find(|(k, _)| k == name) else {
-            return Err(format!(
-                "placeholder `{name}` has no values (add it under `placeholders:` in the field-mapping file)"
-            ));
+            return Err(SigmaError::UnknownPlaceholder(name.to_owned()));
         };
         for val in vals.split('\n') {
             todo.push(format!("{}{val}{}", v.get(..start).unwrap_or(""), v.get(start + len + 2..).unwrap_or("")));
@@ -183,7 +229,12 @@ fn scalar_text(n: &Node) -> Option<String> {
 }
 
 /// Translates one `field|mods: values` pair.
-fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Vec<String>) -> Result<String, String> {
+fn pair(
+    key: &str,
+    value: &Node,
+    mapping: &[(String, String)],
+    warnings: &mut Vec<String>,
+) -> Result<String, SigmaError> {
     let mut parts = key.split('|');
     let name = parts.next().unwrap_or("");
     let mods: Vec<&str> = parts.collect();
@@ -212,7 +263,7 @@ fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Ve
             "i" | "m" | "s" if shape == "re" => regex_flags.push_str(m),
             "exists" => exists = Some(value.as_str() != Some("false")),
             "fieldref" => fieldref = true,
-            other => return Err(format!("modifier `{other}` is not supported yet")),
+            other => return Err(SigmaError::Unsupported(format!("modifier `{other}`"))),
         }
     }
     if let Some(e) = exists {
@@ -224,7 +275,7 @@ fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Ve
         n => vec![scalar_text(n)],
     };
     if values.is_empty() {
-        return Err(format!("`{key}` has no values"));
+        return Err(SigmaError::NoValues { key: key.to_owned() });
     }
     let numeric =
         NUMERIC_PATHS.contains(&name) || mapping.iter().any(|(k, v)| k == name && NUMERIC_PATHS.contains(&v.as_str()));
@@ -269,7 +320,7 @@ fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Ve
             _ => None,
         } {
             if v.trim().parse::<i64>().is_err() {
-                return Err(format!("`{key}` needs a number, not `{v}`"));
+                return Err(SigmaError::NotANumber { key: key.to_owned(), value: v.clone() });
             }
             terms.push(format!("num({field}) {op} {}", v.trim()));
             continue;
@@ -302,16 +353,16 @@ fn pair(key: &str, value: &Node, mapping: &[(String, String)], warnings: &mut Ve
 }
 
 /// A selection: a map (all pairs AND) or a list of maps (OR).
-fn selection(n: &Node, mapping: &[(String, String)], warnings: &mut Vec<String>) -> Result<String, String> {
+fn selection(n: &Node, mapping: &[(String, String)], warnings: &mut Vec<String>) -> Result<String, SigmaError> {
     match n {
         Node::Map { entries, .. } => {
             let mut parts = Vec::new();
             for (k, v) in entries {
-                let key = k.as_str().ok_or("selection keys must be field names")?;
+                let key = k.as_str().ok_or(SigmaError::SelectionKey)?;
                 parts.push(pair(key, v, mapping, warnings)?);
             }
             if parts.is_empty() {
-                return Err("empty selection".into());
+                return Err(SigmaError::EmptySelection);
             }
             Ok(format!("({})", parts.join(" and ")))
         }
@@ -319,7 +370,7 @@ fn selection(n: &Node, mapping: &[(String, String)], warnings: &mut Vec<String>)
             let parts: Result<Vec<_>, _> = items.iter().map(|i| selection(i, mapping, warnings)).collect();
             Ok(format!("({})", parts?.join(" or ")))
         }
-        _ => Err("keyword selections (lists of plain values) are not supported yet".into()),
+        _ => Err(SigmaError::Unsupported("keyword selections (lists of plain values)".into())),
     }
 }
 
@@ -329,7 +380,7 @@ fn glob_names<'a>(pat: &str, names: &'a [String]) -> Vec<&'a String> {
 }
 
 /// Translates a Sigma condition, substituting selections.
-fn condition(cond: &str, sels: &[(String, String)]) -> Result<String, String> {
+fn condition(cond: &str, sels: &[(String, String)]) -> Result<String, SigmaError> {
     let names: Vec<String> = sels.iter().map(|(n, _)| n.clone()).collect();
     let get = |n: &str| sels.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let spaced = cond.replace('(', " ( ").replace(')', " ) ");
@@ -340,25 +391,28 @@ fn condition(cond: &str, sels: &[(String, String)]) -> Result<String, String> {
         match t {
             "and" | "or" | "not" | "(" | ")" => out.push(t.to_owned()),
             "1" | "all" | "any" if toks.get(i + 1) == Some(&"of") => {
-                let target = toks.get(i + 2).ok_or("`of` needs a target")?;
+                let target = toks.get(i + 2).ok_or(SigmaError::OfWithoutTarget)?;
                 let matched: Vec<&String> = if *target == "them" {
                     names.iter().filter(|n| !n.starts_with('_')).collect()
                 } else {
                     glob_names(target, &names)
                 };
                 if matched.is_empty() {
-                    return Err(format!("`{t} of {target}` matches no selection"));
+                    return Err(SigmaError::OfMatchesNothing {
+                        quantifier: t.to_owned(),
+                        target: (*target).to_owned(),
+                    });
                 }
                 let parts: Vec<String> = matched.iter().filter_map(|n| get(n)).collect();
                 out.push(format!("({})", parts.join(if t == "all" { " and " } else { " or " })));
                 i += 2;
             }
-            name => out.push(get(name).ok_or_else(|| format!("condition names `{name}`, which is not a selection"))?),
+            name => out.push(get(name).ok_or_else(|| SigmaError::UnknownSelection(name.to_owned()))?),
         }
         i += 1;
     }
     if out.is_empty() {
-        return Err("empty condition".into());
+        return Err(SigmaError::EmptyCondition);
     }
     Ok(out.join(" "))
 }
@@ -374,16 +428,16 @@ fn level_priority(level: Option<&str>) -> Priority {
 }
 
 /// Translates one Sigma rule document.
-pub fn translate(doc: &Node, mapping: &[(String, String)]) -> Result<Translated, String> {
-    let title = doc.get("title").and_then(Node::as_str).ok_or("Sigma rule without `title`")?.to_owned();
+pub fn translate(doc: &Node, mapping: &[(String, String)]) -> Result<Translated, SigmaError> {
+    let title = doc.get("title").and_then(Node::as_str).ok_or(SigmaError::NoTitle)?.to_owned();
     let ls = doc.get("logsource");
     let product = ls.and_then(|l| l.get("product")).and_then(Node::as_str);
     let service = ls.and_then(|l| l.get("service")).and_then(Node::as_str);
     if product != Some("kubernetes") || service != Some("audit") {
-        return Err(format!("log source {product:?}/{service:?} is not kubernetes/audit"));
+        return Err(SigmaError::LogSource { product: product.map(str::to_owned), service: service.map(str::to_owned) });
     }
-    let det = doc.get("detection").ok_or("Sigma rule without `detection`")?;
-    let Node::Map { entries, .. } = det else { return Err("`detection` must be a mapping".into()) };
+    let det = doc.get("detection").ok_or(SigmaError::NoDetection)?;
+    let Node::Map { entries, .. } = det else { return Err(SigmaError::DetectionNotMapping) };
     let mut warnings = Vec::new();
     let mut sels = Vec::new();
     let mut cond_text = None;
@@ -391,21 +445,22 @@ pub fn translate(doc: &Node, mapping: &[(String, String)]) -> Result<Translated,
         let Some(name) = k.as_str() else { continue };
         match name {
             "condition" => cond_text = Some(v),
-            "timeframe" => return Err("`timeframe` (aggregation) is not supported yet".into()),
+            "timeframe" => return Err(SigmaError::Unsupported("`timeframe` (aggregation)".into())),
             _ => sels.push((
                 name.to_owned(),
-                selection(v, mapping, &mut warnings).map_err(|e| format!("selection `{name}`: {e}"))?,
+                selection(v, mapping, &mut warnings)
+                    .map_err(|e| SigmaError::Selection { name: name.to_owned(), source: Box::new(e) })?,
             )),
         }
     }
     let cond = match cond_text {
         Some(Node::Scalar { value, .. }) => condition(value, &sels)?,
         Some(Node::Seq { items, .. }) => {
-            let parts: Result<Vec<_>, String> =
+            let parts: Result<Vec<_>, SigmaError> =
                 items.iter().filter_map(Node::as_str).map(|c| condition(c, &sels)).collect();
             format!("({})", parts?.join(") or ("))
         }
-        _ => return Err("detection without `condition`".into()),
+        _ => return Err(SigmaError::NoCondition),
     };
     let mut tags: Vec<String> = match doc.get("tags") {
         Some(Node::Seq { items, .. }) => items.iter().filter_map(Node::as_str).map(str::to_owned).collect(),
@@ -431,7 +486,7 @@ pub fn translate(doc: &Node, mapping: &[(String, String)]) -> Result<Translated,
 mod tests {
     use super::*;
 
-    fn tr(yaml: &str) -> Result<Translated, String> {
+    fn tr(yaml: &str) -> Result<Translated, SigmaError> {
         let docs = kustody_model::yaml::parse(yaml).unwrap();
         translate(&docs[0], &parse_mapping(DEFAULT_MAPPING).unwrap())
     }
@@ -460,7 +515,7 @@ mod tests {
     fn impossible_and_unsupported() {
         let t = tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    responseStatus.code: 'ALLOW'\n  condition: s\n").unwrap();
         assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
-        assert!(tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    verb|expand: '%x%'\n  condition: s\n").unwrap_err().contains("placeholder `%x%`"));
+        assert!(tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    verb|expand: '%x%'\n  condition: s\n").unwrap_err().to_string().contains("placeholder `%x%`"));
         let docs = kustody_model::yaml::parse("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s:\n    user.username|expand: '%admins%'\n  condition: s\n").unwrap();
         let mapping = parse_mapping("placeholders:\n  admins: [alice, bob]\n").unwrap();
         let t = translate(&docs[0], &mapping).unwrap();
@@ -472,8 +527,19 @@ mod tests {
             t.condition
         );
         assert!(t.condition.contains("num(jevt.value[/responseStatus/code]) >= 400"), "{}", t.condition);
-        assert!(tr("title: T\nlogsource: {product: windows}\ndetection:\n  s: {a: b}\n  condition: s\n").is_err());
-        assert!(tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s: {verb: get}\n  condition: t\n").is_err());
+        assert!(matches!(
+            tr("title: T\nlogsource: {product: windows}\ndetection:\n  s: {a: b}\n  condition: s\n"),
+            Err(SigmaError::LogSource { product: Some(p), service: None }) if p == "windows"
+        ));
+        assert_eq!(
+            tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s: {verb: get}\n  condition: t\n").unwrap_err(),
+            SigmaError::UnknownSelection("t".into())
+        );
+        let e = tr("title: T\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s: {verb|nope: get}\n  condition: s\n").unwrap_err();
+        assert!(
+            matches!(&e, SigmaError::Selection { name, source } if name == "s" && matches!(**source, SigmaError::Unsupported(_)))
+        );
+        assert_eq!(e.to_string(), "selection `s`: modifier `nope` is not supported yet");
     }
 
     #[test]

@@ -27,6 +27,41 @@ use crate::yaml::{self, Node};
 /// One failed expectation, described for a test report.
 pub type Failure = String;
 
+/// Why a cases file cannot be run at all (a failed case is a [`Failure`], not an error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CasesError {
+    #[error("{}{line}:{col}: {message}", prefix(file))]
+    Yaml { file: Option<String>, line: u32, col: u32, message: String },
+    #[error("{}empty cases file", prefix(file))]
+    Empty { file: Option<String> },
+    #[error("{}no `cases` list", prefix(file))]
+    NoCases { file: Option<String> },
+}
+
+fn prefix(file: &Option<String>) -> String {
+    file.as_ref().map(|f| format!("{f}: ")).unwrap_or_default()
+}
+
+/// The `cases` of a cases file, and its `base` event.
+fn cases_of<'d>(docs: &'d [Node], file: Option<&str>) -> Result<(Value, &'d [Node]), CasesError> {
+    let file = || file.map(str::to_owned);
+    let doc = docs.first().ok_or_else(|| CasesError::Empty { file: file() })?;
+    let base = doc.get("base").map(yaml::to_json).unwrap_or(Value::Object(Default::default()));
+    let Some(Node::Seq { items, .. }) = doc.get("cases") else {
+        return Err(CasesError::NoCases { file: file() });
+    };
+    Ok((base, items))
+}
+
+fn parse(cases_yaml: &str, file: Option<&str>) -> Result<Vec<Node>, CasesError> {
+    yaml::parse(cases_yaml).map_err(|e| CasesError::Yaml {
+        file: file.map(str::to_owned),
+        line: e.pos.line,
+        col: e.pos.col,
+        message: e.message,
+    })
+}
+
 /// Merges `patch` into `base`: objects recursively, `null` deletes, anything else replaces.
 pub fn merge(base: &mut Value, patch: &Value) {
     match (base, patch) {
@@ -44,13 +79,9 @@ pub fn merge(base: &mut Value, patch: &Value) {
 }
 
 /// Runs every case in `cases_yaml` against `engine`. Returns (cases run, failures).
-pub fn run_cases(engine: &Engine, cases_yaml: &str, file: &str) -> Result<(usize, Vec<Failure>), String> {
-    let docs = yaml::parse(cases_yaml).map_err(|e| format!("{file}:{}:{}: {}", e.pos.line, e.pos.col, e.message))?;
-    let doc = docs.first().ok_or_else(|| format!("{file}: empty"))?;
-    let base = doc.get("base").map(yaml::to_json).unwrap_or(Value::Object(Default::default()));
-    let Some(Node::Seq { items, .. }) = doc.get("cases") else {
-        return Err(format!("{file}: no `cases` list"));
-    };
+pub fn run_cases(engine: &Engine, cases_yaml: &str, file: &str) -> Result<(usize, Vec<Failure>), CasesError> {
+    let docs = parse(cases_yaml, Some(file))?;
+    let (base, items) = cases_of(&docs, Some(file))?;
     let mut failures = Vec::new();
     let mut scratch = Scratch::default();
     for case in items {
@@ -135,13 +166,9 @@ pub fn run_cases(engine: &Engine, cases_yaml: &str, file: &str) -> Result<(usize
 
 /// For each rule and correlation, the first case (in file order) where it fires, with the
 /// rendered output: the examples in generated rule documentation. Only `fires:` cases count.
-pub fn examples(engine: &Engine, cases_yaml: &str) -> Result<Vec<(String, String, String)>, String> {
-    let docs = yaml::parse(cases_yaml).map_err(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))?;
-    let doc = docs.first().ok_or("empty cases file")?;
-    let base = doc.get("base").map(yaml::to_json).unwrap_or(Value::Object(Default::default()));
-    let Some(Node::Seq { items, .. }) = doc.get("cases") else {
-        return Err("no `cases` list".into());
-    };
+pub fn examples(engine: &Engine, cases_yaml: &str) -> Result<Vec<(String, String, String)>, CasesError> {
+    let docs = parse(cases_yaml, None)?;
+    let (base, items) = cases_of(&docs, None)?;
     let mut out: Vec<(String, String, String)> = Vec::new();
     let mut scratch = Scratch::default();
     for case in items {

@@ -244,9 +244,9 @@ impl Client {
         if let Some(data) = stdin {
             let mut f = vec![0u8];
             f.extend_from_slice(data);
-            ws.send(Message::Binary(f)).await?;
+            ws.send(Message::Binary(f.into())).await?;
             if s.protocol.starts_with("v5") {
-                ws.send(Message::Binary(vec![255, 0])).await?;
+                ws.send(Message::Binary(vec![255, 0].into())).await?;
             }
         }
         let mut close_at = close_after.map(|d| tokio::time::Instant::now() + d);

@@ -194,7 +194,7 @@ fn frame(channel: u8, data: &[u8]) -> Message {
     let mut v = Vec::with_capacity(data.len() + 1);
     v.push(channel);
     v.extend_from_slice(data);
-    Message::Binary(v)
+    Message::Binary(v.into())
 }
 
 fn success() -> Value {

@@ -9,9 +9,29 @@ use kustody_model::Priority;
 #[command(
     name = "kustody",
     version,
-    about = "Kubernetes incident response: hunt audit logs with Falco-compatible rules"
+    about = "Kubernetes incident response: hunt audit logs with Falco-compatible rules",
+    after_help = "As in kubectl, `-o` (`--output`) chooses the output format and `--output-file` the file to \
+                  write; `-f`/`--format` are accepted for `-o`. Installed as `kubectl-kustody` (a link or \
+                  copy), the same binary runs as `kubectl kustody ...`."
 )]
 pub struct Cli {
+    /// Log level, as kubectl's `-v N`: 1 says how the connection was chosen (configuration,
+    /// context, server, authentication, impersonation) and how long things took, 2 adds the
+    /// Kubernetes client's warnings, 4 its information, 6 each API request (method, URL, status),
+    /// 8 response headers. `-v` alone is `-v 1`. Request bodies and credentials are never
+    /// logged.
+    #[arg(
+        short = 'v',
+        long = "v",
+        visible_alias = "verbose",
+        global = true,
+        value_name = "N",
+        num_args = 0..=1,
+        default_missing_value = "1",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u8).range(0..=10)
+    )]
+    pub verbosity: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -61,6 +81,32 @@ pub enum Command {
     ///
     /// Exit codes: 0 = intact, 1 = changed, missing or extra files, 2 = unreadable.
     Verify(VerifyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    ///
+    /// bash: `source <(kustody completion bash)`; zsh: `kustody completion zsh >
+    /// "${fpath[1]}/_kustody"`; fish: `kustody completion fish >
+    /// ~/.config/fish/completions/kustody.fish`.
+    Completion(CompletionArgs),
+    /// Print the man page (roff), or write one page per command into a directory.
+    ///
+    /// `kustody man | man -l -` reads it; `kustody man --output-dir /usr/local/share/man/man1`
+    /// installs kustody.1, kustody-hunt.1, kustody-rules-check.1 and the others.
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write kustody.1 and one page per subcommand (kustody-hunt.1, ...) into this directory
+    /// instead of printing kustody.1.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +144,13 @@ pub struct CollectArgs {
     #[arg(long, short = 'c')]
     pub container: Option<String>,
     /// Bundle: a new directory, or a FILE.tar.zst (default: ./kustody-evidence-WHAT-TIME).
-    #[arg(long, short = 'o', value_name = "DIR|FILE.tar.zst")]
+    /// Not `-o`: as in kubectl, `-o` is an output format, and collect writes a bundle, not a
+    /// format.
+    #[arg(long = "output-file", visible_alias = "bundle", value_name = "DIR|FILE.tar.zst")]
     pub output: Option<PathBuf>,
+    /// `-o`/`--output` from before 0.2 (the bundle path): refused with a pointer to --output-file.
+    #[arg(short = 'o', long = "output", hide = true, value_name = "DIR|FILE.tar.zst")]
+    pub old_output: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "triage")]
     pub profile: ProfileArg,
     /// Absolute paths or globs to copy as a tar stream (repeatable).
@@ -140,9 +191,20 @@ pub struct VerifyArgs {
     /// The manifest SHA-256 printed at collection time (recorded out of band): also checked.
     #[arg(long, value_name = "SHA256")]
     pub expect: Option<String>,
-    /// Print the report as JSON.
-    #[arg(long)]
+    /// Output format of the report.
+    #[arg(long = "output", short = 'o', visible_alias = "format", visible_short_alias = 'f', value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// Print the report as JSON (the same as `-o json`).
+    #[arg(long, hide = true)]
     pub json: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object.
+    Json,
 }
 
 /// Which cluster, as whom, where (kubectl's flags and precedence).
@@ -157,8 +219,20 @@ pub struct ClusterArgs {
     /// Namespace (default: the context's, else `default`).
     #[arg(long, short = 'n', global = true)]
     pub namespace: Option<String>,
-    /// Explain how the connection was chosen (configuration, context, server, authentication).
-    #[arg(long, short = 'v', global = true)]
+    /// Impersonate this user or service account (`system:serviceaccount:NS:NAME`), as kubectl's
+    /// `--as`: the API server checks that you may.
+    #[arg(long = "as", value_name = "USER", global = true)]
+    pub as_user: Option<String>,
+    /// Impersonate this group too (repeatable; needs --as).
+    #[arg(long = "as-group", value_name = "GROUP", global = true, requires = "as_user")]
+    pub as_group: Vec<String>,
+    /// Give up on a request after this long without progress (`30`, `30s`, `2m`, `1h`; 0 = never,
+    /// kubectl's default). As in kubectl, an exec or a log read that receives nothing for this
+    /// long fails too.
+    #[arg(long, value_name = "DURATION", global = true, value_parser = parse_request_timeout)]
+    pub request_timeout: Option<std::time::Duration>,
+    /// Set from the global `-v N` (1 or more): explain how the connection was chosen.
+    #[arg(skip)]
     pub verbose: bool,
 }
 
@@ -207,8 +281,8 @@ pub struct TokenArgs {
     /// AKS: client id of the service principal or identity (default: AZURE_CLIENT_ID).
     #[arg(long)]
     pub client_id: Option<String>,
-    /// Print how long minting took, on stderr.
-    #[arg(long, short = 'v')]
+    /// Set from the global `-v N` (1 or more): print how long minting took, on stderr.
+    #[arg(skip)]
     pub verbose: bool,
 }
 
@@ -231,8 +305,11 @@ pub struct ExecArgs {
     #[arg(long, value_name = "FILE")]
     pub stdin_file: Option<PathBuf>,
     /// Write stdout to this file instead of standard output.
-    #[arg(long, short = 'o', value_name = "FILE")]
+    #[arg(long = "output-file", value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// `-o`/`--output` from before 0.2 (a file): refused with a pointer to --output-file.
+    #[arg(short = 'o', long = "output", hide = true, value_name = "FILE")]
+    pub old_output: Option<PathBuf>,
     /// Have the container count its stdout too, and fail on a mismatch (needs sh, tee, wc).
     #[arg(long)]
     pub verify_size: bool,
@@ -280,7 +357,7 @@ pub struct QuarantineArgs {
     #[arg(long, short = 'A')]
     pub all_namespaces: bool,
     /// Output format of --list.
-    #[arg(long, short = 'f', value_enum, default_value_t = ListFormat::Table)]
+    #[arg(long = "output", short = 'o', visible_alias = "format", visible_short_alias = 'f', value_enum, default_value_t = ListFormat::Table)]
     pub format: ListFormat,
     /// Wait at most this long for verification (EndpointSlices, replacement) to settle.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -332,7 +409,7 @@ pub struct HuntArgs {
     #[command(flatten)]
     pub rules: RuleArgs,
     /// Output format.
-    #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
+    #[arg(long = "output", short = 'o', visible_alias = "format", visible_short_alias = 'f', value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Only report rules at least this severe (emergency … debug).
     #[arg(long, value_name = "PRIORITY", value_parser = parse_priority)]
@@ -344,7 +421,7 @@ pub struct HuntArgs {
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
     /// Write detections to FILE instead of stdout.
-    #[arg(long, short = 'o', value_name = "FILE")]
+    #[arg(long = "output-file", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Treat any rule diagnostic or bad record as a fatal error.
     #[arg(long)]
@@ -403,7 +480,7 @@ pub struct ListArgs {
     #[command(flatten)]
     pub rules: RuleArgs,
     /// Output format.
-    #[arg(long, short = 'f', value_enum, default_value_t = ListFormat::Table)]
+    #[arg(long = "output", short = 'o', visible_alias = "format", visible_short_alias = 'f', value_enum, default_value_t = ListFormat::Table)]
     pub format: ListFormat,
     /// List MITRE ATT&CK techniques and the rules covering them, instead of rules.
     #[arg(long)]
@@ -455,10 +532,10 @@ pub struct TimelineArgs {
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
     /// Output format.
-    #[arg(long, short = 'f', value_enum, default_value_t = TimelineFormat::Table)]
+    #[arg(long = "output", short = 'o', visible_alias = "format", visible_short_alias = 'f', value_enum, default_value_t = TimelineFormat::Table)]
     pub format: TimelineFormat,
     /// Write to FILE instead of stdout.
-    #[arg(long, short = 'o', value_name = "FILE")]
+    #[arg(long = "output-file", value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
 
@@ -515,4 +592,112 @@ pub enum ColorChoice {
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
     s.parse::<Priority>().map_err(|e| e.to_string())
+}
+
+/// kubectl's `--request-timeout`: `0` (none), whole seconds, or a number with a unit (`ms`, `s`,
+/// `m`, `h`; combined as Go writes them: `1m30s`).
+pub fn parse_request_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("`{s}` is not a duration: use seconds (`30`) or a unit (`500ms`, `30s`, `2m`, `1h`, `1m30s`)");
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<u64>().map(std::time::Duration::from_secs).map_err(|_| bad());
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(digits);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let part = match unit {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+            "h" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(part);
+        rest = tail;
+    }
+    if s.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// `-v` without a number means `-v 1`, but clap would take the next word as its number
+/// (`kustody exec -v pod/x`): so a bare `-v`/`--v`/`--verbose` not followed by a number is
+/// rewritten to `-v=1` before parsing. Words after `--` are the user's and left alone.
+pub fn normalize_verbosity(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest_is_user = false;
+    for (i, a) in args.iter().enumerate() {
+        if rest_is_user || i == 0 {
+            out.push(a.clone());
+            continue;
+        }
+        if a == "--" {
+            rest_is_user = true;
+            out.push(a.clone());
+            continue;
+        }
+        let bare = a == "-v" || a == "--v" || a == "--verbose";
+        let number_follows = args
+            .get(i + 1)
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if bare && !number_follows {
+            out.push("-v=1".into());
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_timeouts_read_as_kubectl_writes_them() {
+        use std::time::Duration;
+        assert_eq!(parse_request_timeout("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_request_timeout("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_request_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_request_timeout("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_request_timeout("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "s", "1x", "1.5s", "-1s", "m1"] {
+            assert!(parse_request_timeout(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bare_v_means_level_one_and_leaves_the_next_word_alone() {
+        let norm = |a: &[&str]| -> Vec<String> {
+            normalize_verbosity(a.iter().map(std::ffi::OsString::from))
+                .into_iter()
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            norm(&["k", "exec", "-v", "pod/x", "--", "ls", "-v"]),
+            ["k", "exec", "-v=1", "pod/x", "--", "ls", "-v"]
+        );
+        assert_eq!(norm(&["k", "auth", "whoami", "-v", "6"]), ["k", "auth", "whoami", "-v", "6"]);
+        assert_eq!(norm(&["k", "auth", "whoami", "--verbose"]), ["k", "auth", "whoami", "-v=1"]);
+        let cli = Cli::try_parse_from(norm(&["kustody", "auth", "whoami", "-v"])).unwrap();
+        assert_eq!(cli.verbosity, 1);
+        let cli = Cli::try_parse_from(norm(&["kustody", "-v", "6", "auth", "whoami"])).unwrap();
+        assert_eq!(cli.verbosity, 6);
+        let cli = Cli::try_parse_from(["kustody", "auth", "whoami", "--v=8"]).unwrap();
+        assert_eq!(cli.verbosity, 8);
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -21,6 +21,9 @@ pub(crate) async fn connect(args: &ClusterArgs) -> Result<Cluster> {
         context: args.context.clone(),
         namespace: args.namespace.clone(),
         all_namespaces: false,
+        impersonate: args.as_user.clone(),
+        impersonate_groups: args.as_group.clone(),
+        request_timeout: args.request_timeout,
     };
     let cluster = Cluster::connect(&opts).await?;
     if args.verbose {

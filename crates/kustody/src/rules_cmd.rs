@@ -226,7 +226,7 @@ pub fn render_doc() -> Result<String> {
     if let Some(d) = diags.first() {
         anyhow::bail!("the built-in rules have diagnostics: {d}");
     }
-    let mut examples = kustody_rules::testing::examples(&engine, ruleset::BUILTIN_CASES).map_err(anyhow::Error::msg)?;
+    let mut examples = kustody_rules::testing::examples(&engine, ruleset::BUILTIN_CASES)?;
     // the rules that are off by default, enabled as a user would
     let enable: String = engine
         .rules()
@@ -237,9 +237,7 @@ pub fn render_doc() -> Result<String> {
         ruleset::BUILTIN.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect();
     files.push(("enable.yaml".into(), enable));
     let (enabled_all, _) = Engine::load(&files, &EngineOptions::default());
-    examples.extend(
-        kustody_rules::testing::examples(&enabled_all, ruleset::BUILTIN_OPTIONAL_CASES).map_err(anyhow::Error::msg)?,
-    );
+    examples.extend(kustody_rules::testing::examples(&enabled_all, ruleset::BUILTIN_OPTIONAL_CASES)?);
     let items = items(&engine);
     let cov = coverage(&items);
     let mut s = String::new();

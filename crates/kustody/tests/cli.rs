@@ -437,3 +437,157 @@ fn rules_list_mitre_maps_techniques_to_rules() {
     let table = text(&kustody(&["rules", "list", "--mitre"]).stdout);
     assert!(table.contains("T1611      Escape to Host"), "{table}");
 }
+
+#[test]
+fn dash_o_is_the_output_format_as_in_kubectl_and_dash_f_still_works() {
+    for (sub, formats) in [
+        (vec!["hunt", EXAMPLE, "-q"], vec!["json", "jsonl", "csv", "timesketch"]),
+        (vec!["timeline", EXAMPLE, "--ip", "10.244.1.17"], vec!["jsonl", "csv"]),
+        (vec!["rules", "list"], vec!["json", "table"]),
+    ] {
+        for f in formats {
+            let run = |flag: &str| {
+                let mut args = sub.clone();
+                args.extend([flag, f]);
+                let out = kustody(&args);
+                assert!(out.status.code().is_some_and(|c| c < 2), "{args:?}: {}", text(&out.stderr));
+                text(&out.stdout)
+            };
+            let with_o = run("-o");
+            assert!(!with_o.is_empty(), "{sub:?} -o {f}");
+            assert_eq!(with_o, run("-f"), "{sub:?}: -o {f} and -f {f} differ");
+            assert_eq!(with_o, run("--output"), "{sub:?}: -o {f} and --output {f} differ");
+            assert_eq!(with_o, run("--format"), "{sub:?}: -o {f} and --format {f} differ");
+        }
+    }
+    // a wrong format is refused, naming the choices
+    let out = kustody(&["hunt", EXAMPLE, "-o", "yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("possible values: table, jsonl, json, csv, timesketch"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn output_file_writes_what_stdout_would_show() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, args) in [
+        ("hunt.jsonl", vec!["hunt", EXAMPLE, "-q", "-o", "jsonl"]),
+        ("timeline.csv", vec!["timeline", EXAMPLE, "--ip", "10.244.1.17", "-o", "csv"]),
+    ] {
+        let path = dir.path().join(name);
+        let mut to_file = args.clone();
+        to_file.extend(["--output-file", path.to_str().unwrap()]);
+        let written = kustody(&to_file);
+        assert!(written.status.code().is_some_and(|c| c < 2), "{}", text(&written.stderr));
+        assert!(written.stdout.is_empty(), "{name}: stdout not empty");
+        let shown = kustody(&args);
+        let file = std::fs::read_to_string(&path).unwrap();
+        assert!(!file.is_empty(), "{name} is empty");
+        assert_eq!(file, text(&shown.stdout), "{name}");
+    }
+}
+
+#[test]
+fn dash_o_with_a_path_is_refused_where_there_is_no_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    // refused before any cluster is contacted, and nothing is written
+    let out = kustody(&["collect", "pod/x", "--kubeconfig", "/nonexistent", "-o", bundle.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("-o is the output format, as in kubectl, and collect has none"), "{stderr}");
+    assert!(stderr.contains(&format!("--output-file {}", bundle.display())), "{stderr}");
+    assert!(!bundle.exists());
+    let out = kustody(&["exec", "pod/x", "-o", "out.bin", "--", "id"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("exec has none; write exec's output with --output-file out.bin"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn shell_completions_name_every_command() {
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef kustody"), ("fish", "complete -c kustody")] {
+        let out = kustody(&["completion", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell}: no `{marker}`");
+        for cmd in ["hunt", "timeline", "quarantine", "collect", "verify", "completion"] {
+            assert!(script.contains(cmd), "{shell} completion lacks `{cmd}`");
+        }
+        for flag in ["output-file", "request-timeout", "as-group"] {
+            assert!(script.contains(flag), "{shell} completion lacks `--{flag}`");
+        }
+    }
+    // bash accepts the script
+    if Path::new("/bin/bash").exists() {
+        let script = text(&kustody(&["completion", "bash"]).stdout);
+        let out = Command::new("/bin/bash").args(["-c", &format!("{script}\ncomplete -p kustody")]).output().unwrap();
+        assert!(text(&out.stdout).contains("kustody"), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn man_pages_render() {
+    let out = kustody(&["man"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let page = text(&out.stdout);
+    assert!(page.starts_with(".ie \\n(.g .ds Aq") || page.contains(".TH kustody 1"), "{page}");
+    assert!(page.contains("kustody\\-hunt") || page.contains("hunt"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = kustody(&["man", "--output-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for name in
+        ["kustody.1", "kustody-hunt.1", "kustody-rules-check.1", "kustody-auth-whoami.1", "kustody-completion.1"]
+    {
+        let p = dir.path().join(name);
+        let page = std::fs::read_to_string(&p).unwrap_or_else(|_| panic!("{name} not written"));
+        assert!(page.contains(".TH "), "{name}");
+    }
+    let hunt = std::fs::read_to_string(dir.path().join("kustody-hunt.1")).unwrap();
+    assert!(hunt.contains("output\\-file"), "{hunt}");
+    // groff, where installed, renders it to text without warnings
+    if Command::new("groff").arg("--version").output().is_ok() {
+        let out = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", dir.path().join("kustody-hunt.1").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let rendered = text(&out.stdout);
+        assert!(rendered.contains("Run detection rules"), "{rendered}");
+    } else {
+        eprintln!("SKIP groff rendering: groff is not installed");
+    }
+}
+
+#[test]
+fn runs_as_the_kubectl_plugin_kubectl_kustody() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("kubectl-kustody");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kustody"), &plugin).unwrap();
+    let run = |cmd: &mut Command| {
+        cmd.current_dir(repo()).env("KUSTODY_HOSTNAME", "golden").stdin(Stdio::null()).output().unwrap()
+    };
+    let help = run(Command::new(&plugin).arg("--help"));
+    assert_eq!(help.status.code(), Some(0));
+    assert!(text(&help.stdout).contains("Usage: kubectl kustody"), "{}", text(&help.stdout));
+    let bad = run(Command::new(&plugin).args(["hunt"]));
+    assert!(text(&bad.stderr).contains("Usage: kubectl kustody hunt"), "{}", text(&bad.stderr));
+    let direct = kustody(&["hunt", EXAMPLE, "-q", "-o", "jsonl"]);
+    let as_plugin = run(Command::new(&plugin).args(["hunt", EXAMPLE, "-q", "-o", "jsonl"]));
+    assert_eq!(as_plugin.stdout, direct.stdout);
+    // through kubectl itself, where it is installed: kubectl finds plugins on PATH
+    if Command::new("kubectl").arg("version").arg("--client").output().is_ok() {
+        let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+        let via =
+            run(Command::new("kubectl").args(["kustody", "hunt", EXAMPLE, "-q", "-o", "jsonl"]).env("PATH", path));
+        assert_eq!(via.stdout, direct.stdout, "{}", text(&via.stderr));
+    } else {
+        eprintln!("SKIP kubectl kustody: kubectl is not installed");
+    }
+}

@@ -45,7 +45,7 @@ fn whoami_and_exec_from_the_command_line() {
         "cli",
         "shell",
         "--verify-size",
-        "-o",
+        "--output-file",
         file.to_str().unwrap(),
         "--",
         "head",
@@ -154,4 +154,80 @@ fn eks_plugin_is_replaced_by_an_in_process_token_and_kustody_is_a_drop_in_plugin
         stderr.contains("running it, because the AWS credentials are profile `default` has no static keys"),
         "{stderr}"
     );
+}
+
+#[test]
+fn as_impersonates_and_v6_logs_each_request_without_credentials() {
+    let Some(c) = cluster(TestCluster::builder().namespace("cli")) else { return };
+    let kc = c.kubeconfig_path().to_str().unwrap().to_owned();
+    let out = kustody(&["auth", "whoami", "--kubeconfig", &kc, "--as", "alice", "--as-group", "devs", "-v", "6"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // the API server answered as alice: it received Impersonate-User and Impersonate-Group
+    assert!(stdout.contains("user:    alice"), "{stdout}");
+    assert!(stdout.contains("groups:  devs, system:authenticated"), "{stdout}");
+    assert!(stderr.contains("kustody: impersonating: alice (groups: devs)"), "{stderr}");
+    // -v 6: the request, with method and URL
+    assert!(stderr.contains("http.method=POST"), "{stderr}");
+    assert!(stderr.contains("/apis/authentication.k8s.io/v1/selfsubjectreviews"), "{stderr}");
+    assert!(!stderr.to_ascii_lowercase().contains("authorization"), "{stderr}");
+    // the audit log records the impersonation
+    let audit = std::fs::read_to_string(c.audit_log_path()).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("\"impersonatedUser\"") && l.contains("\"alice\"")),
+        "no impersonated event"
+    );
+    // -v 1 (and a bare -v) print no request lines
+    let out = kustody(&["auth", "whoami", "--kubeconfig", &kc, "-v"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("kustody: configuration:") && !stderr.contains("http.method"), "{stderr}");
+    // --as-group alone is refused, as kubectl does
+    let out = kustody(&["auth", "whoami", "--kubeconfig", &kc, "--as-group", "devs"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn request_timeout_gives_up_on_a_server_that_never_answers() {
+    // a listener that accepts connections and never says anything (no TLS handshake, no reply)
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: mute\nclusters:\n- name: mute\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: not-a-secret\ncontexts:\n- name: mute\n  context: {{cluster: mute, user: u}}\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kustody"))
+        .args(["auth", "whoami", "--kubeconfig", kc.to_str().unwrap(), "--request-timeout", "1s"])
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // a hang guard, not a timing assertion: without the flag kustody would wait for ever
+    let guard = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > guard {
+            let _ = child.kill();
+            panic!("--request-timeout 1s was not honoured: still waiting after 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!held.lock().unwrap().is_empty(), "kustody never connected");
 }

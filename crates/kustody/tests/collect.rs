@@ -138,7 +138,7 @@ fn shell_pod_volatile_state_drift_and_custody() {
             "pod/suspect",
             "-n",
             ns,
-            "-o",
+            "--output-file",
             out.to_str().unwrap(),
             "--case",
             "IR-7",
@@ -250,7 +250,7 @@ fn shell_pod_volatile_state_drift_and_custody() {
     assert!(v.stdout.contains("changed: pods/ir/suspect/containers/main/network.json"), "{}", v.stdout);
     assert!(v.stdout.contains("NOT INTACT"));
     // evidence is never overwritten
-    let again = kustody(Some(&kc), &["collect", "pod/suspect", "-n", ns, "-o", out.to_str().unwrap()]);
+    let again = kustody(Some(&kc), &["collect", "pod/suspect", "-n", ns, "--output-file", out.to_str().unwrap()]);
     assert_eq!(again.code, 2);
     assert!(again.stderr.contains("never overwritten"), "{}", again.stderr);
 }
@@ -270,7 +270,7 @@ fn three_containers_one_distroless_into_an_archive() {
     let out = dir.path().join("trio.tar.zst");
     let r = kustody(
         Some(&kc),
-        &["collect", "trio", "-n", ns, "-o", out.to_str().unwrap(), "--paths", "/app", "--profile", "full"],
+        &["collect", "trio", "-n", ns, "--output-file", out.to_str().unwrap(), "--paths", "/app", "--profile", "full"],
     );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(snapshot(&app_root), before, "the distroless container's filesystem changed");
@@ -281,7 +281,7 @@ fn three_containers_one_distroless_into_an_archive() {
         "{}",
         r.stdout
     );
-    let v = kustody(None, &["verify", out.to_str().unwrap(), "--json"]);
+    let v = kustody(None, &["verify", out.to_str().unwrap(), "-o", "json"]);
     assert_eq!(v.code, 0, "{}", v.stdout);
     let report: Value = serde_json::from_str(&v.stdout).unwrap();
     assert_eq!(report["intact"], true);
@@ -331,7 +331,7 @@ fn exec_forbidden_is_recorded_and_the_rest_collected() {
     let kc = c.write_kubeconfig_for_token("noexec", &token).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("b");
-    let r = kustody(Some(&kc), &["collect", "pod/p", "-n", ns, "-o", out.to_str().unwrap()]);
+    let r = kustody(Some(&kc), &["collect", "pod/p", "-n", ns, "--output-file", out.to_str().unwrap()]);
     assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("pods/exec"), "{}", r.stdout);
     let m = read_json(&out.join("MANIFEST.json"));
@@ -364,7 +364,16 @@ fn pod_deleted_mid_collection_leaves_a_valid_partial_bundle() {
     .unwrap();
     let out = dir.path().join("b");
     let child = Command::new(env!("CARGO_BIN_EXE_kustody"))
-        .args(["collect", "pod/doomed", "-n", ns, "-o", out.to_str().unwrap(), "--kubeconfig", kc.to_str().unwrap()])
+        .args([
+            "collect",
+            "pod/doomed",
+            "-n",
+            ns,
+            "--output-file",
+            out.to_str().unwrap(),
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+        ])
         .env_remove("KUBECONFIG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -435,7 +444,18 @@ fn selector_sweep_across_namespaces_with_owners_previous_logs_and_changed_files(
     let out = dir.path().join("sweep");
     let r = kustody(
         Some(&kc),
-        &["collect", "-l", "team=red", "-A", "--profile", "full", "-o", out.to_str().unwrap(), "--parallel", "2"],
+        &[
+            "collect",
+            "-l",
+            "team=red",
+            "-A",
+            "--profile",
+            "full",
+            "--output-file",
+            out.to_str().unwrap(),
+            "--parallel",
+            "2",
+        ],
     );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("collected 4 container(s) in 4 pod(s)"), "{}", r.stdout);
@@ -466,7 +486,7 @@ fn selector_sweep_across_namespaces_with_owners_previous_logs_and_changed_files(
     assert_eq!(kustody(None, &["verify", out.to_str().unwrap()]).code, 0);
     // a selector matching nothing is an error, and writes nothing
     let none = dir.path().join("none");
-    let r = kustody(Some(&kc), &["collect", "-l", "team=blue", "-n", ns, "-o", none.to_str().unwrap()]);
+    let r = kustody(Some(&kc), &["collect", "-l", "team=blue", "-n", ns, "--output-file", none.to_str().unwrap()]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no pod matches"), "{}", r.stderr);
     assert!(!none.exists());
@@ -486,7 +506,10 @@ fn via_debug_reads_a_shell_container_with_the_debug_images_tools() {
     let root = c.container_rootfs(ns, "shelly", "main").unwrap();
     let before = snapshot(&root);
     let out = dir.path().join("b");
-    let r = kustody(Some(&kc), &["collect", "pod/shelly", "-n", ns, "--via", "debug", "-o", out.to_str().unwrap()]);
+    let r = kustody(
+        Some(&kc),
+        &["collect", "pod/shelly", "-n", ns, "--via", "debug", "--output-file", out.to_str().unwrap()],
+    );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(snapshot(&root), before);
     let m = read_json(&out.join("MANIFEST.json"));

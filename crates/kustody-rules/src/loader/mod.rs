@@ -9,6 +9,10 @@
 //! * a macro sees only macros defined before its own latest definition; rules see all macros;
 //! * lists named in conditions always expand to their final items.
 
+mod correlation;
+mod exceptions;
+mod overrides;
+
 use std::sync::Arc;
 
 use kustody_model::Priority;
@@ -18,6 +22,9 @@ use crate::cond::{self, Ast};
 use crate::diag::{Diagnostic, Severity};
 use crate::engine::{Engine, EngineOptions};
 use crate::yaml::{self, Node, Pos};
+
+pub(crate) use exceptions::exception_text;
+use exceptions::exceptions;
 
 /// The Falco rules-engine version kustody implements. Files requiring a newer one still load
 /// (with a warning): most newer files use nothing newer.
@@ -312,7 +319,7 @@ impl Loader {
         let title = doc.get("title").and_then(Node::as_str).map(|t| format!("sigma rule `{t}`"));
         let det_pos = doc.get("detection").map_or(doc.pos(), Node::pos);
         match crate::sigma::translate(doc, &mapping) {
-            Err(e) => self.diag(Severity::Error, file, det_pos, title, e),
+            Err(e) => self.diag(Severity::Error, file, det_pos, title, e.to_string()),
             Ok(t) => {
                 for w in &t.warnings {
                     self.diag(Severity::Warning, file, det_pos, title.clone(), format!("can never match: {w}"));
@@ -448,51 +455,6 @@ impl Loader {
             }
         }
         Ok(())
-    }
-
-    /// Reads `append` / `override` for a macro or list.
-    fn mode(
-        &mut self,
-        file: &Arc<str>,
-        item: &Node,
-        name: &str,
-        kind: &str,
-        keys: &[&str],
-        appendable: &[&str],
-    ) -> Res<Mode> {
-        let append = item.get("append").map(|n| boolean(n, "append")).transpose()?.unwrap_or(false);
-        let Some(ov) = item.get("override") else {
-            if append {
-                self.diag(
-                    Severity::Warning,
-                    file,
-                    item.pos(),
-                    Some(format!("{kind} `{name}`")),
-                    "`append: true` is deprecated; use `override: {...: append}`",
-                );
-            }
-            return Ok(if append { Mode::Append } else { Mode::Define });
-        };
-        if append {
-            return Err((ov.pos(), "`append` and `override` cannot be used together".into()));
-        }
-        let Node::Map { entries, .. } = ov else {
-            return Err((ov.pos(), "`override` must be a mapping of key: append|replace".into()));
-        };
-        let mut out = Mode::Replace;
-        for (k, v) in entries {
-            let key = scalar(k, "override")?;
-            let how = scalar(v, &key)?;
-            if !keys.contains(&key.as_str()) {
-                return Err((k.pos(), format!("`{key}` cannot be overridden on a {kind}")));
-            }
-            match how.as_str() {
-                "append" if appendable.contains(&key.as_str()) => out = Mode::Append,
-                "replace" => {}
-                _ => return Err((v.pos(), format!("`{key}` override must be `append` or `replace`, not `{how}`"))),
-            }
-        }
-        Ok(out)
     }
 
     fn macro_item(&mut self, file: &Arc<str>, item: &Node) -> Res<()> {
@@ -659,287 +621,6 @@ impl Loader {
         })
     }
 
-    /// A `correlation` item (kustody extension; see [`crate::correlate`]).
-    fn correlation(&mut self, file: &Arc<str>, item: &Node) -> Res<()> {
-        const KEYS: &[&str] = &[
-            "correlation",
-            "desc",
-            "by",
-            "window",
-            "sequence",
-            "steps",
-            "count",
-            "priority",
-            "output",
-            "tags",
-            "enabled",
-        ];
-        let name_node = item.get("correlation").ok_or((item.pos(), "missing name".to_owned()))?;
-        let name = scalar(name_node, "correlation")?;
-        let label = Some(format!("correlation `{name}`"));
-        if let Node::Map { entries, .. } = item {
-            for (k, _) in entries {
-                if let Some(k) = k.as_str().filter(|k| !KEYS.contains(k)) {
-                    self.diag(Severity::Warning, file, item.pos(), label.clone(), format!("unknown key `{k}` ignored"));
-                }
-            }
-        }
-        if self.rule_idx.contains_key(&name) || self.correlations.iter().any(|c| c.name == name) {
-            return Err((name_node.pos(), format!("a rule or correlation named `{name}` already exists")));
-        }
-        let need = |key: &str| item.get(key).ok_or((item.pos(), format!("missing required key `{key}`")));
-        let desc = scalar(need("desc")?, "desc")?;
-        let prio_node = need("priority")?;
-        let priority =
-            scalar(prio_node, "priority")?.parse::<Priority>().map_err(|e| (prio_node.pos(), e.to_string()))?;
-        let output = scalar(need("output")?, "output")?;
-        let window_node = need("window")?;
-        let window = scalar(window_node, "window")?;
-        let window_ns = crate::correlate::parse_window(&window)
-            .ok_or((window_node.pos(), format!("invalid window `{window}` (a positive number with s, m, h or d)")))?;
-        let by = item.get("by").map(|n| strings(n, "by")).transpose()?.unwrap_or_else(|| vec!["ka.user.name".into()]);
-        if by.is_empty() {
-            return Err((item.pos(), "`by` needs at least one field".into()));
-        }
-        for f in &by {
-            if crate::fields::resolve(f, None).is_err() {
-                return Err((item.get("by").map_or(item.pos(), Node::pos), format!("unknown field `{f}` in `by`")));
-            }
-        }
-        // The output may use the grouping fields and %kustody.steps only: a finding spans events.
-        let mut rest = output.clone();
-        let mut by_sorted = by.clone();
-        by_sorted.sort_by_key(|b| std::cmp::Reverse(b.len()));
-        for f in by_sorted.iter().map(|f| format!("%{f}")).chain(["%kustody.steps".to_owned()]) {
-            rest = rest.replace(&f, "");
-        }
-        if let Some(i) = rest.find('%').filter(|&i| rest.get(i + 1..).is_some_and(|r| r.contains('.'))) {
-            let field: String =
-                rest.get(i..).unwrap_or("").chars().take_while(|c| !c.is_whitespace() && *c != ')').collect();
-            return Err((
-                item.get("output").map_or(item.pos(), Node::text_start),
-                format!("a correlation's output can use its `by` fields and %kustody.steps, not `{field}`"),
-            ));
-        }
-        let tags = item.get("tags").map(|n| strings(n, "tags")).transpose()?.unwrap_or_default();
-        let enabled = item.get("enabled").map(|n| boolean(n, "enabled")).transpose()?.unwrap_or(true);
-        let count = item
-            .get("count")
-            .map(|n| {
-                scalar(n, "count")
-                    .and_then(|c| c.parse::<u32>().map_err(|_| (n.pos(), "`count` must be a positive integer".into())))
-            })
-            .transpose()?;
-        // `sequence`: the steps in this order; `steps`: all of them, in any order.
-        let (seq, ordered, key) = match (item.get("sequence"), item.get("steps")) {
-            (Some(_), Some(s)) => {
-                return Err((s.pos(), "give either `sequence` (in order) or `steps` (any order), not both".into()))
-            }
-            (Some(s), None) => (s, true, "sequence"),
-            (None, Some(s)) => (s, false, "steps"),
-            (None, None) => return Err((item.pos(), "missing required key `sequence` (or `steps`)".into())),
-        };
-        let Node::Seq { items: steps_nodes, .. } = seq else {
-            return Err((seq.pos(), format!("`{key}` must be a list of steps")));
-        };
-        if steps_nodes.is_empty() || steps_nodes.len() > 16 {
-            return Err((seq.pos(), format!("`{key}` needs 1 to 16 steps")));
-        }
-        if count.is_some() != (steps_nodes.len() == 1) && count.is_some() {
-            return Err((seq.pos(), "a `count` threshold takes exactly one step".into()));
-        }
-        if count.is_none() && steps_nodes.len() < 2 {
-            return Err((seq.pos(), format!("`{key}` needs at least two steps (or a `count` threshold)")));
-        }
-        let mut steps = Vec::new();
-        for (i, st) in steps_nodes.iter().enumerate() {
-            let names = match st {
-                n if n.as_str().is_some() => vec![scalar(n, key)?],
-                Node::Map { .. } => {
-                    if let Some(r) = st.get("rule") {
-                        vec![scalar(r, "rule")?]
-                    } else if let Some(r) = st.get("rules") {
-                        strings(r, "rules")?
-                    } else if let Some(c) = st.get("condition") {
-                        let hidden = format!("{name} / step {}", i + 1);
-                        let def = RuleDef {
-                            name: hidden.clone(),
-                            desc: format!("step {} of correlation `{name}`", i + 1),
-                            condition: scalar(c, "condition")?,
-                            cond_loc: Loc { file: file.clone(), pos: c.text_start() },
-                            output: "%ka.auditid".into(),
-                            output_loc: Loc { file: file.clone(), pos: c.text_start() },
-                            priority: Priority::Debug,
-                            source: K8S_AUDIT.to_owned(),
-                            tags: Vec::new(),
-                            enabled,
-                            exceptions: Vec::new(),
-                            skip_if_unknown_filter: false,
-                            hidden: true,
-                            loc: Loc { file: file.clone(), pos: st.pos() },
-                        };
-                        self.rule_idx.insert(hidden.clone(), self.rules.len());
-                        self.rules.push(def);
-                        vec![hidden]
-                    } else {
-                        return Err((
-                            st.pos(),
-                            "a step is a rule name, or a map with `rule`, `rules` or `condition`".into(),
-                        ));
-                    }
-                }
-                other => return Err((other.pos(), format!("a step is a rule name or a map, not {}", other.kind()))),
-            };
-            if names.is_empty() {
-                return Err((st.pos(), "a step needs at least one rule".into()));
-            }
-            steps.push(names);
-        }
-        self.correlations.push(crate::correlate::CorrDef {
-            name,
-            desc: desc.trim().to_owned(),
-            by,
-            window,
-            window_ns,
-            steps,
-            ordered,
-            count,
-            priority,
-            tags,
-            output,
-            enabled,
-            loc: Loc { file: file.clone(), pos: item.pos() },
-        });
-        Ok(())
-    }
-
-    fn override_rule(&mut self, file: &Arc<str>, item: &Node, ov: &Node, i: usize) -> Res<()> {
-        let Node::Map { entries, .. } = ov else {
-            return Err((ov.pos(), "`override` must be a mapping of key: append|replace".into()));
-        };
-        let mut listed = Vec::new();
-        for (k, v) in entries {
-            let key = scalar(k, "override")?;
-            let how = scalar(v, &key)?;
-            let ok = match how.as_str() {
-                "append" => RULE_APPENDABLE.contains(&key.as_str()),
-                "replace" => RULE_OVERRIDABLE.contains(&key.as_str()),
-                _ => false,
-            };
-            if !ok {
-                return Err((v.pos(), format!("`{key}` cannot be overridden with `{how}`")));
-            }
-            let value = item
-                .get(&key)
-                .ok_or((k.pos(), format!("an override for `{key}` was specified but `{key}` is not defined")))?;
-            listed.push(key.clone());
-            let append = how == "append";
-            match key.as_str() {
-                "condition" | "output" | "desc" => {
-                    let text = scalar(value, &key)?;
-                    let loc = Loc { file: file.clone(), pos: value.text_start() };
-                    let Some(r) = self.rules.get_mut(i) else {
-                        continue;
-                    };
-                    let slot = match key.as_str() {
-                        "condition" => &mut r.condition,
-                        "output" => &mut r.output,
-                        _ => &mut r.desc,
-                    };
-                    if append {
-                        if !text.trim().is_empty() {
-                            *slot = format!("{} {}", slot, text);
-                        }
-                    } else {
-                        *slot = text;
-                        match key.as_str() {
-                            "condition" => r.cond_loc = loc,
-                            "output" => r.output_loc = loc,
-                            _ => {}
-                        }
-                    }
-                }
-                "priority" => {
-                    let t = scalar(value, "priority")?;
-                    let p = t.parse::<Priority>().map_err(|e| (value.pos(), e.to_string()))?;
-                    if let Some(r) = self.rules.get_mut(i) {
-                        r.priority = p;
-                    }
-                }
-                "tags" => {
-                    let tags = strings(value, "tags")?;
-                    if let Some(r) = self.rules.get_mut(i) {
-                        if append {
-                            for t in tags {
-                                if !r.tags.contains(&t) {
-                                    r.tags.push(t);
-                                }
-                            }
-                        } else {
-                            r.tags = tags;
-                        }
-                    }
-                }
-                "enabled" => {
-                    let v = boolean(value, "enabled")?;
-                    if let Some(r) = self.rules.get_mut(i) {
-                        r.enabled = v;
-                    }
-                }
-                "skip-if-unknown-filter" => {
-                    let v = boolean(value, &key)?;
-                    if let Some(r) = self.rules.get_mut(i) {
-                        r.skip_if_unknown_filter = v;
-                    }
-                }
-                "exceptions" => {
-                    let exc = exceptions(file, value)?;
-                    if append {
-                        self.append_exceptions(i, exc)?;
-                    } else if let Some(r) = self.rules.get_mut(i) {
-                        r.exceptions = exc;
-                    }
-                }
-                _ => {} // accepted for compatibility, no effect on audit rules
-            }
-        }
-        for key in RULE_OVERRIDABLE {
-            if item.get(key).is_some() && !listed.iter().any(|l| l == key) {
-                return Err((item.pos(), format!("unexpected key `{key}`: no corresponding entry under `override`")));
-            }
-        }
-        Ok(())
-    }
-
-    fn append_exceptions(&mut self, i: usize, new: Vec<ExceptionDef>) -> Res<()> {
-        let Some(r) = self.rules.get_mut(i) else {
-            return Ok(());
-        };
-        for e in new {
-            match r.exceptions.iter_mut().find(|x| x.name == e.name) {
-                Some(existing) => {
-                    if e.fields.is_some() || e.comps.is_some() {
-                        return Err((
-                            e.loc.pos,
-                            format!(
-                                "exception `{}` exists: an append may only add values, not fields or comps",
-                                e.name
-                            ),
-                        ));
-                    }
-                    existing.values.extend(e.values);
-                }
-                None => {
-                    if e.fields.is_none() || e.values.is_empty() {
-                        return Err((e.loc.pos, format!("new exception `{}` needs `fields` and `values`", e.name)));
-                    }
-                    r.exceptions.push(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Compiles everything loaded so far.
     pub fn finish(mut self, opts: &EngineOptions) -> (Engine, Vec<Diagnostic>) {
         // Lists: expand references to earlier lists.
@@ -1030,151 +711,6 @@ impl Loader {
     }
 }
 
-fn exceptions(file: &Arc<str>, node: &Node) -> Res<Vec<ExceptionDef>> {
-    let Node::Seq { items, .. } = node else {
-        if node.is_null() {
-            return Ok(Vec::new());
-        }
-        return Err((node.pos(), "`exceptions` must be a list".into()));
-    };
-    items
-        .iter()
-        .map(|e| {
-            let name = scalar(e.get("name").ok_or((e.pos(), "exception without `name`".to_owned()))?, "name")?;
-            let fields_or = |key: &str| -> Res<Option<ExcFields>> {
-                Ok(match e.get(key) {
-                    None => None,
-                    Some(n @ Node::Scalar { .. }) => Some(ExcFields::Single(scalar(n, key)?)),
-                    Some(n) => Some(ExcFields::Multi(strings(n, key)?)),
-                })
-            };
-            let values = match e.get("values") {
-                None => Vec::new(),
-                Some(Node::Seq { items, .. }) => items
-                    .iter()
-                    .map(|v| match v {
-                        Node::Seq { items, .. } => items
-                            .iter()
-                            .map(|x| match x {
-                                Node::Seq { .. } => strings(x, "values").map(ExcItem::List),
-                                other => scalar(other, "values").map(ExcItem::Scalar),
-                            })
-                            .collect::<Res<Vec<_>>>(),
-                        other => scalar(other, "values").map(|s| vec![ExcItem::Scalar(s)]),
-                    })
-                    .collect::<Res<Vec<_>>>()?,
-                Some(n) if n.is_null() => Vec::new(),
-                Some(n) => return Err((n.pos(), "exception `values` must be a list".into())),
-            };
-            Ok(ExceptionDef {
-                name,
-                fields: fields_or("fields")?,
-                comps: fields_or("comps")?,
-                values,
-                loc: Loc { file: file.clone(), pos: e.pos() },
-            })
-        })
-        .collect()
-}
-
-/// Text needing quotes inside a condition.
-fn quote(v: &str) -> String {
-    let needs = v.is_empty()
-        || v.bytes().any(|b| {
-            b.is_ascii_whitespace() || matches!(b, b'(' | b')' | b',' | b'=' | b'<' | b'>' | b'!' | b'"' | b'\'')
-        });
-    if needs {
-        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
-    } else {
-        v.to_owned()
-    }
-}
-
-fn is_list_op(c: &str) -> bool {
-    matches!(c, "in" | "intersects" | "pmatch")
-}
-
-/// The condition text one exception adds (`and not <this>`), in Falco's shape.
-pub(crate) fn exception_text(e: &ExceptionDef) -> Result<Option<String>, String> {
-    if e.values.is_empty() {
-        return Ok(None);
-    }
-    match &e.fields {
-        Some(ExcFields::Single(field)) => {
-            let comp = match &e.comps {
-                None => "in".to_owned(),
-                Some(ExcFields::Single(c)) => c.trim().to_owned(),
-                Some(ExcFields::Multi(_)) => {
-                    return Err(format!("exception `{}`: `comps` must be a single operator when `fields` is", e.name))
-                }
-            };
-            if !is_list_op(&comp) {
-                return Err(format!(
-                    "exception `{}`: with a single field, `comps` must be in, intersects or pmatch, not `{comp}`",
-                    e.name
-                ));
-            }
-            let mut vals = Vec::new();
-            for tuple in &e.values {
-                for v in tuple {
-                    match v {
-                        ExcItem::Scalar(s) => vals.push(quote(s)),
-                        ExcItem::List(_) => {
-                            return Err(format!(
-                                "exception `{}`: values must be scalars when `fields` is a single field",
-                                e.name
-                            ))
-                        }
-                    }
-                }
-            }
-            Ok(Some(format!("({field} {comp} ({}))", vals.join(", "))))
-        }
-        Some(ExcFields::Multi(fields)) => {
-            let comps: Vec<String> = match &e.comps {
-                None => vec!["=".to_owned(); fields.len()],
-                Some(ExcFields::Multi(c)) => c.iter().map(|s| s.trim().to_owned()).collect(),
-                Some(ExcFields::Single(c)) => vec![c.trim().to_owned()],
-            };
-            if comps.len() != fields.len() {
-                return Err(format!("exception `{}`: {} fields but {} comps", e.name, fields.len(), comps.len()));
-            }
-            let mut tuples = Vec::new();
-            for tuple in &e.values {
-                if tuple.len() != fields.len() {
-                    return Err(format!(
-                        "exception `{}`: a value has {} items for {} fields",
-                        e.name,
-                        tuple.len(),
-                        fields.len()
-                    ));
-                }
-                let parts: Vec<String> = fields
-                    .iter()
-                    .zip(&comps)
-                    .zip(tuple)
-                    .map(|((f, c), v)| {
-                        let val = match v {
-                            ExcItem::List(items) => {
-                                format!("({})", items.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "))
-                            }
-                            ExcItem::Scalar(s) if is_list_op(c) && !s.starts_with('(') => {
-                                format!("({})", quote(s))
-                            }
-                            ExcItem::Scalar(s) if is_list_op(c) => s.clone(),
-                            ExcItem::Scalar(s) => quote(s),
-                        };
-                        format!("{f} {c} {val}")
-                    })
-                    .collect();
-                tuples.push(format!("({})", parts.join(" and ")));
-            }
-            Ok(Some(format!("({})", tuples.join(" or "))))
-        }
-        None => Err(format!("exception `{}` has no `fields`", e.name)),
-    }
-}
-
 /// Maps a byte offset in a scalar's text to a position, and quotes the text around it.
 pub(crate) fn locate(text: &str, start: Pos, offset: usize) -> (Pos, String) {
     let offset = offset.min(text.len());
@@ -1194,48 +730,9 @@ pub(crate) fn locate(text: &str, start: Pos, offset: usize) -> (Pos, String) {
     (pos, snippet)
 }
 
-impl ExcFields {
-    #[cfg(test)]
-    fn single(s: &str) -> Self {
-        ExcFields::Single(s.to_owned())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn exc(fields: ExcFields, comps: Option<ExcFields>, values: Vec<Vec<ExcItem>>) -> ExceptionDef {
-        ExceptionDef {
-            name: "e".into(),
-            fields: Some(fields),
-            comps,
-            values,
-            loc: Loc { file: "f".into(), pos: Pos::default() },
-        }
-    }
-
-    #[test]
-    fn exception_texts() {
-        let e = exc(
-            ExcFields::Multi(vec!["ka.user.name".into(), "ka.target.namespace".into()]),
-            Some(ExcFields::Multi(vec!["endswith".into(), "in".into()])),
-            vec![vec![ExcItem::Scalar("@robot.example".into()), ExcItem::List(vec!["a".into(), "b c".into()])]],
-        );
-        assert_eq!(
-            exception_text(&e).unwrap().unwrap(),
-            "((ka.user.name endswith @robot.example and ka.target.namespace in (a, \"b c\")))"
-        );
-        let e = exc(
-            ExcFields::single("ka.verb"),
-            None,
-            vec![vec![ExcItem::Scalar("get".into())], vec![ExcItem::Scalar("list".into())]],
-        );
-        assert_eq!(exception_text(&e).unwrap().unwrap(), "(ka.verb in (get, list))");
-        let e =
-            exc(ExcFields::single("ka.verb"), Some(ExcFields::single("=")), vec![vec![ExcItem::Scalar("get".into())]]);
-        assert!(exception_text(&e).is_err());
-    }
 
     #[test]
     fn locate_points_into_text() {
