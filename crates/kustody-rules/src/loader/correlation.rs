@@ -8,8 +8,19 @@ use super::*;
 impl Loader {
     /// A `correlation` item (kustody extension; see [`crate::correlate`]).
     pub(super) fn correlation(&mut self, file: &Arc<str>, item: &Node) -> Res<()> {
-        const KEYS: &[&str] =
-            &["correlation", "desc", "by", "window", "sequence", "steps", "count", "priority", "output", "tags", "enabled"];
+        const KEYS: &[&str] = &[
+            "correlation",
+            "desc",
+            "by",
+            "window",
+            "sequence",
+            "steps",
+            "count",
+            "priority",
+            "output",
+            "tags",
+            "enabled",
+        ];
         let name_node = item.get("correlation").ok_or((item.pos(), "missing name".to_owned()))?;
         let name = scalar(name_node, "correlation")?;
         let label = Some(format!("correlation `{name}`"));
