@@ -413,7 +413,10 @@ struct GkePayload<'a> {
     #[serde(borrow, rename = "@type")]
     ty: Option<Cow<'a, str>>,
     #[serde(borrow)]
+    service_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     method_name: Option<Cow<'a, str>>,
+    authorization_info: Option<Vec<GkeAuthz>>,
     #[serde(borrow)]
     resource_name: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -426,6 +429,11 @@ struct GkePayload<'a> {
     request: Option<&'a serde_json::value::RawValue>,
     #[serde(borrow)]
     response: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct GkeAuthz {
+    granted: Option<bool>,
 }
 
 #[derive(serde::Deserialize)]
@@ -479,16 +487,46 @@ fn part<'a>(whole: &Cow<'a, str>, piece: &str) -> Cow<'a, str> {
     }
 }
 
-/// A LogEntry must hold a Kubernetes API call's AuditLog; its `methodName`.
-fn check_audit_log<'m>(ty: &str, method: Option<&'m str>) -> Result<&'m str, ManagedError> {
-    if !ty.ends_with("google.cloud.audit.AuditLog") {
-        return Err(ManagedError::NotAuditLog(ty.to_owned()));
+/// A LogEntry must hold a Kubernetes API call's AuditLog; its `methodName`. Some exports drop
+/// the payload's `@type`: an entry without one is still read when its `serviceName` is
+/// `k8s.io` or its `methodName` is a Kubernetes call (`io.k8s.*`).
+fn check_audit_log<'m>(
+    ty: Option<&str>,
+    service: Option<&str>,
+    method: Option<&'m str>,
+) -> Result<&'m str, ManagedError> {
+    match ty {
+        Some(ty) if !ty.ends_with("google.cloud.audit.AuditLog") => {
+            return Err(ManagedError::NotAuditLog(ty.to_owned()))
+        }
+        None if service.is_some_and(|s| s != "k8s.io") && !method.is_some_and(|m| m.starts_with("io.k8s.")) => {
+            return Err(ManagedError::NotAuditLog(format!("serviceName {}", service.unwrap_or_default())))
+        }
+        _ => {}
     }
     let method = method.ok_or(ManagedError::NoMethodName)?;
     if !method.starts_with("io.k8s.") {
         return Err(ManagedError::NotKubernetesCall(method.to_owned()));
     }
     Ok(method)
+}
+
+const DECISION: &str = "authorization.k8s.io/decision";
+
+/// The HTTP code of a LogEntry's `status.code`; a call the authorizer denied without a status
+/// is a 403, not the 200 an absent code otherwise means.
+fn denied_code(code: Option<i64>, denied: bool) -> i64 {
+    match code {
+        None | Some(0) if denied => 403,
+        c => http_code(c.unwrap_or(0)),
+    }
+}
+
+/// Sets the authorization decision to `forbid` (a denied call's labels may say otherwise or
+/// nothing).
+fn set_forbid(annotations: &mut Pairs<'_>) {
+    annotations.retain(|(k, _)| k != DECISION);
+    annotations.push((Cow::Borrowed(DECISION), Cow::Borrowed("forbid")));
 }
 
 /// What a GKE `resourceName` (`GROUP/VERSION[/namespaces/NS]/RESOURCE[/NAME[/SUB]]`) says
@@ -538,7 +576,9 @@ fn target(resource_name: &str) -> Target<'_> {
 /// `fast_path_parts_match_parsing_its_output` and the `audit_reader` fuzz target check that
 /// they agree.
 fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Result<(String, Parts<'a>), ManagedError> {
-    let m = check_audit_log(p.ty.as_deref().unwrap_or(""), p.method_name.as_deref())?;
+    let m = check_audit_log(p.ty.as_deref(), p.service_name.as_deref(), p.method_name.as_deref())?;
+    // `authorizationInfo[].granted: false`: the authorizer said no, whatever the labels say
+    let denied = p.authorization_info.iter().flatten().any(|a| a.granted == Some(false));
     let no_name = Cow::Borrowed("");
     let verb = part(p.method_name.as_ref().unwrap_or(&no_name), m.rsplit('.').next().unwrap_or(""));
     let resource_name = p.resource_name.as_ref().unwrap_or(&no_name);
@@ -559,7 +599,7 @@ fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Resul
         subresource: nonempty(sub),
         ..ObjectRef::default()
     };
-    let code = http_code(p.status.as_ref().and_then(|s| s.code).unwrap_or(0));
+    let code = denied_code(p.status.as_ref().and_then(|s| s.code), denied);
     let message = p.status.as_ref().and_then(|s| s.message.clone());
     let cluster = c.resource.as_ref().and_then(|r| r.labels.as_ref()).and_then(|l| l.cluster_name.as_ref());
     let annotations: Pairs<'a> = c
@@ -570,6 +610,10 @@ fn gke_fast<'a>(c: &GkeEntry<'a>, p: &GkePayload<'a>, entry_len: usize) -> Resul
         .cloned()
         .chain(cluster.map(|c| (Cow::Borrowed("cluster_name"), c.clone())))
         .collect();
+    let mut annotations = annotations;
+    if denied {
+        set_forbid(&mut annotations);
+    }
 
     // The Event is about as long as the LogEntry it comes from; growing the buffer while
     // writing cost a reallocation and a copy for most events.
@@ -668,9 +712,14 @@ const STREAMING: &[&str] = &["exec", "attach", "portforward", "proxy"];
 pub fn gke(entry: &Value) -> Result<Value, ManagedError> {
     let p = entry.get("protoPayload").ok_or(ManagedError::NoProtoPayload)?;
     let method = check_audit_log(
-        p.get("@type").and_then(Value::as_str).unwrap_or(""),
+        p.get("@type").map(|t| t.as_str().unwrap_or("")),
+        p.get("serviceName").and_then(Value::as_str),
         p.get("methodName").and_then(Value::as_str),
     )?;
+    let denied = p
+        .get("authorizationInfo")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|i| i.get("granted") == Some(&Value::Bool(false))));
     let verb = method.rsplit('.').next().unwrap_or("");
     let Target { group, version, namespace, resource, name, sub, uri, stage } =
         target(p.get("resourceName").and_then(Value::as_str).unwrap_or(""));
@@ -687,8 +736,8 @@ pub fn gke(entry: &Value) -> Result<Value, ManagedError> {
             object_ref.insert(k.into(), json!(v));
         }
     }
-    let code = p.get("status").and_then(|s| s.get("code")).and_then(Value::as_i64).unwrap_or(0);
-    let mut status = json!({"metadata": {}, "code": http_code(code)});
+    let code = p.get("status").and_then(|s| s.get("code")).and_then(Value::as_i64);
+    let mut status = json!({"metadata": {}, "code": denied_code(code, denied)});
     if let (Some(msg), Some(o)) = (p.get("status").and_then(|s| s.get("message")), status.as_object_mut()) {
         o.insert("message".into(), msg.clone());
     }
@@ -696,6 +745,9 @@ pub fn gke(entry: &Value) -> Result<Value, ManagedError> {
     let mut annotations = entry.get("labels").and_then(Value::as_object).cloned().unwrap_or_default();
     if let Some(c) = entry.get("resource").and_then(|r| r.get("labels")).and_then(|l| l.get("cluster_name")) {
         annotations.insert("cluster_name".into(), c.clone());
+    }
+    if denied {
+        annotations.insert(DECISION.into(), json!("forbid"));
     }
     let strip_type = |v: &Value| -> Value {
         let mut v = v.clone();
@@ -849,6 +901,48 @@ mod tests {
         ] {
             assert_eq!(fast(&entry), gke(&entry).unwrap());
         }
+    }
+
+    #[test]
+    fn gke_entries_without_type_are_read_by_service_and_method() {
+        // some exports drop the payload's @type; serviceName k8s.io and an io.k8s.* method say enough
+        let entry = json!({"insertId": "i", "protoPayload": {"serviceName": "k8s.io",
+            "methodName": "io.k8s.core.v1.secrets.get", "resourceName": "core/v1/namespaces/shop/secrets/db",
+            "authenticationInfo": {"principalEmail": "alice@example.com"}}, "timestamp": "2024-01-01T00:00:00Z"});
+        let f = fast(&entry);
+        assert_eq!(f, gke(&entry).unwrap());
+        assert_eq!(f["verb"], "get");
+        assert_eq!(f["objectRef"]["resource"], "secrets");
+        let no_service = json!({"protoPayload": {"methodName": "io.k8s.core.v1.pods.list"}});
+        assert_eq!(fast(&no_service), gke(&no_service).unwrap());
+        // another service without @type is not a Kubernetes audit entry
+        let other = json!({"protoPayload": {"serviceName": "compute.googleapis.com", "methodName": "v1.compute.instances.get"}});
+        assert!(matches!(gke(&other), Err(ManagedError::NotAuditLog(_))));
+    }
+
+    #[test]
+    fn gke_denied_authorization_is_read_as_forbidden() {
+        // granted: false with no status: a 403 and a forbid decision, whatever the labels say
+        let entry = json!({"insertId": "i", "labels": {"authorization.k8s.io/decision": "allow"},
+            "protoPayload": {"@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+            "methodName": "io.k8s.core.v1.secrets.list", "resourceName": "core/v1/namespaces/shop/secrets",
+            "authorizationInfo": [{"permission": "io.k8s.core.v1.secrets.list", "granted": false,
+                                   "resource": "core/v1/namespaces/shop/secrets"}]},
+            "timestamp": "2024-01-01T00:00:00Z"});
+        let f = fast(&entry);
+        assert_eq!(f, gke(&entry).unwrap());
+        assert_eq!(f["responseStatus"]["code"], 403);
+        assert_eq!(f["annotations"]["authorization.k8s.io/decision"], "forbid");
+        // a status code, when there is one, is kept
+        let mut with_status = entry.clone();
+        with_status["protoPayload"]["status"] = json!({"code": 5});
+        assert_eq!(fast(&with_status)["responseStatus"]["code"], 404);
+        // granted: true changes nothing
+        let mut granted = entry.clone();
+        granted["protoPayload"]["authorizationInfo"][0]["granted"] = json!(true);
+        let g = fast(&granted);
+        assert_eq!(g["responseStatus"]["code"], 200);
+        assert_eq!(g["annotations"]["authorization.k8s.io/decision"], "allow");
     }
 
     #[test]
