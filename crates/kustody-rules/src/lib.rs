@@ -18,6 +18,7 @@ mod engine;
 pub mod expr;
 pub mod extract;
 pub mod fields;
+pub mod findings;
 mod fnmatch;
 mod loader;
 pub mod output;

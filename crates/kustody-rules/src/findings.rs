@@ -1,0 +1,265 @@
+//! Findings: what a responder pages on, instead of one alert per rule match.
+//!
+//! Two foldings, both streaming in input order with bounded state:
+//!
+//! 1. **Per event.** Every rule an event fired becomes one finding: the highest priority wins
+//!    (its rule names the finding), and all rules and tags are listed. One privileged
+//!    DaemonSet create is one finding, not five alerts.
+//! 2. **Repeats.** Findings with the same lead rule, by the same identity, on the same kind of
+//!    target (resource and subresource) within a window (10 minutes by default, counted from the
+//!    first) fold into one, with a count, first and last seen, and sample audit IDs. A pod token
+//!    used with kubectl for a hundred requests is one finding with `count: 100`.
+//!
+//! A finding is emitted when its window has passed (by event time), when too many are open
+//! ([`FindingOptions::max_open`], oldest first), or at the end of input ([`Grouper::finish`]).
+//! Emission order is the order findings were opened, except that findings without an event
+//! time wait for the end. Like the correlator, the result depends only on the order of inputs.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use kustody_model::{Detection, Priority, SourceRef};
+use rustc_hash::FxHashMap;
+
+/// How findings fold.
+#[derive(Debug, Clone, Copy)]
+pub struct FindingOptions {
+    /// Repeats within this many nanoseconds of a finding's first event fold into it.
+    pub window_ns: i64,
+    /// Audit IDs kept per finding (the first ones).
+    pub samples: usize,
+    /// Findings held open at once before the oldest is emitted.
+    pub max_open: usize,
+}
+
+impl Default for FindingOptions {
+    fn default() -> Self {
+        FindingOptions { window_ns: 600 * 1_000_000_000, samples: 5, max_open: 50_000 }
+    }
+}
+
+/// One finding: a lead detection (the first event's highest-priority match) and what folded
+/// into it.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// The first event's highest-priority detection: output text, fields and context.
+    pub lead: Detection,
+    /// The highest priority of any folded match.
+    pub priority: Priority,
+    /// Every rule that fired, in first-seen order.
+    pub rules: Vec<Arc<str>>,
+    /// Every tag of those rules, sorted.
+    pub tags: Vec<String>,
+    /// Events folded (an event with several rules counts once).
+    pub events: u64,
+    /// Rule matches folded.
+    pub matches: u64,
+    pub first_ns: Option<i64>,
+    pub last_ns: Option<i64>,
+    /// The first audit IDs (at most [`FindingOptions::samples`]).
+    pub audit_ids: Vec<String>,
+    /// Where the last folded event is.
+    pub last_ref: SourceRef,
+}
+
+type Key = (Arc<str>, Option<String>, Option<String>, Option<String>);
+
+/// Streaming folding of one run's detections into findings.
+pub struct Grouper {
+    opts: FindingOptions,
+    open: FxHashMap<Key, Finding>,
+    /// Open keys in the order they were opened (with their first time), for expiry.
+    order: VecDeque<(Key, Option<i64>)>,
+}
+
+impl Grouper {
+    pub fn new(opts: FindingOptions) -> Grouper {
+        Grouper { opts, open: FxHashMap::default(), order: VecDeque::new() }
+    }
+
+    /// Findings currently open.
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Feeds the detections of one event (a correlation finding is an event of its own);
+    /// appends the findings this closes to `out`.
+    pub fn event(&mut self, mut dets: Vec<Detection>, out: &mut Vec<Finding>) {
+        if dets.is_empty() {
+            return;
+        }
+        // most severe first (`Priority` orders Emergency first); ties keep rule order
+        dets.sort_by_key(|d| d.priority);
+        let time = dets.iter().find_map(|d| d.time_ns);
+        if let Some(t) = time {
+            self.expire(t, out);
+        }
+        let mut iter = dets.into_iter();
+        let Some(lead) = iter.next() else { return };
+        let rest: Vec<Detection> = iter.collect();
+        let c = &lead.context;
+        let key: Key = (lead.rule.clone(), c.user.clone(), c.resource.clone(), c.subresource.clone());
+        if let Some(f) = self.open.get_mut(&key) {
+            fold(f, &lead, &rest, self.opts.samples);
+            return;
+        }
+        if self.open.len() >= self.opts.max_open {
+            self.close_oldest(out);
+        }
+        let mut f = Finding {
+            priority: lead.priority,
+            rules: Vec::new(),
+            tags: Vec::new(),
+            events: 0,
+            matches: 0,
+            first_ns: time,
+            last_ns: time,
+            audit_ids: Vec::new(),
+            last_ref: lead.source_ref.clone(),
+            lead: lead.clone(),
+        };
+        fold(&mut f, &lead, &rest, self.opts.samples);
+        self.order.push_back((key.clone(), time));
+        self.open.insert(key, f);
+    }
+
+    /// Emits every open finding, in the order they were opened.
+    pub fn finish(&mut self, out: &mut Vec<Finding>) {
+        while let Some((k, _)) = self.order.pop_front() {
+            if let Some(f) = self.open.remove(&k) {
+                out.push(f);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: i64, out: &mut Vec<Finding>) {
+        while let Some((_, Some(first))) = self.order.front() {
+            if now.saturating_sub(*first) <= self.opts.window_ns {
+                break;
+            }
+            self.close_oldest(out);
+        }
+    }
+
+    fn close_oldest(&mut self, out: &mut Vec<Finding>) {
+        if let Some((k, _)) = self.order.pop_front() {
+            if let Some(f) = self.open.remove(&k) {
+                out.push(f);
+            }
+        }
+    }
+}
+
+fn fold(f: &mut Finding, lead: &Detection, rest: &[Detection], samples: usize) {
+    f.events += 1;
+    for d in std::iter::once(lead).chain(rest) {
+        f.matches += 1;
+        if d.priority < f.priority {
+            f.priority = d.priority;
+        }
+        if !f.rules.iter().any(|r| *r == d.rule) {
+            f.rules.push(d.rule.clone());
+        }
+        for t in d.tags.iter() {
+            if let Err(i) = f.tags.binary_search(t) {
+                f.tags.insert(i, t.clone());
+            }
+        }
+    }
+    if let Some(t) = lead.time_ns {
+        f.first_ns = Some(f.first_ns.map_or(t, |x| x.min(t)));
+        f.last_ns = Some(f.last_ns.map_or(t, |x| x.max(t)));
+    }
+    if let Some(id) = &lead.audit_id {
+        if f.audit_ids.len() < samples && !f.audit_ids.contains(id) {
+            f.audit_ids.push(id.clone());
+        }
+    }
+    f.last_ref = lead.source_ref.clone();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests fail by panicking")]
+    use super::*;
+    use kustody_model::{EventContext, SourceFormat};
+
+    fn det(rule: &str, prio: Priority, user: &str, resource: &str, t_s: i64, id: &str) -> Detection {
+        Detection {
+            rule: Arc::from(rule),
+            priority: prio,
+            source: Arc::from("k8s_audit"),
+            tags: Arc::from(vec![format!("T{}", rule.len())]),
+            time_ns: Some(t_s * 1_000_000_000),
+            output: format!("{rule} by {user}"),
+            output_fields: Vec::new(),
+            audit_id: Some(id.to_owned()),
+            source_ref: SourceRef { file: Arc::from("f"), line: t_s as u64, offset: 0, format: SourceFormat::Native },
+            context: EventContext {
+                user: Some(user.to_owned()),
+                resource: Some(resource.to_owned()),
+                ..EventContext::default()
+            },
+        }
+    }
+
+    #[test]
+    fn one_event_with_five_rules_is_one_finding_led_by_the_highest_priority() {
+        let mut g = Grouper::new(FindingOptions::default());
+        let mut out = Vec::new();
+        let dets = vec![
+            det("DaemonSet Created", Priority::Warning, "u", "daemonsets", 0, "a"),
+            det("Privileged", Priority::Critical, "u", "daemonsets", 0, "a"),
+            det("Host Path", Priority::Critical, "u", "daemonsets", 0, "a"),
+            det("Host Namespaces", Priority::Warning, "u", "daemonsets", 0, "a"),
+            det("Root", Priority::Notice, "u", "daemonsets", 0, "a"),
+        ];
+        g.event(dets, &mut out);
+        g.finish(&mut out);
+        assert_eq!(out.len(), 1);
+        let f = &out[0];
+        assert_eq!(&*f.lead.rule, "Privileged");
+        assert_eq!(f.priority, Priority::Critical);
+        assert_eq!(f.rules.len(), 5);
+        assert_eq!((f.events, f.matches), (1, 5));
+        assert_eq!(f.audit_ids, ["a"]);
+    }
+
+    #[test]
+    fn repeats_fold_within_the_window_and_reopen_after_it() {
+        let mut g = Grouper::new(FindingOptions { samples: 3, ..FindingOptions::default() });
+        let mut out = Vec::new();
+        for i in 0..100 {
+            g.event(vec![det("Token Used", Priority::Warning, "sa", "pods", i, &format!("id{i}"))], &mut out);
+        }
+        // another identity and another kind of target are other findings
+        g.event(vec![det("Token Used", Priority::Warning, "sb", "pods", 100, "x")], &mut out);
+        g.event(vec![det("Token Used", Priority::Warning, "sa", "secrets", 101, "y")], &mut out);
+        assert!(out.is_empty(), "nothing closes within the window");
+        assert_eq!(g.open(), 3);
+        // eleven minutes after the first: the first closes, a new one opens
+        g.event(vec![det("Token Used", Priority::Warning, "sa", "pods", 661, "z")], &mut out);
+        assert_eq!(out.len(), 1);
+        let f = &out[0];
+        assert_eq!(f.events, 100);
+        assert_eq!((f.first_ns, f.last_ns), (Some(0), Some(99_000_000_000)));
+        assert_eq!(f.audit_ids, ["id0", "id1", "id2"]);
+        assert_eq!(f.last_ref.line, 99);
+        g.finish(&mut out);
+        assert_eq!(out.len(), 4);
+        let users: Vec<_> = out.iter().map(|f| f.lead.context.user.clone().unwrap()).collect();
+        assert_eq!(users, ["sa", "sb", "sa", "sa"]);
+    }
+
+    #[test]
+    fn open_findings_are_bounded() {
+        let mut g = Grouper::new(FindingOptions { max_open: 10, ..FindingOptions::default() });
+        let mut out = Vec::new();
+        for i in 0..25 {
+            g.event(vec![det("R", Priority::Warning, &format!("u{i}"), "pods", 0, "a")], &mut out);
+        }
+        assert_eq!(g.open(), 10);
+        assert_eq!(out.len(), 15);
+        assert_eq!(out[0].lead.context.user.as_deref(), Some("u0"));
+    }
+}
