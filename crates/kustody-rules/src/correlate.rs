@@ -104,7 +104,7 @@ pub struct CorrInput {
 }
 
 /// Parse `30m`, `60s`, `2h`, `1d` into nanoseconds.
-pub(crate) fn parse_window(s: &str) -> Option<i64> {
+pub fn parse_window(s: &str) -> Option<i64> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
     let n: i64 = num.parse().ok()?;

@@ -62,6 +62,24 @@ pub struct Finding {
     pub last_ref: SourceRef,
 }
 
+impl Finding {
+    /// A finding of one match (what `--no-group` reports).
+    pub fn single(d: Detection) -> Finding {
+        Finding {
+            priority: d.priority,
+            rules: vec![d.rule.clone()],
+            tags: d.tags.to_vec(),
+            events: 1,
+            matches: 1,
+            first_ns: d.time_ns,
+            last_ns: d.time_ns,
+            audit_ids: d.audit_id.iter().cloned().collect(),
+            last_ref: d.source_ref.clone(),
+            lead: d,
+        }
+    }
+}
+
 type Key = (Arc<str>, Option<String>, Option<String>, Option<String>);
 
 /// Streaming folding of one run's detections into findings.

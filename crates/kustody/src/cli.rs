@@ -448,6 +448,26 @@ pub struct HuntArgs {
     /// No summary on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Allow-list file (repeatable), loaded after kustody's catalogue of well-known operators
+    /// and managed-cloud identities: entries that quiet expected activity (docs/RULES-FORMAT.md).
+    /// Every quieted match is counted in the summary.
+    #[arg(long = "allow", value_name = "FILE")]
+    pub allow: Vec<PathBuf>,
+    /// Ignore every allow-list, the built-in catalogue included.
+    #[arg(long)]
+    pub no_allowlist: bool,
+    /// Report every rule match on its own: the table and `-o findings` otherwise fold the
+    /// matches of one event, and repeats within --group-window, into findings.
+    #[arg(long)]
+    pub no_group: bool,
+    /// Repeats of a finding (same rule, identity and kind of target) within this long of its
+    /// first event fold into it: `30s`, `10m`, `1h`.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub group_window: String,
+    /// Succeed on input that holds no audit event (otherwise a run that read none fails:
+    /// an empty or unreadable input is not an all-clear).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -499,6 +519,9 @@ pub enum Format {
     Csv,
     /// JSON lines for Timesketch import (message, datetime, timestamp_desc, fields).
     Timesketch,
+    /// One JSON object per finding: the lead rule, every rule and tag, count, first and last
+    /// seen, sample audit IDs (docs/FINDINGS.md).
+    Findings,
 }
 
 #[derive(Args, Debug)]

@@ -43,6 +43,13 @@ struct ChunkResult {
     /// Events whose body a rule needed but could not be parsed, and where the first was.
     degraded: u64,
     degraded_at: Option<String>,
+    /// Grouped output: each event's detections, unrendered (the collector folds them into
+    /// findings in input order). `corr` positions then count these groups, not bytes.
+    groups: Vec<Vec<kustody_model::Detection>>,
+    /// Matches quieted by an allow entry: (entry index, count).
+    quieted: Vec<(usize, u64)>,
+    /// Events without a `stage`.
+    stageless: u64,
 }
 
 /// Bad records kept with their details per chunk; the rest are only counted.
@@ -53,6 +60,9 @@ struct Filter {
     until: Option<i64>,
     /// The output format shows who/what/where columns (table, CSV).
     with_context: bool,
+    /// Detections go to the collector unrendered, to be folded into findings.
+    grouped: bool,
+    allow: kustody_rules::allow::AllowList,
 }
 
 impl Filter {
@@ -73,8 +83,14 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
     let filter = Filter {
         since: args.since.as_deref().map(|s| timespec::parse(s, now_ns)).transpose().context("--since")?,
         until: args.until.as_deref().map(|s| timespec::parse(s, now_ns)).transpose().context("--until")?,
-        with_context: matches!(args.format, Format::Table | Format::Csv | Format::Timesketch),
+        with_context: matches!(args.format, Format::Table | Format::Csv | Format::Timesketch | Format::Findings),
+        grouped: !args.no_group && matches!(args.format, Format::Table | Format::Findings),
+        allow: kustody_rules::allow::AllowList::default(),
     };
+    let group_window = kustody_rules::correlate::parse_window(&args.group_window).with_context(|| {
+        format!("--group-window: invalid duration `{}` (a number with s, m, h or d)", args.group_window)
+    })?;
+    let mut filter = filter;
 
     let opts = EngineOptions { min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug) };
     let (engine, diags) = if args.parse_only {
@@ -94,6 +110,16 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
     }
     if errors > 0 && !args.quiet {
         eprintln!("kustody: {errors} rule(s) or item(s) failed to load and are skipped (see above; --strict makes this fatal)");
+    }
+    if !args.no_allowlist {
+        let (allow, allow_diags) = ruleset::load_allow(&args.allow, !args.rules.no_default_rules)?;
+        for d in &allow_diags {
+            eprintln!("{}", sanitize(&d.to_string()));
+        }
+        if args.strict && !allow_diags.is_empty() {
+            bail!("{} allow-list diagnostic(s) with --strict", allow_diags.len());
+        }
+        filter.allow = allow;
     }
 
     let inputs = expand_inputs(&args.paths)?;
@@ -162,7 +188,19 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         }
         drop(res_tx);
         drop(chunk_rx);
-        collect(res_rx, token_tx, &mut sink, &engine, &renderer, &mut stats, args.strict, &progress)
+        let mut grouper = filter.grouped.then(|| {
+            kustody_rules::findings::Grouper::new(kustody_rules::findings::FindingOptions {
+                window_ns: group_window,
+                ..Default::default()
+            })
+        });
+        collect(res_rx, token_tx, &mut sink, &engine, &renderer, &mut stats, args.strict, &progress, grouper.as_mut())?;
+        if let Some(g) = grouper.as_mut() {
+            let mut closed = Vec::new();
+            g.finish(&mut closed);
+            write_findings(&closed, &mut sink, &renderer, &mut stats)?;
+        }
+        Ok(())
     });
     progress.finish_and_clear();
     // A closed pipe (`kustody hunt ... | head`) ends the run quietly, like any Unix filter.
@@ -176,11 +214,27 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
     }
 
     stats.elapsed = started.elapsed().as_secs_f64();
+    stats.grouped = filter.grouped;
+    stats.quieted_by = filter
+        .allow
+        .entries()
+        .iter()
+        .zip(&stats.quieted)
+        .filter(|(_, n)| **n > 0)
+        .map(|(e, n)| (e.name.clone(), *n))
+        .collect();
     if !args.quiet {
         stats.print(&mut std::io::stderr().lock());
     }
     if let Some(p) = &args.stats_json {
         std::fs::write(p, stats.to_json()).with_context(|| format!("cannot write `{}`", p.display()))?;
+    }
+    if stats.events == 0 && !args.allow_empty {
+        bail!(
+            "no audit events read from {} ({} bad records): an empty or unreadable input is not an all-clear (--allow-empty accepts it)",
+            args.paths.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", "),
+            stats.bad
+        );
     }
     Ok(if stats.detections > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
@@ -291,6 +345,9 @@ fn process(
                 if ev.time_ns().is_none() {
                     r.untimed += 1;
                 }
+                if ev.stage().is_none() {
+                    r.stageless += 1;
+                }
                 if !filter.keeps(&ev) {
                     r.skipped_by_time += 1;
                     return;
@@ -307,7 +364,22 @@ fn process(
                     }
                 }
                 let mut corr = Vec::new();
+                let mut group = Vec::new();
                 for &i in matched.iter() {
+                    if !filter.allow.is_empty() {
+                        let quiet = engine.rule(i).and_then(|info| {
+                            let rule = kustody_rules::allow::RuleRef { name: &info.name, priority: info.priority };
+                            filter.allow.suppression(rule, &ev)
+                        });
+                        if let Some(entry) = quiet {
+                            // counted for the summary; kept out of the output and the correlations
+                            match r.quieted.iter_mut().find(|(e, _)| *e == entry) {
+                                Some((_, n)) => *n += u64::from(engine.emits(i)),
+                                None => r.quieted.push((entry, u64::from(engine.emits(i)))),
+                            }
+                            continue;
+                        }
+                    }
                     let src =
                         SourceRef { file: chunk.file.clone(), line: rec.line, offset: rec.offset, format: rec.format };
                     if engine.has_correlations() {
@@ -317,6 +389,11 @@ fn process(
                         continue;
                     }
                     if let Some(d) = engine.detection(i, &ev, src, with_context) {
+                        if filter.grouped {
+                            group.push(d);
+                            r.rules.push(i);
+                            continue;
+                        }
                         match renderer.render(&d, &mut r.rendered) {
                             Ok(()) => r.rules.push(i),
                             Err(e) => keep_bad(&mut r, || BadRecord {
@@ -328,7 +405,10 @@ fn process(
                         }
                     }
                 }
-                let at = r.rendered.len();
+                if !group.is_empty() {
+                    r.groups.push(group);
+                }
+                let at = if filter.grouped { r.groups.len() } else { r.rendered.len() };
                 r.corr.extend(corr.into_iter().map(|c| (at, c)));
             }
         },
@@ -354,6 +434,7 @@ fn collect(
     stats: &mut Stats,
     strict: bool,
     progress: &indicatif::ProgressBar,
+    mut grouper: Option<&mut kustody_rules::findings::Grouper>,
 ) -> Result<()> {
     // Correlation runs here, in input order, with bounded state.
     let mut correlator = engine.correlator();
@@ -384,6 +465,15 @@ fn collect(
             stats.bad += res.bad.len() as u64 + res.bad_not_kept;
             stats.degraded += res.degraded;
             stats.untimed += res.untimed;
+            stats.stageless += res.stageless;
+            for (entry, n) in &res.quieted {
+                if stats.quieted.len() <= *entry {
+                    stats.quieted.resize(*entry + 1, 0);
+                }
+                if let Some(q) = stats.quieted.get_mut(*entry) {
+                    *q += n;
+                }
+            }
             if stats.first_degraded.is_none() {
                 stats.first_degraded = res.degraded_at;
             }
@@ -391,6 +481,41 @@ fn collect(
                 if stats.first_bad.len() < 10 {
                     stats.first_bad.push(b.to_string());
                 }
+            }
+            if let Some(g) = grouper.as_deref_mut() {
+                // Grouped: each event's detections, and each correlation finding right after the
+                // event that completed it, fold into findings; closed ones are written.
+                let mut closed = Vec::new();
+                let mut corr = res.corr.iter().peekable();
+                let mut groups = res.groups.into_iter().enumerate().peekable();
+                loop {
+                    // correlation inputs of events up to the next group's come before it
+                    let next_group = groups.peek().map_or(usize::MAX, |(i, _)| *i);
+                    while let Some((_, inp)) = corr.next_if(|(e, _)| *e <= next_group) {
+                        if let Some(d) = correlator.observe(inp) {
+                            stats.matches += 1;
+                            stats.count(&d.rule);
+                            g.event(vec![d], &mut closed);
+                        }
+                    }
+                    let Some((_, group)) = groups.next() else { break };
+                    for d in &group {
+                        stats.matches += 1;
+                        stats.count(&d.rule);
+                    }
+                    g.event(group, &mut closed);
+                }
+                if progress.is_hidden() {
+                    write_findings(&closed, sink, renderer, stats)?;
+                } else if !closed.is_empty() {
+                    progress.suspend(|| -> Result<()> {
+                        write_findings(&closed, sink, renderer, stats)?;
+                        sink.flush()
+                    })?;
+                }
+                progress.set_position(stats.bytes);
+                progress.set_message(format!("{} events, {} findings", stats.events, stats.detections));
+                continue;
             }
             // The chunk's detections, with correlation findings placed right after the detections
             // of the event that completed them.
@@ -402,6 +527,7 @@ fn collect(
                     let mut buf = Vec::new();
                     renderer.render(&d, &mut buf)?;
                     stats.detections += 1;
+                    stats.matches += 1;
                     stats.count(&d.rule);
                     findings.push(buf);
                     parts.push((res.rendered.get(at..*end).unwrap_or_default(), 0));
@@ -435,6 +561,7 @@ fn collect(
                 })?;
             }
             stats.detections += res.rules.len() as u64;
+            stats.matches += res.rules.len() as u64;
             for i in res.rules {
                 let name = engine.rule(i).map_or("?", |r| r.name.as_str());
                 stats.count(name);
@@ -442,6 +569,22 @@ fn collect(
             progress.set_position(stats.bytes);
             progress.set_message(format!("{} events, {} detections", stats.events, stats.detections));
         }
+    }
+    Ok(())
+}
+
+/// Renders and writes closed findings; each counts as one detection for the exit code.
+fn write_findings(
+    closed: &[kustody_rules::findings::Finding],
+    sink: &mut Sink,
+    renderer: &Renderer,
+    stats: &mut Stats,
+) -> Result<()> {
+    for f in closed {
+        let mut buf = Vec::new();
+        renderer.render_finding(f, &mut buf)?;
+        sink.write(&buf, 1)?;
+        stats.detections += 1;
     }
     Ok(())
 }
@@ -470,8 +613,16 @@ struct Stats {
     degraded: u64,
     first_degraded: Option<String>,
     untimed: u64,
+    /// What was reported: findings when grouped, else rule matches.
     detections: u64,
+    /// Rule matches (correlation findings included), whether grouped or not.
+    matches: u64,
+    grouped: bool,
     per_rule: BTreeMap<String, u64>,
+    /// Matches quieted per allow entry (by index), then by name for the summary.
+    quieted: Vec<u64>,
+    quieted_by: Vec<(String, u64)>,
+    stageless: u64,
     rules_active: usize,
     elapsed: f64,
 }
@@ -550,8 +701,26 @@ impl Stats {
                 sanitize(self.first_degraded.as_deref().unwrap_or("?"))
             );
         }
+        if self.stageless > 0 {
+            let _ = writeln!(
+                w,
+                "no stage:    {} events have no `stage`: rules that require one (most do) did not see them",
+                self.stageless
+            );
+        }
         let _ = writeln!(w, "rules:       {} active", self.rules_active);
-        let _ = writeln!(w, "detections:  {}", self.detections);
+        if self.grouped {
+            let _ = writeln!(w, "findings:    {} (from {} rule matches)", self.detections, self.matches);
+        } else {
+            let _ = writeln!(w, "detections:  {}", self.detections);
+        }
+        let quieted: u64 = self.quieted_by.iter().map(|(_, n)| n).sum();
+        if quieted > 0 {
+            let _ = writeln!(w, "quieted:     {quieted} matches by allow entries (--no-allowlist shows them)");
+            for (name, n) in &self.quieted_by {
+                let _ = writeln!(w, "  {n:>7}  allow {}", sanitize(name));
+            }
+        }
         let mut by_count: Vec<_> = self.per_rule.iter().collect();
         by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         for (rule, n) in by_count {
@@ -577,6 +746,10 @@ impl Stats {
             "degraded_events": self.degraded,
             "events_without_time": self.untimed,
             "detections": self.detections,
+            "matches": self.matches,
+            "grouped": self.grouped,
+            "quieted": self.quieted_by.iter().map(|(n, c)| (n.clone(), *c)).collect::<BTreeMap<String, u64>>(),
+            "events_without_stage": self.stageless,
             "per_rule": self.per_rule,
             "rules_active": self.rules_active,
             "elapsed_seconds": self.elapsed,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use kustody_model::time::{format_rfc3339_nanos, format_rfc3339_secs};
 use kustody_model::{Detection, FieldValue, Priority};
+use kustody_rules::findings::Finding;
 use owo_colors::OwoColorize;
 use serde::ser::SerializeMap;
 use serde::Serialize;
@@ -37,7 +38,7 @@ impl Sink {
         match format {
             Format::Csv => writeln!(out, "{CSV_HEADER}")?,
             Format::Json => write!(out, "[")?,
-            Format::Table | Format::Jsonl | Format::Timesketch => {}
+            Format::Table | Format::Jsonl | Format::Timesketch | Format::Findings => {}
         }
         Ok(Sink { out, format, count: 0 })
     }
@@ -96,6 +97,46 @@ impl Renderer {
                 out.push(b'\n');
             }
             Format::Table => self.table(d, out)?,
+            // one finding per match (`--no-group`)
+            Format::Findings => self.render_finding(&Finding::single(d.clone()), out)?,
+        }
+        Ok(())
+    }
+
+    /// Appends one finding: in the table, the lead detection's lines plus what folded into it;
+    /// as `findings`, one JSON object per line; other formats render the lead detection.
+    pub fn render_finding(&self, f: &Finding, out: &mut Vec<u8>) -> Result<()> {
+        match self.format {
+            Format::Findings => {
+                serde_json::to_writer(&mut *out, &finding_json(f, &self.hostname))?;
+                out.push(b'\n');
+            }
+            Format::Table => {
+                let mut lead = f.lead.clone();
+                lead.priority = f.priority;
+                self.table(&lead, out)?;
+                let mut more = Vec::new();
+                if f.events > 1 {
+                    let span = match (f.first_ns, f.last_ns) {
+                        (Some(a), Some(b)) if b - a >= 1_000_000_000 => format!(" over {}", human_span(b - a)),
+                        _ => String::new(),
+                    };
+                    more.push(format!("×{} events{span}", f.events));
+                }
+                let others: Vec<&str> = f.rules.iter().filter(|r| **r != f.lead.rule).map(|r| &**r).collect();
+                if !others.is_empty() {
+                    more.push(format!("also: {}", others.join(", ")));
+                }
+                if !more.is_empty() {
+                    let line = truncate(&more.join("; "), WIDTH - 4);
+                    if self.color {
+                        writeln!(out, "    {}", line.dimmed())?;
+                    } else {
+                        writeln!(out, "    {line}")?;
+                    }
+                }
+            }
+            _ => self.render(&f.lead, out)?,
         }
         Ok(())
     }
@@ -156,6 +197,51 @@ impl Renderer {
         }
         Ok(())
     }
+}
+
+/// `90s`, `12m`, `3h5m`: a finding's span, short.
+fn human_span(ns: i64) -> String {
+    let s = ns / 1_000_000_000;
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The `findings` format: one object per finding, with the lead alert's Falco fields.
+fn finding_json(f: &Finding, hostname: &str) -> Value {
+    let t = |ns: Option<i64>| ns.map(format_rfc3339_nanos);
+    json!({
+        "rule": &*f.lead.rule,
+        "priority": f.priority.falco_name(),
+        "rules": f.rules.iter().map(|r| &**r).collect::<Vec<_>>(),
+        "tags": f.tags,
+        "events": f.events,
+        "matches": f.matches,
+        "first_seen": t(f.first_ns),
+        "last_seen": t(f.last_ns),
+        "audit_ids": f.audit_ids,
+        "output": f.lead.output,
+        "context": {
+            "user": f.lead.context.user,
+            "impersonated_user": f.lead.context.impersonated_user,
+            "verb": f.lead.context.verb,
+            "resource": f.lead.context.resource,
+            "subresource": f.lead.context.subresource,
+            "namespace": f.lead.context.namespace,
+            "name": f.lead.context.name,
+            "source_ip": f.lead.context.source_ip,
+            "user_agent": f.lead.context.user_agent,
+            "response_code": f.lead.context.response_code,
+            "command": f.lead.context.command,
+        },
+        "evidence": {
+            "first": {"file": &*f.lead.source_ref.file, "line": f.lead.source_ref.line},
+            "last": {"file": &*f.last_ref.file, "line": f.last_ref.line},
+        },
+        "alert": falco_alert(&f.lead, hostname),
+    })
 }
 
 fn colorize(s: &str, p: Priority) -> String {

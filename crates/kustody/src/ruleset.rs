@@ -8,6 +8,9 @@ use kustody_rules::{Diagnostic, Engine, EngineOptions};
 /// kustody's own rules, compiled into the binary.
 pub const BUILTIN: &[(&str, &str)] = &[("builtin:kustody.yaml", include_str!("../rules/kustody.yaml"))];
 
+/// kustody's catalogue of well-known operators and managed-cloud identities (allow entries).
+pub const BUILTIN_ALLOW: (&str, &str) = ("builtin:allow.yaml", include_str!("../rules/allow.yaml"));
+
 /// The built-in rules' test cases: the examples in `kustody rules doc`.
 pub const BUILTIN_CASES: &str = include_str!("../rules/kustody.cases.yaml");
 pub const BUILTIN_OPTIONAL_CASES: &str = include_str!("../rules/kustody-optional.cases.yaml");
@@ -51,4 +54,16 @@ pub fn load(extra: &[PathBuf], defaults: bool, opts: &EngineOptions) -> Result<(
     }
     files.extend(rule_files(extra)?);
     Ok(Engine::load(&files, opts))
+}
+
+/// Loads the built-in allow catalogue (unless disabled) and the given allow files, in order.
+pub fn load_allow(extra: &[PathBuf], defaults: bool) -> Result<(kustody_rules::allow::AllowList, Vec<Diagnostic>)> {
+    let mut files: Vec<(String, String)> = Vec::new();
+    if defaults {
+        files.push((BUILTIN_ALLOW.0.to_owned(), BUILTIN_ALLOW.1.to_owned()));
+    }
+    for p in extra {
+        files.push(read(p)?);
+    }
+    Ok(kustody_rules::allow::AllowList::load(&files))
 }
