@@ -211,16 +211,36 @@ impl AllowList {
     /// The entry that quiets this match, if any (its index into [`AllowList::entries`]).
     pub fn suppression(&self, rule: RuleRef<'_>, ev: &Event<'_>) -> Option<usize> {
         let user = ev.user().and_then(|u| u.username.as_deref())?;
-        self.entries.iter().position(|e| e.enabled && e.quiets(rule, user, ev))
+        self.entries.iter().position(|e| e.applies_to(rule) && e.quiets(user, ev))
+    }
+
+    /// For each rule, the entries that may quiet it (enabled, naming it, at its priority): the
+    /// per-match check then looks at those only. Rule names are matched once, here.
+    pub fn index(&self, rules: &[RuleRef<'_>]) -> Vec<Vec<usize>> {
+        rules
+            .iter()
+            .map(|r| self.entries.iter().enumerate().filter(|(_, e)| e.applies_to(*r)).map(|(i, _)| i).collect())
+            .collect()
+    }
+
+    /// [`AllowList::suppression`] among the entries [`AllowList::index`] gave for the rule.
+    pub fn suppression_among(&self, entries: &[usize], ev: &Event<'_>) -> Option<usize> {
+        if entries.is_empty() {
+            return None;
+        }
+        let user = ev.user().and_then(|u| u.username.as_deref())?;
+        entries.iter().copied().find(|&i| self.entries.get(i).is_some_and(|e| e.quiets(user, ev)))
     }
 }
 
 impl AllowEntry {
-    fn quiets(&self, rule: RuleRef<'_>, user: &str, ev: &Event<'_>) -> bool {
-        if rule.priority.at_least(self.max_priority) && rule.priority != self.max_priority {
-            return false;
-        }
-        if !self.rule_pats.iter().any(|p| p.matches(rule.name)) || !self.identity_pats.iter().any(|p| p.matches(user)) {
+    fn applies_to(&self, rule: RuleRef<'_>) -> bool {
+        let above = rule.priority.at_least(self.max_priority) && rule.priority != self.max_priority;
+        self.enabled && !above && self.rule_pats.iter().any(|p| p.matches(rule.name))
+    }
+
+    fn quiets(&self, user: &str, ev: &Event<'_>) -> bool {
+        if !self.identity_pats.iter().any(|p| p.matches(user)) {
             return false;
         }
         let verb = ev.verb().unwrap_or("");

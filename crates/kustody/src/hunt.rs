@@ -63,6 +63,8 @@ struct Filter {
     /// Detections go to the collector unrendered, to be folded into findings.
     grouped: bool,
     allow: kustody_rules::allow::AllowList,
+    /// Per rule index, the allow entries that may quiet it.
+    allow_index: Vec<Vec<usize>>,
 }
 
 impl Filter {
@@ -86,6 +88,7 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         with_context: matches!(args.format, Format::Table | Format::Csv | Format::Timesketch | Format::Findings),
         grouped: !args.no_group && matches!(args.format, Format::Table | Format::Findings),
         allow: kustody_rules::allow::AllowList::default(),
+        allow_index: Vec::new(),
     };
     let group_window = kustody_rules::correlate::parse_window(&args.group_window).with_context(|| {
         format!("--group-window: invalid duration `{}` (a number with s, m, h or d)", args.group_window)
@@ -119,6 +122,9 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         if args.strict && !allow_diags.is_empty() {
             bail!("{} allow-list diagnostic(s) with --strict", allow_diags.len());
         }
+        let rules: Vec<kustody_rules::allow::RuleRef<'_>> =
+            engine.rules().map(|r| kustody_rules::allow::RuleRef { name: &r.name, priority: r.priority }).collect();
+        filter.allow_index = allow.index(&rules);
         filter.allow = allow;
     }
 
@@ -366,12 +372,8 @@ fn process(
                 let mut corr = Vec::new();
                 let mut group = Vec::new();
                 for &i in matched.iter() {
-                    if !filter.allow.is_empty() {
-                        let quiet = engine.rule(i).and_then(|info| {
-                            let rule = kustody_rules::allow::RuleRef { name: &info.name, priority: info.priority };
-                            filter.allow.suppression(rule, &ev)
-                        });
-                        if let Some(entry) = quiet {
+                    if let Some(entries) = filter.allow_index.get(i as usize).filter(|e| !e.is_empty()) {
+                        if let Some(entry) = filter.allow.suppression_among(entries, &ev) {
                             // counted for the summary; kept out of the output and the correlations
                             match r.quieted.iter_mut().find(|(e, _)| *e == entry) {
                                 Some((_, n)) => *n += u64::from(engine.emits(i)),
