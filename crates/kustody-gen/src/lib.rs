@@ -8,9 +8,13 @@
 //!   resources, Metadata/Request/RequestResponse levels, event sizes from 0.5 to 20 KB, attack
 //!   events sprinkled in.
 //!
+//! * [`operators`] writes the benign traffic of the operators real clusters run (Helm release
+//!   prefixes, non-default namespaces), for the noise test.
+//!
 //! No randomness from the environment: a seeded SplitMix64 drives every choice.
 
 mod events;
+pub mod operators;
 
 pub use events::{example, wrap_line, Corpus, Wrap};
 

@@ -175,7 +175,7 @@ fn fold(f: &mut Finding, lead: &Detection, rest: &[Detection], samples: usize) {
         if d.priority < f.priority {
             f.priority = d.priority;
         }
-        if !f.rules.iter().any(|r| *r == d.rule) {
+        if !f.rules.contains(&d.rule) {
             f.rules.push(d.rule.clone());
         }
         for t in d.tags.iter() {
