@@ -216,6 +216,7 @@ pub async fn acquire(
     };
     // who we are, before anything is written
     let actor = kustody_cluster::identity::whoami(client).await;
+    let existed = stage.exists();
     let bundle = Bundle::create(&stage)?;
     let collector_identity = match actor {
         Ok(a) => serde_json::to_value(a).unwrap_or_default(),
@@ -228,8 +229,10 @@ pub async fn acquire(
     let pods = match select(&session, &request.targets).await {
         Ok(p) if !p.is_empty() => p,
         other => {
-            // nothing was collected: leave no empty bundle behind
-            let _ = std::fs::remove_dir(&stage);
+            // nothing was collected: leave no empty bundle directory of ours behind
+            if !existed {
+                let _ = std::fs::remove_dir(&stage);
+            }
             return Err(other.err().unwrap_or_else(|| no_match(&request.targets)));
         }
     };
