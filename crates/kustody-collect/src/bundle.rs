@@ -2,13 +2,16 @@
 //! whose SHA-256 is printed and stored beside it in `MANIFEST.json.sha256`. Every artifact is
 //! hashed while it is written. See docs/EVIDENCE.md.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::error::CollectError;
+pub use crate::verify::{verify, Report};
 
 pub const FORMAT: &str = "kustody-evidence/1";
 pub const MANIFEST: &str = "MANIFEST.json";
@@ -103,11 +106,22 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// What has been recorded so far.
+#[derive(Default)]
+struct Entries {
+    artifacts: Vec<Artifact>,
+    failures: Vec<Failure>,
+}
+
 /// A bundle being written (directory). Cheap to clone; artifacts are recorded under a lock.
+///
+/// Nothing recorded is ever dropped: a lock poisoned by a task that panicked while holding it
+/// is taken back (pushing to a list cannot leave it half-changed) and the panic is itself
+/// recorded as a failure, so [`Bundle::seal`] always writes every entry.
 #[derive(Clone)]
 pub struct Bundle {
     root: PathBuf,
-    inner: Arc<Mutex<(Vec<Artifact>, Vec<Failure>)>>,
+    inner: Arc<Mutex<Entries>>,
 }
 
 /// A writer that hashes what it writes (std).
@@ -188,10 +202,10 @@ impl AsyncHashingFile {
 }
 
 /// A bundle-relative path: no absolute paths, no `..`.
-pub fn safe_rel(rel: &str) -> Result<PathBuf, String> {
+pub fn safe_rel(rel: &str) -> Result<PathBuf, CollectError> {
     let p = Path::new(rel);
     if rel.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(format!("unsafe path in bundle: {rel:?}"));
+        return Err(CollectError::UnsafePath(rel.to_owned()));
     }
     Ok(p.to_path_buf())
 }
@@ -209,38 +223,43 @@ pub fn component(s: &str) -> String {
 
 impl Bundle {
     /// Create the directory (it must not exist, or be empty).
-    pub fn create(root: &Path) -> std::io::Result<Bundle> {
-        if root.exists() && std::fs::read_dir(root)?.next().is_some() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not empty; evidence is never overwritten", root.display()),
-            ));
+    pub fn create(root: &Path) -> Result<Bundle, CollectError> {
+        let io = |e| CollectError::io(root, e);
+        if root.exists() && std::fs::read_dir(root).map_err(io)?.next().is_some() {
+            return Err(CollectError::Exists { path: root.to_path_buf() });
         }
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root)?;
-        Ok(Bundle { root: root.to_path_buf(), inner: Arc::new(Mutex::new((Vec::new(), Vec::new()))) })
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io)?;
+        Ok(Bundle { root: root.to_path_buf(), inner: Arc::new(Mutex::new(Entries::default())) })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    fn full(&self, rel: &str) -> std::io::Result<PathBuf> {
-        let p = self.root.join(safe_rel(rel).map_err(std::io::Error::other)?);
+    fn full(&self, rel: &str) -> Result<PathBuf, CollectError> {
+        let p = self.root.join(safe_rel(rel)?);
         if let Some(d) = p.parent() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d).map_err(|e| CollectError::io(d, e))?;
         }
         Ok(p)
     }
 
     /// Open `rel` for writing (create_new: nothing is overwritten).
-    pub fn open(&self, rel: &str) -> std::io::Result<HashingFile> {
-        let f = new_file(self.full(rel)?)?;
+    pub fn open(&self, rel: &str) -> Result<HashingFile, CollectError> {
+        let p = self.full(rel)?;
+        let f = new_file(&p).map_err(|e| CollectError::io(p, e))?;
         Ok(HashingFile::new(f))
     }
 
-    pub async fn open_async(&self, rel: &str) -> std::io::Result<AsyncHashingFile> {
+    pub async fn open_async(&self, rel: &str) -> Result<AsyncHashingFile, CollectError> {
         let p = self.full(rel)?;
-        let f = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p).await?;
+        let f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .await
+            .map_err(|e| CollectError::io(p, e))?;
         Ok(AsyncHashingFile {
             file: tokio::io::BufWriter::with_capacity(256 * 1024, f),
             hasher: Sha256::new(),
@@ -248,14 +267,18 @@ impl Bundle {
         })
     }
 
-    /// Remove a file that was opened but whose collection failed before anything useful arrived.
-    pub fn discard(&self, rel: &str) {
-        if let Ok(p) = safe_rel(rel) {
-            let _ = std::fs::remove_file(self.root.join(p));
+    /// Remove a file that was opened but whose collection failed. A file that was never
+    /// created is no error.
+    pub fn discard(&self, rel: &str) -> Result<(), CollectError> {
+        let p = self.root.join(safe_rel(rel)?);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CollectError::io(p, e)),
+            _ => Ok(()),
         }
     }
 
-    /// Write `bytes` as `rel` and record it.
+    /// Write `bytes` as `rel` and record it. On failure the partial file is removed (and the
+    /// error returned; the caller records it, or use [`Bundle::save`]).
     pub fn write(
         &self,
         rel: &str,
@@ -264,16 +287,52 @@ impl Bundle {
         started: String,
         notes: Vec<String>,
         redacted: Vec<String>,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), CollectError> {
+        let path = self.root.join(safe_rel(rel)?);
         let mut f = self.open(rel)?;
-        f.write_all(bytes)?;
-        let (sha256, size) = f.finish()?;
+        let written = f.write_all(bytes).and_then(|()| f.finish());
+        let (sha256, size) = match written {
+            Ok(x) => x,
+            Err(e) => {
+                let e = CollectError::io(path, e);
+                return Err(match self.discard(rel) {
+                    Ok(()) => e,
+                    Err(d) => CollectError::io(rel, std::io::Error::other(format!("{e}; removing it: {d}"))),
+                });
+            }
+        };
         self.record(Artifact { path: rel.to_owned(), sha256, size, source, started, finished: now(), redacted, notes });
         Ok(())
     }
 
+    /// [`Bundle::write`], and when that fails a [`Failure`] for `rel` with the reason: a
+    /// write that fails (a full disk) is never lost silently. Returns whether it was stored.
+    pub fn save(
+        &self,
+        rel: &str,
+        bytes: &[u8],
+        source: Source,
+        started: String,
+        notes: Vec<String>,
+        redacted: Vec<String>,
+    ) -> bool {
+        match self.write(rel, bytes, source.clone(), started, notes, redacted) {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail(rel, format!("writing the artifact: {e}"), Some(source));
+                false
+            }
+        }
+    }
+
     /// The end of a streamed artifact: record it, or remove the partial file and record why.
-    pub fn settle(&self, rel: &str, res: Result<(String, u64, Vec<String>), String>, source: Source, started: String) {
+    pub fn settle(
+        &self,
+        rel: &str,
+        res: Result<(String, u64, Vec<String>), CollectError>,
+        source: Source,
+        started: String,
+    ) {
         match res {
             Ok((sha256, size, notes)) => self.record(Artifact {
                 path: rel.to_owned(),
@@ -286,55 +345,84 @@ impl Bundle {
                 notes,
             }),
             Err(e) => {
-                self.discard(rel);
-                self.fail(rel, e, Some(source));
+                let reason = match self.discard(rel) {
+                    Ok(()) => e.to_string(),
+                    Err(d) => format!("{e} (the partial file could not be removed: {d})"),
+                };
+                self.fail(rel, reason, Some(source));
+            }
+        }
+    }
+
+    /// The recorded entries. A poisoned lock is taken back, and the panic recorded.
+    fn entries(&self) -> MutexGuard<'_, Entries> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => {
+                let mut g = poisoned.into_inner();
+                self.inner.clear_poison();
+                g.failures.push(Failure {
+                    item: "bundle".into(),
+                    reason: "a collection task panicked while recording an entry: the entries recorded before and \
+                             after are kept, the one being recorded may be missing"
+                        .into(),
+                    source: None,
+                    at: now(),
+                });
+                g
             }
         }
     }
 
     pub fn record(&self, a: Artifact) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.0.push(a);
-        }
+        self.entries().artifacts.push(a);
     }
 
     pub fn fail(&self, item: impl Into<String>, reason: impl Into<String>, source: Option<Source>) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.1.push(Failure { item: item.into(), reason: reason.into(), source, at: now() });
-        }
+        self.entries().failures.push(Failure { item: item.into(), reason: reason.into(), source, at: now() });
     }
 
     pub fn failures(&self) -> Vec<Failure> {
-        self.inner.lock().map(|g| g.1.clone()).unwrap_or_default()
+        self.entries().failures.clone()
     }
 
     pub fn artifacts(&self) -> Vec<Artifact> {
-        self.inner.lock().map(|g| g.0.clone()).unwrap_or_default()
+        self.entries().artifacts.clone()
     }
 
     /// Write the manifest (artifacts sorted by path) and its hash file; returns the hash.
-    pub fn seal(&self, mut m: Manifest) -> std::io::Result<String> {
-        let (mut artifacts, failures) = self.inner.lock().map(|g| (g.0.clone(), g.1.clone())).unwrap_or_default();
+    pub fn seal(&self, mut m: Manifest) -> Result<String, CollectError> {
+        let (mut artifacts, failures) = {
+            let g = self.entries();
+            (g.artifacts.clone(), g.failures.clone())
+        };
         artifacts.sort_by(|a, b| a.path.cmp(&b.path));
         m.format = FORMAT.into();
         m.artifacts = artifacts;
         m.failures = failures;
-        let mut bytes = serde_json::to_vec_pretty(&m).map_err(std::io::Error::other)?;
+        let path = self.root.join(MANIFEST);
+        let mut bytes = serde_json::to_vec_pretty(&m).map_err(|e| CollectError::io(&path, std::io::Error::other(e)))?;
         bytes.push(b'\n');
         let sha = format!("{:x}", Sha256::digest(&bytes));
-        let mut f = new_file(self.root.join(MANIFEST))?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        let mut h = new_file(self.root.join(MANIFEST_SHA))?;
-        h.write_all(format!("{sha}  {MANIFEST}\n").as_bytes())?;
-        h.sync_all()?;
+        write_synced(&path, &bytes)?;
+        write_synced(&self.root.join(MANIFEST_SHA), format!("{sha}  {MANIFEST}\n").as_bytes())?;
         Ok(sha)
     }
 }
 
+/// A new file holding `bytes`, synced; any failure names the file.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CollectError> {
+    let mut f = new_file(path).map_err(|e| CollectError::io(path, e))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| CollectError::io(path, e))
+}
+
 /// Pack a sealed bundle directory into `out` (`.tar.zst`), files in sorted order with fixed
 /// metadata; returns the archive's SHA-256 (also written to `out.sha256`).
-pub fn pack(dir: &Path, out: &Path) -> std::io::Result<String> {
+pub fn pack(dir: &Path, out: &Path) -> Result<String, CollectError> {
+    pack_io(dir, out).map_err(|e| CollectError::io(out, e))
+}
+
+fn pack_io(dir: &Path, out: &Path) -> std::io::Result<String> {
     let f = new_file(out)?;
     let enc = zstd::stream::write::Encoder::new(HashingFile::new(f), 3)?;
     let mut tar = tar::Builder::new(enc);
@@ -351,11 +439,13 @@ pub fn pack(dir: &Path, out: &Path) -> std::io::Result<String> {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut side = std::ffi::OsString::from(out.as_os_str());
     side.push(".sha256");
-    new_file(PathBuf::from(side))?.write_all(format!("{sha}  {name}\n").as_bytes())?;
+    let mut side = new_file(PathBuf::from(side))?;
+    side.write_all(format!("{sha}  {name}\n").as_bytes())?;
+    side.sync_all()?;
     Ok(sha)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+pub(crate) fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let t = e.file_type()?;
@@ -366,185 +456,6 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
             out.push(rel);
         }
     }
-    Ok(())
-}
-
-/// What `kustody verify` found.
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub manifest_sha256: String,
-    /// `MANIFEST.json.sha256` matched the manifest.
-    pub manifest_hash_ok: bool,
-    pub checked: usize,
-    pub ok: usize,
-    pub changed: Vec<String>,
-    pub missing: Vec<String>,
-    pub extra: Vec<String>,
-    /// Problems reading the bundle itself.
-    pub errors: Vec<String>,
-    pub failures_recorded: usize,
-    pub case: Option<String>,
-}
-
-impl Report {
-    pub fn clean(&self) -> bool {
-        self.manifest_hash_ok
-            && self.changed.is_empty()
-            && self.missing.is_empty()
-            && self.extra.is_empty()
-            && self.errors.is_empty()
-    }
-}
-
-/// Largest manifest `verify` reads.
-const MAX_MANIFEST: u64 = 256 << 20;
-
-fn hash_reader(r: &mut dyn Read) -> std::io::Result<(String, u64)> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n = 0u64;
-    loop {
-        let k = r.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(buf.get(..k).unwrap_or_default());
-        n += k as u64;
-    }
-    Ok((format!("{:x}", h.finalize()), n))
-}
-
-fn check_manifest(bytes: &[u8], sha_file: Option<&str>, report: &mut Report) -> Option<Manifest> {
-    report.manifest_sha256 = format!("{:x}", Sha256::digest(bytes));
-    match sha_file {
-        Some(t) => {
-            let stated = t.split_whitespace().next().unwrap_or_default();
-            report.manifest_hash_ok = stated.eq_ignore_ascii_case(&report.manifest_sha256);
-            if !report.manifest_hash_ok {
-                report.changed.push(MANIFEST.into());
-            }
-        }
-        None => {
-            report.missing.push(MANIFEST_SHA.into());
-        }
-    }
-    match serde_json::from_slice::<Manifest>(bytes) {
-        Ok(m) if m.format == FORMAT => {
-            report.failures_recorded = m.failures.len();
-            report.case = m.case.clone();
-            Some(m)
-        }
-        Ok(m) => {
-            report.errors.push(format!("{MANIFEST}: format {:?}, expected {FORMAT}", m.format));
-            None
-        }
-        Err(e) => {
-            report.errors.push(format!("{MANIFEST}: {e}"));
-            None
-        }
-    }
-}
-
-/// Recompute every artifact of a bundle directory or `.tar.zst`.
-pub fn verify(path: &Path) -> Report {
-    let mut report = Report::default();
-    if path.is_dir() {
-        verify_dir(path, &mut report);
-    } else {
-        if let Err(e) = verify_archive(path, &mut report) {
-            report.errors.push(format!("{}: {e}", path.display()));
-        }
-    }
-    report.changed.sort();
-    report.missing.sort();
-    report.extra.sort();
-    report
-}
-
-fn read_limited(p: &Path) -> std::io::Result<Vec<u8>> {
-    let mut v = Vec::new();
-    std::fs::File::open(p)?.take(MAX_MANIFEST).read_to_end(&mut v)?;
-    Ok(v)
-}
-
-fn verify_dir(dir: &Path, report: &mut Report) {
-    let bytes = match read_limited(&dir.join(MANIFEST)) {
-        Ok(b) => b,
-        Err(e) => {
-            report.errors.push(format!("{}: {e}", dir.join(MANIFEST).display()));
-            return;
-        }
-    };
-    let sha = std::fs::read_to_string(dir.join(MANIFEST_SHA)).ok();
-    let Some(m) = check_manifest(&bytes, sha.as_deref(), report) else { return };
-    let mut present = Vec::new();
-    if let Err(e) = walk(dir, dir, &mut present) {
-        report.errors.push(format!("{}: {e}", dir.display()));
-    }
-    let mut listed = std::collections::BTreeSet::new();
-    for a in &m.artifacts {
-        listed.insert(a.path.clone());
-        report.checked += 1;
-        let Ok(rel) = safe_rel(&a.path) else {
-            report.errors.push(format!("{MANIFEST}: unsafe artifact path {:?}", a.path));
-            continue;
-        };
-        match std::fs::File::open(dir.join(rel)).and_then(|mut f| hash_reader(&mut f)) {
-            Ok((h, n)) if h == a.sha256 && n == a.size => report.ok += 1,
-            Ok(_) => report.changed.push(a.path.clone()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => report.missing.push(a.path.clone()),
-            Err(e) => report.errors.push(format!("{}: {e}", a.path)),
-        }
-    }
-    for p in present {
-        if p != MANIFEST && p != MANIFEST_SHA && !listed.contains(&p) {
-            report.extra.push(p);
-        }
-    }
-}
-
-fn verify_archive(path: &Path, report: &mut Report) -> std::io::Result<()> {
-    // one pass: hash every entry, then compare with the manifest found among them
-    let f = std::fs::File::open(path)?;
-    let dec = zstd::stream::read::Decoder::new(f)?;
-    let mut ar = tar::Archive::new(dec);
-    let mut seen: std::collections::BTreeMap<String, (String, u64)> = std::collections::BTreeMap::new();
-    let mut manifest = None;
-    let mut manifest_sha = None;
-    for entry in ar.entries()? {
-        let mut entry = entry?;
-        let name = entry.path()?.to_string_lossy().into_owned();
-        let rel = name.strip_prefix("bundle/").unwrap_or(&name).to_owned();
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
-        if rel == MANIFEST {
-            let mut v = Vec::new();
-            (&mut entry).take(MAX_MANIFEST).read_to_end(&mut v)?;
-            manifest = Some(v);
-        } else if rel == MANIFEST_SHA {
-            let mut v = String::new();
-            (&mut entry).take(4096).read_to_string(&mut v)?;
-            manifest_sha = Some(v);
-        } else {
-            let h = hash_reader(&mut entry)?;
-            seen.insert(rel, h);
-        }
-    }
-    let Some(bytes) = manifest else {
-        report.errors.push(format!("{}: no {MANIFEST} in the archive", path.display()));
-        return Ok(());
-    };
-    let Some(m) = check_manifest(&bytes, manifest_sha.as_deref(), report) else { return Ok(()) };
-    for a in &m.artifacts {
-        report.checked += 1;
-        match seen.remove(&a.path) {
-            Some((h, n)) if h == a.sha256 && n == a.size => report.ok += 1,
-            Some(_) => report.changed.push(a.path.clone()),
-            None => report.missing.push(a.path.clone()),
-        }
-    }
-    report.extra.extend(seen.into_keys());
     Ok(())
 }
 
@@ -616,6 +527,130 @@ mod tests {
         // garbage is an error, not a panic
         std::fs::write(t.path().join("g.tar.zst"), b"not zstd").unwrap();
         assert!(!verify(&t.path().join("g.tar.zst")).errors.is_empty());
+    }
+
+    /// A tmpfs of `size` mounted for one test: a real full disk. Needs root (the CI runs the
+    /// tests as root); elsewhere the test is skipped, loudly under `CI=true`.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Tmpfs> {
+            let d = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+                .arg(d.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                assert!(std::env::var("CI").as_deref() != Ok("true"), "mounting a tmpfs needs root (CI runs as root)");
+                eprintln!("SKIP: cannot mount a tmpfs (not root?)");
+                return None;
+            }
+            Some(Tmpfs(d))
+        }
+
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+        }
+    }
+
+    fn enospc(reason: &str) -> bool {
+        reason.contains("No space left on device")
+    }
+
+    #[test]
+    fn a_full_disk_is_a_recorded_failure_and_the_bundle_still_seals() {
+        let Some(fs) = Tmpfs::mount("256k") else { return };
+        let d = fs.path().join("b");
+        let b = Bundle::create(&d).unwrap();
+        let src = || Source::Kustody { what: "test".into() };
+        assert!(b.save("small.txt", b"hello", src(), now(), vec![], vec![]));
+        // one artifact larger than the disk: no artifact, no partial file, a failure
+        let big = vec![7u8; 1 << 20];
+        assert!(!b.save("pods/ns/p/containers/c/files.jsonl", &big, src(), now(), vec![], vec![]));
+        assert!(!d.join("pods/ns/p/containers/c/files.jsonl").exists(), "the partial file is removed");
+        let f = b.failures();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].item, "pods/ns/p/containers/c/files.jsonl");
+        assert!(enospc(&f[0].reason) && f[0].reason.contains("files.jsonl"), "{:?}", f[0]);
+        assert_eq!(f[0].source, Some(src()));
+        // the same for a streamed artifact (logs, tar copies): the error surfaces at the end
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let res = rt.block_on(async {
+            use tokio::io::AsyncWriteExt;
+            let mut f = b.open_async("log.txt").await?;
+            f.write_all(&big).await.map_err(|e| CollectError::io("log.txt", e))?;
+            f.finish().await.map(|(h, n)| (h, n, vec![])).map_err(|e| CollectError::io("log.txt", e))
+        });
+        assert!(res.is_err(), "a write to a full disk must fail");
+        b.settle("log.txt", res, src(), now());
+        assert!(!d.join("log.txt").exists());
+        assert!(enospc(&b.failures()[1].reason), "{:?}", b.failures());
+        // the removed partial files freed the space: the manifest is written and verifies
+        b.seal(Manifest::default()).unwrap();
+        let r = verify(&d);
+        assert!(r.clean(), "{r:?}");
+        assert_eq!((r.checked, r.failures_recorded), (1, 2));
+    }
+
+    #[test]
+    fn a_manifest_that_cannot_be_written_is_a_hard_error() {
+        let Some(fs) = Tmpfs::mount("128k") else { return };
+        let b = Bundle::create(&fs.path().join("b")).unwrap();
+        b.fail("x", "forbidden", None);
+        // fill the disk with something else
+        let mut filler = std::fs::File::create(fs.path().join("filler")).unwrap();
+        let _ = filler.write_all(&vec![0u8; 1 << 20]);
+        let e = b.seal(Manifest::default()).unwrap_err();
+        match &e {
+            CollectError::Io { path, source } => {
+                assert!(path.ends_with(MANIFEST), "{e}");
+                assert_eq!(source.raw_os_error(), Some(28), "ENOSPC: {e}");
+            }
+            other => panic!("not an I/O error: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_file_not_open_for_writing_fails_the_write() {
+        // a descriptor that cannot be written (like a closed one): the error reaches the caller
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"").unwrap();
+        let mut h = HashingFile::new(std::fs::File::open(t.path().join("f")).unwrap());
+        let res = h.write_all(&[1u8; 300 * 1024]).and_then(|()| h.finish().map(|_| ()));
+        assert_eq!(res.unwrap_err().raw_os_error(), Some(9), "EBADF");
+    }
+
+    #[test]
+    fn a_poisoned_lock_loses_nothing_and_the_panic_is_recorded() {
+        let t = tempfile::tempdir().unwrap();
+        let b = Bundle::create(&t.path().join("b")).unwrap();
+        b.write("a.txt", b"a", Source::Kustody { what: "t".into() }, now(), vec![], vec![]).unwrap();
+        b.fail("first", "forbidden", None);
+        let b2 = b.clone();
+        let joined = std::thread::spawn(move || {
+            let _g = b2.inner.lock().unwrap();
+            panic!("a task panics while holding the lock");
+        })
+        .join();
+        assert!(joined.is_err() && b.inner.is_poisoned());
+        b.write("b.txt", b"b", Source::Kustody { what: "t".into() }, now(), vec![], vec![]).unwrap();
+        b.fail("second", "forbidden", None);
+        b.seal(Manifest::default()).unwrap();
+        let m: Manifest = serde_json::from_slice(&std::fs::read(t.path().join("b").join(MANIFEST)).unwrap()).unwrap();
+        let paths: Vec<&str> = m.artifacts.iter().map(|a| a.path.as_str()).collect();
+        assert_eq!(paths, vec!["a.txt", "b.txt"]);
+        let items: Vec<&str> = m.failures.iter().map(|f| f.item.as_str()).collect();
+        assert_eq!(items, vec!["first", "bundle", "second"], "{:?}", m.failures);
+        assert!(m.failures[1].reason.contains("panicked"));
+        assert!(verify(&t.path().join("b")).clean());
     }
 
     #[test]

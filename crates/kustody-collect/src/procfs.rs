@@ -324,8 +324,15 @@ pub struct FileEntry {
     pub ctime: i64,
     pub inode: u64,
     pub nlink: u64,
-    /// Changed (ctime or mtime) after the container started.
+    /// Changed (ctime or mtime) after the container started, and not by this acquisition.
     pub drift: bool,
+    /// Written by the kubelet, not by the image or the workload (`kubelet`; see [`crate::kubelet`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<&'static str>,
+    /// The change since the start was made by this acquisition (kustody's debug container
+    /// made the kubelet rewrite the file), and how; such a change is not counted as `drift`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_by_acquisition: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// Why a file that should be hashed was not.
@@ -390,6 +397,8 @@ pub fn parse_listing(text: &[u8], started_epoch: Option<i64>) -> (Vec<FileEntry>
                 inode,
                 nlink,
                 drift,
+                managed_by: None,
+                changed_by_acquisition: None,
                 sha256: None,
                 not_hashed: None,
             })

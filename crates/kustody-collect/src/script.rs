@@ -21,6 +21,8 @@ pub enum Mode {
     Debug,
 }
 
+use crate::error::CollectError;
+
 /// The command that reads the script.
 pub fn command() -> Vec<String> {
     vec!["sh".into(), "-s".into()]
@@ -115,18 +117,18 @@ pub fn phase2(paths: &[String]) -> String {
 
 /// A `--paths` glob, checked so it can be expanded by the shell unquoted without injecting
 /// anything: absolute, and only characters that occur in ordinary paths and globs.
-pub fn check_glob(g: &str) -> Result<(), String> {
+pub fn check_glob(g: &str) -> Result<(), CollectError> {
+    let bad = |reason: String| CollectError::InvalidOption { option: "--paths", value: g.to_owned(), reason };
     if !g.starts_with('/') {
-        return Err(format!(
-            "--paths {g:?}: must be an absolute path or glob (--paths takes every value after it: put the pod first, \
+        return Err(bad("must be an absolute path or glob (--paths takes every value after it: put the pod first, \
              `kustody collect pod/NAME --paths /GLOB...`)"
-        ));
+            .into()));
     }
     if g.split('/').any(|c| c == "..") {
-        return Err(format!("--paths {g:?}: `..` is not allowed"));
+        return Err(bad("`..` is not allowed".into()));
     }
     if let Some(c) = g.chars().find(|c| !(c.is_ascii_alphanumeric() || "/._-+@,:=~*?[]!".contains(*c))) {
-        return Err(format!("--paths {g:?}: character {c:?} is not allowed (use a glob `?` for it)"));
+        return Err(bad(format!("character {c:?} is not allowed (use a glob `?` for it)")));
     }
     Ok(())
 }

@@ -571,7 +571,7 @@ fn container_config(
             env.push(format!("{n}={v}"));
         }
     }
-    let binds = spec["volumeMounts"]
+    let mut binds: Vec<Bind> = spec["volumeMounts"]
         .as_array()
         .into_iter()
         .flatten()
@@ -584,9 +584,12 @@ fn container_config(
             })
         })
         .collect();
+    let host_network = pod["spec"]["hostNetwork"].as_bool() == Some(true);
+    if !host_network {
+        binds.extend(hosts_file(rt));
+    }
     let sandbox_pid = lock(&rt.sandbox).as_ref().map(|(_, p)| *p).unwrap_or(0);
     let ns = |n: &str| PathBuf::from(format!("/proc/{sandbox_pid}/ns/{n}"));
-    let host_network = pod["spec"]["hostNetwork"].as_bool() == Some(true);
     let target_pid = spec["targetContainerName"].as_str().and_then(|t| {
         let cs = lock(&rt.containers);
         cs.get(t).and_then(|c| c.current.as_ref().map(|x| PathBuf::from(format!("/proc/{}/ns/pid", x.pid))))
@@ -610,6 +613,20 @@ fn container_config(
         },
         privileged,
     }
+}
+
+/// The pod's `/etc/hosts`, as the kubelet keeps it: one file per pod, rewritten in place
+/// whenever a container of the pod starts (ephemeral containers too), bind-mounted into every
+/// container. `None` when it cannot be written (the container then keeps its image's).
+fn hosts_file(rt: &PodRt) -> Option<Bind> {
+    let path = rt.dir.join("etc-hosts");
+    let text = format!(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{}\n",
+        rt.pod_ip, rt.name
+    );
+    std::fs::write(&path, text).ok()?;
+    Some(Bind { source: path, destination: "/etc/hosts".into(), read_only: false })
 }
 
 async fn pump_log(

@@ -544,3 +544,120 @@ fn argument_mistakes_are_explained_before_anything_runs() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no such bundle"), "{}", r.stderr);
 }
+
+/// Seen on a real v1.36 cluster: collecting a shell-less pod reported `/etc/hosts` as changed
+/// since start — the kubelet rewrites the pod's `/etc/hosts` whenever a container of the pod
+/// starts, here kustody's own debug container (the test cluster's kubelet does the same). That
+/// change is the acquisition's: recorded as such, not as drift. Kubelet-managed files are
+/// labelled. The debug container ends with exit 0 (`Completed`), not killed (143, `Error`).
+#[test]
+fn the_debug_containers_own_side_effects_are_not_drift_and_it_ends_completed() {
+    let ns = "ir";
+    let pod = Pod::new("quiet").image("gcr.io/distroless/static:nonroot");
+    let Some((c, kc, dir)) = setup(TestCluster::builder().namespace(ns).pod(pod)) else {
+        return;
+    };
+    // the debug container must start in a later second than the target did, as on a real
+    // cluster where collection comes long after the start
+    let started = c.get("pods", ns, "quiet").unwrap()["status"]["containerStatuses"][0]["state"]["running"]
+        ["startedAt"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = chrono::DateTime::parse_from_rfc3339(&started).unwrap();
+    c.wait_for(Duration::from_secs(10), || (chrono::Utc::now().timestamp() >= started.timestamp() + 2).then_some(()))
+        .unwrap();
+    let out = dir.path().join("b");
+    let r = kustody(Some(&kc), &["collect", "pod/quiet", "-n", ns, "-o", out.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let cdir = out.join("pods/ir/quiet/containers/main");
+    let files = files_jsonl(&cdir.join("files.jsonl"));
+    let entry = |p: &str| files.iter().find(|f| f["path"] == p).unwrap_or_else(|| panic!("{p} not listed")).clone();
+    let hosts = entry("/etc/hosts");
+    assert_eq!(hosts["managed_by"], "kubelet", "{hosts}");
+    assert_eq!(hosts["drift"], false, "kustody's own side effect presented as drift: {hosts}");
+    let cause = hosts["changed_by_acquisition"].as_str().unwrap_or_else(|| panic!("no cause recorded: {hosts}"));
+    assert!(cause.contains("debug container kustody-"), "{cause}");
+    assert_eq!(hosts["sha256"].as_str().map(str::len), Some(64), "kubelet-managed files are hashed: {hosts}");
+    assert_eq!(entry("/etc/resolv.conf")["managed_by"], "kubelet");
+    let drift = read_json(&cdir.join("drift.json"));
+    assert!(!drift.as_array().unwrap().iter().any(|f| f["path"] == "/etc/hosts"), "{drift:#}");
+    let m = read_json(&out.join("MANIFEST.json"));
+    let cont = &m["targets"][0]["containers"][0];
+    assert_eq!(cont["via"], "debug");
+    assert_eq!(cont["changed_by_acquisition"], json!(["/etc/hosts"]), "{cont:#}");
+    assert_eq!(cont["debug_container"]["ended"]["exitCode"], 0, "{cont:#}");
+    assert_eq!(cont["debug_container"]["ended"]["reason"], "Completed", "{cont:#}");
+    assert!(r.stdout.contains("1 by kustody's debug container: /etc/hosts"), "{}", r.stdout);
+    // and the cluster says the same
+    let st =
+        c.get("pods", ns, "quiet").unwrap()["status"]["ephemeralContainerStatuses"][0]["state"]["terminated"].clone();
+    assert_eq!((st["exitCode"].clone(), st["reason"].clone()), (json!(0), json!("Completed")), "{st}");
+}
+
+/// A tmpfs of `size` mounted for one test: a real full disk. Needs root (CI runs the tests as
+/// root); elsewhere the test is skipped, loudly under `CI=true`.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let d = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(d.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "mounting a tmpfs needs root (CI runs as root)");
+            eprintln!("SKIP: cannot mount a tmpfs (not root?)");
+            return None;
+        }
+        Some(Tmpfs(d))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// The bundle on a disk too small for the file listing: the listing is a recorded failure
+/// (not a silently missing artifact), what fits is collected, and the bundle verifies.
+#[test]
+fn a_full_disk_is_a_recorded_failure_not_a_lost_artifact() {
+    let ns = "ir";
+    let pod = Pod::new("many").command(&[
+        "sh",
+        "-c",
+        "mkdir -p /tmp/m && cd /tmp/m && seq 1 6000 | xargs touch && echo ready; exec sleep 3600",
+    ]);
+    let Some((c, kc, _dir)) = setup(TestCluster::builder().namespace(ns).pod(pod)) else {
+        return;
+    };
+    let Some(disk) = Tmpfs::mount("512k") else { return };
+    c.wait_for(Duration::from_secs(30), || {
+        let r = c.container_rootfs(ns, "many", "main")?;
+        (std::fs::read_dir(r.join("tmp/m")).ok()?.count() >= 6000).then_some(())
+    })
+    .unwrap();
+    let out = disk.0.path().join("b");
+    let r = kustody(Some(&kc), &["collect", "pod/many", "-n", ns, "-o", out.to_str().unwrap()]);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let m = read_json(&out.join("MANIFEST.json"));
+    let failures = m["failures"].as_array().unwrap();
+    let f = failures
+        .iter()
+        .find(|f| f["item"] == "pods/ir/many/containers/main/files.jsonl")
+        .unwrap_or_else(|| panic!("the lost listing is not recorded: {failures:#?}"));
+    assert!(f["reason"].as_str().unwrap().contains("No space left on device"), "{f}");
+    assert_eq!(f["source"]["kind"], "collector", "{f}");
+    assert!(!out.join("pods/ir/many/containers/main/files.jsonl").exists(), "no partial file left");
+    assert!(r.stdout.contains("files.jsonl") && r.stdout.contains("No space left"), "{}", r.stdout);
+    // what fitted is there, and nothing in the bundle is unaccounted for
+    assert!(out.join("pods/ir/many/cluster/pod.json").exists());
+    assert!(out.join("pods/ir/many/containers/main/processes.json").exists());
+    let v = kustody(None, &["verify", out.to_str().unwrap()]);
+    assert_eq!(v.code, 0, "{}", v.stdout);
+}
