@@ -290,6 +290,10 @@ pub struct TokenArgs {
 pub struct WhoamiArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// Output format: `json` prints the SelfSubjectReview as `kubectl auth whoami -o json` does
+    /// (plus `connection`: server, context, authentication).
+    #[arg(long = "output", short = 'o', visible_alias = "format", visible_short_alias = 'f', value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
 }
 
 #[derive(Args, Debug)]
