@@ -314,7 +314,10 @@ pub async fn resolve(opts: &ClusterOptions) -> Result<Resolved, ClusterError> {
         config.auth_info.impersonate = Some(user.clone());
         config.auth_info.impersonate_groups =
             (!opts.impersonate_groups.is_empty()).then(|| opts.impersonate_groups.clone());
-        notes.push(format!("impersonating: {user} (groups: {})", opts.impersonate_groups.join(", ")));
+        match opts.impersonate_groups.as_slice() {
+            [] => notes.push(format!("impersonating: {user}")),
+            groups => notes.push(format!("impersonating: {user} (groups: {})", groups.join(", "))),
+        }
     }
     if let Some(t) = opts.request_timeout.filter(|t| !t.is_zero()) {
         config.connect_timeout = Some(t);

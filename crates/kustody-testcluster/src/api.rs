@@ -299,8 +299,7 @@ impl Api {
     /// Mint a token for a service account (TokenRequest, projected pod tokens).
     pub fn mint_sa_token(&self, ns: &str, sa: &str, pod: Option<(&str, &str)>, ttl: Duration) -> String {
         use base64::Engine;
-        use rand::Rng;
-        let raw: [u8; 32] = rand::thread_rng().gen();
+        let raw: [u8; 32] = rand::random();
         let token = format!("kustody-tc.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
         let mut user = UserInfo::new(
             &format!("system:serviceaccount:{ns}:{sa}"),

@@ -100,15 +100,12 @@ fn ns_of(rt: &ResourceType, obj: &Value) -> String {
 
 /// A random lowercase suffix in the alphabet Kubernetes uses for generated names.
 pub fn random_suffix(n: usize) -> String {
-    use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::thread_rng();
-    (0..n).map(|_| ALPHABET.get(rng.gen_range(0..ALPHABET.len())).copied().unwrap_or(b'x') as char).collect()
+    (0..n).map(|_| ALPHABET.get(rand::random_range(0..ALPHABET.len())).copied().unwrap_or(b'x') as char).collect()
 }
 
 pub fn new_uid() -> String {
-    use rand::Rng;
-    let b: [u8; 16] = rand::thread_rng().gen();
+    let b: [u8; 16] = rand::random();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
         "{}-{}-4{}-a{}-{}",

@@ -148,7 +148,7 @@ pub struct CollectArgs {
     /// format.
     #[arg(long = "output-file", visible_alias = "bundle", value_name = "DIR|FILE.tar.zst")]
     pub output: Option<PathBuf>,
-    /// `-o`/`--output` from before 0.2 (the bundle path): refused with a pointer to --output-file.
+    /// `-o`/`--output` as the bundle path (the earlier spelling): refused with a pointer to --output-file.
     #[arg(short = 'o', long = "output", hide = true, value_name = "DIR|FILE.tar.zst")]
     pub old_output: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "triage")]
@@ -290,6 +290,10 @@ pub struct TokenArgs {
 pub struct WhoamiArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// Output format: `json` prints the SelfSubjectReview as `kubectl auth whoami -o json` does
+    /// (plus `connection`: server, context, authentication).
+    #[arg(long = "output", short = 'o', visible_alias = "format", visible_short_alias = 'f', value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
 }
 
 #[derive(Args, Debug)]
@@ -307,7 +311,7 @@ pub struct ExecArgs {
     /// Write stdout to this file instead of standard output.
     #[arg(long = "output-file", value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// `-o`/`--output` from before 0.2 (a file): refused with a pointer to --output-file.
+    /// `-o`/`--output` as a file (the earlier spelling): refused with a pointer to --output-file.
     #[arg(short = 'o', long = "output", hide = true, value_name = "FILE")]
     pub old_output: Option<PathBuf>,
     /// Have the container count its stdout too, and fail on a mismatch (needs sh, tee, wc).

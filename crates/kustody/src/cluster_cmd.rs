@@ -41,6 +41,20 @@ pub fn whoami(args: WhoamiArgs) -> Result<ExitCode> {
         let cluster = connect(&args.cluster).await?;
         let me = kustody_cluster::identity::whoami(&cluster.client).await?;
         let mut out = std::io::stdout().lock();
+        if args.format == crate::cli::ReportFormat::Json {
+            let review = serde_json::json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "SelfSubjectReview",
+                "status": {"userInfo": me},
+                "connection": {
+                    "server": cluster.server,
+                    "context": cluster.context,
+                    "auth": cluster.auth.to_string(),
+                },
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&review)?)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         writeln!(out, "user:    {}", sanitize(&me.username))?;
         if !me.uid.is_empty() {
             writeln!(out, "uid:     {}", sanitize(&me.uid))?;

@@ -581,6 +581,15 @@ fn runs_as_the_kubectl_plugin_kubectl_kustody() {
     let direct = kustody(&["hunt", EXAMPLE, "-q", "-o", "jsonl"]);
     let as_plugin = run(Command::new(&plugin).args(["hunt", EXAMPLE, "-q", "-o", "jsonl"]));
     assert_eq!(as_plugin.stdout, direct.stdout);
+    // the krew manifest installs the same binary under kubectl-kustody
+    let manifest = std::fs::read_to_string(repo().join("deploy/krew/kustody.yaml")).unwrap();
+    let docs = kustody_model::yaml::parse(&manifest).unwrap();
+    assert_eq!(docs[0].get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()), Some("kustody"));
+    let Some(kustody_model::yaml::Node::Seq { items, .. }) = docs[0].get("spec").and_then(|s| s.get("platforms"))
+    else {
+        panic!("no platforms in the krew manifest")
+    };
+    assert!(!items.is_empty() && items.iter().all(|p| p.get("bin").and_then(|b| b.as_str()) == Some("kustody")));
     // through kubectl itself, where it is installed: kubectl finds plugins on PATH
     if Command::new("kubectl").arg("version").arg("--client").output().is_ok() {
         let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());

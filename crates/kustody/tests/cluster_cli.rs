@@ -178,6 +178,13 @@ fn as_impersonates_and_v6_logs_each_request_without_credentials() {
         audit.lines().any(|l| l.contains("\"impersonatedUser\"") && l.contains("\"alice\"")),
         "no impersonated event"
     );
+    // -o json: kubectl's SelfSubjectReview shape
+    let out = kustody(&["auth", "whoami", "--kubeconfig", &kc, "--as", "alice", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let review: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(review["kind"], "SelfSubjectReview");
+    assert_eq!(review["status"]["userInfo"]["username"], "alice");
+    assert_eq!(review["connection"]["auth"], "client certificate");
     // -v 1 (and a bare -v) print no request lines
     let out = kustody(&["auth", "whoami", "--kubeconfig", &kc, "-v"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -568,7 +568,7 @@ fn the_debug_containers_own_side_effects_are_not_drift_and_it_ends_completed() {
     c.wait_for(Duration::from_secs(10), || (chrono::Utc::now().timestamp() >= started.timestamp() + 2).then_some(()))
         .unwrap();
     let out = dir.path().join("b");
-    let r = kustody(Some(&kc), &["collect", "pod/quiet", "-n", ns, "-o", out.to_str().unwrap()]);
+    let r = kustody(Some(&kc), &["collect", "pod/quiet", "-n", ns, "--output-file", out.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let cdir = out.join("pods/ir/quiet/containers/main");
     let files = files_jsonl(&cdir.join("files.jsonl"));
@@ -643,7 +643,7 @@ fn a_full_disk_is_a_recorded_failure_not_a_lost_artifact() {
     })
     .unwrap();
     let out = disk.0.path().join("b");
-    let r = kustody(Some(&kc), &["collect", "pod/many", "-n", ns, "-o", out.to_str().unwrap()]);
+    let r = kustody(Some(&kc), &["collect", "pod/many", "-n", ns, "--output-file", out.to_str().unwrap()]);
     assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
     let m = read_json(&out.join("MANIFEST.json"));
     let failures = m["failures"].as_array().unwrap();
