@@ -216,7 +216,10 @@ pub async fn quarantine(
     outcome.apply_ms = ms(t_apply);
     progress.event(Event::Verifying);
     let t_verify = Instant::now();
-    outcome.checks = apply::verify(client, &p, opts, run.wait).await?;
+    outcome.checks = match apply::verify(client, &p, opts, run.wait).await {
+        Ok(c) => c,
+        Err(error) => return Err(unverifiable(error, &outcome.sent, &mut e, log)),
+    };
     outcome.verify_ms = ms(t_verify);
     let ok = outcome.checks.iter().all(|c| c.status != CheckStatus::Failed);
     outcome.status = if p.is_noop() {
@@ -235,6 +238,19 @@ pub async fn quarantine(
     log.write(&mut e)?;
     outcome.plan = p;
     Ok(outcome)
+}
+
+/// Reading back failed after the requests were sent: the final entry still says what was sent
+/// (outcome `unverified`, with the error), then the error goes to the caller.
+fn unverifiable(error: ClusterError, sent: &[Sent], e: &mut Value, log: &ActionLog) -> ContainError {
+    e["outcome"] = json!("unverified");
+    e["requests"] = json!(sent);
+    e["error"] = json!(error.to_string());
+    e["errorStatus"] = json!(error.status());
+    match log.write(e) {
+        Ok(()) => ContainError::Cluster(error),
+        Err(logged) => logged,
+    }
 }
 
 /// Stop on what the plan cannot do (even with `--force`) and on refusals without `--force`,
@@ -434,7 +450,10 @@ pub async fn release(
     }
     outcome.sent = sent;
     progress.event(Event::Verifying);
-    outcome.checks = apply::verify_release(client, &p, run.wait).await?;
+    outcome.checks = match apply::verify_release(client, &p, run.wait).await {
+        Ok(c) => c,
+        Err(error) => return Err(unverifiable(error, &outcome.sent, &mut e, log)),
+    };
     let ok = outcome.checks.iter().all(|c| c.status != CheckStatus::Failed);
     outcome.status = if ok { ReleaseStatus::Verified } else { ReleaseStatus::Unverified };
     e["outcome"] = json!(outcome.status);
