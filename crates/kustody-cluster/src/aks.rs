@@ -24,6 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sha1::Digest as _;
 
+use crate::error::CredentialError;
 use crate::oauth::{self, AccessToken};
 
 pub const AKS_SERVER_ID: &str = "6dae42f8-4368-4678-94ff-3960e28e3630";
@@ -87,7 +88,8 @@ impl Login {
 }
 
 /// Resolve the credential for a login mode, or say why it cannot be minted in-process.
-pub fn resolve(login: &Login) -> Result<Credential, String> {
+pub fn resolve(login: &Login) -> Result<Credential, CredentialError> {
+    let missing = |what: &str| CredentialError::Missing(what.to_owned());
     let env = |keys: &[&str]| login.env(keys);
     let authority = env(&["AZURE_AUTHORITY_HOST"]).unwrap_or_else(|| AUTHORITY.into()).trim_end_matches('/').to_owned();
     let tenant = || {
@@ -95,7 +97,7 @@ pub fn resolve(login: &Login) -> Result<Credential, String> {
             .tenant_id
             .clone()
             .or_else(|| env(&["AZURE_TENANT_ID"]))
-            .ok_or("no tenant (--tenant-id or AZURE_TENANT_ID)")
+            .ok_or_else(|| missing("no tenant (--tenant-id or AZURE_TENANT_ID)"))
     };
     let mode = login.mode.as_deref().unwrap_or("devicecode");
     match mode {
@@ -104,16 +106,18 @@ pub fn resolve(login: &Login) -> Result<Credential, String> {
                 .client_id
                 .clone()
                 .or_else(|| env(&["AZURE_CLIENT_ID", "AAD_SERVICE_PRINCIPAL_CLIENT_ID"]))
-                .ok_or("no client id (--client-id, AZURE_CLIENT_ID or AAD_SERVICE_PRINCIPAL_CLIENT_ID)")?;
+                .ok_or_else(|| {
+                    missing("no client id (--client-id, AZURE_CLIENT_ID or AAD_SERVICE_PRINCIPAL_CLIENT_ID)")
+                })?;
             let tenant = tenant()?;
             if let Some(secret) = env(&["AZURE_CLIENT_SECRET", "AAD_SERVICE_PRINCIPAL_CLIENT_SECRET"]) {
                 return Ok(Credential::Secret { tenant, client_id, secret: SecretString::from(secret), authority });
             }
             if let Some(path) = env(&["AZURE_CLIENT_CERTIFICATE_PATH", "AAD_SERVICE_PRINCIPAL_CLIENT_CERTIFICATE"]) {
-                let pem = std::fs::read_to_string(&path).map_err(|e| format!("the client certificate {path}: {e}"))?;
+                let pem = crate::wif::read_capped(&path, 1 << 20, "1 MiB, not a client certificate")?;
                 return Ok(Credential::Certificate { tenant, client_id, pem: SecretString::from(pem), authority });
             }
-            Err("no client secret or certificate (AZURE_CLIENT_SECRET / AZURE_CLIENT_CERTIFICATE_PATH)".into())
+            Err(missing("no client secret or certificate (AZURE_CLIENT_SECRET / AZURE_CLIENT_CERTIFICATE_PATH)"))
         }
         "workloadidentity" => Ok(Credential::Workload {
             tenant: tenant()?,
@@ -121,8 +125,10 @@ pub fn resolve(login: &Login) -> Result<Credential, String> {
                 .client_id
                 .clone()
                 .or_else(|| env(&["AZURE_CLIENT_ID"]))
-                .ok_or("no client id (AZURE_CLIENT_ID)")?,
-            token_file: env(&["AZURE_FEDERATED_TOKEN_FILE"]).ok_or("no AZURE_FEDERATED_TOKEN_FILE")?.into(),
+                .ok_or_else(|| missing("no client id (AZURE_CLIENT_ID)"))?,
+            token_file: env(&["AZURE_FEDERATED_TOKEN_FILE"])
+                .ok_or_else(|| missing("no AZURE_FEDERATED_TOKEN_FILE"))?
+                .into(),
             authority,
         }),
         "msi" => Ok(Credential::ManagedIdentity {
@@ -136,10 +142,13 @@ pub fn resolve(login: &Login) -> Result<Credential, String> {
             let dir = env(&["AZURE_CONFIG_DIR"])
                 .map(std::path::PathBuf::from)
                 .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".azure")))
-                .ok_or("no AZURE_CONFIG_DIR or HOME")?;
+                .ok_or_else(|| missing("no AZURE_CONFIG_DIR or HOME"))?;
             let cache = dir.join("msal_token_cache.json");
             if !cache.exists() {
-                return Err(format!("no Azure CLI token cache at {} (run `az login`)", cache.display()));
+                return Err(CredentialError::Missing(format!(
+                    "no Azure CLI token cache at {} (run `az login`)",
+                    cache.display()
+                )));
             }
             Ok(Credential::AzureCli {
                 cache,
@@ -147,27 +156,34 @@ pub fn resolve(login: &Login) -> Result<Credential, String> {
                 authority,
             })
         }
-        other => {
-            Err(format!("kubelogin login mode `{other}` needs a person or another tool; it is not minted in-process"))
-        }
+        other => Err(CredentialError::Unsupported(format!(
+            "kubelogin login mode `{other}` needs a person or another tool; it is not minted in-process"
+        ))),
     }
 }
 
 /// The client assertion for a certificate credential: header `x5t` = base64url(SHA-1(cert DER)).
-fn certificate_assertion(pem: &SecretString, client_id: &str, aud: &str, now: SystemTime) -> Result<String, String> {
-    let cert =
-        oauth::pem_block(pem.expose_secret(), "CERTIFICATE").ok_or("the certificate file has no CERTIFICATE block")?;
-    let x5t = oauth::b64url(&sha1::Sha1::digest(&cert));
+fn certificate_assertion(
+    pem: &SecretString,
+    client_id: &str,
+    aud: &str,
+    now: SystemTime,
+) -> Result<String, CredentialError> {
+    use rustls_pki_types::pem::PemObject;
+    let cert = rustls_pki_types::CertificateDer::from_pem_slice(pem.expose_secret().as_bytes())
+        .map_err(|_| CredentialError::Key("the certificate file has no CERTIFICATE block".into()))?;
+    let x5t = oauth::b64url(&sha1::Sha1::digest(cert.as_ref()));
     let iat = oauth::epoch(now);
     let mut jti = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut jti).map_err(|_| "no randomness")?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut jti)
+        .map_err(|_| CredentialError::Signing("no randomness".into()))?;
     let header = json!({"alg": "RS256", "typ": "JWT", "x5t": x5t});
     let claims = json!({"aud": aud, "iss": client_id, "sub": client_id, "jti": oauth::b64url(&jti), "nbf": iat, "iat": iat, "exp": iat + 600});
     oauth::jwt_rs256(&header, &claims, pem)
 }
 
 /// Get a token for `server_id` (`<server_id>/.default`).
-pub async fn access_token(cred: &Credential, server_id: &str, now: SystemTime) -> Result<AccessToken, String> {
+pub async fn access_token(cred: &Credential, server_id: &str, now: SystemTime) -> Result<AccessToken, CredentialError> {
     let scope = format!("{server_id}/.default");
     let endpoint = |authority: &str, tenant: &str| format!("{authority}/{tenant}/oauth2/v2.0/token");
     match cred {
@@ -193,12 +209,7 @@ pub async fn access_token(cred: &Credential, server_id: &str, now: SystemTime) -
         }
         Credential::Workload { tenant, client_id, token_file, authority } => {
             let url = endpoint(authority, tenant);
-            let meta = std::fs::metadata(token_file).map_err(|e| format!("{}: {e}", token_file.display()))?;
-            if meta.len() > 64 * 1024 {
-                return Err(format!("{}: larger than 64 KiB, not a token", token_file.display()));
-            }
-            let assertion =
-                std::fs::read_to_string(token_file).map_err(|e| format!("{}: {e}", token_file.display()))?;
+            let assertion = crate::wif::read_capped(token_file, 64 * 1024, "64 KiB, not a token")?;
             client_assertion(&url, client_id, assertion.trim(), &scope, now).await
         }
         Credential::AzureCli { cache, tenant, authority } => {
@@ -210,10 +221,7 @@ pub async fn access_token(cred: &Credential, server_id: &str, now: SystemTime) -
             if let Some(c) = client_id {
                 url.push_str(&format!("&client_id={c}"));
             }
-            let req = http::Request::get(url.as_str())
-                .header("metadata", "true")
-                .body(Vec::new())
-                .map_err(|e| e.to_string())?;
+            let req = oauth::request(http::Request::get(url.as_str()).header("metadata", "true"), &url, Vec::new())?;
             let v = oauth::json_answer(&url, oauth::send(req).await?)?;
             oauth::token_of(&v, now)
         }
@@ -227,14 +235,11 @@ async fn azure_cli(
     authority: &str,
     server_id: &str,
     now: SystemTime,
-) -> Result<AccessToken, String> {
-    let meta = std::fs::metadata(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
-    if meta.len() > 16 << 20 {
-        return Err(format!("{}: larger than 16 MiB", cache.display()));
-    }
-    let text = std::fs::read_to_string(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+) -> Result<AccessToken, CredentialError> {
+    let origin = cache.display().to_string();
+    let text = crate::wif::read_capped(cache, 16 << 20, "16 MiB")?;
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON ({e})", cache.display()))?;
+        serde_json::from_str(&text).map_err(|e| CredentialError::field(&origin, "", format!("not JSON ({e})")))?;
     let entries = |kind: &str| -> Vec<serde_json::Value> {
         v.get(kind).and_then(|m| m.as_object()).map(|m| m.values().cloned().collect()).unwrap_or_default()
     };
@@ -261,10 +266,13 @@ async fn azure_cli(
         .into_iter()
         .find(|r| field(r, "client_id") == AZURE_CLI_CLIENT_ID && tenant_ok(r))
         .ok_or_else(|| {
-            format!(
-                "{}: no Azure CLI refresh token{} (run `az login`)",
-                cache.display(),
-                tenant.map(|t| format!(" for tenant {t}")).unwrap_or_default()
+            CredentialError::field(
+                &origin,
+                "RefreshToken",
+                format!(
+                    "no Azure CLI refresh token{} (run `az login`)",
+                    tenant.map(|t| format!(" for tenant {t}")).unwrap_or_default()
+                ),
             )
         })?;
     let tenant = tenant
@@ -293,7 +301,7 @@ async fn client_assertion(
     assertion: &str,
     scope: &str,
     now: SystemTime,
-) -> Result<AccessToken, String> {
+) -> Result<AccessToken, CredentialError> {
     let v = oauth::post_form(
         url,
         &[
@@ -317,7 +325,8 @@ mod tests {
     fn interactive_modes_are_not_minted() {
         for m in [None, Some("devicecode"), Some("interactive"), Some("ropc")] {
             let e = resolve(&Login { mode: m.map(String::from), ..Login::default() }).unwrap_err();
-            assert!(e.contains("not minted in-process"), "{e}");
+            assert!(matches!(e, CredentialError::Unsupported(_)), "{e}");
+            assert!(e.to_string().contains("not minted in-process"), "{e}");
         }
         let msi =
             resolve(&Login { mode: Some("msi".into()), client_id: Some("c".into()), ..Login::default() }).unwrap();

@@ -336,7 +336,8 @@ pub async fn resolve(opts: &ClusterOptions) -> Result<Resolved, ClusterError> {
 async fn native_token(
     plugin: &Plugin,
     plugin_env: Vec<(String, secrecy::SecretString)>,
-) -> Result<(crate::oauth::AccessToken, String, f64), String> {
+) -> Result<(crate::oauth::AccessToken, String, f64), crate::error::CredentialError> {
+    use crate::error::CredentialError;
     let started = std::time::Instant::now();
     let now = std::time::SystemTime::now();
     let ms = || started.elapsed().as_secs_f64() * 1000.0;
@@ -344,17 +345,19 @@ async fn native_token(
         Plugin::Eks { cluster, region, role_arn, profile } => {
             let creds = crate::eks::credentials(profile.as_deref(), role_arn.as_deref())
                 .await
-                .map_err(|e| format!("the AWS credentials are {e}"))?;
-            let region = crate::eks::region(region.as_deref(), profile.as_deref())
-                .ok_or("no AWS region is configured (--region, AWS_REGION or the profile's region)")?;
+                .map_err(|e| e.context("the AWS credentials are"))?;
+            let region = crate::eks::region(region.as_deref(), profile.as_deref()).ok_or_else(|| {
+                CredentialError::Missing(
+                    "no AWS region is configured (--region, AWS_REGION or the profile's region)".into(),
+                )
+            })?;
             let t = crate::eks::token(&creds, cluster, &region, now)?;
             Ok((t.access_token(), creds.source, ms()))
         }
         Plugin::Gke => {
             let (adc, origin) = crate::gke::find()?;
-            let t = crate::gke::access_token(&adc, now)
-                .await
-                .map_err(|e| format!("the Google token request failed: {e}"))?;
+            let t =
+                crate::gke::access_token(&adc, now).await.map_err(|e| e.context("the Google token request failed:"))?;
             Ok((t, format!("{} from {origin}", adc.describe()), ms()))
         }
         Plugin::Aks { server_id, login, tenant_id, client_id } => {
@@ -366,7 +369,7 @@ async fn native_token(
             })?;
             let t = crate::aks::access_token(&cred, server_id, now)
                 .await
-                .map_err(|e| format!("the Entra ID token request failed: {e}"))?;
+                .map_err(|e| e.context("the Entra ID token request failed:"))?;
             Ok((t, cred.describe(), ms()))
         }
     }

@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::error::CredentialError;
+
 /// Static AWS credentials.
 #[derive(Clone)]
 pub struct AwsCredentials {
@@ -63,7 +65,7 @@ pub(crate) fn sign_sts(
     region: &str,
     now: SystemTime,
     settings: aws_sigv4::http_request::SigningSettings,
-) -> Result<aws_sigv4::http_request::SigningInstructions, String> {
+) -> Result<aws_sigv4::http_request::SigningInstructions, CredentialError> {
     use aws_sigv4::http_request::{sign, SessionTokenMode, SignableBody, SignableRequest};
     let identity = aws_credential_types::Credentials::new(
         creds.access_key_id.clone(),
@@ -82,23 +84,30 @@ pub(crate) fn sign_sts(
         .time(now)
         .settings(settings)
         .build()
-        .map_err(|e| format!("signing parameters: {e}"))?
+        .map_err(|e| CredentialError::Signing(format!("signing parameters: {e}")))?
         .into();
     // botocore hashes the (empty) payload, also when presigning; only S3 uses UNSIGNED-PAYLOAD
     let signable = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(&[]))
-        .map_err(|e| format!("signable request: {e}"))?;
-    Ok(sign(signable, &params).map_err(|e| format!("signing: {e}"))?.into_parts().0)
+        .map_err(|e| CredentialError::Signing(format!("signable request: {e}")))?;
+    Ok(sign(signable, &params).map_err(|e| CredentialError::Signing(e.to_string()))?.into_parts().0)
 }
 
 /// Mint a token for `cluster` in `region` at `now`.
-pub fn token(creds: &AwsCredentials, cluster: &str, region: &str, now: SystemTime) -> Result<EksToken, String> {
+pub fn token(
+    creds: &AwsCredentials,
+    cluster: &str,
+    region: &str,
+    now: SystemTime,
+) -> Result<EksToken, CredentialError> {
     use aws_sigv4::http_request::{SignatureLocation, SigningSettings};
     let url = format!("https://{}/?Action=GetCallerIdentity&Version=2011-06-15", sts_host(region));
     let mut settings = SigningSettings::default();
     settings.signature_location = SignatureLocation::QueryParams;
     settings.expires_in = Some(Duration::from_secs(PRESIGN_SECONDS));
     let instructions = sign_sts(creds, "GET", &url, &[("x-k8s-aws-id", cluster)], region, now, settings)?;
-    let mut req = http::Request::get(&url).body(()).map_err(|e| format!("request: {e}"))?;
+    let mut req = http::Request::get(&url)
+        .body(())
+        .map_err(|e| CredentialError::BadUrl { url: url.clone(), reason: e.to_string() })?;
     instructions.apply_to_request_http1x(&mut req);
     let presigned = req.uri().to_string();
     let token = format!("k8s-aws-v1.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(presigned.as_bytes()));
@@ -145,17 +154,17 @@ pub fn env_credentials() -> Option<AwsCredentials> {
 
 /// Static credentials from the environment or the shared credentials file. `Err` says which
 /// source is configured that this build does not handle natively.
-pub fn static_credentials(profile: Option<&str>) -> Result<AwsCredentials, String> {
+pub fn static_credentials(profile: Option<&str>) -> Result<AwsCredentials, CredentialError> {
     if let Some(c) = env_credentials() {
         return Ok(c);
     }
     if std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
-        return Err("web identity (IRSA) credentials".into());
+        return Err(CredentialError::Unsupported("web identity (IRSA) credentials".into()));
     }
     if std::env::var_os("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
         || std::env::var_os("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
     {
-        return Err("container (EKS Pod Identity / ECS) credentials".into());
+        return Err(CredentialError::Unsupported("container (EKS Pod Identity / ECS) credentials".into()));
     }
     let profile =
         profile.map(str::to_owned).or_else(|| std::env::var("AWS_PROFILE").ok()).unwrap_or_else(|| "default".into());
@@ -174,36 +183,38 @@ pub fn static_credentials(profile: Option<&str>) -> Result<AwsCredentials, Strin
             });
         }
     }
-    Err(format!(
+    Err(CredentialError::Unsupported(format!(
         "profile `{profile}` has no static keys (SSO, assumed roles and instance credentials are left to the plugin)"
-    ))
+    )))
 }
 
 /// Credentials for minting: static keys natively (fast, no I/O beyond one file), else — in a
 /// build with the `aws-chain` feature — the AWS SDK's default chain (SSO, credential_process,
 /// web identity/IRSA, EKS Pod Identity and ECS, IMDSv2), and `--role-arn` through STS AssumeRole.
-pub async fn credentials(profile: Option<&str>, role_arn: Option<&str>) -> Result<AwsCredentials, String> {
+pub async fn credentials(profile: Option<&str>, role_arn: Option<&str>) -> Result<AwsCredentials, CredentialError> {
     if role_arn.is_none() {
         match static_credentials(profile) {
             Ok(c) => return Ok(c),
-            Err(why) => return chain(profile, None, why).await,
+            Err(why) => return chain(profile, None, why.to_string()).await,
         }
     }
     chain(profile, role_arn, String::new()).await
 }
 
 #[cfg(not(feature = "aws-chain"))]
-async fn chain(_profile: Option<&str>, role_arn: Option<&str>, why: String) -> Result<AwsCredentials, String> {
+async fn chain(_profile: Option<&str>, role_arn: Option<&str>, why: String) -> Result<AwsCredentials, CredentialError> {
     match role_arn {
-        Some(_) => Err("assuming a role (--role-arn) needs a kustody built with --features aws-chain".into()),
-        None => Err(format!(
-            "{why}; this kustody reads static keys only (build it with --features aws-chain for SSO, IRSA, Pod Identity and IMDS)"
+        Some(_) => Err(CredentialError::Unsupported(
+            "assuming a role (--role-arn) needs a kustody built with --features aws-chain".into(),
         )),
+        None => Err(CredentialError::Unsupported(format!(
+            "{why}; this kustody reads static keys only (build it with --features aws-chain for SSO, IRSA, Pod Identity and IMDS)"
+        ))),
     }
 }
 
 #[cfg(feature = "aws-chain")]
-async fn chain(profile: Option<&str>, role_arn: Option<&str>, _why: String) -> Result<AwsCredentials, String> {
+async fn chain(profile: Option<&str>, role_arn: Option<&str>, _why: String) -> Result<AwsCredentials, CredentialError> {
     use aws_credential_types::provider::ProvideCredentials;
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(p) = profile {
@@ -211,11 +222,16 @@ async fn chain(profile: Option<&str>, role_arn: Option<&str>, _why: String) -> R
     }
     let cfg = loader.load().await;
     let err = |e: aws_credential_types::provider::error::CredentialsError| {
-        format!("the AWS credential chain: {}", aws_smithy_types::error::display::DisplayErrorContext(e))
+        CredentialError::Unsupported(format!(
+            "the AWS credential chain: {}",
+            aws_smithy_types::error::display::DisplayErrorContext(e)
+        ))
     };
     let (creds, source) = match role_arn {
         None => {
-            let p = cfg.credentials_provider().ok_or("the AWS SDK found no credentials provider")?;
+            let p = cfg
+                .credentials_provider()
+                .ok_or_else(|| CredentialError::Unsupported("the AWS SDK found no credentials provider".into()))?;
             (p.provide_credentials().await.map_err(err)?, "AWS SDK default chain".to_owned())
         }
         Some(arn) => {

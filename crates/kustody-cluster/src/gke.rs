@@ -16,6 +16,7 @@ use std::time::SystemTime;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
+use crate::error::CredentialError;
 use crate::oauth::{self, AccessToken};
 pub use crate::wif::SubjectSource;
 
@@ -88,9 +89,10 @@ pub(crate) fn s(v: &Value, k: &str) -> Option<String> {
 }
 
 /// Parse an ADC JSON file.
-pub fn parse(text: &str, origin: &str) -> Result<Adc, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("{origin}: not JSON ({e})"))?;
-    let need = |k: &str| s(&v, k).ok_or_else(|| format!("{origin}: no `{k}`"));
+pub fn parse(text: &str, origin: &str) -> Result<Adc, CredentialError> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| CredentialError::field(origin, "", format!("not JSON ({e})")))?;
+    let need = |k: &str| s(&v, k).ok_or_else(|| CredentialError::no_field(origin, k));
     match v.get("type").and_then(Value::as_str) {
         Some("service_account") => Ok(Adc::ServiceAccount {
             email: need("client_email")?,
@@ -105,7 +107,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Adc, String> {
             token_uri: s(&v, "token_uri").unwrap_or_else(|| GOOGLE_TOKEN_URI.into()),
         }),
         Some("impersonated_service_account") => {
-            let source = v.get("source_credentials").ok_or_else(|| format!("{origin}: no `source_credentials`"))?;
+            let source =
+                v.get("source_credentials").ok_or_else(|| CredentialError::no_field(origin, "source_credentials"))?;
             Ok(Adc::Impersonated {
                 source: Box::new(parse(&source.to_string(), origin)?),
                 url: need("service_account_impersonation_url")?,
@@ -117,7 +120,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Adc, String> {
             })
         }
         Some("external_account") => {
-            let cs = v.get("credential_source").ok_or_else(|| format!("{origin}: no `credential_source`"))?;
+            let cs =
+                v.get("credential_source").ok_or_else(|| CredentialError::no_field(origin, "credential_source"))?;
             let source = SubjectSource::parse(cs, origin)?;
             Ok(Adc::External {
                 audience: need("audience")?,
@@ -127,8 +131,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Adc, String> {
                 source,
             })
         }
-        Some(other) => Err(format!("{origin}: credential type {other:?} is not supported")),
-        None => Err(format!("{origin}: no `type`")),
+        Some(other) => {
+            Err(CredentialError::field(origin, "type", format!("credential type {other:?} is not supported")))
+        }
+        None => Err(CredentialError::no_field(origin, "type")),
     }
 }
 
@@ -140,14 +146,8 @@ fn gcloud_adc_path() -> Option<PathBuf> {
 }
 
 /// Find ADC; `Err` says why nothing usable was found.
-pub fn find() -> Result<(Adc, String), String> {
-    let read = |p: &PathBuf| -> Result<String, String> {
-        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        if meta.len() > 1 << 20 {
-            return Err(format!("{}: larger than 1 MiB, not a credentials file", p.display()));
-        }
-        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
-    };
+pub fn find() -> Result<(Adc, String), CredentialError> {
+    let read = |p: &PathBuf| crate::wif::read_capped(p, 1 << 20, "1 MiB, not a credentials file");
     if let Some(p) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
         let p = PathBuf::from(p);
         let origin = format!("GOOGLE_APPLICATION_CREDENTIALS={}", p.display());
@@ -162,7 +162,7 @@ pub fn find() -> Result<(Adc, String), String> {
 }
 
 /// Exchange the credential for an access token.
-pub async fn access_token(adc: &Adc, now: SystemTime) -> Result<AccessToken, String> {
+pub async fn access_token(adc: &Adc, now: SystemTime) -> Result<AccessToken, CredentialError> {
     match adc {
         Adc::ServiceAccount { email, key, key_id, token_uri } => {
             let iat = oauth::epoch(now);
@@ -227,10 +227,8 @@ pub async fn access_token(adc: &Adc, now: SystemTime) -> Result<AccessToken, Str
         }
         Adc::Metadata { host } => {
             let url = format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token");
-            let req = http::Request::get(url.as_str())
-                .header("metadata-flavor", "Google")
-                .body(Vec::new())
-                .map_err(|e| e.to_string())?;
+            let req =
+                oauth::request(http::Request::get(url.as_str()).header("metadata-flavor", "Google"), &url, Vec::new())?;
             let v = oauth::json_answer(&url, oauth::send(req).await?)?;
             oauth::token_of(&v, now)
         }
@@ -243,14 +241,16 @@ async fn impersonate(
     url: &str,
     delegates: &[String],
     now: SystemTime,
-) -> Result<AccessToken, String> {
+) -> Result<AccessToken, CredentialError> {
     use secrecy::ExposeSecret;
     let body = json!({"scope": SCOPES.split(' ').collect::<Vec<_>>(), "delegates": delegates, "lifetime": "3600s"});
-    let req = http::Request::post(url)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {}", source.token.expose_secret()))
-        .body(body.to_string().into_bytes())
-        .map_err(|e| e.to_string())?;
+    let req = oauth::request(
+        http::Request::post(url)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", source.token.expose_secret())),
+        url,
+        body.to_string().into_bytes(),
+    )?;
     let v = oauth::json_answer(url, oauth::send(req).await?)?;
     oauth::token_of(&v, now)
 }
@@ -276,10 +276,11 @@ mod tests {
             "t@p.iam.gserviceaccount.com impersonated by user credentials (gcloud auth application-default login)"
         );
         assert!(!format!("{a:?}").contains("\"s\""), "secrets stay out of Debug");
-        assert!(parse(r#"{"type":"external_account","credential_source":{"executable":{"command":"x"}}}"#, "f")
-            .unwrap_err()
-            .contains("audience"));
-        assert!(parse(r#"{"type":"service_account"}"#, "f").unwrap_err().contains("client_email"));
-        assert!(parse("nope", "f").is_err());
+        let e = parse(r#"{"type":"external_account","credential_source":{"executable":{"command":"x"}}}"#, "f")
+            .unwrap_err();
+        assert!(matches!(&e, CredentialError::Field { field, .. } if field == "audience"), "{e}");
+        let e = parse(r#"{"type":"service_account"}"#, "f").unwrap_err();
+        assert_eq!(e.to_string(), "f: no `client_email`");
+        assert!(parse("nope", "f").unwrap_err().to_string().starts_with("f: not JSON"));
     }
 }

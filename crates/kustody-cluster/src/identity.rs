@@ -20,10 +20,14 @@ pub async fn whoami(client: &kube::Client) -> Result<Actor, ClusterError> {
     let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
         .header("content-type", "application/json")
         .body(serde_json::to_vec(&body).unwrap_or_default())
-        .map_err(|e| ClusterError::Api(e.to_string()))?;
-    let v: serde_json::Value = client.request(req).await.map_err(|e| match ClusterError::from_kube(e) {
-        ClusterError::Forbidden(m) => ClusterError::Forbidden(format!("{m} (needed to identify the caller)")),
-        other => other,
+        .map_err(|e| ClusterError::Request { what: "SelfSubjectReview".into(), reason: e.to_string() })?;
+    let v: serde_json::Value = client.request(req).await.map_err(|e| {
+        let e = ClusterError::from_kube(e);
+        if e.is_forbidden() {
+            e.needed_to("identify the caller")
+        } else {
+            e
+        }
     })?;
     let u = v.pointer("/status/userInfo").cloned().unwrap_or_default();
     Ok(Actor {

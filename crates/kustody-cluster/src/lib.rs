@@ -6,6 +6,9 @@
 //! - [`exec`]: running a command in a container over the exec WebSocket protocol (v5 and v4),
 //!   streaming stdout into any sink while hashing it.
 //!
+//! - [`error`]: [`ClusterError`] (API errors keep the HTTP status and the Kubernetes reason) and
+//!   [`CredentialError`] (native tokens: the URL, file or field, never the secret).
+//!
 //! Clients are kube-rs clients; exec uses kube-rs's connection (TLS, authentication, upgrade)
 //! and kustody's own message loop, so output goes straight to the sink without intermediate
 //! pipes.
@@ -23,4 +26,4 @@ pub mod select;
 pub mod wif;
 
 pub use config::{Cluster, ClusterOptions};
-pub use error::ClusterError;
+pub use error::{ApiStatus, ClusterError, CredentialError};

@@ -15,10 +15,12 @@ use kube::client::Body;
 use secrecy::ExposeSecret;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::error::CredentialError;
 use crate::oauth::AccessToken;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Mint = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<AccessToken, String>> + Send>> + Send + Sync>;
+pub type Mint =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<AccessToken, CredentialError>> + Send>> + Send + Sync>;
 
 /// Mint a new token when less than this is left.
 pub const MARGIN: Duration = Duration::from_secs(60);
@@ -49,7 +51,7 @@ impl TokenCache {
 
     /// The token to use; a new one when the cached one is within [`MARGIN`] of expiry, or
     /// when `stale` (the server just refused it) is the token still cached.
-    async fn get(&self, stale: Option<&str>) -> Result<String, String> {
+    async fn get(&self, stale: Option<&str>) -> Result<String, CredentialError> {
         let mut g = self.current.lock().await;
         let fresh = g.as_ref().filter(|t| {
             t.expires_at > SystemTime::now() + MARGIN && stale.is_none_or(|s| s != t.token.expose_secret())

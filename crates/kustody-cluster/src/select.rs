@@ -52,21 +52,37 @@ pub fn required_keys(sel: &LabelSelector) -> Vec<String> {
     keys
 }
 
+/// A selector text that is not `key=value[,key=value...]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{part}` in selector `{selector}`: {problem}")]
+pub struct SelectorError {
+    /// The whole selector text.
+    pub selector: String,
+    /// The `key=value` part that is wrong.
+    pub part: String,
+    pub problem: &'static str,
+}
+
 /// `key=value[,key=value...]` (equality only) as matchLabels; `None` for an empty string.
-pub fn parse_equality(s: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+pub fn parse_equality(s: &str) -> Result<Option<BTreeMap<String, String>>, SelectorError> {
     let s = s.trim();
     if s.is_empty() {
         return Ok(None);
     }
     let mut out = BTreeMap::new();
     for part in s.split(',') {
-        let (k, v) = part
-            .split_once("==")
-            .or_else(|| part.split_once('='))
-            .ok_or_else(|| format!("`{part}` in selector `{s}`: expected key=value"))?;
+        let (k, v) = part.split_once("==").or_else(|| part.split_once('=')).ok_or_else(|| SelectorError {
+            selector: s.into(),
+            part: part.into(),
+            problem: "expected key=value",
+        })?;
         let (k, v) = (k.trim(), v.trim());
         if k.is_empty() || !valid_label_key(k) || !valid_label_value(v) {
-            return Err(format!("`{part}` in selector `{s}`: not a valid label key=value"));
+            return Err(SelectorError {
+                selector: s.into(),
+                part: part.into(),
+                problem: "not a valid label key=value",
+            });
         }
         out.insert(k.to_owned(), v.to_owned());
     }
@@ -129,7 +145,7 @@ mod tests {
             labels(&[("app", "honeypot"), ("tier", "trap")])
         );
         assert_eq!(parse_equality(" ").unwrap(), None);
-        assert!(parse_equality("app").unwrap_err().contains("expected key=value"));
+        assert_eq!(parse_equality("app").unwrap_err().to_string(), "`app` in selector `app`: expected key=value");
         assert!(parse_equality("app=bad value").is_err());
     }
 }

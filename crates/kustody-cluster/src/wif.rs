@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
+use crate::error::CredentialError;
 use crate::gke::s;
 use crate::oauth;
 
@@ -60,28 +61,36 @@ const MAX_BYTES: u64 = 1 << 20;
 
 impl SubjectSource {
     /// The `credential_source` of an `external_account` file.
-    pub fn parse(cs: &Value, origin: &str) -> Result<SubjectSource, String> {
+    pub fn parse(cs: &Value, origin: &str) -> Result<SubjectSource, CredentialError> {
+        let bad = |field: &str, problem: String| CredentialError::field(origin, field, problem);
         // AWS sources carry a `url` too (the metadata server's): recognise them first.
         if let Some(env) = s(cs, "environment_id") {
             if !env.starts_with("aws") {
-                return Err(format!("{origin}: credential source environment {env:?} is not supported"));
+                return Err(bad("environment_id", format!("credential source environment {env:?} is not supported")));
             }
             if env != "aws1" {
-                return Err(format!("{origin}: AWS credential source version {env:?} is not supported (only aws1)"));
+                return Err(bad(
+                    "environment_id",
+                    format!("AWS credential source version {env:?} is not supported (only aws1)"),
+                ));
             }
             return Ok(SubjectSource::Aws {
                 region_url: s(cs, "region_url"),
                 credentials_url: s(cs, "url"),
-                verification_url: s(cs, "regional_cred_verification_url")
-                    .ok_or_else(|| format!("{origin}: AWS credential source without regional_cred_verification_url"))?,
+                verification_url: s(cs, "regional_cred_verification_url").ok_or_else(|| {
+                    bad(
+                        "regional_cred_verification_url",
+                        "AWS credential source without regional_cred_verification_url".into(),
+                    )
+                })?,
                 imdsv2_url: s(cs, "imdsv2_session_token_url"),
             });
         }
         if let Some(exe) = cs.get("executable") {
-            let command = s(exe, "command").ok_or_else(|| format!("{origin}: executable without `command`"))?;
+            let command = s(exe, "command").ok_or_else(|| bad("command", "executable without `command`".into()))?;
             let millis = exe.get("timeout_millis").and_then(Value::as_u64).unwrap_or(30_000);
             if !(5_000..=120_000).contains(&millis) {
-                return Err(format!("{origin}: executable timeout_millis must be between 5000 and 120000"));
+                return Err(bad("timeout_millis", "executable timeout_millis must be between 5000 and 120000".into()));
             }
             return Ok(SubjectSource::Executable {
                 command,
@@ -93,7 +102,9 @@ impl SubjectSource {
             Some("json") => Some(
                 cs.pointer("/format/subject_token_field_name")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| format!("{origin}: json format without subject_token_field_name"))?
+                    .ok_or_else(|| {
+                        bad("subject_token_field_name", "json format without subject_token_field_name".into())
+                    })?
                     .to_owned(),
             ),
             _ => None,
@@ -109,7 +120,7 @@ impl SubjectSource {
                 .unwrap_or_default();
             return Ok(SubjectSource::Url { url, headers, json_field });
         }
-        Err(format!("{origin}: credential_source has none of file, url, executable or environment_id"))
+        Err(bad("credential_source", "credential_source has none of file, url, executable or environment_id".into()))
     }
 
     /// For `-v`.
@@ -123,10 +134,10 @@ impl SubjectSource {
     }
 
     /// The subject token.
-    pub async fn token(&self, req: &Request<'_>, now: SystemTime) -> Result<SecretString, String> {
+    pub async fn token(&self, req: &Request<'_>, now: SystemTime) -> Result<SecretString, CredentialError> {
         match self {
             SubjectSource::File { path, json_field } => {
-                let raw = read_capped(path).map_err(|e| format!("subject token {path}: {e}"))?;
+                let raw = read_capped(path, MAX_BYTES, "1 MiB")?;
                 field(&raw, json_field.as_deref())
             }
             SubjectSource::Url { url, headers, json_field } => {
@@ -134,9 +145,13 @@ impl SubjectSource {
                 for (k, v) in headers {
                     r = r.header(k.as_str(), v.as_str());
                 }
-                let (status, body) = oauth::send(r.body(Vec::new()).map_err(|e| e.to_string())?).await?;
+                let (status, body) = oauth::send(oauth::request(r, url, Vec::new())?).await?;
                 if !(200..300).contains(&status) {
-                    return Err(format!("subject token {url}: {status}"));
+                    return Err(CredentialError::Endpoint {
+                        url: url.clone(),
+                        status,
+                        message: "the subject token URL refused".into(),
+                    });
                 }
                 field(&String::from_utf8_lossy(&body), json_field.as_deref())
             }
@@ -151,14 +166,14 @@ impl SubjectSource {
     }
 }
 
-fn field(raw: &str, json_field: Option<&str>) -> Result<SecretString, String> {
+fn field(raw: &str, json_field: Option<&str>) -> Result<SecretString, CredentialError> {
     match json_field {
         None => Ok(SecretString::from(raw.trim().to_owned())),
         Some(f) => serde_json::from_str::<Value>(raw)
             .ok()
             .and_then(|v| v.get(f).and_then(Value::as_str).map(str::to_owned))
             .map(SecretString::from)
-            .ok_or_else(|| format!("the subject token is not JSON with a `{f}` field")),
+            .ok_or_else(|| CredentialError::field("the subject token", f, format!("is not JSON with a `{f}` field"))),
     }
 }
 
@@ -177,11 +192,12 @@ pub fn executable_response(
     origin: &str,
     now: SystemTime,
     need_expiry: bool,
-) -> Result<Option<SecretString>, String> {
-    let v: Value = serde_json::from_str(text.trim()).map_err(|e| format!("{origin} is not JSON: {e}"))?;
-    let version = v.get("version").and_then(Value::as_u64).ok_or_else(|| format!("{origin} has no `version`"))?;
+) -> Result<Option<SecretString>, CredentialError> {
+    let bad = |field: &str, problem: String| CredentialError::field(origin, field, problem);
+    let v: Value = serde_json::from_str(text.trim()).map_err(|e| bad("", format!("is not JSON: {e}")))?;
+    let version = v.get("version").and_then(Value::as_u64).ok_or_else(|| bad("version", "has no `version`".into()))?;
     if version > 1 {
-        return Err(format!("{origin}: response version {version} is not supported (only 1)"));
+        return Err(bad("version", format!("response version {version} is not supported (only 1)")));
     }
     match v.get("success").and_then(Value::as_bool) {
         Some(true) => {}
@@ -189,26 +205,31 @@ pub fn executable_response(
             let code = v.get("code").map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_owned));
             let message = s(&v, "message");
             return match (code, message) {
-                (Some(c), Some(m)) => Err(format!("{origin}: the executable failed: {c}: {m}")),
-                _ => Err(format!("{origin}: an unsuccessful response must have `code` and `message`")),
+                (Some(c), Some(m)) => {
+                    Err(CredentialError::Executable(format!("{origin}: the executable failed: {c}: {m}")))
+                }
+                _ => Err(bad("code", "an unsuccessful response must have `code` and `message`".into())),
             };
         }
-        None => return Err(format!("{origin} has no `success`")),
+        None => return Err(bad("success", "has no `success`".into())),
     }
-    let ty = s(&v, "token_type").ok_or_else(|| format!("{origin} has no `token_type`"))?;
+    let ty = s(&v, "token_type").ok_or_else(|| bad("token_type", "has no `token_type`".into()))?;
     if !TOKEN_TYPES.contains(&ty.as_str()) {
-        return Err(format!("{origin}: token_type {ty:?} is not supported"));
+        return Err(bad("token_type", format!("token_type {ty:?} is not supported")));
     }
     match v.get("expiration_time").and_then(Value::as_u64) {
         Some(exp) if exp <= oauth::epoch(now) => return Ok(None),
         Some(_) => {}
         None if need_expiry => {
-            return Err(format!("{origin} has no `expiration_time`, required when an output_file is configured"))
+            return Err(bad(
+                "expiration_time",
+                "has no `expiration_time`, required when an output_file is configured".into(),
+            ))
         }
         None => {}
     }
     let key = if ty.ends_with(":saml2") { "saml_response" } else { "id_token" };
-    s(&v, key).map(|t| Some(SecretString::from(t))).ok_or_else(|| format!("{origin} has no `{key}`"))
+    s(&v, key).map(|t| Some(SecretString::from(t))).ok_or_else(|| bad(key, format!("has no `{key}`")))
 }
 
 async fn executable(
@@ -217,23 +238,27 @@ async fn executable(
     output_file: Option<&str>,
     req: &Request<'_>,
     now: SystemTime,
-) -> Result<SecretString, String> {
+) -> Result<SecretString, CredentialError> {
     if std::env::var("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES").as_deref() != Ok("1") {
-        return Err("the credential runs an executable; set GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1 \
-                    to allow it (Google's safeguard, honoured here too)"
-            .into());
+        return Err(CredentialError::Unsupported(
+            "the credential runs an executable; set GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1 \
+             to allow it (Google's safeguard, honoured here too)"
+                .into(),
+        ));
     }
     if let Some(path) = output_file {
         // A cached response that is still valid spares running the executable; anything
         // unusable in the cache is ignored, as Google's libraries do.
-        if let Ok(text) = read_capped(path) {
+        if let Ok(text) = read_capped(path, MAX_BYTES, "1 MiB") {
             if let Ok(Some(t)) = executable_response(&text, &format!("output file {path}"), now, true) {
                 return Ok(t);
             }
         }
     }
     let mut words = command.split_whitespace();
-    let program = words.next().ok_or("executable credential with an empty command")?;
+    let program = words
+        .next()
+        .ok_or_else(|| CredentialError::Executable("executable credential with an empty command".into()))?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(words)
         .env("GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE", req.audience)
@@ -249,30 +274,39 @@ async fn executable(
     if let Some(path) = output_file {
         cmd.env("GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE", path);
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run the credential executable {program:?}: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| CredentialError::Executable(format!("cannot run the credential executable {program:?}: {e}")))?;
+    let failed = |e: std::io::Error| CredentialError::Executable(format!("the credential executable {program:?}: {e}"));
     let run = async {
         use tokio::io::AsyncReadExt;
         let mut out = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            stdout.take(MAX_BYTES + 1).read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+            stdout.take(MAX_BYTES + 1).read_to_end(&mut out).await.map_err(failed)?;
         }
-        let status = child.wait().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((status, out))
+        let status = child.wait().await.map_err(failed)?;
+        Ok::<_, CredentialError>((status, out))
     };
-    let (status, out) = tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| format!("the credential executable {program:?} did not finish within {timeout:?}"))??;
+    let (status, out) = tokio::time::timeout(timeout, run).await.map_err(|_| {
+        CredentialError::Executable(format!("the credential executable {program:?} did not finish within {timeout:?}"))
+    })??;
     if out.len() as u64 > MAX_BYTES {
-        return Err(format!("the credential executable {program:?} printed more than 1 MiB"));
+        return Err(CredentialError::Executable(format!(
+            "the credential executable {program:?} printed more than 1 MiB"
+        )));
     }
     let text = String::from_utf8_lossy(&out);
     let origin = format!("the output of {program:?}");
     match executable_response(&text, &origin, now, output_file.is_some()) {
         Ok(Some(t)) if status.success() => Ok(t),
-        Ok(Some(_)) => Err(format!("{origin}: a token, but the executable exited with {status}")),
-        Ok(None) => Err(format!("{origin}: the token it printed has already expired")),
+        Ok(Some(_)) => {
+            Err(CredentialError::Executable(format!("{origin}: a token, but the executable exited with {status}")))
+        }
+        Ok(None) => Err(CredentialError::Executable(format!("{origin}: the token it printed has already expired"))),
         Err(e) if status.success() => Err(e),
-        Err(e) => Err(format!("the credential executable {program:?} exited with {status}: {e}")),
+        Err(e) => {
+            Err(CredentialError::Executable(format!("the credential executable {program:?} exited with {status}: {e}")))
+        }
     }
 }
 
@@ -283,12 +317,19 @@ fn impersonated_email(url: &str) -> Option<&str> {
         .filter(|e| e.contains('@'))
 }
 
-fn read_capped(path: &str) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if meta.len() > MAX_BYTES {
-        return Err("larger than 1 MiB".into());
+/// A credential or token file of at most `max` bytes (`limit` says it in words).
+pub(crate) fn read_capped(
+    path: impl AsRef<std::path::Path>,
+    max: u64,
+    limit: &'static str,
+) -> Result<String, CredentialError> {
+    let path = path.as_ref();
+    let read = |source| CredentialError::Read { path: path.to_owned(), source };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if meta.len() > max {
+        return Err(CredentialError::TooLarge { path: path.to_owned(), limit });
     }
-    std::fs::read_to_string(path).map_err(|e| e.to_string())
+    std::fs::read_to_string(path).map_err(read)
 }
 
 // ---- AWS -----------------------------------------------------------------------------------
@@ -299,27 +340,32 @@ struct Imds<'a> {
 }
 
 impl Imds<'_> {
-    async fn session(&self) -> Result<Option<SecretString>, String> {
+    async fn session(&self) -> Result<Option<SecretString>, CredentialError> {
         let Some(url) = self.session_url else { return Ok(None) };
-        let r = http::Request::put(url)
-            .header("x-aws-ec2-metadata-token-ttl-seconds", "300")
-            .body(Vec::new())
-            .map_err(|e| e.to_string())?;
+        let r = oauth::request(
+            http::Request::put(url).header("x-aws-ec2-metadata-token-ttl-seconds", "300"),
+            url,
+            Vec::new(),
+        )?;
         let (status, body) = oauth::send(r).await?;
         if status != 200 {
-            return Err(format!("IMDSv2 session token {url}: {status}"));
+            return Err(CredentialError::Endpoint {
+                url: url.to_owned(),
+                status,
+                message: "no IMDSv2 session token".into(),
+            });
         }
         Ok(Some(SecretString::from(String::from_utf8_lossy(&body).trim().to_owned())))
     }
 
-    async fn get(&self, url: &str, session: Option<&SecretString>) -> Result<String, String> {
+    async fn get(&self, url: &str, session: Option<&SecretString>) -> Result<String, CredentialError> {
         let mut r = http::Request::get(url);
         if let Some(t) = session {
             r = r.header("x-aws-ec2-metadata-token", t.expose_secret());
         }
-        let (status, body) = oauth::send(r.body(Vec::new()).map_err(|e| e.to_string())?).await?;
+        let (status, body) = oauth::send(oauth::request(r, url, Vec::new())?).await?;
         if status != 200 {
-            return Err(format!("AWS metadata {url}: {status}"));
+            return Err(CredentialError::Endpoint { url: url.to_owned(), status, message: "AWS metadata".into() });
         }
         Ok(String::from_utf8_lossy(&body).trim().to_owned())
     }
@@ -336,14 +382,16 @@ async fn aws(
     verification_url: &str,
     audience: &str,
     now: SystemTime,
-) -> Result<SecretString, String> {
+) -> Result<SecretString, CredentialError> {
     let from_env = crate::eks::env_credentials();
     let region_env = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION"));
     let session = if region_env.is_none() || from_env.is_none() { imds.session().await? } else { None };
     let region = match region_env {
         Some(r) => r,
         None => {
-            let url = region_url.ok_or("no AWS_REGION and no region_url in the credential source")?;
+            let url = region_url.ok_or_else(|| {
+                CredentialError::Missing("no AWS_REGION and no region_url in the credential source".into())
+            })?;
             // The availability zone, e.g. `us-east-1b`: the region is all but its last letter.
             let zone = imds.get(url, session.as_ref()).await?;
             let mut r = zone;
@@ -352,21 +400,25 @@ async fn aws(
         }
     };
     if region.is_empty() || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(format!("AWS region {region:?} is not a region name"));
+        return Err(CredentialError::Missing(format!("AWS region {region:?} is not a region name")));
     }
     let creds = match from_env {
         Some(c) => c,
         None => {
-            let url =
-                credentials_url.ok_or("no AWS credentials in the environment and no `url` in the credential source")?;
+            let url = credentials_url.ok_or_else(|| {
+                CredentialError::Missing(
+                    "no AWS credentials in the environment and no `url` in the credential source".into(),
+                )
+            })?;
             let role = imds.get(url, session.as_ref()).await?;
             let role = role.lines().next().unwrap_or_default().trim();
             if role.is_empty() || role.contains('/') {
-                return Err(format!("AWS metadata {url}: no role name"));
+                return Err(CredentialError::BadAnswer { url: url.to_owned(), problem: "no role name".into() });
             }
+            let origin = format!("AWS metadata credentials for {role}");
             let v: Value = serde_json::from_str(&imds.get(&format!("{url}/{role}"), session.as_ref()).await?)
-                .map_err(|e| format!("AWS metadata credentials for {role}: not JSON ({e})"))?;
-            let need = |k: &str| s(&v, k).ok_or_else(|| format!("AWS metadata credentials for {role}: no `{k}`"));
+                .map_err(|e| CredentialError::field(&origin, "", format!("not JSON ({e})")))?;
+            let need = |k: &str| s(&v, k).ok_or_else(|| CredentialError::no_field(&origin, k));
             crate::eks::AwsCredentials {
                 access_key_id: need("AccessKeyId")?,
                 secret_access_key: SecretString::from(need("SecretAccessKey")?),
@@ -388,16 +440,17 @@ pub fn signed_get_caller_identity(
     region: &str,
     audience: &str,
     now: SystemTime,
-) -> Result<String, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("regional_cred_verification_url {url:?}: {e}"))?;
-    let host = uri.authority().map(|a| a.as_str().to_owned()).ok_or_else(|| format!("{url:?} has no host"))?;
+) -> Result<String, CredentialError> {
+    let bad = |reason: String| CredentialError::BadUrl { url: url.to_owned(), reason };
+    let uri: http::Uri = url.parse().map_err(|e| bad(format!("regional_cred_verification_url: {e}")))?;
+    let host = uri.authority().map(|a| a.as_str().to_owned()).ok_or_else(|| bad("no host".into()))?;
     let headers = [("host", host.as_str()), ("x-goog-cloud-target-resource", audience)];
     let instructions = crate::eks::sign_sts(creds, "POST", url, &headers, region, now, Default::default())?;
     let mut r = http::Request::post(url)
         .header("host", host.as_str())
         .header("x-goog-cloud-target-resource", audience)
         .body(())
-        .map_err(|e| format!("request: {e}"))?;
+        .map_err(|e| bad(e.to_string()))?;
     instructions.apply_to_request_http1x(&mut r);
     let mut list: Vec<(String, String)> = r
         .headers()
@@ -424,7 +477,9 @@ mod tests {
     fn executable_responses() {
         let now = at(1_000);
         let ok = |t: &str, need: bool| {
-            executable_response(t, "r", now, need).map(|o| o.map(|s| s.expose_secret().to_owned()))
+            executable_response(t, "r", now, need)
+                .map(|o| o.map(|s| s.expose_secret().to_owned()))
+                .map_err(|e| e.to_string())
         };
         assert_eq!(
             ok(
@@ -483,14 +538,20 @@ mod tests {
         ));
         assert!(p(json!({"environment_id": "aws2", "regional_cred_verification_url": "x"}))
             .unwrap_err()
+            .to_string()
             .contains("aws2"));
-        assert!(p(json!({"environment_id": "azure1"})).unwrap_err().contains("not supported"));
+        let e = p(json!({"environment_id": "azure1"})).unwrap_err();
+        assert!(matches!(&e, CredentialError::Field { field, .. } if field == "environment_id"), "{e}");
+        assert!(e.to_string().contains("not supported"));
         assert!(matches!(
             p(json!({"executable": {"command": "/bin/tok --x", "output_file": "/tmp/o"}})),
             Ok(SubjectSource::Executable { timeout, .. }) if timeout == Duration::from_secs(30)
         ));
-        assert!(p(json!({"executable": {"command": "x", "timeout_millis": 1000}})).unwrap_err().contains("between"));
-        assert!(p(json!({})).unwrap_err().contains("none of"));
+        assert!(p(json!({"executable": {"command": "x", "timeout_millis": 1000}}))
+            .unwrap_err()
+            .to_string()
+            .contains("between"));
+        assert!(p(json!({})).unwrap_err().to_string().contains("none of"));
         assert_eq!(
             impersonated_email("https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:generateAccessToken"),
             Some("sa@p.iam.gserviceaccount.com")

@@ -56,6 +56,20 @@ fn kubeconfig_flag_context_namespace_and_listing() {
         let list = pods.list(&Default::default()).await.unwrap();
         assert_eq!(list.items.len(), 1);
         assert_eq!(list.items[0].metadata.name.as_deref(), Some("shell"));
+        // API errors keep the HTTP status and the Status reason: a patch with a stale
+        // resourceVersion is a 409 Conflict callers can match (quarantine re-plans on it)
+        let patch = serde_json::json!({"metadata": {"resourceVersion": "1", "labels": {"x": "y"}}});
+        let e = pods
+            .patch("shell", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .map_err(kustody_cluster::ClusterError::from)
+            .unwrap_err();
+        assert!(e.is_conflict(), "{e}");
+        assert_eq!((e.status(), e.reason()), (Some(409), Some("Conflict")), "{e:?}");
+        assert!(e.to_string().starts_with("409 Conflict: "), "{e}");
+        let e = kustody_cluster::ClusterError::from(pods.get("nosuch").await.unwrap_err());
+        assert!(e.is_not_found() && e.reason() == Some("NotFound"), "{e:?}");
+        assert_eq!(e.to_string(), "not found: pods \"nosuch\" not found");
         // -n wins over the context
         let k2 = Cluster::connect(&ClusterOptions { namespace: Some("default".into()), ..opts.clone() }).await.unwrap();
         assert_eq!(k2.namespace, "default");
@@ -75,6 +89,11 @@ fn kubeconfig_flag_context_namespace_and_listing() {
         assert_eq!(
             e.to_string(),
             "forbidden: secrets is forbidden: User \"reader\" cannot list resource \"secrets\" in API group \"\" in the namespace \"ir\""
+        );
+        assert!(e.is_forbidden() && e.reason() == Some("Forbidden"), "{e:?}");
+        assert_eq!(
+            e.needed_to("list the secrets").to_string(),
+            "forbidden: secrets is forbidden: User \"reader\" cannot list resource \"secrets\" in API group \"\" in the namespace \"ir\" (needed to list the secrets)"
         );
     });
 }

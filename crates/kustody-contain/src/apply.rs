@@ -6,26 +6,29 @@
     reason = "only serde_json::Value indexing: reads never panic (a missing key is Null), writes go to objects built here with json!({..})"
 )]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams};
-use kustody_cluster::select;
 use kustody_cluster::ClusterError;
 use serde_json::{json, Value};
 
-use crate::plan::{self, Access, Options, Plan, ReleaseSnapshot, Request, Snapshot, Workload, LABEL};
+use crate::plan::{self, Access, Options, ReleaseSnapshot, Request, Snapshot, Workload, LABEL};
+pub use crate::verify::{verify, verify_release, Check, CheckStatus};
 
-fn kube_err(what: &str) -> impl Fn(kube::Error) -> ClusterError + '_ {
-    move |e| match ClusterError::from_kube(e) {
-        ClusterError::NotFound(m) => ClusterError::NotFound(m),
-        ClusterError::Forbidden(m) => ClusterError::Forbidden(format!("{m} (needed to {what})")),
-        other => other,
+/// A kube-rs error as a [`ClusterError`]; a refusal (403) says what the call was needed for.
+pub(crate) fn kube_err(what: &str) -> impl Fn(kube::Error) -> ClusterError + '_ {
+    move |e| {
+        let e = ClusterError::from_kube(e);
+        if e.is_forbidden() {
+            e.needed_to(what)
+        } else {
+            e
+        }
     }
 }
 
@@ -50,7 +53,7 @@ fn workload(
 }
 
 /// Every controller in the namespace that owns or could adopt pods.
-async fn workloads(client: &kube::Client, ns: &str) -> Result<Vec<Workload>, ClusterError> {
+pub(crate) async fn workloads(client: &kube::Client, ns: &str) -> Result<Vec<Workload>, ClusterError> {
     let lp = ListParams::default();
     let (rs, dep, ds, ss, jobs) = tokio::try_join!(
         async {
@@ -161,6 +164,8 @@ pub async fn snapshot(client: &kube::Client, ns: &str, pod: &str, opts: &Options
                 .await
                 .map_err(kube_err("find the honeypot pods"))?;
             snap.honeypot_pods = hpods.items.len();
+            snap.honeypot_pod_labels =
+                hpods.items.iter().map(|p| p.metadata.labels.clone().unwrap_or_default()).collect();
         }
     }
     Ok(snap)
@@ -188,7 +193,7 @@ pub async fn missing_permissions(client: &kube::Client, requests: &[Request]) ->
         let req = http::Request::post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&body).unwrap_or_default())
-            .map_err(|e| ClusterError::Api(e.to_string()))?;
+            .map_err(|e| ClusterError::Request { what: "SelfSubjectAccessReview".into(), reason: e.to_string() })?;
         let v: Value = client.request(req).await.map_err(kube_err("check permissions (SelfSubjectAccessReview)"))?;
         Ok::<_, ClusterError>((v["status"]["allowed"].as_bool() == Some(true), (*a).clone()))
     });
@@ -222,253 +227,50 @@ pub async fn send(client: &kube::Client, r: &Request) -> Result<Value, ClusterEr
         b = b.header("content-type", ct);
     }
     let body = r.body.as_ref().map(|v| serde_json::to_vec(v).unwrap_or_default()).unwrap_or_default();
-    let req = b.body(body).map_err(|e| ClusterError::Api(e.to_string()))?;
+    let req = b
+        .body(body)
+        .map_err(|e| ClusterError::Request { what: format!("{} {}", r.method, r.path), reason: e.to_string() })?;
     client.request::<Value>(req).await.map_err(ClusterError::from_kube)
 }
 
 /// Send requests in order; stop at the first failure.
 pub async fn send_all(client: &kube::Client, requests: &[Request]) -> (Vec<Sent>, Option<(usize, ClusterError)>) {
+    send_all_with(client, requests, &mut |_| {}).await
+}
+
+/// [`send_all`], telling `each` about every request as soon as it has been sent.
+pub async fn send_all_with(
+    client: &kube::Client,
+    requests: &[Request],
+    each: &mut (dyn FnMut(&Sent) + Send),
+) -> (Vec<Sent>, Option<(usize, ClusterError)>) {
     let mut sent = Vec::new();
     for (i, r) in requests.iter().enumerate() {
         let t = Instant::now();
         let res = send(client, r).await;
         let millis = t.elapsed().as_secs_f64() * 1000.0;
-        match res {
-            Ok(_) => sent.push(Sent { request: r.clone(), outcome: "ok".into(), ok: true, millis }),
-            Err(e) => {
-                sent.push(Sent { request: r.clone(), outcome: e.to_string(), ok: false, millis });
-                return (sent, Some((i, e)));
-            }
+        let (s, failure) = match res {
+            Ok(_) => (Sent { request: r.clone(), outcome: "ok".into(), ok: true, millis }, None),
+            Err(e) => (Sent { request: r.clone(), outcome: e.to_string(), ok: false, millis }, Some((i, e))),
+        };
+        each(&s);
+        sent.push(s);
+        if failure.is_some() {
+            return (sent, failure);
         }
     }
     (sent, None)
 }
 
-/// One verification result.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Check {
-    pub name: String,
-    pub status: CheckStatus,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckStatus {
-    Ok,
-    /// Holds, with a caveat the responder must know (no replacement possible, same node).
-    Caveat,
-    Failed,
-}
-
-fn pod_ref_matches(e: &k8s_openapi::api::discovery::v1::Endpoint, pod: &str, uid: &str) -> bool {
-    e.target_ref.as_ref().is_some_and(|t| {
-        t.kind.as_deref() == Some("Pod") && (t.uid.as_deref() == Some(uid) || t.name.as_deref() == Some(pod))
-    })
-}
-
-/// Read back and check the quarantine: labels, EndpointSlices, owners, policies, replacements,
-/// node. Polls until everything holds or `wait` has passed.
-pub async fn verify(
-    client: &kube::Client,
-    plan: &Plan,
-    opts: &Options,
-    wait: Duration,
-) -> Result<Vec<Check>, ClusterError> {
-    let ns = plan.namespace.as_str();
-    let started = Instant::now();
-    loop {
-        let checks = verify_once(client, plan, opts, ns).await?;
-        if checks.iter().all(|c| c.status != CheckStatus::Failed) || started.elapsed() >= wait {
-            return Ok(checks);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn verify_once(client: &kube::Client, plan: &Plan, opts: &Options, ns: &str) -> Result<Vec<Check>, ClusterError> {
-    let lp = ListParams::default();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let (pod, slices, policies, all_pods) = tokio::try_join!(
-        async { pods.get(&plan.pod).await.map_err(kube_err("verify the quarantine")) },
-        async {
-            Api::<EndpointSlice>::namespaced(client.clone(), ns)
-                .list(&lp)
-                .await
-                .map_err(kube_err("verify the pod left its Services' EndpointSlices"))
-        },
-        async {
-            Api::<NetworkPolicy>::namespaced(client.clone(), ns)
-                .list(&lp)
-                .await
-                .map_err(kube_err("verify the NetworkPolicies"))
-        },
-        async {
-            if plan.owners.is_empty() {
-                Ok(Vec::new())
-            } else {
-                pods.list(&lp).await.map(|l| l.items).map_err(kube_err("verify the replacement pod"))
-            }
-        },
-    )?;
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    let mut out = Vec::new();
-    let check = |name: &str, ok: bool, detail: String| Check {
-        name: name.into(),
-        status: if ok { CheckStatus::Ok } else { CheckStatus::Failed },
-        detail,
-    };
-    out.push(check(
-        "labelled",
-        labels.get(LABEL).map(String::as_str) == Some("true"),
-        format!("pod carries {LABEL}=true"),
-    ));
-    let in_slices: Vec<String> = slices
-        .items
-        .iter()
-        .filter(|s| s.endpoints.iter().flatten().any(|e| pod_ref_matches(e, &plan.pod, &uid)))
-        .map(|s| s.metadata.name.clone().unwrap_or_default())
-        .collect();
-    out.push(check(
-        "endpoints",
-        in_slices.is_empty(),
-        if in_slices.is_empty() {
-            "in no EndpointSlice: no Service sends it traffic".into()
-        } else {
-            format!("still in EndpointSlice {}", in_slices.join(", "))
-        },
-    ));
-    let owners: Vec<String> = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .filter(|o| o.controller == Some(true))
-        .map(|o| format!("{}/{}", o.kind, o.name))
-        .collect();
-    out.push(check(
-        "unowned",
-        owners.is_empty(),
-        if owners.is_empty() {
-            "no controller owns it".into()
-        } else {
-            format!("still owned by {}", owners.join(", "))
-        },
-    ));
-    let selecting: Vec<&NetworkPolicy> = policies
-        .items
-        .iter()
-        .filter(|p| {
-            p.spec.as_ref().is_some_and(|s| select::matches(&s.pod_selector.clone().unwrap_or_default(), &labels))
-        })
-        .collect();
-    let foreign: Vec<String> = selecting
-        .iter()
-        .filter(|p| !p.metadata.name.as_deref().unwrap_or_default().starts_with("kustody-quarantine-"))
-        .map(|p| p.metadata.name.clone().unwrap_or_default())
-        .collect();
-    let deny = selecting.iter().any(|p| p.metadata.name.as_deref() == Some(plan::POLICY_DENY));
-    out.push(check(
-        "policies",
-        deny && foreign.is_empty(),
-        if !deny {
-            format!("NetworkPolicy {} does not select the pod", plan::POLICY_DENY)
-        } else if foreign.is_empty() {
-            let names: Vec<String> = selecting.iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
-            format!("selected only by kustody's {}", names.join(", "))
-        } else {
-            format!("other NetworkPolicies still select it and may allow traffic: {}", foreign.join(", "))
-        },
-    ));
-    if plan.owners.is_empty() {
-        out.push(Check {
-            name: "replacement".into(),
-            status: CheckStatus::Caveat,
-            detail: "no controller owned the pod: nothing starts a replacement".into(),
-        });
-    }
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-    for w in &plan.owners {
-        let owned: Vec<&Pod> = all_pods
-            .iter()
-            .filter(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && p.metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .any(|o| o.controller == Some(true) && o.uid == w.uid)
-            })
-            .collect();
-        let others: Vec<String> = owned
-            .iter()
-            .filter(|p| p.metadata.uid.as_deref() != Some(uid.as_str()))
-            .map(|p| p.metadata.name.clone().unwrap_or_default())
-            .collect();
-        let c = match w.kind.as_str() {
-            "ReplicaSet" => {
-                let want = w.replicas.unwrap_or(1).max(0) as usize;
-                let via = w.owner.as_ref().map(|o| format!(" (of {o})")).unwrap_or_default();
-                check(
-                    "replacement",
-                    owned.len() >= want && !owned.iter().any(|p| p.metadata.uid.as_deref() == Some(uid.as_str())),
-                    format!("ReplicaSet {}{via} has {}/{want} pods without this one: {}", w.name, owned.len(), others.join(", ")),
-                )
-            }
-            "DaemonSet" => {
-                let same: Vec<&String> = owned
-                    .iter()
-                    .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()))
-                    .filter_map(|p| p.metadata.name.as_ref())
-                    .collect();
-                if same.is_empty() {
-                    check("replacement", false, format!("DaemonSet {} has not yet replaced the pod on node {node}", w.name))
-                } else {
-                    Check {
-                        name: "replacement".into(),
-                        status: CheckStatus::Caveat,
-                        detail: format!(
-                            "DaemonSet {} replaced it with {} on the SAME node {node}: if the node is compromised, so is the replacement (--cordon does not stop DaemonSet pods)",
-                            w.name,
-                            same.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                        ),
-                    }
-                }
-            }
-            "StatefulSet" => Check {
-                name: "replacement".into(),
-                status: CheckStatus::Caveat,
-                detail: format!(
-                    "StatefulSet {} cannot replace it: the quarantined pod still holds the name {}, so the set runs one replica short until `kustody release` or the pod is deleted after analysis",
-                    w.name, plan.pod
-                ),
-            },
-            other => Check {
-                name: "replacement".into(),
-                status: CheckStatus::Caveat,
-                detail: format!("{other} {}: whether it starts another pod depends on its own logic; not checked", w.name),
-            },
-        };
-        out.push(c);
-    }
-    if opts.cordon && !node.is_empty() {
-        let n = Api::<Node>::all(client.clone()).get(&node).await.map_err(kube_err("verify the node is cordoned"))?;
-        let un = n.spec.and_then(|s| s.unschedulable).unwrap_or(false);
-        out.push(check("cordoned", un, format!("node {node} {}", if un { "is cordoned" } else { "is NOT cordoned" })));
-    }
-    Ok(out)
-}
-
 /// Read what a release needs.
 pub async fn release_snapshot(client: &kube::Client, ns: &str, pod: &str) -> Result<ReleaseSnapshot, ClusterError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let (p, q, policies) = tokio::try_join!(
+    let (p, all, policies, workloads) = tokio::try_join!(
         async { pods.get(pod).await.map_err(kube_err("read the pod")) },
         async {
-            pods.list(&ListParams::default().labels(&format!("{LABEL}=true")))
+            pods.list(&ListParams::default())
                 .await
-                .map_err(kube_err("find the other quarantined pods"))
+                .map_err(kube_err("find the other quarantined pods and the pod's controller's replicas"))
         },
         async {
             Api::<NetworkPolicy>::namespaced(client.clone(), ns)
@@ -476,6 +278,7 @@ pub async fn release_snapshot(client: &kube::Client, ns: &str, pod: &str) -> Res
                 .await
                 .map_err(kube_err("find kustody's NetworkPolicies"))
         },
+        workloads(client, ns),
     )?;
     let record = plan::existing_record(&p).and_then(Result::ok);
     let mut honeypot_policies = Vec::new();
@@ -491,12 +294,15 @@ pub async fn release_snapshot(client: &kube::Client, ns: &str, pod: &str) -> Res
         None => None,
     };
     let uid = p.metadata.uid.clone();
+    let quarantined = |x: &Pod| x.metadata.labels.as_ref().and_then(|l| l.get(LABEL)).is_some_and(|v| v == "true");
     Ok(ReleaseSnapshot {
-        other_quarantined: q.items.into_iter().filter(|x| x.metadata.uid != uid).collect(),
+        other_quarantined: all.items.iter().filter(|x| x.metadata.uid != uid && quarantined(x)).cloned().collect(),
         pod: p,
         policies: policies.items,
         honeypot_policies,
         node,
+        workloads,
+        pods: all.items,
     })
 }
 

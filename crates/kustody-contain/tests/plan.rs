@@ -167,6 +167,11 @@ fn honeypot_dns_cordon_and_release_order() {
         snapshot(pod(json!({"app": "web"}), json!({})), vec![svc("web", json!({"app": "web"}))], vec![], vec![]);
     snap.honeypot_namespace_exists = true;
     snap.honeypot_pods = 1;
+    snap.honeypot_pod_labels = vec![[("app".to_owned(), "honeypot".to_owned())].into()];
+    // the honeypot is already isolated for ingress by its own policy: kustody adds one more peer
+    let mut own = np("trap-frontends", json!({"matchLabels": {"app": "honeypot"}}));
+    own["metadata"]["namespace"] = json!("trap");
+    snap.honeypot_policies = vec![serde_json::from_value(own).unwrap()];
     snap.node = Some(serde_json::from_value(json!({"metadata": {"name": "n1"}, "spec": {}})).unwrap());
     let h = Honeypot::parse("trap/app=honeypot").unwrap();
     assert!(Honeypot::parse("Bad NS").is_err());
@@ -202,6 +207,7 @@ fn honeypot_dns_cordon_and_release_order() {
         honeypot_policies: in_ns("trap"),
         node: Some(serde_json::from_value(node).unwrap()),
         other_quarantined: vec![],
+        ..ReleaseSnapshot::default()
     };
     let r = plan::release(&rs, &ReleaseOptions { restore_labels: true, uncordon: true, reason: None }, &actor(), "T2");
     let seq: Vec<(String, Step)> = r.requests.iter().map(|q| (q.method.clone(), q.step)).collect();
@@ -223,4 +229,88 @@ fn honeypot_dns_cordon_and_release_order() {
         "T2",
     );
     assert_eq!(r.requests.len(), 1, "{:#?}", r.requests);
+}
+
+/// A honeypot that accepts everyone gets no policy on its side (one would cut its other clients
+/// off); one kustody created earlier is removed; the plan says which.
+#[test]
+fn an_open_honeypot_keeps_its_other_clients() {
+    let mut snap = snapshot(pod(json!({"app": "web"}), json!({})), vec![], vec![], vec![]);
+    snap.honeypot_namespace_exists = true;
+    snap.honeypot_pods = 1;
+    snap.honeypot_pod_labels = vec![[("app".to_owned(), "honeypot".to_owned())].into()];
+    let h = Honeypot::parse("trap/app=honeypot").unwrap();
+    let opts = Options { honeypot: Some(h.clone()), ..Options::default() };
+    let p = plan::quarantine(&snap, &opts, &actor(), "T0");
+    assert!(!p.requests.iter().any(|r| r.path.contains("/namespaces/trap/")), "{:#?}", p.requests);
+    let said = p.honeypot_ingress.clone().unwrap();
+    assert!(said.contains("creates no policy in namespace trap") && said.contains("cut every other client"), "{said}");
+    // an ingress policy from an earlier kustody run is removed again
+    let ours = json!({"metadata": {"name": plan::honeypot_ingress_name("shop", &h.id()), "namespace": "trap",
+        "labels": {"app.kubernetes.io/managed-by": "kustody"}},
+        "spec": {"podSelector": {"matchLabels": {"app": "honeypot"}}, "policyTypes": ["Ingress"]}});
+    snap.honeypot_policies = vec![serde_json::from_value(ours).unwrap()];
+    let p = plan::quarantine(&snap, &opts, &actor(), "T0");
+    let del: Vec<&str> = p.requests.iter().filter(|r| r.method == "DELETE").map(|r| r.path.as_str()).collect();
+    assert_eq!(del.len(), 1, "{:#?}", p.requests);
+    assert!(del[0].contains("/namespaces/trap/networkpolicies/kustody-honeypot-from-shop-"), "{del:?}");
+    // an egress-only policy there does not isolate ingress: still open
+    let egress_only = json!({"metadata": {"name": "e", "namespace": "trap"},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"]}});
+    snap.honeypot_policies = vec![serde_json::from_value(egress_only).unwrap()];
+    let p = plan::quarantine(&snap, &opts, &actor(), "T0");
+    assert!(!p.requests.iter().any(|r| r.path.contains("/namespaces/trap/")), "{:#?}", p.requests);
+}
+
+/// Quarantining again with other options replaces the mode, and the plan says what is lost.
+#[test]
+fn a_different_mode_on_a_quarantined_pod_is_said() {
+    let mut snap = snapshot(pod(json!({"app": "web"}), json!({})), vec![], vec![], vec![]);
+    let p = plan::quarantine(&snap, &Options { allow_dns: true, ..Options::default() }, &actor(), "T0");
+    apply(&mut snap, &p);
+    let again = plan::quarantine(&snap, &Options { allow_dns: true, ..Options::default() }, &actor(), "T1");
+    assert!(again.mode_change.is_none() && again.is_noop(), "{:#?}", again.requests);
+    let p = plan::quarantine(&snap, &Options::default(), &actor(), "T1");
+    let c = p.mode_change.clone().unwrap();
+    assert_eq!((c.from.as_str(), c.to.as_str()), ("deny-all+dns", "deny-all"));
+    assert_eq!(c.dropped, ["DNS egress"]);
+    assert!(p.warnings.iter().any(|w| w.contains("the pod loses DNS egress")), "{:?}", p.warnings);
+    assert_eq!(p.final_labels.get(plan::LABEL_DNS), None);
+}
+
+/// What happens after release: no controller selects the pod (it stays, unowned), or with
+/// restored labels its ReplicaSet adopts it.
+#[test]
+fn release_says_what_happens_next() {
+    let mut snap = snapshot(
+        pod(json!({"app": "web", "pod-template-hash": "abc"}), json!({})),
+        vec![],
+        vec![],
+        vec![rs(json!({"matchLabels": {"app": "web", "pod-template-hash": "abc"}}))],
+    );
+    let p = plan::quarantine(&snap, &Options::default(), &actor(), "T0");
+    apply(&mut snap, &p);
+    let mut replacement: Value = pod(json!({"app": "web", "pod-template-hash": "abc"}), json!({}));
+    replacement["metadata"]["name"] = json!("web-2");
+    replacement["metadata"]["uid"] = json!("u-2");
+    let rsnap = ReleaseSnapshot {
+        pod: snap.pod.clone(),
+        workloads: snap.workloads.clone(),
+        pods: vec![snap.pod.clone(), serde_json::from_value(replacement).unwrap()],
+        ..ReleaseSnapshot::default()
+    };
+    let r = plan::release(&rsnap, &ReleaseOptions::default(), &actor(), "T1");
+    assert_eq!(r.next, plan::Next::StaysUnowned);
+    assert!(r.next.describe("web-1").contains("keeps running, unowned"));
+    let r = plan::release(&rsnap, &ReleaseOptions { restore_labels: true, ..Default::default() }, &actor(), "T1");
+    match &r.next {
+        plan::Next::Adopted { controllers, controller_kind, owned_before, replicas, .. } => {
+            assert_eq!(controllers[0], "ReplicaSet/web-abc");
+            assert_eq!(controller_kind, "ReplicaSet");
+            assert_eq!(owned_before, &["web-2"]);
+            assert_eq!(*replicas, Some(2));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(r.next.describe("web-1").contains("deletes a surplus replica"), "{}", r.next.describe("web-1"));
 }

@@ -119,7 +119,10 @@ fn deployment_pod_is_replaced_cut_out_and_released() {
     for want in ["✓ labelled", "✓ endpoints", "✓ unowned", "✓ policies", "✓ replacement"] {
         assert!(r.stdout.contains(want), "{want} missing:\n{}", r.stdout);
     }
-    assert!(r.stderr.contains("established before the policy"), "CNI warning: {}", r.stderr);
+    // the closing note: what NetworkPolicy does not cut, and where
+    for want in ["opened before the quarantine survive", "conntrack", "kube-router", "Calico", "ICMP echo"] {
+        assert!(r.stderr.contains(want), "closing note lacks `{want}`: {}", r.stderr);
+    }
     let pod = c.get("pods", ns, &victim).unwrap();
     let labels = &pod["metadata"]["labels"];
     assert_eq!(labels[LABEL], "true");
@@ -160,9 +163,14 @@ fn deployment_pod_is_replaced_cut_out_and_released() {
         prv
     );
 
-    // release: networking back, policy gone (last quarantined pod), labels kept off by default
+    // release: networking back, policy gone (last quarantined pod), labels kept off by default;
+    // it says, and verifies, that the pod stays unowned and running
     let r = kustody(&kc, &log, &["release", &target, "-n", ns, "--reason", "cleared"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("next: pod/") && r.stdout.contains("keeps running, unowned"), "{}", r.stdout);
+    for want in ["✓ released", "✓ unowned", "✓ selectors", "✓ running"] {
+        assert!(r.stdout.contains(want), "{want} missing:\n{}", r.stdout);
+    }
     let pod = c.get("pods", ns, &victim).unwrap();
     assert!(pod["metadata"]["labels"].get(LABEL).is_none());
     assert!(pod["metadata"]["labels"].get("app").is_none(), "labels restored only on request");
@@ -170,13 +178,25 @@ fn deployment_pod_is_replaced_cut_out_and_released() {
     assert!(pod["metadata"]["annotations"]["kustody.io/released"].as_str().unwrap().contains("cleared"));
     assert!(c.get("networkpolicies", ns, "kustody-quarantine-deny-all").is_none());
     assert!(c.get("networkpolicies", ns, "allow-web").is_some(), "other policies untouched");
+    assert!(pod["metadata"].get("ownerReferences").is_none(), "nothing adopted it");
+    assert_eq!(pod["status"]["phase"], "Running");
+    assert_eq!(running_pods(&c, ns, "web-", 3).len(), 3, "the ReplicaSet keeps its two, the released pod runs on");
     let r = kustody(&kc, &log, &["release", &target, "-n", ns]);
     assert_eq!(r.code, 1, "not quarantined any more: {}", r.stderr);
 
     // the action log: who, what, when, why
     let entries = log_entries(&log);
     let outcomes: Vec<&str> = entries.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
-    assert_eq!(outcomes, ["dry-run", "applying", "verified", "noop", "applied", "noop"], "{entries:#?}");
+    assert_eq!(
+        outcomes,
+        ["dry-run", "applying", "verified", "noop", "applying", "verified", "noop"],
+        "every changing run, release too, writes `applying` first: {entries:#?}"
+    );
+    // each entry is stamped when written: never earlier than the one before
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> =
+        entries.iter().map(|e| chrono::DateTime::parse_from_rfc3339(e["time"].as_str().unwrap()).unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert_eq!(entries[5]["next"]["expect"]["kind"], "staysUnowned", "{:#}", entries[5]);
     let v = &entries[2];
     assert_eq!(v["actor"]["username"], "responder");
     assert_eq!(v["action"], "quarantine");
@@ -227,7 +247,9 @@ fn honeypot_with_dns_then_release_cleans_both_sides() {
             .object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "trap"}}))
             .pod(Pod::new("suspect").label("app", "api"))
             .pod(Pod::new("other").label("app", "api2"))
-            .pod(Pod::new("honey").namespace("trap").label("app", "honeypot")),
+            .pod(Pod::new("honey").namespace("trap").label("app", "honeypot"))
+            // the honeypot is isolated for ingress already: kustody adds the quarantined pods as one more peer
+            .object(policy("trap", "monitoring-only", json!({"matchLabels": {"app": "honeypot"}}))),
     ) else {
         return;
     };
@@ -268,6 +290,7 @@ fn honeypot_with_dns_then_release_cleans_both_sides() {
         ingress["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["kustody.io/quarantine-honeypot"],
         id
     );
+    assert!(c.get("networkpolicies", "trap", "monitoring-only").is_some(), "the honeypot's own policy stays");
     let labels = &c.get("pods", ns, "suspect").unwrap()["metadata"]["labels"];
     assert_eq!(labels["kustody.io/quarantine-dns"], "true");
     assert_eq!(labels["kustody.io/quarantine-honeypot"], id.as_str());
@@ -281,6 +304,80 @@ fn honeypot_with_dns_then_release_cleans_both_sides() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(c.list("networkpolicies", Some(ns)).is_empty(), "{:?}", names(&c.list("networkpolicies", Some(ns))));
     assert!(c.get("networkpolicies", "trap", &ingress_name).is_none());
+    assert!(c.get("networkpolicies", "trap", "monitoring-only").is_some());
+}
+
+/// A honeypot nothing isolates accepts everyone: kustody creates no policy on its side (which
+/// would cut its other clients off) and says so. Quarantining again without `--allow-dns`
+/// replaces the mode: the output and the action log say the pod loses DNS.
+#[test]
+fn open_honeypot_keeps_its_clients_and_a_changed_mode_is_said() {
+    let ns = "prod";
+    let Some((c, kc, dir)) = setup(
+        TestCluster::builder()
+            .namespace(ns)
+            .object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "trap"}}))
+            .pod(Pod::new("suspect").label("app", "api"))
+            .pod(Pod::new("honey").namespace("trap").label("app", "honeypot")),
+    ) else {
+        return;
+    };
+    let log = dir.path().join("a.jsonl");
+    let r =
+        kustody(&kc, &log, &["quarantine", "pod/suspect", "-n", ns, "--honeypot", "trap/app=honeypot", "--allow-dns"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("creates no policy in namespace trap"), "{}", r.stderr);
+    assert!(c.list("networkpolicies", Some("trap")).is_empty(), "the open honeypot stays open to its other clients");
+    assert!(names(&c.list("networkpolicies", Some(ns))).iter().any(|n| n.starts_with("kustody-quarantine-honeypot-")));
+
+    let r = kustody(&kc, &log, &["quarantine", "pod/suspect", "-n", ns, "--honeypot", "trap/app=honeypot"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("replaces that with deny-all+honeypot trap/app=honeypot"), "{}", r.stderr);
+    assert!(r.stderr.contains("the pod loses DNS egress"), "{}", r.stderr);
+    let labels = &c.get("pods", ns, "suspect").unwrap()["metadata"]["labels"];
+    assert!(labels.get("kustody.io/quarantine-dns").is_none(), "{labels}");
+    let entries = log_entries(&log);
+    let applying = entries.iter().rev().find(|e| e["outcome"] == "applying").unwrap();
+    assert_eq!(applying["modeChange"]["dropped"], json!(["DNS egress"]), "{applying:#}");
+    assert_eq!(entries.last().unwrap()["modeChange"]["from"], "deny-all+dns+honeypot trap/app=honeypot");
+}
+
+/// `release --restore-labels` says the controller takes the pod back, then verifies it: the
+/// ReplicaSet adopts the pod and deletes the surplus replacement, the released pod runs on.
+#[test]
+fn restored_labels_hand_the_pod_back_to_its_controller() {
+    let ns = "back";
+    let Some((c, kc, dir)) = setup(TestCluster::builder().namespace(ns).object(web(ns, "web", 1))) else {
+        return;
+    };
+    let log = dir.path().join("a.jsonl");
+    let victim = names(&running_pods(&c, ns, "web-", 1))[0].clone();
+    // the replacement must be younger: the ReplicaSet deletes the newest surplus pod, and
+    // creation times have second precision
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = kustody(&kc, &log, &["quarantine", &format!("pod/{victim}"), "-n", ns]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let replacement: Vec<String> =
+        names(&running_pods(&c, ns, "web-", 2)).into_iter().filter(|n| *n != victim).collect();
+    assert_eq!(replacement.len(), 1);
+
+    let r = kustody(&kc, &log, &["release", &format!("pod/{victim}"), "-n", ns, "--restore-labels"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("kustody: next: ReplicaSet/web-"), "said before sending: {}", r.stderr);
+    assert!(r.stdout.contains("adopts the pod") && r.stdout.contains("deletes a surplus replica"), "{}", r.stdout);
+    for want in ["✓ released", "✓ adopted", "✓ surplus", "✓ running"] {
+        assert!(r.stdout.contains(want), "{want} missing:\n{}", r.stdout);
+    }
+    assert!(r.stdout.contains(&format!("removed: {}", replacement[0])), "{}", r.stdout);
+    let pod = c.get("pods", ns, &victim).unwrap();
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+    assert!(pod["metadata"].get("deletionTimestamp").is_none());
+    assert_eq!(pod["metadata"]["labels"]["app"], "web");
+    let gone = c.get("pods", ns, &replacement[0]);
+    assert!(gone.as_ref().is_none_or(|p| p["metadata"].get("deletionTimestamp").is_some()), "{gone:?}");
+    let last = log_entries(&log).pop().unwrap();
+    assert_eq!(last["outcome"], "verified");
+    assert_eq!(last["next"]["expect"]["kind"], "adopted");
 }
 
 #[test]
