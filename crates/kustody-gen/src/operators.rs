@@ -47,7 +47,8 @@ fn pick(rng: &mut Rng, items: &[&'static str]) -> &'static str {
     rng.pick(items).copied().unwrap_or("")
 }
 
-/// The next benign operator action.
+/// The next benign operator action. Long on purpose: one arm per operator behaviour, a table
+/// written as code, easier to check against each chart's RBAC side by side than split apart.
 fn next_act(rng: &mut Rng) -> Act {
     let app = pick(rng, APP_NAMESPACES).to_owned();
     let act = |user: String, agent, verb, resource, group, namespace: Option<String>, name: Option<String>| Act {

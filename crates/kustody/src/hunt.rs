@@ -115,17 +115,7 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         eprintln!("kustody: {errors} rule(s) or item(s) failed to load and are skipped (see above; --strict makes this fatal)");
     }
     if !args.no_allowlist {
-        let (allow, allow_diags) = ruleset::load_allow(&args.allow, !args.rules.no_default_rules)?;
-        for d in &allow_diags {
-            eprintln!("{}", sanitize(&d.to_string()));
-        }
-        if args.strict && !allow_diags.is_empty() {
-            bail!("{} allow-list diagnostic(s) with --strict", allow_diags.len());
-        }
-        let rules: Vec<kustody_rules::allow::RuleRef<'_>> =
-            engine.rules().map(|r| kustody_rules::allow::RuleRef { name: &r.name, priority: r.priority }).collect();
-        filter.allow_index = allow.index(&rules);
-        filter.allow = allow;
+        (filter.allow, filter.allow_index) = load_allow(&args, &engine)?;
     }
 
     let inputs = expand_inputs(&args.paths)?;
@@ -243,6 +233,21 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         );
     }
     Ok(if stats.detections > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The allow catalogue and `--allow` files, and per rule the entries that may quiet it.
+fn load_allow(args: &HuntArgs, engine: &Engine) -> Result<(kustody_rules::allow::AllowList, Vec<Vec<usize>>)> {
+    let (allow, diags) = ruleset::load_allow(&args.allow, !args.rules.no_default_rules)?;
+    for d in &diags {
+        eprintln!("{}", sanitize(&d.to_string()));
+    }
+    if args.strict && !diags.is_empty() {
+        bail!("{} allow-list diagnostic(s) with --strict", diags.len());
+    }
+    let rules: Vec<kustody_rules::allow::RuleRef<'_>> =
+        engine.rules().map(|r| kustody_rules::allow::RuleRef { name: &r.name, priority: r.priority }).collect();
+    let index = allow.index(&rules);
+    Ok((allow, index))
 }
 
 fn progress_bar(quiet: bool) -> indicatif::ProgressBar {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use super::*;
 
 impl Loader {
-    /// A `correlation` item (kustody extension; see [`crate::correlate`]).
+    /// A `correlation` item (kustody extension; see [`crate::correlate`]). Long because it
+    /// checks each key of the item in turn, in the order the diagnostics should come.
     pub(super) fn correlation(&mut self, file: &Arc<str>, item: &Node) -> Res<()> {
         const KEYS: &[&str] = &[
             "correlation",
