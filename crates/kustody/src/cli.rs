@@ -392,6 +392,10 @@ pub struct ReleaseArgs {
     /// Action log (JSONL; default $KUSTODY_ACTION_LOG, else ~/.local/state/kustody/actions.jsonl).
     #[arg(long, value_name = "FILE")]
     pub action_log: Option<PathBuf>,
+    /// Wait at most this long for what happens next to be verified (the pod still running
+    /// unowned, or adopted by its controller and the surplus replica gone).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub wait: u64,
 }
 
 #[derive(Args, Debug, Clone)]

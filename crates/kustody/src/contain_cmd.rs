@@ -25,7 +25,6 @@ use crate::cluster_cmd::{connect, pod_name, runtime};
 use crate::render::sanitize;
 
 /// How long `release` reads back what happens to the pod next.
-const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
 fn action_log(flag: Option<&std::path::Path>) -> ActionLog {
     ActionLog::new(flag.map(std::path::Path::to_path_buf).unwrap_or_else(kustody_contain::actionlog::default_path))
@@ -289,7 +288,7 @@ pub fn release(args: ReleaseArgs) -> Result<ExitCode> {
             uncordon: args.uncordon,
             reason: args.reason.clone(),
         };
-        let run = RunOptions { dry_run: args.dry_run, confirm: false, wait: RELEASE_WAIT };
+        let run = RunOptions { dry_run: args.dry_run, confirm: false, wait: Duration::from_secs(args.wait) };
         let mut render =
             Render { show_plan: args.dry_run, header: format!("pod/{pod} in {ns}"), server: &cluster.server };
         let o =
