@@ -88,11 +88,14 @@ pub struct Grouper {
     open: FxHashMap<Key, Finding>,
     /// Open keys in the order they were opened (with their first time), for expiry.
     order: VecDeque<(Key, Option<i64>)>,
+    /// Audit IDs of folded events and their finding: a later stage of the same request (an exec
+    /// session's ResponseComplete after its ResponseStarted) joins that finding.
+    stages: FxHashMap<String, Key>,
 }
 
 impl Grouper {
     pub fn new(opts: FindingOptions) -> Grouper {
-        Grouper { opts, open: FxHashMap::default(), order: VecDeque::new() }
+        Grouper { opts, open: FxHashMap::default(), order: VecDeque::new(), stages: FxHashMap::default() }
     }
 
     /// Findings currently open.
@@ -102,7 +105,17 @@ impl Grouper {
 
     /// Feeds the detections of one event (a correlation finding is an event of its own);
     /// appends the findings this closes to `out`.
-    pub fn event(&mut self, mut dets: Vec<Detection>, out: &mut Vec<Finding>) {
+    pub fn event(&mut self, dets: Vec<Detection>, out: &mut Vec<Finding>) {
+        self.add(dets, out, true);
+    }
+
+    /// Feeds a correlation's finding: a finding of its own, never folded into the event that
+    /// completed it (it carries that event's audit ID).
+    pub fn correlation(&mut self, d: Detection, out: &mut Vec<Finding>) {
+        self.add(vec![d], out, false);
+    }
+
+    fn add(&mut self, mut dets: Vec<Detection>, out: &mut Vec<Finding>, stages: bool) {
         if dets.is_empty() {
             return;
         }
@@ -115,8 +128,26 @@ impl Grouper {
         let mut iter = dets.into_iter();
         let Some(lead) = iter.next() else { return };
         let rest: Vec<Detection> = iter.collect();
+        // another stage of a request already in a finding: the same finding, not another event
+        let stage_of = lead
+            .audit_id
+            .as_ref()
+            .filter(|_| stages)
+            .and_then(|id| self.stages.get(id))
+            .and_then(|k| self.open.get_mut(k));
+        if let Some(f) = stage_of.filter(|f| f.lead.context.user == lead.context.user) {
+            fold(f, &lead, &rest, self.opts.samples);
+            f.events -= 1;
+            return;
+        }
         let c = &lead.context;
         let key: Key = (lead.rule.clone(), c.user.clone(), c.resource.clone(), c.subresource.clone());
+        if let Some(id) = lead.audit_id.as_ref().filter(|_| stages) {
+            if self.stages.len() >= self.opts.max_open.saturating_mul(4) {
+                self.stages.clear(); // bounded: only later-stage folding is lost
+            }
+            self.stages.insert(id.clone(), key.clone());
+        }
         if let Some(f) = self.open.get_mut(&key) {
             fold(f, &lead, &rest, self.opts.samples);
             return;
@@ -270,11 +301,25 @@ mod tests {
     }
 
     #[test]
+    fn the_stages_of_one_request_are_one_finding() {
+        let mut g = Grouper::new(FindingOptions::default());
+        let mut out = Vec::new();
+        g.event(vec![det("Exec", Priority::Warning, "sa", "pods", 0, "req-1")], &mut out);
+        // ResponseComplete of the same exec fires another rule: it joins, as the same event
+        g.event(vec![det("Token Used Interactively", Priority::Warning, "sa", "pods", 8, "req-1")], &mut out);
+        g.finish(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].events, out[0].matches), (1, 2));
+        assert_eq!(out[0].rules.len(), 2);
+        assert_eq!(out[0].last_ns, Some(8_000_000_000));
+    }
+
+    #[test]
     fn open_findings_are_bounded() {
         let mut g = Grouper::new(FindingOptions { max_open: 10, ..FindingOptions::default() });
         let mut out = Vec::new();
         for i in 0..25 {
-            g.event(vec![det("R", Priority::Warning, &format!("u{i}"), "pods", 0, "a")], &mut out);
+            g.event(vec![det("R", Priority::Warning, &format!("u{i}"), "pods", 0, &format!("a{i}"))], &mut out);
         }
         assert_eq!(g.open(), 10);
         assert_eq!(out.len(), 15);

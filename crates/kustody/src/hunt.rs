@@ -502,7 +502,7 @@ fn collect(
                         if let Some(d) = correlator.observe(inp) {
                             stats.matches += 1;
                             stats.count(&d.rule);
-                            g.event(vec![d], &mut closed);
+                            g.correlation(d, &mut closed);
                         }
                     }
                     let Some((_, group)) = groups.next() else { break };
