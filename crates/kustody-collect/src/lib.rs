@@ -5,7 +5,7 @@
 //! - [`bundle`]: the evidence bundle on disk (hashed writes, manifest, `.tar.zst`); [`verify`]
 //!   checks one.
 //! - [`kubelet`]: the files the kubelet manages in containers, told apart from drift.
-//! - [`acquire`] (feature `cluster`): the whole acquisition against a cluster behind one call,
+//! - [`acquire()`] (feature `cluster`): the whole acquisition against a cluster behind one call,
 //!   [`acquire()`] (API context, collector exec, debug container, logs, tar copies, fleets),
 //!   with progress reported through a callback.
 //! - [`error`]: [`CollectError`], the crate's error type.
