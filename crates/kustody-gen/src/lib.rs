@@ -6,11 +6,14 @@
 //!   committed as `examples/attack-chain.jsonl`; a test regenerates and compares it.
 //! * [`Corpus`] streams arbitrarily large realistic corpora for benchmarks: mixed verbs and
 //!   resources, Metadata/Request/RequestResponse levels, event sizes from 0.5 to 20 KB, attack
-//!   events sprinkled in.
+//!   events sprinkled in. [`Corpus::body_heavy`] is the body-heavy, alert-heavy profile: a
+//!   quarter of the events RequestResponse pod creates with ~2.5 KB bodies, over a third
+//!   raising an upstream Falco alert.
 //!
 //! No randomness from the environment: a seeded SplitMix64 drives every choice.
 
 mod events;
+mod heavy;
 
 pub use events::{example, wrap_line, Corpus, Wrap};
 

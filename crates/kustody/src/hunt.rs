@@ -274,6 +274,8 @@ fn process(
 ) -> ChunkResult {
     let with_context = filter.with_context;
     let mut r = ChunkResult { bytes: chunk.len() as u64, ..ChunkResult::default() };
+    // Scratch for rendering alerts, reused for every match of the chunk.
+    let text = &mut String::with_capacity(512);
     chunk.records(|rec| match rec {
         Err(bad) => keep_bad(&mut r, || bad),
         Ok(mut rec) => match rec.event() {
@@ -316,16 +318,19 @@ fn process(
                     if !engine.emits(i) {
                         continue;
                     }
-                    if let Some(d) = engine.detection(i, &ev, src, with_context) {
-                        match renderer.render(&d, &mut r.rendered) {
-                            Ok(()) => r.rules.push(i),
-                            Err(e) => keep_bad(&mut r, || BadRecord {
-                                file: chunk.file.clone(),
-                                line: rec.line,
-                                offset: rec.offset,
-                                reason: format!("cannot render detection of `{}`: {e}", d.rule),
-                            }),
-                        }
+                    let before = r.rendered.len();
+                    match renderer.render_match(engine, i, &ev, src, with_context, text, &mut r.rendered) {
+                        Ok(()) if r.rendered.len() > before => r.rules.push(i),
+                        Ok(()) => {}
+                        Err(e) => keep_bad(&mut r, || BadRecord {
+                            file: chunk.file.clone(),
+                            line: rec.line,
+                            offset: rec.offset,
+                            reason: format!(
+                                "cannot render detection of `{}`: {e}",
+                                engine.rule(i).map_or("?", |ri| ri.name.as_str())
+                            ),
+                        }),
                     }
                 }
                 let at = r.rendered.len();
