@@ -1,5 +1,7 @@
 //! The audit reader (layout sniffing, gzip, chunking, records) and event parsing on arbitrary
-//! bytes, with every field extracted through a rule set that touches them all.
+//! bytes, with every field extracted through a rule set that touches them all. The input as
+//! JSON, and every event's request and response body, also go through the DOM-free body reader
+//! and the pointer walk, which must answer what serde_json answers.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -26,6 +28,9 @@ fn engine() -> &'static kustody_rules::Engine {
 }
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        check_body(text);
+    }
     let opts = ReadOptions { chunk_bytes: 256, max_record_bytes: 1 << 16, max_document_bytes: 1 << 20, ..ReadOptions::default() };
     let Ok(mut reader) = ChunkReader::from_reader(Arc::from("fuzz"), Box::new(std::io::Cursor::new(data.to_vec())), opts) else { return };
     let engine = engine();
@@ -46,6 +51,9 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(built, parsed, "GKE parts differ from parsing {}", rec.text);
                 }
                 if let Ok(ev) = ev {
+                    for body in [ev.request_object_raw(), ev.response_object_raw()].into_iter().flatten() {
+                        check_body(body);
+                    }
                     out.clear();
                     engine.matches(&ev, &mut scratch, &mut out);
                     for &i in &out {
@@ -57,3 +65,34 @@ fuzz_target!(|data: &[u8]| {
         });
     }
 });
+
+/// The lazy body reader against serde_json on arbitrary JSON: every value's text, JSON,
+/// string, key list and element reached through a `Body` equals what a `serde_json::Value`
+/// of the same text gives; and the early-exit pointer walk equals the serde visitor walk.
+fn check_body(text: &str) {
+    if let Err(e) = kustody_model::body::check_against_serde(text) {
+        panic!("body index differs from serde_json: {e}");
+    }
+    if serde_json::from_str::<serde_json::de::IgnoredAny>(text).is_err() {
+        return; // the pointer walk is only defined on valid JSON (the event parser's output)
+    }
+    for path in POINTERS {
+        assert_eq!(
+            kustody_model::rawjson::pointer(text, path),
+            kustody_model::rawjson::pointer_serde(text, path),
+            "pointer {path:?} on {text}"
+        );
+    }
+}
+
+const POINTERS: &[&[&str]] = &[
+    &[],
+    &["metadata", "name"],
+    &["spec", "containers", "0", "image"],
+    &["a"],
+    &["a", "0"],
+    &["a", "1", "b"],
+    &["0"],
+    &["1", "a"],
+    &["data"],
+];

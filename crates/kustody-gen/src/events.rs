@@ -9,7 +9,7 @@ use crate::Rng;
 
 /// One audit event under construction.
 #[derive(Clone)]
-struct Ev {
+pub(crate) struct Ev {
     t_ns: i64,
     latency_us: i64,
     audit_id: String,
@@ -36,7 +36,15 @@ struct Ev {
 }
 
 impl Ev {
-    fn new(rng: &mut Rng, t_ns: i64, user: &str, ua: &str, ip: &str, verb: &'static str, resource: &'static str) -> Ev {
+    pub(crate) fn new(
+        rng: &mut Rng,
+        t_ns: i64,
+        user: &str,
+        ua: &str,
+        ip: &str,
+        verb: &'static str,
+        resource: &'static str,
+    ) -> Ev {
         let groups = if user.starts_with("system:serviceaccount:") {
             let ns = user.split(':').nth(2).unwrap_or("default");
             vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()]
@@ -70,48 +78,48 @@ impl Ev {
             no_reason: false,
         }
     }
-    fn api(mut self, group: &'static str, version: &'static str) -> Self {
+    pub(crate) fn api(mut self, group: &'static str, version: &'static str) -> Self {
         self.group = group;
         self.version = version;
         self
     }
-    fn ns(mut self, ns: &str) -> Self {
+    pub(crate) fn ns(mut self, ns: &str) -> Self {
         self.ns = Some(ns.into());
         self
     }
-    fn name(mut self, name: &str) -> Self {
+    pub(crate) fn name(mut self, name: &str) -> Self {
         self.name = Some(name.into());
         self
     }
-    fn sub(mut self, sub: &'static str) -> Self {
+    pub(crate) fn sub(mut self, sub: &'static str) -> Self {
         self.sub = Some(sub);
         self
     }
-    fn query(mut self, q: &str) -> Self {
+    pub(crate) fn query(mut self, q: &str) -> Self {
         self.query = q.into();
         self
     }
-    fn code(mut self, code: u16) -> Self {
+    pub(crate) fn code(mut self, code: u16) -> Self {
         self.code = code;
         self
     }
-    fn stage(mut self, stage: &'static str) -> Self {
+    pub(crate) fn stage(mut self, stage: &'static str) -> Self {
         self.stage = stage;
         self
     }
-    fn req(mut self, v: Value) -> Self {
+    pub(crate) fn req(mut self, v: Value) -> Self {
         self.req = Some(v);
         if self.level == "Metadata" {
             self.level = "Request";
         }
         self
     }
-    fn resp(mut self, v: Value) -> Self {
+    pub(crate) fn resp(mut self, v: Value) -> Self {
         self.resp = Some(v);
         self.level = "RequestResponse";
         self
     }
-    fn reason(mut self, r: &str) -> Self {
+    pub(crate) fn reason(mut self, r: &str) -> Self {
         self.reason = r.into();
         self
     }
@@ -142,7 +150,7 @@ impl Ev {
         u
     }
 
-    fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         let mut object_ref = json!({"resource": self.resource, "apiVersion": self.version});
         if !self.group.is_empty() {
             object_ref["apiGroup"] = json!(self.group);
@@ -223,8 +231,8 @@ fn format_rfc3339_micros(ns: i64) -> String {
     format!("{}Z", s.get(..26).unwrap_or(&s))
 }
 
-const KUBECTL: &str = "kubectl/v1.30.2 (linux/amd64) kubernetes/3968350";
-const NODES: &[&str] = &["ip-10-0-1-21", "ip-10-0-2-37", "ip-10-0-3-54"];
+pub(crate) const KUBECTL: &str = "kubectl/v1.30.2 (linux/amd64) kubernetes/3968350";
+pub(crate) const NODES: &[&str] = &["ip-10-0-1-21", "ip-10-0-2-37", "ip-10-0-3-54"];
 const APPS: &[&str] = &["web-frontend", "checkout", "catalog", "payments"];
 
 fn pod_spec(image: &str, extra: Value) -> Value {
@@ -249,7 +257,7 @@ fn pod_spec(image: &str, extra: Value) -> Value {
 
 /// Appends one background (benign) event at `t` to `out`. `pad` adds configmap data to reach
 /// larger event sizes.
-fn benign(rng: &mut Rng, t: i64, pad: usize) -> Ev {
+pub(crate) fn benign(rng: &mut Rng, t: i64, pad: usize) -> Ev {
     let node = *rng.pick(NODES).unwrap_or(&"node");
     let app = *rng.pick(APPS).unwrap_or(&"app");
     let ns = if app == "payments" { "payments" } else { "shop" };
@@ -470,11 +478,19 @@ pub struct Corpus {
     t: i64,
     n: u64,
     benign_only: bool,
+    body_heavy: bool,
 }
 
 impl Corpus {
     pub fn new(seed: u64) -> Corpus {
-        Corpus { rng: Rng::new(seed), t: 1_795_165_200_000_000_000, n: 0, benign_only: false }
+        Corpus { rng: Rng::new(seed), t: 1_795_165_200_000_000_000, n: 0, benign_only: false, body_heavy: false }
+    }
+
+    /// The body-heavy, alert-heavy profile (issue 21): a quarter of the events are
+    /// RequestResponse pod creates with about 2.5 KB of request and response bodies, and over a
+    /// third raise an alert with the upstream Falco rules. See `heavy.rs`.
+    pub fn body_heavy(seed: u64) -> Corpus {
+        Corpus { body_heavy: true, ..Corpus::new(seed) }
     }
 
     /// Benign traffic only (no attack-chain events), with one event in ten one of the routine
@@ -488,6 +504,9 @@ impl Corpus {
     pub fn next_line(&mut self) -> String {
         self.n += 1;
         self.t += 1_000_000 + self.rng.below(20_000_000) as i64;
+        if self.body_heavy {
+            return crate::heavy::next(&mut self.rng, self.t).to_json();
+        }
         if self.benign_only && self.n.is_multiple_of(10) {
             return lookalike(&mut self.rng, self.t).to_json();
         }

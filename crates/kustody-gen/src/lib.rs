@@ -6,7 +6,9 @@
 //!   committed as `examples/attack-chain.jsonl`; a test regenerates and compares it.
 //! * [`Corpus`] streams arbitrarily large realistic corpora for benchmarks: mixed verbs and
 //!   resources, Metadata/Request/RequestResponse levels, event sizes from 0.5 to 20 KB, attack
-//!   events sprinkled in.
+//!   events sprinkled in. [`Corpus::body_heavy`] is the body-heavy, alert-heavy profile: a
+//!   quarter of the events RequestResponse pod creates with ~2.5 KB bodies, over a third
+//!   raising an upstream Falco alert.
 //!
 //! * [`operators`] writes the benign traffic of the operators real clusters run (Helm release
 //!   prefixes, non-default namespaces), for the noise test.
@@ -14,6 +16,7 @@
 //! No randomness from the environment: a seeded SplitMix64 drives every choice.
 
 mod events;
+mod heavy;
 pub mod operators;
 
 pub use events::{example, wrap_line, Corpus, Wrap};

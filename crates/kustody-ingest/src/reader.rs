@@ -131,6 +131,9 @@ pub struct ChunkReader {
 }
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// Buffer of the plain-file reader: reads into the chunk buffers start at 8 KiB (and grow), so
+/// every one of them bypasses it.
+const DIRECT_READ: usize = 8 << 10;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl ChunkReader {
@@ -151,17 +154,23 @@ impl ChunkReader {
         let mut buffered = BufReader::with_capacity(256 << 10, raw);
         let head = buffered.fill_buf()?;
         let compressed = head.starts_with(&GZIP_MAGIC);
+        let mut carry = Vec::new();
         let src: Box<dyn BufRead + Send> = if compressed {
             Box::new(BufReader::with_capacity(256 << 10, flate2::bufread::MultiGzDecoder::new(buffered)))
         } else {
-            Box::new(buffered)
+            // Plain input is read straight into the chunk buffers: a BufReader passes a read of
+            // at least its capacity through to the file when it holds nothing, so with a small
+            // one the bytes no longer go through an intermediate buffer first (a copy of every
+            // byte on the reader thread). What was read to look for gzip starts the carry.
+            carry.extend_from_slice(head);
+            Box::new(BufReader::with_capacity(DIRECT_READ, buffered.into_inner()))
         };
         Ok(ChunkReader {
             name,
             src,
             opts,
             layout: None,
-            carry: Vec::new(),
+            carry,
             next_line: 1,
             offset: 0,
             eof: false,

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::body::{self, Body};
 use crate::time::parse_rfc3339_nanos;
 
 /// Why a record is not a usable audit event. Each variant names the field at fault.
@@ -152,8 +153,7 @@ pub struct Event<'a> {
     groups: OnceCell<Option<Vec<Cow<'a, str>>>>,
     source_ips: OnceCell<Option<Vec<Cow<'a, str>>>>,
     annotations: OnceCell<Pairs<'a>>,
-    request_object: OnceCell<Option<Value>>,
-    response_object: OnceCell<Option<Value>>,
+    request_object: OnceCell<Option<Body<'a>>>,
     whole: OnceCell<Option<Value>>,
 }
 
@@ -229,7 +229,6 @@ impl<'a> Event<'a> {
             source_ips: OnceCell::new(),
             annotations: OnceCell::new(),
             request_object: OnceCell::new(),
-            response_object: OnceCell::new(),
             whole: OnceCell::new(),
         })
     }
@@ -320,24 +319,16 @@ impl<'a> Event<'a> {
     pub fn response_object_raw(&self) -> Option<&'a str> {
         self.f.response_object.map(RawValue::get).filter(|s| *s != "null")
     }
-    /// `requestObject`, parsed on first use and cached.
-    pub fn request_object(&self) -> Option<&Value> {
-        self.request_object
-            .get_or_init(|| self.request_object_raw().and_then(|r| serde_json::from_str(r).ok()))
-            .as_ref()
+    /// `requestObject`, indexed on first use and cached (no DOM: lookups borrow from the
+    /// event's text). `None` when absent, `null`, or nested deeper than serde_json accepts.
+    pub fn request_body(&self) -> Option<body::Val<'_, 'a>> {
+        self.request_object.get_or_init(|| self.request_object_raw().and_then(Body::parse)).as_ref()?.root()
     }
-    /// True when a rule needed `requestObject` or `responseObject` as a DOM and it could not be
-    /// built (JSON nested deeper than serde_json's 128 levels): `ka.req.*` fields were then
-    /// unavailable for this event, which the caller must report rather than hide.
+    /// True when a rule needed `requestObject` and it could not be read (JSON nested deeper
+    /// than serde_json's 128 levels): `ka.req.*` fields were then unavailable for this event,
+    /// which the caller must report rather than hide.
     pub fn body_unparsed(&self) -> bool {
-        (matches!(self.request_object.get(), Some(None)) && self.request_object_raw().is_some())
-            || (matches!(self.response_object.get(), Some(None)) && self.response_object_raw().is_some())
-    }
-    /// `responseObject`, parsed on first use and cached.
-    pub fn response_object(&self) -> Option<&Value> {
-        self.response_object
-            .get_or_init(|| self.response_object_raw().and_then(|r| serde_json::from_str(r).ok()))
-            .as_ref()
+        matches!(self.request_object.get(), Some(None)) && self.request_object_raw().is_some()
     }
     /// The whole event as a JSON DOM, parsed on first use. Only generic JSON-pointer access
     /// to fields without a typed accessor needs it.

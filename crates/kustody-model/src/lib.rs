@@ -4,12 +4,14 @@
 //!   read from, with the raw JSON kept so any field can still be reached by JSON pointer. The
 //!   top-level fields rules touch on every event are deserialised eagerly into borrowed slices;
 //!   `requestObject`/`responseObject` stay as raw JSON until a rule asks for them (FACTS.md §8:
-//!   building a DOM for every event caps throughput near 380 MB/s before any rule runs).
+//!   building a DOM for every event caps throughput near 380 MB/s before any rule runs), and
+//!   are then indexed once into a [`body::Body`] (no DOM) or walked by [`rawjson::pointer`].
 //! * [`SourceRef`] points back at the evidence: file, line, byte offset and source format.
 //! * [`Detection`] is what a rule match becomes once rendered.
 //!
 //! This crate does no I/O and reads no globals.
 
+pub mod body;
 mod detection;
 mod event;
 mod priority;

@@ -66,12 +66,20 @@ pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
 
 /// Formats Unix nanoseconds as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (what Falco's JSON `time` uses).
 pub fn format_rfc3339_nanos(ns: i64) -> String {
+    let mut s = String::with_capacity(30);
+    write_rfc3339_nanos(ns, &mut s);
+    s
+}
+
+/// Appends [`format_rfc3339_nanos`]'s text to `out` without allocating.
+pub fn write_rfc3339_nanos(ns: i64, out: &mut String) {
+    use std::fmt::Write as _;
     let secs = ns.div_euclid(1_000_000_000);
     let frac = ns.rem_euclid(1_000_000_000);
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z", sod / 3600, (sod % 3600) / 60, sod % 60)
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z", sod / 3600, (sod % 3600) / 60, sod % 60);
 }
 
 /// Formats Unix nanoseconds with second precision, for compact tables.

@@ -47,6 +47,8 @@ struct CompiledRule {
     name: Arc<str>,
     source: Arc<str>,
     tags: Arc<[String]>,
+    /// The tags in byte order (Falco's alert JSON lists them sorted).
+    sorted_tags: Box<[String]>,
     expr: Expr,
     prog: Node,
     output: Template,
@@ -180,6 +182,17 @@ fn implied(c: &Expr, keys: &[Option<Constraint>; KEYS]) -> bool {
         (Op::In | Op::Intersects, Value::List(items)) => allowed.iter().all(|a| items.contains(a)),
         _ => false,
     }
+}
+
+/// A rule's alert parts, borrowed from the engine (see [`Engine::alert`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Alert<'r> {
+    pub rule: &'r str,
+    pub priority: Priority,
+    /// Falco's event source name (`k8s_audit`).
+    pub source: &'r str,
+    pub sorted_tags: &'r [String],
+    pub template: &'r Template,
 }
 
 /// Per-thread scratch space: the candidate-rule cache, keyed by a hash of the event's index
@@ -418,6 +431,19 @@ impl Engine {
             .collect()
     }
 
+    /// What an alert of rule `idx` is made of, for writers that render a match straight into
+    /// their output buffer instead of through a [`Detection`].
+    pub fn alert(&self, idx: u32) -> Option<Alert<'_>> {
+        let r = self.rules.get(idx as usize)?;
+        Some(Alert {
+            rule: &r.name,
+            priority: r.info.priority,
+            source: &r.source,
+            sorted_tags: &r.sorted_tags,
+            template: &r.output,
+        })
+    }
+
     /// Renders a match into a [`Detection`]. `with_context` fills [`Detection::context`]
     /// (the columns of tables and CSV; JSON output does not need it).
     pub fn detection(&self, idx: u32, ev: &Event<'_>, source_ref: SourceRef, with_context: bool) -> Option<Detection> {
@@ -581,6 +607,11 @@ fn compile_rule(def: &RuleDef, set: &LoadedSet<'_>) -> Result<CompiledRule, Vec<
         name: def.name.as_str().into(),
         source: def.source.as_str().into(),
         tags: def.tags.clone().into(),
+        sorted_tags: {
+            let mut t = def.tags.clone();
+            t.sort_unstable();
+            t.into()
+        },
         info: RuleInfo {
             name: def.name.clone(),
             desc: def.desc.clone(),

@@ -9,8 +9,8 @@
 
 use std::borrow::Cow;
 
+use kustody_model::body::{compact_text, Val as J};
 use kustody_model::Event;
-use serde_json::Value;
 
 use crate::fields::{Arg, CAttr, Family, Field, FieldRef};
 
@@ -41,14 +41,6 @@ impl Val<'_> {
     }
 }
 
-/// JSON → string as the k8saudit plugin does: strings raw, anything else compact JSON.
-pub fn json_text(v: &Value) -> Cow<'_, str> {
-    match v {
-        Value::String(s) => Cow::Borrowed(s.as_str()),
-        other => Cow::Owned(other.to_string()),
-    }
-}
-
 fn one<'e>(s: Option<&'e str>) -> Option<Val<'e>> {
     s.map(|s| Val::One(Cow::Borrowed(s)))
 }
@@ -64,16 +56,18 @@ fn list<'e>(items: Vec<Cow<'e, str>>, f: &FieldRef) -> Option<Val<'e>> {
     }
 }
 
-fn get<'v>(v: &'v Value, path: &[&str]) -> Option<&'v Value> {
-    path.iter().try_fold(v, |cur, key| cur.get(*key))
-}
-
-fn req<'e>(ev: &'e Event<'_>, path: &[&str]) -> Option<&'e Value> {
-    get(ev.request_object()?, path)
+/// The value at `path` in `requestObject` (read through the event's body index, no DOM).
+fn req<'e>(ev: &'e Event<'_>, path: &[&str]) -> Option<J<'e, 'e>> {
+    ev.request_body()?.at(path)
 }
 
 fn req_str<'e>(ev: &'e Event<'_>, path: &[&str]) -> Option<Val<'e>> {
-    req(ev, path).map(|v| Val::One(json_text(v)))
+    req(ev, path).map(|v| Val::One(v.text()))
+}
+
+/// `metadata.name` of `responseObject`: one walk that stops at the value.
+fn resp_name<'e>(ev: &'e Event<'_>) -> Option<Val<'e>> {
+    kustody_model::rawjson::pointer(ev.response_object_raw()?, &["metadata", "name"]).map(|r| Val::One(compact_text(r)))
 }
 
 /// Extracts `f` from `ev`; `None` when the field cannot be extracted.
@@ -119,14 +113,14 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
             if o.resource.as_deref() != Some("pods") || o.subresource.as_deref().is_some_and(|s| !s.is_empty()) {
                 return None;
             }
-            get(ev.response_object()?, &["metadata", "name"]).map(|v| Val::One(json_text(v)))
+            resp_name(ev)
         }
-        RespName => get(ev.response_object()?, &["metadata", "name"]).map(|v| Val::One(json_text(v))),
+        RespName => resp_name(ev),
         ResponseCode => ev.response_status()?.code.map(|c| Val::One(Cow::Owned(c.to_string()))),
         ResponseReason => one(ev.response_status().and_then(|s| s.reason.as_deref())),
         ReqBindingSubjects => {
-            let subjects = req(ev, &["subjects"])?.as_array()?;
-            list(subjects.iter().map(|s| Cow::Owned(s.to_string())).collect(), f)
+            let subjects = req(ev, &["subjects"])?.items()?;
+            list(subjects.map(|s| s.json()).collect(), f)
         }
         ReqBindingRole => req_str(ev, &["roleRef", "name"]),
         // Deprecated in the plugin, which always answers "true".
@@ -149,8 +143,8 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
             Val::List(_) => None,
         },
         ReqContainerPrivileged => {
-            let containers = req(ev, &["spec", "containers"])?.as_array()?;
-            let any = containers.iter().any(|c| get(c, &["securityContext", "privileged"]) == Some(&Value::Bool(true)));
+            let mut containers = req(ev, &["spec", "containers"])?.items()?;
+            let any = containers.any(|c| c.at(&["securityContext", "privileged"]).is_some_and(|p| p.is_true()));
             Some(Val::One(Cow::Borrowed(if any { "true" } else { "false" })))
         }
         ReqContainerHostNetwork | ReqPodHostNetwork => req_str(ev, &["spec", "hostNetwork"]),
@@ -160,18 +154,18 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
         ReqPodRunAsGroup => req_str(ev, &["spec", "securityContext", "runAsGroup"]),
         ReqPodFsGroup => req_str(ev, &["spec", "securityContext", "fsGroup"]),
         ReqPodSupplementalGroups => {
-            let groups = req(ev, &["spec", "securityContext", "supplementalGroups"])?.as_array()?;
-            list(groups.iter().map(json_text).collect(), f)
+            let groups = req(ev, &["spec", "securityContext", "supplementalGroups"])?.items()?;
+            list(groups.map(|g| g.text()).collect(), f)
         }
         ReqPodContainer(family, attr) => containers(req(ev, &["spec"])?, family, attr, f),
         PodSpecContainer(family, attr) => containers(pod_spec(ev)?, family, attr, f),
         PodSpecVolumesHostpath | PodSpecVolumesHostpathDirs => {
-            let vols = pod_spec(ev)?.get("volumes")?.as_array()?;
-            let vols: &[Value] = match f.arg {
+            let vols: Vec<J<'_, '_>> = pod_spec(ev)?.get("volumes")?.items()?.collect();
+            let vols: &[J<'_, '_>] = match f.arg {
                 Arg::Index(n) => vols.get(n..=n)?,
-                _ => vols,
+                _ => &vols,
             };
-            let paths = vols.iter().filter_map(|v| get(v, &["hostPath", "path"])?.as_str()).map(normalize_path);
+            let paths = vols.iter().filter_map(|v| v.at(&["hostPath", "path"])?.as_str()).map(|p| normalize_path(&p));
             let out: Vec<Cow<'_, str>> = if f.field == PodSpecVolumesHostpathDirs {
                 paths.flat_map(|p| ancestors(&p)).map(Cow::Owned).collect()
             } else {
@@ -181,32 +175,32 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
         }
         PodSpecImageRegistries | PodSpecUnpinnedImages => {
             let spec = pod_spec(ev)?;
-            let images: Vec<&str> = ["containers", "initContainers", "ephemeralContainers"]
+            let images: Vec<Cow<'_, str>> = ["containers", "initContainers", "ephemeralContainers"]
                 .iter()
-                .filter_map(|k| spec.get(*k)?.as_array())
+                .filter_map(|k| spec.get(k)?.items())
                 .flatten()
                 .filter_map(|c| c.get("image")?.as_str())
                 .collect();
             let out: Vec<Cow<'_, str>> = if f.field == PodSpecImageRegistries {
                 images.iter().map(|i| Cow::Owned(image_registry(i).to_owned())).collect()
             } else {
-                images.iter().filter(|i| !i.contains("@sha256:")).map(|i| Cow::Owned((*i).to_owned())).collect()
+                images.into_iter().filter(|i| !i.contains("@sha256:")).collect()
             };
             if out.is_empty() {
                 return None;
             }
             list(out, f)
         }
-        PodSpecHostNetwork => pod_spec(ev)?.get("hostNetwork").map(|v| Val::One(json_text(v))),
-        PodSpecHostPid => pod_spec(ev)?.get("hostPID").map(|v| Val::One(json_text(v))),
-        PodSpecHostIpc => pod_spec(ev)?.get("hostIPC").map(|v| Val::One(json_text(v))),
+        PodSpecHostNetwork => pod_spec(ev)?.get("hostNetwork").map(|v| Val::One(v.text())),
+        PodSpecHostPid => pod_spec(ev)?.get("hostPID").map(|v| Val::One(v.text())),
+        PodSpecHostIpc => pod_spec(ev)?.get("hostIPC").map(|v| Val::One(v.text())),
         PodSpecServiceAccount => pod_spec(ev)?
             .get("serviceAccountName")
             .or_else(|| pod_spec(ev)?.get("serviceAccount"))
-            .map(|v| Val::One(json_text(v))),
+            .map(|v| Val::One(v.text())),
         ReqRoleRules => {
-            let rules = req(ev, &["rules"])?.as_array()?;
-            list(rules.iter().map(|r| Cow::Owned(r.to_string())).collect(), f)
+            let rules = req(ev, &["rules"])?.items()?;
+            list(rules.map(|r| r.json()).collect(), f)
         }
         ReqRoleRulesApiGroups => role_rules(ev, "apiGroups", f),
         ReqRoleRulesNonResourceUrls => role_rules(ev, "nonResourceURLs", f),
@@ -214,28 +208,23 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
         ReqRoleRulesResources => role_rules(ev, "resources", f),
         ReqServiceType => req_str(ev, &["spec", "type"]),
         // The plugin yields the whole ports array as one compact-JSON element.
-        ReqServicePorts => list(vec![Cow::Owned(req(ev, &["spec", "ports"])?.to_string())], f),
-        ReqPodVolumesHostpath => volumes(ev, f, |v| v.get("hostPath").and_then(|h| h.get("path")).map(json_text)),
-        ReqPodVolumesFlexvolumeDriver => {
-            volumes(ev, f, |v| v.get("flexVolume").and_then(|h| h.get("driver")).map(json_text))
-        }
+        ReqServicePorts => list(vec![req(ev, &["spec", "ports"])?.json()], f),
+        ReqPodVolumesHostpath => volumes(ev, f, |v| v.at(&["hostPath", "path"]).map(|p| p.text())),
+        ReqPodVolumesFlexvolumeDriver => volumes(ev, f, |v| v.at(&["flexVolume", "driver"]).map(|d| d.text())),
         ReqPodVolumesVolumeType => {
-            let vols = req(ev, &["spec", "volumes"])?.as_array()?;
-            let types = vols
-                .iter()
-                .filter_map(Value::as_object)
-                .flat_map(|o| o.keys().filter(|k| *k != "name").map(|k| Cow::Borrowed(k.as_str())))
-                .collect();
+            let vols = req(ev, &["spec", "volumes"])?.items()?;
+            let types =
+                vols.filter_map(|o| o.keys()).flat_map(|keys| keys.into_iter().filter(|k| k != "name")).collect();
             list(types, f)
         }
         ReqVolumeHostpath => {
             let Arg::Key(want) = &f.arg else { return None };
-            let vols = req(ev, &["spec", "volumes"])?.as_array()?;
-            let hit = vols.iter().filter_map(|v| get(v, &["hostPath", "path"])?.as_str()).any(|p| {
-                match want.strip_suffix('*') {
+            let mut vols = req(ev, &["spec", "volumes"])?.items()?;
+            let hit = vols.any(|v| {
+                v.at(&["hostPath", "path"]).and_then(|p| p.as_str()).is_some_and(|p| match want.strip_suffix('*') {
                     Some(prefix) => p.starts_with(prefix),
-                    None => p == want,
-                }
+                    None => p == *want,
+                })
             });
             Some(Val::One(Cow::Borrowed(if hit { "true" } else { "false" })))
         }
@@ -251,17 +240,17 @@ pub fn extract<'e>(ev: &'e Event<'_>, f: &FieldRef) -> Option<Val<'e>> {
 }
 
 fn first_container<'e>(ev: &'e Event<'_>, key: &str) -> Option<Val<'e>> {
-    let c = req(ev, &["spec", "containers"])?.as_array()?.first()?;
-    c.get(key).map(|v| Val::One(json_text(v)))
+    let c = req(ev, &["spec", "containers"])?.item(0)?;
+    c.get(key).map(|v| Val::One(v.text()))
 }
 
 /// The pod spec of the request object, wherever the workload keeps it: `spec` of a Pod,
 /// `spec.template.spec` of Deployments, DaemonSets, StatefulSets, ReplicaSets, Jobs and
 /// ReplicationControllers (also in their patches), `spec.jobTemplate.spec.template.spec` of
 /// CronJobs.
-fn pod_spec<'e>(ev: &'e Event<'_>) -> Option<&'e Value> {
+fn pod_spec<'e>(ev: &'e Event<'_>) -> Option<J<'e, 'e>> {
     let spec = req(ev, &["spec"])?;
-    get(spec, &["template", "spec"]).or_else(|| get(spec, &["jobTemplate", "spec", "template", "spec"])).or_else(|| {
+    spec.at(&["template", "spec"]).or_else(|| spec.at(&["jobTemplate", "spec", "template", "spec"])).or_else(|| {
         (spec.get("containers").is_some() || spec.get("volumes").is_some() || spec.get("initContainers").is_some())
             .then_some(spec)
     })
@@ -318,31 +307,41 @@ pub fn image_repository(image: &str) -> &str {
 }
 
 /// A per-container field of the pod spec `spec`; `[n]` selects container n.
-fn containers<'e>(spec: &'e Value, family: Family, attr: CAttr, f: &FieldRef) -> Option<Val<'e>> {
-    let list_of = spec.get(family.json_key())?.as_array()?;
+fn containers<'e>(spec: J<'e, 'e>, family: Family, attr: CAttr, f: &FieldRef) -> Option<Val<'e>> {
+    let mut list_of = spec.get(family.json_key())?.items()?;
     match f.arg {
         Arg::Index(n) => {
-            let vals = container_values(spec, list_of.get(n..=n)?, attr);
+            let vals = container_values(spec, std::iter::once(list_of.nth(n)?), attr);
             (!vals.is_empty()).then_some(Val::List(vals))
         }
         _ => list(container_values(spec, list_of, attr), f),
     }
 }
 
-fn container_values<'e>(spec: &'e Value, containers: &'e [Value], attr: CAttr) -> Vec<Cow<'e, str>> {
-    let sc = |c: &'e Value, key: &str| get(c, &["securityContext", key]).map(json_text);
+/// `image.repository` of an image string, borrowed when the string is.
+fn repository_of(image: Cow<'_, str>) -> Cow<'_, str> {
+    match image {
+        Cow::Borrowed(i) => Cow::Borrowed(image_repository(i)),
+        Cow::Owned(i) => Cow::Owned(image_repository(&i).to_owned()),
+    }
+}
+
+fn container_values<'e>(
+    spec: J<'e, 'e>,
+    containers: impl Iterator<Item = J<'e, 'e>>,
+    attr: CAttr,
+) -> Vec<Cow<'e, str>> {
+    let sc = |c: J<'e, 'e>, key: &str| c.at(&["securityContext", key]).map(|v| v.text());
     let mut out = Vec::new();
     for c in containers {
         match attr {
-            CAttr::Name => out.extend(c.get("name").map(json_text)),
-            CAttr::Image => out.extend(c.get("image").map(json_text)),
-            CAttr::ImageRepository => {
-                out.extend(c.get("image").and_then(Value::as_str).map(|i| Cow::Borrowed(image_repository(i))))
-            }
+            CAttr::Name => out.extend(c.get("name").map(|v| v.text())),
+            CAttr::Image => out.extend(c.get("image").map(|v| v.text())),
+            CAttr::ImageRepository => out.extend(c.get("image").and_then(|v| v.as_str()).map(repository_of)),
             CAttr::Command | CAttr::Args => {
                 let key = if attr == CAttr::Command { "command" } else { "args" };
-                if let Some(arr) = c.get(key).and_then(Value::as_array) {
-                    let words: Vec<Cow<'_, str>> = arr.iter().map(json_text).collect();
+                if let Some(arr) = c.get(key).and_then(|v| v.items()) {
+                    let words: Vec<Cow<'_, str>> = arr.map(|w| w.text()).collect();
                     out.push(Cow::Owned(words.join(" ")));
                 }
             }
@@ -355,21 +354,19 @@ fn container_values<'e>(spec: &'e Value, containers: &'e [Value], attr: CAttr) -
             CAttr::EffRunAsUser | CAttr::EffRunAsGroup => {
                 let key = if attr == CAttr::EffRunAsUser { "runAsUser" } else { "runAsGroup" };
                 let v = sc(c, key)
-                    .or_else(|| get(spec, &["securityContext", key]).map(json_text))
+                    .or_else(|| spec.at(&["securityContext", key]).map(|v| v.text()))
                     .unwrap_or(Cow::Borrowed("0"));
                 out.push(v);
             }
             CAttr::AddCapabilities => {
-                if let Some(arr) = get(c, &["securityContext", "capabilities", "add"]).and_then(Value::as_array) {
-                    out.extend(arr.iter().map(json_text));
+                if let Some(arr) = c.at(&["securityContext", "capabilities", "add"]).and_then(|v| v.items()) {
+                    out.extend(arr.map(|v| v.text()));
                 }
             }
             CAttr::HostPort => {
-                if let Some(ports) = c.get("ports").and_then(Value::as_array) {
+                if let Some(ports) = c.get("ports").and_then(|v| v.items()) {
                     out.extend(
-                        ports
-                            .iter()
-                            .filter_map(|p| p.get("hostPort").or_else(|| p.get("containerPort")).map(json_text)),
+                        ports.filter_map(|p| p.get("hostPort").or_else(|| p.get("containerPort")).map(|v| v.text())),
                     );
                 }
             }
@@ -379,17 +376,16 @@ fn container_values<'e>(spec: &'e Value, containers: &'e [Value], attr: CAttr) -
 }
 
 fn subjects_of_kind<'e>(ev: &'e Event<'_>, kind: &str, with_ns: bool, f: &FieldRef) -> Option<Val<'e>> {
-    let subjects = req(ev, &["subjects"])?.as_array()?;
+    let subjects = req(ev, &["subjects"])?.items()?;
     let names = subjects
-        .iter()
-        .filter(|s| s.get("kind").and_then(Value::as_str) == Some(kind))
+        .filter(|s| s.get("kind").and_then(|k| k.as_str()).is_some_and(|k| k == kind))
         .filter_map(|s| {
-            let name = s.get("name").and_then(Value::as_str)?;
+            let name = s.get("name").and_then(|n| n.as_str())?;
             if with_ns {
-                let ns = s.get("namespace").and_then(Value::as_str).unwrap_or("");
+                let ns = s.get("namespace").and_then(|n| n.as_str()).unwrap_or_default();
                 Some(Cow::Owned(format!("{ns}:{name}")))
             } else {
-                Some(Cow::Borrowed(name))
+                Some(name)
             }
         })
         .collect();
@@ -397,14 +393,14 @@ fn subjects_of_kind<'e>(ev: &'e Event<'_>, kind: &str, with_ns: bool, f: &FieldR
 }
 
 fn role_rules<'e>(ev: &'e Event<'_>, key: &str, f: &FieldRef) -> Option<Val<'e>> {
-    let rules = req(ev, &["rules"])?.as_array()?;
-    let pick = |r: &'e Value| -> Vec<Cow<'e, str>> {
-        r.get(key).and_then(Value::as_array).map(|a| a.iter().map(json_text).collect()).unwrap_or_default()
+    let mut rules = req(ev, &["rules"])?.items()?;
+    let pick = |r: J<'e, 'e>| -> Vec<Cow<'e, str>> {
+        r.get(key).and_then(|a| a.items()).map(|a| a.map(|v| v.text()).collect()).unwrap_or_default()
     };
     match f.arg {
         // `[n]` selects rule n's values (the plugin indexes the rules array).
         Arg::Index(n) => {
-            let vals = pick(rules.get(n)?);
+            let vals = pick(rules.nth(n)?);
             if vals.is_empty() {
                 None
             } else {
@@ -412,7 +408,7 @@ fn role_rules<'e>(ev: &'e Event<'_>, key: &str, f: &FieldRef) -> Option<Val<'e>>
             }
         }
         _ => {
-            let all: Vec<_> = rules.iter().flat_map(pick).collect();
+            let all: Vec<_> = rules.flat_map(pick).collect();
             if all.is_empty() {
                 None
             } else {
@@ -422,11 +418,11 @@ fn role_rules<'e>(ev: &'e Event<'_>, key: &str, f: &FieldRef) -> Option<Val<'e>>
     }
 }
 
-fn volumes<'e>(ev: &'e Event<'_>, f: &FieldRef, pick: impl Fn(&'e Value) -> Option<Cow<'e, str>>) -> Option<Val<'e>> {
-    let vols = req(ev, &["spec", "volumes"])?.as_array()?;
+fn volumes<'e>(ev: &'e Event<'_>, f: &FieldRef, pick: impl Fn(J<'e, 'e>) -> Option<Cow<'e, str>>) -> Option<Val<'e>> {
+    let mut vols = req(ev, &["spec", "volumes"])?.items()?;
     match f.arg {
-        Arg::Index(n) => pick(vols.get(n)?).map(|v| Val::List(vec![v])),
-        _ => list(vols.iter().filter_map(pick).collect(), f),
+        Arg::Index(n) => pick(vols.nth(n)?).map(|v| Val::List(vec![v])),
+        _ => list(vols.filter_map(pick).collect(), f),
     }
 }
 

@@ -11,13 +11,16 @@ use crate::fields::{resolve, FieldRef};
 #[derive(Debug, Clone)]
 enum Seg {
     Lit(String),
-    Field(FieldRef, Arc<str>),
+    /// Index into [`Template::fields`].
+    Field(usize),
 }
 
 /// A compiled output template.
 #[derive(Debug, Clone)]
 pub struct Template {
     segs: Vec<Seg>,
+    /// The distinct fields (by name as written), in order of first use.
+    fields: Vec<(FieldRef, Arc<str>)>,
 }
 
 /// Characters a field name may contain after `%`.
@@ -30,6 +33,7 @@ impl Template {
     pub fn parse(text: &str) -> Result<Template, Vec<String>> {
         let b = text.as_bytes();
         let mut segs = Vec::new();
+        let mut fields: Vec<(FieldRef, Arc<str>)> = Vec::new();
         let mut errors = Vec::new();
         let mut lit = String::new();
         let mut i = 0;
@@ -66,8 +70,15 @@ impl Template {
                     if !lit.is_empty() {
                         segs.push(Seg::Lit(std::mem::take(&mut lit)));
                     }
-                    let name: Arc<str> = f.display.as_str().into();
-                    segs.push(Seg::Field(f, name));
+                    let at = match fields.iter().position(|(_, n)| **n == *f.display) {
+                        Some(at) => at,
+                        None => {
+                            let name: Arc<str> = f.display.as_str().into();
+                            fields.push((f, name));
+                            fields.len() - 1
+                        }
+                    };
+                    segs.push(Seg::Field(at));
                 }
                 Err(e) => errors.push(e.to_string()),
             }
@@ -76,7 +87,7 @@ impl Template {
             segs.push(Seg::Lit(lit));
         }
         if errors.is_empty() {
-            Ok(Template { segs })
+            Ok(Template { segs, fields })
         } else {
             Err(errors)
         }
@@ -84,47 +95,63 @@ impl Template {
 
     /// The fields the template names, in order, without duplicates.
     pub fn fields(&self) -> Vec<&FieldRef> {
-        let mut out: Vec<&FieldRef> = Vec::new();
+        self.fields.iter().map(|(f, _)| f).collect()
+    }
+
+    /// The names of [`Template::fields`] as written (`ka.uri.param[command]`), shared.
+    pub fn field_names(&self) -> impl ExactSizeIterator<Item = &Arc<str>> {
+        self.fields.iter().map(|(_, n)| n)
+    }
+
+    /// Each of [`Template::fields`] extracted once from `ev` (`None`: cannot be extracted).
+    pub fn values<'e>(&self, ev: &'e Event<'_>) -> Vec<Option<Val<'e>>> {
+        self.fields.iter().map(|(f, _)| extract(ev, f)).collect()
+    }
+
+    /// Appends the rendered text (not trimmed) for `values` from [`Template::values`].
+    pub fn write_text(&self, values: &[Option<Val<'_>>], out: &mut String) {
         for s in &self.segs {
-            if let Seg::Field(f, _) = s {
-                if !out.iter().any(|o| o.display == f.display) {
-                    out.push(f);
-                }
+            match s {
+                Seg::Lit(l) => out.push_str(l),
+                Seg::Field(i) => match values.get(*i) {
+                    Some(Some(Val::One(v))) => out.push_str(v),
+                    Some(Some(Val::List(items))) => {
+                        out.push('(');
+                        for (k, it) in items.iter().enumerate() {
+                            if k > 0 {
+                                out.push(',');
+                            }
+                            out.push_str(it);
+                        }
+                        out.push(')');
+                    }
+                    _ => out.push_str("<NA>"),
+                },
             }
         }
-        out
     }
 
     /// Renders the template and returns the text plus each field's value.
     pub fn render(&self, ev: &Event<'_>) -> (String, Vec<(Arc<str>, FieldValue)>) {
+        let values = self.values(ev);
         let mut text = String::with_capacity(256);
-        let mut fields: Vec<(Arc<str>, FieldValue)> = Vec::with_capacity(self.segs.len() / 2 + 1);
-        for s in &self.segs {
-            match s {
-                Seg::Lit(l) => text.push_str(l),
-                Seg::Field(f, name) => {
-                    let v = field_value(ev, f);
-                    match &v {
-                        FieldValue::Str(x) => text.push_str(x),
-                        other => text.push_str(&other.text()),
-                    }
-                    if !fields.iter().any(|(n, _)| n == name) {
-                        fields.push((name.clone(), v));
-                    }
-                }
-            }
-        }
+        self.write_text(&values, &mut text);
+        let fields = self.fields.iter().zip(values).map(|((_, name), v)| (name.clone(), field_value_of(v))).collect();
         (text.trim_end().to_owned(), fields)
+    }
+}
+
+fn field_value_of(v: Option<Val<'_>>) -> FieldValue {
+    match v {
+        None => FieldValue::Missing,
+        Some(Val::One(s)) => FieldValue::Str(s.into_owned()),
+        Some(Val::List(items)) => FieldValue::List(items.into_iter().map(|s| s.into_owned()).collect()),
     }
 }
 
 /// A field's value as it appears in alerts.
 pub fn field_value(ev: &Event<'_>, f: &FieldRef) -> FieldValue {
-    match extract(ev, f) {
-        None => FieldValue::Missing,
-        Some(Val::One(s)) => FieldValue::Str(s.into_owned()),
-        Some(Val::List(items)) => FieldValue::List(items.into_iter().map(|s| s.into_owned()).collect()),
-    }
+    field_value_of(extract(ev, f))
 }
 
 #[cfg(test)]

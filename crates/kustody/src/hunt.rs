@@ -339,6 +339,8 @@ fn process(
 ) -> ChunkResult {
     let with_context = filter.with_context;
     let mut r = ChunkResult { bytes: chunk.len() as u64, ..ChunkResult::default() };
+    // Scratch for rendering alerts, reused for every match of the chunk.
+    let text = &mut String::with_capacity(512);
     chunk.records(|rec| match rec {
         Err(bad) => keep_bad(&mut r, || bad),
         Ok(mut rec) => match rec.event() {
@@ -395,21 +397,26 @@ fn process(
                     if !engine.emits(i) {
                         continue;
                     }
-                    if let Some(d) = engine.detection(i, &ev, src, with_context) {
-                        if filter.grouped {
+                    if filter.grouped {
+                        if let Some(d) = engine.detection(i, &ev, src, with_context) {
                             group.push(d);
                             r.rules.push(i);
-                            continue;
                         }
-                        match renderer.render(&d, &mut r.rendered) {
-                            Ok(()) => r.rules.push(i),
-                            Err(e) => keep_bad(&mut r, || BadRecord {
-                                file: chunk.file.clone(),
-                                line: rec.line,
-                                offset: rec.offset,
-                                reason: format!("cannot render detection of `{}`: {e}", d.rule),
-                            }),
-                        }
+                        continue;
+                    }
+                    let before = r.rendered.len();
+                    match renderer.render_match(engine, i, &ev, src, with_context, text, &mut r.rendered) {
+                        Ok(()) if r.rendered.len() > before => r.rules.push(i),
+                        Ok(()) => {}
+                        Err(e) => keep_bad(&mut r, || BadRecord {
+                            file: chunk.file.clone(),
+                            line: rec.line,
+                            offset: rec.offset,
+                            reason: format!(
+                                "cannot render detection of `{}`: {e}",
+                                engine.rule(i).map_or("?", |ri| ri.name.as_str())
+                            ),
+                        }),
                     }
                 }
                 if !group.is_empty() {
