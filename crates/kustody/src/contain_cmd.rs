@@ -24,8 +24,6 @@ use crate::cli::{QuarantineArgs, ReleaseArgs};
 use crate::cluster_cmd::{connect, pod_name, runtime};
 use crate::render::sanitize;
 
-/// How long `release` reads back what happens to the pod next.
-
 fn action_log(flag: Option<&std::path::Path>) -> ActionLog {
     ActionLog::new(flag.map(std::path::Path::to_path_buf).unwrap_or_else(kustody_contain::actionlog::default_path))
 }
