@@ -296,7 +296,7 @@ pub fn write_operator_traffic(seed: u64, events: u64, out: &mut dyn Write) -> st
         let a = next_act(&mut rng);
         let ms = i as i64 * 50;
         let secs = start + ms / 1000;
-        let time = chrono_free_rfc3339(secs, (ms % 1000) as u32);
+        let time = kustody_model::time::format_rfc3339_nanos(secs * 1_000_000_000 + (ms % 1000) * 1_000_000);
         let path_ns = a.namespace.as_deref().map(|n| format!("/namespaces/{n}")).unwrap_or_default();
         let prefix = if a.group.is_empty() { "/api/v1".to_owned() } else { format!("/apis/{}/v1", a.group) };
         let name = a.name.as_deref().map(|n| format!("/{n}")).unwrap_or_default();
@@ -330,33 +330,4 @@ pub fn write_operator_traffic(seed: u64, events: u64, out: &mut dyn Write) -> st
         written += line.len() as u64 + 1;
     }
     Ok(written)
-}
-
-/// RFC 3339 with milliseconds for a Unix time (UTC), without a date library.
-fn chrono_free_rfc3339(secs: i64, ms: u32) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // civil-from-days (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}000Z", rem / 3600, (rem % 3600) / 60, rem % 60)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_civil() {
-        assert_eq!(chrono_free_rfc3339(1_767_225_600, 5), "2026-01-01T00:00:00.005000Z");
-        assert_eq!(chrono_free_rfc3339(1_709_164_800 + 86_399, 0), "2024-02-29T23:59:59.000000Z");
-    }
 }
