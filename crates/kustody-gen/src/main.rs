@@ -49,6 +49,16 @@ enum Cmd {
         #[arg(short = 'o')]
         output: Option<PathBuf>,
     },
+    /// Write EVENTS benign events of well-known operators installed with Helm release prefixes
+    /// (the allow-list noise test's traffic).
+    Operators {
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(short = 'o')]
+        output: Option<PathBuf>,
+    },
     /// Benchmark exec and token minting against a test cluster (needs root and runc), next to
     /// bare `runc exec`, the Python `kubernetes` client and `aws eks get-token`.
     ExecBench {
@@ -144,6 +154,11 @@ fn main() -> Result<()> {
                 corpus.write_as(bytes, format, &mut out)?;
                 out.flush()?;
             }
+        }
+        Cmd::Operators { events, seed, output } => {
+            let mut out = sink(output.as_deref())?;
+            kustody_gen::operators::write_operator_traffic(seed, events, &mut out)?;
+            out.flush()?;
         }
         Cmd::ExecBench { n, threads, python } => exec_bench::run(n, threads, python)?,
         Cmd::QuarantineBench { n, kustody } => contain_bench::run(n, &kustody)?,
