@@ -73,7 +73,7 @@ fn check_body(text: &str) {
     if let Err(e) = kustody_model::body::check_against_serde(text) {
         panic!("body index differs from serde_json: {e}");
     }
-    if serde_json::from_str::<serde_json::de::IgnoredAny>(text).is_err() {
+    if serde_json::from_str::<Box<serde_json::value::RawValue>>(text).is_err() {
         return; // the pointer walk is only defined on valid JSON (the event parser's output)
     }
     for path in POINTERS {
