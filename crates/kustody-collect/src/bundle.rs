@@ -529,37 +529,7 @@ mod tests {
         assert!(!verify(&t.path().join("g.tar.zst")).errors.is_empty());
     }
 
-    /// A tmpfs of `size` mounted for one test: a real full disk. Needs root (the CI runs the
-    /// tests as root); elsewhere the test is skipped, loudly under `CI=true`.
-    struct Tmpfs(tempfile::TempDir);
-
-    impl Tmpfs {
-        fn mount(size: &str) -> Option<Tmpfs> {
-            let d = tempfile::tempdir().unwrap();
-            let ok = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-                .arg(d.path())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                assert!(std::env::var("CI").as_deref() != Ok("true"), "mounting a tmpfs needs root (CI runs as root)");
-                eprintln!("SKIP: cannot mount a tmpfs (not root?)");
-                return None;
-            }
-            Some(Tmpfs(d))
-        }
-
-        fn path(&self) -> &Path {
-            self.0.path()
-        }
-    }
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
-        }
-    }
+    use kustody_testkit::Tmpfs;
 
     fn enospc(reason: &str) -> bool {
         reason.contains("No space left on device")

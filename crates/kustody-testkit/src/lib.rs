@@ -57,3 +57,39 @@ pub fn run(cmd: &mut Command) -> Run {
 }
 
 pub mod http;
+
+/// A tmpfs of `size` (`256k`, `1m`) mounted for one test: a real full disk. Needs root (CI runs
+/// the tests as root); elsewhere [`Tmpfs::mount`] prints a skip notice, and fails loudly under
+/// `CI=true`. Unmounted (lazily) when dropped, also when the test fails.
+pub struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// # Panics
+    ///
+    /// When no temporary directory can be made, or the mount fails with `CI=true`.
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot make a temporary directory: {e}"));
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(d.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "mounting a tmpfs needs root (CI runs as root)");
+            eprintln!("SKIP: cannot mount a tmpfs (not root?)");
+            return None;
+        }
+        Some(Tmpfs(d))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}

@@ -595,34 +595,6 @@ fn the_debug_containers_own_side_effects_are_not_drift_and_it_ends_completed() {
     assert_eq!((st["exitCode"].clone(), st["reason"].clone()), (json!(0), json!("Completed")), "{st}");
 }
 
-/// A tmpfs of `size` mounted for one test: a real full disk. Needs root (CI runs the tests as
-/// root); elsewhere the test is skipped, loudly under `CI=true`.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let d = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(d.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "mounting a tmpfs needs root (CI runs as root)");
-            eprintln!("SKIP: cannot mount a tmpfs (not root?)");
-            return None;
-        }
-        Some(Tmpfs(d))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
-
 /// The bundle on a disk too small for the file listing: the listing is a recorded failure
 /// (not a silently missing artifact), what fits is collected, and the bundle verifies.
 #[test]
@@ -636,13 +608,13 @@ fn a_full_disk_is_a_recorded_failure_not_a_lost_artifact() {
     let Some((c, kc, _dir)) = setup(TestCluster::builder().namespace(ns).pod(pod)) else {
         return;
     };
-    let Some(disk) = Tmpfs::mount("512k") else { return };
+    let Some(disk) = kustody_testkit::Tmpfs::mount("512k") else { return };
     c.wait_for(Duration::from_secs(30), || {
         let r = c.container_rootfs(ns, "many", "main")?;
         (std::fs::read_dir(r.join("tmp/m")).ok()?.count() >= 6000).then_some(())
     })
     .unwrap();
-    let out = disk.0.path().join("b");
+    let out = disk.path().join("b");
     let r = kustody(Some(&kc), &["collect", "pod/many", "-n", ns, "--output-file", out.to_str().unwrap()]);
     assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
     let m = read_json(&out.join("MANIFEST.json"));
