@@ -204,10 +204,6 @@ impl AllowList {
         &self.entries
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.iter().all(|e| !e.enabled)
-    }
-
     /// The entry that quiets this match, if any (its index into [`AllowList::entries`]).
     pub fn suppression(&self, rule: RuleRef<'_>, ev: &Event<'_>) -> Option<usize> {
         let user = ev.user().and_then(|u| u.username.as_deref())?;

@@ -379,7 +379,7 @@ fn process(
                 let mut corr = Vec::new();
                 let mut group = Vec::new();
                 for &i in matched.iter() {
-                    if let Some(entries) = filter.allow_index.get(i as usize).filter(|e| !e.is_empty()) {
+                    if let Some(entries) = filter.allow_index.get(i as usize) {
                         if let Some(entry) = filter.allow.suppression_among(entries, &ev) {
                             // counted for the summary; kept out of the output and the correlations
                             match r.quieted.iter_mut().find(|(e, _)| *e == entry) {
