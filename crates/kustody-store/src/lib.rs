@@ -1,0 +1,346 @@
+//! kustody's event store: what `kustody serve` keeps and `kustody search`, `hunt --store` and
+//! `timeline --store` read.
+//!
+//! Four kinds of record, each linked to its evidence:
+//! - **events**: audit events as their native JSON text (compressed), indexed by time, auditID,
+//!   user, service account, namespace, resource, name, verb, response code, source IPs and the
+//!   pod a bound service-account token was minted for; de-duplicated on (auditID, stage), with
+//!   the set of origins (webhook, file, …) that delivered each one;
+//! - **alerts**: Falco runtime alerts (`http_output` JSON or falcosidekick), tied to the pod;
+//! - **matches**: which rule fired on which stored event;
+//! - **findings**: what the live detector folded those matches into.
+//!
+//! [`Store`] is the interface; [`sqlite::SqliteStore`] is the embedded backend (SQLite in WAL
+//! mode, `synchronous=FULL`: a commit returns only once it is on disk). Another backend must
+//! pass the same tests (`tests/store.rs` runs them against any `Store`).
+//!
+//! **Architecture Invariant:** a write call returns `Ok` only after its transaction is durably
+//! committed; callers acknowledge to senders only then.
+
+use std::borrow::Cow;
+
+use kustody_model::Event;
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// Who delivered an event. Stored as a bit set per event: a webhook event later also read from
+/// the apiserver's log file has both bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Origin {
+    Webhook = 1,
+    File = 2,
+    /// `kustody serve --replay` and imports.
+    Replay = 4,
+}
+
+impl Origin {
+    pub fn bit(self) -> i64 {
+        self as i64
+    }
+}
+
+/// One audit event to store, with the indexed fields pulled out of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventRow<'a> {
+    /// The event's native JSON text (one line, as read).
+    pub raw: Cow<'a, str>,
+    pub time_ns: Option<i64>,
+    pub audit_id: Option<Cow<'a, str>>,
+    pub stage: Option<Cow<'a, str>>,
+    pub user: Option<Cow<'a, str>>,
+    /// `namespace/name` when the user is a service account (`system:serviceaccount:NS:NAME`).
+    pub service_account: Option<String>,
+    /// `namespace/name` of the pod a bound token was issued for (`user.extra`
+    /// `authentication.kubernetes.io/pod-name`), else the pod the request is about.
+    pub pod: Option<String>,
+    pub namespace: Option<Cow<'a, str>>,
+    pub resource: Option<Cow<'a, str>>,
+    pub subresource: Option<Cow<'a, str>>,
+    pub name: Option<Cow<'a, str>>,
+    pub verb: Option<Cow<'a, str>>,
+    pub code: Option<i64>,
+    pub source_ips: Vec<Cow<'a, str>>,
+    pub user_agent: Option<Cow<'a, str>>,
+}
+
+impl<'a> EventRow<'a> {
+    /// The row of a parsed event (its text is `ev.raw()`).
+    pub fn of(ev: &Event<'a>) -> EventRow<'a> {
+        let user = ev.user().and_then(|u| u.username.clone());
+        let service_account = user.as_deref().and_then(service_account_of);
+        let obj = ev.object_ref();
+        let namespace = obj.and_then(|o| o.namespace.clone());
+        let resource = obj.and_then(|o| o.resource.clone());
+        let name = obj.and_then(|o| o.name.clone());
+        let bound_pod = kustody_model::rawjson::pointer(
+            ev.raw(),
+            &["user", "extra", "authentication.kubernetes.io/pod-name", "0"],
+        )
+        .and_then(kustody_model::rawjson::text);
+        let pod = match (bound_pod, &service_account) {
+            (Some(p), Some(sa)) => sa.split_once('/').map(|(ns, _)| format!("{ns}/{p}")),
+            (Some(p), None) => Some(p.into_owned()),
+            _ if resource.as_deref() == Some("pods") => match (&namespace, &name) {
+                (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
+                _ => None,
+            },
+            _ => None,
+        };
+        EventRow {
+            raw: Cow::Borrowed(ev.raw()),
+            time_ns: ev.time_ns(),
+            audit_id: ev.audit_id().map(|s| Cow::Owned(s.to_owned())),
+            stage: ev.stage().map(|s| Cow::Owned(s.to_owned())),
+            user,
+            service_account,
+            pod,
+            namespace,
+            resource,
+            subresource: obj.and_then(|o| o.subresource.clone()),
+            name,
+            verb: ev.verb().map(|s| Cow::Owned(s.to_owned())),
+            code: ev.response_status().and_then(|s| s.code),
+            source_ips: ev.source_ips().map(<[_]>::to_vec).unwrap_or_default(),
+            user_agent: ev.user_agent().map(|s| Cow::Owned(s.to_owned())),
+        }
+    }
+}
+
+/// `namespace/name` of a service-account user name.
+pub fn service_account_of(user: &str) -> Option<String> {
+    let rest = user.strip_prefix("system:serviceaccount:")?;
+    let (ns, name) = rest.split_once(':')?;
+    Some(format!("{ns}/{name}"))
+}
+
+/// What one append did, per input row in order: the stored row id, or `None` for a duplicate
+/// (already stored; its origin bit was added).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Appended {
+    pub ids: Vec<Option<i64>>,
+    pub stored: u64,
+    pub duplicates: u64,
+}
+
+/// A stored audit event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub time_ns: Option<i64>,
+    pub audit_id: Option<String>,
+    pub stage: Option<String>,
+    /// Bit set of [`Origin`]s.
+    pub origins: i64,
+    /// The event's JSON text, decompressed.
+    pub raw: String,
+}
+
+/// One Falco runtime alert.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertRow {
+    pub time_ns: Option<i64>,
+    pub rule: String,
+    pub priority: String,
+    pub source: Option<String>,
+    pub hostname: Option<String>,
+    /// `k8s.ns.name`, `k8s.pod.name`, `container.id` from `output_fields`.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container_id: Option<String>,
+    pub output: String,
+    /// The alert as received (JSON), compressed in the store. Alerts are de-duplicated on its
+    /// content: a redelivered alert is stored once.
+    pub raw: String,
+}
+
+/// A stored runtime alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAlert {
+    pub id: i64,
+    pub alert: AlertRow,
+}
+
+/// A rule match on a stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchRow {
+    pub event_id: i64,
+    pub rule: String,
+    pub priority: String,
+    /// The finding the match folded into, when known.
+    pub finding_id: Option<i64>,
+}
+
+/// A finding as stored: created when the detector opens it, updated as repeats fold in.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FindingRow {
+    /// `None` to insert; the row id to update.
+    pub id: Option<i64>,
+    pub rule: String,
+    pub priority: String,
+    /// Every rule that fired, first-seen order.
+    pub rules: Vec<String>,
+    pub tags: Vec<String>,
+    pub events: u64,
+    pub matches: u64,
+    pub first_ns: Option<i64>,
+    pub last_ns: Option<i64>,
+    pub user: Option<String>,
+    pub namespace: Option<String>,
+    pub resource: Option<String>,
+    pub name: Option<String>,
+    pub source_ip: Option<String>,
+    /// The lead detection's output text.
+    pub output: String,
+    /// Sample audit IDs (the first ones).
+    pub audit_ids: Vec<String>,
+    /// Stored event that opened the finding (its evidence), when it is a stored event.
+    pub lead_event: Option<i64>,
+    /// Still folding repeats (`true`) or closed.
+    pub open: bool,
+    /// The lead detection as JSON (output fields, context), for the console and exports.
+    pub detail: String,
+}
+
+/// Filters of an event search; every set field must match (AND). Newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventQuery {
+    pub since_ns: Option<i64>,
+    pub until_ns: Option<i64>,
+    /// Exact user name.
+    pub user: Option<String>,
+    /// `namespace/name`.
+    pub service_account: Option<String>,
+    /// `namespace/name`.
+    pub pod: Option<String>,
+    /// Any of the event's source IPs.
+    pub ip: Option<String>,
+    pub namespace: Option<String>,
+    pub verb: Option<String>,
+    pub resource: Option<String>,
+    pub name: Option<String>,
+    pub audit_id: Option<String>,
+    /// Events a rule matched.
+    pub rule: Option<String>,
+    /// Only rows with an id below this (paging backwards: pass the last id seen).
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
+/// Filters of a finding search. Newest first (by last seen).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FindingQuery {
+    pub since_ns: Option<i64>,
+    pub until_ns: Option<i64>,
+    pub user: Option<String>,
+    pub namespace: Option<String>,
+    /// Lead rule or any folded rule.
+    pub rule: Option<String>,
+    /// At least this severe (a Falco priority name).
+    pub min_priority: Option<kustody_model::Priority>,
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
+/// Filters of a runtime-alert search. Newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertQuery {
+    pub since_ns: Option<i64>,
+    pub until_ns: Option<i64>,
+    pub namespace: Option<String>,
+    /// Pod name (with `namespace` to be exact).
+    pub pod: Option<String>,
+    pub rule: Option<String>,
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
+/// Sizes and counts for `/metrics` and `kustody search --stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub events: u64,
+    pub alerts: u64,
+    pub findings: u64,
+    pub matches: u64,
+    /// Database and WAL bytes on disk.
+    pub bytes: u64,
+    /// Total length of stored events' original JSON text.
+    pub event_text_bytes: u64,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retained {
+    pub events_removed: u64,
+    pub alerts_removed: u64,
+    pub findings_removed: u64,
+}
+
+/// Where a followed file was read up to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileOffset {
+    pub path: String,
+    /// Device and inode of the file, to notice rotation.
+    pub dev: u64,
+    pub ino: u64,
+    pub offset: u64,
+    pub line: u64,
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The disk is full (SQLITE_FULL or ENOSPC): nothing of the call was committed.
+    #[error("the store's disk is full: {0}")]
+    Full(String),
+    /// The store is busy or locked beyond the busy timeout.
+    #[error("the store is busy: {0}")]
+    Busy(String),
+    /// Written by a newer kustody.
+    #[error("the store's schema version {found} is newer than this kustody's ({supported}); upgrade kustody")]
+    TooNew { found: i64, supported: i64 },
+    #[error("the store at `{path}` cannot be opened: {reason}")]
+    Open { path: String, reason: String },
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// Whether a sender should retry later (503 with Retry-After) rather than give up.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Full(_) | StoreError::Busy(_))
+    }
+}
+
+/// The storage interface. One writer at a time holds a `Store`; readers open their own.
+pub trait Store: Send {
+    /// Stores events in one durable transaction; duplicates of (auditID, stage) already stored
+    /// are not stored again but gain `origin`'s bit. Events without an auditID are never
+    /// duplicates.
+    fn append_events(&mut self, events: &[EventRow<'_>], origin: Origin) -> Result<Appended, StoreError>;
+    /// Stores runtime alerts in one durable transaction (content duplicates stored once).
+    fn append_alerts(&mut self, alerts: &[AlertRow]) -> Result<Appended, StoreError>;
+    /// Inserts (id `None`) or updates findings and stores matches, in one durable transaction.
+    /// Returns the id of every finding, in order.
+    fn record_detections(&mut self, findings: &[FindingRow], matches: &[MatchRow]) -> Result<Vec<i64>, StoreError>;
+    /// Events with an id above `after`, oldest first, at most `limit` (the detector's catch-up
+    /// after a restart, and retro-hunts).
+    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    fn search_events(&self, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError>;
+    fn search_findings(&self, q: &FindingQuery) -> Result<Vec<FindingRow>, StoreError>;
+    fn search_alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError>;
+    /// A named cursor (the detector's last processed event id); 0 when never set.
+    fn cursor(&self, name: &str) -> Result<i64, StoreError>;
+    fn set_cursor(&mut self, name: &str, value: i64) -> Result<(), StoreError>;
+    fn file_offset(&self, path: &str) -> Result<Option<FileOffset>, StoreError>;
+    fn set_file_offset(&mut self, off: &FileOffset) -> Result<(), StoreError>;
+    /// Events that reached the store only through `only` (e.g. the file) although `missing`
+    /// (the webhook) is configured, older than `before_ns`: the webhook's gaps.
+    fn count_only_from(&self, only: Origin, missing: Origin, before_ns: i64) -> Result<u64, StoreError>;
+    /// Removes events, alerts and closed findings older than `max_age_ns` before `now_ns`, then
+    /// the oldest events until the store is under `max_bytes`.
+    fn retain(&mut self, now_ns: i64, max_age_ns: Option<i64>, max_bytes: Option<u64>) -> Result<Retained, StoreError>;
+    fn stats(&self) -> Result<StoreStats, StoreError>;
+}

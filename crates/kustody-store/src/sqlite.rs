@@ -1,0 +1,3 @@
+//! The embedded backend: SQLite in WAL mode.
+
+pub struct SqliteStore;
