@@ -60,6 +60,9 @@ pub struct Finding {
     pub audit_ids: Vec<String>,
     /// Where the last folded event is.
     pub last_ref: SourceRef,
+    /// Number of this finding in its [`Grouper`] (1, 2, …; 0 for [`Finding::single`]): how a
+    /// live caller recognises a finding it has seen opened when repeats fold into it.
+    pub seq: u64,
 }
 
 impl Finding {
@@ -76,6 +79,7 @@ impl Finding {
             audit_ids: d.audit_id.iter().cloned().collect(),
             last_ref: d.source_ref.clone(),
             lead: d,
+            seq: 0,
         }
     }
 }
@@ -91,16 +95,23 @@ pub struct Grouper {
     /// Audit IDs of folded events and their finding: a later stage of the same request (an exec
     /// session's ResponseComplete after its ResponseStarted) joins that finding.
     stages: FxHashMap<String, Key>,
+    /// Findings opened so far.
+    opened: u64,
 }
 
 impl Grouper {
     pub fn new(opts: FindingOptions) -> Grouper {
-        Grouper { opts, open: FxHashMap::default(), order: VecDeque::new(), stages: FxHashMap::default() }
+        Grouper { opts, open: FxHashMap::default(), order: VecDeque::new(), stages: FxHashMap::default(), opened: 0 }
     }
 
     /// Findings currently open.
     pub fn open(&self) -> usize {
         self.open.len()
+    }
+
+    /// Findings opened so far (the highest [`Finding::seq`] given).
+    pub fn opened(&self) -> u64 {
+        self.opened
     }
 
     /// Feeds the detections of one event (a correlation finding is an event of its own);
@@ -109,15 +120,34 @@ impl Grouper {
         self.add(dets, out, true);
     }
 
+    /// Like [`Grouper::event`], and returns the open finding the event opened or folded into
+    /// (a live detector reports it at once instead of when it closes).
+    pub fn event_live(&mut self, dets: Vec<Detection>, out: &mut Vec<Finding>) -> Option<&Finding> {
+        let key = self.add(dets, out, true)?;
+        self.open.get(&key)
+    }
+
+    /// Like [`Grouper::correlation`], returning the finding as [`Grouper::event_live`] does.
+    pub fn correlation_live(&mut self, d: Detection, out: &mut Vec<Finding>) -> Option<&Finding> {
+        let key = self.add(vec![d], out, false)?;
+        self.open.get(&key)
+    }
+
+    /// Closes the findings whose window has passed by `now_ns` (a live detector calls this on a
+    /// clock tick, so a finding closes even when no later event arrives).
+    pub fn expire_until(&mut self, now_ns: i64, out: &mut Vec<Finding>) {
+        self.expire(now_ns, out);
+    }
+
     /// Feeds a correlation's finding: a finding of its own, never folded into the event that
     /// completed it (it carries that event's audit ID).
     pub fn correlation(&mut self, d: Detection, out: &mut Vec<Finding>) {
         self.add(vec![d], out, false);
     }
 
-    fn add(&mut self, mut dets: Vec<Detection>, out: &mut Vec<Finding>, stages: bool) {
+    fn add(&mut self, mut dets: Vec<Detection>, out: &mut Vec<Finding>, stages: bool) -> Option<Key> {
         if dets.is_empty() {
-            return;
+            return None;
         }
         // most severe first (`Priority` orders Emergency first); ties keep rule order
         dets.sort_by_key(|d| d.priority);
@@ -126,7 +156,7 @@ impl Grouper {
             self.expire(t, out);
         }
         let mut iter = dets.into_iter();
-        let Some(lead) = iter.next() else { return };
+        let lead = iter.next()?;
         let rest: Vec<Detection> = iter.collect();
         // another stage of a request already in a finding: the same finding, not another event
         let stage_of = lead
@@ -138,7 +168,8 @@ impl Grouper {
         if let Some(f) = stage_of.filter(|f| f.lead.context.user == lead.context.user) {
             fold(f, &lead, &rest, self.opts.samples);
             f.events -= 1;
-            return;
+            let id = lead.audit_id.as_ref()?;
+            return self.stages.get(id).cloned();
         }
         let c = &lead.context;
         let key: Key = (lead.rule.clone(), c.user.clone(), c.resource.clone(), c.subresource.clone());
@@ -150,7 +181,7 @@ impl Grouper {
         }
         if let Some(f) = self.open.get_mut(&key) {
             fold(f, &lead, &rest, self.opts.samples);
-            return;
+            return Some(key);
         }
         if self.open.len() >= self.opts.max_open {
             self.close_oldest(out);
@@ -166,10 +197,13 @@ impl Grouper {
             audit_ids: Vec::new(),
             last_ref: lead.source_ref.clone(),
             lead: lead.clone(),
+            seq: self.opened + 1,
         };
+        self.opened += 1;
         fold(&mut f, &lead, &rest, self.opts.samples);
         self.order.push_back((key.clone(), time));
-        self.open.insert(key, f);
+        self.open.insert(key.clone(), f);
+        Some(key)
     }
 
     /// Emits every open finding, in the order they were opened.

@@ -20,6 +20,7 @@ pub mod extract;
 pub mod fields;
 pub mod findings;
 mod fnmatch;
+pub mod live;
 mod loader;
 pub mod output;
 pub mod prog;
