@@ -75,11 +75,12 @@ impl<'a> EventRow<'a> {
         let namespace = obj.and_then(|o| o.namespace.clone());
         let resource = obj.and_then(|o| o.resource.clone());
         let name = obj.and_then(|o| o.name.clone());
-        let bound_pod = kustody_model::rawjson::pointer(
-            ev.raw(),
-            &["user", "extra", "authentication.kubernetes.io/pod-name", "0"],
-        )
-        .and_then(kustody_model::rawjson::text);
+        let bound_pod =
+            kustody_model::rawjson::pointer(ev.raw(), &["user", "extra", "authentication.kubernetes.io/pod-name", "0"])
+                // Only a non-empty JSON string names a pod (`null`, numbers and `""` do not).
+                .filter(|v| v.starts_with('"'))
+                .and_then(kustody_model::rawjson::text)
+                .filter(|p| !p.is_empty());
         let pod = match (bound_pod, &service_account) {
             (Some(p), Some(sa)) => sa.split_once('/').map(|(ns, _)| format!("{ns}/{p}")),
             (Some(p), None) => Some(p.into_owned()),

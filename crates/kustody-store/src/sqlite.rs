@@ -1,3 +1,846 @@
 //! The embedded backend: SQLite in WAL mode.
+//!
+//! One file, `kustody.db`, in the store's directory (with SQLite's `-wal` and `-shm` beside
+//! it). The writer ([`SqliteStore::open`]) commits with `synchronous=FULL`: the WAL is fsync'd
+//! before a commit returns. Readers ([`SqliteStore::open_read_only`]) run beside it and see
+//! every committed transaction.
+//!
+//! Space: `auto_vacuum=INCREMENTAL` is set when the database is created; [`Store::retain`]
+//! returns the pages it freed to the file system (`PRAGMA incremental_vacuum`) after it
+//! deleted rows. Pages freed otherwise stay on SQLite's free list and are reused by later
+//! appends. The WAL is checkpointed automatically every [`WAL_AUTOCHECKPOINT`] pages and
+//! truncated to [`JOURNAL_SIZE_LIMIT`] afterwards.
 
-pub struct SqliteStore;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kustody_model::Priority;
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+
+use crate::{
+    AlertQuery, AlertRow, Appended, EventQuery, EventRow, FileOffset, FindingQuery, FindingRow, MatchRow, Origin,
+    Retained, Store, StoreError, StoreStats, StoredAlert, StoredEvent,
+};
+
+mod codec;
+mod error;
+mod query;
+mod schema;
+
+use codec::{Decoder, Encoder};
+use error::{Fail, Res};
+pub use query::{DEFAULT_LIMIT, MAX_LIMIT};
+pub use schema::SCHEMA_VERSION;
+
+/// The database file's name in the store's directory.
+pub const DB_FILE: &str = "kustody.db";
+
+/// Page size of a new database: 4 KiB, SQLite's default. Larger pages make each commit write
+/// more (every index touched by a batch writes whole pages to the WAL).
+pub const PAGE_SIZE: u32 = 4096;
+/// WAL pages between automatic checkpoints (64 MiB of 4 KiB pages): fewer checkpoints, each
+/// writing a page modified by many commits once.
+pub const WAL_AUTOCHECKPOINT: u32 = 16_384;
+/// The WAL is truncated to this size after a checkpoint.
+pub const JOURNAL_SIZE_LIMIT: u64 = 64 << 20;
+/// Page cache per connection (KiB).
+const CACHE_KIB: i64 = 64 << 10;
+/// Memory-mapped reads of the database file, up to this size.
+const MMAP_BYTES: i64 = 1 << 30;
+/// How long a statement waits for a lock held by another connection.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Events deleted per transaction by [`Store::retain`].
+const RETAIN_BATCH: usize = 10_000;
+/// An event's source IPs stored for search, at most (`event_ips` rowids hold 4 bits).
+const MAX_IPS: usize = 16;
+
+/// The SQLite store. See the [module documentation](self).
+pub struct SqliteStore {
+    conn: Connection,
+    dir: PathBuf,
+    read_only: bool,
+    enc: Encoder,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("dir", &self.dir).field("read_only", &self.read_only).finish()
+    }
+}
+
+/// The numeric rank of a priority: 0 for Emergency … 7 for Debug.
+pub fn rank(p: Priority) -> i64 {
+    Priority::ALL.iter().position(|q| *q == p).and_then(|i| i64::try_from(i).ok()).unwrap_or(RANK_UNKNOWN)
+}
+
+/// The rank of a priority name kustody does not know: below Debug, so a minimum never admits
+/// it.
+const RANK_UNKNOWN: i64 = 8;
+
+fn rank_of(name: &str) -> i64 {
+    name.parse::<Priority>().map_or(RANK_UNKNOWN, rank)
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (creating it and `dir` if needed) the store in `dir` for writing, and brings its
+    /// schema up to date.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::TooNew`] when a newer kustody wrote it; [`StoreError::Open`] when `dir`
+    /// cannot be created or does not hold a usable database.
+    pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        let open_err = |reason: String| StoreError::Open { path: dir.display().to_string(), reason };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(dir.join(DB_FILE), flags).map_err(|e| open_err(e.to_string()))?;
+        let mut store = SqliteStore {
+            conn,
+            dir: dir.to_owned(),
+            read_only: false,
+            enc: Encoder::new().map_err(|f| f.into_store(dir))?,
+        };
+        store.setup_writer().map_err(|f| match f.into_store(dir) {
+            e @ (StoreError::TooNew { .. } | StoreError::Full(_) | StoreError::Busy(_)) => e,
+            e => open_err(e.to_string()),
+        })?;
+        Ok(store)
+    }
+
+    /// Opens an existing store for reading only (searches, statistics); works while a writer
+    /// has it open. Write calls fail.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] when there is no store in `dir` or its schema is older than this
+    /// build's (open it for writing once to upgrade it); [`StoreError::TooNew`].
+    pub fn open_read_only(dir: &Path) -> Result<SqliteStore, StoreError> {
+        let open_err = |reason: String| StoreError::Open { path: dir.display().to_string(), reason };
+        let path = dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(open_err(format!("{} does not exist", path.display())));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(|e| open_err(e.to_string()))?;
+        let store = SqliteStore {
+            conn,
+            dir: dir.to_owned(),
+            read_only: true,
+            enc: Encoder::new().map_err(|f| f.into_store(dir))?,
+        };
+        store.setup_reader().map_err(|f| match f.into_store(dir) {
+            e @ (StoreError::TooNew { .. } | StoreError::Busy(_)) => e,
+            e => open_err(e.to_string()),
+        })?;
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The schema version of the database (`PRAGMA user_version`).
+    ///
+    /// # Errors
+    ///
+    /// When the database cannot be read.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| self.fail(e.into()))
+    }
+
+    /// Bytes of the database's pages in use (what [`Store::retain`]'s `max_bytes` bounds):
+    /// `(page_count - freelist_count) * page_size`.
+    ///
+    /// # Errors
+    ///
+    /// When the database cannot be read.
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        self.used_bytes_().map_err(|f| self.fail(f))
+    }
+
+    fn fail(&self, f: Fail) -> StoreError {
+        f.into_store(&self.dir)
+    }
+
+    fn tuning(&self) -> Res<()> {
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        self.conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+        self.conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+        self.conn.pragma_update(None, "temp_store", "MEMORY")?;
+        self.conn.set_prepared_statement_cache_capacity(64);
+        Ok(())
+    }
+
+    fn check_version(&self) -> Res<i64> {
+        let found: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION }.into());
+        }
+        Ok(found)
+    }
+
+    fn setup_writer(&mut self) -> Res<()> {
+        self.tuning()?;
+        let version = self.check_version()?;
+        let objects: i64 = self.conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        if version == 0 && objects > 0 {
+            return Err(Fail::other(
+                "the database is not a kustody store (it has tables but no kustody schema version)",
+            ));
+        }
+        if objects == 0 {
+            // Only a database without tables takes these.
+            self.conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+            self.conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        }
+        let mode: String = self.conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Fail::other(format!("cannot use WAL mode (journal mode is {mode})")));
+        }
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
+        self.conn.pragma_update(None, "journal_size_limit", i64_of(JOURNAL_SIZE_LIMIT))?;
+        self.migrate()?;
+        // Fresh statistics for the query planner where they are stale (cheap: bounded work).
+        // Best effort: it writes, and a store on a full disk must still open.
+        let _ = self.conn.execute_batch("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002;");
+        Ok(())
+    }
+
+    fn setup_reader(&self) -> Res<()> {
+        self.tuning()?;
+        self.conn.pragma_update(None, "query_only", true)?;
+        let version = self.check_version()?;
+        if version < SCHEMA_VERSION {
+            return Err(Fail::other(format!(
+                "its schema version {version} is older than this kustody's ({SCHEMA_VERSION}): open it for writing \
+                 (kustody serve) once to upgrade it"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies the missing migration steps in one transaction.
+    fn migrate(&mut self) -> Res<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION }.into());
+        }
+        let done = usize::try_from(found).map_err(|_| Fail::other(format!("invalid schema version {found}")))?;
+        if done == schema::MIGRATIONS.len() {
+            return Ok(());
+        }
+        for step in schema::MIGRATIONS.iter().skip(done) {
+            tx.execute_batch(step)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn writable(&self) -> Res<()> {
+        if self.read_only {
+            return Err(Fail::other("the store was opened read-only"));
+        }
+        Ok(())
+    }
+
+    fn write_tx(&mut self) -> Res<Transaction<'_>> {
+        self.writable()?;
+        Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+
+    fn append_events_(&mut self, events: &[EventRow<'_>], origin: Origin) -> Res<Appended> {
+        self.writable()?;
+        let bit = origin.bit();
+        let mut out = Appended { ids: Vec::with_capacity(events.len()), stored: 0, duplicates: 0 };
+        let mut text_bytes: i64 = 0;
+        let SqliteStore { conn, enc, .. } = self;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO events (time_ns, audit_id, stage, username, service_account, pod, namespace, \
+                 resource, subresource, name, verb, code, user_agent, origins, text_len, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )?;
+            let mut dup = tx.prepare_cached(
+                "UPDATE events SET origins = origins | ?1 \
+                 WHERE audit_id = ?2 AND ifnull(stage, '') = ifnull(?3, '') AND origins & ?1 = 0",
+            )?;
+            let mut ip = tx.prepare_cached("INSERT OR IGNORE INTO event_ips (rowid, ip) VALUES (?1, ?2)")?;
+            for ev in events {
+                let len = i64::try_from(ev.raw.len()).unwrap_or(i64::MAX);
+                let body = enc.encode(&ev.raw);
+                let n = insert.execute(params![
+                    ev.time_ns,
+                    ev.audit_id.as_deref(),
+                    ev.stage.as_deref(),
+                    ev.user.as_deref(),
+                    ev.service_account.as_deref(),
+                    ev.pod.as_deref(),
+                    ev.namespace.as_deref(),
+                    ev.resource.as_deref(),
+                    ev.subresource.as_deref(),
+                    ev.name.as_deref(),
+                    ev.verb.as_deref(),
+                    ev.code,
+                    ev.user_agent.as_deref(),
+                    bit,
+                    len,
+                    body,
+                ])?;
+                if n == 0 {
+                    dup.execute(params![bit, ev.audit_id.as_deref(), ev.stage.as_deref()])?;
+                    out.ids.push(None);
+                    out.duplicates += 1;
+                    continue;
+                }
+                let id = tx.last_insert_rowid();
+                let mut seen: Vec<&str> = Vec::with_capacity(ev.source_ips.len().min(MAX_IPS));
+                for addr in &ev.source_ips {
+                    if seen.len() == MAX_IPS {
+                        break;
+                    }
+                    if addr.is_empty() || seen.contains(&addr.as_ref()) {
+                        continue;
+                    }
+                    let k = i64::try_from(seen.len()).unwrap_or(0);
+                    ip.execute(params![id.saturating_mul(16).saturating_add(k), addr.as_ref()])?;
+                    seen.push(addr);
+                }
+                out.ids.push(Some(id));
+                out.stored += 1;
+                text_bytes = text_bytes.saturating_add(len);
+            }
+        }
+        add_totals(&tx, &[("events", i64_of(out.stored)), ("event_text_bytes", text_bytes)])?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn append_alerts_(&mut self, alerts: &[AlertRow]) -> Res<Appended> {
+        self.writable()?;
+        let mut out = Appended { ids: Vec::with_capacity(alerts.len()), stored: 0, duplicates: 0 };
+        let SqliteStore { conn, enc, .. } = self;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO alerts (time_ns, rule, priority, source, hostname, namespace, pod, container_id, \
+                 output, hash, raw_len, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for a in alerts {
+                let hash = content_hash(&a.raw);
+                let len = i64::try_from(a.raw.len()).unwrap_or(i64::MAX);
+                let body = enc.encode(&a.raw);
+                let n = insert.execute(params![
+                    a.time_ns,
+                    a.rule,
+                    a.priority,
+                    a.source,
+                    a.hostname,
+                    a.namespace,
+                    a.pod,
+                    a.container_id,
+                    a.output,
+                    &hash[..],
+                    len,
+                    body,
+                ])?;
+                if n == 0 {
+                    out.ids.push(None);
+                    out.duplicates += 1;
+                } else {
+                    out.ids.push(Some(tx.last_insert_rowid()));
+                    out.stored += 1;
+                }
+            }
+        }
+        add_totals(&tx, &[("alerts", i64_of(out.stored))])?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn record_detections_(&mut self, findings: &[FindingRow], matches: &[MatchRow]) -> Res<Vec<i64>> {
+        let tx = self.write_tx()?;
+        let mut ids = Vec::with_capacity(findings.len());
+        let mut new_findings: i64 = 0;
+        let mut new_matches: i64 = 0;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO findings (id, rule, priority, priority_rank, rules, tags, events, matches, first_ns, \
+                 last_ns, username, namespace, resource, name, source_ip, output, audit_ids, lead_event, open, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+            )?;
+            let mut update = tx.prepare_cached(
+                "UPDATE findings SET rule = ?2, priority = ?3, priority_rank = ?4, rules = ?5, tags = ?6, events = ?7, \
+                 matches = ?8, first_ns = ?9, last_ns = ?10, username = ?11, namespace = ?12, resource = ?13, \
+                 name = ?14, source_ip = ?15, output = ?16, audit_ids = ?17, lead_event = ?18, open = ?19, \
+                 detail = ?20 WHERE id = ?1",
+            )?;
+            let mut clear_rules = tx.prepare_cached("DELETE FROM finding_rules WHERE finding_id = ?1")?;
+            let mut add_rule =
+                tx.prepare_cached("INSERT OR IGNORE INTO finding_rules (rule, finding_id) VALUES (?1, ?2)")?;
+            for f in findings {
+                let json = |v: &Vec<String>| serde_json::to_string(v).map_err(|e| Fail::other(format!("json: {e}")));
+                let (rules, tags, audit_ids) = (json(&f.rules)?, json(&f.tags)?, json(&f.audit_ids)?);
+                let p = params![
+                    f.id,
+                    f.rule,
+                    f.priority,
+                    rank_of(&f.priority),
+                    rules,
+                    tags,
+                    i64_of(f.events),
+                    i64_of(f.matches),
+                    f.first_ns,
+                    f.last_ns,
+                    f.user,
+                    f.namespace,
+                    f.resource,
+                    f.name,
+                    f.source_ip,
+                    f.output,
+                    audit_ids,
+                    f.lead_event,
+                    f.open,
+                    f.detail,
+                ];
+                // An update of a finding no longer stored (removed by retention) stores it
+                // again under its id.
+                let id = match f.id {
+                    Some(id) if update.execute(p)? == 1 => {
+                        clear_rules.execute([id])?;
+                        id
+                    }
+                    _ => {
+                        insert.execute(p)?;
+                        new_findings += 1;
+                        tx.last_insert_rowid()
+                    }
+                };
+                for rule in std::iter::once(&f.rule).chain(&f.rules) {
+                    add_rule.execute(params![rule, id])?;
+                }
+                ids.push(id);
+            }
+            let mut insert_match = tx.prepare_cached(
+                "INSERT OR IGNORE INTO matches (event_id, rule, priority, finding_id) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut update_match = tx.prepare_cached(
+                "UPDATE matches SET priority = ?3, finding_id = coalesce(?4, finding_id) \
+                 WHERE event_id = ?1 AND rule = ?2",
+            )?;
+            for m in matches {
+                let p = params![m.event_id, m.rule, m.priority, m.finding_id];
+                if insert_match.execute(p)? == 1 {
+                    new_matches += 1;
+                } else {
+                    update_match.execute(p)?;
+                }
+            }
+        }
+        add_totals(&tx, &[("findings", new_findings), ("matches", new_matches)])?;
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    fn events_after_(&self, after: i64, limit: usize) -> Res<Vec<StoredEvent>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM events e WHERE e.id > ?1 ORDER BY e.id LIMIT ?2",
+            query::EVENT_COLUMNS
+        ))?;
+        let mut rows = st.query(params![after, query::limit(limit)])?;
+        let mut dec = Decoder::default();
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(read_event(r, &mut dec)?);
+        }
+        Ok(out)
+    }
+
+    fn search_events_(&self, q: &EventQuery) -> Res<Vec<StoredEvent>> {
+        let sql = query::events(q);
+        let mut st = self.conn.prepare_cached(&sql.text)?;
+        let mut rows = st.query(rusqlite::params_from_iter(sql.args.iter()))?;
+        let mut dec = Decoder::default();
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(read_event(r, &mut dec)?);
+        }
+        Ok(out)
+    }
+
+    fn search_findings_(&self, q: &FindingQuery) -> Res<Vec<FindingRow>> {
+        let sql = query::findings(q);
+        let mut st = self.conn.prepare_cached(&sql.text)?;
+        let mut rows = st.query(rusqlite::params_from_iter(sql.args.iter()))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(read_finding(r)?);
+        }
+        Ok(out)
+    }
+
+    fn search_alerts_(&self, q: &AlertQuery) -> Res<Vec<StoredAlert>> {
+        let sql = query::alerts(q);
+        let mut st = self.conn.prepare_cached(&sql.text)?;
+        let mut rows = st.query(rusqlite::params_from_iter(sql.args.iter()))?;
+        let mut dec = Decoder::default();
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(read_alert(r, &mut dec)?);
+        }
+        Ok(out)
+    }
+
+    fn count_only_from_(&self, only: Origin, missing: Origin, before_ns: i64) -> Res<u64> {
+        // Origins take 3 bits: count each qualifying value on `events_origins` (origins,
+        // time_ns), a range of the index each.
+        let mut st = self.conn.prepare_cached("SELECT count(*) FROM events WHERE origins = ?1 AND time_ns < ?2")?;
+        let mut total: u64 = 0;
+        for v in 1..8_i64 {
+            if v & only.bit() != 0 && v & missing.bit() == 0 {
+                let n: i64 = st.query_row(params![v, before_ns], |r| r.get(0))?;
+                total = total.saturating_add(u64_of(n));
+            }
+        }
+        Ok(total)
+    }
+
+    fn used_bytes_(&self) -> Res<u64> {
+        let q = |p: &str| -> Res<i64> { Ok(self.conn.pragma_query_value(None, p, |r| r.get(0))?) };
+        let used = q("page_count")?.saturating_sub(q("freelist_count")?).saturating_mul(q("page_size")?);
+        Ok(u64_of(used))
+    }
+
+    fn retain_(&mut self, now_ns: i64, max_age_ns: Option<i64>, max_bytes: Option<u64>) -> Res<Retained> {
+        self.writable()?;
+        let mut out = Retained::default();
+        if let Some(age) = max_age_ns {
+            let cutoff = now_ns.saturating_sub(age);
+            loop {
+                let n = self.delete_events(Some(cutoff), RETAIN_BATCH)?;
+                out.events_removed += n;
+                if n == 0 {
+                    break;
+                }
+            }
+            let tx = self.write_tx()?;
+            let alerts = tx.execute("DELETE FROM alerts WHERE time_ns < ?1", [cutoff])?;
+            let findings: Vec<i64> = {
+                let mut st = tx.prepare("SELECT id FROM findings WHERE open = 0 AND last_ns < ?1")?;
+                let ids = st.query_map([cutoff], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+                ids
+            };
+            {
+                let mut del = tx.prepare_cached("DELETE FROM findings WHERE id = ?1")?;
+                let mut del_rules = tx.prepare_cached("DELETE FROM finding_rules WHERE finding_id = ?1")?;
+                for id in &findings {
+                    del.execute([id])?;
+                    del_rules.execute([id])?;
+                }
+            }
+            let (alerts, findings) = (u64::try_from(alerts).unwrap_or(0), u64::try_from(findings.len()).unwrap_or(0));
+            add_totals(&tx, &[("alerts", -i64_of(alerts)), ("findings", -i64_of(findings))])?;
+            tx.commit()?;
+            out.alerts_removed += alerts;
+            out.findings_removed += findings;
+        }
+        if let Some(max) = max_bytes {
+            loop {
+                let used = self.used_bytes_()?;
+                if used <= max {
+                    break;
+                }
+                let count = self.total("events")?;
+                if count <= 0 {
+                    break;
+                }
+                // As many events as the excess holds at the average size, within bounds: a few
+                // passes converge without deleting much more than needed.
+                let per_event = (used / u64_of(count)).max(1);
+                let want = ((used - max) / per_event).saturating_add(1).clamp(16, RETAIN_BATCH as u64);
+                let n = self.delete_events(None, usize::try_from(want).unwrap_or(RETAIN_BATCH))?;
+                out.events_removed += n;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        if out.events_removed + out.alerts_removed + out.findings_removed > 0 {
+            // Return the freed pages to the file system, and refresh the planner's statistics.
+            // Best effort: the deletions are committed, and on a full disk these may not be.
+            let _ = self.conn.execute_batch("PRAGMA incremental_vacuum; PRAGMA optimize;");
+        }
+        Ok(out)
+    }
+
+    /// Deletes, in one transaction, up to `limit` events with their IPs and matches: the
+    /// oldest by time before `cutoff`, or (`None`) the oldest by id. Returns how many.
+    fn delete_events(&mut self, cutoff: Option<i64>, limit: usize) -> Res<u64> {
+        let tx = self.write_tx()?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let victims: Vec<(i64, i64)> = {
+            let row = |r: &Row<'_>| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0)));
+            match cutoff {
+                Some(t) => tx
+                    .prepare_cached("SELECT id, text_len FROM events WHERE time_ns < ?1 ORDER BY time_ns LIMIT ?2")?
+                    .query_map(params![t, limit], row)?
+                    .collect::<Result<_, _>>()?,
+                None => tx
+                    .prepare_cached("SELECT id, text_len FROM events ORDER BY id LIMIT ?1")?
+                    .query_map(params![limit], row)?
+                    .collect::<Result<_, _>>()?,
+            }
+        };
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut text: i64 = 0;
+        let mut matches: i64 = 0;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
+            let mut del_ips = tx.prepare_cached("DELETE FROM event_ips WHERE rowid BETWEEN ?1 AND ?2")?;
+            let mut del_matches = tx.prepare_cached("DELETE FROM matches WHERE event_id = ?1")?;
+            for (id, len) in &victims {
+                del.execute([id])?;
+                let lo = id.saturating_mul(16);
+                del_ips.execute([lo, lo.saturating_add(15)])?;
+                matches += i64::try_from(del_matches.execute([id])?).unwrap_or(0);
+                text = text.saturating_add(*len);
+            }
+        }
+        let n = i64::try_from(victims.len()).unwrap_or(i64::MAX);
+        add_totals(&tx, &[("events", -n), ("event_text_bytes", -text), ("matches", -matches)])?;
+        tx.commit()?;
+        Ok(u64_of(n))
+    }
+
+    fn total(&self, name: &str) -> Res<i64> {
+        let mut st = self.conn.prepare_cached("SELECT value FROM totals WHERE name = ?1")?;
+        Ok(st.query_row([name], |r| r.get(0)).optional()?.unwrap_or(0))
+    }
+
+    fn stats_(&self) -> Res<StoreStats> {
+        let file =
+            |suffix: &str| std::fs::metadata(self.dir.join(format!("{DB_FILE}{suffix}"))).map(|m| m.len()).unwrap_or(0);
+        Ok(StoreStats {
+            events: u64_of(self.total("events")?),
+            alerts: u64_of(self.total("alerts")?),
+            findings: u64_of(self.total("findings")?),
+            matches: u64_of(self.total("matches")?),
+            bytes: file("").saturating_add(file("-wal")),
+            event_text_bytes: u64_of(self.total("event_text_bytes")?),
+        })
+    }
+}
+
+/// Adds to the named totals, in the caller's transaction.
+fn add_totals(tx: &Transaction<'_>, deltas: &[(&str, i64)]) -> Res<()> {
+    let mut st = tx.prepare_cached("UPDATE totals SET value = value + ?2 WHERE name = ?1")?;
+    for (name, d) in deltas {
+        if *d != 0 {
+            st.execute(params![name, d])?;
+        }
+    }
+    Ok(())
+}
+
+/// 128 bits of SHA-256 of an alert's text: its identity for de-duplication.
+fn content_hash(raw: &str) -> [u8; 16] {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(raw.as_bytes());
+    let mut out = [0u8; 16];
+    for (o, b) in out.iter_mut().zip(d.iter()) {
+        *o = *b;
+    }
+    out
+}
+
+fn read_event(r: &Row<'_>, dec: &mut Decoder) -> Res<StoredEvent> {
+    let len: i64 = r.get(5)?;
+    let raw = dec.decode(r.get_ref(6)?, len)?;
+    Ok(StoredEvent {
+        id: r.get(0)?,
+        time_ns: r.get(1)?,
+        audit_id: r.get(2)?,
+        stage: r.get(3)?,
+        origins: r.get(4)?,
+        raw,
+    })
+}
+
+fn json_list(r: &Row<'_>, i: usize) -> Res<Vec<String>> {
+    let s: String = r.get(i)?;
+    serde_json::from_str(&s).map_err(|e| Fail::other(format!("stored list: {e}")))
+}
+
+fn read_finding(r: &Row<'_>) -> Res<FindingRow> {
+    Ok(FindingRow {
+        id: Some(r.get(0)?),
+        rule: r.get(1)?,
+        priority: r.get(2)?,
+        rules: json_list(r, 3)?,
+        tags: json_list(r, 4)?,
+        events: u64_of(r.get(5)?),
+        matches: u64_of(r.get(6)?),
+        first_ns: r.get(7)?,
+        last_ns: r.get(8)?,
+        user: r.get(9)?,
+        namespace: r.get(10)?,
+        resource: r.get(11)?,
+        name: r.get(12)?,
+        source_ip: r.get(13)?,
+        output: r.get(14)?,
+        audit_ids: json_list(r, 15)?,
+        lead_event: r.get(16)?,
+        open: r.get(17)?,
+        detail: r.get(18)?,
+    })
+}
+
+fn read_alert(r: &Row<'_>, dec: &mut Decoder) -> Res<StoredAlert> {
+    let len: i64 = r.get(10)?;
+    let raw = match r.get_ref(11)? {
+        v @ (ValueRef::Text(_) | ValueRef::Blob(_)) => dec.decode(v, len)?,
+        _ => String::new(),
+    };
+    Ok(StoredAlert {
+        id: r.get(0)?,
+        alert: AlertRow {
+            time_ns: r.get(1)?,
+            rule: r.get(2)?,
+            priority: r.get(3)?,
+            source: r.get(4)?,
+            hostname: r.get(5)?,
+            namespace: r.get(6)?,
+            pod: r.get(7)?,
+            container_id: r.get(8)?,
+            output: r.get(9)?,
+            raw,
+        },
+    })
+}
+
+impl Store for SqliteStore {
+    fn append_events(&mut self, events: &[EventRow<'_>], origin: Origin) -> Result<Appended, StoreError> {
+        self.append_events_(events, origin).map_err(|f| self.fail(f))
+    }
+
+    fn append_alerts(&mut self, alerts: &[AlertRow]) -> Result<Appended, StoreError> {
+        self.append_alerts_(alerts).map_err(|f| self.fail(f))
+    }
+
+    fn record_detections(&mut self, findings: &[FindingRow], matches: &[MatchRow]) -> Result<Vec<i64>, StoreError> {
+        self.record_detections_(findings, matches).map_err(|f| self.fail(f))
+    }
+
+    /// At most `min(limit, MAX_LIMIT)` events (`limit` 0: [`DEFAULT_LIMIT`]).
+    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.events_after_(after, limit).map_err(|f| self.fail(f))
+    }
+
+    /// `since_ns` ≤ time < `until_ns`; see [`query`](self) for the indexes each filter uses.
+    fn search_events(&self, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        self.search_events_(q).map_err(|f| self.fail(f))
+    }
+
+    /// Findings last seen at or after `since_ns` and first seen before `until_ns`, ordered by
+    /// last seen (newest first) then id. `before_id` keeps ids below it: as the order is not
+    /// the id's, it pages reliably only through findings that are no longer updated.
+    fn search_findings(&self, q: &FindingQuery) -> Result<Vec<FindingRow>, StoreError> {
+        self.search_findings_(q).map_err(|f| self.fail(f))
+    }
+
+    fn search_alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError> {
+        self.search_alerts_(q).map_err(|f| self.fail(f))
+    }
+
+    fn cursor(&self, name: &str) -> Result<i64, StoreError> {
+        let get = || -> Res<i64> {
+            let mut st = self.conn.prepare_cached("SELECT value FROM cursors WHERE name = ?1")?;
+            Ok(st.query_row([name], |r| r.get(0)).optional()?.unwrap_or(0))
+        };
+        get().map_err(|f| self.fail(f))
+    }
+
+    fn set_cursor(&mut self, name: &str, value: i64) -> Result<(), StoreError> {
+        let set = || -> Res<()> {
+            self.writable()?;
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO cursors (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = ?2",
+                )?
+                .execute(params![name, value])?;
+            Ok(())
+        };
+        set().map_err(|f| self.fail(f))
+    }
+
+    fn file_offset(&self, path: &str) -> Result<Option<FileOffset>, StoreError> {
+        let get = || -> Res<Option<FileOffset>> {
+            let mut st =
+                self.conn.prepare_cached("SELECT dev, ino, byte_offset, line FROM file_offsets WHERE path = ?1")?;
+            Ok(st
+                .query_row([path], |r| {
+                    Ok(FileOffset {
+                        path: path.to_owned(),
+                        // Stored as the same 64 bits (SQLite integers are signed).
+                        dev: r.get::<_, i64>(0)? as u64,
+                        ino: r.get::<_, i64>(1)? as u64,
+                        offset: r.get::<_, i64>(2)? as u64,
+                        line: r.get::<_, i64>(3)? as u64,
+                    })
+                })
+                .optional()?)
+        };
+        get().map_err(|f| self.fail(f))
+    }
+
+    fn set_file_offset(&mut self, off: &FileOffset) -> Result<(), StoreError> {
+        let set = || -> Res<()> {
+            self.writable()?;
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO file_offsets (path, dev, ino, byte_offset, line) VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (path) DO UPDATE SET dev = ?2, ino = ?3, byte_offset = ?4, line = ?5",
+                )?
+                .execute(params![off.path, off.dev as i64, off.ino as i64, off.offset as i64, off.line as i64])?;
+            Ok(())
+        };
+        set().map_err(|f| self.fail(f))
+    }
+
+    fn count_only_from(&self, only: Origin, missing: Origin, before_ns: i64) -> Result<u64, StoreError> {
+        self.count_only_from_(only, missing, before_ns).map_err(|f| self.fail(f))
+    }
+
+    /// Events with no time are removed only for size, alerts and findings only for age.
+    /// `max_bytes` bounds the database's pages in use (the WAL, at most
+    /// [`JOURNAL_SIZE_LIMIT`] after a checkpoint, is not counted); the oldest events (lowest
+    /// ids) go first.
+    fn retain(&mut self, now_ns: i64, max_age_ns: Option<i64>, max_bytes: Option<u64>) -> Result<Retained, StoreError> {
+        self.retain_(now_ns, max_age_ns, max_bytes).map_err(|f| self.fail(f))
+    }
+
+    /// Exact counts, kept in the `totals` table by every write (no scan); `bytes` are the
+    /// sizes of the database file and its WAL.
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.stats_().map_err(|f| self.fail(f))
+    }
+}
+
+#[cfg(test)]
+mod tests;

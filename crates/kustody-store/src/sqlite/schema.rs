@@ -1,0 +1,143 @@
+//! The schema, as an ordered list of migration steps.
+//!
+//! `PRAGMA user_version` holds the number of steps applied. Opening a store applies the missing
+//! steps in order, in one transaction; a store whose version is above [`SCHEMA_VERSION`] was
+//! written by a newer kustody and is refused ([`crate::StoreError::TooNew`]).
+//!
+//! A step is never edited once released: a change is a new step appended to [`MIGRATIONS`].
+
+/// Version 1.
+///
+/// - `events.body` is the event's JSON text, zstd-compressed (a BLOB), or the text itself (a
+///   TEXT value) when compression does not make it smaller; `text_len` is the text's length.
+/// - `events_dedup` de-duplicates on (auditID, stage); a missing stage counts as `''`, and
+///   events without an auditID are never duplicates (the index is partial).
+/// - Every search filter has an index whose entries for one key are in id order (SQLite
+///   appends the rowid to every index), so `key = ? ORDER BY id DESC LIMIT n` reads n entries.
+///   The indexes are partial (`IS NOT NULL`) where the column is often empty.
+/// - `event_ips` rows have rowid `event_id << 4 | n` (n < 16, the IP's position): the index on
+///   `ip` yields event ids in order, and an event's IPs are one rowid range (deleted with it)
+///   without a second index on the event id.
+/// - `matches` is keyed by (event_id, rule): a match recorded again (catch-up after a restart)
+///   is one row.
+/// - `finding_rules` lists every rule of a finding (the lead one included), for the rule
+///   filter.
+/// - `totals` holds exact row counts and the events' text size, kept by every write in the same
+///   transaction, so statistics need no scan.
+const V1: &str = "
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    time_ns INTEGER,
+    audit_id TEXT,
+    stage TEXT,
+    username TEXT,
+    service_account TEXT,
+    pod TEXT,
+    namespace TEXT,
+    resource TEXT,
+    subresource TEXT,
+    name TEXT,
+    verb TEXT,
+    code INTEGER,
+    user_agent TEXT,
+    origins INTEGER NOT NULL,
+    text_len INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE UNIQUE INDEX events_dedup ON events(audit_id, ifnull(stage, '')) WHERE audit_id IS NOT NULL;
+CREATE INDEX events_time ON events(time_ns);
+CREATE INDEX events_user ON events(username) WHERE username IS NOT NULL;
+CREATE INDEX events_sa ON events(service_account) WHERE service_account IS NOT NULL;
+CREATE INDEX events_pod ON events(pod) WHERE pod IS NOT NULL;
+CREATE INDEX events_namespace ON events(namespace) WHERE namespace IS NOT NULL;
+CREATE INDEX events_resource ON events(resource) WHERE resource IS NOT NULL;
+CREATE INDEX events_verb ON events(verb) WHERE verb IS NOT NULL;
+CREATE INDEX events_name ON events(name) WHERE name IS NOT NULL;
+CREATE INDEX events_origins ON events(origins, time_ns);
+
+CREATE TABLE event_ips (ip TEXT NOT NULL);
+CREATE INDEX event_ips_ip ON event_ips(ip);
+
+CREATE TABLE matches (
+    event_id INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    finding_id INTEGER,
+    PRIMARY KEY (event_id, rule)
+) WITHOUT ROWID;
+CREATE INDEX matches_rule ON matches(rule, event_id);
+CREATE INDEX matches_finding ON matches(finding_id) WHERE finding_id IS NOT NULL;
+
+CREATE TABLE findings (
+    id INTEGER PRIMARY KEY,
+    rule TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    priority_rank INTEGER NOT NULL,
+    rules TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    events INTEGER NOT NULL,
+    matches INTEGER NOT NULL,
+    first_ns INTEGER,
+    last_ns INTEGER,
+    username TEXT,
+    namespace TEXT,
+    resource TEXT,
+    name TEXT,
+    source_ip TEXT,
+    output TEXT NOT NULL,
+    audit_ids TEXT NOT NULL,
+    lead_event INTEGER,
+    open INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX findings_last ON findings(last_ns);
+CREATE INDEX findings_user ON findings(username) WHERE username IS NOT NULL;
+CREATE INDEX findings_namespace ON findings(namespace) WHERE namespace IS NOT NULL;
+CREATE INDEX findings_rank ON findings(priority_rank);
+CREATE INDEX findings_closed ON findings(last_ns) WHERE open = 0;
+CREATE TABLE finding_rules (
+    rule TEXT NOT NULL,
+    finding_id INTEGER NOT NULL,
+    PRIMARY KEY (rule, finding_id)
+) WITHOUT ROWID;
+CREATE INDEX finding_rules_finding ON finding_rules(finding_id);
+
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY,
+    time_ns INTEGER,
+    rule TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    source TEXT,
+    hostname TEXT,
+    namespace TEXT,
+    pod TEXT,
+    container_id TEXT,
+    output TEXT NOT NULL,
+    hash BLOB NOT NULL UNIQUE,
+    raw_len INTEGER NOT NULL,
+    raw BLOB NOT NULL
+);
+CREATE INDEX alerts_time ON alerts(time_ns);
+CREATE INDEX alerts_pod ON alerts(namespace, pod);
+CREATE INDEX alerts_pod_name ON alerts(pod) WHERE pod IS NOT NULL;
+CREATE INDEX alerts_rule ON alerts(rule);
+
+CREATE TABLE cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE file_offsets (
+    path TEXT PRIMARY KEY,
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    byte_offset INTEGER NOT NULL,
+    line INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO totals(name, value) VALUES
+    ('events', 0), ('alerts', 0), ('findings', 0), ('matches', 0), ('event_text_bytes', 0);
+";
+
+/// The migration steps, oldest first: step `i` brings the schema from version `i` to `i + 1`.
+pub(crate) const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this build writes (the number of migration steps).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1,0 +1,976 @@
+//! The store's contract, run against every backend: each test is a function generic over a
+//! [`Backend`] (how to open a store in a directory), instantiated per backend by `suite!` at
+//! the end. Backend-specific tests (SQLite's schema versions, its full-disk handling) follow.
+//!
+//! Events are built from small synthetic audit events embedded here; one test also stores the
+//! recorded kube-apiserver fixture from `../shared` when it is present.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::Path;
+
+use kustody_model::{Event, Priority};
+use kustody_store::{
+    AlertQuery, AlertRow, EventQuery, EventRow, FileOffset, FindingQuery, FindingRow, MatchRow, Origin, SqliteStore,
+    Store, StoreError, StoredEvent,
+};
+use serde_json::json;
+
+/// How to open a store of one backend.
+trait Backend: 'static {
+    type S: Store;
+    /// The writer.
+    fn open(dir: &Path) -> Self::S;
+    /// A reader beside the writer.
+    fn reader(dir: &Path) -> Self::S;
+}
+
+struct Sqlite;
+
+impl Backend for Sqlite {
+    type S = SqliteStore;
+    fn open(dir: &Path) -> SqliteStore {
+        SqliteStore::open(dir).unwrap()
+    }
+    fn reader(dir: &Path) -> SqliteStore {
+        SqliteStore::open_read_only(dir).unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic audit events.
+
+/// 2026-11-23T00:00:00Z.
+const BASE_NS: i64 = 1_795_392_000_000_000_000;
+const SEC: i64 = 1_000_000_000;
+
+/// The parts of a synthetic audit event.
+#[derive(Clone)]
+struct Ev {
+    audit_id: Option<String>,
+    stage: &'static str,
+    user: String,
+    namespace: Option<&'static str>,
+    resource: Option<&'static str>,
+    name: Option<String>,
+    verb: &'static str,
+    ips: Vec<&'static str>,
+    /// Seconds after [`BASE_NS`].
+    t: i64,
+    /// `user.extra` pod-name of a bound service-account token.
+    bound_pod: Option<&'static str>,
+    /// Bytes of filler in `requestObject` (to make big events).
+    pad: usize,
+}
+
+fn ev(n: usize) -> Ev {
+    Ev {
+        audit_id: Some(format!("00000000-0000-4000-8000-{n:012}")),
+        stage: "ResponseComplete",
+        user: "alice".into(),
+        namespace: Some("default"),
+        resource: Some("configmaps"),
+        name: Some(format!("cm-{n}")),
+        verb: "get",
+        ips: vec!["10.0.0.1"],
+        t: i64::try_from(n).unwrap(),
+        bound_pod: None,
+        pad: 0,
+    }
+}
+
+impl Ev {
+    fn json(&self) -> String {
+        let ts = kustody_model::time::format_rfc3339_nanos(BASE_NS + self.t * SEC);
+        let mut user = json!({"username": self.user, "groups": ["system:authenticated"]});
+        if let Some(p) = self.bound_pod {
+            user["extra"] = json!({"authentication.kubernetes.io/pod-name": [p]});
+        }
+        let mut v = json!({
+            "kind": "Event",
+            "apiVersion": "audit.k8s.io/v1",
+            "level": "Request",
+            "stage": self.stage,
+            "requestURI": "/api/v1/x",
+            "verb": self.verb,
+            "user": user,
+            "sourceIPs": self.ips,
+            "userAgent": "kubectl/v1.31.0",
+            "responseStatus": {"metadata": {}, "code": 200},
+            "requestReceivedTimestamp": ts,
+            "stageTimestamp": ts,
+        });
+        if let Some(id) = &self.audit_id {
+            v["auditID"] = json!(id);
+        }
+        let mut obj = serde_json::Map::new();
+        for (k, val) in [
+            ("resource", self.resource.map(str::to_owned)),
+            ("namespace", self.namespace.map(str::to_owned)),
+            ("name", self.name.clone()),
+        ] {
+            if let Some(val) = val {
+                obj.insert(k.into(), json!(val));
+            }
+        }
+        if !obj.is_empty() {
+            v["objectRef"] = serde_json::Value::Object(obj);
+        }
+        if self.pad > 0 {
+            // Pseudo-random hex: compresses like real opaque data (certificates, tokens).
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ self.t as u64;
+            let pad: String = (0..self.pad)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b"0123456789abcdef"[(x & 15) as usize])
+                })
+                .collect();
+            v["requestObject"] = json!({"data": {"blob": pad}});
+        }
+        v.to_string()
+    }
+}
+
+/// The rows of `texts`, parsed as audit events.
+fn rows(texts: &[String]) -> Vec<EventRow<'_>> {
+    texts.iter().map(|t| EventRow::of(&Event::parse(t).unwrap_or_else(|e| panic!("{e}: {t}")))).collect()
+}
+
+fn texts(evs: &[Ev]) -> Vec<String> {
+    evs.iter().map(Ev::json).collect()
+}
+
+/// Stores `evs` through `origin`; returns their texts and ids.
+fn put(s: &mut impl Store, evs: &[Ev], origin: Origin) -> (Vec<String>, Vec<Option<i64>>) {
+    let t = texts(evs);
+    let a = s.append_events(&rows(&t), origin).unwrap();
+    (t, a.ids)
+}
+
+fn ids(found: &[StoredEvent]) -> Vec<i64> {
+    found.iter().map(|e| e.id).collect()
+}
+
+/// Every stored event, oldest first.
+fn all_events(s: &impl Store) -> Vec<StoredEvent> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = s.events_after(after, 1000).unwrap();
+        let Some(last) = batch.last() else { return out };
+        after = last.id;
+        out.extend(batch);
+    }
+}
+
+fn find(s: &impl Store, q: EventQuery) -> Vec<i64> {
+    ids(&s.search_events(&q).unwrap())
+}
+
+fn q() -> EventQuery {
+    EventQuery::default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contract.
+
+fn append_and_dedup<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let a = ev(1);
+    let texts = texts(std::slice::from_ref(&a));
+    let first = s.append_events(&rows(&texts), Origin::Webhook).unwrap();
+    assert_eq!((first.stored, first.duplicates), (1, 0));
+    let id = first.ids[0].unwrap();
+
+    // The same event from the file: one row, both origins.
+    let again = s.append_events(&rows(&texts), Origin::File).unwrap();
+    assert_eq!(again.ids, vec![None]);
+    assert_eq!((again.stored, again.duplicates), (0, 1));
+    let stored = all_events(&s);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, id);
+    assert_eq!(stored[0].origins, Origin::Webhook.bit() | Origin::File.bit());
+    assert_eq!(stored[0].raw, texts[0], "the text comes back exactly");
+    assert_eq!(stored[0].audit_id.as_deref(), a.audit_id.as_deref());
+    assert_eq!(stored[0].stage.as_deref(), Some("ResponseComplete"));
+    assert_eq!(stored[0].time_ns, Some(BASE_NS + SEC));
+
+    // Another stage of the same request is another event.
+    let started = Ev { stage: "ResponseStarted", ..a.clone() };
+    let (_, ids2) = put(&mut s, std::slice::from_ref(&started), Origin::Webhook);
+    assert!(ids2[0].unwrap() > id);
+
+    // Without an auditID nothing is a duplicate, even the same text twice in one batch.
+    let anon = Ev { audit_id: None, ..ev(2) };
+    let (_, ids3) = put(&mut s, &[anon.clone(), anon], Origin::Webhook);
+    assert!(ids3.iter().all(Option::is_some));
+
+    // Duplicates inside one batch, and a batch mixing new and known events.
+    let (_, ids4) = put(&mut s, &[ev(3), ev(3), started, ev(4)], Origin::Replay);
+    assert!(ids4[0].is_some() && ids4[1].is_none() && ids4[2].is_none() && ids4[3].is_some());
+    assert!(ids4[0] < ids4[3], "ids grow in batch order");
+    let st = s.stats().unwrap();
+    assert_eq!(st.events, 6);
+    assert_eq!(all_events(&s).len(), 6);
+    let replayed = s.search_events(&EventQuery { audit_id: ev(3).audit_id, ..q() }).unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].origins, Origin::Replay.bit());
+    let started = s.search_events(&EventQuery { audit_id: a.audit_id, ..q() }).unwrap();
+    assert_eq!(started.len(), 2);
+    assert_eq!(started.iter().find(|e| e.stage.as_deref() == Some("ResponseStarted")).unwrap().origins, 5);
+
+    // An empty batch is fine.
+    let none = s.append_events(&[], Origin::Webhook).unwrap();
+    assert_eq!((none.ids.len(), none.stored, none.duplicates), (0, 0, 0));
+}
+
+fn ids_and_events_after<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let evs: Vec<Ev> = (0..250).map(ev).collect();
+    let (texts, got) = put(&mut s, &evs, Origin::Webhook);
+    let got: Vec<i64> = got.into_iter().map(Option::unwrap).collect();
+    assert!(got.windows(2).all(|w| w[0] < w[1]));
+    let first = s.events_after(0, 10).unwrap();
+    assert_eq!(ids(&first), got[..10].to_vec());
+    let rest = s.events_after(got[9], 1000).unwrap();
+    assert_eq!(rest.len(), 240);
+    assert_eq!(rest.iter().map(|e| e.raw.clone()).collect::<Vec<_>>(), texts[10..].to_vec());
+    assert!(s.events_after(got[249], 10).unwrap().is_empty());
+    assert_eq!(s.events_after(0, 0).unwrap().len(), 100, "limit 0 is the default");
+    assert_eq!(s.events_after(i64::MIN, 3).unwrap().len(), 3);
+    assert!(s.events_after(i64::MAX, 3).unwrap().is_empty());
+}
+
+/// A small population with one distinctive event per filter.
+fn population() -> Vec<Ev> {
+    let mut v: Vec<Ev> = (0..40).map(ev).collect();
+    v.push(Ev {
+        user: "system:serviceaccount:shop:cart".into(),
+        bound_pod: Some("cart-7d9f"),
+        namespace: Some("shop"),
+        resource: Some("secrets"),
+        name: Some("db-password".into()),
+        verb: "list",
+        ips: vec!["10.9.9.9", "192.0.2.7"],
+        ..ev(100)
+    });
+    v.push(Ev {
+        user: "bob".into(),
+        namespace: Some("kube-system"),
+        resource: Some("pods"),
+        name: Some("etcd-0".into()),
+        verb: "delete",
+        ips: vec!["192.0.2.7"],
+        ..ev(101)
+    });
+    v.push(Ev {
+        user: "bob".into(),
+        namespace: None,
+        resource: Some("nodes"),
+        name: Some("node-1".into()),
+        verb: "patch",
+        ..ev(102)
+    });
+    v.extend((0..10).map(|i| Ev { user: "bob".into(), verb: "create", ..ev(200 + i) }));
+    v
+}
+
+fn search_each_filter<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let pop = population();
+    let (_, got) = put(&mut s, &pop, Origin::Webhook);
+    let id = |n: usize| got[pop.iter().position(|e| e.t == i64::try_from(n).unwrap()).unwrap()].unwrap();
+    let some = |v: &str| Some(v.to_owned());
+
+    assert_eq!(find(&s, EventQuery { service_account: some("shop/cart"), ..q() }), vec![id(100)]);
+    assert_eq!(find(&s, EventQuery { user: some("system:serviceaccount:shop:cart"), ..q() }), vec![id(100)]);
+    assert_eq!(find(&s, EventQuery { pod: some("shop/cart-7d9f"), ..q() }), vec![id(100)]);
+    // A request about a pod is found by that pod.
+    assert_eq!(find(&s, EventQuery { pod: some("kube-system/etcd-0"), ..q() }), vec![id(101)]);
+    assert_eq!(find(&s, EventQuery { ip: some("10.9.9.9"), ..q() }), vec![id(100)]);
+    assert_eq!(find(&s, EventQuery { ip: some("192.0.2.7"), ..q() }), vec![id(101), id(100)]);
+    assert_eq!(find(&s, EventQuery { namespace: some("shop"), ..q() }), vec![id(100)]);
+    assert_eq!(find(&s, EventQuery { verb: some("delete"), ..q() }), vec![id(101)]);
+    assert_eq!(find(&s, EventQuery { resource: some("secrets"), ..q() }), vec![id(100)]);
+    assert_eq!(find(&s, EventQuery { name: some("node-1"), ..q() }), vec![id(102)]);
+    assert_eq!(find(&s, EventQuery { audit_id: ev(101).audit_id, ..q() }), vec![id(101)]);
+    let bob: Vec<i64> = (200..210).rev().map(id).chain([id(102), id(101)]).collect();
+    assert_eq!(find(&s, EventQuery { user: some("bob"), ..q() }), bob, "newest first");
+    assert_eq!(find(&s, EventQuery { user: some("alice"), ..q() }).len(), 40);
+
+    // Filters combine (AND).
+    assert_eq!(find(&s, EventQuery { user: some("bob"), verb: some("patch"), ..q() }), vec![id(102)]);
+    assert_eq!(find(&s, EventQuery { ip: some("192.0.2.7"), user: some("bob"), ..q() }), vec![id(101)]);
+    assert_eq!(find(&s, EventQuery { ip: some("192.0.2.7"), audit_id: ev(100).audit_id, ..q() }), vec![id(100)]);
+    assert!(find(&s, EventQuery { user: some("bob"), namespace: some("shop"), ..q() }).is_empty());
+    assert!(find(&s, EventQuery { ip: some("10.9.9.9"), verb: some("get"), ..q() }).is_empty());
+
+    // Time window: since ≤ t < until.
+    let at = |sec: i64| Some(BASE_NS + sec * SEC);
+    assert_eq!(find(&s, EventQuery { since_ns: at(100), until_ns: at(102), ..q() }), vec![id(101), id(100)]);
+    assert_eq!(find(&s, EventQuery { since_ns: at(205), ..q() }), (205..210).rev().map(id).collect::<Vec<_>>());
+    assert_eq!(find(&s, EventQuery { until_ns: at(2), ..q() }), vec![id(1), id(0)]);
+    assert_eq!(
+        find(&s, EventQuery { user: some("bob"), since_ns: at(101), until_ns: at(201), ..q() }),
+        vec![id(200), id(102), id(101)]
+    );
+
+    // Rules, through matches.
+    let m = |event_id: i64, rule: &str| MatchRow {
+        event_id,
+        rule: rule.into(),
+        priority: "Warning".into(),
+        finding_id: None,
+    };
+    s.record_detections(&[], &[m(id(100), "Read secrets"), m(id(101), "Delete pod"), m(id(100), "SA token use")])
+        .unwrap();
+    // Recorded again (a catch-up after a restart): still one match each.
+    s.record_detections(&[], &[m(id(100), "Read secrets")]).unwrap();
+    assert_eq!(s.stats().unwrap().matches, 3);
+    assert_eq!(find(&s, EventQuery { rule: some("Read secrets"), ..q() }), vec![id(100)]);
+    assert_eq!(find(&s, EventQuery { rule: some("SA token use"), ip: some("192.0.2.7"), ..q() }), vec![id(100)]);
+    assert!(find(&s, EventQuery { rule: some("Delete pod"), user: some("alice"), ..q() }).is_empty());
+    assert_eq!(find(&s, EventQuery { rule: some("Delete pod"), audit_id: ev(101).audit_id, ..q() }), vec![id(101)]);
+    assert!(find(&s, EventQuery { rule: some("nope"), ..q() }).is_empty());
+
+    // Nothing is ever interpreted as SQL, and odd values are just values.
+    for v in ["' OR 1=1 --", "\"; DROP TABLE events; --", "", "%", "_", "\u{0}", "é"] {
+        for q in [
+            EventQuery { user: some(v), ..q() },
+            EventQuery { ip: some(v), ..q() },
+            EventQuery { rule: some(v), ..q() },
+            EventQuery { audit_id: some(v), name: some(v), ..q() },
+        ] {
+            assert!(find(&s, q).is_empty(), "{v:?}");
+        }
+    }
+    assert_eq!(all_events(&s).len(), pop.len());
+}
+
+fn paging_and_limits<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let evs: Vec<Ev> = (0..230).map(|n| Ev { ips: vec!["10.1.1.1"], ..ev(n) }).collect();
+    let (_, got) = put(&mut s, &evs, Origin::Webhook);
+    let mut want: Vec<i64> = got.into_iter().map(Option::unwrap).collect();
+    want.reverse();
+    let m: Vec<MatchRow> = want
+        .iter()
+        .map(|&event_id| MatchRow { event_id, rule: "r".into(), priority: "Notice".into(), finding_id: None })
+        .collect();
+    s.record_detections(&[], &m).unwrap();
+    // Each driving index pages the same way: by id, newest first.
+    for base in [
+        q(),
+        EventQuery { user: Some("alice".into()), ..q() },
+        EventQuery { ip: Some("10.1.1.1".into()), ..q() },
+        EventQuery { rule: Some("r".into()), ..q() },
+        EventQuery { since_ns: Some(BASE_NS), until_ns: Some(BASE_NS + 1000 * SEC), ..q() },
+    ] {
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = s.search_events(&EventQuery { before_id: before, limit: 50, ..base.clone() }).unwrap();
+            assert!(page.len() <= 50);
+            let Some(last) = page.last() else { break };
+            before = Some(last.id);
+            seen.extend(ids(&page));
+        }
+        assert_eq!(seen, want, "{base:?}");
+        assert_eq!(s.search_events(&EventQuery { limit: 0, ..base.clone() }).unwrap().len(), 100, "default limit");
+        assert_eq!(s.search_events(&EventQuery { limit: 7, ..base.clone() }).unwrap().len(), 7);
+        assert_eq!(s.search_events(&EventQuery { limit: usize::MAX, ..base.clone() }).unwrap().len(), 230);
+        for b in [0, -1, i64::MIN] {
+            assert!(s.search_events(&EventQuery { before_id: Some(b), ..base.clone() }).unwrap().is_empty());
+        }
+        assert_eq!(
+            s.search_events(&EventQuery { before_id: Some(i64::MAX), limit: 1, ..base.clone() }).unwrap().len(),
+            1
+        );
+    }
+}
+
+fn finding(rule: &str, last: i64) -> FindingRow {
+    FindingRow {
+        id: None,
+        rule: rule.into(),
+        priority: "Warning".into(),
+        rules: vec![rule.into()],
+        tags: vec!["k8s".into()],
+        events: 1,
+        matches: 1,
+        first_ns: Some(BASE_NS + last * SEC),
+        last_ns: Some(BASE_NS + last * SEC),
+        user: Some("alice".into()),
+        namespace: Some("default".into()),
+        resource: Some("secrets".into()),
+        name: Some("db".into()),
+        source_ip: Some("10.0.0.1".into()),
+        output: format!("{rule} fired"),
+        audit_ids: vec!["a-1".into()],
+        lead_event: Some(1),
+        open: true,
+        detail: "{\"output_fields\":{}}".into(),
+    }
+}
+
+fn findings_insert_update_search<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let a = finding("Read secrets", 10);
+    let b = FindingRow {
+        priority: "Critical".into(),
+        user: Some("bob".into()),
+        namespace: Some("prod".into()),
+        ..finding("Exec into pod", 20)
+    };
+    let ids = s.record_detections(&[a.clone(), b.clone()], &[]).unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1]);
+    let all = s.search_findings(&FindingQuery::default()).unwrap();
+    assert_eq!(all.iter().map(|f| f.id.unwrap()).collect::<Vec<_>>(), vec![ids[1], ids[0]]);
+    assert_eq!(all[1], FindingRow { id: Some(ids[0]), ..a.clone() }, "every column comes back");
+
+    // A repeat folds in: every column is updated, the id stays.
+    let a2 = FindingRow {
+        id: Some(ids[0]),
+        priority: "Error".into(),
+        rules: vec!["Read secrets".into(), "List secrets".into()],
+        tags: vec!["k8s".into(), "secrets".into()],
+        events: 5,
+        matches: 7,
+        last_ns: Some(BASE_NS + 30 * SEC),
+        output: "Read secrets fired (5 events)".into(),
+        audit_ids: vec!["a-1".into(), "a-2".into()],
+        open: false,
+        lead_event: None,
+        source_ip: None,
+        ..a
+    };
+    let m = MatchRow { event_id: 77, rule: "List secrets".into(), priority: "Error".into(), finding_id: Some(ids[0]) };
+    assert_eq!(s.record_detections(std::slice::from_ref(&a2), &[m]).unwrap(), vec![ids[0]]);
+    let all = s.search_findings(&FindingQuery::default()).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0], a2, "newest by last seen first");
+    let st = s.stats().unwrap();
+    assert_eq!((st.findings, st.matches), (2, 1));
+
+    let fq = FindingQuery::default;
+    let found =
+        |s: &B::S, q: FindingQuery| s.search_findings(&q).unwrap().iter().map(|f| f.id.unwrap()).collect::<Vec<_>>();
+    assert_eq!(found(&s, FindingQuery { rule: Some("List secrets".into()), ..fq() }), vec![ids[0]], "a folded rule");
+    assert_eq!(found(&s, FindingQuery { rule: Some("Exec into pod".into()), ..fq() }), vec![ids[1]]);
+    assert_eq!(found(&s, FindingQuery { user: Some("bob".into()), ..fq() }), vec![ids[1]]);
+    assert_eq!(found(&s, FindingQuery { namespace: Some("default".into()), ..fq() }), vec![ids[0]]);
+    assert_eq!(found(&s, FindingQuery { min_priority: Some(Priority::Critical), ..fq() }), vec![ids[1]]);
+    assert_eq!(found(&s, FindingQuery { min_priority: Some(Priority::Error), ..fq() }), vec![ids[0], ids[1]]);
+    assert_eq!(found(&s, FindingQuery { min_priority: Some(Priority::Emergency), ..fq() }), Vec::<i64>::new());
+    assert_eq!(found(&s, FindingQuery { since_ns: Some(BASE_NS + 25 * SEC), ..fq() }), vec![ids[0]]);
+    assert_eq!(found(&s, FindingQuery { until_ns: Some(BASE_NS + 15 * SEC), ..fq() }), vec![ids[0]]);
+    assert_eq!(found(&s, FindingQuery { before_id: Some(ids[1]), ..fq() }), vec![ids[0]]);
+    assert_eq!(found(&s, FindingQuery { limit: 1, ..fq() }), vec![ids[0]]);
+
+    // Updating a finding that is not stored (removed meanwhile) stores it under its id.
+    let gone = FindingRow { id: Some(1000), ..finding("Gone", 40) };
+    assert_eq!(s.record_detections(&[gone], &[]).unwrap(), vec![1000]);
+    assert_eq!(found(&s, FindingQuery { rule: Some("Gone".into()), ..fq() }), vec![1000]);
+    assert_eq!(s.stats().unwrap().findings, 3);
+}
+
+fn alert(n: i64, ns: &str, pod: &str, rule: &str) -> AlertRow {
+    let raw = json!({"time": kustody_model::time::format_rfc3339_nanos(BASE_NS + n * SEC), "rule": rule, "priority": "Warning",
+        "output": format!("{rule} in {ns}/{pod}"), "output_fields": {"k8s.ns.name": ns, "k8s.pod.name": pod, "container.id": "abc123"}});
+    AlertRow {
+        time_ns: Some(BASE_NS + n * SEC),
+        rule: rule.into(),
+        priority: "Warning".into(),
+        source: Some("syscall".into()),
+        hostname: Some("node-1".into()),
+        namespace: Some(ns.into()),
+        pod: Some(pod.into()),
+        container_id: Some("abc123".into()),
+        output: format!("{rule} in {ns}/{pod}"),
+        raw: raw.to_string(),
+    }
+}
+
+fn alerts_dedup_and_search<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let a = alert(1, "shop", "cart-1", "Terminal shell in container");
+    let b = alert(2, "shop", "web-1", "Read sensitive file");
+    let c = alert(3, "prod", "cart-1", "Terminal shell in container");
+    let first = s.append_alerts(&[a.clone(), b.clone(), a.clone()]).unwrap();
+    assert_eq!((first.stored, first.duplicates), (2, 1));
+    assert!(first.ids[2].is_none());
+    let again = s.append_alerts(&[c.clone(), b.clone()]).unwrap();
+    assert_eq!(again.ids[1], None, "a redelivered alert is stored once");
+    assert_eq!(s.stats().unwrap().alerts, 3);
+
+    let found = |q: AlertQuery| s.search_alerts(&q).unwrap();
+    let all = found(AlertQuery::default());
+    assert_eq!(all.iter().map(|x| x.alert.clone()).collect::<Vec<_>>(), vec![c.clone(), b.clone(), a.clone()]);
+    let pod = |p: &str| Some(p.to_owned());
+    assert_eq!(found(AlertQuery { pod: pod("cart-1"), ..Default::default() }).len(), 2);
+    let exact = found(AlertQuery { pod: pod("cart-1"), namespace: pod("shop"), ..Default::default() });
+    assert_eq!(exact.len(), 1);
+    assert_eq!(exact[0].alert, a);
+    assert_eq!(exact[0].id, first.ids[0].unwrap());
+    assert_eq!(found(AlertQuery { namespace: pod("shop"), ..Default::default() }).len(), 2);
+    assert_eq!(found(AlertQuery { rule: pod("Read sensitive file"), ..Default::default() })[0].alert, b);
+    assert_eq!(
+        found(AlertQuery {
+            since_ns: Some(BASE_NS + 2 * SEC),
+            until_ns: Some(BASE_NS + 3 * SEC),
+            ..Default::default()
+        })[0]
+            .alert,
+        b
+    );
+    assert_eq!(found(AlertQuery { before_id: first.ids[1], ..Default::default() })[0].alert, a);
+    assert_eq!(found(AlertQuery { limit: 1, ..Default::default() })[0].alert, c);
+}
+
+fn cursors_and_offsets_survive_reopen<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = FileOffset {
+        path: "/var/log/kubernetes/audit.log".into(),
+        dev: u64::MAX,
+        ino: 1 << 63,
+        offset: 123_456_789,
+        line: 42,
+    };
+    {
+        let mut s = B::open(dir.path());
+        assert_eq!(s.cursor("detector").unwrap(), 0);
+        assert_eq!(s.file_offset(&off.path).unwrap(), None);
+        s.set_cursor("detector", 5).unwrap();
+        s.set_cursor("detector", 77).unwrap();
+        s.set_cursor("other", -3).unwrap();
+        s.set_file_offset(&FileOffset { offset: 1, ..off.clone() }).unwrap();
+        s.set_file_offset(&off).unwrap();
+    }
+    let s = B::open(dir.path());
+    assert_eq!(s.cursor("detector").unwrap(), 77);
+    assert_eq!(s.cursor("other").unwrap(), -3);
+    assert_eq!(s.file_offset(&off.path).unwrap(), Some(off));
+    assert_eq!(s.file_offset("/nope").unwrap(), None);
+}
+
+fn count_only_from<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    // 0..10 through both, 10..15 only the file, 15..17 only the webhook.
+    put(&mut s, &(0..10).map(ev).collect::<Vec<_>>(), Origin::Webhook);
+    put(&mut s, &(0..15).map(ev).collect::<Vec<_>>(), Origin::File);
+    put(&mut s, &(15..17).map(ev).collect::<Vec<_>>(), Origin::Webhook);
+    let before = |sec: i64| BASE_NS + sec * SEC;
+    assert_eq!(s.count_only_from(Origin::File, Origin::Webhook, before(100)).unwrap(), 5);
+    assert_eq!(s.count_only_from(Origin::File, Origin::Webhook, before(12)).unwrap(), 2);
+    assert_eq!(s.count_only_from(Origin::File, Origin::Webhook, before(10)).unwrap(), 0);
+    assert_eq!(s.count_only_from(Origin::Webhook, Origin::File, before(100)).unwrap(), 2);
+    assert_eq!(s.count_only_from(Origin::Replay, Origin::File, before(100)).unwrap(), 0);
+    // Replayed later: the file-only events gain a bit but still lack the webhook's.
+    put(&mut s, &(10..12).map(ev).collect::<Vec<_>>(), Origin::Replay);
+    assert_eq!(s.count_only_from(Origin::File, Origin::Webhook, before(100)).unwrap(), 5);
+    put(&mut s, &(10..12).map(ev).collect::<Vec<_>>(), Origin::Webhook);
+    assert_eq!(s.count_only_from(Origin::File, Origin::Webhook, before(100)).unwrap(), 3);
+}
+
+fn retention_by_age<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let (_, got) = put(&mut s, &(0..100).map(ev).collect::<Vec<_>>(), Origin::Webhook);
+    let untimed = Ev { ips: vec!["10.0.0.2"], ..ev(500) };
+    let text = untimed.json().replace("\"stageTimestamp\"", "\"x\"").replace("\"requestReceivedTimestamp\"", "\"y\"");
+    let untimed_id = s.append_events(&rows(&[text]), Origin::Webhook).unwrap().ids[0].unwrap();
+    let id = |n: usize| got[n].unwrap();
+    s.record_detections(
+        &[],
+        &[
+            MatchRow { event_id: id(10), rule: "old".into(), priority: "Notice".into(), finding_id: None },
+            MatchRow { event_id: id(90), rule: "new".into(), priority: "Notice".into(), finding_id: None },
+        ],
+    )
+    .unwrap();
+    s.append_alerts(&[alert(10, "a", "p", "old"), alert(90, "a", "p", "new")]).unwrap();
+    let closed_old = FindingRow { open: false, ..finding("closed old", 10) };
+    let open_old = finding("open old", 10);
+    let closed_new = FindingRow { open: false, ..finding("closed new", 90) };
+    s.record_detections(&[closed_old, open_old, closed_new], &[]).unwrap();
+    let text_before = s.stats().unwrap().event_text_bytes;
+
+    // Keep the last 50 s before t = 100 s.
+    let r = s.retain(BASE_NS + 100 * SEC, Some(50 * SEC), None).unwrap();
+    assert_eq!((r.events_removed, r.alerts_removed, r.findings_removed), (50, 1, 1));
+    let left = all_events(&s);
+    assert_eq!(
+        ids(&left),
+        (50..100).map(id).chain([untimed_id]).collect::<Vec<_>>(),
+        "an event without a time is kept"
+    );
+    assert!(s.search_events(&EventQuery { rule: Some("old".into()), ..q() }).unwrap().is_empty());
+    assert_eq!(s.search_events(&EventQuery { rule: Some("new".into()), ..q() }).unwrap().len(), 1);
+    assert_eq!(s.search_events(&EventQuery { ip: Some("10.0.0.2".into()), ..q() }).unwrap().len(), 1);
+    assert_eq!(s.search_events(&EventQuery { ip: Some("10.0.0.1".into()), limit: 1000, ..q() }).unwrap().len(), 50);
+    assert_eq!(s.search_alerts(&AlertQuery::default()).unwrap().len(), 1);
+    let rules: Vec<String> = s.search_findings(&FindingQuery::default()).unwrap().into_iter().map(|f| f.rule).collect();
+    assert_eq!(rules, vec!["closed new", "open old"], "open findings are kept");
+    let st = s.stats().unwrap();
+    assert_eq!((st.events, st.alerts, st.findings, st.matches), (51, 1, 2, 1));
+    assert_eq!(st.event_text_bytes, left.iter().map(|e| e.raw.len() as u64).sum::<u64>());
+    assert!(st.event_text_bytes < text_before);
+    // Nothing more to remove.
+    let r = s.retain(BASE_NS + 100 * SEC, Some(50 * SEC), None).unwrap();
+    assert_eq!((r.events_removed, r.alerts_removed, r.findings_removed), (0, 0, 0));
+    // Appends go on.
+    let (_, more) = put(&mut s, &[ev(1000)], Origin::Webhook);
+    assert!(more[0].unwrap() > untimed_id);
+}
+
+fn retention_by_size<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let n = 3000;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(400) {
+        let evs: Vec<Ev> = chunk.iter().map(|&i| Ev { pad: 1000, ..ev(i) }).collect();
+        put(&mut s, &evs, Origin::Webhook);
+    }
+    let before = s.stats().unwrap();
+    assert_eq!(before.events, 3000);
+    // Nothing to do under a generous bound.
+    assert_eq!(s.retain(0, None, Some(u64::MAX)).unwrap().events_removed, 0);
+    let bound = before.event_text_bytes / 4;
+    let r = s.retain(0, None, Some(bound)).unwrap();
+    assert!(r.events_removed > 0 && r.events_removed < 3000, "{r:?}");
+    let left = all_events(&s);
+    assert_eq!(left.len() as u64, 3000 - r.events_removed);
+    assert_eq!(left.last().unwrap().raw, Ev { pad: 1000, ..ev(n - 1) }.json(), "the newest are kept");
+    assert_eq!(
+        left.first().unwrap().raw,
+        Ev { pad: 1000, ..ev(usize::try_from(r.events_removed).unwrap()) }.json(),
+        "the oldest went first"
+    );
+    let after = s.stats().unwrap();
+    assert_eq!(after.events, left.len() as u64);
+    // A zero bound removes every event, and the store still works.
+    s.retain(0, None, Some(0)).unwrap();
+    assert!(all_events(&s).is_empty());
+    assert_eq!(s.stats().unwrap().events, 0);
+    assert_eq!(s.stats().unwrap().event_text_bytes, 0);
+    put(&mut s, &[ev(5000)], Origin::Webhook);
+    assert_eq!(all_events(&s).len(), 1);
+}
+
+fn reopen_keeps_everything<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let pop = population();
+    let (texts, stats) = {
+        let mut s = B::open(dir.path());
+        let (texts, got) = put(&mut s, &pop, Origin::File);
+        s.append_alerts(&[alert(1, "a", "b", "r")]).unwrap();
+        s.record_detections(
+            &[finding("f", 1)],
+            &[MatchRow {
+                event_id: got[0].unwrap(),
+                rule: "f".into(),
+                priority: "Warning".into(),
+                finding_id: Some(1),
+            }],
+        )
+        .unwrap();
+        (texts, s.stats().unwrap())
+    };
+    let mut s = B::open(dir.path());
+    let back = all_events(&s);
+    assert_eq!(back.iter().map(|e| e.raw.clone()).collect::<Vec<_>>(), texts);
+    assert!(back.iter().all(|e| e.origins == Origin::File.bit()));
+    let again = s.stats().unwrap();
+    assert_eq!(
+        (again.events, again.alerts, again.findings, again.matches, again.event_text_bytes),
+        (stats.events, stats.alerts, stats.findings, stats.matches, stats.event_text_bytes)
+    );
+    assert_eq!(s.search_events(&EventQuery { rule: Some("f".into()), ..q() }).unwrap().len(), 1);
+    assert_eq!(s.search_events(&EventQuery { service_account: Some("shop/cart".into()), ..q() }).unwrap().len(), 1);
+    // Still de-duplicates against what the previous run stored.
+    let a = s.append_events(&rows(&texts), Origin::Webhook).unwrap();
+    assert_eq!(a.duplicates, pop.len() as u64);
+    assert!(all_events(&s).iter().all(|e| e.origins == 3));
+}
+
+fn reader_sees_commits_while_writer_open<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = B::open(dir.path());
+    let r = B::reader(dir.path());
+    assert!(all_events(&r).is_empty());
+    put(&mut w, &(0..5).map(ev).collect::<Vec<_>>(), Origin::Webhook);
+    assert_eq!(all_events(&r).len(), 5);
+    w.set_cursor("c", 9).unwrap();
+    assert_eq!(r.cursor("c").unwrap(), 9);
+    assert_eq!(r.stats().unwrap().events, 5);
+    // A reader on another thread, while the writer keeps appending.
+    let dir2 = dir.path().to_owned();
+    let t = std::thread::spawn(move || {
+        let r = B::reader(&dir2);
+        let mut last = 0;
+        for _ in 0..50 {
+            let n = all_events(&r).len();
+            assert!(n >= last, "a reader never sees fewer events");
+            last = n;
+        }
+        last
+    });
+    for i in 0..20 {
+        put(&mut w, &[ev(100 + i)], Origin::Webhook);
+    }
+    assert!(t.join().unwrap() >= 5);
+    assert_eq!(all_events(&r).len(), 25);
+}
+
+fn real_events_from_fixture<B: Backend>() {
+    let Some(shared) = kustody_testkit::shared("fixtures/kube-apiserver/audit.jsonl") else { return };
+    let text = std::fs::read_to_string(shared.join("fixtures/kube-apiserver/audit.jsonl")).unwrap();
+    let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let rows = rows(&lines);
+    let a = s.append_events(&rows, Origin::File).unwrap();
+    assert_eq!(a.stored + a.duplicates, lines.len() as u64);
+    let back = all_events(&s);
+    assert_eq!(back.len() as u64, a.stored);
+    let stored_texts: Vec<&str> = back.iter().map(|e| e.raw.as_str()).collect();
+    for (line, id) in lines.iter().zip(&a.ids) {
+        if id.is_some() {
+            assert!(stored_texts.contains(&line.as_str()));
+        }
+    }
+    let sa = rows.iter().filter(|r| r.service_account.as_deref() == Some("kube-system/namespace-controller")).count();
+    assert!(sa > 0);
+    let found = s
+        .search_events(&EventQuery {
+            service_account: Some("kube-system/namespace-controller".into()),
+            limit: 10_000,
+            ..q()
+        })
+        .unwrap();
+    assert_eq!(found.len(), sa);
+    assert!(found.iter().all(|e| e.raw.contains("system:serviceaccount:kube-system:namespace-controller")));
+    let st = s.stats().unwrap();
+    assert_eq!(st.event_text_bytes, back.iter().map(|e| e.raw.len() as u64).sum::<u64>());
+    assert!(st.bytes > 0);
+}
+
+fn read_only_refuses_writes<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(B::open(dir.path()));
+    let mut r = B::reader(dir.path());
+    let texts = texts(&[ev(1)]);
+    assert!(r.append_events(&rows(&texts), Origin::Webhook).is_err());
+    assert!(r.set_cursor("c", 1).is_err());
+    assert!(r.append_alerts(&[alert(1, "a", "b", "c")]).is_err());
+    assert!(r.retain(0, Some(0), Some(0)).is_err());
+    assert!(all_events(&r).is_empty());
+}
+
+macro_rules! suite {
+    ($backend:ident: $b:ty) => {
+        mod $backend {
+            suite!(@tests $b; append_and_dedup, ids_and_events_after, search_each_filter, paging_and_limits,
+                findings_insert_update_search, alerts_dedup_and_search, cursors_and_offsets_survive_reopen,
+                count_only_from, retention_by_age, retention_by_size, reopen_keeps_everything,
+                reader_sees_commits_while_writer_open, real_events_from_fixture, read_only_refuses_writes);
+        }
+    };
+    (@tests $b:ty; $($t:ident),*) => {
+        $(#[test] fn $t() { super::$t::<$b>() })*
+    };
+}
+
+suite!(sqlite: super::Sqlite);
+
+// ---------------------------------------------------------------------------------------------
+// EventRow.
+
+#[test]
+fn event_row_of_a_bound_service_account_token() {
+    let e = Ev {
+        user: "system:serviceaccount:shop:cart".into(),
+        bound_pod: Some("cart-7d9f"),
+        ips: vec!["10.9.9.9", "192.0.2.7"],
+        ..ev(1)
+    };
+    let t = e.json();
+    let r = EventRow::of(&Event::parse(&t).unwrap());
+    assert_eq!(r.service_account.as_deref(), Some("shop/cart"));
+    assert_eq!(r.pod.as_deref(), Some("shop/cart-7d9f"));
+    assert_eq!(r.source_ips, vec!["10.9.9.9", "192.0.2.7"]);
+    assert_eq!(r.time_ns, Some(BASE_NS + SEC));
+    assert_eq!(r.code, Some(200));
+    assert_eq!(r.raw, t);
+    // A pod-name that is not a non-empty string names no pod.
+    for bad in ["null", "7", "\"\""] {
+        let t = t.replace("[\"cart-7d9f\"]", &format!("[{bad}]"));
+        assert_eq!(EventRow::of(&Event::parse(&t).unwrap()).pod, None, "{bad}");
+    }
+    let pod = Ev { resource: Some("pods"), name: Some("web-0".into()), namespace: Some("shop"), ..ev(2) }.json();
+    assert_eq!(EventRow::of(&Event::parse(&pod).unwrap()).pod.as_deref(), Some("shop/web-0"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite only.
+
+#[test]
+fn sqlite_schema_version_and_too_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(s.schema_version().unwrap(), kustody_store::sqlite::SCHEMA_VERSION);
+    drop(s);
+    // Reopening applies nothing and keeps the version.
+    assert_eq!(SqliteStore::open(dir.path()).unwrap().schema_version().unwrap(), kustody_store::sqlite::SCHEMA_VERSION);
+    let db = dir.path().join(kustody_store::sqlite::DB_FILE);
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        assert_eq!(c.pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0)).unwrap(), "wal");
+        assert_eq!(c.pragma_query_value(None, "auto_vacuum", |r| r.get::<_, i64>(0)).unwrap(), 2, "incremental");
+        c.pragma_update(None, "user_version", kustody_store::sqlite::SCHEMA_VERSION + 1).unwrap();
+    }
+    let too_new = |e: StoreError| match e {
+        StoreError::TooNew { found, supported } => {
+            assert_eq!(
+                (found, supported),
+                (kustody_store::sqlite::SCHEMA_VERSION + 1, kustody_store::sqlite::SCHEMA_VERSION)
+            );
+        }
+        e => panic!("expected TooNew, got {e}"),
+    };
+    too_new(SqliteStore::open(dir.path()).unwrap_err());
+    too_new(SqliteStore::open_read_only(dir.path()).unwrap_err());
+}
+
+#[test]
+fn sqlite_opens_only_its_own_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    // A reader needs an existing store.
+    assert!(matches!(SqliteStore::open_read_only(dir.path()).unwrap_err(), StoreError::Open { .. }));
+    // A database of something else is not taken over.
+    let c = rusqlite::Connection::open(dir.path().join(kustody_store::sqlite::DB_FILE)).unwrap();
+    c.execute_batch("CREATE TABLE mine (x)").unwrap();
+    drop(c);
+    assert!(matches!(SqliteStore::open(dir.path()).unwrap_err(), StoreError::Open { .. }));
+    assert!(matches!(SqliteStore::open_read_only(dir.path()).unwrap_err(), StoreError::Open { .. }));
+    // Nor a file that is no database.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join(kustody_store::sqlite::DB_FILE), vec![b'x'; 8192]).unwrap();
+    assert!(matches!(SqliteStore::open(other.path()).unwrap_err(), StoreError::Open { .. }));
+    // A directory that cannot be made.
+    let file = other.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    assert!(matches!(SqliteStore::open(&file.join("sub")).unwrap_err(), StoreError::Open { .. }));
+}
+
+#[test]
+fn sqlite_older_schema_is_migrated_by_the_writer_only() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).unwrap());
+    // Pretend the database predates the last step: a reader refuses it.
+    let db = dir.path().join(kustody_store::sqlite::DB_FILE);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.pragma_update(None, "user_version", 0).unwrap();
+    drop(c);
+    assert!(matches!(SqliteStore::open_read_only(dir.path()).unwrap_err(), StoreError::Open { .. }));
+}
+
+#[test]
+fn sqlite_reader_after_writer_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut w = SqliteStore::open(dir.path()).unwrap();
+        put(&mut w, &(0..3).map(ev).collect::<Vec<_>>(), Origin::Webhook);
+    }
+    let r = SqliteStore::open_read_only(dir.path()).unwrap();
+    assert_eq!(all_events(&r).len(), 3);
+}
+
+#[test]
+fn sqlite_retention_bounds_pages_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open(dir.path()).unwrap();
+    for chunk in (0..2000).collect::<Vec<_>>().chunks(400) {
+        put(&mut s, &chunk.iter().map(|&i| Ev { pad: 1500, ..ev(i) }).collect::<Vec<_>>(), Origin::Webhook);
+    }
+    let used = s.used_bytes().unwrap();
+    let bound = used / 3;
+    s.retain(0, None, Some(bound)).unwrap();
+    let now = s.used_bytes().unwrap();
+    assert!(now <= bound, "{now} > {bound}");
+    assert!(now > bound / 2, "deleted far more than needed: {now} of {bound}");
+}
+
+/// A real full disk: a tiny tmpfs. Appends fail with `Full`, nothing committed is lost, and
+/// once space is freed appends work again.
+#[test]
+fn sqlite_full_disk() {
+    let Some(fs) = kustody_testkit::Tmpfs::mount("1m") else { return };
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 256 << 10]).unwrap();
+    let dir = fs.path().join("store");
+    let mut s = SqliteStore::open(&dir).unwrap();
+    let mut committed: Vec<String> = Vec::new();
+    let mut n = 0;
+    let err = loop {
+        let evs: Vec<Ev> = (n..n + 20).map(|i| Ev { pad: 1500, ..ev(i) }).collect();
+        n += 20;
+        let t = texts(&evs);
+        match s.append_events(&rows(&t), Origin::Webhook) {
+            Ok(a) => {
+                assert_eq!(a.stored, 20);
+                committed.extend(t);
+            }
+            Err(e) => break e,
+        }
+        assert!(n < 100_000, "the disk never filled");
+    };
+    assert!(matches!(err, StoreError::Full(_)), "expected Full, got {err:?}");
+    assert!(err.is_transient());
+    assert!(!committed.is_empty());
+    // Other writes fail the same way, or succeed; reads work.
+    let check = |s: &SqliteStore, committed: &[String]| {
+        let back = all_events(s);
+        assert_eq!(back.iter().map(|e| e.raw.clone()).collect::<Vec<_>>(), committed);
+        assert_eq!(s.stats().unwrap().events, committed.len() as u64);
+    };
+    check(&s, &committed);
+    // Still full: still Full, still intact.
+    let t = texts(&(n..n + 20).map(|i| Ev { pad: 1500, ..ev(i) }).collect::<Vec<_>>());
+    n += 20;
+    match s.append_events(&rows(&t), Origin::Webhook) {
+        Err(StoreError::Full(_)) => {}
+        other => panic!("expected Full, got {other:?}"),
+    }
+    check(&s, &committed);
+    // Every kind of write fails the same way, or succeeds when it fits.
+    let full_or_ok = |r: Result<(), StoreError>| assert!(matches!(r, Ok(()) | Err(StoreError::Full(_))), "{r:?}");
+    full_or_ok(s.set_cursor("detector", 1));
+    full_or_ok(s.append_alerts(&[alert(1, "a", "b", &"x".repeat(100_000))]).map(drop));
+    full_or_ok(s.record_detections(&[FindingRow { detail: "y".repeat(200_000), ..finding("f", 1) }], &[]).map(drop));
+    full_or_ok(s.retain(0, None, Some(u64::MAX)).map(drop));
+    check(&s, &committed);
+
+    // Free space: appends work again, without reopening.
+    std::fs::remove_file(&filler).unwrap();
+    let t = texts(&(n..n + 20).map(|i| Ev { pad: 1500, ..ev(i) }).collect::<Vec<_>>());
+    let a = s.append_events(&rows(&t), Origin::Webhook).unwrap();
+    assert_eq!(a.stored, 20);
+    committed.extend(t);
+    s.set_cursor("detector", 1).unwrap();
+    check(&s, &committed);
+    drop(s);
+    let s = SqliteStore::open(&dir).unwrap();
+    check(&s, &committed);
+    assert_eq!(s.cursor("detector").unwrap(), 1);
+}
