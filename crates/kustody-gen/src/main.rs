@@ -3,6 +3,7 @@
 mod collect_bench;
 mod contain_bench;
 mod exec_bench;
+mod serve_bench;
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -58,6 +59,26 @@ enum Cmd {
         seed: u64,
         #[arg(short = 'o')]
         output: Option<PathBuf>,
+    },
+    /// Benchmark `kustody serve`: start it on a fresh data directory and post EventLists of
+    /// 400 over HTTPS like the apiserver's webhook (BENCHMARKS.md "serve").
+    ServeBench {
+        /// Target events per second (0: as fast as the server answers).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Concurrent HTTPS connections (the apiserver sends batches concurrently).
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 400)]
+        batch: usize,
+        /// The body-heavy, alert-heavy event profile.
+        #[arg(long)]
+        body_heavy: bool,
+        /// The kustody binary.
+        #[arg(long, default_value = "target/release/kustody")]
+        kustody: PathBuf,
     },
     /// Benchmark exec and token minting against a test cluster (needs root and runc), next to
     /// bare `runc exec`, the Python `kubernetes` client and `aws eks get-token`.
@@ -160,6 +181,10 @@ fn main() -> Result<()> {
             kustody_gen::operators::write_operator_traffic(seed, events, &mut out)?;
             out.flush()?;
         }
+        Cmd::ServeBench { rate, seconds, connections, batch, body_heavy, kustody } => serve_bench::run(
+            &kustody,
+            &serve_bench::Options { rate, seconds, connections: connections.max(1), batch: batch.max(1), profile_body_heavy: body_heavy },
+        )?,
         Cmd::ExecBench { n, threads, python } => exec_bench::run(n, threads, python)?,
         Cmd::QuarantineBench { n, kustody } => contain_bench::run(n, &kustody)?,
         Cmd::CollectBench { runs, fleet, parallel, kustody } => collect_bench::run(runs, fleet, parallel, &kustody)?,

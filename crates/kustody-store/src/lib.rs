@@ -21,6 +21,7 @@ use std::borrow::Cow;
 
 use kustody_model::Event;
 
+pub mod export;
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;

@@ -46,6 +46,14 @@ pub enum Command {
     ///
     /// Exit codes: 0 = events found, 1 = no event matched, 2 = error.
     Timeline(TimelineArgs),
+    /// Watch: ingest the audit webhook, audit log files and Falco alerts into a durable store,
+    /// detect live, serve search, a finding stream and metrics (docs/SERVE.md).
+    Serve(ServeArgs),
+    /// Search what `kustody serve` stored: events, findings or runtime alerts, by identity,
+    /// pod, IP, namespace, verb, resource, rule, time, or a Falco condition (`--where`).
+    ///
+    /// Exit codes: 0 = something found, 1 = nothing matched, 2 = error.
+    Search(SearchArgs),
     /// Check or list rules.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -412,8 +420,12 @@ pub struct RuleArgs {
 #[derive(Args, Debug)]
 pub struct HuntArgs {
     /// Audit log files, directories (read recursively, rotated files oldest first) or `-` for stdin.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "store", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// Hunt over what `kustody serve` stored in this data directory (a retro-hunt: new rules
+    /// over stored history; with --since to bound it).
+    #[arg(long, value_name = "DATA_DIR", conflicts_with = "paths")]
+    pub store: Option<PathBuf>,
     #[command(flatten)]
     pub rules: RuleArgs,
     /// Output format.
@@ -536,8 +548,11 @@ pub enum Format {
 #[command(group(clap::ArgGroup::new("identity").required(true).args(["pod", "user", "sa", "ip"])))]
 pub struct TimelineArgs {
     /// Audit log files, directories or `-` for stdin.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "store", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// Read what `kustody serve` stored in this data directory instead of files.
+    #[arg(long, value_name = "DATA_DIR", conflicts_with = "paths")]
+    pub store: Option<PathBuf>,
     /// A pod: its creation, exec/attach (with commands), log reads, changes to it and its
     /// owners, and requests made with its service account's token.
     #[arg(long, value_name = "NS/NAME")]
@@ -731,4 +746,169 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServeArgs {
+    #[command(subcommand)]
+    pub action: Option<ServeAction>,
+    /// Where the store, the generated TLS certificate and the token file live.
+    #[arg(long, value_name = "DIR", env = "KUSTODY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on (HTTPS).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8443")]
+    pub listen: std::net::SocketAddr,
+    /// Server certificate (PEM); without it one is made in DATA_DIR/tls on first start.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS name or IP for the generated certificate (repeatable).
+    #[arg(long = "tls-san", value_name = "NAME")]
+    pub tls_sans: Vec<String>,
+    /// CA whose client certificates authenticate senders (mTLS; the webhook kubeconfig's
+    /// client certificate). They get the `ingest` role.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Bearer tokens: lines of `TOKEN NAME ROLES` (roles: ingest, read, admin), mode 0600.
+    /// Default: DATA_DIR/tokens, made with one admin token on first start.
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// Follow an audit log (rotation-aware; resumes from its stored offset). Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub follow: Vec<PathBuf>,
+    /// Feed a file (any format hunt reads) through the live path once: a demo or an import.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Vec<PathBuf>,
+    /// Stop once the --replay files are stored and evaluated.
+    #[arg(long, requires = "replay")]
+    pub exit_after_replay: bool,
+    #[command(flatten)]
+    pub rules: RuleArgs,
+    /// Allow-list file (repeatable), as for hunt.
+    #[arg(long = "allow", value_name = "FILE")]
+    pub allow: Vec<PathBuf>,
+    /// Do not apply allow-lists.
+    #[arg(long)]
+    pub no_allowlist: bool,
+    /// Only detect rules at least this severe.
+    #[arg(long, value_name = "PRIORITY")]
+    pub min_priority: Option<Priority>,
+    /// Repeats within this window fold into one finding.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub group_window: String,
+    /// Largest request body accepted (bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub max_request_bytes: usize,
+    /// Largest single audit event accepted (bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub max_event_bytes: usize,
+    /// Request bytes waiting for their commit before senders get 429.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub queue_bytes: usize,
+    /// Delete stored records older than this (e.g. 90d).
+    #[arg(long, value_name = "DURATION")]
+    pub retention: Option<String>,
+    /// Keep the store under this size, deleting the oldest events (e.g. 50G, 500M).
+    #[arg(long, value_name = "SIZE")]
+    pub max_store_size: Option<String>,
+    /// Write the listening URL to this file once ready.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServeAction {
+    /// Print what the apiserver needs to send its audit events here: the webhook kubeconfig,
+    /// an audit policy that gives the rules what they need, and the kube-apiserver flags.
+    PrintApiserverConfig(ApiserverConfigArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ApiserverConfigArgs {
+    /// The URL the apiserver reaches kustody at.
+    #[arg(long, value_name = "URL", default_value = "https://127.0.0.1:8443/v1/audit")]
+    pub url: String,
+    /// The CA (or self-signed certificate) that signed kustody's server certificate.
+    #[arg(long, value_name = "FILE", default_value = "/etc/kubernetes/kustody/server.crt")]
+    pub ca: String,
+    /// Authenticate with a client certificate instead of a token: CERT and KEY paths.
+    #[arg(long, value_names = ["CERT", "KEY"], num_args = 2)]
+    pub client_cert: Option<Vec<String>>,
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Read this data directory directly (the server may be running).
+    #[arg(long, value_name = "DIR", env = "KUSTODY_DATA_DIR", conflicts_with = "server")]
+    pub data_dir: Option<PathBuf>,
+    /// Ask a running server (https://HOST:PORT) instead.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token file for --server (the token's first field is used).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate of the server (default: its certificate in DATA_DIR/tls is not known
+    /// remotely, so pass it).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca: Option<PathBuf>,
+    /// Search findings instead of events.
+    #[arg(long, conflicts_with = "alerts")]
+    pub findings: bool,
+    /// Search Falco runtime alerts instead of events.
+    #[arg(long)]
+    pub alerts: bool,
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Service account, NAMESPACE/NAME.
+    #[arg(long, value_name = "NS/NAME")]
+    pub sa: Option<String>,
+    /// Pod, NAMESPACE/NAME (the pod a bound token was minted for, or the pod acted on).
+    #[arg(long, value_name = "NS/NAME")]
+    pub pod: Option<String>,
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<String>,
+    #[arg(long, short = 'n', value_name = "NS")]
+    pub namespace: Option<String>,
+    #[arg(long)]
+    pub verb: Option<String>,
+    #[arg(long)]
+    pub resource: Option<String>,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long = "audit-id", value_name = "ID")]
+    pub audit_id: Option<String>,
+    /// Events a rule matched / findings of a rule / alerts of a Falco rule.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// RFC 3339 time or a duration ago (30m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    /// A Falco condition events must satisfy, compiled by the rule engine
+    /// (e.g. `ka.verb=create and ka.target.resource=pods`).
+    #[arg(long = "where", value_name = "CONDITION")]
+    pub where_: Option<String>,
+    /// Findings at least this severe.
+    #[arg(long, value_name = "PRIORITY")]
+    pub min_priority: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Continue after this id (the `next_before` of the previous page).
+    #[arg(long, value_name = "ID")]
+    pub before: Option<i64>,
+    #[arg(long = "output", short = 'o', value_enum, default_value_t = SearchFormat::Table)]
+    pub format: SearchFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SearchFormat {
+    Table,
+    /// One JSON object per line (events: the audit event itself).
+    Jsonl,
+    /// The API's JSON page.
+    Json,
 }

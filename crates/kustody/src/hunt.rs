@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use kustody_ingest::{expand_inputs, BadRecord, Chunk, ChunkReader, InputFile, ReadOptions};
+use kustody_ingest::{expand_inputs, BadRecord, Chunk, ReadOptions};
 use kustody_model::{Event, SourceFormat, SourceRef};
 use kustody_rules::{Engine, EngineOptions, Scratch, Severity};
 
@@ -118,9 +118,13 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         (filter.allow, filter.allow_index) = load_allow(&args, &engine)?;
     }
 
-    let inputs = expand_inputs(&args.paths)?;
-    let skipped = inputs.skipped;
-    let files = inputs.files;
+    let (files, skipped) = match &args.store {
+        Some(dir) => (vec![crate::source::Source::store(dir, filter.since, filter.until)?], Vec::new()),
+        None => {
+            let inputs = expand_inputs(&args.paths)?;
+            (inputs.files.into_iter().map(crate::source::Source::File).collect(), inputs.skipped)
+        }
+    };
     if files.is_empty() {
         bail!(
             "no input files found in {}",
@@ -266,7 +270,7 @@ fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
 /// Cuts every input into chunks, in order. A token from the collector is taken before each
 /// send, so at most `window` chunks are between here and the output.
 fn read_all(
-    files: &[InputFile],
+    files: &[crate::source::Source],
     opts: &ReadOptions,
     tx: &std::sync::mpsc::SyncSender<(u64, Result<Chunk, String>)>,
     tokens: &Receiver<()>,
@@ -280,7 +284,7 @@ fn read_all(
         true
     };
     for f in files {
-        match ChunkReader::open(f, opts.clone()) {
+        match f.open(opts) {
             Err(e) => {
                 if !send(Err(e.to_string())) {
                     return;

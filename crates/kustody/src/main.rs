@@ -9,6 +9,8 @@ mod hunt;
 mod render;
 mod rules_cmd;
 mod ruleset;
+mod serve_cmd;
+mod source;
 mod timeline;
 mod timespec;
 
@@ -25,7 +27,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    logging(cli.verbosity);
+    logging(cli.verbosity, matches!(cli.command, cli::Command::Serve(_)));
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -64,11 +66,16 @@ fn parse() -> Result<cli::Cli, clap::Error> {
 /// (`kube_client`): nothing below 2, warnings from 2, information from 4, two lines per request
 /// from 6, response headers from 8. Other libraries (hyper, rustls, h2) stay at warnings: their
 /// debug output is noise, and nothing that could hold a credential is ever enabled.
-fn logging(verbosity: u8) {
+///
+/// `kustody serve` always logs its own structured events (`kustody_serve`) at information level,
+/// debug from `-v 6`.
+fn logging(verbosity: u8, serving: bool) {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    let serve = if verbosity >= 6 { LevelFilter::DEBUG } else { LevelFilter::INFO };
     let kube = match verbosity {
+        0 | 1 if serving => LevelFilter::WARN,
         0 | 1 => return,
         2 | 3 => LevelFilter::WARN,
         4 | 5 => LevelFilter::INFO,
@@ -79,6 +86,7 @@ fn logging(verbosity: u8) {
         .with_target("kube_client", kube)
         .with_target("kube", kube)
         .with_target("kustody", kube)
+        .with_target("kustody_serve", if serving { serve } else { kube })
         .with_default(LevelFilter::WARN);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
     // A second subscriber cannot be installed; there is none before this one.
@@ -116,6 +124,8 @@ fn run(mut cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Hunt(args) => hunt::run(args),
         cli::Command::Timeline(args) => timeline::run(args),
+        cli::Command::Serve(args) => serve_cmd::run(args),
+        cli::Command::Search(args) => serve_cmd::search(args),
         cli::Command::Rules(cli::RulesCommand::Check(args)) => rules_cmd::check(args),
         cli::Command::Rules(cli::RulesCommand::List(args)) => rules_cmd::list(args),
         cli::Command::Rules(cli::RulesCommand::Fields) => rules_cmd::fields(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use kustody_ingest::{expand_inputs, ChunkReader, InputFile, ReadOptions};
+use kustody_ingest::{expand_inputs, InputFile, ReadOptions};
 use kustody_model::time::format_rfc3339_secs;
 use kustody_model::{rawjson, Event, EventContext, Priority, SourceRef};
 use kustody_rules::{EngineOptions, Scratch};
@@ -212,10 +212,10 @@ fn select(who: &Who, facts: &PodFacts, ev: &Event<'_>) -> Option<String> {
 }
 
 /// Calls `f` for every event of every input, in order.
-fn each_event(files: &[InputFile], opts: &ReadOptions, f: &mut dyn FnMut(&Event<'_>, SourceRef)) -> Result<u64> {
+fn each_event(files: &[crate::source::Source], opts: &ReadOptions, f: &mut dyn FnMut(&Event<'_>, SourceRef)) -> Result<u64> {
     let mut bad = 0u64;
     for file in files {
-        let mut reader = ChunkReader::open(file, opts.clone())?;
+        let mut reader = file.open(opts)?;
         while let Some(chunk) = reader.next_chunk() {
             chunk.records(|rec| match rec {
                 Err(_) => bad += 1,
@@ -258,10 +258,13 @@ pub fn run(args: TimelineArgs) -> Result<ExitCode> {
     for d in &diags {
         eprintln!("{}", sanitize(&d.to_string()));
     }
-    let files = expand_inputs(&args.paths)?.files;
+    let files: Vec<crate::source::Source> = match &args.store {
+        Some(dir) => vec![crate::source::Source::store(dir, since, until)?],
+        None => expand_inputs(&args.paths)?.files.into_iter().map(crate::source::Source::File).collect(),
+    };
     let opts = ReadOptions { input_format: args.input_format.into(), ..ReadOptions::default() };
     let mut facts = PodFacts::default();
-    let reread = !files.iter().any(|f| matches!(f, InputFile::Stdin));
+    let reread = !files.iter().any(|f| matches!(f, crate::source::Source::File(InputFile::Stdin)));
     if let (Who::Pod { ns, name }, true) = (&who, reread) {
         each_event(&files, &opts, &mut |ev, _| facts.learn(ns, name, ev))?;
         facts.resolve_owners(name);

@@ -1,0 +1,269 @@
+//! The detector thread: every stored event, in commit order, through the same engine, allow
+//! list, correlator and finding grouper as `hunt`; findings stored, then published.
+//!
+//! It works from the store, not from memory alone: its cursor (the last event id evaluated) is
+//! stored with the findings, so after a restart it first evaluates what was stored but not yet
+//! evaluated. Delivery is therefore at least once: a crash between storing findings and moving
+//! the cursor re-evaluates that batch (matches may then repeat; events never go unevaluated).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kustody_model::{Event, SourceFormat, SourceRef};
+use kustody_rules::allow::AllowList;
+use kustody_rules::live::{Change, Detector, Update};
+use kustody_rules::Engine;
+use kustody_store::{FindingRow, MatchRow, Store};
+use tokio::sync::broadcast;
+
+use crate::metrics::Metrics;
+use crate::writer::{now_ns, ToDetect};
+
+/// Name of the detector's cursor in the store.
+pub const CURSOR: &str = "detector";
+/// The `file` of the [`SourceRef`] of a stored event; its `line` is the event's row id.
+pub const STORE_REF: &str = "store";
+
+/// A rule set waiting to replace the detector's (set by a reload, taken by the detector).
+pub type PendingRules = Arc<Mutex<Option<(Arc<Engine>, Arc<AllowList>)>>>;
+
+pub struct DetectorThread {
+    pub store: Box<dyn Store>,
+    pub detector: Detector,
+    pub rx: Receiver<ToDetect>,
+    pub metrics: Arc<Metrics>,
+    pub publish: broadcast::Sender<Arc<str>>,
+    pub pending: PendingRules,
+}
+
+impl DetectorThread {
+    pub fn run(mut self) {
+        let mut ids: HashMap<u64, i64> = HashMap::new();
+        let mut cursor = match self.store.cursor(CURSOR) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the detector's cursor; starting from the beginning");
+                0
+            }
+        };
+        // Catch up with what was stored but not evaluated before the last stop.
+        loop {
+            let batch = match self.store.events_after(cursor, 2000) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "detector catch-up failed");
+                    break;
+                }
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let events: Vec<(i64, String)> = batch.into_iter().map(|e| (e.id, e.raw)).collect();
+            cursor = self.evaluate(&events, Instant::now(), &mut ids, cursor);
+        }
+        loop {
+            self.take_pending_rules();
+            match self.rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(msg) => {
+                    let fresh: Vec<(i64, String)> = msg.events.into_iter().filter(|(id, _)| *id > cursor).collect();
+                    if !fresh.is_empty() {
+                        cursor = self.evaluate(&fresh, msg.received, &mut ids, cursor);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut updates = Vec::new();
+                    self.detector.tick(now_ns(), &mut updates);
+                    if !updates.is_empty() {
+                        self.record(updates, Vec::new(), &mut ids, None);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Shutdown: close what is open so the store says so.
+        let mut updates = Vec::new();
+        self.detector.finish(&mut updates);
+        self.record(updates, Vec::new(), &mut ids, None);
+    }
+
+    fn take_pending_rules(&mut self) {
+        let next = self.pending.lock().ok().and_then(|mut p| p.take());
+        if let Some((engine, allow)) = next {
+            self.detector.replace_rules(engine, allow);
+            tracing::info!("detector now uses the reloaded rules");
+        }
+    }
+
+    /// Evaluates events in order, stores findings and matches, moves the cursor; returns it.
+    fn evaluate(&mut self, events: &[(i64, String)], received: Instant, ids: &mut HashMap<u64, i64>, cursor: i64) -> i64 {
+        let file: Arc<str> = Arc::from(STORE_REF);
+        let mut updates: Vec<Update> = Vec::new();
+        let mut matches: Vec<(i64, kustody_rules::live::Matched)> = Vec::new();
+        let mut last = cursor;
+        for (id, raw) in events {
+            last = last.max(*id);
+            let Ok(ev) = Event::parse(raw) else { continue };
+            let src = SourceRef { file: file.clone(), line: *id as u64, offset: 0, format: SourceFormat::Native };
+            let out = self.detector.observe(&ev, &src, &mut updates);
+            for m in out.matched {
+                self.metrics.count_rule(&m.rule);
+                matches.push((*id, m));
+            }
+        }
+        self.record(updates, matches, ids, Some(last));
+        self.metrics.detect_seconds.observe(received.elapsed().as_secs_f64());
+        last
+    }
+
+    /// Stores finding changes (ids first, so matches can point at them), then matches and the
+    /// cursor; publishes the changes once stored.
+    fn record(
+        &mut self,
+        updates: Vec<Update>,
+        matches: Vec<(i64, kustody_rules::live::Matched)>,
+        ids: &mut HashMap<u64, i64>,
+        cursor: Option<i64>,
+    ) {
+        // The last state of each finding in this batch, remembering whether it was opened here.
+        let mut order: Vec<u64> = Vec::new();
+        let mut last: HashMap<u64, (Update, bool)> = HashMap::new();
+        for u in updates {
+            let seq = u.finding.seq;
+            let opened = u.change == Change::Opened;
+            match last.get_mut(&seq) {
+                Some((prev, was_opened)) => {
+                    *was_opened |= opened;
+                    *prev = u;
+                }
+                None => {
+                    order.push(seq);
+                    last.insert(seq, (u, opened));
+                }
+            }
+        }
+        let rows: Vec<FindingRow> = order
+            .iter()
+            .filter_map(|seq| last.get(seq))
+            .map(|(u, _)| finding_row(u, ids.get(&u.finding.seq).copied()))
+            .collect();
+        let stored_ids = if rows.is_empty() {
+            Vec::new()
+        } else {
+            match self.store.record_detections(&rows, &[]) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.metrics.store_errors.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "cannot store findings; they will be evaluated again after a restart");
+                    return;
+                }
+            }
+        };
+        let mut published = Vec::new();
+        for ((seq, row), id) in order.iter().zip(rows).zip(stored_ids) {
+            let Some((u, opened)) = last.get(seq) else { continue };
+            if *opened {
+                self.metrics.findings_opened.fetch_add(1, Relaxed);
+            }
+            if u.change == Change::Closed {
+                ids.remove(seq);
+            } else {
+                ids.insert(*seq, id);
+            }
+            let change = if *opened { "opened" } else if u.change == Change::Closed { "closed" } else { "updated" };
+            let row = FindingRow { id: Some(id), ..row };
+            published.push(serde_json::json!({ "change": change, "finding": finding_json(&row) }).to_string());
+        }
+        let match_rows: Vec<MatchRow> = matches
+            .into_iter()
+            .map(|(event_id, m)| MatchRow {
+                event_id,
+                rule: m.rule.to_string(),
+                priority: m.priority.to_string(),
+                finding_id: ids.get(&m.finding_seq).copied(),
+            })
+            .collect();
+        if !match_rows.is_empty() {
+            if let Err(e) = self.store.record_detections(&[], &match_rows) {
+                self.metrics.store_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "cannot store rule matches");
+                return;
+            }
+        }
+        if let Some(c) = cursor {
+            if let Err(e) = self.store.set_cursor(CURSOR, c) {
+                tracing::error!(error = %e, "cannot store the detector's cursor");
+            }
+        }
+        for p in published {
+            // No subscriber is fine; slow subscribers see a `lagged` notice from the stream.
+            let _ = self.publish.send(Arc::from(p));
+        }
+    }
+}
+
+fn finding_row(u: &Update, id: Option<i64>) -> FindingRow {
+    let f = &u.finding;
+    let c = &f.lead.context;
+    let fields: serde_json::Map<String, serde_json::Value> =
+        f.lead.output_fields.iter().map(|o| (o.name.to_string(), serde_json::Value::String(o.value.text()))).collect();
+    FindingRow {
+        id,
+        rule: f.lead.rule.to_string(),
+        priority: f.priority.to_string(),
+        rules: f.rules.iter().map(|r| r.to_string()).collect(),
+        tags: f.tags.clone(),
+        events: f.events,
+        matches: f.matches,
+        first_ns: f.first_ns,
+        last_ns: f.last_ns,
+        user: c.user.clone(),
+        namespace: c.namespace.clone(),
+        resource: c.resource.clone(),
+        name: c.name.clone(),
+        source_ip: c.source_ip.clone(),
+        output: f.lead.output.clone(),
+        audit_ids: f.audit_ids.clone(),
+        lead_event: (&*f.lead.source_ref.file == STORE_REF).then_some(f.lead.source_ref.line as i64),
+        open: u.change != Change::Closed,
+        detail: serde_json::json!({
+            "output_fields": fields,
+            "verb": c.verb,
+            "subresource": c.subresource,
+            "user_agent": c.user_agent,
+            "impersonated_user": c.impersonated_user,
+            "response_code": c.response_code,
+            "request_uri": c.request_uri,
+            "command": c.command,
+        })
+        .to_string(),
+    }
+}
+
+/// A finding as the API and the stream show it.
+pub fn finding_json(f: &FindingRow) -> serde_json::Value {
+    let t = |ns: Option<i64>| ns.map(kustody_model::time::format_rfc3339_nanos);
+    serde_json::json!({
+        "id": f.id,
+        "rule": f.rule,
+        "priority": f.priority,
+        "rules": f.rules,
+        "tags": f.tags,
+        "events": f.events,
+        "matches": f.matches,
+        "first_seen": t(f.first_ns),
+        "last_seen": t(f.last_ns),
+        "user": f.user,
+        "namespace": f.namespace,
+        "resource": f.resource,
+        "name": f.name,
+        "source_ip": f.source_ip,
+        "output": f.output,
+        "audit_ids": f.audit_ids,
+        "evidence_event": f.lead_event,
+        "open": f.open,
+        "detail": serde_json::from_str::<serde_json::Value>(&f.detail).unwrap_or(serde_json::Value::Null),
+    })
+}

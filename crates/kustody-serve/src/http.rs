@@ -1,0 +1,414 @@
+//! The HTTP API: ingestion, search, the finding stream, metrics and health.
+//!
+//! Every endpoint but `/healthz` and `/readyz` needs an identity with a role: a bearer token,
+//! or a client certificate (ingest only). See docs/SERVE.md and docs/openapi.yaml.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use http_body_util::BodyExt;
+use kustody_model::Event;
+use kustody_store::{Origin, Store, StoreError};
+use serde::Deserialize;
+use tokio::sync::{broadcast, oneshot, Semaphore};
+
+use crate::auth::{bearer, Identity, Role, Tokens};
+use crate::metrics::Metrics;
+use crate::writer::Job;
+use crate::{payload, WhereFilter};
+
+/// The TLS peer of a connection.
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
+    /// Common name of a verified client certificate.
+    pub cert_name: Option<String>,
+}
+
+pub struct AppState {
+    pub jobs: SyncSender<Job>,
+    /// Bytes of request bodies admitted and not yet answered.
+    pub queue: Arc<Semaphore>,
+    pub queue_bytes: usize,
+    pub max_request_bytes: usize,
+    pub max_event_bytes: usize,
+    pub tokens: Tokens,
+    pub metrics: Arc<Metrics>,
+    pub publish: broadcast::Sender<Arc<str>>,
+    pub data_dir: std::path::PathBuf,
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
+    pub compile_where: Arc<dyn Fn(&str) -> Result<WhereFilter, String> + Send + Sync>,
+    pub reload: tokio::sync::mpsc::Sender<()>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/audit", post(post_audit))
+        .route("/audit", post(post_audit))
+        .route("/v1/falco", post(post_falco))
+        .route("/v1/events", get(get_events))
+        .route("/v1/findings", get(get_findings))
+        .route("/v1/alerts", get(get_alerts))
+        .route("/v1/findings/stream", get(stream_findings))
+        .route("/v1/rules/reload", post(post_reload))
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], v.to_string() + "\n").into_response()
+}
+
+fn error(status: StatusCode, reason: impl Into<String>) -> Response {
+    json(status, serde_json::json!({ "error": reason.into() }))
+}
+
+fn retry_after(mut r: Response, secs: u64) -> Response {
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+/// The caller's identity if it may act as `role`; else the 401/403 to answer.
+fn authorize(s: &AppState, headers: &HeaderMap, peer: &Peer, role: Role) -> Result<Identity, Response> {
+    let id = if let Some(h) = headers.get(header::AUTHORIZATION) {
+        let token = h.to_str().ok().and_then(bearer);
+        match token.and_then(|t| s.tokens.check(t)) {
+            Some(id) => id.clone(),
+            None => {
+                s.metrics.unauthenticated.fetch_add(1, Relaxed);
+                tracing::warn!("request with an unknown bearer token refused");
+                return Err(www(error(StatusCode::UNAUTHORIZED, "unknown bearer token")));
+            }
+        }
+    } else if let Some(cn) = &peer.cert_name {
+        Identity { name: format!("cert:{cn}"), roles: vec![Role::Ingest] }
+    } else {
+        s.metrics.unauthenticated.fetch_add(1, Relaxed);
+        return Err(www(error(StatusCode::UNAUTHORIZED, "authentication required: a bearer token or a client certificate")));
+    };
+    if !id.may(role) {
+        s.metrics.forbidden.fetch_add(1, Relaxed);
+        return Err(error(StatusCode::FORBIDDEN, format!("`{}` may not do this (needs the {role:?} role)", id.name)));
+    }
+    Ok(id)
+}
+
+fn www(mut r: Response) -> Response {
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// Admits a body into the bounded queue and reads it; the permit is held until the answer.
+async fn admit(s: &AppState, headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), Response> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > s.max_request_bytes) {
+        s.metrics.too_large.fetch_add(1, Relaxed);
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is over the {} byte limit", s.max_request_bytes),
+        ));
+    }
+    if headers.get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() != b"identity") {
+        s.metrics.bad_requests.fetch_add(1, Relaxed);
+        return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "compressed request bodies are not accepted"));
+    }
+    let want = declared.unwrap_or(s.max_request_bytes).clamp(1, s.queue_bytes) as u32;
+    let permit = match s.queue.clone().try_acquire_many_owned(want) {
+        Ok(p) => p,
+        Err(_) => {
+            s.metrics.shed_429.fetch_add(1, Relaxed);
+            return Err(retry_after(
+                error(StatusCode::TOO_MANY_REQUESTS, "the store is behind: queue full, retry later"),
+                1,
+            ));
+        }
+    };
+    s.metrics.queue_bytes.fetch_add(u64::from(want), Relaxed);
+    let limited = http_body_util::Limited::new(body, s.max_request_bytes);
+    let bytes = match limited.collect().await {
+        Ok(c) => c.to_bytes().to_vec(),
+        Err(e) => {
+            s.metrics.queue_bytes.fetch_sub(u64::from(want), Relaxed);
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                s.metrics.too_large.fetch_add(1, Relaxed);
+                return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the {} byte limit", s.max_request_bytes)));
+            }
+            s.metrics.bad_requests.fetch_add(1, Relaxed);
+            return Err(error(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")));
+        }
+    };
+    Ok((bytes, permit))
+}
+
+/// Hands a job to the writer and waits for its commit.
+async fn submit(s: &AppState, job: Job, rx: oneshot::Receiver<Result<kustody_store::Appended, StoreError>>) -> Result<kustody_store::Appended, Response> {
+    match s.jobs.try_send(job) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            s.metrics.shed_429.fetch_add(1, Relaxed);
+            return Err(retry_after(error(StatusCode::TOO_MANY_REQUESTS, "the store is behind: retry later"), 1));
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            s.metrics.unavailable_503.fetch_add(1, Relaxed);
+            return Err(retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"), 5));
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(25), rx).await {
+        Ok(Ok(Ok(a))) => Ok(a),
+        Ok(Ok(Err(e))) => {
+            s.metrics.unavailable_503.fetch_add(1, Relaxed);
+            let secs = if matches!(e, StoreError::Full(_)) { 10 } else { 2 };
+            Err(retry_after(error(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")), secs))
+        }
+        Ok(Err(_)) | Err(_) => {
+            s.metrics.unavailable_503.fetch_add(1, Relaxed);
+            Err(retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "the commit did not finish in time; retry (duplicates are stored once)"), 2))
+        }
+    }
+}
+
+async fn post_audit(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Body) -> Response {
+    let received = Instant::now();
+    if let Err(r) = authorize(&s, &headers, &peer, Role::Ingest) {
+        return r;
+    }
+    let (bytes, permit) = match admit(&s, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let held = permit.num_permits() as u64;
+    let max_event = s.max_event_bytes;
+    let parsed = tokio::task::spawn_blocking(move || payload::parse("webhook", bytes, max_event)).await;
+    let response = match parsed {
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("payload reader failed: {e}")),
+        Ok(parsed) => audit_answer(&s, parsed, received).await,
+    };
+    s.metrics.queue_bytes.fetch_sub(held, Relaxed);
+    drop(permit);
+    response
+}
+
+async fn audit_answer(s: &AppState, parsed: payload::Parsed, received: Instant) -> Response {
+    s.metrics.received_webhook.fetch_add(parsed.rows.len() as u64, Relaxed);
+    s.metrics.rejected_events.fetch_add(parsed.rejected.len() as u64, Relaxed);
+    let rejected: Vec<&payload::Rejected> = parsed.rejected.iter().take(20).collect();
+    if parsed.rows.is_empty() {
+        if parsed.rejected.is_empty() {
+            return json(StatusCode::OK, serde_json::json!({ "stored": 0, "duplicates": 0 }));
+        }
+        s.metrics.bad_requests.fetch_add(1, Relaxed);
+        let first = parsed.rejected.first().map(|r| r.reason.clone()).unwrap_or_default();
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": format!("no audit event could be read: {first}"), "rejected": rejected, "rejected_count": parsed.rejected.len() }),
+        );
+    }
+    let (tx, rx) = oneshot::channel();
+    let n = parsed.rows.len();
+    let job = Job::Events { rows: parsed.rows, origin: Origin::Webhook, received, reply: tx };
+    match submit(s, job, rx).await {
+        Err(r) => r,
+        Ok(a) if parsed.rejected.is_empty() => json(StatusCode::OK, serde_json::json!({ "stored": a.stored, "duplicates": a.duplicates })),
+        Ok(a) => {
+            // The good events are committed; the bad ones are reported, counted, and refused.
+            s.metrics.bad_requests.fetch_add(1, Relaxed);
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({
+                    "error": format!("{} of {} events could not be read (the others are stored)", parsed.rejected.len(), n + parsed.rejected.len()),
+                    "stored": a.stored, "duplicates": a.duplicates,
+                    "rejected": rejected, "rejected_count": parsed.rejected.len(),
+                }),
+            )
+        }
+    }
+}
+
+async fn post_falco(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = authorize(&s, &headers, &peer, Role::Ingest) {
+        return r;
+    }
+    let (bytes, permit) = match admit(&s, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let held = permit.num_permits() as u64;
+    let (good, bad) = crate::falco::parse(&bytes);
+    s.metrics.alerts_received.fetch_add(good.len() as u64, Relaxed);
+    s.metrics.rejected_events.fetch_add(bad.len() as u64, Relaxed);
+    let response = if good.is_empty() && !bad.is_empty() {
+        s.metrics.bad_requests.fetch_add(1, Relaxed);
+        let first = bad.first().map(|b| b.reason.clone()).unwrap_or_default();
+        error(StatusCode::BAD_REQUEST, format!("no Falco alert could be read: {first}"))
+    } else if good.is_empty() {
+        json(StatusCode::OK, serde_json::json!({ "stored": 0 }))
+    } else {
+        let (tx, rx) = oneshot::channel();
+        match submit(&s, Job::Alerts { rows: good, reply: tx }, rx).await {
+            Err(r) => r,
+            Ok(a) if bad.is_empty() => json(StatusCode::OK, serde_json::json!({ "stored": a.stored, "duplicates": a.duplicates })),
+            Ok(a) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({
+                    "error": format!("{} alerts could not be read (the others are stored)", bad.len()),
+                    "stored": a.stored, "duplicates": a.duplicates,
+                    "rejected": bad.iter().take(20).map(|b| serde_json::json!({"item": b.item, "reason": b.reason})).collect::<Vec<_>>(),
+                }),
+            ),
+        }
+    };
+    s.metrics.queue_bytes.fetch_sub(held, Relaxed);
+    drop(permit);
+    response
+}
+
+/// Query parameters of the search endpoints.
+#[derive(Debug, Default, Deserialize)]
+pub struct SearchParams {
+    pub user: Option<String>,
+    #[serde(alias = "sa")]
+    pub service_account: Option<String>,
+    pub pod: Option<String>,
+    pub ip: Option<String>,
+    pub namespace: Option<String>,
+    pub verb: Option<String>,
+    pub resource: Option<String>,
+    pub name: Option<String>,
+    pub audit_id: Option<String>,
+    pub rule: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    #[serde(rename = "where")]
+    pub where_: Option<String>,
+    pub min_priority: Option<String>,
+    pub limit: Option<usize>,
+    pub before: Option<i64>,
+}
+
+/// Runs a search on a read-only store in a blocking task.
+async fn with_store<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&dyn Store) -> Result<T, String> + Send + 'static,
+) -> Result<T, Response> {
+    let dir = s.data_dir.clone();
+    match tokio::task::spawn_blocking(move || {
+        let store = kustody_store::SqliteStore::open_read_only(&dir).map_err(|e| e.to_string())?;
+        f(&store)
+    })
+    .await
+    {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, e)),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn get_events(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap, Query(p): Query<SearchParams>) -> Response {
+    if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
+        return r;
+    }
+    let filter = match p.where_.as_deref().map(|w| (s.compile_where)(w)).transpose() {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("where: {e}")),
+    };
+    let q = match crate::search::event_query(&p) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match with_store(&s, move |st| crate::search::events(st, q, filter.as_ref()).map_err(|e| e.to_string())).await {
+        Ok(page) => json(StatusCode::OK, page.to_json()),
+        Err(r) => r,
+    }
+}
+
+async fn get_findings(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap, Query(p): Query<SearchParams>) -> Response {
+    if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
+        return r;
+    }
+    let q = match crate::search::finding_query(&p) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match with_store(&s, move |st| st.search_findings(&q).map_err(|e| e.to_string())).await {
+        Ok(rows) => json(StatusCode::OK, crate::search::findings_json(&rows)),
+        Err(r) => r,
+    }
+}
+
+async fn get_alerts(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap, Query(p): Query<SearchParams>) -> Response {
+    if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
+        return r;
+    }
+    let q = match crate::search::alert_query(&p) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match with_store(&s, move |st| st.search_alerts(&q).map_err(|e| e.to_string())).await {
+        Ok(rows) => json(StatusCode::OK, crate::search::alerts_json(&rows)),
+        Err(r) => r,
+    }
+}
+
+/// Server-sent events: one `finding` event per change (opened, updated, closed), as JSON.
+async fn stream_findings(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
+        return r;
+    }
+    let rx = s.publish.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+            Ok(Ok(msg)) => format!("event: finding\ndata: {msg}\n\n"),
+            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n")
+            }
+            Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+            Err(_) => ": keep-alive\n\n".to_owned(),
+        };
+        Some((Ok::<_, std::convert::Infallible>(chunk), rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "stream"))
+}
+
+async fn post_reload(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, &peer, Role::Admin) {
+        return r;
+    }
+    let _ = s.reload.try_send(());
+    json(StatusCode::ACCEPTED, serde_json::json!({ "reload": "requested" }))
+}
+
+async fn get_metrics(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
+        return r;
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let full = s.queue.available_permits() == 0;
+    if !s.healthy.load(Relaxed) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the store cannot write (disk full?)");
+    }
+    if full {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the ingest queue is full");
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+/// Whether an event passes a compiled `--where` filter.
+pub fn passes(filter: &WhereFilter, raw: &str) -> bool {
+    Event::parse(raw).is_ok_and(|ev| filter(&ev))
+}

@@ -1,0 +1,420 @@
+//! `kustody serve`: one process that watches.
+//!
+//! ```text
+//! apiserver webhook ─► HTTPS POST /v1/audit ─┐            (auth, size limits, bounded queue:
+//! Falco http_output ─► HTTPS POST /v1/falco ─┤             429 when full, 503 when the disk is)
+//! audit log files ──► follower threads ─────┼─► writer thread ─► Store (SQLite WAL, fsync'd)
+//! --replay FILE ────► replay thread ────────┘     (group commit, answers after the commit)
+//!                                                       │ stored events, in commit order
+//!                                                       ▼
+//!                       detector thread: Engine + allow list + correlator + finding grouper
+//!                                                       │ findings stored, then published
+//!                                                       ▼
+//!                       GET /v1/findings/stream (SSE), /v1/events, /v1/findings, /metrics
+//! ```
+//!
+//! Sources parse with hunt's reader layer ([`kustody_ingest`]); detection is
+//! [`kustody_rules::live::Detector`], the engine, allow list, correlator and grouper hunt uses.
+
+pub mod auth;
+pub mod detect;
+pub mod falco;
+pub mod follow;
+pub mod http;
+pub mod metrics;
+pub mod payload;
+pub mod search;
+pub mod tls;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kustody_model::Event;
+use kustody_rules::allow::AllowList;
+use kustody_rules::Engine;
+use kustody_store::{Origin, SqliteStore, Store};
+
+/// A compiled `where` filter (Falco condition syntax).
+pub type WhereFilter = Arc<dyn Fn(&Event<'_>) -> bool + Send + Sync>;
+
+/// Where the rules come from: the binary knows its built-in rules and the user's files.
+pub trait RuleSource: Send + Sync {
+    /// Loads the rule set and allow list. `Err` when anything has an error: a reload then keeps
+    /// the last good set. Warnings are returned to be logged.
+    fn load(&self) -> Result<(Engine, AllowList, Vec<String>), String>;
+    /// Compiles a Falco condition into a filter.
+    fn compile_where(&self, condition: &str) -> Result<WhereFilter, String>;
+    /// Files whose change triggers a reload.
+    fn watched(&self) -> Vec<PathBuf>;
+}
+
+/// Everything `kustody serve` is told.
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Client certificates signed by this CA authenticate (as `ingest`).
+    pub client_ca: Option<PathBuf>,
+    /// Extra names for a generated certificate.
+    pub tls_sans: Vec<String>,
+    pub tokens_file: Option<PathBuf>,
+    /// Audit logs to follow.
+    pub follow: Vec<PathBuf>,
+    /// Files fed once through the live path (a demo, an import).
+    pub replay: Vec<PathBuf>,
+    pub max_request_bytes: usize,
+    pub max_event_bytes: usize,
+    /// Request bytes admitted but not yet answered; beyond it, 429.
+    pub queue_bytes: usize,
+    pub retention_max_age_ns: Option<i64>,
+    pub retention_max_bytes: Option<u64>,
+    pub group_window_ns: i64,
+    /// An event only the file delivered counts as a webhook gap once it is this old.
+    pub gap_grace: Duration,
+    pub rules: Arc<dyn RuleSource>,
+    /// Written with the listening URL once the server accepts connections (for scripts and
+    /// tests that ask for port 0).
+    pub ready_file: Option<PathBuf>,
+    /// Stop once the replay files are stored and evaluated.
+    pub exit_after_replay: bool,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf, rules: Arc<dyn RuleSource>) -> Config {
+        Config {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            tls_sans: Vec::new(),
+            tokens_file: None,
+            follow: Vec::new(),
+            replay: Vec::new(),
+            max_request_bytes: 16 << 20,
+            max_event_bytes: 4 << 20,
+            queue_bytes: 64 << 20,
+            retention_max_age_ns: None,
+            retention_max_bytes: None,
+            group_window_ns: 600 * 1_000_000_000,
+            gap_grace: Duration::from_secs(120),
+            rules,
+            ready_file: None,
+            exit_after_replay: false,
+        }
+    }
+}
+
+/// The token file of a data directory made on first start when no `--tokens` is given.
+pub const TOKEN_FILE: &str = "tokens";
+
+/// Runs the server until SIGINT or SIGTERM (or the end of the replay with `exit_after_replay`).
+pub fn run(config: Config) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8))
+        .enable_all()
+        .thread_name("kustody-serve")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory `{}`", config.data_dir.display()))?;
+    let tokens = tokens(&config)?;
+    let tls = tls::server_config(
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+        config.client_ca.as_deref(),
+        &config.data_dir.join("tls"),
+        &config.tls_sans,
+    )?;
+    let (engine, allow, warnings) = config.rules.load().map_err(|e| anyhow::anyhow!("rules: {e}"))?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if engine.active_count() == 0 {
+        bail!("no rule is active: nothing would be detected");
+    }
+    let open = || SqliteStore::open(&config.data_dir).map_err(anyhow::Error::from);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let healthy = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<writer::Job>(256);
+    let (det_tx, det_rx) = std::sync::mpsc::sync_channel::<writer::ToDetect>(8);
+    let (publish, _) = tokio::sync::broadcast::channel::<Arc<str>>(1024);
+    let pending: detect::PendingRules = Arc::new(std::sync::Mutex::new(None));
+
+    let writer = {
+        let store: Box<dyn Store> = Box::new(open()?);
+        let metrics = metrics.clone();
+        let healthy = healthy.clone();
+        let retention = writer::Retention {
+            max_age_ns: config.retention_max_age_ns,
+            max_bytes: config.retention_max_bytes,
+            every: Duration::from_secs(60),
+        };
+        std::thread::Builder::new()
+            .name("kustody-writer".into())
+            .spawn(move || writer::run(store, job_rx, det_tx, metrics, retention, healthy))
+            .context("cannot start the writer")?
+    };
+    let detector = {
+        let thread = detect::DetectorThread {
+            store: Box::new(open()?),
+            detector: kustody_rules::live::Detector::new(
+                Arc::new(engine),
+                Arc::new(allow),
+                kustody_rules::findings::FindingOptions { window_ns: config.group_window_ns, ..Default::default() },
+            ),
+            rx: det_rx,
+            metrics: metrics.clone(),
+            publish: publish.clone(),
+            pending: pending.clone(),
+        };
+        std::thread::Builder::new().name("kustody-detector".into()).spawn(move || thread.run()).context("cannot start the detector")?
+    };
+    let mut sources = Vec::new();
+    for path in &config.follow {
+        let f = follow::Follower {
+            path: path.clone(),
+            store: Box::new(open()?),
+            jobs: job_tx.clone(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+            max_event_bytes: config.max_event_bytes,
+            poll: Duration::from_millis(250),
+        };
+        sources.push(std::thread::Builder::new().name("kustody-follow".into()).spawn(move || f.run())?);
+    }
+    let (replay_done_tx, mut replay_done) = tokio::sync::oneshot::channel::<()>();
+    if !config.replay.is_empty() {
+        let (files, jobs, m, s, max) = (config.replay.clone(), job_tx.clone(), metrics.clone(), stop.clone(), config.max_event_bytes);
+        sources.push(std::thread::Builder::new().name("kustody-replay".into()).spawn(move || {
+            follow::replay(files, jobs, m, s, max);
+            let _ = replay_done_tx.send(());
+        })?);
+    }
+    if !config.follow.is_empty() {
+        // The webhook's gaps: events only the log file delivered, once past the grace period.
+        let (m, dir, grace, s) = (metrics.clone(), config.data_dir.clone(), config.gap_grace, stop.clone());
+        std::thread::Builder::new().name("kustody-gaps".into()).spawn(move || {
+            while !s.load(Relaxed) {
+                if let Ok(store) = SqliteStore::open_read_only(&dir) {
+                    let before = writer::now_ns() - grace.as_nanos() as i64;
+                    if let Ok(n) = store.count_only_from(Origin::File, Origin::Webhook, before) {
+                        m.webhook_gaps.store(n, Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(10));
+            }
+        })?;
+    }
+
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let rules = config.rules.clone();
+    let where_rules = config.rules.clone();
+    let state = Arc::new(http::AppState {
+        jobs: job_tx,
+        queue: Arc::new(tokio::sync::Semaphore::new(config.queue_bytes)),
+        queue_bytes: config.queue_bytes,
+        max_request_bytes: config.max_request_bytes,
+        max_event_bytes: config.max_event_bytes,
+        tokens,
+        metrics: metrics.clone(),
+        publish,
+        data_dir: config.data_dir.clone(),
+        healthy,
+        compile_where: Arc::new(move |c: &str| where_rules.compile_where(c)),
+        reload: reload_tx.clone(),
+    });
+    let app = http::router(state.clone());
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let url = format!("https://{}", local);
+    eprintln!(
+        "kustody serve: listening on {url} (TLS certificate {} sha256 {}{}), data in {}",
+        tls.cert_path.display(),
+        tls.fingerprint,
+        if tls.generated { ", generated" } else { "" },
+        config.data_dir.display()
+    );
+    if let Some(p) = &config.ready_file {
+        std::fs::write(p, format!("{url}\n")).with_context(|| format!("cannot write `{}`", p.display()))?;
+    }
+
+    // Rule reloads: SIGHUP, POST /v1/rules/reload, or a watched file changing.
+    {
+        let pending = pending.clone();
+        let metrics = metrics.clone();
+        let rules = rules.clone();
+        tokio::spawn(async move {
+            let mut stamps = stamps(&rules.watched());
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                let hup_fut = async {
+                    match hup.as_mut() {
+                        Some(h) => {
+                            h.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = hup_fut => {}
+                    Some(()) = reload_rx.recv() => {}
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {
+                        let now = stamps_of(&rules.watched());
+                        if now == stamps { continue; }
+                        stamps = now;
+                    }
+                }
+                let r = rules.clone();
+                match tokio::task::spawn_blocking(move || r.load()).await {
+                    Ok(Ok((engine, allow, warnings))) if engine.active_count() > 0 => {
+                        for w in warnings {
+                            tracing::warn!("{w}");
+                        }
+                        if let Ok(mut p) = pending.lock() {
+                            *p = Some((Arc::new(engine), Arc::new(allow)));
+                        }
+                        metrics.rule_reloads.fetch_add(1, Relaxed);
+                        tracing::info!("rules reloaded");
+                        eprintln!("kustody serve: rules reloaded");
+                    }
+                    Ok(Ok(_)) => {
+                        metrics.rule_reload_failures.fetch_add(1, Relaxed);
+                        tracing::error!("reloaded rules have no active rule; keeping the last good set");
+                    }
+                    Ok(Err(e)) => {
+                        metrics.rule_reload_failures.fetch_add(1, Relaxed);
+                        tracing::error!(error = %e, "rule reload failed; keeping the last good set");
+                        eprintln!("kustody serve: rule reload failed, keeping the last good set: {e}");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(1024));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    let exit_after_replay = config.exit_after_replay && !config.replay.is_empty();
+    loop {
+        let replay_fut = async {
+            if exit_after_replay {
+                let _ = (&mut replay_done).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            () = replay_fut => break,
+        };
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            drop(tcp); // too many connections: the client retries
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                _ => return,
+            };
+            let peer = http::Peer {
+                cert_name: tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls::client_name),
+            };
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                let app = app.clone();
+                async move {
+                    use tower::ServiceExt;
+                    app.oneshot(req.map(axum::body::Body::new)).await
+                }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder.http1().header_read_timeout(Duration::from_secs(30)).timer(hyper_util::rt::TokioTimer::new());
+            let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc);
+            let conn = watcher.watch(conn.into_owned());
+            let _ = conn.await;
+        });
+    }
+    eprintln!("kustody serve: stopping: finishing requests in flight");
+    drop(listener);
+    // Requests in flight finish (and are committed) before the writer is told to stop.
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections did not finish within 30 s");
+    }
+    stop.store(true, Relaxed);
+    drop(app);
+    drop(state);
+    let joined = tokio::task::spawn_blocking(move || {
+        for s in sources {
+            let _ = s.join();
+        }
+        let _ = writer.join();
+        let _ = detector.join();
+    })
+    .await;
+    if joined.is_err() {
+        bail!("a server thread panicked during shutdown");
+    }
+    eprintln!("kustody serve: stopped; everything acknowledged is stored");
+    Ok(())
+}
+
+fn tokens(config: &Config) -> Result<auth::Tokens> {
+    let path = match &config.tokens_file {
+        Some(p) => p.clone(),
+        None => {
+            let p = config.data_dir.join(TOKEN_FILE);
+            if !p.exists() {
+                let t = auth::random_token()?;
+                tls::write_private(
+                    &p,
+                    format!("# TOKEN NAME ROLES (ingest, read, admin); made by kustody serve on first start\n{t} admin admin\n").as_bytes(),
+                )?;
+                eprintln!("kustody serve: made an admin token in {} (keep it secret)", p.display());
+            }
+            p
+        }
+    };
+    let t = auth::Tokens::load(&path)?;
+    if t.is_empty() && config.client_ca.is_none() {
+        bail!("no token in `{}` and no --client-ca: nobody could send events", path.display());
+    }
+    Ok(t)
+}
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<std::time::SystemTime>> {
+    stamps_of(files)
+}
+
+fn stamps_of(files: &[PathBuf]) -> Vec<Option<std::time::SystemTime>> {
+    files.iter().map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()).collect()
+}

@@ -1,0 +1,139 @@
+//! Counters for `/metrics` (Prometheus text format 0.0.4).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// Upper bounds of the latency histograms, in seconds.
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        for (b, c) in BUCKETS.iter().zip(&self.counts) {
+            if seconds <= *b {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add((seconds * 1e6) as u64, Relaxed);
+    }
+
+    fn write(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in BUCKETS.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Relaxed));
+        }
+        let n = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {n}");
+    }
+}
+
+/// Everything `/metrics` reports. Shared by the sources, the writer and the detector.
+#[derive(Default)]
+pub struct Metrics {
+    /// Events received, per source (`webhook`, `file`, `replay`).
+    pub received_webhook: AtomicU64,
+    pub received_file: AtomicU64,
+    pub received_replay: AtomicU64,
+    pub stored: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Events refused inside an otherwise readable payload (bad JSON, not an Event, too big).
+    pub rejected_events: AtomicU64,
+    /// Requests answered 400 / 401 / 403 / 413 / 429 / 503.
+    pub bad_requests: AtomicU64,
+    pub unauthenticated: AtomicU64,
+    pub forbidden: AtomicU64,
+    pub too_large: AtomicU64,
+    pub shed_429: AtomicU64,
+    pub unavailable_503: AtomicU64,
+    pub alerts_received: AtomicU64,
+    pub alerts_stored: AtomicU64,
+    /// Bytes of accepted request bodies waiting to be committed.
+    pub queue_bytes: AtomicU64,
+    pub commit_seconds: Histogram,
+    /// From receipt of a batch to its findings being stored and published.
+    pub detect_seconds: Histogram,
+    pub detections: Mutex<BTreeMap<String, u64>>,
+    pub findings_opened: AtomicU64,
+    pub store_bytes: AtomicU64,
+    pub store_events: AtomicU64,
+    /// Events that reached the store only from the apiserver's log file although the webhook is
+    /// configured (the webhook dropped them), older than the grace period.
+    pub webhook_gaps: AtomicU64,
+    pub store_errors: AtomicU64,
+    /// Events the detector has evaluated (its cursor) and events still to evaluate.
+    pub detector_lag_events: AtomicU64,
+    pub rule_reloads: AtomicU64,
+    pub rule_reload_failures: AtomicU64,
+}
+
+impl Metrics {
+    pub fn count_rule(&self, rule: &str) {
+        if let Ok(mut m) = self.detections.lock() {
+            *m.entry(rule.to_owned()).or_insert(0) += 1;
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let counter = |o: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+        };
+        let gauge = |o: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.load(Relaxed));
+        };
+        let _ = writeln!(o, "# HELP kustody_events_received_total Audit events received, by source.\n# TYPE kustody_events_received_total counter");
+        for (src, v) in [("webhook", &self.received_webhook), ("file", &self.received_file), ("replay", &self.received_replay)] {
+            let _ = writeln!(o, "kustody_events_received_total{{source=\"{src}\"}} {}", v.load(Relaxed));
+        }
+        counter(&mut o, "kustody_events_stored_total", "Audit events durably stored.", &self.stored);
+        counter(&mut o, "kustody_events_duplicate_total", "Audit events already stored (same auditID and stage): not stored again.", &self.duplicates);
+        counter(&mut o, "kustody_events_rejected_total", "Events refused inside a payload (unreadable, not an audit Event, too large).", &self.rejected_events);
+        let _ = writeln!(o, "# HELP kustody_requests_rejected_total Requests refused, by reason.\n# TYPE kustody_requests_rejected_total counter");
+        for (reason, v) in [
+            ("bad_request", &self.bad_requests),
+            ("unauthenticated", &self.unauthenticated),
+            ("forbidden", &self.forbidden),
+            ("too_large", &self.too_large),
+            ("overloaded_429", &self.shed_429),
+            ("unavailable_503", &self.unavailable_503),
+        ] {
+            let _ = writeln!(o, "kustody_requests_rejected_total{{reason=\"{reason}\"}} {}", v.load(Relaxed));
+        }
+        counter(&mut o, "kustody_alerts_received_total", "Falco runtime alerts received.", &self.alerts_received);
+        counter(&mut o, "kustody_alerts_stored_total", "Falco runtime alerts stored (duplicates excluded).", &self.alerts_stored);
+        gauge(&mut o, "kustody_queue_bytes", "Bytes of accepted requests waiting for their commit.", &self.queue_bytes);
+        self.commit_seconds.write(&mut o, "kustody_commit_seconds", "Time from a batch's arrival to its durable commit.");
+        self.detect_seconds.write(&mut o, "kustody_detection_seconds", "Time from a batch's arrival to its findings being stored and published.");
+        let _ = writeln!(o, "# HELP kustody_detections_total Rule matches, by rule.\n# TYPE kustody_detections_total counter");
+        if let Ok(m) = self.detections.lock() {
+            for (rule, n) in m.iter() {
+                let _ = writeln!(o, "kustody_detections_total{{rule=\"{}\"}} {n}", label(rule));
+            }
+        }
+        counter(&mut o, "kustody_findings_opened_total", "Findings opened.", &self.findings_opened);
+        gauge(&mut o, "kustody_store_bytes", "Bytes the store uses on disk (database and WAL).", &self.store_bytes);
+        gauge(&mut o, "kustody_store_events", "Audit events in the store.", &self.store_events);
+        gauge(&mut o, "kustody_webhook_gap_events", "Events only the apiserver's log file delivered although the webhook is configured: the webhook dropped them.", &self.webhook_gaps);
+        counter(&mut o, "kustody_store_errors_total", "Failed store writes (a full disk, I/O errors).", &self.store_errors);
+        gauge(&mut o, "kustody_detector_lag_events", "Stored events the detector has not evaluated yet.", &self.detector_lag_events);
+        counter(&mut o, "kustody_rule_reloads_total", "Rule sets reloaded.", &self.rule_reloads);
+        counter(&mut o, "kustody_rule_reload_failures_total", "Rule reloads refused because the new set had errors (the last good set stays).", &self.rule_reload_failures);
+        o
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -1,0 +1,172 @@
+//! Searching the store: shared by the HTTP API and `kustody search` (which reads a data
+//! directory directly or asks a running server).
+
+use kustody_store::{AlertQuery, EventQuery, FindingQuery, FindingRow, Store, StoreError, StoredAlert, StoredEvent};
+
+use crate::http::SearchParams;
+use crate::WhereFilter;
+
+/// Events a `--where` filter may read past to fill one page.
+const WHERE_SCAN: usize = 200_000;
+
+/// A time bound: RFC 3339, or a duration ago (`30s`, `15m`, `2h`, `7d`).
+pub fn time_bound(s: &str, now_ns: i64) -> Result<i64, String> {
+    if let Some(t) = kustody_model::time::parse_rfc3339_nanos(s) {
+        return Ok(t);
+    }
+    kustody_rules::correlate::parse_window(s)
+        .map(|d| now_ns.saturating_sub(d))
+        .ok_or_else(|| format!("`{s}` is neither an RFC 3339 time nor a duration like 30m, 2h, 7d"))
+}
+
+fn bounds(p: &SearchParams) -> Result<(Option<i64>, Option<i64>), String> {
+    let now = crate::writer::now_ns();
+    let since = p.since.as_deref().map(|s| time_bound(s, now)).transpose().map_err(|e| format!("since: {e}"))?;
+    let until = p.until.as_deref().map(|s| time_bound(s, now)).transpose().map_err(|e| format!("until: {e}"))?;
+    Ok((since, until))
+}
+
+pub fn event_query(p: &SearchParams) -> Result<EventQuery, String> {
+    let (since_ns, until_ns) = bounds(p)?;
+    Ok(EventQuery {
+        since_ns,
+        until_ns,
+        user: p.user.clone(),
+        service_account: p.service_account.clone(),
+        pod: p.pod.clone(),
+        ip: p.ip.clone(),
+        namespace: p.namespace.clone(),
+        verb: p.verb.clone(),
+        resource: p.resource.clone(),
+        name: p.name.clone(),
+        audit_id: p.audit_id.clone(),
+        rule: p.rule.clone(),
+        before_id: p.before,
+        limit: p.limit.unwrap_or(100).clamp(1, 10_000),
+    })
+}
+
+pub fn finding_query(p: &SearchParams) -> Result<FindingQuery, String> {
+    let (since_ns, until_ns) = bounds(p)?;
+    let min_priority = p
+        .min_priority
+        .as_deref()
+        .map(|s| s.parse::<kustody_model::Priority>().map_err(|e| format!("min_priority: {e}")))
+        .transpose()?;
+    Ok(FindingQuery {
+        since_ns,
+        until_ns,
+        user: p.user.clone(),
+        namespace: p.namespace.clone(),
+        rule: p.rule.clone(),
+        min_priority,
+        before_id: p.before,
+        limit: p.limit.unwrap_or(100).clamp(1, 10_000),
+    })
+}
+
+pub fn alert_query(p: &SearchParams) -> Result<AlertQuery, String> {
+    let (since_ns, until_ns) = bounds(p)?;
+    Ok(AlertQuery {
+        since_ns,
+        until_ns,
+        namespace: p.namespace.clone(),
+        pod: p.pod.clone(),
+        rule: p.rule.clone(),
+        before_id: p.before,
+        limit: p.limit.unwrap_or(100).clamp(1, 10_000),
+    })
+}
+
+/// One page of events, newest first.
+pub struct EventPage {
+    pub items: Vec<StoredEvent>,
+    /// Pass as `before` for the next page (`None`: no more).
+    pub next_before: Option<i64>,
+    /// Events read to fill the page (more than `items` with a `where` filter).
+    pub scanned: usize,
+}
+
+/// Runs an event search; with a `where` filter, reads on (newest first) until the page is full
+/// or [`WHERE_SCAN`] events were read.
+pub fn events(store: &dyn Store, mut q: EventQuery, filter: Option<&WhereFilter>) -> Result<EventPage, StoreError> {
+    let limit = q.limit;
+    let Some(filter) = filter else {
+        let items = store.search_events(&q)?;
+        let next_before = (items.len() == limit).then(|| items.last().map(|e| e.id)).flatten();
+        return Ok(EventPage { scanned: items.len(), items, next_before });
+    };
+    let mut items = Vec::new();
+    let mut scanned = 0;
+    q.limit = 2000;
+    loop {
+        let page = store.search_events(&q)?;
+        let done = page.len() < q.limit;
+        for e in page {
+            scanned += 1;
+            q.before_id = Some(e.id);
+            if crate::http::passes(filter, &e.raw) {
+                items.push(e);
+                if items.len() == limit {
+                    return Ok(EventPage { next_before: q.before_id, items, scanned });
+                }
+            }
+        }
+        if done {
+            return Ok(EventPage { items, next_before: None, scanned });
+        }
+        if scanned >= WHERE_SCAN {
+            return Ok(EventPage { items, next_before: q.before_id, scanned });
+        }
+    }
+}
+
+/// Origin bits as names.
+pub fn origins(bits: i64) -> Vec<&'static str> {
+    [(1, "webhook"), (2, "file"), (4, "replay")].into_iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| n).collect()
+}
+
+impl EventPage {
+    pub fn to_json(&self) -> serde_json::Value {
+        let items: Vec<serde_json::Value> = self
+            .items
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "id": e.id,
+                    "time": e.time_ns.map(kustody_model::time::format_rfc3339_nanos),
+                    "origins": origins(e.origins),
+                    "event": serde_json::from_str::<serde_json::Value>(&e.raw).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect();
+        serde_json::json!({ "items": items, "next_before": self.next_before, "scanned": self.scanned })
+    }
+}
+
+pub fn findings_json(rows: &[FindingRow]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = rows.iter().map(crate::detect::finding_json).collect();
+    let next = rows.last().and_then(|f| f.id);
+    serde_json::json!({ "items": items, "next_before": next })
+}
+
+pub fn alerts_json(rows: &[StoredAlert]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "id": a.id,
+                "time": a.alert.time_ns.map(kustody_model::time::format_rfc3339_nanos),
+                "rule": a.alert.rule,
+                "priority": a.alert.priority,
+                "namespace": a.alert.namespace,
+                "pod": a.alert.pod,
+                "container_id": a.alert.container_id,
+                "hostname": a.alert.hostname,
+                "output": a.alert.output,
+                "alert": serde_json::from_str::<serde_json::Value>(&a.alert.raw).unwrap_or(serde_json::Value::Null),
+            })
+        })
+        .collect();
+    serde_json::json!({ "items": items, "next_before": rows.last().map(|a| a.id) })
+}

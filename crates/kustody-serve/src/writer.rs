@@ -1,0 +1,203 @@
+//! The one thread that writes the store: group commit of whatever the sources handed over,
+//! then an answer to each, then the stored events to the detector.
+//!
+//! **Architecture Invariant:** a source answers its sender only after the writer's reply,
+//! which comes after the commit returned (`synchronous=FULL`: on disk). Nothing is acknowledged
+//! from memory.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kustody_store::{AlertRow, Appended, EventRow, Origin, Store, StoreError};
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+
+/// Work for the writer.
+pub enum Job {
+    Events { rows: Vec<EventRow<'static>>, origin: Origin, received: Instant, reply: oneshot::Sender<Result<Appended, StoreError>> },
+    Alerts { rows: Vec<AlertRow>, reply: oneshot::Sender<Result<Appended, StoreError>> },
+}
+
+/// Stored events on their way to the detector: (row id, JSON text), with when the batch arrived.
+pub struct ToDetect {
+    pub events: Vec<(i64, String)>,
+    pub received: Instant,
+}
+
+/// Group commits stop growing at this many events.
+const GROUP_EVENTS: usize = 8000;
+
+/// What the writer does besides appending: retention on a timer.
+pub struct Retention {
+    pub max_age_ns: Option<i64>,
+    pub max_bytes: Option<u64>,
+    pub every: Duration,
+}
+
+/// Runs until every job sender is gone (shutdown: the sources stopped, so everything accepted
+/// has been answered).
+pub fn run(
+    mut store: Box<dyn Store>,
+    jobs: Receiver<Job>,
+    detect: SyncSender<ToDetect>,
+    metrics: Arc<Metrics>,
+    retention: Retention,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut last_retention = Instant::now();
+    let mut last_stats = Instant::now() - Duration::from_secs(60);
+    loop {
+        let first = match jobs.recv_timeout(Duration::from_millis(500)) {
+            Ok(j) => Some(j),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(first) = first {
+            let mut batch = vec![first];
+            let mut n = count(&batch);
+            while n < GROUP_EVENTS {
+                match jobs.try_recv() {
+                    Ok(j) => {
+                        batch.push(j);
+                        n = count(&batch);
+                    }
+                    Err(_) => break,
+                }
+            }
+            commit(store.as_mut(), batch, &detect, &metrics, &healthy);
+        }
+        if last_retention.elapsed() >= retention.every {
+            last_retention = Instant::now();
+            let now = now_ns();
+            if retention.max_age_ns.is_some() || retention.max_bytes.is_some() {
+                match store.retain(now, retention.max_age_ns, retention.max_bytes) {
+                    Ok(r) if r.events_removed + r.alerts_removed + r.findings_removed > 0 => tracing::info!(
+                        events = r.events_removed,
+                        alerts = r.alerts_removed,
+                        findings = r.findings_removed,
+                        "retention removed old records"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention failed"),
+                }
+            }
+        }
+        if last_stats.elapsed() >= Duration::from_secs(5) {
+            last_stats = Instant::now();
+            if let Ok(s) = store.stats() {
+                metrics.store_bytes.store(s.bytes, Relaxed);
+                metrics.store_events.store(s.events, Relaxed);
+            }
+        }
+    }
+}
+
+fn count(batch: &[Job]) -> usize {
+    batch
+        .iter()
+        .map(|j| match j {
+            Job::Events { rows, .. } => rows.len(),
+            Job::Alerts { rows, .. } => rows.len(),
+        })
+        .sum()
+}
+
+/// Commits a group of jobs: one transaction per origin, then answers each job with its share.
+fn commit(
+    store: &mut dyn Store,
+    batch: Vec<Job>,
+    detect: &SyncSender<ToDetect>,
+    metrics: &Metrics,
+    healthy: &std::sync::atomic::AtomicBool,
+) {
+    let mut by_origin: Vec<(Origin, Vec<EventRow<'static>>, Vec<(usize, oneshot::Sender<Result<Appended, StoreError>>)>, Instant)> =
+        Vec::new();
+    let mut alerts: Vec<(Vec<AlertRow>, oneshot::Sender<Result<Appended, StoreError>>)> = Vec::new();
+    for j in batch {
+        match j {
+            Job::Events { rows, origin, received, reply } => {
+                let slot = match by_origin.iter().position(|(o, ..)| *o == origin) {
+                    Some(i) => i,
+                    None => {
+                        by_origin.push((origin, Vec::new(), Vec::new(), received));
+                        by_origin.len() - 1
+                    }
+                };
+                if let Some((_, all, replies, first)) = by_origin.get_mut(slot) {
+                    replies.push((rows.len(), reply));
+                    all.extend(rows);
+                    if received < *first {
+                        *first = received;
+                    }
+                }
+            }
+            Job::Alerts { rows, reply } => alerts.push((rows, reply)),
+        }
+    }
+    for (origin, rows, replies, received) in by_origin {
+        match store.append_events(&rows, origin) {
+            Ok(appended) => {
+                healthy.store(true, Relaxed);
+                metrics.commit_seconds.observe(received.elapsed().as_secs_f64());
+                metrics.stored.fetch_add(appended.stored, Relaxed);
+                metrics.duplicates.fetch_add(appended.duplicates, Relaxed);
+                // each job's share of the ids, in order
+                let mut ids = appended.ids.iter();
+                for (n, reply) in replies {
+                    let mine: Vec<Option<i64>> = ids.by_ref().take(n).copied().collect();
+                    let stored = mine.iter().filter(|i| i.is_some()).count() as u64;
+                    let _ = reply.send(Ok(Appended { stored, duplicates: n as u64 - stored, ids: mine }));
+                }
+                let events: Vec<(i64, String)> = appended
+                    .ids
+                    .iter()
+                    .zip(rows)
+                    .filter_map(|(id, row)| id.map(|id| (id, row.raw.into_owned())))
+                    .collect();
+                if !events.is_empty() {
+                    // Blocks when the detector is behind: the queue in front of the writer fills
+                    // and the sources shed load (429) instead of memory growing.
+                    let _ = detect.send(ToDetect { events, received });
+                }
+            }
+            Err(e) => {
+                metrics.store_errors.fetch_add(1, Relaxed);
+                if matches!(e, StoreError::Full(_)) {
+                    healthy.store(false, Relaxed);
+                }
+                tracing::error!(error = %e, events = rows.len(), "commit failed: nothing of these batches was acknowledged");
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(clone_err(&e)));
+                }
+            }
+        }
+    }
+    for (rows, reply) in alerts {
+        let r = store.append_alerts(&rows);
+        match &r {
+            Ok(a) => {
+                metrics.alerts_stored.fetch_add(a.stored, Relaxed);
+            }
+            Err(e) => {
+                metrics.store_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "commit of runtime alerts failed");
+            }
+        }
+        let _ = reply.send(r);
+    }
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Full(s) => StoreError::Full(s.clone()),
+        StoreError::Busy(s) => StoreError::Busy(s.clone()),
+        other => StoreError::Other(other.to_string()),
+    }
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}

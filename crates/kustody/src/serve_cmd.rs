@@ -1,0 +1,362 @@
+//! `kustody serve` and `kustody search`: the binary's side (flags, rule files, output); the
+//! server itself is the `kustody-serve` crate.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use kustody_rules::allow::AllowList;
+use kustody_rules::{Engine, EngineOptions, Severity};
+use kustody_serve::{RuleSource, WhereFilter};
+
+use crate::cli::{SearchArgs, SearchFormat, ServeAction, ServeArgs};
+use crate::render::sanitize;
+use crate::ruleset;
+
+/// The rule files of `serve` and `search`, read again on every reload.
+pub struct FileRules {
+    pub rules: Vec<PathBuf>,
+    pub defaults: bool,
+    pub allow: Vec<PathBuf>,
+    pub no_allowlist: bool,
+    pub opts: EngineOptions,
+}
+
+impl RuleSource for FileRules {
+    fn load(&self) -> Result<(Engine, AllowList, Vec<String>), String> {
+        let (engine, diags) = ruleset::load(&self.rules, self.defaults, &self.opts).map_err(|e| format!("{e:#}"))?;
+        let errors: Vec<String> = diags.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect();
+        if !errors.is_empty() {
+            return Err(format!("{} error(s): {}", errors.len(), errors.join("; ")));
+        }
+        let mut warnings: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        let allow = if self.no_allowlist {
+            AllowList::default()
+        } else {
+            let (allow, adiags) = ruleset::load_allow(&self.allow, self.defaults).map_err(|e| format!("{e:#}"))?;
+            if adiags.iter().any(|d| d.severity == Severity::Error) {
+                return Err(adiags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "));
+            }
+            warnings.extend(adiags.iter().map(|d| d.to_string()));
+            allow
+        };
+        Ok((engine, allow, warnings))
+    }
+
+    fn compile_where(&self, condition: &str) -> Result<WhereFilter, String> {
+        compile_where(&self.rules, self.defaults, condition)
+    }
+
+    fn watched(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = ruleset::rule_files(&self.rules).map(|f| f.into_iter().map(|(n, _)| PathBuf::from(n)).collect()).unwrap_or_default();
+        files.extend(self.allow.iter().cloned());
+        files
+    }
+}
+
+/// The name of the synthetic rule a `--where` condition becomes.
+const WHERE_RULE: &str = "kustody search --where";
+
+/// Compiles a Falco condition (with the macros and lists of the rule files) into a filter.
+pub fn compile_where(rules: &[PathBuf], defaults: bool, condition: &str) -> Result<WhereFilter, String> {
+    if condition.len() > 64 << 10 {
+        return Err("the condition is over 64 KiB".into());
+    }
+    let mut files: Vec<(String, String)> = Vec::new();
+    if defaults {
+        files.extend(ruleset::BUILTIN.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())));
+    }
+    files.extend(ruleset::rule_files(rules).map_err(|e| format!("{e:#}"))?);
+    // The condition as a JSON string is a valid YAML double-quoted scalar, whatever it holds.
+    let quoted = serde_json::to_string(condition).map_err(|e| e.to_string())?;
+    files.push((
+        "--where".to_owned(),
+        format!("- rule: {WHERE_RULE}\n  desc: search filter\n  condition: {quoted}\n  output: match\n  priority: DEBUG\n  source: k8s_audit\n"),
+    ));
+    let (engine, diags) = Engine::load(&files, &EngineOptions { min_priority: kustody_model::Priority::Debug });
+    let mine: Vec<String> =
+        diags.iter().filter(|d| d.severity == Severity::Error && d.to_string().contains("--where")).map(|d| d.to_string()).collect();
+    if !mine.is_empty() {
+        return Err(mine.join("; "));
+    }
+    let idx = engine
+        .rules()
+        .position(|r| r.name == WHERE_RULE && r.enabled)
+        .ok_or_else(|| format!("the condition did not compile: {}", diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ")))?
+        as u32;
+    let engine = Arc::new(engine);
+    Ok(Arc::new(move |ev: &kustody_model::Event<'_>| {
+        let mut scratch = kustody_rules::Scratch::default();
+        let mut out = Vec::new();
+        engine.matches(ev, &mut scratch, &mut out);
+        out.contains(&idx)
+    }))
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    if let Some(ServeAction::PrintApiserverConfig(a)) = &args.action {
+        print!("{}", apiserver_config(a));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(data_dir) = args.data_dir.clone() else {
+        bail!("--data-dir is required (or KUSTODY_DATA_DIR)");
+    };
+    let rules = FileRules {
+        rules: args.rules.rules.clone(),
+        defaults: !args.rules.no_default_rules,
+        allow: args.allow.clone(),
+        no_allowlist: args.no_allowlist,
+        opts: EngineOptions { min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug) },
+    };
+    let mut config = kustody_serve::Config::new(data_dir, Arc::new(rules));
+    config.listen = args.listen;
+    config.tls_cert = args.tls_cert;
+    config.tls_key = args.tls_key;
+    config.client_ca = args.client_ca;
+    config.tls_sans = args.tls_sans;
+    config.tokens_file = args.tokens;
+    config.follow = args.follow;
+    config.replay = args.replay;
+    config.exit_after_replay = args.exit_after_replay;
+    config.max_request_bytes = args.max_request_bytes;
+    config.max_event_bytes = args.max_event_bytes;
+    config.queue_bytes = args.queue_bytes.max(args.max_request_bytes);
+    config.ready_file = args.ready_file;
+    config.group_window_ns = kustody_rules::correlate::parse_window(&args.group_window)
+        .with_context(|| format!("--group-window: invalid duration `{}`", args.group_window))?;
+    config.retention_max_age_ns = args
+        .retention
+        .as_deref()
+        .map(|r| kustody_rules::correlate::parse_window(r).with_context(|| format!("--retention: invalid duration `{r}` (e.g. 90d)")))
+        .transpose()?;
+    config.retention_max_bytes = args.max_store_size.as_deref().map(parse_size).transpose()?;
+    kustody_serve::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `500M`, `50G`, `1T`, or bytes.
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (t.get(..i), 1u64 << 10),
+        Some((i, 'M' | 'm')) => (t.get(..i), 1 << 20),
+        Some((i, 'G' | 'g')) => (t.get(..i), 1 << 30),
+        Some((i, 'T' | 't')) => (t.get(..i), 1 << 40),
+        _ => (Some(t), 1),
+    };
+    num.and_then(|n| n.trim().parse::<u64>().ok())
+        .and_then(|n| n.checked_mul(mult))
+        .with_context(|| format!("--max-store-size: `{s}` is not a size like 500M or 50G"))
+}
+
+fn apiserver_config(a: &crate::cli::ApiserverConfigArgs) -> String {
+    let user = match &a.client_cert {
+        Some(v) => format!(
+            "    client-certificate: {}\n    client-key: {}",
+            v.first().map_or("", String::as_str),
+            v.get(1).map_or("", String::as_str)
+        ),
+        None => "    token: REPLACE-WITH-AN-INGEST-TOKEN   # a line `TOKEN apiserver ingest` in kustody's token file".to_owned(),
+    };
+    format!(
+        r#"# 1. /etc/kubernetes/kustody/webhook.kubeconfig — where the apiserver sends audit batches
+apiVersion: v1
+kind: Config
+clusters:
+- name: kustody
+  cluster:
+    server: {url}
+    certificate-authority: {ca}
+users:
+- name: kube-apiserver
+  user:
+{user}
+contexts:
+- name: default
+  context: {{cluster: kustody, user: kube-apiserver}}
+current-context: default
+---
+# 2. /etc/kubernetes/kustody/audit-policy.yaml — what kustody's rules need, nothing more:
+#    bodies of workloads, RBAC and exec/attach (to see privileged pods, role grants, commands);
+#    Secrets, ConfigMaps and tokens at Metadata only (their values must never leave the cluster).
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: None
+  resources:
+  - group: "coordination.k8s.io"
+    resources: ["leases"]
+- level: None
+  users: ["system:kube-scheduler", "system:kube-controller-manager", "system:apiserver"]
+  verbs: ["get", "list", "watch"]
+- level: None
+  nonResourceURLs: ["/healthz*", "/livez*", "/readyz*", "/version", "/metrics"]
+- level: Metadata
+  resources:
+  - group: ""
+    resources: ["secrets", "configmaps", "serviceaccounts/token"]
+  - group: "authentication.k8s.io"
+    resources: ["tokenreviews"]
+- level: RequestResponse
+  resources:
+  - group: ""
+    resources: ["pods/exec", "pods/attach", "pods/portforward", "pods/ephemeralcontainers"]
+- level: Request
+  verbs: ["create", "update", "patch"]
+  resources:
+  - group: ""
+    resources: ["pods", "services", "serviceaccounts", "namespaces", "nodes"]
+  - group: "apps"
+  - group: "batch"
+  - group: "rbac.authorization.k8s.io"
+  - group: "networking.k8s.io"
+  - group: "admissionregistration.k8s.io"
+- level: Metadata
+---
+# 3. kube-apiserver flags (static pod manifest or your distribution's config). Keep the log
+#    backend as well: the webhook drops a batch after ~90 s of failed retries, and
+#    `kustody serve --follow /var/log/kubernetes/audit.log` fills those gaps (and counts them).
+#   --audit-policy-file=/etc/kubernetes/kustody/audit-policy.yaml
+#   --audit-webhook-config-file=/etc/kubernetes/kustody/webhook.kubeconfig
+#   --audit-webhook-mode=batch
+#   --audit-webhook-batch-max-size=400
+#   --audit-log-path=/var/log/kubernetes/audit.log
+#   --audit-log-maxage=7 --audit-log-maxbackup=10 --audit-log-maxsize=200
+"#,
+        url = a.url,
+        ca = a.ca,
+    )
+}
+
+pub fn search(args: SearchArgs) -> Result<ExitCode> {
+    if args.server.is_some() {
+        bail!("search --server is not available yet: use --data-dir on the server's machine, or GET /v1/events with a token");
+    }
+    let Some(dir) = args.data_dir.clone() else {
+        bail!("--data-dir (or KUSTODY_DATA_DIR) is required");
+    };
+    if !dir.join("kustody.db").exists() {
+        bail!("no kustody store in `{}` (kustody serve --data-dir DIR makes one)", dir.display());
+    }
+    let store = kustody_store::SqliteStore::open_read_only(&dir)?;
+    let params = kustody_serve::http::SearchParams {
+        user: args.user.clone(),
+        service_account: args.sa.clone(),
+        pod: args.pod.clone(),
+        ip: args.ip.clone(),
+        namespace: args.namespace.clone(),
+        verb: args.verb.clone(),
+        resource: args.resource.clone(),
+        name: args.name.clone(),
+        audit_id: args.audit_id.clone(),
+        rule: args.rule.clone(),
+        since: args.since.clone(),
+        until: args.until.clone(),
+        where_: args.where_.clone(),
+        min_priority: args.min_priority.clone(),
+        limit: Some(args.limit),
+        before: args.before,
+    };
+    let out = &mut std::io::BufWriter::new(std::io::stdout().lock());
+    let found;
+    if args.findings {
+        let q = kustody_serve::search::finding_query(&params).map_err(anyhow::Error::msg)?;
+        let rows = kustody_store::Store::search_findings(&store, &q)?;
+        found = !rows.is_empty();
+        match args.format {
+            SearchFormat::Json => writeln!(out, "{}", kustody_serve::search::findings_json(&rows))?,
+            SearchFormat::Jsonl => {
+                for r in &rows {
+                    writeln!(out, "{}", kustody_serve::detect::finding_json(r))?;
+                }
+            }
+            SearchFormat::Table => {
+                writeln!(out, "{:<7} {:<20} {:<9} {:>6}  {:<40} {}", "ID", "LAST SEEN", "PRIORITY", "EVENTS", "RULE", "WHO / WHAT")?;
+                for r in &rows {
+                    writeln!(
+                        out,
+                        "{:<7} {:<20} {:<9} {:>6}  {:<40} {} {}/{}",
+                        r.id.unwrap_or(0),
+                        r.last_ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_default(),
+                        r.priority,
+                        r.events,
+                        sanitize(&r.rule),
+                        sanitize(r.user.as_deref().unwrap_or("-")),
+                        sanitize(r.namespace.as_deref().unwrap_or("-")),
+                        sanitize(r.name.as_deref().or(r.resource.as_deref()).unwrap_or("-")),
+                    )?;
+                }
+            }
+        }
+    } else if args.alerts {
+        let q = kustody_serve::search::alert_query(&params).map_err(anyhow::Error::msg)?;
+        let rows = kustody_store::Store::search_alerts(&store, &q)?;
+        found = !rows.is_empty();
+        match args.format {
+            SearchFormat::Json => writeln!(out, "{}", kustody_serve::search::alerts_json(&rows))?,
+            SearchFormat::Jsonl => {
+                for r in &rows {
+                    writeln!(out, "{}", r.alert.raw)?;
+                }
+            }
+            SearchFormat::Table => {
+                writeln!(out, "{:<7} {:<20} {:<9} {:<30} {}", "ID", "TIME", "PRIORITY", "POD", "RULE")?;
+                for r in &rows {
+                    let a = &r.alert;
+                    writeln!(
+                        out,
+                        "{:<7} {:<20} {:<9} {:<30} {}",
+                        r.id,
+                        a.time_ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_default(),
+                        sanitize(&a.priority),
+                        sanitize(&format!("{}/{}", a.namespace.as_deref().unwrap_or("-"), a.pod.as_deref().unwrap_or("-"))),
+                        sanitize(&a.rule),
+                    )?;
+                }
+            }
+        }
+    } else {
+        let filter = args
+            .where_
+            .as_deref()
+            .map(|w| compile_where(&[], true, w))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--where: {e}"))?;
+        let q = kustody_serve::search::event_query(&params).map_err(anyhow::Error::msg)?;
+        let page = kustody_serve::search::events(&store, q, filter.as_ref())?;
+        found = !page.items.is_empty();
+        match args.format {
+            SearchFormat::Json => writeln!(out, "{}", page.to_json())?,
+            SearchFormat::Jsonl => {
+                for e in &page.items {
+                    writeln!(out, "{}", e.raw)?;
+                }
+            }
+            SearchFormat::Table => {
+                writeln!(out, "{:<8} {:<20} {:<8} {:<45} {:<8} {}", "ID", "TIME", "CODE", "USER", "VERB", "RESOURCE")?;
+                for e in &page.items {
+                    let ev = kustody_model::Event::parse(&e.raw).ok();
+                    let ctx = ev.as_ref().map(kustody_model::EventContext::of).unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{:<8} {:<20} {:<8} {:<45} {:<8} {}",
+                        e.id,
+                        e.time_ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_default(),
+                        ctx.response_code.map(|c| c.to_string()).unwrap_or_default(),
+                        sanitize(ctx.user.as_deref().unwrap_or("-")),
+                        sanitize(ctx.verb.as_deref().unwrap_or("-")),
+                        sanitize(&ctx.resource_path().unwrap_or_else(|| "-".into())),
+                    )?;
+                }
+                if let Some(n) = page.next_before {
+                    writeln!(out, "… more: --before {n}")?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(if found { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -1,0 +1,393 @@
+//! `kustody serve` as a user runs it: the real binary on a free port with TLS, the recorded
+//! webhook POSTs of a real v1.36 apiserver, Falco alerts, search, metrics, and crashes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, reason = "tests fail by panicking")]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::pem::PemObject;
+use serde_json::Value;
+
+const INGEST: &str = "ingest-token-0123456789abcdef";
+const READ: &str = "read-token-0123456789abcdefgh";
+
+struct Server {
+    child: Child,
+    client: Client,
+}
+
+#[derive(Clone)]
+struct Client {
+    addr: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_tokens(dir: &Path) -> PathBuf {
+    let p = dir.join("tokens.txt");
+    std::fs::write(&p, format!("{INGEST} apiserver ingest\n{READ} soc read\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    p
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Server {
+    let tokens = write_tokens(dir.parent().unwrap());
+    let ready = dir.parent().unwrap().join(format!("ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let child = Command::new(env!("CARGO_BIN_EXE_kustody"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--tokens"])
+        .arg(&tokens)
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let url = loop {
+        if let Ok(s) = std::fs::read_to_string(&ready) {
+            if s.ends_with('\n') {
+                break s.trim().to_owned();
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let addr = url.trim_start_matches("https://").to_owned();
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(dir.join("tls/server.crt")).unwrap();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Server { child, client: Client { addr, tls: Arc::new(tls) } }
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+impl Client {
+    fn request(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Reply {
+        self.request_declaring(method, path, token, body, body.len())
+    }
+
+    /// A request whose Content-Length says `declared` bytes (sending only `body`).
+    fn request_declaring(&self, method: &str, path: &str, token: Option<&str>, body: &[u8], declared: usize) -> Reply {
+        let tcp = TcpStream::connect(&self.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let conn = rustls::ClientConnection::new(self.tls.clone(), "localhost".try_into().unwrap()).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\nAccept: application/json, */*\r\nContent-Type: application/json\r\nConnection: close\r\n",
+            self.addr,
+            declared
+        );
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        // A server refusing the body early (413) may close before it is all sent.
+        let _ = s.write_all(body).and_then(|()| s.flush());
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = headers.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+        Reply { status, headers: headers.to_owned(), body }
+    }
+
+    fn post_audit(&self, body: &[u8]) -> Reply {
+        self.request("POST", "/audit?timeout=30s", Some(INGEST), body)
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, Some(READ), b"")
+    }
+
+    /// Waits until a GET answers with at least `n` items.
+    fn wait_items(&self, path: &str, n: usize) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let r = self.get(path);
+            assert_eq!(r.status, 200, "{}", r.body);
+            let v = r.json();
+            if v["items"].as_array().unwrap().len() >= n {
+                return v;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "{path}: fewer than {n} items: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Server {
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SIGTERM: graceful shutdown
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let st = self.child.wait().unwrap();
+        std::mem::forget(self);
+        st
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(rest.get(..n).unwrap_or(rest));
+        s = rest.get(n + 2..).unwrap_or("");
+    }
+    out
+}
+
+/// The recorded webhook POST bodies (compact JSON and a newline, as the apiserver sends).
+fn recorded(name: &str) -> Option<(Vec<u8>, usize)> {
+    let shared = kustody_testkit::shared("fixtures/kube-apiserver/audit-webhook")?;
+    let text = std::fs::read_to_string(shared.join("fixtures/kube-apiserver/audit-webhook").join(name)).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let body = &v["request"]["body"];
+    let n = body["items"].as_array().unwrap().len();
+    Some((format!("{}\n", serde_json::to_string(body).unwrap()).into_bytes(), n))
+}
+
+fn kustody(args: &[&str]) -> kustody_testkit::Run {
+    kustody_testkit::run(Command::new(env!("CARGO_BIN_EXE_kustody")).args(args))
+}
+
+#[test]
+fn the_recorded_webhook_batches_are_stored_once_searched_and_detected() {
+    let Some((traffic, n)) = recorded("batch-traffic.json") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = start(&data, &[]);
+
+    let r = srv.post_audit(&traffic);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["stored"], n as u64);
+    // The apiserver re-sends the same body after a timeout: stored once.
+    let again = srv.post_audit(&traffic);
+    assert_eq!(again.status, 200);
+    assert_eq!((again.json()["stored"].as_u64(), again.json()["duplicates"].as_u64()), (Some(0), Some(n as u64)));
+    for name in ["batch-retry-after-500.json", "batch-retry-after-429.json", "batch-timeout-then-retry.json", "blocking-exec-response-started.json"] {
+        let (body, _) = recorded(name).unwrap();
+        let r = srv.post_audit(&body);
+        assert_eq!(r.status, 200, "{name}: {}", r.body);
+    }
+
+    // search by identity, over HTTP and from the CLI on the data directory
+    let v = srv.wait_items("/v1/events?user=realk8s-admin&verb=create&limit=50", 1);
+    let items = v["items"].as_array().unwrap();
+    assert!(items.iter().all(|e| e["event"]["user"]["username"] == "realk8s-admin" && e["event"]["verb"] == "create"));
+    assert!(items.iter().any(|e| e["event"]["objectRef"]["resource"] == "pods"), "{v}");
+    let exec = srv.wait_items("/v1/events?resource=pods&where=ka.target.subresource%3Dexec", 1);
+    assert!(exec["items"].as_array().unwrap().iter().all(|e| e["event"]["objectRef"]["subresource"] == "exec"));
+
+    // the exec was detected live: a finding, tied to its evidence
+    let f = srv.wait_items("/v1/findings", 1);
+    let exec_finding = f["items"].as_array().unwrap().iter().find(|x| x["resource"] == "pods" && x["user"] == "realk8s-admin");
+    assert!(exec_finding.is_some(), "{f}");
+    let ev_id = exec_finding.unwrap()["evidence_event"].as_i64().unwrap();
+    assert!(ev_id > 0);
+
+    let m = srv.get("/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m.body.contains("kustody_events_duplicate_total 64"), "{}", m.body);
+    assert!(m.body.contains("kustody_commit_seconds_bucket"), "{}", m.body);
+
+    let out = kustody(&["search", "--data-dir", data.to_str().unwrap(), "--user", "realk8s-admin", "--resource", "secrets", "-o", "jsonl"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<Value> = out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!lines.is_empty() && lines.iter().all(|e| e["objectRef"]["resource"] == "secrets"));
+    let none = kustody(&["search", "--data-dir", data.to_str().unwrap(), "--user", "nobody-at-all"]);
+    assert_eq!(none.code, 1, "{}", none.stderr);
+    let findings = kustody(&["search", "--data-dir", data.to_str().unwrap(), "--findings", "-o", "jsonl"]);
+    assert_eq!(findings.code, 0, "{}", findings.stderr);
+
+    assert!(srv.stop().success());
+}
+
+#[test]
+fn senders_are_authenticated_and_bad_payloads_are_refused_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start(&tmp.path().join("data"), &["--max-request-bytes", "200000"]);
+    let good = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":[{"level":"Metadata","auditID":"a-1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/x/pods","verb":"list","user":{"username":"alice"},"sourceIPs":["10.0.0.7"],"objectRef":{"resource":"pods","namespace":"x"},"responseStatus":{"code":200},"requestReceivedTimestamp":"2026-12-02T03:00:00.000000Z","stageTimestamp":"2026-12-02T03:00:00.100000Z"}]}"#;
+    let r = srv.request("POST", "/v1/audit", None, good.as_bytes());
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.headers.contains("www-authenticate: Bearer"), "{}", r.headers);
+    let r = srv.request("POST", "/v1/audit", Some("not-a-token-at-all-xx"), good.as_bytes());
+    assert_eq!(r.status, 401);
+    let r = srv.request("POST", "/v1/audit", Some(READ), good.as_bytes());
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = srv.request("GET", "/v1/events", Some(INGEST), b"");
+    assert_eq!(r.status, 403, "an ingest token cannot read");
+
+    let r = srv.post_audit(b"{\"kind\":\"EventList\",\"items\":[");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("no audit event"), "{}", r.body);
+    let r = srv.post_audit(b"{\"kind\":\"Pod\"}");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("kind is `Pod`"), "{}", r.body);
+    // one bad item among good ones: the good ones are stored, the bad one reported
+    let mixed = good.replace(r#"}]}"#, r#"},{"auditID":7,"stage":"ResponseComplete"}]}"#);
+    let r = srv.post_audit(mixed.as_bytes());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["stored"], 1);
+    assert!(r.json()["rejected"][0]["reason"].as_str().unwrap().contains("auditID"), "{}", r.body);
+    // refused from its Content-Length, before the body is read
+    let r = srv.request_declaring("POST", "/v1/audit", Some(INGEST), b"", 300_000);
+    assert_eq!(r.status, 413, "{}", r.body);
+
+    // a Falco alert, tied to its pod
+    let alert = r#"{"hostname":"node-1","output":"Shell spawned","output_fields":{"container.id":"0123456789ab","k8s.ns.name":"shop","k8s.pod.name":"web-1"},"priority":"Notice","rule":"Terminal shell in container","source":"syscall","tags":["shell"],"time":"2026-12-02T03:44:21.431251797Z"}"#;
+    let r = srv.request("POST", "/v1/falco", Some(INGEST), alert.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = srv.wait_items("/v1/alerts?namespace=shop&pod=web-1", 1);
+    assert_eq!(v["items"][0]["container_id"], "0123456789ab");
+
+    let m = srv.get("/metrics").body;
+    assert!(m.contains("kustody_requests_rejected_total{reason=\"unauthenticated\"} 2"), "{m}");
+    assert!(m.contains("kustody_requests_rejected_total{reason=\"forbidden\"} 2"), "{m}");
+    assert_eq!(srv.request("GET", "/healthz", None, b"").status, 200);
+    assert_eq!(srv.request("GET", "/readyz", None, b"").status, 200);
+    assert!(srv.stop().success());
+}
+
+fn synthetic_batch(batch: usize, size: usize) -> (Vec<u8>, Vec<String>) {
+    let mut ids = Vec::new();
+    let mut items = Vec::new();
+    for i in 0..size {
+        let id = format!("{batch:06}-{i:04}-0000-0000-000000000000");
+        items.push(format!(
+            r#"{{"level":"Metadata","auditID":"{id}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/ns{}/configmaps","verb":"list","user":{{"username":"system:serviceaccount:ns{}:app"}},"sourceIPs":["10.1.{}.{}"],"objectRef":{{"resource":"configmaps","namespace":"ns{}"}},"responseStatus":{{"code":200}},"requestReceivedTimestamp":"2026-12-02T03:00:00.000000Z","stageTimestamp":"2026-12-02T03:00:00.100000Z"}}"#,
+            i % 7, i % 7, batch % 250, i % 250, i % 7
+        ));
+        ids.push(id);
+    }
+    (format!(r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#, items.join(",")).into_bytes(), ids)
+}
+
+#[test]
+fn kill_9_during_ingest_loses_nothing_acknowledged_and_stores_no_duplicate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = start(&data, &[]);
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let srv = Arc::new(std::sync::Mutex::new(srv));
+    let client = srv.lock().unwrap().client.clone();
+    let mut senders = Vec::new();
+    for t in 0..2 {
+        let (acked, stop, client) = (acked.clone(), stop.clone(), client.clone());
+        senders.push(std::thread::spawn(move || {
+            let mut b = t * 100_000;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (body, ids) = synthetic_batch(b, 400);
+                b += 1;
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client.post_audit(&body)));
+                match r {
+                    Ok(r) if r.status == 200 => acked.lock().unwrap().extend(ids),
+                    _ => {}
+                }
+            }
+        }));
+    }
+    // let it ingest, then kill -9 in the middle
+    let t0 = Instant::now();
+    while acked.lock().unwrap().len() < 8_000 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "ingest too slow to test");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    {
+        let mut s = srv.lock().unwrap();
+        s.child.kill().unwrap(); // SIGKILL
+        s.child.wait().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in senders {
+        s.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    drop(srv);
+    // restart on the same data; every acknowledged event is there exactly once
+    let srv = start(&data, &[]);
+    assert!(srv.stop().success());
+    let conn = rusqlite_count(&data);
+    let unique: std::collections::HashSet<&String> = acked.iter().collect();
+    assert_eq!(unique.len(), acked.len(), "a batch was acknowledged twice");
+    let mut missing = 0;
+    for id in &acked {
+        let out = conn.get(id.as_str()).copied().unwrap_or(0);
+        assert!(out <= 1, "{id} stored {out} times");
+        if out == 0 {
+            missing += 1;
+        }
+    }
+    assert_eq!(missing, 0, "{missing} of {} acknowledged events lost", acked.len());
+}
+
+/// auditID → rows, read with kustody search (jsonl) page by page.
+fn rusqlite_count(data: &Path) -> std::collections::HashMap<String, u32> {
+    let mut counts = std::collections::HashMap::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut args = vec!["search".to_owned(), "--data-dir".into(), data.display().to_string(), "-o".into(), "json".into(), "--limit".into(), "10000".into()];
+        if let Some(b) = before {
+            args.push("--before".into());
+            args.push(b.to_string());
+        }
+        let out = kustody_testkit::run(Command::new(env!("CARGO_BIN_EXE_kustody")).args(&args));
+        assert!(out.code == 0 || out.code == 1, "{}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        for e in v["items"].as_array().unwrap() {
+            *counts.entry(e["event"]["auditID"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+        }
+        match v["next_before"].as_i64() {
+            Some(b) => before = Some(b),
+            None => return counts,
+        }
+    }
+}
