@@ -150,7 +150,8 @@ mod tests {
 
     #[test]
     fn tokens_have_roles_and_errors_name_the_line_not_the_token() {
-        let t = Tokens::parse("# comment\nabcdefghijklmnop0 apiserver ingest\nqrstuvwxyz0123456 soc read,admin\n").unwrap();
+        let t =
+            Tokens::parse("# comment\nabcdefghijklmnop0 apiserver ingest\nqrstuvwxyz0123456 soc read,admin\n").unwrap();
         assert_eq!(t.check("abcdefghijklmnop0").unwrap().name, "apiserver");
         assert!(t.check("qrstuvwxyz0123456").unwrap().may(Role::Ingest));
         assert!(!t.check("abcdefghijklmnop0").unwrap().may(Role::Read));

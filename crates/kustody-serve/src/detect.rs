@@ -98,7 +98,13 @@ impl DetectorThread {
     }
 
     /// Evaluates events in order, stores findings and matches, moves the cursor; returns it.
-    fn evaluate(&mut self, events: &[(i64, String)], received: Instant, ids: &mut HashMap<u64, i64>, cursor: i64) -> i64 {
+    fn evaluate(
+        &mut self,
+        events: &[(i64, String)],
+        received: Instant,
+        ids: &mut HashMap<u64, i64>,
+        cursor: i64,
+    ) -> i64 {
         let file: Arc<str> = Arc::from(STORE_REF);
         let mut updates: Vec<Update> = Vec::new();
         let mut matches: Vec<(i64, kustody_rules::live::Matched)> = Vec::new();
@@ -172,7 +178,13 @@ impl DetectorThread {
             } else {
                 ids.insert(*seq, id);
             }
-            let change = if *opened { "opened" } else if u.change == Change::Closed { "closed" } else { "updated" };
+            let change = if *opened {
+                "opened"
+            } else if u.change == Change::Closed {
+                "closed"
+            } else {
+                "updated"
+            };
             let row = FindingRow { id: Some(id), ..row };
             published.push(serde_json::json!({ "change": change, "finding": finding_json(&row) }).to_string());
         }

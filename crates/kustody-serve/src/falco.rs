@@ -61,7 +61,8 @@ fn alert(v: &Value) -> Result<AlertRow, String> {
     let time_ns = match obj.get("time") {
         None | Some(Value::Null) => None,
         Some(Value::String(t)) => Some(
-            kustody_model::time::parse_rfc3339_nanos(t).ok_or_else(|| format!("field `time`: not an RFC 3339 time: `{t}`"))?,
+            kustody_model::time::parse_rfc3339_nanos(t)
+                .ok_or_else(|| format!("field `time`: not an RFC 3339 time: `{t}`"))?,
         ),
         Some(_) => return Err("field `time`: not a string".into()),
     };

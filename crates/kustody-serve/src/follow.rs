@@ -65,7 +65,9 @@ impl Follower {
                     }
                     if let Ok(mut f) = File::open(&self.path) {
                         let (offset, line) = match stored.as_ref() {
-                            Some(s) if (s.dev, s.ino) == (m.dev(), m.ino()) && s.offset <= m.len() => (s.offset, s.line),
+                            Some(s) if (s.dev, s.ino) == (m.dev(), m.ino()) && s.offset <= m.len() => {
+                                (s.offset, s.line)
+                            }
                             _ => (0, 1),
                         };
                         let _ = f.seek(SeekFrom::Start(offset));
@@ -144,7 +146,12 @@ impl Follower {
 
 /// Hands rows to the writer and waits for the commit, retrying while the store is full.
 /// `false` when the server is stopping.
-pub fn commit(jobs: &SyncSender<Job>, rows: Vec<kustody_store::EventRow<'static>>, origin: Origin, stop: &AtomicBool) -> bool {
+pub fn commit(
+    jobs: &SyncSender<Job>,
+    rows: Vec<kustody_store::EventRow<'static>>,
+    origin: Origin,
+    stop: &AtomicBool,
+) -> bool {
     let mut rows = Some(rows);
     let mut wait = Duration::from_millis(200);
     loop {
@@ -186,7 +193,13 @@ fn rotated_sibling(path: &Path, dev: u64, ino: u64) -> Option<PathBuf> {
 }
 
 /// Feeds files through the live path once (`--replay`), in batches of 400 like the webhook.
-pub fn replay(files: Vec<PathBuf>, jobs: SyncSender<Job>, metrics: Arc<Metrics>, stop: Arc<AtomicBool>, max_event_bytes: usize) {
+pub fn replay(
+    files: Vec<PathBuf>,
+    jobs: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    max_event_bytes: usize,
+) {
     for path in files {
         let input = kustody_ingest::InputFile::Path(path.clone());
         let opts = kustody_ingest::ReadOptions { max_record_bytes: max_event_bytes, ..Default::default() };

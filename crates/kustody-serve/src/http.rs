@@ -3,6 +3,10 @@
 //! Every endpoint but `/healthz` and `/readyz` needs an identity with a role: a bearer token,
 //! or a client certificate (ingest only). See docs/SERVE.md and docs/openapi.yaml.
 
+// Handlers return `Result<_, Response>` so a refusal is answered as built; boxing the response
+// would only move the same bytes to the heap.
+#![allow(clippy::result_large_err)]
+
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
@@ -44,7 +48,7 @@ pub struct AppState {
     pub publish: broadcast::Sender<Arc<str>>,
     pub data_dir: std::path::PathBuf,
     pub healthy: Arc<std::sync::atomic::AtomicBool>,
-    pub compile_where: Arc<dyn Fn(&str) -> Result<WhereFilter, String> + Send + Sync>,
+    pub compile_where: crate::CompileWhere,
     pub reload: tokio::sync::mpsc::Sender<()>,
 }
 
@@ -65,7 +69,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response {
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], v.to_string() + "\n").into_response()
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], v.to_string() + "\n")
+        .into_response()
 }
 
 fn error(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -93,7 +98,10 @@ fn authorize(s: &AppState, headers: &HeaderMap, peer: &Peer, role: Role) -> Resu
         Identity { name: format!("cert:{cn}"), roles: vec![Role::Ingest] }
     } else {
         s.metrics.unauthenticated.fetch_add(1, Relaxed);
-        return Err(www(error(StatusCode::UNAUTHORIZED, "authentication required: a bearer token or a client certificate")));
+        return Err(www(error(
+            StatusCode::UNAUTHORIZED,
+            "authentication required: a bearer token or a client certificate",
+        )));
     };
     if !id.may(role) {
         s.metrics.forbidden.fetch_add(1, Relaxed);
@@ -108,8 +116,13 @@ fn www(mut r: Response) -> Response {
 }
 
 /// Admits a body into the bounded queue and reads it; the permit is held until the answer.
-async fn admit(s: &AppState, headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), Response> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+async fn admit(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), Response> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > s.max_request_bytes) {
         s.metrics.too_large.fetch_add(1, Relaxed);
         return Err(error(
@@ -140,7 +153,10 @@ async fn admit(s: &AppState, headers: &HeaderMap, body: Body) -> Result<(Vec<u8>
             s.metrics.queue_bytes.fetch_sub(u64::from(want), Relaxed);
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 s.metrics.too_large.fetch_add(1, Relaxed);
-                return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the {} byte limit", s.max_request_bytes)));
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is over the {} byte limit", s.max_request_bytes),
+                ));
             }
             s.metrics.bad_requests.fetch_add(1, Relaxed);
             return Err(error(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")));
@@ -150,7 +166,11 @@ async fn admit(s: &AppState, headers: &HeaderMap, body: Body) -> Result<(Vec<u8>
 }
 
 /// Hands a job to the writer and waits for its commit.
-async fn submit(s: &AppState, job: Job, rx: oneshot::Receiver<Result<kustody_store::Appended, StoreError>>) -> Result<kustody_store::Appended, Response> {
+async fn submit(
+    s: &AppState,
+    job: Job,
+    rx: oneshot::Receiver<Result<kustody_store::Appended, StoreError>>,
+) -> Result<kustody_store::Appended, Response> {
     match s.jobs.try_send(job) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
@@ -171,12 +191,23 @@ async fn submit(s: &AppState, job: Job, rx: oneshot::Receiver<Result<kustody_sto
         }
         Ok(Err(_)) | Err(_) => {
             s.metrics.unavailable_503.fetch_add(1, Relaxed);
-            Err(retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "the commit did not finish in time; retry (duplicates are stored once)"), 2))
+            Err(retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the commit did not finish in time; retry (duplicates are stored once)",
+                ),
+                2,
+            ))
         }
     }
 }
 
-async fn post_audit(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Body) -> Response {
+async fn post_audit(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let received = Instant::now();
     if let Err(r) = authorize(&s, &headers, &peer, Role::Ingest) {
         return r;
@@ -217,7 +248,9 @@ async fn audit_answer(s: &AppState, parsed: payload::Parsed, received: Instant) 
     let job = Job::Events { rows: parsed.rows, origin: Origin::Webhook, received, reply: tx };
     match submit(s, job, rx).await {
         Err(r) => r,
-        Ok(a) if parsed.rejected.is_empty() => json(StatusCode::OK, serde_json::json!({ "stored": a.stored, "duplicates": a.duplicates })),
+        Ok(a) if parsed.rejected.is_empty() => {
+            json(StatusCode::OK, serde_json::json!({ "stored": a.stored, "duplicates": a.duplicates }))
+        }
         Ok(a) => {
             // The good events are committed; the bad ones are reported, counted, and refused.
             s.metrics.bad_requests.fetch_add(1, Relaxed);
@@ -233,7 +266,12 @@ async fn audit_answer(s: &AppState, parsed: payload::Parsed, received: Instant) 
     }
 }
 
-async fn post_falco(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Body) -> Response {
+async fn post_falco(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if let Err(r) = authorize(&s, &headers, &peer, Role::Ingest) {
         return r;
     }
@@ -255,7 +293,9 @@ async fn post_falco(State(s): State<Arc<AppState>>, Extension(peer): Extension<P
         let (tx, rx) = oneshot::channel();
         match submit(&s, Job::Alerts { rows: good, reply: tx }, rx).await {
             Err(r) => r,
-            Ok(a) if bad.is_empty() => json(StatusCode::OK, serde_json::json!({ "stored": a.stored, "duplicates": a.duplicates })),
+            Ok(a) if bad.is_empty() => {
+                json(StatusCode::OK, serde_json::json!({ "stored": a.stored, "duplicates": a.duplicates }))
+            }
             Ok(a) => json(
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({
@@ -312,7 +352,12 @@ async fn with_store<T: Send + 'static>(
     }
 }
 
-async fn get_events(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap, Query(p): Query<SearchParams>) -> Response {
+async fn get_events(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Query(p): Query<SearchParams>,
+) -> Response {
     if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
         return r;
     }
@@ -330,7 +375,12 @@ async fn get_events(State(s): State<Arc<AppState>>, Extension(peer): Extension<P
     }
 }
 
-async fn get_findings(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap, Query(p): Query<SearchParams>) -> Response {
+async fn get_findings(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Query(p): Query<SearchParams>,
+) -> Response {
     if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
         return r;
     }
@@ -344,7 +394,12 @@ async fn get_findings(State(s): State<Arc<AppState>>, Extension(peer): Extension
     }
 }
 
-async fn get_alerts(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap, Query(p): Query<SearchParams>) -> Response {
+async fn get_alerts(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Query(p): Query<SearchParams>,
+) -> Response {
     if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
         return r;
     }
@@ -359,7 +414,11 @@ async fn get_alerts(State(s): State<Arc<AppState>>, Extension(peer): Extension<P
 }
 
 /// Server-sent events: one `finding` event per change (opened, updated, closed), as JSON.
-async fn stream_findings(State(s): State<Arc<AppState>>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+async fn stream_findings(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
         return r;
     }

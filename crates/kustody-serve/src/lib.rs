@@ -42,6 +42,9 @@ use kustody_store::{Origin, SqliteStore, Store};
 /// A compiled `where` filter (Falco condition syntax).
 pub type WhereFilter = Arc<dyn Fn(&Event<'_>) -> bool + Send + Sync>;
 
+/// Compiles a `where` condition (the rule files' macros and lists in scope).
+pub type CompileWhere = Arc<dyn Fn(&str) -> Result<WhereFilter, String> + Send + Sync>;
+
 /// Where the rules come from: the binary knows its built-in rules and the user's files.
 pub trait RuleSource: Send + Sync {
     /// Loads the rule set and allow list. `Err` when anything has an error: a reload then keeps
@@ -179,7 +182,10 @@ async fn serve(config: Config) -> Result<()> {
             publish: publish.clone(),
             pending: pending.clone(),
         };
-        std::thread::Builder::new().name("kustody-detector".into()).spawn(move || thread.run()).context("cannot start the detector")?
+        std::thread::Builder::new()
+            .name("kustody-detector".into())
+            .spawn(move || thread.run())
+            .context("cannot start the detector")?
     };
     let mut sources = Vec::new();
     for path in &config.follow {
@@ -196,7 +202,8 @@ async fn serve(config: Config) -> Result<()> {
     }
     let (replay_done_tx, mut replay_done) = tokio::sync::oneshot::channel::<()>();
     if !config.replay.is_empty() {
-        let (files, jobs, m, s, max) = (config.replay.clone(), job_tx.clone(), metrics.clone(), stop.clone(), config.max_event_bytes);
+        let (files, jobs, m, s, max) =
+            (config.replay.clone(), job_tx.clone(), metrics.clone(), stop.clone(), config.max_event_bytes);
         sources.push(std::thread::Builder::new().name("kustody-replay".into()).spawn(move || {
             follow::replay(files, jobs, m, s, max);
             let _ = replay_done_tx.send(());
@@ -310,7 +317,8 @@ async fn serve(config: Config) -> Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(1024));
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
     let exit_after_replay = config.exit_after_replay && !config.replay.is_empty();
     loop {
         let replay_fut = async {

@@ -93,12 +93,24 @@ impl Metrics {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.load(Relaxed));
         };
         let _ = writeln!(o, "# HELP kustody_events_received_total Audit events received, by source.\n# TYPE kustody_events_received_total counter");
-        for (src, v) in [("webhook", &self.received_webhook), ("file", &self.received_file), ("replay", &self.received_replay)] {
+        for (src, v) in
+            [("webhook", &self.received_webhook), ("file", &self.received_file), ("replay", &self.received_replay)]
+        {
             let _ = writeln!(o, "kustody_events_received_total{{source=\"{src}\"}} {}", v.load(Relaxed));
         }
         counter(&mut o, "kustody_events_stored_total", "Audit events durably stored.", &self.stored);
-        counter(&mut o, "kustody_events_duplicate_total", "Audit events already stored (same auditID and stage): not stored again.", &self.duplicates);
-        counter(&mut o, "kustody_events_rejected_total", "Events refused inside a payload (unreadable, not an audit Event, too large).", &self.rejected_events);
+        counter(
+            &mut o,
+            "kustody_events_duplicate_total",
+            "Audit events already stored (same auditID and stage): not stored again.",
+            &self.duplicates,
+        );
+        counter(
+            &mut o,
+            "kustody_events_rejected_total",
+            "Events refused inside a payload (unreadable, not an audit Event, too large).",
+            &self.rejected_events,
+        );
         let _ = writeln!(o, "# HELP kustody_requests_rejected_total Requests refused, by reason.\n# TYPE kustody_requests_rejected_total counter");
         for (reason, v) in [
             ("bad_request", &self.bad_requests),
@@ -111,11 +123,27 @@ impl Metrics {
             let _ = writeln!(o, "kustody_requests_rejected_total{{reason=\"{reason}\"}} {}", v.load(Relaxed));
         }
         counter(&mut o, "kustody_alerts_received_total", "Falco runtime alerts received.", &self.alerts_received);
-        counter(&mut o, "kustody_alerts_stored_total", "Falco runtime alerts stored (duplicates excluded).", &self.alerts_stored);
+        counter(
+            &mut o,
+            "kustody_alerts_stored_total",
+            "Falco runtime alerts stored (duplicates excluded).",
+            &self.alerts_stored,
+        );
         gauge(&mut o, "kustody_queue_bytes", "Bytes of accepted requests waiting for their commit.", &self.queue_bytes);
-        self.commit_seconds.write(&mut o, "kustody_commit_seconds", "Time from a batch's arrival to its durable commit.");
-        self.detect_seconds.write(&mut o, "kustody_detection_seconds", "Time from a batch's arrival to its findings being stored and published.");
-        let _ = writeln!(o, "# HELP kustody_detections_total Rule matches, by rule.\n# TYPE kustody_detections_total counter");
+        self.commit_seconds.write(
+            &mut o,
+            "kustody_commit_seconds",
+            "Time from a batch's arrival to its durable commit.",
+        );
+        self.detect_seconds.write(
+            &mut o,
+            "kustody_detection_seconds",
+            "Time from a batch's arrival to its findings being stored and published.",
+        );
+        let _ = writeln!(
+            o,
+            "# HELP kustody_detections_total Rule matches, by rule.\n# TYPE kustody_detections_total counter"
+        );
         if let Ok(m) = self.detections.lock() {
             for (rule, n) in m.iter() {
                 let _ = writeln!(o, "kustody_detections_total{{rule=\"{}\"}} {n}", label(rule));
@@ -125,10 +153,25 @@ impl Metrics {
         gauge(&mut o, "kustody_store_bytes", "Bytes the store uses on disk (database and WAL).", &self.store_bytes);
         gauge(&mut o, "kustody_store_events", "Audit events in the store.", &self.store_events);
         gauge(&mut o, "kustody_webhook_gap_events", "Events only the apiserver's log file delivered although the webhook is configured: the webhook dropped them.", &self.webhook_gaps);
-        counter(&mut o, "kustody_store_errors_total", "Failed store writes (a full disk, I/O errors).", &self.store_errors);
-        gauge(&mut o, "kustody_detector_lag_events", "Stored events the detector has not evaluated yet.", &self.detector_lag_events);
+        counter(
+            &mut o,
+            "kustody_store_errors_total",
+            "Failed store writes (a full disk, I/O errors).",
+            &self.store_errors,
+        );
+        gauge(
+            &mut o,
+            "kustody_detector_lag_events",
+            "Stored events the detector has not evaluated yet.",
+            &self.detector_lag_events,
+        );
         counter(&mut o, "kustody_rule_reloads_total", "Rule sets reloaded.", &self.rule_reloads);
-        counter(&mut o, "kustody_rule_reload_failures_total", "Rule reloads refused because the new set had errors (the last good set stays).", &self.rule_reload_failures);
+        counter(
+            &mut o,
+            "kustody_rule_reload_failures_total",
+            "Rule reloads refused because the new set had errors (the last good set stays).",
+            &self.rule_reload_failures,
+        );
         o
     }
 }

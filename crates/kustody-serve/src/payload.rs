@@ -29,7 +29,11 @@ pub struct Parsed {
 
 /// Reads every event of `body`; a bad event is rejected with its reason and the others kept.
 pub fn parse(name: &str, body: Vec<u8>, max_event_bytes: usize) -> Parsed {
-    let opts = ReadOptions { max_record_bytes: max_event_bytes, max_document_bytes: body.len().max(1), ..ReadOptions::default() };
+    let opts = ReadOptions {
+        max_record_bytes: max_event_bytes,
+        max_document_bytes: body.len().max(1),
+        ..ReadOptions::default()
+    };
     let mut out = Parsed::default();
     let reader = ChunkReader::from_reader(Arc::from(name), Box::new(std::io::Cursor::new(body)), opts);
     let mut reader = match reader {

@@ -56,7 +56,9 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).with_context(|| format!("cannot read client CA `{}`", ca.display()))? {
+            for c in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("cannot read client CA `{}`", ca.display()))?
+            {
                 roots.add(c.with_context(|| format!("bad PEM in `{}`", ca.display()))?).context("client CA")?;
             }
             // Client certificates are optional at the TLS layer: a request without one must

@@ -15,11 +15,17 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 
+/// Where the writer answers a job, once its commit returned.
+pub type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+
 /// Work for the writer.
 pub enum Job {
-    Events { rows: Vec<EventRow<'static>>, origin: Origin, received: Instant, reply: oneshot::Sender<Result<Appended, StoreError>> },
-    Alerts { rows: Vec<AlertRow>, reply: oneshot::Sender<Result<Appended, StoreError>> },
+    Events { rows: Vec<EventRow<'static>>, origin: Origin, received: Instant, reply: Reply },
+    Alerts { rows: Vec<AlertRow>, reply: Reply },
 }
+
+/// The events of one origin in a group commit: rows, each job's count and reply, first arrival.
+type Group = (Origin, Vec<EventRow<'static>>, Vec<(usize, Reply)>, Instant);
 
 /// Stored events on their way to the detector: (row id, JSON text), with when the batch arrived.
 pub struct ToDetect {
@@ -113,9 +119,8 @@ fn commit(
     metrics: &Metrics,
     healthy: &std::sync::atomic::AtomicBool,
 ) {
-    let mut by_origin: Vec<(Origin, Vec<EventRow<'static>>, Vec<(usize, oneshot::Sender<Result<Appended, StoreError>>)>, Instant)> =
-        Vec::new();
-    let mut alerts: Vec<(Vec<AlertRow>, oneshot::Sender<Result<Appended, StoreError>>)> = Vec::new();
+    let mut by_origin: Vec<Group> = Vec::new();
+    let mut alerts: Vec<(Vec<AlertRow>, Reply)> = Vec::new();
     for j in batch {
         match j {
             Job::Events { rows, origin, received, reply } => {

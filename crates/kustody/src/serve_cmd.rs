@@ -27,7 +27,8 @@ pub struct FileRules {
 impl RuleSource for FileRules {
     fn load(&self) -> Result<(Engine, AllowList, Vec<String>), String> {
         let (engine, diags) = ruleset::load(&self.rules, self.defaults, &self.opts).map_err(|e| format!("{e:#}"))?;
-        let errors: Vec<String> = diags.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect();
+        let errors: Vec<String> =
+            diags.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect();
         if !errors.is_empty() {
             return Err(format!("{} error(s): {}", errors.len(), errors.join("; ")));
         }
@@ -50,7 +51,9 @@ impl RuleSource for FileRules {
     }
 
     fn watched(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = ruleset::rule_files(&self.rules).map(|f| f.into_iter().map(|(n, _)| PathBuf::from(n)).collect()).unwrap_or_default();
+        let mut files: Vec<PathBuf> = ruleset::rule_files(&self.rules)
+            .map(|f| f.into_iter().map(|(n, _)| PathBuf::from(n)).collect())
+            .unwrap_or_default();
         files.extend(self.allow.iter().cloned());
         files
     }
@@ -76,16 +79,17 @@ pub fn compile_where(rules: &[PathBuf], defaults: bool, condition: &str) -> Resu
         format!("- rule: {WHERE_RULE}\n  desc: search filter\n  condition: {quoted}\n  output: match\n  priority: DEBUG\n  source: k8s_audit\n"),
     ));
     let (engine, diags) = Engine::load(&files, &EngineOptions { min_priority: kustody_model::Priority::Debug });
-    let mine: Vec<String> =
-        diags.iter().filter(|d| d.severity == Severity::Error && d.to_string().contains("--where")).map(|d| d.to_string()).collect();
+    let mine: Vec<String> = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error && d.to_string().contains("--where"))
+        .map(|d| d.to_string())
+        .collect();
     if !mine.is_empty() {
         return Err(mine.join("; "));
     }
-    let idx = engine
-        .rules()
-        .position(|r| r.name == WHERE_RULE && r.enabled)
-        .ok_or_else(|| format!("the condition did not compile: {}", diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ")))?
-        as u32;
+    let idx = engine.rules().position(|r| r.name == WHERE_RULE && r.enabled).ok_or_else(|| {
+        format!("the condition did not compile: {}", diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))
+    })? as u32;
     let engine = Arc::new(engine);
     Ok(Arc::new(move |ev: &kustody_model::Event<'_>| {
         let mut scratch = kustody_rules::Scratch::default();
@@ -129,7 +133,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     config.retention_max_age_ns = args
         .retention
         .as_deref()
-        .map(|r| kustody_rules::correlate::parse_window(r).with_context(|| format!("--retention: invalid duration `{r}` (e.g. 90d)")))
+        .map(|r| {
+            kustody_rules::correlate::parse_window(r)
+                .with_context(|| format!("--retention: invalid duration `{r}` (e.g. 90d)"))
+        })
         .transpose()?;
     config.retention_max_bytes = args.max_store_size.as_deref().map(parse_size).transpose()?;
     kustody_serve::run(config)?;
@@ -158,7 +165,8 @@ fn apiserver_config(a: &crate::cli::ApiserverConfigArgs) -> String {
             v.first().map_or("", String::as_str),
             v.get(1).map_or("", String::as_str)
         ),
-        None => "    token: REPLACE-WITH-AN-INGEST-TOKEN   # a line `TOKEN apiserver ingest` in kustody's token file".to_owned(),
+        None => "    token: REPLACE-WITH-AN-INGEST-TOKEN   # a line `TOKEN apiserver ingest` in kustody's token file"
+            .to_owned(),
     };
     format!(
         r#"# 1. /etc/kubernetes/kustody/webhook.kubeconfig — where the apiserver sends audit batches
@@ -274,7 +282,11 @@ pub fn search(args: SearchArgs) -> Result<ExitCode> {
                 }
             }
             SearchFormat::Table => {
-                writeln!(out, "{:<7} {:<20} {:<9} {:>6}  {:<40} {}", "ID", "LAST SEEN", "PRIORITY", "EVENTS", "RULE", "WHO / WHAT")?;
+                writeln!(
+                    out,
+                    "{:<7} {:<20} {:<9} {:>6}  {:<40} WHO / WHAT",
+                    "ID", "LAST SEEN", "PRIORITY", "EVENTS", "RULE"
+                )?;
                 for r in &rows {
                     writeln!(
                         out,
@@ -303,7 +315,7 @@ pub fn search(args: SearchArgs) -> Result<ExitCode> {
                 }
             }
             SearchFormat::Table => {
-                writeln!(out, "{:<7} {:<20} {:<9} {:<30} {}", "ID", "TIME", "PRIORITY", "POD", "RULE")?;
+                writeln!(out, "{:<7} {:<20} {:<9} {:<30} RULE", "ID", "TIME", "PRIORITY", "POD")?;
                 for r in &rows {
                     let a = &r.alert;
                     writeln!(
@@ -312,7 +324,11 @@ pub fn search(args: SearchArgs) -> Result<ExitCode> {
                         r.id,
                         a.time_ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_default(),
                         sanitize(&a.priority),
-                        sanitize(&format!("{}/{}", a.namespace.as_deref().unwrap_or("-"), a.pod.as_deref().unwrap_or("-"))),
+                        sanitize(&format!(
+                            "{}/{}",
+                            a.namespace.as_deref().unwrap_or("-"),
+                            a.pod.as_deref().unwrap_or("-")
+                        )),
                         sanitize(&a.rule),
                     )?;
                 }
@@ -336,7 +352,7 @@ pub fn search(args: SearchArgs) -> Result<ExitCode> {
                 }
             }
             SearchFormat::Table => {
-                writeln!(out, "{:<8} {:<20} {:<8} {:<45} {:<8} {}", "ID", "TIME", "CODE", "USER", "VERB", "RESOURCE")?;
+                writeln!(out, "{:<8} {:<20} {:<8} {:<45} {:<8} RESOURCE", "ID", "TIME", "CODE", "USER", "VERB")?;
                 for e in &page.items {
                     let ev = kustody_model::Event::parse(&e.raw).ok();
                     let ctx = ev.as_ref().map(kustody_model::EventContext::of).unwrap_or_default();

@@ -10,7 +10,11 @@ use kustody_ingest::{ChunkReader, InputFile, ReadOptions};
 pub enum Source {
     File(InputFile),
     /// A data directory, with the time bounds the export may apply early.
-    Store { dir: PathBuf, since: Option<i64>, until: Option<i64> },
+    Store {
+        dir: PathBuf,
+        since: Option<i64>,
+        until: Option<i64>,
+    },
 }
 
 impl Source {

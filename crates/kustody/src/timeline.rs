@@ -212,7 +212,11 @@ fn select(who: &Who, facts: &PodFacts, ev: &Event<'_>) -> Option<String> {
 }
 
 /// Calls `f` for every event of every input, in order.
-fn each_event(files: &[crate::source::Source], opts: &ReadOptions, f: &mut dyn FnMut(&Event<'_>, SourceRef)) -> Result<u64> {
+fn each_event(
+    files: &[crate::source::Source],
+    opts: &ReadOptions,
+    f: &mut dyn FnMut(&Event<'_>, SourceRef),
+) -> Result<u64> {
     let mut bad = 0u64;
     for file in files {
         let mut reader = file.open(opts)?;

@@ -1,7 +1,13 @@
 //! `kustody serve` as a user runs it: the real binary on a free port with TLS, the recorded
 //! webhook POSTs of a real v1.36 apiserver, Falco alerts, search, metrics, and crashes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, reason = "tests fail by panicking")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -133,7 +139,11 @@ impl Client {
         let text = String::from_utf8_lossy(&raw).into_owned();
         let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status = headers.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+        let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
         Reply { status, headers: headers.to_owned(), body }
     }
 
@@ -212,7 +222,12 @@ fn the_recorded_webhook_batches_are_stored_once_searched_and_detected() {
     let again = srv.post_audit(&traffic);
     assert_eq!(again.status, 200);
     assert_eq!((again.json()["stored"].as_u64(), again.json()["duplicates"].as_u64()), (Some(0), Some(n as u64)));
-    for name in ["batch-retry-after-500.json", "batch-retry-after-429.json", "batch-timeout-then-retry.json", "blocking-exec-response-started.json"] {
+    for name in [
+        "batch-retry-after-500.json",
+        "batch-retry-after-429.json",
+        "batch-timeout-then-retry.json",
+        "blocking-exec-response-started.json",
+    ] {
         let (body, _) = recorded(name).unwrap();
         let r = srv.post_audit(&body);
         assert_eq!(r.status, 200, "{name}: {}", r.body);
@@ -228,7 +243,8 @@ fn the_recorded_webhook_batches_are_stored_once_searched_and_detected() {
 
     // the exec was detected live: a finding, tied to its evidence
     let f = srv.wait_items("/v1/findings", 1);
-    let exec_finding = f["items"].as_array().unwrap().iter().find(|x| x["resource"] == "pods" && x["user"] == "realk8s-admin");
+    let exec_finding =
+        f["items"].as_array().unwrap().iter().find(|x| x["resource"] == "pods" && x["user"] == "realk8s-admin");
     assert!(exec_finding.is_some(), "{f}");
     let ev_id = exec_finding.unwrap()["evidence_event"].as_i64().unwrap();
     assert!(ev_id > 0);
@@ -238,7 +254,17 @@ fn the_recorded_webhook_batches_are_stored_once_searched_and_detected() {
     assert!(m.body.contains("kustody_events_duplicate_total 64"), "{}", m.body);
     assert!(m.body.contains("kustody_commit_seconds_bucket"), "{}", m.body);
 
-    let out = kustody(&["search", "--data-dir", data.to_str().unwrap(), "--user", "realk8s-admin", "--resource", "secrets", "-o", "jsonl"]);
+    let out = kustody(&[
+        "search",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--user",
+        "realk8s-admin",
+        "--resource",
+        "secrets",
+        "-o",
+        "jsonl",
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let lines: Vec<Value> = out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!lines.is_empty() && lines.iter().all(|e| e["objectRef"]["resource"] == "secrets"));
@@ -307,7 +333,14 @@ fn synthetic_batch(batch: usize, size: usize) -> (Vec<u8>, Vec<String>) {
         ));
         ids.push(id);
     }
-    (format!(r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#, items.join(",")).into_bytes(), ids)
+    (
+        format!(
+            r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
+            items.join(",")
+        )
+        .into_bytes(),
+        ids,
+    )
 }
 
 #[test]
@@ -374,7 +407,15 @@ fn rusqlite_count(data: &Path) -> std::collections::HashMap<String, u32> {
     let mut counts = std::collections::HashMap::new();
     let mut before: Option<i64> = None;
     loop {
-        let mut args = vec!["search".to_owned(), "--data-dir".into(), data.display().to_string(), "-o".into(), "json".into(), "--limit".into(), "10000".into()];
+        let mut args = vec![
+            "search".to_owned(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "-o".into(),
+            "json".into(),
+            "--limit".into(),
+            "10000".into(),
+        ];
         if let Some(b) = before {
             args.push("--before".into());
             args.push(b.to_string());
