@@ -31,12 +31,17 @@ pub const STORE_REF: &str = "store";
 pub type PendingRules = Arc<Mutex<Option<(Arc<Engine>, Arc<AllowList>)>>>;
 
 pub struct DetectorThread {
+    /// Read-only: the cursor and the catch-up after a restart.
     pub store: Box<dyn Store>,
+    /// Results go to the writer thread, the only writer.
+    pub writes: std::sync::mpsc::SyncSender<crate::writer::Detections>,
     pub detector: Detector,
     pub rx: Receiver<ToDetect>,
     pub metrics: Arc<Metrics>,
     pub publish: broadcast::Sender<Arc<str>>,
     pub pending: PendingRules,
+    /// When the cursor was last stored.
+    pub cursor_written: Instant,
 }
 
 impl DetectorThread {
@@ -68,6 +73,8 @@ impl DetectorThread {
             self.take_pending_rules();
             match self.rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(msg) => {
+                    // a reload that arrived while waiting applies to these events already
+                    self.take_pending_rules();
                     let fresh: Vec<(i64, String)> = msg.events.into_iter().filter(|(id, _)| *id > cursor).collect();
                     if !fresh.is_empty() {
                         cursor = self.evaluate(&fresh, msg.received, &mut ids, cursor);
@@ -119,7 +126,14 @@ impl DetectorThread {
                 matches.push((*id, m));
             }
         }
-        self.record(updates, matches, ids, Some(last));
+        // The cursor moves with every batch that found something, and at least once a second
+        // otherwise: after a crash at most a second of quiet events is evaluated again.
+        let move_cursor =
+            !updates.is_empty() || !matches.is_empty() || self.cursor_written.elapsed() >= Duration::from_secs(1);
+        if move_cursor {
+            self.cursor_written = Instant::now();
+        }
+        self.record(updates, matches, ids, move_cursor.then_some(last));
         self.metrics.detect_seconds.observe(received.elapsed().as_secs_f64());
         last
     }
@@ -155,17 +169,33 @@ impl DetectorThread {
             .filter_map(|seq| last.get(seq))
             .map(|(u, _)| finding_row(u, ids.get(&u.finding.seq).copied()))
             .collect();
-        let stored_ids = if rows.is_empty() {
-            Vec::new()
-        } else {
-            match self.store.record_detections(&rows, &[]) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.metrics.store_errors.fetch_add(1, Relaxed);
-                    tracing::error!(error = %e, "cannot store findings; they will be evaluated again after a restart");
-                    return;
-                }
-            }
+        // Matches point at a stored finding's id, or at the index of a finding inserted now.
+        let position: HashMap<u64, usize> = order.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+        let match_rows: Vec<(MatchRow, Option<usize>)> = matches
+            .into_iter()
+            .map(|(event_id, m)| {
+                let known = ids.get(&m.finding_seq).copied();
+                let new = if known.is_none() { position.get(&m.finding_seq).copied() } else { None };
+                let row = MatchRow {
+                    event_id,
+                    rule: m.rule.to_string(),
+                    priority: m.priority.to_string(),
+                    finding_id: known,
+                };
+                (row, new)
+            })
+            .collect();
+        if rows.is_empty() && match_rows.is_empty() && cursor.is_none() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job = crate::writer::Detections { findings: rows.clone(), matches: match_rows, cursor, reply: tx };
+        if self.writes.send(job).is_err() {
+            return;
+        }
+        let stored_ids = match rx.recv() {
+            Ok(Ok(v)) => v,
+            _ => return, // logged by the writer
         };
         let mut published = Vec::new();
         for ((seq, row), id) in order.iter().zip(rows).zip(stored_ids) {
@@ -187,27 +217,6 @@ impl DetectorThread {
             };
             let row = FindingRow { id: Some(id), ..row };
             published.push(serde_json::json!({ "change": change, "finding": finding_json(&row) }).to_string());
-        }
-        let match_rows: Vec<MatchRow> = matches
-            .into_iter()
-            .map(|(event_id, m)| MatchRow {
-                event_id,
-                rule: m.rule.to_string(),
-                priority: m.priority.to_string(),
-                finding_id: ids.get(&m.finding_seq).copied(),
-            })
-            .collect();
-        if !match_rows.is_empty() {
-            if let Err(e) = self.store.record_detections(&[], &match_rows) {
-                self.metrics.store_errors.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, "cannot store rule matches");
-                return;
-            }
-        }
-        if let Some(c) = cursor {
-            if let Err(e) = self.store.set_cursor(CURSOR, c) {
-                tracing::error!(error = %e, "cannot store the detector's cursor");
-            }
         }
         for p in published {
             // No subscriber is fine; slow subscribers see a `lagged` notice from the stream.

@@ -115,6 +115,25 @@ fn www(mut r: Response) -> Response {
     r
 }
 
+/// Reads and discards a refused request's body (up to `limit` bytes, 10 s), so the client
+/// sees the answer: closing a connection with unread bytes makes the kernel send a reset, which
+/// can destroy the response before the client reads it. Nothing is kept in memory.
+async fn drain(body: Body, limit: usize) {
+    let mut body = body;
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                read += d.len();
+                if read > limit {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
 /// Admits a body into the bounded queue and reads it; the permit is held until the answer.
 async fn admit(
     s: &AppState,
@@ -139,6 +158,7 @@ async fn admit(
         Ok(p) => p,
         Err(_) => {
             s.metrics.shed_429.fetch_add(1, Relaxed);
+            drain(body, s.max_request_bytes).await;
             return Err(retry_after(
                 error(StatusCode::TOO_MANY_REQUESTS, "the store is behind: queue full, retry later"),
                 1,
@@ -210,6 +230,7 @@ async fn post_audit(
 ) -> Response {
     let received = Instant::now();
     if let Err(r) = authorize(&s, &headers, &peer, Role::Ingest) {
+        drain(body, s.max_request_bytes).await;
         return r;
     }
     let (bytes, permit) = match admit(&s, &headers, body).await {

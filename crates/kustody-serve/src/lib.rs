@@ -152,6 +152,7 @@ async fn serve(config: Config) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<writer::Job>(256);
     let (det_tx, det_rx) = std::sync::mpsc::sync_channel::<writer::ToDetect>(8);
+    let (results_tx, results_rx) = std::sync::mpsc::sync_channel::<writer::Detections>(4);
     let (publish, _) = tokio::sync::broadcast::channel::<Arc<str>>(1024);
     let pending: detect::PendingRules = Arc::new(std::sync::Mutex::new(None));
 
@@ -166,12 +167,13 @@ async fn serve(config: Config) -> Result<()> {
         };
         std::thread::Builder::new()
             .name("kustody-writer".into())
-            .spawn(move || writer::run(store, job_rx, det_tx, metrics, retention, healthy))
+            .spawn(move || writer::run(store, job_rx, results_rx, det_tx, metrics, retention, healthy))
             .context("cannot start the writer")?
     };
     let detector = {
         let thread = detect::DetectorThread {
-            store: Box::new(open()?),
+            store: Box::new(SqliteStore::open_read_only(&config.data_dir)?),
+            writes: results_tx,
             detector: kustody_rules::live::Detector::new(
                 Arc::new(engine),
                 Arc::new(allow),
@@ -181,6 +183,7 @@ async fn serve(config: Config) -> Result<()> {
             metrics: metrics.clone(),
             publish: publish.clone(),
             pending: pending.clone(),
+            cursor_written: std::time::Instant::now(),
         };
         std::thread::Builder::new()
             .name("kustody-detector".into())
@@ -220,7 +223,7 @@ async fn serve(config: Config) -> Result<()> {
                         m.webhook_gaps.store(n, Relaxed);
                     }
                 }
-                std::thread::sleep(Duration::from_secs(10));
+                std::thread::sleep(Duration::from_secs(3));
             }
         })?;
     }

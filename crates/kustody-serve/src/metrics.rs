@@ -68,7 +68,7 @@ pub struct Metrics {
     pub store_bytes: AtomicU64,
     pub store_events: AtomicU64,
     /// Events that reached the store only from the apiserver's log file although the webhook is
-    /// configured (the webhook dropped them), older than the grace period.
+    /// configured (the webhook dropped them), older than the grace period (checked every 3 s).
     pub webhook_gaps: AtomicU64,
     pub store_errors: AtomicU64,
     /// Events the detector has evaluated (its cursor) and events still to evaluate.

@@ -6,11 +6,11 @@
 //! from memory.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kustody_store::{AlertRow, Appended, EventRow, Origin, Store, StoreError};
+use kustody_store::{AlertRow, Appended, EventRow, FindingRow, MatchRow, Origin, Store, StoreError};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -26,6 +26,17 @@ pub enum Job {
 
 /// The events of one origin in a group commit: rows, each job's count and reply, first arrival.
 type Group = (Origin, Vec<EventRow<'static>>, Vec<(usize, Reply)>, Instant);
+
+/// The detector's results, written by the writer (the only SQLite writer, so the detector never
+/// waits on the database lock). Matches refer to a finding by its row id when the finding is
+/// already stored, or by its index in `findings` when this job inserts it.
+pub struct Detections {
+    pub findings: Vec<FindingRow>,
+    pub matches: Vec<(MatchRow, Option<usize>)>,
+    /// Move the detector's cursor here (in the same round).
+    pub cursor: Option<i64>,
+    pub reply: std::sync::mpsc::SyncSender<Result<Vec<i64>, StoreError>>,
+}
 
 /// Stored events on their way to the detector: (row id, JSON text), with when the batch arrived.
 pub struct ToDetect {
@@ -48,6 +59,7 @@ pub struct Retention {
 pub fn run(
     mut store: Box<dyn Store>,
     jobs: Receiver<Job>,
+    detections: Receiver<Detections>,
     detect: SyncSender<ToDetect>,
     metrics: Arc<Metrics>,
     retention: Retention,
@@ -56,7 +68,8 @@ pub fn run(
     let mut last_retention = Instant::now();
     let mut last_stats = Instant::now() - Duration::from_secs(60);
     loop {
-        let first = match jobs.recv_timeout(Duration::from_millis(500)) {
+        serve_detections(store.as_mut(), &detections, &metrics);
+        let first = match jobs.recv_timeout(Duration::from_millis(2)) {
             Ok(j) => Some(j),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
@@ -73,7 +86,7 @@ pub fn run(
                     Err(_) => break,
                 }
             }
-            commit(store.as_mut(), batch, &detect, &metrics, &healthy);
+            commit(store.as_mut(), batch, &detect, &detections, &metrics, &healthy);
         }
         if last_retention.elapsed() >= retention.every {
             last_retention = Instant::now();
@@ -99,6 +112,12 @@ pub fn run(
             }
         }
     }
+    // The sources are done: let the detector finish (it closes open findings) and write what
+    // it sends until it stops.
+    drop(detect);
+    while let Ok(d) = detections.recv() {
+        write_detections(store.as_mut(), d, &metrics);
+    }
 }
 
 fn count(batch: &[Job]) -> usize {
@@ -116,6 +135,7 @@ fn commit(
     store: &mut dyn Store,
     batch: Vec<Job>,
     detect: &SyncSender<ToDetect>,
+    detections: &Receiver<Detections>,
     metrics: &Metrics,
     healthy: &std::sync::atomic::AtomicBool,
 ) {
@@ -163,9 +183,21 @@ fn commit(
                     .filter_map(|(id, row)| id.map(|id| (id, row.raw.into_owned())))
                     .collect();
                 if !events.is_empty() {
-                    // Blocks when the detector is behind: the queue in front of the writer fills
-                    // and the sources shed load (429) instead of memory growing.
-                    let _ = detect.send(ToDetect { events, received });
+                    // Waits while the detector is behind (writing its results meanwhile): the
+                    // queue in front of the writer fills and the sources shed load (429)
+                    // instead of memory growing.
+                    let mut msg = ToDetect { events, received };
+                    loop {
+                        match detect.try_send(msg) {
+                            Ok(()) | Err(TrySendError::Disconnected(_)) => break,
+                            Err(TrySendError::Full(m)) => {
+                                msg = m;
+                                if let Ok(d) = detections.recv_timeout(Duration::from_millis(5)) {
+                                    write_detections(store, d, metrics);
+                                }
+                            }
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -193,6 +225,43 @@ fn commit(
         }
         let _ = reply.send(r);
     }
+}
+
+/// Writes whatever detector results are waiting.
+fn serve_detections(store: &mut dyn Store, detections: &Receiver<Detections>, metrics: &Metrics) {
+    while let Ok(d) = detections.try_recv() {
+        write_detections(store, d, metrics);
+    }
+}
+
+/// New findings first (their ids complete the matches), then updates and matches, then the
+/// cursor; answers the detector with every finding's id.
+fn write_detections(store: &mut dyn Store, d: Detections, metrics: &Metrics) {
+    let result = (|| {
+        let ids = if d.findings.is_empty() { Vec::new() } else { store.record_detections(&d.findings, &[])? };
+        let matches: Vec<MatchRow> = d
+            .matches
+            .into_iter()
+            .map(|(mut m, new)| {
+                if let Some(i) = new {
+                    m.finding_id = ids.get(i).copied();
+                }
+                m
+            })
+            .collect();
+        if !matches.is_empty() {
+            store.record_detections(&[], &matches)?;
+        }
+        if let Some(c) = d.cursor {
+            store.set_cursor(crate::detect::CURSOR, c)?;
+        }
+        Ok(ids)
+    })();
+    if let Err(e) = &result {
+        metrics.store_errors.fetch_add(1, Relaxed);
+        tracing::error!(error = %e, "cannot store detections; they will be evaluated again after a restart");
+    }
+    let _ = d.reply.send(result);
 }
 
 fn clone_err(e: &StoreError) -> StoreError {

@@ -814,6 +814,10 @@ pub struct ServeArgs {
     /// Keep the store under this size, deleting the oldest events (e.g. 50G, 500M).
     #[arg(long, value_name = "SIZE")]
     pub max_store_size: Option<String>,
+    /// An event that only a followed log file delivered counts as a webhook gap once it is
+    /// this old (the webhook's retries last about 90 s).
+    #[arg(long, value_name = "DURATION", default_value = "2m")]
+    pub webhook_gap_grace: String,
     /// Write the listening URL to this file once ready.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,

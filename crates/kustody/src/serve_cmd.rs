@@ -139,6 +139,15 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         })
         .transpose()?;
     config.retention_max_bytes = args.max_store_size.as_deref().map(parse_size).transpose()?;
+    let grace = if args.webhook_gap_grace.trim() == "0" {
+        Some(0)
+    } else {
+        kustody_rules::correlate::parse_window(&args.webhook_gap_grace)
+    };
+    config.gap_grace = std::time::Duration::from_nanos(
+        grace.with_context(|| format!("--webhook-gap-grace: invalid duration `{}`", args.webhook_gap_grace))?.max(0)
+            as u64,
+    );
     kustody_serve::run(config)?;
     Ok(ExitCode::SUCCESS)
 }

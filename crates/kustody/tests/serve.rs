@@ -85,18 +85,28 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
         std::thread::sleep(Duration::from_millis(50));
     };
     let addr = url.trim_start_matches("https://").to_owned();
+    Server { child, client: Client { addr, tls: client_tls(dir, None) } }
+}
+
+/// A TLS client trusting the server's generated certificate, optionally with a client certificate.
+fn client_tls(
+    dir: &Path,
+    cert: Option<(rustls_pki_types::CertificateDer<'static>, rustls_pki_types::PrivateKeyDer<'static>)>,
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(dir.join("tls/server.crt")).unwrap();
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    let b = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Server { child, client: Client { addr, tls: Arc::new(tls) } }
+        .with_root_certificates(roots);
+    Arc::new(match cert {
+        None => b.with_no_client_auth(),
+        Some((c, k)) => b.with_client_auth_cert(vec![c], k).unwrap(),
+    })
 }
 
 struct Reply {
@@ -431,4 +441,284 @@ fn rusqlite_count(data: &Path) -> std::collections::HashMap<String, u32> {
             None => return counts,
         }
     }
+}
+
+fn peak_rss_mb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+#[test]
+fn overload_is_shed_with_429_and_retry_after_while_memory_stays_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    // a queue of 1 MB: five batches of 400 in flight at most
+    let srv = start(&tmp.path().join("data"), &["--queue-bytes", "1000000", "--max-request-bytes", "1000000"]);
+    let client = srv.client.clone();
+    let mut threads = Vec::new();
+    for t in 0..16 {
+        let client = client.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut seen = (0u32, 0u32, false);
+            for b in 0..12 {
+                let (body, _) = synthetic_batch(t * 1000 + b, 400);
+                let r = client.post_audit(&body);
+                match r.status {
+                    200 => seen.0 += 1,
+                    429 => {
+                        seen.1 += 1;
+                        seen.2 |= r.headers.to_ascii_lowercase().contains("retry-after: 1");
+                    }
+                    s => panic!("unexpected {s}: {} {}", r.headers, r.body),
+                }
+            }
+            seen
+        }));
+    }
+    let (mut ok, mut shed, mut retry_after) = (0, 0, false);
+    for t in threads {
+        let (o, s, r) = t.join().unwrap();
+        ok += o;
+        shed += s;
+        retry_after |= r;
+    }
+    assert!(ok > 0, "nothing was accepted");
+    assert!(shed > 0, "16 senders against a 1 MB queue were never told to back off");
+    assert!(retry_after, "429 without Retry-After");
+    let m = srv.get("/metrics").body;
+    assert!(m.contains(&format!("kustody_requests_rejected_total{{reason=\"overloaded_429\"}} {shed}")), "{m}");
+    let rss = peak_rss_mb(srv.child.id());
+    assert!(rss < 300, "peak RSS {rss} MB");
+    assert!(srv.stop().success());
+}
+
+#[test]
+fn a_full_disk_answers_503_and_ingest_resumes_when_space_is_freed() {
+    let Some(fs) = kustody_testkit::Tmpfs::mount("6m") else { return };
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 2 << 20]).unwrap();
+    let srv = start(&fs.path().join("data"), &[]);
+    let mut b = 0;
+    let full = loop {
+        let (body, _) = synthetic_batch(b, 400);
+        b += 1;
+        let r = srv.post_audit(&body);
+        if r.status != 200 {
+            break r;
+        }
+        assert!(b < 2000, "the disk never filled");
+    };
+    assert_eq!(full.status, 503, "{}", full.body);
+    assert!(full.headers.to_ascii_lowercase().contains("retry-after: 10"), "{}", full.headers);
+    assert!(full.body.contains("full"), "{}", full.body);
+    assert_eq!(srv.request("GET", "/readyz", None, b"").status, 503);
+    std::fs::remove_file(&filler).unwrap();
+    let (body, ids) = synthetic_batch(b, 400);
+    let mut r = srv.post_audit(&body);
+    for _ in 0..20 {
+        if r.status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        r = srv.post_audit(&body);
+    }
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(srv.request("GET", "/readyz", None, b"").status, 200);
+    let v = srv.wait_items(&format!("/v1/events?audit_id={}", ids[0]), 1);
+    assert_eq!(v["items"][0]["event"]["auditID"], ids[0].as_str());
+    assert!(srv.stop().success());
+}
+
+fn audit_line(id: &str, user: &str, verb: &str, resource: &str, sub: Option<&str>) -> String {
+    let sub = sub.map_or(String::new(), |s| format!(r#","subresource":"{s}""#));
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/shop/{resource}","verb":"{verb}","user":{{"username":"{user}"}},"sourceIPs":["10.0.0.9"],"objectRef":{{"resource":"{resource}","namespace":"shop","name":"web-1"{sub}}},"responseStatus":{{"code":200}},"requestReceivedTimestamp":"2026-12-02T03:00:00.000000Z","stageTimestamp":"2026-12-02T03:00:00.100000Z"}}"#
+    )
+}
+
+fn event_list(lines: &[&String]) -> Vec<u8> {
+    // the webhook's items carry no kind/apiVersion
+    let items: Vec<String> =
+        lines.iter().map(|l| l.replace(r#""kind":"Event","apiVersion":"audit.k8s.io/v1","#, "")).collect();
+    format!(r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#, items.join(","))
+        .into_bytes()
+}
+
+fn metric(srv: &Server, line_prefix: &str) -> Option<String> {
+    srv.get("/metrics").body.lines().find(|l| l.starts_with(line_prefix)).map(str::to_owned)
+}
+
+/// Waits until a metric reaches at least the value in `line` (`name value`).
+fn wait_metric(srv: &Server, line: &str) {
+    let t0 = Instant::now();
+    let (prefix, want) = line.rsplit_once(' ').unwrap();
+    let want: f64 = want.parse().unwrap();
+    loop {
+        let got = metric(srv, prefix);
+        if got
+            .as_deref()
+            .and_then(|g| g.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .is_some_and(|v| v >= want)
+        {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "waiting for `{line}`, have {got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_followed_log_fills_the_webhooks_gaps_resumes_after_restart_and_follows_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("audit.log");
+    let ev: Vec<String> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .map(|i| audit_line(&format!("id-{i}"), "alice", "list", "configmaps", None))
+        .collect();
+    std::fs::write(&log, format!("{}\n{}\n{}\n", ev[0], ev[1], ev[2])).unwrap();
+    let args = ["--follow", log.to_str().unwrap(), "--webhook-gap-grace", "0"];
+    let srv = start(&data, &args);
+    // the webhook delivered a and b; c reached only the file: a gap
+    let r = srv.post_audit(&event_list(&[&ev[0], &ev[1]]));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = srv.wait_items("/v1/events?audit_id=id-c", 1);
+    assert_eq!(c["items"][0]["origins"], serde_json::json!(["file"]));
+    let t0 = Instant::now();
+    loop {
+        let a = srv.get("/v1/events?audit_id=id-a").json();
+        if a["items"][0]["origins"] == serde_json::json!(["webhook", "file"]) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{a}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_metric(&srv, "kustody_webhook_gap_events 1");
+    assert!(srv.stop().success());
+
+    // while it is down: d is appended, the log rotates, f starts the new file
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    writeln!(f, "{}", ev[3]).unwrap();
+    drop(f);
+    std::fs::rename(&log, tmp.path().join("audit.log.1")).unwrap();
+    std::fs::write(&log, format!("{}\n", ev[5])).unwrap();
+    let srv = start(&data, &args);
+    srv.wait_items("/v1/events?audit_id=id-d", 1);
+    srv.wait_items("/v1/events?audit_id=id-f", 1);
+    // and after rotation while running
+    std::fs::rename(&log, tmp.path().join("audit.log.2")).unwrap();
+    std::fs::write(&log, format!("{}\n", ev[4])).unwrap();
+    srv.wait_items("/v1/events?audit_id=id-e", 1);
+    let all = srv.get("/v1/events?user=alice&limit=100").json();
+    let mut ids: Vec<&str> =
+        all["items"].as_array().unwrap().iter().map(|e| e["event"]["auditID"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec!["id-a", "id-b", "id-c", "id-d", "id-e", "id-f"], "each event stored once");
+    assert!(srv.stop().success());
+}
+
+#[test]
+fn rules_reload_on_sighup_and_a_broken_set_keeps_the_last_good_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("mine.yaml");
+    let rule = |name: &str| {
+        format!("- rule: {name}\n  desc: d\n  condition: ka.verb = list and ka.target.resource = configmaps\n  output: \"%ka.user.name listed configmaps\"\n  priority: WARNING\n  source: k8s_audit\n")
+    };
+    std::fs::write(&rules, rule("First rule")).unwrap();
+    let srv = start(&tmp.path().join("data"), &["--rules", rules.to_str().unwrap()]);
+    let e1 = audit_line("r-1", "bob", "list", "configmaps", None);
+    assert_eq!(srv.post_audit(&event_list(&[&e1])).status, 200);
+    srv.wait_items("/v1/findings?rule=First%20rule", 1);
+
+    std::fs::write(&rules, "- rule: Broken\n  condition: ka.verb = = list\n").unwrap();
+    let _ = Command::new("kill").arg("-HUP").arg(srv.child.id().to_string()).status();
+    wait_metric(&srv, "kustody_rule_reload_failures_total 1");
+    let e2 = audit_line("r-2", "carol", "list", "configmaps", None);
+    assert_eq!(srv.post_audit(&event_list(&[&e2])).status, 200);
+    let v = srv.wait_items("/v1/findings?rule=First%20rule&user=carol", 1);
+    assert_eq!(v["items"][0]["user"], "carol");
+
+    std::fs::write(&rules, rule("Second rule")).unwrap();
+    let _ = Command::new("kill").arg("-HUP").arg(srv.child.id().to_string()).status();
+    wait_metric(&srv, "kustody_rule_reloads_total 1");
+    let e3 = audit_line("r-3", "dave", "list", "configmaps", None);
+    assert_eq!(srv.post_audit(&event_list(&[&e3])).status, 200);
+    srv.wait_items("/v1/findings?rule=Second%20rule&user=dave", 1);
+    assert!(srv.stop().success());
+}
+
+#[test]
+fn findings_stream_to_subscribers_as_events_arrive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("exec.yaml");
+    std::fs::write(&rules, "- rule: Exec seen\n  desc: d\n  condition: ka.target.subresource = exec\n  output: \"exec by %ka.user.name\"\n  priority: WARNING\n  source: k8s_audit\n").unwrap();
+    let srv = start(&tmp.path().join("data"), &["--rules", rules.to_str().unwrap()]);
+    let client = srv.client.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let tcp = TcpStream::connect(&client.addr).unwrap();
+        let conn = rustls::ClientConnection::new(client.tls.clone(), "localhost".try_into().unwrap()).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        write!(s, "GET /v1/findings/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ}\r\n\r\n").unwrap();
+        s.flush().unwrap();
+        let mut buf = [0u8; 4096];
+        let mut text = String::new();
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.contains("event: finding") && text.contains("\n\n") {
+                let _ = tx.send(text.clone());
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let exec = audit_line("s-1", "mallory", "create", "pods", Some("exec"));
+    assert_eq!(srv.post_audit(&event_list(&[&exec])).status, 200);
+    let got = rx.recv_timeout(Duration::from_secs(20)).expect("no finding streamed");
+    let data = got.lines().find(|l| l.starts_with("data: ")).unwrap();
+    let v: Value = serde_json::from_str(data.trim_start_matches("data: ")).unwrap();
+    assert_eq!(v["change"], "opened");
+    assert_eq!(v["finding"]["user"], "mallory");
+    assert!(v["finding"]["evidence_event"].as_i64().unwrap() > 0);
+}
+
+#[test]
+fn the_apiserver_may_authenticate_with_a_client_certificate_which_only_ingests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "audit CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca_file = tmp.path().join("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "kube-apiserver");
+    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+
+    let data = tmp.path().join("data");
+    let srv = start(&data, &["--client-ca", ca_file.to_str().unwrap()]);
+    let with_cert = Client {
+        addr: srv.addr.clone(),
+        tls: client_tls(
+            &data,
+            Some((cert.der().clone(), rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))),
+        ),
+    };
+    let e = audit_line("m-1", "erin", "list", "configmaps", None);
+    let r = with_cert.request("POST", "/v1/audit", None, &event_list(&[&e]));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = with_cert.request("GET", "/v1/events", None, b"");
+    assert_eq!(r.status, 403, "a client certificate only ingests: {}", r.body);
+    // without a certificate or token: 401
+    assert_eq!(srv.request("POST", "/v1/audit", None, &event_list(&[&e])).status, 401);
+    assert!(srv.stop().success());
 }
