@@ -192,54 +192,72 @@ fn rotated_sibling(path: &Path, dev: u64, ino: u64) -> Option<PathBuf> {
     })
 }
 
-/// Feeds files through the live path once (`--replay`), in batches of 400 like the webhook.
-pub fn replay(
-    files: Vec<PathBuf>,
-    jobs: SyncSender<Job>,
-    metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
-    max_event_bytes: usize,
-) {
-    for path in files {
-        let input = kustody_ingest::InputFile::Path(path.clone());
-        let opts = kustody_ingest::ReadOptions { max_record_bytes: max_event_bytes, ..Default::default() };
-        let mut reader = match kustody_ingest::ChunkReader::open(&input, opts) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot replay");
-                continue;
-            }
-        };
-        let mut total = 0u64;
-        let mut bad = 0u64;
-        let mut rows = Vec::with_capacity(400);
-        while let Some(chunk) = reader.next_chunk() {
-            chunk.records(|rec| match rec {
-                Err(_) => bad += 1,
-                Ok(mut rec) => match rec.event() {
+/// A replayed file, for the pipeline.
+struct ReplayFile(kustody_ingest::InputFile);
+
+impl kustody_pipeline::Input for ReplayFile {
+    fn open(&self, opts: &kustody_ingest::ReadOptions) -> Result<kustody_ingest::ChunkReader, String> {
+        kustody_ingest::ChunkReader::open(&self.0, opts.clone()).map_err(|e| e.to_string())
+    }
+}
+
+/// Feeds files through the live path once (`--replay`): hunt's pipeline parses them in
+/// parallel, and the rows reach the writer in file order, in batches of 400 like the webhook's.
+pub fn replay(files: Vec<PathBuf>, jobs: SyncSender<Job>, metrics: Arc<Metrics>, stop: Arc<AtomicBool>, max_event_bytes: usize) {
+    let inputs: Vec<ReplayFile> = files.iter().map(|p| ReplayFile(kustody_ingest::InputFile::Path(p.clone()))).collect();
+    let opts = kustody_ingest::ReadOptions { max_record_bytes: max_event_bytes, ..Default::default() };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let (mut total, mut bad) = (0u64, 0u64);
+    let mut rows: Vec<kustody_store::EventRow<'static>> = Vec::with_capacity(800);
+    let result = kustody_pipeline::run(
+        &inputs,
+        &opts,
+        threads,
+        || {
+            |chunk: &kustody_ingest::Chunk| {
+                let (mut rows, mut bad) = (Vec::new(), 0u64);
+                chunk.records(|rec| match rec {
                     Err(_) => bad += 1,
-                    Ok(ev) => rows.push(payload::owned(kustody_store::EventRow::of(&ev))),
-                },
-            });
-            while rows.len() >= 400 {
-                let rest = rows.split_off(400);
-                let batch = std::mem::replace(&mut rows, rest);
-                total += batch.len() as u64;
-                metrics.received_replay.fetch_add(batch.len() as u64, Relaxed);
-                if !commit(&jobs, batch, Origin::Replay, &stop) {
-                    return;
+                    Ok(mut rec) => match rec.event() {
+                        Err(_) => bad += 1,
+                        Ok(ev) => rows.push(payload::owned(kustody_store::EventRow::of(&ev))),
+                    },
+                });
+                (rows, bad)
+            }
+        },
+        |item| {
+            match item {
+                kustody_pipeline::Item::Unreadable(e) => tracing::error!(error = %e, "cannot replay"),
+                kustody_pipeline::Item::Done((more, b)) => {
+                    bad += b;
+                    rows.extend(more);
+                    while rows.len() >= 400 {
+                        let rest = rows.split_off(400);
+                        let batch = std::mem::replace(&mut rows, rest);
+                        total += batch.len() as u64;
+                        metrics.received_replay.fetch_add(batch.len() as u64, Relaxed);
+                        if !commit(&jobs, batch, Origin::Replay, &stop) {
+                            return Err(());
+                        }
+                    }
                 }
             }
-        }
-        if !rows.is_empty() {
-            total += rows.len() as u64;
-            metrics.received_replay.fetch_add(rows.len() as u64, Relaxed);
-            if !commit(&jobs, std::mem::take(&mut rows), Origin::Replay, &stop) {
-                return;
-            }
-        }
-        metrics.rejected_events.fetch_add(bad, Relaxed);
-        tracing::info!(file = %path.display(), events = total, bad_records = bad, "replay finished");
-        eprintln!("kustody serve: replayed {} ({total} events, {bad} bad records)", path.display());
+            Ok(())
+        },
+    );
+    if result.is_err() {
+        return;
     }
+    if !rows.is_empty() {
+        total += rows.len() as u64;
+        metrics.received_replay.fetch_add(rows.len() as u64, Relaxed);
+        if !commit(&jobs, rows, Origin::Replay, &stop) {
+            return;
+        }
+    }
+    metrics.rejected_events.fetch_add(bad, Relaxed);
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    tracing::info!(files = %names.join(", "), events = total, bad_records = bad, "replay finished");
+    eprintln!("kustody serve: replayed {} ({total} events, {bad} bad records)", names.join(", "));
 }

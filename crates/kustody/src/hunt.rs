@@ -7,8 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -34,8 +33,6 @@ struct ChunkResult {
     events: u64,
     skipped_by_time: u64,
     bytes: u64,
-    /// Set on the first chunk of a file that could not be opened.
-    open_error: Option<String>,
     /// Bad records beyond the ones kept in `bad` (a chunk of garbage has thousands).
     bad_not_kept: u64,
     /// Events without a parseable stageTimestamp, requestReceivedTimestamp or timestamp.
@@ -165,43 +162,49 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
     // closed stdout) its ends drop, the reader and workers see disconnected channels and stop,
     // and the scope can join them. A window of tokens bounds the chunks in flight, so the
     // reordering buffer stays bounded even when one chunk is slow.
-    let window = threads * 4;
-    let outcome = std::thread::scope(|scope| -> Result<()> {
-        let (chunk_tx, chunk_rx) = sync_channel::<(u64, Result<Chunk, String>)>(threads * 2);
-        let (res_tx, res_rx) = sync_channel::<(u64, ChunkResult)>(window);
-        let (token_tx, token_rx) = sync_channel::<()>(window);
-        for _ in 0..window {
-            token_tx.send(()).map_err(|_| anyhow::anyhow!("internal: token channel closed"))?;
-        }
-        let chunk_rx = Arc::new(Mutex::new(chunk_rx));
-        let reader_opts = read_opts.clone();
-        scope.spawn(move || read_all(&files, &reader_opts, &chunk_tx, &token_rx));
-        for _ in 0..threads {
-            let rx = chunk_rx.clone();
-            let tx = res_tx.clone();
-            let engine = engine.clone();
-            let filter = filter.clone();
-            let parse_only = args.parse_only;
-            let pool = read_opts.pool.clone();
-            let renderer = renderer.clone();
-            scope.spawn(move || worker(&rx, &tx, &engine, &filter, parse_only, &pool, &renderer));
-        }
-        drop(res_tx);
-        drop(chunk_rx);
+    // The threaded pipeline (kustody-pipeline): workers parse, evaluate and render chunks; this
+    // thread gets their results back in input order, correlates, folds findings and writes.
+    let outcome = (|| -> Result<()> {
         let mut grouper = filter.grouped.then(|| {
             kustody_rules::findings::Grouper::new(kustody_rules::findings::FindingOptions {
                 window_ns: group_window,
                 ..Default::default()
             })
         });
-        collect(res_rx, token_tx, &mut sink, &engine, &renderer, &mut stats, args.strict, &progress, grouper.as_mut())?;
+        let mut collector = Collector {
+            correlator: engine.correlator(),
+            sink: &mut sink,
+            engine: &engine,
+            renderer: &renderer,
+            stats: &mut stats,
+            strict: args.strict,
+            progress: &progress,
+            grouper: grouper.as_mut(),
+        };
+        let parse_only = args.parse_only;
+        kustody_pipeline::run(
+            &files,
+            &read_opts,
+            threads,
+            || {
+                let (engine, filter, renderer) = (&engine, &filter, &renderer);
+                let mut scratch = Scratch::default();
+                let mut matched = Vec::new();
+                move |chunk: &Chunk| process(chunk, engine, filter, parse_only, &mut scratch, &mut matched, renderer)
+            },
+            |item| match item {
+                kustody_pipeline::Item::Done(res) => collector.chunk(res),
+                kustody_pipeline::Item::Unreadable(e) => collector.unreadable(e),
+            },
+        )?;
+        drop(collector);
         if let Some(g) = grouper.as_mut() {
             let mut closed = Vec::new();
             g.finish(&mut closed);
             write_findings(&closed, &mut sink, &renderer, &mut stats)?;
         }
         Ok(())
-    });
+    })();
     progress.finish_and_clear();
     // A closed pipe (`kustody hunt ... | head`) ends the run quietly, like any Unix filter.
     let closed = |e: &anyhow::Error| {
@@ -265,71 +268,6 @@ fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
     );
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     pb
-}
-
-/// Cuts every input into chunks, in order. A token from the collector is taken before each
-/// send, so at most `window` chunks are between here and the output.
-fn read_all(
-    files: &[crate::source::Source],
-    opts: &ReadOptions,
-    tx: &std::sync::mpsc::SyncSender<(u64, Result<Chunk, String>)>,
-    tokens: &Receiver<()>,
-) {
-    let mut seq = 0u64;
-    let mut send = |item: Result<Chunk, String>| -> bool {
-        if tokens.recv().is_err() || tx.send((seq, item)).is_err() {
-            return false; // the collector stopped
-        }
-        seq += 1;
-        true
-    };
-    for f in files {
-        match f.open(opts) {
-            Err(e) => {
-                if !send(Err(e.to_string())) {
-                    return;
-                }
-            }
-            Ok(mut reader) => {
-                while let Some(chunk) = reader.next_chunk() {
-                    if !send(Ok(chunk)) {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn worker(
-    rx: &Mutex<Receiver<(u64, Result<Chunk, String>)>>,
-    tx: &std::sync::mpsc::SyncSender<(u64, ChunkResult)>,
-    engine: &Engine,
-    filter: &Filter,
-    parse_only: bool,
-    pool: &kustody_ingest::BufferPool,
-    renderer: &Renderer,
-) {
-    let mut scratch = Scratch::default();
-    let mut matched = Vec::new();
-    loop {
-        let next = match rx.lock() {
-            Ok(guard) => guard.recv(),
-            Err(_) => return,
-        };
-        let Ok((seq, chunk)) = next else { return };
-        let result = match chunk {
-            Err(e) => ChunkResult { open_error: Some(e), ..ChunkResult::default() },
-            Ok(chunk) => {
-                let r = process(&chunk, engine, filter, parse_only, &mut scratch, &mut matched, renderer);
-                pool.give(chunk.into_buffer());
-                r
-            }
-        };
-        if tx.send((seq, result)).is_err() {
-            return;
-        }
-    }
 }
 
 fn process(
@@ -442,155 +380,147 @@ fn keep_bad(r: &mut ChunkResult, bad: impl FnOnce() -> BadRecord) {
     }
 }
 
-#[allow(clippy::too_many_arguments, reason = "the collector owns the run's sequential state")]
-fn collect(
-    rx: Receiver<(u64, ChunkResult)>,
-    tokens: std::sync::mpsc::SyncSender<()>,
-    sink: &mut Sink,
-    engine: &Engine,
-    renderer: &Renderer,
-    stats: &mut Stats,
+/// The collector's sequential state: correlation, findings, output and the summary, fed each
+/// chunk's result in input order by the pipeline.
+struct Collector<'a> {
+    correlator: kustody_rules::Correlator,
+    sink: &'a mut Sink,
+    engine: &'a Engine,
+    renderer: &'a Renderer,
+    stats: &'a mut Stats,
     strict: bool,
-    progress: &indicatif::ProgressBar,
-    mut grouper: Option<&mut kustody_rules::findings::Grouper>,
-) -> Result<()> {
-    // Correlation runs here, in input order, with bounded state.
-    let mut correlator = engine.correlator();
-    let mut pending: BTreeMap<u64, ChunkResult> = BTreeMap::new();
-    let mut next = 0u64;
-    for (seq, res) in rx.iter() {
-        pending.insert(seq, res);
-        while let Some(res) = pending.remove(&next) {
-            next += 1;
-            // One chunk left the window: the reader may cut another. (Failure means the reader
-            // is done, which is fine.)
-            let _ = tokens.try_send(());
-            if let Some(e) = res.open_error {
-                stats.unreadable.push(e);
-                if strict {
-                    bail!("{}", stats.unreadable.last().map(String::as_str).unwrap_or_default());
-                }
-                continue;
+    progress: &'a indicatif::ProgressBar,
+    grouper: Option<&'a mut kustody_rules::findings::Grouper>,
+}
+
+impl Collector<'_> {
+    fn unreadable(&mut self, e: String) -> Result<()> {
+        self.stats.unreadable.push(e);
+        if self.strict {
+            bail!("{}", self.stats.unreadable.last().map(String::as_str).unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    fn chunk(&mut self, res: ChunkResult) -> Result<()> {
+        let Collector { correlator, sink, engine, renderer, stats, strict, progress, grouper } = self;
+        if *strict {
+            if let Some(b) = res.bad.first() {
+                bail!("bad record at {b} (--strict)");
             }
-            if strict {
-                if let Some(b) = res.bad.first() {
-                    bail!("bad record at {b} (--strict)");
-                }
+        }
+        stats.events += res.events;
+        stats.bytes += res.bytes;
+        stats.skipped_by_time += res.skipped_by_time;
+        stats.bad += res.bad.len() as u64 + res.bad_not_kept;
+        stats.degraded += res.degraded;
+        stats.untimed += res.untimed;
+        stats.stageless += res.stageless;
+        for (entry, n) in &res.quieted {
+            if stats.quieted.len() <= *entry {
+                stats.quieted.resize(*entry + 1, 0);
             }
-            stats.events += res.events;
-            stats.bytes += res.bytes;
-            stats.skipped_by_time += res.skipped_by_time;
-            stats.bad += res.bad.len() as u64 + res.bad_not_kept;
-            stats.degraded += res.degraded;
-            stats.untimed += res.untimed;
-            stats.stageless += res.stageless;
-            for (entry, n) in &res.quieted {
-                if stats.quieted.len() <= *entry {
-                    stats.quieted.resize(*entry + 1, 0);
-                }
-                if let Some(q) = stats.quieted.get_mut(*entry) {
-                    *q += n;
-                }
+            if let Some(q) = stats.quieted.get_mut(*entry) {
+                *q += n;
             }
-            if stats.first_degraded.is_none() {
-                stats.first_degraded = res.degraded_at;
+        }
+        if stats.first_degraded.is_none() {
+            stats.first_degraded = res.degraded_at;
+        }
+        for b in res.bad {
+            if stats.first_bad.len() < 10 {
+                stats.first_bad.push(b.to_string());
             }
-            for b in res.bad {
-                if stats.first_bad.len() < 10 {
-                    stats.first_bad.push(b.to_string());
-                }
-            }
-            if let Some(g) = grouper.as_deref_mut() {
-                // Grouped: each event's detections, and each correlation finding right after the
-                // event that completed it, fold into findings; closed ones are written.
-                let mut closed = Vec::new();
-                let mut corr = res.corr.iter().peekable();
-                let mut groups = res.groups.into_iter().enumerate().peekable();
-                loop {
-                    // correlation inputs of events up to the next group's come before it
-                    let next_group = groups.peek().map_or(usize::MAX, |(i, _)| *i);
-                    while let Some((_, inp)) = corr.next_if(|(e, _)| *e <= next_group) {
-                        if let Some(d) = correlator.observe(inp) {
-                            stats.matches += 1;
-                            stats.count(&d.rule);
-                            g.correlation(d, &mut closed);
-                        }
-                    }
-                    let Some((_, group)) = groups.next() else { break };
-                    for d in &group {
+        }
+        if let Some(g) = grouper.as_deref_mut() {
+            // Grouped: each event's detections, and each correlation finding right after the
+            // event that completed it, fold into findings; closed ones are written.
+            let mut closed = Vec::new();
+            let mut corr = res.corr.iter().peekable();
+            let mut groups = res.groups.into_iter().enumerate().peekable();
+            loop {
+                // correlation inputs of events up to the next group's come before it
+                let next_group = groups.peek().map_or(usize::MAX, |(i, _)| *i);
+                while let Some((_, inp)) = corr.next_if(|(e, _)| *e <= next_group) {
+                    if let Some(d) = correlator.observe(inp) {
                         stats.matches += 1;
                         stats.count(&d.rule);
+                        g.correlation(d, &mut closed);
                     }
-                    g.event(group, &mut closed);
                 }
-                if progress.is_hidden() {
-                    write_findings(&closed, sink, renderer, stats)?;
-                } else if !closed.is_empty() {
-                    progress.suspend(|| -> Result<()> {
-                        write_findings(&closed, sink, renderer, stats)?;
-                        sink.flush()
-                    })?;
-                }
-                progress.set_position(stats.bytes);
-                progress.set_message(format!("{} events, {} findings", stats.events, stats.detections));
-                continue;
-            }
-            // The chunk's detections, with correlation findings placed right after the detections
-            // of the event that completed them.
-            let mut parts: Vec<(&[u8], u64)> = Vec::new();
-            let mut findings: Vec<Vec<u8>> = Vec::new();
-            let mut at = 0usize;
-            for (end, inp) in &res.corr {
-                if let Some(d) = correlator.observe(inp) {
-                    let mut buf = Vec::new();
-                    renderer.render(&d, &mut buf)?;
-                    stats.detections += 1;
+                let Some((_, group)) = groups.next() else { break };
+                for d in &group {
                     stats.matches += 1;
                     stats.count(&d.rule);
-                    findings.push(buf);
-                    parts.push((res.rendered.get(at..*end).unwrap_or_default(), 0));
-                    parts.push((&[], findings.len() as u64));
-                    at = *end;
                 }
+                g.event(group, &mut closed);
             }
-            parts.push((res.rendered.get(at..).unwrap_or_default(), 0));
-            let write_all = |sink: &mut Sink| -> Result<()> {
-                let mut counted = false;
-                for (bytes, finding) in &parts {
-                    if *finding > 0 {
-                        let f = findings.get(*finding as usize - 1).map(Vec::as_slice).unwrap_or_default();
-                        sink.write(f, 1)?;
-                    } else if !bytes.is_empty() {
-                        // the chunk's own detections are counted once, with its first part
-                        let n = if counted { 0 } else { res.rules.len() as u64 };
-                        counted = true;
-                        sink.write(bytes, n)?;
-                    }
-                }
-                Ok(())
-            };
             if progress.is_hidden() {
-                write_all(sink)?;
-            } else if !res.rendered.is_empty() || !findings.is_empty() {
-                // Alerts reach the terminal as they are found, without tearing the spinner.
+                write_findings(&closed, sink, renderer, stats)?;
+            } else if !closed.is_empty() {
                 progress.suspend(|| -> Result<()> {
-                    write_all(sink)?;
+                    write_findings(&closed, sink, renderer, stats)?;
                     sink.flush()
                 })?;
             }
-            stats.detections += res.rules.len() as u64;
-            stats.matches += res.rules.len() as u64;
-            for i in res.rules {
-                let name = engine.rule(i).map_or("?", |r| r.name.as_str());
-                stats.count(name);
-            }
             progress.set_position(stats.bytes);
-            progress.set_message(format!("{} events, {} detections", stats.events, stats.detections));
+            progress.set_message(format!("{} events, {} findings", stats.events, stats.detections));
+            return Ok(());
         }
+        // The chunk's detections, with correlation findings placed right after the detections
+        // of the event that completed them.
+        let mut parts: Vec<(&[u8], u64)> = Vec::new();
+        let mut findings: Vec<Vec<u8>> = Vec::new();
+        let mut at = 0usize;
+        for (end, inp) in &res.corr {
+            if let Some(d) = correlator.observe(inp) {
+                let mut buf = Vec::new();
+                renderer.render(&d, &mut buf)?;
+                stats.detections += 1;
+                stats.matches += 1;
+                stats.count(&d.rule);
+                findings.push(buf);
+                parts.push((res.rendered.get(at..*end).unwrap_or_default(), 0));
+                parts.push((&[], findings.len() as u64));
+                at = *end;
+            }
+        }
+        parts.push((res.rendered.get(at..).unwrap_or_default(), 0));
+        let write_all = |sink: &mut Sink| -> Result<()> {
+            let mut counted = false;
+            for (bytes, finding) in &parts {
+                if *finding > 0 {
+                    let f = findings.get(*finding as usize - 1).map(Vec::as_slice).unwrap_or_default();
+                    sink.write(f, 1)?;
+                } else if !bytes.is_empty() {
+                    // the chunk's own detections are counted once, with its first part
+                    let n = if counted { 0 } else { res.rules.len() as u64 };
+                    counted = true;
+                    sink.write(bytes, n)?;
+                }
+            }
+            Ok(())
+        };
+        if progress.is_hidden() {
+            write_all(sink)?;
+        } else if !res.rendered.is_empty() || !findings.is_empty() {
+            // Alerts reach the terminal as they are found, without tearing the spinner.
+            progress.suspend(|| -> Result<()> {
+                write_all(sink)?;
+                sink.flush()
+            })?;
+        }
+        stats.detections += res.rules.len() as u64;
+        stats.matches += res.rules.len() as u64;
+        for i in res.rules {
+            let name = engine.rule(i).map_or("?", |r| r.name.as_str());
+            stats.count(name);
+        }
+        progress.set_position(stats.bytes);
+        progress.set_message(format!("{} events, {} detections", stats.events, stats.detections));
+        Ok(())
     }
-    Ok(())
 }
-
 /// Renders and writes closed findings; each counts as one detection for the exit code.
 fn write_findings(
     closed: &[kustody_rules::findings::Finding],

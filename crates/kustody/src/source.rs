@@ -37,3 +37,9 @@ impl Source {
         }
     }
 }
+
+impl kustody_pipeline::Input for Source {
+    fn open(&self, opts: &ReadOptions) -> Result<ChunkReader, String> {
+        Source::open(self, opts).map_err(|e| format!("{e:#}"))
+    }
+}
