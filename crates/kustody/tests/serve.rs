@@ -283,6 +283,18 @@ fn the_recorded_webhook_batches_are_stored_once_searched_and_detected() {
     let findings = kustody(&["search", "--data-dir", data.to_str().unwrap(), "--findings", "-o", "jsonl"]);
     assert_eq!(findings.code, 0, "{}", findings.stderr);
 
+    // a retro-hunt: a new rule over the stored history, while the server runs
+    let new_rule = tmp.path().join("new.yaml");
+    std::fs::write(&new_rule, "- rule: Secret created by a person\n  desc: d\n  condition: \"ka.verb = create and ka.target.resource = secrets and not ka.user.name startswith system:\"\n  output: \"secret %ka.target.namespace/%ka.target.name created by %ka.user.name\"\n  priority: NOTICE\n  source: k8s_audit\n").unwrap();
+    let hunt = kustody(&["hunt", "--store", data.to_str().unwrap(), "--no-default-rules", "--rules", new_rule.to_str().unwrap(), "-o", "jsonl"]);
+    assert_eq!(hunt.code, 1, "{}", hunt.stderr);
+    let alerts: Vec<Value> = hunt.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(alerts.len(), 1, "{}", hunt.stdout);
+    assert_eq!(alerts[0]["output_fields"]["ka.user.name"], "realk8s-admin");
+    let timeline = kustody(&["timeline", "--store", data.to_str().unwrap(), "--user", "realk8s-admin", "-o", "jsonl"]);
+    assert_eq!(timeline.code, 0, "{}", timeline.stderr);
+    assert!(timeline.stdout.lines().count() >= 10, "{}", timeline.stdout);
+
     assert!(srv.stop().success());
 }
 
