@@ -183,7 +183,13 @@ fn main() -> Result<()> {
         }
         Cmd::ServeBench { rate, seconds, connections, batch, body_heavy, kustody } => serve_bench::run(
             &kustody,
-            &serve_bench::Options { rate, seconds, connections: connections.max(1), batch: batch.max(1), profile_body_heavy: body_heavy },
+            &serve_bench::Options {
+                rate,
+                seconds,
+                connections: connections.max(1),
+                batch: batch.max(1),
+                profile_body_heavy: body_heavy,
+            },
         )?,
         Cmd::ExecBench { n, threads, python } => exec_bench::run(n, threads, python)?,
         Cmd::QuarantineBench { n, kustody } => contain_bench::run(n, &kustody)?,

@@ -39,7 +39,8 @@ fn templates(n: usize, batch: usize, body_heavy: bool) -> Vec<Template> {
     let mut corpus = if body_heavy { Corpus::body_heavy(11) } else { Corpus::new(11) };
     (0..n)
         .map(|_| {
-            let mut text = b"{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"metadata\":{},\"items\":[".to_vec();
+            let mut text =
+                b"{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"metadata\":{},\"items\":[".to_vec();
             let mut id_at = Vec::new();
             for i in 0..batch {
                 if i > 0 {
@@ -128,7 +129,12 @@ pub fn run(kustody: &Path, opts: &Options) -> Result<()> {
         r.p(1.0)
     );
     println!("  arrival→finding (server histogram): p50 ≤ {} , p99 ≤ {}", r.detect_p50, r.detect_p99);
-    println!("  server peak RSS {:.0} MB; store {:.1} MB on disk = {:.0} bytes per stored event", rss as f64 / 1e6, disk as f64 / 1e6, disk as f64 / r.stored.max(1) as f64);
+    println!(
+        "  server peak RSS {:.0} MB; store {:.1} MB on disk = {:.0} bytes per stored event",
+        rss as f64 / 1e6,
+        disk as f64 / 1e6,
+        disk as f64 / r.stored.max(1) as f64
+    );
     Ok(())
 }
 
@@ -184,9 +190,8 @@ async fn drive(addr: &str, ca: &[u8], opts: &Options) -> Result<Results> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(opts.seconds);
     // Each connection sends its share of the rate on a fixed schedule (open loop).
-    let per_conn_interval = (opts.rate > 0).then(|| {
-        Duration::from_secs_f64(opts.batch as f64 * opts.connections as f64 / opts.rate as f64)
-    });
+    let per_conn_interval = (opts.rate > 0)
+        .then(|| Duration::from_secs_f64(opts.batch as f64 * opts.connections as f64 / opts.rate as f64));
     let mut tasks = Vec::new();
     for c in 0..opts.connections {
         let (tls, templates, counter, addr) = (tls.clone(), templates.clone(), counter.clone(), addr.to_owned());
@@ -284,7 +289,8 @@ async fn drive(addr: &str, ca: &[u8], opts: &Options) -> Result<Results> {
         .body(Full::new(Bytes::new()))?;
     let metrics = sender.send_request(req).await?.into_body().collect().await?.to_bytes();
     let text = String::from_utf8_lossy(&metrics);
-    (r.detect_p50, r.detect_p99) = (quantile(&text, "kustody_detection_seconds", 0.5), quantile(&text, "kustody_detection_seconds", 0.99));
+    (r.detect_p50, r.detect_p99) =
+        (quantile(&text, "kustody_detection_seconds", 0.5), quantile(&text, "kustody_detection_seconds", 0.99));
     Ok(r)
 }
 
@@ -303,16 +309,21 @@ fn quantile(metrics: &str, name: &str, q: f64) -> String {
     if total == 0.0 {
         return "n/a".into();
     }
-    buckets
-        .iter()
-        .find(|(_, n)| *n >= q * total)
-        .map_or("n/a".into(), |(le, _)| if le == "+Inf" { "> 10 s".into() } else { format!("{:.1} ms", le.parse::<f64>().unwrap_or(0.0) * 1e3) })
+    buckets.iter().find(|(_, n)| *n >= q * total).map_or("n/a".into(), |(le, _)| {
+        if le == "+Inf" {
+            "> 10 s".into()
+        } else {
+            format!("{:.1} ms", le.parse::<f64>().unwrap_or(0.0) * 1e3)
+        }
+    })
 }
 
 fn peak_rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 

@@ -134,7 +134,11 @@ impl Detector {
                 }
                 None => 0,
             };
-            outcome.matched.extend(rules.into_iter().map(|(rule, priority)| Matched { rule, priority, finding_seq: seq }));
+            outcome.matched.extend(rules.into_iter().map(|(rule, priority)| Matched {
+                rule,
+                priority,
+                finding_seq: seq,
+            }));
         }
         for inp in &corr {
             if let Some(d) = self.correlator.observe(inp) {

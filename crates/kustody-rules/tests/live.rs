@@ -54,7 +54,11 @@ fn detector() -> Detector {
     assert!(diags.iter().all(|d| d.severity != kustody_rules::Severity::Error), "{diags:?}");
     let (allow, diags) = AllowList::load(&[("a.yaml".into(), ALLOW.into())]);
     assert!(diags.is_empty(), "{diags:?}");
-    Detector::new(Arc::new(engine), Arc::new(allow), FindingOptions { window_ns: 600 * 1_000_000_000, ..Default::default() })
+    Detector::new(
+        Arc::new(engine),
+        Arc::new(allow),
+        FindingOptions { window_ns: 600 * 1_000_000_000, ..Default::default() },
+    )
 }
 
 fn src(line: u64) -> SourceRef {
