@@ -203,8 +203,15 @@ impl kustody_pipeline::Input for ReplayFile {
 
 /// Feeds files through the live path once (`--replay`): hunt's pipeline parses them in
 /// parallel, and the rows reach the writer in file order, in batches of 400 like the webhook's.
-pub fn replay(files: Vec<PathBuf>, jobs: SyncSender<Job>, metrics: Arc<Metrics>, stop: Arc<AtomicBool>, max_event_bytes: usize) {
-    let inputs: Vec<ReplayFile> = files.iter().map(|p| ReplayFile(kustody_ingest::InputFile::Path(p.clone()))).collect();
+pub fn replay(
+    files: Vec<PathBuf>,
+    jobs: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    max_event_bytes: usize,
+) {
+    let inputs: Vec<ReplayFile> =
+        files.iter().map(|p| ReplayFile(kustody_ingest::InputFile::Path(p.clone()))).collect();
     let opts = kustody_ingest::ReadOptions { max_record_bytes: max_event_bytes, ..Default::default() };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let (mut total, mut bad) = (0u64, 0u64);

@@ -17,6 +17,7 @@
 //! [`kustody_rules::live::Detector`], the engine, allow list, correlator and grouper hunt uses.
 
 pub mod auth;
+pub mod client;
 pub mod detect;
 pub mod falco;
 pub mod follow;

@@ -170,3 +170,100 @@ pub fn alerts_json(rows: &[StoredAlert]) -> serde_json::Value {
         .collect();
     serde_json::json!({ "items": items, "next_before": rows.last().map(|a| a.id) })
 }
+
+fn time_of(v: &serde_json::Value) -> Option<i64> {
+    v.as_str().and_then(kustody_model::time::parse_rfc3339_nanos)
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+fn opt(v: &serde_json::Value) -> Option<String> {
+    v.as_str().map(str::to_owned)
+}
+
+/// An event page as the API returns it, read back (`kustody search --server`).
+pub fn event_page_from_json(v: &serde_json::Value) -> EventPage {
+    let items = v["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| StoredEvent {
+                    id: e["id"].as_i64().unwrap_or(0),
+                    time_ns: time_of(&e["time"]),
+                    audit_id: opt(&e["event"]["auditID"]),
+                    stage: opt(&e["event"]["stage"]),
+                    origins: strings(&e["origins"]).iter().fold(0, |b, o| {
+                        b | match o.as_str() {
+                            "webhook" => 1,
+                            "file" => 2,
+                            "replay" => 4,
+                            _ => 0,
+                        }
+                    }),
+                    raw: e["event"].to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    EventPage { items, next_before: v["next_before"].as_i64(), scanned: v["scanned"].as_u64().unwrap_or(0) as usize }
+}
+
+/// Findings as the API returns them, read back.
+pub fn findings_from_json(v: &serde_json::Value) -> Vec<FindingRow> {
+    v["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| FindingRow {
+                    id: f["id"].as_i64(),
+                    rule: f["rule"].as_str().unwrap_or_default().to_owned(),
+                    priority: f["priority"].as_str().unwrap_or_default().to_owned(),
+                    rules: strings(&f["rules"]),
+                    tags: strings(&f["tags"]),
+                    events: f["events"].as_u64().unwrap_or(0),
+                    matches: f["matches"].as_u64().unwrap_or(0),
+                    first_ns: time_of(&f["first_seen"]),
+                    last_ns: time_of(&f["last_seen"]),
+                    user: opt(&f["user"]),
+                    namespace: opt(&f["namespace"]),
+                    resource: opt(&f["resource"]),
+                    name: opt(&f["name"]),
+                    source_ip: opt(&f["source_ip"]),
+                    output: f["output"].as_str().unwrap_or_default().to_owned(),
+                    audit_ids: strings(&f["audit_ids"]),
+                    lead_event: f["evidence_event"].as_i64(),
+                    open: f["open"].as_bool().unwrap_or(false),
+                    detail: f["detail"].to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runtime alerts as the API returns them, read back.
+pub fn alerts_from_json(v: &serde_json::Value) -> Vec<StoredAlert> {
+    v["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| StoredAlert {
+                    id: x["id"].as_i64().unwrap_or(0),
+                    alert: kustody_store::AlertRow {
+                        time_ns: time_of(&x["time"]),
+                        rule: x["rule"].as_str().unwrap_or_default().to_owned(),
+                        priority: x["priority"].as_str().unwrap_or_default().to_owned(),
+                        source: opt(&x["alert"]["source"]),
+                        hostname: opt(&x["hostname"]),
+                        namespace: opt(&x["namespace"]),
+                        pod: opt(&x["pod"]),
+                        container_id: opt(&x["container_id"]),
+                        output: x["output"].as_str().unwrap_or_default().to_owned(),
+                        raw: x["alert"].to_string(),
+                    },
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

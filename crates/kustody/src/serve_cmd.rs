@@ -248,18 +248,15 @@ rules:
     )
 }
 
-pub fn search(args: SearchArgs) -> Result<ExitCode> {
-    if args.server.is_some() {
-        bail!("search --server is not available yet: use --data-dir on the server's machine, or GET /v1/events with a token");
-    }
-    let Some(dir) = args.data_dir.clone() else {
-        bail!("--data-dir (or KUSTODY_DATA_DIR) is required");
-    };
-    if !dir.join("kustody.db").exists() {
-        bail!("no kustody store in `{}` (kustody serve --data-dir DIR makes one)", dir.display());
-    }
-    let store = kustody_store::SqliteStore::open_read_only(&dir)?;
-    let params = kustody_serve::http::SearchParams {
+/// What a search found, from a data directory or a server.
+enum Found {
+    Events(kustody_serve::search::EventPage),
+    Findings(Vec<kustody_store::FindingRow>),
+    Alerts(Vec<kustody_store::StoredAlert>),
+}
+
+fn params(args: &SearchArgs) -> kustody_serve::http::SearchParams {
+    kustody_serve::http::SearchParams {
         user: args.user.clone(),
         service_account: args.sa.clone(),
         pod: args.pod.clone(),
@@ -276,112 +273,206 @@ pub fn search(args: SearchArgs) -> Result<ExitCode> {
         min_priority: args.min_priority.clone(),
         limit: Some(args.limit),
         before: args.before,
-    };
-    let out = &mut std::io::BufWriter::new(std::io::stdout().lock());
-    let found;
+    }
+}
+
+fn search_local(args: &SearchArgs, dir: &std::path::Path) -> Result<Found> {
+    if !dir.join("kustody.db").exists() {
+        bail!("no kustody store in `{}` (kustody serve --data-dir DIR makes one)", dir.display());
+    }
+    let store = kustody_store::SqliteStore::open_read_only(dir)?;
+    let params = params(args);
     if args.findings {
         let q = kustody_serve::search::finding_query(&params).map_err(anyhow::Error::msg)?;
-        let rows = kustody_store::Store::search_findings(&store, &q)?;
-        found = !rows.is_empty();
-        match args.format {
-            SearchFormat::Json => writeln!(out, "{}", kustody_serve::search::findings_json(&rows))?,
-            SearchFormat::Jsonl => {
-                for r in &rows {
-                    writeln!(out, "{}", kustody_serve::detect::finding_json(r))?;
-                }
+        return Ok(Found::Findings(kustody_store::Store::search_findings(&store, &q)?));
+    }
+    if args.alerts {
+        let q = kustody_serve::search::alert_query(&params).map_err(anyhow::Error::msg)?;
+        return Ok(Found::Alerts(kustody_store::Store::search_alerts(&store, &q)?));
+    }
+    let filter = args
+        .where_
+        .as_deref()
+        .map(|w| compile_where(&[], true, w))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--where: {e}"))?;
+    let q = kustody_serve::search::event_query(&params).map_err(anyhow::Error::msg)?;
+    Ok(Found::Events(kustody_serve::search::events(&store, q, filter.as_ref())?))
+}
+
+fn search_remote(args: &SearchArgs, server: &str) -> Result<Found> {
+    let token = match &args.token_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read `{}`", p.display()))?;
+            // the first field of the first line that is not a comment (a token file's format)
+            let t = text
+                .lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .find(|l| !l.is_empty())
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_owned);
+            Some(t.with_context(|| format!("no token in `{}`", p.display()))?)
+        }
+        None => std::env::var("KUSTODY_TOKEN").ok(),
+    };
+    let p = params(args);
+    let q = kustody_serve::client::query(&[
+        ("user", p.user),
+        ("service_account", p.service_account),
+        ("pod", p.pod),
+        ("ip", p.ip),
+        ("namespace", p.namespace),
+        ("verb", p.verb),
+        ("resource", p.resource),
+        ("name", p.name),
+        ("audit_id", p.audit_id),
+        ("rule", p.rule),
+        ("since", p.since),
+        ("until", p.until),
+        ("where", p.where_),
+        ("min_priority", p.min_priority),
+        ("limit", p.limit.map(|l| l.to_string())),
+        ("before", p.before.map(|b| b.to_string())),
+    ]);
+    let what = if args.findings {
+        "findings"
+    } else if args.alerts {
+        "alerts"
+    } else {
+        "events"
+    };
+    let (status, body) =
+        kustody_serve::client::get(server, args.ca.as_deref(), token.as_deref(), &format!("/v1/{what}?{q}"))?;
+    if status != 200 {
+        let reason = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        bail!("{server} answered {status}: {}", sanitize(&reason));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("the server's answer is not JSON")?;
+    Ok(if args.findings {
+        Found::Findings(kustody_serve::search::findings_from_json(&v))
+    } else if args.alerts {
+        Found::Alerts(kustody_serve::search::alerts_from_json(&v))
+    } else {
+        Found::Events(kustody_serve::search::event_page_from_json(&v))
+    })
+}
+
+pub fn search(args: SearchArgs) -> Result<ExitCode> {
+    let found = match (&args.server, &args.data_dir) {
+        (Some(server), _) => search_remote(&args, server)?,
+        (None, Some(dir)) => search_local(&args, dir)?,
+        (None, None) => bail!("--data-dir DIR (or KUSTODY_DATA_DIR), or --server URL, is required"),
+    };
+    let out = &mut std::io::BufWriter::new(std::io::stdout().lock());
+    let found = match found {
+        Found::Findings(rows) => {
+            print_findings(out, &rows, args.format)?;
+            !rows.is_empty()
+        }
+        Found::Alerts(rows) => {
+            print_alerts(out, &rows, args.format)?;
+            !rows.is_empty()
+        }
+        Found::Events(page) => {
+            print_events(out, &page, args.format)?;
+            !page.items.is_empty()
+        }
+    };
+    out.flush()?;
+    Ok(if found { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn print_findings(out: &mut dyn Write, rows: &[kustody_store::FindingRow], format: SearchFormat) -> Result<()> {
+    match format {
+        SearchFormat::Json => writeln!(out, "{}", kustody_serve::search::findings_json(rows))?,
+        SearchFormat::Jsonl => {
+            for r in rows {
+                writeln!(out, "{}", kustody_serve::detect::finding_json(r))?;
             }
-            SearchFormat::Table => {
+        }
+        SearchFormat::Table => {
+            writeln!(
+                out,
+                "{:<7} {:<20} {:<9} {:>6}  {:<40} WHO / WHAT",
+                "ID", "LAST SEEN", "PRIORITY", "EVENTS", "RULE"
+            )?;
+            for r in rows {
                 writeln!(
                     out,
-                    "{:<7} {:<20} {:<9} {:>6}  {:<40} WHO / WHAT",
-                    "ID", "LAST SEEN", "PRIORITY", "EVENTS", "RULE"
+                    "{:<7} {:<20} {:<9} {:>6}  {:<40} {} {}/{}",
+                    r.id.unwrap_or(0),
+                    r.last_ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_default(),
+                    r.priority,
+                    r.events,
+                    sanitize(&r.rule),
+                    sanitize(r.user.as_deref().unwrap_or("-")),
+                    sanitize(r.namespace.as_deref().unwrap_or("-")),
+                    sanitize(r.name.as_deref().or(r.resource.as_deref()).unwrap_or("-")),
                 )?;
-                for r in &rows {
-                    writeln!(
-                        out,
-                        "{:<7} {:<20} {:<9} {:>6}  {:<40} {} {}/{}",
-                        r.id.unwrap_or(0),
-                        r.last_ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_default(),
-                        r.priority,
-                        r.events,
-                        sanitize(&r.rule),
-                        sanitize(r.user.as_deref().unwrap_or("-")),
-                        sanitize(r.namespace.as_deref().unwrap_or("-")),
-                        sanitize(r.name.as_deref().or(r.resource.as_deref()).unwrap_or("-")),
-                    )?;
-                }
-            }
-        }
-    } else if args.alerts {
-        let q = kustody_serve::search::alert_query(&params).map_err(anyhow::Error::msg)?;
-        let rows = kustody_store::Store::search_alerts(&store, &q)?;
-        found = !rows.is_empty();
-        match args.format {
-            SearchFormat::Json => writeln!(out, "{}", kustody_serve::search::alerts_json(&rows))?,
-            SearchFormat::Jsonl => {
-                for r in &rows {
-                    writeln!(out, "{}", r.alert.raw)?;
-                }
-            }
-            SearchFormat::Table => {
-                writeln!(out, "{:<7} {:<20} {:<9} {:<30} RULE", "ID", "TIME", "PRIORITY", "POD")?;
-                for r in &rows {
-                    let a = &r.alert;
-                    writeln!(
-                        out,
-                        "{:<7} {:<20} {:<9} {:<30} {}",
-                        r.id,
-                        a.time_ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_default(),
-                        sanitize(&a.priority),
-                        sanitize(&format!(
-                            "{}/{}",
-                            a.namespace.as_deref().unwrap_or("-"),
-                            a.pod.as_deref().unwrap_or("-")
-                        )),
-                        sanitize(&a.rule),
-                    )?;
-                }
-            }
-        }
-    } else {
-        let filter = args
-            .where_
-            .as_deref()
-            .map(|w| compile_where(&[], true, w))
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("--where: {e}"))?;
-        let q = kustody_serve::search::event_query(&params).map_err(anyhow::Error::msg)?;
-        let page = kustody_serve::search::events(&store, q, filter.as_ref())?;
-        found = !page.items.is_empty();
-        match args.format {
-            SearchFormat::Json => writeln!(out, "{}", page.to_json())?,
-            SearchFormat::Jsonl => {
-                for e in &page.items {
-                    writeln!(out, "{}", e.raw)?;
-                }
-            }
-            SearchFormat::Table => {
-                writeln!(out, "{:<8} {:<20} {:<8} {:<45} {:<8} RESOURCE", "ID", "TIME", "CODE", "USER", "VERB")?;
-                for e in &page.items {
-                    let ev = kustody_model::Event::parse(&e.raw).ok();
-                    let ctx = ev.as_ref().map(kustody_model::EventContext::of).unwrap_or_default();
-                    writeln!(
-                        out,
-                        "{:<8} {:<20} {:<8} {:<45} {:<8} {}",
-                        e.id,
-                        e.time_ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_default(),
-                        ctx.response_code.map(|c| c.to_string()).unwrap_or_default(),
-                        sanitize(ctx.user.as_deref().unwrap_or("-")),
-                        sanitize(ctx.verb.as_deref().unwrap_or("-")),
-                        sanitize(&ctx.resource_path().unwrap_or_else(|| "-".into())),
-                    )?;
-                }
-                if let Some(n) = page.next_before {
-                    writeln!(out, "… more: --before {n}")?;
-                }
             }
         }
     }
-    out.flush()?;
-    Ok(if found { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(())
+}
+
+fn print_alerts(out: &mut dyn Write, rows: &[kustody_store::StoredAlert], format: SearchFormat) -> Result<()> {
+    match format {
+        SearchFormat::Json => writeln!(out, "{}", kustody_serve::search::alerts_json(rows))?,
+        SearchFormat::Jsonl => {
+            for r in rows {
+                writeln!(out, "{}", r.alert.raw)?;
+            }
+        }
+        SearchFormat::Table => {
+            writeln!(out, "{:<7} {:<20} {:<9} {:<30} RULE", "ID", "TIME", "PRIORITY", "POD")?;
+            for r in rows {
+                let a = &r.alert;
+                writeln!(
+                    out,
+                    "{:<7} {:<20} {:<9} {:<30} {}",
+                    r.id,
+                    a.time_ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_default(),
+                    sanitize(&a.priority),
+                    sanitize(&format!("{}/{}", a.namespace.as_deref().unwrap_or("-"), a.pod.as_deref().unwrap_or("-"))),
+                    sanitize(&a.rule),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_events(out: &mut dyn Write, page: &kustody_serve::search::EventPage, format: SearchFormat) -> Result<()> {
+    match format {
+        SearchFormat::Json => writeln!(out, "{}", page.to_json())?,
+        SearchFormat::Jsonl => {
+            for e in &page.items {
+                writeln!(out, "{}", e.raw)?;
+            }
+        }
+        SearchFormat::Table => {
+            writeln!(out, "{:<8} {:<20} {:<8} {:<45} {:<8} RESOURCE", "ID", "TIME", "CODE", "USER", "VERB")?;
+            for e in &page.items {
+                let ev = kustody_model::Event::parse(&e.raw).ok();
+                let ctx = ev.as_ref().map(kustody_model::EventContext::of).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{:<8} {:<20} {:<8} {:<45} {:<8} {}",
+                    e.id,
+                    e.time_ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_default(),
+                    ctx.response_code.map(|c| c.to_string()).unwrap_or_default(),
+                    sanitize(ctx.user.as_deref().unwrap_or("-")),
+                    sanitize(ctx.verb.as_deref().unwrap_or("-")),
+                    sanitize(&ctx.resource_path().unwrap_or_else(|| "-".into())),
+                )?;
+            }
+            if let Some(n) = page.next_before {
+                writeln!(out, "… more: --before {n}")?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -278,6 +278,44 @@ fn the_recorded_webhook_batches_are_stored_once_searched_and_detected() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let lines: Vec<Value> = out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!lines.is_empty() && lines.iter().all(|e| e["objectRef"]["resource"] == "secrets"));
+    // the same search against the running server, over HTTPS with a read token
+    let token_file = tmp.path().join("read.token");
+    std::fs::write(&token_file, format!("{READ}\n")).unwrap();
+    let url = format!("https://{}", srv.addr);
+    let ca = data.join("tls/server.crt");
+    let remote = kustody(&[
+        "search",
+        "--server",
+        &url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--user",
+        "realk8s-admin",
+        "--resource",
+        "secrets",
+        "-o",
+        "jsonl",
+    ]);
+    assert_eq!(remote.code, 0, "{}", remote.stderr);
+    let remote_lines: Vec<Value> = remote.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(remote_lines, lines);
+    let remote_findings = kustody(&[
+        "search",
+        "--server",
+        &url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--findings",
+    ]);
+    assert_eq!(remote_findings.code, 0, "{}", remote_findings.stderr);
+    assert!(remote_findings.stdout.contains("realk8s-admin"), "{}", remote_findings.stdout);
+    let refused = kustody(&["search", "--server", &url, "--ca", ca.to_str().unwrap(), "--user", "x"]);
+    assert_eq!(refused.code, 2);
+    assert!(refused.stderr.contains("401"), "{}", refused.stderr);
     let none = kustody(&["search", "--data-dir", data.to_str().unwrap(), "--user", "nobody-at-all"]);
     assert_eq!(none.code, 1, "{}", none.stderr);
     let findings = kustody(&["search", "--data-dir", data.to_str().unwrap(), "--findings", "-o", "jsonl"]);
@@ -286,7 +324,16 @@ fn the_recorded_webhook_batches_are_stored_once_searched_and_detected() {
     // a retro-hunt: a new rule over the stored history, while the server runs
     let new_rule = tmp.path().join("new.yaml");
     std::fs::write(&new_rule, "- rule: Secret created by a person\n  desc: d\n  condition: \"ka.verb = create and ka.target.resource = secrets and not ka.user.name startswith system:\"\n  output: \"secret %ka.target.namespace/%ka.target.name created by %ka.user.name\"\n  priority: NOTICE\n  source: k8s_audit\n").unwrap();
-    let hunt = kustody(&["hunt", "--store", data.to_str().unwrap(), "--no-default-rules", "--rules", new_rule.to_str().unwrap(), "-o", "jsonl"]);
+    let hunt = kustody(&[
+        "hunt",
+        "--store",
+        data.to_str().unwrap(),
+        "--no-default-rules",
+        "--rules",
+        new_rule.to_str().unwrap(),
+        "-o",
+        "jsonl",
+    ]);
     assert_eq!(hunt.code, 1, "{}", hunt.stderr);
     let alerts: Vec<Value> = hunt.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(alerts.len(), 1, "{}", hunt.stdout);
