@@ -11,6 +11,7 @@
 //! appends. The WAL is checkpointed automatically every [`WAL_AUTOCHECKPOINT`] pages and
 //! truncated to [`JOURNAL_SIZE_LIMIT`] afterwards.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ mod error;
 mod query;
 mod schema;
 
-use codec::{Decoder, Encoder};
+use codec::{Decoder, Dict, Encoder};
 use error::{Fail, Res};
 pub use query::{DEFAULT_LIMIT, MAX_LIMIT};
 pub use schema::SCHEMA_VERSION;
@@ -39,8 +40,10 @@ pub const DB_FILE: &str = "kustody.db";
 /// Page size of a new database: 4 KiB, SQLite's default. Larger pages make each commit write
 /// more (every index touched by a batch writes whole pages to the WAL).
 pub const PAGE_SIZE: u32 = 4096;
-/// WAL pages between automatic checkpoints (64 MiB of 4 KiB pages): fewer checkpoints, each
-/// writing a page modified by many commits once.
+/// WAL pages between automatic checkpoints (64 MiB of 4 KiB pages, 16× SQLite's default):
+/// fewer checkpoints, each writing a page modified by many commits once. (A background
+/// checkpointing thread was tried: while the writer commits continuously the WAL cannot
+/// restart, so it only added work; see the benchmark notes in `examples/store_bench.rs`.)
 pub const WAL_AUTOCHECKPOINT: u32 = 16_384;
 /// The WAL is truncated to this size after a checkpoint.
 pub const JOURNAL_SIZE_LIMIT: u64 = 64 << 20;
@@ -62,6 +65,7 @@ pub struct SqliteStore {
     dir: PathBuf,
     read_only: bool,
     enc: Encoder,
+    dec: RefCell<Decoder>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -104,17 +108,22 @@ impl SqliteStore {
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(dir.join(DB_FILE), flags).map_err(|e| open_err(e.to_string()))?;
-        let mut store = SqliteStore {
-            conn,
-            dir: dir.to_owned(),
-            read_only: false,
-            enc: Encoder::new().map_err(|f| f.into_store(dir))?,
-        };
+        let mut store = SqliteStore::new(conn, dir, false)?;
         store.setup_writer().map_err(|f| match f.into_store(dir) {
             e @ (StoreError::TooNew { .. } | StoreError::Full(_) | StoreError::Busy(_)) => e,
             e => open_err(e.to_string()),
         })?;
         Ok(store)
+    }
+
+    fn new(conn: Connection, dir: &Path, read_only: bool) -> Result<SqliteStore, StoreError> {
+        Ok(SqliteStore {
+            conn,
+            dir: dir.to_owned(),
+            read_only,
+            enc: Encoder::new().map_err(|f| f.into_store(dir))?,
+            dec: RefCell::default(),
+        })
     }
 
     /// Opens an existing store for reading only (searches, statistics); works while a writer
@@ -132,12 +141,7 @@ impl SqliteStore {
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags).map_err(|e| open_err(e.to_string()))?;
-        let store = SqliteStore {
-            conn,
-            dir: dir.to_owned(),
-            read_only: true,
-            enc: Encoder::new().map_err(|f| f.into_store(dir))?,
-        };
+        let store = SqliteStore::new(conn, dir, true)?;
         store.setup_reader().map_err(|f| match f.into_store(dir) {
             e @ (StoreError::TooNew { .. } | StoreError::Busy(_)) => e,
             e => open_err(e.to_string()),
@@ -215,6 +219,14 @@ impl SqliteStore {
         // Fresh statistics for the query planner where they are stale (cheap: bounded work).
         // Best effort: it writes, and a store on a full disk must still open.
         let _ = self.conn.execute_batch("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002;");
+        // Compress with the newest dictionary.
+        let newest: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT dict FROM dicts ORDER BY created_ns DESC, id DESC LIMIT 1", [], |r| r.get(0))
+            .optional()?;
+        if let Some(d) = newest.and_then(Dict::new) {
+            self.enc.use_dict(&d)?;
+        }
         Ok(())
     }
 
@@ -262,8 +274,82 @@ impl SqliteStore {
         Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
+    /// Stores a dictionary trained in the background, and compresses with it from now on.
+    fn install_trained_dict(&mut self) {
+        if let Some(d) = self.enc.poll_training() {
+            match self.store_dict(&d).and_then(|()| self.enc.use_dict(&d)) {
+                Ok(()) => {}
+                Err(_) => self.enc.training_failed(),
+            }
+        }
+    }
+
+    /// Stores `d` (durably: before any frame needs it).
+    fn store_dict(&self, d: &Dict) -> Res<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| i64::try_from(t.as_nanos()).unwrap_or(i64::MAX));
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO dicts (id, created_ns, dict) VALUES (?1, ?2, ?3)",
+            params![d.id, now, d.bytes],
+        )?;
+        if n == 0 {
+            // The same ID again: usable only if it is the same dictionary.
+            let stored: Vec<u8> = self.conn.query_row("SELECT dict FROM dicts WHERE id = ?1", [d.id], |r| r.get(0))?;
+            if stored != d.bytes {
+                return Err(Fail::other(format!("zstd dictionary ID {} is taken", d.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Trains a zstd dictionary on the newest stored events (up to 4,000) now, stores it and
+    /// compresses with it from now on; returns its ID, or `None` when zstd could not make one
+    /// (too few events). The writer also does this by itself, in the background, after its
+    /// first 4,000 events and every 2 million events.
+    ///
+    /// # Errors
+    ///
+    /// When the store is read-only or cannot be read or written.
+    pub fn train_dictionary(&mut self) -> Result<Option<u32>, StoreError> {
+        let train = || -> Res<Option<u32>> {
+            self.writable()?;
+            let sql = format!("SELECT {} FROM events e ORDER BY e.id DESC LIMIT ?1", query::EVENT_COLUMNS);
+            let limit = i64::try_from(codec::TRAIN_SAMPLES).unwrap_or(i64::MAX);
+            let samples: Vec<String> = self.read_rows(&sql, [limit], read_event)?.into_iter().map(|e| e.raw).collect();
+            let Some(d) = codec::train(&samples).and_then(Dict::new) else { return Ok(None) };
+            self.store_dict(&d)?;
+            Ok(Some(d.id))
+        };
+        let id = train().map_err(|f| self.fail(f))?;
+        let dict_id = match id {
+            Some(id) => {
+                let bytes: Vec<u8> = self
+                    .conn
+                    .query_row("SELECT dict FROM dicts WHERE id = ?1", [id], |r| r.get(0))
+                    .map_err(|e| self.fail(e.into()))?;
+                let d = Dict::new(bytes).ok_or_else(|| StoreError::Other("stored dictionary is unusable".into()))?;
+                self.enc.use_dict(&d).map_err(|f| self.fail(f))?;
+                Some(d.id)
+            }
+            None => None,
+        };
+        Ok(dict_id)
+    }
+
+    /// The ID of the zstd dictionary new texts are compressed with, if any.
+    pub fn dictionary(&self) -> Option<u32> {
+        self.enc.dict_id()
+    }
+
+    /// Whether the writer trains dictionaries by itself (on by default).
+    pub fn set_auto_dictionary(&mut self, on: bool) {
+        self.enc.auto_train = on;
+    }
+
     fn append_events_(&mut self, events: &[EventRow<'_>], origin: Origin) -> Res<Appended> {
         self.writable()?;
+        self.install_trained_dict();
         let bit = origin.bit();
         let mut out = Appended { ids: Vec::with_capacity(events.len()), stored: 0, duplicates: 0 };
         let mut text_bytes: i64 = 0;
@@ -332,6 +418,7 @@ impl SqliteStore {
 
     fn append_alerts_(&mut self, alerts: &[AlertRow]) -> Res<Appended> {
         self.writable()?;
+        self.install_trained_dict();
         let mut out = Appended { ids: Vec::with_capacity(alerts.len()), stored: 0, duplicates: 0 };
         let SqliteStore { conn, enc, .. } = self;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -457,61 +544,65 @@ impl SqliteStore {
     }
 
     fn events_after_(&self, after: i64, limit: usize) -> Res<Vec<StoredEvent>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {} FROM events e WHERE e.id > ?1 ORDER BY e.id LIMIT ?2",
-            query::EVENT_COLUMNS
-        ))?;
-        let mut rows = st.query(params![after, query::limit(limit)])?;
-        let mut dec = Decoder::default();
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(read_event(r, &mut dec)?);
-        }
-        Ok(out)
+        let sql = format!("SELECT {} FROM events e WHERE e.id > ?1 ORDER BY e.id LIMIT ?2", query::EVENT_COLUMNS);
+        self.read_rows(&sql, params![after, query::limit(limit)], read_event)
     }
 
     fn search_events_(&self, q: &EventQuery) -> Res<Vec<StoredEvent>> {
         let sql = query::events(q);
-        let mut st = self.conn.prepare_cached(&sql.text)?;
-        let mut rows = st.query(rusqlite::params_from_iter(sql.args.iter()))?;
-        let mut dec = Decoder::default();
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(read_event(r, &mut dec)?);
-        }
-        Ok(out)
+        self.read_rows(&sql.text, rusqlite::params_from_iter(sql.args.iter()), read_event)
     }
 
     fn search_findings_(&self, q: &FindingQuery) -> Res<Vec<FindingRow>> {
         let sql = query::findings(q);
-        let mut st = self.conn.prepare_cached(&sql.text)?;
-        let mut rows = st.query(rusqlite::params_from_iter(sql.args.iter()))?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(read_finding(r)?);
-        }
-        Ok(out)
+        self.read_rows(&sql.text, rusqlite::params_from_iter(sql.args.iter()), |r, _| read_finding(r))
     }
 
     fn search_alerts_(&self, q: &AlertQuery) -> Res<Vec<StoredAlert>> {
         let sql = query::alerts(q);
-        let mut st = self.conn.prepare_cached(&sql.text)?;
-        let mut rows = st.query(rusqlite::params_from_iter(sql.args.iter()))?;
-        let mut dec = Decoder::default();
+        self.read_rows(&sql.text, rusqlite::params_from_iter(sql.args.iter()), read_alert)
+    }
+
+    /// The rows of a query, each read by `read` (with the store's decoder, which loads the
+    /// dictionaries it needs).
+    fn read_rows<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        p: P,
+        read: impl Fn(&Row<'_>, &mut Texts<'_>) -> Res<T>,
+    ) -> Res<Vec<T>> {
+        let mut load = |id: u32| -> Res<Option<Vec<u8>>> {
+            let mut st = self.conn.prepare_cached("SELECT dict FROM dicts WHERE id = ?1")?;
+            Ok(st.query_row([id], |r| r.get(0)).optional()?)
+        };
+        let mut own = None;
+        let mut shared = self.dec.try_borrow_mut().ok();
+        let dec = match shared.as_deref_mut() {
+            Some(d) => d,
+            None => own.insert(Decoder::default()),
+        };
+        let mut texts = Texts { dec, load: &mut load };
+        let mut st = self.conn.prepare_cached(sql)?;
+        let mut rows = st.query(p)?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            out.push(read_alert(r, &mut dec)?);
+            out.push(read(r, &mut texts)?);
         }
         Ok(out)
     }
 
     fn count_only_from_(&self, only: Origin, missing: Origin, before_ns: i64) -> Res<u64> {
-        // Origins take 3 bits: count each qualifying value on `events_origins` (origins,
-        // time_ns), a range of the index each.
-        let mut st = self.conn.prepare_cached("SELECT count(*) FROM events WHERE origins = ?1 AND time_ns < ?2")?;
+        // Origins take 3 bits: count each qualifying value. All but 1 and 3 (webhook alone,
+        // webhook and file) are in `events_lone_origins` (origins, time_ns): a range each.
+        // Counting those two reads the time index up to `before_ns`.
+        let mut lone = self.conn.prepare_cached(
+            "SELECT count(*) FROM events WHERE origins = ?1 AND time_ns < ?2 AND origins NOT IN (1, 3)",
+        )?;
+        let mut bulk = self.conn.prepare_cached("SELECT count(*) FROM events WHERE origins = ?1 AND time_ns < ?2")?;
         let mut total: u64 = 0;
         for v in 1..8_i64 {
             if v & only.bit() != 0 && v & missing.bit() == 0 {
+                let st = if v == 1 || v == 3 { &mut bulk } else { &mut lone };
                 let n: i64 = st.query_row(params![v, before_ns], |r| r.get(0))?;
                 total = total.saturating_add(u64_of(n));
             }
@@ -519,6 +610,7 @@ impl SqliteStore {
         Ok(total)
     }
 
+    /// `(page_count - freelist_count) * page_size`.
     fn used_bytes_(&self) -> Res<u64> {
         let q = |p: &str| -> Res<i64> { Ok(self.conn.pragma_query_value(None, p, |r| r.get(0))?) };
         let used = q("page_count")?.saturating_sub(q("freelist_count")?).saturating_mul(q("page_size")?);
@@ -669,7 +761,19 @@ fn content_hash(raw: &str) -> [u8; 16] {
     out
 }
 
-fn read_event(r: &Row<'_>, dec: &mut Decoder) -> Res<StoredEvent> {
+/// A decoder and how to load a dictionary: what reading stored texts needs.
+struct Texts<'a> {
+    dec: &'a mut Decoder,
+    load: &'a mut dyn FnMut(u32) -> Res<Option<Vec<u8>>>,
+}
+
+impl Texts<'_> {
+    fn decode(&mut self, v: ValueRef<'_>, len: i64) -> Res<String> {
+        self.dec.decode(v, len, self.load)
+    }
+}
+
+fn read_event(r: &Row<'_>, dec: &mut Texts<'_>) -> Res<StoredEvent> {
     let len: i64 = r.get(5)?;
     let raw = dec.decode(r.get_ref(6)?, len)?;
     Ok(StoredEvent {
@@ -711,7 +815,7 @@ fn read_finding(r: &Row<'_>) -> Res<FindingRow> {
     })
 }
 
-fn read_alert(r: &Row<'_>, dec: &mut Decoder) -> Res<StoredAlert> {
+fn read_alert(r: &Row<'_>, dec: &mut Texts<'_>) -> Res<StoredAlert> {
     let len: i64 = r.get(10)?;
     let raw = match r.get_ref(11)? {
         v @ (ValueRef::Text(_) | ValueRef::Blob(_)) => dec.decode(v, len)?,

@@ -6,8 +6,8 @@
 //! - an auditID: `events_dedup`;
 //! - a source IP: `event_ips_ip`, joined to the events by rowid;
 //! - a rule: `matches_rule`, joined likewise;
-//! - else the most selective equality filter (pod, service account, user, name, namespace,
-//!   resource, verb, in that order): the others are tested on the rows it yields (a unary `+`
+//! - else the most selective equality filter (pod, service account (by its user name), user,
+//!   name, namespace, resource, verb, in that order): the others are tested on the rows it yields (a unary `+`
 //!   keeps SQLite from choosing an index by guesswork when several apply);
 //! - else a time window with an end (`until_ns`): `events_time` (SQLite then sorts the window's
 //!   ids: a wide window without other filters costs a read of the window);
@@ -48,16 +48,25 @@ pub(crate) const EVENT_COLUMNS: &str = "e.id, e.time_ns, e.audit_id, e.stage, e.
 
 pub(crate) fn events(q: &EventQuery) -> Sql {
     let mut s = Sql::default();
-    // The equality filters on events' own columns, most selective first.
+    // The equality filters on events' own columns, most selective first. A service account
+    // `NS/NAME` is its user name `system:serviceaccount:NS:NAME` (indexed), and the column
+    // itself is checked too.
+    let sa_user = q.service_account.as_ref().map(|sa| match sa.split_once('/') {
+        Some((ns, name)) => format!("system:serviceaccount:{ns}:{name}"),
+        // Not `namespace/name`: no stored event has it. An empty user name matches none
+        // either, through the index.
+        None => String::new(),
+    });
     let eqs: Vec<(&str, &String)> = [
         ("e.audit_id", &q.audit_id),
         ("e.pod", &q.pod),
-        ("e.service_account", &q.service_account),
+        ("e.username", &sa_user),
         ("e.username", &q.user),
         ("e.name", &q.name),
         ("e.namespace", &q.namespace),
         ("e.resource", &q.resource),
         ("e.verb", &q.verb),
+        ("e.service_account", &q.service_account),
     ]
     .into_iter()
     .filter_map(|(c, v)| v.as_ref().map(|v| (c, v)))

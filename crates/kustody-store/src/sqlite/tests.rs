@@ -18,7 +18,8 @@ fn every_event_filter_uses_an_index_without_sorting() {
     let v = || Some("x".to_owned());
     let cases: Vec<(EventQuery, &str)> = vec![
         (EventQuery { user: v(), ..Default::default() }, "events_user"),
-        (EventQuery { service_account: v(), ..Default::default() }, "events_sa"),
+        (EventQuery { service_account: v(), ..Default::default() }, "events_user"),
+        (EventQuery { service_account: Some("ns/sa".into()), ..Default::default() }, "events_user"),
         (EventQuery { pod: v(), ..Default::default() }, "events_pod"),
         (EventQuery { namespace: v(), ..Default::default() }, "events_namespace"),
         (EventQuery { resource: v(), ..Default::default() }, "events_resource"),
@@ -92,8 +93,10 @@ fn dedup_update_and_gap_count_use_indexes() {
          AND origins & 1 = 0",
     );
     assert!(p.contains("events_dedup"), "{p}");
-    let p = explain("SELECT count(*) FROM events WHERE origins = 2 AND time_ns < 5");
-    assert!(p.contains("events_origins"), "{p}");
+    let p = explain("SELECT count(*) FROM events WHERE origins = 2 AND time_ns < 5 AND origins NOT IN (1, 3)");
+    assert!(p.contains("events_lone_origins"), "{p}");
+    let p = explain("SELECT count(*) FROM events WHERE origins = 3 AND time_ns < 5");
+    assert!(p.contains("events_time"), "{p}");
     let p = explain("SELECT id, text_len FROM events WHERE time_ns < 5 ORDER BY time_ns LIMIT 10");
     assert!(p.contains("events_time"), "{p}");
 }
