@@ -225,7 +225,8 @@ impl SqliteStore {
             .query_row("SELECT dict FROM dicts ORDER BY created_ns DESC, id DESC LIMIT 1", [], |r| r.get(0))
             .optional()?;
         if let Some(d) = newest.and_then(Dict::new) {
-            self.enc.use_dict(&d)?;
+            // Best effort: without it texts are compressed plainly (or a new one is trained).
+            let _ = self.enc.use_dict(&d);
         }
         Ok(())
     }
@@ -362,10 +363,10 @@ impl SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
             let mut dup = tx.prepare_cached(
-                "UPDATE events SET origins = origins | ?1 \
-                 WHERE audit_id = ?2 AND ifnull(stage, '') = ifnull(?3, '') AND origins & ?1 = 0",
+                "UPDATE events SET origins = origins | ?1 WHERE ifnull(time_ns, 0) = ifnull(?4, 0) \
+                 AND audit_id = ?2 AND ifnull(stage, '') = ifnull(?3, '') AND origins & ?1 = 0",
             )?;
-            let mut ip = tx.prepare_cached("INSERT OR IGNORE INTO event_ips (rowid, ip) VALUES (?1, ?2)")?;
+            let mut ip = tx.prepare_cached("INSERT OR IGNORE INTO event_ips (id, ip) VALUES (?1, ?2)")?;
             for ev in events {
                 let len = i64::try_from(ev.raw.len()).unwrap_or(i64::MAX);
                 let body = enc.encode(&ev.raw);
@@ -388,7 +389,7 @@ impl SqliteStore {
                     body,
                 ])?;
                 if n == 0 {
-                    dup.execute(params![bit, ev.audit_id.as_deref(), ev.stage.as_deref()])?;
+                    dup.execute(params![bit, ev.audit_id.as_deref(), ev.stage.as_deref(), ev.time_ns])?;
                     out.ids.push(None);
                     out.duplicates += 1;
                     continue;
@@ -549,8 +550,50 @@ impl SqliteStore {
     }
 
     fn search_events_(&self, q: &EventQuery) -> Res<Vec<StoredEvent>> {
-        let sql = query::events(q);
-        self.read_rows(&sql.text, rusqlite::params_from_iter(sql.args.iter()), read_event)
+        let sql = match query::events(q) {
+            query::EventSearch::Direct(sql) => {
+                return self.read_rows(&sql.text, rusqlite::params_from_iter(sql.args.iter()), read_event)
+            }
+            query::EventSearch::Buckets(sql) => sql,
+        };
+        // Bucket by bucket, newest first, from the one holding the newest wanted id.
+        let (lo, hi): (Option<i64>, Option<i64>) = self.conn.query_row(
+            // Two subqueries: each is one seek (min and max in one SELECT scan the table).
+            "SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let (Some(lo), Some(mut hi)) = (lo, hi) else { return Ok(Vec::new()) };
+        if let Some(b) = q.before_id {
+            hi = hi.min(b.saturating_sub(1));
+        }
+        let limit = query::limit(q.limit);
+        if hi < lo {
+            return Ok(Vec::new());
+        }
+        // One statement, bound once; per bucket only the bucket and the rows still wanted
+        // change (a bucket costs one index seek when it has none).
+        let last = sql.args.len();
+        self.with_texts(|texts| {
+            let mut st = self.conn.prepare_cached(&sql.text)?;
+            for (i, v) in sql.args.iter().enumerate() {
+                st.raw_bind_parameter(i + 1, v)?;
+            }
+            let mut out: Vec<StoredEvent> = Vec::new();
+            for bucket in ((lo >> query::BUCKET_SHIFT)..=(hi >> query::BUCKET_SHIFT)).rev() {
+                let wanted = limit.saturating_sub(i64::try_from(out.len()).unwrap_or(i64::MAX));
+                if wanted <= 0 {
+                    break;
+                }
+                st.raw_bind_parameter(1, bucket)?;
+                st.raw_bind_parameter(last, wanted)?;
+                let mut rows = st.raw_query();
+                while let Some(r) = rows.next()? {
+                    out.push(read_event(r, texts)?);
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn search_findings_(&self, q: &FindingQuery) -> Res<Vec<FindingRow>> {
@@ -571,6 +614,19 @@ impl SqliteStore {
         p: P,
         read: impl Fn(&Row<'_>, &mut Texts<'_>) -> Res<T>,
     ) -> Res<Vec<T>> {
+        self.with_texts(|texts| {
+            let mut st = self.conn.prepare_cached(sql)?;
+            let mut rows = st.query(p)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(read(r, texts)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Runs `f` with the store's decoder (which loads the dictionaries it needs).
+    fn with_texts<T>(&self, f: impl FnOnce(&mut Texts<'_>) -> Res<T>) -> Res<T> {
         let mut load = |id: u32| -> Res<Option<Vec<u8>>> {
             let mut st = self.conn.prepare_cached("SELECT dict FROM dicts WHERE id = ?1")?;
             Ok(st.query_row([id], |r| r.get(0)).optional()?)
@@ -581,14 +637,7 @@ impl SqliteStore {
             Some(d) => d,
             None => own.insert(Decoder::default()),
         };
-        let mut texts = Texts { dec, load: &mut load };
-        let mut st = self.conn.prepare_cached(sql)?;
-        let mut rows = st.query(p)?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(read(r, &mut texts)?);
-        }
-        Ok(out)
+        f(&mut Texts { dec, load: &mut load })
     }
 
     fn count_only_from_(&self, only: Origin, missing: Origin, before_ns: i64) -> Res<u64> {
@@ -704,7 +753,7 @@ impl SqliteStore {
         let mut matches: i64 = 0;
         {
             let mut del = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
-            let mut del_ips = tx.prepare_cached("DELETE FROM event_ips WHERE rowid BETWEEN ?1 AND ?2")?;
+            let mut del_ips = tx.prepare_cached("DELETE FROM event_ips WHERE id BETWEEN ?1 AND ?2")?;
             let mut del_matches = tx.prepare_cached("DELETE FROM matches WHERE event_id = ?1")?;
             for (id, len) in &victims {
                 del.execute([id])?;

@@ -777,13 +777,68 @@ fn read_only_refuses_writes<B: Backend>() {
     assert!(all_events(&r).is_empty());
 }
 
+/// Enough events that a backend grouping them (SQLite's index buckets of 4096 events) has to
+/// search across groups: paging, limits and rare keys in the oldest group.
+fn search_across_many_events<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let n = 10_000;
+    let rare = |i: usize| i % 997 == 5;
+    let mut got = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(2000) {
+        let evs: Vec<Ev> = chunk
+            .iter()
+            .map(|&i| {
+                if rare(i) {
+                    Ev { user: "bob".into(), ips: vec!["192.0.2.1"], name: Some("rare".into()), ..ev(i) }
+                } else {
+                    ev(i)
+                }
+            })
+            .collect();
+        got.extend(put(&mut s, &evs, Origin::Webhook).1.into_iter().map(Option::unwrap));
+    }
+    let want: Vec<i64> = (0..n).rev().filter(|&i| rare(i)).map(|i| got[i]).collect();
+    assert_eq!(want.len(), 11);
+    for base in [
+        EventQuery { user: Some("bob".into()), ..q() },
+        EventQuery { ip: Some("192.0.2.1".into()), ..q() },
+        EventQuery { name: Some("rare".into()), ..q() },
+        EventQuery { name: Some("rare".into()), user: Some("bob".into()), verb: Some("get".into()), ..q() },
+    ] {
+        assert_eq!(find(&s, base.clone()), want, "{base:?}");
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = find(&s, EventQuery { before_id: before, limit: 3, ..base.clone() });
+            let Some(&last) = page.last() else { break };
+            assert!(page.len() <= 3);
+            before = Some(last);
+            seen.extend(page);
+        }
+        assert_eq!(seen, want, "{base:?}");
+        // Paging from an id that is no event's.
+        assert_eq!(find(&s, EventQuery { before_id: Some(want[4] + 1), ..base.clone() }), want[4..].to_vec());
+    }
+    // The oldest event's auditID, and the newest user events across groups.
+    assert_eq!(find(&s, EventQuery { audit_id: ev(0).audit_id, ..q() }), vec![got[0]]);
+    assert_eq!(find(&s, EventQuery { audit_id: ev(n - 1).audit_id, ..q() }), vec![got[n - 1]]);
+    let alice = find(&s, EventQuery { user: Some("alice".into()), limit: 5000, ..q() });
+    assert_eq!(alice.len(), 5000);
+    assert!(alice.windows(2).all(|w| w[0] > w[1]));
+    assert_eq!(alice[0], got[n - 1]);
+    let page2 = find(&s, EventQuery { user: Some("alice".into()), before_id: Some(alice[4999]), limit: 10_000, ..q() });
+    assert_eq!(page2.len(), n - 11 - 5000);
+}
+
 macro_rules! suite {
     ($backend:ident: $b:ty) => {
         mod $backend {
             suite!(@tests $b; append_and_dedup, ids_and_events_after, search_each_filter, paging_and_limits,
                 findings_insert_update_search, alerts_dedup_and_search, cursors_and_offsets_survive_reopen,
                 count_only_from, retention_by_age, retention_by_size, reopen_keeps_everything,
-                reader_sees_commits_while_writer_open, real_events_from_fixture, read_only_refuses_writes);
+                reader_sees_commits_while_writer_open, real_events_from_fixture, read_only_refuses_writes,
+                search_across_many_events);
         }
     };
     (@tests $b:ty; $($t:ident),*) => {
@@ -973,6 +1028,31 @@ fn sqlite_full_disk() {
     let s = SqliteStore::open(&dir).unwrap();
     check(&s, &committed);
     assert_eq!(s.cursor("detector").unwrap(), 1);
+}
+
+/// SQLite de-duplicates on the event's time too (a duplicate is the same event, so the same
+/// time; the time keeps the index's writes local): the same auditID and stage at another time
+/// is stored.
+#[test]
+fn sqlite_dedup_includes_the_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open(dir.path()).unwrap();
+    let a = Ev { audit_id: Some("same".into()), ..ev(1) };
+    let b = Ev { t: 2, ..a.clone() };
+    let (_, ids) = put(&mut s, &[a.clone(), b, a], Origin::Webhook);
+    assert!(ids[0].is_some() && ids[1].is_some() && ids[2].is_none());
+    // Without a time, the same auditID and stage is a duplicate.
+    let untimed = |o: Origin, s: &mut SqliteStore| {
+        let t = Ev { audit_id: Some("untimed".into()), ..ev(3) }
+            .json()
+            .replace("\"stageTimestamp\"", "\"x\"")
+            .replace("\"requestReceivedTimestamp\"", "\"y\"");
+        s.append_events(&rows(&[t]), o).unwrap().ids[0]
+    };
+    assert!(untimed(Origin::Webhook, &mut s).is_some());
+    assert!(untimed(Origin::File, &mut s).is_none());
+    let e = s.search_events(&EventQuery { audit_id: Some("untimed".into()), ..q() }).unwrap();
+    assert_eq!(e[0].origins, 3);
 }
 
 /// Texts compressed with a trained zstd dictionary come back exactly, after reopening and in a

@@ -3,15 +3,18 @@
 //!
 //! Event searches are newest first, and each is driven by one index whose entries for the
 //! filter's key are in id order, read backwards until `limit` rows matched:
-//! - an auditID: `events_dedup`;
-//! - a source IP: `event_ips_ip`, joined to the events by rowid;
+//! - an auditID: `events_audit`, bucket by bucket (see the schema's notes on buckets);
+//! - a source IP: `event_ips_ip`, bucket by bucket, joined to the events by id;
 //! - a rule: `matches_rule`, joined likewise;
-//! - else the most selective equality filter (pod, service account (by its user name), user,
-//!   name, namespace, resource, verb, in that order): the others are tested on the rows it yields (a unary `+`
-//!   keeps SQLite from choosing an index by guesswork when several apply);
+//! - a pod, service account (by its user name), user or object name, in that order:
+//!   its bucketed index, bucket by bucket;
+//! - else the first of namespace, resource, verb: its plain index;
 //! - else a time window with an end (`until_ns`): `events_time` (SQLite then sorts the window's
 //!   ids: a wide window without other filters costs a read of the window);
 //! - else the primary key, backwards (`since_ns` alone keeps the newest events, found first).
+//!
+//! The other filters are tested on the rows the driver yields (a unary `+` keeps SQLite from
+//! choosing another index by guesswork).
 
 use rusqlite::types::Value;
 
@@ -46,77 +49,138 @@ impl Sql {
 /// The columns [`super::read_event`] reads, of events aliased `e`.
 pub(crate) const EVENT_COLUMNS: &str = "e.id, e.time_ns, e.audit_id, e.stage, e.origins, e.text_len, e.body";
 
-pub(crate) fn events(q: &EventQuery) -> Sql {
-    let mut s = Sql::default();
-    // The equality filters on events' own columns, most selective first. A service account
-    // `NS/NAME` is its user name `system:serviceaccount:NS:NAME` (indexed), and the column
-    // itself is checked too.
+/// Events are grouped in buckets of `1 << BUCKET_SHIFT` consecutive ids in the indexes of
+/// keys with many values (see the schema).
+pub const BUCKET_SHIFT: u32 = 12;
+
+/// How an event search runs.
+#[derive(Debug)]
+pub(crate) enum EventSearch {
+    /// One statement.
+    Direct(Sql),
+    /// One statement per bucket, newest bucket first, until the limit is reached: the first
+    /// parameter is the bucket, the last the rows still wanted.
+    Buckets(Sql),
+}
+
+impl EventSearch {
+    #[cfg(test)]
+    pub(crate) fn sql(&self) -> &Sql {
+        match self {
+            EventSearch::Direct(s) | EventSearch::Buckets(s) => s,
+        }
+    }
+}
+
+/// What drives an event search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    /// A bucketed index of events on this column.
+    Bucketed(&'static str),
+    Ip,
+    Rule,
+    /// The events table with SQLite's choice of plain index (or the primary key).
+    Events,
+}
+
+pub(crate) fn events(q: &EventQuery) -> EventSearch {
+    // A service account `NS/NAME` is its user name `system:serviceaccount:NS:NAME` (indexed),
+    // and the column itself is checked too.
     let sa_user = q.service_account.as_ref().map(|sa| match sa.split_once('/') {
         Some((ns, name)) => format!("system:serviceaccount:{ns}:{name}"),
-        // Not `namespace/name`: no stored event has it. An empty user name matches none
-        // either, through the index.
+        // Not `namespace/name`: no stored event has it, nor an empty user name.
         None => String::new(),
     });
-    let eqs: Vec<(&str, &String)> = [
-        ("e.audit_id", &q.audit_id),
-        ("e.pod", &q.pod),
-        ("e.username", &sa_user),
-        ("e.username", &q.user),
-        ("e.name", &q.name),
-        ("e.namespace", &q.namespace),
-        ("e.resource", &q.resource),
-        ("e.verb", &q.verb),
-        ("e.service_account", &q.service_account),
+    // Equality filters on events' own columns, the bucketed ones (most selective) first.
+    let eqs: Vec<(&'static str, &String, bool)> = [
+        ("e.audit_id", &q.audit_id, true),
+        ("e.pod", &q.pod, true),
+        ("e.username", &sa_user, true),
+        ("e.username", &q.user, true),
+        ("e.name", &q.name, true),
+        ("e.namespace", &q.namespace, false),
+        ("e.resource", &q.resource, false),
+        ("e.verb", &q.verb, false),
+        ("e.service_account", &q.service_account, false),
     ]
     .into_iter()
-    .filter_map(|(c, v)| v.as_ref().map(|v| (c, v)))
+    .filter_map(|(c, v, b)| v.as_ref().map(|v| (c, v, b)))
     .collect();
-    let by_audit_id = q.audit_id.is_some();
-    let order;
-    if let (Some(ip), false) = (&q.ip, by_audit_id) {
-        s.text = format!(
-            "SELECT {EVENT_COLUMNS} FROM event_ips i CROSS JOIN events e ON e.id = (i.rowid >> 4) WHERE i.ip = ?"
-        );
-        s.args.push(Value::from(ip.clone()));
-        if let Some(b) = q.before_id {
-            s.and("i.rowid < ?", b.saturating_mul(16));
+    let first = eqs.first().copied();
+    let driver = match first {
+        Some(("e.audit_id", _, _)) => Driver::Bucketed("e.audit_id"),
+        _ if q.ip.is_some() => Driver::Ip,
+        _ if q.rule.is_some() => Driver::Rule,
+        Some((col, _, true)) => Driver::Bucketed(col),
+        _ => Driver::Events,
+    };
+    let mut s = Sql::default();
+    let order = match driver {
+        Driver::Ip => {
+            s.text = format!(
+                "SELECT {EVENT_COLUMNS} FROM event_ips i CROSS JOIN events e ON e.id = (i.id >> 4) \
+                 WHERE (i.id >> 16) = ? AND i.ip = ?"
+            );
+            s.args.push(Value::Integer(0));
+            s.args.push(Value::from(q.ip.clone().unwrap_or_default()));
+            if let Some(b) = q.before_id {
+                s.and("+i.id < ?", b.saturating_mul(16));
+            }
+            "i.id DESC"
         }
-        if let Some(rule) = &q.rule {
-            s.and("EXISTS (SELECT 1 FROM matches m WHERE m.event_id = e.id AND m.rule = ?)", rule.clone());
+        Driver::Rule => {
+            s.text = format!(
+                "SELECT {EVENT_COLUMNS} FROM matches m CROSS JOIN events e ON e.id = m.event_id WHERE m.rule = ?"
+            );
+            s.args.push(Value::from(q.rule.clone().unwrap_or_default()));
+            if let Some(b) = q.before_id {
+                s.and("m.event_id < ?", b);
+            }
+            "m.event_id DESC"
         }
-        order = "i.rowid DESC";
-    } else if let (Some(rule), false) = (&q.rule, by_audit_id) {
-        s.text =
-            format!("SELECT {EVENT_COLUMNS} FROM matches m CROSS JOIN events e ON e.id = m.event_id WHERE m.rule = ?");
-        s.args.push(Value::from(rule.clone()));
-        if let Some(b) = q.before_id {
-            s.and("m.event_id < ?", b);
+        Driver::Bucketed(_) | Driver::Events => {
+            s.text = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE ");
+            if let Driver::Bucketed(col) = driver {
+                s.text.push_str("(e.id >> 12) = ?");
+                s.args.push(Value::Integer(0));
+                let v = first.map(|(_, v, _)| v.clone()).unwrap_or_default();
+                s.and(&format!("{col} = ?"), v);
+                if let Some(b) = q.before_id {
+                    s.and("+e.id < ?", b);
+                }
+            } else {
+                s.text.push('1');
+                if let Some(b) = q.before_id {
+                    s.and("e.id < ?", b);
+                }
+            }
+            "e.id DESC"
         }
-        order = "m.event_id DESC";
-    } else {
-        s.text = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE 1");
-        if let Some(b) = q.before_id {
-            s.and("e.id < ?", b);
-        }
+    };
+    if driver != Driver::Ip {
         if let Some(ip) = &q.ip {
             s.and(
-                "EXISTS (SELECT 1 FROM event_ips x WHERE x.rowid BETWEEN (e.id << 4) AND (e.id << 4) + 15 AND x.ip = ?)",
+                "EXISTS (SELECT 1 FROM event_ips x WHERE x.id BETWEEN (e.id << 4) AND (e.id << 4) + 15 AND x.ip = ?)",
                 ip.clone(),
             );
         }
+    }
+    if driver != Driver::Rule {
         if let Some(rule) = &q.rule {
             s.and("EXISTS (SELECT 1 FROM matches m WHERE m.event_id = e.id AND m.rule = ?)", rule.clone());
         }
-        order = "e.id DESC";
     }
-    let events_driven = order == "e.id DESC";
-    for (i, (col, v)) in eqs.iter().enumerate() {
-        // Only the first equality may use its index when the events table drives the search.
-        let plus = if events_driven && i == 0 { "" } else { "+" };
-        s.and(&format!("{plus}{col} = ?"), (*v).clone());
+    for (i, (col, v, _)) in eqs.iter().enumerate() {
+        match driver {
+            // Already the driver's key.
+            Driver::Bucketed(_) if i == 0 => continue,
+            // The events table drives: only the first equality may use its (plain) index.
+            Driver::Events if i == 0 => s.and(&format!("{col} = ?"), (*v).clone()),
+            _ => s.and(&format!("+{col} = ?"), (*v).clone()),
+        }
     }
     // The time index only when nothing better applies and the window has an end.
-    let time_index = events_driven && eqs.is_empty() && q.until_ns.is_some();
+    let time_index = driver == Driver::Events && eqs.is_empty() && q.until_ns.is_some();
     let plus = if time_index { "" } else { "+" };
     if let Some(t) = q.since_ns {
         s.and(&format!("{plus}e.time_ns >= ?"), t);
@@ -128,7 +192,10 @@ pub(crate) fn events(q: &EventQuery) -> Sql {
     s.text.push_str(order);
     s.text.push_str(" LIMIT ?");
     s.args.push(Value::from(limit(q.limit)));
-    s
+    match driver {
+        Driver::Bucketed(_) | Driver::Ip => EventSearch::Buckets(s),
+        Driver::Rule | Driver::Events => EventSearch::Direct(s),
+    }
 }
 
 /// The columns [`super::read_finding`] reads.
