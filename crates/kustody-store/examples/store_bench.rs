@@ -19,12 +19,17 @@
 //!   faster both ways. Hence level 1 and trained dictionaries.
 //! - The cost of an append is the WAL, not compression: every B-tree page a commit touches is
 //!   written whole (4 KiB) to the WAL, and an index on a high-cardinality key (auditID, object
-//!   name, pod, IP, user) touches about one page per distinct key in the batch. With all
-//!   indexes a 400-event commit writes ~850 pages at 40k events, more as the indexes outgrow
-//!   the batch. Measured at 100k events, 400 per commit: all indexes ~8–10k events/s; without
-//!   the secondary indexes (table, time, dedup) ~23k/s; table and time only ~41k/s;
-//!   `synchronous=NORMAL` (no fsync per commit, not acceptable here) ~1.8×. Bigger
-//!   transactions help (2,000 per commit ~16k/s, 10,000 ~22k/s at 100k events).
+//!   name, pod, IP, user) touches about one page per distinct key in the batch, anywhere in
+//!   the index. With such plain indexes a 400-event commit wrote ~850 pages at 40k events and
+//!   more as the store grew: 1M events went in at 5.3k events/s (10.6k/s for the first 100k,
+//!   4k/s at the end). Without secondary indexes 16.7k/s (with the dedup index on (auditID,
+//!   stage)) and 71k/s (table and time index only).
+//! - Hence indexes on those keys lead with the id's bucket (4096 events) and the dedup key
+//!   with the time: 1M events at 16–17.6k events/s, flat as the store grows, commit p50 ~20
+//!   ms; searches by a key walk buckets newest first (rare keys: ~4 ms at 1M events, ~17 µs a
+//!   bucket).
+//! - Bigger transactions help: 4,000 events per commit ran 1.7× the rate of 400 with plain
+//!   indexes. `synchronous=NORMAL` (no fsync per commit, not acceptable here) ran ~1.8×.
 //! - Page sizes of 1, 2 and 8 KiB were slower than 4 KiB or no better; a background
 //!   checkpointing thread did not help (the WAL cannot restart while the writer commits
 //!   continuously), so the writer checkpoints every 64 MiB of WAL itself.

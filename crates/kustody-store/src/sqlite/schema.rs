@@ -19,7 +19,7 @@
 ///   (2,442 buckets for 10 million events), until it has its rows. Keys with few values
 ///   (namespace, resource, verb, time) are indexed plainly: each touches few pages anyway.
 ///   Measured with 1 million events, 400 per commit: 5.3k events/s with plain indexes on every
-///   key, 15.7k/s so (see `examples/store_bench.rs`).
+///   key, 16–17.6k/s so (see `examples/store_bench.rs`).
 /// - `events_dedup` de-duplicates on (time, auditID, stage): a duplicate is the same event
 ///   again, with the same time, and leading with the time keeps the index's writes local (on
 ///   (auditID, stage) alone, a random key, it cost a third of the append rate). A missing
