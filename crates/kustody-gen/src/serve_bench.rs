@@ -96,12 +96,34 @@ pub fn run(kustody: &Path, opts: &Options) -> Result<()> {
     let addr = url.trim_start_matches("https://").to_owned();
     let ca = std::fs::read(data.join("tls/server.crt"))?;
     let pid = child.id();
+    // Peak resident memory, sampled: anonymous (heap, queues, caches) and file-backed (SQLite's
+    // memory-mapped database pages, which the kernel can drop at will) separately.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let (mut anon, mut file) = (0u64, 0u64);
+            while sampling.load(Relaxed) {
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    let kb = |k: &str| {
+                        s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0)
+                    };
+                    anon = anon.max(kb("RssAnon:") * 1024);
+                    file = file.max(kb("RssFile:") * 1024);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (anon, file)
+        })
+    };
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?
         .block_on(drive(&addr, &ca, opts));
     let rss = peak_rss(pid);
+    sampling.store(false, Relaxed);
+    let (anon, file) = sampler.join().unwrap_or((0, 0));
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let _ = child.wait();
     let disk = dir_size(&data.join("kustody.db")) + dir_size(&data.join("kustody.db-wal"));
@@ -130,8 +152,10 @@ pub fn run(kustody: &Path, opts: &Options) -> Result<()> {
     );
     println!("  arrival→finding (server histogram): p50 ≤ {} , p99 ≤ {}", r.detect_p50, r.detect_p99);
     println!(
-        "  server peak RSS {:.0} MB; store {:.1} MB on disk = {:.0} bytes per stored event",
+        "  server peak RSS {:.0} MB (sampled peaks: anonymous {:.0} MB, file-backed {:.0} MB); store {:.1} MB on disk = {:.0} bytes per stored event",
         rss as f64 / 1e6,
+        anon as f64 / 1e6,
+        file as f64 / 1e6,
         disk as f64 / 1e6,
         disk as f64 / r.stored.max(1) as f64
     );

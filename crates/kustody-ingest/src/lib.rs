@@ -15,6 +15,7 @@
 
 mod chunk;
 mod docsplit;
+pub mod falco;
 mod files;
 pub mod jscan;
 mod managed;

@@ -45,7 +45,7 @@ pub struct ToDetect {
 }
 
 /// Group commits stop growing at this many events.
-const GROUP_EVENTS: usize = 8000;
+const GROUP_EVENTS: usize = 2000;
 
 /// What the writer does besides appending: retention on a timer.
 pub struct Retention {
