@@ -318,9 +318,10 @@ impl StoreError {
 
 /// The storage interface. One writer at a time holds a `Store`; readers open their own.
 pub trait Store: Send {
-    /// Stores events in one durable transaction; duplicates of (auditID, stage) already stored
-    /// are not stored again but gain `origin`'s bit. Events without an auditID are never
-    /// duplicates.
+    /// Stores events in one durable transaction; duplicates already stored are not stored again
+    /// but gain `origin`'s bit. A duplicate is the same (auditID, stage) with the same event
+    /// time: what a redelivery or the log file holds (SQLite keys it time first, so the key's
+    /// index grows at its end). Events without an auditID are never duplicates.
     fn append_events(&mut self, events: &[EventRow<'_>], origin: Origin) -> Result<Appended, StoreError>;
     /// Stores runtime alerts in one durable transaction (content duplicates stored once).
     fn append_alerts(&mut self, alerts: &[AlertRow]) -> Result<Appended, StoreError>;
