@@ -749,10 +749,14 @@ mod tests {
 }
 
 #[derive(Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(args_conflicts_with_subcommands = true, args_override_self = true)]
 pub struct ServeArgs {
     #[command(subcommand)]
     pub action: Option<ServeAction>,
+    /// A YAML file of these flags (`listen: 0.0.0.0:8443`, `follow: [/var/log/audit.log]`,
+    /// `no-allowlist: true`); flags on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Where the store, the generated TLS certificate and the token file live.
     #[arg(long, value_name = "DIR", env = "KUSTODY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,

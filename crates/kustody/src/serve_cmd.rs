@@ -99,11 +99,69 @@ pub fn compile_where(rules: &[PathBuf], defaults: bool, condition: &str) -> Resu
     }))
 }
 
+/// The flags a `--config` file sets, as command-line arguments (placed before the real ones,
+/// which therefore win). Errors name the file, line and key.
+fn config_args(path: &std::path::Path) -> Result<Vec<std::ffi::OsString>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let docs = kustody_model::yaml::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.pos.line, e.pos.col))?;
+    let at = |n: &kustody_model::yaml::Node| format!("{}:{}:{}", path.display(), n.pos().line, n.pos().col);
+    let known: Vec<String> = crate::command()
+        .find_subcommand("serve")
+        .map(|c| c.get_arguments().filter_map(|a| a.get_long().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let Some(root) = docs.first() else { return Ok(out) };
+    let kustody_model::yaml::Node::Map { entries, .. } = root else {
+        bail!("{}: the configuration must be a mapping of flag names to values", at(root));
+    };
+    for (k, v) in entries {
+        let key = k.as_str().unwrap_or_default();
+        if key == "config" || !known.iter().any(|n| n == key) {
+            bail!("{}: unknown key `{key}` (the keys are `kustody serve` flags without `--`, e.g. listen, follow, tokens)", at(k));
+        }
+        let values: Vec<&kustody_model::yaml::Node> = match v {
+            kustody_model::yaml::Node::Seq { items, .. } => items.iter().collect(),
+            other => vec![other],
+        };
+        for item in values {
+            let Some(val) = item.as_str() else {
+                bail!("{}: `{key}` takes a value or a list of values, not {}", at(item), item.kind());
+            };
+            match val {
+                "true" => out.push(format!("--{key}").into()),
+                "false" => {}
+                _ => {
+                    out.push(format!("--{key}").into());
+                    out.push(val.into());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
     if let Some(ServeAction::PrintApiserverConfig(a)) = &args.action {
         print!("{}", apiserver_config(a));
         return Ok(ExitCode::SUCCESS);
     }
+    let args = match &args.config {
+        None => args,
+        Some(path) => {
+            // Parse again with the file's flags first: the command line's come later and win.
+            let extra = config_args(path)?;
+            let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            let at = argv.iter().position(|a| a == "serve").map_or(argv.len(), |i| i + 1);
+            argv.splice(at..at, extra);
+            use clap::Parser;
+            match crate::cli::Cli::try_parse_from(crate::cli::normalize_verbosity(argv)) {
+                Ok(crate::cli::Cli { command: crate::cli::Command::Serve(a), .. }) => a,
+                Ok(_) => bail!("internal: --config re-parse"),
+                Err(e) => bail!("{} (with the flags of `{}`)", e.to_string().trim(), path.display()),
+            }
+        }
+    };
     let Some(data_dir) = args.data_dir.clone() else {
         bail!("--data-dir is required (or KUSTODY_DATA_DIR)");
     };

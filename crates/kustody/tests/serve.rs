@@ -781,3 +781,61 @@ fn the_apiserver_may_authenticate_with_a_client_certificate_which_only_ingests()
     assert_eq!(srv.request("POST", "/v1/audit", None, &event_list(&[&e])).status, 401);
     assert!(srv.stop().success());
 }
+
+#[test]
+fn a_config_file_sets_flags_the_command_line_overrides_and_unknown_keys_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(&bad, "listen: 127.0.0.1:0\nmax-requst-bytes: 10\n").unwrap();
+    let out =
+        kustody(&["serve", "--data-dir", tmp.path().join("d").to_str().unwrap(), "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("bad.yaml:2:1: unknown key `max-requst-bytes`"), "{}", out.stderr);
+
+    let cfg = tmp.path().join("serve.yaml");
+    std::fs::write(&cfg, "max-request-bytes: 1000\nmax-event-bytes: 900\nlisten: 127.0.0.1:1\n").unwrap();
+    // the command line's --listen (from start()) wins over the file's
+    let srv = start(&tmp.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let r = srv.request_declaring("POST", "/v1/audit", Some(INGEST), b"", 2000);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body.contains("1000 byte limit"), "{}", r.body);
+    assert!(srv.stop().success());
+}
+
+#[test]
+fn print_apiserver_config_gives_the_webhook_kubeconfig_policy_and_flags() {
+    let out = kustody(&[
+        "serve",
+        "print-apiserver-config",
+        "--url",
+        "https://kustody.example:8443/v1/audit",
+        "--ca",
+        "/etc/k/ca.crt",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for want in [
+        "kind: Config",
+        "server: https://kustody.example:8443/v1/audit",
+        "certificate-authority: /etc/k/ca.crt",
+        "kind: Policy",
+        "omitStages: [\"RequestReceived\"]",
+        "--audit-webhook-config-file=",
+        "--audit-log-path=",
+    ] {
+        assert!(out.stdout.contains(want), "missing {want}:\n{}", out.stdout);
+    }
+    // every document parses as YAML, with the kind it says
+    let docs: Vec<&str> = out.stdout.split("\n---\n").collect();
+    assert_eq!(docs.len(), 3);
+    let kinds: Vec<Option<String>> = docs
+        .iter()
+        .map(|d| {
+            kustody_model::yaml::parse(d)
+                .unwrap()
+                .first()
+                .and_then(|n| n.get("kind"))
+                .and_then(|k| k.as_str().map(str::to_owned))
+        })
+        .collect();
+    assert_eq!(kinds, vec![Some("Config".to_owned()), Some("Policy".to_owned()), None]);
+}
