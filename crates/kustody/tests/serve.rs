@@ -376,6 +376,18 @@ fn senders_are_authenticated_and_bad_payloads_are_refused_with_a_reason() {
     let r = srv.request_declaring("POST", "/v1/audit", Some(INGEST), b"", 300_000);
     assert_eq!(r.status, 413, "{}", r.body);
 
+    // hunt's readers serve every source: an AKS diagnostic-settings export (`records` wrapping
+    // the event as a JSON string) posted as is
+    if let Some(shared) = kustody_testkit::shared("samples/aks/event.json") {
+        let aks = std::fs::read(shared.join("samples/aks/event.json")).unwrap();
+        let r = srv.post_audit(&aks);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let stored = r.json()["stored"].as_u64().unwrap();
+        assert!(stored > 0, "{}", r.body);
+        let v = srv.wait_items("/v1/events?limit=1000", stored as usize);
+        assert!(v["items"].as_array().unwrap().iter().any(|e| e["event"]["kind"] == "Event" && e["event"]["auditID"].is_string()));
+    }
+
     // a Falco alert, tied to its pod
     let alert = r#"{"hostname":"node-1","output":"Shell spawned","output_fields":{"container.id":"0123456789ab","k8s.ns.name":"shop","k8s.pod.name":"web-1"},"priority":"Notice","rule":"Terminal shell in container","source":"syscall","tags":["shell"],"time":"2026-12-02T03:44:21.431251797Z"}"#;
     let r = srv.request("POST", "/v1/falco", Some(INGEST), alert.as_bytes());
