@@ -106,7 +106,10 @@ pub fn run(kustody: &Path, opts: &Options) -> Result<()> {
             while sampling.load(Relaxed) {
                 if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
                     let kb = |k: &str| {
-                        s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0)
+                        s.lines()
+                            .find(|l| l.starts_with(k))
+                            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                            .unwrap_or(0)
                     };
                     anon = anon.max(kb("RssAnon:") * 1024);
                     file = file.max(kb("RssFile:") * 1024);

@@ -150,14 +150,19 @@ mod tests {
             if self.0 == "unreadable" {
                 return Err("cannot open".into());
             }
-            ChunkReader::from_reader(Arc::from("t"), Box::new(std::io::Cursor::new(self.0.clone().into_bytes())), opts.clone())
-                .map_err(|e| e.to_string())
+            ChunkReader::from_reader(
+                Arc::from("t"),
+                Box::new(std::io::Cursor::new(self.0.clone().into_bytes())),
+                opts.clone(),
+            )
+            .map_err(|e| e.to_string())
         }
     }
 
     #[test]
     fn results_come_back_in_input_order_and_an_early_stop_ends_every_thread() {
-        let lines: String = (0..20_000).map(|i| format!("{{\"auditID\":\"{i}\",\"stage\":\"ResponseComplete\"}}\n")).collect();
+        let lines: String =
+            (0..20_000).map(|i| format!("{{\"auditID\":\"{i}\",\"stage\":\"ResponseComplete\"}}\n")).collect();
         let inputs = vec![Text(lines.clone()), Text("unreadable".into()), Text(lines)];
         let opts = ReadOptions { chunk_bytes: 4096, ..ReadOptions::default() };
         let mut ids: Vec<u64> = Vec::new();
@@ -193,10 +198,20 @@ mod tests {
         assert_eq!(ids, expected);
 
         let mut seen = 0;
-        let r = run(&inputs, &opts, 2, || |c: &Chunk| c.len(), |_| {
-            seen += 1;
-            if seen == 3 { Err("stop") } else { Ok(()) }
-        });
+        let r = run(
+            &inputs,
+            &opts,
+            2,
+            || |c: &Chunk| c.len(),
+            |_| {
+                seen += 1;
+                if seen == 3 {
+                    Err("stop")
+                } else {
+                    Ok(())
+                }
+            },
+        );
         assert_eq!(r, Err("stop"));
     }
 }

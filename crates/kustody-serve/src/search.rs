@@ -88,7 +88,7 @@ pub struct EventPage {
 }
 
 /// Runs an event search; with a `where` filter, reads on (newest first) until the page is full
-/// or [`WHERE_SCAN`] events were read.
+/// or 200,000 events were read.
 pub fn events(store: &dyn Store, mut q: EventQuery, filter: Option<&WhereFilter>) -> Result<EventPage, StoreError> {
     let limit = q.limit;
     let Some(filter) = filter else {
@@ -192,8 +192,8 @@ pub fn event_page_from_json(v: &serde_json::Value) -> EventPage {
                 .map(|e| StoredEvent {
                     id: e["id"].as_i64().unwrap_or(0),
                     time_ns: time_of(&e["time"]),
-                    audit_id: opt(&e["event"]["auditID"]),
-                    stage: opt(&e["event"]["stage"]),
+                    audit_id: e.pointer("/event/auditID").and_then(|v| v.as_str()).map(str::to_owned),
+                    stage: e.pointer("/event/stage").and_then(|v| v.as_str()).map(str::to_owned),
                     origins: strings(&e["origins"]).iter().fold(0, |b, o| {
                         b | match o.as_str() {
                             "webhook" => 1,
@@ -254,7 +254,7 @@ pub fn alerts_from_json(v: &serde_json::Value) -> Vec<StoredAlert> {
                         time_ns: time_of(&x["time"]),
                         rule: x["rule"].as_str().unwrap_or_default().to_owned(),
                         priority: x["priority"].as_str().unwrap_or_default().to_owned(),
-                        source: opt(&x["alert"]["source"]),
+                        source: x.pointer("/alert/source").and_then(|v| v.as_str()).map(str::to_owned),
                         hostname: opt(&x["hostname"]),
                         namespace: opt(&x["namespace"]),
                         pod: opt(&x["pod"]),

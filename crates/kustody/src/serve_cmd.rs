@@ -404,7 +404,7 @@ fn search_remote(args: &SearchArgs, server: &str) -> Result<Found> {
     if status != 200 {
         let reason = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .and_then(|v| v.get("error").and_then(serde_json::Value::as_str).map(str::to_owned))
             .unwrap_or(body);
         bail!("{server} answered {status}: {}", sanitize(&reason));
     }

@@ -385,7 +385,11 @@ fn senders_are_authenticated_and_bad_payloads_are_refused_with_a_reason() {
         let stored = r.json()["stored"].as_u64().unwrap();
         assert!(stored > 0, "{}", r.body);
         let v = srv.wait_items("/v1/events?limit=1000", stored as usize);
-        assert!(v["items"].as_array().unwrap().iter().any(|e| e["event"]["kind"] == "Event" && e["event"]["auditID"].is_string()));
+        assert!(v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"]["kind"] == "Event" && e["event"]["auditID"].is_string()));
     }
 
     // a Falco alert, tied to its pod
