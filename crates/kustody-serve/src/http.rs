@@ -396,23 +396,36 @@ async fn get_events(
     }
 }
 
+/// A search of the read role: authorize, build the query, run it on a read-only store, answer.
+async fn read_search<Q: Send + 'static, T: Send + 'static>(
+    s: &AppState,
+    headers: &HeaderMap,
+    peer: &Peer,
+    query: Result<Q, String>,
+    run: fn(&dyn Store, &Q) -> Result<T, StoreError>,
+    render: fn(&T) -> serde_json::Value,
+) -> Response {
+    if let Err(r) = authorize(s, headers, peer, Role::Read) {
+        return r;
+    }
+    let q = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match with_store(s, move |st| run(st, &q).map_err(|e| e.to_string())).await {
+        Ok(found) => json(StatusCode::OK, render(&found)),
+        Err(r) => r,
+    }
+}
+
 async fn get_findings(
     State(s): State<Arc<AppState>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     Query(p): Query<SearchParams>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
-        return r;
-    }
-    let q = match crate::search::finding_query(&p) {
-        Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    match with_store(&s, move |st| st.search_findings(&q).map_err(|e| e.to_string())).await {
-        Ok(rows) => json(StatusCode::OK, crate::search::findings_json(&rows)),
-        Err(r) => r,
-    }
+    let q = crate::search::finding_query(&p);
+    read_search(&s, &headers, &peer, q, |st, q| st.search_findings(q), |r| crate::search::findings_json(r)).await
 }
 
 async fn get_alerts(
@@ -421,17 +434,8 @@ async fn get_alerts(
     headers: HeaderMap,
     Query(p): Query<SearchParams>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
-        return r;
-    }
-    let q = match crate::search::alert_query(&p) {
-        Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    match with_store(&s, move |st| st.search_alerts(&q).map_err(|e| e.to_string())).await {
-        Ok(rows) => json(StatusCode::OK, crate::search::alerts_json(&rows)),
-        Err(r) => r,
-    }
+    let q = crate::search::alert_query(&p);
+    read_search(&s, &headers, &peer, q, |st, q| st.search_alerts(q), |r| crate::search::alerts_json(r)).await
 }
 
 /// Server-sent events: one `finding` event per change (opened, updated, closed), as JSON.
