@@ -234,29 +234,10 @@ fn serve_detections(store: &mut dyn Store, detections: &Receiver<Detections>, me
     }
 }
 
-/// New findings first (their ids complete the matches), then updates and matches, then the
-/// cursor; answers the detector with every finding's id.
+/// Findings, matches and the cursor in one transaction; answers the detector with every
+/// finding's id.
 fn write_detections(store: &mut dyn Store, d: Detections, metrics: &Metrics) {
-    let result = (|| {
-        let ids = if d.findings.is_empty() { Vec::new() } else { store.record_detections(&d.findings, &[])? };
-        let matches: Vec<MatchRow> = d
-            .matches
-            .into_iter()
-            .map(|(mut m, new)| {
-                if let Some(i) = new {
-                    m.finding_id = ids.get(i).copied();
-                }
-                m
-            })
-            .collect();
-        if !matches.is_empty() {
-            store.record_detections(&[], &matches)?;
-        }
-        if let Some(c) = d.cursor {
-            store.set_cursor(crate::detect::CURSOR, c)?;
-        }
-        Ok(ids)
-    })();
+    let result = store.record_batch(&d.findings, &d.matches, d.cursor.map(|c| (crate::detect::CURSOR, c)));
     if let Err(e) = &result {
         metrics.store_errors.fetch_add(1, Relaxed);
         tracing::error!(error = %e, "cannot store detections; they will be evaluated again after a restart");

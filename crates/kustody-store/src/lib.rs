@@ -328,6 +328,33 @@ pub trait Store: Send {
     /// Inserts (id `None`) or updates findings and stores matches, in one durable transaction.
     /// Returns the id of every finding, in order.
     fn record_detections(&mut self, findings: &[FindingRow], matches: &[MatchRow]) -> Result<Vec<i64>, StoreError>;
+    /// What a live detector stores for one batch, in **one** durable transaction: findings
+    /// (inserted or updated), matches — each pointing at a finding by id, or by its index in
+    /// `findings` when this call inserts it — and the detector's cursor. Returns every
+    /// finding's id, in order. The default runs [`Store::record_detections`] and
+    /// [`Store::set_cursor`] one after the other (not atomic); backends override it.
+    fn record_batch(
+        &mut self,
+        findings: &[FindingRow],
+        matches: &[(MatchRow, Option<usize>)],
+        cursor: Option<(&str, i64)>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let ids = if findings.is_empty() { Vec::new() } else { self.record_detections(findings, &[])? };
+        let resolved: Vec<MatchRow> = matches
+            .iter()
+            .map(|(m, new)| MatchRow {
+                finding_id: m.finding_id.or_else(|| new.and_then(|i| ids.get(i).copied())),
+                ..m.clone()
+            })
+            .collect();
+        if !resolved.is_empty() {
+            self.record_detections(&[], &resolved)?;
+        }
+        if let Some((name, value)) = cursor {
+            self.set_cursor(name, value)?;
+        }
+        Ok(ids)
+    }
     /// Events with an id above `after`, oldest first, at most `limit` (the detector's catch-up
     /// after a restart, and retro-hunts).
     fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;

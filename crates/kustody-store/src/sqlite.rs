@@ -463,7 +463,12 @@ impl SqliteStore {
         Ok(out)
     }
 
-    fn record_detections_(&mut self, findings: &[FindingRow], matches: &[MatchRow]) -> Res<Vec<i64>> {
+    fn record_detections_(
+        &mut self,
+        findings: &[FindingRow],
+        matches: &[(MatchRow, Option<usize>)],
+        cursor: Option<(&str, i64)>,
+    ) -> Res<Vec<i64>> {
         let tx = self.write_tx()?;
         let mut ids = Vec::with_capacity(findings.len());
         let mut new_findings: i64 = 0;
@@ -533,8 +538,9 @@ impl SqliteStore {
                 "UPDATE matches SET priority = ?3, finding_id = coalesce(?4, finding_id) \
                  WHERE event_id = ?1 AND rule = ?2",
             )?;
-            for m in matches {
-                let p = params![m.event_id, m.rule, m.priority, m.finding_id];
+            for (m, new) in matches {
+                let finding = m.finding_id.or_else(|| new.and_then(|i| ids.get(i).copied()));
+                let p = params![m.event_id, m.rule, m.priority, finding];
                 if insert_match.execute(p)? == 1 {
                     new_matches += 1;
                 } else {
@@ -543,6 +549,12 @@ impl SqliteStore {
             }
         }
         add_totals(&tx, &[("findings", new_findings), ("matches", new_matches)])?;
+        if let Some((name, value)) = cursor {
+            tx.prepare_cached(
+                "INSERT INTO cursors (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = ?2",
+            )?
+            .execute(params![name, value])?;
+        }
         tx.commit()?;
         Ok(ids)
     }
@@ -900,7 +912,18 @@ impl Store for SqliteStore {
     }
 
     fn record_detections(&mut self, findings: &[FindingRow], matches: &[MatchRow]) -> Result<Vec<i64>, StoreError> {
-        self.record_detections_(findings, matches).map_err(|f| self.fail(f))
+        let matches: Vec<(MatchRow, Option<usize>)> = matches.iter().map(|m| (m.clone(), None)).collect();
+        self.record_detections_(findings, &matches, None).map_err(|f| self.fail(f))
+    }
+
+    /// One transaction (one fsync) for the whole batch.
+    fn record_batch(
+        &mut self,
+        findings: &[FindingRow],
+        matches: &[(MatchRow, Option<usize>)],
+        cursor: Option<(&str, i64)>,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.record_detections_(findings, matches, cursor).map_err(|f| self.fail(f))
     }
 
     /// At most `min(limit, MAX_LIMIT)` events (`limit` 0: [`DEFAULT_LIMIT`]).

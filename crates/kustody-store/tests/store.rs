@@ -419,6 +419,40 @@ fn finding(rule: &str, last: i64) -> FindingRow {
     }
 }
 
+/// A detector's batch in one call: new findings, matches pointing at them by index, the cursor.
+fn record_batch_links_matches_to_new_findings_and_moves_the_cursor<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let texts: Vec<String> = (0..3).map(|i| ev(i).json()).collect();
+    let ids = s.append_events(&rows(&texts), Origin::Webhook).unwrap().ids;
+    let (e0, e1) = (ids[0].unwrap(), ids[1].unwrap());
+    let old = s.record_detections(&[finding("Old", 5)], &[]).unwrap()[0];
+    let m = |event_id: i64, rule: &str, finding_id: Option<i64>| MatchRow {
+        event_id,
+        rule: rule.into(),
+        priority: "Warning".into(),
+        finding_id,
+    };
+    let got = s
+        .record_batch(
+            &[finding("New A", 10), finding("New B", 11)],
+            &[(m(e0, "New B", None), Some(1)), (m(e1, "Old", Some(old)), None), (m(e1, "New A", None), Some(0))],
+            Some(("detector", e1)),
+        )
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(s.cursor("detector").unwrap(), e1);
+    let by_rule = |s: &B::S, rule: &str| {
+        s.search_events(&EventQuery { rule: Some(rule.into()), limit: 10, ..EventQuery::default() }).unwrap()
+    };
+    assert_eq!(by_rule(&s, "New B").iter().map(|e| e.id).collect::<Vec<_>>(), vec![e0]);
+    assert_eq!(by_rule(&s, "New A").iter().map(|e| e.id).collect::<Vec<_>>(), vec![e1]);
+    // a re-evaluated batch (at least once after a crash) stores no second match
+    s.record_batch(&[], &[(m(e1, "New A", Some(got[0])), None)], Some(("detector", e1))).unwrap();
+    assert_eq!(by_rule(&s, "New A").len(), 1);
+    assert_eq!(s.stats().unwrap().matches, 3);
+}
+
 fn findings_insert_update_search<B: Backend>() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = B::open(dir.path());
@@ -835,7 +869,8 @@ macro_rules! suite {
     ($backend:ident: $b:ty) => {
         mod $backend {
             suite!(@tests $b; append_and_dedup, ids_and_events_after, search_each_filter, paging_and_limits,
-                findings_insert_update_search, alerts_dedup_and_search, cursors_and_offsets_survive_reopen,
+                findings_insert_update_search, record_batch_links_matches_to_new_findings_and_moves_the_cursor,
+                alerts_dedup_and_search, cursors_and_offsets_survive_reopen,
                 count_only_from, retention_by_age, retention_by_size, reopen_keeps_everything,
                 reader_sees_commits_while_writer_open, real_events_from_fixture, read_only_refuses_writes,
                 search_across_many_events);
