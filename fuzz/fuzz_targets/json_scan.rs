@@ -61,6 +61,9 @@ fuzz_target!(|data: &[u8]| {
             (Ok(a), Ok(b)) => assert_eq!(a, &b.iter().map(|r| r.get()).collect::<Vec<_>>()),
             (Err(_), Err(_)) => {}
             (Err(e), Ok(_)) if e.what == "nested too deeply" => {}
+            // A lone surrogate escape in a key: the scanner unescapes keys and refuses it (it is
+            // not Unicode); serde_json's RawValue only skips strings and lets it through.
+            (Err(e), Ok(_)) if e.what.contains("surrogate") => {}
             // Grammatically valid, but serde_json's Value cannot hold it: a number too large for
         // f64, or a lone surrogate escape (`\ude00`) in a string the scanner only skips. The
         // scanner checks grammar, never converts numbers, and rejects lone surrogates only when
