@@ -129,7 +129,7 @@ impl Follower {
             self.metrics.received_file.fetch_add(parsed.rows.len() as u64, Relaxed);
             self.metrics.rejected_events.fetch_add(parsed.rejected.len() as u64, Relaxed);
             for r in parsed.rejected.iter().take(3) {
-                tracing::warn!(file = key, line = o.line + r.line - 1, reason = %r.reason, "bad audit record");
+                tracing::warn!(file = key, line = (o.line + r.line).saturating_sub(1), reason = %r.reason, "bad audit record");
             }
             if !parsed.rows.is_empty() && !commit(&self.jobs, parsed.rows, Origin::File, &self.stop) {
                 return;

@@ -153,7 +153,7 @@ async fn admit(
         s.metrics.bad_requests.fetch_add(1, Relaxed);
         return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "compressed request bodies are not accepted"));
     }
-    let want = declared.unwrap_or(s.max_request_bytes).clamp(1, s.queue_bytes) as u32;
+    let want = u32::try_from(declared.unwrap_or(s.max_request_bytes).clamp(1, s.queue_bytes)).unwrap_or(u32::MAX);
     let permit = match s.queue.clone().try_acquire_many_owned(want) {
         Ok(p) => p,
         Err(_) => {
