@@ -28,6 +28,13 @@ pub trait Input: Sync {
     fn open(&self, opts: &ReadOptions) -> Result<ChunkReader, String>;
 }
 
+/// A file or stdin, opened as `hunt` opens it (gzip detected by its magic bytes).
+impl Input for kustody_ingest::InputFile {
+    fn open(&self, opts: &ReadOptions) -> Result<ChunkReader, String> {
+        ChunkReader::open(self, opts.clone()).map_err(|e| e.to_string())
+    }
+}
+
 /// What a worker hands to the collector for one chunk.
 pub enum Item<R> {
     /// The worker's result.

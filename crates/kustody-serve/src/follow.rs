@@ -192,15 +192,6 @@ fn rotated_sibling(path: &Path, dev: u64, ino: u64) -> Option<PathBuf> {
     })
 }
 
-/// A replayed file, for the pipeline.
-struct ReplayFile(kustody_ingest::InputFile);
-
-impl kustody_pipeline::Input for ReplayFile {
-    fn open(&self, opts: &kustody_ingest::ReadOptions) -> Result<kustody_ingest::ChunkReader, String> {
-        kustody_ingest::ChunkReader::open(&self.0, opts.clone()).map_err(|e| e.to_string())
-    }
-}
-
 /// Feeds files through the live path once (`--replay`): hunt's pipeline parses them in
 /// parallel, and the rows reach the writer in file order, in batches of 400 like the webhook's.
 pub fn replay(
@@ -210,8 +201,8 @@ pub fn replay(
     stop: Arc<AtomicBool>,
     max_event_bytes: usize,
 ) {
-    let inputs: Vec<ReplayFile> =
-        files.iter().map(|p| ReplayFile(kustody_ingest::InputFile::Path(p.clone()))).collect();
+    let inputs: Vec<kustody_ingest::InputFile> =
+        files.iter().map(|p| kustody_ingest::InputFile::Path(p.clone())).collect();
     let opts = kustody_ingest::ReadOptions { max_record_bytes: max_event_bytes, ..Default::default() };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let (mut total, mut bad) = (0u64, 0u64);

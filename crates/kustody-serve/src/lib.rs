@@ -270,7 +270,7 @@ async fn serve(config: Config) -> Result<()> {
         let metrics = metrics.clone();
         let rules = rules.clone();
         tokio::spawn(async move {
-            let mut stamps = stamps(&rules.watched());
+            let mut stamps = stamps_of(&rules.watched());
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             loop {
                 let hup_fut = async {
@@ -421,10 +421,6 @@ fn tokens(config: &Config) -> Result<auth::Tokens> {
         bail!("no token in `{}` and no --client-ca: nobody could send events", path.display());
     }
     Ok(t)
-}
-
-fn stamps(files: &[PathBuf]) -> Vec<Option<std::time::SystemTime>> {
-    stamps_of(files)
 }
 
 fn stamps_of(files: &[PathBuf]) -> Vec<Option<std::time::SystemTime>> {

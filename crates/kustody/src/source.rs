@@ -40,6 +40,9 @@ impl Source {
 
 impl kustody_pipeline::Input for Source {
     fn open(&self, opts: &ReadOptions) -> Result<ChunkReader, String> {
-        Source::open(self, opts).map_err(|e| format!("{e:#}"))
+        match self {
+            Source::File(f) => kustody_pipeline::Input::open(f, opts),
+            store => Source::open(store, opts).map_err(|e| format!("{e:#}")),
+        }
     }
 }
