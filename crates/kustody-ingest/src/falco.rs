@@ -5,21 +5,7 @@
 
 use serde_json::Value;
 
-/// One Falco alert as read: what the store keeps and indexes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FalcoAlert {
-    pub time_ns: Option<i64>,
-    pub rule: String,
-    pub priority: String,
-    pub source: Option<String>,
-    pub hostname: Option<String>,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub container_id: Option<String>,
-    pub output: String,
-    /// The alert's JSON, re-serialised compactly.
-    pub raw: String,
-}
+pub use kustody_model::RuntimeAlert as FalcoAlert;
 
 /// An alert that could not be read, by its position in the payload.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,7 @@
 //!
 //! This crate does no I/O and reads no globals.
 
+mod alert;
 pub mod body;
 mod detection;
 mod event;
@@ -20,6 +21,7 @@ pub mod time;
 pub mod uri;
 pub mod yaml;
 
+pub use alert::RuntimeAlert;
 pub use detection::{Detection, EventContext, FieldValue, OutputField};
 pub use event::{Event, EventError, ObjectRef, Parts, ResponseStatus, UserInfo};
 pub use priority::{Priority, PriorityParseError};

@@ -301,7 +301,7 @@ async fn post_falco(
         Err(r) => return r,
     };
     let held = permit.num_permits() as u64;
-    let (good, bad) = crate::falco::parse(&bytes);
+    let (good, bad) = kustody_ingest::falco::parse(&bytes);
     s.metrics.alerts_received.fetch_add(good.len() as u64, Relaxed);
     s.metrics.rejected_events.fetch_add(bad.len() as u64, Relaxed);
     let response = if good.is_empty() && !bad.is_empty() {

@@ -19,7 +19,6 @@
 pub mod auth;
 pub mod client;
 pub mod detect;
-pub mod falco;
 pub mod follow;
 pub mod http;
 pub mod metrics;

@@ -140,23 +140,8 @@ pub struct StoredEvent {
     pub raw: String,
 }
 
-/// One Falco runtime alert.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AlertRow {
-    pub time_ns: Option<i64>,
-    pub rule: String,
-    pub priority: String,
-    pub source: Option<String>,
-    pub hostname: Option<String>,
-    /// `k8s.ns.name`, `k8s.pod.name`, `container.id` from `output_fields`.
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub container_id: Option<String>,
-    pub output: String,
-    /// The alert as received (JSON), compressed in the store. Alerts are de-duplicated on its
-    /// content: a redelivered alert is stored once.
-    pub raw: String,
-}
+/// One Falco runtime alert, as stored.
+pub use kustody_model::RuntimeAlert as AlertRow;
 
 /// A stored runtime alert.
 #[derive(Debug, Clone, PartialEq)]
