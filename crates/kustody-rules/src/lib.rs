@@ -24,6 +24,7 @@ pub mod live;
 mod loader;
 pub mod output;
 pub mod prog;
+pub mod route;
 pub mod sigma;
 pub mod testing;
 pub use kustody_model::yaml;
