@@ -22,8 +22,13 @@ use std::borrow::Cow;
 use kustody_model::Event;
 
 pub mod export;
+pub mod response;
 pub mod sqlite;
 
+pub use response::{
+    Attempt, AttemptRow, Batch, BatchIds, IncidentQuery, IncidentRow, IncidentWrite, NoteRow, OutboxQuery, OutboxRow,
+    OutboxState, OutboxWrite, Ref,
+};
 pub use sqlite::SqliteStore;
 
 /// Who delivered an event. Stored as a bit set per event: a webhook event later also read from
@@ -316,30 +321,35 @@ pub trait Store: Send {
     /// What a live detector stores for one batch, in **one** durable transaction: findings
     /// (inserted or updated), matches — each pointing at a finding by id, or by its index in
     /// `findings` when this call inserts it — and the detector's cursor. Returns every
-    /// finding's id, in order. The default runs [`Store::record_detections`] and
-    /// [`Store::set_cursor`] one after the other (not atomic); backends override it.
+    /// finding's id, in order.
     fn record_batch(
         &mut self,
         findings: &[FindingRow],
         matches: &[(MatchRow, Option<usize>)],
         cursor: Option<(&str, i64)>,
     ) -> Result<Vec<i64>, StoreError> {
-        let ids = if findings.is_empty() { Vec::new() } else { self.record_detections(findings, &[])? };
-        let resolved: Vec<MatchRow> = matches
-            .iter()
-            .map(|(m, new)| MatchRow {
-                finding_id: m.finding_id.or_else(|| new.and_then(|i| ids.get(i).copied())),
-                ..m.clone()
-            })
-            .collect();
-        if !resolved.is_empty() {
-            self.record_detections(&[], &resolved)?;
-        }
-        if let Some((name, value)) = cursor {
-            self.set_cursor(name, value)?;
-        }
-        Ok(ids)
+        Ok(self.commit(&Batch { findings, matches, cursor, ..Default::default() })?.findings)
     }
+    /// Findings, matches, incidents (with their findings), notes, notifications and a cursor,
+    /// in **one** durable transaction.
+    fn commit(&mut self, batch: &Batch<'_>) -> Result<BatchIds, StoreError>;
+    /// Incidents, most recently active first.
+    fn search_incidents(&self, q: &IncidentQuery) -> Result<Vec<IncidentRow>, StoreError>;
+    fn incident(&self, id: i64) -> Result<Option<IncidentRow>, StoreError>;
+    /// The findings an incident holds, in first-seen order.
+    fn incident_findings(&self, id: i64) -> Result<Vec<FindingRow>, StoreError>;
+    fn incident_notes(&self, id: i64) -> Result<Vec<NoteRow>, StoreError>;
+    /// Pending notifications of `sink` due at `now_ns`, oldest first.
+    fn outbox_due(&self, sink: &str, now_ns: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
+    /// When the next pending notification of `sink` is due, if any.
+    fn outbox_next_due(&self, sink: &str) -> Result<Option<i64>, StoreError>;
+    /// Records delivery attempts and the states they lead to, in one durable transaction.
+    fn record_attempts(&mut self, attempts: &[Attempt]) -> Result<(), StoreError>;
+    fn search_outbox(&self, q: &OutboxQuery) -> Result<Vec<OutboxRow>, StoreError>;
+    fn outbox_attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>, StoreError>;
+    /// Makes dead (or pending) notifications due again at `now_ns`: the given ids, or with
+    /// `ids` empty every dead one (of `sink` when given). Returns how many.
+    fn retry_outbox(&mut self, ids: &[i64], sink: Option<&str>, now_ns: i64) -> Result<u64, StoreError>;
     /// Events with an id above `after`, oldest first, at most `limit` (the detector's catch-up
     /// after a restart, and retro-hunts).
     fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;

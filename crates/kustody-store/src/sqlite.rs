@@ -20,13 +20,15 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use crate::{
-    AlertQuery, AlertRow, Appended, EventQuery, EventRow, FileOffset, FindingQuery, FindingRow, MatchRow, Origin,
-    Retained, Store, StoreError, StoreStats, StoredAlert, StoredEvent,
+    AlertQuery, AlertRow, Appended, Attempt, AttemptRow, Batch, BatchIds, EventQuery, EventRow, FileOffset,
+    FindingQuery, FindingRow, IncidentQuery, IncidentRow, MatchRow, NoteRow, Origin, OutboxQuery, OutboxRow, Retained,
+    Store, StoreError, StoreStats, StoredAlert, StoredEvent,
 };
 
 mod codec;
 mod error;
 mod query;
+mod response;
 mod schema;
 
 use codec::{Decoder, Dict, Encoder};
@@ -463,12 +465,8 @@ impl SqliteStore {
         Ok(out)
     }
 
-    fn record_detections_(
-        &mut self,
-        findings: &[FindingRow],
-        matches: &[(MatchRow, Option<usize>)],
-        cursor: Option<(&str, i64)>,
-    ) -> Res<Vec<i64>> {
+    fn commit_(&mut self, b: &Batch<'_>) -> Res<BatchIds> {
+        let (findings, matches, cursor) = (b.findings, b.matches, b.cursor);
         let tx = self.write_tx()?;
         let mut ids = Vec::with_capacity(findings.len());
         let mut new_findings: i64 = 0;
@@ -555,8 +553,11 @@ impl SqliteStore {
             )?
             .execute(params![name, value])?;
         }
+        let incidents = response::write_incidents(&tx, b.incidents, &ids)?;
+        let notes = response::write_notes(&tx, b.notes)?;
+        let outbox = response::write_outbox(&tx, b.outbox, &incidents)?;
         tx.commit()?;
-        Ok(ids)
+        Ok(BatchIds { findings: ids, incidents, notes, outbox })
     }
 
     fn events_after_(&self, after: i64, limit: usize) -> Res<Vec<StoredEvent>> {
@@ -913,17 +914,75 @@ impl Store for SqliteStore {
 
     fn record_detections(&mut self, findings: &[FindingRow], matches: &[MatchRow]) -> Result<Vec<i64>, StoreError> {
         let matches: Vec<(MatchRow, Option<usize>)> = matches.iter().map(|m| (m.clone(), None)).collect();
-        self.record_detections_(findings, &matches, None).map_err(|f| self.fail(f))
+        let b = Batch { findings, matches: &matches, ..Default::default() };
+        self.commit_(&b).map(|ids| ids.findings).map_err(|f| self.fail(f))
     }
 
     /// One transaction (one fsync) for the whole batch.
-    fn record_batch(
-        &mut self,
-        findings: &[FindingRow],
-        matches: &[(MatchRow, Option<usize>)],
-        cursor: Option<(&str, i64)>,
-    ) -> Result<Vec<i64>, StoreError> {
-        self.record_detections_(findings, matches, cursor).map_err(|f| self.fail(f))
+    fn commit(&mut self, batch: &Batch<'_>) -> Result<BatchIds, StoreError> {
+        self.commit_(batch).map_err(|f| self.fail(f))
+    }
+
+    fn search_incidents(&self, q: &IncidentQuery) -> Result<Vec<IncidentRow>, StoreError> {
+        response::search_incidents(&self.conn, q).map_err(|f| self.fail(f))
+    }
+
+    fn incident(&self, id: i64) -> Result<Option<IncidentRow>, StoreError> {
+        response::incident(&self.conn, id).map_err(|f| self.fail(f))
+    }
+
+    fn incident_findings(&self, id: i64) -> Result<Vec<FindingRow>, StoreError> {
+        let get = || -> Res<Vec<FindingRow>> {
+            let ids = response::incident_finding_ids(&self.conn, id)?;
+            let sql = format!("SELECT {} FROM findings f WHERE f.id = ?1", query::FINDING_COLUMNS);
+            let mut out = Vec::with_capacity(ids.len());
+            for fid in ids {
+                out.extend(self.read_rows(&sql, [fid], |r, _| read_finding(r))?);
+            }
+            out.sort_by_key(|f| (f.first_ns, f.id));
+            Ok(out)
+        };
+        get().map_err(|f| self.fail(f))
+    }
+
+    fn incident_notes(&self, id: i64) -> Result<Vec<NoteRow>, StoreError> {
+        response::notes(&self.conn, id).map_err(|f| self.fail(f))
+    }
+
+    fn outbox_due(&self, sink: &str, now_ns: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        response::outbox_due(&self.conn, sink, now_ns, limit).map_err(|f| self.fail(f))
+    }
+
+    fn outbox_next_due(&self, sink: &str) -> Result<Option<i64>, StoreError> {
+        response::outbox_next_due(&self.conn, sink).map_err(|f| self.fail(f))
+    }
+
+    fn record_attempts(&mut self, attempts: &[Attempt]) -> Result<(), StoreError> {
+        let write = |s: &mut Self| -> Res<()> {
+            let tx = s.write_tx()?;
+            response::record_attempts(&tx, attempts)?;
+            tx.commit()?;
+            Ok(())
+        };
+        write(self).map_err(|f| self.fail(f))
+    }
+
+    fn search_outbox(&self, q: &OutboxQuery) -> Result<Vec<OutboxRow>, StoreError> {
+        response::search_outbox(&self.conn, q).map_err(|f| self.fail(f))
+    }
+
+    fn outbox_attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
+        response::attempts(&self.conn, outbox_id).map_err(|f| self.fail(f))
+    }
+
+    fn retry_outbox(&mut self, ids: &[i64], sink: Option<&str>, now_ns: i64) -> Result<u64, StoreError> {
+        let write = |s: &mut Self| -> Res<u64> {
+            let tx = s.write_tx()?;
+            let n = response::retry(&tx, ids, sink, now_ns)?;
+            tx.commit()?;
+            Ok(n)
+        };
+        write(self).map_err(|f| self.fail(f))
     }
 
     /// At most `min(limit, MAX_LIMIT)` events (`limit` 0: [`DEFAULT_LIMIT`]).

@@ -11,7 +11,8 @@ use std::path::Path;
 
 use kustody_model::{Event, Priority};
 use kustody_store::{
-    AlertQuery, AlertRow, EventQuery, EventRow, FileOffset, FindingQuery, FindingRow, MatchRow, Origin, SqliteStore,
+    AlertQuery, AlertRow, Attempt, Batch, EventQuery, EventRow, FileOffset, FindingQuery, FindingRow, IncidentQuery,
+    IncidentRow, IncidentWrite, MatchRow, NoteRow, Origin, OutboxQuery, OutboxState, OutboxWrite, Ref, SqliteStore,
     Store, StoreError, StoredEvent,
 };
 use serde_json::json;
@@ -865,6 +866,136 @@ fn search_across_many_events<B: Backend>() {
     assert_eq!(page2.len(), n - 11 - 5000);
 }
 
+fn incident_row(key: &str, status: &str) -> IncidentRow {
+    IncidentRow {
+        id: None,
+        key: key.into(),
+        title: format!("WARNING incident: {key}"),
+        severity: "Warning".into(),
+        status: status.into(),
+        identity: Some("alice".into()),
+        namespace: Some("default".into()),
+        first_ns: Some(BASE_NS),
+        last_ns: Some(BASE_NS + SEC),
+        updated_ns: BASE_NS,
+        state: "{}".into(),
+        ..Default::default()
+    }
+}
+
+fn notification(sink: &str, incident: Ref) -> OutboxWrite {
+    OutboxWrite {
+        sink: sink.into(),
+        incident,
+        action: "trigger".into(),
+        payload: "{\"n\":1}".into(),
+        created_ns: BASE_NS,
+    }
+}
+
+/// Findings, the incident holding them and its notifications: one transaction, refs by index.
+fn incidents_and_outbox_commit_with_findings<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let findings = [finding("A", 1), finding("B", 2)];
+    let incidents = [IncidentWrite { row: incident_row("alice|", "new"), findings: vec![Ref::New(0), Ref::New(1)] }];
+    let outbox = [notification("slack", Ref::New(0)), notification("pagerduty", Ref::New(0))];
+    let ids =
+        s.commit(&Batch { findings: &findings, incidents: &incidents, outbox: &outbox, ..Default::default() }).unwrap();
+    assert_eq!((ids.findings.len(), ids.incidents.len(), ids.outbox.len()), (2, 1, 2));
+    let inc = ids.incidents[0];
+    let r = B::reader(dir.path());
+    let got = r.incident(inc).unwrap().unwrap();
+    assert_eq!((got.key.as_str(), got.status.as_str()), ("alice|", "new"));
+    let held: Vec<String> = r.incident_findings(inc).unwrap().into_iter().map(|f| f.rule).collect();
+    assert_eq!(held, ["A", "B"]);
+    // a responder acknowledges with a note; the update and note are one commit
+    let mut row = got.clone();
+    row.status = "acknowledged".into();
+    row.assignee = Some("bob".into());
+    let notes = [NoteRow {
+        incident_id: inc,
+        time_ns: BASE_NS + 5 * SEC,
+        author: "bob".into(),
+        text: "looking".into(),
+        ..Default::default()
+    }];
+    let up = [IncidentWrite { row, findings: vec![] }];
+    s.commit(&Batch { incidents: &up, notes: &notes, ..Default::default() }).unwrap();
+    let got = r.incident(inc).unwrap().unwrap();
+    assert_eq!((got.status.as_str(), got.assignee.as_deref()), ("acknowledged", Some("bob")));
+    assert_eq!(r.incident_notes(inc).unwrap()[0].text, "looking");
+    // searches
+    let q = IncidentQuery { limit: 10, ..Default::default() };
+    assert_eq!(r.search_incidents(&q).unwrap().len(), 1);
+    let q = IncidentQuery { status: Some("new".into()), limit: 10, ..Default::default() };
+    assert!(r.search_incidents(&q).unwrap().is_empty());
+    let q = IncidentQuery { min_severity: Some(Priority::Critical), limit: 10, ..Default::default() };
+    assert!(r.search_incidents(&q).unwrap().is_empty());
+    let q = IncidentQuery { unresolved: true, identity: Some("alice".into()), limit: 10, ..Default::default() };
+    assert_eq!(r.search_incidents(&q).unwrap().len(), 1);
+    // a ref outside the batch fails the whole commit
+    let bad = [notification("slack", Ref::New(3))];
+    assert!(s.commit(&Batch { findings: &[finding("C", 3)], outbox: &bad, ..Default::default() }).is_err());
+    assert_eq!(r.search_findings(&FindingQuery { limit: 10, ..Default::default() }).unwrap().len(), 2);
+    assert_eq!(r.search_outbox(&OutboxQuery { limit: 10, ..Default::default() }).unwrap().len(), 2);
+}
+
+fn outbox_attempts_dead_letter_and_retry<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let incidents = [IncidentWrite { row: incident_row("k", "new"), findings: vec![] }];
+    let outbox =
+        [notification("slack", Ref::New(0)), notification("slack", Ref::New(0)), notification("mail", Ref::New(0))];
+    let ids = s.commit(&Batch { incidents: &incidents, outbox: &outbox, ..Default::default() }).unwrap().outbox;
+    let due = s.outbox_due("slack", BASE_NS, 10).unwrap();
+    assert_eq!(due.iter().map(|o| o.id).collect::<Vec<_>>(), ids[..2]);
+    assert!(s.outbox_due("slack", BASE_NS - 1, 10).unwrap().is_empty());
+    let t = BASE_NS + SEC;
+    let fail = |id, state, next| Attempt {
+        outbox_id: id,
+        time_ns: t,
+        duration_us: 1500,
+        error: Some("HTTP 503".into()),
+        state,
+        next_ns: next,
+    };
+    s.record_attempts(&[
+        fail(ids[0], OutboxState::Pending, t + 2 * SEC),
+        Attempt {
+            outbox_id: ids[1],
+            time_ns: t,
+            duration_us: 900,
+            error: None,
+            state: OutboxState::Delivered,
+            next_ns: t,
+        },
+        fail(ids[2], OutboxState::Dead, t),
+    ])
+    .unwrap();
+    assert!(s.outbox_due("slack", t + SEC, 10).unwrap().is_empty());
+    assert_eq!(s.outbox_next_due("slack").unwrap(), Some(t + 2 * SEC));
+    let again = s.outbox_due("slack", t + 2 * SEC, 10).unwrap();
+    assert_eq!((again.len(), again[0].attempts, again[0].last_error.as_deref()), (1, 1, Some("HTTP 503")));
+    s.record_attempts(&[fail(ids[0], OutboxState::Pending, t + 9 * SEC)]).unwrap();
+    let hist = s.outbox_attempts(ids[0]).unwrap();
+    assert_eq!(hist.iter().map(|a| a.n).collect::<Vec<_>>(), [1, 2]);
+    let dead =
+        s.search_outbox(&OutboxQuery { state: Some(OutboxState::Dead), limit: 10, ..Default::default() }).unwrap();
+    assert_eq!((dead.len(), dead[0].sink.as_str(), dead[0].done_ns), (1, "mail", Some(t)));
+    assert_eq!(s.outbox_next_due("mail").unwrap(), None);
+    // retrying every dead one of a sink; a delivered one is never sent again
+    assert_eq!(s.retry_outbox(&[], Some("slack"), t).unwrap(), 0);
+    assert_eq!(s.retry_outbox(&[], Some("mail"), t + 20 * SEC).unwrap(), 1);
+    assert_eq!(s.retry_outbox(&[ids[1]], None, t).unwrap(), 0);
+    let back = s.outbox_due("mail", t + 20 * SEC, 10).unwrap();
+    assert_eq!((back.len(), back[0].state, back[0].attempts), (1, OutboxState::Pending, 1));
+    drop(s);
+    // everything survives a reopen
+    let s = B::open(dir.path());
+    assert_eq!(s.search_outbox(&OutboxQuery { limit: 10, ..Default::default() }).unwrap().len(), 3);
+}
+
 macro_rules! suite {
     ($backend:ident: $b:ty) => {
         mod $backend {
@@ -873,7 +1004,8 @@ macro_rules! suite {
                 alerts_dedup_and_search, cursors_and_offsets_survive_reopen,
                 count_only_from, retention_by_age, retention_by_size, reopen_keeps_everything,
                 reader_sees_commits_while_writer_open, real_events_from_fixture, read_only_refuses_writes,
-                search_across_many_events);
+                search_across_many_events, incidents_and_outbox_commit_with_findings,
+                outbox_attempts_dead_letter_and_retry);
         }
     };
     (@tests $b:ty; $($t:ident),*) => {

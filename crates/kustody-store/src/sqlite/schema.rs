@@ -159,8 +159,91 @@ INSERT INTO totals(name, value) VALUES
     ('events', 0), ('alerts', 0), ('findings', 0), ('matches', 0), ('event_text_bytes', 0);
 ";
 
+/// Version 2: incidents, notes, the notification outbox and its attempts, response actions.
+///
+/// - `incidents.state` is the whole incident (kustody-incident's JSON), what a restart restores;
+///   the other columns are for searching. `incident_findings` gives each finding one incident.
+/// - `outbox_due` is partial on pending rows: delivery reads only what is still to send.
+/// - `outbox_attempts` is keyed (notification, attempt number): a delivery's history.
+/// - `actions` records response actions (playbooks) and their outcomes.
+const V2: &str = "
+CREATE TABLE incidents (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    title TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    severity_rank INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    assignee TEXT,
+    identity TEXT,
+    namespace TEXT,
+    cluster TEXT,
+    first_ns INTEGER,
+    last_ns INTEGER,
+    updated_ns INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX incidents_last ON incidents(last_ns);
+CREATE INDEX incidents_unresolved ON incidents(last_ns) WHERE status != 'resolved';
+CREATE INDEX incidents_identity ON incidents(identity) WHERE identity IS NOT NULL;
+
+CREATE TABLE incident_findings (
+    finding_id INTEGER PRIMARY KEY,
+    incident_id INTEGER NOT NULL
+);
+CREATE INDEX incident_findings_incident ON incident_findings(incident_id);
+
+CREATE TABLE incident_notes (
+    id INTEGER PRIMARY KEY,
+    incident_id INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX incident_notes_incident ON incident_notes(incident_id);
+
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    sink TEXT NOT NULL,
+    incident_id INTEGER,
+    action TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_ns INTEGER NOT NULL,
+    next_ns INTEGER NOT NULL,
+    done_ns INTEGER,
+    last_error TEXT
+);
+CREATE INDEX outbox_due ON outbox(sink, next_ns) WHERE state = 'pending';
+CREATE INDEX outbox_state ON outbox(state);
+CREATE INDEX outbox_incident ON outbox(incident_id);
+
+CREATE TABLE outbox_attempts (
+    outbox_id INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL,
+    error TEXT,
+    PRIMARY KEY (outbox_id, n)
+) WITHOUT ROWID;
+
+CREATE TABLE actions (
+    id INTEGER PRIMARY KEY,
+    incident_id INTEGER,
+    playbook TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    state TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX actions_incident ON actions(incident_id);
+";
+
 /// The migration steps, oldest first: step `i` brings the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes (the number of migration steps).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
