@@ -131,6 +131,9 @@ pub struct Incident {
     pub source_ips: BTreeSet<String>,
     /// Pods the identity acted from.
     pub pods: BTreeSet<String>,
+    /// Pods it reached into (exec, attach, port-forward, ephemeral containers): where evidence is.
+    #[serde(default)]
+    pub reached: BTreeSet<String>,
     /// Namespaces touched.
     pub namespaces: BTreeSet<String>,
     /// Evidence: the first audit IDs of every step (at most [`Options::max_audit_ids`]).
@@ -150,7 +153,10 @@ impl Incident {
 
     /// Main namespace: the acting workload's, else the first touched.
     pub fn namespace(&self) -> Option<&str> {
-        self.workload.as_ref().map(|w| w.namespace.as_str()).or_else(|| self.namespaces.iter().next().map(String::as_str))
+        self.workload
+            .as_ref()
+            .map(|w| w.namespace.as_str())
+            .or_else(|| self.namespaces.iter().next().map(String::as_str))
     }
 
     fn recompute_severity(&mut self) {
@@ -312,6 +318,7 @@ impl Book {
                 steps_dropped: 0,
                 source_ips: BTreeSet::new(),
                 pods: BTreeSet::new(),
+                reached: BTreeSet::new(),
                 namespaces: BTreeSet::new(),
                 audit_ids: Vec::new(),
                 notified: BTreeSet::new(),
@@ -338,8 +345,7 @@ impl Book {
 
     fn bound(&mut self) {
         while self.open.len() > self.opts.max_open {
-            let oldest =
-                self.open.iter().min_by_key(|(_, i)| i.last_ns.unwrap_or(i64::MIN)).map(|(k, _)| k.clone());
+            let oldest = self.open.iter().min_by_key(|(_, i)| i.last_ns.unwrap_or(i64::MIN)).map(|(k, _)| k.clone());
             match oldest {
                 Some(k) => {
                     self.open.remove(&k);
@@ -397,6 +403,10 @@ fn fold(inc: &mut Incident, f: &FindingInput, opts: &Options) {
     }
     if let Some(p) = &f.acting_pod {
         inc.pods.insert(p.clone());
+    }
+    let into_pod = matches!(f.subresource.as_deref(), Some("exec" | "attach" | "portforward" | "ephemeralcontainers"));
+    if let (true, Some("pods"), Some(ns), Some(name)) = (into_pod, f.resource.as_deref(), &f.namespace, &f.name) {
+        inc.reached.insert(format!("{ns}/{name}"));
     }
     if let Some(ns) = &f.namespace {
         inc.namespaces.insert(ns.clone());

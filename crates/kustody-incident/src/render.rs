@@ -20,8 +20,7 @@ pub struct Context {
 
 /// Quotes a word for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b));
+    let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b));
     if plain {
         s.to_owned()
     } else {
@@ -81,11 +80,17 @@ pub fn next_commands(inc: &Incident, ctx: &Context) -> Vec<String> {
         inc.id.map(|i| i.to_string()).unwrap_or_default(),
         inc.steps.first().map(|s| s.rule.as_str()).unwrap_or("suspicious activity")
     );
+    // The pods it acted from: contain them (after a look at the plan) and keep their evidence.
     for pod in &inc.pods {
         let Some((ns, name)) = pod.split_once('/') else { continue };
         out.push(format!("kustody timeline {store} --pod {}{window}", q(pod)));
         out.push(format!("kustody collect -n {} {}{case}", q(ns), q(name)));
         out.push(format!("kustody quarantine -n {} {} --dry-run --reason {}", q(ns), q(name), q(&reason)));
+    }
+    // The pods it reached into: what ran there is evidence.
+    for pod in inc.reached.iter().filter(|p| !inc.pods.contains(*p)) {
+        let Some((ns, name)) = pod.split_once('/') else { continue };
+        out.push(format!("kustody collect -n {} {}{case}", q(ns), q(name)));
     }
     out
 }
@@ -123,6 +128,9 @@ pub fn summary(inc: &Incident, ctx: &Context) -> String {
     }
     if !inc.pods.is_empty() {
         line(format!("  acting from pod(s) {}", inc.pods.iter().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    if !inc.reached.is_empty() {
+        line(format!("  reached into pod(s) {}", inc.reached.iter().cloned().collect::<Vec<_>>().join(", ")));
     }
     let cluster = inc.cluster.as_deref().map(|c| format!("cluster {c}, ")).unwrap_or_default();
     let wl = inc

@@ -159,6 +159,8 @@ fn the_summary_says_what_who_where_when_evidence_and_next() {
         "kustody timeline --store /var/lib/kustody --sa default/web --since 2023-11-14T22:08:20",
         "kustody collect -n default web-7d9f8b6c5d-x2k4p --case incident-42",
         "kustody quarantine -n default web-7d9f8b6c5d-x2k4p --dry-run --reason 'incident 42: Secret Read'",
+        "reached into pod(s) default/db-0",
+        "kustody collect -n default db-0 --case incident-42",
     ] {
         assert!(s.contains(want), "missing {want:?} in:\n{s}");
     }

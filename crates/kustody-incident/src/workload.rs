@@ -52,7 +52,10 @@ pub fn of_pod(namespace: &str, pod: &str) -> Workload {
             mk("controller", base)
         }
         [ordinal, rest @ ..]
-            if !rest.is_empty() && !ordinal.is_empty() && ordinal.len() <= 5 && ordinal.bytes().all(|b| b.is_ascii_digit()) =>
+            if !rest.is_empty()
+                && !ordinal.is_empty()
+                && ordinal.len() <= 5
+                && ordinal.bytes().all(|b| b.is_ascii_digit()) =>
         {
             let base = pod.get(..pod.len() - ordinal.len() - 1).unwrap_or(pod);
             mk("statefulset", base)

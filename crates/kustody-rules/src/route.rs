@@ -182,7 +182,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const FIELDS: &[&str] = &["finding.rule", "finding.namespace", "finding.tags", "finding.source_ip", "incident.steps"];
+    const FIELDS: &[&str] =
+        &["finding.rule", "finding.namespace", "finding.tags", "finding.source_ip", "incident.steps"];
 
     fn rec() -> Record {
         let mut r = Record::new();

@@ -17,7 +17,9 @@ pub enum Role {
     Ingest,
     /// Search events, findings and alerts; subscribe to findings; read metrics.
     Read,
-    /// Everything, including rule reloads.
+    /// Act on incidents: acknowledge, resolve, assign, add notes.
+    Respond,
+    /// Everything, including rule reloads and outbox retries.
     Admin,
 }
 
@@ -26,6 +28,7 @@ impl Role {
         match s {
             "ingest" => Some(Role::Ingest),
             "read" => Some(Role::Read),
+            "respond" => Some(Role::Respond),
             "admin" => Some(Role::Admin),
             _ => None,
         }

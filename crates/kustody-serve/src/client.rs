@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::body::Bytes;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -15,6 +15,22 @@ const MAX_ANSWER: usize = 256 << 20;
 
 /// GETs `path_and_query` from `server` (`https://host:port`); the answer's status and body.
 pub fn get(server: &str, ca: Option<&Path>, token: Option<&str>, path_and_query: &str) -> Result<(u16, String)> {
+    request(server, ca, token, "GET", path_and_query, None)
+}
+
+/// POSTs a JSON body.
+pub fn post(server: &str, ca: Option<&Path>, token: Option<&str>, path: &str, body: &str) -> Result<(u16, String)> {
+    request(server, ca, token, "POST", path, Some(body.to_owned()))
+}
+
+fn request(
+    server: &str,
+    ca: Option<&Path>,
+    token: Option<&str>,
+    method: &str,
+    path_and_query: &str,
+    body: Option<String>,
+) -> Result<(u16, String)> {
     let rest = server.strip_prefix("https://").ok_or_else(|| anyhow!("--server must be an https:// URL"))?;
     let authority = rest.trim_end_matches('/').to_owned();
     let host = authority.rsplit_once(':').map_or(authority.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
@@ -48,11 +64,15 @@ pub fn get(server: &str, ca: Option<&Path>, token: Option<&str>, path_and_query:
         let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.context("TLS handshake")?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let mut req = hyper::Request::get(path_and_query).header("host", &authority);
+        let mut req = hyper::Request::builder().method(method).uri(path_and_query).header("host", &authority);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let resp = sender.send_request(req.body(Empty::<Bytes>::new())?).await?;
+        let body = http_body_util::Full::new(Bytes::from(body.unwrap_or_default()));
+        let resp = sender.send_request(req.body(body)?).await?;
         let status = resp.status().as_u16();
         let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()

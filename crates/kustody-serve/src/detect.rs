@@ -6,7 +6,7 @@
 //! evaluated. Delivery is therefore at least once: a crash between storing findings and moving
 //! the cursor re-evaluates that batch (matches may then repeat; events never go unevaluated).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,8 @@ use kustody_store::{FindingRow, MatchRow, Store};
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
-use crate::writer::{now_ns, ToDetect};
+use crate::respond::{self, Responder, Writes};
+use crate::writer::{now_ns, DetectMsg};
 
 /// Name of the detector's cursor in the store.
 pub const CURSOR: &str = "detector";
@@ -34,9 +35,11 @@ pub struct DetectorThread {
     /// Read-only: the cursor and the catch-up after a restart.
     pub store: Box<dyn Store>,
     /// Results go to the writer thread, the only writer.
-    pub writes: std::sync::mpsc::SyncSender<crate::writer::Detections>,
+    pub writes: std::sync::mpsc::SyncSender<crate::writer::Write>,
     pub detector: Detector,
-    pub rx: Receiver<ToDetect>,
+    pub rx: Receiver<DetectMsg>,
+    /// Incidents and notifications.
+    pub responder: Responder,
     pub metrics: Arc<Metrics>,
     pub publish: broadcast::Sender<Arc<str>>,
     pub pending: PendingRules,
@@ -44,9 +47,34 @@ pub struct DetectorThread {
     pub cursor_written: Instant,
 }
 
+/// What the detector keeps between rounds besides the engine's state.
+#[derive(Default)]
+struct State {
+    /// Finding seq → stored id (the detector allocates ids).
+    ids: HashMap<u64, i64>,
+    next_finding: i64,
+    /// Finding seq → the pod its lead event's identity acted from.
+    acting: HashMap<u64, String>,
+    /// Names of correlation rules (their findings promote incidents).
+    correlations: HashSet<String>,
+}
+
 impl DetectorThread {
     pub fn run(mut self) {
-        let mut ids: HashMap<u64, i64> = HashMap::new();
+        // Ids must never reuse a stored one: without them the detector waits.
+        let (next_finding, next_incident) = loop {
+            match self.store.next_ids() {
+                Ok(n) => break n,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the store's highest ids; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        };
+        let mut st =
+            State { next_finding, correlations: correlation_names(self.detector.engine()), ..Default::default() };
+        self.responder.restore(self.store.as_ref(), now_ns(), next_incident);
+        let ids = &mut st;
         let mut cursor = match self.store.cursor(CURSOR) {
             Ok(c) => c,
             Err(e) => {
@@ -67,25 +95,28 @@ impl DetectorThread {
                 break;
             }
             let events: Vec<(i64, String)> = batch.into_iter().map(|e| (e.id, e.raw)).collect();
-            cursor = self.evaluate(&events, Instant::now(), &mut ids, cursor);
+            cursor = self.evaluate(&events, Instant::now(), ids, cursor);
         }
         loop {
-            self.take_pending_rules();
+            self.take_pending_rules(ids);
             match self.rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(msg) => {
+                Ok(DetectMsg::Events(msg)) => {
                     // a reload that arrived while waiting applies to these events already
-                    self.take_pending_rules();
+                    self.take_pending_rules(ids);
                     let fresh: Vec<(i64, String)> = msg.events.into_iter().filter(|(id, _)| *id > cursor).collect();
                     if !fresh.is_empty() {
-                        cursor = self.evaluate(&fresh, msg.received, &mut ids, cursor);
+                        cursor = self.evaluate(&fresh, msg.received, ids, cursor);
                     }
                 }
+                Ok(DetectMsg::Command(cmd)) => self.command(cmd),
                 Err(RecvTimeoutError::Timeout) => {
+                    let now = now_ns();
                     let mut updates = Vec::new();
-                    self.detector.tick(now_ns(), &mut updates);
+                    self.detector.tick(now, &mut updates);
                     if !updates.is_empty() {
-                        self.record(updates, Vec::new(), &mut ids, None);
+                        self.record(updates, Vec::new(), ids, None);
                     }
+                    self.responder.book.expire(now);
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -93,25 +124,73 @@ impl DetectorThread {
         // Shutdown: close what is open so the store says so.
         let mut updates = Vec::new();
         self.detector.finish(&mut updates);
-        self.record(updates, Vec::new(), &mut ids, None);
+        self.record(updates, Vec::new(), ids, None);
     }
 
-    fn take_pending_rules(&mut self) {
+    fn take_pending_rules(&mut self, st: &mut State) {
         let next = self.pending.lock().ok().and_then(|mut p| p.take());
         if let Some((engine, allow)) = next {
+            st.correlations = correlation_names(&engine);
             self.detector.replace_rules(engine, allow);
             tracing::info!("detector now uses the reloaded rules");
         }
     }
 
+    /// A responder's change: applied, stored with its notifications, then answered.
+    fn command(&mut self, cmd: respond::Command) {
+        let mut w = Writes::default();
+        let result = self.responder.command(cmd.incident, &cmd.change, self.store.as_ref(), now_ns(), &mut w);
+        let result = match result {
+            Ok(json) => match self.write(Vec::new(), Vec::new(), &w, None) {
+                Ok(_) => {
+                    self.published(&w);
+                    Ok(json)
+                }
+                Err(e) => Err(format!("the change could not be stored: {e}")),
+            },
+            Err(e) => Err(e),
+        };
+        let _ = cmd.reply.send(result);
+    }
+
+    /// Sends a round to the writer and waits for its commit.
+    fn write(
+        &self,
+        findings: Vec<FindingRow>,
+        matches: Vec<(MatchRow, Option<usize>)>,
+        w: &Writes,
+        cursor: Option<i64>,
+    ) -> Result<kustody_store::BatchIds, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job = crate::writer::Detections {
+            findings,
+            matches,
+            incidents: w.incidents.clone(),
+            notes: w.notes.clone(),
+            outbox: w.outbox.clone(),
+            cursor,
+            reply: tx,
+        };
+        self.writes.send(crate::writer::Write::Detections(job)).map_err(|_| "the writer stopped".to_owned())?;
+        match rx.recv() {
+            Ok(Ok(ids)) => Ok(ids),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the writer stopped".to_owned()),
+        }
+    }
+
+    /// After a commit: incidents to the stream, sinks woken.
+    fn published(&self, w: &Writes) {
+        for inc in &w.changed {
+            let _ =
+                self.publish.send(Arc::from(serde_json::json!({ "change": "incident", "incident": inc }).to_string()));
+        }
+        self.responder.wake(&w.outbox);
+        self.metrics.notifications_queued.fetch_add(w.outbox.len() as u64, Relaxed);
+    }
+
     /// Evaluates events in order, stores findings and matches, moves the cursor; returns it.
-    fn evaluate(
-        &mut self,
-        events: &[(i64, String)],
-        received: Instant,
-        ids: &mut HashMap<u64, i64>,
-        cursor: i64,
-    ) -> i64 {
+    fn evaluate(&mut self, events: &[(i64, String)], received: Instant, ids: &mut State, cursor: i64) -> i64 {
         let file: Arc<str> = Arc::from(STORE_REF);
         let mut updates: Vec<Update> = Vec::new();
         let mut matches: Vec<(i64, kustody_rules::live::Matched)> = Vec::new();
@@ -120,7 +199,15 @@ impl DetectorThread {
             last = last.max(*id);
             let Ok(ev) = Event::parse(raw) else { continue };
             let src = SourceRef { file: file.clone(), line: *id as u64, offset: 0, format: SourceFormat::Native };
+            let before = updates.len();
             let out = self.detector.observe(&ev, &src, &mut updates);
+            for u in updates.get(before..).unwrap_or_default() {
+                if u.change == Change::Opened {
+                    if let Some(p) = respond::acting_pod(&ev) {
+                        ids.acting.insert(u.finding.seq, p);
+                    }
+                }
+            }
             for m in out.matched {
                 self.metrics.count_rule(&m.rule);
                 matches.push((*id, m));
@@ -138,13 +225,13 @@ impl DetectorThread {
         last
     }
 
-    /// Stores finding changes (ids first, so matches can point at them), then matches and the
-    /// cursor; publishes the changes once stored.
+    /// Stores finding changes, the incidents they fold into and their notifications, matches
+    /// and the cursor in one commit; publishes the changes once stored.
     fn record(
         &mut self,
         updates: Vec<Update>,
         matches: Vec<(i64, kustody_rules::live::Matched)>,
-        ids: &mut HashMap<u64, i64>,
+        st: &mut State,
         cursor: Option<i64>,
     ) {
         // The last state of each finding in this batch, remembering whether it was opened here.
@@ -164,49 +251,55 @@ impl DetectorThread {
                 }
             }
         }
-        let rows: Vec<FindingRow> = order
-            .iter()
-            .filter_map(|seq| last.get(seq))
-            .map(|(u, _)| finding_row(u, ids.get(&u.finding.seq).copied()))
-            .collect();
-        // Matches point at a stored finding's id, or at the index of a finding inserted now.
-        let position: HashMap<u64, usize> = order.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+        // Ids are allocated here, so matches, incidents and notifications can name them.
+        for seq in &order {
+            if !st.ids.contains_key(seq) {
+                st.ids.insert(*seq, st.next_finding);
+                st.next_finding += 1;
+            }
+        }
+        let mut rows: Vec<FindingRow> = Vec::with_capacity(order.len());
+        let mut inputs = Vec::with_capacity(order.len());
+        for seq in &order {
+            let Some((u, _)) = last.get(seq) else { continue };
+            let row = finding_row(u, st.ids.get(seq).copied());
+            let corr = st.correlations.contains(&*u.finding.lead.rule);
+            let input = respond::finding_input(&row, &u.finding, st.acting.get(seq).cloned(), corr);
+            inputs.push((row.clone(), input));
+            rows.push(row);
+        }
         let match_rows: Vec<(MatchRow, Option<usize>)> = matches
             .into_iter()
             .map(|(event_id, m)| {
-                let known = ids.get(&m.finding_seq).copied();
-                let new = if known.is_none() { position.get(&m.finding_seq).copied() } else { None };
                 let row = MatchRow {
                     event_id,
                     rule: m.rule.to_string(),
                     priority: m.priority.to_string(),
-                    finding_id: known,
+                    finding_id: st.ids.get(&m.finding_seq).copied(),
                 };
-                (row, new)
+                (row, None)
             })
             .collect();
         if rows.is_empty() && match_rows.is_empty() && cursor.is_none() {
             return;
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let job = crate::writer::Detections { findings: rows.clone(), matches: match_rows, cursor, reply: tx };
-        if self.writes.send(job).is_err() {
+        let now = now_ns();
+        let mut w = Writes::default();
+        self.responder.fold(&inputs, now, &mut w);
+        if let Err(e) = self.write(rows.clone(), match_rows, &w, cursor) {
+            tracing::error!(error = %e, "detections not stored; their notifications go with the next change");
+            self.responder.unmark(&w.marked);
             return;
         }
-        let stored_ids = match rx.recv() {
-            Ok(Ok(v)) => v,
-            _ => return, // logged by the writer
-        };
         let mut published = Vec::new();
-        for ((seq, row), id) in order.iter().zip(rows).zip(stored_ids) {
+        for (seq, row) in order.iter().zip(rows) {
             let Some((u, opened)) = last.get(seq) else { continue };
             if *opened {
                 self.metrics.findings_opened.fetch_add(1, Relaxed);
             }
             if u.change == Change::Closed {
-                ids.remove(seq);
-            } else {
-                ids.insert(*seq, id);
+                st.ids.remove(seq);
+                st.acting.remove(seq);
             }
             let change = if *opened {
                 "opened"
@@ -215,14 +308,18 @@ impl DetectorThread {
             } else {
                 "updated"
             };
-            let row = FindingRow { id: Some(id), ..row };
             published.push(serde_json::json!({ "change": change, "finding": finding_json(&row) }).to_string());
         }
         for p in published {
             // No subscriber is fine; slow subscribers see a `lagged` notice from the stream.
             let _ = self.publish.send(Arc::from(p));
         }
+        self.published(&w);
     }
+}
+
+fn correlation_names(engine: &Engine) -> HashSet<String> {
+    engine.correlations().map(|c| c.name.clone()).collect()
 }
 
 fn finding_row(u: &Update, id: Option<i64>) -> FindingRow {

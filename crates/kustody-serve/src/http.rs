@@ -50,6 +50,12 @@ pub struct AppState {
     pub healthy: Arc<std::sync::atomic::AtomicBool>,
     pub compile_where: crate::CompileWhere,
     pub reload: tokio::sync::mpsc::Sender<()>,
+    /// Responders' changes go to the detector thread, which owns incidents.
+    pub commands: SyncSender<crate::writer::DetectMsg>,
+    /// Small writes (outbox retries) go to the writer thread.
+    pub writes: SyncSender<crate::writer::Write>,
+    /// The console's public URL (links).
+    pub public_url: Option<String>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -62,18 +68,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/alerts", get(get_alerts))
         .route("/v1/findings/stream", get(stream_findings))
         .route("/v1/rules/reload", post(post_reload))
+        .route("/v1/incidents", get(crate::api::list_incidents))
+        .route("/v1/incidents/{id}", get(crate::api::get_incident).post(crate::api::change_incident))
+        .route("/v1/outbox", get(crate::api::list_outbox))
+        .route("/v1/outbox/retry", post(crate::api::retry_outbox))
+        .route("/v1/outbox/{id}", get(crate::api::get_outbox))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state)
 }
 
-fn json(status: StatusCode, v: serde_json::Value) -> Response {
+pub(crate) fn json(status: StatusCode, v: serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], v.to_string() + "\n")
         .into_response()
 }
 
-fn error(status: StatusCode, reason: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, reason: impl Into<String>) -> Response {
     json(status, serde_json::json!({ "error": reason.into() }))
 }
 
@@ -83,7 +94,7 @@ fn retry_after(mut r: Response, secs: u64) -> Response {
 }
 
 /// The caller's identity if it may act as `role`; else the 401/403 to answer.
-fn authorize(s: &AppState, headers: &HeaderMap, peer: &Peer, role: Role) -> Result<Identity, Response> {
+pub(crate) fn authorize(s: &AppState, headers: &HeaderMap, peer: &Peer, role: Role) -> Result<Identity, Response> {
     let id = if let Some(h) = headers.get(header::AUTHORIZATION) {
         let token = h.to_str().ok().and_then(bearer);
         match token.and_then(|t| s.tokens.check(t)) {
@@ -356,7 +367,7 @@ pub struct SearchParams {
 }
 
 /// Runs a search on a read-only store in a blocking task.
-async fn with_store<T: Send + 'static>(
+pub(crate) async fn with_store<T: Send + 'static>(
     s: &AppState,
     f: impl FnOnce(&dyn Store) -> Result<T, String> + Send + 'static,
 ) -> Result<T, Response> {

@@ -16,13 +16,16 @@
 //! Sources parse with hunt's reader layer ([`kustody_ingest`]); detection is
 //! [`kustody_rules::live::Detector`], the engine, allow list, correlator and grouper hunt uses.
 
+pub mod api;
 pub mod auth;
 pub mod client;
+pub mod deliver;
 pub mod detect;
 pub mod follow;
 pub mod http;
 pub mod metrics;
 pub mod payload;
+pub mod respond;
 pub mod search;
 pub mod tls;
 pub mod writer;
@@ -86,6 +89,14 @@ pub struct Config {
     pub ready_file: Option<PathBuf>,
     /// Stop once the replay files are stored and evaluated.
     pub exit_after_replay: bool,
+    /// Notification sinks (`--sinks FILE`).
+    pub sinks: Vec<kustody_notify::SinkConfig>,
+    /// The cluster's name, carried by incidents and notifications.
+    pub cluster: Option<String>,
+    /// Findings of one identity and workload within this window are one incident.
+    pub incident_window_ns: i64,
+    /// The console's public URL (links in notifications).
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -110,6 +121,10 @@ impl Config {
             rules,
             ready_file: None,
             exit_after_replay: false,
+            sinks: Vec::new(),
+            cluster: None,
+            incident_window_ns: 3600 * 1_000_000_000,
+            public_url: None,
         }
     }
 }
@@ -151,8 +166,47 @@ async fn serve(config: Config) -> Result<()> {
     let healthy = Arc::new(AtomicBool::new(true));
     let stop = Arc::new(AtomicBool::new(false));
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<writer::Job>(256);
-    let (det_tx, det_rx) = std::sync::mpsc::sync_channel::<writer::ToDetect>(8);
-    let (results_tx, results_rx) = std::sync::mpsc::sync_channel::<writer::Detections>(4);
+    let (det_tx, det_rx) = std::sync::mpsc::sync_channel::<writer::DetectMsg>(8);
+    let commands = det_tx.clone();
+    let (results_tx, results_rx) = std::sync::mpsc::sync_channel::<writer::Write>(4);
+    let writes_for_api = results_tx.clone();
+    // Sinks and their routes: any mistake stops the start, naming the sink.
+    let mut routes = Vec::new();
+    let mut sinks = Vec::new();
+    for cfg in &config.sinks {
+        routes.push(respond::Route::of(cfg).map_err(|e| anyhow::anyhow!(e))?);
+        sinks.push(kustody_notify::Sink::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    let mut responder = respond::Responder::new(
+        kustody_incident::Book::new(kustody_incident::Options {
+            window_ns: config.incident_window_ns,
+            cluster: config.cluster.clone(),
+            ..Default::default()
+        }),
+        routes,
+        kustody_incident::render::Context {
+            data_dir: Some(config.data_dir.display().to_string()),
+            url: config.public_url.clone(),
+        },
+    );
+    let mut deliveries = Vec::new();
+    for sink in sinks {
+        let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        responder.wake.insert(sink.name().to_owned(), wake_tx);
+        let d = deliver::Delivery {
+            store: Box::new(SqliteStore::open_read_only(&config.data_dir).or_else(|_| {
+                // a new data directory: the writer creates the store below; open it first
+                SqliteStore::open(&config.data_dir).map(drop)?;
+                SqliteStore::open_read_only(&config.data_dir)
+            })?),
+            sink,
+            writes: results_tx.clone(),
+            wake: wake_rx,
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        };
+        deliveries.push(d);
+    }
     let (publish, _) = tokio::sync::broadcast::channel::<Arc<str>>(1024);
     let pending: detect::PendingRules = Arc::new(std::sync::Mutex::new(None));
 
@@ -180,6 +234,7 @@ async fn serve(config: Config) -> Result<()> {
                 kustody_rules::findings::FindingOptions { window_ns: config.group_window_ns, ..Default::default() },
             ),
             rx: det_rx,
+            responder,
             metrics: metrics.clone(),
             publish: publish.clone(),
             pending: pending.clone(),
@@ -190,6 +245,10 @@ async fn serve(config: Config) -> Result<()> {
             .spawn(move || thread.run())
             .context("cannot start the detector")?
     };
+    let mut senders = Vec::new();
+    for d in deliveries {
+        senders.push(std::thread::Builder::new().name("kustody-deliver".into()).spawn(move || d.run())?);
+    }
     let mut sources = Vec::new();
     for path in &config.follow {
         let f = follow::Follower {
@@ -244,6 +303,9 @@ async fn serve(config: Config) -> Result<()> {
         healthy,
         compile_where: Arc::new(move |c: &str| where_rules.compile_where(c)),
         reload: reload_tx.clone(),
+        commands,
+        writes: writes_for_api,
+        public_url: config.public_url.clone(),
     });
     let app = http::router(state.clone());
 
@@ -387,6 +449,9 @@ async fn serve(config: Config) -> Result<()> {
     let joined = tokio::task::spawn_blocking(move || {
         for s in sources {
             let _ = s.join();
+        }
+        for d in senders {
+            let _ = d.join();
         }
         let _ = writer.join();
         let _ = detector.join();

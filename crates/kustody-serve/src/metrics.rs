@@ -75,6 +75,16 @@ pub struct Metrics {
     pub detector_lag_events: AtomicU64,
     pub rule_reloads: AtomicU64,
     pub rule_reload_failures: AtomicU64,
+    /// Notifications committed to the outbox.
+    pub notifications_queued: AtomicU64,
+    pub notifications_delivered: AtomicU64,
+    /// Delivery attempts that failed (each retry counts).
+    pub notification_failures: AtomicU64,
+    pub notifications_dead: AtomicU64,
+    /// Notifications held back by a sink's rate limit (delayed, not dropped).
+    pub notifications_rate_limited: AtomicU64,
+    /// From a notification's commit to its delivery.
+    pub notify_seconds: Histogram,
 }
 
 impl Metrics {
@@ -171,6 +181,41 @@ impl Metrics {
             "kustody_rule_reload_failures_total",
             "Rule reloads refused because the new set had errors (the last good set stays).",
             &self.rule_reload_failures,
+        );
+        counter(
+            &mut o,
+            "kustody_notifications_queued_total",
+            "Notifications committed to the outbox.",
+            &self.notifications_queued,
+        );
+        counter(
+            &mut o,
+            "kustody_notifications_delivered_total",
+            "Notifications a sink accepted.",
+            &self.notifications_delivered,
+        );
+        counter(
+            &mut o,
+            "kustody_notification_failures_total",
+            "Delivery attempts that failed (each retry counts).",
+            &self.notification_failures,
+        );
+        counter(
+            &mut o,
+            "kustody_notifications_dead_total",
+            "Notifications given up on (dead letter): `kustody serve outbox retry` sends them again.",
+            &self.notifications_dead,
+        );
+        counter(
+            &mut o,
+            "kustody_notifications_rate_limited_total",
+            "Times a sink's rate limit delayed a delivery.",
+            &self.notifications_rate_limited,
+        );
+        self.notify_seconds.write(
+            &mut o,
+            "kustody_notification_seconds",
+            "Time from a notification's commit to its delivery.",
         );
         o
     }

@@ -10,7 +10,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kustody_store::{AlertRow, Appended, EventRow, FindingRow, MatchRow, Origin, Store, StoreError};
+use kustody_store::{
+    AlertRow, Appended, Batch, BatchIds, EventRow, FindingRow, IncidentWrite, MatchRow, NoteRow, Origin, OutboxWrite,
+    Store, StoreError,
+};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -33,15 +36,35 @@ type Group = (Origin, Vec<EventRow<'static>>, Vec<(usize, Reply)>, Instant);
 pub struct Detections {
     pub findings: Vec<FindingRow>,
     pub matches: Vec<(MatchRow, Option<usize>)>,
+    pub incidents: Vec<IncidentWrite>,
+    pub notes: Vec<NoteRow>,
+    /// Notifications, committed with what caused them.
+    pub outbox: Vec<OutboxWrite>,
     /// Move the detector's cursor here (in the same round).
     pub cursor: Option<i64>,
-    pub reply: std::sync::mpsc::SyncSender<Result<Vec<i64>, StoreError>>,
+    pub reply: std::sync::mpsc::SyncSender<Result<BatchIds, StoreError>>,
+}
+
+/// A closure run on the store by the writer (delivery attempts, outbox retries): small writes
+/// that must not open a second writer. It answers through its own channel.
+pub type StoreTask = Box<dyn FnOnce(&mut dyn Store) + Send>;
+
+/// Work for the writer besides ingest.
+pub enum Write {
+    Detections(Detections),
+    Run(StoreTask),
 }
 
 /// Stored events on their way to the detector: (row id, JSON text), with when the batch arrived.
 pub struct ToDetect {
     pub events: Vec<(i64, String)>,
     pub received: Instant,
+}
+
+/// What the detector thread receives.
+pub enum DetectMsg {
+    Events(ToDetect),
+    Command(crate::respond::Command),
 }
 
 /// Group commits stop growing at this many events.
@@ -59,8 +82,8 @@ pub struct Retention {
 pub fn run(
     mut store: Box<dyn Store>,
     jobs: Receiver<Job>,
-    detections: Receiver<Detections>,
-    detect: SyncSender<ToDetect>,
+    detections: Receiver<Write>,
+    detect: SyncSender<DetectMsg>,
     metrics: Arc<Metrics>,
     retention: Retention,
     healthy: Arc<std::sync::atomic::AtomicBool>,
@@ -134,8 +157,8 @@ fn count(batch: &[Job]) -> usize {
 fn commit(
     store: &mut dyn Store,
     batch: Vec<Job>,
-    detect: &SyncSender<ToDetect>,
-    detections: &Receiver<Detections>,
+    detect: &SyncSender<DetectMsg>,
+    detections: &Receiver<Write>,
     metrics: &Metrics,
     healthy: &std::sync::atomic::AtomicBool,
 ) {
@@ -186,7 +209,7 @@ fn commit(
                     // Waits while the detector is behind (writing its results meanwhile): the
                     // queue in front of the writer fills and the sources shed load (429)
                     // instead of memory growing.
-                    let mut msg = ToDetect { events, received };
+                    let mut msg = DetectMsg::Events(ToDetect { events, received });
                     loop {
                         match detect.try_send(msg) {
                             Ok(()) | Err(TrySendError::Disconnected(_)) => break,
@@ -228,16 +251,30 @@ fn commit(
 }
 
 /// Writes whatever detector results are waiting.
-fn serve_detections(store: &mut dyn Store, detections: &Receiver<Detections>, metrics: &Metrics) {
+fn serve_detections(store: &mut dyn Store, detections: &Receiver<Write>, metrics: &Metrics) {
     while let Ok(d) = detections.try_recv() {
         write_detections(store, d, metrics);
     }
 }
 
-/// Findings, matches and the cursor in one transaction; answers the detector with every
-/// finding's id.
-fn write_detections(store: &mut dyn Store, d: Detections, metrics: &Metrics) {
-    let result = store.record_batch(&d.findings, &d.matches, d.cursor.map(|c| (crate::detect::CURSOR, c)));
+/// Findings, matches, incidents, notes, notifications and the cursor in one transaction;
+/// answers the detector with the ids; or runs a store task.
+fn write_detections(store: &mut dyn Store, w: Write, metrics: &Metrics) {
+    let d = match w {
+        Write::Detections(d) => d,
+        Write::Run(task) => {
+            task(store);
+            return;
+        }
+    };
+    let result = store.commit(&Batch {
+        findings: &d.findings,
+        matches: &d.matches,
+        incidents: &d.incidents,
+        notes: &d.notes,
+        outbox: &d.outbox,
+        cursor: d.cursor.map(|c| (crate::detect::CURSOR, c)),
+    });
     if let Err(e) = &result {
         metrics.store_errors.fetch_add(1, Relaxed);
         tracing::error!(error = %e, "cannot store detections; they will be evaluated again after a restart");

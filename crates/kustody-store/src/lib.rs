@@ -333,19 +333,25 @@ pub trait Store: Send {
     /// Findings, matches, incidents (with their findings), notes, notifications and a cursor,
     /// in **one** durable transaction.
     fn commit(&mut self, batch: &Batch<'_>) -> Result<BatchIds, StoreError>;
+    /// The next free finding id and incident id (above every stored or linked one): a live
+    /// detector allocates ids itself so notifications committed with a new incident name it.
+    fn next_ids(&self) -> Result<(i64, i64), StoreError>;
     /// Incidents, most recently active first.
     fn search_incidents(&self, q: &IncidentQuery) -> Result<Vec<IncidentRow>, StoreError>;
     fn incident(&self, id: i64) -> Result<Option<IncidentRow>, StoreError>;
     /// The findings an incident holds, in first-seen order.
     fn incident_findings(&self, id: i64) -> Result<Vec<FindingRow>, StoreError>;
     fn incident_notes(&self, id: i64) -> Result<Vec<NoteRow>, StoreError>;
-    /// Pending notifications of `sink` due at `now_ns`, oldest first.
+    /// Pending notifications of `sink` due at `now_ns`, oldest first; a notification waits
+    /// while an older one of the same incident and sink is still pending (a resolve never
+    /// overtakes its trigger).
     fn outbox_due(&self, sink: &str, now_ns: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
     /// When the next pending notification of `sink` is due, if any.
     fn outbox_next_due(&self, sink: &str) -> Result<Option<i64>, StoreError>;
     /// Records delivery attempts and the states they lead to, in one durable transaction.
     fn record_attempts(&mut self, attempts: &[Attempt]) -> Result<(), StoreError>;
     fn search_outbox(&self, q: &OutboxQuery) -> Result<Vec<OutboxRow>, StoreError>;
+    fn outbox_row(&self, id: i64) -> Result<Option<OutboxRow>, StoreError>;
     fn outbox_attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>, StoreError>;
     /// Makes dead (or pending) notifications due again at `now_ns`: the given ids, or with
     /// `ids` empty every dead one (of `sink` when given). Returns how many.

@@ -923,6 +923,19 @@ impl Store for SqliteStore {
         self.commit_(batch).map_err(|f| self.fail(f))
     }
 
+    fn next_ids(&self) -> Result<(i64, i64), StoreError> {
+        let get = || -> Res<(i64, i64)> {
+            Ok(self.conn.query_row(
+                "SELECT max((SELECT coalesce(max(id), 0) FROM findings), \
+                 (SELECT coalesce(max(finding_id), 0) FROM incident_findings)) + 1, \
+                 (SELECT coalesce(max(id), 0) FROM incidents) + 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        };
+        get().map_err(|f| self.fail(f))
+    }
+
     fn search_incidents(&self, q: &IncidentQuery) -> Result<Vec<IncidentRow>, StoreError> {
         response::search_incidents(&self.conn, q).map_err(|f| self.fail(f))
     }
@@ -969,6 +982,10 @@ impl Store for SqliteStore {
 
     fn search_outbox(&self, q: &OutboxQuery) -> Result<Vec<OutboxRow>, StoreError> {
         response::search_outbox(&self.conn, q).map_err(|f| self.fail(f))
+    }
+
+    fn outbox_row(&self, id: i64) -> Result<Option<OutboxRow>, StoreError> {
+        response::outbox_row(&self.conn, id).map_err(|f| self.fail(f))
     }
 
     fn outbox_attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>, StoreError> {

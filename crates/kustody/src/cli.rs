@@ -48,12 +48,18 @@ pub enum Command {
     Timeline(TimelineArgs),
     /// Watch: ingest the audit webhook, audit log files and Falco alerts into a durable store,
     /// detect live, serve search, a finding stream and metrics (docs/SERVE.md).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Search what `kustody serve` stored: events, findings or runtime alerts, by identity,
     /// pod, IP, namespace, verb, resource, rule, time, or a Falco condition (`--where`).
     ///
     /// Exit codes: 0 = something found, 1 = nothing matched, 2 = error.
     Search(SearchArgs),
+    /// Incidents that `kustody serve` grouped findings into: list, show, acknowledge, resolve,
+    /// assign, note.
+    ///
+    /// Reads work on a data directory or a server; changes go to the running server (which
+    /// owns open incidents and sends the notifications they call for).
+    Incidents(IncidentsArgs),
     /// Check or list rules.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -825,10 +831,26 @@ pub struct ServeArgs {
     /// Write the listening URL to this file once ready.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
+    /// Notification sinks (YAML; docs/NOTIFY.md): Slack, Teams, PagerDuty, syslog, Splunk HEC,
+    /// Elasticsearch, SMTP, Falco JSON, webhooks, each with a minimum priority and a route.
+    #[arg(long, value_name = "FILE")]
+    pub sinks: Option<PathBuf>,
+    /// The cluster's name, carried by incidents and notifications.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Findings of one identity and workload within this window are one incident.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub incident_window: String,
+    /// Public URL of this server, for links in notifications.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ServeAction {
+    /// The notification outbox: what is pending, delivered or dead, and retrying.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Print what the apiserver needs to send its audit events here: the webhook kubeconfig,
     /// an audit policy that gives the rules what they need, and the kube-apiserver flags.
     PrintApiserverConfig(ApiserverConfigArgs),
@@ -845,6 +867,148 @@ pub struct ApiserverConfigArgs {
     /// Authenticate with a client certificate instead of a token: CERT and KEY paths.
     #[arg(long, value_names = ["CERT", "KEY"], num_args = 2)]
     pub client_cert: Option<Vec<String>>,
+}
+
+/// How a command reaches what `kustody serve` stored: its data directory, or the server.
+#[derive(Args, Debug, Clone)]
+pub struct ServerConn {
+    /// Read this data directory directly (the server may be running).
+    #[arg(long, value_name = "DIR", env = "KUSTODY_DATA_DIR", conflicts_with = "server")]
+    pub data_dir: Option<PathBuf>,
+    /// Ask a running server (https://HOST:PORT) instead.
+    #[arg(long, value_name = "URL", env = "KUSTODY_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token file for --server (the token's first field is used; or $KUSTODY_TOKEN).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate of the server (or its certificate, DATA_DIR/tls/server.crt).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca: Option<PathBuf>,
+    #[arg(long = "output", short = 'o', value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct IncidentsArgs {
+    #[command(subcommand)]
+    pub action: Option<IncidentsAction>,
+    #[command(flatten)]
+    pub list: IncidentListArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IncidentListArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// new, acknowledged or resolved.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Every incident, resolved ones included (default: not resolved).
+    #[arg(long, short = 'a', conflicts_with = "status")]
+    pub all: bool,
+    #[arg(long, value_name = "PRIORITY")]
+    pub min_priority: Option<String>,
+    /// User or service account (`system:serviceaccount:NS:NAME`).
+    #[arg(long)]
+    pub identity: Option<String>,
+    #[arg(long, short = 'n', value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Active at or after (RFC 3339 or a duration ago: 30m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IncidentsAction {
+    /// List incidents (the default).
+    List(IncidentListArgs),
+    /// One incident: its story, who, where, evidence, next commands, notes, notifications.
+    Show(IncidentIdArgs),
+    /// Acknowledge: someone is on it.
+    Ack(IncidentChangeArgs),
+    /// Resolve: sinks that were sent the incident are told (PagerDuty resolves it).
+    Resolve(IncidentChangeArgs),
+    /// Assign to someone (an empty name clears it).
+    Assign(IncidentAssignArgs),
+    /// Add a note.
+    Note(IncidentNoteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct IncidentIdArgs {
+    pub id: i64,
+    #[command(flatten)]
+    pub conn: ServerConn,
+}
+
+#[derive(Args, Debug)]
+pub struct IncidentChangeArgs {
+    pub id: i64,
+    /// A note recorded with the change.
+    #[arg(long, short = 'm', value_name = "TEXT")]
+    pub note: Option<String>,
+    #[command(flatten)]
+    pub conn: ServerConn,
+}
+
+#[derive(Args, Debug)]
+pub struct IncidentAssignArgs {
+    pub id: i64,
+    pub assignee: String,
+    #[command(flatten)]
+    pub conn: ServerConn,
+}
+
+#[derive(Args, Debug)]
+pub struct IncidentNoteArgs {
+    pub id: i64,
+    pub text: String,
+    #[command(flatten)]
+    pub conn: ServerConn,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OutboxCommand {
+    /// Notifications, newest first.
+    List(OutboxListArgs),
+    /// One notification with every delivery attempt.
+    Show(OutboxShowArgs),
+    /// Send dead notifications again: the given ids, or every dead one (of --sink).
+    Retry(OutboxRetryArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct OutboxListArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// pending, delivered or dead.
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub sink: Option<String>,
+    #[arg(long, value_name = "ID")]
+    pub incident: Option<i64>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct OutboxShowArgs {
+    pub id: i64,
+    #[command(flatten)]
+    pub conn: ServerConn,
+}
+
+#[derive(Args, Debug)]
+pub struct OutboxRetryArgs {
+    pub ids: Vec<i64>,
+    #[arg(long)]
+    pub sink: Option<String>,
+    #[command(flatten)]
+    pub conn: ServerConn,
 }
 
 #[derive(Args, Debug)]

@@ -6,6 +6,7 @@ mod cluster_cmd;
 mod collect_cmd;
 mod contain_cmd;
 mod hunt;
+mod incidents_cmd;
 mod render;
 mod rules_cmd;
 mod ruleset;
@@ -124,8 +125,9 @@ fn run(mut cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Hunt(args) => hunt::run(args),
         cli::Command::Timeline(args) => timeline::run(args),
-        cli::Command::Serve(args) => serve_cmd::run(args),
+        cli::Command::Serve(args) => serve_cmd::run(*args),
         cli::Command::Search(args) => serve_cmd::search(args),
+        cli::Command::Incidents(args) => incidents_cmd::run(args),
         cli::Command::Rules(cli::RulesCommand::Check(args)) => rules_cmd::check(args),
         cli::Command::Rules(cli::RulesCommand::List(args)) => rules_cmd::list(args),
         cli::Command::Rules(cli::RulesCommand::Fields) => rules_cmd::fields(),

@@ -142,9 +142,13 @@ fn config_args(path: &std::path::Path) -> Result<Vec<std::ffi::OsString>> {
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
-    if let Some(ServeAction::PrintApiserverConfig(a)) = &args.action {
-        print!("{}", apiserver_config(a));
-        return Ok(ExitCode::SUCCESS);
+    match args.action {
+        Some(ServeAction::PrintApiserverConfig(a)) => {
+            print!("{}", apiserver_config(&a));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(ServeAction::Outbox(cmd)) => return crate::incidents_cmd::outbox(cmd),
+        None => {}
     }
     let args = match &args.config {
         None => args,
@@ -156,7 +160,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             argv.splice(at..at, extra);
             use clap::Parser;
             match crate::cli::Cli::try_parse_from(crate::cli::normalize_verbosity(argv)) {
-                Ok(crate::cli::Cli { command: crate::cli::Command::Serve(a), .. }) => a,
+                Ok(crate::cli::Cli { command: crate::cli::Command::Serve(a), .. }) => *a,
                 Ok(_) => bail!("internal: --config re-parse"),
                 Err(e) => bail!("{} (with the flags of `{}`)", e.to_string().trim(), path.display()),
             }
@@ -206,6 +210,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         grace.with_context(|| format!("--webhook-gap-grace: invalid duration `{}`", args.webhook_gap_grace))?.max(0)
             as u64,
     );
+    if let Some(path) = &args.sinks {
+        config.sinks = kustody_notify::load_sinks(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    config.cluster = args.cluster;
+    config.public_url = args.public_url;
+    config.incident_window_ns = kustody_rules::correlate::parse_window(&args.incident_window)
+        .with_context(|| format!("--incident-window: invalid duration `{}`", args.incident_window))?;
     kustody_serve::run(config)?;
     Ok(ExitCode::SUCCESS)
 }

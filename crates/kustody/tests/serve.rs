@@ -21,6 +21,8 @@ use serde_json::Value;
 
 const INGEST: &str = "ingest-token-0123456789abcdef";
 const READ: &str = "read-token-0123456789abcdefgh";
+const RESPOND: &str = "respond-token-0123456789abcd";
+const ADMIN: &str = "admin-token-0123456789abcdefg";
 
 struct Server {
     child: Child,
@@ -49,7 +51,11 @@ impl Drop for Server {
 
 fn write_tokens(dir: &Path) -> PathBuf {
     let p = dir.join("tokens.txt");
-    std::fs::write(&p, format!("{INGEST} apiserver ingest\n{READ} soc read\n")).unwrap();
+    std::fs::write(
+        &p,
+        format!("{INGEST} apiserver ingest\n{READ} soc read\n{RESPOND} alice read,respond\n{ADMIN} root admin\n"),
+    )
+    .unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -854,4 +860,285 @@ fn print_apiserver_config_gives_the_webhook_kubeconfig_policy_and_flags() {
         })
         .collect();
     assert_eq!(kinds, vec![Some("Config".to_owned()), Some("Policy".to_owned()), None]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Incidents, notifications and the outbox (issue 16).
+
+/// Token files for the CLI's --server calls.
+fn token_file(dir: &Path, token: &str) -> PathBuf {
+    let p = dir.join(format!("{}.tok", &token[..6]));
+    std::fs::write(&p, format!("{token}\n")).unwrap();
+    p
+}
+
+/// The server's certificate (trusted by `--ca`).
+fn ca(dir: &Path) -> String {
+    dir.join("tls/server.crt").display().to_string()
+}
+
+/// A sinks file with a generic webhook sink at `url` and two sinks that must get nothing.
+fn sinks_file(dir: &Path, url: &str, max_attempts: u32) -> PathBuf {
+    let p = dir.join("sinks.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "sinks:
+  - name: soc-hook
+    type: webhook
+    url: {url}/hook
+    min_priority: warning
+    max_attempts: {max_attempts}
+  - name: never-routed
+    type: webhook
+    url: {url}/never
+    route: 'finding.namespace = nowhere'
+  - name: emergencies-only
+    type: webhook
+    url: {url}/never
+    min_priority: emergency
+"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Notifications the receiver accepted (answered 2xx), as JSON.
+fn accepted(log: &std::sync::Mutex<Vec<kustody_testkit::http::Seen>>, path: &str) -> Vec<Value> {
+    log.lock().unwrap().iter().filter(|s| s.target == path).map(|s| serde_json::from_str(&s.body).unwrap()).collect()
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn incidents_json(args: &[&str]) -> Value {
+    let r = kustody(&[&["incidents", "list", "-o", "json"], args].concat());
+    assert!(r.code <= 1, "{}", r.stderr);
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+#[test]
+fn the_replayed_attack_chain_becomes_incidents_notified_once_then_acknowledged_and_resolved() {
+    let (url, log) = kustody_testkit::http::endpoint(Box::new(|_| (200, serde_json::json!({"ok": true}))));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let sinks = sinks_file(tmp.path(), &url, 12);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/attack-chain.jsonl");
+    let srv = start(&data, &["--replay", example, "--sinks", sinks.to_str().unwrap(), "--cluster", "demo"]);
+    let d = data.to_str().unwrap();
+    // every incident of WARNING or above reaches the webhook, once
+    let mut wanted = 0;
+    wait_for("the incidents' notifications", 60, || {
+        let v = incidents_json(&["--data-dir", d, "--min-priority", "warning"]);
+        wanted = v["incidents"].as_array().unwrap().len();
+        wanted > 0 && accepted(&log, "/hook").len() >= wanted
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let got = accepted(&log, "/hook");
+    assert_eq!(got.len(), wanted, "one trigger per incident, no duplicate: {got:#?}");
+    assert!(accepted(&log, "/never").is_empty(), "the route and the minimum priority held");
+    let mut keys: Vec<&str> = got.iter().map(|n| n["dedup_key"].as_str().unwrap()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), got.len());
+    // the attacker's incident: a CRITICAL chain with the story, who, where, evidence and next steps
+    let chain = got
+        .iter()
+        .find(|n| {
+            n["incident"]["rules"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains("Attack Chain"))
+        })
+        .unwrap_or_else(|| panic!("no attack-chain incident in {got:#?}"));
+    assert_eq!(chain["action"], "trigger");
+    assert_eq!(chain["cluster"], "demo");
+    let id = chain["incident_id"].as_i64().unwrap();
+    assert_eq!(chain["dedup_key"], format!("kustody/demo/incident/{id}"));
+    assert!(chain["title"].as_str().unwrap().contains(&format!("incident #{id}")), "{}", chain["title"]);
+    let summary = chain["summary"].as_str().unwrap();
+    for want in
+        ["What happened:", "Who: ", "Where: cluster demo", "Evidence (auditIDs): ", "Next:", "kustody timeline --store"]
+    {
+        assert!(summary.contains(want), "{want:?} missing from\n{summary}");
+    }
+    assert!(chain["incident"]["steps"].as_array().unwrap().len() >= 3);
+
+    // a reader may look but not act
+    let srv_url = format!("https://{}", srv.addr);
+    let reader = token_file(tmp.path(), READ);
+    let responder = token_file(tmp.path(), RESPOND);
+    let crt = ca(&data);
+    let ids = id.to_string();
+    let conn = |tok: &Path| {
+        vec![
+            "--server".to_owned(),
+            srv_url.clone(),
+            "--ca".into(),
+            crt.clone(),
+            "--token-file".into(),
+            tok.display().to_string(),
+        ]
+    };
+    let as_args = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().join("\u{1}");
+    let run = |a: &[&str], tok: &Path| {
+        let mut all: Vec<String> = a.iter().map(|s| (*s).to_owned()).collect();
+        all.extend(conn(tok));
+        let joined = as_args(&all);
+        kustody(&joined.split('\u{1}').collect::<Vec<_>>())
+    };
+    let r = run(&["incidents", "ack", &ids], &reader);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("403"), "{}", r.stderr);
+    let r = run(&["incidents", "ack", &ids, "-m", "looking at the pod"], &responder);
+    assert!(r.code == 0, "{}", r.stderr);
+    assert!(r.stdout.contains("status acknowledged"), "{}", r.stdout);
+    let r = run(&["incidents", "assign", &ids, "bob"], &responder);
+    assert!(r.code == 0, "{}", r.stderr);
+    let r = run(&["incidents", "resolve", &ids, "-m", "pod quarantined, token revoked"], &responder);
+    assert!(r.code == 0, "{}", r.stderr);
+    // the sink that got the trigger is told it is resolved, with the same dedup_key
+    wait_for("the resolve notification", 30, || accepted(&log, "/hook").iter().any(|n| n["action"] == "resolve"));
+    let resolves: Vec<Value> = accepted(&log, "/hook").into_iter().filter(|n| n["action"] == "resolve").collect();
+    assert_eq!(resolves.len(), 1);
+    assert_eq!(resolves[0]["dedup_key"], chain["dedup_key"]);
+    assert_eq!(resolves[0]["status"], "resolved");
+    // the incident as stored: status, assignee, notes, notifications
+    let r = kustody(&["incidents", "show", &ids, "--data-dir", d]);
+    assert!(r.code == 0, "{}", r.stderr);
+    for want in [
+        "Status: resolved, assigned to bob",
+        "alice: looking at the pod",
+        "alice: pod quarantined",
+        "trigger → soc-hook: delivered",
+        "resolve → soc-hook: delivered",
+    ] {
+        assert!(r.stdout.contains(want), "{want:?} missing from\n{}", r.stdout);
+    }
+    // resolved incidents leave the default list
+    let open = incidents_json(&["--data-dir", d]);
+    assert!(open["incidents"].as_array().unwrap().iter().all(|i| i["id"] != id));
+    let r = kustody(&["serve", "outbox", "list", "--data-dir", d, "--state", "delivered"]);
+    assert!(r.code == 0 && r.stdout.contains("soc-hook"), "{}{}", r.stdout, r.stderr);
+    let m = srv.get("/metrics").body;
+    assert!(m.contains(&format!("kustody_notifications_delivered_total {}", wanted + 1)), "{m}");
+    assert!(m.contains("kustody_notifications_dead_total 0"), "{m}");
+}
+
+#[test]
+fn notifications_survive_a_receiver_outage_and_kill_9_and_dead_ones_can_be_retried() {
+    use std::sync::atomic::{AtomicU16, Ordering::SeqCst};
+    // the receiver is down (503) at first
+    let answer = Arc::new(AtomicU16::new(503));
+    let a2 = answer.clone();
+    let (url, log) = kustody_testkit::http::endpoint(Box::new(move |_| {
+        let s = a2.load(SeqCst);
+        (s, serde_json::json!({}))
+    }));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let sinks = sinks_file(tmp.path(), &url, 50);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/attack-chain.jsonl");
+    let d = data.to_str().unwrap();
+    let mut srv = start(&data, &["--replay", example, "--sinks", sinks.to_str().unwrap()]);
+    let pending = || {
+        let r = kustody(&["serve", "outbox", "list", "--data-dir", d, "--state", "pending", "-o", "json"]);
+        serde_json::from_str::<Value>(&r.stdout)
+            .map(|v| v["notifications"].as_array().unwrap().clone())
+            .unwrap_or_default()
+    };
+    wait_for("failed attempts", 60, || {
+        let p = pending();
+        !p.is_empty() && p.iter().any(|n| n["attempts"].as_u64().unwrap() >= 1)
+    });
+    let committed = pending().len();
+    assert!(log.lock().unwrap().iter().all(|s| s.target == "/hook"));
+    // kill -9 between commit and delivery: the notifications are in the store, not delivered
+    let _ = srv.child.kill();
+    let _ = srv.child.wait();
+    drop(srv);
+    let outbox_before = pending();
+    assert!(outbox_before.len() >= committed);
+    answer.store(200, SeqCst);
+    let tried_before = log.lock().unwrap().len();
+    let srv = start(&data, &["--sinks", sinks.to_str().unwrap()]);
+    wait_for("delivery after the restart", 60, || pending().is_empty());
+    // every notification reached the receiver once with a 2xx answer (those before were 503s)
+    let delivered: Vec<Value> =
+        log.lock().unwrap()[tried_before..].iter().map(|s| serde_json::from_str(&s.body).unwrap()).collect();
+    let mut keys: Vec<String> = delivered.iter().map(|n| format!("{}/{}", n["dedup_key"], n["action"])).collect();
+    keys.sort();
+    let n = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "a notification was delivered twice");
+    assert_eq!(n, outbox_before.len());
+    let r = kustody(&["serve", "outbox", "show", &outbox_before[0]["id"].to_string(), "--data-dir", d]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let hist = v["history"].as_array().unwrap();
+    assert!(hist.len() >= 2, "{v:#}");
+    assert!(hist[0]["error"].as_str().unwrap().contains("503"), "{v:#}");
+    assert!(hist.last().unwrap()["error"].is_null());
+    assert_eq!(v["state"], "delivered");
+
+    // a receiver refusing for good (400): dead at once, then sent again by `outbox retry`
+    answer.store(400, SeqCst);
+    let id = incidents_json(&["--data-dir", d])["incidents"][0]["id"].as_i64().unwrap().to_string();
+    let responder = token_file(tmp.path(), RESPOND);
+    let admin = token_file(tmp.path(), ADMIN);
+    let srv_url = format!("https://{}", srv.addr);
+    let crt = ca(&data);
+    let r = kustody(&[
+        "incidents",
+        "resolve",
+        &id,
+        "--server",
+        &srv_url,
+        "--ca",
+        &crt,
+        "--token-file",
+        responder.to_str().unwrap(),
+    ]);
+    assert!(r.code == 0, "{}", r.stderr);
+    let dead = || {
+        let r = kustody(&["serve", "outbox", "list", "--data-dir", d, "--state", "dead", "-o", "json"]);
+        serde_json::from_str::<Value>(&r.stdout)
+            .map(|v| v["notifications"].as_array().unwrap().clone())
+            .unwrap_or_default()
+    };
+    wait_for("the dead letter", 30, || dead().len() == 1);
+    assert_eq!(dead()[0]["action"], "resolve");
+    assert_eq!(dead()[0]["attempts"], 1, "a 400 is not retried");
+    answer.store(200, SeqCst);
+    let r = kustody(&[
+        "serve",
+        "outbox",
+        "retry",
+        "--server",
+        &srv_url,
+        "--ca",
+        &crt,
+        "--token-file",
+        responder.to_str().unwrap(),
+    ]);
+    assert!(r.code != 0 && r.stderr.contains("403"), "retry needs admin: {}", r.stderr);
+    let r = kustody(&[
+        "serve",
+        "outbox",
+        "retry",
+        "--sink",
+        "soc-hook",
+        "--server",
+        &srv_url,
+        "--ca",
+        &crt,
+        "--token-file",
+        admin.to_str().unwrap(),
+    ]);
+    assert!(r.code == 0 && r.stdout.contains("1 notification"), "{}{}", r.stdout, r.stderr);
+    wait_for("the retried notification", 30, || dead().is_empty() && pending().is_empty());
+    let last: Value = serde_json::from_str(&log.lock().unwrap().last().unwrap().body).unwrap();
+    assert_eq!(last["action"], "resolve");
 }

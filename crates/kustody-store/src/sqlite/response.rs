@@ -233,6 +233,8 @@ pub(super) fn notes(conn: &Connection, id: i64) -> Res<Vec<NoteRow>> {
 pub(super) fn outbox_due(conn: &Connection, sink: &str, now_ns: i64, n: usize) -> Res<Vec<OutboxRow>> {
     let sql = format!(
         "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE sink = ?1 AND state = 'pending' AND next_ns <= ?2 \
+         AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.incident_id = outbox.incident_id AND o.sink = ?1 \
+                         AND o.state = 'pending' AND o.id < outbox.id) \
          ORDER BY next_ns, id LIMIT ?3"
     );
     rows(conn, &sql, params![sink, now_ns, limit(n)], read_outbox)
@@ -250,6 +252,11 @@ pub(super) fn search_outbox(conn: &Connection, q: &OutboxQuery) -> Res<Vec<Outbo
          AND (?3 IS NULL OR incident_id = ?3) ORDER BY id DESC LIMIT ?4"
     );
     rows(conn, &sql, params![q.state.map(OutboxState::as_str), q.sink, q.incident_id, limit(q.limit)], read_outbox)
+}
+
+pub(super) fn outbox_row(conn: &Connection, id: i64) -> Res<Option<OutboxRow>> {
+    let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = ?1");
+    Ok(conn.prepare_cached(&sql)?.query_row([id], read_outbox).optional()?)
 }
 
 pub(super) fn attempts(conn: &Connection, id: i64) -> Res<Vec<AttemptRow>> {

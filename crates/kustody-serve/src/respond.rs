@@ -1,0 +1,428 @@
+//! Incidents and their notifications, inside the detector thread.
+//!
+//! The detector owns the [`Book`] of open incidents: every finding it stores is folded into its
+//! incident in the same round, and the notifications that change calls for are written to the
+//! outbox **in the same transaction** as the finding ([`kustody_store::Batch`]). Responders'
+//! changes (acknowledge, resolve, assign, note) come to the detector as [`Command`]s, so one
+//! thread decides an incident's state and no change is lost to a race.
+//!
+//! Routing: a sink gets a `trigger` when an incident it wants (severity at least its minimum,
+//! its route condition true) first qualifies, an `update` when the incident's severity rises
+//! after that, and a `resolve` when it is resolved — only sinks that got the trigger.
+//!
+//! Ids: the detector allocates finding and incident ids itself (from the store's highest at
+//! start), so a notification committed with a new incident already carries the incident's id
+//! (PagerDuty's `dedup_key`, the title's `#42`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::SyncSender;
+
+use kustody_incident::render::{self, Context};
+use kustody_incident::{Book, FindingInput, Incident, Status};
+use kustody_model::Priority;
+use kustody_notify::{Action, Notification};
+use kustody_rules::route::{Filter, Record, Value};
+use kustody_store::{FindingRow, IncidentRow, IncidentWrite, NoteRow, OutboxWrite, Ref, Store};
+
+/// The fields a route condition may use.
+pub const ROUTE_FIELDS: &[&str] = &[
+    "finding.rule",
+    "finding.priority",
+    "finding.rules",
+    "finding.tags",
+    "finding.user",
+    "finding.namespace",
+    "finding.resource",
+    "finding.name",
+    "finding.source_ip",
+    "finding.output",
+    "incident.severity",
+    "incident.status",
+    "incident.identity",
+    "incident.namespace",
+    "incident.workload",
+    "incident.cluster",
+    "incident.steps",
+    "incident.rules",
+    "incident.pods",
+];
+
+/// Where notifications may go: a sink's name, minimum severity and route.
+pub struct Route {
+    pub sink: String,
+    pub min: Priority,
+    pub filter: Option<Filter>,
+}
+
+impl Route {
+    /// Compiles a sink's route condition; the error names the sink.
+    pub fn of(cfg: &kustody_notify::SinkConfig) -> Result<Route, String> {
+        let filter = match &cfg.route {
+            Some(src) => Some(
+                Filter::compile(src, ROUTE_FIELDS)
+                    .map_err(|e| format!("{}: sink `{}`: route: {e}", cfg.origin, cfg.name))?,
+            ),
+            None => None,
+        };
+        Ok(Route { sink: cfg.name.clone(), min: cfg.min_priority, filter })
+    }
+}
+
+/// A responder's change to an incident.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    pub status: Option<Status>,
+    /// `Some(None)` clears the assignee.
+    pub assignee: Option<Option<String>>,
+    pub note: Option<String>,
+    /// Who asked (the token's name).
+    pub author: String,
+}
+
+/// A change on its way to the detector thread, with where to answer.
+pub struct Command {
+    pub incident: i64,
+    pub change: Change,
+    pub reply: tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>,
+}
+
+/// What one round writes besides findings and matches.
+#[derive(Default)]
+pub struct Writes {
+    pub incidents: Vec<IncidentWrite>,
+    pub notes: Vec<NoteRow>,
+    pub outbox: Vec<OutboxWrite>,
+    /// Incidents changed (to publish once stored).
+    pub changed: Vec<serde_json::Value>,
+    /// Sinks marked as notified in this round, undone when the commit fails.
+    pub marked: Vec<(String, String)>,
+}
+
+pub struct Responder {
+    pub book: Book,
+    pub routes: Vec<Route>,
+    pub ctx: Context,
+    next_incident: i64,
+    /// Sinks' wake-up channels (delivery threads).
+    pub wake: HashMap<String, SyncSender<()>>,
+}
+
+impl Responder {
+    pub fn new(book: Book, routes: Vec<Route>, ctx: Context) -> Responder {
+        Responder { book, routes, ctx, next_incident: 1, wake: HashMap::new() }
+    }
+
+    /// Restores unresolved incidents active within the window, and the next incident id.
+    pub fn restore(&mut self, store: &dyn Store, now_ns: i64, next_incident: i64) {
+        self.next_incident = next_incident.max(1);
+        let q = kustody_store::IncidentQuery {
+            unresolved: true,
+            since_ns: Some(now_ns.saturating_sub(self.book.options().window_ns)),
+            limit: 10_000,
+            ..Default::default()
+        };
+        match store.search_incidents(&q) {
+            Ok(rows) => {
+                let n = rows.len();
+                for r in rows {
+                    match serde_json::from_str::<Incident>(&r.state) {
+                        Ok(inc) => self.book.restore(inc),
+                        Err(e) => tracing::warn!(incident = r.id, error = %e, "cannot restore a stored incident"),
+                    }
+                }
+                if n > 0 {
+                    tracing::info!(incidents = n, "restored open incidents");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read open incidents; they start afresh"),
+        }
+    }
+
+    /// Folds this round's stored findings into incidents.
+    pub fn fold(&mut self, findings: &[(FindingRow, FindingInput)], now_ns: i64, w: &mut Writes) {
+        // Per incident changed here: its findings, whether one raised it, the last one (lead).
+        struct Touched {
+            key: String,
+            findings: Vec<i64>,
+            raised: bool,
+            lead: usize,
+        }
+        let mut touched: Vec<Touched> = Vec::new();
+        for (i, (_, input)) in findings.iter().enumerate() {
+            let c = self.book.observe(input);
+            let raised = c.raised_from.is_some();
+            match touched.iter_mut().find(|t| t.key == c.key) {
+                Some(t) => {
+                    t.findings.push(input.finding_id);
+                    t.raised |= raised;
+                    t.lead = i;
+                }
+                None => touched.push(Touched { key: c.key, findings: vec![input.finding_id], raised, lead: i }),
+            }
+        }
+        for Touched { key, findings: finding_ids, raised, lead } in touched {
+            let Some(row) = findings.get(lead).map(|(r, _)| r) else { continue };
+            if let Some(inc) = self.book.get_mut(&key) {
+                if inc.id.is_none() {
+                    inc.id = Some(self.next_incident);
+                    self.next_incident += 1;
+                }
+            }
+            let Some(inc) = self.book.get(&key).cloned() else { continue };
+            let mut notify: Vec<(String, Action)> = Vec::new();
+            let record = route_record(row, &inc);
+            for r in &self.routes {
+                let wanted = inc.severity.at_least(r.min) && r.filter.as_ref().is_none_or(|f| f.matches(&record));
+                if !wanted {
+                    continue;
+                }
+                if !inc.notified.contains(&r.sink) {
+                    notify.push((r.sink.clone(), Action::Trigger));
+                } else if raised {
+                    notify.push((r.sink.clone(), Action::Update));
+                }
+            }
+            if let Some(inc) = self.book.get_mut(&key) {
+                for (sink, action) in &notify {
+                    if *action == Action::Trigger && inc.notified.insert(sink.clone()) {
+                        w.marked.push((key.clone(), sink.clone()));
+                    }
+                }
+            }
+            if let Some(inc) = self.book.get(&key) {
+                self.write(inc, Some(row), finding_ids, notify, now_ns, w);
+            }
+        }
+    }
+
+    /// Writes an incident (and its notifications) into `w`.
+    fn write(
+        &self,
+        inc: &Incident,
+        lead: Option<&FindingRow>,
+        finding_ids: Vec<i64>,
+        notify: Vec<(String, Action)>,
+        now_ns: i64,
+        w: &mut Writes,
+    ) {
+        let Some(id) = inc.id else { return };
+        for (sink, action) in notify {
+            let n = self.notification(inc, lead, action, now_ns);
+            match serde_json::to_string(&n) {
+                Ok(payload) => w.outbox.push(OutboxWrite {
+                    sink,
+                    incident: Ref::Id(id),
+                    action: action.as_str().to_owned(),
+                    payload,
+                    created_ns: now_ns,
+                }),
+                Err(e) => tracing::error!(error = %e, "cannot encode a notification"),
+            }
+        }
+        w.changed.push(render::to_json(inc, &self.ctx));
+        w.incidents.push(IncidentWrite {
+            row: incident_row(inc, now_ns),
+            findings: finding_ids.into_iter().map(Ref::Id).collect(),
+        });
+    }
+
+    /// The notification of an incident change.
+    pub fn notification(&self, inc: &Incident, lead: Option<&FindingRow>, action: Action, now_ns: i64) -> Notification {
+        let id = inc.id.unwrap_or_default();
+        let ctx = Context {
+            url: self.ctx.url.as_ref().map(|u| format!("{}/incidents/{id}", u.trim_end_matches('/'))),
+            ..self.ctx.clone()
+        };
+        let lead_step = inc.steps.iter().min_by_key(|s| (s.priority, !s.correlation, s.first_ns));
+        let fields: BTreeMap<String, String> = lead
+            .and_then(|f| serde_json::from_str::<serde_json::Value>(&f.detail).ok())
+            .and_then(|d| d.get("output_fields").and_then(|o| o.as_object()).cloned())
+            .map(|o| {
+                o.into_iter()
+                    .map(|(k, v)| (k, v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Notification {
+            action,
+            incident_id: id,
+            dedup_key: format!("kustody/{}/incident/{id}", inc.cluster.as_deref().unwrap_or("default")),
+            cluster: inc.cluster.clone(),
+            severity: inc.severity,
+            status: inc.status.as_str().to_owned(),
+            title: render::title(inc),
+            summary: render::summary(inc, &ctx),
+            time_ns: now_ns,
+            first_ns: inc.first_ns,
+            last_ns: inc.last_ns,
+            rule: lead.map(|f| f.rule.clone()).or_else(|| lead_step.map(|s| s.rule.clone())).unwrap_or_default(),
+            output: lead.map(|f| f.output.clone()).or_else(|| lead_step.map(|s| s.output.clone())).unwrap_or_default(),
+            tags: lead.map(|f| f.tags.clone()).unwrap_or_default(),
+            fields,
+            incident: render::to_json(inc, &ctx),
+            url: ctx.url,
+        }
+    }
+
+    /// Applies a responder's change to incident `id`: the open one in the book, or the stored
+    /// one (resolved or idle), which is then written as changed.
+    pub fn command(
+        &mut self,
+        id: i64,
+        change: &Change,
+        store: &dyn Store,
+        now_ns: i64,
+        w: &mut Writes,
+    ) -> Result<serde_json::Value, String> {
+        let mut stored: Option<Incident> = None;
+        if self.book.by_id(id).is_none() {
+            let row = store.incident(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("no incident {id}"))?;
+            let mut inc: Incident =
+                serde_json::from_str(&row.state).map_err(|e| format!("incident {id} cannot be read: {e}"))?;
+            inc.id = Some(id);
+            stored = Some(inc);
+        }
+        let inc = match stored.as_mut() {
+            Some(i) => i,
+            None => self.book.by_id(id).ok_or_else(|| format!("no incident {id}"))?,
+        };
+        let mut notify = Vec::new();
+        if let Some(s) = change.status {
+            if s == Status::Resolved && inc.status != Status::Resolved {
+                notify = inc.notified.iter().map(|n| (n.clone(), Action::Resolve)).collect();
+            }
+            inc.status = s;
+        }
+        if let Some(a) = &change.assignee {
+            inc.assignee = a.clone();
+        }
+        inc.updated_ns = Some(now_ns);
+        let snapshot = inc.clone();
+        if let Some(text) = &change.note {
+            w.notes.push(NoteRow {
+                id: None,
+                incident_id: id,
+                time_ns: now_ns,
+                author: change.author.clone(),
+                text: text.clone(),
+            });
+        }
+        self.write(&snapshot, None, Vec::new(), notify, now_ns, w);
+        Ok(render::to_json(&snapshot, &self.ctx))
+    }
+
+    /// Undoes the "notified" marks of a round whose commit failed: the next change notifies.
+    pub fn unmark(&mut self, marked: &[(String, String)]) {
+        for (key, sink) in marked {
+            if let Some(inc) = self.book.get_mut(key) {
+                inc.notified.remove(sink);
+            }
+        }
+    }
+
+    /// Wakes the delivery threads of sinks with new notifications.
+    pub fn wake(&self, outbox: &[OutboxWrite]) {
+        for o in outbox {
+            if let Some(tx) = self.wake.get(&o.sink) {
+                let _ = tx.try_send(());
+            }
+        }
+    }
+}
+
+fn incident_row(inc: &Incident, now_ns: i64) -> IncidentRow {
+    IncidentRow {
+        id: inc.id,
+        key: inc.key.clone(),
+        title: render::title(inc),
+        severity: inc.severity.falco_name().to_owned(),
+        status: inc.status.as_str().to_owned(),
+        assignee: inc.assignee.clone(),
+        identity: inc.identity.clone(),
+        namespace: inc.namespace().map(str::to_owned),
+        cluster: inc.cluster.clone(),
+        first_ns: inc.first_ns,
+        last_ns: inc.last_ns,
+        updated_ns: now_ns,
+        state: serde_json::to_string(inc).unwrap_or_else(|_| "{}".to_owned()),
+    }
+}
+
+/// The fields a route sees.
+pub fn route_record(f: &FindingRow, inc: &Incident) -> Record {
+    let mut r = Record::new();
+    let mut put = |k: &'static str, v: Option<&String>| {
+        if let Some(v) = v {
+            r.insert(k, Value::Str(v.clone()));
+        }
+    };
+    put("finding.rule", Some(&f.rule));
+    put("finding.priority", Some(&f.priority));
+    put("finding.user", f.user.as_ref());
+    put("finding.namespace", f.namespace.as_ref());
+    put("finding.resource", f.resource.as_ref());
+    put("finding.name", f.name.as_ref());
+    put("finding.source_ip", f.source_ip.as_ref());
+    put("finding.output", Some(&f.output));
+    put("incident.identity", inc.identity.as_ref());
+    put("incident.cluster", inc.cluster.as_ref());
+    r.insert("finding.rules", Value::List(f.rules.clone()));
+    r.insert("finding.tags", Value::List(f.tags.clone()));
+    r.insert("incident.severity", Value::Str(inc.severity.falco_name().to_owned()));
+    r.insert("incident.status", Value::Str(inc.status.as_str().to_owned()));
+    if let Some(ns) = inc.namespace() {
+        r.insert("incident.namespace", Value::Str(ns.to_owned()));
+    }
+    if let Some(wl) = &inc.workload {
+        r.insert("incident.workload", Value::Str(format!("{}/{}/{}", wl.namespace, wl.kind, wl.name)));
+    }
+    r.insert("incident.steps", Value::Num(inc.steps.len() as i64));
+    r.insert("incident.rules", Value::List(inc.rules().into_iter().map(str::to_owned).collect()));
+    r.insert("incident.pods", Value::List(inc.pods.iter().cloned().collect()));
+    r
+}
+
+/// `namespace/name` of the pod whose bound service-account token made the request.
+pub fn acting_pod(ev: &kustody_model::Event<'_>) -> Option<String> {
+    let pod =
+        kustody_model::rawjson::pointer(ev.raw(), &["user", "extra", "authentication.kubernetes.io/pod-name", "0"])
+            .filter(|v| v.starts_with('"'))
+            .and_then(kustody_model::rawjson::text)
+            .filter(|p| !p.is_empty())?;
+    let user = ev.user().and_then(|u| u.username.clone())?;
+    let sa = kustody_store::service_account_of(&user)?;
+    let (ns, _) = sa.split_once('/')?;
+    Some(format!("{ns}/{pod}"))
+}
+
+/// The book's input for a stored finding.
+pub fn finding_input(
+    row: &FindingRow,
+    f: &kustody_rules::findings::Finding,
+    acting_pod: Option<String>,
+    correlation: bool,
+) -> FindingInput {
+    let c = &f.lead.context;
+    FindingInput {
+        finding_id: row.id.unwrap_or_default(),
+        rule: row.rule.clone(),
+        priority: Some(f.priority),
+        rules: row.rules.clone(),
+        tags: row.tags.clone(),
+        events: f.events,
+        first_ns: f.first_ns,
+        last_ns: f.last_ns,
+        user: c.user.clone(),
+        namespace: c.namespace.clone(),
+        resource: c.resource.clone(),
+        subresource: c.subresource.clone(),
+        name: c.name.clone(),
+        verb: c.verb.clone(),
+        source_ip: c.source_ip.clone(),
+        output: f.lead.output.clone(),
+        audit_ids: f.audit_ids.clone(),
+        command: c.command.clone(),
+        acting_pod,
+        correlation,
+    }
+}
