@@ -250,3 +250,83 @@ mod tests {
         assert!(err.pos.line >= 1);
     }
 }
+
+/// Where and why a YAML node did not deserialize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypedError {
+    /// The node where it went wrong (for an unknown key, the key itself).
+    pub pos: Pos,
+    /// The path below the node given, as text (`.url`, `.headers.X-Api-Key`, `.to[1]`).
+    pub path: String,
+    pub message: String,
+}
+
+/// Deserializes `node` (through its JSON form) into `T`; an error points at the node and path
+/// where it went wrong, so a configuration mistake is reported as `FILE:LINE:COL: key.path: why`.
+pub fn deserialize<T: serde::de::DeserializeOwned>(node: &Node) -> Result<T, TypedError> {
+    deserialize_value(to_json(node), node)
+}
+
+/// As [`deserialize`], for a JSON value made from `node` (possibly reshaped).
+pub fn deserialize_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    node: &Node,
+) -> Result<T, TypedError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let segments: Vec<_> = e.path().iter().cloned().collect();
+        let message = e.into_inner().to_string();
+        let (at, path) = locate(node, &segments);
+        // `unknown field `x``: point at the key itself, in the mapping that holds it.
+        let key_at = unknown_field(&message).and_then(|f| {
+            let parent = match segments.split_last() {
+                Some((serde_path_to_error::Segment::Map { key }, rest)) if key == f => locate(node, rest).0,
+                _ => at,
+            };
+            key_node(parent, f)
+        });
+        TypedError { pos: key_at.unwrap_or(at).pos(), path, message }
+    })
+}
+
+/// Walks `path` down from `node`; returns the deepest node found and the path as text.
+fn locate<'n>(node: &'n Node, path: &[serde_path_to_error::Segment]) -> (&'n Node, String) {
+    use serde_path_to_error::Segment;
+    let mut at = node;
+    let mut text = String::new();
+    let mut found = true;
+    for seg in path {
+        match seg {
+            Segment::Seq { index } => {
+                text.push_str(&format!("[{index}]"));
+                if let (true, Node::Seq { items, .. }) = (found, at) {
+                    match items.get(*index) {
+                        Some(n) => at = n,
+                        None => found = false,
+                    }
+                }
+            }
+            Segment::Map { key } => {
+                text.push('.');
+                text.push_str(key);
+                match at.get(key) {
+                    Some(n) if found => at = n,
+                    _ => found = false,
+                }
+            }
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    (at, text)
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split_once('`').map(|(f, _)| f)
+}
+
+fn key_node<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
+    match node {
+        Node::Map { entries, .. } => entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(k, _)| k),
+        _ => None,
+    }
+}

@@ -365,20 +365,7 @@ impl Ctx<'_> {
 
     /// Deserializes `value` (the JSON of `node`), mapping a serde error back to a position.
     fn deserialize<T: DeserializeOwned>(&self, value: Value, node: &Node, key: &str) -> Result<T, ConfigError> {
-        serde_path_to_error::deserialize(value).map_err(|e| {
-            let segments: Vec<_> = e.path().iter().cloned().collect();
-            let inner = e.into_inner().to_string();
-            let (at, path) = locate(node, &segments);
-            // `unknown field `x``: point at the key itself, in the mapping that holds it.
-            let key_at = unknown_field(&inner).and_then(|f| {
-                let parent = match segments.split_last() {
-                    Some((serde_path_to_error::Segment::Map { key }, rest)) if key == f => locate(node, rest).0,
-                    _ => at,
-                };
-                key_node(parent, f)
-            });
-            self.error(key_at.unwrap_or(at), &format!("{key}{path}"), inner)
-        })
+        yaml::deserialize_value(value, node).map_err(|e| self.error_at(e.pos, &format!("{key}{}", e.path), e.message))
     }
 
     fn webhook(&self, r: RawWebhook, item: &Node, key: &str) -> Result<SinkKind, ConfigError> {
@@ -463,50 +450,6 @@ impl Ctx<'_> {
             from: r.from,
             to: r.to,
         }))
-    }
-}
-
-/// Walks `path` down from `node`; returns the deepest node found and the path as text
-/// (`.url`, `.headers.X-Api-Key`, `.to[1]`).
-fn locate<'n>(node: &'n Node, path: &[serde_path_to_error::Segment]) -> (&'n Node, String) {
-    use serde_path_to_error::Segment;
-    let mut at = node;
-    let mut text = String::new();
-    let mut found = true;
-    for seg in path {
-        match seg {
-            Segment::Seq { index } => {
-                text.push_str(&format!("[{index}]"));
-                if let (true, Node::Seq { items, .. }) = (found, at) {
-                    match items.get(*index) {
-                        Some(n) => at = n,
-                        None => found = false,
-                    }
-                }
-            }
-            Segment::Map { key } => {
-                text.push('.');
-                text.push_str(key);
-                match at.get(key) {
-                    Some(n) if found => at = n,
-                    _ => found = false,
-                }
-            }
-            Segment::Enum { .. } | Segment::Unknown => {}
-        }
-    }
-    (at, text)
-}
-
-fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    rest.split_once('`').map(|(f, _)| f)
-}
-
-fn key_node<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
-    match node {
-        Node::Map { entries, .. } => entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(k, _)| k),
-        _ => None,
     }
 }
 
