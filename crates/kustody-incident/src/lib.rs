@@ -140,6 +140,9 @@ pub struct Incident {
     pub audit_ids: Vec<String>,
     /// Sinks that were sent a trigger (a resolve goes to them only).
     pub notified: BTreeSet<String>,
+    /// Playbooks that ran for it (each runs once per incident).
+    #[serde(default)]
+    pub playbooks: BTreeSet<String>,
     /// When a responder last changed it (ns).
     pub updated_ns: Option<i64>,
 }
@@ -322,6 +325,7 @@ impl Book {
                 namespaces: BTreeSet::new(),
                 audit_ids: Vec::new(),
                 notified: BTreeSet::new(),
+                playbooks: BTreeSet::new(),
                 updated_ns: None,
             }
         });

@@ -313,7 +313,15 @@ fn locate<'n>(node: &'n Node, path: &[serde_path_to_error::Segment]) -> (&'n Nod
                     _ => found = false,
                 }
             }
-            Segment::Enum { .. } | Segment::Unknown => {}
+            // An externally tagged enum (`{quarantine: {…}}`): step into the variant's value.
+            Segment::Enum { variant } => {
+                if let (true, Some(n)) = (found, at.get(variant)) {
+                    text.push('.');
+                    text.push_str(variant);
+                    at = n;
+                }
+            }
+            Segment::Unknown => {}
         }
     }
     (at, text)
