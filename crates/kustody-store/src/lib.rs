@@ -26,8 +26,8 @@ pub mod response;
 pub mod sqlite;
 
 pub use response::{
-    Attempt, AttemptRow, Batch, BatchIds, IncidentQuery, IncidentRow, IncidentWrite, NoteRow, OutboxQuery, OutboxRow,
-    OutboxState, OutboxWrite, Ref,
+    ActionQuery, ActionRow, Attempt, AttemptRow, Batch, BatchIds, IncidentQuery, IncidentRow, IncidentWrite, NoteRow,
+    OutboxQuery, OutboxRow, OutboxState, OutboxWrite, Ref,
 };
 pub use sqlite::SqliteStore;
 
@@ -356,6 +356,11 @@ pub trait Store: Send {
     /// Makes dead (or pending) notifications due again at `now_ns`: the given ids, or with
     /// `ids` empty every dead one (of `sink` when given). Returns how many.
     fn retry_outbox(&mut self, ids: &[i64], sink: Option<&str>, now_ns: i64) -> Result<u64, StoreError>;
+    fn search_actions(&self, q: &ActionQuery) -> Result<Vec<ActionRow>, StoreError>;
+    fn action(&self, id: i64) -> Result<Option<ActionRow>, StoreError>;
+    /// Updates action `row.id` only while it is in state `from` (an approval that lost a race
+    /// changes nothing); returns whether it did, durably.
+    fn transition_action(&mut self, row: &ActionRow, from: &str) -> Result<bool, StoreError>;
     /// Events with an id above `after`, oldest first, at most `limit` (the detector's catch-up
     /// after a restart, and retro-hunts).
     fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;

@@ -159,6 +159,35 @@ pub struct OutboxQuery {
     pub limit: usize,
 }
 
+/// A response action (a playbook's, or a responder's) and its outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActionRow {
+    /// `None` to insert; the row id to update.
+    pub id: Option<i64>,
+    pub incident_id: Option<i64>,
+    pub playbook: String,
+    /// `collect`, `quarantine`, `label`, `annotate`, `notify`, `release`.
+    pub action: String,
+    /// `namespace/pod`.
+    pub target: Option<String>,
+    /// `planned`, `awaiting-approval`, `running`, `applied`, `dry-run`, `failed`, `skipped`,
+    /// `rejected`, `interrupted`.
+    pub state: String,
+    pub created_ns: i64,
+    pub updated_ns: i64,
+    /// JSON: the action's parameters, the guardrails' reason, the outcome (plan, bundle, checks).
+    pub detail: String,
+}
+
+/// Filters of an action listing, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActionQuery {
+    pub incident_id: Option<i64>,
+    pub state: Option<String>,
+    pub since_ns: Option<i64>,
+    pub limit: usize,
+}
+
 /// Everything a detector round or a responder's change writes, in **one** transaction.
 #[derive(Debug, Default)]
 pub struct Batch<'a> {
@@ -170,6 +199,8 @@ pub struct Batch<'a> {
     pub notes: &'a [NoteRow],
     /// Incident refs index `incidents`.
     pub outbox: &'a [OutboxWrite],
+    /// Response actions, inserted or updated.
+    pub actions: &'a [ActionRow],
     pub cursor: Option<(&'a str, i64)>,
 }
 
@@ -180,4 +211,5 @@ pub struct BatchIds {
     pub incidents: Vec<i64>,
     pub notes: Vec<i64>,
     pub outbox: Vec<i64>,
+    pub actions: Vec<i64>,
 }

@@ -20,9 +20,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use crate::{
-    AlertQuery, AlertRow, Appended, Attempt, AttemptRow, Batch, BatchIds, EventQuery, EventRow, FileOffset,
-    FindingQuery, FindingRow, IncidentQuery, IncidentRow, MatchRow, NoteRow, Origin, OutboxQuery, OutboxRow, Retained,
-    Store, StoreError, StoreStats, StoredAlert, StoredEvent,
+    ActionQuery, ActionRow, AlertQuery, AlertRow, Appended, Attempt, AttemptRow, Batch, BatchIds, EventQuery, EventRow,
+    FileOffset, FindingQuery, FindingRow, IncidentQuery, IncidentRow, MatchRow, NoteRow, Origin, OutboxQuery,
+    OutboxRow, Retained, Store, StoreError, StoreStats, StoredAlert, StoredEvent,
 };
 
 mod codec;
@@ -556,8 +556,9 @@ impl SqliteStore {
         let incidents = response::write_incidents(&tx, b.incidents, &ids)?;
         let notes = response::write_notes(&tx, b.notes)?;
         let outbox = response::write_outbox(&tx, b.outbox, &incidents)?;
+        let actions = response::write_actions(&tx, b.actions)?;
         tx.commit()?;
-        Ok(BatchIds { findings: ids, incidents, notes, outbox })
+        Ok(BatchIds { findings: ids, incidents, notes, outbox, actions })
     }
 
     fn events_after_(&self, after: i64, limit: usize) -> Res<Vec<StoredEvent>> {
@@ -976,6 +977,24 @@ impl Store for SqliteStore {
             response::record_attempts(&tx, attempts)?;
             tx.commit()?;
             Ok(())
+        };
+        write(self).map_err(|f| self.fail(f))
+    }
+
+    fn search_actions(&self, q: &ActionQuery) -> Result<Vec<ActionRow>, StoreError> {
+        response::search_actions(&self.conn, q).map_err(|f| self.fail(f))
+    }
+
+    fn action(&self, id: i64) -> Result<Option<ActionRow>, StoreError> {
+        response::action(&self.conn, id).map_err(|f| self.fail(f))
+    }
+
+    fn transition_action(&mut self, row: &ActionRow, from: &str) -> Result<bool, StoreError> {
+        let write = |s: &mut Self| -> Res<bool> {
+            let tx = s.write_tx()?;
+            let done = response::transition_action(&tx, row, from)?;
+            tx.commit()?;
+            Ok(done)
         };
         write(self).map_err(|f| self.fail(f))
     }

@@ -998,6 +998,43 @@ fn outbox_attempts_dead_letter_and_retry<B: Backend>() {
     assert_eq!(s.search_outbox(&OutboxQuery { limit: 10, ..Default::default() }).unwrap().len(), 3);
 }
 
+fn actions_are_recorded_and_transition_once<B: Backend>() {
+    use kustody_store::{ActionQuery, ActionRow};
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let row = |action: &str, state: &str| ActionRow {
+        incident_id: Some(7),
+        playbook: "contain".into(),
+        action: action.into(),
+        target: Some("shop/web-1".into()),
+        state: state.into(),
+        created_ns: BASE_NS,
+        updated_ns: BASE_NS,
+        detail: "{}".into(),
+        ..Default::default()
+    };
+    let actions = [row("collect", "planned"), row("quarantine", "awaiting-approval")];
+    let ids = s.commit(&Batch { actions: &actions, ..Default::default() }).unwrap().actions;
+    assert_eq!(ids.len(), 2);
+    let approved =
+        ActionRow { id: Some(ids[1]), state: "planned".into(), updated_ns: BASE_NS + SEC, ..row("quarantine", "x") };
+    assert!(s.transition_action(&approved, "awaiting-approval").unwrap());
+    assert!(!s.transition_action(&approved, "awaiting-approval").unwrap(), "a second approval changes nothing");
+    let done = ActionRow {
+        id: Some(ids[0]),
+        state: "applied".into(),
+        detail: "{\"bundle\":\"x\"}".into(),
+        ..row("collect", "x")
+    };
+    s.commit(&Batch { actions: std::slice::from_ref(&done), ..Default::default() }).unwrap();
+    assert_eq!(s.action(ids[0]).unwrap().unwrap().state, "applied");
+    let q = ActionQuery { incident_id: Some(7), limit: 10, ..Default::default() };
+    let all = s.search_actions(&q).unwrap();
+    assert_eq!(all.iter().map(|a| a.state.as_str()).collect::<Vec<_>>(), ["planned", "applied"]);
+    let q = ActionQuery { state: Some("applied".into()), limit: 10, ..Default::default() };
+    assert_eq!(s.search_actions(&q).unwrap().len(), 1);
+}
+
 macro_rules! suite {
     ($backend:ident: $b:ty) => {
         mod $backend {
@@ -1007,7 +1044,7 @@ macro_rules! suite {
                 count_only_from, retention_by_age, retention_by_size, reopen_keeps_everything,
                 reader_sees_commits_while_writer_open, real_events_from_fixture, read_only_refuses_writes,
                 search_across_many_events, incidents_and_outbox_commit_with_findings,
-                outbox_attempts_dead_letter_and_retry);
+                outbox_attempts_dead_letter_and_retry, actions_are_recorded_and_transition_once);
         }
     };
     (@tests $b:ty; $($t:ident),*) => {

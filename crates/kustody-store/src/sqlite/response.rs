@@ -4,8 +4,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::error::{Fail, Res};
 use crate::response::{
-    Attempt, AttemptRow, IncidentQuery, IncidentRow, IncidentWrite, NoteRow, OutboxQuery, OutboxRow, OutboxState,
-    OutboxWrite, Ref,
+    ActionQuery, ActionRow, Attempt, AttemptRow, IncidentQuery, IncidentRow, IncidentWrite, NoteRow, OutboxQuery,
+    OutboxRow, OutboxState, OutboxWrite, Ref,
 };
 
 const INCIDENT_COLUMNS: &str = "id, key, title, severity, status, assignee, identity, namespace, cluster, first_ns, \
@@ -274,4 +274,66 @@ pub(super) fn attempts(conn: &Connection, id: i64) -> Res<Vec<AttemptRow>> {
             })
         },
     )
+}
+
+const ACTION_COLUMNS: &str = "id, incident_id, playbook, action, target, state, created_ns, updated_ns, detail";
+
+pub(super) fn write_actions(tx: &Transaction<'_>, rows: &[ActionRow]) -> Res<Vec<i64>> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO actions (id, incident_id, playbook, action, target, state, created_ns, updated_ns, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut update = tx.prepare_cached(
+        "UPDATE actions SET incident_id = ?2, playbook = ?3, action = ?4, target = ?5, state = ?6, created_ns = ?7, \
+         updated_ns = ?8, detail = ?9 WHERE id = ?1",
+    )?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for a in rows {
+        let p =
+            params![a.id, a.incident_id, a.playbook, a.action, a.target, a.state, a.created_ns, a.updated_ns, a.detail];
+        let id = match a.id {
+            Some(id) if update.execute(p)? == 1 => id,
+            _ => {
+                insert.execute(p)?;
+                tx.last_insert_rowid()
+            }
+        };
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+pub(super) fn transition_action(tx: &Transaction<'_>, a: &ActionRow, from: &str) -> Res<bool> {
+    let n = tx.execute(
+        "UPDATE actions SET state = ?2, updated_ns = ?3, detail = ?4 WHERE id = ?1 AND state = ?5",
+        params![a.id, a.state, a.updated_ns, a.detail, from],
+    )?;
+    Ok(n == 1)
+}
+
+fn read_action(r: &Row<'_>) -> rusqlite::Result<ActionRow> {
+    Ok(ActionRow {
+        id: Some(r.get(0)?),
+        incident_id: r.get(1)?,
+        playbook: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        state: r.get(5)?,
+        created_ns: r.get(6)?,
+        updated_ns: r.get(7)?,
+        detail: r.get(8)?,
+    })
+}
+
+pub(super) fn search_actions(conn: &Connection, q: &ActionQuery) -> Res<Vec<ActionRow>> {
+    let sql = format!(
+        "SELECT {ACTION_COLUMNS} FROM actions WHERE (?1 IS NULL OR incident_id = ?1) AND (?2 IS NULL OR state = ?2) \
+         AND (?3 IS NULL OR created_ns >= ?3) ORDER BY id DESC LIMIT ?4"
+    );
+    rows(conn, &sql, params![q.incident_id, q.state, q.since_ns, limit(q.limit)], read_action)
+}
+
+pub(super) fn action(conn: &Connection, id: i64) -> Res<Option<ActionRow>> {
+    let sql = format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id = ?1");
+    Ok(conn.prepare_cached(&sql)?.query_row([id], read_action).optional()?)
 }
