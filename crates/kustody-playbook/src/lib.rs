@@ -18,7 +18,7 @@
 //!     limits:
 //!       per_hour: 5                  # actions started by this playbook per hour
 //!       per_namespace_per_hour: 2    # … per namespace
-//!       pod_cooldown: 1h             # never the same pod twice within this
+//!       pod_cooldown: 1h             # this playbook never acts on the same pod twice within this
 //!       min_healthy_replicas: 1      # the workload keeps at least this many other ready pods
 //!     actions:
 //!       - collect: { profile: triage, paths: ['/tmp/*'] }
@@ -43,10 +43,10 @@ use kustody_model::yaml;
 use kustody_model::Priority;
 use kustody_rules::route::{Filter, Record};
 use kustody_rules::Pattern;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One action of a playbook.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     Collect(CollectSpec),
@@ -70,7 +70,7 @@ impl Action {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectSpec {
     /// `triage` (default), `full` or `minimal`, as `kustody collect --profile`.
@@ -80,7 +80,7 @@ pub struct CollectSpec {
     pub container: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuarantineSpec {
     /// `NS[/key=value,…]`, as `kustody quarantine --honeypot`.
@@ -91,7 +91,7 @@ pub struct QuarantineSpec {
     pub cordon: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseSpec {
     #[serde(default)]
@@ -100,7 +100,7 @@ pub struct ReleaseSpec {
     pub uncordon: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyValue {
     pub key: String,
@@ -108,7 +108,7 @@ pub struct KeyValue {
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifySpec {
     pub sink: String,
@@ -451,12 +451,14 @@ impl Guard {
         }
         let recent = |h: &&Started| now_ns.saturating_sub(h.time_ns) <= HOUR_NS;
         if let Some(h) = self.history.iter().find(|h| {
-            h.namespace == namespace && h.pod == pod && now_ns.saturating_sub(h.time_ns) <= pb.limits.pod_cooldown_ns
+            h.playbook == pb.name
+                && h.namespace == namespace
+                && h.pod == pod
+                && now_ns.saturating_sub(h.time_ns) <= pb.limits.pod_cooldown_ns
         }) {
             return Decision::Skip(format!(
-                "pod {namespace}/{pod} was acted on {} s ago by playbook {} (cooldown {} s)",
+                "pod {namespace}/{pod} was acted on {} s ago by this playbook (cooldown {} s)",
                 now_ns.saturating_sub(h.time_ns) / 1_000_000_000,
-                h.playbook,
                 pb.limits.pod_cooldown_ns / 1_000_000_000
             ));
         }

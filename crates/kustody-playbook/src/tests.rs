@@ -138,7 +138,8 @@ fn guardrails_exclude_rate_limit_and_cool_down() {
     assert!(skip(g.decide(contain, "web", "d", sa, 50 * S)).contains("acted 2 times in the last hour"));
     // an hour later the budget is back
     assert_eq!(g.decide(contain, "web", "d", sa, 3700 * S), Decision::Run);
-    // another playbook has its own budget; approval and dry-run decisions
+    // another playbook has its own budget and cooldown; approval and dry-run decisions
+    assert_eq!(g.decide(look, "web", "d", sa, 3701 * S), Decision::AwaitApproval);
     assert_eq!(g.decide(look, "other", "e", sa, 3700 * S), Decision::AwaitApproval);
     let mut dry = look.clone();
     dry.approval = false;

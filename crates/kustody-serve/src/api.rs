@@ -367,3 +367,138 @@ pub async fn retry_outbox(
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"),
     }
 }
+
+/// Query parameters of `GET /v1/actions`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ActionParams {
+    pub incident: Option<i64>,
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+}
+
+pub fn action_json(a: &kustody_store::ActionRow) -> serde_json::Value {
+    let t = kustody_model::time::format_rfc3339_nanos;
+    serde_json::json!({
+        "id": a.id,
+        "incident_id": a.incident_id,
+        "playbook": a.playbook,
+        "action": a.action,
+        "target": a.target,
+        "state": a.state,
+        "created": t(a.created_ns),
+        "updated": t(a.updated_ns),
+        "detail": serde_json::from_str::<serde_json::Value>(&a.detail).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+pub async fn list_actions(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Query(p): Query<ActionParams>,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers, &peer, Role::Read) {
+        return r;
+    }
+    let q = kustody_store::ActionQuery {
+        incident_id: p.incident,
+        state: p.state.clone(),
+        since_ns: None,
+        limit: p.limit.unwrap_or(100),
+    };
+    match with_store(&s, move |st| st.search_actions(&q).map_err(|e| e.to_string())).await {
+        Ok(rows) => {
+            json(StatusCode::OK, serde_json::json!({ "actions": rows.iter().map(action_json).collect::<Vec<_>>() }))
+        }
+        Err(r) => r,
+    }
+}
+
+/// Moves an action waiting for approval to `to` (through the writer); the row as it now is.
+async fn decide_action(s: &AppState, id: i64, to: &str, who: &str) -> Result<kustody_store::ActionRow, Response> {
+    let row = with_store(s, move |st| st.action(id).map_err(|e| e.to_string())).await?;
+    let Some(mut row) = row else { return Err(error(StatusCode::NOT_FOUND, format!("no action {id}"))) };
+    if row.state != "awaiting-approval" {
+        return Err(error(StatusCode::CONFLICT, format!("action {id} is {}, not awaiting approval", row.state)));
+    }
+    let mut d: serde_json::Value = serde_json::from_str(&row.detail).unwrap_or_default();
+    crate::execute::put(&mut d, if to == "planned" { "approved_by" } else { "rejected_by" }, serde_json::json!(who));
+    row.state = to.to_owned();
+    row.updated_ns = now_ns();
+    row.detail = d.to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let r2 = row.clone();
+    let task: crate::writer::StoreTask = Box::new(move |st: &mut dyn Store| {
+        let _ = tx.send(st.transition_action(&r2, "awaiting-approval").map_err(|e| e.to_string()));
+    });
+    let writes = s.writes.clone();
+    if tokio::task::spawn_blocking(move || writes.send(Write::Run(task))).await.map_or(true, |r| r.is_err()) {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"));
+    }
+    match rx.await {
+        Ok(Ok(true)) => Ok(row),
+        Ok(Ok(false)) => Err(error(StatusCode::CONFLICT, format!("action {id} was decided meanwhile"))),
+        Ok(Err(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+        Err(_) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping")),
+    }
+}
+
+pub async fn approve_action(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let who = match authorize(&s, &headers, &peer, Role::Respond) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let Some(exec) = s.exec.clone() else {
+        return error(StatusCode::CONFLICT, "no playbooks are configured: nothing runs actions");
+    };
+    let row = match decide_action(&s, id, "planned", &who.name).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let d: serde_json::Value = serde_json::from_str(&row.detail).unwrap_or_default();
+    let spec = match serde_json::from_value::<kustody_playbook::Action>(d.get("spec").cloned().unwrap_or_default()) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("action {id}: stored spec unreadable: {e}")),
+    };
+    let job = crate::execute::Job {
+        incident: row.incident_id,
+        playbook: row.playbook.clone(),
+        target: row.target.clone().unwrap_or_default(),
+        steps: vec![(id, spec)],
+        dry_run: d.get("dry_run").and_then(|b| b.as_bool()).unwrap_or(true),
+        min_healthy_replicas: d.get("min_healthy_replicas").and_then(|m| m.as_u64()).unwrap_or(1) as u32,
+        reason: d.get("reason").and_then(|m| m.as_str()).unwrap_or_default().to_owned(),
+        notification: d.get("notification").and_then(|m| m.as_str()).map(str::to_owned),
+        since: std::time::Instant::now(),
+        approved_by: Some(who.name.clone()),
+    };
+    if exec.try_send(job).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the executor's queue is full; the action stays planned");
+    }
+    tracing::info!(action = id, by = %who.name, "action approved");
+    json(StatusCode::ACCEPTED, action_json(&row))
+}
+
+pub async fn reject_action(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let who = match authorize(&s, &headers, &peer, Role::Respond) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match decide_action(&s, id, "rejected", &who.name).await {
+        Ok(row) => {
+            tracing::info!(action = id, by = %who.name, "action rejected");
+            json(StatusCode::OK, action_json(&row))
+        }
+        Err(r) => r,
+    }
+}

@@ -40,6 +40,8 @@ pub struct DetectorThread {
     pub rx: Receiver<DetectMsg>,
     /// Incidents and notifications.
     pub responder: Responder,
+    /// Playbook jobs, once their actions are committed.
+    pub exec: Option<std::sync::mpsc::SyncSender<crate::execute::Job>>,
     pub metrics: Arc<Metrics>,
     pub publish: broadcast::Sender<Arc<str>>,
     pub pending: PendingRules,
@@ -142,8 +144,8 @@ impl DetectorThread {
         let result = self.responder.command(cmd.incident, &cmd.change, self.store.as_ref(), now_ns(), &mut w);
         let result = match result {
             Ok(json) => match self.write(Vec::new(), Vec::new(), &w, None) {
-                Ok(_) => {
-                    self.published(&w);
+                Ok(ids) => {
+                    self.published(&w, &ids);
                     Ok(json)
                 }
                 Err(e) => Err(format!("the change could not be stored: {e}")),
@@ -168,6 +170,7 @@ impl DetectorThread {
             incidents: w.incidents.clone(),
             notes: w.notes.clone(),
             outbox: w.outbox.clone(),
+            actions: w.actions.clone(),
             cursor,
             reply: tx,
         };
@@ -179,8 +182,20 @@ impl DetectorThread {
         }
     }
 
-    /// After a commit: incidents to the stream, sinks woken.
-    fn published(&self, w: &Writes) {
+    /// After a commit: incidents to the stream, sinks woken, playbook jobs to the executor.
+    fn published(&self, w: &Writes, ids: &kustody_store::BatchIds) {
+        if let Some(exec) = &self.exec {
+            for (job, rows) in &w.jobs {
+                let mut job = job.clone();
+                for ((id, _), row) in job.steps.iter_mut().zip(rows) {
+                    *id = ids.actions.get(*row).copied().unwrap_or_default();
+                }
+                if exec.try_send(job).is_err() {
+                    // the executor is busy: the actions stay `planned` and run at the next start
+                    tracing::error!("the action executor's queue is full; actions stay planned");
+                }
+            }
+        }
         for inc in &w.changed {
             let _ =
                 self.publish.send(Arc::from(serde_json::json!({ "change": "incident", "incident": inc }).to_string()));
@@ -286,11 +301,14 @@ impl DetectorThread {
         let now = now_ns();
         let mut w = Writes::default();
         self.responder.fold(&inputs, now, &mut w);
-        if let Err(e) = self.write(rows.clone(), match_rows, &w, cursor) {
-            tracing::error!(error = %e, "detections not stored; their notifications go with the next change");
-            self.responder.unmark(&w.marked);
-            return;
-        }
+        let ids = match self.write(rows.clone(), match_rows, &w, cursor) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "detections not stored; their notifications go with the next change");
+                self.responder.unmark(&w);
+                return;
+            }
+        };
         let mut published = Vec::new();
         for (seq, row) in order.iter().zip(rows) {
             let Some((u, opened)) = last.get(seq) else { continue };
@@ -314,7 +332,7 @@ impl DetectorThread {
             // No subscriber is fine; slow subscribers see a `lagged` notice from the stream.
             let _ = self.publish.send(Arc::from(p));
         }
-        self.published(&w);
+        self.published(&w, &ids);
     }
 }
 

@@ -56,6 +56,8 @@ pub struct AppState {
     pub writes: SyncSender<crate::writer::Write>,
     /// The console's public URL (links).
     pub public_url: Option<String>,
+    /// Approved actions go to the executor (when playbooks are configured).
+    pub exec: Option<SyncSender<crate::execute::Job>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -73,6 +75,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/outbox", get(crate::api::list_outbox))
         .route("/v1/outbox/retry", post(crate::api::retry_outbox))
         .route("/v1/outbox/{id}", get(crate::api::get_outbox))
+        .route("/v1/actions", get(crate::api::list_actions))
+        .route("/v1/actions/{id}/approve", post(crate::api::approve_action))
+        .route("/v1/actions/{id}/reject", post(crate::api::reject_action))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod client;
 pub mod deliver;
 pub mod detect;
+pub mod execute;
 pub mod follow;
 pub mod http;
 pub mod metrics;
@@ -97,6 +98,10 @@ pub struct Config {
     pub incident_window_ns: i64,
     /// The console's public URL (links in notifications).
     pub public_url: Option<String>,
+    /// Response playbooks (`--playbooks FILE`).
+    pub playbooks: Vec<kustody_playbook::Playbook>,
+    /// How playbook actions reach the cluster.
+    pub connect: Option<execute::Connect>,
 }
 
 impl Config {
@@ -125,6 +130,8 @@ impl Config {
             cluster: None,
             incident_window_ns: 3600 * 1_000_000_000,
             public_url: None,
+            playbooks: Vec::new(),
+            connect: None,
         }
     }
 }
@@ -189,6 +196,7 @@ async fn serve(config: Config) -> Result<()> {
             url: config.public_url.clone(),
         },
     );
+    responder.playbooks = config.playbooks.clone();
     let mut deliveries = Vec::new();
     for sink in sinks {
         let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
@@ -224,8 +232,26 @@ async fn serve(config: Config) -> Result<()> {
             .spawn(move || writer::run(store, job_rx, results_rx, det_tx, metrics, retention, healthy))
             .context("cannot start the writer")?
     };
+    // Playbook actions run on their own thread, through the writer for every record.
+    let (exec_tx, exec_rx) = std::sync::mpsc::sync_channel::<execute::Job>(256);
+    let executor = if config.playbooks.is_empty() {
+        None
+    } else {
+        let e = execute::Executor {
+            jobs: exec_rx,
+            writes: results_tx.clone(),
+            connect: config.connect.clone(),
+            data_dir: config.data_dir.clone(),
+            metrics: metrics.clone(),
+            wake: responder.wake.clone(),
+            store: Box::new(SqliteStore::open_read_only(&config.data_dir)?),
+        };
+        Some(std::thread::Builder::new().name("kustody-actions".into()).spawn(move || e.run())?)
+    };
+    let exec_for_api = executor.is_some().then(|| exec_tx.clone());
     let detector = {
         let thread = detect::DetectorThread {
+            exec: executor.is_some().then_some(exec_tx),
             store: Box::new(SqliteStore::open_read_only(&config.data_dir)?),
             writes: results_tx,
             detector: kustody_rules::live::Detector::new(
@@ -306,6 +332,7 @@ async fn serve(config: Config) -> Result<()> {
         commands,
         writes: writes_for_api,
         public_url: config.public_url.clone(),
+        exec: exec_for_api,
     });
     let app = http::router(state.clone());
 
@@ -453,8 +480,11 @@ async fn serve(config: Config) -> Result<()> {
         for d in senders {
             let _ = d.join();
         }
-        let _ = writer.join();
         let _ = detector.join();
+        if let Some(e) = executor {
+            let _ = e.join();
+        }
+        let _ = writer.join();
     })
     .await;
     if joined.is_err() {

@@ -85,12 +85,22 @@ pub struct Metrics {
     pub notifications_rate_limited: AtomicU64,
     /// From a notification's commit to its delivery.
     pub notify_seconds: Histogram,
+    /// From the finding's commit to its playbook's quarantine applied and verified.
+    pub quarantine_seconds: Histogram,
+    /// Playbook actions by final state.
+    pub actions: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
     pub fn count_rule(&self, rule: &str) {
         if let Ok(mut m) = self.detections.lock() {
             *m.entry(rule.to_owned()).or_insert(0) += 1;
+        }
+    }
+
+    pub fn count_action(&self, state: &str) {
+        if let Ok(mut m) = self.actions.lock() {
+            *m.entry(state.to_owned()).or_insert(0) += 1;
         }
     }
 

@@ -21,8 +21,9 @@ use kustody_incident::render::{self, Context};
 use kustody_incident::{Book, FindingInput, Incident, Status};
 use kustody_model::Priority;
 use kustody_notify::{Action, Notification};
+use kustody_playbook::{Decision, Guard, Playbook};
 use kustody_rules::route::{Filter, Record, Value};
-use kustody_store::{FindingRow, IncidentRow, IncidentWrite, NoteRow, OutboxWrite, Ref, Store};
+use kustody_store::{ActionRow, FindingRow, IncidentRow, IncidentWrite, NoteRow, OutboxWrite, Ref, Store};
 
 /// The fields a route condition may use.
 pub const ROUTE_FIELDS: &[&str] = &[
@@ -96,11 +97,19 @@ pub struct Writes {
     pub changed: Vec<serde_json::Value>,
     /// Sinks marked as notified in this round, undone when the commit fails.
     pub marked: Vec<(String, String)>,
+    /// Playbook actions decided in this round (committed with the rest).
+    pub actions: Vec<ActionRow>,
+    /// Jobs for the executor once committed: the job and the indexes of its rows in `actions`.
+    pub jobs: Vec<(crate::execute::Job, Vec<usize>)>,
+    /// Playbooks marked as run in this round (incident key, playbook), undone when the commit fails.
+    pub ran: Vec<(String, String)>,
 }
 
 pub struct Responder {
     pub book: Book,
     pub routes: Vec<Route>,
+    pub playbooks: Vec<Playbook>,
+    pub guard: Guard,
     pub ctx: Context,
     next_incident: i64,
     /// Sinks' wake-up channels (delivery threads).
@@ -109,7 +118,15 @@ pub struct Responder {
 
 impl Responder {
     pub fn new(book: Book, routes: Vec<Route>, ctx: Context) -> Responder {
-        Responder { book, routes, ctx, next_incident: 1, wake: HashMap::new() }
+        Responder {
+            book,
+            routes,
+            playbooks: Vec::new(),
+            guard: Guard::default(),
+            ctx,
+            next_incident: 1,
+            wake: HashMap::new(),
+        }
     }
 
     /// Restores unresolved incidents active within the window, and the next incident id.
@@ -135,6 +152,26 @@ impl Responder {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot read open incidents; they start afresh"),
+        }
+        // The guardrails remember what playbooks started recently.
+        self.guard = Guard::new(&self.playbooks);
+        let q = kustody_store::ActionQuery {
+            since_ns: Some(now_ns.saturating_sub(24 * 3600 * 1_000_000_000)),
+            limit: 10_000,
+            ..Default::default()
+        };
+        let mut seen = std::collections::HashSet::new();
+        for a in store.search_actions(&q).unwrap_or_default().into_iter().rev() {
+            let counts = !matches!(a.state.as_str(), "skipped" | "rejected");
+            let Some((ns, pod)) = a.target.as_deref().and_then(|t| t.split_once('/')) else { continue };
+            if counts && seen.insert((a.playbook.clone(), a.target.clone(), a.incident_id)) {
+                self.guard.record(kustody_playbook::Started {
+                    playbook: a.playbook.clone(),
+                    namespace: ns.to_owned(),
+                    pod: pod.to_owned(),
+                    time_ns: a.created_ns,
+                });
+            }
         }
     }
 
@@ -192,6 +229,7 @@ impl Responder {
             if let Some(inc) = self.book.get(&key) {
                 self.write(inc, Some(row), finding_ids, notify, now_ns, w);
             }
+            self.run_playbooks(&key, row, now_ns, w);
         }
     }
 
@@ -224,6 +262,99 @@ impl Responder {
             row: incident_row(inc, now_ns),
             findings: finding_ids.into_iter().map(Ref::Id).collect(),
         });
+    }
+
+    /// Playbooks the incident now matches (each once per incident): the guardrails decide per
+    /// target pod; the actions are recorded in `w` and, once committed, handed to the executor.
+    fn run_playbooks(&mut self, key: &str, lead: &FindingRow, now_ns: i64, w: &mut Writes) {
+        let Some(inc) = self.book.get(key).cloned() else { return };
+        let record = route_record(lead, &inc);
+        let due: Vec<usize> = (0..self.playbooks.len())
+            .filter(|i| {
+                self.playbooks.get(*i).is_some_and(|pb| !inc.playbooks.contains(&pb.name) && pb.matches(&inc, &record))
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let notification = serde_json::to_string(&self.notification(&inc, Some(lead), Action::Update, now_ns)).ok();
+        let mut ran = Vec::new();
+        for i in due {
+            let Some(pb) = self.playbooks.get(i).cloned() else { continue };
+            ran.push(pb.name.clone());
+            let reason = format!("incident {}: {} (playbook {})", inc.id.unwrap_or_default(), lead.rule, pb.name);
+            let targets = pb.targets(&inc);
+            let row = |action: &str, target: Option<String>, state: &str, detail: serde_json::Value| ActionRow {
+                id: None,
+                incident_id: inc.id,
+                playbook: pb.name.clone(),
+                action: action.to_owned(),
+                target,
+                state: state.to_owned(),
+                created_ns: now_ns,
+                updated_ns: now_ns,
+                detail: detail.to_string(),
+            };
+            if targets.is_empty() {
+                w.actions.push(row(
+                    "*",
+                    None,
+                    "skipped",
+                    serde_json::json!({ "guardrail": "no pod to act on: the identity acted from no known pod" }),
+                ));
+                continue;
+            }
+            for target in targets {
+                let Some((ns, pod)) = target.split_once('/') else { continue };
+                let decision = self.guard.decide(&pb, ns, pod, inc.identity.as_deref(), now_ns);
+                let mut idx = Vec::new();
+                for a in &pb.actions {
+                    let mut d = serde_json::json!({
+                        "spec": a,
+                        "reason": reason,
+                        "min_healthy_replicas": pb.limits.min_healthy_replicas,
+                        "dry_run": pb.dry_run,
+                    });
+                    if let Decision::Skip(why) = &decision {
+                        crate::execute::put(&mut d, "guardrail", serde_json::json!(why));
+                    }
+                    if matches!(a, kustody_playbook::Action::Notify(_)) {
+                        crate::execute::put(&mut d, "notification", serde_json::json!(notification));
+                    }
+                    let state = match decision {
+                        // a dry run is planned too: the executor records the plan
+                        Decision::DryRun => "planned",
+                        _ => decision.state(),
+                    };
+                    idx.push(w.actions.len());
+                    w.actions.push(row(a.name(), Some(target.clone()), state, d));
+                }
+                if matches!(decision, Decision::Run | Decision::DryRun) {
+                    let job = crate::execute::Job {
+                        incident: inc.id,
+                        playbook: pb.name.clone(),
+                        target: target.clone(),
+                        steps: pb.actions.iter().map(|a| (0, a.clone())).collect(),
+                        dry_run: decision == Decision::DryRun,
+                        min_healthy_replicas: pb.limits.min_healthy_replicas,
+                        reason: reason.clone(),
+                        notification: notification.clone(),
+                        since: std::time::Instant::now(),
+                        approved_by: None,
+                    };
+                    w.jobs.push((job, idx));
+                }
+            }
+        }
+        if let Some(i) = self.book.get_mut(key) {
+            w.ran.extend(ran.iter().map(|r| (key.to_owned(), r.clone())));
+            i.playbooks.extend(ran);
+            // the incident row written this round must say so too
+            if let (Some(last), Some(id)) = (w.incidents.iter_mut().rev().find(|x| x.row.id == i.id), i.id) {
+                let _ = id;
+                last.row = incident_row(i, now_ns);
+            }
+        }
     }
 
     /// The notification of an incident change.
@@ -312,10 +443,15 @@ impl Responder {
     }
 
     /// Undoes the "notified" marks of a round whose commit failed: the next change notifies.
-    pub fn unmark(&mut self, marked: &[(String, String)]) {
-        for (key, sink) in marked {
+    pub fn unmark(&mut self, w: &Writes) {
+        for (key, sink) in &w.marked {
             if let Some(inc) = self.book.get_mut(key) {
                 inc.notified.remove(sink);
+            }
+        }
+        for (key, pb) in &w.ran {
+            if let Some(inc) = self.book.get_mut(key) {
+                inc.playbooks.remove(pb);
             }
         }
     }

@@ -40,6 +40,8 @@ pub struct Detections {
     pub notes: Vec<NoteRow>,
     /// Notifications, committed with what caused them.
     pub outbox: Vec<OutboxWrite>,
+    /// Playbook actions decided.
+    pub actions: Vec<kustody_store::ActionRow>,
     /// Move the detector's cursor here (in the same round).
     pub cursor: Option<i64>,
     pub reply: std::sync::mpsc::SyncSender<Result<BatchIds, StoreError>>,
@@ -273,6 +275,7 @@ fn write_detections(store: &mut dyn Store, w: Write, metrics: &Metrics) {
         incidents: &d.incidents,
         notes: &d.notes,
         outbox: &d.outbox,
+        actions: &d.actions,
         cursor: d.cursor.map(|c| (crate::detect::CURSOR, c)),
     });
     if let Err(e) = &result {

@@ -60,6 +60,9 @@ pub enum Command {
     /// Reads work on a data directory or a server; changes go to the running server (which
     /// owns open incidents and sends the notifications they call for).
     Incidents(IncidentsArgs),
+    /// Response actions that playbooks took or wait to take: list, approve, reject.
+    #[command(subcommand)]
+    Actions(ActionsCommand),
     /// Check or list rules.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -844,6 +847,17 @@ pub struct ServeArgs {
     /// Public URL of this server, for links in notifications.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
+    /// Response playbooks (YAML; docs/PLAYBOOKS.md): collect, quarantine, label, annotate,
+    /// notify, release when an incident matches, with guardrails. Dry run unless a playbook
+    /// says `dry_run: false`.
+    #[arg(long, value_name = "FILE")]
+    pub playbooks: Option<PathBuf>,
+    /// Kubeconfig playbook actions use (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context playbook actions use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -966,6 +980,36 @@ pub struct IncidentAssignArgs {
 pub struct IncidentNoteArgs {
     pub id: i64,
     pub text: String,
+    #[command(flatten)]
+    pub conn: ServerConn,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ActionsCommand {
+    /// Actions, newest first (state: planned, awaiting-approval, running, applied, dry-run,
+    /// failed, skipped, rejected, interrupted).
+    List(ActionListArgs),
+    /// Let an action waiting for approval run.
+    Approve(ActionIdArgs),
+    /// Refuse an action waiting for approval.
+    Reject(ActionIdArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ActionListArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    #[arg(long, value_name = "ID")]
+    pub incident: Option<i64>,
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ActionIdArgs {
+    pub id: i64,
     #[command(flatten)]
     pub conn: ServerConn,
 }

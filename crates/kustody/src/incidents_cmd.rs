@@ -9,7 +9,9 @@ use kustody_incident::render::Context as RenderContext;
 use kustody_serve::api::{incident_detail, incident_json, outbox_json, IncidentParams, OutboxParams};
 use kustody_store::{SqliteStore, Store};
 
-use crate::cli::{IncidentListArgs, IncidentsAction, IncidentsArgs, ListFormat, OutboxCommand, ServerConn};
+use crate::cli::{
+    ActionsCommand, IncidentListArgs, IncidentsAction, IncidentsArgs, ListFormat, OutboxCommand, ServerConn,
+};
 use crate::render::sanitize;
 
 fn token(conn: &ServerConn) -> Result<Option<String>> {
@@ -358,4 +360,89 @@ pub fn outbox(cmd: OutboxCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `kustody actions …`.
+pub fn actions(cmd: ActionsCommand) -> Result<ExitCode> {
+    match cmd {
+        ActionsCommand::List(a) => {
+            let rows: Vec<serde_json::Value> = match &a.conn.server {
+                Some(server) => {
+                    let q = kustody_serve::client::query(&[
+                        ("incident", a.incident.map(|i| i.to_string())),
+                        ("state", a.state.clone()),
+                        ("limit", Some(a.limit.to_string())),
+                    ]);
+                    let v = call(&a.conn, server, &format!("/v1/actions?{q}"), None)?;
+                    v.get("actions").and_then(|n| n.as_array()).cloned().unwrap_or_default()
+                }
+                None => {
+                    let q = kustody_store::ActionQuery {
+                        incident_id: a.incident,
+                        state: a.state.clone(),
+                        since_ns: None,
+                        limit: a.limit,
+                    };
+                    local(&a.conn)?.search_actions(&q)?.iter().map(kustody_serve::api::action_json).collect()
+                }
+            };
+            let out = &mut std::io::BufWriter::new(std::io::stdout().lock());
+            match a.conn.format {
+                ListFormat::Json => {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({ "actions": rows }))?)?
+                }
+                ListFormat::Table => {
+                    writeln!(
+                        out,
+                        "{:<6} {:<9} {:<20} {:<11} {:<18} {:<32} NOTE",
+                        "ID", "INCIDENT", "PLAYBOOK", "ACTION", "STATE", "TARGET"
+                    )?;
+                    for r in &rows {
+                        let s = |k: &str| r.get(k).and_then(|v| v.as_str()).map(sanitize).unwrap_or_else(|| "-".into());
+                        let d = r.get("detail").cloned().unwrap_or_default();
+                        let note = ["error", "guardrail", "bundle", "status"]
+                            .iter()
+                            .find_map(|k| {
+                                d.get(*k)
+                                    .filter(|v| !v.is_null())
+                                    .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                            })
+                            .map(|n| sanitize(&n))
+                            .unwrap_or_default();
+                        writeln!(
+                            out,
+                            "{:<6} {:<9} {:<20} {:<11} {:<18} {:<32} {}",
+                            r.get("id").and_then(|v| v.as_i64()).unwrap_or_default(),
+                            r.get("incident_id").and_then(|v| v.as_i64()).map_or("-".into(), |i| i.to_string()),
+                            s("playbook"),
+                            s("action"),
+                            s("state"),
+                            s("target"),
+                            note
+                        )?;
+                    }
+                }
+            }
+            out.flush()?;
+            Ok(if rows.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        ActionsCommand::Approve(a) => decide(&a, "approve"),
+        ActionsCommand::Reject(a) => decide(&a, "reject"),
+    }
+}
+
+fn decide(a: &crate::cli::ActionIdArgs, verb: &str) -> Result<ExitCode> {
+    let Some(server) = &a.conn.server else {
+        bail!("approvals go through the running server: pass --server URL (with --ca and --token-file)");
+    };
+    let v = call(&a.conn, server, &format!("/v1/actions/{}/{verb}", a.id), Some(serde_json::json!({})))?;
+    println!(
+        "action {}: {} {} on {}: {}",
+        a.id,
+        v.get("playbook").and_then(|x| x.as_str()).map(sanitize).unwrap_or_default(),
+        v.get("action").and_then(|x| x.as_str()).unwrap_or("?"),
+        v.get("target").and_then(|x| x.as_str()).map(sanitize).unwrap_or_default(),
+        v.get("state").and_then(|x| x.as_str()).unwrap_or("?"),
+    );
+    Ok(ExitCode::SUCCESS)
 }

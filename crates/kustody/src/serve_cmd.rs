@@ -217,6 +217,35 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     config.public_url = args.public_url;
     config.incident_window_ns = kustody_rules::correlate::parse_window(&args.incident_window)
         .with_context(|| format!("--incident-window: invalid duration `{}`", args.incident_window))?;
+    if let Some(path) = &args.playbooks {
+        config.playbooks = kustody_playbook::load(path, kustody_serve::respond::ROUTE_FIELDS)?;
+        for pb in &config.playbooks {
+            for a in &pb.actions {
+                if let kustody_playbook::Action::Notify(n) = a {
+                    if !config.sinks.iter().any(|s| s.name == n.sink) {
+                        bail!(
+                            "{}: playbook `{}` notifies sink `{}`, which --sinks does not define",
+                            pb.origin,
+                            pb.name,
+                            n.sink
+                        );
+                    }
+                }
+            }
+        }
+        let opts = kustody_cluster::config::ClusterOptions {
+            kubeconfig: args.kubeconfig.clone(),
+            context: args.context.clone(),
+            ..Default::default()
+        };
+        config.connect = Some(Arc::new(move || {
+            let opts = opts.clone();
+            Box::pin(async move {
+                let c = kustody_cluster::Cluster::connect(&opts).await.map_err(|e| e.to_string())?;
+                Ok(kustody_serve::execute::Connected { client: c.client, server: c.server, context: c.context })
+            })
+        }));
+    }
     kustody_serve::run(config)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1142,3 +1142,271 @@ fn notifications_survive_a_receiver_outage_and_kill_9_and_dead_ones_can_be_retri
     let last: Value = serde_json::from_str(&log.lock().unwrap().last().unwrap().body).unwrap();
     assert_eq!(last["action"], "resolve");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Playbooks on the test cluster (issue 16): the attack replayed against a real API, its audit
+// log followed by `serve`, an incident, a quarantine and an evidence bundle, within guardrails.
+
+fn web_deployment(ns: &str) -> Value {
+    serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": ns},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"serviceAccountName": "web-sa", "terminationGracePeriodSeconds": 1,
+                         "containers": [{"name": "web", "image": "busybox:1.36"}]}}}})
+}
+
+/// A token bound to pod `ns/pod` of service account `sa`, as the kubelet's projected volume gets.
+fn bound_token(c: &kustody_testcluster::TestCluster, ns: &str, sa: &str, pod: &str) -> String {
+    let p = c.get("pods", ns, pod).unwrap();
+    let out = c
+        .request(
+            "POST",
+            &format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"),
+            Some(&serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 3600,
+                         "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": p["metadata"]["uid"]}}})),
+        )
+        .unwrap();
+    out["status"]["token"].as_str().unwrap().to_owned()
+}
+
+/// What a stolen pod token does: enumerate, try the secrets, exec into `exec_pod`.
+fn attack(c: &kustody_testcluster::TestCluster, token: &str, ns: &str, exec_pod: &str, steps: &[&str]) {
+    use kustody_testcluster::client::{rt, Client};
+    let mut a = Client::token(c, token);
+    a.user_agent = "kubectl/v1.30.2 (linux/amd64) kubernetes/3968350".into();
+    rt().block_on(async {
+        if steps.contains(&"enumerate") {
+            let r = a
+                .req("POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+                     Some(&serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "spec": {"namespace": ns}})))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 201);
+        }
+        if steps.contains(&"secrets") {
+            assert_eq!(a.req("GET", &format!("/api/v1/namespaces/{ns}/secrets"), None).await.unwrap().status, 403);
+        }
+        if steps.contains(&"exec") {
+            let s = a
+                .ws(&format!("/api/v1/namespaces/{ns}/pods/{exec_pod}/exec?command=id&stdout=true&stderr=true"), &["v5.channel.k8s.io"], None, None)
+                .await
+                .unwrap();
+            assert!(String::from_utf8_lossy(&s.channel(1)).contains("uid="));
+        }
+    });
+}
+
+fn actions_json(d: &str) -> Vec<Value> {
+    let r = kustody(&["actions", "list", "--data-dir", d, "-o", "json", "--limit", "1000"]);
+    serde_json::from_str::<Value>(&r.stdout).map(|v| v["actions"].as_array().unwrap().clone()).unwrap_or_default()
+}
+
+#[test]
+fn an_attack_on_the_test_cluster_is_contained_by_a_playbook_within_its_guardrails() {
+    use kustody_testcluster::{Pod, TestCluster};
+    let Some(c) = kustody_testcluster::client::cluster(TestCluster::builder().namespace("shop")) else {
+        return;
+    };
+    c.create_namespace("ops").unwrap();
+    for (ns, sa) in [("shop", "web-sa"), ("ops", "ops-sa")] {
+        c.apply(serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}})).unwrap();
+        c.grant(
+            &serde_json::json!({"kind": "ServiceAccount", "name": sa, "namespace": ns}),
+            sa,
+            serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+                               {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get", "create"]}]),
+            Some(ns),
+        )
+        .unwrap();
+    }
+    c.apply(web_deployment("shop")).unwrap();
+    c.apply(Pod::new("tool").namespace("ops").service_account("ops-sa").to_object("ops")).unwrap();
+    let pods: Vec<String> = c
+        .wait_for(Duration::from_secs(30), || {
+            let running: Vec<String> = c
+                .list("pods", Some("shop"))
+                .into_iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+                .collect();
+            (running.len() >= 3).then_some(running)
+        })
+        .unwrap();
+    c.wait_pod_running("ops", "tool", Duration::from_secs(30)).unwrap();
+    let (a, b) = (pods[0].clone(), pods[1].clone());
+
+    let (url, log) = kustody_testkit::http::endpoint(Box::new(|_| (200, serde_json::json!({}))));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let sinks = sinks_file(tmp.path(), &url, 12);
+    let playbooks = tmp.path().join("playbooks.yaml");
+    std::fs::write(
+        &playbooks,
+        "playbooks:
+  - name: contain
+    match: { rules: [kustody Attack Chain from Enumeration to Escalation] }
+    dry_run: false
+    exclude: { namespaces: [ops] }
+    limits: { per_namespace_per_hour: 1, min_healthy_replicas: 1 }
+    actions:
+      - collect: { profile: triage }
+      - quarantine: { allow_dns: true }
+      - annotate: { key: kustody.io/incident, value: '{{incident_id}}' }
+      - notify: { sink: soc-hook }
+  - name: mark-suspects
+    match: { min_priority: critical }
+    actions:
+      - label: { key: kustody.io/suspect, value: 'true' }
+",
+    )
+    .unwrap();
+    let audit = c.audit_log_path().to_str().unwrap().to_owned();
+    let kc = c.kubeconfig_path().to_str().unwrap().to_owned();
+    let _srv = start(
+        &data,
+        &[
+            "--follow",
+            &audit,
+            "--sinks",
+            sinks.to_str().unwrap(),
+            "--playbooks",
+            playbooks.to_str().unwrap(),
+            "--kubeconfig",
+            &kc,
+        ],
+    );
+    // pod b's token enumerates and tries the secrets; pod a's execs: one identity, one workload
+    attack(&c, &bound_token(&c, "shop", "web-sa", &b), "shop", &a, &["enumerate", "secrets"]);
+    attack(&c, &bound_token(&c, "shop", "web-sa", &a), "shop", &a, &["enumerate", "exec"]);
+    // the same in the excluded namespace
+    attack(&c, &bound_token(&c, "ops", "ops-sa", "tool"), "ops", "tool", &["enumerate", "secrets", "exec"]);
+
+    let d = data.to_str().unwrap();
+    wait_for("the playbook's actions", 120, || {
+        let acts = actions_json(d);
+        let done = |s: &Value| !matches!(s["state"].as_str(), Some("planned" | "running"));
+        acts.iter().any(|x| x["action"] == "quarantine" && x["state"] == "applied")
+            && acts.iter().any(|x| x["target"] == "ops/tool")
+            && acts.iter().all(done)
+    });
+    let acts = actions_json(d);
+    let on = |target: &str, action: &str, pb: &str| -> Value {
+        acts.iter()
+            .find(|x| x["target"] == target && x["action"] == action && x["playbook"] == pb)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {pb}/{action} on {target}: {acts:#?}"))
+    };
+    // one of the two pods the identity acted from is contained, with its evidence
+    let (done, limited) = if on(&format!("shop/{a}"), "quarantine", "contain")["state"] == "applied" {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    };
+    let q = on(&format!("shop/{done}"), "quarantine", "contain");
+    assert_eq!(q["state"], "applied", "{q:#}");
+    let collect = on(&format!("shop/{done}"), "collect", "contain");
+    assert_eq!(collect["state"], "applied", "{collect:#}");
+    let bundle = PathBuf::from(collect["detail"]["bundle"].as_str().unwrap());
+    assert!(bundle.join("MANIFEST.json").exists(), "{}", bundle.display());
+    assert!(bundle.starts_with(&data), "evidence is kept in the data directory");
+    let pod = c.get("pods", "shop", &done).unwrap();
+    assert_eq!(pod["metadata"]["labels"]["kustody.io/quarantined"], "true", "{}", pod["metadata"]);
+    let incident = q["incident_id"].as_i64().unwrap();
+    assert_eq!(pod["metadata"]["annotations"]["kustody.io/incident"], incident.to_string());
+    assert_eq!(on(&format!("shop/{done}"), "notify", "contain")["state"], "applied");
+    // the other: the per-namespace rate limit held
+    let skipped = on(&format!("shop/{limited}"), "quarantine", "contain");
+    assert_eq!(skipped["state"], "skipped");
+    assert!(skipped["detail"]["guardrail"].as_str().unwrap().contains("rate limit"), "{skipped:#}");
+    assert!(c.get("pods", "shop", &limited).unwrap()["metadata"]["labels"].get("kustody.io/quarantined").is_none());
+    // the excluded namespace: nothing done, and why
+    let ops = on("ops/tool", "quarantine", "contain");
+    assert_eq!(ops["state"], "skipped");
+    assert!(ops["detail"]["guardrail"].as_str().unwrap().contains("namespace ops is excluded"), "{ops:#}");
+    // the dry-run playbook recorded its plan and changed nothing
+    let dry = on(&format!("shop/{done}"), "label", "mark-suspects");
+    assert_eq!(dry["state"], "dry-run", "{dry:#}");
+    assert!(pod["metadata"]["labels"].get("kustody.io/suspect").is_none());
+    // every action is in the action log, linked to its incident
+    let entries: Vec<Value> = std::fs::read_to_string(data.join("actions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(entries.iter().any(|e| e["action"] == "quarantine" && e["outcome"] == "verified"), "{entries:#?}");
+    assert!(entries.iter().any(|e| e["action"] == "playbook:collect" && e["incident"] == incident));
+    // the notify action's notification reached the sink
+    wait_for("the playbook's notification", 30, || accepted(&log, "/hook").iter().any(|n| n["action"] == "update"));
+}
+
+#[test]
+fn an_action_that_needs_approval_waits_for_a_responder_and_a_rejected_one_never_runs() {
+    let (url, log) = kustody_testkit::http::endpoint(Box::new(|_| (200, serde_json::json!({}))));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let sinks = sinks_file(tmp.path(), &url, 12);
+    let playbooks = tmp.path().join("playbooks.yaml");
+    // the replayed chain exec'd into shop/payments-db-0: the pod it reached
+    std::fs::write(
+        &playbooks,
+        "playbooks:
+  - name: page-the-db-team
+    match: { min_priority: critical }
+    target: reached
+    approval: true
+    dry_run: false
+    actions:
+      - notify: { sink: soc-hook }
+      - notify: { sink: soc-hook }
+",
+    )
+    .unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/attack-chain.jsonl");
+    let srv = start(
+        &data,
+        &["--replay", example, "--sinks", sinks.to_str().unwrap(), "--playbooks", playbooks.to_str().unwrap()],
+    );
+    let d = data.to_str().unwrap();
+    let mut waiting = Vec::new();
+    wait_for("actions awaiting approval", 60, || {
+        waiting = actions_json(d).into_iter().filter(|a| a["state"] == "awaiting-approval").collect();
+        waiting.len() == 2
+    });
+    assert!(waiting.iter().all(|a| a["target"] == "shop/payments-db-0"), "{waiting:#?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(accepted(&log, "/hook").iter().all(|n| n["action"] != "update"), "nothing ran before the approval");
+    let (srv_url, crt) = (format!("https://{}", srv.addr), ca(&data));
+    let reader = token_file(tmp.path(), READ);
+    let responder = token_file(tmp.path(), RESPOND);
+    let id = |i: usize| waiting[i]["id"].as_i64().unwrap().to_string();
+    let with = |verb: &str, i: usize, tok: &Path| {
+        kustody(&["actions", verb, &id(i), "--server", &srv_url, "--ca", &crt, "--token-file", tok.to_str().unwrap()])
+    };
+    let r = with("approve", 0, &reader);
+    assert!(r.code != 0 && r.stderr.contains("403"), "a reader cannot approve: {}", r.stderr);
+    let r = with("approve", 0, &responder);
+    assert!(r.code == 0 && r.stdout.contains("planned"), "{}{}", r.stdout, r.stderr);
+    let r = with("approve", 0, &responder);
+    assert!(r.code != 0 && r.stderr.contains("409"), "approved twice: {}", r.stderr);
+    let r = with("reject", 1, &responder);
+    assert!(r.code == 0 && r.stdout.contains("rejected"), "{}{}", r.stdout, r.stderr);
+    wait_for("the approved action", 30, || {
+        actions_json(d).iter().any(|a| a["id"] == waiting[0]["id"] && a["state"] == "applied")
+    });
+    wait_for("its notification", 30, || accepted(&log, "/hook").iter().any(|n| n["action"] == "update"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        accepted(&log, "/hook").iter().filter(|n| n["action"] == "update").count(),
+        1,
+        "the rejected one never ran"
+    );
+    let acts = actions_json(d);
+    let approved = acts.iter().find(|a| a["id"] == waiting[0]["id"]).unwrap();
+    assert_eq!(approved["detail"]["approved_by"], "alice");
+    let rejected = acts.iter().find(|a| a["id"] == waiting[1]["id"]).unwrap();
+    assert_eq!(
+        (rejected["state"].as_str(), rejected["detail"]["rejected_by"].as_str()),
+        (Some("rejected"), Some("alice"))
+    );
+}

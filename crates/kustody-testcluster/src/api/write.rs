@@ -184,7 +184,23 @@ impl Api {
             .ok_or_else(|| ApiError::not_found(&res::SERVICEACCOUNTS, &info.name))?;
         let body: Value = serde_json::from_slice(&req.body).unwrap_or_else(|_| json!({}));
         let secs = body["spec"]["expirationSeconds"].as_u64().unwrap_or(3600).clamp(600, 86400 * 2);
-        let token = self.mint_sa_token(&info.ns, &info.name, None, Duration::from_secs(secs));
+        // A token bound to a pod (what the kubelet's projected volume asks for) carries the pod's
+        // name and uid in `user.extra`, as the real apiserver's; the pod must exist.
+        let bound = &body["spec"]["boundObjectRef"];
+        let pod = if bound["kind"] == "Pod" {
+            let name = bound["name"].as_str().unwrap_or_default();
+            let obj =
+                self.store.get(&res::PODS, &info.ns, name).ok_or_else(|| ApiError::not_found(&res::PODS, name))?;
+            Some((name.to_owned(), meta_str(&obj, "uid").to_owned()))
+        } else {
+            None
+        };
+        let token = self.mint_sa_token(
+            &info.ns,
+            &info.name,
+            pod.as_ref().map(|(n, u)| (n.as_str(), u.as_str())),
+            Duration::from_secs(secs),
+        );
         let exp = chrono::Utc::now() + chrono::Duration::seconds(secs as i64);
         Ok(json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
             "metadata": {"name": info.name, "namespace": info.ns, "uid": meta_str(&sa, "uid"), "creationTimestamp": now_rfc3339()},
