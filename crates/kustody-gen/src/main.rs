@@ -3,6 +3,7 @@
 mod collect_bench;
 mod contain_bench;
 mod exec_bench;
+mod notify_bench;
 mod serve_bench;
 
 use std::io::{BufWriter, Write};
@@ -77,6 +78,17 @@ enum Cmd {
         #[arg(long)]
         body_heavy: bool,
         /// The kustody binary.
+        #[arg(long, default_value = "target/release/kustody")]
+        kustody: PathBuf,
+    },
+    /// Benchmark finding → notification: `kustody serve` with a webhook sink on 127.0.0.1, fed
+    /// events that each open a new incident (BENCHMARKS.md "notifications").
+    NotifyBench {
+        #[arg(long, default_value_t = 300)]
+        incidents: u64,
+        /// Incidents per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
         #[arg(long, default_value = "target/release/kustody")]
         kustody: PathBuf,
     },
@@ -191,6 +203,7 @@ fn main() -> Result<()> {
                 profile_body_heavy: body_heavy,
             },
         )?,
+        Cmd::NotifyBench { incidents, rate, kustody } => notify_bench::run(&kustody, incidents, rate)?,
         Cmd::ExecBench { n, threads, python } => exec_bench::run(n, threads, python)?,
         Cmd::QuarantineBench { n, kustody } => contain_bench::run(n, &kustody)?,
         Cmd::CollectBench { runs, fleet, parallel, kustody } => collect_bench::run(runs, fleet, parallel, &kustody)?,

@@ -17,7 +17,7 @@ use hyper::body::Bytes;
 
 use kustody_gen::Corpus;
 
-const TOKEN: &str = "bench-token-0123456789abcdefghij";
+pub(crate) const TOKEN: &str = "bench-token-0123456789abcdefghij";
 
 pub struct Options {
     pub rate: u64,
@@ -58,7 +58,17 @@ fn templates(n: usize, batch: usize, body_heavy: bool) -> Vec<Template> {
         .collect()
 }
 
-pub fn run(kustody: &Path, opts: &Options) -> Result<()> {
+/// A `kustody serve` started for a benchmark on a fresh data directory.
+pub(crate) struct Started {
+    pub tmp: tempfile::TempDir,
+    pub data: std::path::PathBuf,
+    pub child: std::process::Child,
+    pub addr: String,
+    pub ca: Vec<u8>,
+}
+
+/// Starts `kustody serve` with an admin token [`TOKEN`] and `extra` flags; waits until it listens.
+pub(crate) fn start(kustody: &Path, extra: &[&str]) -> Result<Started> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
     let tokens = tmp.path().join("tokens");
@@ -76,6 +86,7 @@ pub fn run(kustody: &Path, opts: &Options) -> Result<()> {
         .arg(&tokens)
         .arg("--ready-file")
         .arg(&ready)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -95,6 +106,11 @@ pub fn run(kustody: &Path, opts: &Options) -> Result<()> {
     };
     let addr = url.trim_start_matches("https://").to_owned();
     let ca = std::fs::read(data.join("tls/server.crt"))?;
+    Ok(Started { tmp, data, child, addr, ca })
+}
+
+pub fn run(kustody: &Path, opts: &Options) -> Result<()> {
+    let Started { tmp: _tmp, data, mut child, addr, ca } = start(kustody, &[])?;
     let pid = child.id();
     // Peak resident memory, sampled: anonymous (heap, queues, caches) and file-backed (SQLite's
     // memory-mapped database pages, which the kernel can drop at will) separately.
@@ -189,9 +205,9 @@ impl Results {
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn connect(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<Sender> {
+pub(crate) async fn connect(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<Sender> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
@@ -201,17 +217,22 @@ async fn connect(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<Sender> {
     Ok(sender)
 }
 
-async fn drive(addr: &str, ca: &[u8], opts: &Options) -> Result<Results> {
+/// A TLS client trusting the server's certificate.
+pub(crate) fn client_tls(ca: &[u8]) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in <rustls::pki_types::CertificateDer<'_> as rustls::pki_types::pem::PemObject>::pem_slice_iter(ca) {
         roots.add(c?)?;
     }
-    let tls = Arc::new(
+    Ok(Arc::new(
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth(),
-    );
+    ))
+}
+
+async fn drive(addr: &str, ca: &[u8], opts: &Options) -> Result<Results> {
+    let tls = client_tls(ca)?;
     let templates = Arc::new(templates(32, opts.batch, opts.profile_body_heavy));
     let counter = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -322,7 +343,7 @@ async fn drive(addr: &str, ca: &[u8], opts: &Options) -> Result<Results> {
 }
 
 /// The upper bound of the histogram bucket holding quantile `q`.
-fn quantile(metrics: &str, name: &str, q: f64) -> String {
+pub(crate) fn quantile(metrics: &str, name: &str, q: f64) -> String {
     let prefix = format!("{name}_bucket{{le=\"");
     let buckets: Vec<(String, f64)> = metrics
         .lines()
