@@ -4,6 +4,7 @@ mod collect_bench;
 mod contain_bench;
 mod exec_bench;
 mod notify_bench;
+mod playbook_bench;
 mod serve_bench;
 
 use std::io::{BufWriter, Write};
@@ -89,6 +90,14 @@ enum Cmd {
         /// Incidents per second.
         #[arg(long, default_value_t = 20.0)]
         rate: f64,
+        #[arg(long, default_value = "target/release/kustody")]
+        kustody: PathBuf,
+    },
+    /// Benchmark finding → quarantine by a `kustody serve` playbook on a test cluster (needs
+    /// root and runc; BENCHMARKS.md "playbooks").
+    PlaybookBench {
+        #[arg(long, default_value_t = 10)]
+        n: usize,
         #[arg(long, default_value = "target/release/kustody")]
         kustody: PathBuf,
     },
@@ -204,6 +213,7 @@ fn main() -> Result<()> {
             },
         )?,
         Cmd::NotifyBench { incidents, rate, kustody } => notify_bench::run(&kustody, incidents, rate)?,
+        Cmd::PlaybookBench { n, kustody } => playbook_bench::run(n.max(1), &kustody)?,
         Cmd::ExecBench { n, threads, python } => exec_bench::run(n, threads, python)?,
         Cmd::QuarantineBench { n, kustody } => contain_bench::run(n, &kustody)?,
         Cmd::CollectBench { runs, fleet, parallel, kustody } => collect_bench::run(runs, fleet, parallel, &kustody)?,

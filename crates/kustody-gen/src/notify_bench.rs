@@ -86,6 +86,9 @@ pub fn run(kustody: &Path, incidents: u64, rate: f64) -> Result<()> {
                 .header("content-type", "application/json")
                 .header("authorization", format!("Bearer {TOKEN}"))
                 .body(Full::new(Bytes::from(body)))?;
+            if sender.ready().await.is_err() {
+                sender = connect(&addr, tls.clone()).await?;
+            }
             let resp = sender.send_request(req).await?;
             let status = resp.status();
             let _ = resp.into_body().collect().await;
@@ -97,6 +100,9 @@ pub fn run(kustody: &Path, incidents: u64, rate: f64) -> Result<()> {
         let t0 = Instant::now();
         while seen.lock().map(|m| m.len()).unwrap_or(0) < acked.len() && t0.elapsed() < Duration::from_secs(60) {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if sender.ready().await.is_err() {
+            sender = connect(&addr, tls.clone()).await?;
         }
         let req = hyper::Request::get("/metrics")
             .header("host", "localhost")
@@ -123,7 +129,7 @@ pub fn run(kustody: &Path, incidents: u64, rate: f64) -> Result<()> {
             p(1.0)
         );
         println!(
-            "  server histogram, notification commit → delivered: p50 ≤ {} s, p99 ≤ {} s",
+            "  server histogram, notification commit → delivered: p50 ≤ {}, p99 ≤ {}",
             quantile(&text, "kustody_notification_seconds", 0.5),
             quantile(&text, "kustody_notification_seconds", 0.99)
         );

@@ -15,7 +15,12 @@ use crate::cli::{
 use crate::render::sanitize;
 
 fn token(conn: &ServerConn) -> Result<Option<String>> {
-    match &conn.token_file {
+    token_from(conn.token_file.as_deref())
+}
+
+/// The bearer token of a token file (its first field), else `$KUSTODY_TOKEN`.
+pub(crate) fn token_from(file: Option<&std::path::Path>) -> Result<Option<String>> {
+    match file {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read `{}`", p.display()))?;
             let t = text

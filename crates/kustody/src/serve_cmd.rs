@@ -399,20 +399,7 @@ fn search_local(args: &SearchArgs, dir: &std::path::Path) -> Result<Found> {
 }
 
 fn search_remote(args: &SearchArgs, server: &str) -> Result<Found> {
-    let token = match &args.token_file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read `{}`", p.display()))?;
-            // the first field of the first line that is not a comment (a token file's format)
-            let t = text
-                .lines()
-                .map(|l| l.split('#').next().unwrap_or("").trim())
-                .find(|l| !l.is_empty())
-                .and_then(|l| l.split_whitespace().next())
-                .map(str::to_owned);
-            Some(t.with_context(|| format!("no token in `{}`", p.display()))?)
-        }
-        None => std::env::var("KUSTODY_TOKEN").ok(),
-    };
+    let token = crate::incidents_cmd::token_from(args.token_file.as_deref())?;
     let p = params(args);
     let q = kustody_serve::client::query(&[
         ("user", p.user),
