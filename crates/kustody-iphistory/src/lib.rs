@@ -1,0 +1,218 @@
+//! Who an IP was: pod IPs are reused many times a day, so an audit event's source IP means
+//! nothing until it is tied to the pod that held it at that moment.
+//!
+//! The history is built from **observations**: a pod, with its IP, seen at a time — in an audit
+//! event's request or response body (a pod created, patched, read, listed, its status
+//! updated: whatever the audit policy records at Request level or above), or from a pod watch.
+//! A pod's deletion ends its hold. For each IP the history keeps intervals, one per pod that
+//! held it, from the first to the last observation; between two holders the IP is attributed
+//! to the earlier one up to the later one's first observation, marked as extrapolated.
+//!
+//! **Architecture Invariant:** no I/O and bounded memory: at most [`Options::max_intervals`]
+//! intervals; the oldest are evicted first and counted.
+
+pub mod extract;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// What is known of a pod at an observation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodFacts {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Every IP of the pod (`status.podIPs`, else `status.podIP`).
+    pub ips: Vec<String>,
+    pub node: Option<String>,
+    pub service_account: Option<String>,
+    /// The controller owner, `Kind/name`.
+    pub owner: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// The pod uses the node's network: its IP is the node's, not its own.
+    pub host_network: bool,
+}
+
+/// One pod's hold of an IP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interval {
+    pub ip: String,
+    pub pod: PodFacts,
+    /// First and last observation.
+    pub first_ns: i64,
+    pub last_ns: i64,
+    /// When the pod was deleted, when seen.
+    pub ended_ns: Option<i64>,
+}
+
+/// How sure an attribution is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confidence {
+    /// Between two observations of the same pod with this IP.
+    Observed,
+    /// After the pod's last observation, before anything else was seen with the IP (or before
+    /// its first one, back to its creation).
+    Extrapolated,
+}
+
+/// Who held an IP at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribution {
+    pub interval: Interval,
+    pub confidence: Confidence,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub max_intervals: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { max_intervals: 1_000_000 }
+    }
+}
+
+/// The history.
+#[derive(Debug, Default)]
+pub struct IpHistory {
+    opts: Options,
+    /// Per IP, intervals in order of first observation.
+    by_ip: HashMap<String, Vec<Interval>>,
+    /// (ip, uid) in order of creation, for eviction.
+    order: VecDeque<(String, String)>,
+    count: usize,
+    /// Intervals evicted by the bound.
+    pub evicted: u64,
+}
+
+impl IpHistory {
+    pub fn new(opts: Options) -> IpHistory {
+        IpHistory { opts, ..Default::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// A pod seen at `time_ns` (its IPs as they were then).
+    pub fn observe(&mut self, pod: &PodFacts, time_ns: i64) {
+        if pod.host_network || pod.uid.is_empty() {
+            return;
+        }
+        for ip in &pod.ips {
+            let list = self.by_ip.entry(ip.clone()).or_default();
+            match list.iter_mut().rev().find(|i| i.pod.uid == pod.uid) {
+                Some(i) => {
+                    i.first_ns = i.first_ns.min(time_ns);
+                    i.last_ns = i.last_ns.max(time_ns);
+                    // later facts win (a node assigned, labels changed)
+                    if time_ns >= i.last_ns {
+                        merge(&mut i.pod, pod);
+                    }
+                }
+                None => {
+                    let at = list.partition_point(|i| i.first_ns <= time_ns);
+                    list.insert(
+                        at,
+                        Interval {
+                            ip: ip.clone(),
+                            pod: pod.clone(),
+                            first_ns: time_ns,
+                            last_ns: time_ns,
+                            ended_ns: None,
+                        },
+                    );
+                    self.order.push_back((ip.clone(), pod.uid.clone()));
+                    self.count += 1;
+                }
+            }
+        }
+        self.bound();
+    }
+
+    /// A pod deleted at `time_ns` (by uid, or by namespace and name when the uid is unknown).
+    pub fn deleted(&mut self, namespace: &str, name: &str, uid: Option<&str>, time_ns: i64) {
+        for list in self.by_ip.values_mut() {
+            for i in list.iter_mut() {
+                let same = match uid {
+                    Some(u) if !u.is_empty() => i.pod.uid == u,
+                    _ => i.pod.namespace == namespace && i.pod.name == name && i.ended_ns.is_none(),
+                };
+                if same && i.first_ns <= time_ns {
+                    i.ended_ns = Some(i.ended_ns.map_or(time_ns, |e| e.min(time_ns)));
+                }
+            }
+        }
+    }
+
+    /// Who held `ip` at `at_ns`.
+    pub fn lookup(&self, ip: &str, at_ns: i64) -> Option<Attribution> {
+        let list = self.by_ip.get(ip)?;
+        // the last interval that started (was first observed) at or before `at_ns`
+        let idx = list.partition_point(|i| i.first_ns <= at_ns);
+        if let Some(i) = idx.checked_sub(1).and_then(|k| list.get(k)) {
+            if i.ended_ns.is_some_and(|e| e < at_ns) {
+                return None; // deleted before: the IP was free or someone unseen held it
+            }
+            let confidence = if at_ns <= i.last_ns { Confidence::Observed } else { Confidence::Extrapolated };
+            return Some(Attribution { interval: i.clone(), confidence });
+        }
+        // before the first observation: the first holder, if it was created before (its IP is
+        // assigned after scheduling, so only shortly before)
+        None
+    }
+
+    /// Every interval of `ip`, oldest first.
+    pub fn intervals(&self, ip: &str) -> &[Interval] {
+        self.by_ip.get(ip).map_or(&[], Vec::as_slice)
+    }
+
+    /// The IPs a pod held (`namespace/name`), as intervals.
+    pub fn of_pod(&self, namespace: &str, name: &str) -> Vec<&Interval> {
+        let mut v: Vec<&Interval> =
+            self.by_ip.values().flatten().filter(|i| i.pod.namespace == namespace && i.pod.name == name).collect();
+        v.sort_by_key(|i| i.first_ns);
+        v
+    }
+
+    fn bound(&mut self) {
+        while self.count > self.opts.max_intervals {
+            let Some((ip, uid)) = self.order.pop_front() else { break };
+            if let Some(list) = self.by_ip.get_mut(&ip) {
+                if let Some(k) = list.iter().position(|i| i.pod.uid == uid) {
+                    list.remove(k);
+                    self.count -= 1;
+                    self.evicted += 1;
+                }
+                if list.is_empty() {
+                    self.by_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+fn merge(into: &mut PodFacts, from: &PodFacts) {
+    if from.node.is_some() {
+        into.node.clone_from(&from.node);
+    }
+    if from.service_account.is_some() {
+        into.service_account.clone_from(&from.service_account);
+    }
+    if from.owner.is_some() {
+        into.owner.clone_from(&from.owner);
+    }
+    if !from.labels.is_empty() {
+        into.labels.clone_from(&from.labels);
+    }
+}
+
+#[cfg(test)]
+mod tests;
