@@ -69,7 +69,10 @@ pub fn run(kustody: &Path, incidents: u64, rate: f64) -> Result<()> {
         let url = receiver(seen.clone()).await?;
         let dir = tempfile::tempdir()?;
         let sinks = dir.path().join("sinks.yaml");
-        std::fs::write(&sinks, format!("sinks:\n  - name: bench\n    type: webhook\n    url: {url}/\n    min_priority: notice\n"))?;
+        std::fs::write(
+            &sinks,
+            format!("sinks:\n  - name: bench\n    type: webhook\n    url: {url}/\n    min_priority: notice\n"),
+        )?;
         let Started { tmp: _tmp, mut child, addr, ca, .. } =
             start(kustody, &["--sinks", sinks.to_str().unwrap_or_default()])?;
         let tls = client_tls(&ca)?;
@@ -80,7 +83,10 @@ pub fn run(kustody: &Path, incidents: u64, rate: f64) -> Result<()> {
         for n in 0..incidents {
             tokio::time::sleep_until(next.into()).await;
             next += interval;
-            let body = format!("{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"metadata\":{{}},\"items\":[{}]}}", event(n));
+            let body = format!(
+                "{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"metadata\":{{}},\"items\":[{}]}}",
+                event(n)
+            );
             let req = hyper::Request::post("/audit")
                 .header("host", "localhost")
                 .header("content-type", "application/json")

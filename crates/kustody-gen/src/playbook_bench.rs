@@ -24,7 +24,10 @@ fn pct(v: &[f64], p: f64) -> f64 {
 }
 
 fn actions(kustody: &Path, data: &Path) -> Vec<Value> {
-    let out = Command::new(kustody).args(["actions", "list", "-o", "json", "--limit", "10000", "--data-dir"]).arg(data).output();
+    let out = Command::new(kustody)
+        .args(["actions", "list", "-o", "json", "--limit", "10000", "--data-dir"])
+        .arg(data)
+        .output();
     out.ok()
         .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
         .and_then(|v| v.get("actions").and_then(|a| a.as_array()).cloned())
@@ -49,7 +52,9 @@ pub fn run(n: usize, kustody: &Path) -> Result<()> {
             .list("pods", Some(ns))
             .into_iter()
             .filter(|p| p["status"]["phase"] == "Running")
-            .filter_map(|p| Some((p["metadata"]["name"].as_str()?.to_owned(), p["metadata"]["uid"].as_str()?.to_owned())))
+            .filter_map(|p| {
+                Some((p["metadata"]["name"].as_str()?.to_owned(), p["metadata"]["uid"].as_str()?.to_owned()))
+            })
             .collect();
         (p.len() > n).then_some(p)
     })?;
@@ -81,15 +86,20 @@ pub fn run(n: usize, kustody: &Path) -> Result<()> {
         )?;
         let mut a = Client::token(&c, token["status"]["token"].as_str().context("no token")?);
         a.user_agent = "kubectl/v1.30.2 (linux/amd64) kubernetes/3968350".into();
-        rt().block_on(a.ws(&format!("/api/v1/namespaces/{ns}/pods/{pod}/exec?command=id&stdout=true"), &["v5.channel.k8s.io"], None, None))
-            .map_err(|e| anyhow::anyhow!("exec into {pod}: {e}"))?;
+        rt().block_on(a.ws(
+            &format!("/api/v1/namespaces/{ns}/pods/{pod}/exec?command=id&stdout=true"),
+            &["v5.channel.k8s.io"],
+            None,
+            None,
+        ))
+        .map_err(|e| anyhow::anyhow!("exec into {pod}: {e}"))?;
         let exec_done = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         let t0 = Instant::now();
         let target = format!("{ns}/{pod}");
         let row = loop {
-            let found = actions(kustody, &data)
-                .into_iter()
-                .find(|x| x["target"] == target.as_str() && matches!(x["state"].as_str(), Some("applied" | "failed" | "skipped")));
+            let found = actions(kustody, &data).into_iter().find(|x| {
+                x["target"] == target.as_str() && matches!(x["state"].as_str(), Some("applied" | "failed" | "skipped"))
+            });
             if let Some(r) = found {
                 break r;
             }
@@ -103,14 +113,18 @@ pub fn run(n: usize, kustody: &Path) -> Result<()> {
             let _ = child.kill();
             bail!("the quarantine of {target} was {}: {}", row["state"], row["detail"]);
         }
-        let (created, updated) = (ns_of(row["created"].as_str().unwrap_or("")), ns_of(row["updated"].as_str().unwrap_or("")));
+        let (created, updated) =
+            (ns_of(row["created"].as_str().unwrap_or("")), ns_of(row["updated"].as_str().unwrap_or("")));
         from_finding.push((updated - created) as f64 / 1e6);
         from_exec.push((updated - exec_done) as f64 / 1e6);
         own.push(row["detail"]["total_ms"].as_f64().unwrap_or(f64::NAN));
     }
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let _ = child.wait();
-    println!("playbook-bench: {n} incidents, one quarantine each, on the test cluster (a Deployment of {} pods)", n + 1);
+    println!(
+        "playbook-bench: {n} incidents, one quarantine each, on the test cluster (a Deployment of {} pods)",
+        n + 1
+    );
     let show = |name: &str, v: &[f64]| {
         println!("  {name}: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms", pct(v, 0.5), pct(v, 0.9), pct(v, 1.0));
     };

@@ -18,7 +18,7 @@
 pub mod render;
 pub mod workload;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kustody_model::Priority;
 use serde::{Deserialize, Serialize};
@@ -81,8 +81,24 @@ pub struct FindingInput {
     pub command: Option<String>,
     /// `namespace/name` of the pod the acting identity's bound token was minted for.
     pub acting_pod: Option<String>,
+    /// Who the source IP was when the finding began (IP history), if known.
+    pub source_pod: Option<IpOwner>,
+    /// The acting pod's own IP then, if known (to tell a token used from elsewhere).
+    pub acting_pod_ip: Option<String>,
     /// The finding is a correlation chain's.
     pub correlation: bool,
+}
+
+/// The pod behind a source IP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpOwner {
+    /// `namespace/name`.
+    pub pod: String,
+    pub node: Option<String>,
+    /// `Kind/name`.
+    pub owner: Option<String>,
+    /// Between two observations (`true`) or after the last one.
+    pub observed: bool,
 }
 
 /// One step of an incident's story: a finding, as last seen.
@@ -134,6 +150,15 @@ pub struct Incident {
     /// Pods it reached into (exec, attach, port-forward, ephemeral containers): where evidence is.
     #[serde(default)]
     pub reached: BTreeSet<String>,
+    /// Source IP → the pod that held it (IP history).
+    #[serde(default)]
+    pub ip_pods: BTreeMap<String, IpOwner>,
+    /// Nodes of the pods involved.
+    #[serde(default)]
+    pub nodes: BTreeSet<String>,
+    /// A bound pod token used from an address that was not its pod's: what was seen.
+    #[serde(default)]
+    pub stolen_token: Vec<String>,
     /// Namespaces touched.
     pub namespaces: BTreeSet<String>,
     /// Evidence: the first audit IDs of every step (at most [`Options::max_audit_ids`]).
@@ -322,6 +347,9 @@ impl Book {
                 source_ips: BTreeSet::new(),
                 pods: BTreeSet::new(),
                 reached: BTreeSet::new(),
+                ip_pods: BTreeMap::new(),
+                nodes: BTreeSet::new(),
+                stolen_token: Vec::new(),
                 namespaces: BTreeSet::new(),
                 audit_ids: Vec::new(),
                 notified: BTreeSet::new(),
@@ -407,6 +435,24 @@ fn fold(inc: &mut Incident, f: &FindingInput, opts: &Options) {
     }
     if let Some(p) = &f.acting_pod {
         inc.pods.insert(p.clone());
+    }
+    if let (Some(ip), Some(o)) = (&f.source_ip, &f.source_pod) {
+        if let Some(n) = &o.node {
+            inc.nodes.insert(n.clone());
+        }
+        inc.ip_pods.insert(ip.clone(), o.clone());
+    }
+    // A bound token is its pod's: used from an address that was another pod's, or not its pod's
+    // own, it was taken out of the pod.
+    if let (Some(pod), Some(ip)) = (&f.acting_pod, &f.source_ip) {
+        let other = f.source_pod.as_ref().filter(|o| &o.pod != pod).map(|o| format!("pod {}'s", o.pod));
+        let not_own = f.acting_pod_ip.as_ref().filter(|own| *own != ip).map(|own| format!("not its pod's ({own})"));
+        if let Some(why) = other.or(not_own) {
+            let line = format!("the token of pod {pod} was used from {ip}, {why}");
+            if !inc.stolen_token.contains(&line) && inc.stolen_token.len() < 20 {
+                inc.stolen_token.push(line);
+            }
+        }
     }
     let into_pod = matches!(f.subresource.as_deref(), Some("exec" | "attach" | "portforward" | "ephemeralcontainers"));
     if let (true, Some("pods"), Some(ns), Some(name)) = (into_pod, f.resource.as_deref(), &f.namespace, &f.name) {

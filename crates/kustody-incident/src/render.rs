@@ -124,7 +124,23 @@ pub fn summary(inc: &Incident, ctx: &Context) -> String {
     line(String::new());
     line(format!("Who: {}", inc.identity.as_deref().unwrap_or("(no identity)")));
     if !inc.source_ips.is_empty() {
-        line(format!("  from {}", inc.source_ips.iter().cloned().collect::<Vec<_>>().join(", ")));
+        let ips: Vec<String> = inc
+            .source_ips
+            .iter()
+            .map(|ip| match inc.ip_pods.get(ip) {
+                Some(o) => format!(
+                    "{ip} (pod {}{}{})",
+                    o.pod,
+                    o.node.as_deref().map(|n| format!(" on {n}")).unwrap_or_default(),
+                    if o.observed { "" } else { ", last seen before" }
+                ),
+                None => ip.clone(),
+            })
+            .collect();
+        line(format!("  from {}", ips.join(", ")));
+    }
+    for s in &inc.stolen_token {
+        line(format!("  STOLEN TOKEN? {s}"));
     }
     if !inc.pods.is_empty() {
         line(format!("  acting from pod(s) {}", inc.pods.iter().cloned().collect::<Vec<_>>().join(", ")));
@@ -143,7 +159,12 @@ pub fn summary(inc: &Incident, ctx: &Context) -> String {
     } else {
         format!("namespace(s) {}", inc.namespaces.iter().cloned().collect::<Vec<_>>().join(", "))
     };
-    line(format!("Where: {cluster}{nss}{wl}"));
+    let nodes = if inc.nodes.is_empty() {
+        String::new()
+    } else {
+        format!(", node(s) {}", inc.nodes.iter().cloned().collect::<Vec<_>>().join(", "))
+    };
+    line(format!("Where: {cluster}{nss}{wl}{nodes}"));
     if !inc.audit_ids.is_empty() {
         line(format!("Evidence (auditIDs): {}", inc.audit_ids.join(", ")));
     }
@@ -212,5 +233,6 @@ pub fn to_json(inc: &Incident, ctx: &Context) -> serde_json::Value {
         "evidence": { "audit_ids": inc.audit_ids },
         "next": next_commands(inc, ctx),
         "url": ctx.url,
+        "summary": summary(inc, ctx),
     })
 }

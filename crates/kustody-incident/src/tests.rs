@@ -194,3 +194,40 @@ fn an_incident_round_trips_through_json_for_restore() {
     b2.restore(back);
     assert!(!b2.observe(&finding(2, "B", Priority::Warning, 20 * S)).opened);
 }
+
+#[test]
+fn pods_behind_source_ips_and_a_token_used_outside_its_pod() {
+    let mut b = Book::new(Options::default());
+    let mut f = finding(1, "Secret Read", Priority::Warning, 10 * S);
+    f.source_pod = Some(IpOwner {
+        pod: "default/web-7d9f8b6c5d-x2k4p".into(),
+        node: Some("node-1".into()),
+        owner: None,
+        observed: true,
+    });
+    let c = b.observe(&f);
+    assert!(b.get(&c.key).unwrap().stolen_token.is_empty(), "used from its own pod");
+    let mut g = finding(2, "Secret Read", Priority::Warning, 20 * S);
+    g.source_ip = Some("10.244.9.9".into());
+    g.source_pod =
+        Some(IpOwner { pod: "tools/debug-0".into(), node: Some("node-2".into()), owner: None, observed: false });
+    b.observe(&g);
+    let mut h = finding(3, "Secret Read", Priority::Warning, 30 * S);
+    h.source_ip = Some("203.0.113.5".into());
+    h.acting_pod_ip = Some("10.244.1.7".into());
+    b.observe(&h);
+    let inc = b.get(&c.key).unwrap();
+    assert_eq!(inc.nodes.iter().collect::<Vec<_>>(), ["node-1", "node-2"]);
+    assert_eq!(
+        inc.stolen_token,
+        [
+            "the token of pod default/web-7d9f8b6c5d-x2k4p was used from 10.244.9.9, pod tools/debug-0's",
+            "the token of pod default/web-7d9f8b6c5d-x2k4p was used from 203.0.113.5, not its pod's (10.244.1.7)",
+        ]
+    );
+    let s = render::summary(inc, &Context::default());
+    assert!(s.contains("10.244.1.7 (pod default/web-7d9f8b6c5d-x2k4p on node-1)"), "{s}");
+    assert!(s.contains("10.244.9.9 (pod tools/debug-0 on node-2, last seen before)"), "{s}");
+    assert!(s.contains("STOLEN TOKEN? the token of pod"), "{s}");
+    assert!(s.contains("node(s) node-1, node-2"), "{s}");
+}

@@ -59,6 +59,10 @@ struct State {
     acting: HashMap<u64, String>,
     /// Names of correlation rules (their findings promote incidents).
     correlations: HashSet<String>,
+    /// Who each IP was (pod bodies in the audit events).
+    ips: kustody_iphistory::IpHistory,
+    /// Finding seq → the pod behind its source IP, and its acting pod's own IP.
+    behind: HashMap<u64, (Option<kustody_incident::IpOwner>, Option<String>)>,
 }
 
 impl DetectorThread {
@@ -75,6 +79,7 @@ impl DetectorThread {
         };
         let mut st =
             State { next_finding, correlations: correlation_names(self.detector.engine()), ..Default::default() };
+        st.ips = restore_ip_history(self.store.as_ref(), now_ns());
         self.responder.restore(self.store.as_ref(), now_ns(), next_incident);
         let ids = &mut st;
         let mut cursor = match self.store.cursor(CURSOR) {
@@ -214,11 +219,32 @@ impl DetectorThread {
             last = last.max(*id);
             let Ok(ev) = Event::parse(raw) else { continue };
             let src = SourceRef { file: file.clone(), line: *id as u64, offset: 0, format: SourceFormat::Native };
+            learn_ips(&mut ids.ips, &ev);
             let before = updates.len();
             let out = self.detector.observe(&ev, &src, &mut updates);
             for u in updates.get(before..).unwrap_or_default() {
                 if u.change == Change::Opened {
-                    if let Some(p) = respond::acting_pod(&ev) {
+                    let acting = respond::acting_pod(&ev);
+                    let t = ev.time_ns().unwrap_or_default();
+                    let behind =
+                        ev.source_ips().and_then(|ips| ips.first().cloned()).and_then(|ip| ids.ips.lookup(&ip, t)).map(
+                            |a| kustody_incident::IpOwner {
+                                pod: format!("{}/{}", a.interval.pod.namespace, a.interval.pod.name),
+                                node: a.interval.pod.node.clone(),
+                                owner: a.interval.pod.owner.clone(),
+                                observed: a.confidence == kustody_iphistory::Confidence::Observed,
+                            },
+                        );
+                    let own_ip = acting.as_deref().and_then(|p| p.split_once('/')).and_then(|(ns, name)| {
+                        ids.ips
+                            .of_pod(ns, name)
+                            .into_iter()
+                            .rev()
+                            .find(|i| i.first_ns <= t && i.ended_ns.is_none_or(|e| e >= t))
+                            .map(|i| i.ip.clone())
+                    });
+                    ids.behind.insert(u.finding.seq, (behind, own_ip));
+                    if let Some(p) = acting {
                         ids.acting.insert(u.finding.seq, p);
                     }
                 }
@@ -279,7 +305,11 @@ impl DetectorThread {
             let Some((u, _)) = last.get(seq) else { continue };
             let row = finding_row(u, st.ids.get(seq).copied());
             let corr = st.correlations.contains(&*u.finding.lead.rule);
-            let input = respond::finding_input(&row, &u.finding, st.acting.get(seq).cloned(), corr);
+            let mut input = respond::finding_input(&row, &u.finding, st.acting.get(seq).cloned(), corr);
+            if let Some((behind, own)) = st.behind.get(seq) {
+                input.source_pod.clone_from(behind);
+                input.acting_pod_ip.clone_from(own);
+            }
             inputs.push((row.clone(), input));
             rows.push(row);
         }
@@ -318,6 +348,7 @@ impl DetectorThread {
             if u.change == Change::Closed {
                 st.ids.remove(seq);
                 st.acting.remove(seq);
+                st.behind.remove(seq);
             }
             let change = if *opened {
                 "opened"
@@ -334,6 +365,45 @@ impl DetectorThread {
         }
         self.published(&w, &ids);
     }
+}
+
+/// Pods an event shows (with their IPs) or deletes, into the IP history.
+fn learn_ips(h: &mut kustody_iphistory::IpHistory, ev: &Event<'_>) {
+    let seen = kustody_iphistory::extract::seen(ev);
+    let t = ev.time_ns().unwrap_or_default();
+    for p in &seen.pods {
+        h.observe(p, t);
+    }
+    for (ns, name, uid) in &seen.deleted {
+        h.deleted(ns, name, uid.as_deref(), t);
+    }
+}
+
+/// The IP history of the last day, rebuilt from the stored pod events after a restart.
+fn restore_ip_history(store: &dyn Store, now: i64) -> kustody_iphistory::IpHistory {
+    let mut h = kustody_iphistory::IpHistory::new(kustody_iphistory::Options::default());
+    let mut q = kustody_store::EventQuery {
+        since_ns: Some(now.saturating_sub(24 * 3600 * 1_000_000_000)),
+        resource: Some("pods".into()),
+        limit: 5000,
+        ..Default::default()
+    };
+    let mut n = 0usize;
+    while n < 500_000 {
+        let Ok(page) = store.search_events(&q) else { break };
+        let Some(last) = page.last().map(|e| e.id) else { break };
+        for e in &page {
+            if let Ok(ev) = Event::parse(&e.raw) {
+                learn_ips(&mut h, &ev);
+            }
+        }
+        n += page.len();
+        q.before_id = Some(last);
+    }
+    if !h.is_empty() {
+        tracing::info!(intervals = h.len(), events = n, "IP history rebuilt from stored pod events");
+    }
+    h
 }
 
 fn correlation_names(engine: &Engine) -> HashSet<String> {

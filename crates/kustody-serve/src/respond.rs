@@ -560,5 +560,7 @@ pub fn finding_input(
         command: c.command.clone(),
         acting_pod,
         correlation,
+        source_pod: None,
+        acting_pod_ip: None,
     }
 }

@@ -158,64 +158,11 @@ fn show(id: i64, conn: &ServerConn) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The incident as a responder reads it.
+/// The incident as a responder reads it: its summary, then notes and notifications.
 fn print_incident(out: &mut dyn Write, v: &serde_json::Value) -> Result<()> {
     let s = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(sanitize).unwrap_or_default();
-    writeln!(out, "{}", s(v, "title"))?;
-    let assignee = v.get("assignee").and_then(|a| a.as_str()).map(|a| format!(", assigned to {}", sanitize(a)));
-    writeln!(out, "Status: {}{} · severity {}", s(v, "status"), assignee.unwrap_or_default(), s(v, "severity"))?;
-    if let Some(p) = v.get("promoted").and_then(|p| p.as_str()) {
-        writeln!(out, "Promoted: {}", sanitize(p))?;
-    }
-    writeln!(out, "When: {} → {}", s(v, "first_seen"), s(v, "last_seen"))?;
-    writeln!(out, "\nWhat happened:")?;
-    for st in v.get("steps").and_then(|x| x.as_array()).into_iter().flatten() {
-        let cmd = st.get("command").and_then(|c| c.as_str()).map(|c| format!(" [command: {}]", sanitize(c)));
-        writeln!(
-            out,
-            "  {} {} {}: {}{}",
-            s(st, "first_seen"),
-            s(st, "priority").to_uppercase(),
-            s(st, "rule"),
-            s(st, "output"),
-            cmd.unwrap_or_default()
-        )?;
-    }
-    let who = v.get("who").cloned().unwrap_or_default();
-    writeln!(
-        out,
-        "\nWho: {}",
-        who.get("identity").and_then(|x| x.as_str()).map(sanitize).unwrap_or_else(|| "-".into())
-    )?;
-    let list = |x: Option<&serde_json::Value>| {
-        x.and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|i| i.as_str()).map(sanitize).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default()
-    };
-    let ips = list(who.get("source_ips"));
-    if !ips.is_empty() {
-        writeln!(out, "  from {ips}")?;
-    }
-    let pods = list(who.get("pods"));
-    if !pods.is_empty() {
-        writeln!(out, "  acting from pod(s) {pods}")?;
-    }
-    let wh = v.get("where").cloned().unwrap_or_default();
-    let wl = wh
-        .get("workload")
-        .filter(|w| !w.is_null())
-        .map(|w| format!(", workload {}/{} in {}", s(w, "kind"), s(w, "name"), s(w, "namespace")));
-    writeln!(out, "Where: namespace(s) {}{}", list(wh.get("namespaces")), wl.unwrap_or_default())?;
-    let ev = list(v.pointer("/evidence/audit_ids"));
-    if !ev.is_empty() {
-        writeln!(out, "Evidence (auditIDs): {ev}")?;
-    }
-    let next = list(v.get("next"));
-    if !next.is_empty() {
-        writeln!(out, "\nNext:")?;
-        for c in v.get("next").and_then(|n| n.as_array()).into_iter().flatten().filter_map(|c| c.as_str()) {
-            writeln!(out, "  {}", sanitize(c))?;
-        }
+    for line in v.get("summary").and_then(|x| x.as_str()).unwrap_or_default().lines() {
+        writeln!(out, "{}", sanitize(line))?;
     }
     let notes = v.get("notes").and_then(|n| n.as_array()).cloned().unwrap_or_default();
     if !notes.is_empty() {

@@ -1276,6 +1276,8 @@ fn an_attack_on_the_test_cluster_is_contained_by_a_playbook_within_its_guardrail
             &kc,
         ],
     );
+    // an operator lists the pods (audited with the pods' bodies, as a real policy records them)
+    c.request("GET", "/api/v1/namespaces/shop/pods", None).unwrap();
     // pod b's token enumerates and tries the secrets; pod a's execs: one identity, one workload
     attack(&c, &bound_token(&c, "shop", "web-sa", &b), "shop", &a, &["enumerate", "secrets"]);
     attack(&c, &bound_token(&c, "shop", "web-sa", &a), "shop", &a, &["enumerate", "exec"]);
@@ -1338,6 +1340,11 @@ fn an_attack_on_the_test_cluster_is_contained_by_a_playbook_within_its_guardrail
     assert!(entries.iter().any(|e| e["action"] == "playbook:collect" && e["incident"] == incident));
     // the notify action's notification reached the sink
     wait_for("the playbook's notification", 30, || accepted(&log, "/hook").iter().any(|n| n["action"] == "update"));
+    // the audited pod list told the IP history each pod's IP: the tokens were used from
+    // 127.0.0.1, not from their pods
+    let r = kustody(&["incidents", "show", &incident.to_string(), "--data-dir", d]);
+    assert!(r.stdout.contains("STOLEN TOKEN? the token of pod shop/web-"), "{}", r.stdout);
+    assert!(r.stdout.contains("was used from 127.0.0.1, not its pod's (10.244."), "{}", r.stdout);
 }
 
 #[test]
