@@ -46,6 +46,11 @@ pub enum Command {
     ///
     /// Exit codes: 0 = events found, 1 = no event matched, 2 = error.
     Timeline(TimelineArgs),
+    /// Who an IP was: the pods that held it (from pod bodies in the audit events), or at one
+    /// time with `--at`.
+    ///
+    /// Exit codes: 0 = known, 1 = no pod is known to have held it (then), 2 = error.
+    Whois(WhoisArgs),
     /// Watch: ingest the audit webhook, audit log files and Falco alerts into a durable store,
     /// detect live, serve search, a finding stream and metrics (docs/SERVE.md).
     Serve(Box<ServeArgs>),
@@ -551,6 +556,23 @@ pub enum Format {
     /// One JSON object per finding: the lead rule, every rule and tag, count, first and last
     /// seen, sample audit IDs (docs/FINDINGS.md).
     Findings,
+}
+
+#[derive(Args, Debug)]
+pub struct WhoisArgs {
+    /// The IP address.
+    pub ip: String,
+    /// Audit logs (files, directories, `-` for stdin).
+    #[arg(required_unless_present = "store", value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Read the store of `kustody serve` instead.
+    #[arg(long, value_name = "DATA_DIR", conflicts_with = "paths")]
+    pub store: Option<PathBuf>,
+    /// Who held it at this time (RFC 3339 or a duration ago: 30m, 2h).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    #[arg(long = "output", short = 'o', value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
 }
 
 #[derive(Args, Debug)]

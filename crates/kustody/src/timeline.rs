@@ -212,7 +212,7 @@ fn select(who: &Who, facts: &PodFacts, ev: &Event<'_>) -> Option<String> {
 }
 
 /// Calls `f` for every event of every input, in order.
-fn each_event(
+pub(crate) fn each_event(
     files: &[crate::source::Source],
     opts: &ReadOptions,
     f: &mut dyn FnMut(&Event<'_>, SourceRef),

@@ -1,0 +1,147 @@
+//! `kustody whois IP [--at TIME]`: the pods that held an IP, from the pod bodies the audit
+//! events carry (creations, patches, status updates, reads and lists recorded at Request level
+//! or above) and pod deletions, over files or the store of `kustody serve`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use kustody_ingest::{expand_inputs, ReadOptions};
+use kustody_iphistory::{extract, Confidence, Interval, IpHistory, Options};
+use kustody_model::time::format_rfc3339_nanos;
+
+use crate::cli::{ListFormat, WhoisArgs};
+use crate::render::sanitize;
+
+fn interval_json(i: &Interval) -> serde_json::Value {
+    serde_json::json!({
+        "ip": i.ip,
+        "pod": format!("{}/{}", i.pod.namespace, i.pod.name),
+        "uid": i.pod.uid,
+        "node": i.pod.node,
+        "owner": i.pod.owner,
+        "service_account": i.pod.service_account,
+        "labels": i.pod.labels,
+        "first_seen": format_rfc3339_nanos(i.first_ns),
+        "last_seen": format_rfc3339_nanos(i.last_ns),
+        "deleted": i.ended_ns.map(format_rfc3339_nanos),
+    })
+}
+
+pub fn run(args: WhoisArgs) -> Result<ExitCode> {
+    if args.ip.parse::<std::net::IpAddr>().is_err() {
+        anyhow::bail!("`{}` is not an IP address", sanitize(&args.ip));
+    }
+    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let at = args.at.as_deref().map(|s| crate::timespec::parse(s, now_ns)).transpose().context("--at")?;
+    let files: Vec<crate::source::Source> = match &args.store {
+        Some(dir) => vec![crate::source::Source::store(dir, None, None)?],
+        None => expand_inputs(&args.paths)?.files.into_iter().map(crate::source::Source::File).collect(),
+    };
+    let mut h = IpHistory::new(Options::default());
+    let mut events = 0u64;
+    let bad = crate::timeline::each_event(&files, &ReadOptions::default(), &mut |ev, _| {
+        events += 1;
+        let seen = extract::seen(ev);
+        let t = ev.time_ns().unwrap_or_default();
+        for p in &seen.pods {
+            h.observe(p, t);
+        }
+        for (ns, name, uid) in &seen.deleted {
+            h.deleted(ns, name, uid.as_deref(), t);
+        }
+    })?;
+    if bad > 0 {
+        eprintln!("kustody: {bad} unreadable record(s) skipped");
+    }
+    let out = &mut std::io::BufWriter::new(std::io::stdout().lock());
+    let known = match at {
+        Some(t) => {
+            let a = h.lookup(&args.ip, t);
+            match args.format {
+                ListFormat::Json => {
+                    let v = serde_json::json!({
+                        "ip": args.ip,
+                        "at": format_rfc3339_nanos(t),
+                        "holder": a.as_ref().map(|a| interval_json(&a.interval)),
+                        "confidence": a.as_ref().map(|a| a.confidence),
+                    });
+                    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+                }
+                ListFormat::Table => match &a {
+                    Some(a) => {
+                        let i = &a.interval;
+                        writeln!(
+                            out,
+                            "{} at {}: pod {}/{} (uid {}){}{}{}",
+                            sanitize(&args.ip),
+                            format_rfc3339_nanos(t),
+                            sanitize(&i.pod.namespace),
+                            sanitize(&i.pod.name),
+                            sanitize(&i.pod.uid),
+                            i.pod.node.as_deref().map(|n| format!(" on node {}", sanitize(n))).unwrap_or_default(),
+                            i.pod.owner.as_deref().map(|o| format!(", owned by {}", sanitize(o))).unwrap_or_default(),
+                            i.pod
+                                .service_account
+                                .as_deref()
+                                .map(|s| format!(", service account {}", sanitize(s)))
+                                .unwrap_or_default(),
+                        )?;
+                        writeln!(
+                            out,
+                            "  {}: seen with this IP from {} to {}{}",
+                            if a.confidence == Confidence::Observed {
+                                "observed"
+                            } else {
+                                "extrapolated (after its last observation)"
+                            },
+                            format_rfc3339_nanos(i.first_ns),
+                            format_rfc3339_nanos(i.last_ns),
+                            i.ended_ns.map(|e| format!(", deleted {}", format_rfc3339_nanos(e))).unwrap_or_default()
+                        )?;
+                    }
+                    None => writeln!(
+                        out,
+                        "{} at {}: no pod is known to have held it ({} events read; audit bodies of pods are needed)",
+                        sanitize(&args.ip),
+                        format_rfc3339_nanos(t),
+                        events
+                    )?,
+                },
+            }
+            a.is_some()
+        }
+        None => {
+            let all = h.intervals(&args.ip);
+            match args.format {
+                ListFormat::Json => {
+                    let v = serde_json::json!({ "ip": args.ip, "holders": all.iter().map(interval_json).collect::<Vec<_>>() });
+                    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+                }
+                ListFormat::Table => {
+                    writeln!(
+                        out,
+                        "{:<32} {:<36} {:<16} {:<32} {:<32} DELETED",
+                        "POD", "UID", "NODE", "FIRST SEEN", "LAST SEEN"
+                    )?;
+                    for i in all {
+                        writeln!(
+                            out,
+                            "{:<32} {:<36} {:<16} {:<32} {:<32} {}",
+                            sanitize(&format!("{}/{}", i.pod.namespace, i.pod.name)),
+                            sanitize(&i.pod.uid),
+                            sanitize(i.pod.node.as_deref().unwrap_or("-")),
+                            format_rfc3339_nanos(i.first_ns),
+                            format_rfc3339_nanos(i.last_ns),
+                            i.ended_ns.map(format_rfc3339_nanos).unwrap_or_else(|| "-".into())
+                        )?;
+                    }
+                }
+            }
+            !all.is_empty()
+        }
+    };
+    out.flush()?;
+    Ok(if known { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -1,0 +1,116 @@
+//! `kustody whois`: who an IP was, from pod bodies in audit events, over files and the store.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests fail by panicking")]
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+fn kustody(args: &[&str]) -> kustody_testkit::Run {
+    kustody_testkit::run(Command::new(env!("CARGO_BIN_EXE_kustody")).args(args))
+}
+
+/// A pod's status patch by its kubelet (its IP in the response), or its deletion.
+fn event(id: usize, t: &str, verb: &str, pod: &str, uid: &str, ip: &str) -> String {
+    let sub = if verb == "patch" { json!("status") } else { Value::Null };
+    let mut e = json!({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse",
+        "auditID": format!("a-{id}"), "stage": "ResponseComplete", "verb": verb,
+        "requestURI": format!("/api/v1/namespaces/shop/pods/{pod}"),
+        "user": {"username": "system:node:node-1"}, "sourceIPs": ["192.168.1.10"],
+        "objectRef": {"resource": "pods", "namespace": "shop", "name": pod, "apiVersion": "v1", "subresource": sub},
+        "responseStatus": {"metadata": {}, "code": 200},
+        "responseObject": {"kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": pod, "namespace": "shop", "uid": uid,
+                         "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d9f8b6c5d", "controller": true}]},
+            "spec": {"nodeName": "node-1", "serviceAccountName": "web"},
+            "status": {"podIP": ip, "podIPs": [{"ip": ip}]}},
+        "requestReceivedTimestamp": t, "stageTimestamp": t});
+    if sub.is_null() {
+        e["objectRef"].as_object_mut().unwrap().remove("subresource");
+    }
+    e.to_string()
+}
+
+/// Three pods hold 10.9.0.7 in turn over an hour.
+fn reuse_log() -> String {
+    let ip = "10.9.0.7";
+    [
+        event(1, "2026-11-20T09:00:00Z", "patch", "web-a", "a", ip),
+        event(2, "2026-11-20T09:15:00Z", "patch", "web-a", "a", ip),
+        event(3, "2026-11-20T09:20:00Z", "delete", "web-a", "a", ip),
+        event(4, "2026-11-20T09:21:00Z", "patch", "web-b", "b", ip),
+        event(5, "2026-11-20T09:40:00Z", "patch", "web-b", "b", ip),
+        event(6, "2026-11-20T09:41:00Z", "delete", "web-b", "b", ip),
+        event(7, "2026-11-20T09:42:00Z", "patch", "web-c", "c", ip),
+    ]
+    .join("\n")
+        + "\n"
+}
+
+fn at(source: &[&str], t: &str) -> (i32, Value) {
+    let mut args = vec!["whois", "10.9.0.7", "--at", t, "-o", "json"];
+    args.extend_from_slice(source);
+    let r = kustody(&args);
+    assert!(r.code <= 1, "{}", r.stderr);
+    (r.code, serde_json::from_str(&r.stdout).unwrap())
+}
+
+fn check(source: &[&str]) {
+    let (code, v) = at(source, "2026-11-20T09:10:00Z");
+    assert_eq!(
+        (code, v["holder"]["pod"].as_str(), v["confidence"].as_str()),
+        (0, Some("shop/web-a"), Some("observed"))
+    );
+    assert_eq!(v["holder"]["node"], "node-1");
+    assert_eq!(v["holder"]["owner"], "ReplicaSet/web-7d9f8b6c5d");
+    let (code, v) = at(source, "2026-11-20T09:18:00Z");
+    assert_eq!((code, v["confidence"].as_str()), (0, Some("extrapolated")));
+    let (code, v) = at(source, "2026-11-20T09:20:30Z");
+    assert_eq!((code, &v["holder"]), (1, &Value::Null), "deleted, not yet reused");
+    let (_, v) = at(source, "2026-11-20T09:30:00Z");
+    assert_eq!(v["holder"]["pod"], "shop/web-b");
+    let (_, v) = at(source, "2026-11-20T10:00:00Z");
+    assert_eq!(v["holder"]["pod"], "shop/web-c");
+    let mut args = vec!["whois", "10.9.0.7"];
+    args.extend_from_slice(source);
+    let r = kustody(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.lines().filter(|l| l.starts_with("shop/web-")).count(), 3, "{}", r.stdout);
+}
+
+#[test]
+fn one_ip_held_by_three_pods_in_an_hour_is_told_apart_from_files_and_from_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    std::fs::write(&log, reuse_log()).unwrap();
+    check(&[log.to_str().unwrap()]);
+    let data = tmp.path().join("data");
+    let r = kustody(&[
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--replay",
+        log.to_str().unwrap(),
+        "--exit-after-replay",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    check(&["--store", data.to_str().unwrap()]);
+    let r = kustody(&["whois", "not-an-ip", log.to_str().unwrap()]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not an IP address"), "{}", r.stderr);
+}
+
+#[test]
+fn the_recorded_apiserver_log_says_which_pod_held_an_ip() {
+    let Some(shared) = kustody_testkit::shared("fixtures/kube-apiserver/audit.jsonl") else { return };
+    let log = shared.join("fixtures/kube-apiserver/audit.jsonl");
+    let r = kustody(&["whois", "10.244.0.26", "--at", "2026-11-23T05:38:00Z", log.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("pod fixture-rec/web-5cfcc47844-nbg64"), "{}", r.stdout);
+    assert!(r.stdout.contains("on node vm") && r.stdout.contains("owned by ReplicaSet/web-5cfcc47844"), "{}", r.stdout);
+    // after its deletion nobody is known to hold it
+    let r = kustody(&["whois", "10.244.0.26", "--at", "2026-11-23T05:41:00Z", log.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+}
