@@ -46,6 +46,10 @@ pub enum Command {
     ///
     /// Exit codes: 0 = events found, 1 = no event matched, 2 = error.
     Timeline(TimelineArgs),
+    /// Learn what is normal from audit logs: each identity's behaviour (verb and target) and on
+    /// how many days it was seen; `hunt --baseline FILE` then demotes the known.
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
     /// Who an IP was: the pods that held it (from pod bodies in the audit events), or at one
     /// time with `--at`.
     ///
@@ -490,6 +494,11 @@ pub struct HuntArgs {
     /// Ignore every allow-list, the built-in catalogue included.
     #[arg(long)]
     pub no_allowlist: bool,
+    /// A learnt baseline (`kustody baseline learn`): matches on behaviour it has seen on enough
+    /// days (this identity, verb and target) are demoted — left out of the alerts and counted
+    /// per rule in the summary.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
     /// Report every rule match on its own: the table and `-o findings` otherwise fold the
     /// matches of one event, and repeats within --group-window, into findings.
     #[arg(long)]
@@ -556,6 +565,38 @@ pub enum Format {
     /// One JSON object per finding: the lead rule, every rule and tag, count, first and last
     /// seen, sample audit IDs (docs/FINDINGS.md).
     Findings,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BaselineCommand {
+    /// Learn a baseline from audit logs (or the store of `kustody serve`).
+    Learn(BaselineLearnArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BaselineLearnArgs {
+    #[arg(required_unless_present = "store", value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    #[arg(long, value_name = "DATA_DIR", conflicts_with = "paths")]
+    pub store: Option<PathBuf>,
+    /// Where to write it (JSON).
+    #[arg(long = "output-file", short = 'o', value_name = "FILE")]
+    pub output: PathBuf,
+    /// A behaviour seen on at least this many distinct days (UTC) is known.
+    #[arg(long, default_value_t = 2)]
+    pub min_days: u32,
+    /// Forget behaviours not seen for this many days before the newest event.
+    #[arg(long, default_value_t = 30)]
+    pub forget_after_days: u32,
+    /// Behaviours kept at most (the least recently seen are forgotten first, and counted).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_behaviours: usize,
+    /// Learn only from events at or after this time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// … and before this one.
+    #[arg(long)]
+    pub until: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -45,6 +45,8 @@ struct ChunkResult {
     groups: Vec<Vec<kustody_model::Detection>>,
     /// Matches quieted by an allow entry: (entry index, count).
     quieted: Vec<(usize, u64)>,
+    /// Matches demoted by the baseline: (rule index, count).
+    demoted: Vec<(u32, u64)>,
     /// Events without a `stage`.
     stageless: u64,
 }
@@ -62,6 +64,8 @@ struct Filter {
     allow: kustody_rules::allow::AllowList,
     /// Per rule index, the allow entries that may quiet it.
     allow_index: Vec<Vec<usize>>,
+    /// Learnt normal (`--baseline`).
+    baseline: Option<kustody_baseline::Baseline>,
 }
 
 impl Filter {
@@ -86,6 +90,16 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
         grouped: !args.no_group && matches!(args.format, Format::Table | Format::Findings),
         allow: kustody_rules::allow::AllowList::default(),
         allow_index: Vec::new(),
+        baseline: match &args.baseline {
+            None => None,
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read `{}`", p.display()))?;
+                Some(
+                    kustody_baseline::Baseline::from_json(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+                )
+            }
+        },
     };
     let group_window = kustody_rules::correlate::parse_window(&args.group_window).with_context(|| {
         format!("--group-window: invalid duration `{}` (a number with s, m, h or d)", args.group_window)
@@ -320,6 +334,8 @@ fn process(
                 }
                 let mut corr = Vec::new();
                 let mut group = Vec::new();
+                // known behaviour of this identity on this target (asked once per event)
+                let known = !matched.is_empty() && filter.baseline.as_ref().is_some_and(|b| b.knows(&ev));
                 for &i in matched.iter() {
                     if let Some(entries) = filter.allow_index.get(i as usize) {
                         if let Some(entry) = filter.allow.suppression_among(entries, &ev) {
@@ -330,6 +346,14 @@ fn process(
                             }
                             continue;
                         }
+                    }
+                    if known {
+                        // counted per rule for the summary; kept out of the output and correlations
+                        match r.demoted.iter_mut().find(|(rule, _)| *rule == i) {
+                            Some((_, n)) => *n += 1,
+                            None => r.demoted.push((i, 1)),
+                        }
+                        continue;
                     }
                     let src =
                         SourceRef { file: chunk.file.clone(), line: rec.line, offset: rec.offset, format: rec.format };
@@ -423,6 +447,10 @@ impl Collector<'_> {
             if let Some(q) = stats.quieted.get_mut(*entry) {
                 *q += n;
             }
+        }
+        for (rule, n) in &res.demoted {
+            let name = engine.rule(*rule).map_or("?", |r| r.name.as_str());
+            *stats.demoted.entry(name.to_owned()).or_insert(0) += n;
         }
         if stats.first_degraded.is_none() {
             stats.first_degraded = res.degraded_at;
@@ -570,6 +598,8 @@ struct Stats {
     /// Matches quieted per allow entry (by index), then by name for the summary.
     quieted: Vec<u64>,
     quieted_by: Vec<(String, u64)>,
+    /// Matches demoted by the baseline, per rule.
+    demoted: BTreeMap<String, u64>,
     stageless: u64,
     rules_active: usize,
     elapsed: f64,
@@ -669,6 +699,13 @@ impl Stats {
                 let _ = writeln!(w, "  {n:>7}  allow {}", sanitize(name));
             }
         }
+        let demoted: u64 = self.demoted.values().sum();
+        if demoted > 0 {
+            let _ = writeln!(w, "demoted:     {demoted} matches on behaviour the baseline knows (seen on enough days; without --baseline they show)");
+            for (rule, n) in &self.demoted {
+                let _ = writeln!(w, "  {n:>7}  baseline {}", sanitize(rule));
+            }
+        }
         let mut by_count: Vec<_> = self.per_rule.iter().collect();
         by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         for (rule, n) in by_count {
@@ -697,6 +734,7 @@ impl Stats {
             "matches": self.matches,
             "grouped": self.grouped,
             "quieted": self.quieted_by.iter().map(|(n, c)| (n.clone(), *c)).collect::<BTreeMap<String, u64>>(),
+            "demoted_by_baseline": self.demoted,
             "events_without_stage": self.stageless,
             "per_rule": self.per_rule,
             "rules_active": self.rules_active,

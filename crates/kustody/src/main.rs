@@ -130,6 +130,7 @@ fn run(mut cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Search(args) => serve_cmd::search(args),
         cli::Command::Incidents(args) => incidents_cmd::run(args),
         cli::Command::Whois(args) => whois::run(args),
+        cli::Command::Baseline(cli::BaselineCommand::Learn(args)) => whois::learn_baseline(args),
         cli::Command::Actions(cmd) => incidents_cmd::actions(cmd),
         cli::Command::Rules(cli::RulesCommand::Check(args)) => rules_cmd::check(args),
         cli::Command::Rules(cli::RulesCommand::List(args)) => rules_cmd::list(args),

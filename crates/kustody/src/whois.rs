@@ -1,4 +1,6 @@
-//! `kustody whois IP [--at TIME]`: the pods that held an IP, from the pod bodies the audit
+//! `kustody whois IP [--at TIME]` and `kustody baseline learn`, the learnt context of events.
+//!
+//! `whois`: the pods that held an IP, from the pod bodies the audit
 //! events carry (creations, patches, status updates, reads and lists recorded at Request level
 //! or above) and pod deletions, over files or the store of `kustody serve`.
 
@@ -144,4 +146,46 @@ pub fn run(args: WhoisArgs) -> Result<ExitCode> {
     };
     out.flush()?;
     Ok(if known { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `kustody baseline learn PATH… -o FILE`.
+pub fn learn_baseline(args: crate::cli::BaselineLearnArgs) -> Result<ExitCode> {
+    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let since = args.since.as_deref().map(|s| crate::timespec::parse(s, now_ns)).transpose().context("--since")?;
+    let until = args.until.as_deref().map(|s| crate::timespec::parse(s, now_ns)).transpose().context("--until")?;
+    let files: Vec<crate::source::Source> = match &args.store {
+        Some(dir) => vec![crate::source::Source::store(dir, since, until)?],
+        None => expand_inputs(&args.paths)?.files.into_iter().map(crate::source::Source::File).collect(),
+    };
+    let mut b = kustody_baseline::Baseline::new(args.min_days);
+    b.forget_after_days = args.forget_after_days;
+    b.max_keys = args.max_behaviours.max(1);
+    let bad = crate::timeline::each_event(&files, &ReadOptions::default(), &mut |ev, _| {
+        let t = ev.time_ns();
+        if since.is_some_and(|s| t.is_none_or(|t| t < s)) || until.is_some_and(|u| t.is_none_or(|t| t >= u)) {
+            return;
+        }
+        b.learn(ev);
+    })?;
+    let forgotten = b.forget_stale();
+    let text = b.to_json().map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::write(&args.output, text).with_context(|| format!("cannot write `{}`", args.output.display()))?;
+    let span = match (b.first_ns, b.last_ns) {
+        (Some(f), Some(l)) => format!("{} → {}", format_rfc3339_nanos(f), format_rfc3339_nanos(l)),
+        _ => "no event".to_owned(),
+    };
+    eprintln!(
+        "kustody: learnt {} behaviours of {} identities from {} events ({span}); {} forgotten as stale, {} evicted by --max-behaviours{}; written to {}",
+        b.behaviours.len(),
+        b.identities(),
+        b.events,
+        forgotten,
+        b.evicted,
+        if bad > 0 { format!("; {bad} unreadable record(s) skipped") } else { String::new() },
+        args.output.display()
+    );
+    if b.events == 0 {
+        anyhow::bail!("no audit event to learn from: an empty baseline would know nothing");
+    }
+    Ok(ExitCode::SUCCESS)
 }
