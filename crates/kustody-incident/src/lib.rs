@@ -81,7 +81,10 @@ pub struct FindingInput {
     pub command: Option<String>,
     /// `namespace/name` of the pod the acting identity's bound token was minted for.
     pub acting_pod: Option<String>,
-    /// Who the source IP was when the finding began (IP history), if known.
+    /// The address the apiserver saw the request come from (the last `sourceIPs` entry: the
+    /// first can be set by the client through `X-Forwarded-For`).
+    pub peer_ip: Option<String>,
+    /// Who the peer IP was when the finding began (IP history), if known.
     pub source_pod: Option<IpOwner>,
     /// The acting pod's own IP then, if known (to tell a token used from elsewhere).
     pub acting_pod_ip: Option<String>,
@@ -314,11 +317,12 @@ impl Book {
         let (key, workload) = key_of(f);
         let start = f.first_ns.or(f.last_ns);
         // A stale or resolved incident of the key gives way to a new one.
+        // An update of a finding the incident already holds stays in it, resolved or not.
         let stale = self.open.get(&key).is_some_and(|inc| {
             let known = inc.steps.iter().any(|s| s.finding_id == f.finding_id);
-            inc.status == Status::Resolved
-                || (!known
-                    && match (inc.last_ns, start) {
+            !known
+                && (inc.status == Status::Resolved
+                    || match (inc.last_ns, start) {
                         (Some(last), Some(t)) => t.saturating_sub(last) > self.opts.window_ns,
                         _ => false,
                     })
@@ -436,7 +440,8 @@ fn fold(inc: &mut Incident, f: &FindingInput, opts: &Options) {
     if let Some(p) = &f.acting_pod {
         inc.pods.insert(p.clone());
     }
-    if let (Some(ip), Some(o)) = (&f.source_ip, &f.source_pod) {
+    let peer = f.peer_ip.as_ref().or(f.source_ip.as_ref());
+    if let (Some(ip), Some(o)) = (peer, &f.source_pod) {
         if let Some(n) = &o.node {
             inc.nodes.insert(n.clone());
         }
@@ -444,8 +449,9 @@ fn fold(inc: &mut Incident, f: &FindingInput, opts: &Options) {
     }
     // A bound token is its pod's: used from an address that was another pod's, or not its pod's
     // own, it was taken out of the pod.
-    if let (Some(pod), Some(ip)) = (&f.acting_pod, &f.source_ip) {
-        let other = f.source_pod.as_ref().filter(|o| &o.pod != pod).map(|o| format!("pod {}'s", o.pod));
+    if let (Some(pod), Some(ip)) = (&f.acting_pod, peer) {
+        // another pod's only when seen with the IP around then (not extrapolated)
+        let other = f.source_pod.as_ref().filter(|o| &o.pod != pod && o.observed).map(|o| format!("pod {}'s", o.pod));
         let not_own = f.acting_pod_ip.as_ref().filter(|own| *own != ip).map(|own| format!("not its pod's ({own})"));
         if let Some(why) = other.or(not_own) {
             let line = format!("the token of pod {pod} was used from {ip}, {why}");

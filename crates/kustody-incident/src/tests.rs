@@ -63,6 +63,9 @@ fn a_finding_after_the_window_or_a_resolution_opens_a_new_incident() {
     assert!(!b.observe(&finding(3, "C", Priority::Warning, 1100 * S)).opened);
     assert!(b.observe(&finding(4, "D", Priority::Warning, 1701 * S)).opened);
     b.get_mut(&c.key).unwrap().status = Status::Resolved;
+    // an update of a finding the resolved incident holds stays in it
+    assert!(!b.observe(&finding(4, "D", Priority::Warning, 1701 * S)).opened);
+    assert_eq!(b.get(&c.key).unwrap().status, Status::Resolved);
     assert!(b.observe(&finding(5, "E", Priority::Warning, 1702 * S)).opened);
     // an update of a finding already in the incident never splits it
     let c6 = b.observe(&finding(5, "E", Priority::Warning, 1702 * S));
@@ -210,7 +213,7 @@ fn pods_behind_source_ips_and_a_token_used_outside_its_pod() {
     let mut g = finding(2, "Secret Read", Priority::Warning, 20 * S);
     g.source_ip = Some("10.244.9.9".into());
     g.source_pod =
-        Some(IpOwner { pod: "tools/debug-0".into(), node: Some("node-2".into()), owner: None, observed: false });
+        Some(IpOwner { pod: "tools/debug-0".into(), node: Some("node-2".into()), owner: None, observed: true });
     b.observe(&g);
     let mut h = finding(3, "Secret Read", Priority::Warning, 30 * S);
     h.source_ip = Some("203.0.113.5".into());
@@ -227,7 +230,7 @@ fn pods_behind_source_ips_and_a_token_used_outside_its_pod() {
     );
     let s = render::summary(inc, &Context::default());
     assert!(s.contains("10.244.1.7 (pod default/web-7d9f8b6c5d-x2k4p on node-1)"), "{s}");
-    assert!(s.contains("10.244.9.9 (pod tools/debug-0 on node-2, last seen before)"), "{s}");
+    assert!(s.contains("10.244.9.9 (pod tools/debug-0 on node-2)"), "{s}");
     assert!(s.contains("STOLEN TOKEN? the token of pod"), "{s}");
     assert!(s.contains("node(s) node-1, node-2"), "{s}");
 }

@@ -20,8 +20,12 @@ fn s(raw: &str, path: &[&str]) -> Option<String> {
     pointer(raw, path).filter(|v| v.starts_with('"')).and_then(text).map(|c| c.into_owned())
 }
 
-/// The facts of one Pod object's JSON, when it has an IP.
+/// The facts of one Pod object's JSON, when it has an IP and still holds it (a pod that
+/// Succeeded or Failed keeps showing an IP that may already be another pod's).
 pub fn pod_facts(raw: &str) -> Option<PodFacts> {
+    if matches!(s(raw, &["status", "phase"]).as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
     let mut ips: Vec<String> = pointer(raw, &["status", "podIPs"])
         .and_then(items)
         .map(|v| v.iter().filter_map(|i| s(i, &["ip"])).collect())
@@ -78,7 +82,16 @@ pub fn seen(ev: &Event<'_>) -> Seen {
         }
         return out;
     }
-    for raw in [ev.response_object_raw(), ev.request_object_raw()].into_iter().flatten() {
+    // A dry run changed nothing.
+    if ev.request_uri().is_some_and(|u| u.contains("dryRun=")) {
+        return out;
+    }
+    // What the apiserver answered is what it stored. A request body is the client's word: only
+    // a node's own status report (the kubelet's) is taken from it, when no response body is.
+    let kubelet = sub == Some("status")
+        && ev.user().and_then(|u| u.username.as_deref()).is_some_and(|u| u.starts_with("system:node:"));
+    let bodies = [Some(ev.response_object_raw()), kubelet.then(|| ev.request_object_raw())];
+    for raw in bodies.into_iter().flatten().flatten() {
         match s(raw, &["kind"]).as_deref() {
             Some("PodList") => {
                 for item in pointer(raw, &["items"]).and_then(items).unwrap_or_default() {
@@ -88,7 +101,7 @@ pub fn seen(ev: &Event<'_>) -> Seen {
             _ => out.pods.extend(pod_facts(raw)),
         }
         if !out.pods.is_empty() {
-            break; // the response is the state after the request
+            break;
         }
     }
     // A status patch's request body may lack metadata: name it from objectRef.

@@ -83,6 +83,9 @@ pub struct IpHistory {
     by_ip: HashMap<String, Vec<Interval>>,
     /// (ip, uid) in order of creation, for eviction.
     order: VecDeque<(String, String)>,
+    /// uid → the IPs it held; (namespace, name) → uids: deletions and pod lookups without a scan.
+    by_uid: HashMap<String, Vec<String>>,
+    by_name: HashMap<(String, String), Vec<String>>,
     count: usize,
     /// Intervals evicted by the bound.
     pub evicted: u64,
@@ -106,18 +109,47 @@ impl IpHistory {
         if pod.host_network || pod.uid.is_empty() {
             return;
         }
+        // Labels are kept for the answer, not unbounded: at most 32, each at most 256 bytes.
+        let trimmed;
+        let pod = if pod.labels.len() > 32 || pod.labels.iter().any(|(k, v)| k.len() + v.len() > 256) {
+            let mut p = pod.clone();
+            p.labels = pod
+                .labels
+                .iter()
+                .filter(|(k, v)| k.len() + v.len() <= 256)
+                .take(32)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            trimmed = p;
+            &trimmed
+        } else {
+            pod
+        };
         for ip in &pod.ips {
             let list = self.by_ip.entry(ip.clone()).or_default();
             match list.iter_mut().rev().find(|i| i.pod.uid == pod.uid) {
                 Some(i) => {
+                    let earlier = time_ns < i.first_ns;
                     i.first_ns = i.first_ns.min(time_ns);
                     i.last_ns = i.last_ns.max(time_ns);
                     // later facts win (a node assigned, labels changed)
                     if time_ns >= i.last_ns {
                         merge(&mut i.pod, pod);
                     }
+                    if earlier {
+                        // keep the list in order of first observation (lookups bisect it)
+                        list.sort_by_key(|i| i.first_ns);
+                    }
                 }
                 None => {
+                    let ips = self.by_uid.entry(pod.uid.clone()).or_default();
+                    if !ips.contains(ip) {
+                        ips.push(ip.clone());
+                    }
+                    let uids = self.by_name.entry((pod.namespace.clone(), pod.name.clone())).or_default();
+                    if !uids.contains(&pod.uid) {
+                        uids.push(pod.uid.clone());
+                    }
                     let at = list.partition_point(|i| i.first_ns <= time_ns);
                     list.insert(
                         at,
@@ -139,14 +171,17 @@ impl IpHistory {
 
     /// A pod deleted at `time_ns` (by uid, or by namespace and name when the uid is unknown).
     pub fn deleted(&mut self, namespace: &str, name: &str, uid: Option<&str>, time_ns: i64) {
-        for list in self.by_ip.values_mut() {
-            for i in list.iter_mut() {
-                let same = match uid {
-                    Some(u) if !u.is_empty() => i.pod.uid == u,
-                    _ => i.pod.namespace == namespace && i.pod.name == name && i.ended_ns.is_none(),
-                };
-                if same && i.first_ns <= time_ns {
-                    i.ended_ns = Some(i.ended_ns.map_or(time_ns, |e| e.min(time_ns)));
+        let uids: Vec<String> = match uid {
+            Some(u) if !u.is_empty() => vec![u.to_owned()],
+            _ => self.by_name.get(&(namespace.to_owned(), name.to_owned())).cloned().unwrap_or_default(),
+        };
+        for u in uids {
+            for ip in self.by_uid.get(&u).cloned().unwrap_or_default() {
+                for i in self.by_ip.get_mut(&ip).into_iter().flatten() {
+                    let open = uid.is_some_and(|x| !x.is_empty()) || i.ended_ns.is_none();
+                    if i.pod.uid == u && open && i.first_ns <= time_ns {
+                        i.ended_ns = Some(i.ended_ns.map_or(time_ns, |e| e.min(time_ns)));
+                    }
                 }
             }
         }
@@ -187,9 +222,22 @@ impl IpHistory {
             let Some((ip, uid)) = self.order.pop_front() else { break };
             if let Some(list) = self.by_ip.get_mut(&ip) {
                 if let Some(k) = list.iter().position(|i| i.pod.uid == uid) {
-                    list.remove(k);
+                    let gone = list.remove(k);
                     self.count -= 1;
                     self.evicted += 1;
+                    if let Some(ips) = self.by_uid.get_mut(&uid) {
+                        ips.retain(|x| x != &ip);
+                        if ips.is_empty() {
+                            self.by_uid.remove(&uid);
+                            let key = (gone.pod.namespace, gone.pod.name);
+                            if let Some(u) = self.by_name.get_mut(&key) {
+                                u.retain(|x| x != &uid);
+                                if u.is_empty() {
+                                    self.by_name.remove(&key);
+                                }
+                            }
+                        }
+                    }
                 }
                 if list.is_empty() {
                     self.by_ip.remove(&ip);

@@ -85,6 +85,19 @@ fn pods_are_read_from_audit_event_bodies() {
     let del = ev.replace(r#""verb":"patch""#, r#""verb":"delete""#).replace(r#","subresource":"status""#, "");
     let e = kustody_model::Event::parse(&del).unwrap();
     assert_eq!(extract::seen(&e).deleted, [("shop".into(), "web-a".into(), Some("a".into()))]);
+    // a pod that finished no longer holds its IP; a dry run stored nothing; a client's own
+    // request body is not believed
+    let done = ev.replace(r#""podIP":"10.244.1.7","#, r#""phase":"Succeeded","podIP":"10.244.1.7","#);
+    assert!(extract::seen(&kustody_model::Event::parse(&done).unwrap()).pods.is_empty());
+    let dry = ev.replace("/web-a/status", "/web-a/status?dryRun=All");
+    assert!(extract::seen(&kustody_model::Event::parse(&dry).unwrap()).pods.is_empty());
+    let forged = ev
+        .replace(r#""responseObject""#, r#""requestObject""#)
+        .replace("system:node:node-1", "mallory")
+        .replace(r#","subresource":"status""#, "");
+    assert!(extract::seen(&kustody_model::Event::parse(&forged).unwrap()).pods.is_empty());
+    let kubelet_request = ev.replace(r#""responseObject""#, r#""requestObject""#);
+    assert_eq!(extract::seen(&kustody_model::Event::parse(&kubelet_request).unwrap()).pods.len(), 1);
     // a refused request shows nothing
     let refused = ev.replace(r#""code":200"#, r#""code":403"#);
     assert!(extract::seen(&kustody_model::Event::parse(&refused).unwrap()).pods.is_empty());

@@ -326,6 +326,13 @@ impl Ctx<'_> {
         if max_batch == 0 {
             return Err(self.error(at("max_batch"), &format!("{key}.max_batch"), "must be at least 1".into()));
         }
+        if c.rate_per_minute == Some(0) {
+            return Err(self.error(
+                at("rate_per_minute"),
+                &format!("{key}.rate_per_minute"),
+                "must be at least 1 (0 would never deliver; leave it out for no limit)".into(),
+            ));
+        }
         if c.max_attempts == Some(0) {
             return Err(self.error(at("max_attempts"), &format!("{key}.max_attempts"), "must be at least 1".into()));
         }

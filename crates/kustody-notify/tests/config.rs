@@ -70,6 +70,8 @@ fn inline_secret_is_refused_without_echo() {
 fn bad_values_are_located() {
     let e = err("sinks:\n  - name: a\n    type: falco\n    url: http://x/\n    min_priority: loud\n");
     assert!(e.starts_with("sinks.yaml:5:19: sinks[0].min_priority: unknown priority `loud`"), "{e}");
+    let e = err("sinks:\n  - name: a\n    type: falco\n    url: http://x/\n    rate_per_minute: 0\n");
+    assert!(e.starts_with("sinks.yaml:5:22: sinks[0].rate_per_minute: must be at least 1"), "{e}");
     let e = err("sinks:\n  - name: a\n    type: fax\n");
     assert!(e.starts_with("sinks.yaml:3:11: sinks[0].type: unknown sink type `fax`"), "{e}");
     let e = err("sinks:\n  - name: a\n    type: falco\n    url: ftp://x/\n");

@@ -49,6 +49,9 @@ pub struct DetectorThread {
     pub cursor_written: Instant,
 }
 
+/// The pod behind a finding's peer IP, its acting pod's own IP, and the peer IP.
+type Behind = (Option<kustody_incident::IpOwner>, Option<String>, Option<String>);
+
 /// What the detector keeps between rounds besides the engine's state.
 #[derive(Default)]
 struct State {
@@ -62,7 +65,7 @@ struct State {
     /// Who each IP was (pod bodies in the audit events).
     ips: kustody_iphistory::IpHistory,
     /// Finding seq → the pod behind its source IP, and its acting pod's own IP.
-    behind: HashMap<u64, (Option<kustody_incident::IpOwner>, Option<String>)>,
+    behind: HashMap<u64, Behind>,
 }
 
 impl DetectorThread {
@@ -148,8 +151,10 @@ impl DetectorThread {
         let mut w = Writes::default();
         let result = self.responder.command(cmd.incident, &cmd.change, self.store.as_ref(), now_ns(), &mut w);
         let result = match result {
-            Ok(json) => match self.write(Vec::new(), Vec::new(), &w, None) {
+            // the book takes the change only once it is stored: a failed write changes nothing
+            Ok((json, changed)) => match self.write(Vec::new(), Vec::new(), &w, None) {
                 Ok(ids) => {
+                    self.responder.install(changed);
                     self.published(&w, &ids);
                     Ok(json)
                 }
@@ -226,15 +231,15 @@ impl DetectorThread {
                 if u.change == Change::Opened {
                     let acting = respond::acting_pod(&ev);
                     let t = ev.time_ns().unwrap_or_default();
+                    // the peer the apiserver saw: the last entry (the first is the client's word)
+                    let peer = ev.source_ips().and_then(|ips| ips.last().cloned());
                     let behind =
-                        ev.source_ips().and_then(|ips| ips.first().cloned()).and_then(|ip| ids.ips.lookup(&ip, t)).map(
-                            |a| kustody_incident::IpOwner {
-                                pod: format!("{}/{}", a.interval.pod.namespace, a.interval.pod.name),
-                                node: a.interval.pod.node.clone(),
-                                owner: a.interval.pod.owner.clone(),
-                                observed: a.confidence == kustody_iphistory::Confidence::Observed,
-                            },
-                        );
+                        peer.as_deref().and_then(|ip| ids.ips.lookup(ip, t)).map(|a| kustody_incident::IpOwner {
+                            pod: format!("{}/{}", a.interval.pod.namespace, a.interval.pod.name),
+                            node: a.interval.pod.node.clone(),
+                            owner: a.interval.pod.owner.clone(),
+                            observed: a.confidence == kustody_iphistory::Confidence::Observed,
+                        });
                     let own_ip = acting.as_deref().and_then(|p| p.split_once('/')).and_then(|(ns, name)| {
                         ids.ips
                             .of_pod(ns, name)
@@ -243,7 +248,7 @@ impl DetectorThread {
                             .find(|i| i.first_ns <= t && i.ended_ns.is_none_or(|e| e >= t))
                             .map(|i| i.ip.clone())
                     });
-                    ids.behind.insert(u.finding.seq, (behind, own_ip));
+                    ids.behind.insert(u.finding.seq, (behind, own_ip, peer.map(|p| p.into_owned())));
                     if let Some(p) = acting {
                         ids.acting.insert(u.finding.seq, p);
                     }
@@ -306,9 +311,10 @@ impl DetectorThread {
             let row = finding_row(u, st.ids.get(seq).copied());
             let corr = st.correlations.contains(&*u.finding.lead.rule);
             let mut input = respond::finding_input(&row, &u.finding, st.acting.get(seq).cloned(), corr);
-            if let Some((behind, own)) = st.behind.get(seq) {
+            if let Some((behind, own, peer)) = st.behind.get(seq) {
                 input.source_pod.clone_from(behind);
                 input.acting_pod_ip.clone_from(own);
+                input.peer_ip.clone_from(peer);
             }
             inputs.push((row.clone(), input));
             rows.push(row);
@@ -389,16 +395,27 @@ fn restore_ip_history(store: &dyn Store, now: i64) -> kustody_iphistory::IpHisto
         ..Default::default()
     };
     let mut n = 0usize;
+    // Pages come newest first: observations in any order are fine, but a deletion must follow
+    // the observations it ends, so deletions are applied at the end.
+    let mut deletions = Vec::new();
     while n < 500_000 {
         let Ok(page) = store.search_events(&q) else { break };
         let Some(last) = page.last().map(|e| e.id) else { break };
         for e in &page {
             if let Ok(ev) = Event::parse(&e.raw) {
-                learn_ips(&mut h, &ev);
+                let seen = kustody_iphistory::extract::seen(&ev);
+                let t = ev.time_ns().unwrap_or_default();
+                for p in &seen.pods {
+                    h.observe(p, t);
+                }
+                deletions.extend(seen.deleted.into_iter().map(|d| (d, t)));
             }
         }
         n += page.len();
         q.before_id = Some(last);
+    }
+    for ((ns, name, uid), t) in deletions {
+        h.deleted(&ns, &name, uid.as_deref(), t);
     }
     if !h.is_empty() {
         tracing::info!(intervals = h.len(), events = n, "IP history rebuilt from stored pod events");

@@ -118,8 +118,10 @@ impl Executor {
             let c = ctx.clone();
             rt.spawn(async move { run_job(&c, job).await });
         }
-        // One pod's actions run in order; different pods at once (at most 4).
-        let slots = Arc::new(tokio::sync::Semaphore::new(4));
+        // One job at a time: a pod's actions stay in order, and a workload's health
+        // (`min_healthy_replicas`) is read after the previous quarantine has been verified, so
+        // concurrent quarantines cannot each see the same ready pods.
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
         while let Ok(job) = self.jobs.recv() {
             let (c, slots) = (ctx.clone(), slots.clone());
             rt.spawn(async move {
@@ -388,7 +390,17 @@ async fn act(
         }
         Action::Label(kv) | Action::Annotate(kv) => {
             let field = if matches!(spec, Action::Label(_)) { "labels" } else { "annotations" };
-            let value = kv.value.replace("{{incident_id}}", &job.incident.map(|i| i.to_string()).unwrap_or_default());
+            let severity = job
+                .notification
+                .as_deref()
+                .and_then(|n| serde_json::from_str::<serde_json::Value>(n).ok())
+                .and_then(|n| n.get("severity").and_then(|s| s.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            let value = kv
+                .value
+                .replace("{{incident_id}}", &job.incident.map(|i| i.to_string()).unwrap_or_default())
+                .replace("{{playbook}}", &job.playbook)
+                .replace("{{severity}}", &severity);
             let patch = json!({ "metadata": { field: { &kv.key: value } } });
             let pp = PatchParams { dry_run: dry, field_manager: Some("kustody".into()), ..Default::default() };
             let pods: Api<Pod> = Api::namespaced(k.client.clone(), ns);

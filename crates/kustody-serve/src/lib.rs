@@ -412,7 +412,11 @@ async fn serve(config: Config) -> Result<()> {
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
     let exit_after_replay = config.exit_after_replay && !config.replay.is_empty();
+    // Connection tasks, to end those that outlive the graceful shutdown (a finding stream):
+    // each holds the API's state, whose channel senders keep the detector and writer alive.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let replay_fut = async {
             if exit_after_replay {
                 let _ = (&mut replay_done).await;
@@ -440,7 +444,7 @@ async fn serve(config: Config) -> Result<()> {
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let _slot = slot;
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
@@ -468,8 +472,9 @@ async fn serve(config: Config) -> Result<()> {
     drop(listener);
     // Requests in flight finish (and are committed) before the writer is told to stop.
     if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
-        tracing::warn!("some connections did not finish within 30 s");
+        tracing::warn!("some connections did not finish within 30 s; closing them");
     }
+    conns.shutdown().await;
     stop.store(true, Relaxed);
     drop(app);
     drop(state);

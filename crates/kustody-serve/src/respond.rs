@@ -206,9 +206,11 @@ impl Responder {
                 }
             }
             let Some(inc) = self.book.get(&key).cloned() else { continue };
+            let resolved = inc.status == kustody_incident::Status::Resolved;
             let mut notify: Vec<(String, Action)> = Vec::new();
             let record = route_record(row, &inc);
-            for r in &self.routes {
+            // a resolved incident still records its findings' last state, and tells no one
+            for r in self.routes.iter().filter(|_| !resolved) {
                 let wanted = inc.severity.at_least(r.min) && r.filter.as_ref().is_none_or(|f| f.matches(&record));
                 if !wanted {
                     continue;
@@ -229,7 +231,9 @@ impl Responder {
             if let Some(inc) = self.book.get(&key) {
                 self.write(inc, Some(row), finding_ids, notify, now_ns, w);
             }
-            self.run_playbooks(&key, row, now_ns, w);
+            if !resolved {
+                self.run_playbooks(&key, row, now_ns, w);
+            }
         }
     }
 
@@ -404,19 +408,20 @@ impl Responder {
         store: &dyn Store,
         now_ns: i64,
         w: &mut Writes,
-    ) -> Result<serde_json::Value, String> {
-        let mut stored: Option<Incident> = None;
-        if self.book.by_id(id).is_none() {
-            let row = store.incident(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("no incident {id}"))?;
-            let mut inc: Incident =
-                serde_json::from_str(&row.state).map_err(|e| format!("incident {id} cannot be read: {e}"))?;
-            inc.id = Some(id);
-            stored = Some(inc);
-        }
-        let inc = match stored.as_mut() {
+    ) -> Result<(serde_json::Value, Option<Incident>), String> {
+        // A copy is changed; the book takes it once the change is stored (`install`).
+        let in_book = self.book.by_id(id).map(|i| i.clone());
+        let mut copy = match in_book.clone() {
             Some(i) => i,
-            None => self.book.by_id(id).ok_or_else(|| format!("no incident {id}"))?,
+            None => {
+                let row = store.incident(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("no incident {id}"))?;
+                let mut inc: Incident =
+                    serde_json::from_str(&row.state).map_err(|e| format!("incident {id} cannot be read: {e}"))?;
+                inc.id = Some(id);
+                inc
+            }
         };
+        let inc = &mut copy;
         let mut notify = Vec::new();
         if let Some(s) = change.status {
             if s == Status::Resolved && inc.status != Status::Resolved {
@@ -439,7 +444,15 @@ impl Responder {
             });
         }
         self.write(&snapshot, None, Vec::new(), notify, now_ns, w);
-        Ok(render::to_json(&snapshot, &self.ctx))
+        Ok((render::to_json(&snapshot, &self.ctx), in_book.map(|_| snapshot)))
+    }
+
+    /// Puts a changed open incident back in the book (after its change was stored).
+    pub fn install(&mut self, changed: Option<Incident>) {
+        let Some(inc) = changed else { return };
+        if let Some(i) = self.book.by_id(inc.id.unwrap_or_default()) {
+            *i = inc;
+        }
     }
 
     /// Undoes the "notified" marks of a round whose commit failed: the next change notifies.
@@ -562,5 +575,6 @@ pub fn finding_input(
         correlation,
         source_pod: None,
         acting_pod_ip: None,
+        peer_ip: None,
     }
 }

@@ -354,7 +354,8 @@ pub trait Store: Send {
     fn outbox_row(&self, id: i64) -> Result<Option<OutboxRow>, StoreError>;
     fn outbox_attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>, StoreError>;
     /// Makes dead (or pending) notifications due again at `now_ns`: the given ids, or with
-    /// `ids` empty every dead one (of `sink` when given). Returns how many.
+    /// `ids` empty every dead one (of `sink` when given). Returns how many. A trigger or update
+    /// whose incident was resolved on that sink since is not sent again (it would reopen it).
     fn retry_outbox(&mut self, ids: &[i64], sink: Option<&str>, now_ns: i64) -> Result<u64, StoreError>;
     fn search_actions(&self, q: &ActionQuery) -> Result<Vec<ActionRow>, StoreError>;
     fn action(&self, id: i64) -> Result<Option<ActionRow>, StoreError>;

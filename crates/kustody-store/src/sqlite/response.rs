@@ -114,12 +114,16 @@ pub(super) fn retry(tx: &Transaction<'_>, ids: &[i64], sink: Option<&str>, now_n
     if ids.is_empty() {
         n += tx.execute(
             "UPDATE outbox SET state = 'pending', next_ns = ?1, done_ns = NULL \
-             WHERE state = 'dead' AND (?2 IS NULL OR sink = ?2)",
+             WHERE state = 'dead' AND (?2 IS NULL OR sink = ?2) AND NOT (action != 'resolve' AND EXISTS \
+             (SELECT 1 FROM outbox r WHERE r.incident_id = outbox.incident_id AND r.sink = outbox.sink \
+              AND r.action = 'resolve' AND r.id > outbox.id))",
             params![now_ns, sink],
         )? as u64;
     } else {
         let mut st = tx.prepare_cached(
-            "UPDATE outbox SET state = 'pending', next_ns = ?2, done_ns = NULL WHERE id = ?1 AND state != 'delivered'",
+            "UPDATE outbox SET state = 'pending', next_ns = ?2, done_ns = NULL WHERE id = ?1 AND state != 'delivered' \
+             AND NOT (action != 'resolve' AND EXISTS (SELECT 1 FROM outbox r WHERE r.incident_id = outbox.incident_id \
+             AND r.sink = outbox.sink AND r.action = 'resolve' AND r.id > outbox.id))",
         )?;
         for id in ids {
             n += st.execute(params![id, now_ns])? as u64;
@@ -284,8 +288,8 @@ pub(super) fn write_actions(tx: &Transaction<'_>, rows: &[ActionRow]) -> Res<Vec
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let mut update = tx.prepare_cached(
-        "UPDATE actions SET incident_id = ?2, playbook = ?3, action = ?4, target = ?5, state = ?6, created_ns = ?7, \
-         updated_ns = ?8, detail = ?9 WHERE id = ?1",
+        "UPDATE actions SET incident_id = ?2, playbook = ?3, action = ?4, target = ?5, state = ?6, \
+         created_ns = min(created_ns, ?7), updated_ns = ?8, detail = ?9 WHERE id = ?1",
     )?;
     let mut ids = Vec::with_capacity(rows.len());
     for a in rows {
