@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 
-use crate::serve_bench::{client_tls, connect, quantile, start, Started, TOKEN};
+use crate::serve_bench::{audit_post, client_tls, connect, quantile, start, Started, TOKEN};
 
 /// One exec by service account `sa-N`: the audit event that opens incident N.
 fn event(n: u64) -> String {
@@ -87,11 +87,7 @@ pub fn run(kustody: &Path, incidents: u64, rate: f64) -> Result<()> {
                 "{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"metadata\":{{}},\"items\":[{}]}}",
                 event(n)
             );
-            let req = hyper::Request::post("/audit")
-                .header("host", "localhost")
-                .header("content-type", "application/json")
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .body(Full::new(Bytes::from(body)))?;
+            let req = audit_post("/audit", body.into_bytes())?;
             if sender.ready().await.is_err() {
                 sender = connect(&addr, tls.clone()).await?;
             }

@@ -217,6 +217,15 @@ pub(crate) async fn connect(addr: &str, tls: Arc<rustls::ClientConfig>) -> Resul
     Ok(sender)
 }
 
+/// A POST of an EventList to the webhook endpoint, with the benchmark's token.
+pub(crate) fn audit_post(path: &str, body: Vec<u8>) -> Result<hyper::Request<Full<Bytes>>> {
+    Ok(hyper::Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::from(body)))?)
+}
+
 /// A TLS client trusting the server's certificate.
 pub(crate) fn client_tls(ca: &[u8]) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
@@ -267,11 +276,7 @@ async fn drive(addr: &str, ca: &[u8], opts: &Options) -> Result<Results> {
                     }
                 }
                 let len = body.len() as u64;
-                let req = hyper::Request::post("/audit?timeout=30s")
-                    .header("host", "localhost")
-                    .header("content-type", "application/json")
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .body(Full::new(Bytes::from(body)))?;
+                let req = audit_post("/audit?timeout=30s", body)?;
                 if sender.ready().await.is_err() {
                     sender = connect(&addr, tls.clone()).await?;
                 }
