@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub const VERSION: u32 = 1;
 const DAY_NS: i64 = 86_400 * 1_000_000_000;
 /// Distinct days kept per behaviour (the most recent).
-const MAX_DAYS: usize = 32;
+pub const MAX_DAYS: usize = 32;
 
 /// One behaviour's history.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
