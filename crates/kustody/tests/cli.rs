@@ -526,8 +526,15 @@ fn shell_completions_name_every_command() {
     }
     // bash accepts the script
     if Path::new("/bin/bash").exists() {
+        // through a file: the script is larger than one command-line argument may be (128 KiB)
         let script = text(&kustody(&["completion", "bash"]).stdout);
-        let out = Command::new("/bin/bash").args(["-c", &format!("{script}\ncomplete -p kustody")]).output().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kustody.bash");
+        std::fs::write(&file, script).unwrap();
+        let out = Command::new("/bin/bash")
+            .args(["-c", &format!("source '{}'\ncomplete -p kustody", file.display())])
+            .output()
+            .unwrap();
         assert!(text(&out.stdout).contains("kustody"), "{}", text(&out.stderr));
     }
 }
