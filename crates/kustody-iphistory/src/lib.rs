@@ -187,6 +187,19 @@ impl IpHistory {
         }
     }
 
+    /// Learns what one audit event shows: the pods it carries (with their IPs) and the pods it
+    /// deleted, at the event's time.
+    pub fn learn(&mut self, ev: &kustody_model::Event<'_>) {
+        let seen = extract::seen(ev);
+        let t = ev.time_ns().unwrap_or_default();
+        for p in &seen.pods {
+            self.observe(p, t);
+        }
+        for (ns, name, uid) in &seen.deleted {
+            self.deleted(ns, name, uid.as_deref(), t);
+        }
+    }
+
     /// Who held `ip` at `at_ns`.
     pub fn lookup(&self, ip: &str, at_ns: i64) -> Option<Attribution> {
         let list = self.by_ip.get(ip)?;

@@ -110,14 +110,7 @@ fn the_recorded_apiserver_audit_log_names_its_pods_ips() {
     let mut h = IpHistory::new(Options::default());
     for line in text.lines() {
         let Ok(e) = kustody_model::Event::parse(line) else { continue };
-        let Some(t) = e.time_ns() else { continue };
-        let s = extract::seen(&e);
-        for p in &s.pods {
-            h.observe(p, t);
-        }
-        for (ns, name, uid) in &s.deleted {
-            h.deleted(ns, name, uid.as_deref(), t);
-        }
+        h.learn(&e);
     }
     assert!(!h.is_empty(), "the real apiserver's log shows pods with IPs");
     assert!(!h.of_pod("fixture-rec", "shell").is_empty());

@@ -255,6 +255,21 @@ impl OutboxParams {
     }
 }
 
+/// A notification's delivery attempts as the API and `serve outbox show` print them.
+pub fn attempts_json(attempts: &[kustody_store::AttemptRow]) -> serde_json::Value {
+    attempts
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "attempt": a.n,
+                "time": kustody_model::time::format_rfc3339_nanos(a.time_ns),
+                "duration_ms": a.duration_us as f64 / 1000.0,
+                "error": a.error,
+            })
+        })
+        .collect()
+}
+
 pub async fn list_outbox(
     State(s): State<Arc<AppState>>,
     Extension(peer): Extension<Peer>,
@@ -297,20 +312,7 @@ pub async fn get_outbox(
         Ok((Some(row), attempts)) => {
             let mut v = outbox_json(&row);
             if let Some(o) = v.as_object_mut() {
-                o.insert(
-                    "history".into(),
-                    attempts
-                        .iter()
-                        .map(|a| {
-                            serde_json::json!({
-                                "attempt": a.n,
-                                "time": kustody_model::time::format_rfc3339_nanos(a.time_ns),
-                                "duration_ms": a.duration_us as f64 / 1000.0,
-                                "error": a.error,
-                            })
-                        })
-                        .collect(),
-                );
+                o.insert("history".into(), attempts_json(&attempts));
                 o.insert("notification".into(), serde_json::from_str(&row.payload).unwrap_or(serde_json::Value::Null));
             }
             json(StatusCode::OK, v)

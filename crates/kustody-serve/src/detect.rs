@@ -224,7 +224,7 @@ impl DetectorThread {
             last = last.max(*id);
             let Ok(ev) = Event::parse(raw) else { continue };
             let src = SourceRef { file: file.clone(), line: *id as u64, offset: 0, format: SourceFormat::Native };
-            learn_ips(&mut ids.ips, &ev);
+            ids.ips.learn(&ev);
             let before = updates.len();
             let out = self.detector.observe(&ev, &src, &mut updates);
             for u in updates.get(before..).unwrap_or_default() {
@@ -370,18 +370,6 @@ impl DetectorThread {
             let _ = self.publish.send(Arc::from(p));
         }
         self.published(&w, &ids);
-    }
-}
-
-/// Pods an event shows (with their IPs) or deletes, into the IP history.
-fn learn_ips(h: &mut kustody_iphistory::IpHistory, ev: &Event<'_>) {
-    let seen = kustody_iphistory::extract::seen(ev);
-    let t = ev.time_ns().unwrap_or_default();
-    for p in &seen.pods {
-        h.observe(p, t);
-    }
-    for (ns, name, uid) in &seen.deleted {
-        h.deleted(ns, name, uid.as_deref(), t);
     }
 }
 

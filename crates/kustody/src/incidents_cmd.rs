@@ -275,20 +275,9 @@ pub fn outbox(cmd: OutboxCommand) -> Result<ExitCode> {
                     let store = local(&a.conn)?;
                     let row = store.outbox_row(a.id)?.with_context(|| format!("no notification {}", a.id))?;
                     let mut v = outbox_json(&row);
-                    let hist: Vec<serde_json::Value> = store
-                        .outbox_attempts(a.id)?
-                        .iter()
-                        .map(|h| {
-                            serde_json::json!({
-                                "attempt": h.n,
-                                "time": kustody_model::time::format_rfc3339_nanos(h.time_ns),
-                                "duration_ms": h.duration_us as f64 / 1000.0,
-                                "error": h.error,
-                            })
-                        })
-                        .collect();
+                    let hist = kustody_serve::api::attempts_json(&store.outbox_attempts(a.id)?);
                     if let Some(o) = v.as_object_mut() {
-                        o.insert("history".into(), hist.into());
+                        o.insert("history".into(), hist);
                         o.insert("notification".into(), serde_json::from_str(&row.payload).unwrap_or_default());
                     }
                     v

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use kustody_ingest::{expand_inputs, ReadOptions};
-use kustody_iphistory::{extract, Confidence, Interval, IpHistory, Options};
+use kustody_iphistory::{Confidence, Interval, IpHistory, Options};
 use kustody_model::time::format_rfc3339_nanos;
 
 use crate::cli::{ListFormat, WhoisArgs};
@@ -45,14 +45,7 @@ pub fn run(args: WhoisArgs) -> Result<ExitCode> {
     let mut events = 0u64;
     let bad = crate::timeline::each_event(&files, &ReadOptions::default(), &mut |ev, _| {
         events += 1;
-        let seen = extract::seen(ev);
-        let t = ev.time_ns().unwrap_or_default();
-        for p in &seen.pods {
-            h.observe(p, t);
-        }
-        for (ns, name, uid) in &seen.deleted {
-            h.deleted(ns, name, uid.as_deref(), t);
-        }
+        h.learn(ev);
     })?;
     if bad > 0 {
         eprintln!("kustody: {bad} unreadable record(s) skipped");
