@@ -47,7 +47,19 @@ pub fn pod_facts(raw: &str) -> Option<PodFacts> {
         .and_then(kustody_model::rawjson::keys)
         .map(|keys| keys.iter().filter_map(|k| Some((k.to_string(), s(raw, &["metadata", "labels", k])?))).collect())
         .unwrap_or_default();
+    let mut containers = Vec::new();
+    for list in ["containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"] {
+        for st in pointer(raw, &["status", list]).and_then(items).unwrap_or_default() {
+            if let Some(id) = s(st, &["containerID"]) {
+                let id = id.rsplit("://").next().unwrap_or(&id).to_owned();
+                if !id.is_empty() && containers.len() < 64 {
+                    containers.push(id);
+                }
+            }
+        }
+    }
     Some(PodFacts {
+        containers,
         namespace: s(raw, &["metadata", "namespace"]).unwrap_or_default(),
         name: s(raw, &["metadata", "name"])?,
         uid: s(raw, &["metadata", "uid"]).unwrap_or_default(),
@@ -57,6 +69,7 @@ pub fn pod_facts(raw: &str) -> Option<PodFacts> {
         owner,
         labels,
         host_network: pointer(raw, &["spec", "hostNetwork"]) == Some("true"),
+        kind: None,
     })
 }
 

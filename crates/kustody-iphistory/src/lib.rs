@@ -32,7 +32,24 @@ pub struct PodFacts {
     pub labels: BTreeMap<String, String>,
     /// The pod uses the node's network: its IP is the node's, not its own.
     pub host_network: bool,
+    /// Its containers' runtime IDs without the `containerd://`-style prefix (what Falco's
+    /// `container.id` abbreviates to 12 characters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+    /// What held the IP when it was not a pod: `Node` or `Service` (from a live watch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
+
+impl PodFacts {
+    /// Whether the holder is a pod (not a node or a Service).
+    pub fn is_pod(&self) -> bool {
+        self.kind.is_none()
+    }
+}
+
+/// Length of the container ID prefix Falco reports (`container.id`).
+pub const SHORT_CONTAINER_ID: usize = 12;
 
 /// One pod's hold of an IP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +106,12 @@ pub struct IpHistory {
     count: usize,
     /// Intervals evicted by the bound.
     pub evicted: u64,
+    /// (ip, uid) of intervals created or changed since [`IpHistory::take_changed`].
+    changed: std::collections::HashSet<(String, String)>,
+    /// Short container ID → (namespace, name, uid) of its pod, and the IDs in order of
+    /// arrival: at most `max_intervals`, the oldest forgotten first.
+    containers: HashMap<String, (String, String, String)>,
+    container_order: VecDeque<String>,
 }
 
 impl IpHistory {
@@ -106,7 +129,23 @@ impl IpHistory {
 
     /// A pod seen at `time_ns` (its IPs as they were then).
     pub fn observe(&mut self, pod: &PodFacts, time_ns: i64) {
-        if pod.host_network || pod.uid.is_empty() {
+        if pod.uid.is_empty() {
+            return;
+        }
+        for c in &pod.containers {
+            if let Some(short) = c.get(..SHORT_CONTAINER_ID) {
+                let owner = (pod.namespace.clone(), pod.name.clone(), pod.uid.clone());
+                if self.containers.insert(short.to_owned(), owner).is_none() {
+                    self.container_order.push_back(short.to_owned());
+                    while self.container_order.len() > self.opts.max_intervals {
+                        if let Some(old) = self.container_order.pop_front() {
+                            self.containers.remove(&old);
+                        }
+                    }
+                }
+            }
+        }
+        if pod.host_network {
             return;
         }
         // Labels are kept for the answer, not unbounded: at most 32, each at most 256 bytes.
@@ -140,6 +179,7 @@ impl IpHistory {
                         // keep the list in order of first observation (lookups bisect it)
                         list.sort_by_key(|i| i.first_ns);
                     }
+                    self.changed.insert((ip.clone(), pod.uid.clone()));
                 }
                 None => {
                     let ips = self.by_uid.entry(pod.uid.clone()).or_default();
@@ -162,6 +202,7 @@ impl IpHistory {
                         },
                     );
                     self.order.push_back((ip.clone(), pod.uid.clone()));
+                    self.changed.insert((ip.clone(), pod.uid.clone()));
                     self.count += 1;
                 }
             }
@@ -181,6 +222,7 @@ impl IpHistory {
                     let open = uid.is_some_and(|x| !x.is_empty()) || i.ended_ns.is_none();
                     if i.pod.uid == u && open && i.first_ns <= time_ns {
                         i.ended_ns = Some(i.ended_ns.map_or(time_ns, |e| e.min(time_ns)));
+                        self.changed.insert((ip.clone(), u.clone()));
                     }
                 }
             }
@@ -198,6 +240,82 @@ impl IpHistory {
         for (ns, name, uid) in &seen.deleted {
             self.deleted(ns, name, uid.as_deref(), t);
         }
+    }
+
+    /// An interval as stored (a restart): kept as is, not marked changed.
+    pub fn restore(&mut self, i: Interval) {
+        let pod = i.pod.clone();
+        let (first, last, ended) = (i.first_ns, i.last_ns, i.ended_ns);
+        let ip = i.ip.clone();
+        let mut p = pod;
+        p.ips = vec![ip.clone()];
+        self.observe(&p, first);
+        self.observe(&p, last);
+        if let Some(e) = ended {
+            for x in self.by_ip.get_mut(&ip).into_iter().flatten() {
+                if x.pod.uid == p.uid {
+                    x.ended_ns = Some(e);
+                }
+            }
+        }
+        self.changed.remove(&(ip, p.uid));
+    }
+
+    /// Marks intervals to be taken again by [`IpHistory::take_changed`] (a store that failed).
+    pub fn mark_changed(&mut self, intervals: &[Interval]) {
+        for i in intervals {
+            self.changed.insert((i.ip.clone(), i.pod.uid.clone()));
+        }
+    }
+
+    /// The intervals created or changed since the last call (to be stored), and forgets them.
+    pub fn take_changed(&mut self) -> Vec<Interval> {
+        let keys: Vec<(String, String)> = self.changed.drain().collect();
+        keys.into_iter()
+            .filter_map(|(ip, uid)| self.by_ip.get(&ip)?.iter().find(|i| i.pod.uid == uid).cloned())
+            .collect()
+    }
+
+    /// After a full list of the cluster's pods (a watch started or resumed by relisting):
+    /// every pod still holding an IP here but absent from `present` (uids) was deleted while
+    /// no one watched; its hold ends at `at_ns`. Returns how many intervals were closed.
+    pub fn close_missing(&mut self, present: &std::collections::HashSet<String>, at_ns: i64) -> usize {
+        self.close_missing_of(present, None, at_ns)
+    }
+
+    /// [`IpHistory::close_missing`] for holders of one kind (`None`: pods; `Node`, `Service`).
+    pub fn close_missing_of(
+        &mut self,
+        present: &std::collections::HashSet<String>,
+        kind: Option<&str>,
+        at_ns: i64,
+    ) -> usize {
+        let mut gone: Vec<(String, String, String)> = Vec::new();
+        for list in self.by_ip.values() {
+            for i in list {
+                if i.ended_ns.is_none()
+                    && i.first_ns <= at_ns
+                    && i.pod.kind.as_deref() == kind
+                    && !present.contains(&i.pod.uid)
+                {
+                    gone.push((i.pod.namespace.clone(), i.pod.name.clone(), i.pod.uid.clone()));
+                }
+            }
+        }
+        gone.sort();
+        gone.dedup();
+        let n = gone.len();
+        for (ns, name, uid) in gone {
+            self.deleted(&ns, &name, Some(&uid), at_ns);
+        }
+        n
+    }
+
+    /// The pod a container ran in, by its runtime ID (full or Falco's 12-character prefix):
+    /// (namespace, name, uid).
+    pub fn container(&self, id: &str) -> Option<&(String, String, String)> {
+        let id = id.rsplit("://").next().unwrap_or(id);
+        self.containers.get(id.get(..SHORT_CONTAINER_ID)?)
     }
 
     /// Who held `ip` at `at_ns`.
@@ -224,8 +342,13 @@ impl IpHistory {
 
     /// The IPs a pod held (`namespace/name`), as intervals.
     pub fn of_pod(&self, namespace: &str, name: &str) -> Vec<&Interval> {
-        let mut v: Vec<&Interval> =
-            self.by_ip.values().flatten().filter(|i| i.pod.namespace == namespace && i.pod.name == name).collect();
+        let uids = self.by_name.get(&(namespace.to_owned(), name.to_owned()));
+        let mut v: Vec<&Interval> = uids
+            .into_iter()
+            .flatten()
+            .flat_map(|u| self.by_uid.get(u).into_iter().flatten().map(move |ip| (u, ip)))
+            .filter_map(|(u, ip)| self.by_ip.get(ip)?.iter().find(|i| &i.pod.uid == u))
+            .collect();
         v.sort_by_key(|i| i.first_ns);
         v
     }

@@ -119,3 +119,46 @@ fn the_recorded_apiserver_audit_log_names_its_pods_ips() {
 fn shared_dir() -> Option<std::path::PathBuf> {
     kustody_testkit::shared("fixtures/kube-apiserver/audit.jsonl")
 }
+
+#[test]
+fn changes_are_taken_once_and_restored_ones_are_not_changes() {
+    let mut h = IpHistory::new(Options::default());
+    h.observe(&pod("web-1", "u1", "10.0.0.9"), 10);
+    h.observe(&pod("web-1", "u1", "10.0.0.9"), 20);
+    let c = h.take_changed();
+    assert_eq!(c.len(), 1);
+    assert_eq!((c[0].first_ns, c[0].last_ns), (10, 20));
+    assert!(h.take_changed().is_empty());
+    h.deleted("shop", "web-1", Some("u1"), 30);
+    assert_eq!(h.take_changed()[0].ended_ns, Some(30));
+
+    let mut r = IpHistory::new(Options::default());
+    r.restore(c[0].clone());
+    assert!(r.take_changed().is_empty());
+    assert_eq!(r.lookup("10.0.0.9", 15).unwrap().interval.pod.name, "web-1");
+    assert_eq!(r.intervals("10.0.0.9")[0].last_ns, 20);
+}
+
+#[test]
+fn a_relist_closes_pods_deleted_while_no_one_watched() {
+    let mut h = IpHistory::new(Options::default());
+    h.observe(&pod("web-1", "u1", "10.0.0.1"), 10);
+    h.observe(&pod("web-2", "u2", "10.0.0.2"), 10);
+    let present: std::collections::HashSet<String> = ["u2".to_owned()].into();
+    assert_eq!(h.close_missing(&present, 50), 1);
+    assert!(h.lookup("10.0.0.1", 60).is_none(), "gone after the relist");
+    assert_eq!(h.lookup("10.0.0.1", 40).unwrap().interval.pod.name, "web-1");
+    assert!(h.lookup("10.0.0.2", 60).is_some());
+}
+
+#[test]
+fn containers_name_their_pod_by_falco_short_id() {
+    let mut h = IpHistory::new(Options::default());
+    let mut p = pod("db-0", "u9", "10.0.0.5");
+    p.containers = vec!["0123456789abcdef0123456789abcdef".into()];
+    h.observe(&p, 10);
+    assert_eq!(h.container("0123456789ab").map(|c| c.1.as_str()), Some("db-0"));
+    assert_eq!(h.container("containerd://0123456789abcdef0123").map(|c| c.1.as_str()), Some("db-0"));
+    assert!(h.container("ffffffffffff").is_none());
+    assert!(h.container("short").is_none());
+}

@@ -47,6 +47,8 @@ pub struct DetectorThread {
     pub pending: PendingRules,
     /// When the cursor was last stored.
     pub cursor_written: Instant,
+    /// Who each IP was (shared with the writer and the live watch).
+    pub identity: Arc<crate::identity::Identity>,
 }
 
 /// The pod behind a finding's peer IP, its acting pod's own IP, and the peer IP.
@@ -62,8 +64,6 @@ struct State {
     acting: HashMap<u64, String>,
     /// Names of correlation rules (their findings promote incidents).
     correlations: HashSet<String>,
-    /// Who each IP was (pod bodies in the audit events).
-    ips: kustody_iphistory::IpHistory,
     /// Finding seq → the pod behind its source IP, and its acting pod's own IP.
     behind: HashMap<u64, Behind>,
 }
@@ -82,7 +82,6 @@ impl DetectorThread {
         };
         let mut st =
             State { next_finding, correlations: correlation_names(self.detector.engine()), ..Default::default() };
-        st.ips = restore_ip_history(self.store.as_ref(), now_ns());
         self.responder.restore(self.store.as_ref(), now_ns(), next_incident);
         let ids = &mut st;
         let mut cursor = match self.store.cursor(CURSOR) {
@@ -224,7 +223,6 @@ impl DetectorThread {
             last = last.max(*id);
             let Ok(ev) = Event::parse(raw) else { continue };
             let src = SourceRef { file: file.clone(), line: *id as u64, offset: 0, format: SourceFormat::Native };
-            ids.ips.learn(&ev);
             let before = updates.len();
             let out = self.detector.observe(&ev, &src, &mut updates);
             for u in updates.get(before..).unwrap_or_default() {
@@ -233,21 +231,20 @@ impl DetectorThread {
                     let t = ev.time_ns().unwrap_or_default();
                     // the peer the apiserver saw: the last entry (the first is the client's word)
                     let peer = ev.source_ips().and_then(|ips| ips.last().cloned());
-                    let behind =
-                        peer.as_deref().and_then(|ip| ids.ips.lookup(ip, t)).map(|a| kustody_incident::IpOwner {
+                    let behind = peer
+                        .as_deref()
+                        .and_then(|ip| self.identity.lookup(ip, t))
+                        .filter(|a| a.interval.pod.is_pod())
+                        .map(|a| kustody_incident::IpOwner {
                             pod: format!("{}/{}", a.interval.pod.namespace, a.interval.pod.name),
                             node: a.interval.pod.node.clone(),
                             owner: a.interval.pod.owner.clone(),
                             observed: a.confidence == kustody_iphistory::Confidence::Observed,
                         });
-                    let own_ip = acting.as_deref().and_then(|p| p.split_once('/')).and_then(|(ns, name)| {
-                        ids.ips
-                            .of_pod(ns, name)
-                            .into_iter()
-                            .rev()
-                            .find(|i| i.first_ns <= t && i.ended_ns.is_none_or(|e| e >= t))
-                            .map(|i| i.ip.clone())
-                    });
+                    let own_ip = acting
+                        .as_deref()
+                        .and_then(|p| p.split_once('/'))
+                        .and_then(|(ns, name)| self.identity.ip_of_pod(ns, name, t));
                     ids.behind.insert(u.finding.seq, (behind, own_ip, peer.map(|p| p.into_owned())));
                     if let Some(p) = acting {
                         ids.acting.insert(u.finding.seq, p);
@@ -371,44 +368,6 @@ impl DetectorThread {
         }
         self.published(&w, &ids);
     }
-}
-
-/// The IP history of the last day, rebuilt from the stored pod events after a restart.
-fn restore_ip_history(store: &dyn Store, now: i64) -> kustody_iphistory::IpHistory {
-    let mut h = kustody_iphistory::IpHistory::new(kustody_iphistory::Options::default());
-    let mut q = kustody_store::EventQuery {
-        since_ns: Some(now.saturating_sub(24 * 3600 * 1_000_000_000)),
-        resource: Some("pods".into()),
-        limit: 5000,
-        ..Default::default()
-    };
-    let mut n = 0usize;
-    // Pages come newest first: observations in any order are fine, but a deletion must follow
-    // the observations it ends, so deletions are applied at the end.
-    let mut deletions = Vec::new();
-    while n < 500_000 {
-        let Ok(page) = store.search_events(&q) else { break };
-        let Some(last) = page.last().map(|e| e.id) else { break };
-        for e in &page {
-            if let Ok(ev) = Event::parse(&e.raw) {
-                let seen = kustody_iphistory::extract::seen(&ev);
-                let t = ev.time_ns().unwrap_or_default();
-                for p in &seen.pods {
-                    h.observe(p, t);
-                }
-                deletions.extend(seen.deleted.into_iter().map(|d| (d, t)));
-            }
-        }
-        n += page.len();
-        q.before_id = Some(last);
-    }
-    for ((ns, name, uid), t) in deletions {
-        h.deleted(&ns, &name, uid.as_deref(), t);
-    }
-    if !h.is_empty() {
-        tracing::info!(intervals = h.len(), events = n, "IP history rebuilt from stored pod events");
-    }
-    h
 }
 
 fn correlation_names(engine: &Engine) -> HashSet<String> {

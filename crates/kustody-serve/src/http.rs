@@ -356,6 +356,8 @@ pub struct SearchParams {
     pub service_account: Option<String>,
     pub pod: Option<String>,
     pub ip: Option<String>,
+    /// `namespace/name` of the pod the requests came from (its source IP's holder).
+    pub from_pod: Option<String>,
     pub namespace: Option<String>,
     pub verb: Option<String>,
     pub resource: Option<String>,

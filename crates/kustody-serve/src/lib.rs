@@ -24,11 +24,13 @@ pub mod detect;
 pub mod execute;
 pub mod follow;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod payload;
 pub mod respond;
 pub mod search;
 pub mod tls;
+pub mod watch;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -100,8 +102,12 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Response playbooks (`--playbooks FILE`).
     pub playbooks: Vec<kustody_playbook::Playbook>,
-    /// How playbook actions reach the cluster.
+    /// How playbook actions and the live watch reach the cluster.
     pub connect: Option<execute::Connect>,
+    /// Watch the cluster's pods, nodes and Services into the IP history (needs `connect`).
+    pub watch_cluster: bool,
+    /// The IP history's memory bound (intervals; the oldest are forgotten first, counted).
+    pub max_ip_intervals: usize,
 }
 
 impl Config {
@@ -132,6 +138,8 @@ impl Config {
             public_url: None,
             playbooks: Vec::new(),
             connect: None,
+            watch_cluster: false,
+            max_ip_intervals: 1_000_000,
         }
     }
 }
@@ -218,8 +226,14 @@ async fn serve(config: Config) -> Result<()> {
     let (publish, _) = tokio::sync::broadcast::channel::<Arc<str>>(1024);
     let pending: detect::PendingRules = Arc::new(std::sync::Mutex::new(None));
 
+    let identity =
+        Arc::new(identity::Identity::new(kustody_iphistory::Options { max_intervals: config.max_ip_intervals }));
     let writer = {
         let store: Box<dyn Store> = Box::new(open()?);
+        // Who each IP was: stored holds, and the last hour of stored pod events.
+        let keep = config.retention_max_age_ns.unwrap_or(30 * 24 * 3600 * 1_000_000_000);
+        identity.restore(store.as_ref(), writer::now_ns(), keep);
+        let identity = identity.clone();
         let metrics = metrics.clone();
         let healthy = healthy.clone();
         let retention = writer::Retention {
@@ -229,7 +243,7 @@ async fn serve(config: Config) -> Result<()> {
         };
         std::thread::Builder::new()
             .name("kustody-writer".into())
-            .spawn(move || writer::run(store, job_rx, results_rx, det_tx, metrics, retention, healthy))
+            .spawn(move || writer::run(store, job_rx, results_rx, det_tx, metrics, retention, healthy, identity))
             .context("cannot start the writer")?
     };
     // Playbook actions run on their own thread, through the writer for every record.
@@ -265,6 +279,7 @@ async fn serve(config: Config) -> Result<()> {
             publish: publish.clone(),
             pending: pending.clone(),
             cursor_written: std::time::Instant::now(),
+            identity: identity.clone(),
         };
         std::thread::Builder::new()
             .name("kustody-detector".into())
@@ -311,6 +326,31 @@ async fn serve(config: Config) -> Result<()> {
                 std::thread::sleep(Duration::from_secs(3));
             }
         })?;
+    }
+
+    if config.watch_cluster {
+        let Some(connect) = config.connect.clone() else {
+            bail!("watching the cluster needs a cluster connection (--kubeconfig or in-cluster)");
+        };
+        let (identity, metrics) = (identity.clone(), metrics.clone());
+        tokio::spawn(async move {
+            // The first connection is retried: a cluster that is not reachable yet must not
+            // stop the server, which keeps ingesting meanwhile.
+            let mut wait = Duration::from_secs(1);
+            let c = loop {
+                match connect().await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        metrics.watch_errors.fetch_add(1, Relaxed);
+                        tracing::error!(error = %e, "cannot reach the cluster to watch it; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(60));
+                    }
+                }
+            };
+            tracing::info!(server = %c.server, "watching pods, nodes and Services");
+            watch::run(c.client, identity, metrics).await;
+        });
     }
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<()>(1);

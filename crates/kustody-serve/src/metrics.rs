@@ -89,6 +89,18 @@ pub struct Metrics {
     pub quarantine_seconds: Histogram,
     /// Playbook actions by final state.
     pub actions: Mutex<BTreeMap<String, u64>>,
+    /// IP history: intervals held, evicted by the bound, events attributed to a pod.
+    pub ip_intervals: AtomicU64,
+    pub ip_intervals_evicted: AtomicU64,
+    pub events_attributed: AtomicU64,
+    /// Live watch: objects seen, relists (after a start or a lost watch), holds closed because
+    /// a relist no longer showed the object (deleted while no one watched), watch errors.
+    pub watch_events: AtomicU64,
+    pub watch_relists: AtomicU64,
+    pub watch_closed_by_relist: AtomicU64,
+    pub watch_errors: AtomicU64,
+    /// Runtime alerts whose pod was found by container ID.
+    pub alerts_attributed: AtomicU64,
 }
 
 impl Metrics {
@@ -227,6 +239,44 @@ impl Metrics {
             "kustody_notification_seconds",
             "Time from a notification's commit to its delivery.",
         );
+        gauge(&mut o, "kustody_ip_intervals", "IP holds (IP, pod) the IP history keeps in memory.", &self.ip_intervals);
+        counter(
+            &mut o,
+            "kustody_ip_intervals_evicted_total",
+            "IP holds forgotten by the memory bound, oldest first.",
+            &self.ip_intervals_evicted,
+        );
+        counter(
+            &mut o,
+            "kustody_events_attributed_total",
+            "Stored events whose source IP was attributed to a pod.",
+            &self.events_attributed,
+        );
+        counter(
+            &mut o,
+            "kustody_alerts_attributed_total",
+            "Runtime alerts whose pod was found by container ID.",
+            &self.alerts_attributed,
+        );
+        counter(
+            &mut o,
+            "kustody_watch_events_total",
+            "Pods, nodes and Services seen by the live watch.",
+            &self.watch_events,
+        );
+        counter(
+            &mut o,
+            "kustody_watch_relists_total",
+            "Full lists by the live watch (start, lost watch).",
+            &self.watch_relists,
+        );
+        counter(
+            &mut o,
+            "kustody_watch_closed_by_relist_total",
+            "IP holds ended because a relist no longer showed the object (deleted while unwatched).",
+            &self.watch_closed_by_relist,
+        );
+        counter(&mut o, "kustody_watch_errors_total", "Live watch errors (retried with backoff).", &self.watch_errors);
         o
     }
 }

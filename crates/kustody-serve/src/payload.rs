@@ -79,5 +79,6 @@ pub fn owned(r: EventRow<'_>) -> EventRow<'static> {
         code: r.code,
         source_ips: r.source_ips.into_iter().map(|c| Cow::Owned(c.into_owned())).collect(),
         user_agent: o(r.user_agent),
+        source_pod: r.source_pod,
     }
 }

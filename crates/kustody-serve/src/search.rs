@@ -35,6 +35,7 @@ pub fn event_query(p: &SearchParams) -> Result<EventQuery, String> {
         service_account: p.service_account.clone(),
         pod: p.pod.clone(),
         ip: p.ip.clone(),
+        source_pod: p.from_pod.clone(),
         namespace: p.namespace.clone(),
         verb: p.verb.clone(),
         resource: p.resource.clone(),
@@ -136,6 +137,7 @@ impl EventPage {
                     "id": e.id,
                     "time": e.time_ns.map(kustody_model::time::format_rfc3339_nanos),
                     "origins": origins(e.origins),
+                    "source_pod": e.source_pod,
                     "event": serde_json::from_str::<serde_json::Value>(&e.raw).unwrap_or(serde_json::Value::Null),
                 })
             })
@@ -203,6 +205,7 @@ pub fn event_page_from_json(v: &serde_json::Value) -> EventPage {
                         }
                     }),
                     raw: e["event"].to_string(),
+                    source_pod: opt(&e["source_pod"]),
                 })
                 .collect()
         })

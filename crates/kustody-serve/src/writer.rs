@@ -89,8 +89,10 @@ pub fn run(
     metrics: Arc<Metrics>,
     retention: Retention,
     healthy: Arc<std::sync::atomic::AtomicBool>,
+    identity: Arc<crate::identity::Identity>,
 ) {
     let mut last_retention = Instant::now();
+    let mut last_flush = Instant::now();
     let mut last_stats = Instant::now() - Duration::from_secs(60);
     loop {
         serve_detections(store.as_mut(), &detections, &metrics);
@@ -111,7 +113,11 @@ pub fn run(
                     Err(_) => break,
                 }
             }
-            commit(store.as_mut(), batch, &detect, &detections, &metrics, &healthy);
+            commit(store.as_mut(), batch, &detect, &detections, &metrics, &healthy, &identity);
+        }
+        if last_flush.elapsed() >= Duration::from_secs(1) {
+            last_flush = Instant::now();
+            flush_intervals(store.as_mut(), &identity, &metrics);
         }
         if last_retention.elapsed() >= retention.every {
             last_retention = Instant::now();
@@ -143,6 +149,22 @@ pub fn run(
     while let Ok(d) = detections.recv() {
         write_detections(store.as_mut(), d, &metrics);
     }
+    flush_intervals(store.as_mut(), &identity, &metrics);
+}
+
+/// Stores the IP holds that changed (what `whois` reads); kept to retry when the store fails.
+fn flush_intervals(store: &mut dyn Store, identity: &crate::identity::Identity, metrics: &Metrics) {
+    metrics.ip_intervals.store(identity.len() as u64, Relaxed);
+    metrics.ip_intervals_evicted.store(identity.evicted(), Relaxed);
+    let changed = identity.take_changed();
+    if changed.is_empty() {
+        return;
+    }
+    if let Err(e) = store.save_intervals(&changed) {
+        metrics.store_errors.fetch_add(1, Relaxed);
+        tracing::error!(error = %e, intervals = changed.len(), "cannot store IP history; retrying");
+        identity.requeue(&changed);
+    }
 }
 
 fn count(batch: &[Job]) -> usize {
@@ -163,6 +185,7 @@ fn commit(
     detections: &Receiver<Write>,
     metrics: &Metrics,
     healthy: &std::sync::atomic::AtomicBool,
+    identity: &crate::identity::Identity,
 ) {
     let mut by_origin: Vec<Group> = Vec::new();
     let mut alerts: Vec<(Vec<AlertRow>, Reply)> = Vec::new();
@@ -187,7 +210,10 @@ fn commit(
             Job::Alerts { rows, reply } => alerts.push((rows, reply)),
         }
     }
-    for (origin, rows, replies, received) in by_origin {
+    for (origin, mut rows, replies, received) in by_origin {
+        // In commit order: the pods these events show, then who each source IP was.
+        identity.attribute_events(&mut rows);
+        metrics.events_attributed.fetch_add(rows.iter().filter(|r| r.source_pod.is_some()).count() as u64, Relaxed);
         match store.append_events(&rows, origin) {
             Ok(appended) => {
                 healthy.store(true, Relaxed);
@@ -237,7 +263,11 @@ fn commit(
             }
         }
     }
-    for (rows, reply) in alerts {
+    for (mut rows, reply) in alerts {
+        let before = rows.iter().filter(|a| a.pod.is_some()).count();
+        identity.attribute_alerts(&mut rows);
+        let after = rows.iter().filter(|a| a.pod.is_some()).count();
+        metrics.alerts_attributed.fetch_add((after - before) as u64, Relaxed);
         let r = store.append_alerts(&rows);
         match &r {
             Ok(a) => {

@@ -70,6 +70,9 @@ pub struct EventRow<'a> {
     pub code: Option<i64>,
     pub source_ips: Vec<Cow<'a, str>>,
     pub user_agent: Option<Cow<'a, str>>,
+    /// `namespace/name` of the pod that held the request's source IP at the event's time (the
+    /// IP history's answer; `None` when the IP was no known pod's). Set by the ingest path.
+    pub source_pod: Option<String>,
 }
 
 impl<'a> EventRow<'a> {
@@ -112,6 +115,7 @@ impl<'a> EventRow<'a> {
             code: ev.response_status().and_then(|s| s.code),
             source_ips: ev.source_ips().map(<[_]>::to_vec).unwrap_or_default(),
             user_agent: ev.user_agent().map(|s| Cow::Owned(s.to_owned())),
+            source_pod: None,
         }
     }
 }
@@ -143,6 +147,8 @@ pub struct StoredEvent {
     pub origins: i64,
     /// The event's JSON text, decompressed.
     pub raw: String,
+    /// `namespace/name` of the pod that held its source IP, as attributed at ingest.
+    pub source_pod: Option<String>,
 }
 
 /// One Falco runtime alert, as stored.
@@ -209,6 +215,8 @@ pub struct EventQuery {
     pub pod: Option<String>,
     /// Any of the event's source IPs.
     pub ip: Option<String>,
+    /// `namespace/name` of the pod the request came from (its source IP's holder).
+    pub source_pod: Option<String>,
     pub namespace: Option<String>,
     pub verb: Option<String>,
     pub resource: Option<String>,
@@ -380,4 +388,18 @@ pub trait Store: Send {
     /// the oldest events until the store is under `max_bytes`.
     fn retain(&mut self, now_ns: i64, max_age_ns: Option<i64>, max_bytes: Option<u64>) -> Result<Retained, StoreError>;
     fn stats(&self) -> Result<StoreStats, StoreError>;
+    /// Inserts or replaces IP intervals (keyed by IP and pod uid), in one durable transaction.
+    fn save_intervals(&mut self, intervals: &[Interval]) -> Result<(), StoreError>;
+    /// Every stored interval of `ip`, oldest first.
+    fn ip_intervals(&self, ip: &str) -> Result<Vec<Interval>, StoreError>;
+    /// The intervals of a pod (`namespace`, `name`), oldest first.
+    fn pod_intervals(&self, namespace: &str, name: &str) -> Result<Vec<Interval>, StoreError>;
+    /// Intervals still open or last seen at or after `since_ns` (what a restart restores),
+    /// oldest first, at most `limit`.
+    fn recent_intervals(&self, since_ns: i64, limit: usize) -> Result<Vec<Interval>, StoreError>;
+    /// A named state blob (the live baseline), when stored.
+    fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn set_state(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError>;
 }
+
+pub use kustody_iphistory::Interval;

@@ -27,6 +27,7 @@ use crate::{
 
 mod codec;
 mod error;
+mod intervals;
 mod query;
 mod response;
 mod schema;
@@ -364,8 +365,8 @@ impl SqliteStore {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO events (time_ns, audit_id, stage, username, service_account, pod, namespace, \
-                 resource, subresource, name, verb, code, user_agent, origins, text_len, body) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 resource, subresource, name, verb, code, user_agent, origins, text_len, body, src_pod) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )?;
             let mut dup = tx.prepare_cached(
                 "UPDATE events SET origins = origins | ?1 WHERE ifnull(time_ns, 0) = ifnull(?4, 0) \
@@ -392,6 +393,7 @@ impl SqliteStore {
                     bit,
                     len,
                     body,
+                    ev.source_pod.as_deref(),
                 ])?;
                 if n == 0 {
                     dup.execute(params![bit, ev.audit_id.as_deref(), ev.stage.as_deref(), ev.time_ns])?;
@@ -710,6 +712,7 @@ impl SqliteStore {
                     del_rules.execute([id])?;
                 }
             }
+            intervals::retain(&tx, cutoff)?;
             let (alerts, findings) = (u64::try_from(alerts).unwrap_or(0), u64::try_from(findings.len()).unwrap_or(0));
             add_totals(&tx, &[("alerts", -i64_of(alerts)), ("findings", -i64_of(findings))])?;
             tx.commit()?;
@@ -849,6 +852,7 @@ fn read_event(r: &Row<'_>, dec: &mut Texts<'_>) -> Res<StoredEvent> {
         stage: r.get(3)?,
         origins: r.get(4)?,
         raw,
+        source_pod: r.get(7)?,
     })
 }
 
@@ -1113,6 +1117,42 @@ impl Store for SqliteStore {
     /// sizes of the database file and its WAL.
     fn stats(&self) -> Result<StoreStats, StoreError> {
         self.stats_().map_err(|f| self.fail(f))
+    }
+
+    fn save_intervals(&mut self, rows: &[crate::Interval]) -> Result<(), StoreError> {
+        let r = (|| {
+            let tx = self.write_tx()?;
+            intervals::save(&tx, rows)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        r.map_err(|f| self.fail(f))
+    }
+
+    fn ip_intervals(&self, ip: &str) -> Result<Vec<crate::Interval>, StoreError> {
+        intervals::of_ip(&self.conn, ip).map_err(|f| self.fail(f))
+    }
+
+    fn pod_intervals(&self, namespace: &str, name: &str) -> Result<Vec<crate::Interval>, StoreError> {
+        intervals::of_pod(&self.conn, namespace, name).map_err(|f| self.fail(f))
+    }
+
+    fn recent_intervals(&self, since_ns: i64, limit: usize) -> Result<Vec<crate::Interval>, StoreError> {
+        intervals::recent(&self.conn, since_ns, limit).map_err(|f| self.fail(f))
+    }
+
+    fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        intervals::state(&self.conn, name).map_err(|f| self.fail(f))
+    }
+
+    fn set_state(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let r = (|| {
+            let tx = self.write_tx()?;
+            intervals::set_state(&tx, name, value)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        r.map_err(|f| self.fail(f))
     }
 }
 

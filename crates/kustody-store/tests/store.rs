@@ -1035,6 +1035,67 @@ fn actions_are_recorded_and_transition_once<B: Backend>() {
     assert_eq!(s.search_actions(&q).unwrap().len(), 1);
 }
 
+fn ip_intervals_and_source_pods<B: Backend>() {
+    use kustody_store::Interval;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let iv = |uid: &str, name: &str, first: i64, ended: Option<i64>| Interval {
+        ip: "10.1.0.7".into(),
+        pod: kustody_iphistory::PodFacts {
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: uid.into(),
+            ips: vec!["10.1.0.7".into()],
+            node: Some("node-a".into()),
+            ..Default::default()
+        },
+        first_ns: first,
+        last_ns: first + SEC,
+        ended_ns: ended,
+    };
+    s.save_intervals(&[
+        iv("u2", "web-2", BASE_NS + 100 * SEC, None),
+        iv("u1", "web-1", BASE_NS, Some(BASE_NS + 50 * SEC)),
+    ])
+    .unwrap();
+    // an update of the same (ip, uid) replaces it
+    s.save_intervals(&[iv("u2", "web-2", BASE_NS + 90 * SEC, None)]).unwrap();
+    let got = s.ip_intervals("10.1.0.7").unwrap();
+    assert_eq!(
+        got.iter().map(|i| (i.pod.name.as_str(), i.first_ns)).collect::<Vec<_>>(),
+        [("web-1", BASE_NS), ("web-2", BASE_NS + 90 * SEC)]
+    );
+    assert_eq!(got[0].pod.node.as_deref(), Some("node-a"));
+    assert!(s.ip_intervals("10.9.9.9").unwrap().is_empty());
+    assert_eq!(s.pod_intervals("shop", "web-1").unwrap().len(), 1);
+    // open ones are always recent; ended ones only when last seen after the cut
+    let recent = s.recent_intervals(BASE_NS + 80 * SEC, 100).unwrap();
+    assert_eq!(recent.iter().map(|i| i.pod.name.as_str()).collect::<Vec<_>>(), ["web-2"]);
+    assert_eq!(s.recent_intervals(0, 100).unwrap().len(), 2);
+    // retention drops ended intervals, never open ones
+    s.retain(BASE_NS + 10_000 * SEC, Some(SEC), None).unwrap();
+    assert_eq!(s.ip_intervals("10.1.0.7").unwrap().iter().map(|i| i.pod.name.as_str()).collect::<Vec<_>>(), ["web-2"]);
+
+    // the source pod is stored with an event and searchable
+    let texts = texts(&[ev(1), ev(2)]);
+    let mut rows = rows(&texts);
+    rows[1].source_pod = Some("shop/web-2".into());
+    let ids = s.append_events(&rows, Origin::Webhook).unwrap().ids;
+    let found = s.search_events(&EventQuery { source_pod: Some("shop/web-2".into()), ..q() }).unwrap();
+    assert_eq!(found.iter().map(|e| Some(e.id)).collect::<Vec<_>>(), [ids[1]]);
+    assert_eq!(found[0].source_pod.as_deref(), Some("shop/web-2"));
+
+    // named state
+    assert_eq!(s.state("baseline").unwrap(), None);
+    s.set_state("baseline", b"v1").unwrap();
+    s.set_state("baseline", b"v2").unwrap();
+    assert_eq!(s.state("baseline").unwrap().as_deref(), Some(&b"v2"[..]));
+    drop(s);
+    let s = B::open(dir.path());
+    assert_eq!(s.ip_intervals("10.1.0.7").unwrap().len(), 1);
+    assert_eq!(s.state("baseline").unwrap().as_deref(), Some(&b"v2"[..]));
+}
+
 macro_rules! suite {
     ($backend:ident: $b:ty) => {
         mod $backend {
@@ -1044,7 +1105,8 @@ macro_rules! suite {
                 count_only_from, retention_by_age, retention_by_size, reopen_keeps_everything,
                 reader_sees_commits_while_writer_open, real_events_from_fixture, read_only_refuses_writes,
                 search_across_many_events, incidents_and_outbox_commit_with_findings,
-                outbox_attempts_dead_letter_and_retry, actions_are_recorded_and_transition_once);
+                outbox_attempts_dead_letter_and_retry, actions_are_recorded_and_transition_once,
+                ip_intervals_and_source_pods);
         }
     };
     (@tests $b:ty; $($t:ident),*) => {

@@ -915,12 +915,21 @@ pub struct ServeArgs {
     /// says `dry_run: false`.
     #[arg(long, value_name = "FILE")]
     pub playbooks: Option<PathBuf>,
-    /// Kubeconfig playbook actions use (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    /// Kubeconfig playbook actions and --watch-cluster use (default: $KUBECONFIG,
+    /// ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context playbook actions use.
+    /// Kubeconfig context playbook actions and --watch-cluster use.
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
+    /// Watch the cluster's pods, nodes and Services (list/watch, cluster-wide) so every
+    /// source IP is tied to the pod that held it, even without pod bodies in the audit log.
+    #[arg(long)]
+    pub watch_cluster: bool,
+    /// Most IP holds (IP, pod) kept in memory; the oldest are forgotten first, counted in
+    /// /metrics.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub max_ip_intervals: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1149,6 +1158,9 @@ pub struct SearchArgs {
     pub pod: Option<String>,
     #[arg(long, value_name = "IP")]
     pub ip: Option<String>,
+    /// Requests from this pod, NAMESPACE/NAME: the pod that held their source IP at the time.
+    #[arg(long, value_name = "NS/NAME")]
+    pub from_pod: Option<String>,
     #[arg(long, short = 'n', value_name = "NS")]
     pub namespace: Option<String>,
     #[arg(long)]

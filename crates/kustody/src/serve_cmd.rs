@@ -233,6 +233,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 }
             }
         }
+    }
+    config.watch_cluster = args.watch_cluster;
+    config.max_ip_intervals = args.max_ip_intervals.max(1);
+    if !config.playbooks.is_empty() || config.watch_cluster {
         let opts = kustody_cluster::config::ClusterOptions {
             kubeconfig: args.kubeconfig.clone(),
             context: args.context.clone(),
@@ -359,6 +363,7 @@ fn params(args: &SearchArgs) -> kustody_serve::http::SearchParams {
         service_account: args.sa.clone(),
         pod: args.pod.clone(),
         ip: args.ip.clone(),
+        from_pod: args.from_pod.clone(),
         namespace: args.namespace.clone(),
         verb: args.verb.clone(),
         resource: args.resource.clone(),
@@ -406,6 +411,7 @@ fn search_remote(args: &SearchArgs, server: &str) -> Result<Found> {
         ("service_account", p.service_account),
         ("pod", p.pod),
         ("ip", p.ip),
+        ("from_pod", p.from_pod),
         ("namespace", p.namespace),
         ("verb", p.verb),
         ("resource", p.resource),
@@ -539,19 +545,24 @@ fn print_events(out: &mut dyn Write, page: &kustody_serve::search::EventPage, fo
             }
         }
         SearchFormat::Table => {
-            writeln!(out, "{:<8} {:<20} {:<8} {:<45} {:<8} RESOURCE", "ID", "TIME", "CODE", "USER", "VERB")?;
+            writeln!(
+                out,
+                "{:<8} {:<20} {:<8} {:<45} {:<8} {:<40} FROM POD",
+                "ID", "TIME", "CODE", "USER", "VERB", "RESOURCE"
+            )?;
             for e in &page.items {
                 let ev = kustody_model::Event::parse(&e.raw).ok();
                 let ctx = ev.as_ref().map(kustody_model::EventContext::of).unwrap_or_default();
                 writeln!(
                     out,
-                    "{:<8} {:<20} {:<8} {:<45} {:<8} {}",
+                    "{:<8} {:<20} {:<8} {:<45} {:<8} {:<40} {}",
                     e.id,
                     e.time_ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_default(),
                     ctx.response_code.map(|c| c.to_string()).unwrap_or_default(),
                     sanitize(ctx.user.as_deref().unwrap_or("-")),
                     sanitize(ctx.verb.as_deref().unwrap_or("-")),
                     sanitize(&ctx.resource_path().unwrap_or_else(|| "-".into())),
+                    sanitize(e.source_pod.as_deref().unwrap_or("-")),
                 )?;
             }
             if let Some(n) = page.next_before {

@@ -16,10 +16,20 @@ use kustody_model::time::format_rfc3339_nanos;
 use crate::cli::{ListFormat, WhoisArgs};
 use crate::render::sanitize;
 
+/// The holder's name: `NS/NAME` for a pod or Service, `node/NAME` for a node.
+fn holder(i: &Interval) -> String {
+    if i.pod.namespace.is_empty() {
+        i.pod.name.clone()
+    } else {
+        format!("{}/{}", i.pod.namespace, i.pod.name)
+    }
+}
+
 fn interval_json(i: &Interval) -> serde_json::Value {
     serde_json::json!({
         "ip": i.ip,
-        "pod": format!("{}/{}", i.pod.namespace, i.pod.name),
+        "kind": i.pod.kind.as_deref().unwrap_or("Pod"),
+        "pod": holder(i),
         "uid": i.pod.uid,
         "node": i.pod.node,
         "owner": i.pod.owner,
@@ -37,18 +47,35 @@ pub fn run(args: WhoisArgs) -> Result<ExitCode> {
     }
     let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
     let at = args.at.as_deref().map(|s| crate::timespec::parse(s, now_ns)).transpose().context("--at")?;
-    let files: Vec<crate::source::Source> = match &args.store {
-        Some(dir) => vec![crate::source::Source::store(dir, None, None)?],
-        None => expand_inputs(&args.paths)?.files.into_iter().map(crate::source::Source::File).collect(),
-    };
     let mut h = IpHistory::new(Options::default());
     let mut events = 0u64;
-    let bad = crate::timeline::each_event(&files, &ReadOptions::default(), &mut |ev, _| {
-        events += 1;
-        h.learn(ev);
-    })?;
-    if bad > 0 {
-        eprintln!("kustody: {bad} unreadable record(s) skipped");
+    // A store of `kustody serve` keeps the IP history itself (indexed by IP): read the IP's
+    // holds. A store written before it did (schema < 3) has none: its pod events are read.
+    let stored = match &args.store {
+        Some(dir) => {
+            use kustody_store::Store as _;
+            let store = kustody_store::SqliteStore::open_read_only(dir)?;
+            let holds = store.ip_intervals(&args.ip)?;
+            let any = !holds.is_empty() || store.recent_intervals(i64::MAX, 1)?.iter().next().is_some();
+            for i in holds {
+                h.restore(i);
+            }
+            any
+        }
+        None => false,
+    };
+    if !stored {
+        let files: Vec<crate::source::Source> = match &args.store {
+            Some(dir) => vec![crate::source::Source::store(dir, None, None)?],
+            None => expand_inputs(&args.paths)?.files.into_iter().map(crate::source::Source::File).collect(),
+        };
+        let bad = crate::timeline::each_event(&files, &ReadOptions::default(), &mut |ev, _| {
+            events += 1;
+            h.learn(ev);
+        })?;
+        if bad > 0 {
+            eprintln!("kustody: {bad} unreadable record(s) skipped");
+        }
     }
     let out = &mut std::io::BufWriter::new(std::io::stdout().lock());
     let known = match at {
@@ -69,11 +96,11 @@ pub fn run(args: WhoisArgs) -> Result<ExitCode> {
                         let i = &a.interval;
                         writeln!(
                             out,
-                            "{} at {}: pod {}/{} (uid {}){}{}{}",
+                            "{} at {}: {} {} (uid {}){}{}{}",
                             sanitize(&args.ip),
                             format_rfc3339_nanos(t),
-                            sanitize(&i.pod.namespace),
-                            sanitize(&i.pod.name),
+                            i.pod.kind.as_deref().unwrap_or("pod").to_ascii_lowercase(),
+                            sanitize(&holder(i)),
                             sanitize(&i.pod.uid),
                             i.pod.node.as_deref().map(|n| format!(" on node {}", sanitize(n))).unwrap_or_default(),
                             i.pod.owner.as_deref().map(|o| format!(", owned by {}", sanitize(o))).unwrap_or_default(),
@@ -124,7 +151,7 @@ pub fn run(args: WhoisArgs) -> Result<ExitCode> {
                         writeln!(
                             out,
                             "{:<32} {:<36} {:<16} {:<32} {:<32} {}",
-                            sanitize(&format!("{}/{}", i.pod.namespace, i.pod.name)),
+                            sanitize(&holder(i)),
                             sanitize(&i.pod.uid),
                             sanitize(i.pod.node.as_deref().unwrap_or("-")),
                             format_rfc3339_nanos(i.first_ns),

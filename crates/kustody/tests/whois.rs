@@ -31,17 +31,32 @@ fn event(id: usize, t: &str, verb: &str, pod: &str, uid: &str, ip: &str) -> Stri
     e.to_string()
 }
 
-/// Three pods hold 10.9.0.7 in turn over an hour.
+/// A request by the `web` service account from `ip`.
+fn request(id: usize, t: &str, ip: &str) -> String {
+    json!({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+        "auditID": format!("r-{id}"), "stage": "ResponseComplete", "verb": "get",
+        "requestURI": "/api/v1/namespaces/shop/configmaps/settings",
+        "user": {"username": "system:serviceaccount:shop:web"}, "sourceIPs": [ip],
+        "objectRef": {"resource": "configmaps", "namespace": "shop", "name": "settings", "apiVersion": "v1"},
+        "responseStatus": {"metadata": {}, "code": 200},
+        "requestReceivedTimestamp": t, "stageTimestamp": t})
+    .to_string()
+}
+
+/// Three pods hold 10.9.0.7 in turn over an hour, each making a request from it.
 fn reuse_log() -> String {
     let ip = "10.9.0.7";
     [
         event(1, "2026-11-20T09:00:00Z", "patch", "web-a", "a", ip),
+        request(1, "2026-11-20T09:10:00Z", ip),
         event(2, "2026-11-20T09:15:00Z", "patch", "web-a", "a", ip),
         event(3, "2026-11-20T09:20:00Z", "delete", "web-a", "a", ip),
         event(4, "2026-11-20T09:21:00Z", "patch", "web-b", "b", ip),
+        request(2, "2026-11-20T09:30:00Z", ip),
         event(5, "2026-11-20T09:40:00Z", "patch", "web-b", "b", ip),
         event(6, "2026-11-20T09:41:00Z", "delete", "web-b", "b", ip),
         event(7, "2026-11-20T09:42:00Z", "patch", "web-c", "c", ip),
+        request(3, "2026-11-20T09:50:00Z", ip),
     ]
     .join("\n")
         + "\n"
@@ -97,6 +112,20 @@ fn one_ip_held_by_three_pods_in_an_hour_is_told_apart_from_files_and_from_the_st
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     check(&["--store", data.to_str().unwrap()]);
+    // every stored request carries the pod that held its source IP then, and is found by it
+    let r = kustody(&["search", "--data-dir", data.to_str().unwrap(), "--resource", "configmaps", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let by: Vec<(&str, &str)> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["event"]["auditID"].as_str().unwrap(), e["source_pod"].as_str().unwrap_or("-")))
+        .collect();
+    assert_eq!(by, [("r-3", "shop/web-c"), ("r-2", "shop/web-b"), ("r-1", "shop/web-a")]);
+    let r = kustody(&["search", "--data-dir", data.to_str().unwrap(), "--from-pod", "shop/web-b"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.lines().filter(|l| l.contains("shop/web-b")).count(), 1, "{}", r.stdout);
     let r = kustody(&["whois", "not-an-ip", log.to_str().unwrap()]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("not an IP address"), "{}", r.stderr);

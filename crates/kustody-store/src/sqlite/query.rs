@@ -6,7 +6,7 @@
 //! - an auditID: `events_audit`, bucket by bucket (see the schema's notes on buckets);
 //! - a source IP: `event_ips_ip`, bucket by bucket, joined to the events by id;
 //! - a rule: `matches_rule`, joined likewise;
-//! - a pod, service account (by its user name), user or object name, in that order:
+//! - a pod, source pod, service account (by its user name), user or object name, in that order:
 //!   its bucketed index, bucket by bucket;
 //! - else the first of namespace, resource, verb: its plain index;
 //! - else a time window with an end (`until_ns`): `events_time` (SQLite then sorts the window's
@@ -47,7 +47,7 @@ impl Sql {
 }
 
 /// The columns [`super::read_event`] reads, of events aliased `e`.
-pub(crate) const EVENT_COLUMNS: &str = "e.id, e.time_ns, e.audit_id, e.stage, e.origins, e.text_len, e.body";
+pub(crate) const EVENT_COLUMNS: &str = "e.id, e.time_ns, e.audit_id, e.stage, e.origins, e.text_len, e.body, e.src_pod";
 
 /// Events are grouped in buckets of `1 << BUCKET_SHIFT` consecutive ids in the indexes of
 /// keys with many values (see the schema).
@@ -95,6 +95,7 @@ pub(crate) fn events(q: &EventQuery) -> EventSearch {
     let eqs: Vec<(&'static str, &String, bool)> = [
         ("e.audit_id", &q.audit_id, true),
         ("e.pod", &q.pod, true),
+        ("e.src_pod", &q.source_pod, true),
         ("e.username", &sa_user, true),
         ("e.username", &q.user, true),
         ("e.name", &q.name, true),

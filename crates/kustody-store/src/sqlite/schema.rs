@@ -242,8 +242,38 @@ CREATE TABLE actions (
 CREATE INDEX actions_incident ON actions(incident_id);
 ";
 
+/// Version 3: who an IP was, and named state.
+///
+/// - `events.src_pod` is the pod that held the event's source IP when it was ingested (`NS/NAME`),
+///   indexed by bucket like the other many-valued keys.
+/// - `ip_intervals` is the IP history (kustody-iphistory's intervals, one per IP and pod uid):
+///   `whois` reads an IP's rows through the primary key without touching the events, and a
+///   restart restores the recent ones. `facts` is the pod's JSON (node, owner, labels…).
+/// - `state` holds named blobs: the live baseline.
+const V3: &str = "
+ALTER TABLE events ADD COLUMN src_pod TEXT;
+CREATE INDEX events_src_pod ON events(id >> 12, src_pod) WHERE src_pod IS NOT NULL;
+
+CREATE TABLE ip_intervals (
+    ip TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    first_ns INTEGER NOT NULL,
+    last_ns INTEGER NOT NULL,
+    ended_ns INTEGER,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    facts TEXT NOT NULL,
+    PRIMARY KEY (ip, uid)
+) WITHOUT ROWID;
+CREATE INDEX ip_intervals_pod ON ip_intervals(namespace, name);
+CREATE INDEX ip_intervals_last ON ip_intervals(last_ns);
+CREATE INDEX ip_intervals_open ON ip_intervals(first_ns) WHERE ended_ns IS NULL;
+
+CREATE TABLE state (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+";
+
 /// The migration steps, oldest first: step `i` brings the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes (the number of migration steps).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
