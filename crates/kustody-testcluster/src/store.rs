@@ -46,12 +46,16 @@ struct Inner {
     rv: u64,
     objects: BTreeMap<Key, Arc<Value>>,
     history: VecDeque<Arc<Change>>,
+    /// Watches from below this resourceVersion get 410 Gone (history cut).
+    floor: u64,
 }
 
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Change>>,
+    /// Ends every open watch ([`Store::cut_watches`]).
+    cut: broadcast::Sender<()>,
 }
 
 const HISTORY: usize = 20_000;
@@ -126,7 +130,12 @@ impl Default for Store {
 impl Store {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(8192);
-        Store { inner: Mutex::new(Inner { rv: 100, objects: BTreeMap::new(), history: VecDeque::new() }), tx }
+        let (cut, _) = broadcast::channel(4);
+        Store {
+            inner: Mutex::new(Inner { rv: 100, objects: BTreeMap::new(), history: VecDeque::new(), floor: 0 }),
+            tx,
+            cut,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -271,6 +280,9 @@ impl Store {
     pub fn watch_from(&self, rv: u64) -> Result<WatchStart, ApiError> {
         let g = self.lock();
         let rx = self.tx.subscribe();
+        if rv < g.floor {
+            return Err(ApiError::gone(format!("too old resource version: {rv} ({})", g.floor)));
+        }
         if let Some(first) = g.history.front() {
             if rv + 1 < first.rv {
                 return Err(ApiError::gone(format!("too old resource version: {rv} ({})", first.rv - 1)));
@@ -278,6 +290,27 @@ impl Store {
         }
         let backlog = g.history.iter().filter(|c| c.rv > rv).cloned().collect();
         Ok((backlog, rx))
+    }
+
+    /// Ends every open watch and forgets the change history, as an apiserver restart does:
+    /// a watcher resuming from its last resourceVersion gets `410 Gone` and must list again.
+    pub fn cut_watches(&self) {
+        let mut g = self.lock();
+        g.rv += 1;
+        g.floor = g.rv;
+        g.history.clear();
+        let _ = self.cut.send(());
+    }
+
+    /// A receiver told when watches are cut.
+    pub fn cut_subscribe(&self) -> broadcast::Receiver<()> {
+        self.cut.subscribe()
+    }
+
+    /// Removes an object without any watch event: a change a disconnected watcher missed.
+    pub fn forget(&self, rt: &'static ResourceType, ns: &str, name: &str) -> Option<Arc<Value>> {
+        let ns = if rt.namespaced { ns } else { "" };
+        self.lock().objects.remove(&(rt.key, ns.to_string(), name.to_string()))
     }
 
     /// A receiver for all changes from now on (controllers).

@@ -1417,3 +1417,98 @@ fn an_action_that_needs_approval_waits_for_a_responder_and_a_rejected_one_never_
         (Some("rejected"), Some("alice"))
     );
 }
+
+/// `serve --watch-cluster`: the pods of the test cluster's watch tie every request's source IP
+/// to the pod that held it, while three pods hold one IP in turn — one deleted under the
+/// watch's eyes, one deleted while the watch was lost (its hold is closed by the relist).
+#[test]
+fn the_live_watch_ties_source_ips_to_pods_across_reuse_and_a_lost_watch() {
+    use kustody_testcluster::TestCluster;
+    let Some(c) = kustody_testcluster::client::cluster(TestCluster::builder().namespace("shop")) else {
+        return;
+    };
+    let ip = "10.250.0.9";
+    // Pods bound to a node no kubelet runs: their status (and IP) is what the test says.
+    let hold = |name: &str| {
+        c.apply(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": "web"}},
+            "spec": {"nodeName": "elsewhere", "containers": [{"name": "c", "image": "busybox"}]}}))
+            .unwrap();
+        c.request(
+            "PATCH",
+            &format!("/api/v1/namespaces/shop/pods/{name}/status"),
+            Some(&serde_json::json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                "containerStatuses": [{"name": "c", "containerID": format!("containerd://{name}0123456789abcdef")}]}})),
+        )
+        .unwrap();
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let kc = c.kubeconfig_path().to_str().unwrap().to_owned();
+    let srv = start(&data, &["--watch-cluster", "--kubeconfig", &kc]);
+    let d = data.to_str().unwrap().to_owned();
+    let holders = || -> Vec<(String, bool)> {
+        let r = kustody(&["whois", ip, "--store", &d, "-o", "json"]);
+        let v: Value = serde_json::from_str(&r.stdout).unwrap_or_default();
+        v["holders"]
+            .as_array()
+            .map(|a| a.iter().map(|h| (h["pod"].as_str().unwrap().to_owned(), !h["deleted"].is_null())).collect())
+            .unwrap_or_default()
+    };
+    let held = |pod: &str, ended: bool| holders().contains(&(pod.to_owned(), ended));
+    let mut n = 0;
+    // a request from the IP, audited now
+    let mut from_ip = || -> String {
+        n += 1;
+        let id = format!("from-ip-{n}");
+        let now = kustody_model::time::format_rfc3339_nanos(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64,
+        );
+        let line = audit_line(&id, "system:serviceaccount:shop:web", "get", "configmaps", None)
+            .replace("10.0.0.9", ip)
+            .replace("2026-12-02T03:00:00.000000Z", &now)
+            .replace("2026-12-02T03:00:00.100000Z", &now);
+        assert_eq!(srv.client.post_audit(&event_list(&[&line])).status, 200);
+        id
+    };
+
+    hold("web-a");
+    wait_for("web-a in the stored IP history", 60, || held("shop/web-a", false));
+    let a = from_ip();
+    c.api().store.delete(&kustody_testcluster::resources::PODS, "shop", "web-a").unwrap();
+    wait_for("web-a's deletion seen by the watch", 30, || held("shop/web-a", true));
+    hold("web-b");
+    wait_for("web-b", 30, || held("shop/web-b", false));
+    let b = from_ip();
+    // The watch is lost, and web-b is deleted meanwhile: no watcher sees that deletion.
+    c.api().store.forget(&kustody_testcluster::resources::PODS, "shop", "web-b").unwrap();
+    c.api().store.cut_watches();
+    wait_for("the relist to end web-b's hold", 60, || held("shop/web-b", true));
+    let nobody = from_ip();
+    hold("web-c");
+    wait_for("web-c", 30, || held("shop/web-c", false));
+    let cc = from_ip();
+
+    let v = srv.wait_items(&format!("/v1/events?ip={ip}"), 4);
+    let by: std::collections::HashMap<String, String> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (e["event"]["auditID"].as_str().unwrap().to_owned(), e["source_pod"].as_str().unwrap_or("-").to_owned())
+        })
+        .collect();
+    assert_eq!(by[&a], "shop/web-a", "{by:?}");
+    assert_eq!(by[&b], "shop/web-b", "{by:?}");
+    assert_eq!(by[&nobody], "-", "after the relist web-b no longer holds it: {by:?}");
+    assert_eq!(by[&cc], "shop/web-c", "{by:?}");
+    let relisted = metric(&srv, "kustody_watch_closed_by_relist_total ").unwrap();
+    assert_ne!(relisted, "kustody_watch_closed_by_relist_total 0");
+    // a Falco alert carrying only web-c's container ID is stored on web-c
+    let alert = serde_json::json!({"time": "2026-12-02T03:00:00.000000000Z", "rule": "Terminal shell in container",
+        "priority": "Notice", "source": "syscall", "output": "shell", "output_fields": {"container.id": "web-c0123456"}});
+    let r = srv.client.request("POST", "/v1/falco", Some(INGEST), alert.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = srv.wait_items("/v1/alerts?pod=web-c", 1);
+    assert_eq!(v["items"][0]["namespace"], "shop");
+}

@@ -71,8 +71,19 @@ impl Api {
                 (items.into_iter().filter(|o| matches(o)).collect::<Vec<_>>(), rv)
             }
         };
-        let (backlog, mut rx) = self.store.watch_from(start_rv)?;
         let (tx, out) = mpsc::channel::<Bytes>(256);
+        let (backlog, mut rx) = match self.store.watch_from(start_rv) {
+            Ok(w) => w,
+            // As the apiserver does: a resourceVersion older than its history is answered 200
+            // with one ERROR event carrying the 410 Status (the watcher must list again).
+            Err(e) if e.code == 410 => {
+                let line = format!("{}\n", json!({"type": "ERROR", "object": e.to_status()}));
+                let _ = tx.try_send(Bytes::from(line));
+                return Ok(Reply::Stream(200, "application/json", out));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut cut = self.store.cut_subscribe();
         let kind = rt.kind;
         let api_version = rt.api_version();
         tokio::spawn(async move {
@@ -114,6 +125,7 @@ impl Api {
                             continue;
                         }
                         _ = tokio::time::sleep_until(deadline) => return,
+                        _ = cut.recv() => return,
                     }
                 };
                 if change.rv <= last_rv {
