@@ -14,6 +14,8 @@
 //!
 //! **Architecture Invariant:** no I/O here; files are read and written by the binary.
 
+pub mod live;
+
 use std::collections::HashMap;
 
 use kustody_model::Event;

@@ -50,6 +50,9 @@ pub struct Outcome {
     pub quieted: Vec<usize>,
     /// A rule needed a body that could not be parsed.
     pub degraded: bool,
+    /// Rules whose match was demoted because the baseline knows the behaviour (counted, kept
+    /// out of findings and correlations).
+    pub demoted: Vec<Arc<str>>,
 }
 
 /// The streaming detector of `kustody serve`.
@@ -96,14 +99,28 @@ impl Detector {
 
     /// Evaluates one event; appends what happened to findings to `updates`.
     pub fn observe(&mut self, ev: &Event<'_>, src: &SourceRef, updates: &mut Vec<Update>) -> Outcome {
+        self.observe_with(ev, src, false, Vec::new(), updates)
+    }
+
+    /// [`Detector::observe`] with what a baseline says of the event: `known` demotes the rules'
+    /// matches (counted in [`Outcome::demoted`]), and `extra` are its own detections (new
+    /// behaviour, a rate out of band), grouped into findings like the rules'.
+    pub fn observe_with(
+        &mut self,
+        ev: &Event<'_>,
+        src: &SourceRef,
+        known: bool,
+        extra: Vec<kustody_model::Detection>,
+        updates: &mut Vec<Update>,
+    ) -> Outcome {
         let mut outcome = Outcome::default();
         self.matched.clear();
         self.engine.matches(ev, &mut self.scratch, &mut self.matched);
         outcome.degraded = ev.body_unparsed();
-        if self.matched.is_empty() {
+        if self.matched.is_empty() && extra.is_empty() {
             return outcome;
         }
-        let mut dets = Vec::new();
+        let mut dets = extra;
         let mut corr = Vec::new();
         for &i in &self.matched {
             if let Some(entries) = self.allow_index.get(i as usize) {
@@ -111,6 +128,12 @@ impl Detector {
                     outcome.quieted.push(entry);
                     continue;
                 }
+            }
+            if known {
+                if let Some(r) = self.engine.rule(i).filter(|_| self.engine.emits(i)) {
+                    outcome.demoted.push(Arc::from(r.name.as_str()));
+                }
+                continue;
             }
             if self.engine.has_correlations() {
                 self.engine.correlation_inputs(i, ev, src, &mut corr);

@@ -49,7 +49,14 @@ pub struct DetectorThread {
     pub cursor_written: Instant,
     /// Who each IP was (shared with the writer and the live watch).
     pub identity: Arc<crate::identity::Identity>,
+    /// The live baseline's options (`None`: no baseline).
+    pub baseline: Option<kustody_baseline::live::LiveOptions>,
 }
+
+/// Name of the live baseline's state in the store.
+pub const BASELINE_STATE: &str = "baseline";
+/// How often the live baseline is stored.
+const BASELINE_SAVE: Duration = Duration::from_secs(300);
 
 /// The pod behind a finding's peer IP, its acting pod's own IP, and the peer IP.
 type Behind = (Option<kustody_incident::IpOwner>, Option<String>, Option<String>);
@@ -66,6 +73,10 @@ struct State {
     correlations: HashSet<String>,
     /// Finding seq → the pod behind its source IP, and its acting pod's own IP.
     behind: HashMap<u64, Behind>,
+    /// What each identity normally does (learnt live), and when it was last stored.
+    live: Option<kustody_baseline::live::Live>,
+    live_saved: Option<Instant>,
+    live_published: Option<Instant>,
 }
 
 impl DetectorThread {
@@ -82,6 +93,8 @@ impl DetectorThread {
         };
         let mut st =
             State { next_finding, correlations: correlation_names(self.detector.engine()), ..Default::default() };
+        st.live = self.baseline.clone().map(|opts| restore_baseline(self.store.as_ref(), opts));
+        st.live_saved = Some(Instant::now());
         self.responder.restore(self.store.as_ref(), now_ns(), next_incident);
         let ids = &mut st;
         let mut cursor = match self.store.cursor(CURSOR) {
@@ -126,14 +139,17 @@ impl DetectorThread {
                         self.record(updates, Vec::new(), ids, None);
                     }
                     self.responder.book.expire(now);
+                    self.baseline_chores(ids, false);
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        // Shutdown: close what is open so the store says so.
+        self.baseline_chores(ids, true);
+        // Shutdown: close what is open so the store says so, with the cursor where it is (a
+        // restart must not evaluate, and learn, the same events again).
         let mut updates = Vec::new();
         self.detector.finish(&mut updates);
-        self.record(updates, Vec::new(), ids, None);
+        self.record(updates, Vec::new(), ids, Some(cursor));
     }
 
     fn take_pending_rules(&mut self, st: &mut State) {
@@ -224,7 +240,15 @@ impl DetectorThread {
             let Ok(ev) = Event::parse(raw) else { continue };
             let src = SourceRef { file: file.clone(), line: *id as u64, offset: 0, format: SourceFormat::Native };
             let before = updates.len();
-            let out = self.detector.observe(&ev, &src, &mut updates);
+            // the baseline judges the event by what it knew before it
+            let (known, extra) = match ids.live.as_mut() {
+                Some(b) => (b.knows(&ev), b.observe(&ev, &src)),
+                None => (false, Vec::new()),
+            };
+            let out = self.detector.observe_with(&ev, &src, known, extra, &mut updates);
+            for r in &out.demoted {
+                self.metrics.count_demoted(r);
+            }
             for u in updates.get(before..).unwrap_or_default() {
                 if u.change == Change::Opened {
                     let acting = respond::acting_pod(&ev);
@@ -265,7 +289,52 @@ impl DetectorThread {
         }
         self.record(updates, matches, ids, move_cursor.then_some(last));
         self.metrics.detect_seconds.observe(received.elapsed().as_secs_f64());
+        self.baseline_chores(ids, false);
         last
+    }
+
+    /// Publishes the live baseline's numbers (every 5 s) and stores it (every 5 min, and at
+    /// `last`), forgetting stale values first.
+    fn baseline_chores(&mut self, st: &mut State, last: bool) {
+        let Some(live) = st.live.as_mut() else { return };
+        if last || st.live_published.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            st.live_published = Some(Instant::now());
+            let snap = crate::metrics::BaselineSnapshot {
+                identities: live.identities(),
+                values: live.values(),
+                series: live.series(),
+                counts: live.counts.clone(),
+                top: live.top_rates(100),
+            };
+            if let Ok(mut b) = self.metrics.baseline.lock() {
+                *b = Some(snap);
+            }
+        }
+        if !last && st.live_saved.is_some_and(|t| t.elapsed() < BASELINE_SAVE) {
+            return;
+        }
+        st.live_saved = Some(Instant::now());
+        live.forget_stale();
+        let text = match live.to_json() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise the live baseline");
+                return;
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        let task: crate::writer::StoreTask = Box::new(move |store| {
+            let _ = tx.send(store.set_state(BASELINE_STATE, text.as_bytes()).map_err(|e| e.to_string()));
+        });
+        if self.writes.send(crate::writer::Write::Run(task)).is_err() {
+            return;
+        }
+        // At shutdown wait for it (the writer is still serving the detector); else not.
+        if last {
+            if let Ok(Err(e)) = rx.recv() {
+                tracing::error!(error = %e, "cannot store the live baseline");
+            }
+        }
     }
 
     /// Stores finding changes, the incidents they fold into and their notifications, matches
@@ -367,6 +436,32 @@ impl DetectorThread {
             let _ = self.publish.send(Arc::from(p));
         }
         self.published(&w, &ids);
+    }
+}
+
+/// The stored live baseline, or a new one (none stored, or unreadable: said, and relearnt).
+fn restore_baseline(store: &dyn Store, opts: kustody_baseline::live::LiveOptions) -> kustody_baseline::live::Live {
+    match store.state(BASELINE_STATE) {
+        Ok(Some(bytes)) => match std::str::from_utf8(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|t| kustody_baseline::live::Live::from_json(t).map_err(|e| e.to_string()))
+        {
+            Ok(mut l) => {
+                l.opts = opts;
+                l.known.min_days = l.opts.min_days.max(1);
+                tracing::info!(identities = l.identities(), values = l.values(), "live baseline restored");
+                l
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the stored live baseline is unreadable; learning afresh");
+                kustody_baseline::live::Live::new(opts)
+            }
+        },
+        Ok(None) => kustody_baseline::live::Live::new(opts),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the stored live baseline; learning afresh");
+            kustody_baseline::live::Live::new(opts)
+        }
     }
 }
 

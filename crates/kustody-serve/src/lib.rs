@@ -108,6 +108,8 @@ pub struct Config {
     pub watch_cluster: bool,
     /// The IP history's memory bound (intervals; the oldest are forgotten first, counted).
     pub max_ip_intervals: usize,
+    /// The live baseline (new behaviour, rates, demotion of known behaviour); `None`: off.
+    pub baseline: Option<kustody_baseline::live::LiveOptions>,
 }
 
 impl Config {
@@ -140,6 +142,7 @@ impl Config {
             connect: None,
             watch_cluster: false,
             max_ip_intervals: 1_000_000,
+            baseline: Some(kustody_baseline::live::LiveOptions::default()),
         }
     }
 }
@@ -280,6 +283,7 @@ async fn serve(config: Config) -> Result<()> {
             pending: pending.clone(),
             cursor_written: std::time::Instant::now(),
             identity: identity.clone(),
+            baseline: config.baseline.clone(),
         };
         std::thread::Builder::new()
             .name("kustody-detector".into())

@@ -101,11 +101,31 @@ pub struct Metrics {
     pub watch_errors: AtomicU64,
     /// Runtime alerts whose pod was found by container ID.
     pub alerts_attributed: AtomicU64,
+    /// Rule matches demoted by the live baseline, per rule.
+    pub demoted: Mutex<BTreeMap<String, u64>>,
+    /// The live baseline's sizes, counts and busiest rate series (refreshed by the detector).
+    pub baseline: Mutex<Option<BaselineSnapshot>>,
+}
+
+/// What `/metrics` shows of the live baseline.
+#[derive(Debug, Clone, Default)]
+pub struct BaselineSnapshot {
+    pub identities: usize,
+    pub values: usize,
+    pub series: usize,
+    pub counts: kustody_baseline::live::LiveCounts,
+    pub top: Vec<kustody_baseline::live::RateSample>,
 }
 
 impl Metrics {
     pub fn count_rule(&self, rule: &str) {
         if let Ok(mut m) = self.detections.lock() {
+            *m.entry(rule.to_owned()).or_insert(0) += 1;
+        }
+    }
+
+    pub fn count_demoted(&self, rule: &str) {
+        if let Ok(mut m) = self.demoted.lock() {
             *m.entry(rule.to_owned()).or_insert(0) += 1;
         }
     }
@@ -277,6 +297,59 @@ impl Metrics {
             &self.watch_closed_by_relist,
         );
         counter(&mut o, "kustody_watch_errors_total", "Live watch errors (retried with backoff).", &self.watch_errors);
+        let _ = writeln!(
+            o,
+            "# HELP kustody_baseline_demoted_total Rule matches demoted because the baseline knows the behaviour (seen for this identity and target on enough days), by rule.\n# TYPE kustody_baseline_demoted_total counter"
+        );
+        if let Ok(m) = self.demoted.lock() {
+            for (rule, n) in m.iter() {
+                let _ = writeln!(o, "kustody_baseline_demoted_total{{rule=\"{}\"}} {n}", label(rule));
+            }
+        }
+        if let Some(b) = self.baseline.lock().ok().and_then(|b| b.clone()) {
+            let _ = writeln!(o, "# HELP kustody_baseline_identities Identities the live baseline tracks.\n# TYPE kustody_baseline_identities gauge\nkustody_baseline_identities {}", b.identities);
+            let _ = writeln!(o, "# HELP kustody_baseline_values (identity, value) pairs the live baseline tracks.\n# TYPE kustody_baseline_values gauge\nkustody_baseline_values {}", b.values);
+            let _ = writeln!(o, "# HELP kustody_rate_series Rate series (namespace, identity, verb class) tracked.\n# TYPE kustody_rate_series gauge\nkustody_rate_series {}", b.series);
+            let c = &b.counts;
+            let _ = writeln!(o, "# HELP kustody_new_values_total New values per identity, by kind; `unreported` were learnt quietly (learning period, ordinary reads).\n# TYPE kustody_new_values_total counter");
+            for (k, n) in [
+                ("behaviour", c.new_behaviours),
+                ("user_agent", c.new_user_agents),
+                ("network", c.new_networks),
+                ("unreported", c.new_unreported),
+            ] {
+                let _ = writeln!(o, "kustody_new_values_total{{kind=\"{k}\"}} {n}");
+            }
+            let _ = writeln!(o, "# HELP kustody_rate_alarms_total Minutes whose request rate left its band.\n# TYPE kustody_rate_alarms_total counter\nkustody_rate_alarms_total {}", c.rate_alarms);
+            let _ = writeln!(o, "# HELP kustody_baseline_evicted_total Forgotten by the memory bounds, oldest first.\n# TYPE kustody_baseline_evicted_total counter");
+            let _ = writeln!(o, "kustody_baseline_evicted_total{{what=\"identities\"}} {}", c.identities_evicted);
+            let _ = writeln!(o, "kustody_baseline_evicted_total{{what=\"series\"}} {}", c.series_evicted);
+            for (name, help, f) in [
+                ("kustody_rate_requests_per_minute", "Requests in the last complete minute of the busiest series.", 0),
+                ("kustody_rate_expected_per_minute", "Requests per minute expected at this hour of the week.", 1),
+                (
+                    "kustody_rate_band_upper_per_minute",
+                    "Upper bound of the normal band; above it a finding is raised.",
+                    2,
+                ),
+            ] {
+                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for r in &b.top {
+                    let v = match f {
+                        0 => f64::from(r.per_minute),
+                        1 => r.expected,
+                        _ => r.upper,
+                    };
+                    let _ = writeln!(
+                        o,
+                        "{name}{{namespace=\"{}\",identity=\"{}\",class=\"{}\"}} {v}",
+                        label(&r.namespace),
+                        label(&r.identity),
+                        r.class
+                    );
+                }
+            }
+        }
         o
     }
 }

@@ -930,6 +930,28 @@ pub struct ServeArgs {
     /// /metrics.
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     pub max_ip_intervals: usize,
+    /// Turn the live baseline off: no new-behaviour or rate findings, no demotion of matches
+    /// on behaviour known for days.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// How long the baseline learns (the server, and each new identity) before it reports new
+    /// behaviour.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub baseline_learn: String,
+    /// A value (behaviour, user agent, network) not seen for this long is forgotten: its
+    /// return is new again.
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub baseline_forget: String,
+    /// A rule's match on behaviour seen for this identity and target on this many distinct
+    /// days is demoted (counted in /metrics, kept out of findings).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub baseline_min_days: u32,
+    /// Width of the normal request-rate band, in standard deviations.
+    #[arg(long, value_name = "K", default_value_t = 6.0)]
+    pub rate_band: f64,
+    /// A minute with fewer requests than this never raises a rate finding.
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub rate_min: u32,
 }
 
 #[derive(Subcommand, Debug)]

@@ -234,6 +234,26 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             }
         }
     }
+    config.baseline = if args.no_baseline {
+        None
+    } else {
+        let dur = |flag: &str, v: &str| {
+            kustody_rules::correlate::parse_window(v)
+                .filter(|d| *d > 0)
+                .with_context(|| format!("{flag}: invalid duration `{v}` (e.g. 7d)"))
+        };
+        if !(args.rate_band.is_finite() && args.rate_band > 0.0) {
+            bail!("--rate-band: must be a positive number, not {}", args.rate_band);
+        }
+        Some(kustody_baseline::live::LiveOptions {
+            learn_ns: dur("--baseline-learn", &args.baseline_learn)?,
+            forget_ns: dur("--baseline-forget", &args.baseline_forget)?,
+            min_days: args.baseline_min_days.max(1),
+            rate_k: args.rate_band,
+            rate_min_count: args.rate_min.max(1),
+            ..Default::default()
+        })
+    };
     config.watch_cluster = args.watch_cluster;
     config.max_ip_intervals = args.max_ip_intervals.max(1);
     if !config.playbooks.is_empty() || config.watch_cluster {

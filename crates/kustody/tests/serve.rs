@@ -1512,3 +1512,86 @@ fn the_live_watch_ties_source_ips_to_pods_across_reuse_and_a_lost_watch() {
     let v = srv.wait_items("/v1/alerts?pod=web-c", 1);
     assert_eq!(v["items"][0]["namespace"], "shop");
 }
+
+/// One audit event by `user` at `t_ns` (the webhook's item form, without kind/apiVersion).
+fn by(user: &str, verb: &str, resource: &str, sub: Option<&str>, name: &str, t_ns: i64, id: &str) -> String {
+    let t = kustody_model::time::format_rfc3339_nanos(t_ns);
+    let mut o = serde_json::json!({"resource": resource, "namespace": "monitoring", "name": name, "apiVersion": "v1"});
+    if let Some(s) = sub {
+        o["subresource"] = Value::from(s);
+    }
+    serde_json::json!({"level": "Metadata", "auditID": id, "stage": "ResponseComplete",
+        "requestURI": format!("/api/v1/namespaces/monitoring/{resource}/{name}"), "verb": verb,
+        "user": {"username": user}, "sourceIPs": ["10.244.3.3"], "userAgent": "metrics-agent/1.0",
+        "objectRef": o, "responseStatus": {"metadata": {}, "code": 200},
+        "requestReceivedTimestamp": t, "stageTimestamp": t})
+    .to_string()
+}
+
+/// The live baseline: an agent reads one Secret every hour for eight days — its matches are
+/// demoted once the behaviour is known (counted, by rule) — then execs into a pod for the
+/// first time (a WARNING "new behaviour") and lists pods 200 times in a minute (a rate out of
+/// its band). The baseline is stored and restored across a restart.
+#[test]
+fn the_live_baseline_demotes_known_reads_and_finds_new_behaviour_and_a_rate_spike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = start(&data, &[]);
+    let agent = "system:serviceaccount:monitoring:metrics-agent";
+    let day: i64 = 86_400 * 1_000_000_000;
+    let hour = day / 24;
+    let t0 = 1_795_000_000 * 1_000_000_000i64;
+    let mut items: Vec<String> =
+        (0..8 * 24).map(|h| by(agent, "get", "secrets", None, "tls", t0 + h * hour, &format!("r-{h}"))).collect();
+    for chunk in items.chunks(100) {
+        let body = format!(
+            r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
+            chunk.join(",")
+        );
+        assert_eq!(srv.client.post_audit(body.as_bytes()).status, 200);
+    }
+    let rule = "kustody Secret Read by Unexpected Service Account";
+    wait_metric(&srv, &format!("kustody_baseline_demoted_total{{rule=\"{rule}\"}} 100"));
+    let srv = {
+        // the baseline is stored at shutdown and restored at the next start
+        assert!(srv.stop().success());
+        start(&data, &[])
+    };
+    let t = t0 + 8 * day + hour;
+    items.clear();
+    items.push(by(agent, "get", "secrets", None, "tls", t, "known-read"));
+    items.push(by(agent, "create", "pods", Some("exec"), "web-0", t + 1_000_000_000, "first-exec"));
+    items.extend(
+        (0..200)
+            .map(|i| by(agent, "list", "pods", None, "", t + 2 * 60_000_000_000 + i * 100_000_000, &format!("l-{i}"))),
+    );
+    let body = format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
+        items.join(",")
+    );
+    assert_eq!(srv.client.post_audit(body.as_bytes()).status, 200);
+    let v = srv.wait_items("/v1/findings?rule=kustody%20New%20Behaviour%20for%20Identity", 1);
+    let f = &v["items"][0];
+    assert_eq!(f["priority"], "Warning", "{f}");
+    assert!(f["output"].as_str().unwrap().contains("create pods/exec in monitoring"), "{f}");
+    let v = srv.wait_items("/v1/findings?rule=kustody%20Request%20Rate%20Out%20of%20Band", 1);
+    assert!(v["items"][0]["output"].as_str().unwrap().contains("30 read requests"), "{}", v["items"][0]);
+    // the known read after the restart is demoted too, not a finding
+    wait_metric(&srv, &format!("kustody_baseline_demoted_total{{rule=\"{rule}\"}} 1"));
+    let v = srv.get(&format!("/v1/findings?rule={}", rule.replace(' ', "%20"))).json();
+    let last = v["items"].as_array().unwrap().iter().filter_map(|f| f["last_seen"].as_str()).max().unwrap().to_owned();
+    assert!(last < kustody_model::time::format_rfc3339_nanos(t0 + 2 * day + hour), "no finding on known days: {last}");
+    wait_metric(&srv, "kustody_new_values_total{kind=\"behaviour\"} 1");
+    wait_metric(&srv, "kustody_rate_alarms_total 1");
+    let m = srv.get("/metrics").body;
+    assert!(
+        m.contains("kustody_baseline_demoted_total{rule=\"kustody Secret Read by Unexpected Service Account\"} 1\n"),
+        "only the new known read: {m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "kustody_rate_requests_per_minute{{namespace=\"monitoring\",identity=\"{agent}\",class=\"read\"}}"
+        )),
+        "{m}"
+    );
+}
