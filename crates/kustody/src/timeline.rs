@@ -51,6 +51,8 @@ struct Entry {
     audit_id: Option<String>,
     source: SourceRef,
     detections: Vec<(String, Priority)>,
+    /// The pod that held the request's source IP then (`namespace/name`), from the IP history.
+    source_pod: Option<String>,
 }
 
 fn split_ns(s: &str, what: &str) -> Result<(String, String)> {
@@ -156,7 +158,14 @@ impl PodFacts {
 }
 
 /// Why an event belongs to the timeline, or `None`.
-fn select(who: &Who, facts: &PodFacts, ev: &Event<'_>) -> Option<String> {
+/// The pod that held the event's peer address (the last source IP) at its time.
+fn source_pod(ips: &kustody_iphistory::IpHistory, ev: &Event<'_>) -> Option<String> {
+    let ip = ev.source_ips()?.last()?.clone();
+    let a = ips.lookup(&ip, ev.time_ns()?)?;
+    a.interval.pod.is_pod().then(|| format!("{}/{}", a.interval.pod.namespace, a.interval.pod.name))
+}
+
+fn select(who: &Who, facts: &PodFacts, ev: &Event<'_>, from: Option<&str>) -> Option<String> {
     let user = ev.user().and_then(|u| u.username.as_deref());
     let o = ev.object_ref();
     let ns = o.and_then(|o| o.namespace.as_deref());
@@ -197,14 +206,28 @@ fn select(who: &Who, facts: &PodFacts, ev: &Event<'_>) -> Option<String> {
                     }
                 }
             }
+            // the pod that held the request's address then, when the logs tell
+            let ours = from.map(|p| p.split_once('/') == Some((pns.as_str(), name.as_str())));
             if let Some(sa) = &facts.service_account {
                 if user == Some(format!("system:serviceaccount:{pns}:{sa}").as_str()) {
-                    let from_pod = facts
-                        .ip
-                        .as_deref()
-                        .is_some_and(|ip| ev.source_ips().is_some_and(|s| s.iter().any(|i| i == ip)));
-                    return Some(if from_pod { "SA token, pod IP".into() } else { "SA token".into() });
+                    return match ours {
+                        Some(true) => Some("SA token, from its IP".into()),
+                        // another pod of the same service account made it
+                        Some(false) => None,
+                        // who held the address is unknown: its IP as last seen, or just the SA
+                        None => {
+                            let from_pod = facts
+                                .ip
+                                .as_deref()
+                                .is_some_and(|ip| ev.source_ips().is_some_and(|s| s.iter().any(|i| i == ip)));
+                            Some(if from_pod { "SA token, pod IP".into() } else { "SA token".into() })
+                        }
+                    };
                 }
+            }
+            // anyone's request from the address the pod held then (a token used from the pod)
+            if ours == Some(true) {
+                return Some("from its IP".into());
             }
             None
         }
@@ -268,10 +291,19 @@ pub fn run(args: TimelineArgs) -> Result<ExitCode> {
     };
     let opts = ReadOptions { input_format: args.input_format.into(), ..ReadOptions::default() };
     let mut facts = PodFacts::default();
+    // Who each IP was: from the pod bodies and deletions in the same logs.
+    let mut ips = kustody_iphistory::IpHistory::new(kustody_iphistory::Options::default());
     let reread = !files.iter().any(|f| matches!(f, crate::source::Source::File(InputFile::Stdin)));
-    if let (Who::Pod { ns, name }, true) = (&who, reread) {
-        each_event(&files, &opts, &mut |ev, _| facts.learn(ns, name, ev))?;
-        facts.resolve_owners(name);
+    if reread {
+        each_event(&files, &opts, &mut |ev, _| {
+            ips.learn(ev);
+            if let Who::Pod { ns, name } = &who {
+                facts.learn(ns, name, ev);
+            }
+        })?;
+        if let Who::Pod { name, .. } = &who {
+            facts.resolve_owners(name);
+        }
     }
     let mut entries = Vec::new();
     let mut scratch = Scratch::default();
@@ -279,11 +311,15 @@ pub fn run(args: TimelineArgs) -> Result<ExitCode> {
     let mut seq = 0u64;
     let bad = each_event(&files, &opts, &mut |ev, src| {
         seq += 1;
-        if let (Who::Pod { ns, name }, false) = (&who, reread) {
-            facts.learn(ns, name, ev);
-            facts.resolve_owners(name);
+        if !reread {
+            ips.learn(ev);
+            if let Who::Pod { ns, name } = &who {
+                facts.learn(ns, name, ev);
+                facts.resolve_owners(name);
+            }
         }
-        let Some(why) = select(&who, &facts, ev) else { return };
+        let from = source_pod(&ips, ev);
+        let Some(why) = select(&who, &facts, ev, from.as_deref()) else { return };
         if let Some(t) = ev.time_ns() {
             if since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
                 return;
@@ -302,6 +338,7 @@ pub fn run(args: TimelineArgs) -> Result<ExitCode> {
             audit_id: ev.audit_id().map(str::to_owned),
             source: src,
             detections,
+            source_pod: from,
         });
     })?;
     entries.sort_by_key(|e| (e.time_ns.unwrap_or(i64::MAX), e.seq));
@@ -313,7 +350,7 @@ pub fn run(args: TimelineArgs) -> Result<ExitCode> {
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     if args.format == TimelineFormat::Csv {
-        writeln!(out, "time,why,{CONTEXT_HEADER},audit_id,file,line,detections")?;
+        writeln!(out, "time,why,{CONTEXT_HEADER},audit_id,file,line,detections,source_pod")?;
     }
     for e in &entries {
         write_entry(&mut out, e, args.format)?;
@@ -348,6 +385,9 @@ fn write_entry(out: &mut dyn Write, e: &Entry, format: TimelineFormat) -> Result
             if let Some(ip) = &c.source_ip {
                 who.push(format!("from {ip}"));
             }
+            if let Some(p) = &e.source_pod {
+                who.push(format!("(pod {p})"));
+            }
             writeln!(out, "    {}", truncate(&who.join(" "), 76))?;
             if let Some(cmd) = &c.command {
                 writeln!(out, "    $ {}", truncate(cmd, 74))?;
@@ -362,6 +402,7 @@ fn write_entry(out: &mut dyn Write, e: &Entry, format: TimelineFormat) -> Result
                 "why": e.why, "user": c.user, "impersonated_user": c.impersonated_user, "verb": c.verb,
                 "resource": c.resource, "subresource": c.subresource, "namespace": c.namespace, "name": c.name,
                 "command": c.command, "response_code": c.response_code, "source_ip": c.source_ip,
+                "source_pod": e.source_pod,
                 "user_agent": c.user_agent, "audit_id": e.audit_id, "file": &*e.source.file, "line": e.source.line,
                 "format": e.source.format.as_str(),
                 "detections": e.detections.iter().map(|(r, p)| json!({"rule": r, "priority": p.falco_name()})).collect::<Vec<_>>(),
@@ -378,6 +419,7 @@ fn write_entry(out: &mut dyn Write, e: &Entry, format: TimelineFormat) -> Result
                 e.source.file.to_string(),
                 e.source.line.to_string(),
                 rules.join("; "),
+                e.source_pod.clone().unwrap_or_default(),
             ]);
             write_csv_row(out, &cols)?;
         }
@@ -394,6 +436,9 @@ fn write_entry(out: &mut dyn Write, e: &Entry, format: TimelineFormat) -> Result
             m.insert("message".into(), json!(msg));
             m.insert("timestamp_desc".into(), json!("Kubernetes API request"));
             m.insert("why".into(), json!(e.why));
+            if let Some(p) = &e.source_pod {
+                m.insert("source_pod".into(), json!(p));
+            }
             m.insert("detections".into(), json!(rules.join(", ")));
             serde_json::to_writer(&mut *out, &Value::Object(m))?;
             out.write_all(b"\n")?;

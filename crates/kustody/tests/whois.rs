@@ -143,3 +143,39 @@ fn the_recorded_apiserver_log_says_which_pod_held_an_ip() {
     let r = kustody(&["whois", "10.244.0.26", "--at", "2026-11-23T05:41:00Z", log.to_str().unwrap()]);
     assert_eq!(r.code, 1, "{}", r.stdout);
 }
+
+#[test]
+fn a_timeline_names_the_pod_behind_each_source_ip_and_a_pods_timeline_has_requests_from_its_ip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    std::fs::write(&log, reuse_log()).unwrap();
+    let r = kustody(&["timeline", "--ip", "10.9.0.7", "-o", "jsonl", log.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let pods: Vec<(String, String)> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["resource"] == "configmaps")
+        .map(|v| (v["audit_id"].as_str().unwrap().to_owned(), v["source_pod"].as_str().unwrap_or("-").to_owned()))
+        .collect();
+    assert_eq!(pods, [
+        ("r-1".to_owned(), "shop/web-a".to_owned()),
+        ("r-2".to_owned(), "shop/web-b".to_owned()),
+        ("r-3".to_owned(), "shop/web-c".to_owned())
+    ]);
+    // web-b's own timeline holds the request made from its address while it held it, and not
+    // the others'
+    let r = kustody(&["timeline", "--pod", "shop/web-b", "-o", "jsonl", log.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let from_ip: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["resource"] == "configmaps")
+        .collect();
+    assert_eq!(from_ip.len(), 1, "only web-b's own request, not its predecessor's nor successor's: {}", r.stdout);
+    assert_eq!(from_ip[0]["why"], "SA token, from its IP");
+    assert_eq!(from_ip[0]["audit_id"], "r-2");
+    let r = kustody(&["timeline", "--ip", "10.9.0.7", log.to_str().unwrap()]);
+    assert!(r.stdout.contains("from 10.9.0.7 (pod shop/web-c)"), "{}", r.stdout);
+}
