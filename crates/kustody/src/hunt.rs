@@ -49,6 +49,9 @@ struct ChunkResult {
     demoted: Vec<(u32, u64)>,
     /// Events without a `stage`.
     stageless: u64,
+    /// Grouped output: pods the chunk's events showed (with their IPs) or deleted, each with
+    /// the index of the next group, for the collector's IP history (applied in input order).
+    pods: Vec<(usize, kustody_iphistory::extract::Seen, i64)>,
 }
 
 /// Bad records kept with their details per chunk; the rest are only counted.
@@ -194,6 +197,7 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
             strict: args.strict,
             progress: &progress,
             grouper: grouper.as_mut(),
+            ips: kustody_iphistory::IpHistory::new(kustody_iphistory::Options::default()),
         };
         let parse_only = args.parse_only;
         kustody_pipeline::run(
@@ -334,6 +338,12 @@ fn process(
                 }
                 let mut corr = Vec::new();
                 let mut group = Vec::new();
+                if filter.grouped {
+                    let seen = kustody_iphistory::extract::seen(&ev);
+                    if !seen.pods.is_empty() || !seen.deleted.is_empty() {
+                        r.pods.push((r.groups.len(), seen, ev.time_ns().unwrap_or_default()));
+                    }
+                }
                 // known behaviour of this identity on this target (asked once per event)
                 let known = !matched.is_empty() && filter.baseline.as_ref().is_some_and(|b| b.knows(&ev));
                 for &i in matched.iter() {
@@ -415,6 +425,21 @@ struct Collector<'a> {
     strict: bool,
     progress: &'a indicatif::ProgressBar,
     grouper: Option<&'a mut kustody_rules::findings::Grouper>,
+    /// Who each IP was (grouped output): findings name the pod behind their source IP.
+    ips: kustody_iphistory::IpHistory,
+}
+
+/// Adds `kustody.source_pod` (the pod that held the source IP then) to detections.
+fn attribute(ips: &kustody_iphistory::IpHistory, group: &mut [kustody_model::Detection]) {
+    for d in group {
+        let (Some(ip), Some(t)) = (d.context.source_ip.as_deref(), d.time_ns) else { continue };
+        if let Some(a) = ips.lookup(ip, t).filter(|a| a.interval.pod.is_pod()) {
+            d.output_fields.push(kustody_model::OutputField {
+                name: std::sync::Arc::from("kustody.source_pod"),
+                value: kustody_model::FieldValue::Str(format!("{}/{}", a.interval.pod.namespace, a.interval.pod.name)),
+            });
+        }
+    }
 }
 
 impl Collector<'_> {
@@ -427,7 +452,7 @@ impl Collector<'_> {
     }
 
     fn chunk(&mut self, res: ChunkResult) -> Result<()> {
-        let Collector { correlator, sink, engine, renderer, stats, strict, progress, grouper } = self;
+        let Collector { correlator, sink, engine, renderer, stats, strict, progress, grouper, ips } = self;
         if *strict {
             if let Some(b) = res.bad.first() {
                 bail!("bad record at {b} (--strict)");
@@ -466,6 +491,7 @@ impl Collector<'_> {
             let mut closed = Vec::new();
             let mut corr = res.corr.iter().peekable();
             let mut groups = res.groups.into_iter().enumerate().peekable();
+            let mut pods = res.pods.into_iter().peekable();
             loop {
                 // correlation inputs of events up to the next group's come before it
                 let next_group = groups.peek().map_or(usize::MAX, |(i, _)| *i);
@@ -476,7 +502,17 @@ impl Collector<'_> {
                         g.correlation(d, &mut closed);
                     }
                 }
-                let Some((_, group)) = groups.next() else { break };
+                // what the events up to this group showed of pods and their IPs
+                while let Some((_, seen, t)) = pods.next_if(|(at, ..)| *at <= next_group) {
+                    for p in &seen.pods {
+                        ips.observe(p, t);
+                    }
+                    for (ns, name, uid) in &seen.deleted {
+                        ips.deleted(ns, name, uid.as_deref(), t);
+                    }
+                }
+                let Some((_, mut group)) = groups.next() else { break };
+                attribute(ips, &mut group);
                 for d in &group {
                     stats.matches += 1;
                     stats.count(&d.rule);

@@ -158,11 +158,14 @@ fn a_timeline_names_the_pod_behind_each_source_ip_and_a_pods_timeline_has_reques
         .filter(|v| v["resource"] == "configmaps")
         .map(|v| (v["audit_id"].as_str().unwrap().to_owned(), v["source_pod"].as_str().unwrap_or("-").to_owned()))
         .collect();
-    assert_eq!(pods, [
-        ("r-1".to_owned(), "shop/web-a".to_owned()),
-        ("r-2".to_owned(), "shop/web-b".to_owned()),
-        ("r-3".to_owned(), "shop/web-c".to_owned())
-    ]);
+    assert_eq!(
+        pods,
+        [
+            ("r-1".to_owned(), "shop/web-a".to_owned()),
+            ("r-2".to_owned(), "shop/web-b".to_owned()),
+            ("r-3".to_owned(), "shop/web-c".to_owned())
+        ]
+    );
     // web-b's own timeline holds the request made from its address while it held it, and not
     // the others'
     let r = kustody(&["timeline", "--pod", "shop/web-b", "-o", "jsonl", log.to_str().unwrap()]);
@@ -178,4 +181,39 @@ fn a_timeline_names_the_pod_behind_each_source_ip_and_a_pods_timeline_has_reques
     assert_eq!(from_ip[0]["audit_id"], "r-2");
     let r = kustody(&["timeline", "--ip", "10.9.0.7", log.to_str().unwrap()]);
     assert!(r.stdout.contains("from 10.9.0.7 (pod shop/web-c)"), "{}", r.stdout);
+}
+
+#[test]
+fn hunt_findings_name_the_pod_behind_their_source_ip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    std::fs::write(&log, reuse_log()).unwrap();
+    let rules = tmp.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "- rule: Settings Read\n  desc: t\n  condition: ka.target.resource=configmaps\n  output: read by %ka.user.name\n  priority: WARNING\n  source: k8s_audit\n",
+    )
+    .unwrap();
+    let r = kustody(&[
+        "hunt",
+        "--no-default-rules",
+        "-r",
+        rules.to_str().unwrap(),
+        "-o",
+        "findings",
+        "--group-window",
+        "1s",
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 1, "findings exit 1: {}", r.stderr);
+    let pods: Vec<String> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| {
+            let s = v.to_string();
+            ["shop/web-a", "shop/web-b", "shop/web-c"].into_iter().find(|p| s.contains(p)).unwrap_or("-").to_owned()
+        })
+        .collect();
+    assert_eq!(pods, ["shop/web-a", "shop/web-b", "shop/web-c"], "{}", r.stdout);
 }
