@@ -3,6 +3,7 @@
 mod collect_bench;
 mod contain_bench;
 mod exec_bench;
+mod identity_bench;
 mod notify_bench;
 mod playbook_bench;
 mod serve_bench;
@@ -57,6 +58,9 @@ enum Cmd {
     Operators {
         #[arg(long, default_value_t = 100_000)]
         events: u64,
+        /// Milliseconds between events (weeks of traffic: 5000).
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
         #[arg(long, default_value_t = 7)]
         seed: u64,
         #[arg(short = 'o')]
@@ -92,6 +96,31 @@ enum Cmd {
         rate: f64,
         #[arg(long, default_value = "target/release/kustody")]
         kustody: PathBuf,
+    },
+    /// Benchmark the IP history (`whois` over a month of a 5,000-pod cluster) and the live
+    /// baseline (CPU per event, memory with many identities) (BENCHMARKS.md "Identity over
+    /// IPs and baselines").
+    IdentityBench {
+        #[arg(long, default_value_t = 5000)]
+        pods: usize,
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        /// Mean pod lifetime.
+        #[arg(long, default_value_t = 6.0)]
+        pod_hours: f64,
+        #[arg(long, default_value_t = 2000)]
+        lookups: usize,
+        /// Events for the CPU measurement.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Identities for the memory measurement, and events per identity.
+        #[arg(long, default_value_t = 100_000)]
+        identities: usize,
+        #[arg(long, default_value_t = 20)]
+        per_identity: usize,
+        /// Where the interval store is written (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Benchmark finding → quarantine by a `kustody serve` playbook on a test cluster (needs
     /// root and runc; BENCHMARKS.md "playbooks").
@@ -197,9 +226,9 @@ fn main() -> Result<()> {
                 out.flush()?;
             }
         }
-        Cmd::Operators { events, seed, output } => {
+        Cmd::Operators { events, seed, output, interval_ms } => {
             let mut out = sink(output.as_deref())?;
-            kustody_gen::operators::write_operator_traffic(seed, events, &mut out)?;
+            kustody_gen::operators::write_operator_traffic_every(seed, events, interval_ms.max(1), &mut out)?;
             out.flush()?;
         }
         Cmd::ServeBench { rate, seconds, connections, batch, body_heavy, kustody } => serve_bench::run(
@@ -213,6 +242,13 @@ fn main() -> Result<()> {
             },
         )?,
         Cmd::NotifyBench { incidents, rate, kustody } => notify_bench::run(&kustody, incidents, rate)?,
+        Cmd::IdentityBench { pods, days, pod_hours, lookups, events, identities, per_identity, dir } => {
+            let tmp = tempfile::tempdir()?;
+            let dir = dir.unwrap_or_else(|| tmp.path().join("store"));
+            identity_bench::whois(&dir, pods.max(1), days.max(1), pod_hours.max(0.01), lookups.max(1))?;
+            identity_bench::cpu(events.max(1))?;
+            identity_bench::memory(identities.max(1), per_identity.max(1))?;
+        }
         Cmd::PlaybookBench { n, kustody } => playbook_bench::run(n.max(1), &kustody)?,
         Cmd::ExecBench { n, threads, python } => exec_bench::run(n, threads, python)?,
         Cmd::QuarantineBench { n, kustody } => contain_bench::run(n, &kustody)?,

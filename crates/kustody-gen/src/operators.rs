@@ -289,12 +289,23 @@ fn json_str(s: &str) -> String {
 /// Writes `events` benign operator events as native audit JSON lines, one every 50 ms from
 /// 2026-01-01T00:00:00Z, deterministic for a seed. Returns the bytes written.
 pub fn write_operator_traffic(seed: u64, events: u64, out: &mut dyn Write) -> std::io::Result<u64> {
+    write_operator_traffic_every(seed, events, 50, out)
+}
+
+/// [`write_operator_traffic`] with one event every `interval_ms` (weeks of traffic for the
+/// live baseline).
+pub fn write_operator_traffic_every(
+    seed: u64,
+    events: u64,
+    interval_ms: u64,
+    out: &mut dyn Write,
+) -> std::io::Result<u64> {
     let mut rng = Rng::new(seed);
     let mut written = 0u64;
     let start = 1_767_225_600i64; // 2026-01-01T00:00:00Z
     for i in 0..events {
         let a = next_act(&mut rng);
-        let ms = i as i64 * 50;
+        let ms = i as i64 * interval_ms as i64;
         let secs = start + ms / 1000;
         let time = kustody_model::time::format_rfc3339_nanos(secs * 1_000_000_000 + (ms % 1000) * 1_000_000);
         let path_ns = a.namespace.as_deref().map(|n| format!("/namespaces/{n}")).unwrap_or_default();

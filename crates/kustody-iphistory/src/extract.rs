@@ -23,6 +23,11 @@ fn s(raw: &str, path: &[&str]) -> Option<String> {
 /// The facts of one Pod object's JSON, when it has an IP and still holds it (a pod that
 /// Succeeded or Failed keeps showing an IP that may already be another pod's).
 pub fn pod_facts(raw: &str) -> Option<PodFacts> {
+    // Most pod bodies (creations, specs) carry no IP yet: one substring scan instead of the
+    // pointer walks below (hunt reads every pod body of a log).
+    if !has_ip(raw) {
+        return None;
+    }
     if matches!(s(raw, &["status", "phase"]).as_deref(), Some("Succeeded" | "Failed")) {
         return None;
     }
@@ -73,6 +78,11 @@ pub fn pod_facts(raw: &str) -> Option<PodFacts> {
     })
 }
 
+/// Whether a pod (or pod list) body mentions an IP at all.
+fn has_ip(raw: &str) -> bool {
+    raw.contains("\"podIP")
+}
+
 /// Pods an audit event shows (bodies of pod requests and responses), and pods it deleted.
 pub fn seen(ev: &Event<'_>) -> Seen {
     let mut out = Seen::default();
@@ -105,6 +115,9 @@ pub fn seen(ev: &Event<'_>) -> Seen {
         && ev.user().and_then(|u| u.username.as_deref()).is_some_and(|u| u.starts_with("system:node:"));
     let bodies = [Some(ev.response_object_raw()), kubelet.then(|| ev.request_object_raw())];
     for raw in bodies.into_iter().flatten().flatten() {
+        if !has_ip(raw) {
+            continue;
+        }
         match s(raw, &["kind"]).as_deref() {
             Some("PodList") => {
                 for item in pointer(raw, &["items"]).and_then(items).unwrap_or_default() {

@@ -51,6 +51,8 @@ pub struct DetectorThread {
     pub identity: Arc<crate::identity::Identity>,
     /// The live baseline's options (`None`: no baseline).
     pub baseline: Option<kustody_baseline::live::LiveOptions>,
+    /// A save of the live baseline is under way.
+    pub baseline_saving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Name of the live baseline's state in the store.
@@ -315,25 +317,45 @@ impl DetectorThread {
         }
         st.live_saved = Some(Instant::now());
         live.forget_stale();
-        let text = match live.to_json() {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialise the live baseline");
-                return;
-            }
-        };
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
-        let task: crate::writer::StoreTask = Box::new(move |store| {
-            let _ = tx.send(store.set_state(BASELINE_STATE, text.as_bytes()).map_err(|e| e.to_string()));
-        });
-        if self.writes.send(crate::writer::Write::Run(task)).is_err() {
-            return;
+        if !last && self.baseline_saving.load(Relaxed) {
+            return; // the previous save is still being written
         }
-        // At shutdown wait for it (the writer is still serving the detector); else not.
-        if last {
-            if let Ok(Err(e)) = rx.recv() {
-                tracing::error!(error = %e, "cannot store the live baseline");
+        // the final save must not be overtaken by an older one still under way
+        let t0 = Instant::now();
+        while last && self.baseline_saving.load(Relaxed) && t0.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Serialising and compressing a large baseline takes seconds: done on a thread of its
+        // own from a copy, so neither detection nor the writer waits (except at shutdown).
+        let copy = live.clone();
+        let writes = self.writes.clone();
+        let saving = self.baseline_saving.clone();
+        saving.store(true, Relaxed);
+        let save = move || {
+            let packed = copy
+                .to_json()
+                .map_err(|e| e.to_string())
+                .and_then(|t| kustody_store::compress_state(t.as_bytes()).map_err(|e| e.to_string()));
+            match packed {
+                Ok(packed) => {
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+                    let task: crate::writer::StoreTask = Box::new(move |store| {
+                        let _ = tx.send(store.set_state(BASELINE_STATE, &packed).map_err(|e| e.to_string()));
+                    });
+                    if writes.send(crate::writer::Write::Run(task)).is_ok() {
+                        if let Ok(Err(e)) = rx.recv() {
+                            tracing::error!(error = %e, "cannot store the live baseline");
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot serialise the live baseline"),
             }
+            saving.store(false, Relaxed);
+        };
+        if last {
+            save();
+        } else if std::thread::Builder::new().name("kustody-baseline".into()).spawn(save).is_err() {
+            self.baseline_saving.store(false, Relaxed);
         }
     }
 

@@ -284,6 +284,7 @@ async fn serve(config: Config) -> Result<()> {
             cursor_written: std::time::Instant::now(),
             identity: identity.clone(),
             baseline: config.baseline.clone(),
+            baseline_saving: Arc::default(),
         };
         std::thread::Builder::new()
             .name("kustody-detector".into())

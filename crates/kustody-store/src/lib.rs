@@ -397,9 +397,16 @@ pub trait Store: Send {
     /// Intervals still open or last seen at or after `since_ns` (what a restart restores),
     /// oldest first, at most `limit`.
     fn recent_intervals(&self, since_ns: i64, limit: usize) -> Result<Vec<Interval>, StoreError>;
-    /// A named state blob (the live baseline), when stored.
+    /// A named state blob (the live baseline), when stored. Stored compressed (zstd), and
+    /// given back as it was given.
     fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set_state(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError>;
 }
 
 pub use kustody_iphistory::Interval;
+
+/// Compresses a state blob as [`Store::set_state`] stores it, so a caller can do the work on
+/// its own thread (a large live baseline takes a second or more) instead of the writer's.
+pub fn compress_state(value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    zstd::bulk::compress(value, 3).map_err(|e| StoreError::Other(format!("compressing state: {e}")))
+}

@@ -1444,7 +1444,12 @@ fn the_live_watch_ties_source_ips_to_pods_across_reuse_and_a_lost_watch() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let kc = c.kubeconfig_path().to_str().unwrap().to_owned();
+    // the server watches as a user holding exactly the shipped kustody-watcher role
+    let role = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/rbac/kustody-watcher.yaml"))
+        .unwrap();
+    c.apply_yaml(&role).unwrap();
+    let token = c.add_user_with_cluster_role("watcher", "kustody-watcher", None).unwrap();
+    let kc = c.write_kubeconfig_for_token("watcher", &token).unwrap().to_str().unwrap().to_owned();
     let srv = start(&data, &["--watch-cluster", "--kubeconfig", &kc]);
     let d = data.to_str().unwrap().to_owned();
     let holders = || -> Vec<(String, bool)> {

@@ -66,14 +66,31 @@ pub(super) fn retain(tx: &Transaction<'_>, cutoff: i64) -> Res<u64> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// A zstd frame's magic number: stored state is compressed (a live baseline's JSON shrinks
+/// about tenfold).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
 pub(super) fn state(conn: &Connection, name: &str) -> Res<Option<Vec<u8>>> {
-    Ok(conn.query_row("SELECT value FROM state WHERE name = ?1", [name], |r| r.get(0)).optional()?)
+    let v: Option<Vec<u8>> =
+        conn.query_row("SELECT value FROM state WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+    match v {
+        Some(b) if b.starts_with(&ZSTD_MAGIC) => {
+            Ok(Some(zstd::stream::decode_all(&b[..]).map_err(|e| Fail::other(format!("stored state `{name}`: {e}")))?))
+        }
+        other => Ok(other),
+    }
 }
 
 pub(super) fn set_state(tx: &Transaction<'_>, name: &str, value: &[u8]) -> Res<()> {
+    // compressed already (by `crate::compress_state`, off the writer thread), or here
+    let packed = if value.starts_with(&ZSTD_MAGIC) {
+        value.to_vec()
+    } else {
+        zstd::bulk::compress(value, 3).map_err(|e| Fail::other(format!("compressing state `{name}`: {e}")))?
+    };
     tx.execute(
         "INSERT INTO state (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = ?2",
-        params![name, value],
+        params![name, packed],
     )?;
     Ok(())
 }
