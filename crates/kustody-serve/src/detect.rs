@@ -396,7 +396,17 @@ impl DetectorThread {
         let mut inputs = Vec::with_capacity(order.len());
         for seq in &order {
             let Some((u, _)) = last.get(seq) else { continue };
-            let row = finding_row(u, st.ids.get(seq).copied());
+            let mut row = finding_row(u, st.ids.get(seq).copied());
+            if let Some(owner) = st.behind.get(seq).and_then(|b| b.0.as_ref()) {
+                // the pod that held the finding's source IP, with the finding (API, search)
+                if let Ok(serde_json::Value::Object(mut d)) = serde_json::from_str::<serde_json::Value>(&row.detail) {
+                    d.insert(
+                        "source_pod".into(),
+                        serde_json::json!({"pod": owner.pod, "node": owner.node, "owner": owner.owner, "observed": owner.observed}),
+                    );
+                    row.detail = serde_json::Value::Object(d).to_string();
+                }
+            }
             let corr = st.correlations.contains(&*u.finding.lead.rule);
             let mut input = respond::finding_input(&row, &u.finding, st.acting.get(seq).cloned(), corr);
             if let Some((behind, own, peer)) = st.behind.get(seq) {

@@ -1507,6 +1507,19 @@ fn the_live_watch_ties_source_ips_to_pods_across_reuse_and_a_lost_watch() {
     assert_eq!(by[&b], "shop/web-b", "{by:?}");
     assert_eq!(by[&nobody], "-", "after the relist web-b no longer holds it: {by:?}");
     assert_eq!(by[&cc], "shop/web-c", "{by:?}");
+    // a finding from the address carries the pod behind it
+    let now = kustody_model::time::format_rfc3339_nanos(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64,
+    );
+    let exec = audit_line("exec-from-ip", "system:serviceaccount:shop:web", "create", "pods", Some("exec"))
+        .replace("10.0.0.9", ip)
+        .replace("2026-12-02T03:00:00.000000Z", &now)
+        .replace("2026-12-02T03:00:00.100000Z", &now)
+        .replace(r#""code":200"#, r#""code":101"#)
+        .replace("ResponseComplete", "ResponseStarted");
+    assert_eq!(srv.client.post_audit(&event_list(&[&exec])).status, 200);
+    let v = srv.wait_items("/v1/findings?user=system:serviceaccount:shop:web", 1);
+    assert_eq!(v["items"][0]["detail"]["source_pod"]["pod"], "shop/web-c", "{}", v["items"][0]);
     let relisted = metric(&srv, "kustody_watch_closed_by_relist_total ").unwrap();
     assert_ne!(relisted, "kustody_watch_closed_by_relist_total 0");
     // a Falco alert carrying only web-c's container ID is stored on web-c
