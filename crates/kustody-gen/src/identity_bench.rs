@@ -209,7 +209,6 @@ pub fn memory(identities: usize, per_identity: usize) -> Result<()> {
     let t0 = 1_790_000_000 * S;
     let verbs = ["get", "list", "watch", "create", "patch", "delete"];
     let resources = ["pods", "configmaps", "secrets", "services", "deployments", "leases", "events", "endpoints"];
-    let t = Instant::now();
     let mut n = 0u64;
     for i in 0..identities {
         for k in 0..per_identity {
@@ -239,8 +238,7 @@ pub fn memory(identities: usize, per_identity: usize) -> Result<()> {
     let packed = zstd::bulk::compress(json.as_bytes(), 3)?;
     let zs = t.elapsed().as_secs_f64();
     println!(
-        "memory: {identities} identities × {per_identity} events in {:.1} s: {} values, {} series, {} known behaviours; RSS +{} MB; state {} MB JSON ({ser:.2} s), {} MB stored with zstd ({zs:.2} s); {} identities evicted",
-        t.elapsed().as_secs_f64(),
+        "memory: {identities} identities × {per_identity} events: {} values, {} series, {} known behaviours; RSS +{} MB; state {} MB JSON ({ser:.2} s), {} MB stored with zstd ({zs:.2} s); {} identities evicted",
         live.values(),
         live.series(),
         live.known.behaviours.len(),

@@ -55,7 +55,7 @@ impl IncidentParams {
     }
 }
 
-fn ctx(s: &AppState, id: Option<i64>) -> Context {
+pub(crate) fn ctx(s: &AppState, id: Option<i64>) -> Context {
     Context {
         data_dir: Some(s.data_dir.display().to_string()),
         url: s.public_url.as_ref().zip(id).map(|(u, i)| format!("{}/incidents/{i}", u.trim_end_matches('/'))),
@@ -131,10 +131,7 @@ pub fn incident_detail(st: &dyn Store, id: i64, c: &Context) -> Result<Option<se
         st.search_outbox(&OutboxQuery { incident_id: Some(id), limit: 1000, ..Default::default() }).map_err(e)?;
     let mut v = incident_json(&row, c);
     if let Some(o) = v.as_object_mut() {
-        o.insert(
-            "findings".into(),
-            crate::search::findings_json(&findings).get("findings").cloned().unwrap_or_default(),
-        );
+        o.insert("findings".into(), crate::search::findings_json(&findings).get("items").cloned().unwrap_or_default());
         o.insert(
             "notes".into(),
             notes
@@ -201,15 +198,30 @@ pub async fn change_incident(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
     };
-    let status = match b.status.as_deref().map(str::parse::<Status>).transpose() {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+    match apply_change(&s, &who, id, b).await {
+        Ok(v) => json(StatusCode::OK, v),
+        Err((code, reason)) => error(code, reason),
+    }
+}
+
+/// A responder's change of an incident (the API's and the console's): checked, sent to the
+/// detector thread, which owns incidents, and answered once stored.
+pub(crate) async fn apply_change(
+    s: &AppState,
+    who: &crate::auth::Identity,
+    id: i64,
+    b: ChangeBody,
+) -> Result<serde_json::Value, (StatusCode, String)> {
+    let bad = |r: &str| (StatusCode::BAD_REQUEST, r.to_owned());
+    let status = b.status.as_deref().map(str::parse::<Status>).transpose().map_err(|e| bad(&e))?;
     if b.note.as_ref().is_some_and(|n| n.len() > MAX_NOTE || n.trim().is_empty()) {
-        return error(StatusCode::BAD_REQUEST, "a note must be non-empty and at most 16 KiB");
+        return Err(bad("a note must be non-empty and at most 16 KiB"));
+    }
+    if b.assignee.as_ref().is_some_and(|a| a.len() > 256) {
+        return Err(bad("an assignee is at most 256 bytes"));
     }
     if status.is_none() && b.assignee.is_none() && b.note.is_none() {
-        return error(StatusCode::BAD_REQUEST, "nothing to change: give status, assignee or note");
+        return Err(bad("nothing to change: give status, assignee or note"));
     }
     let change = Change {
         status,
@@ -220,17 +232,18 @@ pub async fn change_incident(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let cmd = DetectMsg::Command(Command { incident: id, change, reply: tx });
     let commands = s.commands.clone();
+    let stopping = (StatusCode::SERVICE_UNAVAILABLE, "the server is stopping".to_owned());
     if tokio::task::spawn_blocking(move || commands.send(cmd)).await.map_or(true, |r| r.is_err()) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping");
+        return Err(stopping);
     }
     match rx.await {
         Ok(Ok(v)) => {
             tracing::info!(incident = id, by = %who.name, "incident changed");
-            json(StatusCode::OK, v)
+            Ok(v)
         }
-        Ok(Err(e)) if e.starts_with("no incident") => error(StatusCode::NOT_FOUND, e),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"),
+        Ok(Err(e)) if e.starts_with("no incident") => Err((StatusCode::NOT_FOUND, e)),
+        Ok(Err(e)) => Err((StatusCode::SERVICE_UNAVAILABLE, e)),
+        Err(_) => Err(stopping),
     }
 }
 

@@ -58,6 +58,9 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Approved actions go to the executor (when playbooks are configured).
     pub exec: Option<SyncSender<crate::execute::Job>>,
+    /// Console sessions, and the password checks allowed at once (argon2 is slow on purpose).
+    pub sessions: Arc<crate::console::session::Sessions>,
+    pub logins: Arc<Semaphore>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -81,6 +84,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .merge(crate::console::router())
         .with_state(state)
 }
 
@@ -110,6 +114,17 @@ pub(crate) fn authorize(s: &AppState, headers: &HeaderMap, peer: &Peer, role: Ro
                 return Err(www(error(StatusCode::UNAUTHORIZED, "unknown bearer token")));
             }
         }
+    } else if let Some(sess) = crate::console::session::cookie(headers).and_then(|c| s.sessions.get(&c)) {
+        // A console session: reads with the cookie alone; anything else also needs the
+        // session's CSRF token in `X-CSRF-Token` (a cross-site form cannot set it).
+        if role != Role::Read {
+            let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+            if !crate::console::session::csrf_ok(&sess, presented) {
+                s.metrics.forbidden.fetch_add(1, Relaxed);
+                return Err(error(StatusCode::FORBIDDEN, "a console session needs its X-CSRF-Token for this"));
+            }
+        }
+        sess.identity
     } else if let Some(cn) = &peer.cert_name {
         Identity { name: format!("cert:{cn}"), roles: vec![Role::Ingest] }
     } else {

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod console;
 pub mod deliver;
 pub mod detect;
 pub mod execute;
@@ -378,6 +379,8 @@ async fn serve(config: Config) -> Result<()> {
         writes: writes_for_api,
         public_url: config.public_url.clone(),
         exec: exec_for_api,
+        sessions: Arc::default(),
+        logins: Arc::new(tokio::sync::Semaphore::new(2)),
     });
     let app = http::router(state.clone());
 

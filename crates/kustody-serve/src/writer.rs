@@ -81,6 +81,7 @@ pub struct Retention {
 
 /// Runs until every job sender is gone (shutdown: the sources stopped, so everything accepted
 /// has been answered).
+#[allow(clippy::too_many_arguments, reason = "the writer's channels and shared state, wired once by `serve`")]
 pub fn run(
     mut store: Box<dyn Store>,
     jobs: Receiver<Job>,

@@ -959,9 +959,47 @@ pub enum ServeAction {
     /// The notification outbox: what is pending, delivered or dead, and retrying.
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Console users (DATA_DIR/users, argon2-hashed passwords): add, list, remove.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Print what the apiserver needs to send its audit events here: the webhook kubeconfig,
     /// an audit policy that gives the rules what they need, and the kube-apiserver flags.
     PrintApiserverConfig(ApiserverConfigArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user, or change its role and password. The password is read from standard input
+    /// (one line; at least 12 characters), never from the command line.
+    Add(UserAddArgs),
+    /// Users and their roles.
+    List(UserDirArgs),
+    /// Remove a user (its open sessions end at the next restart or after 30 minutes idle).
+    Remove(UserRemoveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UserDirArgs {
+    /// The server's data directory.
+    #[arg(long, value_name = "DIR", env = "KUSTODY_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct UserAddArgs {
+    pub name: String,
+    /// viewer (read), responder (also act on incidents), admin.
+    #[arg(long, value_name = "ROLE")]
+    pub role: String,
+    #[command(flatten)]
+    pub dir: UserDirArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct UserRemoveArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub dir: UserDirArgs,
 }
 
 #[derive(Args, Debug)]

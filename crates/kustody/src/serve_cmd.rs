@@ -148,6 +148,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Some(ServeAction::Outbox(cmd)) => return crate::incidents_cmd::outbox(cmd),
+        Some(ServeAction::User(cmd)) => return user(cmd),
         None => {}
     }
     let args = match &args.config {
@@ -271,6 +272,38 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         }));
     }
     kustody_serve::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kustody serve user add|list|remove`.
+fn user(cmd: crate::cli::UserCommand) -> Result<ExitCode> {
+    use kustody_serve::console::users;
+    match cmd {
+        crate::cli::UserCommand::Add(a) => {
+            let role = users::ConsoleRole::parse(&a.role)
+                .with_context(|| format!("--role: `{}` is not viewer, responder or admin", sanitize(&a.role)))?;
+            use std::io::IsTerminal as _;
+            if std::io::stdin().is_terminal() {
+                eprint!("Password for {} (input is shown; pipe it in to hide it): ", sanitize(&a.name));
+            }
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+            let password = line.trim_end_matches(['\n', '\r']);
+            users::add(&a.dir.data_dir, &a.name, role, password).map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!("kustody: user {} ({}) saved in {}", a.name, role.name(), users::path(&a.dir.data_dir).display());
+        }
+        crate::cli::UserCommand::List(a) => {
+            for (name, role) in users::list(&a.data_dir).map_err(|e| anyhow::anyhow!("{e}"))? {
+                println!("{name}\t{}", role.name());
+            }
+        }
+        crate::cli::UserCommand::Remove(a) => {
+            if !users::remove(&a.dir.data_dir, &a.name).map_err(|e| anyhow::anyhow!("{e}"))? {
+                bail!("no user `{}`", sanitize(&a.name));
+            }
+            eprintln!("kustody: user {} removed", sanitize(&a.name));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

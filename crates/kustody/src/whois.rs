@@ -56,7 +56,7 @@ pub fn run(args: WhoisArgs) -> Result<ExitCode> {
             use kustody_store::Store as _;
             let store = kustody_store::SqliteStore::open_read_only(dir)?;
             let holds = store.ip_intervals(&args.ip)?;
-            let any = !holds.is_empty() || store.recent_intervals(i64::MAX, 1)?.iter().next().is_some();
+            let any = !holds.is_empty() || !store.recent_intervals(i64::MAX, 1)?.is_empty();
             for i in holds {
                 h.restore(i);
             }

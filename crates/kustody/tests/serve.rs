@@ -134,17 +134,30 @@ impl Client {
 
     /// A request whose Content-Length says `declared` bytes (sending only `body`).
     fn request_declaring(&self, method: &str, path: &str, token: Option<&str>, body: &[u8], declared: usize) -> Reply {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+        self.send(method, path, auth.as_slice(), "application/json", body, declared)
+    }
+
+    /// A browser's request: a cookie, a form body.
+    fn browser(&self, method: &str, path: &str, cookie: Option<&str>, form: &str) -> Reply {
+        let mut h: Vec<String> = cookie.map(|c| format!("Cookie: {c}")).into_iter().collect();
+        h.push("Sec-Fetch-Site: same-origin".into());
+        self.send(method, path, &h, "application/x-www-form-urlencoded", form.as_bytes(), form.len())
+    }
+
+    fn send(&self, method: &str, path: &str, extra: &[String], ctype: &str, body: &[u8], declared: usize) -> Reply {
         let tcp = TcpStream::connect(&self.addr).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let conn = rustls::ClientConnection::new(self.tls.clone(), "localhost".try_into().unwrap()).unwrap();
         let mut s = rustls::StreamOwned::new(conn, tcp);
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\nAccept: application/json, */*\r\nContent-Type: application/json\r\nConnection: close\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\nAccept: application/json, */*\r\nContent-Type: {ctype}\r\nConnection: close\r\n",
             self.addr,
             declared
         );
-        if let Some(t) = token {
-            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        for h in extra {
+            head.push_str(h);
+            head.push_str("\r\n");
         }
         head.push_str("\r\n");
         s.write_all(head.as_bytes()).unwrap();
@@ -1612,4 +1625,126 @@ fn the_live_baseline_demotes_known_reads_and_finds_new_behaviour_and_a_rate_spik
         )),
         "{m}"
     );
+}
+
+fn user_add(data: &Path, name: &str, role: &str, password: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kustody"))
+        .args(["serve", "user", "add", name, "--role", role, "--data-dir"])
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+    r.headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The session cookie a login answer sets (`name=value`).
+fn session_cookie(r: &Reply) -> String {
+    let c = header(r, "set-cookie").unwrap_or_else(|| panic!("no cookie: {}", r.headers));
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(c.contains(attr), "cookie lacks {attr}: {c}");
+    }
+    c.split(';').next().unwrap().to_owned()
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html.find(r#"name="csrf" value=""#).unwrap_or_else(|| panic!("no CSRF field: {html}"));
+    let rest = &html[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// The console: local users log in (argon2), see the replayed attack's incident and its story,
+/// and a responder acknowledges it, assigns it and adds a note — with the page's CSRF token
+/// only; a viewer is refused, a session cannot change anything through the API without the
+/// token, pages carry a strict CSP, and logging out ends the session.
+#[test]
+fn the_console_shows_incidents_to_logged_in_users_and_only_responders_change_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    user_add(&data, "alice", "responder", "alice's long password");
+    user_add(&data, "bob", "viewer", "bob's long password!");
+    let r = kustody(&["serve", "user", "list", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(r.stdout, "alice\tresponder\nbob\tviewer\n");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/attack-chain.jsonl");
+    let srv = start(&data, &["--replay", example]);
+    wait_for("the replayed attack's incident", 60, || {
+        srv.get("/v1/incidents").json()["incidents"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let c = &srv.client;
+
+    // not logged in: to the login page, remembering where to go back
+    let r = c.browser("GET", "/", None, "");
+    assert_eq!((r.status, header(&r, "location")), (303, Some("/login?next=%2F")));
+    let r = c.browser("GET", "/login", None, "");
+    assert_eq!(r.status, 200);
+    assert!(header(&r, "content-security-policy").unwrap().contains("script-src 'self'"), "{}", r.headers);
+    let r = c.browser("POST", "/login", None, "user=alice&password=wrong+password+here&next=%2F");
+    assert_eq!(r.status, 401);
+    assert!(header(&r, "set-cookie").is_none());
+    // an open redirect is not followed
+    let r = c.browser("POST", "/login", None, "user=alice&password=alice%27s+long+password&next=%2F%2Fevil.example");
+    assert_eq!((r.status, header(&r, "location")), (303, Some("/")));
+    let alice = session_cookie(&r);
+
+    // the incident list and the incident's story
+    let r = c.browser("GET", "/", Some(&alice), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(r#"id="incidents""#) && r.body.contains("/incidents/1"), "{}", r.body);
+    assert!(r.body.contains("system:serviceaccount:shop:web-frontend"), "{}", r.body);
+    assert!(!r.body.contains("<script>") || r.body.contains(r#"<script src="/assets/app.js""#));
+    let r = c.browser("GET", "/incidents/1", Some(&alice), "");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("kustody Attack Chain from Enumeration to Escalation"), "{}", r.body);
+    assert!(r.body.contains(r#"id="story""#) && r.body.contains("Acknowledge"), "{}", r.body);
+    let csrf = csrf_of(&r.body);
+    assert_eq!(c.browser("GET", "/assets/app.js", None, "").status, 200);
+
+    // changes need the page's token
+    let r = c.browser("POST", "/incidents/1/change", Some(&alice), "status=acknowledged");
+    assert_eq!(r.status, 403);
+    let form = format!("csrf={csrf}&status=acknowledged");
+    let r = c.browser("POST", "/incidents/1/change", Some(&alice), &form);
+    assert_eq!((r.status, header(&r, "location")), (303, Some("/incidents/1")));
+    let r =
+        c.browser("POST", "/incidents/1/change", Some(&alice), &format!("csrf={csrf}&note=isolating+payments-db-0"));
+    assert_eq!(r.status, 303);
+    let v = srv.get("/v1/incidents/1").json();
+    assert_eq!(v["status"], "acknowledged");
+    assert_eq!(v["notes"][0]["author"], "alice");
+    assert!(!v["findings"].as_array().unwrap().is_empty(), "the incident's findings are listed: {v}");
+    // the API with the cookie: reads yes, changes only with X-CSRF-Token
+    assert_eq!(c.browser("GET", "/v1/incidents", Some(&alice), "").status, 200);
+    assert_eq!(c.browser("POST", "/v1/incidents/1", Some(&alice), r#"{"status":"resolved"}"#).status, 403);
+
+    // a viewer reads but cannot change
+    let r = c.browser("POST", "/login", None, "user=bob&password=bob%27s+long+password%21");
+    let bob = session_cookie(&r);
+    let r = c.browser("GET", "/incidents/1", Some(&bob), "");
+    assert_eq!(r.status, 200);
+    assert!(!r.body.contains("Acknowledge") && !r.body.contains("Add note"), "no buttons for a viewer");
+    let bob_csrf = csrf_of(&r.body);
+    let r = c.browser("POST", "/incidents/1/change", Some(&bob), &format!("csrf={bob_csrf}&status=resolved"));
+    assert_eq!(r.status, 403);
+    assert_eq!(srv.get("/v1/incidents/1").json()["status"], "acknowledged");
+
+    // an API token logs in too
+    let r = c.browser("POST", "/login", None, &format!("token={READ}"));
+    assert_eq!(r.status, 303);
+    let _ = session_cookie(&r);
+
+    // logging out ends the session
+    let r = c.browser("POST", "/logout", Some(&alice), &format!("csrf={csrf}"));
+    assert_eq!(r.status, 303);
+    assert_eq!(c.browser("GET", "/", Some(&alice), "").status, 303);
 }
