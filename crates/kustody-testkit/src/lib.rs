@@ -57,6 +57,7 @@ pub fn run(cmd: &mut Command) -> Run {
 }
 
 pub mod http;
+pub mod webdriver;
 
 /// A tmpfs of `size` (`256k`, `1m`) mounted for one test: a real full disk. Needs root (CI runs
 /// the tests as root); elsewhere [`Tmpfs::mount`] prints a skip notice, and fails loudly under

@@ -1748,3 +1748,79 @@ fn the_console_shows_incidents_to_logged_in_users_and_only_responders_change_the
     assert_eq!(r.status, 303);
     assert_eq!(c.browser("GET", "/", Some(&alice), "").status, 303);
 }
+
+/// The console in Debian's Chromium (headless, through chromedriver): log in, see the incident
+/// of the replayed attack, open its story, acknowledge it, watch a new incident appear on the
+/// open list without a reload, and a viewer finds no button to act. With
+/// `KUSTODY_SCREENSHOTS=DIR` it saves the pages' screenshots there (docs/screenshots).
+#[test]
+fn the_console_works_in_a_real_browser() {
+    use kustody_testkit::webdriver::{available, Browser};
+    if !available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    user_add(&data, "alice", "responder", "alice's long password");
+    user_add(&data, "bob", "viewer", "bob's long password!");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/attack-chain.jsonl");
+    let srv = start(&data, &["--replay", example]);
+    wait_for("the replayed attack's incident", 60, || {
+        srv.get("/v1/incidents").json()["incidents"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let shots = std::env::var_os("KUSTODY_SCREENSHOTS").map(PathBuf::from);
+    let shot = |b: &Browser, name: &str| {
+        if let Some(dir) = &shots {
+            std::fs::create_dir_all(dir).unwrap();
+            b.screenshot(&dir.join(name)).unwrap();
+        }
+    };
+    let base = format!("https://{}", srv.client.addr);
+    let long = Duration::from_secs(20);
+    let b = Browser::start();
+    let login = |user: &str, password: &str| {
+        b.goto(&format!("{base}/"));
+        let field = b.wait("#user", long);
+        b.type_in(&field, user);
+        b.type_in(&b.wait("#password", long), password);
+        b.click(&b.wait("form[action='/login'] button[type=submit]", long));
+        b.wait("#incidents", long);
+    };
+    login("alice", "alice's long password");
+    assert!(b.text_of("#incidents").contains("system:serviceaccount:shop:web-frontend"), "{}", b.source());
+    shot(&b, "console-incidents.png");
+
+    // the incident's story, and acknowledging it
+    b.click(&b.wait("#incidents a[href='/incidents/1']", long));
+    b.wait("#story", long);
+    assert!(b.text_of("#story").contains("kustody Attack Chain from Enumeration to Escalation"), "{}", b.source());
+    shot(&b, "console-incident.png");
+    let ack = b.wait("form[action='/incidents/1/change'] input[value=acknowledged] ~ button", long);
+    b.click(&ack);
+    b.wait_text("acknowledged", long);
+    assert_eq!(srv.get("/v1/incidents/1").json()["status"], "acknowledged");
+
+    // a new incident appears on the open list by itself
+    b.goto(&format!("{base}/"));
+    b.wait("#incidents", long);
+    std::thread::sleep(Duration::from_millis(500)); // the page's stream is open
+    let now = kustody_model::time::format_rfc3339_nanos(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64,
+    );
+    let exec = audit_line("browser-1", "system:serviceaccount:shop:intruder", "create", "pods", Some("exec"))
+        .replace("2026-12-02T03:00:00.000000Z", &now)
+        .replace("2026-12-02T03:00:00.100000Z", &now)
+        .replace(r#""code":200"#, r#""code":101"#)
+        .replace("ResponseComplete", "ResponseStarted");
+    assert_eq!(srv.client.post_audit(&event_list(&[&exec])).status, 200);
+    let took = b.wait_text("system:serviceaccount:shop:intruder", long);
+    eprintln!("a new incident appeared on the open incidents page {took:?} after its event was posted");
+
+    // a viewer reads, and finds nothing to press
+    b.click(&b.wait("nav form[action='/logout'] button", long));
+    b.wait("#user", long);
+    login("bob", "bob's long password!");
+    b.goto(&format!("{base}/incidents/1"));
+    b.wait("#story", long);
+    assert!(b.find("form[action='/incidents/1/change']").is_none(), "no action for a viewer");
+}
