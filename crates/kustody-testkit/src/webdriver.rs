@@ -81,7 +81,8 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args}}}});
         let v = b.call("POST", "/session", Some(&caps)).unwrap_or_else(|e| panic!("new session: {e}"));
-        b.session = v["sessionId"].as_str().unwrap_or_else(|| panic!("no session id: {v}")).to_owned();
+        b.session =
+            v.get("sessionId").and_then(Value::as_str).unwrap_or_else(|| panic!("no session id: {v}")).to_owned();
         b
     }
 
