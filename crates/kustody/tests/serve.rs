@@ -1727,6 +1727,28 @@ fn the_console_shows_incidents_to_logged_in_users_and_only_responders_change_the
     assert_eq!(c.browser("GET", "/v1/incidents", Some(&alice), "").status, 200);
     assert_eq!(c.browser("POST", "/v1/incidents/1", Some(&alice), r#"{"status":"resolved"}"#).status, 403);
 
+    // entity pages: the pod exec'd into, the attacking identity, its source IP
+    let r = c.browser("GET", "/pod?ns=shop&name=payments-db-0", Some(&alice), "");
+    assert_eq!(r.status, 200);
+    let about = &r.body[r.body.find(r#"id="about-pod""#).unwrap()..];
+    assert!(about.contains("exec") && about.contains("web-frontend"), "{}", r.body);
+    let r = c.browser("GET", "/identity?user=system%3Aserviceaccount%3Ashop%3Aweb-frontend", Some(&alice), "");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("kustody Attack Chain from Enumeration to Escalation") && r.body.contains(r#"id="timeline""#)
+    );
+    assert!(r.body.contains(r#"href="/incidents/1""#), "its incident is linked");
+    let r = c.browser("GET", "/ip?ip=10.244.1.17", Some(&alice), "");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains(r#"id="from-ip""#) && r.body.contains("web-frontend"), "{}", r.body);
+    assert_eq!(c.browser("GET", "/ip?ip=not-an-ip", Some(&alice), "").status, 400);
+    assert_eq!(c.browser("GET", "/pod", Some(&alice), "").status, 400);
+    assert_eq!(c.browser("GET", "/ip?ip=10.244.1.17", None, "").status, 303);
+    // the incident page links to them
+    let r = c.browser("GET", "/incidents/1", Some(&alice), "");
+    assert!(r.body.contains(r#"href="/identity?user=system%3Aserviceaccount%3Ashop%3Aweb%2Dfrontend""#), "{}", r.body);
+    assert!(r.body.contains(r#"href="/ip?ip=10%2E244%2E1%2E17""#), "{}", r.body);
+
     // a viewer reads but cannot change
     let r = c.browser("POST", "/login", None, "user=bob&password=bob%27s+long+password%21");
     let bob = session_cookie(&r);
@@ -1799,6 +1821,14 @@ fn the_console_works_in_a_real_browser() {
     b.click(&ack);
     b.wait_text("acknowledged", long);
     assert_eq!(srv.get("/v1/incidents/1").json()["status"], "acknowledged");
+
+    // from the story to the identity's page, and the pod exec'd into
+    b.click(&b.wait("a[href^='/identity?user=']", long));
+    b.wait("#timeline", long);
+    assert!(b.text_of("#findings").contains("kustody Attack Chain from Enumeration to Escalation"));
+    b.goto(&format!("{base}/pod?ns=shop&name=payments-db-0"));
+    assert!(b.text_of("#about-pod").contains("exec"), "{}", b.source());
+    shot(&b, "console-pod.png");
 
     // a new incident appears on the open list by itself
     b.goto(&format!("{base}/"));

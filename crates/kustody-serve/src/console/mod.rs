@@ -7,6 +7,7 @@
 //! incidents), admin. Every change goes through the same path as the API's and is stored with
 //! the acting user's name.
 
+pub mod entities;
 pub mod html;
 pub mod session;
 pub mod users;
@@ -32,6 +33,9 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/logout", post(logout))
         .route("/incidents/{id}", get(incident))
         .route("/incidents/{id}/change", post(change))
+        .route("/pod", get(entities::pod))
+        .route("/identity", get(entities::identity))
+        .route("/ip", get(entities::ip))
         .route("/assets/app.css", get(|| async { asset("text/css; charset=utf-8", html::CSS) }))
         .route("/assets/app.js", get(|| async { asset("text/javascript; charset=utf-8", html::JS) }))
 }
@@ -206,6 +210,22 @@ pub struct ListQuery {
     severity: Option<String>,
 }
 
+/// Links for the strings of a JSON array (IPs, pods); strings only, anything else is shown
+/// as text. `pods` entries may be objects with a `pod` field.
+fn links(v: Option<&serde_json::Value>, link: fn(&str) -> String) -> String {
+    let items: Vec<String> = v
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_str().or_else(|| i.get("pod").and_then(|p| p.as_str())).map(link))
+        .collect();
+    if items.is_empty() {
+        "–".into()
+    } else {
+        items.join(", ")
+    }
+}
+
 fn time(ns: Option<i64>) -> String {
     ns.map(kustody_model::time::format_rfc3339_secs).unwrap_or_else(|| "–".into())
 }
@@ -249,12 +269,12 @@ async fn incidents(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(lq)
         let workload = inc.as_ref().and_then(|i| i.workload.as_ref()).map_or_else(|| "–".into(), |w| w.display());
         let id = r.id.unwrap_or_default();
         body.push_str(&format!(
-            r#"<tr><td><a href="/incidents/{id}">{id}</a></td><td>{}</td><td><a href="/incidents/{id}">{}</a></td><td class="status-{}">{}</td><td class="mono">{}</td><td class="mono">{}</td><td>{}</td><td>{}</td></tr>"#,
+            r#"<tr><td><a href="/incidents/{id}">{id}</a></td><td>{}</td><td><a href="/incidents/{id}">{}</a></td><td class="status-{}">{}</td><td>{}</td><td class="mono">{}</td><td>{}</td><td>{}</td></tr>"#,
             badge(&r.severity),
             esc(&r.title),
             esc(&r.status),
             esc(&r.status),
-            esc(r.identity.as_deref().unwrap_or("–")),
+            r.identity.as_deref().map_or_else(|| "–".into(), entities::identity_link),
             esc(&workload),
             time(r.first_ns),
             time(r.last_ns),
@@ -323,10 +343,10 @@ async fn incident(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): 
     let who = v.get("who");
     let wh = v.get("where");
     b.push_str(&format!(
-        r#"<div class="grid"><div class="card"><dl><dt>Identity</dt><dd class="mono">{}</dd><dt>Source IPs</dt><dd class="mono">{}</dd><dt>Pods</dt><dd class="mono">{}</dd></dl></div><div class="card"><dl><dt>Cluster</dt><dd>{}</dd><dt>Namespaces</dt><dd class="mono">{}</dd><dt>Workload</dt><dd class="mono">{}</dd></dl></div></div>"#,
-        esc(who.and_then(|w| w.get("identity")).and_then(|x| x.as_str()).unwrap_or("–")),
-        esc(&list(who.and_then(|w| w.get("source_ips")))),
-        esc(&list(who.and_then(|w| w.get("pods")))),
+        r#"<div class="grid"><div class="card"><dl><dt>Identity</dt><dd>{}</dd><dt>Source IPs</dt><dd>{}</dd><dt>Pods</dt><dd>{}</dd></dl></div><div class="card"><dl><dt>Cluster</dt><dd>{}</dd><dt>Namespaces</dt><dd class="mono">{}</dd><dt>Workload</dt><dd class="mono">{}</dd></dl></div></div>"#,
+        who.and_then(|w| w.get("identity")).and_then(|x| x.as_str()).map_or_else(|| "–".into(), entities::identity_link),
+        links(who.and_then(|w| w.get("source_ips")), entities::ip_link),
+        links(who.and_then(|w| w.get("pods")), entities::pod_link),
         esc(wh.and_then(|w| w.get("cluster")).and_then(|x| x.as_str()).unwrap_or("–")),
         esc(&list(wh.and_then(|w| w.get("namespaces")))),
         esc(&wh

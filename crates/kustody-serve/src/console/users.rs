@@ -131,8 +131,14 @@ pub fn add(data_dir: &Path, name: &str, role: ConsoleRole, password: &str) -> Re
     let hash = hash(password)?;
     users.retain(|u| u.name != name);
     users.push(User { name: name.to_owned(), role, hash });
+    save(data_dir, &users)
+}
+
+/// Writes the users file atomically (a temporary file created 0600, synced, renamed).
+fn save(data_dir: &Path, users: &[User]) -> Result<(), UsersError> {
+    let p = path(data_dir);
     let mut text = String::from("# kustody console users: NAME ROLE ARGON2-HASH (kustody serve user add)\n");
-    for u in &users {
+    for u in users {
         text.push_str(&format!("{} {} {}\n", u.name, u.role.name(), u.hash));
     }
     let wr = |e: std::io::Error| UsersError::Write { path: p.display().to_string(), reason: e.to_string() };
@@ -157,26 +163,13 @@ pub fn add(data_dir: &Path, name: &str, role: ConsoleRole, password: &str) -> Re
 
 /// Removes a user; returns whether it existed.
 pub fn remove(data_dir: &Path, name: &str) -> Result<bool, UsersError> {
-    let p = path(data_dir);
-    let users = read(&p)?;
+    let mut users = read(&path(data_dir))?;
     let before = users.len();
-    let kept: Vec<&User> = users.iter().filter(|u| u.name != name).collect();
-    if kept.len() == before {
+    users.retain(|u| u.name != name);
+    if users.len() == before {
         return Ok(false);
     }
-    let mut text = String::from("# kustody console users: NAME ROLE ARGON2-HASH (kustody serve user add)\n");
-    for u in kept {
-        text.push_str(&format!("{} {} {}\n", u.name, u.role.name(), u.hash));
-    }
-    let wr = |e: std::io::Error| UsersError::Write { path: p.display().to_string(), reason: e.to_string() };
-    let tmp = p.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(wr)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(wr)?;
-    }
-    std::fs::rename(&tmp, &p).map_err(wr)?;
+    save(data_dir, &users)?;
     Ok(true)
 }
 
