@@ -46,6 +46,15 @@ impl PodFacts {
     pub fn is_pod(&self) -> bool {
         self.kind.is_none()
     }
+
+    /// `namespace/name`, or the name alone for a holder without a namespace (a node).
+    pub fn qualified_name(&self) -> String {
+        if self.namespace.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
+    }
 }
 
 /// Length of the container ID prefix Falco reports (`container.id`).

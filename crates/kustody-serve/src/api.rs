@@ -420,6 +420,7 @@ pub async fn list_actions(
         state: p.state.clone(),
         since_ns: None,
         limit: p.limit.unwrap_or(100),
+        target: None,
     };
     match with_store(&s, move |st| st.search_actions(&q).map_err(|e| e.to_string())).await {
         Ok(rows) => {

@@ -262,7 +262,7 @@ impl DetectorThread {
                         .and_then(|ip| self.identity.lookup(ip, t))
                         .filter(|a| a.interval.pod.is_pod())
                         .map(|a| kustody_incident::IpOwner {
-                            pod: format!("{}/{}", a.interval.pod.namespace, a.interval.pod.name),
+                            pod: a.interval.pod.qualified_name(),
                             node: a.interval.pod.node.clone(),
                             owner: a.interval.pod.owner.clone(),
                             observed: a.confidence == kustody_iphistory::Confidence::Observed,
@@ -396,17 +396,8 @@ impl DetectorThread {
         let mut inputs = Vec::with_capacity(order.len());
         for seq in &order {
             let Some((u, _)) = last.get(seq) else { continue };
-            let mut row = finding_row(u, st.ids.get(seq).copied());
-            if let Some(owner) = st.behind.get(seq).and_then(|b| b.0.as_ref()) {
-                // the pod that held the finding's source IP, with the finding (API, search)
-                if let Ok(serde_json::Value::Object(mut d)) = serde_json::from_str::<serde_json::Value>(&row.detail) {
-                    d.insert(
-                        "source_pod".into(),
-                        serde_json::json!({"pod": owner.pod, "node": owner.node, "owner": owner.owner, "observed": owner.observed}),
-                    );
-                    row.detail = serde_json::Value::Object(d).to_string();
-                }
-            }
+            let owner = st.behind.get(seq).and_then(|b| b.0.as_ref());
+            let row = finding_row(u, st.ids.get(seq).copied(), owner);
             let corr = st.correlations.contains(&*u.finding.lead.rule);
             let mut input = respond::finding_input(&row, &u.finding, st.acting.get(seq).cloned(), corr);
             if let Some((behind, own, peer)) = st.behind.get(seq) {
@@ -501,7 +492,8 @@ fn correlation_names(engine: &Engine) -> HashSet<String> {
     engine.correlations().map(|c| c.name.clone()).collect()
 }
 
-fn finding_row(u: &Update, id: Option<i64>) -> FindingRow {
+/// The stored row of a finding; `source_pod` is the pod that held its source IP then.
+fn finding_row(u: &Update, id: Option<i64>, source_pod: Option<&kustody_incident::IpOwner>) -> FindingRow {
     let f = &u.finding;
     let c = &f.lead.context;
     let fields: serde_json::Map<String, serde_json::Value> =
@@ -534,6 +526,9 @@ fn finding_row(u: &Update, id: Option<i64>) -> FindingRow {
             "response_code": c.response_code,
             "request_uri": c.request_uri,
             "command": c.command,
+            "source_pod": source_pod.map(|o| serde_json::json!({
+                "pod": o.pod, "node": o.node, "owner": o.owner, "observed": o.observed,
+            })),
         })
         .to_string(),
     }

@@ -106,7 +106,7 @@ impl Identity {
                 }
                 let (Some(ip), Some(t)) = (row.source_ips.last(), row.time_ns) else { continue };
                 if let Some(a) = h.lookup(ip, t).filter(|a| a.interval.pod.is_pod()) {
-                    row.source_pod = Some(format!("{}/{}", a.interval.pod.namespace, a.interval.pod.name));
+                    row.source_pod = Some(a.interval.pod.qualified_name());
                 }
             }
         });

@@ -119,21 +119,15 @@ pub struct BaselineSnapshot {
 
 impl Metrics {
     pub fn count_rule(&self, rule: &str) {
-        if let Ok(mut m) = self.detections.lock() {
-            *m.entry(rule.to_owned()).or_insert(0) += 1;
-        }
+        bump(&self.detections, rule);
     }
 
     pub fn count_demoted(&self, rule: &str) {
-        if let Ok(mut m) = self.demoted.lock() {
-            *m.entry(rule.to_owned()).or_insert(0) += 1;
-        }
+        bump(&self.demoted, rule);
     }
 
     pub fn count_action(&self, state: &str) {
-        if let Ok(mut m) = self.actions.lock() {
-            *m.entry(state.to_owned()).or_insert(0) += 1;
-        }
+        bump(&self.actions, state);
     }
 
     pub fn render(&self) -> String {
@@ -351,6 +345,13 @@ impl Metrics {
             }
         }
         o
+    }
+}
+
+/// One more of `key` in a labelled counter.
+fn bump(m: &Mutex<BTreeMap<String, u64>>, key: &str) {
+    if let Ok(mut m) = m.lock() {
+        *m.entry(key.to_owned()).or_insert(0) += 1;
     }
 }
 

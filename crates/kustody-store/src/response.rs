@@ -183,6 +183,8 @@ pub struct ActionRow {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActionQuery {
     pub incident_id: Option<i64>,
+    /// `namespace/pod`.
+    pub target: Option<String>,
     pub state: Option<String>,
     pub since_ns: Option<i64>,
     pub limit: usize,

@@ -1033,6 +1033,10 @@ fn actions_are_recorded_and_transition_once<B: Backend>() {
     assert_eq!(all.iter().map(|a| a.state.as_str()).collect::<Vec<_>>(), ["planned", "applied"]);
     let q = ActionQuery { state: Some("applied".into()), limit: 10, ..Default::default() };
     assert_eq!(s.search_actions(&q).unwrap().len(), 1);
+    let q = ActionQuery { target: Some("shop/web-1".into()), limit: 10, ..Default::default() };
+    assert_eq!(s.search_actions(&q).unwrap().len(), 2);
+    let q = ActionQuery { target: Some("shop/web-2".into()), limit: 10, ..Default::default() };
+    assert!(s.search_actions(&q).unwrap().is_empty());
 }
 
 fn ip_intervals_and_source_pods<B: Backend>() {

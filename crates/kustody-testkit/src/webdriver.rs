@@ -161,14 +161,19 @@ impl Browser {
     ///
     /// When it never does (with the page's source).
     pub fn wait(&self, css: &str, timeout: Duration) -> Element {
+        self.poll(&format!("`{css}`"), timeout, || self.find(css)).0
+    }
+
+    /// Calls `f` every 50 ms until it gives a value; returns it and how long it took.
+    fn poll<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
         let t0 = Instant::now();
         loop {
-            if let Some(e) = self.find(css) {
-                return e;
+            if let Some(v) = f() {
+                return (v, t0.elapsed());
             }
             assert!(
                 t0.elapsed() < timeout,
-                "`{css}` did not appear within {timeout:?} on {}:\n{}",
+                "{what} did not appear within {timeout:?} on {}:\n{}",
                 self.url(),
                 self.source()
             );
@@ -182,19 +187,7 @@ impl Browser {
     ///
     /// When it never does.
     pub fn wait_text(&self, text: &str, timeout: Duration) -> Duration {
-        let t0 = Instant::now();
-        loop {
-            if self.text_of("body").contains(text) {
-                return t0.elapsed();
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "`{text}` did not appear within {timeout:?} on {}:\n{}",
-                self.url(),
-                self.source()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.poll(&format!("`{text}`"), timeout, || self.text_of("body").contains(text).then_some(())).1
     }
 
     /// The rendered text of the first element matching `css` (empty when none).

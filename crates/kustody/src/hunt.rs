@@ -436,7 +436,7 @@ fn attribute(ips: &kustody_iphistory::IpHistory, group: &mut [kustody_model::Det
         if let Some(a) = ips.lookup(ip, t).filter(|a| a.interval.pod.is_pod()) {
             d.output_fields.push(kustody_model::OutputField {
                 name: std::sync::Arc::from("kustody.source_pod"),
-                value: kustody_model::FieldValue::Str(format!("{}/{}", a.interval.pod.namespace, a.interval.pod.name)),
+                value: kustody_model::FieldValue::Str(a.interval.pod.qualified_name()),
             });
         }
     }

@@ -323,6 +323,7 @@ pub fn actions(cmd: ActionsCommand) -> Result<ExitCode> {
                         state: a.state.clone(),
                         since_ns: None,
                         limit: a.limit,
+                        target: None,
                     };
                     local(&a.conn)?.search_actions(&q)?.iter().map(kustody_serve::api::action_json).collect()
                 }

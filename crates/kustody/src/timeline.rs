@@ -162,7 +162,7 @@ impl PodFacts {
 fn source_pod(ips: &kustody_iphistory::IpHistory, ev: &Event<'_>) -> Option<String> {
     let ip = ev.source_ips()?.last()?.clone();
     let a = ips.lookup(&ip, ev.time_ns()?)?;
-    a.interval.pod.is_pod().then(|| format!("{}/{}", a.interval.pod.namespace, a.interval.pod.name))
+    a.interval.pod.is_pod().then(|| a.interval.pod.qualified_name())
 }
 
 fn select(who: &Who, facts: &PodFacts, ev: &Event<'_>, from: Option<&str>) -> Option<String> {

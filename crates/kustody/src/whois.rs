@@ -16,20 +16,11 @@ use kustody_model::time::format_rfc3339_nanos;
 use crate::cli::{ListFormat, WhoisArgs};
 use crate::render::sanitize;
 
-/// The holder's name: `NS/NAME` for a pod or Service, `node/NAME` for a node.
-fn holder(i: &Interval) -> String {
-    if i.pod.namespace.is_empty() {
-        i.pod.name.clone()
-    } else {
-        format!("{}/{}", i.pod.namespace, i.pod.name)
-    }
-}
-
 fn interval_json(i: &Interval) -> serde_json::Value {
     serde_json::json!({
         "ip": i.ip,
         "kind": i.pod.kind.as_deref().unwrap_or("Pod"),
-        "pod": holder(i),
+        "pod": i.pod.qualified_name(),
         "uid": i.pod.uid,
         "node": i.pod.node,
         "owner": i.pod.owner,
@@ -56,7 +47,8 @@ pub fn run(args: WhoisArgs) -> Result<ExitCode> {
             use kustody_store::Store as _;
             let store = kustody_store::SqliteStore::open_read_only(dir)?;
             let holds = store.ip_intervals(&args.ip)?;
-            let any = !holds.is_empty() || !store.recent_intervals(i64::MAX, 1)?.is_empty();
+            // any stored hold at all, open or ended (the first row of an index ends the read)
+            let any = !holds.is_empty() || !store.recent_intervals(i64::MIN, 1)?.is_empty();
             for i in holds {
                 h.restore(i);
             }
@@ -100,7 +92,7 @@ pub fn run(args: WhoisArgs) -> Result<ExitCode> {
                             sanitize(&args.ip),
                             format_rfc3339_nanos(t),
                             i.pod.kind.as_deref().unwrap_or("pod").to_ascii_lowercase(),
-                            sanitize(&holder(i)),
+                            sanitize(&i.pod.qualified_name()),
                             sanitize(&i.pod.uid),
                             i.pod.node.as_deref().map(|n| format!(" on node {}", sanitize(n))).unwrap_or_default(),
                             i.pod.owner.as_deref().map(|o| format!(", owned by {}", sanitize(o))).unwrap_or_default(),
@@ -151,7 +143,7 @@ pub fn run(args: WhoisArgs) -> Result<ExitCode> {
                         writeln!(
                             out,
                             "{:<32} {:<36} {:<16} {:<32} {:<32} {}",
-                            sanitize(&holder(i)),
+                            sanitize(&i.pod.qualified_name()),
                             sanitize(&i.pod.uid),
                             sanitize(i.pod.node.as_deref().unwrap_or("-")),
                             format_rfc3339_nanos(i.first_ns),

@@ -66,7 +66,7 @@ fn holds_table(holds: &[Interval]) -> String {
     );
     for i in holds {
         let holder = if i.pod.is_pod() {
-            pod_link(&format!("{}/{}", i.pod.namespace, i.pod.name))
+            pod_link(&i.pod.qualified_name())
         } else {
             format!("{} {}", esc(i.pod.kind.as_deref().unwrap_or("")), esc(&i.pod.name))
         };
@@ -162,12 +162,7 @@ fn pod_view(st: &dyn Store, ns: &str, name: &str) -> Result<PodView, String> {
                 ..Default::default()
             })
             .map_err(e)?,
-        actions: st
-            .search_actions(&ActionQuery { limit: 10_000, ..Default::default() })
-            .map_err(e)?
-            .into_iter()
-            .filter(|a| a.target.as_deref() == Some(pod.as_str()))
-            .collect(),
+        actions: st.search_actions(&ActionQuery { target: Some(pod), limit: ROWS, ..Default::default() }).map_err(e)?,
     })
 }
 

@@ -397,7 +397,10 @@ async fn incident(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): 
             esc(&sess.csrf)
         ));
     }
-    b.push_str(&format!("<h2>Next</h2><pre>{}</pre>", esc(&list(v.get("next")).replace(", ", "\n"))));
+    // one command per line (a command may itself hold ", ")
+    let next: Vec<&str> =
+        v.get("next").and_then(|a| a.as_array()).into_iter().flatten().filter_map(|c| c.as_str()).collect();
+    b.push_str(&format!("<h2>Next</h2><pre>{}</pre>", esc(&next.join("\n"))));
     page(StatusCode::OK, &st("title"), Some(&viewer(&sess)), &b)
 }
 

@@ -46,16 +46,17 @@ pub(super) fn of_pod(conn: &Connection, namespace: &str, name: &str) -> Res<Vec<
 }
 
 pub(super) fn recent(conn: &Connection, since_ns: i64, limit: usize) -> Res<Vec<Interval>> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // Two disjoint halves (open; ended and seen since): UNION ALL stops at the limit, where a
+    // plain UNION would read everything to remove duplicates.
     let mut v = rows(
         conn,
         &format!(
             "SELECT {COLUMNS} FROM ip_intervals WHERE ended_ns IS NULL \
-             UNION SELECT {COLUMNS} FROM ip_intervals WHERE last_ns >= ?1 LIMIT ?2"
+             UNION ALL SELECT {COLUMNS} FROM ip_intervals WHERE last_ns >= ?1 AND ended_ns IS NOT NULL LIMIT ?2"
         ),
-        params![since_ns, limit],
+        params![since_ns, i64::try_from(limit).unwrap_or(i64::MAX)],
     )?;
-    v.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    v.truncate(limit);
     Ok(v)
 }
 

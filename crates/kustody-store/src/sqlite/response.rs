@@ -332,9 +332,9 @@ fn read_action(r: &Row<'_>) -> rusqlite::Result<ActionRow> {
 pub(super) fn search_actions(conn: &Connection, q: &ActionQuery) -> Res<Vec<ActionRow>> {
     let sql = format!(
         "SELECT {ACTION_COLUMNS} FROM actions WHERE (?1 IS NULL OR incident_id = ?1) AND (?2 IS NULL OR state = ?2) \
-         AND (?3 IS NULL OR created_ns >= ?3) ORDER BY id DESC LIMIT ?4"
+         AND (?3 IS NULL OR created_ns >= ?3) AND (?5 IS NULL OR target = ?5) ORDER BY id DESC LIMIT ?4"
     );
-    rows(conn, &sql, params![q.incident_id, q.state, q.since_ns, limit(q.limit)], read_action)
+    rows(conn, &sql, params![q.incident_id, q.state, q.since_ns, limit(q.limit), q.target], read_action)
 }
 
 pub(super) fn action(conn: &Connection, id: i64) -> Res<Option<ActionRow>> {
