@@ -42,6 +42,9 @@ pub struct RunContext {
     pub context: Option<String>,
     /// The version of the program running the flow (the `kustody` field of each entry).
     pub version: String,
+    /// The person who asked for the action, when it is not the cluster identity itself (a
+    /// console user: the `requestedBy` field of each entry).
+    pub requested_by: Option<String>,
 }
 
 /// How a flow runs.
@@ -148,7 +151,7 @@ fn ms(t: Instant) -> f64 {
 
 /// The common part of every action-log entry (its `time` is stamped when it is written).
 fn entry(ctx: &RunContext, action: &str, outcome: &str, actor: &Actor, t: &Target) -> Value {
-    json!({
+    let mut e = json!({
         "time": null,
         "action": action,
         "outcome": outcome,
@@ -156,7 +159,11 @@ fn entry(ctx: &RunContext, action: &str, outcome: &str, actor: &Actor, t: &Targe
         "kustody": ctx.version,
         "cluster": {"server": ctx.server, "context": ctx.context},
         "target": {"namespace": t.namespace, "pod": t.pod},
-    })
+    });
+    if let Some(who) = &ctx.requested_by {
+        e["requestedBy"] = json!(who);
+    }
+    e
 }
 
 /// Quarantine `target`: one call for the whole flow. Every run writes its outcome to `log`; a

@@ -61,7 +61,12 @@ fn a_pod_changed_while_planning_is_replanned_once_on_the_typed_conflict() {
         .await
         .unwrap();
         let target = Target { namespace: "q".into(), pod: "p".into() };
-        let ctx = RunContext { server: k.server.clone(), context: k.context.clone(), version: "test".into() };
+        let ctx = RunContext {
+            server: k.server.clone(),
+            context: k.context.clone(),
+            version: "test".into(),
+            requested_by: None,
+        };
         let mut m = Meddler { c: &c, path: "/api/v1/namespaces/q/pods/p".into(), touched: false, seen: Vec::new() };
         let o = kustody_contain::quarantine(
             &k.client,

@@ -18,11 +18,14 @@ use crate::prog::{self, Node};
 pub struct EngineOptions {
     /// Rules less severe than this are compiled (and checked) but not evaluated.
     pub min_priority: Priority,
+    /// Rules and correlations switched off by name (as `enabled: false` in their file would):
+    /// compiled and listed, never evaluated.
+    pub disabled: std::collections::BTreeSet<String>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { min_priority: Priority::Debug }
+        EngineOptions { min_priority: Priority::Debug, disabled: Default::default() }
     }
 }
 
@@ -272,7 +275,10 @@ impl Engine {
                 continue;
             }
             match compile_rule(def, set) {
-                Ok(r) => rules.push(r),
+                Ok(mut r) => {
+                    r.info.enabled &= !opts.disabled.contains(&r.info.name);
+                    rules.push(r)
+                }
                 Err(d) => diags.extend(d),
             }
         }
@@ -685,7 +691,8 @@ fn build_correlations(
             continue;
         }
         let corr = out.len() as u16;
-        let active = d.enabled && d.priority.at_least(opts.min_priority);
+        let enabled = d.enabled && !opts.disabled.contains(&d.name);
+        let active = enabled && d.priority.at_least(opts.min_priority);
         if active {
             for (step, idx) in steps_idx.iter().enumerate() {
                 for &r in idx {
@@ -704,7 +711,7 @@ fn build_correlations(
                 desc: d.desc.clone(),
                 priority: d.priority,
                 tags: d.tags.clone(),
-                enabled: d.enabled,
+                enabled,
                 file: d.loc.file.clone(),
                 line: d.loc.pos.line,
                 by: d.by.clone(),

@@ -251,7 +251,8 @@ fn skip_if_unknown_filter() {
 fn min_priority_filters_evaluation_not_loading() {
     let text = [rule("warn", "ka.verb = get"), rule("info", "ka.verb = get").replace("WARNING", "INFO")].concat();
     let files = vec![("f.yaml".to_owned(), text)];
-    let (engine, _) = Engine::load(&files, &EngineOptions { min_priority: kustody_model::Priority::Warning });
+    let (engine, _) =
+        Engine::load(&files, &EngineOptions { min_priority: kustody_model::Priority::Warning, ..Default::default() });
     assert_eq!(engine.rules().count(), 2);
     assert_eq!(engine.active_count(), 1);
     assert_eq!(fired(&engine, EV_GET_PODS), ["warn"]);

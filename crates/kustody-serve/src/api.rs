@@ -492,6 +492,7 @@ pub async fn approve_action(
         notification: d.get("notification").and_then(|m| m.as_str()).map(str::to_owned),
         since: std::time::Instant::now(),
         approved_by: Some(who.name.clone()),
+        requested_by: None,
     };
     if exec.try_send(job).is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the executor's queue is full; the action stays planned");

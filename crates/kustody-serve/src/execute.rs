@@ -58,6 +58,8 @@ pub struct Job {
     pub since: Instant,
     /// Who approved it, when it needed approval (kept in the action's record).
     pub approved_by: Option<String>,
+    /// Who asked for it from the console (kept in the action's record and the action log).
+    pub requested_by: Option<String>,
 }
 
 /// Sets `key` in a JSON object (nothing when `d` is not one).
@@ -172,6 +174,7 @@ fn leftovers(store: &dyn Store, ctx: &Ctx) -> Vec<Job> {
                 notification: d.get("notification").and_then(|m| m.as_str()).map(str::to_owned),
                 since: Instant::now(),
                 approved_by: d.get("approved_by").and_then(|m| m.as_str()).map(str::to_owned),
+                requested_by: d.get("requested_by").and_then(|m| m.as_str()).map(str::to_owned),
             }),
         }
     }
@@ -246,6 +249,9 @@ async fn run_job(ctx: &Arc<Ctx>, job: Job) {
         if let Some(who) = &job.approved_by {
             put(&mut d, "approved_by", json!(who));
         }
+        if let Some(who) = &job.requested_by {
+            put(&mut d, "requested_by", json!(who));
+        }
         if let (Some(o), serde_json::Value::Object(extra)) = (d.as_object_mut(), outcome) {
             o.extend(extra);
         }
@@ -313,7 +319,10 @@ async fn act(
                 },
                 parallel: 1,
                 case: job.incident.map(|i| format!("incident-{i}")),
-                command: vec!["kustody serve".into(), format!("playbook {}", job.playbook)],
+                command: match &job.requested_by {
+                    Some(who) => vec!["kustody serve".into(), format!("requested by {who}")],
+                    None => vec!["kustody serve".into(), format!("playbook {}", job.playbook)],
+                },
                 cluster: json!({ "server": k.server, "context": k.context }),
             };
             let b = kustody_collect::acquire::acquire(&k.client, &req, |_| {}).await.map_err(|e| e.to_string())?;
@@ -351,6 +360,7 @@ async fn act(
                 server: k.server.clone(),
                 context: k.context.clone(),
                 version: env!("CARGO_PKG_VERSION").into(),
+                requested_by: job.requested_by.clone().or_else(|| job.approved_by.clone()),
             };
             let log = kustody_contain::actionlog::ActionLog::new(ctx.data_dir.join("actions.jsonl"));
             let target = kustody_contain::Target { namespace: ns.into(), pod: pod.into() };
@@ -379,6 +389,7 @@ async fn act(
                 server: k.server.clone(),
                 context: k.context.clone(),
                 version: env!("CARGO_PKG_VERSION").into(),
+                requested_by: job.requested_by.clone().or_else(|| job.approved_by.clone()),
             };
             let log = kustody_contain::actionlog::ActionLog::new(ctx.data_dir.join("actions.jsonl"));
             let target = kustody_contain::Target { namespace: ns.into(), pod: pod.into() };

@@ -58,6 +58,10 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Approved actions go to the executor (when playbooks are configured).
     pub exec: Option<SyncSender<crate::execute::Job>>,
+    /// The cluster, for the console's dry-run plans (the executor connects on its own).
+    pub connect: Option<crate::execute::Connect>,
+    /// The rule set in use and the rules switched off (the console's rules page).
+    pub rules: Arc<crate::ruleset::RuleState>,
     /// Console sessions, and the password checks allowed at once (argon2 is slow on purpose).
     pub sessions: Arc<crate::console::session::Sessions>,
     pub logins: Arc<Semaphore>,
@@ -364,7 +368,7 @@ async fn post_falco(
 }
 
 /// Query parameters of the search endpoints.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct SearchParams {
     pub user: Option<String>,
     #[serde(alias = "sa")]

@@ -29,6 +29,7 @@ pub mod identity;
 pub mod metrics;
 pub mod payload;
 pub mod respond;
+pub mod ruleset;
 pub mod search;
 pub mod tls;
 pub mod watch;
@@ -54,9 +55,10 @@ pub type CompileWhere = Arc<dyn Fn(&str) -> Result<WhereFilter, String> + Send +
 
 /// Where the rules come from: the binary knows its built-in rules and the user's files.
 pub trait RuleSource: Send + Sync {
-    /// Loads the rule set and allow list. `Err` when anything has an error: a reload then keeps
-    /// the last good set. Warnings are returned to be logged.
-    fn load(&self) -> Result<(Engine, AllowList, Vec<String>), String>;
+    /// Loads the rule set and allow list, the `disabled` rules and correlations switched off
+    /// (the console's switches). `Err` when anything has an error: a reload then keeps the
+    /// last good set. Warnings are returned to be logged.
+    fn load(&self, disabled: &std::collections::BTreeSet<String>) -> Result<(Engine, AllowList, Vec<String>), String>;
     /// Compiles a Falco condition into a filter.
     fn compile_where(&self, condition: &str) -> Result<WhereFilter, String>;
     /// Files whose change triggers a reload.
@@ -173,7 +175,11 @@ async fn serve(config: Config) -> Result<()> {
         &config.data_dir.join("tls"),
         &config.tls_sans,
     )?;
-    let (engine, allow, warnings) = config.rules.load().map_err(|e| anyhow::anyhow!("rules: {e}"))?;
+    // Rules switched off from the console stay off across restarts.
+    let disabled = SqliteStore::open(&config.data_dir)
+        .map(|st| ruleset::RuleState::stored_disabled(&st))
+        .map_err(|e| anyhow::anyhow!("cannot open the store in `{}`: {e}", config.data_dir.display()))?;
+    let (engine, allow, warnings) = config.rules.load(&disabled).map_err(|e| anyhow::anyhow!("rules: {e}"))?;
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -229,6 +235,8 @@ async fn serve(config: Config) -> Result<()> {
     }
     let (publish, _) = tokio::sync::broadcast::channel::<Arc<str>>(1024);
     let pending: detect::PendingRules = Arc::new(std::sync::Mutex::new(None));
+    let engine = Arc::new(engine);
+    let rule_state = Arc::new(ruleset::RuleState::new(engine.clone(), disabled));
 
     let identity =
         Arc::new(identity::Identity::new(kustody_iphistory::Options { max_intervals: config.max_ip_intervals }));
@@ -252,7 +260,8 @@ async fn serve(config: Config) -> Result<()> {
     };
     // Playbook actions run on their own thread, through the writer for every record.
     let (exec_tx, exec_rx) = std::sync::mpsc::sync_channel::<execute::Job>(256);
-    let executor = if config.playbooks.is_empty() {
+    // Started for playbooks, and for the console's actions whenever a cluster is configured.
+    let executor = if config.playbooks.is_empty() && config.connect.is_none() {
         None
     } else {
         let e = execute::Executor {
@@ -273,7 +282,7 @@ async fn serve(config: Config) -> Result<()> {
             store: Box::new(SqliteStore::open_read_only(&config.data_dir)?),
             writes: results_tx,
             detector: kustody_rules::live::Detector::new(
-                Arc::new(engine),
+                engine.clone(),
                 Arc::new(allow),
                 kustody_rules::findings::FindingOptions { window_ns: config.group_window_ns, ..Default::default() },
             ),
@@ -379,6 +388,8 @@ async fn serve(config: Config) -> Result<()> {
         writes: writes_for_api,
         public_url: config.public_url.clone(),
         exec: exec_for_api,
+        connect: config.connect.clone(),
+        rules: rule_state.clone(),
         sessions: Arc::default(),
         logins: Arc::new(tokio::sync::Semaphore::new(2)),
     });
@@ -405,6 +416,7 @@ async fn serve(config: Config) -> Result<()> {
         let pending = pending.clone();
         let metrics = metrics.clone();
         let rules = rules.clone();
+        let rule_state = rule_state.clone();
         tokio::spawn(async move {
             let mut stamps = stamps_of(&rules.watched());
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -427,14 +439,17 @@ async fn serve(config: Config) -> Result<()> {
                     }
                 }
                 let r = rules.clone();
-                match tokio::task::spawn_blocking(move || r.load()).await {
+                let disabled = rule_state.disabled();
+                match tokio::task::spawn_blocking(move || r.load(&disabled)).await {
                     Ok(Ok((engine, allow, warnings))) if engine.active_count() > 0 => {
                         for w in warnings {
                             tracing::warn!("{w}");
                         }
+                        let engine = Arc::new(engine);
                         if let Ok(mut p) = pending.lock() {
-                            *p = Some((Arc::new(engine), Arc::new(allow)));
+                            *p = Some((engine.clone(), Arc::new(allow)));
                         }
+                        rule_state.installed(engine);
                         metrics.rule_reloads.fetch_add(1, Relaxed);
                         tracing::info!("rules reloaded");
                         eprintln!("kustody serve: rules reloaded");

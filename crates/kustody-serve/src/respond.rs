@@ -345,6 +345,7 @@ impl Responder {
                         notification: notification.clone(),
                         since: std::time::Instant::now(),
                         approved_by: None,
+                        requested_by: None,
                     };
                     w.jobs.push((job, idx));
                 }

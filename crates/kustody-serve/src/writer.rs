@@ -51,6 +51,16 @@ pub struct Detections {
 /// that must not open a second writer. It answers through its own channel.
 pub type StoreTask = Box<dyn FnOnce(&mut dyn Store) + Send>;
 
+/// Hands a task to the writer thread from async code (the channel is bounded: the send may
+/// wait, off the runtime).
+pub async fn send_task(writes: &std::sync::mpsc::SyncSender<Write>, task: StoreTask) -> Result<(), String> {
+    let w = writes.clone();
+    match tokio::task::spawn_blocking(move || w.send(Write::Run(task)).is_ok()).await {
+        Ok(true) => Ok(()),
+        _ => Err("the server is stopping".into()),
+    }
+}
+
 /// Work for the writer besides ingest.
 pub enum Write {
     Detections(Detections),

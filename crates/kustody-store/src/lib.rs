@@ -202,6 +202,37 @@ pub struct FindingRow {
     pub detail: String,
 }
 
+/// What event counts are split by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CountBy {
+    #[default]
+    Total,
+    Namespace,
+    User,
+}
+
+/// Events per time bucket, from counts kept per minute (exact, and cheap over days): filtered
+/// by one namespace or one user (not both), split by namespace or user or not at all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CountQuery {
+    pub since_ns: i64,
+    pub until_ns: i64,
+    /// Rounded down to whole minutes (at least one).
+    pub bucket_ns: i64,
+    pub namespace: Option<String>,
+    pub user: Option<String>,
+    pub by: CountBy,
+}
+
+/// How many in one bucket (starting at `start_ns`) for one key (namespace, user or priority;
+/// empty for totals, cluster-scoped requests, or events without a user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Count {
+    pub start_ns: i64,
+    pub key: String,
+    pub n: u64,
+}
+
 /// Filters of an event search; every set field must match (AND). Newest first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EventQuery {
@@ -376,6 +407,13 @@ pub trait Store: Send {
     fn search_events(&self, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError>;
     fn search_findings(&self, q: &FindingQuery) -> Result<Vec<FindingRow>, StoreError>;
     fn search_alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError>;
+    /// Events per bucket in `[since_ns, until_ns)` (minute resolution), from counts kept with
+    /// the events; an error for a namespace and a user together.
+    fn event_counts(&self, q: &CountQuery) -> Result<Vec<Count>, StoreError>;
+    /// Findings first seen per bucket in `[since_ns, until_ns)`, keyed by priority.
+    fn finding_counts(&self, since_ns: i64, until_ns: i64, bucket_ns: i64) -> Result<Vec<Count>, StoreError>;
+    /// Stored findings per rule (every rule a finding lists, not only its lead), by rule name.
+    fn rule_finding_counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// A named cursor (the detector's last processed event id); 0 when never set.
     fn cursor(&self, name: &str) -> Result<i64, StoreError>;
     fn set_cursor(&mut self, name: &str, value: i64) -> Result<(), StoreError>;

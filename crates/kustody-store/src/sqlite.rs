@@ -20,12 +20,13 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use crate::{
-    ActionQuery, ActionRow, AlertQuery, AlertRow, Appended, Attempt, AttemptRow, Batch, BatchIds, EventQuery, EventRow,
-    FileOffset, FindingQuery, FindingRow, IncidentQuery, IncidentRow, MatchRow, NoteRow, Origin, OutboxQuery,
-    OutboxRow, Retained, Store, StoreError, StoreStats, StoredAlert, StoredEvent,
+    ActionQuery, ActionRow, AlertQuery, AlertRow, Appended, Attempt, AttemptRow, Batch, BatchIds, Count, CountQuery,
+    EventQuery, EventRow, FileOffset, FindingQuery, FindingRow, IncidentQuery, IncidentRow, MatchRow, NoteRow, Origin,
+    OutboxQuery, OutboxRow, Retained, Store, StoreError, StoreStats, StoredAlert, StoredEvent,
 };
 
 mod codec;
+mod counts;
 mod error;
 mod intervals;
 mod query;
@@ -360,6 +361,7 @@ impl SqliteStore {
         let bit = origin.bit();
         let mut out = Appended { ids: Vec::with_capacity(events.len()), stored: 0, duplicates: 0 };
         let mut text_bytes: i64 = 0;
+        let mut minutes = counts::Minutes::default();
         let SqliteStore { conn, enc, .. } = self;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
@@ -417,8 +419,12 @@ impl SqliteStore {
                 out.ids.push(Some(id));
                 out.stored += 1;
                 text_bytes = text_bytes.saturating_add(len);
+                if let Some(t) = ev.time_ns {
+                    minutes.add(t, ev.namespace.as_deref().unwrap_or(""), ev.user.as_deref().unwrap_or(""), 1);
+                }
             }
         }
+        minutes.write(&tx)?;
         add_totals(&tx, &[("events", i64_of(out.stored)), ("event_text_bytes", text_bytes)])?;
         tx.commit()?;
         Ok(out)
@@ -753,15 +759,24 @@ impl SqliteStore {
     fn delete_events(&mut self, cutoff: Option<i64>, limit: usize) -> Res<u64> {
         let tx = self.write_tx()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let victims: Vec<(i64, i64)> = {
-            let row = |r: &Row<'_>| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0)));
+        // (id, text length, time, namespace, user)
+        type Victim = (i64, i64, Option<i64>, Option<String>, Option<String>);
+        let victims: Vec<Victim> = {
+            let row = |r: &Row<'_>| {
+                Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0), r.get(2)?, r.get(3)?, r.get(4)?))
+            };
             match cutoff {
                 Some(t) => tx
-                    .prepare_cached("SELECT id, text_len FROM events WHERE time_ns < ?1 ORDER BY time_ns LIMIT ?2")?
+                    .prepare_cached(
+                        "SELECT id, text_len, time_ns, namespace, username FROM events WHERE time_ns < ?1 \
+                         ORDER BY time_ns LIMIT ?2",
+                    )?
                     .query_map(params![t, limit], row)?
                     .collect::<Result<_, _>>()?,
                 None => tx
-                    .prepare_cached("SELECT id, text_len FROM events ORDER BY id LIMIT ?1")?
+                    .prepare_cached(
+                        "SELECT id, text_len, time_ns, namespace, username FROM events ORDER BY id LIMIT ?1",
+                    )?
                     .query_map(params![limit], row)?
                     .collect::<Result<_, _>>()?,
             }
@@ -775,13 +790,18 @@ impl SqliteStore {
             let mut del = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
             let mut del_ips = tx.prepare_cached("DELETE FROM event_ips WHERE id BETWEEN ?1 AND ?2")?;
             let mut del_matches = tx.prepare_cached("DELETE FROM matches WHERE event_id = ?1")?;
-            for (id, len) in &victims {
+            let mut minutes = counts::Minutes::default();
+            for (id, len, t, ns, user) in &victims {
+                if let Some(t) = t {
+                    minutes.add(*t, ns.as_deref().unwrap_or(""), user.as_deref().unwrap_or(""), -1);
+                }
                 del.execute([id])?;
                 let lo = id.saturating_mul(16);
                 del_ips.execute([lo, lo.saturating_add(15)])?;
                 matches += i64::try_from(del_matches.execute([id])?).unwrap_or(0);
                 text = text.saturating_add(*len);
             }
+            minutes.write(&tx)?;
         }
         let n = i64::try_from(victims.len()).unwrap_or(i64::MAX);
         add_totals(&tx, &[("events", -n), ("event_text_bytes", -text), ("matches", -matches)])?;
@@ -1044,6 +1064,15 @@ impl Store for SqliteStore {
 
     fn search_alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError> {
         self.search_alerts_(q).map_err(|f| self.fail(f))
+    }
+    fn event_counts(&self, q: &CountQuery) -> Result<Vec<Count>, StoreError> {
+        counts::events(&self.conn, q).map_err(|e| self.fail(e))
+    }
+    fn finding_counts(&self, since_ns: i64, until_ns: i64, bucket_ns: i64) -> Result<Vec<Count>, StoreError> {
+        counts::findings(&self.conn, since_ns, until_ns, bucket_ns).map_err(|e| self.fail(e))
+    }
+    fn rule_finding_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        counts::rules(&self.conn).map_err(|e| self.fail(e))
     }
 
     fn cursor(&self, name: &str) -> Result<i64, StoreError> {

@@ -11,9 +11,9 @@ use std::path::Path;
 
 use kustody_model::{Event, Priority};
 use kustody_store::{
-    AlertQuery, AlertRow, Attempt, Batch, EventQuery, EventRow, FileOffset, FindingQuery, FindingRow, IncidentQuery,
-    IncidentRow, IncidentWrite, MatchRow, NoteRow, Origin, OutboxQuery, OutboxState, OutboxWrite, Ref, SqliteStore,
-    Store, StoreError, StoredEvent,
+    AlertQuery, AlertRow, Attempt, Batch, CountBy, CountQuery, EventQuery, EventRow, FileOffset, FindingQuery,
+    FindingRow, IncidentQuery, IncidentRow, IncidentWrite, MatchRow, NoteRow, Origin, OutboxQuery, OutboxState,
+    OutboxWrite, Ref, SqliteStore, Store, StoreError, StoredEvent,
 };
 use serde_json::json;
 
@@ -1100,6 +1100,63 @@ fn ip_intervals_and_source_pods<B: Backend>() {
     assert_eq!(s.state("baseline").unwrap().as_deref(), Some(&b"v2"[..]));
 }
 
+fn counts(s: &impl Store, by: CountBy, namespace: Option<&str>, user: Option<&str>) -> Vec<(i64, String, u64)> {
+    let q = CountQuery {
+        since_ns: BASE_NS,
+        until_ns: BASE_NS + 3600 * SEC,
+        bucket_ns: 60 * SEC,
+        namespace: namespace.map(str::to_owned),
+        user: user.map(str::to_owned),
+        by,
+    };
+    s.event_counts(&q).unwrap().into_iter().map(|c| ((c.start_ns - BASE_NS) / SEC, c.key, c.n)).collect()
+}
+
+fn events_are_counted_per_minute_by_namespace_and_user<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    // minute 0: 3 in default by alice, 2 in kube-system by bob; minute 1: 1 cluster-scoped by bob
+    let mut evs: Vec<Ev> = (0..3).map(ev).collect();
+    evs.extend((3..5).map(|n| Ev { namespace: Some("kube-system"), user: "bob".into(), ..ev(n) }));
+    evs.push(Ev { namespace: None, user: "bob".into(), t: 70, ..ev(5) });
+    put(&mut s, &evs, Origin::Webhook);
+    // a duplicate is not counted twice
+    put(&mut s, &evs[..1], Origin::File);
+    assert_eq!(counts(&s, CountBy::Total, None, None), vec![(0, String::new(), 5), (60, String::new(), 1)]);
+    assert_eq!(
+        counts(&s, CountBy::Namespace, None, None),
+        vec![(0, "default".into(), 3), (0, "kube-system".into(), 2), (60, String::new(), 1)]
+    );
+    assert_eq!(
+        counts(&s, CountBy::User, None, None),
+        vec![(0, "alice".into(), 3), (0, "bob".into(), 2), (60, "bob".into(), 1)]
+    );
+    assert_eq!(counts(&s, CountBy::Total, Some("kube-system"), None), vec![(0, String::new(), 2)]);
+    assert_eq!(counts(&s, CountBy::Total, None, Some("bob")), vec![(0, String::new(), 2), (60, String::new(), 1)]);
+    let hourly =
+        CountQuery { since_ns: BASE_NS, until_ns: BASE_NS + 3600 * SEC, bucket_ns: 3600 * SEC, ..Default::default() };
+    assert_eq!(s.event_counts(&hourly).unwrap().iter().map(|c| c.n).collect::<Vec<_>>(), vec![6]);
+    let both = CountQuery { namespace: Some("default".into()), user: Some("alice".into()), ..hourly };
+    assert!(s.event_counts(&both).is_err(), "not kept: an error, not a wrong number");
+    // retention takes its events' counts with it
+    s.retain(BASE_NS + 60 * SEC, Some(30 * SEC), None).unwrap();
+    assert_eq!(counts(&s, CountBy::Total, None, None), vec![(60, String::new(), 1)]);
+    assert_eq!(counts(&s, CountBy::User, None, None), vec![(60, "bob".into(), 1)]);
+    // findings per bucket by priority
+    let f = |rule: &str, t: i64, p: &str| FindingRow { priority: p.into(), ..finding(rule, t) };
+    s.record_detections(&[f("a", 5, "Critical"), f("b", 10, "Warning"), f("c", 70, "Warning")], &[]).unwrap();
+    let got: Vec<(i64, String, u64)> = s
+        .finding_counts(BASE_NS, BASE_NS + 3600 * SEC, 60 * SEC)
+        .unwrap()
+        .into_iter()
+        .map(|c| ((c.start_ns - BASE_NS) / SEC, c.key, c.n))
+        .collect();
+    assert_eq!(got, vec![(0, "Critical".into(), 1), (0, "Warning".into(), 1), (60, "Warning".into(), 1)]);
+    let mut by_rule = s.rule_finding_counts().unwrap();
+    by_rule.sort();
+    assert_eq!(by_rule, vec![("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]);
+}
+
 macro_rules! suite {
     ($backend:ident: $b:ty) => {
         mod $backend {
@@ -1110,7 +1167,7 @@ macro_rules! suite {
                 reader_sees_commits_while_writer_open, real_events_from_fixture, read_only_refuses_writes,
                 search_across_many_events, incidents_and_outbox_commit_with_findings,
                 outbox_attempts_dead_letter_and_retry, actions_are_recorded_and_transition_once,
-                ip_intervals_and_source_pods);
+                ip_intervals_and_source_pods, events_are_counted_per_minute_by_namespace_and_user);
         }
     };
     (@tests $b:ty; $($t:ident),*) => {

@@ -33,6 +33,7 @@ fn run_context(cluster: &Cluster) -> RunContext {
         server: cluster.server.clone(),
         context: cluster.context.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        requested_by: None,
     }
 }
 

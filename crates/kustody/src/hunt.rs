@@ -109,7 +109,10 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
     })?;
     let mut filter = filter;
 
-    let opts = EngineOptions { min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug) };
+    let opts = EngineOptions {
+        min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug),
+        ..Default::default()
+    };
     let (engine, diags) = if args.parse_only {
         (Engine::load(&[], &opts).0, Vec::new())
     } else {

@@ -1,6 +1,7 @@
 //! `kustody serve` and `kustody search`: the binary's side (flags, rule files, output); the
 //! server itself is the `kustody-serve` crate.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,8 +26,9 @@ pub struct FileRules {
 }
 
 impl RuleSource for FileRules {
-    fn load(&self) -> Result<(Engine, AllowList, Vec<String>), String> {
-        let (engine, diags) = ruleset::load(&self.rules, self.defaults, &self.opts).map_err(|e| format!("{e:#}"))?;
+    fn load(&self, disabled: &BTreeSet<String>) -> Result<(Engine, AllowList, Vec<String>), String> {
+        let opts = EngineOptions { disabled: disabled.clone(), ..self.opts.clone() };
+        let (engine, diags) = ruleset::load(&self.rules, self.defaults, &opts).map_err(|e| format!("{e:#}"))?;
         let errors: Vec<String> =
             diags.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect();
         if !errors.is_empty() {
@@ -78,7 +80,7 @@ pub fn compile_where(rules: &[PathBuf], defaults: bool, condition: &str) -> Resu
         "--where".to_owned(),
         format!("- rule: {WHERE_RULE}\n  desc: search filter\n  condition: {quoted}\n  output: match\n  priority: DEBUG\n  source: k8s_audit\n"),
     ));
-    let (engine, diags) = Engine::load(&files, &EngineOptions { min_priority: kustody_model::Priority::Debug });
+    let (engine, diags) = Engine::load(&files, &EngineOptions::default());
     let mine: Vec<String> = diags
         .iter()
         .filter(|d| d.severity == Severity::Error && d.to_string().contains("--where"))
@@ -175,7 +177,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         defaults: !args.rules.no_default_rules,
         allow: args.allow.clone(),
         no_allowlist: args.no_allowlist,
-        opts: EngineOptions { min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug) },
+        opts: EngineOptions {
+            min_priority: args.min_priority.unwrap_or(kustody_model::Priority::Debug),
+            ..Default::default()
+        },
     };
     let mut config = kustody_serve::Config::new(data_dir, Arc::new(rules));
     config.listen = args.listen;

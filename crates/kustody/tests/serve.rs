@@ -1746,8 +1746,8 @@ fn the_console_shows_incidents_to_logged_in_users_and_only_responders_change_the
     assert_eq!(c.browser("GET", "/ip?ip=10.244.1.17", None, "").status, 303);
     // the incident page links to them
     let r = c.browser("GET", "/incidents/1", Some(&alice), "");
-    assert!(r.body.contains(r#"href="/identity?user=system%3Aserviceaccount%3Ashop%3Aweb%2Dfrontend""#), "{}", r.body);
-    assert!(r.body.contains(r#"href="/ip?ip=10%2E244%2E1%2E17""#), "{}", r.body);
+    assert!(r.body.contains(r#"href="/identity?user=system%3Aserviceaccount%3Ashop%3Aweb-frontend""#), "{}", r.body);
+    assert!(r.body.contains(r#"href="/ip?ip=10.244.1.17""#), "{}", r.body);
 
     // a viewer reads but cannot change
     let r = c.browser("POST", "/login", None, "user=bob&password=bob%27s+long+password%21");
@@ -1769,6 +1769,311 @@ fn the_console_shows_incidents_to_logged_in_users_and_only_responders_change_the
     let r = c.browser("POST", "/logout", Some(&alice), &format!("csrf={csrf}"));
     assert_eq!(r.status, 303);
     assert_eq!(c.browser("GET", "/", Some(&alice), "").status, 303);
+}
+
+/// The console's search (filters, condition, histogram), charts, rules (hits, switches kept
+/// across a restart, retro-hunt) and evidence list, with each role's limits.
+#[test]
+fn the_console_searches_charts_switches_rules_and_retro_hunts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    user_add(&data, "alice", "responder", "alice's long password");
+    user_add(&data, "bob", "viewer", "bob's long password!");
+    user_add(&data, "carol", "admin", "carol's long password");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/attack-chain.jsonl");
+    let srv = start(&data, &["--replay", example]);
+    wait_for("the replayed attack's incident", 60, || {
+        srv.get("/v1/incidents").json()["incidents"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let login = |srv: &Server, user: &str, password: &str| {
+        let body =
+            format!("user={user}&password={}", password.replace(' ', "+").replace('\'', "%27").replace('!', "%21"));
+        session_cookie(&srv.client.browser("POST", "/login", None, &body))
+    };
+    let (alice, bob, carol) = (
+        login(&srv, "alice", "alice's long password"),
+        login(&srv, "bob", "bob's long password!"),
+        login(&srv, "carol", "carol's long password"),
+    );
+    let c = &srv.client;
+    let sa = "system%3Aserviceaccount%3Ashop%3Aweb-frontend";
+    let window = "since=2026-11-19T00%3A00%3A00Z&until=2026-11-21T00%3A00%3A00Z";
+
+    // search by identity: exact per-minute counts, the timeline of its requests
+    let r = c.browser("GET", &format!("/search?{window}&user={sa}"), Some(&bob), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let stored = srv.get(&format!("/v1/events?user={sa}&limit=1000")).json()["items"].as_array().unwrap().len();
+    assert!(stored > 3, "the example has the identity's requests");
+    assert!(r.body.contains(r#"id="histogram""#) && r.body.contains("every match in the window"), "{}", r.body);
+    assert!(r.body.contains(&format!("({stored} in all")), "the histogram counts every request: {}", r.body);
+    assert_eq!(r.body.matches("<tr><td>").count(), stored, "{}", r.body);
+    // a condition: binned from the matches themselves
+    let r = c.browser(
+        "GET",
+        &format!("/search?{window}&where=ka.target.resource%3Dsecrets+and+ka.user.name%3D{sa}"),
+        Some(&bob),
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = &r.body[r.body.find(r#"id="results""#).unwrap()..];
+    assert!(results.contains("secrets") && results.contains("web-frontend"), "{}", r.body);
+    assert!(
+        !results.contains("selfsubject") && !results.contains("endpointslice"),
+        "only its secret requests: {}",
+        r.body
+    );
+    let r = c.browser("GET", &format!("/search?{window}&where=ka.verb%3D"), Some(&bob), "");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains(r#"id="search-error""#), "{}", r.body);
+    assert_eq!(c.browser("GET", "/search?since=yesterday-ish", Some(&bob), "").status, 400);
+    assert_eq!(c.browser("GET", "/search", None, "").status, 303, "logged-in users only");
+
+    // charts: namespaces, identities, findings by priority
+    let r = c.browser("GET", "/charts?since=3650d", Some(&bob), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    for id in ["findings-chart", "namespaces-chart", "identities-chart"] {
+        assert!(r.body.contains(&format!(r#"id="{id}""#)), "{id}: {}", r.body);
+    }
+    assert!(r.body.contains("kube-system") && r.body.contains("system:kube-controller-manager"), "{}", r.body);
+    assert!(r.body.contains("Critical"), "{}", r.body);
+
+    // rules: listed with hits; retro-hunt finds the example's matches again
+    let r = c.browser("GET", "/rules", Some(&bob), "");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("kustody Attack Chain from Enumeration to Escalation"), "{}", r.body);
+    assert!(!r.body.contains("Switch off"), "no switches for a viewer");
+    assert_eq!(
+        c.browser("GET", "/rules/hunt?since=3650d", Some(&bob), "").status,
+        403,
+        "retro-hunts are for responders"
+    );
+    let hunt = |who: &str| {
+        let r = c.browser("GET", "/rules/hunt?since=3650d", Some(who), "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    };
+    let before = hunt(&alice);
+    let rule = "kustody Exec by Service Account";
+    assert!(before.contains(rule) && before.contains(r#"id="hunt-hits""#), "{before}");
+    // switching a rule off: admins only, with the page's token, kept across a restart
+    let body = |who: &str, enable: u8| {
+        let csrf = csrf_of(&c.browser("GET", "/rules", Some(who), "").body);
+        format!("csrf={csrf}&name={}&enable={enable}", rule.replace(' ', "+"))
+    };
+    assert_eq!(c.browser("POST", "/rules/toggle", Some(&alice), &body(&alice, 0)).status, 403);
+    assert_eq!(c.browser("POST", "/rules/toggle", Some(&carol), "name=x&enable=0").status, 403);
+    let r = c.browser("POST", "/rules/toggle", Some(&carol), &body(&carol, 0));
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = c.browser("GET", &format!("/rules?q={}", rule.replace(' ', "+")), Some(&carol), "");
+    assert!(r.body.contains("switched off") && r.body.contains("Switch on"), "{}", r.body);
+    assert!(!hunt(&alice).contains(&format!("<td>{rule}</td>")), "a switched-off rule is not evaluated");
+    drop(srv);
+    let srv = start(&data, &[]);
+    let c = &srv.client;
+    let carol = login(&srv, "carol", "carol's long password");
+    let r = c.browser("GET", &format!("/rules?q={}", rule.replace(' ', "+")), Some(&carol), "");
+    assert!(r.body.contains("switched off"), "still off after a restart: {}", r.body);
+    let csrf = csrf_of(&r.body);
+    let on = format!("csrf={csrf}&name={}&enable=1", rule.replace(' ', "+"));
+    assert_eq!(c.browser("POST", "/rules/toggle", Some(&carol), &on).status, 303);
+    let r = c.browser("GET", "/rules/hunt?since=3650d", Some(&carol), "");
+    assert!(r.body.contains(&format!("<td>{rule}</td>")), "on again: {}", r.body);
+
+    // evidence: none collected by this server yet; a bundle name cannot leave the directory
+    let r = c.browser("GET", "/evidence", Some(&carol), "");
+    assert!(r.status == 200 && r.body.contains("No bundle collected"), "{}", r.body);
+    assert_eq!(c.browser("GET", "/evidence?bundle=..%2F..%2Fetc", Some(&carol), "").status, 404);
+}
+
+/// Responding from the console on the test cluster: the attack becomes an incident; a
+/// responder opens the quarantine plan (the dry run of the real flow), gives a reason and
+/// confirms — in Chromium when it is installed — and sees the outcome; evidence is collected,
+/// listed, shown and verified; release is planned and applied; a viewer is refused each step.
+#[test]
+fn a_responder_quarantines_collects_and_releases_from_the_console_on_the_test_cluster() {
+    use kustody_testcluster::TestCluster;
+    let Some(c) = kustody_testcluster::client::cluster(TestCluster::builder().namespace("shop")) else {
+        return;
+    };
+    c.apply(serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web-sa", "namespace": "shop"}})).unwrap();
+    c.grant(
+        &serde_json::json!({"kind": "ServiceAccount", "name": "web-sa", "namespace": "shop"}),
+        "web-sa",
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+                           {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get", "create"]}]),
+        Some("shop"),
+    )
+    .unwrap();
+    c.apply(web_deployment("shop")).unwrap();
+    let pods: Vec<String> = c
+        .wait_for(Duration::from_secs(30), || {
+            let running: Vec<String> = c
+                .list("pods", Some("shop"))
+                .into_iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+                .collect();
+            (running.len() >= 3).then_some(running)
+        })
+        .unwrap();
+    let a = pods[0].clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    user_add(&data, "alice", "responder", "alice's long password");
+    user_add(&data, "bob", "viewer", "bob's long password!");
+    let audit = c.audit_log_path().to_str().unwrap().to_owned();
+    let kc = c.kubeconfig_path().to_str().unwrap().to_owned();
+    let srv = start(&data, &["--follow", &audit, "--kubeconfig", &kc]);
+    attack(&c, &bound_token(&c, "shop", "web-sa", &a), "shop", &a, &["enumerate", "secrets", "exec"]);
+    wait_for("the attack's incident", 60, || {
+        srv.get("/v1/incidents").json()["incidents"].as_array().is_some_and(|x| !x.is_empty())
+    });
+    let id = srv.get("/v1/incidents").json()["incidents"][0]["id"].as_i64().unwrap();
+    let cl = &srv.client;
+    let alice = session_cookie(&cl.browser("POST", "/login", None, "user=alice&password=alice%27s+long+password"));
+    let bob = session_cookie(&cl.browser("POST", "/login", None, "user=bob&password=bob%27s+long+password%21"));
+    let pod = format!("shop/{a}");
+    let act = |action: &str| format!("/act?action={action}&pod=shop%2F{a}&incident={id}&allow_dns=1");
+    let action_state = |action: &str| -> Option<Value> {
+        srv.get(&format!("/v1/actions?incident={id}")).json()["actions"]
+            .as_array()
+            .and_then(|x| x.iter().find(|r| r["action"] == action && r["target"] == pod.as_str()).cloned())
+    };
+    let settled = |action: &str| {
+        wait_for(&format!("the console's {action}"), 120, || {
+            action_state(action).is_some_and(|r| !matches!(r["state"].as_str(), Some("planned" | "running")))
+        });
+        action_state(action).unwrap()
+    };
+
+    // the incident offers its pods' actions to a responder, not to a viewer
+    let r = cl.browser("GET", &format!("/incidents/{id}"), Some(&alice), "");
+    assert!(r.body.contains(r#"id="respond""#) && r.body.contains(&format!("pod=shop%2F{a}")), "{}", r.body);
+    assert!(!cl.browser("GET", &format!("/incidents/{id}"), Some(&bob), "").body.contains(r#"id="respond""#));
+    let r = cl.browser("GET", &act("quarantine"), Some(&bob), "");
+    assert_eq!(r.status, 403, "a viewer sees no plan");
+    // the plan: the dry run of the real flow, nothing changed yet
+    let r = cl.browser("GET", &act("quarantine"), Some(&alice), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(r#"id="plan""#) && r.body.contains("networkpolicies"), "{}", r.body);
+    assert!(r.body.contains(r#"id="confirm""#) && r.body.contains(r#"name="reason""#), "{}", r.body);
+    assert!(c.get("pods", "shop", &a).unwrap()["metadata"]["labels"].get("kustody.io/quarantined").is_none());
+    let csrf = csrf_of(&r.body);
+    let form = |csrf: &str, reason: &str| {
+        format!("csrf={csrf}&action=quarantine&pod=shop%2F{a}&incident={id}&allow_dns=1&reason={reason}")
+    };
+    assert_eq!(cl.browser("POST", "/act", Some(&alice), &form(&csrf, "")).status, 400, "a reason is required");
+    assert_eq!(
+        cl.browser("POST", "/act", Some(&alice), &form("forged", "x")).status,
+        403,
+        "the page's token is required"
+    );
+    let bob_csrf = csrf_of(&cl.browser("GET", "/", Some(&bob), "").body);
+    assert_eq!(cl.browser("POST", "/act", Some(&bob), &form(&bob_csrf, "x")).status, 403, "a viewer cannot quarantine");
+    assert!(action_state("quarantine").is_none(), "nothing was planned by the refused requests");
+
+    let t0 = Instant::now();
+    if kustody_testkit::webdriver::available() {
+        use kustody_testkit::webdriver::Browser;
+        let long = Duration::from_secs(30);
+        let b = Browser::start();
+        let base = format!("https://{}", cl.addr);
+        b.goto(&format!("{base}/incidents/{id}"));
+        b.type_in(&b.wait("#user", long), "alice");
+        b.type_in(&b.wait("#password", long), "alice's long password");
+        b.click(&b.wait("form[action='/login'] button[type=submit]", long));
+        b.click(&b.wait(&format!("#respond a[href*='action=quarantine'][href*='{a}']"), long));
+        b.wait("#plan", long);
+        assert!(b.text_of("#plan").contains("networkpolicies"), "{}", b.source());
+        if let Some(dir) = std::env::var_os("KUSTODY_SCREENSHOTS") {
+            b.screenshot(&PathBuf::from(dir).join("console-quarantine-plan.png")).unwrap();
+        }
+        b.type_in(&b.wait("#reason", long), "exec with a stolen token; containing while we collect");
+        b.click(&b.wait("#confirm button[type=submit]", long));
+        b.answer_dialog(true).unwrap();
+        b.wait("#actions", long);
+        let took = b.wait_text("applied", Duration::from_secs(120));
+        eprintln!("the quarantine's outcome showed on the incident page {took:?} after confirming");
+        b.goto(&format!("{base}/pod?ns=shop&name={a}"));
+        b.wait("#quarantined", long);
+    } else {
+        eprintln!("chromium/chromedriver missing: confirming over HTTP instead of in the browser");
+        let r = cl.browser("POST", "/act", Some(&alice), &form(&csrf, "exec+with+a+stolen+token"));
+        assert_eq!((r.status, header(&r, "location")), (303, Some(format!("/incidents/{id}#actions").as_str())));
+    }
+    let q = settled("quarantine");
+    eprintln!("console quarantine: confirmed → {} in {:?}", q["state"], t0.elapsed());
+    assert_eq!(q["state"], "applied", "{q:#}");
+    assert_eq!(q["playbook"], "console");
+    assert_eq!(q["detail"]["requested_by"], "console:alice", "{q:#}");
+    assert_eq!(c.get("pods", "shop", &a).unwrap()["metadata"]["labels"]["kustody.io/quarantined"], "true");
+    let log = std::fs::read_to_string(data.join("actions.jsonl")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains(r#""action":"quarantine""#)
+            && l.contains(r#""requestedBy":"console:alice""#)
+            && l.contains(r#""outcome":"verified""#)),
+        "the action log names the person: {log}"
+    );
+    let v = srv.get(&format!("/v1/incidents/{id}")).json();
+    assert!(
+        v["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["author"] == "alice" && n["text"].as_str().unwrap().starts_with("quarantine of shop/")),
+        "{v:#}"
+    );
+    let r = cl.browser("GET", &format!("/pod?ns=shop&name={a}"), Some(&bob), "");
+    assert!(r.body.contains(r#"id="quarantined""#) && r.body.contains("console:alice"), "{}", r.body);
+
+    // evidence from the console: collected, listed, its manifest shown, verified
+    let csrf = csrf_of(&cl.browser("GET", &act("collect"), Some(&alice), "").body);
+    let r = cl.browser(
+        "POST",
+        "/act",
+        Some(&alice),
+        &format!("csrf={csrf}&action=collect&pod=shop%2F{a}&incident={id}&reason=keep+it"),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let col = settled("collect");
+    assert_eq!(col["state"], "applied", "{col:#}");
+    let bundle = PathBuf::from(col["detail"]["bundle"].as_str().unwrap());
+    let name = bundle.file_name().unwrap().to_str().unwrap().to_owned();
+    let r = cl.browser("GET", "/evidence", Some(&bob), "");
+    assert!(r.body.contains(&name), "{}", r.body);
+    let r = cl.browser("GET", &format!("/evidence?bundle={name}"), Some(&bob), "");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains(r#"id="artifacts""#) && r.body.contains("requested by console:alice"), "{}", r.body);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(bundle.join("MANIFEST.json")).unwrap()).unwrap();
+    let first = manifest["artifacts"][0]["sha256"].as_str().unwrap();
+    assert!(r.body.contains(first), "artifact hashes are shown");
+    let csrf = csrf_of(&r.body);
+    let r = cl.browser("POST", "/evidence/verify", Some(&bob), &format!("csrf={csrf}&bundle={name}"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("Intact: every hash matches."), "{}", r.body);
+    // a changed artifact is caught
+    let art = bundle.join(manifest["artifacts"][0]["path"].as_str().unwrap());
+    let mut perms = std::fs::metadata(&art).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&art, perms).unwrap();
+    std::fs::write(&art, b"tampered").unwrap();
+    let r = cl.browser("POST", "/evidence/verify", Some(&bob), &format!("csrf={csrf}&bundle={name}"));
+    assert_eq!(r.status, 409);
+    assert!(r.body.contains("NOT intact") && r.body.contains("Changed"), "{}", r.body);
+
+    // release: planned, then applied
+    let r = cl.browser("GET", &act("release"), Some(&alice), "");
+    assert!(r.body.contains(r#"id="plan""#) && r.body.contains(r#"id="next""#), "{}", r.body);
+    let csrf = csrf_of(&r.body);
+    let r = cl.browser(
+        "POST",
+        "/act",
+        Some(&alice),
+        &format!("csrf={csrf}&action=release&pod=shop%2F{a}&incident={id}&reason=contained+and+collected"),
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(settled("release")["state"], "applied");
+    assert!(c.get("pods", "shop", &a).unwrap()["metadata"]["labels"].get("kustody.io/quarantined").is_none());
 }
 
 /// The console in Debian's Chromium (headless, through chromedriver): log in, see the incident

@@ -35,7 +35,7 @@ pub fn ip_link(ip: &str) -> String {
 }
 
 /// A table of events, newest first: time, who, what, code, from where.
-fn events_table(id: &str, events: &[StoredEvent]) -> String {
+pub(crate) fn events_table(id: &str, events: &[StoredEvent]) -> String {
     let mut b = format!(
         r#"<table id="{id}"><thead><tr><th>Time</th><th>User</th><th>Verb</th><th>Resource</th><th>Code</th><th>From</th><th>Pod behind the IP</th></tr></thead><tbody>"#
     );
@@ -195,8 +195,11 @@ pub async fn pod(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(pq): 
         r#"<h1>Pod <span class="mono">{}/{}</span>{}</h1>"#,
         esc(&pq.ns),
         esc(&pq.name),
-        if quarantined { r#" <span class="badge sev-critical">quarantined</span>"# } else { "" }
+        if quarantined { r#" <span class="badge sev-critical" id="quarantined">quarantined</span>"# } else { "" }
     );
+    if sess.identity.may(crate::auth::Role::Respond) {
+        b.push_str(&format!("<p>{}</p>", super::act::buttons(&format!("{}/{}", pq.ns, pq.name), None)));
+    }
     b.push_str("<h2>Its IPs</h2>");
     b.push_str(&holds_table(&v.holds));
     b.push_str("<h2>Requests from its IP</h2>");
@@ -216,21 +219,12 @@ pub async fn pod(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(pq): 
     if v.alerts.is_empty() {
         b.push_str(r#"<tr><td colspan="4" class="muted">None.</td></tr>"#);
     }
-    b.push_str(r#"</tbody></table><h2>Response actions</h2><table id="actions"><thead><tr><th>Updated</th><th>Action</th><th>State</th><th>Playbook</th><th>Incident</th></tr></thead><tbody>"#);
-    for a in &v.actions {
-        b.push_str(&format!(
-            r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
-            time(Some(a.updated_ns)),
-            esc(&a.action),
-            esc(&a.state),
-            esc(&a.playbook),
-            a.incident_id.map(|i| format!(r#"<a href="/incidents/{i}">{i}</a>"#)).unwrap_or_default()
-        ));
-    }
-    if v.actions.is_empty() {
-        b.push_str(r#"<tr><td colspan="5" class="muted">None.</td></tr>"#);
-    }
     b.push_str("</tbody></table>");
+    let (table, pending) = super::act::actions_table(&v.actions);
+    b.push_str(&format!(
+        r#"<h2>Response actions</h2><div id="actions-box"{}>{table}</div>"#,
+        if pending { r#" data-refresh="2""# } else { "" }
+    ));
     page(StatusCode::OK, &format!("Pod {}/{}", pq.ns, pq.name), Some(&viewer(&sess)), &b)
 }
 

@@ -24,9 +24,13 @@ pub fn esc(s: &str) -> String {
     o
 }
 
+/// What a query value keeps as it is: RFC 3986's unreserved characters.
+const QUERY_VALUE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Percent-encodes a query value.
 pub fn q(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -55,7 +59,7 @@ pub struct Viewer<'a> {
 pub fn page(status: StatusCode, title: &str, who: Option<&Viewer<'_>>, body: &str) -> Response {
     let bar = match who {
         Some(v) => format!(
-            r#"<nav><a class="brand" href="/">kustody</a><a href="/">Incidents</a><span class="who">{} <small>({})</small></span><form method="post" action="/logout"><input type="hidden" name="csrf" value="{}"><button type="submit">Log out</button></form></nav>"#,
+            r#"<nav><a class="brand" href="/">kustody</a><a href="/">Incidents</a><a href="/search">Search</a><a href="/charts">Charts</a><a href="/rules">Rules</a><a href="/evidence">Evidence</a><span class="who">{} <small>({})</small></span><form method="post" action="/logout"><input type="hidden" name="csrf" value="{}"><button type="submit">Log out</button></form></nav>"#,
             esc(v.name),
             esc(v.role),
             esc(v.csrf)

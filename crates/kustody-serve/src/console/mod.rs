@@ -7,8 +7,13 @@
 //! incidents), admin. Every change goes through the same path as the API's and is stored with
 //! the acting user's name.
 
+pub mod act;
+pub mod chart;
 pub mod entities;
+pub mod evidence;
 pub mod html;
+pub mod rules;
+pub mod search;
 pub mod session;
 pub mod users;
 
@@ -33,6 +38,14 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/logout", post(logout))
         .route("/incidents/{id}", get(incident))
         .route("/incidents/{id}/change", post(change))
+        .route("/act", get(act::plan).post(act::confirm))
+        .route("/search", get(search::search))
+        .route("/charts", get(search::charts))
+        .route("/evidence", get(evidence::evidence))
+        .route("/evidence/verify", post(evidence::verify))
+        .route("/rules", get(rules::rules))
+        .route("/rules/toggle", post(rules::toggle))
+        .route("/rules/hunt", get(rules::hunt))
         .route("/pod", get(entities::pod))
         .route("/identity", get(entities::identity))
         .route("/ip", get(entities::ip))
@@ -293,7 +306,13 @@ async fn incident(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): 
         Err(r) => return *r,
     };
     let c = crate::api::ctx(&s, Some(id));
-    let detail = match crate::http::with_store(&s, move |st| crate::api::incident_detail(st, id, &c)).await {
+    let got = crate::http::with_store(&s, move |st| {
+        let detail = crate::api::incident_detail(st, id, &c)?;
+        let q = kustody_store::ActionQuery { incident_id: Some(id), limit: 500, ..Default::default() };
+        Ok((detail, st.search_actions(&q).map_err(|e| e.to_string())?))
+    })
+    .await;
+    let (detail, actions) = match got {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -381,7 +400,28 @@ async fn incident(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): 
             esc(&g("output")),
         ));
     }
-    b.push_str("</tbody></table><h2>Notes</h2>");
+    b.push_str("</tbody></table>");
+    // Respond: the incident's pods, each with its actions (responders), then what was done.
+    let pods: Vec<String> = who
+        .and_then(|w| w.get("pods"))
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_str().or_else(|| i.get("pod").and_then(|p| p.as_str())).map(str::to_owned))
+        .collect();
+    if sess.identity.may(Role::Respond) && !pods.is_empty() {
+        b.push_str(r#"<h2>Respond</h2><table id="respond"><tbody>"#);
+        for p in &pods {
+            b.push_str(&format!("<tr><td>{}</td><td>{}</td></tr>", entities::pod_link(p), act::buttons(p, Some(id))));
+        }
+        b.push_str("</tbody></table>");
+    }
+    let (table, pending) = act::actions_table(&actions);
+    b.push_str(&format!(
+        r#"<h2>Actions</h2><div id="actions-box"{}>{table}</div>"#,
+        if pending { r#" data-refresh="2""# } else { "" }
+    ));
+    b.push_str("<h2>Notes</h2>");
     for n in v.get("notes").and_then(|x| x.as_array()).into_iter().flatten() {
         let g = |k: &str| n.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
         b.push_str(&format!(

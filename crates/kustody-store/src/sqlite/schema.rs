@@ -272,8 +272,33 @@ CREATE INDEX ip_intervals_open ON ip_intervals(first_ns) WHERE ended_ns IS NULL;
 CREATE TABLE state (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 ";
 
+/// Version 4: events per minute, by namespace and by user, kept by every append and removal in
+/// the same transaction, so the console's histograms and charts read a few thousand rows
+/// instead of every event of a day (1M events: 1.8 s grouped from the events table). The empty
+/// string stands for cluster-scoped requests (namespace) and for events without a user.
+const V4: &str = "
+CREATE TABLE event_minutes_ns (
+    minute INTEGER NOT NULL,
+    namespace TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (minute, namespace)
+) WITHOUT ROWID;
+CREATE TABLE event_minutes_user (
+    minute INTEGER NOT NULL,
+    username TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (minute, username)
+) WITHOUT ROWID;
+INSERT INTO event_minutes_ns (minute, namespace, n)
+    SELECT time_ns / 60000000000, ifnull(namespace, ''), count(*) FROM events
+    WHERE time_ns IS NOT NULL GROUP BY 1, 2;
+INSERT INTO event_minutes_user (minute, username, n)
+    SELECT time_ns / 60000000000, ifnull(username, ''), count(*) FROM events
+    WHERE time_ns IS NOT NULL GROUP BY 1, 2;
+";
+
 /// The migration steps, oldest first: step `i` brings the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes (the number of migration steps).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
