@@ -262,7 +262,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     config.watch_cluster = args.watch_cluster;
     config.max_ip_intervals = args.max_ip_intervals.max(1);
-    if !config.playbooks.is_empty() || config.watch_cluster {
+    // Playbooks, the live watch and the console's actions reach the cluster (--kubeconfig,
+    // --context, $KUBECONFIG, ~/.kube/config or in-cluster), connecting only when first needed.
+    {
         let opts = kustody_cluster::config::ClusterOptions {
             kubeconfig: args.kubeconfig.clone(),
             context: args.context.clone(),

@@ -2043,6 +2043,19 @@ fn a_responder_quarantines_collects_and_releases_from_the_console_on_the_test_cl
     assert!(r.body.contains(&name), "{}", r.body);
     let r = cl.browser("GET", &format!("/evidence?bundle={name}"), Some(&bob), "");
     assert_eq!(r.status, 200);
+    if let (Some(dir), true) = (std::env::var_os("KUSTODY_SCREENSHOTS"), kustody_testkit::webdriver::available()) {
+        let b = kustody_testkit::webdriver::Browser::start();
+        let base = format!("https://{}", cl.addr);
+        b.goto(&format!("{base}/evidence?bundle={name}"));
+        b.type_in(&b.wait("#user", Duration::from_secs(30)), "bob");
+        b.type_in(&b.wait("#password", Duration::from_secs(30)), "bob's long password!");
+        b.click(&b.wait("form[action='/login'] button[type=submit]", Duration::from_secs(30)));
+        b.wait("#artifacts", Duration::from_secs(30));
+        b.screenshot(&PathBuf::from(&dir).join("console-evidence.png")).unwrap();
+        b.goto(&format!("{base}/incidents/{id}"));
+        b.wait("#actions", Duration::from_secs(30));
+        b.screenshot(&PathBuf::from(&dir).join("console-incident-actions.png")).unwrap();
+    }
     assert!(r.body.contains(r#"id="artifacts""#) && r.body.contains("requested by console:alice"), "{}", r.body);
     let manifest: Value = serde_json::from_slice(&std::fs::read(bundle.join("MANIFEST.json")).unwrap()).unwrap();
     let first = manifest["artifacts"][0]["sha256"].as_str().unwrap();
@@ -2134,6 +2147,23 @@ fn the_console_works_in_a_real_browser() {
     b.goto(&format!("{base}/pod?ns=shop&name=payments-db-0"));
     assert!(b.text_of("#about-pod").contains("exec"), "{}", b.source());
     shot(&b, "console-pod.png");
+
+    // a search: the identity's requests, with their histogram
+    b.goto(&format!("{base}/search"));
+    let since = b.wait("#search-form input[name=since]", long);
+    b.script("document.querySelector('#search-form input[name=since]').value = ''").unwrap();
+    b.type_in(&since, "2026-11-20T00:00:00Z");
+    b.type_in(&b.wait("#search-form input[name=user]", long), "system:serviceaccount:shop:web-frontend");
+    b.click(&b.wait("#search-form button[type=submit]", long));
+    b.wait("#histogram", long);
+    assert!(b.text_of("#results").contains("secrets"), "{}", b.source());
+    shot(&b, "console-search.png");
+    b.goto(&format!("{base}/charts?since=30d"));
+    b.wait("#namespaces-chart", long);
+    shot(&b, "console-charts.png");
+    b.goto(&format!("{base}/rules"));
+    b.wait("#rules", long);
+    shot(&b, "console-rules.png");
 
     // a new incident appears on the open list by itself
     b.goto(&format!("{base}/"));
