@@ -476,6 +476,8 @@ pub fn example(out: &mut dyn Write) -> std::io::Result<()> {
 pub struct Corpus {
     rng: Rng,
     t: i64,
+    /// A fixed mean gap between events (±50 %), instead of 1–21 ms.
+    gap_ns: Option<i64>,
     n: u64,
     benign_only: bool,
     body_heavy: bool,
@@ -483,7 +485,14 @@ pub struct Corpus {
 
 impl Corpus {
     pub fn new(seed: u64) -> Corpus {
-        Corpus { rng: Rng::new(seed), t: 1_795_165_200_000_000_000, n: 0, benign_only: false, body_heavy: false }
+        Corpus {
+            rng: Rng::new(seed),
+            t: 1_795_165_200_000_000_000,
+            gap_ns: None,
+            n: 0,
+            benign_only: false,
+            body_heavy: false,
+        }
     }
 
     /// The body-heavy, alert-heavy profile (issue 21): a quarter of the events are
@@ -499,11 +508,24 @@ impl Corpus {
         Corpus { benign_only: true, ..Corpus::new(seed) }
     }
 
+    /// Events from `start_ns` on, `gap_ns` apart on average (a day of traffic ending now, say).
+    pub fn clock(self, start_ns: i64, gap_ns: i64) -> Corpus {
+        Corpus { t: start_ns, gap_ns: Some(gap_ns.max(2)), ..self }
+    }
+
+    /// The time of the last event written.
+    pub fn time_ns(&self) -> i64 {
+        self.t
+    }
+
     /// The next event as one JSON line (no newline). Sizes: mostly 0.5–2 KB, a tail up to 20 KB;
     /// one event in 500 belongs to an attack chain.
     pub fn next_line(&mut self) -> String {
         self.n += 1;
-        self.t += 1_000_000 + self.rng.below(20_000_000) as i64;
+        self.t += match self.gap_ns {
+            Some(g) => g / 2 + self.rng.below(g as u64) as i64,
+            None => 1_000_000 + self.rng.below(20_000_000) as i64,
+        };
         if self.body_heavy {
             return crate::heavy::next(&mut self.rng, self.t).to_json();
         }

@@ -1,6 +1,7 @@
 //! `kustody-gen`: write the bundled example, write benchmark corpora, run the hunt benchmark.
 
 mod collect_bench;
+mod console_bench;
 mod contain_bench;
 mod exec_bench;
 mod identity_bench;
@@ -83,6 +84,20 @@ enum Cmd {
         #[arg(long)]
         body_heavy: bool,
         /// The kustody binary.
+        #[arg(long, default_value = "target/release/kustody")]
+        kustody: PathBuf,
+    },
+    /// Benchmark the web console with a day of traffic stored: page times, searches, and a
+    /// live finding's way to an open incidents page (BENCHMARKS.md "The web console").
+    ConsoleBench {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// One service-account exec (a finding) every this many events.
+        #[arg(long, default_value_t = 100)]
+        attack_every: u64,
+        /// Requests timed per page.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
         #[arg(long, default_value = "target/release/kustody")]
         kustody: PathBuf,
     },
@@ -241,6 +256,9 @@ fn main() -> Result<()> {
                 profile_body_heavy: body_heavy,
             },
         )?,
+        Cmd::ConsoleBench { events, attack_every, requests, kustody } => {
+            console_bench::run(&kustody, events, attack_every, requests)?
+        }
         Cmd::NotifyBench { incidents, rate, kustody } => notify_bench::run(&kustody, incidents, rate)?,
         Cmd::IdentityBench { pods, days, pod_hours, lookups, events, identities, per_identity, dir } => {
             let tmp = tempfile::tempdir()?;

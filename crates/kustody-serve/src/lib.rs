@@ -382,7 +382,29 @@ async fn serve(config: Config) -> Result<()> {
         publish,
         data_dir: config.data_dir.clone(),
         healthy,
-        compile_where: Arc::new(move |c: &str| where_rules.compile_where(c)),
+        compile_where: {
+            // Compiled once per distinct condition (compiling reads every rule file), until the
+            // rules are reloaded (their macros and lists may have changed).
+            type Cache = (u64, std::collections::HashMap<String, WhereFilter>);
+            let cache: std::sync::Mutex<Cache> = std::sync::Mutex::default();
+            let rule_state = rule_state.clone();
+            Arc::new(move |c: &str| {
+                let generation = rule_state.generation.load(std::sync::atomic::Ordering::Acquire);
+                if let Ok(mut k) = cache.lock() {
+                    if k.0 != generation || k.1.len() >= 256 {
+                        *k = (generation, Default::default());
+                    }
+                    if let Some(f) = k.1.get(c) {
+                        return Ok(f.clone());
+                    }
+                }
+                let f = where_rules.compile_where(c)?;
+                if let Ok(mut k) = cache.lock() {
+                    k.1.insert(c.to_owned(), f.clone());
+                }
+                Ok(f)
+            })
+        },
         reload: reload_tx.clone(),
         commands,
         writes: writes_for_api,
