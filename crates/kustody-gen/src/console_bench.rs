@@ -97,7 +97,8 @@ pub fn run(kustody: &Path, events: u64, attack_every: u64, requests: usize) -> R
     let bytes = std::fs::metadata(&corpus_path)?.len();
     println!("console-bench: {events} events + {attacks} service-account execs over the last 24 h ({:.0} MB), written in {:.1} s", bytes as f64 / 1e6, t0.elapsed().as_secs_f64());
     let t0 = Instant::now();
-    let Started { tmp: _tmp, mut child, addr, ca, data } = start(kustody, &["--replay", corpus_path.to_str().unwrap_or_default()])?;
+    let Started { tmp: _tmp, mut child, addr, ca, data } =
+        start(kustody, &["--replay", corpus_path.to_str().unwrap_or_default()])?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let r = rt.block_on(async move {
         let tls = client_tls(&ca)?;

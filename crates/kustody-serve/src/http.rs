@@ -62,6 +62,8 @@ pub struct AppState {
     pub connect: Option<crate::execute::Connect>,
     /// The rule set in use and the rules switched off (the console's rules page).
     pub rules: Arc<crate::ruleset::RuleState>,
+    /// OpenID Connect login, when configured.
+    pub oidc: Option<Arc<crate::console::oidc::Oidc>>,
     /// Console sessions, and the password checks allowed at once (argon2 is slow on purpose).
     pub sessions: Arc<crate::console::session::Sessions>,
     pub logins: Arc<Semaphore>,

@@ -103,6 +103,8 @@ pub struct Config {
     pub incident_window_ns: i64,
     /// The console's public URL (links in notifications).
     pub public_url: Option<String>,
+    /// OpenID Connect login for the console (`--oidc-*`).
+    pub oidc: Option<console::oidc::OidcConfig>,
     /// Response playbooks (`--playbooks FILE`).
     pub playbooks: Vec<kustody_playbook::Playbook>,
     /// How playbook actions and the live watch reach the cluster.
@@ -141,6 +143,7 @@ impl Config {
             cluster: None,
             incident_window_ns: 3600 * 1_000_000_000,
             public_url: None,
+            oidc: None,
             playbooks: Vec::new(),
             connect: None,
             watch_cluster: false,
@@ -368,6 +371,10 @@ async fn serve(config: Config) -> Result<()> {
         });
     }
 
+    let oidc = match config.oidc {
+        Some(cfg) => Some(Arc::new(console::oidc::Oidc::new(cfg).context("OpenID Connect")?)),
+        None => None,
+    };
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<()>(1);
     let rules = config.rules.clone();
     let where_rules = config.rules.clone();
@@ -412,6 +419,7 @@ async fn serve(config: Config) -> Result<()> {
         exec: exec_for_api,
         connect: config.connect.clone(),
         rules: rule_state.clone(),
+        oidc,
         sessions: Arc::default(),
         logins: Arc::new(tokio::sync::Semaphore::new(2)),
     });

@@ -224,6 +224,11 @@ impl Browser {
         self.session_call("POST", &format!("/alert/{what}"), Some(&json!({}))).map(drop)
     }
 
+    /// Deletes the cookies of the current page's site (another site's session, say).
+    pub fn clear_cookies(&self) -> Result<(), String> {
+        self.session_call("DELETE", "/cookie", None).map(drop)
+    }
+
     /// A PNG of the viewport.
     pub fn screenshot(&self, to: &Path) -> Result<(), String> {
         use base64::Engine as _;

@@ -907,9 +907,39 @@ pub struct ServeArgs {
     /// Findings of one identity and workload within this window are one incident.
     #[arg(long, value_name = "DURATION", default_value = "1h")]
     pub incident_window: String,
-    /// Public URL of this server, for links in notifications.
+    /// Public URL of this server, for links in notifications (and the OpenID Connect
+    /// redirect, URL/login/oidc/callback).
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
+    /// OpenID Connect login for the console: the provider's issuer URL (https; discovery at
+    /// ISSUER/.well-known/openid-configuration). Needs --public-url, --oidc-client-id,
+    /// --oidc-client-secret-file and at least one --oidc-role or --oidc-default-role.
+    #[arg(long, value_name = "URL", requires_all = ["public_url", "oidc_client_id", "oidc_client_secret_file"])]
+    pub oidc_issuer: Option<String>,
+    #[arg(long, value_name = "ID")]
+    pub oidc_client_id: Option<String>,
+    /// A file holding the client secret (read once; never logged).
+    #[arg(long, value_name = "FILE")]
+    pub oidc_client_secret_file: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for the provider, besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub oidc_ca: Option<PathBuf>,
+    /// The ID token claim naming the person.
+    #[arg(long, value_name = "CLAIM", default_value = "email")]
+    pub oidc_username_claim: String,
+    /// The ID token claim holding group (or role) values.
+    #[arg(long, value_name = "CLAIM", default_value = "groups")]
+    pub oidc_roles_claim: String,
+    /// VALUE=ROLE: people whose roles claim holds VALUE get ROLE (viewer, responder, admin);
+    /// the highest wins. Repeatable.
+    #[arg(long, value_name = "VALUE=ROLE")]
+    pub oidc_role: Vec<String>,
+    /// The role of people no --oidc-role maps (default: refused).
+    #[arg(long, value_name = "ROLE")]
+    pub oidc_default_role: Option<String>,
+    /// Scopes asked for (openid is always asked).
+    #[arg(long, value_name = "SCOPE", default_values_t = ["email".to_owned(), "profile".to_owned(), "groups".to_owned()])]
+    pub oidc_scope: Vec<String>,
     /// Response playbooks (YAML; docs/PLAYBOOKS.md): collect, quarantine, label, annotate,
     /// notify, release when an incident matches, with guardrails. Dry run unless a playbook
     /// says `dry_run: false`.

@@ -221,6 +221,48 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     }
     config.cluster = args.cluster;
     config.public_url = args.public_url;
+    if let Some(issuer) = &args.oidc_issuer {
+        use kustody_serve::console::users::ConsoleRole;
+        let role = |r: &str, flag: &str| {
+            ConsoleRole::parse(r).with_context(|| format!("{flag}: `{r}` is not a role (viewer, responder, admin)"))
+        };
+        let mut role_map = Vec::new();
+        for m in &args.oidc_role {
+            let (v, r) = m.rsplit_once('=').with_context(|| format!("--oidc-role: `{m}` is not VALUE=ROLE"))?;
+            role_map.push((v.to_owned(), role(r, "--oidc-role")?));
+        }
+        let default_role = args.oidc_default_role.as_deref().map(|r| role(r, "--oidc-default-role")).transpose()?;
+        if role_map.is_empty() && default_role.is_none() {
+            bail!("--oidc-issuer: no --oidc-role and no --oidc-default-role: nobody could log in");
+        }
+        let secret_file = args.oidc_client_secret_file.as_deref().context("--oidc-client-secret-file is required")?;
+        let secret = std::fs::read_to_string(secret_file)
+            .with_context(|| format!("cannot read `{}`", secret_file.display()))?
+            .trim()
+            .to_owned();
+        if secret.is_empty() {
+            bail!("--oidc-client-secret-file `{}` is empty", secret_file.display());
+        }
+        let public = config.public_url.clone().context("--oidc-issuer needs --public-url")?;
+        let mut scopes = vec!["openid".to_owned()];
+        scopes.extend(args.oidc_scope.iter().filter(|s| *s != "openid").cloned());
+        config.oidc = Some(kustody_serve::console::oidc::OidcConfig {
+            issuer: issuer.clone(),
+            client_id: args.oidc_client_id.clone().context("--oidc-client-id is required")?,
+            client_secret: secret.into(),
+            redirect_url: format!("{}/login/oidc/callback", public.trim_end_matches('/')),
+            ca_pem: args
+                .oidc_ca
+                .as_deref()
+                .map(|p| std::fs::read(p).with_context(|| format!("cannot read `{}`", p.display())))
+                .transpose()?,
+            scopes,
+            username_claim: args.oidc_username_claim.clone(),
+            roles_claim: args.oidc_roles_claim.clone(),
+            role_map,
+            default_role,
+        });
+    }
     config.incident_window_ns = kustody_rules::correlate::parse_window(&args.incident_window)
         .with_context(|| format!("--incident-window: invalid duration `{}`", args.incident_window))?;
     if let Some(path) = &args.playbooks {

@@ -71,7 +71,8 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_kustody"))
         .args(["serve", "--data-dir"])
         .arg(dir)
-        .args(["--listen", "127.0.0.1:0", "--tokens"])
+        .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
+        .arg("--tokens")
         .arg(&tokens)
         .arg("--ready-file")
         .arg(&ready)
@@ -692,6 +693,12 @@ fn a_followed_log_fills_the_webhooks_gaps_resumes_after_restart_and_follows_rota
         std::thread::sleep(Duration::from_millis(100));
     }
     wait_metric(&srv, "kustody_webhook_gap_events 1");
+    // the console's status page says so first
+    let cookie = session_cookie(&srv.client.browser("POST", "/login", None, &format!("token={READ}")));
+    let r = srv.client.browser("GET", "/status", Some(&cookie), "");
+    assert_eq!(r.status, 200);
+    let gaps = &r.body[r.body.find(r#"id="gaps""#).unwrap()..];
+    assert!(gaps.contains("1 events reached kustody only from the followed log file"), "{}", r.body);
     assert!(srv.stop().success());
 
     // while it is down: d is appended, the log rotates, f starts the new file
@@ -1879,6 +1886,11 @@ fn the_console_searches_charts_switches_rules_and_retro_hunts() {
     let r = c.browser("GET", "/rules/hunt?since=3650d", Some(&carol), "");
     assert!(r.body.contains(&format!("<td>{rule}</td>")), "on again: {}", r.body);
 
+    // status: no gap without a followed log, the store accepting
+    let r = c.browser("GET", "/status", Some(&carol), "");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("none: every event") && r.body.contains("accepting events"), "{}", r.body);
+
     // evidence: none collected by this server yet; a bundle name cannot leave the directory
     let r = c.browser("GET", "/evidence", Some(&carol), "");
     assert!(r.status == 200 && r.body.contains("No bundle collected"), "{}", r.body);
@@ -2087,6 +2099,130 @@ fn a_responder_quarantines_collects_and_releases_from_the_console_on_the_test_cl
     assert_eq!(r.status, 303);
     assert_eq!(settled("release")["state"], "applied");
     assert!(c.get("pods", "shop", &a).unwrap()["metadata"]["labels"].get("kustody.io/quarantined").is_none());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real OpenID Connect provider: panva's oidc-provider on Node.js (scripts/test installs it
+/// into target/npm), on `port`, knowing client `kustody` with `secret` and `redirect`.
+fn oidc_provider(dir: &Path, port: u16, secret: &str, redirect: &str) -> Option<std::process::Child> {
+    let npm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/npm");
+    let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !node_ok || !npm.join("node_modules/oidc-provider").is_dir() {
+        let why = "node or oidc-provider is missing (scripts/test installs oidc-provider into target/npm)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("SKIP: {why}");
+        return None;
+    }
+    // ESM resolves packages from the script's own directory
+    let script = npm.join(format!("kustody-idp-{}.mjs", std::process::id()));
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/idp/oidc-provider.mjs"), &script).unwrap();
+    let log = std::fs::File::create(dir.join("idp.log")).unwrap();
+    let child = Command::new("node")
+        .arg(&script)
+        .env("PORT", port.to_string())
+        .env("CLIENT_SECRET", secret)
+        .env("REDIRECT_URI", redirect)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the OpenID provider did not start: {}",
+            std::fs::read_to_string(dir.join("idp.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(child)
+}
+
+/// Single sign-on through a real OpenID Connect provider, in Chromium: the provider's login,
+/// back to the console with the role its groups map to; a person in no mapped group, and a
+/// callback this browser did not start, are refused.
+#[test]
+fn the_console_logs_in_through_openid_connect() {
+    use kustody_testkit::webdriver::{available, Browser};
+    if !available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (idp_port, port) = (free_port(), free_port());
+    let public = format!("https://127.0.0.1:{port}");
+    let secret = "kustody-test-client-secret-0123456789";
+    let Some(mut idp) = oidc_provider(tmp.path(), idp_port, secret, &format!("{public}/login/oidc/callback")) else {
+        return;
+    };
+    let secret_file = tmp.path().join("oidc-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let issuer = format!("http://127.0.0.1:{idp_port}");
+    let srv = start(
+        &data,
+        &[
+            "--listen",
+            &listen,
+            "--public-url",
+            &public,
+            "--oidc-issuer",
+            &issuer,
+            "--oidc-client-id",
+            "kustody",
+            "--oidc-client-secret-file",
+            secret_file.to_str().unwrap(),
+            "--oidc-role",
+            "sec-admins=admin",
+            "--oidc-role",
+            "sec-viewers=viewer",
+            "--oidc-scope",
+            "email",
+            "--oidc-scope",
+            "groups",
+        ],
+    );
+    // a callback this browser did not start is refused
+    let r = srv.client.browser("GET", "/login/oidc/callback?code=stolen&state=guessed", None, "");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("state mismatch"), "{}", r.body);
+    let log = std::fs::read_to_string(data.parent().unwrap().join("idp.log")).unwrap_or_default();
+    assert!(!log.contains(secret), "the secret is not echoed");
+
+    let long = Duration::from_secs(30);
+    let b = Browser::start();
+    let sso = |user: &str| {
+        // a new person: the provider's own session (single sign-on) forgotten first
+        b.goto(&format!("{issuer}/.well-known/openid-configuration"));
+        b.clear_cookies().unwrap();
+        b.goto(&format!("{public}/login"));
+        b.click(&b.wait("#oidc-login", long));
+        b.type_in(&b.wait("input[name=login]", long), user);
+        b.type_in(&b.wait("input[name=password]", long), "anything");
+        b.click(&b.wait("button[type=submit]", long));
+    };
+    sso("admin-ana");
+    b.wait("#incidents", long);
+    assert!(b.text_of("nav").contains("admin-ana@example.test (admin)"), "{}", b.source());
+    b.goto(&format!("{public}/rules"));
+    b.wait("#rules", long);
+    assert!(b.source().contains("Switch off"), "an admin may switch rules");
+    b.click(&b.wait("nav form[action='/logout'] button", long));
+    b.wait("#user", long);
+    sso("victor");
+    b.wait("#incidents", long);
+    assert!(b.text_of("nav").contains("victor@example.test (viewer)"), "{}", b.source());
+    b.click(&b.wait("nav form[action='/logout'] button", long));
+    b.wait("#user", long);
+    sso("guest-gil");
+    b.wait("#oidc-error", long);
+    assert!(b.text_of("#oidc-error").contains("has no console role"), "{}", b.source());
+    drop(srv);
+    let _ = idp.kill();
+    let _ = idp.wait();
 }
 
 /// The console in Debian's Chromium (headless, through chromedriver): log in, see the incident

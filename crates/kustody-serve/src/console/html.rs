@@ -59,7 +59,7 @@ pub struct Viewer<'a> {
 pub fn page(status: StatusCode, title: &str, who: Option<&Viewer<'_>>, body: &str) -> Response {
     let bar = match who {
         Some(v) => format!(
-            r#"<nav><a class="brand" href="/">kustody</a><a href="/">Incidents</a><a href="/search">Search</a><a href="/charts">Charts</a><a href="/rules">Rules</a><a href="/evidence">Evidence</a><span class="who">{} <small>({})</small></span><form method="post" action="/logout"><input type="hidden" name="csrf" value="{}"><button type="submit">Log out</button></form></nav>"#,
+            r#"<nav><a class="brand" href="/">kustody</a><a href="/">Incidents</a><a href="/search">Search</a><a href="/charts">Charts</a><a href="/rules">Rules</a><a href="/evidence">Evidence</a><a href="/status">Status</a><span class="who">{} <small>({})</small></span><form method="post" action="/logout"><input type="hidden" name="csrf" value="{}"><button type="submit">Log out</button></form></nav>"#,
             esc(v.name),
             esc(v.role),
             esc(v.csrf)

@@ -12,9 +12,11 @@ pub mod chart;
 pub mod entities;
 pub mod evidence;
 pub mod html;
+pub mod oidc;
 pub mod rules;
 pub mod search;
 pub mod session;
+pub mod status;
 pub mod users;
 
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/", get(incidents))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
+        .route("/login/oidc", get(oidc::start))
+        .route("/login/oidc/callback", get(oidc::callback))
         .route("/incidents/{id}", get(incident))
         .route("/incidents/{id}/change", post(change))
         .route("/act", get(act::plan).post(act::confirm))
@@ -43,6 +47,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/charts", get(search::charts))
         .route("/evidence", get(evidence::evidence))
         .route("/evidence/verify", post(evidence::verify))
+        .route("/status", get(status::status))
         .route("/rules", get(rules::rules))
         .route("/rules/toggle", post(rules::toggle))
         .route("/rules/hunt", get(rules::hunt))
@@ -108,14 +113,22 @@ fn local(next: Option<&str>) -> String {
     }
 }
 
-fn login_page(status: StatusCode, next: &str, message: Option<&str>) -> Response {
+fn login_page(s: &AppState, status: StatusCode, next: &str, message: Option<&str>) -> Response {
     let msg = message.map(|m| format!(r#"<p class="error">{}</p>"#, esc(m))).unwrap_or_default();
+    let sso = if s.oidc.is_some() {
+        format!(
+            r#"<p><a class="button" id="oidc-login" href="/login/oidc?next={}">Log in with single sign-on</a></p><p class="muted">or</p>"#,
+            q(next)
+        )
+    } else {
+        String::new()
+    };
     page(
         status,
         "Log in",
         None,
         &format!(
-            r#"<div class="login card"><h1>Log in</h1>{msg}
+            r#"<div class="login card"><h1>Log in</h1>{msg}{sso}
 <form method="post" action="/login">
 <input type="hidden" name="next" value="{}">
 <label for="user">User</label><input id="user" name="user" autocomplete="username" autofocus>
@@ -129,8 +142,8 @@ fn login_page(status: StatusCode, next: &str, message: Option<&str>) -> Response
     )
 }
 
-async fn login_form(Query(lq): Query<LoginQuery>) -> Response {
-    login_page(StatusCode::OK, &local(lq.next.as_deref()), None)
+async fn login_form(State(s): State<Arc<AppState>>, Query(lq): Query<LoginQuery>) -> Response {
+    login_page(&s, StatusCode::OK, &local(lq.next.as_deref()), None)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,14 +160,14 @@ pub struct LoginForm {
 async fn login(State(s): State<Arc<AppState>>, Form(f): Form<LoginForm>) -> Response {
     let next = local(f.next.as_deref());
     if f.user.len() > 256 || f.password.len() > 1024 || f.token.len() > 1024 {
-        return login_page(StatusCode::BAD_REQUEST, &next, Some("Too long."));
+        return login_page(&s, StatusCode::BAD_REQUEST, &next, Some("Too long."));
     }
     let found = if !f.token.is_empty() {
         s.tokens.check(f.token.trim()).filter(|id| id.may(Role::Read)).map(|id| (id.clone(), "token".to_owned()))
     } else {
         // argon2 is slow on purpose: off the runtime, and a few at a time
         let Ok(_permit) = s.logins.clone().acquire_owned().await else {
-            return login_page(StatusCode::SERVICE_UNAVAILABLE, &next, Some("The server is stopping."));
+            return login_page(&s, StatusCode::SERVICE_UNAVAILABLE, &next, Some("The server is stopping."));
         };
         let (dir, user, pass) = (s.data_dir.clone(), f.user.clone(), f.password.clone());
         match tokio::task::spawn_blocking(move || users::verify(&dir, &user, &pass)).await {
@@ -165,6 +178,7 @@ async fn login(State(s): State<Arc<AppState>>, Form(f): Form<LoginForm>) -> Resp
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "the console users file is unusable");
                 return login_page(
+                    &s,
                     StatusCode::INTERNAL_SERVER_ERROR,
                     &next,
                     Some("The users file is unusable; see the server log."),
@@ -177,11 +191,11 @@ async fn login(State(s): State<Arc<AppState>>, Form(f): Form<LoginForm>) -> Resp
         s.metrics.unauthenticated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(user = %f.user.chars().take(64).collect::<String>(), "console login refused");
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        return login_page(StatusCode::UNAUTHORIZED, &next, Some("Wrong user, password or token."));
+        return login_page(&s, StatusCode::UNAUTHORIZED, &next, Some("Wrong user, password or token."));
     };
     let (id, _) = match s.sessions.open(identity.clone(), &role) {
         Ok(x) => x,
-        Err(e) => return login_page(StatusCode::INTERNAL_SERVER_ERROR, &next, Some(&e.to_string())),
+        Err(e) => return login_page(&s, StatusCode::INTERNAL_SERVER_ERROR, &next, Some(&e.to_string())),
     };
     tracing::info!(user = %identity.name, role = %role, "console login");
     let mut r = redirect(&next);

@@ -80,10 +80,15 @@ fn live(s: &Session, now: Instant) -> bool {
 
 /// The session cookie's value in a `Cookie` header.
 pub fn cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    cookie_named(headers, COOKIE)
+}
+
+/// The value of cookie `name`, if the request carries it.
+pub fn cookie_named(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     headers.get_all(axum::http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
         v.split(';').find_map(|kv| {
             let (k, val) = kv.trim().split_once('=')?;
-            (k == COOKIE).then(|| val.to_owned())
+            (k == name).then(|| val.to_owned())
         })
     })
 }
