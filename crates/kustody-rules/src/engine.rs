@@ -60,7 +60,7 @@ struct CompiledRule {
 }
 
 /// The index keys: verb, resource, subresource, stage.
-const KEYS: usize = 4;
+pub const KEYS: usize = 4;
 
 fn key_of(field: &Field, arg: &Arg) -> Option<usize> {
     match (field, arg) {
@@ -364,6 +364,21 @@ impl Engine {
     /// Every compiled rule, enabled or not.
     pub fn rules(&self) -> impl Iterator<Item = &RuleInfo> {
         self.rules.iter().map(|r| &r.info)
+    }
+
+    /// The values rule `idx` needs in the event's verb, resource, subresource and stage (its
+    /// index keys, in that order): `None` where any value may match; with `true`, compared
+    /// ASCII case-insensitively (the values are then lower case). A store can select candidate
+    /// events by these before anything is parsed.
+    pub fn index_keys(&self, idx: u32) -> Option<[Option<(Vec<String>, bool)>; KEYS]> {
+        let r = self.rules.get(idx as usize)?;
+        Some(r.keys.clone().map(|k| {
+            k.map(|c| {
+                let mut v: Vec<String> = c.set.into_iter().collect();
+                v.sort_unstable();
+                (v, c.ci)
+            })
+        }))
     }
 
     pub fn rule(&self, idx: u32) -> Option<&RuleInfo> {

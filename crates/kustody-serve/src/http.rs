@@ -533,5 +533,5 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
 
 /// Whether an event passes a compiled `--where` filter.
 pub fn passes(filter: &WhereFilter, raw: &str) -> bool {
-    Event::parse(raw).is_ok_and(|ev| filter(&ev))
+    Event::parse(raw).is_ok_and(|ev| (filter.test)(&ev))
 }

@@ -47,8 +47,14 @@ use kustody_rules::allow::AllowList;
 use kustody_rules::Engine;
 use kustody_store::{Origin, SqliteStore, Store};
 
-/// A compiled `where` filter (Falco condition syntax).
-pub type WhereFilter = Arc<dyn Fn(&Event<'_>) -> bool + Send + Sync>;
+/// A compiled `where` filter (Falco condition syntax): the test of a parsed event, and the
+/// values the condition needs in stored columns (its index keys), which a search applies in
+/// SQL first so that events that cannot match are never decompressed or parsed.
+#[derive(Clone)]
+pub struct WhereFilter {
+    pub test: Arc<dyn Fn(&Event<'_>) -> bool + Send + Sync>,
+    pub keys: Vec<kustody_store::OneOf>,
+}
 
 /// Compiles a `where` condition (the rule files' macros and lists in scope).
 pub type CompileWhere = Arc<dyn Fn(&str) -> Result<WhereFilter, String> + Send + Sync>;

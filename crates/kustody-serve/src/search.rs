@@ -44,6 +44,7 @@ pub fn event_query(p: &SearchParams) -> Result<EventQuery, String> {
         rule: p.rule.clone(),
         before_id: p.before,
         limit: p.limit.unwrap_or(100).clamp(1, 10_000),
+        one_of: Vec::new(),
     })
 }
 
@@ -100,6 +101,7 @@ pub fn events(store: &dyn Store, mut q: EventQuery, filter: Option<&WhereFilter>
     let mut items = Vec::new();
     let mut scanned = 0;
     q.limit = 2000;
+    q.one_of.extend(filter.keys.iter().cloned());
     loop {
         let page = store.search_events(&q)?;
         let done = page.len() < q.limit;

@@ -233,6 +233,24 @@ pub struct Count {
     pub n: u64,
 }
 
+/// A stored column an event search may restrict to a set of values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyColumn {
+    Verb,
+    Resource,
+    Subresource,
+    Stage,
+}
+
+/// The column must hold one of `values` (compared ASCII case-insensitively with `ci`, the
+/// values then lower case); an event without the column does not match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneOf {
+    pub column: KeyColumn,
+    pub values: Vec<String>,
+    pub ci: bool,
+}
+
 /// Filters of an event search; every set field must match (AND). Newest first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EventQuery {
@@ -258,6 +276,8 @@ pub struct EventQuery {
     /// Only rows with an id below this (paging backwards: pass the last id seen).
     pub before_id: Option<i64>,
     pub limit: usize,
+    /// Pre-filters on stored columns (a `where` condition's index keys).
+    pub one_of: Vec<OneOf>,
 }
 
 /// Filters of a finding search. Newest first (by last seen).

@@ -12,8 +12,8 @@ use std::path::Path;
 use kustody_model::{Event, Priority};
 use kustody_store::{
     AlertQuery, AlertRow, Attempt, Batch, CountBy, CountQuery, EventQuery, EventRow, FileOffset, FindingQuery,
-    FindingRow, IncidentQuery, IncidentRow, IncidentWrite, MatchRow, NoteRow, Origin, OutboxQuery, OutboxState,
-    OutboxWrite, Ref, SqliteStore, Store, StoreError, StoredEvent,
+    FindingRow, IncidentQuery, IncidentRow, IncidentWrite, KeyColumn, MatchRow, NoteRow, OneOf, Origin, OutboxQuery,
+    OutboxState, OutboxWrite, Ref, SqliteStore, Store, StoreError, StoredEvent,
 };
 use serde_json::json;
 
@@ -1157,6 +1157,31 @@ fn events_are_counted_per_minute_by_namespace_and_user<B: Backend>() {
     assert_eq!(by_rule, vec![("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]);
 }
 
+fn one_of_prefilters_on_stored_columns<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let evs = vec![
+        Ev { verb: "get", ..ev(1) },
+        Ev { verb: "delete", resource: Some("secrets"), ..ev(2) },
+        Ev { verb: "delete", resource: Some("pods"), ..ev(3) },
+        Ev { verb: "DELETE", resource: Some("secrets"), stage: "ResponseStarted", ..ev(4) },
+    ];
+    let (_, got) = put(&mut s, &evs, Origin::Webhook);
+    let id = |n: usize| got[n].unwrap();
+    let one =
+        |column, values: &[&str], ci| OneOf { column, values: values.iter().map(|v| (*v).to_owned()).collect(), ci };
+    let find_by = |one_of: Vec<OneOf>| find(&s, EventQuery { one_of, ..q() });
+    assert_eq!(find_by(vec![one(KeyColumn::Verb, &["delete"], false)]), vec![id(2), id(1)]);
+    assert_eq!(find_by(vec![one(KeyColumn::Verb, &["delete"], true)]), vec![id(3), id(2), id(1)], "case-insensitive");
+    assert_eq!(
+        find_by(vec![one(KeyColumn::Verb, &["delete"], true), one(KeyColumn::Resource, &["secrets"], false)]),
+        vec![id(3), id(1)]
+    );
+    assert_eq!(find_by(vec![one(KeyColumn::Stage, &["ResponseStarted"], false)]), vec![id(3)]);
+    assert_eq!(find_by(vec![one(KeyColumn::Subresource, &["exec"], false)]), Vec::<i64>::new(), "no column, no match");
+    assert_eq!(find_by(vec![one(KeyColumn::Verb, &[], false)]), Vec::<i64>::new());
+}
+
 macro_rules! suite {
     ($backend:ident: $b:ty) => {
         mod $backend {
@@ -1167,7 +1192,8 @@ macro_rules! suite {
                 reader_sees_commits_while_writer_open, real_events_from_fixture, read_only_refuses_writes,
                 search_across_many_events, incidents_and_outbox_commit_with_findings,
                 outbox_attempts_dead_letter_and_retry, actions_are_recorded_and_transition_once,
-                ip_intervals_and_source_pods, events_are_counted_per_minute_by_namespace_and_user);
+                ip_intervals_and_source_pods, events_are_counted_per_minute_by_namespace_and_user,
+                one_of_prefilters_on_stored_columns);
         }
     };
     (@tests $b:ty; $($t:ident),*) => {

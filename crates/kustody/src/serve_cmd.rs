@@ -92,13 +92,28 @@ pub fn compile_where(rules: &[PathBuf], defaults: bool, condition: &str) -> Resu
     let idx = engine.rules().position(|r| r.name == WHERE_RULE && r.enabled).ok_or_else(|| {
         format!("the condition did not compile: {}", diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))
     })? as u32;
+    use kustody_store::KeyColumn;
+    let columns = [KeyColumn::Verb, KeyColumn::Resource, KeyColumn::Subresource, KeyColumn::Stage];
+    let keys = engine
+        .index_keys(idx)
+        .map(|k| {
+            columns
+                .into_iter()
+                .zip(k)
+                .filter_map(|(column, c)| c.map(|(values, ci)| kustody_store::OneOf { column, values, ci }))
+                .collect()
+        })
+        .unwrap_or_default();
     let engine = Arc::new(engine);
-    Ok(Arc::new(move |ev: &kustody_model::Event<'_>| {
-        let mut scratch = kustody_rules::Scratch::default();
-        let mut out = Vec::new();
-        engine.matches(ev, &mut scratch, &mut out);
-        out.contains(&idx)
-    }))
+    Ok(WhereFilter {
+        test: Arc::new(move |ev: &kustody_model::Event<'_>| {
+            let mut scratch = kustody_rules::Scratch::default();
+            let mut out = Vec::new();
+            engine.matches(ev, &mut scratch, &mut out);
+            out.contains(&idx)
+        }),
+        keys,
+    })
 }
 
 /// The flags a `--config` file sets, as command-line arguments (placed before the real ones,

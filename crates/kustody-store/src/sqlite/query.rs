@@ -180,6 +180,23 @@ pub(crate) fn events(q: &EventQuery) -> EventSearch {
             _ => s.and(&format!("+{col} = ?"), (*v).clone()),
         }
     }
+    for c in &q.one_of {
+        let col = match c.column {
+            crate::KeyColumn::Verb => "e.verb",
+            crate::KeyColumn::Resource => "e.resource",
+            crate::KeyColumn::Subresource => "e.subresource",
+            crate::KeyColumn::Stage => "e.stage",
+        };
+        if c.values.is_empty() {
+            s.text.push_str(" AND 0");
+            continue;
+        }
+        let marks = vec!["?"; c.values.len()].join(", ");
+        // plain IN may use the column's index; a case-insensitive set cannot
+        let expr = if c.ci { format!("lower({col})") } else { format!("+{col}") };
+        s.text.push_str(&format!(" AND {expr} IN ({marks})"));
+        s.args.extend(c.values.iter().map(|v| Value::from(v.clone())));
+    }
     // The time index only when nothing better applies and the window has an end.
     let time_index = driver == Driver::Events && eqs.is_empty() && q.until_ns.is_some();
     let plus = if time_index { "" } else { "+" };
