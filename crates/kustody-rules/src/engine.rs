@@ -62,6 +62,10 @@ struct CompiledRule {
 /// The index keys: verb, resource, subresource, stage.
 pub const KEYS: usize = 4;
 
+/// One index key a rule needs: the values it accepts (sorted) and whether they compare ASCII
+/// case-insensitively (then lower case).
+pub type IndexKey = (Vec<String>, bool);
+
 fn key_of(field: &Field, arg: &Arg) -> Option<usize> {
     match (field, arg) {
         (Field::Verb, _) => Some(0),
@@ -370,7 +374,7 @@ impl Engine {
     /// index keys, in that order): `None` where any value may match; with `true`, compared
     /// ASCII case-insensitively (the values are then lower case). A store can select candidate
     /// events by these before anything is parsed.
-    pub fn index_keys(&self, idx: u32) -> Option<[Option<(Vec<String>, bool)>; KEYS]> {
+    pub fn index_keys(&self, idx: u32) -> Option<[Option<IndexKey>; KEYS]> {
         let r = self.rules.get(idx as usize)?;
         Some(r.keys.clone().map(|k| {
             k.map(|c| {

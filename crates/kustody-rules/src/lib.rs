@@ -31,6 +31,6 @@ pub use kustody_model::yaml;
 
 pub use correlate::{CorrInput, CorrelationInfo, Correlator};
 pub use diag::{Diagnostic, Severity};
-pub use engine::{Alert, Engine, EngineOptions, RuleInfo, Scratch};
+pub use engine::{Alert, Engine, EngineOptions, IndexKey, RuleInfo, Scratch};
 pub use fnmatch::Pattern;
 pub use loader::{Loader, RuleSource, ENGINE_VERSION};

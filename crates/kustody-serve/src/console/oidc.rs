@@ -139,8 +139,8 @@ impl Oidc {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             return Err(format!(
                 "{uri}: {status} {} {}",
-                v["error"].as_str().unwrap_or(""),
-                v["error_description"].as_str().unwrap_or("")
+                str_of(&v, "error").unwrap_or(""),
+                str_of(&v, "error_description").unwrap_or("")
             ));
         }
         serde_json::from_slice(&body).map_err(|e| format!("{uri}: not JSON: {e}"))
@@ -359,7 +359,7 @@ async fn finish(
         .body(Full::new(Bytes::from(form)))
         .map_err(|e| bad(e.to_string()))?;
     let tokens = o.fetch(req).await.map_err(|e| (StatusCode::BAD_GATEWAY, format!("the token request failed: {e}")))?;
-    let id_token = tokens["id_token"].as_str().ok_or_else(|| bad("the provider sent no ID token".into()))?;
+    let id_token = str_of(&tokens, "id_token").ok_or_else(|| bad("the provider sent no ID token".into()))?;
     let head = jsonwebtoken::decode_header(id_token).map_err(|e| bad(format!("the ID token: {e}")))?;
     if !matches!(
         head.alg,
@@ -377,20 +377,20 @@ async fn finish(
     let data = jsonwebtoken::decode::<serde_json::Value>(id_token, &key, &v)
         .map_err(|e| bad(format!("the ID token was refused: {e}")))?;
     let mut claims = data.claims;
-    if claims["nonce"].as_str() != Some(p.nonce.as_str()) {
+    if str_of(&claims, "nonce") != Some(p.nonce.as_str()) {
         return Err(bad("the ID token's nonce is not this login's".into()));
     }
     // Providers may keep the name and groups out of the ID token (oidc-provider and Okta do by
     // default): then they come from userinfo, for the same subject (OIDC Core 5.3.2).
     let missing = |c: &serde_json::Value| c.get(&o.cfg.username_claim).is_none() || c.get(&o.cfg.roles_claim).is_none();
-    if let (true, Some(url), Some(access)) = (missing(&claims), &d.userinfo_endpoint, tokens["access_token"].as_str()) {
+    if let (true, Some(url), Some(access)) = (missing(&claims), &d.userinfo_endpoint, str_of(&tokens, "access_token")) {
         let req = hyper::Request::get(url)
             .header(header::AUTHORIZATION, format!("Bearer {access}"))
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
             .map_err(|e| bad(e.to_string()))?;
         let info = o.fetch(req).await.map_err(|e| (StatusCode::BAD_GATEWAY, format!("userinfo: {e}")))?;
-        if info["sub"] != claims["sub"] {
+        if info.get("sub").is_none() || info.get("sub") != claims.get("sub") {
             return Err(bad("userinfo is about another subject than the ID token".into()));
         }
         if let (Some(c), Some(i)) = (claims.as_object_mut(), info.as_object()) {
@@ -399,8 +399,7 @@ async fn finish(
             }
         }
     }
-    let name = claims[&o.cfg.username_claim]
-        .as_str()
+    let name = str_of(&claims, &o.cfg.username_claim)
         .map(str::to_owned)
         .ok_or_else(|| bad(format!("the ID token has no `{}` claim", o.cfg.username_claim)))?;
     if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
@@ -413,6 +412,11 @@ async fn finish(
         )
     })?;
     Ok((crate::auth::Identity { name, roles: role.roles() }, role))
+}
+
+/// A string member of a JSON object, if it is there and a string.
+fn str_of<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(serde_json::Value::as_str)
 }
 
 #[cfg(test)]
