@@ -22,9 +22,13 @@ use std::borrow::Cow;
 use kustody_model::Event;
 
 pub mod export;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod response;
 pub mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use postgres::{PgConfig, PgStore};
 pub use response::{
     ActionQuery, ActionRow, Attempt, AttemptRow, Batch, BatchIds, IncidentQuery, IncidentRow, IncidentWrite, NoteRow,
     OutboxQuery, OutboxRow, OutboxState, OutboxWrite, Ref,

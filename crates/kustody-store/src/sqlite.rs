@@ -25,11 +25,11 @@ use crate::{
     OutboxQuery, OutboxRow, Retained, Store, StoreError, StoreStats, StoredAlert, StoredEvent,
 };
 
-mod codec;
+pub(crate) mod codec;
 mod counts;
-mod error;
+pub(crate) mod error;
 mod intervals;
-mod query;
+pub(crate) mod query;
 mod response;
 mod schema;
 
@@ -90,15 +90,15 @@ pub fn rank(p: Priority) -> i64 {
 /// it.
 const RANK_UNKNOWN: i64 = 8;
 
-fn rank_of(name: &str) -> i64 {
+pub(crate) fn rank_of(name: &str) -> i64 {
     name.parse::<Priority>().map_or(RANK_UNKNOWN, rank)
 }
 
-fn i64_of(v: u64) -> i64 {
+pub(crate) fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn u64_of(v: i64) -> u64 {
+pub(crate) fn u64_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -840,7 +840,7 @@ fn add_totals(tx: &Transaction<'_>, deltas: &[(&str, i64)]) -> Res<()> {
 }
 
 /// 128 bits of SHA-256 of an alert's text: its identity for de-duplication.
-fn content_hash(raw: &str) -> [u8; 16] {
+pub(crate) fn content_hash(raw: &str) -> [u8; 16] {
     use sha2::Digest;
     let d = sha2::Sha256::digest(raw.as_bytes());
     let mut out = [0u8; 16];

@@ -57,6 +57,7 @@ pub fn run(cmd: &mut Command) -> Run {
 }
 
 pub mod http;
+pub mod postgres;
 pub mod webdriver;
 
 /// A tmpfs of `size` (`256k`, `1m`) mounted for one test: a real full disk. Needs root (CI runs
@@ -93,4 +94,16 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
     }
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+///
+/// # Panics
+///
+/// When no port can be bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }

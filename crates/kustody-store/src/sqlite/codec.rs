@@ -104,8 +104,19 @@ impl Encoder {
         Ok(())
     }
 
-    /// `text` as stored: its zstd frame when shorter than the text, else the text.
+    /// `text` as SQLite stores it: its zstd frame (a BLOB) when shorter than the text, else
+    /// the text (a TEXT value).
     pub(crate) fn encode<'t>(&'t mut self, text: &'t str) -> ToSqlOutput<'t> {
+        match self.compress(text) {
+            Some(frame) => ToSqlOutput::Borrowed(ValueRef::Blob(frame)),
+            None => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+        }
+    }
+
+    /// `text`'s zstd frame when it is shorter than the text; `None` when the text itself is
+    /// as good. (A frame starts with zstd's magic number, which no UTF-8 text can: a backend
+    /// storing both as bytes tells them apart by it, see [`is_frame`].)
+    pub(crate) fn compress(&mut self, text: &str) -> Option<&[u8]> {
         if self.auto_train {
             self.sample(text);
         }
@@ -116,9 +127,9 @@ impl Encoder {
             None => self.cctx.compress(&mut self.buf, text.as_bytes(), LEVEL),
         };
         match r {
-            Ok(n) if n < text.len() => ToSqlOutput::Borrowed(ValueRef::Blob(&self.buf)),
+            Ok(n) if n < text.len() => Some(&self.buf),
             // Incompressible (or the compressor failed): the text itself is as good.
-            _ => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            _ => None,
         }
     }
 
@@ -202,39 +213,60 @@ impl Decoder {
     ) -> Res<String> {
         match v {
             ValueRef::Text(t) => String::from_utf8(t.to_vec()).map_err(|e| Fail::other(format!("stored text: {e}"))),
-            ValueRef::Blob(b) => {
-                let cap = usize::try_from(len).unwrap_or(0).min(MAX_TEXT);
-                let mut out: Vec<u8> = Vec::with_capacity(cap);
-                let dctx = match &mut self.dctx {
-                    Some(d) => d,
-                    slot @ None => slot.insert(
-                        DCtx::try_create().ok_or_else(|| Fail::other("zstd: cannot create a decompression context"))?,
-                    ),
-                };
-                match zstd_safe::get_dict_id_from_frame(b) {
-                    None => {
-                        dctx.decompress(&mut out, b).map_err(|c| zerr("stored text", c))?;
-                    }
-                    Some(id) => {
-                        let id = id.get();
-                        let dd = match self.dicts.entry(id) {
-                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                            std::collections::hash_map::Entry::Vacant(v) => {
-                                let bytes = load(id)?.ok_or_else(|| {
-                                    Fail::other(format!("stored text: zstd dictionary {id} is missing"))
-                                })?;
-                                v.insert(
-                                    DDict::try_create(&bytes)
-                                        .ok_or_else(|| Fail::other(format!("zstd dictionary {id} is unusable")))?,
-                                )
-                            }
-                        };
-                        dctx.decompress_using_ddict(&mut out, b, dd).map_err(|c| zerr("stored text", c))?;
-                    }
-                }
-                String::from_utf8(out).map_err(|e| Fail::other(format!("stored text: {e}")))
-            }
+            ValueRef::Blob(b) => self.decompress(b, len, load),
             ValueRef::Null | ValueRef::Integer(_) | ValueRef::Real(_) => Err(Fail::other("stored text: not a text")),
         }
     }
+
+    /// The text stored as bytes `b`: a zstd frame ([`is_frame`]) or the text itself.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn decode_bytes(
+        &mut self,
+        b: &[u8],
+        len: i64,
+        load: &mut dyn FnMut(u32) -> Res<Option<Vec<u8>>>,
+    ) -> Res<String> {
+        if is_frame(b) {
+            self.decompress(b, len, load)
+        } else {
+            String::from_utf8(b.to_vec()).map_err(|e| Fail::other(format!("stored text: {e}")))
+        }
+    }
+
+    fn decompress(&mut self, b: &[u8], len: i64, load: &mut dyn FnMut(u32) -> Res<Option<Vec<u8>>>) -> Res<String> {
+        let cap = usize::try_from(len).unwrap_or(0).min(MAX_TEXT);
+        let mut out: Vec<u8> = Vec::with_capacity(cap);
+        let dctx = match &mut self.dctx {
+            Some(d) => d,
+            slot @ None => slot
+                .insert(DCtx::try_create().ok_or_else(|| Fail::other("zstd: cannot create a decompression context"))?),
+        };
+        match zstd_safe::get_dict_id_from_frame(b) {
+            None => {
+                dctx.decompress(&mut out, b).map_err(|c| zerr("stored text", c))?;
+            }
+            Some(id) => {
+                let id = id.get();
+                let dd = match self.dicts.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let bytes = load(id)?
+                            .ok_or_else(|| Fail::other(format!("stored text: zstd dictionary {id} is missing")))?;
+                        v.insert(
+                            DDict::try_create(&bytes)
+                                .ok_or_else(|| Fail::other(format!("zstd dictionary {id} is unusable")))?,
+                        )
+                    }
+                };
+                dctx.decompress_using_ddict(&mut out, b, dd).map_err(|c| zerr("stored text", c))?;
+            }
+        }
+        String::from_utf8(out).map_err(|e| Fail::other(format!("stored text: {e}")))
+    }
+}
+
+/// Whether stored bytes are a zstd frame (its magic number; UTF-8 text never starts so).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn is_frame(b: &[u8]) -> bool {
+    b.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
 }

@@ -1,0 +1,211 @@
+//! Search statements for PostgreSQL, built from a query's filters. Every value is a bound
+//! parameter: no text of a query is ever written into the SQL.
+//!
+//! Event searches are newest first (`ORDER BY id DESC LIMIT n`). A source IP drives the search
+//! through `event_ips_ip` and a rule through `matches_rule` (both ordered by event id), joined
+//! to the events by id; otherwise the planner picks among the (column, id) indexes, each of
+//! which yields a key's newest events first. A time window also bounds `time_key`, the
+//! partition key, so only the days it covers are read.
+
+use postgres::types::ToSql;
+
+use crate::sqlite::query::limit;
+use crate::{AlertQuery, EventQuery, FindingQuery, KeyColumn};
+
+/// `s` as PostgreSQL can hold it in `text`: NUL, which `text` cannot hold, becomes U+FFFD (the
+/// event's own text, kept as bytes, keeps it). Applied to every text stored and every text
+/// searched for, so a search still finds what was stored.
+pub(crate) fn text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+/// [`text`] of an optional value.
+pub(crate) fn opt(s: Option<&str>) -> Option<String> {
+    s.map(text)
+}
+
+/// A boxed parameter.
+pub(crate) type Arg = Box<dyn ToSql + Sync + Send>;
+
+/// A statement and its parameters, in order (`$1`, `$2`, …).
+#[derive(Default)]
+pub(crate) struct Sql {
+    pub text: String,
+    pub args: Vec<Arg>,
+}
+
+impl Sql {
+    pub(crate) fn new(text: impl Into<String>) -> Sql {
+        Sql { text: text.into(), args: Vec::new() }
+    }
+
+    /// Adds a parameter; returns its placeholder.
+    pub(crate) fn arg(&mut self, v: impl ToSql + Sync + Send + 'static) -> String {
+        self.args.push(Box::new(v));
+        format!("${}", self.args.len())
+    }
+
+    /// ` AND ` `clause`, with `{}` replaced by the placeholder of `v`.
+    pub(crate) fn and(&mut self, clause: &str, v: impl ToSql + Sync + Send + 'static) {
+        let p = self.arg(v);
+        self.text.push_str(" AND ");
+        self.text.push_str(&clause.replace("{}", &p));
+    }
+
+    pub(crate) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect()
+    }
+}
+
+/// The columns [`super::read_event`] reads, of events aliased `e`.
+pub(crate) const EVENT_COLUMNS: &str = "e.id, e.time_ns, e.audit_id, e.stage, e.origins, e.text_len, e.body, e.src_pod";
+
+pub(crate) fn events(q: &EventQuery) -> Sql {
+    let mut s = if let Some(ip) = &q.ip {
+        let mut s =
+            Sql::new(format!("SELECT {EVENT_COLUMNS} FROM event_ips i JOIN events e ON e.id = i.event_id WHERE "));
+        let p = s.arg(text(ip));
+        s.text.push_str(&format!("i.ip = {p}"));
+        if let Some(b) = q.before_id {
+            s.and("i.event_id < {}", b);
+        }
+        s
+    } else if let Some(rule) = &q.rule {
+        let mut s =
+            Sql::new(format!("SELECT {EVENT_COLUMNS} FROM matches m JOIN events e ON e.id = m.event_id WHERE "));
+        let p = s.arg(text(rule));
+        s.text.push_str(&format!("m.rule = {p}"));
+        if let Some(b) = q.before_id {
+            s.and("m.event_id < {}", b);
+        }
+        s
+    } else {
+        let mut s = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events e WHERE TRUE"));
+        if let Some(b) = q.before_id {
+            s.and("e.id < {}", b);
+        }
+        s
+    };
+    if q.ip.is_some() {
+        if let Some(rule) = &q.rule {
+            s.and("EXISTS (SELECT 1 FROM matches x WHERE x.event_id = e.id AND x.rule = {})", text(rule));
+        }
+    }
+    // A service account `NS/NAME` is its user name `system:serviceaccount:NS:NAME` (indexed),
+    // and the column itself is checked too.
+    if let Some(sa) = &q.service_account {
+        let user = match sa.split_once('/') {
+            Some((ns, name)) => format!("system:serviceaccount:{ns}:{name}"),
+            None => String::new(),
+        };
+        s.and("e.username = {}", text(&user));
+        s.and("e.service_account = {}", text(sa));
+    }
+    for (col, v) in [
+        ("e.audit_id", &q.audit_id),
+        ("e.pod", &q.pod),
+        ("e.src_pod", &q.source_pod),
+        ("e.username", &q.user),
+        ("e.name", &q.name),
+        ("e.namespace", &q.namespace),
+        ("e.resource", &q.resource),
+        ("e.verb", &q.verb),
+    ] {
+        if let Some(v) = v {
+            s.and(&format!("{col} = {{}}"), text(v));
+        }
+    }
+    for c in &q.one_of {
+        let col = match c.column {
+            KeyColumn::Verb => "e.verb",
+            KeyColumn::Resource => "e.resource",
+            KeyColumn::Subresource => "e.subresource",
+            KeyColumn::Stage => "e.stage",
+        };
+        let expr = if c.ci { format!("lower({col})") } else { col.to_owned() };
+        s.and(&format!("{expr} = ANY({{}})"), c.values.iter().map(|v| text(v)).collect::<Vec<String>>());
+    }
+    if let Some(t) = q.since_ns {
+        s.and("e.time_key >= {}", t);
+        s.and("e.time_ns >= {}", t);
+    }
+    if let Some(t) = q.until_ns {
+        s.and("e.time_key < {}", t);
+        s.and("e.time_ns < {}", t);
+    }
+    let order = if q.ip.is_some() {
+        "i.event_id"
+    } else if q.rule.is_some() {
+        "m.event_id"
+    } else {
+        "e.id"
+    };
+    let l = s.arg(limit(q.limit));
+    s.text.push_str(&format!(" ORDER BY {order} DESC LIMIT {l}"));
+    s
+}
+
+/// The columns [`super::read_finding`] reads.
+pub(crate) const FINDING_COLUMNS: &str = "f.id, f.rule, f.priority, f.rules, f.tags, f.events, f.matches, f.first_ns, \
+     f.last_ns, f.username, f.namespace, f.resource, f.name, f.source_ip, f.output, f.audit_ids, f.lead_event, f.open, \
+     f.detail";
+
+/// Findings seen in the window: last seen at or after `since_ns`, first seen before
+/// `until_ns`. Newest (last seen) first.
+pub(crate) fn findings(q: &FindingQuery) -> Sql {
+    let mut s = Sql::new(format!("SELECT {FINDING_COLUMNS} FROM findings f WHERE TRUE"));
+    if let Some(t) = q.since_ns {
+        s.and("f.last_ns >= {}", t);
+    }
+    if let Some(t) = q.until_ns {
+        s.and("coalesce(f.first_ns, f.last_ns) < {}", t);
+    }
+    if let Some(u) = &q.user {
+        s.and("f.username = {}", text(u));
+    }
+    if let Some(n) = &q.namespace {
+        s.and("f.namespace = {}", text(n));
+    }
+    if let Some(r) = &q.rule {
+        s.and("f.id IN (SELECT finding_id FROM finding_rules WHERE rule = {})", text(r));
+    }
+    if let Some(p) = q.min_priority {
+        s.and("f.priority_rank <= {}", crate::sqlite::rank(p));
+    }
+    if let Some(b) = q.before_id {
+        s.and("f.id < {}", b);
+    }
+    let l = s.arg(limit(q.limit));
+    s.text.push_str(&format!(" ORDER BY f.last_ns DESC NULLS LAST, f.id DESC LIMIT {l}"));
+    s
+}
+
+/// The columns [`super::read_alert`] reads.
+pub(crate) const ALERT_COLUMNS: &str =
+    "a.id, a.time_ns, a.rule, a.priority, a.source, a.hostname, a.namespace, a.pod, a.container_id, a.output, \
+     a.raw_len, a.raw";
+
+pub(crate) fn alerts(q: &AlertQuery) -> Sql {
+    let mut s = Sql::new(format!("SELECT {ALERT_COLUMNS} FROM alerts a WHERE TRUE"));
+    if let Some(t) = q.since_ns {
+        s.and("a.time_ns >= {}", t);
+    }
+    if let Some(t) = q.until_ns {
+        s.and("a.time_ns < {}", t);
+    }
+    if let Some(n) = &q.namespace {
+        s.and("a.namespace = {}", text(n));
+    }
+    if let Some(p) = &q.pod {
+        s.and("a.pod = {}", text(p));
+    }
+    if let Some(r) = &q.rule {
+        s.and("a.rule = {}", text(r));
+    }
+    if let Some(b) = q.before_id {
+        s.and("a.id < {}", b);
+    }
+    let l = s.arg(limit(q.limit));
+    s.text.push_str(&format!(" ORDER BY a.id DESC LIMIT {l}"));
+    s
+}
