@@ -1590,3 +1590,120 @@ fn sqlite_dictionary_on_real_events() {
     }
     assert_eq!(back, want);
 }
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL only.
+
+/// A server of its own (these tests stop and restart it, or look inside the database).
+#[cfg(feature = "postgres")]
+fn own_postgres(db: &str) -> Option<(kustody_testkit::postgres::Postgres, kustody_store::PgConfig)> {
+    let pg = kustody_testkit::postgres::Postgres::start()?;
+    pg.create_db(db);
+    let cfg = kustody_store::PgConfig::new(pg.url(db).into(), None).unwrap();
+    Some((pg, cfg))
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_outage_is_transient_and_the_store_reconnects() {
+    let Some((pg, cfg)) = own_postgres("outage") else { return };
+    let mut s = kustody_store::PgStore::open(&cfg).unwrap();
+    let r = kustody_store::PgStore::open_read_only(&cfg).unwrap();
+    put(&mut s, &[ev(1)], Origin::Webhook);
+    pg.ctl("stop");
+    let e = s.append_events(&rows(&texts(&[ev(2)])), Origin::Webhook).unwrap_err();
+    assert!(e.is_transient(), "a stopped server is worth retrying: {e}");
+    assert!(!e.to_string().contains(pg.password()), "no password in messages: {e}");
+    assert!(e.to_string().contains(cfg.target()), "the server is named: {e}");
+    assert!(r.stats().unwrap_err().is_transient());
+    pg.ctl("start");
+    // nothing of the failed append was stored; both reconnect by themselves
+    put(&mut s, &[ev(2)], Origin::Webhook);
+    assert_eq!(all_events(&r).len(), 2);
+    assert_eq!(r.stats().unwrap().events, 2);
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_keeps_events_in_day_partitions_and_retention_drops_whole_days() {
+    let Some((pg, cfg)) = own_postgres("days") else { return };
+    let mut s = kustody_store::PgStore::open(&cfg).unwrap();
+    let day = 86_400;
+    // three days, the second twice (two batches), and an event without a time
+    let evs: Vec<Ev> = [0, 10, day + 5, 2 * day + 7].iter().enumerate().map(|(i, &t)| Ev { t, ..ev(i) }).collect();
+    let (_, got) = put(&mut s, &evs, Origin::Webhook);
+    put(&mut s, &[Ev { t: day + 9, ..ev(10) }], Origin::File);
+    let text = ev(20).json().replace("\"stageTimestamp\"", "\"x\"").replace("\"requestReceivedTimestamp\"", "\"y\"");
+    s.append_events(&rows(&[text]), Origin::Webhook).unwrap();
+    s.record_detections(
+        &[],
+        &[MatchRow { event_id: got[0].unwrap(), rule: "r".into(), priority: "Notice".into(), finding_id: None }],
+    )
+    .unwrap();
+    let mut c = ::postgres::Client::connect(&pg.url("days"), ::postgres::NoTls).unwrap();
+    let parts = |c: &mut ::postgres::Client| -> Vec<String> {
+        let mut v: Vec<String> = c
+            .query("SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = (BASE_NS / (86_400 * SEC)) as i64;
+    let d = |k: i64| format!("events_d{}", first + k);
+    assert_eq!(parts(&mut c), vec![d(0), d(1), d(2), "events_untimed".to_owned()]);
+    let in_part = |c: &mut ::postgres::Client, p: &str| -> i64 {
+        c.query_one(&format!("SELECT count(*) FROM {p}"), &[]).unwrap().get(0)
+    };
+    assert_eq!((in_part(&mut c, &d(0)), in_part(&mut c, &d(1)), in_part(&mut c, "events_untimed")), (2, 2, 1));
+    // keep what is newer than day 1 + 6 s: day 0 goes whole, day 1 loses one event
+    let r = s.retain(BASE_NS + (day + 6) * SEC, Some(0), None).unwrap();
+    assert_eq!(r.events_removed, 3);
+    assert_eq!(parts(&mut c), vec![d(1), d(2), "events_untimed".to_owned()]);
+    let st = s.stats().unwrap();
+    assert_eq!((st.events, st.matches), (3, 0));
+    let counts = s
+        .event_counts(&CountQuery {
+            since_ns: BASE_NS - SEC,
+            until_ns: BASE_NS + 3 * day * SEC,
+            bucket_ns: 86_400 * SEC,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(counts.iter().map(|c| c.n).sum::<u64>(), 2, "the per-minute counts follow the removals: {counts:?}");
+    // a new day after retention
+    put(&mut s, &[Ev { t: 3 * day, ..ev(30) }], Origin::Webhook);
+    assert!(parts(&mut c).contains(&d(3)));
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_refuses_foreign_and_newer_databases() {
+    let Some((pg, cfg)) = own_postgres("mine") else { return };
+    drop(kustody_store::PgStore::open(&cfg).unwrap());
+    let mut c = ::postgres::Client::connect(&pg.url("mine"), ::postgres::NoTls).unwrap();
+    c.execute("UPDATE kustody_meta SET value = 99 WHERE name = 'schema_version'", &[]).unwrap();
+    let e = kustody_store::PgStore::open(&cfg).unwrap_err();
+    assert!(matches!(e, StoreError::TooNew { found: 99, .. }), "{e}");
+    assert!(matches!(kustody_store::PgStore::open_read_only(&cfg).unwrap_err(), StoreError::TooNew { .. }));
+    // a database with someone else's `events` table
+    pg.create_db("theirs");
+    let mut c = ::postgres::Client::connect(&pg.url("theirs"), ::postgres::NoTls).unwrap();
+    c.batch_execute("CREATE TABLE events (x int)").unwrap();
+    let theirs = kustody_store::PgConfig::new(pg.url("theirs").into(), None).unwrap();
+    assert!(matches!(kustody_store::PgStore::open(&theirs).unwrap_err(), StoreError::Open { .. }));
+    // an empty database is no store to read
+    pg.create_db("empty");
+    let empty = kustody_store::PgConfig::new(pg.url("empty").into(), None).unwrap();
+    assert!(matches!(kustody_store::PgStore::open_read_only(&empty).unwrap_err(), StoreError::Open { .. }));
+    // a wrong password is refused without repeating it
+    let wrong =
+        kustody_store::PgConfig::new(pg.url("mine").replace(pg.password(), "not-the-password").into(), None).unwrap();
+    let e = kustody_store::PgStore::open(&wrong).unwrap_err();
+    assert!(!e.to_string().contains("not-the-password"), "{e}");
+    // not a connection string at all
+    let e = kustody_store::PgConfig::new("postgres://u:secret@h:notaport/db".to_owned().into(), None).unwrap_err();
+    assert!(!e.to_string().contains("secret"), "{e}");
+}
