@@ -47,6 +47,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub publish: broadcast::Sender<Arc<str>>,
     pub data_dir: std::path::PathBuf,
+    /// Read-only stores for searches and pages, reused across requests.
+    pub readers: Arc<Readers>,
     pub healthy: Arc<std::sync::atomic::AtomicBool>,
     pub compile_where: crate::CompileWhere,
     pub reload: tokio::sync::mpsc::Sender<()>,
@@ -394,18 +396,47 @@ pub struct SearchParams {
     pub before: Option<i64>,
 }
 
+/// Read-only stores, opened on demand and kept for the next request (a PostgreSQL reader is a
+/// connection: opening one per request would cost a login each time). At most
+/// [`Readers::IDLE`] are kept; one that failed is dropped, not reused.
+pub struct Readers {
+    location: kustody_store::Location,
+    idle: std::sync::Mutex<Vec<Box<dyn Store>>>,
+}
+
+impl Readers {
+    pub const IDLE: usize = 8;
+
+    pub fn new(location: kustody_store::Location) -> Readers {
+        Readers { location, idle: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// Runs `f` on a reader (blocking: call it off the async threads).
+    pub fn with<T>(&self, f: impl FnOnce(&dyn Store) -> Result<T, String>) -> Result<T, String> {
+        let pooled = self.idle.lock().ok().and_then(|mut v| v.pop());
+        let store = match pooled {
+            Some(s) => s,
+            None => self.location.open_read_only().map_err(|e| e.to_string())?,
+        };
+        let out = f(store.as_ref());
+        if out.is_ok() {
+            if let Ok(mut v) = self.idle.lock() {
+                if v.len() < Self::IDLE {
+                    v.push(store);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Runs a search on a read-only store in a blocking task.
 pub(crate) async fn with_store<T: Send + 'static>(
     s: &AppState,
     f: impl FnOnce(&dyn Store) -> Result<T, String> + Send + 'static,
 ) -> Result<T, Response> {
-    let dir = s.data_dir.clone();
-    match tokio::task::spawn_blocking(move || {
-        let store = kustody_store::SqliteStore::open_read_only(&dir).map_err(|e| e.to_string())?;
-        f(&store)
-    })
-    .await
-    {
+    let readers = s.readers.clone();
+    match tokio::task::spawn_blocking(move || readers.with(f)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, e)),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),

@@ -45,7 +45,7 @@ use anyhow::{bail, Context, Result};
 use kustody_model::Event;
 use kustody_rules::allow::AllowList;
 use kustody_rules::Engine;
-use kustody_store::{Origin, SqliteStore, Store};
+use kustody_store::{Origin, Store};
 
 /// A compiled `where` filter (Falco condition syntax): the test of a parsed event, and the
 /// values the condition needs in stored columns (its index keys), which a search applies in
@@ -73,7 +73,11 @@ pub trait RuleSource: Send + Sync {
 
 /// Everything `kustody serve` is told.
 pub struct Config {
+    /// Local state: TLS material, the token file, evidence bundles, and the SQLite store
+    /// unless `store` names another.
     pub data_dir: PathBuf,
+    /// Where events, findings and incidents are kept (default: SQLite in `data_dir`).
+    pub store: kustody_store::Location,
     pub listen: SocketAddr,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -126,6 +130,7 @@ pub struct Config {
 impl Config {
     pub fn new(data_dir: PathBuf, rules: Arc<dyn RuleSource>) -> Config {
         Config {
+            store: kustody_store::Location::Sqlite(data_dir.clone()),
             data_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             tls_cert: None,
@@ -159,6 +164,11 @@ impl Config {
     }
 }
 
+/// Runs `f`, which blocks (a store call), on this runtime thread.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 /// The token file of a data directory made on first start when no `--tokens` is given.
 pub const TOKEN_FILE: &str = "tokens";
 
@@ -185,9 +195,15 @@ async fn serve(config: Config) -> Result<()> {
         &config.tls_sans,
     )?;
     // Rules switched off from the console stay off across restarts.
-    let disabled = SqliteStore::open(&config.data_dir)
-        .map(|st| ruleset::RuleState::stored_disabled(&st))
-        .map_err(|e| anyhow::anyhow!("cannot open the store in `{}`: {e}", config.data_dir.display()))?;
+    // Stores are synchronous (PostgreSQL's client runs its own small runtime): on this async
+    // thread they are used only inside `blocking`.
+    let disabled = blocking(|| {
+        config
+            .store
+            .open()
+            .map(|st| ruleset::RuleState::stored_disabled(st.as_ref()))
+            .map_err(|e| anyhow::anyhow!("cannot open the store ({}): {e}", config.store.describe()))
+    })?;
     let (engine, allow, warnings) = config.rules.load(&disabled).map_err(|e| anyhow::anyhow!("rules: {e}"))?;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -195,7 +211,8 @@ async fn serve(config: Config) -> Result<()> {
     if engine.active_count() == 0 {
         bail!("no rule is active: nothing would be detected");
     }
-    let open = || SqliteStore::open(&config.data_dir).map_err(anyhow::Error::from);
+    let open = || blocking(|| config.store.open()).map_err(anyhow::Error::from);
+    let open_read_only = || blocking(|| config.store.open_read_only());
     let metrics = Arc::new(metrics::Metrics::default());
     let healthy = Arc::new(AtomicBool::new(true));
     let stop = Arc::new(AtomicBool::new(false));
@@ -229,11 +246,8 @@ async fn serve(config: Config) -> Result<()> {
         let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
         responder.wake.insert(sink.name().to_owned(), wake_tx);
         let d = deliver::Delivery {
-            store: Box::new(SqliteStore::open_read_only(&config.data_dir).or_else(|_| {
-                // a new data directory: the writer creates the store below; open it first
-                SqliteStore::open(&config.data_dir).map(drop)?;
-                SqliteStore::open_read_only(&config.data_dir)
-            })?),
+            // the store exists: it was opened for writing above
+            store: open_read_only()?,
             sink,
             writes: results_tx.clone(),
             wake: wake_rx,
@@ -250,10 +264,10 @@ async fn serve(config: Config) -> Result<()> {
     let identity =
         Arc::new(identity::Identity::new(kustody_iphistory::Options { max_intervals: config.max_ip_intervals }));
     let writer = {
-        let store: Box<dyn Store> = Box::new(open()?);
+        let store: Box<dyn Store> = open()?;
         // Who each IP was: stored holds, and the last hour of stored pod events.
         let keep = config.retention_max_age_ns.unwrap_or(30 * 24 * 3600 * 1_000_000_000);
-        identity.restore(store.as_ref(), writer::now_ns(), keep);
+        blocking(|| identity.restore(store.as_ref(), writer::now_ns(), keep));
         let identity = identity.clone();
         let metrics = metrics.clone();
         let healthy = healthy.clone();
@@ -280,7 +294,7 @@ async fn serve(config: Config) -> Result<()> {
             data_dir: config.data_dir.clone(),
             metrics: metrics.clone(),
             wake: responder.wake.clone(),
-            store: Box::new(SqliteStore::open_read_only(&config.data_dir)?),
+            store: open_read_only()?,
         };
         Some(std::thread::Builder::new().name("kustody-actions".into()).spawn(move || e.run())?)
     };
@@ -288,7 +302,7 @@ async fn serve(config: Config) -> Result<()> {
     let detector = {
         let thread = detect::DetectorThread {
             exec: executor.is_some().then_some(exec_tx),
-            store: Box::new(SqliteStore::open_read_only(&config.data_dir)?),
+            store: open_read_only()?,
             writes: results_tx,
             detector: kustody_rules::live::Detector::new(
                 engine.clone(),
@@ -318,7 +332,7 @@ async fn serve(config: Config) -> Result<()> {
     for path in &config.follow {
         let f = follow::Follower {
             path: path.clone(),
-            store: Box::new(open()?),
+            store: open()?,
             jobs: job_tx.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
@@ -338,13 +352,19 @@ async fn serve(config: Config) -> Result<()> {
     }
     if !config.follow.is_empty() {
         // The webhook's gaps: events only the log file delivered, once past the grace period.
-        let (m, dir, grace, s) = (metrics.clone(), config.data_dir.clone(), config.gap_grace, stop.clone());
+        let (m, location, grace, s) = (metrics.clone(), config.store.clone(), config.gap_grace, stop.clone());
         std::thread::Builder::new().name("kustody-gaps".into()).spawn(move || {
+            let mut reader = None;
             while !s.load(Relaxed) {
-                if let Ok(store) = SqliteStore::open_read_only(&dir) {
+                if reader.is_none() {
+                    reader = location.open_read_only().ok();
+                }
+                if let Some(store) = &reader {
                     let before = writer::now_ns() - grace.as_nanos() as i64;
-                    if let Ok(n) = store.count_only_from(Origin::File, Origin::Webhook, before) {
-                        m.webhook_gaps.store(n, Relaxed);
+                    match store.count_only_from(Origin::File, Origin::Webhook, before) {
+                        Ok(n) => m.webhook_gaps.store(n, Relaxed),
+                        // opened again next time
+                        Err(_) => reader = None,
                     }
                 }
                 std::thread::sleep(Duration::from_secs(3));
@@ -394,6 +414,7 @@ async fn serve(config: Config) -> Result<()> {
         metrics: metrics.clone(),
         publish,
         data_dir: config.data_dir.clone(),
+        readers: Arc::new(http::Readers::new(config.store.clone())),
         healthy,
         compile_where: {
             // Compiled once per distinct condition (compiling reads every rule file), until the

@@ -472,3 +472,52 @@ pub use kustody_iphistory::Interval;
 pub fn compress_state(value: &[u8]) -> Result<Vec<u8>, StoreError> {
     zstd::bulk::compress(value, 3).map_err(|e| StoreError::Other(format!("compressing state: {e}")))
 }
+
+/// Where a store is: what `kustody serve --store` names. A server opens its writer and its
+/// readers through it, whatever the backend.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// The embedded SQLite store in this directory.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database.
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PgConfig),
+}
+
+impl Location {
+    /// The writer (creating the store or bringing its schema up to date).
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be opened (see the backends' `open`).
+    pub fn open(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(match self {
+            Location::Sqlite(dir) => Box::new(SqliteStore::open(dir)?),
+            #[cfg(feature = "postgres")]
+            Location::Postgres(cfg) => Box::new(PgStore::open(cfg)?),
+        })
+    }
+
+    /// A reader beside the writer.
+    ///
+    /// # Errors
+    ///
+    /// When there is no store of this version there (open the writer once first).
+    pub fn open_read_only(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(match self {
+            Location::Sqlite(dir) => Box::new(SqliteStore::open_read_only(dir)?),
+            #[cfg(feature = "postgres")]
+            Location::Postgres(cfg) => Box::new(PgStore::open_read_only(cfg)?),
+        })
+    }
+
+    /// How messages name it: the directory, or PostgreSQL's host, port and database (never a
+    /// password).
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(dir) => dir.display().to_string(),
+            #[cfg(feature = "postgres")]
+            Location::Postgres(cfg) => format!("postgres {}", cfg.target()),
+        }
+    }
+}

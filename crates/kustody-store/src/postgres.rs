@@ -62,6 +62,7 @@ const READ_TIMEOUT: &str = "60s";
 pub struct PgConfig {
     url: SecretString,
     ca: Option<PathBuf>,
+    password: Option<SecretString>,
     target: String,
 }
 
@@ -98,7 +99,15 @@ impl PgConfig {
             if ports.is_empty() { "5432".to_owned() } else { ports.join(",") },
             cfg.get_dbname().or(cfg.get_user()).unwrap_or("postgres")
         );
-        Ok(PgConfig { url, ca, target })
+        Ok(PgConfig { url, ca, password: None, target })
+    }
+
+    /// The password to log in with (from a file: a URL on a command line is visible to every
+    /// user of the machine); it overrides one in the URL.
+    #[must_use]
+    pub fn with_password(mut self, password: SecretString) -> PgConfig {
+        self.password = Some(password);
+        self
     }
 
     /// Host, port and database (no user, no password): how messages name the store.
@@ -109,6 +118,9 @@ impl PgConfig {
     fn connect(&self) -> Res<Client> {
         let mut cfg: postgres::Config =
             self.url.expose_secret().parse().map_err(|e| Fail::other(format!("connection string: {e}")))?;
+        if let Some(p) = &self.password {
+            cfg.password(p.expose_secret());
+        }
         if cfg.get_application_name().is_none() {
             cfg.application_name("kustody");
         }

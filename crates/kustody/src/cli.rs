@@ -832,6 +832,18 @@ pub struct ServeArgs {
     /// Where the store, the generated TLS certificate and the token file live.
     #[arg(long, value_name = "DIR", env = "KUSTODY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where events, findings and incidents are kept: `sqlite` (the default: in DATA_DIR) or
+    /// a PostgreSQL connection URL (`postgres://kustody@db.example:5432/kustody?sslmode=require`;
+    /// give the password with --store-password-file, not in the URL).
+    #[arg(long, value_name = "sqlite|URL", env = "KUSTODY_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// A file holding the PostgreSQL password.
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub store_password_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) to verify the PostgreSQL server's TLS certificate with (default:
+    /// the system's roots).
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub store_ca: Option<PathBuf>,
     /// Address to listen on (HTTPS).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8443")]
     pub listen: std::net::SocketAddr,

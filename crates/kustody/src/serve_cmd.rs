@@ -198,6 +198,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         },
     };
     let mut config = kustody_serve::Config::new(data_dir, Arc::new(rules));
+    if let Some(store) = store_location(&args)? {
+        config.store = store;
+    }
     config.listen = args.listen;
     config.tls_cert = args.tls_cert;
     config.tls_key = args.tls_key;
@@ -688,4 +691,40 @@ fn print_events(out: &mut dyn Write, page: &kustody_serve::search::EventPage, fo
         }
     }
     Ok(())
+}
+
+/// `--store`: SQLite in the data directory (none, or `sqlite`), or a PostgreSQL URL.
+fn store_location(args: &crate::cli::ServeArgs) -> Result<Option<kustody_store::Location>> {
+    let Some(store) = args.store.as_deref() else { return Ok(None) };
+    if store == "sqlite" {
+        if args.store_password_file.is_some() || args.store_ca.is_some() {
+            bail!("--store sqlite takes no --store-password-file or --store-ca");
+        }
+        return Ok(None);
+    }
+    if !(store.starts_with("postgres://") || store.starts_with("postgresql://")) {
+        // the value may hold a password: it is not repeated
+        bail!("--store: expected `sqlite` or a postgres:// URL");
+    }
+    postgres_location(store, args)
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres_location(_: &str, _: &crate::cli::ServeArgs) -> Result<Option<kustody_store::Location>> {
+    bail!("--store: this kustody was built without PostgreSQL support (cargo feature `postgres`)")
+}
+
+#[cfg(feature = "postgres")]
+fn postgres_location(store: &str, args: &crate::cli::ServeArgs) -> Result<Option<kustody_store::Location>> {
+    let mut cfg = kustody_store::PgConfig::new(store.to_owned().into(), args.store_ca.clone())
+        .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    if let Some(f) = &args.store_password_file {
+        let pw = std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
+        let pw = pw.trim_end_matches(['\n', '\r']);
+        if pw.is_empty() {
+            bail!("--store-password-file `{}` is empty", f.display());
+        }
+        cfg = cfg.with_password(pw.to_owned().into());
+    }
+    Ok(Some(kustody_store::Location::Postgres(cfg)))
 }

@@ -2325,3 +2325,95 @@ fn the_console_works_in_a_real_browser() {
     b.wait("#story", long);
     assert!(b.find("form[action='/incidents/1/change']").is_none(), "no action for a viewer");
 }
+
+/// `--store postgres://…` on a throwaway PostgreSQL server: the recorded webhook traffic is
+/// stored once and detected, nothing lands in a local SQLite file, `kill -9` loses nothing
+/// acknowledged, and while PostgreSQL is down the webhook is answered 503 with Retry-After
+/// (the apiserver retries) until it is back.
+#[test]
+fn serve_keeps_its_store_in_postgresql_through_kill_9_and_an_outage() {
+    let Some(pg) = kustody_testkit::postgres::Postgres::start() else { return };
+    pg.create_db("kustody");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let pw = tmp.path().join("pg.password");
+    std::fs::write(&pw, format!("{}\n", pg.password())).unwrap();
+    let url = format!("postgres://kustody@127.0.0.1:{}/kustody?sslmode=disable", pg.port());
+    let args = ["--store", url.as_str(), "--store-password-file", pw.to_str().unwrap()];
+    let srv = start(&data, &args);
+
+    if let Some((traffic, n)) = recorded("batch-traffic.json") {
+        let r = srv.post_audit(&traffic);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["stored"], n as u64);
+        let again = srv.post_audit(&traffic);
+        assert_eq!(again.json()["duplicates"], n as u64, "{}", again.body);
+        let (exec, _) = recorded("blocking-exec-response-started.json").unwrap();
+        assert_eq!(srv.post_audit(&exec).status, 200);
+        let f = srv.wait_items("/v1/findings", 1);
+        assert!(f["items"].as_array().unwrap().iter().any(|x| x["user"] == "realk8s-admin"), "{f}");
+        let v = srv.wait_items("/v1/events?user=realk8s-admin&limit=5", 5);
+        assert_eq!(v["items"].as_array().unwrap().len(), 5);
+    }
+    assert!(!data.join("kustody.db").exists(), "nothing is stored in SQLite");
+
+    // kill -9 while a sender keeps posting
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (acked, stop, client) = (acked.clone(), stop.clone(), srv.client.clone());
+        std::thread::spawn(move || {
+            let mut b = 500_000;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (body, ids) = synthetic_batch(b, 200);
+                b += 1;
+                if let Ok(r) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client.post_audit(&body))) {
+                    if r.status == 200 {
+                        acked.lock().unwrap().extend(ids);
+                    }
+                }
+            }
+        })
+    };
+    let t0 = Instant::now();
+    while acked.lock().unwrap().len() < 2_000 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "ingest too slow to test");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut srv = srv;
+    srv.child.kill().unwrap(); // SIGKILL
+    srv.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    drop(srv);
+    let acked = acked.lock().unwrap().clone();
+    let mut db = ::postgres::Client::connect(&pg.url("kustody"), ::postgres::NoTls).unwrap();
+    let rows = db
+        .query("SELECT audit_id, count(*) FROM events WHERE audit_id = ANY($1) GROUP BY audit_id", &[&acked])
+        .unwrap();
+    assert!(rows.iter().all(|r| r.get::<_, i64>(1) == 1), "an acknowledged event is stored twice");
+    assert_eq!(rows.len(), acked.len(), "{} of {} acknowledged events lost", acked.len() - rows.len(), acked.len());
+
+    // PostgreSQL down: the webhook is told to come back later, and nothing is acknowledged
+    let srv = start(&data, &args);
+    pg.ctl("stop");
+    let (body, ids) = synthetic_batch(900_000, 50);
+    let r = srv.post_audit(&body);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.headers.to_ascii_lowercase().contains("retry-after"), "{}", r.headers);
+    assert!(!r.body.contains(pg.password()));
+    pg.ctl("start");
+    let t0 = Instant::now();
+    loop {
+        let r = srv.post_audit(&body);
+        if r.status == 200 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "not back after the outage: {} {}", r.status, r.body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut db = ::postgres::Client::connect(&pg.url("kustody"), ::postgres::NoTls).unwrap();
+    let n: i64 = db.query_one("SELECT count(*) FROM events WHERE audit_id = ANY($1)", &[&ids]).unwrap().get(0);
+    assert_eq!(n, 50);
+    assert!(srv.stop().success());
+}
