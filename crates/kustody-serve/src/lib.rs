@@ -462,7 +462,11 @@ async fn serve(config: Config) -> Result<()> {
         tls.cert_path.display(),
         tls.fingerprint,
         if tls.generated { ", generated" } else { "" },
-        config.data_dir.display()
+        if matches!(config.store, kustody_store::Location::Sqlite(_)) {
+            config.data_dir.display().to_string()
+        } else {
+            format!("{} (store: {})", config.data_dir.display(), config.store.describe())
+        }
     );
     if let Some(p) = &config.ready_file {
         std::fs::write(p, format!("{url}\n")).with_context(|| format!("cannot write `{}`", p.display()))?;
