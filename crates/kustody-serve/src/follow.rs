@@ -27,7 +27,10 @@ const READ_BYTES: usize = 4 << 20;
 
 pub struct Follower {
     pub path: PathBuf,
+    /// A reader: where a previous run stopped.
     pub store: Box<dyn Store>,
+    /// The writer thread, which stores the read offsets (the one writer of the store).
+    pub writes: SyncSender<crate::writer::Write>,
     pub jobs: SyncSender<Job>,
     pub metrics: Arc<Metrics>,
     pub stop: Arc<AtomicBool>,
@@ -137,8 +140,13 @@ impl Follower {
             o.offset += consumed;
             o.line += newlines;
             let off = FileOffset { path: key.to_owned(), dev: o.dev, ino: o.ino, offset: o.offset, line: o.line };
-            if let Err(e) = self.store.set_file_offset(&off) {
-                tracing::warn!(error = %e, file = key, "cannot store the read offset");
+            let task: crate::writer::StoreTask = Box::new(move |s: &mut dyn Store| {
+                if let Err(e) = s.set_file_offset(&off) {
+                    tracing::warn!(error = %e, file = off.path, "cannot store the read offset");
+                }
+            });
+            if self.writes.send(crate::writer::Write::Run(task)).is_err() {
+                return;
             }
         }
     }

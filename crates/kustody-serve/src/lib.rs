@@ -197,13 +197,11 @@ async fn serve(config: Config) -> Result<()> {
     // Rules switched off from the console stay off across restarts.
     // Stores are synchronous (PostgreSQL's client runs its own small runtime): on this async
     // thread they are used only inside `blocking`.
-    let disabled = blocking(|| {
-        config
-            .store
-            .open()
-            .map(|st| ruleset::RuleState::stored_disabled(st.as_ref()))
-            .map_err(|e| anyhow::anyhow!("cannot open the store ({}): {e}", config.store.describe()))
-    })?;
+    // The one writer of the store (PostgreSQL: it holds the database's writer lock), opened
+    // first; everything else reads.
+    let writer_store: Box<dyn Store> = blocking(|| config.store.open())
+        .map_err(|e| anyhow::anyhow!("cannot open the store ({}): {e}", config.store.describe()))?;
+    let disabled = blocking(|| ruleset::RuleState::stored_disabled(writer_store.as_ref()));
     let (engine, allow, warnings) = config.rules.load(&disabled).map_err(|e| anyhow::anyhow!("rules: {e}"))?;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -211,7 +209,6 @@ async fn serve(config: Config) -> Result<()> {
     if engine.active_count() == 0 {
         bail!("no rule is active: nothing would be detected");
     }
-    let open = || blocking(|| config.store.open()).map_err(anyhow::Error::from);
     let open_read_only = || blocking(|| config.store.open_read_only());
     let metrics = Arc::new(metrics::Metrics::default());
     let healthy = Arc::new(AtomicBool::new(true));
@@ -264,7 +261,7 @@ async fn serve(config: Config) -> Result<()> {
     let identity =
         Arc::new(identity::Identity::new(kustody_iphistory::Options { max_intervals: config.max_ip_intervals }));
     let writer = {
-        let store: Box<dyn Store> = open()?;
+        let store = writer_store;
         // Who each IP was: stored holds, and the last hour of stored pod events.
         let keep = config.retention_max_age_ns.unwrap_or(30 * 24 * 3600 * 1_000_000_000);
         blocking(|| identity.restore(store.as_ref(), writer::now_ns(), keep));
@@ -332,7 +329,8 @@ async fn serve(config: Config) -> Result<()> {
     for path in &config.follow {
         let f = follow::Follower {
             path: path.clone(),
-            store: open()?,
+            store: open_read_only()?,
+            writes: writes_for_api.clone(),
             jobs: job_tx.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),

@@ -52,6 +52,8 @@ const RETAIN_BATCH: i64 = 10_000;
 /// An event's source IPs stored for search, at most (as SQLite).
 const MAX_IPS: usize = 16;
 const MINUTE_NS: i64 = 60_000_000_000;
+/// How long a writer waits for another writer's lock before it gives up.
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a reader's statement may run before the server cancels it.
 const READ_TIMEOUT: &str = "60s";
 
@@ -198,6 +200,24 @@ fn session(c: &mut Client, read_only: bool) -> Res<()> {
         c.batch_execute(&format!("SET default_transaction_read_only = on; SET statement_timeout = '{READ_TIMEOUT}'"))?;
     } else {
         c.batch_execute("SET synchronous_commit = on")?;
+        // One writer per database: the live detector numbers findings and incidents itself.
+        // A previous writer's session may take a moment to end (a killed process's
+        // connection), so the lock is tried for a while.
+        let t0 = std::time::Instant::now();
+        loop {
+            let got: bool = c.query_one("SELECT pg_try_advisory_lock($1)", &[&schema::WRITER_LOCK])?.try_get(0)?;
+            if got {
+                break;
+            }
+            if t0.elapsed() >= WRITER_WAIT {
+                return Err(Fail::Store(StoreError::Busy(
+                    "another kustody serve is writing to this database (it holds kustody's writer lock); one \
+                     writer per database"
+                        .into(),
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         let fsync: String = c.query_one("SHOW fsync", &[])?.try_get(0)?;
         if fsync != "on" {
             return Err(Fail::other(

@@ -1651,7 +1651,7 @@ fn postgres_keeps_events_in_day_partitions_and_retention_drops_whole_days() {
         v.sort();
         v
     };
-    let first = (BASE_NS / (86_400 * SEC)) as i64;
+    let first = BASE_NS / (86_400 * SEC);
     let d = |k: i64| format!("events_d{}", first + k);
     assert_eq!(parts(&mut c), vec![d(0), d(1), d(2), "events_untimed".to_owned()]);
     let in_part = |c: &mut ::postgres::Client, p: &str| -> i64 {
@@ -1706,4 +1706,20 @@ fn postgres_refuses_foreign_and_newer_databases() {
     // not a connection string at all
     let e = kustody_store::PgConfig::new("postgres://u:secret@h:notaport/db".to_owned().into(), None).unwrap_err();
     assert!(!e.to_string().contains("secret"), "{e}");
+}
+
+/// One writer per database (the live detector numbers findings and incidents itself): a second
+/// is refused, by name, until the first is gone; readers are not limited.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_admits_one_writer_at_a_time() {
+    let Some((_pg, cfg)) = own_postgres("one") else { return };
+    let first = kustody_store::PgStore::open(&cfg).unwrap();
+    let e = kustody_store::PgStore::open(&cfg).unwrap_err();
+    assert!(e.to_string().contains("another kustody serve is writing"), "{e}");
+    let readers: Vec<_> = (0..3).map(|_| kustody_store::PgStore::open_read_only(&cfg).unwrap()).collect();
+    assert!(readers.iter().all(|r| r.stats().is_ok()));
+    drop(first);
+    let mut second = kustody_store::PgStore::open(&cfg).unwrap();
+    put(&mut second, &[ev(1)], Origin::Webhook);
 }

@@ -6,7 +6,7 @@
 //! processes starting together against one database migrate it once. A database whose version
 //! is above [`SCHEMA_VERSION`] was written by a newer kustody and is refused.
 //!
-//! A step is never edited once released: a change is a new step appended to [`MIGRATIONS`].
+//! A step is never edited once released: a change is a new step appended to `MIGRATIONS`.
 
 /// Version 1: everything the SQLite schema holds at its version 4, in PostgreSQL's terms.
 ///
@@ -240,6 +240,9 @@ pub(crate) const META: &str = "CREATE TABLE IF NOT EXISTS kustody_meta (name tex
 
 /// The advisory lock key migrations run under ("kustody" in ASCII).
 pub(crate) const MIGRATION_LOCK: i64 = 0x006b_7573_746f_6479;
+
+/// The session-level advisory lock the writer holds while connected: one writer per database.
+pub(crate) const WRITER_LOCK: i64 = MIGRATION_LOCK + 1;
 
 /// One UTC day in nanoseconds: the events' partition width.
 pub(crate) const DAY_NS: i64 = 86_400 * 1_000_000_000;
