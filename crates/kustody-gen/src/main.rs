@@ -83,6 +83,9 @@ enum Cmd {
         /// The body-heavy, alert-heavy event profile.
         #[arg(long)]
         body_heavy: bool,
+        /// Keep the store in a throwaway PostgreSQL server (Debian's binaries) instead of SQLite.
+        #[arg(long)]
+        postgres: bool,
         /// The kustody binary.
         #[arg(long, default_value = "target/release/kustody")]
         kustody: PathBuf,
@@ -246,7 +249,7 @@ fn main() -> Result<()> {
             kustody_gen::operators::write_operator_traffic_every(seed, events, interval_ms.max(1), &mut out)?;
             out.flush()?;
         }
-        Cmd::ServeBench { rate, seconds, connections, batch, body_heavy, kustody } => serve_bench::run(
+        Cmd::ServeBench { rate, seconds, connections, batch, body_heavy, postgres, kustody } => serve_bench::run(
             &kustody,
             &serve_bench::Options {
                 rate,
@@ -254,6 +257,7 @@ fn main() -> Result<()> {
                 connections: connections.max(1),
                 batch: batch.max(1),
                 profile_body_heavy: body_heavy,
+                postgres,
             },
         )?,
         Cmd::ConsoleBench { events, attack_every, requests, kustody } => {

@@ -25,6 +25,8 @@ pub struct Options {
     pub connections: usize,
     pub batch: usize,
     pub profile_body_heavy: bool,
+    /// Keep the store in a throwaway PostgreSQL server.
+    pub postgres: bool,
 }
 
 /// A batch template: the EventList text and where each auditID's first 12 characters are, to be
@@ -110,7 +112,28 @@ pub(crate) fn start(kustody: &Path, extra: &[&str]) -> Result<Started> {
 }
 
 pub fn run(kustody: &Path, opts: &Options) -> Result<()> {
-    let Started { tmp: _tmp, data, mut child, addr, ca } = start(kustody, &[])?;
+    // With --postgres: a throwaway server, the password in a file beside it.
+    let pg = if opts.postgres {
+        let pg = kustody_testkit::postgres::Postgres::start().context("PostgreSQL is not installed")?;
+        pg.create_db("bench");
+        Some(pg)
+    } else {
+        None
+    };
+    let pw_dir = tempfile::tempdir()?;
+    let mut extra: Vec<String> = Vec::new();
+    if let Some(pg) = &pg {
+        let pw = pw_dir.path().join("pg.password");
+        std::fs::write(&pw, pg.password())?;
+        extra.extend([
+            "--store".to_owned(),
+            format!("postgres://kustody@127.0.0.1:{}/bench?sslmode=disable", pg.port()),
+            "--store-password-file".to_owned(),
+            pw.display().to_string(),
+        ]);
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let Started { tmp: _tmp, data, mut child, addr, ca } = start(kustody, &extra)?;
     let pid = child.id();
     // Peak resident memory, sampled: anonymous (heap, queues, caches) and file-backed (SQLite's
     // memory-mapped database pages, which the kernel can drop at will) separately.
@@ -145,10 +168,15 @@ pub fn run(kustody: &Path, opts: &Options) -> Result<()> {
     let (anon, file) = sampler.join().unwrap_or((0, 0));
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let _ = child.wait();
-    let disk = dir_size(&data.join("kustody.db")) + dir_size(&data.join("kustody.db-wal"));
+    let disk = match &pg {
+        // the server's whole data directory: tables, indexes and WAL
+        Some(pg) => tree_size(&pg.dir().join("data")),
+        None => dir_size(&data.join("kustody.db")) + dir_size(&data.join("kustody.db-wal")),
+    };
     let r = result?;
     println!(
-        "serve-bench: rate target {} ev/s, {} connections, batches of {}, {} s",
+        "serve-bench: store {}, rate target {} ev/s, {} connections, batches of {}, {} s",
+        if opts.postgres { "PostgreSQL" } else { "SQLite" },
         if opts.rate == 0 { "max".to_owned() } else { opts.rate.to_string() },
         opts.connections,
         opts.batch,
@@ -382,4 +410,15 @@ fn peak_rss(pid: u32) -> u64 {
 
 fn dir_size(p: &Path) -> u64 {
     std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+/// Bytes of the files under `p`.
+fn tree_size(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else { return dir_size(p) };
+    rd.filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_size(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
 }
