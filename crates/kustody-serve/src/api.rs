@@ -31,6 +31,7 @@ pub struct IncidentParams {
     pub min_priority: Option<String>,
     pub identity: Option<String>,
     pub namespace: Option<String>,
+    pub cluster: Option<String>,
     /// RFC 3339 time or a duration ago (last activity at or after).
     pub since: Option<String>,
     pub before: Option<i64>,
@@ -51,6 +52,7 @@ impl IncidentParams {
             namespace: self.namespace.clone(),
             before_id: self.before,
             limit: self.limit.unwrap_or(100),
+            cluster: self.cluster.clone(),
         })
     }
 }

@@ -397,7 +397,8 @@ impl DetectorThread {
         for seq in &order {
             let Some((u, _)) = last.get(seq) else { continue };
             let owner = st.behind.get(seq).and_then(|b| b.0.as_ref());
-            let row = finding_row(u, st.ids.get(seq).copied(), owner);
+            let mut row = finding_row(u, st.ids.get(seq).copied(), owner);
+            row.cluster.clone_from(&self.responder.book.options().cluster);
             let corr = st.correlations.contains(&*u.finding.lead.rule);
             let mut input = respond::finding_input(&row, &u.finding, st.acting.get(seq).cloned(), corr);
             if let Some((behind, own, peer)) = st.behind.get(seq) {
@@ -517,6 +518,7 @@ fn finding_row(u: &Update, id: Option<i64>, source_pod: Option<&kustody_incident
         audit_ids: f.audit_ids.clone(),
         lead_event: (&*f.lead.source_ref.file == STORE_REF).then_some(f.lead.source_ref.line as i64),
         open: u.change != Change::Closed,
+        cluster: None,
         detail: serde_json::json!({
             "output_fields": fields,
             "verb": c.verb,
@@ -556,6 +558,7 @@ pub fn finding_json(f: &FindingRow) -> serde_json::Value {
         "audit_ids": f.audit_ids,
         "evidence_event": f.lead_event,
         "open": f.open,
+        "cluster": f.cluster,
         "detail": serde_json::from_str::<serde_json::Value>(&f.detail).unwrap_or(serde_json::Value::Null),
     })
 }

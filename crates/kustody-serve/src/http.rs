@@ -374,6 +374,8 @@ async fn post_falco(
 /// Query parameters of the search endpoints.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SearchParams {
+    /// The cluster events and findings came from (`kustody serve --cluster`).
+    pub cluster: Option<String>,
     pub user: Option<String>,
     #[serde(alias = "sa")]
     pub service_account: Option<String>,

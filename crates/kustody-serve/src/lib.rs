@@ -268,6 +268,7 @@ async fn serve(config: Config) -> Result<()> {
         let identity = identity.clone();
         let metrics = metrics.clone();
         let healthy = healthy.clone();
+        let cluster = config.cluster.clone();
         let retention = writer::Retention {
             max_age_ns: config.retention_max_age_ns,
             max_bytes: config.retention_max_bytes,
@@ -275,7 +276,9 @@ async fn serve(config: Config) -> Result<()> {
         };
         std::thread::Builder::new()
             .name("kustody-writer".into())
-            .spawn(move || writer::run(store, job_rx, results_rx, det_tx, metrics, retention, healthy, identity))
+            .spawn(move || {
+                writer::run(store, job_rx, results_rx, det_tx, metrics, retention, healthy, identity, cluster)
+            })
             .context("cannot start the writer")?
     };
     // Playbook actions run on their own thread, through the writer for every record.

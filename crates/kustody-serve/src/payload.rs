@@ -80,5 +80,6 @@ pub fn owned(r: EventRow<'_>) -> EventRow<'static> {
         source_ips: r.source_ips.into_iter().map(|c| Cow::Owned(c.into_owned())).collect(),
         user_agent: o(r.user_agent),
         source_pod: r.source_pod,
+        cluster: r.cluster,
     }
 }

@@ -45,6 +45,7 @@ pub fn event_query(p: &SearchParams) -> Result<EventQuery, String> {
         before_id: p.before,
         limit: p.limit.unwrap_or(100).clamp(1, 10_000),
         one_of: Vec::new(),
+        cluster: p.cluster.clone(),
     })
 }
 
@@ -64,6 +65,7 @@ pub fn finding_query(p: &SearchParams) -> Result<FindingQuery, String> {
         min_priority,
         before_id: p.before,
         limit: p.limit.unwrap_or(100).clamp(1, 10_000),
+        cluster: p.cluster.clone(),
     })
 }
 
@@ -140,6 +142,7 @@ impl EventPage {
                     "time": e.time_ns.map(kustody_model::time::format_rfc3339_nanos),
                     "origins": origins(e.origins),
                     "source_pod": e.source_pod,
+                    "cluster": e.cluster,
                     "event": serde_json::from_str::<serde_json::Value>(&e.raw).unwrap_or(serde_json::Value::Null),
                 })
             })
@@ -208,6 +211,7 @@ pub fn event_page_from_json(v: &serde_json::Value) -> EventPage {
                     }),
                     raw: e["event"].to_string(),
                     source_pod: opt(&e["source_pod"]),
+                    cluster: opt(&e["cluster"]),
                 })
                 .collect()
         })
@@ -238,6 +242,7 @@ pub fn findings_from_json(v: &serde_json::Value) -> Vec<FindingRow> {
                     source_ip: opt(&f["source_ip"]),
                     output: f["output"].as_str().unwrap_or_default().to_owned(),
                     audit_ids: strings(&f["audit_ids"]),
+                    cluster: opt(&f["cluster"]),
                     lead_event: f["evidence_event"].as_i64(),
                     open: f["open"].as_bool().unwrap_or(false),
                     detail: f["detail"].to_string(),

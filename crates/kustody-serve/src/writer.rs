@@ -101,6 +101,7 @@ pub fn run(
     retention: Retention,
     healthy: Arc<std::sync::atomic::AtomicBool>,
     identity: Arc<crate::identity::Identity>,
+    cluster: Option<String>,
 ) {
     let mut last_retention = Instant::now();
     let mut last_flush = Instant::now();
@@ -124,7 +125,7 @@ pub fn run(
                     Err(_) => break,
                 }
             }
-            commit(store.as_mut(), batch, &detect, &detections, &metrics, &healthy, &identity);
+            commit(store.as_mut(), batch, &detect, &detections, &metrics, &healthy, (&identity, cluster.as_deref()));
         }
         if last_flush.elapsed() >= Duration::from_secs(1) {
             last_flush = Instant::now();
@@ -196,7 +197,7 @@ fn commit(
     detections: &Receiver<Write>,
     metrics: &Metrics,
     healthy: &std::sync::atomic::AtomicBool,
-    identity: &crate::identity::Identity,
+    (identity, cluster): (&crate::identity::Identity, Option<&str>),
 ) {
     let mut by_origin: Vec<Group> = Vec::new();
     let mut alerts: Vec<(Vec<AlertRow>, Reply)> = Vec::new();
@@ -224,6 +225,11 @@ fn commit(
     for (origin, mut rows, replies, received) in by_origin {
         // In commit order: the pods these events show, then who each source IP was.
         identity.attribute_events(&mut rows);
+        if let Some(c) = cluster {
+            for r in &mut rows {
+                r.cluster = Some(c.to_owned());
+            }
+        }
         metrics.events_attributed.fetch_add(rows.iter().filter(|r| r.source_pod.is_some()).count() as u64, Relaxed);
         match store.append_events(&rows, origin) {
             Ok(appended) => {

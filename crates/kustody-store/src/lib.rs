@@ -77,6 +77,9 @@ pub struct EventRow<'a> {
     /// `namespace/name` of the pod that held the request's source IP at the event's time (the
     /// IP history's answer; `None` when the IP was no known pod's). Set by the ingest path.
     pub source_pod: Option<String>,
+    /// The cluster the event came from (`kustody serve --cluster`). Set by the ingest path;
+    /// part of the de-duplication key, so clusters never shadow each other's events.
+    pub cluster: Option<String>,
 }
 
 impl<'a> EventRow<'a> {
@@ -120,6 +123,7 @@ impl<'a> EventRow<'a> {
             source_ips: ev.source_ips().map(<[_]>::to_vec).unwrap_or_default(),
             user_agent: ev.user_agent().map(|s| Cow::Owned(s.to_owned())),
             source_pod: None,
+            cluster: None,
         }
     }
 }
@@ -153,6 +157,8 @@ pub struct StoredEvent {
     pub raw: String,
     /// `namespace/name` of the pod that held its source IP, as attributed at ingest.
     pub source_pod: Option<String>,
+    /// The cluster it came from, when known.
+    pub cluster: Option<String>,
 }
 
 /// One Falco runtime alert, as stored.
@@ -204,6 +210,8 @@ pub struct FindingRow {
     pub open: bool,
     /// The lead detection as JSON (output fields, context), for the console and exports.
     pub detail: String,
+    /// The cluster of its events.
+    pub cluster: Option<String>,
 }
 
 /// What event counts are split by.
@@ -282,6 +290,7 @@ pub struct EventQuery {
     pub limit: usize,
     /// Pre-filters on stored columns (a `where` condition's index keys).
     pub one_of: Vec<OneOf>,
+    pub cluster: Option<String>,
 }
 
 /// Filters of a finding search. Newest first (by last seen).
@@ -297,6 +306,7 @@ pub struct FindingQuery {
     pub min_priority: Option<kustody_model::Priority>,
     pub before_id: Option<i64>,
     pub limit: usize,
+    pub cluster: Option<String>,
 }
 
 /// Filters of a runtime-alert search. Newest first.
@@ -372,8 +382,8 @@ impl StoreError {
 /// The storage interface. One writer at a time holds a `Store`; readers open their own.
 pub trait Store: Send {
     /// Stores events in one durable transaction; duplicates already stored are not stored again
-    /// but gain `origin`'s bit. A duplicate is the same (auditID, stage) with the same event
-    /// time: what a redelivery or the log file holds (SQLite keys it time first, so the key's
+    /// but gain `origin`'s bit. A duplicate is the same (auditID, stage) of the same cluster
+    /// with the same event time: what a redelivery or the log file holds (SQLite keys it time first, so the key's
     /// index grows at its end). Events without an auditID are never duplicates.
     fn append_events(&mut self, events: &[EventRow<'_>], origin: Origin) -> Result<Appended, StoreError>;
     /// Stores runtime alerts in one durable transaction (content duplicates stored once).

@@ -44,7 +44,7 @@ mod response;
 pub mod schema;
 
 use error::{Fail, Res};
-use query::{opt, text};
+use query::{key, opt, opt_key, text};
 pub use schema::SCHEMA_VERSION;
 
 /// Events deleted per transaction by [`Store::retain`].
@@ -52,6 +52,30 @@ const RETAIN_BATCH: i64 = 10_000;
 /// An event's source IPs stored for search, at most (as SQLite).
 const MAX_IPS: usize = 16;
 const MINUTE_NS: i64 = 60_000_000_000;
+/// kustody's tables besides the events' partitions (what `stats().bytes` measures).
+const TABLES: &[&str] = &[
+    "event_ips",
+    "matches",
+    "findings",
+    "finding_rules",
+    "alerts",
+    "cursors",
+    "file_offsets",
+    "dicts",
+    "totals",
+    "incidents",
+    "incident_findings",
+    "incident_notes",
+    "outbox",
+    "outbox_attempts",
+    "actions",
+    "ip_intervals",
+    "state",
+    "event_minutes_ns",
+    "event_minutes_user",
+    "kustody_meta",
+];
+
 /// How long a writer waits for another writer's lock before it gives up.
 const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a reader's statement may run before the server cancels it.
@@ -86,6 +110,14 @@ impl PgConfig {
             path: "postgres".into(),
             reason: format!("not a PostgreSQL connection string: {e}"),
         })?;
+        if cfg.get_hosts().iter().any(|h| matches!(h, Host::Tcp(h) if h.contains('@'))) {
+            // `user:p@ss@host`: part of the password would be taken for the host (and named in
+            // messages); percent-encode `@` in a password as %40
+            return Err(StoreError::Open {
+                path: "postgres".into(),
+                reason: "the connection URL's host contains `@` (percent-encode `@` in a password as %40)".into(),
+            });
+        }
         let hosts: Vec<String> = cfg
             .get_hosts()
             .iter()
@@ -117,9 +149,9 @@ impl PgConfig {
         &self.target
     }
 
-    fn connect(&self) -> Res<Client> {
+    fn connect(&self, read_only: bool) -> Res<Client> {
         let mut cfg: postgres::Config =
-            self.url.expose_secret().parse().map_err(|e| Fail::other(format!("connection string: {e}")))?;
+            self.url.expose_secret().parse().map_err(|_| Fail::other("not a PostgreSQL connection string"))?;
         if let Some(p) = &self.password {
             cfg.password(p.expose_secret());
         }
@@ -129,8 +161,31 @@ impl PgConfig {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(std::time::Duration::from_secs(10));
         }
-        if cfg.get_ssl_mode() == SslMode::Disable {
-            return Ok(cfg.connect(NoTls)?);
+        // A server gone silent (a dropped network, a failover) is noticed in about 30 s, not
+        // the system's default two hours.
+        if cfg.get_tcp_user_timeout().is_none() {
+            cfg.tcp_user_timeout(std::time::Duration::from_secs(30));
+        }
+        cfg.keepalives(true).keepalives_idle(std::time::Duration::from_secs(15));
+        if cfg.get_keepalives_interval().is_none() {
+            cfg.keepalives_interval(std::time::Duration::from_secs(5));
+        }
+        if cfg.get_keepalives_retries().is_none() {
+            cfg.keepalives_retries(3);
+        }
+        if !read_only {
+            // never a standby: its writes would all fail
+            cfg.target_session_attrs(postgres::config::TargetSessionAttrs::ReadWrite);
+        }
+        let tcp = cfg.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
+        match cfg.get_ssl_mode() {
+            SslMode::Disable => return Ok(cfg.connect(NoTls)?),
+            // `prefer` (libpq's default) falls back to plain text when the server, or anyone in
+            // between, declines TLS: over TCP kustody requires it (`sslmode=disable` to opt out)
+            SslMode::Prefer if tcp => {
+                cfg.ssl_mode(SslMode::Require);
+            }
+            _ => {}
         }
         Ok(cfg.connect(self.tls()?)?)
     }
@@ -173,6 +228,8 @@ pub struct PgStore {
     dec: RefCell<Decoder>,
     /// Day partitions known to exist.
     days: BTreeSet<i64>,
+    /// Reload `days` before the next append (one failed: the cache may be wrong).
+    days_stale: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -186,7 +243,7 @@ fn client<'c>(cfg: &PgConfig, conn: &'c RefCell<Option<Client>>, read_only: bool
     let mut slot = conn.try_borrow_mut().map_err(|_| Fail::other("the store's connection is in use"))?;
     if slot.as_ref().is_none_or(Client::is_closed) {
         *slot = None;
-        let mut c = cfg.connect()?;
+        let mut c = cfg.connect(read_only)?;
         session(&mut c, read_only)?;
         *slot = Some(c);
     }
@@ -199,7 +256,12 @@ fn session(c: &mut Client, read_only: bool) -> Res<()> {
     if read_only {
         c.batch_execute(&format!("SET default_transaction_read_only = on; SET statement_timeout = '{READ_TIMEOUT}'"))?;
     } else {
-        c.batch_execute("SET synchronous_commit = on")?;
+        // durable commits; and the server notices a dead writer (and frees its lock) in
+        // seconds, not hours
+        c.batch_execute(
+            "SET synchronous_commit = on; SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+             SET tcp_keepalives_count = 3",
+        )?;
         // One writer per database: the live detector numbers findings and incidents itself.
         // A previous writer's session may take a moment to end (a killed process's
         // connection), so the lock is tried for a while.
@@ -273,6 +335,7 @@ impl PgStore {
             enc,
             dec: RefCell::default(),
             days: BTreeSet::new(),
+            days_stale: false,
         })
     }
 
@@ -453,11 +516,19 @@ impl PgStore {
         if n == 0 {
             return Ok(out);
         }
+        if self.days_stale {
+            self.load_days()?;
+            self.days_stale = false;
+        }
+        let today = now_ns() / schema::DAY_NS;
         let PgStore { cfg, conn, enc, days, read_only, .. } = self;
         let mut c = client(cfg, conn, *read_only)?;
         let mut tx = c.transaction()?;
-        let new_days: BTreeSet<i64> =
-            events.iter().filter_map(|e| schema::day_of(e.time_ns)).filter(|d| !days.contains(d)).collect();
+        let new_days: BTreeSet<i64> = events
+            .iter()
+            .filter_map(|e| schema::day_of_key(schema::time_key_of(e.time_ns, today)))
+            .filter(|d| !days.contains(d))
+            .collect();
         for day in &new_days {
             create_partition(&mut tx, *day)?;
         }
@@ -470,11 +541,11 @@ impl PgStore {
         ids.sort_unstable();
         let mut cols = EventColumns::with_capacity(n);
         for (ev, id) in events.iter().zip(&ids) {
-            cols.push(*id, ev, enc);
+            cols.push(*id, ev, enc, today);
         }
         let stored: std::collections::HashSet<i64> = {
             let c = &cols;
-            let p: [&(dyn postgres::types::ToSql + Sync); 19] = [
+            let p: [&(dyn postgres::types::ToSql + Sync); 20] = [
                 &c.id,
                 &bit,
                 &c.time_key,
@@ -494,15 +565,16 @@ impl PgStore {
                 &c.len,
                 &c.body,
                 &c.src_pod,
+                &c.cluster,
             ];
             tx.query(
                 "INSERT INTO events (id, origins, time_key, time_ns, audit_id, stage, username, service_account, pod, \
-                 namespace, resource, subresource, name, verb, code, user_agent, text_len, body, src_pod) \
+                 namespace, resource, subresource, name, verb, code, user_agent, text_len, body, src_pod, cluster) \
                  SELECT x.id, $2, x.k, x.t, x.a, x.s, x.u, x.sa, x.p, x.ns, x.r, x.sr, x.n, x.v, x.c, x.ua, x.l, \
-                 x.b, x.sp FROM unnest($1::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], \
+                 x.b, x.sp, x.cl FROM unnest($1::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], \
                  $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-                 $14::text[], $15::bigint[], $16::text[], $17::bigint[], $18::bytea[], $19::text[]) \
-                 WITH ORDINALITY AS x(id, k, t, a, s, u, sa, p, ns, r, sr, n, v, c, ua, l, b, sp, o) ORDER BY x.o \
+                 $14::text[], $15::bigint[], $16::text[], $17::bigint[], $18::bytea[], $19::text[], $20::text[]) \
+                 WITH ORDINALITY AS x(id, k, t, a, s, u, sa, p, ns, r, sr, n, v, c, ua, l, b, sp, cl, o) ORDER BY x.o \
                  ON CONFLICT DO NOTHING RETURNING id",
                 &p,
             )?
@@ -511,16 +583,18 @@ impl PgStore {
             .collect::<Result<_, _>>()?
         };
         // duplicates gain the origin's bit; the others' IPs and counts are added
-        let (mut dup_k, mut dup_a, mut dup_s) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut dup_k, mut dup_a, mut dup_s, mut dup_c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut ip_ev, mut ip_n, mut ip_addr) = (Vec::<i64>::new(), Vec::<i16>::new(), Vec::<String>::new());
         let mut minutes = Minutes::default();
         let mut text_bytes: i64 = 0;
+        let mut stored_bytes: i64 = 0;
         for (i, ev) in events.iter().enumerate() {
             let id = cols.id.get(i).copied().unwrap_or_default();
             if !stored.contains(&id) {
                 dup_k.push(cols.time_key.get(i).copied().unwrap_or(schema::UNTIMED));
-                dup_a.push(opt(ev.audit_id.as_deref()));
-                dup_s.push(opt(ev.stage.as_deref()));
+                dup_a.push(opt_key(ev.audit_id.as_deref()));
+                dup_s.push(opt_key(ev.stage.as_deref()));
+                dup_c.push(opt_key(ev.cluster.as_deref()));
                 out.ids.push(None);
                 out.duplicates += 1;
                 continue;
@@ -535,22 +609,27 @@ impl PgStore {
                 }
                 ip_ev.push(id);
                 ip_n.push(i16::try_from(seen.len()).unwrap_or(0));
-                ip_addr.push(text(addr));
+                ip_addr.push(key(addr));
                 seen.push(addr);
             }
             out.ids.push(Some(id));
             out.stored += 1;
             text_bytes = text_bytes.saturating_add(i64::try_from(ev.raw.len()).unwrap_or(i64::MAX));
+            let body = cols.body.get(i).map_or(0, Vec::len);
+            stored_bytes = stored_bytes
+                .saturating_add(i64::try_from(body).unwrap_or(i64::MAX))
+                .saturating_add(schema::ROW_OVERHEAD);
             if let Some(t) = ev.time_ns {
                 minutes.add(t, ev.namespace.as_deref().unwrap_or(""), ev.user.as_deref().unwrap_or(""), 1);
             }
         }
         if !dup_k.is_empty() {
             tx.execute(
-                "UPDATE events e SET origins = e.origins | $1 FROM unnest($2::bigint[], $3::text[], $4::text[]) \
-                 AS d(k, a, s) WHERE e.time_key = d.k AND e.audit_id = d.a \
-                 AND coalesce(e.stage, '') = coalesce(d.s, '') AND e.origins & $1 = 0",
-                &[&bit, &dup_k, &dup_a, &dup_s],
+                "UPDATE events e SET origins = e.origins | $1 FROM unnest($2::bigint[], $3::text[], $4::text[], \
+                 $5::text[]) AS d(k, a, s, c) WHERE e.time_key = d.k AND e.audit_id = d.a \
+                 AND coalesce(e.stage, '') = coalesce(d.s, '') AND coalesce(e.cluster, '') = coalesce(d.c, '') \
+                 AND e.origins & $1 = 0",
+                &[&bit, &dup_k, &dup_a, &dup_s, &dup_c],
             )?;
         }
         if !ip_ev.is_empty() {
@@ -561,7 +640,10 @@ impl PgStore {
             )?;
         }
         minutes.write(&mut tx)?;
-        add_totals(&mut tx, &[("events", i64_of(out.stored)), ("event_text_bytes", text_bytes)])?;
+        add_totals(
+            &mut tx,
+            &[("events", i64_of(out.stored)), ("event_text_bytes", text_bytes), ("stored_bytes", stored_bytes)],
+        )?;
         tx.commit()?;
         days.extend(new_days);
         Ok(out)
@@ -584,12 +666,12 @@ impl PgStore {
                  $11, $12) ON CONFLICT (hash) DO NOTHING RETURNING id",
                 &[
                     &a.time_ns,
-                    &text(&a.rule),
+                    &key(&a.rule),
                     &text(&a.priority),
                     &opt(a.source.as_deref()),
                     &opt(a.hostname.as_deref()),
-                    &opt(a.namespace.as_deref()),
-                    &opt(a.pod.as_deref()),
+                    &opt_key(a.namespace.as_deref()),
+                    &opt_key(a.pod.as_deref()),
                     &opt(a.container_id.as_deref()),
                     &text(&a.output),
                     &hash,
@@ -625,14 +707,15 @@ impl PgStore {
             let (rules, tags, audit_ids) = (json(&f.rules)?, json(&f.tags)?, json(&f.audit_ids)?);
             let (rank, events, matches) = (rank_of(&f.priority), i64_of(f.events), i64_of(f.matches));
             let (rule, priority, output, detail) = (text(&f.rule), text(&f.priority), text(&f.output), text(&f.detail));
+            let cluster = opt_key(f.cluster.as_deref());
             let (user, namespace, resource, name, source_ip) = (
-                opt(f.user.as_deref()),
-                opt(f.namespace.as_deref()),
+                opt_key(f.user.as_deref()),
+                opt_key(f.namespace.as_deref()),
                 opt(f.resource.as_deref()),
                 opt(f.name.as_deref()),
                 opt(f.source_ip.as_deref()),
             );
-            let p: [&(dyn postgres::types::ToSql + Sync); 20] = [
+            let p: [&(dyn postgres::types::ToSql + Sync); 21] = [
                 &f.id,
                 &rule,
                 &priority,
@@ -653,13 +736,14 @@ impl PgStore {
                 &f.lead_event,
                 &f.open,
                 &detail,
+                &cluster,
             ];
             let updated = match f.id {
                 Some(_) => tx.execute(
                     "UPDATE findings SET rule = $2, priority = $3, priority_rank = $4, rules = $5, tags = $6, \
                      events = $7, matches = $8, first_ns = $9, last_ns = $10, username = $11, namespace = $12, \
                      resource = $13, name = $14, source_ip = $15, output = $16, audit_ids = $17, lead_event = $18, \
-                     open = $19, detail = $20 WHERE id = $1",
+                     open = $19, detail = $20, cluster = $21 WHERE id = $1",
                     &p,
                 )?,
                 None => 0,
@@ -674,13 +758,13 @@ impl PgStore {
                 tx.query_one(
                     "INSERT INTO findings (id, rule, priority, priority_rank, rules, tags, events, matches, first_ns, \
                      last_ns, username, namespace, resource, name, source_ip, output, audit_ids, lead_event, open, \
-                     detail) VALUES (coalesce($1, (SELECT coalesce(max(id), 0) + 1 FROM findings)), $2, $3, $4, $5, \
-                     $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) RETURNING id",
+                     detail, cluster) VALUES (coalesce($1, (SELECT coalesce(max(id), 0) + 1 FROM findings)), $2, $3, \
+                     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) RETURNING id",
                     &p,
                 )?
                 .try_get(0)?
             };
-            let all: Vec<String> = std::iter::once(&f.rule).chain(&f.rules).map(|r| text(r)).collect();
+            let all: Vec<String> = std::iter::once(&f.rule).chain(&f.rules).map(|r| key(r)).collect();
             tx.execute(
                 "INSERT INTO finding_rules (rule, finding_id) SELECT r, $2 FROM unnest($1::text[]) AS r \
                  ON CONFLICT DO NOTHING",
@@ -690,7 +774,7 @@ impl PgStore {
         }
         for (m, new) in b.matches {
             let finding = m.finding_id.or_else(|| new.and_then(|i| ids.get(i).copied()));
-            let (rule, priority) = (text(&m.rule), text(&m.priority));
+            let (rule, priority) = (key(&m.rule), text(&m.priority));
             let p: [&(dyn postgres::types::ToSql + Sync); 4] = [&m.event_id, &rule, &priority, &finding];
             let n = tx.execute(
                 "INSERT INTO matches (event_id, rule, priority, finding_id) VALUES ($1, $2, $3, $4) \
@@ -793,22 +877,22 @@ impl PgStore {
             out.findings_removed += findings;
         }
         if let Some(max) = max_bytes {
-            // PostgreSQL does not give space back on DELETE (vacuum makes it reusable), so the
-            // size cannot be re-measured after each pass: the events to remove are worked out
-            // once, from the average size of an event, and removed oldest first.
-            let used = self.used_bytes_()?;
-            let count = self.total("events")?;
-            if used > max && count > 0 {
-                let per_event = (used / u64_of(count)).max(1);
-                let keep = i64::try_from(max / per_event).unwrap_or(i64::MAX);
-                let mut excess = count.saturating_sub(keep);
-                while excess > 0 {
-                    let n = self.delete_events(None, excess.min(RETAIN_BATCH))?;
-                    out.events_removed += n;
-                    if n == 0 {
-                        break;
-                    }
-                    excess = excess.saturating_sub(i64_of(n));
+            // Bounded on `stored_bytes` (bodies plus an estimated row overhead), which shrinks
+            // with every removal: PostgreSQL's files do not shrink on DELETE (vacuum makes the
+            // space reusable), so their size could not tell this loop when to stop.
+            let max = i64::try_from(max).unwrap_or(i64::MAX);
+            loop {
+                let used = self.total("stored_bytes")?;
+                let count = self.total("events")?;
+                if used <= max || count <= 0 {
+                    break;
+                }
+                let per_event = (used / count).max(1);
+                let want = ((used - max) / per_event).saturating_add(1).clamp(16, RETAIN_BATCH);
+                let n = self.delete_events(None, want)?;
+                out.events_removed += n;
+                if n == 0 {
+                    break;
                 }
             }
         }
@@ -830,8 +914,15 @@ impl PgStore {
                 self.days.remove(&day);
                 return Ok(0);
             }
-            let row = tx.query_one(&format!("SELECT count(*), coalesce(sum(text_len), 0)::bigint FROM {part}"), &[])?;
-            let (count, text): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            let row = tx.query_one(
+                &format!(
+                    "SELECT count(*), coalesce(sum(text_len), 0)::bigint, coalesce(sum(octet_length(body)), 0)::bigint \
+                     FROM {part}"
+                ),
+                &[],
+            )?;
+            let (count, text, body): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            let stored = body.saturating_add(count.saturating_mul(schema::ROW_OVERHEAD));
             let matches = tx.execute(&format!("DELETE FROM matches WHERE event_id IN (SELECT id FROM {part})"), &[])?;
             tx.execute(&format!("DELETE FROM event_ips WHERE event_id IN (SELECT id FROM {part})"), &[])?;
             let mut minutes = Minutes::default();
@@ -848,7 +939,15 @@ impl PgStore {
             }
             minutes.write(&mut tx)?;
             tx.batch_execute(&format!("DROP TABLE {part}"))?;
-            add_totals(&mut tx, &[("events", -count), ("event_text_bytes", -text), ("matches", -i64_of(matches))])?;
+            add_totals(
+                &mut tx,
+                &[
+                    ("events", -count),
+                    ("event_text_bytes", -text),
+                    ("stored_bytes", -stored),
+                    ("matches", -i64_of(matches)),
+                ],
+            )?;
             tx.commit()?;
             n = u64_of(count);
         }
@@ -864,12 +963,13 @@ impl PgStore {
         let victims = match cutoff {
             Some(t) => tx.query(
                 "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time_key < $1 AND time_ns < $1 \
-                 ORDER BY time_ns LIMIT $2) RETURNING id, text_len, time_ns, namespace, username",
+                 ORDER BY time_ns LIMIT $2) RETURNING id, text_len, time_ns, namespace, username, \
+                 octet_length(body)::bigint",
                 &[&t, &limit],
             )?,
             None => tx.query(
                 "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT $1) \
-                 RETURNING id, text_len, time_ns, namespace, username",
+                 RETURNING id, text_len, time_ns, namespace, username, octet_length(body)::bigint",
                 &[&limit],
             )?,
         };
@@ -878,12 +978,14 @@ impl PgStore {
         }
         let mut ids = Vec::with_capacity(victims.len());
         let mut text: i64 = 0;
+        let mut stored: i64 = 0;
         let mut minutes = Minutes::default();
         for r in &victims {
             let (id, len, t, ns, user): (i64, i64, Option<i64>, Option<String>, Option<String>) =
                 (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?);
             ids.push(id);
             text = text.saturating_add(len);
+            stored = stored.saturating_add(r.try_get::<_, i64>(5)?).saturating_add(schema::ROW_OVERHEAD);
             if let Some(t) = t {
                 minutes.add(t, ns.as_deref().unwrap_or(""), user.as_deref().unwrap_or(""), -1);
             }
@@ -892,7 +994,10 @@ impl PgStore {
         let matches = tx.execute("DELETE FROM matches WHERE event_id = ANY($1)", &[&ids])?;
         minutes.write(&mut tx)?;
         let n = i64::try_from(ids.len()).unwrap_or(i64::MAX);
-        add_totals(&mut tx, &[("events", -n), ("event_text_bytes", -text), ("matches", -i64_of(matches))])?;
+        add_totals(
+            &mut tx,
+            &[("events", -n), ("event_text_bytes", -text), ("stored_bytes", -stored), ("matches", -i64_of(matches))],
+        )?;
         tx.commit()?;
         Ok(u64_of(n))
     }
@@ -902,12 +1007,13 @@ impl PgStore {
         Ok(rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
     }
 
-    /// Bytes of kustody's tables and their indexes (what `max_bytes` bounds).
+    /// Bytes of kustody's tables and their indexes on disk.
     fn used_bytes_(&self) -> Res<u64> {
         let row = self.client()?.query_one(
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'",
-            &[],
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r' \
+             AND (c.relname = ANY($1) OR c.relname LIKE 'events\\_d%' OR c.relname = 'events_other')",
+            &[&TABLES],
         )?;
         Ok(u64_of(row.try_get(0)?))
     }
@@ -971,6 +1077,7 @@ fn read_event(r: &Row, texts: &mut Texts<'_>) -> Res<StoredEvent> {
         origins: r.try_get(4)?,
         raw: texts.decode(body, len)?,
         source_pod: r.try_get(7)?,
+        cluster: r.try_get(8)?,
     })
 }
 
@@ -1000,6 +1107,7 @@ fn read_finding(r: &Row) -> Res<FindingRow> {
         lead_event: r.try_get(16)?,
         open: r.try_get(17)?,
         detail: r.try_get(18)?,
+        cluster: r.try_get(19)?,
     })
 }
 
@@ -1025,7 +1133,12 @@ fn read_alert(r: &Row, texts: &mut Texts<'_>) -> Res<StoredAlert> {
 
 impl Store for PgStore {
     fn append_events(&mut self, events: &[EventRow<'_>], origin: Origin) -> Result<Appended, StoreError> {
-        self.append_events_(events, origin).map_err(|f| self.fail(f))
+        let r = self.append_events_(events, origin);
+        if r.is_err() {
+            // a partition the cache believed in may be missing: look again next time
+            self.days_stale = true;
+        }
+        r.map_err(|f| self.fail(f))
     }
 
     fn append_alerts(&mut self, alerts: &[AlertRow]) -> Result<Appended, StoreError> {
@@ -1314,6 +1427,7 @@ struct EventColumns {
     len: Vec<i64>,
     body: Vec<Vec<u8>>,
     src_pod: Vec<Option<String>>,
+    cluster: Vec<Option<String>>,
 }
 
 impl EventColumns {
@@ -1321,32 +1435,36 @@ impl EventColumns {
         EventColumns { id: Vec::with_capacity(n), body: Vec::with_capacity(n), ..Default::default() }
     }
 
-    fn push(&mut self, id: i64, ev: &EventRow<'_>, enc: &mut Encoder) {
-        let s = |v: &Option<std::borrow::Cow<'_, str>>| opt(v.as_deref());
+    /// `today`: the writer's day (partition window). Indexed columns hold [`key`]s.
+    fn push(&mut self, id: i64, ev: &EventRow<'_>, enc: &mut Encoder, today: i64) {
+        let k = |v: &Option<std::borrow::Cow<'_, str>>| opt_key(v.as_deref());
         self.id.push(id);
-        self.time_key.push(ev.time_ns.unwrap_or(schema::UNTIMED));
+        self.time_key.push(schema::time_key_of(ev.time_ns, today));
         self.time.push(ev.time_ns);
-        self.audit.push(s(&ev.audit_id));
-        self.stage.push(s(&ev.stage));
-        self.user.push(s(&ev.user));
+        self.audit.push(k(&ev.audit_id));
+        self.stage.push(k(&ev.stage));
+        self.user.push(k(&ev.user));
         self.sa.push(opt(ev.service_account.as_deref()));
-        self.pod.push(opt(ev.pod.as_deref()));
-        self.ns.push(s(&ev.namespace));
-        self.resource.push(s(&ev.resource));
-        self.sub.push(s(&ev.subresource));
-        self.name.push(s(&ev.name));
-        self.verb.push(s(&ev.verb));
+        self.pod.push(opt_key(ev.pod.as_deref()));
+        self.ns.push(k(&ev.namespace));
+        self.resource.push(k(&ev.resource));
+        self.sub.push(k(&ev.subresource));
+        self.name.push(k(&ev.name));
+        self.verb.push(k(&ev.verb));
         self.code.push(ev.code);
-        self.ua.push(s(&ev.user_agent));
+        self.ua.push(opt(ev.user_agent.as_deref()));
         self.len.push(i64::try_from(ev.raw.len()).unwrap_or(i64::MAX));
         self.body.push(stored_bytes(enc, &ev.raw));
-        self.src_pod.push(opt(ev.source_pod.as_deref()));
+        self.src_pod.push(opt_key(ev.source_pod.as_deref()));
+        self.cluster.push(opt_key(ev.cluster.as_deref()));
     }
 }
 
 /// Creates the partition of `day` unless another writer did (under a per-day advisory lock).
 fn create_partition(tx: &mut Transaction<'_>, day: i64) -> Res<()> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(schema::MIGRATION_LOCK ^ day)])?;
+    // it locks `events` exclusively for a moment: never queue behind a long search for long
+    tx.batch_execute("SET LOCAL lock_timeout = '5s'")?;
     let lo = day.saturating_mul(schema::DAY_NS);
     let hi = lo.saturating_add(schema::DAY_NS);
     // names and bounds are numbers this code made, not input text

@@ -148,6 +148,7 @@ pub struct IncidentQuery {
     pub namespace: Option<String>,
     pub before_id: Option<i64>,
     pub limit: usize,
+    pub cluster: Option<String>,
 }
 
 /// Filters of an outbox listing, newest first.

@@ -367,12 +367,13 @@ impl SqliteStore {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO events (time_ns, audit_id, stage, username, service_account, pod, namespace, \
-                 resource, subresource, name, verb, code, user_agent, origins, text_len, body, src_pod) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 resource, subresource, name, verb, code, user_agent, origins, text_len, body, src_pod, cluster) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             )?;
             let mut dup = tx.prepare_cached(
                 "UPDATE events SET origins = origins | ?1 WHERE ifnull(time_ns, 0) = ifnull(?4, 0) \
-                 AND audit_id = ?2 AND ifnull(stage, '') = ifnull(?3, '') AND origins & ?1 = 0",
+                 AND audit_id = ?2 AND ifnull(stage, '') = ifnull(?3, '') AND ifnull(cluster, '') = ifnull(?5, '') \
+                 AND origins & ?1 = 0",
             )?;
             let mut ip = tx.prepare_cached("INSERT OR IGNORE INTO event_ips (id, ip) VALUES (?1, ?2)")?;
             for ev in events {
@@ -396,9 +397,16 @@ impl SqliteStore {
                     len,
                     body,
                     ev.source_pod.as_deref(),
+                    ev.cluster.as_deref(),
                 ])?;
                 if n == 0 {
-                    dup.execute(params![bit, ev.audit_id.as_deref(), ev.stage.as_deref(), ev.time_ns])?;
+                    dup.execute(params![
+                        bit,
+                        ev.audit_id.as_deref(),
+                        ev.stage.as_deref(),
+                        ev.time_ns,
+                        ev.cluster.as_deref()
+                    ])?;
                     out.ids.push(None);
                     out.duplicates += 1;
                     continue;
@@ -482,14 +490,15 @@ impl SqliteStore {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO findings (id, rule, priority, priority_rank, rules, tags, events, matches, first_ns, \
-                 last_ns, username, namespace, resource, name, source_ip, output, audit_ids, lead_event, open, detail) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                 last_ns, username, namespace, resource, name, source_ip, output, audit_ids, lead_event, open, detail, \
+                 cluster) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+                 ?20, ?21)",
             )?;
             let mut update = tx.prepare_cached(
                 "UPDATE findings SET rule = ?2, priority = ?3, priority_rank = ?4, rules = ?5, tags = ?6, events = ?7, \
                  matches = ?8, first_ns = ?9, last_ns = ?10, username = ?11, namespace = ?12, resource = ?13, \
                  name = ?14, source_ip = ?15, output = ?16, audit_ids = ?17, lead_event = ?18, open = ?19, \
-                 detail = ?20 WHERE id = ?1",
+                 detail = ?20, cluster = ?21 WHERE id = ?1",
             )?;
             let mut clear_rules = tx.prepare_cached("DELETE FROM finding_rules WHERE finding_id = ?1")?;
             let mut add_rule =
@@ -518,6 +527,7 @@ impl SqliteStore {
                     f.lead_event,
                     f.open,
                     f.detail,
+                    f.cluster,
                 ];
                 // An update of a finding no longer stored (removed by retention) stores it
                 // again under its id.
@@ -873,6 +883,7 @@ fn read_event(r: &Row<'_>, dec: &mut Texts<'_>) -> Res<StoredEvent> {
         origins: r.get(4)?,
         raw,
         source_pod: r.get(7)?,
+        cluster: r.get(8)?,
     })
 }
 
@@ -902,6 +913,7 @@ fn read_finding(r: &Row<'_>) -> Res<FindingRow> {
         lead_event: r.get(16)?,
         open: r.get(17)?,
         detail: r.get(18)?,
+        cluster: r.get(19)?,
     })
 }
 

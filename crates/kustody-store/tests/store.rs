@@ -469,6 +469,7 @@ fn finding(rule: &str, last: i64) -> FindingRow {
         lead_event: Some(1),
         open: true,
         detail: "{\"output_fields\":{}}".into(),
+        cluster: None,
     }
 }
 
@@ -745,6 +746,9 @@ fn retention_by_size<B: Backend>() {
     );
     let after = s.stats().unwrap();
     assert_eq!(after.events, left.len() as u64);
+    // under the bound now: the next pass (a minute later) removes nothing more
+    assert_eq!(s.retain(0, None, Some(bound)).unwrap().events_removed, 0);
+    assert_eq!(all_events(&s).len(), left.len());
     // A zero bound removes every event, and the store still works.
     s.retain(0, None, Some(0)).unwrap();
     assert!(all_events(&s).is_empty());
@@ -870,12 +874,16 @@ fn odd_values_are_stored_and_found<B: Backend>() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = B::open(dir.path());
     let odd = Ev { user: "eve\u{0}root".into(), name: Some("x\u{0}".into()), ..ev(1) };
-    let (texts, got) = put(&mut s, &[odd, ev(2)], Origin::Webhook);
+    // values far longer than an index entry may be (PostgreSQL's B-tree: ~2.7 KB)
+    let long = "é".repeat(3000);
+    let big = Ev { user: long.clone(), name: Some(long.clone()), ..ev(3) };
+    let (texts, got) = put(&mut s, &[odd, ev(2), big], Origin::Webhook);
     assert!(got.iter().all(Option::is_some));
     let back = all_events(&s);
     assert_eq!(back.iter().map(|e| e.raw.clone()).collect::<Vec<_>>(), texts, "the texts come back exactly");
     assert_eq!(find(&s, EventQuery { user: Some("eve\u{0}root".into()), ..q() }), vec![got[0].unwrap()]);
     assert_eq!(find(&s, EventQuery { name: Some("x\u{0}".into()), ..q() }), vec![got[0].unwrap()]);
+    assert_eq!(find(&s, EventQuery { user: Some(long.clone()), name: Some(long), ..q() }), vec![got[2].unwrap()]);
     let f = FindingRow { user: Some("eve\u{0}root".into()), output: "a\u{0}b".into(), ..finding("odd", 1) };
     s.record_detections(&[f], &[]).unwrap();
     assert_eq!(
@@ -886,6 +894,51 @@ fn odd_values_are_stored_and_found<B: Backend>() {
     a.output = "o\u{0}".into();
     assert_eq!(s.append_alerts(&[a]).unwrap().stored, 1);
     assert_eq!(s.search_alerts(&AlertQuery { pod: Some("p\u{0}".into()), ..Default::default() }).unwrap().len(), 1);
+}
+
+/// Several clusters in one store: the same auditID, stage and time from two clusters are two
+/// events (redelivery within a cluster is still one), and events, findings and incidents are
+/// found by cluster.
+fn clusters_are_kept_apart<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let texts = texts(&[ev(1), ev(2)]);
+    let tagged = |c: &str| -> Vec<EventRow<'_>> {
+        rows(&texts)
+            .into_iter()
+            .map(|mut r| {
+                r.cluster = Some(c.to_owned());
+                r
+            })
+            .collect()
+    };
+    let a = s.append_events(&tagged("prod-eu"), Origin::Webhook).unwrap();
+    let b = s.append_events(&tagged("prod-us"), Origin::Webhook).unwrap();
+    assert_eq!((a.stored, b.stored), (2, 2), "another cluster's events are not duplicates");
+    let again = s.append_events(&tagged("prod-eu"), Origin::File).unwrap();
+    assert_eq!(again.duplicates, 2);
+    let eu = s.search_events(&EventQuery { cluster: Some("prod-eu".into()), ..q() }).unwrap();
+    assert_eq!(eu.len(), 2);
+    assert!(eu.iter().all(|e| e.cluster.as_deref() == Some("prod-eu") && e.origins == 3));
+    let us = s.search_events(&EventQuery { cluster: Some("prod-us".into()), audit_id: ev(1).audit_id, ..q() }).unwrap();
+    assert_eq!(us.len(), 1);
+    assert_eq!(us[0].origins, 1);
+    assert!(s.search_events(&EventQuery { cluster: Some("dev".into()), ..q() }).unwrap().is_empty());
+    assert_eq!(all_events(&s).len(), 4);
+    let f = FindingRow { cluster: Some("prod-us".into()), ..finding("exec", 5) };
+    s.record_detections(&[f, finding("other", 6)], &[]).unwrap();
+    let found = s.search_findings(&FindingQuery { cluster: Some("prod-us".into()), ..Default::default() }).unwrap();
+    assert_eq!(found.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(), vec!["exec"]);
+    assert_eq!(found[0].cluster.as_deref(), Some("prod-us"));
+    let inc = |key: &str, cluster: &str| IncidentWrite {
+        row: IncidentRow { cluster: Some(cluster.into()), ..incident_row(key, "new") },
+        findings: vec![],
+    };
+    s.commit(&Batch { incidents: &[inc("a", "prod-eu"), inc("b", "prod-us")], ..Default::default() }).unwrap();
+    let list = s
+        .search_incidents(&IncidentQuery { cluster: Some("prod-us".into()), limit: 10, ..Default::default() })
+        .unwrap();
+    assert_eq!(list.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), vec!["b"]);
 }
 
 /// Enough events that a backend grouping them (SQLite's index buckets of 4096 events) has to
@@ -1269,7 +1322,7 @@ macro_rules! suite {
                 search_across_many_events, incidents_and_outbox_commit_with_findings,
                 outbox_attempts_dead_letter_and_retry, actions_are_recorded_and_transition_once,
                 ip_intervals_and_source_pods, events_are_counted_per_minute_by_namespace_and_user,
-                one_of_prefilters_on_stored_columns, odd_values_are_stored_and_found);
+                one_of_prefilters_on_stored_columns, odd_values_are_stored_and_found, clusters_are_kept_apart);
         }
     };
     (@tests $b:ty; $($t:ident),*) => {
@@ -1653,15 +1706,15 @@ fn postgres_keeps_events_in_day_partitions_and_retention_drops_whole_days() {
     };
     let first = BASE_NS / (86_400 * SEC);
     let d = |k: i64| format!("events_d{}", first + k);
-    assert_eq!(parts(&mut c), vec![d(0), d(1), d(2), "events_untimed".to_owned()]);
+    assert_eq!(parts(&mut c), vec![d(0), d(1), d(2), "events_other".to_owned()]);
     let in_part = |c: &mut ::postgres::Client, p: &str| -> i64 {
         c.query_one(&format!("SELECT count(*) FROM {p}"), &[]).unwrap().get(0)
     };
-    assert_eq!((in_part(&mut c, &d(0)), in_part(&mut c, &d(1)), in_part(&mut c, "events_untimed")), (2, 2, 1));
+    assert_eq!((in_part(&mut c, &d(0)), in_part(&mut c, &d(1)), in_part(&mut c, "events_other")), (2, 2, 1));
     // keep what is newer than day 1 + 6 s: day 0 goes whole, day 1 loses one event
     let r = s.retain(BASE_NS + (day + 6) * SEC, Some(0), None).unwrap();
     assert_eq!(r.events_removed, 3);
-    assert_eq!(parts(&mut c), vec![d(1), d(2), "events_untimed".to_owned()]);
+    assert_eq!(parts(&mut c), vec![d(1), d(2), "events_other".to_owned()]);
     let st = s.stats().unwrap();
     assert_eq!((st.events, st.matches), (3, 0));
     let counts = s
@@ -1703,9 +1756,40 @@ fn postgres_refuses_foreign_and_newer_databases() {
         kustody_store::PgConfig::new(pg.url("mine").replace(pg.password(), "not-the-password").into(), None).unwrap();
     let e = kustody_store::PgStore::open(&wrong).unwrap_err();
     assert!(!e.to_string().contains("not-the-password"), "{e}");
+    // without `sslmode`, TLS is required over TCP (this server has none): no silent plain text
+    let url = pg.url("mine").replace("?sslmode=disable", "");
+    let e = kustody_store::PgStore::open(&kustody_store::PgConfig::new(url.into(), None).unwrap()).unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("tls") || e.to_string().contains("SSL"), "{e}");
+    // an `@` in the password must be percent-encoded; the host is then not a piece of it
+    let e = kustody_store::PgConfig::new("postgres://u:p@ss@db.example/x".to_owned().into(), None).unwrap_err();
+    assert!(!e.to_string().contains("ss@") && !e.to_string().contains("p@"), "{e}");
     // not a connection string at all
     let e = kustody_store::PgConfig::new("postgres://u:secret@h:notaport/db".to_owned().into(), None).unwrap_err();
     assert!(!e.to_string().contains("secret"), "{e}");
+}
+
+/// Times from the distant past or future (a broken clock, a forged event) are stored and found
+/// by time, but make no partition of their own: one batch cannot make a partition per day.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_partitions_only_a_window_of_days() {
+    let Some((pg, cfg)) = own_postgres("window") else { return };
+    let mut s = kustody_store::PgStore::open(&cfg).unwrap();
+    let year = 365 * 86_400;
+    let evs: Vec<Ev> = (0..50).map(|i| Ev { t: (i + 1) * 3 * year, ..ev(i as usize) }).collect();
+    let old = Ev { t: -30 * year, ..ev(100) };
+    let (_, got) = put(&mut s, &[evs.clone(), vec![old]].concat(), Origin::Webhook);
+    let mut c = ::postgres::Client::connect(&pg.url("window"), ::postgres::NoTls).unwrap();
+    let parts: i64 =
+        c.query_one("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass", &[]).unwrap().get(0);
+    assert_eq!(parts, 1, "only events_other");
+    let far = find(&s, EventQuery { since_ns: Some(BASE_NS + 100 * year * SEC), ..q() });
+    assert_eq!(far.len(), 17, "events 100+ years ahead, by time");
+    let before = find(&s, EventQuery { until_ns: Some(BASE_NS - 20 * year * SEC), ..q() });
+    assert_eq!(before, vec![got[50].unwrap()]);
+    // redelivered: still one each
+    let again = s.append_events(&rows(&texts(&evs)), Origin::File).unwrap();
+    assert_eq!(again.duplicates, 50);
 }
 
 /// One writer per database (the live detector numbers findings and incidents itself): a second

@@ -1102,6 +1102,9 @@ pub struct IncidentListArgs {
     pub identity: Option<String>,
     #[arg(long, short = 'n', value_name = "NS")]
     pub namespace: Option<String>,
+    /// Incidents of this cluster.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
     /// Active at or after (RFC 3339 or a duration ago: 30m, 2h, 7d).
     #[arg(long)]
     pub since: Option<String>,
@@ -1250,6 +1253,9 @@ pub struct SearchArgs {
     /// Search Falco runtime alerts instead of events.
     #[arg(long)]
     pub alerts: bool,
+    /// Events and findings of this cluster (`kustody serve --cluster`).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
     /// Service account, NAMESPACE/NAME.

@@ -87,6 +87,7 @@ fn list(a: &IncidentListArgs) -> Result<ExitCode> {
         min_priority: a.min_priority.clone(),
         identity: a.identity.clone(),
         namespace: a.namespace.clone(),
+        cluster: a.cluster.clone(),
         since: a.since.clone(),
         before: None,
         limit: Some(a.limit),
@@ -99,6 +100,7 @@ fn list(a: &IncidentListArgs) -> Result<ExitCode> {
                 ("min_priority", p.min_priority.clone()),
                 ("identity", p.identity.clone()),
                 ("namespace", p.namespace.clone()),
+                ("cluster", p.cluster.clone()),
                 ("since", p.since.clone()),
                 ("limit", p.limit.map(|l| l.to_string())),
             ]);

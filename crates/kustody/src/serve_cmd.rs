@@ -479,6 +479,7 @@ enum Found {
 
 fn params(args: &SearchArgs) -> kustody_serve::http::SearchParams {
     kustody_serve::http::SearchParams {
+        cluster: args.cluster.clone(),
         user: args.user.clone(),
         service_account: args.sa.clone(),
         pod: args.pod.clone(),
@@ -527,6 +528,7 @@ fn search_remote(args: &SearchArgs, server: &str) -> Result<Found> {
     let token = crate::incidents_cmd::token_from(args.token_file.as_deref())?;
     let p = params(args);
     let q = kustody_serve::client::query(&[
+        ("cluster", p.cluster),
         ("user", p.user),
         ("service_account", p.service_account),
         ("pod", p.pod),

@@ -2339,7 +2339,7 @@ fn serve_keeps_its_store_in_postgresql_through_kill_9_and_an_outage() {
     let pw = tmp.path().join("pg.password");
     std::fs::write(&pw, format!("{}\n", pg.password())).unwrap();
     let url = format!("postgres://kustody@127.0.0.1:{}/kustody?sslmode=disable", pg.port());
-    let args = ["--store", url.as_str(), "--store-password-file", pw.to_str().unwrap()];
+    let args = ["--store", url.as_str(), "--store-password-file", pw.to_str().unwrap(), "--cluster", "prod-eu"];
     let srv = start(&data, &args);
 
     if let Some((traffic, n)) = recorded("batch-traffic.json") {
@@ -2354,6 +2354,27 @@ fn serve_keeps_its_store_in_postgresql_through_kill_9_and_an_outage() {
         assert!(f["items"].as_array().unwrap().iter().any(|x| x["user"] == "realk8s-admin"), "{f}");
         let v = srv.wait_items("/v1/events?user=realk8s-admin&limit=5", 5);
         assert_eq!(v["items"].as_array().unwrap().len(), 5);
+        // every event and finding carries the cluster, and is found by it
+        let v = srv.wait_items("/v1/events?cluster=prod-eu&limit=5", 5);
+        assert!(v["items"].as_array().unwrap().iter().all(|e| e["cluster"] == "prod-eu"), "{v}");
+        let none = srv.request("GET", "/v1/events?cluster=prod-us", Some(READ), b"").json();
+        assert!(none["items"].as_array().unwrap().is_empty(), "{none}");
+        let f = srv.wait_items("/v1/findings?cluster=prod-eu", 1);
+        assert!(f["items"].as_array().unwrap().iter().all(|x| x["cluster"] == "prod-eu"), "{f}");
+        let inc = srv.request("GET", "/v1/incidents?cluster=prod-eu", Some(READ), b"").json();
+        assert!(!inc["incidents"].as_array().unwrap().is_empty(), "{inc}");
+        let inc = srv.request("GET", "/v1/incidents?cluster=prod-us", Some(READ), b"").json();
+        assert!(inc["incidents"].as_array().unwrap().is_empty(), "{inc}");
+        // the console lists them from PostgreSQL too, with their cluster, and filters by it
+        let cookie = session_cookie(&srv.client.browser("POST", "/login", None, &format!("token={READ}")));
+        let page = srv.client.browser("GET", "/?status=all&cluster=prod-eu", Some(&cookie), "");
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains("<td>prod-eu</td>"), "{}", page.body);
+        let page = srv.client.browser("GET", "/?status=all&cluster=prod-us", Some(&cookie), "");
+        assert!(page.body.contains("No incident matches."), "{}", page.body);
+        let search = srv.client.browser("GET", "/search?cluster=prod-eu&user=realk8s-admin", Some(&cookie), "");
+        assert_eq!(search.status, 200);
+        assert!(search.body.contains("realk8s-admin"), "{}", search.body);
     }
     assert!(!data.join("kustody.db").exists(), "nothing is stored in SQLite");
 

@@ -235,6 +235,8 @@ pub struct ListQuery {
     /// `open` (default), `all`, `new`, `acknowledged`, `resolved`.
     status: Option<String>,
     severity: Option<String>,
+    /// Only this cluster's incidents.
+    cluster: Option<String>,
 }
 
 /// Links for the strings of a JSON array (IPs, pods); strings only, anything else is shown
@@ -264,10 +266,12 @@ async fn incidents(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(lq)
     };
     let status = lq.status.clone().unwrap_or_else(|| "open".into());
     let min_severity = lq.severity.as_deref().filter(|v| !v.is_empty()).and_then(|v| v.parse().ok());
+    let cluster = lq.cluster.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
     let query = kustody_store::IncidentQuery {
         status: matches!(status.as_str(), "new" | "acknowledged" | "resolved").then(|| status.clone()),
         unresolved: status == "open",
         min_severity,
+        cluster: cluster.clone(),
         limit: 500,
         ..Default::default()
     };
@@ -289,14 +293,17 @@ async fn incidents(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(lq)
         let sel = if lq.severity.as_deref() == Some(v) { " selected" } else { "" };
         body.push_str(&format!(r#"<option value="{v}"{sel}>{v}</option>"#));
     }
-    body.push_str(r#"</select></label><button type="submit">Filter</button></form>"#);
-    body.push_str(r#"<table id="incidents"><thead><tr><th>#</th><th>Severity</th><th>Incident</th><th>Status</th><th>Identity</th><th>Workload</th><th>First seen</th><th>Last seen</th></tr></thead><tbody>"#);
+    body.push_str(&format!(
+        r#"</select></label><label>Cluster <input name="cluster" value="{}" placeholder="any" size="12"></label><button type="submit">Filter</button></form>"#,
+        esc(cluster.as_deref().unwrap_or(""))
+    ));
+    body.push_str(r#"<table id="incidents"><thead><tr><th>#</th><th>Severity</th><th>Incident</th><th>Status</th><th>Identity</th><th>Workload</th><th>First seen</th><th>Last seen</th><th>Cluster</th></tr></thead><tbody>"#);
     for r in &rows {
         let inc: Option<kustody_incident::Incident> = serde_json::from_str(&r.state).ok();
         let workload = inc.as_ref().and_then(|i| i.workload.as_ref()).map_or_else(|| "–".into(), |w| w.display());
         let id = r.id.unwrap_or_default();
         body.push_str(&format!(
-            r#"<tr><td><a href="/incidents/{id}">{id}</a></td><td>{}</td><td><a href="/incidents/{id}">{}</a></td><td class="status-{}">{}</td><td>{}</td><td class="mono">{}</td><td>{}</td><td>{}</td></tr>"#,
+            r#"<tr><td><a href="/incidents/{id}">{id}</a></td><td>{}</td><td><a href="/incidents/{id}">{}</a></td><td class="status-{}">{}</td><td>{}</td><td class="mono">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
             badge(&r.severity),
             esc(&r.title),
             esc(&r.status),
@@ -305,10 +312,11 @@ async fn incidents(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(lq)
             esc(&workload),
             time(r.first_ns),
             time(r.last_ns),
+            esc(r.cluster.as_deref().unwrap_or("–")),
         ));
     }
     if rows.is_empty() {
-        body.push_str(r#"<tr><td colspan="8" class="muted">No incident matches.</td></tr>"#);
+        body.push_str(r#"<tr><td colspan="9" class="muted">No incident matches.</td></tr>"#);
     }
     body.push_str("</tbody></table>");
     page(StatusCode::OK, "Incidents", Some(&viewer(&sess)), &body)

@@ -25,6 +25,7 @@ const BARS: i64 = 1440;
 /// Empty form fields are no filter.
 fn clean(mut p: SearchParams) -> SearchParams {
     for f in [
+        &mut p.cluster,
         &mut p.user,
         &mut p.service_account,
         &mut p.pod,
@@ -62,6 +63,7 @@ fn form(p: &SearchParams) -> String {
     let mut b = String::from(r#"<form id="search-form" class="filters" method="get" action="/search">"#);
     b.push_str(&field("since", "Since", &p.since.clone().or_else(|| Some("24h".into())), "24h or RFC 3339"));
     b.push_str(&field("until", "Until", &p.until, "now"));
+    b.push_str(&field("cluster", "Cluster", &p.cluster, "any"));
     b.push_str(&field("user", "User", &p.user, "alice or system:serviceaccount:…"));
     b.push_str(&field("namespace", "Namespace", &p.namespace, ""));
     b.push_str(&field("verb", "Verb", &p.verb, "get, create…"));
@@ -80,7 +82,9 @@ fn form(p: &SearchParams) -> String {
 
 /// Whether the per-minute counts answer these filters exactly.
 fn countable(p: &SearchParams) -> bool {
+    // the per-minute counts are kept per namespace and per user, not per cluster
     let others = [
+        &p.cluster,
         &p.service_account,
         &p.pod,
         &p.ip,
@@ -214,6 +218,7 @@ fn query_pairs(p: &SearchParams) -> Vec<(String, String)> {
     for (k, v) in [
         ("since", &p.since),
         ("until", &p.until),
+        ("cluster", &p.cluster),
         ("user", &p.user),
         ("namespace", &p.namespace),
         ("verb", &p.verb),

@@ -57,7 +57,8 @@ impl Fail {
     /// Whether the connection is gone (the next call reconnects).
     pub(crate) fn is_connection(&self) -> bool {
         match self {
-            Fail::Pg(e) => e.is_closed() || e.as_db_error().is_none() && e.code().is_none(),
+            // closed, or an I/O error underneath (not a conversion error of a value)
+            Fail::Pg(e) => e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
             Fail::Store(_) => false,
         }
     }
@@ -70,8 +71,12 @@ pub(crate) fn classify(e: &postgres::Error, target: &str) -> StoreError {
         None => format!("PostgreSQL {target}: {e}"),
     };
     let Some(code) = e.code() else {
-        // No SQLSTATE: the connection (refused, reset, closed) or the protocol.
-        return StoreError::Busy(msg);
+        // No SQLSTATE: the connection (refused, reset, closed: worth retrying), or a value that
+        // did not convert (not).
+        let connection = e.is_closed()
+            || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            || e.to_string().contains("connect");
+        return if connection { StoreError::Busy(msg) } else { StoreError::Other(msg) };
     };
     if *code == SqlState::DISK_FULL {
         return StoreError::Full(msg);
@@ -83,7 +88,9 @@ pub(crate) fn classify(e: &postgres::Error, target: &str) -> StoreError {
         // crash recovery), transaction rollback (serialization, deadlock)
         "08" | "53" | "57" | "40"
     ) || *code == SqlState::LOCK_NOT_AVAILABLE
-        || *code == SqlState::CANNOT_CONNECT_NOW;
+        || *code == SqlState::CANNOT_CONNECT_NOW
+        // a standby after a failover: the primary comes back elsewhere
+        || *code == SqlState::READ_ONLY_SQL_TRANSACTION;
     if transient {
         StoreError::Busy(msg)
     } else {

@@ -24,6 +24,30 @@ pub(crate) fn opt(s: Option<&str>) -> Option<String> {
     s.map(text)
 }
 
+/// The most bytes of a value kept in an indexed column: a B-tree entry must stay under about
+/// 2.7 KB (PostgreSQL refuses the row otherwise), and the de-duplication key holds three such
+/// values. Longer values are cut (at a character boundary) both when stored and when searched
+/// for; the event's own text keeps them whole.
+pub(crate) const KEY_BYTES: usize = 512;
+
+/// `s` as stored in an indexed column: [`text`], at most [`KEY_BYTES`].
+pub(crate) fn key(s: &str) -> String {
+    let mut t = text(s);
+    if t.len() > KEY_BYTES {
+        let mut end = KEY_BYTES;
+        while !t.is_char_boundary(end) {
+            end -= 1;
+        }
+        t.truncate(end);
+    }
+    t
+}
+
+/// [`key`] of an optional value.
+pub(crate) fn opt_key(s: Option<&str>) -> Option<String> {
+    s.map(key)
+}
+
 /// A boxed parameter.
 pub(crate) type Arg = Box<dyn ToSql + Sync + Send>;
 
@@ -58,13 +82,14 @@ impl Sql {
 }
 
 /// The columns [`super::read_event`] reads, of events aliased `e`.
-pub(crate) const EVENT_COLUMNS: &str = "e.id, e.time_ns, e.audit_id, e.stage, e.origins, e.text_len, e.body, e.src_pod";
+pub(crate) const EVENT_COLUMNS: &str =
+    "e.id, e.time_ns, e.audit_id, e.stage, e.origins, e.text_len, e.body, e.src_pod, e.cluster";
 
 pub(crate) fn events(q: &EventQuery) -> Sql {
     let mut s = if let Some(ip) = &q.ip {
         let mut s =
             Sql::new(format!("SELECT {EVENT_COLUMNS} FROM event_ips i JOIN events e ON e.id = i.event_id WHERE "));
-        let p = s.arg(text(ip));
+        let p = s.arg(key(ip));
         s.text.push_str(&format!("i.ip = {p}"));
         if let Some(b) = q.before_id {
             s.and("i.event_id < {}", b);
@@ -73,7 +98,7 @@ pub(crate) fn events(q: &EventQuery) -> Sql {
     } else if let Some(rule) = &q.rule {
         let mut s =
             Sql::new(format!("SELECT {EVENT_COLUMNS} FROM matches m JOIN events e ON e.id = m.event_id WHERE "));
-        let p = s.arg(text(rule));
+        let p = s.arg(key(rule));
         s.text.push_str(&format!("m.rule = {p}"));
         if let Some(b) = q.before_id {
             s.and("m.event_id < {}", b);
@@ -88,7 +113,7 @@ pub(crate) fn events(q: &EventQuery) -> Sql {
     };
     if q.ip.is_some() {
         if let Some(rule) = &q.rule {
-            s.and("EXISTS (SELECT 1 FROM matches x WHERE x.event_id = e.id AND x.rule = {})", text(rule));
+            s.and("EXISTS (SELECT 1 FROM matches x WHERE x.event_id = e.id AND x.rule = {})", key(rule));
         }
     }
     // A service account `NS/NAME` is its user name `system:serviceaccount:NS:NAME` (indexed),
@@ -98,7 +123,7 @@ pub(crate) fn events(q: &EventQuery) -> Sql {
             Some((ns, name)) => format!("system:serviceaccount:{ns}:{name}"),
             None => String::new(),
         };
-        s.and("e.username = {}", text(&user));
+        s.and("e.username = {}", key(&user));
         s.and("e.service_account = {}", text(sa));
     }
     for (col, v) in [
@@ -110,9 +135,10 @@ pub(crate) fn events(q: &EventQuery) -> Sql {
         ("e.namespace", &q.namespace),
         ("e.resource", &q.resource),
         ("e.verb", &q.verb),
+        ("e.cluster", &q.cluster),
     ] {
         if let Some(v) = v {
-            s.and(&format!("{col} = {{}}"), text(v));
+            s.and(&format!("{col} = {{}}"), key(v));
         }
     }
     for c in &q.one_of {
@@ -122,11 +148,14 @@ pub(crate) fn events(q: &EventQuery) -> Sql {
             KeyColumn::Subresource => "e.subresource",
             KeyColumn::Stage => "e.stage",
         };
-        let expr = if c.ci { format!("lower({col})") } else { col.to_owned() };
-        s.and(&format!("{expr} = ANY({{}})"), c.values.iter().map(|v| text(v)).collect::<Vec<String>>());
+        // ASCII folding, as the rule engine's and SQLite's `lower` (not the locale's)
+        let expr = if c.ci { format!("lower({col} COLLATE \"C\")") } else { col.to_owned() };
+        s.and(&format!("{expr} = ANY({{}})"), c.values.iter().map(|v| key(v)).collect::<Vec<String>>());
     }
     if let Some(t) = q.since_ns {
-        s.and("e.time_key >= {}", t);
+        // `events_other` (negative keys: no time, or outside the partitioned days) is always
+        // read; the time itself decides
+        s.and("(e.time_key >= {} OR e.time_key < 0)", t);
         s.and("e.time_ns >= {}", t);
     }
     if let Some(t) = q.until_ns {
@@ -148,7 +177,7 @@ pub(crate) fn events(q: &EventQuery) -> Sql {
 /// The columns [`super::read_finding`] reads.
 pub(crate) const FINDING_COLUMNS: &str = "f.id, f.rule, f.priority, f.rules, f.tags, f.events, f.matches, f.first_ns, \
      f.last_ns, f.username, f.namespace, f.resource, f.name, f.source_ip, f.output, f.audit_ids, f.lead_event, f.open, \
-     f.detail";
+     f.detail, f.cluster";
 
 /// Findings seen in the window: last seen at or after `since_ns`, first seen before
 /// `until_ns`. Newest (last seen) first.
@@ -161,13 +190,16 @@ pub(crate) fn findings(q: &FindingQuery) -> Sql {
         s.and("coalesce(f.first_ns, f.last_ns) < {}", t);
     }
     if let Some(u) = &q.user {
-        s.and("f.username = {}", text(u));
+        s.and("f.username = {}", key(u));
     }
     if let Some(n) = &q.namespace {
-        s.and("f.namespace = {}", text(n));
+        s.and("f.namespace = {}", key(n));
+    }
+    if let Some(c) = &q.cluster {
+        s.and("f.cluster = {}", key(c));
     }
     if let Some(r) = &q.rule {
-        s.and("f.id IN (SELECT finding_id FROM finding_rules WHERE rule = {})", text(r));
+        s.and("f.id IN (SELECT finding_id FROM finding_rules WHERE rule = {})", key(r));
     }
     if let Some(p) = q.min_priority {
         s.and("f.priority_rank <= {}", crate::sqlite::rank(p));
@@ -194,13 +226,13 @@ pub(crate) fn alerts(q: &AlertQuery) -> Sql {
         s.and("a.time_ns < {}", t);
     }
     if let Some(n) = &q.namespace {
-        s.and("a.namespace = {}", text(n));
+        s.and("a.namespace = {}", key(n));
     }
     if let Some(p) = &q.pod {
-        s.and("a.pod = {}", text(p));
+        s.and("a.pod = {}", key(p));
     }
     if let Some(r) = &q.rule {
-        s.and("a.rule = {}", text(r));
+        s.and("a.rule = {}", key(r));
     }
     if let Some(b) = q.before_id {
         s.and("a.id < {}", b);

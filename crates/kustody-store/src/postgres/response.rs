@@ -6,7 +6,7 @@
 use postgres::{GenericClient, Row, Transaction};
 
 use super::error::{Fail, Res};
-use super::query::{opt, text};
+use super::query::{opt, opt_key, text};
 use crate::response::{
     ActionQuery, ActionRow, Attempt, AttemptRow, IncidentQuery, IncidentRow, IncidentWrite, NoteRow, OutboxQuery,
     OutboxRow, OutboxState, OutboxWrite, Ref,
@@ -42,9 +42,10 @@ pub(super) fn write_incidents(
             text(&r.key),
             text(&r.title),
             opt(r.assignee.as_deref()),
-            opt(r.identity.as_deref()),
+            opt_key(r.identity.as_deref()),
             opt(r.namespace.as_deref()),
         );
+        let cluster = opt_key(r.cluster.as_deref());
         let p: [&(dyn postgres::types::ToSql + Sync); 14] = [
             &r.id,
             &key,
@@ -55,7 +56,7 @@ pub(super) fn write_incidents(
             &assignee,
             &identity,
             &namespace,
-            &r.cluster,
+            &cluster,
             &r.first_ns,
             &r.last_ns,
             &r.updated_ns,
@@ -222,12 +223,22 @@ pub(super) fn search_incidents(c: &mut impl GenericClient, q: &IncidentQuery) ->
          AND ($2::text IS NULL OR status = $2) AND (NOT $3 OR status != 'resolved') \
          AND ($4::bigint IS NULL OR severity_rank <= $4) AND ($5::text IS NULL OR identity = $5) \
          AND ($6::text IS NULL OR namespace = $6) AND ($7::bigint IS NULL OR id < $7) \
-         ORDER BY last_ns DESC NULLS LAST, id DESC LIMIT $8"
+         AND ($9::text IS NULL OR cluster = $9) ORDER BY last_ns DESC NULLS LAST, id DESC LIMIT $8"
     );
     let min = q.min_severity.map(rank);
     let rows = c.query(
         &sql,
-        &[&q.since_ns, &q.status, &q.unresolved, &min, &q.identity, &q.namespace, &q.before_id, &limit(q.limit)],
+        &[
+            &q.since_ns,
+            &q.status,
+            &q.unresolved,
+            &min,
+            &opt_key(q.identity.as_deref()),
+            &opt(q.namespace.as_deref()),
+            &q.before_id,
+            &limit(q.limit),
+            &opt_key(q.cluster.as_deref()),
+        ],
     )?;
     all(rows, read_incident)
 }

@@ -229,8 +229,41 @@ CREATE TABLE event_minutes_user (minute bigint NOT NULL, username text NOT NULL,
     PRIMARY KEY (minute, username));
 ";
 
+/// Version 2: clusters, bounded keys, a size that shrinks with deletions.
+///
+/// - `cluster` on events (in the de-duplication key: clusters never shadow each other's
+///   events) and findings, indexed with incidents' for the cluster filters.
+/// - Events without a time, or outside the window of days that get partitions (see
+///   `time_key_of`), go to the range partition `events_other` (`MINVALUE` to 0) instead of a
+///   DEFAULT partition: a DEFAULT partition must be scanned whenever a day's partition is
+///   created, and a row left in it for a day blocks that day's partition forever.
+/// - `stored_bytes` in `totals`: the bytes of stored bodies plus an estimate of each row's
+///   index and tuple overhead, kept by every append and removal. Retention by size bounds it:
+///   PostgreSQL's files do not shrink when rows are deleted, so their size cannot tell a
+///   retention pass when to stop.
+const V2: &str = "
+ALTER TABLE events ADD COLUMN cluster text;
+ALTER TABLE findings ADD COLUMN cluster text;
+DROP INDEX events_dedup;
+CREATE UNIQUE INDEX events_dedup ON events (time_key, audit_id, coalesce(stage, ''), coalesce(cluster, ''))
+    WHERE audit_id IS NOT NULL;
+CREATE INDEX events_cluster ON events (cluster, id) WHERE cluster IS NOT NULL;
+CREATE INDEX findings_cluster ON findings (cluster) WHERE cluster IS NOT NULL;
+CREATE INDEX incidents_cluster ON incidents (cluster) WHERE cluster IS NOT NULL;
+ALTER TABLE events DETACH PARTITION events_untimed;
+ALTER TABLE events_untimed RENAME TO events_other;
+UPDATE events_other SET time_key = -1 WHERE time_key >= 0;
+ALTER TABLE events ATTACH PARTITION events_other FOR VALUES FROM (MINVALUE) TO (0);
+INSERT INTO totals (name, value)
+    SELECT 'stored_bytes', coalesce(sum(octet_length(body)), 0) + count(*) * 300 FROM events;
+";
+
+/// Bytes of row and index overhead counted per stored event in `stored_bytes` (thirteen index
+/// entries and a tuple header, measured to within a few tens of bytes on ~1 KB events).
+pub(crate) const ROW_OVERHEAD: i64 = 300;
+
 /// The migration steps, oldest first: step `i` brings the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes (the number of migration steps).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -249,11 +282,32 @@ pub(crate) const DAY_NS: i64 = 86_400 * 1_000_000_000;
 
 /// `time_key` of an event without a time.
 pub(crate) const UNTIMED: i64 = i64::MIN;
+/// `time_key` of an event whose time is before the partitioned window.
+pub(crate) const TOO_OLD: i64 = -1;
+/// `time_key` of an event whose time is after the partitioned window.
+pub(crate) const TOO_NEW: i64 = -2;
+/// Days before today that still get partitions (older times go to `events_other`).
+pub(crate) const PAST_DAYS: i64 = 400;
+/// Days after today that get partitions (a clock running ahead; later times go to
+/// `events_other`): so nobody can make a partition per day of the next millennium.
+pub(crate) const FUTURE_DAYS: i64 = 2;
 
-/// The day partition an event time belongs in (days since the epoch), `None` for the default
-/// partition (no time, or before 1970).
-pub(crate) fn day_of(time_ns: Option<i64>) -> Option<i64> {
-    time_ns.filter(|t| *t >= 0).map(|t| t / DAY_NS)
+/// The partition key of an event time, `today` being the writer's day (days since the epoch):
+/// the time itself within the window of partitioned days, else a marker of `events_other`.
+/// (A redelivery of an event whose time leaves the window between the two deliveries is
+/// stored twice: an event more than 400 days old or days in the future.)
+pub(crate) fn time_key_of(time_ns: Option<i64>, today: i64) -> i64 {
+    match time_ns {
+        None => UNTIMED,
+        Some(t) if t < 0 || t / DAY_NS < today - PAST_DAYS => TOO_OLD,
+        Some(t) if t / DAY_NS > today + FUTURE_DAYS => TOO_NEW,
+        Some(t) => t,
+    }
+}
+
+/// The day partition of a partition key, `None` for `events_other`.
+pub(crate) fn day_of_key(key: i64) -> Option<i64> {
+    (key >= 0).then_some(key / DAY_NS)
 }
 
 /// The name of the partition holding day `day`.

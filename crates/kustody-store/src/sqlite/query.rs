@@ -47,7 +47,8 @@ impl Sql {
 }
 
 /// The columns [`super::read_event`] reads, of events aliased `e`.
-pub(crate) const EVENT_COLUMNS: &str = "e.id, e.time_ns, e.audit_id, e.stage, e.origins, e.text_len, e.body, e.src_pod";
+pub(crate) const EVENT_COLUMNS: &str =
+    "e.id, e.time_ns, e.audit_id, e.stage, e.origins, e.text_len, e.body, e.src_pod, e.cluster";
 
 /// Events are grouped in buckets of `1 << BUCKET_SHIFT` consecutive ids in the indexes of
 /// keys with many values (see the schema).
@@ -103,6 +104,7 @@ pub(crate) fn events(q: &EventQuery) -> EventSearch {
         ("e.resource", &q.resource, false),
         ("e.verb", &q.verb, false),
         ("e.service_account", &q.service_account, false),
+        ("e.cluster", &q.cluster, false),
     ]
     .into_iter()
     .filter_map(|(c, v, b)| v.as_ref().map(|v| (c, v, b)))
@@ -219,7 +221,7 @@ pub(crate) fn events(q: &EventQuery) -> EventSearch {
 /// The columns [`super::read_finding`] reads.
 pub(crate) const FINDING_COLUMNS: &str = "f.id, f.rule, f.priority, f.rules, f.tags, f.events, f.matches, f.first_ns, \
      f.last_ns, f.username, f.namespace, f.resource, f.name, f.source_ip, f.output, f.audit_ids, f.lead_event, f.open, \
-     f.detail";
+     f.detail, f.cluster";
 
 /// Findings seen in the window: last seen at or after `since_ns`, first seen before
 /// `until_ns`. Newest (last seen) first.
@@ -236,6 +238,9 @@ pub(crate) fn findings(q: &FindingQuery) -> Sql {
     }
     if let Some(n) = &q.namespace {
         s.and("f.namespace = ?", n.clone());
+    }
+    if let Some(c) = &q.cluster {
+        s.and("f.cluster = ?", c.clone());
     }
     if let Some(r) = &q.rule {
         s.and("f.id IN (SELECT finding_id FROM finding_rules WHERE rule = ?)", r.clone());

@@ -187,7 +187,7 @@ pub(super) fn search_incidents(conn: &Connection, q: &IncidentQuery) -> Res<Vec<
         "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE (?1 IS NULL OR last_ns >= ?1) AND (?2 IS NULL OR status = ?2) \
          AND (?3 = 0 OR status != 'resolved') AND (?4 IS NULL OR severity_rank <= ?4) \
          AND (?5 IS NULL OR identity = ?5) AND (?6 IS NULL OR namespace = ?6) AND (?7 IS NULL OR id < ?7) \
-         ORDER BY last_ns DESC, id DESC LIMIT ?8"
+         AND (?9 IS NULL OR cluster = ?9) ORDER BY last_ns DESC, id DESC LIMIT ?8"
     );
     rows(
         conn,
@@ -200,7 +200,8 @@ pub(super) fn search_incidents(conn: &Connection, q: &IncidentQuery) -> Res<Vec<
             q.identity,
             q.namespace,
             q.before_id,
-            limit(q.limit)
+            limit(q.limit),
+            q.cluster
         ],
         read_incident,
     )

@@ -297,8 +297,24 @@ INSERT INTO event_minutes_user (minute, username, n)
     WHERE time_ns IS NOT NULL GROUP BY 1, 2;
 ";
 
+/// Version 5: the cluster of every event and finding (several clusters in one store).
+///
+/// - `events.cluster` joins the de-duplication key: two clusters' events never shadow each
+///   other, whatever their auditIDs (the index is rebuilt once, on upgrade).
+/// - Events, findings and incidents are searchable by cluster.
+const V5: &str = "
+ALTER TABLE events ADD COLUMN cluster TEXT;
+ALTER TABLE findings ADD COLUMN cluster TEXT;
+DROP INDEX events_dedup;
+CREATE UNIQUE INDEX events_dedup ON events(ifnull(time_ns, 0), audit_id, ifnull(stage, ''), ifnull(cluster, ''))
+    WHERE audit_id IS NOT NULL;
+CREATE INDEX events_cluster ON events(cluster) WHERE cluster IS NOT NULL;
+CREATE INDEX findings_cluster ON findings(cluster) WHERE cluster IS NOT NULL;
+CREATE INDEX incidents_cluster ON incidents(cluster) WHERE cluster IS NOT NULL;
+";
+
 /// The migration steps, oldest first: step `i` brings the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes (the number of migration steps).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
