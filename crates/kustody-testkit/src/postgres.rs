@@ -84,7 +84,36 @@ impl Postgres {
         let r = crate::run(&mut init);
         assert_eq!(r.code, 0, "initdb failed: {}{}", r.stdout, r.stderr);
         pg.ctl("start");
+        pg.watch();
         Some(pg)
+    }
+
+    /// Stops the server when this process ends, however it ends: a server kept in a `static`
+    /// (one per test binary) is never dropped, and a test killed mid-way drops nothing. A
+    /// shell polls this process and stops the server once it is gone.
+    fn watch(&self) {
+        let data = self.dir.path().join("data");
+        let ctl = self.bin.join("pg_ctl");
+        let stop = if self.as_postgres {
+            format!("runuser -u postgres -- '{}' -D '{}' -m immediate stop", ctl.display(), data.display())
+        } else {
+            format!("'{}' -D '{}' -m immediate stop", ctl.display(), data.display())
+        };
+        let script = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf '{}'",
+            std::process::id(),
+            self.dir.path().display()
+        );
+        let spawned = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = spawned {
+            eprintln!("warning: no watchdog for the PostgreSQL server in {}: {e}", self.dir.path().display());
+        }
     }
 
     fn cmd(&self, tool: &str) -> Command {
