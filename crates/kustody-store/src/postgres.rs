@@ -532,6 +532,18 @@ impl PgStore {
         for day in &new_days {
             create_partition(&mut tx, *day)?;
         }
+        // Tomorrow's partition a day early, so the first events after midnight need not wait
+        // for the lock that creating one takes; best effort (in a savepoint): today's appends
+        // go on if it cannot be made now.
+        let tomorrow = today + 1;
+        let mut ahead = None;
+        if !days.contains(&tomorrow) && !new_days.contains(&tomorrow) {
+            if let Ok(mut sp) = tx.savepoint("kustody_ahead") {
+                if create_partition(&mut sp, tomorrow).is_ok() && sp.commit().is_ok() {
+                    ahead = Some(tomorrow);
+                }
+            }
+        }
         let count = i64::try_from(n).unwrap_or(i64::MAX);
         let mut ids: Vec<i64> = tx
             .query("SELECT nextval('events_id') FROM generate_series(1, $1::bigint)", &[&count])?
@@ -646,6 +658,7 @@ impl PgStore {
         )?;
         tx.commit()?;
         days.extend(new_days);
+        days.extend(ahead);
         Ok(out)
     }
 
