@@ -85,6 +85,8 @@ fn alert(v: &Value) -> Result<FalcoAlert, String> {
         container_id: field("container.id"),
         output,
         raw: v.to_string(),
+        // the receiver knows it, not the alert
+        cluster: None,
     })
 }
 

@@ -17,4 +17,6 @@ pub struct RuntimeAlert {
     /// The alert as received, re-serialised compactly (JSON). The store compresses it and
     /// de-duplicates alerts on it: a redelivered alert is stored once.
     pub raw: String,
+    /// The cluster it came from (`kustody serve --cluster`), when known.
+    pub cluster: Option<String>,
 }

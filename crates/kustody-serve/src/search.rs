@@ -79,6 +79,7 @@ pub fn alert_query(p: &SearchParams) -> Result<AlertQuery, String> {
         rule: p.rule.clone(),
         before_id: p.before,
         limit: p.limit.unwrap_or(100).clamp(1, 10_000),
+        cluster: p.cluster.clone(),
     })
 }
 
@@ -170,6 +171,7 @@ pub fn alerts_json(rows: &[StoredAlert]) -> serde_json::Value {
                 "pod": a.alert.pod,
                 "container_id": a.alert.container_id,
                 "hostname": a.alert.hostname,
+                "cluster": a.alert.cluster,
                 "output": a.alert.output,
                 "alert": serde_json::from_str::<serde_json::Value>(&a.alert.raw).unwrap_or(serde_json::Value::Null),
             })
@@ -271,6 +273,7 @@ pub fn alerts_from_json(v: &serde_json::Value) -> Vec<StoredAlert> {
                         container_id: opt(&x["container_id"]),
                         output: x["output"].as_str().unwrap_or_default().to_owned(),
                         raw: x["alert"].to_string(),
+                        cluster: opt(&x["cluster"]),
                     },
                 })
                 .collect()

@@ -281,6 +281,11 @@ fn commit(
         }
     }
     for (mut rows, reply) in alerts {
+        if let Some(c) = cluster {
+            for a in &mut rows {
+                a.cluster = Some(c.to_owned());
+            }
+        }
         let before = rows.iter().filter(|a| a.pod.is_some()).count();
         identity.attribute_alerts(&mut rows);
         let after = rows.iter().filter(|a| a.pod.is_some()).count();

@@ -320,6 +320,7 @@ pub struct AlertQuery {
     pub rule: Option<String>,
     pub before_id: Option<i64>,
     pub limit: usize,
+    pub cluster: Option<String>,
 }
 
 /// Sizes and counts for `/metrics` and `kustody search --stats`.

@@ -670,13 +670,13 @@ impl PgStore {
         let mut c = client(cfg, conn, *read_only)?;
         let mut tx = c.transaction()?;
         for a in alerts {
-            let hash = crate::sqlite::content_hash(&a.raw).to_vec();
+            let hash = crate::sqlite::alert_hash(a).to_vec();
             let len = i64::try_from(a.raw.len()).unwrap_or(i64::MAX);
             let body = stored_bytes(enc, &a.raw);
             let rows = tx.query(
                 "INSERT INTO alerts (id, time_ns, rule, priority, source, hostname, namespace, pod, container_id, \
-                 output, hash, raw_len, raw) VALUES (nextval('alerts_id'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11, $12) ON CONFLICT (hash) DO NOTHING RETURNING id",
+                 output, hash, raw_len, raw, cluster) VALUES (nextval('alerts_id'), $1, $2, $3, $4, $5, $6, $7, $8, \
+                 $9, $10, $11, $12, $13) ON CONFLICT (hash) DO NOTHING RETURNING id",
                 &[
                     &a.time_ns,
                     &key(&a.rule),
@@ -690,6 +690,7 @@ impl PgStore {
                     &hash,
                     &len,
                     &body,
+                    &opt_key(a.cluster.as_deref()),
                 ],
             )?;
             match rows.first() {
@@ -1140,6 +1141,7 @@ fn read_alert(r: &Row, texts: &mut Texts<'_>) -> Res<StoredAlert> {
             container_id: r.try_get(8)?,
             output: r.try_get(9)?,
             raw: texts.decode(raw, len)?,
+            cluster: r.try_get(12)?,
         },
     })
 }

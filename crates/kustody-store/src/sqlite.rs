@@ -447,10 +447,10 @@ impl SqliteStore {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO alerts (time_ns, rule, priority, source, hostname, namespace, pod, container_id, \
-                 output, hash, raw_len, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 output, hash, raw_len, raw, cluster) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for a in alerts {
-                let hash = content_hash(&a.raw);
+                let hash = alert_hash(a);
                 let len = i64::try_from(a.raw.len()).unwrap_or(i64::MAX);
                 let body = enc.encode(&a.raw);
                 let n = insert.execute(params![
@@ -466,6 +466,7 @@ impl SqliteStore {
                     &hash[..],
                     len,
                     body,
+                    a.cluster,
                 ])?;
                 if n == 0 {
                     out.ids.push(None);
@@ -849,6 +850,15 @@ fn add_totals(tx: &Transaction<'_>, deltas: &[(&str, i64)]) -> Res<()> {
     Ok(())
 }
 
+/// An alert's identity for de-duplication: [`content_hash`] of its text, preceded by its
+/// cluster when it has one (two clusters' identical alerts are two alerts).
+pub(crate) fn alert_hash(a: &AlertRow) -> [u8; 16] {
+    match &a.cluster {
+        Some(c) => content_hash(&format!("{c}\n{}", a.raw)),
+        None => content_hash(&a.raw),
+    }
+}
+
 /// 128 bits of SHA-256 of an alert's text: its identity for de-duplication.
 pub(crate) fn content_hash(raw: &str) -> [u8; 16] {
     use sha2::Digest;
@@ -936,6 +946,7 @@ fn read_alert(r: &Row<'_>, dec: &mut Texts<'_>) -> Res<StoredAlert> {
             container_id: r.get(8)?,
             output: r.get(9)?,
             raw,
+            cluster: r.get(12)?,
         },
     })
 }

@@ -584,6 +584,7 @@ fn alert(n: i64, ns: &str, pod: &str, rule: &str) -> AlertRow {
         container_id: Some("abc123".into()),
         output: format!("{rule} in {ns}/{pod}"),
         raw: raw.to_string(),
+        cluster: None,
     }
 }
 
@@ -939,6 +940,13 @@ fn clusters_are_kept_apart<B: Backend>() {
         .search_incidents(&IncidentQuery { cluster: Some("prod-us".into()), limit: 10, ..Default::default() })
         .unwrap();
     assert_eq!(list.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), vec!["b"]);
+    // the same runtime alert from two clusters is two alerts; redelivered, one
+    let a = |c: &str| AlertRow { cluster: Some(c.into()), ..alert(7, "shop", "web-1", "Shell") };
+    assert_eq!(s.append_alerts(&[a("prod-eu"), a("prod-us"), a("prod-eu")]).unwrap().stored, 2);
+    let eu = s.search_alerts(&AlertQuery { cluster: Some("prod-eu".into()), ..Default::default() }).unwrap();
+    assert_eq!(eu.len(), 1);
+    assert_eq!(eu[0].alert.cluster.as_deref(), Some("prod-eu"));
+    assert_eq!(s.search_alerts(&AlertQuery::default()).unwrap().len(), 2);
 }
 
 /// Enough events that a backend grouping them (SQLite's index buckets of 4096 events) has to

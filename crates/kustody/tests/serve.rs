@@ -2376,6 +2376,13 @@ fn serve_keeps_its_store_in_postgresql_through_kill_9_and_an_outage() {
         assert_eq!(search.status, 200);
         assert!(search.body.contains("realk8s-admin"), "{}", search.body);
     }
+    // a Falco alert carries the cluster too
+    let alert = r#"{"hostname":"node-1","output":"Shell spawned","output_fields":{"container.id":"0123456789ab","k8s.ns.name":"shop","k8s.pod.name":"web-1"},"priority":"Notice","rule":"Terminal shell in container","source":"syscall","time":"2026-12-02T03:44:21.431251797Z"}"#;
+    assert_eq!(srv.request("POST", "/v1/falco", Some(INGEST), alert.as_bytes()).status, 200);
+    let v = srv.wait_items("/v1/alerts?cluster=prod-eu", 1);
+    assert_eq!(v["items"][0]["cluster"], "prod-eu", "{v}");
+    let none = srv.request("GET", "/v1/alerts?cluster=prod-us", Some(READ), b"").json();
+    assert!(none["items"].as_array().unwrap().is_empty(), "{none}");
     assert!(!data.join("kustody.db").exists(), "nothing is stored in SQLite");
 
     // kill -9 while a sender keeps posting

@@ -215,7 +215,7 @@ pub(crate) fn findings(q: &FindingQuery) -> Sql {
 /// The columns [`super::read_alert`] reads.
 pub(crate) const ALERT_COLUMNS: &str =
     "a.id, a.time_ns, a.rule, a.priority, a.source, a.hostname, a.namespace, a.pod, a.container_id, a.output, \
-     a.raw_len, a.raw";
+     a.raw_len, a.raw, a.cluster";
 
 pub(crate) fn alerts(q: &AlertQuery) -> Sql {
     let mut s = Sql::new(format!("SELECT {ALERT_COLUMNS} FROM alerts a WHERE TRUE"));
@@ -233,6 +233,9 @@ pub(crate) fn alerts(q: &AlertQuery) -> Sql {
     }
     if let Some(r) = &q.rule {
         s.and("a.rule = {}", key(r));
+    }
+    if let Some(c) = &q.cluster {
+        s.and("a.cluster = {}", key(c));
     }
     if let Some(b) = q.before_id {
         s.and("a.id < {}", b);

@@ -258,12 +258,18 @@ INSERT INTO totals (name, value)
     SELECT 'stored_bytes', coalesce(sum(octet_length(body)), 0) + count(*) * 300 FROM events;
 ";
 
+/// Version 3: the cluster of runtime alerts (part of their de-duplication hash when set).
+const V3: &str = "
+ALTER TABLE alerts ADD COLUMN cluster text;
+CREATE INDEX alerts_cluster ON alerts (cluster) WHERE cluster IS NOT NULL;
+";
+
 /// Bytes of row and index overhead counted per stored event in `stored_bytes` (thirteen index
 /// entries and a tuple header, measured to within a few tens of bytes on ~1 KB events).
 pub(crate) const ROW_OVERHEAD: i64 = 300;
 
 /// The migration steps, oldest first: step `i` brings the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes (the number of migration steps).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -259,7 +259,7 @@ pub(crate) fn findings(q: &FindingQuery) -> Sql {
 /// The columns [`super::read_alert`] reads.
 pub(crate) const ALERT_COLUMNS: &str =
     "a.id, a.time_ns, a.rule, a.priority, a.source, a.hostname, a.namespace, a.pod, \
-     a.container_id, a.output, a.raw_len, a.raw";
+     a.container_id, a.output, a.raw_len, a.raw, a.cluster";
 
 pub(crate) fn alerts(q: &AlertQuery) -> Sql {
     let mut s = Sql { text: format!("SELECT {ALERT_COLUMNS} FROM alerts a WHERE 1"), args: Vec::new() };
@@ -280,6 +280,9 @@ pub(crate) fn alerts(q: &AlertQuery) -> Sql {
     if let Some(r) = &q.rule {
         let plus = if q.pod.is_some() { "+" } else { "" };
         s.and(&format!("{plus}a.rule = ?"), r.clone());
+    }
+    if let Some(c) = &q.cluster {
+        s.and("+a.cluster = ?", c.clone());
     }
     if let Some(b) = q.before_id {
         s.and("a.id < ?", b);

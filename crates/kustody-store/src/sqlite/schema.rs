@@ -313,8 +313,14 @@ CREATE INDEX findings_cluster ON findings(cluster) WHERE cluster IS NOT NULL;
 CREATE INDEX incidents_cluster ON incidents(cluster) WHERE cluster IS NOT NULL;
 ";
 
+/// Version 6: the cluster of runtime alerts (part of their de-duplication hash when set).
+const V6: &str = "
+ALTER TABLE alerts ADD COLUMN cluster TEXT;
+CREATE INDEX alerts_cluster ON alerts(cluster) WHERE cluster IS NOT NULL;
+";
+
 /// The migration steps, oldest first: step `i` brings the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this build writes (the number of migration steps).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
