@@ -31,11 +31,12 @@ use postgres::{Client, NoTls, Row, Transaction};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::sqlite::codec::{self, Decoder, Dict, Encoder};
+use crate::sqlite::counts::{self, Minutes, MINUTE_NS};
 use crate::sqlite::{i64_of, rank_of, u64_of};
 use crate::{
-    ActionQuery, ActionRow, AlertQuery, AlertRow, Appended, Attempt, AttemptRow, Batch, BatchIds, Count, CountBy,
-    CountQuery, EventQuery, EventRow, FileOffset, FindingQuery, FindingRow, IncidentQuery, IncidentRow, MatchRow,
-    NoteRow, Origin, OutboxQuery, OutboxRow, Retained, Store, StoreError, StoreStats, StoredAlert, StoredEvent,
+    ActionQuery, ActionRow, AlertQuery, AlertRow, Appended, Attempt, AttemptRow, Batch, BatchIds, Count, CountQuery,
+    EventQuery, EventRow, FileOffset, FindingQuery, FindingRow, IncidentQuery, IncidentRow, MatchRow, NoteRow, Origin,
+    OutboxQuery, OutboxRow, Retained, Store, StoreError, StoreStats, StoredAlert, StoredEvent,
 };
 
 mod error;
@@ -51,7 +52,6 @@ pub use schema::SCHEMA_VERSION;
 const RETAIN_BATCH: i64 = 10_000;
 /// An event's source IPs stored for search, at most (as SQLite).
 const MAX_IPS: usize = 16;
-const MINUTE_NS: i64 = 60_000_000_000;
 /// kustody's tables besides the events' partitions (what `stats().bytes` measures).
 const TABLES: &[&str] = &[
     "event_ips",
@@ -651,7 +651,7 @@ impl PgStore {
                 &[&ip_ev, &ip_n, &ip_addr],
             )?;
         }
-        minutes.write(&mut tx)?;
+        write_minutes(&mut tx, &minutes)?;
         add_totals(
             &mut tx,
             &[("events", i64_of(out.stored)), ("event_text_bytes", text_bytes), ("stored_bytes", stored_bytes)],
@@ -951,7 +951,7 @@ impl PgStore {
                     (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
                 minutes.add(t, &ns, &user, -k);
             }
-            minutes.write(&mut tx)?;
+            write_minutes(&mut tx, &minutes)?;
             tx.batch_execute(&format!("DROP TABLE {part}"))?;
             add_totals(
                 &mut tx,
@@ -1006,7 +1006,7 @@ impl PgStore {
         }
         tx.execute("DELETE FROM event_ips WHERE event_id = ANY($1)", &[&ids])?;
         let matches = tx.execute("DELETE FROM matches WHERE event_id = ANY($1)", &[&ids])?;
-        minutes.write(&mut tx)?;
+        write_minutes(&mut tx, &minutes)?;
         let n = i64::try_from(ids.len()).unwrap_or(i64::MAX);
         add_totals(
             &mut tx,
@@ -1264,27 +1264,14 @@ impl Store for PgStore {
     }
 
     fn event_counts(&self, q: &CountQuery) -> Result<Vec<Count>, StoreError> {
-        let bucket = (q.bucket_ns / MINUTE_NS).max(1);
-        let lo = q.since_ns.div_euclid(MINUTE_NS);
-        let hi = q.until_ns.div_euclid(MINUTE_NS) + i64::from(q.until_ns.rem_euclid(MINUTE_NS) != 0);
-        let by_user = q.user.is_some() || q.by == CountBy::User;
-        if by_user && (q.namespace.is_some() || q.by == CountBy::Namespace) {
-            return Err(StoreError::Other(
-                "counts by namespace and user together are not kept: search the events instead".into(),
-            ));
-        }
-        let (table, col, filter) = if by_user {
-            ("event_minutes_user", "username", &q.user)
-        } else {
-            ("event_minutes_ns", "namespace", &q.namespace)
-        };
-        let key = if q.by == CountBy::Total { "''::text" } else { col };
+        let counts::Plan { bucket, lo, hi, table, col, filter, total } = counts::plan(q).map_err(StoreError::Other)?;
+        let key = if total { "''::text" } else { col };
         let sql = format!(
             "SELECT (minute / $1) * $1, {key}, sum(n)::bigint FROM {table} WHERE minute >= $2 AND minute < $3 \
              AND ($4::text IS NULL OR {col} = $4) GROUP BY 1, 2 ORDER BY 1"
         );
         self.read(|c| {
-            c.query(&sql, &[&bucket, &lo, &hi, &opt(filter.as_deref())])?
+            c.query(&sql, &[&bucket, &lo, &hi, &opt(filter)])?
                 .iter()
                 .map(|r| {
                     Ok(Count {
@@ -1490,48 +1477,39 @@ fn create_partition(tx: &mut Transaction<'_>, day: i64) -> Res<()> {
     Ok(())
 }
 
-/// Changes to the per-minute counts of one transaction.
-#[derive(Default)]
-struct Minutes {
-    ns: HashMap<(i64, String), i64>,
-    user: HashMap<(i64, String), i64>,
-}
-
-impl Minutes {
-    fn add(&mut self, time_ns: i64, namespace: &str, user: &str, n: i64) {
-        let m = time_ns.div_euclid(MINUTE_NS);
-        *self.ns.entry((m, text(namespace))).or_default() += n;
-        *self.user.entry((m, text(user))).or_default() += n;
-    }
-
-    fn write(&self, tx: &mut Transaction<'_>) -> Res<()> {
-        for (table, col, map) in
-            [("event_minutes_ns", "namespace", &self.ns), ("event_minutes_user", "username", &self.user)]
-        {
-            let (mut ms, mut ks, mut ns) = (Vec::new(), Vec::new(), Vec::new());
-            for ((m, k), n) in map {
-                if *n != 0 {
-                    ms.push(*m);
-                    ks.push(k.as_str());
-                    ns.push(*n);
-                }
-            }
-            if ms.is_empty() {
-                continue;
-            }
-            tx.execute(
-                &format!(
-                    "INSERT INTO {table} (minute, {col}, n) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[]) \
-                     ON CONFLICT (minute, {col}) DO UPDATE SET n = {table}.n + excluded.n"
-                ),
-                &[&ms, &ks, &ns],
-            )?;
-            if ns.iter().any(|n| *n < 0) {
-                tx.execute(&format!("DELETE FROM {table} WHERE n <= 0"), &[])?;
+/// Writes one transaction's changes to the per-minute counts (accumulated as SQLite does).
+fn write_minutes(tx: &mut Transaction<'_>, minutes: &Minutes) -> Res<()> {
+    for (table, col, map) in
+        [("event_minutes_ns", "namespace", &minutes.ns), ("event_minutes_user", "username", &minutes.user)]
+    {
+        // keys as `text` holds them; two that become the same are one row
+        let mut merged: HashMap<(i64, String), i64> = HashMap::with_capacity(map.len());
+        for ((m, k), n) in map {
+            *merged.entry((*m, text(k))).or_default() += n;
+        }
+        let (mut ms, mut ks, mut ns) = (Vec::new(), Vec::new(), Vec::new());
+        for ((m, k), n) in &merged {
+            if *n != 0 {
+                ms.push(*m);
+                ks.push(k.as_str());
+                ns.push(*n);
             }
         }
-        Ok(())
+        if ms.is_empty() {
+            continue;
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {table} (minute, {col}, n) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[]) \
+                 ON CONFLICT (minute, {col}) DO UPDATE SET n = {table}.n + excluded.n"
+            ),
+            &[&ms, &ks, &ns],
+        )?;
+        if ns.iter().any(|n| *n < 0) {
+            tx.execute(&format!("DELETE FROM {table} WHERE n <= 0"), &[])?;
+        }
     }
+    Ok(())
 }
 
 /// Adds to the named totals, in the caller's transaction.

@@ -26,7 +26,7 @@ use crate::{
 };
 
 pub(crate) mod codec;
-mod counts;
+pub(crate) mod counts;
 pub(crate) mod error;
 mod intervals;
 pub(crate) mod query;

@@ -8,13 +8,14 @@ use rusqlite::{params_from_iter, Transaction};
 use super::error::Res;
 use crate::{Count, CountBy, CountQuery};
 
-const MINUTE_NS: i64 = 60_000_000_000;
+pub(crate) const MINUTE_NS: i64 = 60_000_000_000;
 
-/// Changes to the per-minute counts of one transaction.
+/// Changes to the per-minute counts of one transaction (by minute and namespace, by minute
+/// and user); each backend writes them in its own dialect.
 #[derive(Debug, Default)]
 pub(crate) struct Minutes {
-    ns: HashMap<(i64, String), i64>,
-    user: HashMap<(i64, String), i64>,
+    pub(crate) ns: HashMap<(i64, String), i64>,
+    pub(crate) user: HashMap<(i64, String), i64>,
 }
 
 impl Minutes {
@@ -50,29 +51,53 @@ impl Minutes {
     }
 }
 
-/// Events per bucket (by namespace, user, or in total) from the per-minute tables.
-pub(crate) fn events(conn: &rusqlite::Connection, q: &CountQuery) -> Res<Vec<Count>> {
-    let bucket = (q.bucket_ns / MINUTE_NS).max(1);
-    let lo = q.since_ns.div_euclid(MINUTE_NS);
-    let hi = q.until_ns.div_euclid(MINUTE_NS) + i64::from(q.until_ns.rem_euclid(MINUTE_NS) != 0);
+/// How a count query reads the per-minute tables (the same for every backend).
+pub(crate) struct Plan<'q> {
+    /// Bucket width, in minutes.
+    pub bucket: i64,
+    /// Minutes `lo` ≤ m < `hi`.
+    pub lo: i64,
+    pub hi: i64,
+    pub table: &'static str,
+    pub col: &'static str,
+    /// The one namespace or user counted, if any.
+    pub filter: Option<&'q str>,
+    /// Totals only (no split by `col`).
+    pub total: bool,
+}
+
+/// The plan of `q`; an error for a namespace and a user together (not kept).
+pub(crate) fn plan(q: &CountQuery) -> Result<Plan<'_>, String> {
     // The user table answers user filters and splits by user; the namespace table the rest.
     let by_user = q.user.is_some() || q.by == CountBy::User;
     if by_user && (q.namespace.is_some() || q.by == CountBy::Namespace) {
-        return Err(super::error::Fail::other(
-            "counts by namespace and user together are not kept: search the events instead",
-        ));
+        return Err("counts by namespace and user together are not kept: search the events instead".into());
     }
     let (table, col, filter) = if by_user {
-        ("event_minutes_user", "username", &q.user)
+        ("event_minutes_user", "username", q.user.as_deref())
     } else {
-        ("event_minutes_ns", "namespace", &q.namespace)
+        ("event_minutes_ns", "namespace", q.namespace.as_deref())
     };
-    let key = if q.by == CountBy::Total { "''" } else { col };
+    Ok(Plan {
+        bucket: (q.bucket_ns / MINUTE_NS).max(1),
+        lo: q.since_ns.div_euclid(MINUTE_NS),
+        hi: q.until_ns.div_euclid(MINUTE_NS) + i64::from(q.until_ns.rem_euclid(MINUTE_NS) != 0),
+        table,
+        col,
+        filter,
+        total: q.by == CountBy::Total,
+    })
+}
+
+/// Events per bucket (by namespace, user, or in total) from the per-minute tables.
+pub(crate) fn events(conn: &rusqlite::Connection, q: &CountQuery) -> Res<Vec<Count>> {
+    let Plan { bucket, lo, hi, table, col, filter, total } = plan(q).map_err(super::error::Fail::other)?;
+    let key = if total { "''" } else { col };
     let mut sql = format!("SELECT (minute / ?1) * ?1, {key}, sum(n) FROM {table} WHERE minute >= ?2 AND minute < ?3");
     let mut args: Vec<rusqlite::types::Value> = vec![bucket.into(), lo.into(), hi.into()];
     if let Some(v) = filter {
         sql.push_str(&format!(" AND {col} = ?4"));
-        args.push(v.clone().into());
+        args.push(v.to_owned().into());
     }
     sql.push_str(" GROUP BY 1, 2 ORDER BY 1");
     let mut st = conn.prepare_cached(&sql)?;
