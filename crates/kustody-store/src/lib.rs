@@ -474,6 +474,55 @@ pub trait Store: Send {
     /// given back as it was given.
     fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set_state(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// A fresh block of finding ids and one of incident ids, `(first finding id, first
+    /// incident id, ids in each block)`, for a writer that shares the database with others
+    /// (detectors on a bus). Backends with a single writer number from [`Store::next_ids`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Other`] on a backend without shared writers.
+    fn reserve_ids(&mut self) -> Result<(i64, i64, i64), StoreError> {
+        Err(StoreError::Other("this store has a single writer: it does not hand out id blocks".into()))
+    }
+    /// The ids of stored events with the same de-duplication key as each row (cluster,
+    /// auditID, stage, time), `None` where none is stored: what a detector that takes over a
+    /// bus partition evaluates again when its predecessor stored a batch but died before
+    /// evaluating it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Other`] on a backend without shared writers.
+    fn stored_event_ids(&self, rows: &[EventRow<'_>]) -> Result<Vec<Option<i64>>, StoreError> {
+        let _ = rows;
+        Err(StoreError::Other("this store does not look events up by their de-duplication key".into()))
+    }
+    /// Renews `owner`'s membership and bus leases, releases what is above its fair share of
+    /// `partitions` among live members, and takes expired ones up to it; returns the
+    /// partitions it holds with their epochs (an epoch rises each time a partition changes
+    /// hands). Members and leases unrenewed for `ttl` expire.
+    ///
+    /// # Errors
+    ///
+    /// As any write; [`StoreError::Other`] on a backend without shared writers.
+    fn bus_leases(
+        &mut self,
+        owner: &str,
+        partitions: u32,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<(u32, i64)>, StoreError> {
+        let _ = (owner, partitions, ttl);
+        Err(StoreError::Other("this store does not keep bus leases".into()))
+    }
+    /// Gives up `owner`'s leases (those in `only`, or all) so others take them at once.
+    ///
+    /// # Errors
+    ///
+    /// As any write; [`StoreError::Other`] on a backend without shared writers.
+    fn release_leases(&mut self, owner: &str, only: Option<&[u32]>) -> Result<(), StoreError> {
+        let _ = (owner, only);
+        Err(StoreError::Other("this store does not keep bus leases".into()))
+    }
 }
 
 pub use kustody_iphistory::Interval;

@@ -90,6 +90,9 @@ pub struct PgConfig {
     ca: Option<PathBuf>,
     password: Option<SecretString>,
     target: String,
+    /// Several writers share the database (detectors on a bus): each takes kustody's writer
+    /// lock in shared mode and numbers findings and incidents from blocks (`reserve_ids`).
+    shared: bool,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -133,7 +136,7 @@ impl PgConfig {
             if ports.is_empty() { "5432".to_owned() } else { ports.join(",") },
             cfg.get_dbname().or(cfg.get_user()).unwrap_or("postgres")
         );
-        Ok(PgConfig { url, ca, password: None, target })
+        Ok(PgConfig { url, ca, password: None, target, shared: false })
     }
 
     /// The password to log in with (from a file: a URL on a command line is visible to every
@@ -142,6 +145,19 @@ impl PgConfig {
     pub fn with_password(mut self, password: SecretString) -> PgConfig {
         self.password = Some(password);
         self
+    }
+
+    /// Lets several writers share the database (see the field `shared`): a single-writer
+    /// `kustody serve` and shared writers exclude each other.
+    #[must_use]
+    pub fn shared_writers(mut self) -> PgConfig {
+        self.shared = true;
+        self
+    }
+
+    /// Whether writers share the database.
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// Host, port and database (no user, no password): how messages name the store.
@@ -244,7 +260,7 @@ fn client<'c>(cfg: &PgConfig, conn: &'c RefCell<Option<Client>>, read_only: bool
     if slot.as_ref().is_none_or(Client::is_closed) {
         *slot = None;
         let mut c = cfg.connect(read_only)?;
-        session(&mut c, read_only)?;
+        session(&mut c, read_only, cfg.shared)?;
         *slot = Some(c);
     }
     RefMut::filter_map(slot, Option::as_mut).map_err(|_| Fail::other("no connection"))
@@ -252,7 +268,7 @@ fn client<'c>(cfg: &PgConfig, conn: &'c RefCell<Option<Client>>, read_only: bool
 
 /// Session settings: durable commits for a writer; read-only transactions and a statement
 /// timeout for a reader.
-fn session(c: &mut Client, read_only: bool) -> Res<()> {
+fn session(c: &mut Client, read_only: bool, shared: bool) -> Res<()> {
     if read_only {
         c.batch_execute(&format!("SET default_transaction_read_only = on; SET statement_timeout = '{READ_TIMEOUT}'"))?;
     } else {
@@ -265,18 +281,25 @@ fn session(c: &mut Client, read_only: bool) -> Res<()> {
         // One writer per database: the live detector numbers findings and incidents itself.
         // A previous writer's session may take a moment to end (a killed process's
         // connection), so the lock is tried for a while.
+        // Shared writers (detectors on a bus) take it in shared mode: they exclude a single
+        // writer, not each other.
         let t0 = std::time::Instant::now();
+        let take = if shared { "SELECT pg_try_advisory_lock_shared($1)" } else { "SELECT pg_try_advisory_lock($1)" };
         loop {
-            let got: bool = c.query_one("SELECT pg_try_advisory_lock($1)", &[&schema::WRITER_LOCK])?.try_get(0)?;
+            let got: bool = c.query_one(take, &[&schema::WRITER_LOCK])?.try_get(0)?;
             if got {
                 break;
             }
             if t0.elapsed() >= WRITER_WAIT {
-                return Err(Fail::Store(StoreError::Busy(
+                return Err(Fail::Store(StoreError::Busy(if shared {
+                    "a single-writer kustody serve is writing to this database (it holds kustody's writer lock); \
+                     detectors on a bus cannot share the database with it"
+                        .into()
+                } else {
                     "another kustody serve is writing to this database (it holds kustody's writer lock); one \
-                     writer per database"
-                        .into(),
-                )));
+                     writer per database, unless detectors on a bus share it"
+                        .into()
+                })));
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
@@ -1397,6 +1420,139 @@ impl Store for PgStore {
 
     fn set_state(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         self.write(|tx| response::set_state(tx, name, value))
+    }
+
+    fn reserve_ids(&mut self) -> Result<(i64, i64, i64), StoreError> {
+        let block = schema::ID_BLOCK;
+        self.write(|tx| {
+            let mut take = |name: &str, max: &str| -> Res<i64> {
+                let floor = format!("(SELECT coalesce(max(id), 0) FROM {max}) / $2 + 1");
+                let r = tx.query_one(
+                    &format!(
+                        "INSERT INTO id_blocks (name, block) VALUES ($1, {floor}) ON CONFLICT (name) DO UPDATE SET \
+                         block = greatest(id_blocks.block + 1, {floor}) RETURNING block"
+                    ),
+                    &[&name, &block],
+                )?;
+                let b: i64 = r.try_get(0)?;
+                Ok(b.saturating_mul(block))
+            };
+            let f = take("findings", "findings")?;
+            let i = take("incidents", "incidents")?;
+            Ok((f, i, block))
+        })
+    }
+
+    fn stored_event_ids(&self, rows: &[EventRow<'_>]) -> Result<Vec<Option<i64>>, StoreError> {
+        let today = now_ns() / schema::DAY_NS;
+        let mut ks = Vec::with_capacity(rows.len());
+        let (mut a, mut st, mut cl) = (Vec::new(), Vec::new(), Vec::new());
+        for r in rows {
+            ks.push(schema::time_key_of(r.time_ns, today));
+            a.push(opt_key(r.audit_id.as_deref()));
+            st.push(opt_key(r.stage.as_deref()));
+            cl.push(opt_key(r.cluster.as_deref()));
+        }
+        self.read(|c| {
+            let found = c.query(
+                "SELECT d.o, e.id FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY \
+                 AS d(k, a, s, c, o) JOIN events e ON e.time_key = d.k AND e.audit_id = d.a \
+                 AND coalesce(e.stage, '') = coalesce(d.s, '') AND coalesce(e.cluster, '') = coalesce(d.c, '')",
+                &[&ks, &a, &st, &cl],
+            )?;
+            let mut out = vec![None; rows.len()];
+            for r in found {
+                let o: i64 = r.try_get(0)?;
+                let id: i64 = r.try_get(1)?;
+                if let Some(slot) = usize::try_from(o).ok().and_then(|o| o.checked_sub(1)).and_then(|o| out.get_mut(o))
+                {
+                    *slot = Some(id);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn bus_leases(
+        &mut self,
+        owner: &str,
+        partitions: u32,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<(u32, i64)>, StoreError> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let n = i32::try_from(partitions).unwrap_or(i32::MAX);
+        self.write(|tx| {
+            let ttl = "now() + make_interval(secs => $2::bigint / 1000.0)";
+            tx.execute(
+                &format!(
+                    "INSERT INTO bus_members (owner, expires) VALUES ($1, {ttl}) ON CONFLICT (owner) DO UPDATE SET \
+                     expires = excluded.expires"
+                ),
+                &[&owner, &ttl_ms],
+            )?;
+            tx.execute("DELETE FROM bus_members WHERE expires < now()", &[])?;
+            let members: i64 = tx.query_one("SELECT count(*) FROM bus_members", &[])?.try_get(0)?;
+            tx.execute(
+                "INSERT INTO bus_leases (part, owner, epoch, expires) SELECT g, '', 0, '-infinity' FROM \
+                 generate_series(0, $1::integer - 1) g ON CONFLICT (part) DO NOTHING",
+                &[&n],
+            )?;
+            // partitions beyond the count (a smaller count configured) are nobody's
+            tx.execute("DELETE FROM bus_leases WHERE part >= $1", &[&n])?;
+            let fair = (i64::from(n) + members.max(1) - 1) / members.max(1);
+            let mut mine: Vec<(i32, i64)> = tx
+                .query(
+                    &format!("UPDATE bus_leases SET expires = {ttl} WHERE owner = $1 RETURNING part, epoch"),
+                    &[&owner, &ttl_ms],
+                )?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Res<_>>()?;
+            mine.sort_unstable();
+            let have = i64::try_from(mine.len()).unwrap_or(i64::MAX);
+            if have > fair {
+                let extra: Vec<i32> = mine.iter().skip(usize::try_from(fair).unwrap_or(0)).map(|m| m.0).collect();
+                tx.execute(
+                    "UPDATE bus_leases SET owner = '', expires = '-infinity' WHERE owner = $1 AND part = ANY($2)",
+                    &[&owner, &extra],
+                )?;
+                mine.retain(|m| !extra.contains(&m.0));
+            } else if have < fair {
+                let want = fair - have;
+                let taken = tx.query(
+                    &format!(
+                        "UPDATE bus_leases SET owner = $1, epoch = epoch + 1, expires = {ttl} WHERE part IN \
+                         (SELECT part FROM bus_leases WHERE expires < now() ORDER BY part LIMIT $3 FOR UPDATE SKIP \
+                         LOCKED) RETURNING part, epoch"
+                    ),
+                    &[&owner, &ttl_ms, &want],
+                )?;
+                for r in taken {
+                    mine.push((r.try_get(0)?, r.try_get(1)?));
+                }
+                mine.sort_unstable();
+            }
+            Ok(mine.into_iter().map(|(p, e)| (u32::try_from(p).unwrap_or(0), e)).collect())
+        })
+    }
+
+    fn release_leases(&mut self, owner: &str, only: Option<&[u32]>) -> Result<(), StoreError> {
+        self.write(|tx| {
+            match only {
+                Some(parts) => {
+                    let parts: Vec<i32> = parts.iter().map(|p| i32::try_from(*p).unwrap_or(i32::MAX)).collect();
+                    tx.execute(
+                        "UPDATE bus_leases SET owner = '', expires = '-infinity' WHERE owner = $1 AND part = ANY($2)",
+                        &[&owner, &parts],
+                    )?;
+                }
+                None => {
+                    tx.execute("UPDATE bus_leases SET owner = '', expires = '-infinity' WHERE owner = $1", &[&owner])?;
+                    tx.execute("DELETE FROM bus_members WHERE owner = $1", &[&owner])?;
+                }
+            }
+            Ok(())
+        })
     }
 }
 

@@ -1822,3 +1822,69 @@ fn postgres_admits_one_writer_at_a_time() {
     let mut second = kustody_store::PgStore::open(&cfg).unwrap();
     put(&mut second, &[ev(1)], Origin::Webhook);
 }
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_shared_writers_take_id_blocks_leases_and_find_stored_events() {
+    let Some((_pg, cfg)) = own_postgres("shared") else { return };
+    // a single writer first: it numbers findings itself
+    {
+        let mut single = kustody_store::PgStore::open(&cfg).unwrap();
+        let ids = single.record_detections(&[finding("r", 1), finding("r", 2)], &[]).unwrap();
+        assert_eq!(ids, vec![1, 2]);
+        // shared writers are refused while it writes
+        let shared = cfg.clone().shared_writers();
+        let e = kustody_store::PgStore::open(&shared).unwrap_err();
+        assert!(e.to_string().contains("single-writer"), "{e}");
+    }
+    let shared = cfg.clone().shared_writers();
+    let mut a = kustody_store::PgStore::open(&shared).unwrap();
+    let mut b = kustody_store::PgStore::open(&shared).unwrap();
+    // and a single writer is refused while shared ones write
+    let e = kustody_store::PgStore::open(&cfg).unwrap_err();
+    assert!(e.to_string().contains("another kustody serve"), "{e}");
+
+    // id blocks: above every stored id, never the same twice
+    let (fa, ia, n) = a.reserve_ids().unwrap();
+    let (fb, ib, _) = b.reserve_ids().unwrap();
+    assert!(fa > 2 && fb > 2 && ia >= 1 && ib >= 1);
+    assert!(fa.abs_diff(fb) >= n as u64 && ia.abs_diff(ib) >= n as u64, "{fa} {fb} {ia} {ib} {n}");
+    let mut f = finding("r", 3);
+    f.id = Some(fa);
+    a.record_detections(&[f], &[]).unwrap();
+    let (fc, ..) = b.reserve_ids().unwrap();
+    assert!(fc > fa.max(fb), "{fc}");
+
+    // events stored by one writer are found by their key by any reader
+    let (t, stored) = put(&mut a, &[ev(1), ev(2)], Origin::Webhook);
+    let mut probe = rows(&t);
+    let other = texts(&[ev(3)]);
+    probe.extend(rows(&other));
+    let r = kustody_store::PgStore::open_read_only(&shared).unwrap();
+    let found = r.stored_event_ids(&probe).unwrap();
+    assert_eq!(found, vec![stored[0], stored[1], None]);
+    // another cluster's event with the same auditID is another event
+    let mut theirs = rows(&t);
+    theirs[0].cluster = Some("other".into());
+    assert_eq!(r.stored_event_ids(&theirs[..1]).unwrap(), vec![None]);
+
+    // leases: one member takes all partitions, a second takes half once the first lets go
+    let ttl = std::time::Duration::from_secs(2);
+    let la = a.bus_leases("a", 8, ttl).unwrap();
+    assert_eq!(la.iter().map(|l| l.0).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+    assert!(la.iter().all(|l| l.1 == 1));
+    assert!(b.bus_leases("b", 8, ttl).unwrap().is_empty(), "nothing is free yet");
+    // a's next renewal sees two members and gives up its extra half
+    let la = a.bus_leases("a", 8, ttl).unwrap();
+    assert_eq!(la.len(), 4);
+    let lb = b.bus_leases("b", 8, ttl).unwrap();
+    assert_eq!(lb.len(), 4);
+    assert!(lb.iter().all(|l| l.1 == 2), "a moved partition's epoch rises: {lb:?}");
+    // a stops renewing (dies): after the ttl, b holds everything
+    std::thread::sleep(ttl + std::time::Duration::from_millis(300));
+    let lb = b.bus_leases("b", 8, ttl).unwrap();
+    assert_eq!(lb.len(), 8, "{lb:?}");
+    // a graceful release hands over at once
+    b.release_leases("b", None).unwrap();
+    assert_eq!(a.bus_leases("a", 8, ttl).unwrap().len(), 8);
+}

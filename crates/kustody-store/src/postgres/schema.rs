@@ -264,12 +264,31 @@ ALTER TABLE alerts ADD COLUMN cluster text;
 CREATE INDEX alerts_cluster ON alerts (cluster) WHERE cluster IS NOT NULL;
 ";
 
+/// Version 4: several writers (detectors on a bus) sharing one database.
+///
+/// - `id_blocks`: the last block of finding and incident ids handed out. A shared writer takes
+///   a block of [`ID_BLOCK`] ids at a time (`UPDATE … RETURNING`: the row lock orders
+///   concurrent takers), never below the highest stored id, so writers never number two
+///   findings alike.
+/// - `bus_members` and `bus_leases`: which detector evaluates which bus partition. A member
+///   renews its row and its leases every few seconds; a lease whose time ran out goes to
+///   another member, with its `epoch` raised; each member takes a fair share.
+const V4: &str = "
+CREATE TABLE id_blocks (name text PRIMARY KEY, block bigint NOT NULL);
+CREATE TABLE bus_members (owner text PRIMARY KEY, expires timestamptz NOT NULL);
+CREATE TABLE bus_leases (part integer PRIMARY KEY, owner text NOT NULL, epoch bigint NOT NULL,
+    expires timestamptz NOT NULL);
+";
+
+/// Ids in one block of [`V4`]'s `id_blocks`.
+pub(crate) const ID_BLOCK: i64 = 100_000;
+
 /// Bytes of row and index overhead counted per stored event in `stored_bytes` (thirteen index
 /// entries and a tuple header, measured to within a few tens of bytes on ~1 KB events).
 pub(crate) const ROW_OVERHEAD: i64 = 300;
 
 /// The migration steps, oldest first: step `i` brings the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes (the number of migration steps).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
