@@ -53,6 +53,11 @@ pub struct DetectorThread {
     pub baseline: Option<kustody_baseline::live::LiveOptions>,
     /// A save of the live baseline is under way.
     pub baseline_saving: Arc<std::sync::atomic::AtomicBool>,
+    /// Events come from bus partitions (several detectors share the store): ids from
+    /// reserved blocks, no catch-up from the store, a cursor per partition.
+    pub bus: bool,
+    /// Ids in a reserved block (shared writers; set by the store).
+    pub block: i64,
 }
 
 /// Name of the live baseline's state in the store.
@@ -69,6 +74,10 @@ struct State {
     /// Finding seq → stored id (the detector allocates ids).
     ids: HashMap<u64, i64>,
     next_finding: i64,
+    /// The end of the reserved block of finding ids (shared writers), `None`: unbounded.
+    finding_end: Option<i64>,
+    /// Finding seq → the cluster of the event that opened it (bus rounds name theirs).
+    clusters: HashMap<u64, String>,
     /// Finding seq → the pod its lead event's identity acted from.
     acting: HashMap<u64, String>,
     /// Names of correlation rules (their findings promote incidents).
@@ -85,7 +94,8 @@ impl DetectorThread {
     pub fn run(mut self) {
         // Ids must never reuse a stored one: without them the detector waits.
         let (next_finding, next_incident) = loop {
-            match self.store.next_ids() {
+            let next = if self.bus { self.reserve().map(|(f, i, _)| (f, i)) } else { self.store.next_ids() };
+            match next {
                 Ok(n) => break n,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the store's highest ids; retrying");
@@ -95,6 +105,10 @@ impl DetectorThread {
         };
         let mut st =
             State { next_finding, correlations: correlation_names(self.detector.engine()), ..Default::default() };
+        if self.bus {
+            st.finding_end = Some(next_finding + self.block);
+            self.responder.incident_ids_end = Some(next_incident + self.block);
+        }
         st.live = self.baseline.clone().map(|opts| restore_baseline(self.store.as_ref(), opts));
         st.live_saved = Some(Instant::now());
         self.responder.restore(self.store.as_ref(), now_ns(), next_incident);
@@ -106,8 +120,9 @@ impl DetectorThread {
                 0
             }
         };
-        // Catch up with what was stored but not evaluated before the last stop.
-        loop {
+        // Catch up with what was stored but not evaluated before the last stop (on a bus, the
+        // unacknowledged messages come again instead).
+        while !self.bus {
             let batch = match self.store.events_after(cursor, 2000) {
                 Ok(b) => b,
                 Err(e) => {
@@ -119,7 +134,7 @@ impl DetectorThread {
                 break;
             }
             let events: Vec<(i64, String)> = batch.into_iter().map(|e| (e.id, e.raw)).collect();
-            cursor = self.evaluate(&events, Instant::now(), ids, cursor);
+            cursor = self.evaluate(&events, Instant::now(), ids, cursor, None);
         }
         loop {
             self.take_pending_rules(ids);
@@ -127,18 +142,29 @@ impl DetectorThread {
                 Ok(DetectMsg::Events(msg)) => {
                     // a reload that arrived while waiting applies to these events already
                     self.take_pending_rules(ids);
+                    if let Some(round) = msg.round {
+                        // ids from a shared sequence: no order to filter by
+                        self.evaluate(&msg.events, msg.received, ids, cursor, Some(round));
+                        continue;
+                    }
                     let fresh: Vec<(i64, String)> = msg.events.into_iter().filter(|(id, _)| *id > cursor).collect();
                     if !fresh.is_empty() {
-                        cursor = self.evaluate(&fresh, msg.received, ids, cursor);
+                        cursor = self.evaluate(&fresh, msg.received, ids, cursor, None);
                     }
                 }
                 Ok(DetectMsg::Command(cmd)) => self.command(cmd),
+                Ok(DetectMsg::Restore) => {
+                    // once more after a failure: a reader whose connection broke reconnects
+                    if !self.responder.restore_incidents(self.store.as_ref(), now_ns()) {
+                        let _ = self.responder.restore_incidents(self.store.as_ref(), now_ns());
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     let now = now_ns();
                     let mut updates = Vec::new();
                     self.detector.tick(now, &mut updates);
                     if !updates.is_empty() {
-                        self.record(updates, Vec::new(), ids, None);
+                        let _ = self.record(updates, Vec::new(), ids, None);
                     }
                     self.responder.book.expire(now);
                     self.baseline_chores(ids, false);
@@ -151,7 +177,41 @@ impl DetectorThread {
         // restart must not evaluate, and learn, the same events again).
         let mut updates = Vec::new();
         self.detector.finish(&mut updates);
-        self.record(updates, Vec::new(), ids, Some(cursor));
+        let cursor = (!self.bus).then(|| (CURSOR.to_owned(), cursor));
+        let _ = self.record(updates, Vec::new(), ids, cursor);
+    }
+
+    /// Reserves blocks of finding and incident ids through the writer (the only connection
+    /// that writes); keeps `block`, the size of each.
+    fn reserve(&mut self) -> Result<(i64, i64, i64), kustody_store::StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let task: crate::writer::StoreTask = Box::new(move |store| {
+            let _ = tx.send(store.reserve_ids());
+        });
+        self.writes
+            .send(crate::writer::Write::Run(task))
+            .map_err(|_| kustody_store::StoreError::Other("the writer stopped".into()))?;
+        let r = rx.recv().map_err(|_| kustody_store::StoreError::Other("the writer stopped".into()))??;
+        self.block = r.2;
+        Ok(r)
+    }
+
+    /// Makes sure `findings` new finding ids and as many incident ids are left in the
+    /// reserved blocks (shared writers only).
+    fn ensure_ids(&mut self, st: &mut State, findings: usize) -> Result<(), String> {
+        if !self.bus {
+            return Ok(());
+        }
+        let want = i64::try_from(findings).unwrap_or(i64::MAX);
+        let short_f = st.finding_end.is_some_and(|end| st.next_finding + want > end);
+        let short_i = self.responder.incident_ids_left().is_some_and(|left| left < want);
+        if short_f || short_i {
+            let (f, i, n) = self.reserve().map_err(|e| format!("cannot reserve ids: {e}"))?;
+            st.next_finding = f;
+            st.finding_end = Some(f + n);
+            self.responder.set_incident_ids(i, i + n);
+        }
+        Ok(())
     }
 
     fn take_pending_rules(&mut self, st: &mut State) {
@@ -188,7 +248,7 @@ impl DetectorThread {
         findings: Vec<FindingRow>,
         matches: Vec<(MatchRow, Option<usize>)>,
         w: &Writes,
-        cursor: Option<i64>,
+        cursor: Option<(String, i64)>,
     ) -> Result<kustody_store::BatchIds, String> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let job = crate::writer::Detections {
@@ -232,7 +292,14 @@ impl DetectorThread {
     }
 
     /// Evaluates events in order, stores findings and matches, moves the cursor; returns it.
-    fn evaluate(&mut self, events: &[(i64, String)], received: Instant, ids: &mut State, cursor: i64) -> i64 {
+    fn evaluate(
+        &mut self,
+        events: &[(i64, String)],
+        received: Instant,
+        ids: &mut State,
+        cursor: i64,
+        round: Option<crate::writer::Round>,
+    ) -> i64 {
         let file: Arc<str> = Arc::from(STORE_REF);
         let mut updates: Vec<Update> = Vec::new();
         let mut matches: Vec<(i64, kustody_rules::live::Matched)> = Vec::new();
@@ -272,6 +339,9 @@ impl DetectorThread {
                         .and_then(|p| p.split_once('/'))
                         .and_then(|(ns, name)| self.identity.ip_of_pod(ns, name, t));
                     ids.behind.insert(u.finding.seq, (behind, own_ip, peer.map(|p| p.into_owned())));
+                    if let Some(c) = round.as_ref().and_then(|r| r.cluster.clone()) {
+                        ids.clusters.insert(u.finding.seq, c);
+                    }
                     if let Some(p) = acting {
                         ids.acting.insert(u.finding.seq, p);
                     }
@@ -289,7 +359,16 @@ impl DetectorThread {
         if move_cursor {
             self.cursor_written = Instant::now();
         }
-        self.record(updates, matches, ids, move_cursor.then_some(last));
+        match round {
+            // a bus round always commits its partition's cursor, and says when it did
+            Some(r) => {
+                let result = self.record(updates, matches, ids, Some(r.cursor));
+                let _ = r.done.send(result);
+            }
+            None => {
+                let _ = self.record(updates, matches, ids, move_cursor.then(|| (CURSOR.to_owned(), last)));
+            }
+        }
         self.metrics.detect_seconds.observe(received.elapsed().as_secs_f64());
         self.baseline_chores(ids, false);
         last
@@ -366,8 +445,8 @@ impl DetectorThread {
         updates: Vec<Update>,
         matches: Vec<(i64, kustody_rules::live::Matched)>,
         st: &mut State,
-        cursor: Option<i64>,
-    ) {
+        cursor: Option<(String, i64)>,
+    ) -> Result<(), String> {
         // The last state of each finding in this batch, remembering whether it was opened here.
         let mut order: Vec<u64> = Vec::new();
         let mut last: HashMap<u64, (Update, bool)> = HashMap::new();
@@ -386,6 +465,11 @@ impl DetectorThread {
             }
         }
         // Ids are allocated here, so matches, incidents and notifications can name them.
+        let new = order.iter().filter(|s| !st.ids.contains_key(s)).count();
+        if let Err(e) = self.ensure_ids(st, new.max(order.len())) {
+            tracing::error!(error = %e, "detections not stored");
+            return Err(e);
+        }
         for seq in &order {
             if !st.ids.contains_key(seq) {
                 st.ids.insert(*seq, st.next_finding);
@@ -398,7 +482,7 @@ impl DetectorThread {
             let Some((u, _)) = last.get(seq) else { continue };
             let owner = st.behind.get(seq).and_then(|b| b.0.as_ref());
             let mut row = finding_row(u, st.ids.get(seq).copied(), owner);
-            row.cluster.clone_from(&self.responder.book.options().cluster);
+            row.cluster = st.clusters.get(seq).cloned().or_else(|| self.responder.book.options().cluster.clone());
             let corr = st.correlations.contains(&*u.finding.lead.rule);
             let mut input = respond::finding_input(&row, &u.finding, st.acting.get(seq).cloned(), corr);
             if let Some((behind, own, peer)) = st.behind.get(seq) {
@@ -422,7 +506,7 @@ impl DetectorThread {
             })
             .collect();
         if rows.is_empty() && match_rows.is_empty() && cursor.is_none() {
-            return;
+            return Ok(());
         }
         let now = now_ns();
         let mut w = Writes::default();
@@ -432,7 +516,7 @@ impl DetectorThread {
             Err(e) => {
                 tracing::error!(error = %e, "detections not stored; their notifications go with the next change");
                 self.responder.unmark(&w);
-                return;
+                return Err(e);
             }
         };
         let mut published = Vec::new();
@@ -445,6 +529,7 @@ impl DetectorThread {
                 st.ids.remove(seq);
                 st.acting.remove(seq);
                 st.behind.remove(seq);
+                st.clusters.remove(seq);
             }
             let change = if *opened {
                 "opened"
@@ -460,6 +545,7 @@ impl DetectorThread {
             let _ = self.publish.send(Arc::from(p));
         }
         self.published(&w, &ids);
+        Ok(())
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Peer {
 
 pub struct AppState {
     pub jobs: SyncSender<Job>,
+    /// Whether this process takes events and alerts (a detector on a bus does not).
+    pub receives: bool,
     /// Bytes of request bodies admitted and not yet answered.
     pub queue: Arc<Semaphore>,
     pub queue_bytes: usize,
@@ -268,6 +270,13 @@ async fn post_audit(
     body: Body,
 ) -> Response {
     let received = Instant::now();
+    if !s.receives {
+        drain(body, s.max_request_bytes).await;
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this kustody serve is a detector: it takes events from the bus; send them to a receiver",
+        );
+    }
     if let Err(r) = authorize(&s, &headers, &peer, Role::Ingest) {
         drain(body, s.max_request_bytes).await;
         return r;
@@ -332,6 +341,13 @@ async fn post_falco(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if !s.receives {
+        drain(body, s.max_request_bytes).await;
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this kustody serve is a detector: it takes events from the bus; send them to a receiver",
+        );
+    }
     if let Err(r) = authorize(&s, &headers, &peer, Role::Ingest) {
         return r;
     }
@@ -429,6 +445,18 @@ impl Readers {
             }
         }
         out
+    }
+}
+
+impl Drop for Readers {
+    /// A PostgreSQL reader closes its connection by blocking on its own runtime, which must
+    /// not happen on an async thread (the pool is dropped with the API's state, on one): the
+    /// readers are dropped on a thread of their own.
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bus;
 pub mod client;
 pub mod console;
 pub mod deliver;
@@ -125,6 +126,10 @@ pub struct Config {
     pub max_ip_intervals: usize,
     /// The live baseline (new behaviour, rates, demotion of known behaviour); `None`: off.
     pub baseline: Option<kustody_baseline::live::LiveOptions>,
+    /// What this process does (`--role`).
+    pub role: bus::Role,
+    /// NATS JetStream between receivers and detectors (`--bus`); `None`: one process.
+    pub bus: Option<bus::BusConfig>,
 }
 
 impl Config {
@@ -160,7 +165,47 @@ impl Config {
             watch_cluster: false,
             max_ip_intervals: 1_000_000,
             baseline: Some(kustody_baseline::live::LiveOptions::default()),
+            role: bus::Role::All,
+            bus: None,
         }
+    }
+}
+
+/// Which parts of the server run, from `--role` and `--bus`.
+struct Plan {
+    /// Sources and ingest endpoints (to the writer, or to the bus).
+    receives: bool,
+    /// A store, its writer and the detector.
+    stores: bool,
+}
+
+impl Plan {
+    fn of(config: &mut Config) -> Result<Plan> {
+        use bus::Role;
+        if config.bus.is_none() {
+            if config.role != Role::All {
+                bail!("--role receiver and --role detector work over a bus: give --bus nats://…");
+            }
+            return Ok(Plan { receives: true, stores: true });
+        }
+        let plan = Plan { receives: config.role != Role::Detector, stores: config.role != Role::Receiver };
+        if plan.stores {
+            config.store =
+                config.store.clone().shared_writers().map_err(|e| anyhow::anyhow!("detectors on a bus: {e}"))?;
+        } else {
+            if !config.follow.is_empty() {
+                bail!("a receiver keeps no store to remember --follow offsets in: follow files on a detector or with --role all");
+            }
+            if !config.sinks.is_empty() || !config.playbooks.is_empty() || config.watch_cluster {
+                bail!("notifications, playbooks and --watch-cluster run where findings are made: on detectors");
+            }
+        }
+        if !plan.receives && (!config.follow.is_empty() || !config.replay.is_empty()) {
+            bail!(
+                "a detector takes its events from the bus: give --follow and --replay to a receiver or to --role all"
+            );
+        }
+        Ok(plan)
     }
 }
 
@@ -183,7 +228,8 @@ pub fn run(config: Config) -> Result<()> {
     rt.block_on(serve(config))
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(mut config: Config) -> Result<()> {
+    let plan = Plan::of(&mut config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data directory `{}`", config.data_dir.display()))?;
     let tokens = tokens(&config)?;
@@ -199,9 +245,32 @@ async fn serve(config: Config) -> Result<()> {
     // thread they are used only inside `blocking`.
     // The one writer of the store (PostgreSQL: it holds the database's writer lock), opened
     // first; everything else reads.
-    let writer_store: Box<dyn Store> = blocking(|| config.store.open())
-        .map_err(|e| anyhow::anyhow!("cannot open the store ({}): {e}", config.store.describe()))?;
-    let disabled = blocking(|| ruleset::RuleState::stored_disabled(writer_store.as_ref()));
+    let bus = match &config.bus {
+        Some(b) => {
+            let bus = bus::connect(b).await?;
+            // an event must fit in one message
+            let fits = bus.max_payload.saturating_sub(64 << 10);
+            if plan.receives && config.max_event_bytes > fits {
+                tracing::warn!(max_event_bytes = fits, "the bus server's max_payload bounds the event size");
+                config.max_event_bytes = fits;
+            }
+            Some(bus)
+        }
+        None => None,
+    };
+    // A receiver keeps no store: it answers once the bus acknowledged.
+    let writer_store: Option<Box<dyn Store>> = if plan.stores {
+        Some(
+            blocking(|| config.store.open())
+                .map_err(|e| anyhow::anyhow!("cannot open the store ({}): {e}", config.store.describe()))?,
+        )
+    } else {
+        None
+    };
+    let disabled = match &writer_store {
+        Some(s) => blocking(|| ruleset::RuleState::stored_disabled(s.as_ref())),
+        None => Default::default(),
+    };
     let (engine, allow, warnings) = config.rules.load(&disabled).map_err(|e| anyhow::anyhow!("rules: {e}"))?;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -213,7 +282,12 @@ async fn serve(config: Config) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let healthy = Arc::new(AtomicBool::new(true));
     let stop = Arc::new(AtomicBool::new(false));
+    // Sources hand their jobs to the writer, or with a bus to the publisher; the writer then
+    // takes its jobs from the bus consumer.
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<writer::Job>(256);
+    let (job_rx, publish_rx) = if bus.is_some() { (None, Some(job_rx)) } else { (Some(job_rx), None) };
+    let (bus_job_tx, bus_job_rx) = std::sync::mpsc::sync_channel::<writer::Job>(16);
+    let job_rx = job_rx.unwrap_or(bus_job_rx);
     let (det_tx, det_rx) = std::sync::mpsc::sync_channel::<writer::DetectMsg>(8);
     let commands = det_tx.clone();
     let (results_tx, results_rx) = std::sync::mpsc::sync_channel::<writer::Write>(4);
@@ -239,7 +313,7 @@ async fn serve(config: Config) -> Result<()> {
     );
     responder.playbooks = config.playbooks.clone();
     let mut deliveries = Vec::new();
-    for sink in sinks {
+    for sink in sinks.into_iter().filter(|_| plan.stores) {
         let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
         responder.wake.insert(sink.name().to_owned(), wake_tx);
         let d = deliver::Delivery {
@@ -260,8 +334,7 @@ async fn serve(config: Config) -> Result<()> {
 
     let identity =
         Arc::new(identity::Identity::new(kustody_iphistory::Options { max_intervals: config.max_ip_intervals }));
-    let writer = {
-        let store = writer_store;
+    let writer = if let Some(store) = writer_store {
         // Who each IP was: stored holds, and the last hour of stored pod events.
         let keep = config.retention_max_age_ns.unwrap_or(30 * 24 * 3600 * 1_000_000_000);
         blocking(|| identity.restore(store.as_ref(), writer::now_ns(), keep));
@@ -269,22 +342,26 @@ async fn serve(config: Config) -> Result<()> {
         let metrics = metrics.clone();
         let healthy = healthy.clone();
         let cluster = config.cluster.clone();
+        let forward = bus.is_none();
         let retention = writer::Retention {
             max_age_ns: config.retention_max_age_ns,
             max_bytes: config.retention_max_bytes,
             every: Duration::from_secs(60),
         };
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("kustody-writer".into())
             .spawn(move || {
-                writer::run(store, job_rx, results_rx, det_tx, metrics, retention, healthy, identity, cluster)
+                writer::run(store, job_rx, results_rx, det_tx, metrics, retention, healthy, identity, cluster, forward)
             })
-            .context("cannot start the writer")?
+            .context("cannot start the writer")?;
+        Some(handle)
+    } else {
+        None
     };
     // Playbook actions run on their own thread, through the writer for every record.
     let (exec_tx, exec_rx) = std::sync::mpsc::sync_channel::<execute::Job>(256);
     // Started for playbooks, and for the console's actions whenever a cluster is configured.
-    let executor = if config.playbooks.is_empty() && config.connect.is_none() {
+    let executor = if !plan.stores || (config.playbooks.is_empty() && config.connect.is_none()) {
         None
     } else {
         let e = execute::Executor {
@@ -299,7 +376,7 @@ async fn serve(config: Config) -> Result<()> {
         Some(std::thread::Builder::new().name("kustody-actions".into()).spawn(move || e.run())?)
     };
     let exec_for_api = executor.is_some().then(|| exec_tx.clone());
-    let detector = {
+    let detector = if plan.stores {
         let thread = detect::DetectorThread {
             exec: executor.is_some().then_some(exec_tx),
             store: open_read_only()?,
@@ -318,12 +395,54 @@ async fn serve(config: Config) -> Result<()> {
             identity: identity.clone(),
             baseline: config.baseline.clone(),
             baseline_saving: Arc::default(),
+            bus: bus.is_some(),
+            block: 0,
         };
-        std::thread::Builder::new()
-            .name("kustody-detector".into())
-            .spawn(move || thread.run())
-            .context("cannot start the detector")?
+        Some(
+            std::thread::Builder::new()
+                .name("kustody-detector".into())
+                .spawn(move || thread.run())
+                .context("cannot start the detector")?,
+        )
+    } else {
+        None
     };
+    // The bus: receivers publish what the sources hand over; detectors consume their
+    // partitions into the writer and the detector.
+    let mut bus_threads = Vec::new();
+    if let (Some(b), Some(rx)) = (&bus, publish_rx) {
+        let p = bus::Publisher {
+            js: b.js.clone(),
+            rt: tokio::runtime::Handle::current(),
+            jobs: rx,
+            partitions: b.partitions,
+            max_payload: b.max_payload,
+            cluster: config.cluster.clone(),
+            metrics: metrics.clone(),
+        };
+        if plan.receives {
+            bus_threads.push(std::thread::Builder::new().name("kustody-publish".into()).spawn(move || p.run())?);
+        }
+    }
+    if let (Some(b), Some(cfg), true) = (&bus, &config.bus, plan.stores) {
+        let c = bus::Consumer {
+            js: b.js.clone(),
+            rt: tokio::runtime::Handle::current(),
+            store: blocking(|| config.store.open())
+                .map_err(|e| anyhow::anyhow!("cannot open the store ({}): {e}", config.store.describe()))?,
+            writer: bus_job_tx,
+            detect: commands.clone(),
+            partitions: b.partitions,
+            ttl: cfg.lease_ttl,
+            owner: bus::owner_name(),
+            cluster: config.cluster.clone(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        };
+        bus_threads.push(std::thread::Builder::new().name("kustody-consume".into()).spawn(move || c.run())?);
+    } else {
+        drop(bus_job_tx);
+    }
     let mut senders = Vec::new();
     for d in deliveries {
         senders.push(std::thread::Builder::new().name("kustody-deliver".into()).spawn(move || d.run())?);
@@ -407,6 +526,7 @@ async fn serve(config: Config) -> Result<()> {
     let where_rules = config.rules.clone();
     let state = Arc::new(http::AppState {
         jobs: job_tx,
+        receives: plan.receives,
         queue: Arc::new(tokio::sync::Semaphore::new(config.queue_bytes)),
         queue_bytes: config.queue_bytes,
         max_request_bytes: config.max_request_bytes,
@@ -607,14 +727,21 @@ async fn serve(config: Config) -> Result<()> {
         for s in sources {
             let _ = s.join();
         }
+        for b in bus_threads {
+            let _ = b.join();
+        }
         for d in senders {
             let _ = d.join();
         }
-        let _ = detector.join();
+        if let Some(d) = detector {
+            let _ = d.join();
+        }
         if let Some(e) = executor {
             let _ = e.join();
         }
-        let _ = writer.join();
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
     })
     .await;
     if joined.is_err() {

@@ -101,6 +101,20 @@ pub struct Metrics {
     pub watch_errors: AtomicU64,
     /// Runtime alerts whose pod was found by container ID.
     pub alerts_attributed: AtomicU64,
+    /// Events and alerts a receiver had acknowledged by JetStream (the bus).
+    pub bus_published: AtomicU64,
+    /// Publishes to the bus that failed (the sender was answered 503).
+    pub bus_publish_errors: AtomicU64,
+    /// Bus messages a detector committed and acknowledged.
+    pub bus_consumed: AtomicU64,
+    /// Bus messages seen again after their round was committed (acknowledged, skipped).
+    pub bus_redelivered: AtomicU64,
+    /// Bus partitions this detector holds.
+    pub bus_partitions: AtomicU64,
+    /// Times this detector took a partition over.
+    pub bus_takeovers: AtomicU64,
+    /// Time from a receiver's arrival to the detector's commit of the findings.
+    pub bus_lag_seconds: Histogram,
     /// Rule matches demoted by the live baseline, per rule.
     pub demoted: Mutex<BTreeMap<String, u64>>,
     /// The live baseline's sizes, counts and busiest rate series (refreshed by the detector).
@@ -180,6 +194,37 @@ impl Metrics {
             &mut o,
             "kustody_commit_seconds",
             "Time from a batch's arrival to its durable commit.",
+        );
+        counter(
+            &mut o,
+            "kustody_bus_published_total",
+            "Events and alerts acknowledged by JetStream (receivers).",
+            &self.bus_published,
+        );
+        counter(
+            &mut o,
+            "kustody_bus_publish_errors_total",
+            "Publishes to JetStream that failed (answered 503).",
+            &self.bus_publish_errors,
+        );
+        counter(
+            &mut o,
+            "kustody_bus_consumed_total",
+            "Bus messages committed and acknowledged (detectors).",
+            &self.bus_consumed,
+        );
+        counter(
+            &mut o,
+            "kustody_bus_redelivered_total",
+            "Bus messages delivered again after their round was committed (skipped).",
+            &self.bus_redelivered,
+        );
+        gauge(&mut o, "kustody_bus_partitions", "Bus partitions this detector holds.", &self.bus_partitions);
+        counter(&mut o, "kustody_bus_takeovers_total", "Bus partitions this detector took over.", &self.bus_takeovers);
+        self.bus_lag_seconds.write(
+            &mut o,
+            "kustody_bus_lag_seconds",
+            "Time from a receiver's arrival of a batch to a detector's commit of its findings.",
         );
         self.detect_seconds.write(
             &mut o,

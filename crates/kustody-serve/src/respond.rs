@@ -112,6 +112,8 @@ pub struct Responder {
     pub guard: Guard,
     pub ctx: Context,
     next_incident: i64,
+    /// The end of the reserved block of incident ids (shared writers), `None`: unbounded.
+    pub incident_ids_end: Option<i64>,
     /// Sinks' wake-up channels (delivery threads).
     pub wake: HashMap<String, SyncSender<()>>,
 }
@@ -125,34 +127,26 @@ impl Responder {
             guard: Guard::default(),
             ctx,
             next_incident: 1,
+            incident_ids_end: None,
             wake: HashMap::new(),
         }
+    }
+
+    /// Incident ids left in the reserved block (`None`: no block, numbering is unbounded).
+    pub fn incident_ids_left(&self) -> Option<i64> {
+        self.incident_ids_end.map(|end| end - self.next_incident)
+    }
+
+    /// Numbers incidents from a new reserved block `[start, end)`.
+    pub fn set_incident_ids(&mut self, start: i64, end: i64) {
+        self.next_incident = start;
+        self.incident_ids_end = Some(end);
     }
 
     /// Restores unresolved incidents active within the window, and the next incident id.
     pub fn restore(&mut self, store: &dyn Store, now_ns: i64, next_incident: i64) {
         self.next_incident = next_incident.max(1);
-        let q = kustody_store::IncidentQuery {
-            unresolved: true,
-            since_ns: Some(now_ns.saturating_sub(self.book.options().window_ns)),
-            limit: 10_000,
-            ..Default::default()
-        };
-        match store.search_incidents(&q) {
-            Ok(rows) => {
-                let n = rows.len();
-                for r in rows {
-                    match serde_json::from_str::<Incident>(&r.state) {
-                        Ok(inc) => self.book.restore(inc),
-                        Err(e) => tracing::warn!(incident = r.id, error = %e, "cannot restore a stored incident"),
-                    }
-                }
-                if n > 0 {
-                    tracing::info!(incidents = n, "restored open incidents");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot read open incidents; they start afresh"),
-        }
+        let _ = self.restore_incidents(store, now_ns);
         // The guardrails remember what playbooks started recently.
         self.guard = Guard::new(&self.playbooks);
         let q = kustody_store::ActionQuery {
@@ -173,6 +167,36 @@ impl Responder {
                 });
             }
         }
+    }
+
+    /// Reads the unresolved incidents active within the window into the book (as stored:
+    /// on a bus, another detector may have changed them since).
+    pub fn restore_incidents(&mut self, store: &dyn Store, now_ns: i64) -> bool {
+        let q = kustody_store::IncidentQuery {
+            unresolved: true,
+            since_ns: Some(now_ns.saturating_sub(self.book.options().window_ns)),
+            limit: 10_000,
+            ..Default::default()
+        };
+        match store.search_incidents(&q) {
+            Ok(rows) => {
+                let n = rows.len();
+                for r in rows {
+                    match serde_json::from_str::<Incident>(&r.state) {
+                        Ok(inc) => self.book.restore(inc),
+                        Err(e) => tracing::warn!(incident = r.id, error = %e, "cannot restore a stored incident"),
+                    }
+                }
+                if n > 0 {
+                    tracing::info!(incidents = n, "restored open incidents");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read open incidents; they start afresh");
+                return false;
+            }
+        }
+        true
     }
 
     /// Folds this round's stored findings into incidents.

@@ -42,8 +42,8 @@ pub struct Detections {
     pub outbox: Vec<OutboxWrite>,
     /// Playbook actions decided.
     pub actions: Vec<kustody_store::ActionRow>,
-    /// Move the detector's cursor here (in the same round).
-    pub cursor: Option<i64>,
+    /// Move a cursor (the detector's, or a bus partition's) here, in the same commit.
+    pub cursor: Option<(String, i64)>,
     pub reply: std::sync::mpsc::SyncSender<Result<BatchIds, StoreError>>,
 }
 
@@ -71,12 +71,27 @@ pub enum Write {
 pub struct ToDetect {
     pub events: Vec<(i64, String)>,
     pub received: Instant,
+    /// A bus message's round: its cursor goes into the findings' commit, and the consumer
+    /// waits for that commit before acknowledging the message.
+    pub round: Option<Round>,
+}
+
+/// See [`ToDetect::round`].
+pub struct Round {
+    /// The partition's cursor and the message's stream sequence.
+    pub cursor: (String, i64),
+    /// The cluster the events came from (findings opened here carry it).
+    pub cluster: Option<String>,
+    /// Answered once the round's findings and cursor are committed.
+    pub done: std::sync::mpsc::SyncSender<Result<(), String>>,
 }
 
 /// What the detector thread receives.
 pub enum DetectMsg {
     Events(ToDetect),
     Command(crate::respond::Command),
+    /// Bus partitions changed hands: read the open incidents again.
+    Restore,
 }
 
 /// Group commits stop growing at this many events.
@@ -102,6 +117,7 @@ pub fn run(
     healthy: Arc<std::sync::atomic::AtomicBool>,
     identity: Arc<crate::identity::Identity>,
     cluster: Option<String>,
+    forward: bool,
 ) {
     let mut last_retention = Instant::now();
     let mut last_flush = Instant::now();
@@ -125,7 +141,8 @@ pub fn run(
                     Err(_) => break,
                 }
             }
-            commit(store.as_mut(), batch, &detect, &detections, &metrics, &healthy, (&identity, cluster.as_deref()));
+            let to = forward.then_some(&detect);
+            commit(store.as_mut(), batch, to, &detections, &metrics, &healthy, (&identity, cluster.as_deref()));
         }
         if last_flush.elapsed() >= Duration::from_secs(1) {
             last_flush = Instant::now();
@@ -193,7 +210,8 @@ fn count(batch: &[Job]) -> usize {
 fn commit(
     store: &mut dyn Store,
     batch: Vec<Job>,
-    detect: &SyncSender<DetectMsg>,
+    // `None`: the bus consumer hands the events over itself (with its round)
+    detect: Option<&SyncSender<DetectMsg>>,
     detections: &Receiver<Write>,
     metrics: &Metrics,
     healthy: &std::sync::atomic::AtomicBool,
@@ -225,8 +243,9 @@ fn commit(
     for (origin, mut rows, replies, received) in by_origin {
         // In commit order: the pods these events show, then who each source IP was.
         identity.attribute_events(&mut rows);
+        // a bus message names its cluster; else this server's
         if let Some(c) = cluster {
-            for r in &mut rows {
+            for r in rows.iter_mut().filter(|r| r.cluster.is_none()) {
                 r.cluster = Some(c.to_owned());
             }
         }
@@ -250,11 +269,11 @@ fn commit(
                     .zip(rows)
                     .filter_map(|(id, row)| id.map(|id| (id, row.raw.into_owned())))
                     .collect();
-                if !events.is_empty() {
+                if let (false, Some(detect)) = (events.is_empty(), detect) {
                     // Waits while the detector is behind (writing its results meanwhile): the
                     // queue in front of the writer fills and the sources shed load (429)
                     // instead of memory growing.
-                    let mut msg = DetectMsg::Events(ToDetect { events, received });
+                    let mut msg = DetectMsg::Events(ToDetect { events, received, round: None });
                     loop {
                         match detect.try_send(msg) {
                             Ok(()) | Err(TrySendError::Disconnected(_)) => break,
@@ -282,7 +301,7 @@ fn commit(
     }
     for (mut rows, reply) in alerts {
         if let Some(c) = cluster {
-            for a in &mut rows {
+            for a in rows.iter_mut().filter(|a| a.cluster.is_none()) {
                 a.cluster = Some(c.to_owned());
             }
         }
@@ -328,7 +347,7 @@ fn write_detections(store: &mut dyn Store, w: Write, metrics: &Metrics) {
         notes: &d.notes,
         outbox: &d.outbox,
         actions: &d.actions,
-        cursor: d.cursor.map(|c| (crate::detect::CURSOR, c)),
+        cursor: d.cursor.as_ref().map(|(name, c)| (name.as_str(), *c)),
     });
     if let Err(e) = &result {
         metrics.store_errors.fetch_add(1, Relaxed);

@@ -571,6 +571,19 @@ impl Location {
         })
     }
 
+    /// The same store for one of several writers (detectors on a bus).
+    ///
+    /// # Errors
+    ///
+    /// When the backend has a single writer (SQLite).
+    pub fn shared_writers(self) -> Result<Location, String> {
+        match self {
+            Location::Sqlite(_) => Err("several writers share only a PostgreSQL store (--store postgres://…)".into()),
+            #[cfg(feature = "postgres")]
+            Location::Postgres(cfg) => Ok(Location::Postgres(cfg.shared_writers())),
+        }
+    }
+
     /// How messages name it: the directory, or PostgreSQL's host, port and database (never a
     /// password).
     pub fn describe(&self) -> String {

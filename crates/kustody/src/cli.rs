@@ -820,6 +820,14 @@ mod tests {
     }
 }
 
+/// `kustody serve --role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeRole {
+    All,
+    Receiver,
+    Detector,
+}
+
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true, args_override_self = true)]
 pub struct ServeArgs {
@@ -844,6 +852,38 @@ pub struct ServeArgs {
     /// the system's roots).
     #[arg(long, value_name = "FILE", requires = "store")]
     pub store_ca: Option<PathBuf>,
+    /// What this process does: `all` (receive, store, detect; the default), `receiver`
+    /// (receive and publish to the bus; no store) or `detector` (consume bus partitions, store,
+    /// detect, serve searches and the console). Receivers and detectors need --bus.
+    #[arg(long, value_enum, default_value_t = ServeRole::All)]
+    pub role: ServeRole,
+    /// NATS JetStream between receivers and detectors (`nats://host:4222`, `tls://…`; several
+    /// comma-separated). The server must run JetStream with `sync_interval: always`.
+    #[arg(long, value_name = "URL", env = "KUSTODY_BUS")]
+    pub bus: Option<String>,
+    /// A file holding the bus token.
+    #[arg(long, value_name = "FILE", requires = "bus")]
+    pub bus_token_file: Option<PathBuf>,
+    /// A NATS credentials file (user JWT and NKey seed).
+    #[arg(long, value_name = "FILE", requires = "bus")]
+    pub bus_credentials: Option<PathBuf>,
+    /// CA certificate(s) (PEM) to verify the bus server with; TLS is then required.
+    #[arg(long, value_name = "FILE", requires = "bus")]
+    pub bus_ca: Option<PathBuf>,
+    /// Event partitions on the bus (the same number on every receiver and detector, for the
+    /// stream's life): an identity's events go to one partition, a partition to one detector.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub bus_partitions: u32,
+    /// The bus stream's size bound; when full, receivers answer 503 with Retry-After.
+    #[arg(long, value_name = "SIZE", default_value = "10G")]
+    pub bus_max_bytes: String,
+    /// Stream replicas (3 on a three-node JetStream cluster).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub bus_replicas: u32,
+    /// A detector's partition lease: another detector takes its partitions when it has not
+    /// renewed them for this long.
+    #[arg(long, value_name = "DURATION", default_value = "15s")]
+    pub bus_lease: String,
     /// Address to listen on (HTTPS).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8443")]
     pub listen: std::net::SocketAddr,

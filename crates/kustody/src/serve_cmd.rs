@@ -201,6 +201,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     if let Some(store) = store_location(&args)? {
         config.store = store;
     }
+    config.role = match args.role {
+        crate::cli::ServeRole::All => kustody_serve::bus::Role::All,
+        crate::cli::ServeRole::Receiver => kustody_serve::bus::Role::Receiver,
+        crate::cli::ServeRole::Detector => kustody_serve::bus::Role::Detector,
+    };
+    config.bus = bus_config(&args)?;
     config.listen = args.listen;
     config.tls_cert = args.tls_cert;
     config.tls_key = args.tls_key;
@@ -693,6 +699,39 @@ fn print_events(out: &mut dyn Write, page: &kustody_serve::search::EventPage, fo
         }
     }
     Ok(())
+}
+
+/// `--bus*`: how to reach NATS JetStream.
+fn bus_config(args: &crate::cli::ServeArgs) -> Result<Option<kustody_serve::bus::BusConfig>> {
+    let Some(url) = args.bus.clone() else { return Ok(None) };
+    if !url.split(',').all(|u| ["nats://", "tls://"].iter().any(|p| u.trim().starts_with(p))) {
+        bail!("--bus: expected nats://HOST:PORT or tls://HOST:PORT (comma-separated for several)");
+    }
+    if url.contains('@') {
+        // a password in the URL would show in every process listing
+        bail!("--bus: give credentials with --bus-token-file or --bus-credentials, not in the URL");
+    }
+    let mut b = kustody_serve::bus::BusConfig::new(url);
+    if let Some(f) = &args.bus_token_file {
+        let t = std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
+        let t = t.trim();
+        if t.is_empty() {
+            bail!("--bus-token-file `{}` is empty", f.display());
+        }
+        b.token = Some(t.to_owned().into());
+    }
+    b.credentials.clone_from(&args.bus_credentials);
+    b.ca.clone_from(&args.bus_ca);
+    b.partitions = args.bus_partitions;
+    b.replicas = args.bus_replicas as usize;
+    b.max_bytes = i64::try_from(parse_size(&args.bus_max_bytes).context("--bus-max-bytes")?).unwrap_or(i64::MAX);
+    let lease = kustody_rules::correlate::parse_window(&args.bus_lease)
+        .with_context(|| format!("--bus-lease: invalid duration `{}`", args.bus_lease))?;
+    b.lease_ttl = std::time::Duration::from_nanos(u64::try_from(lease).unwrap_or(0));
+    if b.lease_ttl < std::time::Duration::from_secs(3) {
+        bail!("--bus-lease must be at least 3s (leases are renewed every third of it)");
+    }
+    Ok(Some(b))
 }
 
 /// `--store`: SQLite in the data directory (none, or `sqlite`), or a PostgreSQL URL.

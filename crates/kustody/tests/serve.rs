@@ -81,12 +81,16 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let mut child = child;
     let t0 = Instant::now();
     let url = loop {
         if let Ok(s) = std::fs::read_to_string(&ready) {
             if s.ends_with('\n') {
                 break s.trim().to_owned();
             }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("server exited before it listened: {status}");
         }
         assert!(t0.elapsed() < Duration::from_secs(60), "server did not start");
         std::thread::sleep(Duration::from_millis(50));
@@ -2444,4 +2448,229 @@ fn serve_keeps_its_store_in_postgresql_through_kill_9_and_an_outage() {
     let n: i64 = db.query_one("SELECT count(*) FROM events WHERE audit_id = ANY($1)", &[&ids]).unwrap().get(0);
     assert_eq!(n, 50);
     assert!(srv.stop().success());
+}
+
+/// A batch whose every tenth event is a secret read by a service account (a Warning rule
+/// matches it): `(body, every auditID, the secret reads' auditIDs)`.
+fn batch_with_secret_reads(batch: usize, size: usize) -> (Vec<u8>, Vec<String>, Vec<String>) {
+    let (mut ids, mut secrets, mut items) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..size {
+        let sa = format!("system:serviceaccount:ns{}:app{}", batch % 13, i % 5);
+        let (id, what) = if i % 10 == 0 {
+            let id = format!("secret-{batch:06}-{i:04}");
+            secrets.push(id.clone());
+            let what = format!(
+                r#""requestURI":"/api/v1/namespaces/ns1/secrets/db-{i}","verb":"get","objectRef":{{"resource":"secrets","namespace":"ns1","name":"db-{i}"}}"#
+            );
+            (id, what)
+        } else {
+            let what = r#""requestURI":"/api/v1/namespaces/ns1/configmaps","verb":"list","objectRef":{"resource":"configmaps","namespace":"ns1"}"#.to_owned();
+            (format!("cm-{batch:06}-{i:04}"), what)
+        };
+        items.push(format!(
+            r#"{{"level":"Metadata","auditID":"{id}","stage":"ResponseComplete",{what},"user":{{"username":"{sa}"}},"sourceIPs":["10.1.{}.{}"],"responseStatus":{{"code":200}},"requestReceivedTimestamp":"2026-12-02T03:00:00.000000Z","stageTimestamp":"2026-12-02T03:00:00.100000Z"}}"#,
+            batch % 250,
+            i % 250
+        ));
+        ids.push(id);
+    }
+    let body = format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
+        items.join(",")
+    );
+    (body.into_bytes(), ids, secrets)
+}
+
+/// The scale-out layout on a throwaway NATS JetStream and PostgreSQL: two receivers (two
+/// clusters) publish, two detectors share the partitions and one database. Under load a
+/// detector is killed (its partitions resume on the other), a receiver is killed with
+/// `kill -9`, nats-server is killed and restarted, and PostgreSQL is stopped for a while
+/// (receivers keep accepting into JetStream; the detector catches up). In the end every
+/// acknowledged event is stored exactly once, and every secret read among them has exactly
+/// one match of its rule: no event went unevaluated, none was evaluated twice.
+#[test]
+fn serve_scales_out_over_nats_jetstream_and_postgresql() {
+    let Some(mut nats) = kustody_testkit::nats::Nats::start() else { return };
+    let Some(pg) = kustody_testkit::postgres::Postgres::start() else { return };
+    pg.create_db("kustody");
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = tmp.path().join("pg.password");
+    std::fs::write(&pw, format!("{}\n", pg.password())).unwrap();
+    let bus_token = tmp.path().join("bus.token");
+    std::fs::write(&bus_token, nats.token()).unwrap();
+    let store = format!("postgres://kustody@127.0.0.1:{}/kustody?sslmode=disable", pg.port());
+    let bus = nats.url();
+    let common = [
+        "--bus",
+        bus.as_str(),
+        "--bus-token-file",
+        bus_token.to_str().unwrap(),
+        "--bus-partitions",
+        "8",
+        "--bus-lease",
+        "3s",
+        "--bus-max-bytes",
+        "1G",
+    ];
+    let detector = |name: &str| {
+        let mut a: Vec<&str> = common.to_vec();
+        a.extend(["--role", "detector", "--store", store.as_str(), "--store-password-file", pw.to_str().unwrap()]);
+        start(&tmp.path().join(name).join("data"), &a)
+    };
+    let receiver = |name: &str, cluster: &'static str| {
+        let mut a: Vec<&str> = common.to_vec();
+        a.extend(["--role", "receiver", "--cluster", cluster]);
+        start(&tmp.path().join(name).join("data"), &a)
+    };
+    std::fs::create_dir_all(tmp.path().join("a")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("b")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("eu")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("us")).unwrap();
+    let det_a = detector("a");
+    let mut det_b = detector("b");
+    let eu = receiver("eu", "eu");
+    let us = receiver("us", "us");
+
+    // a detector takes no events; a receiver has no store to search
+    let r = det_a.post_audit(&synthetic_batch(1, 1).0);
+    assert_eq!(r.status, 421, "{}", r.body);
+    let wrong = kustody(&["serve", "--data-dir", "/nonexistent", "--role", "receiver"]);
+    assert_ne!(wrong.code, 0);
+    assert!(wrong.stderr.contains("--bus"), "{}", wrong.stderr);
+
+    // the recorded traffic of one apiserver, through both clusters' receivers
+    if let Some((traffic, n)) = recorded("batch-traffic.json") {
+        for r in [&eu, &us] {
+            let a = r.post_audit(&traffic);
+            assert_eq!(a.status, 200, "{}", a.body);
+            assert_eq!(a.json()["stored"], n as u64);
+        }
+        let v = det_a.wait_items("/v1/events?cluster=eu&user=realk8s-admin&limit=5", 5);
+        assert!(v["items"].as_array().unwrap().iter().all(|e| e["cluster"] == "eu"), "{v}");
+        det_a.wait_items("/v1/events?cluster=us&user=realk8s-admin&limit=5", 5);
+        let (exec, _) = recorded("blocking-exec-response-started.json").unwrap();
+        assert_eq!(eu.post_audit(&exec).status, 200);
+        let f = det_a.wait_items("/v1/findings?cluster=eu", 1);
+        assert!(f["items"].as_array().unwrap().iter().all(|x| x["cluster"] == "eu"), "{f}");
+    }
+    // runtime alerts go through the bus too
+    let alert = r#"{"hostname":"node-1","output":"Shell spawned","output_fields":{"container.id":"0123456789ab","k8s.ns.name":"shop","k8s.pod.name":"web-1"},"priority":"Notice","rule":"Terminal shell in container","source":"syscall","time":"2026-12-02T03:44:21.431251797Z"}"#;
+    assert_eq!(us.request("POST", "/v1/falco", Some(INGEST), alert.as_bytes()).status, 200);
+    let v = det_a.wait_items("/v1/alerts?cluster=us", 1);
+    assert_eq!(v["items"][0]["cluster"], "us", "{v}");
+
+    // senders keep posting to both receivers; what each got 200 for is remembered
+    let acked = Arc::new(std::sync::Mutex::new((Vec::<String>::new(), Vec::<String>::new())));
+    let stops =
+        [Arc::new(std::sync::atomic::AtomicBool::new(false)), Arc::new(std::sync::atomic::AtomicBool::new(false))];
+    let mut senders = Vec::new();
+    let mut eu = eu;
+    for (k, client) in [(0usize, eu.client.clone()), (1, us.client.clone())] {
+        let (acked, stop) = (acked.clone(), stops[k].clone());
+        senders.push(std::thread::spawn(move || {
+            let mut b = 100_000 * (k + 1);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (body, ids, secrets) = batch_with_secret_reads(b, 100);
+                b += 1;
+                if let Ok(r) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client.post_audit(&body))) {
+                    if r.status == 200 {
+                        let mut a = acked.lock().unwrap();
+                        a.0.extend(ids);
+                        a.1.extend(secrets);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }));
+    }
+    let wait_acked = |n: usize| {
+        let t0 = Instant::now();
+        while acked.lock().unwrap().0.len() < n {
+            assert!(t0.elapsed() < Duration::from_secs(180), "ingest too slow to test");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_acked(3_000);
+    // a detector dies mid-stream: the other takes its partitions
+    det_b.child.kill().unwrap();
+    det_b.child.wait().unwrap();
+    wait_acked(6_000);
+    // a receiver dies: what it acknowledged is in JetStream already
+    eu.child.kill().unwrap();
+    eu.child.wait().unwrap();
+    stops[0].store(true, std::sync::atomic::Ordering::Relaxed);
+    wait_acked(8_000);
+    // nats-server dies and comes back: receivers answer 503 meanwhile, then go on
+    nats.restart();
+    wait_acked(10_000);
+    // PostgreSQL stops: the receiver keeps accepting into JetStream
+    pg.ctl("stop");
+    let before = acked.lock().unwrap().0.len();
+    wait_acked(before + 1_000);
+    pg.ctl("start");
+    wait_acked(before + 2_000);
+    stops[1].store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in senders {
+        s.join().unwrap();
+    }
+    let (acked, secrets) = acked.lock().unwrap().clone();
+
+    // the surviving detector catches up: every acknowledged event once, every secret read
+    // matched once
+    let mut db = ::postgres::Client::connect(&pg.url("kustody"), ::postgres::NoTls).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let stored: i64 =
+            db.query_one("SELECT count(*) FROM events WHERE audit_id = ANY($1)", &[&acked]).unwrap().get(0);
+        let matched: i64 = db
+            .query_one(
+                "SELECT count(DISTINCT e.audit_id) FROM matches m JOIN events e ON e.id = m.event_id \
+                 WHERE e.audit_id = ANY($1)",
+                &[&secrets],
+            )
+            .unwrap()
+            .get(0);
+        if stored as usize == acked.len() && matched as usize == secrets.len() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "not caught up: {stored} of {} acknowledged events stored, {matched} of {} secret reads matched",
+            acked.len(),
+            secrets.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let dup_events: i64 = db
+        .query_one(
+            "SELECT count(*) FROM (SELECT audit_id FROM events WHERE audit_id = ANY($1) GROUP BY audit_id, cluster \
+             HAVING count(*) > 1) d",
+            &[&acked],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(dup_events, 0, "an event is stored twice");
+    let dup_matches: i64 = db
+        .query_one(
+            "SELECT count(*) FROM (SELECT m.event_id, m.rule FROM matches m JOIN events e ON e.id = m.event_id \
+             WHERE e.audit_id = ANY($1) GROUP BY m.event_id, m.rule HAVING count(*) > 1) d",
+            &[&secrets],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(dup_matches, 0, "an event was evaluated twice");
+    let dup_ids: i64 = db.query_one("SELECT count(*) - count(DISTINCT id) FROM findings", &[]).unwrap().get(0);
+    assert_eq!(dup_ids, 0);
+    // the survivor holds every partition, and says so
+    let m = det_a.get("/metrics").body;
+    assert!(m.contains("kustody_bus_partitions 8"), "{m}");
+    // it took all 8 first, gave 4 to the second detector, took them back when it died
+    let took: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("kustody_bus_takeovers_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(took >= 12, "{m}");
+    assert!(det_a.stop().success());
+    assert!(us.stop().success());
 }
