@@ -104,6 +104,11 @@ impl Grouper {
         Grouper { opts, open: FxHashMap::default(), order: VecDeque::new(), stages: FxHashMap::default(), opened: 0 }
     }
 
+    /// How this grouper folds.
+    pub fn options(&self) -> &FindingOptions {
+        &self.opts
+    }
+
     /// Findings currently open.
     pub fn open(&self) -> usize {
         self.open.len()

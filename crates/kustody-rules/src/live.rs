@@ -88,6 +88,11 @@ impl Detector {
         &self.allow
     }
 
+    /// How findings fold (window, samples).
+    pub fn options(&self) -> &FindingOptions {
+        self.grouper.options()
+    }
+
     /// Swaps in a reloaded rule set. Open findings stay open (they are keyed by rule name);
     /// correlations start afresh, because their partial state belongs to the old rules.
     pub fn replace_rules(&mut self, engine: Arc<Engine>, allow: Arc<AllowList>) {

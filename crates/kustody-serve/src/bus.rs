@@ -490,7 +490,8 @@ impl Consumer {
         if took {
             tracing::info!(partitions = ?parts.keys().collect::<Vec<_>>(), "bus partitions held");
             // The incidents of identities now evaluated here, as their last holder left them.
-            let _ = self.detect.send(DetectMsg::Restore);
+            let held = parts.keys().copied().collect();
+            let _ = self.detect.send(DetectMsg::Restore { held, partitions: self.partitions });
         }
     }
 

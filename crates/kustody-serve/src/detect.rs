@@ -68,6 +68,56 @@ const BASELINE_SAVE: Duration = Duration::from_secs(300);
 /// The pod behind a finding's peer IP, its acting pod's own IP, and the peer IP.
 type Behind = (Option<kustody_incident::IpOwner>, Option<String>, Option<String>);
 
+/// What makes two findings one (the grouper's key, and the cluster).
+type AdoptKey = (String, Option<String>, Option<String>, Option<String>, Option<String>);
+
+fn adopt_key(f: &FindingRow) -> AdoptKey {
+    let sub = serde_json::from_str::<serde_json::Value>(&f.detail)
+        .ok()
+        .and_then(|d| d.get("subresource").and_then(serde_json::Value::as_str).map(str::to_owned));
+    (f.rule.clone(), f.user.clone(), f.resource.clone(), sub, f.cluster.clone())
+}
+
+/// A finding continued from another detector's: counts added, the first lead kept.
+fn continue_from(base: &FindingRow, row: &mut FindingRow, samples: usize) {
+    row.id = base.id;
+    row.events += base.events;
+    row.matches += base.matches;
+    row.first_ns = match (base.first_ns, row.first_ns) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let newer = std::mem::take(&mut row.audit_ids);
+    row.audit_ids.clone_from(&base.audit_ids);
+    for id in newer {
+        if row.audit_ids.len() < samples && !row.audit_ids.contains(&id) {
+            row.audit_ids.push(id);
+        }
+    }
+    for r in &base.rules {
+        if !row.rules.contains(r) {
+            row.rules.push(r.clone());
+        }
+    }
+    for t in &base.tags {
+        if !row.tags.contains(t) {
+            row.tags.push(t.clone());
+        }
+    }
+    row.tags.sort();
+    let rank = |p: &str| p.parse::<kustody_model::Priority>().ok();
+    if let (Some(b), Some(r)) = (rank(&base.priority), rank(&row.priority)) {
+        // `Priority` orders the most severe first
+        if b < r {
+            row.priority.clone_from(&base.priority);
+        }
+    }
+    row.output.clone_from(&base.output);
+    row.detail.clone_from(&base.detail);
+    row.lead_event = base.lead_event;
+    row.source_ip.clone_from(&base.source_ip);
+}
+
 /// What the detector keeps between rounds besides the engine's state.
 #[derive(Default)]
 struct State {
@@ -78,6 +128,14 @@ struct State {
     finding_end: Option<i64>,
     /// Finding seq → the cluster of the event that opened it (bus rounds name theirs).
     clusters: HashMap<u64, String>,
+    /// Open findings another detector left in partitions taken over (bus): a finding opened
+    /// here with the same rule, identity, resource and cluster within the window continues
+    /// it rather than doubling it; the others are closed when their window passes.
+    adopt: HashMap<AdoptKey, FindingRow>,
+    /// Finding seq → the stored finding it continues.
+    base: HashMap<u64, FindingRow>,
+    /// Findings taken over whose window had passed when their key came again: to close.
+    closing: Vec<FindingRow>,
     /// Finding seq → the pod its lead event's identity acted from.
     acting: HashMap<u64, String>,
     /// Names of correlation rules (their findings promote incidents).
@@ -153,11 +211,12 @@ impl DetectorThread {
                     }
                 }
                 Ok(DetectMsg::Command(cmd)) => self.command(cmd),
-                Ok(DetectMsg::Restore) => {
+                Ok(DetectMsg::Restore { held, partitions }) => {
                     // once more after a failure: a reader whose connection broke reconnects
                     if !self.responder.restore_incidents(self.store.as_ref(), now_ns()) {
                         let _ = self.responder.restore_incidents(self.store.as_ref(), now_ns());
                     }
+                    self.adopt_open_findings(ids, &held, partitions);
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let now = now_ns();
@@ -166,6 +225,7 @@ impl DetectorThread {
                     if !updates.is_empty() {
                         let _ = self.record(updates, Vec::new(), ids, None);
                     }
+                    self.close_adopted(ids, now);
                     self.responder.book.expire(now);
                     self.baseline_chores(ids, false);
                 }
@@ -179,6 +239,67 @@ impl DetectorThread {
         self.detector.finish(&mut updates);
         let cursor = (!self.bus).then(|| (CURSOR.to_owned(), cursor));
         let _ = self.record(updates, Vec::new(), ids, cursor);
+    }
+
+    /// The open findings of partitions this detector now holds that it did not open itself
+    /// (their detector died or handed them over), ready to be continued or closed.
+    fn adopt_open_findings(&mut self, st: &mut State, held: &[u32], partitions: u32) {
+        let ours: std::collections::HashSet<i64> =
+            st.ids.values().chain(st.base.values().filter_map(|b| b.id.as_ref())).copied().collect();
+        let q = kustody_store::FindingQuery { limit: 10_000, ..Default::default() };
+        let found = match self.store.search_findings(&q).or_else(|_| self.store.search_findings(&q)) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the open findings of partitions taken over");
+                return;
+            }
+        };
+        let mut n = 0;
+        for f in found {
+            let Some(id) = f.id else { continue };
+            let p = crate::bus::partition_of(f.cluster.as_deref(), f.user.as_deref(), partitions);
+            if !f.open || ours.contains(&id) || !held.contains(&p) {
+                continue;
+            }
+            // newest first: the newest open finding of a key is the one to continue
+            if let std::collections::hash_map::Entry::Vacant(e) = st.adopt.entry(adopt_key(&f)) {
+                e.insert(f);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(findings = n, "open findings of partitions taken over");
+        }
+    }
+
+    /// Closes the findings taken over whose window has passed by `now` (as the grouper closes
+    /// its own on the clock).
+    fn close_adopted(&mut self, st: &mut State, now: i64) {
+        let window = self.detector.options().window_ns;
+        let expired: Vec<AdoptKey> = st
+            .adopt
+            .iter()
+            .filter(|(_, f)| f.first_ns.is_none_or(|t| now.saturating_sub(t) > window))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut rows = std::mem::take(&mut st.closing);
+        rows.extend(expired.iter().filter_map(|k| st.adopt.remove(k)));
+        if rows.is_empty() {
+            return;
+        }
+        for f in &mut rows {
+            f.open = false;
+        }
+        if let Err(e) = self.write(rows.clone(), Vec::new(), &Writes::default(), None) {
+            tracing::error!(error = %e, "cannot close findings taken over; trying again");
+            st.closing = rows.into_iter().map(|f| FindingRow { open: true, ..f }).collect();
+            return;
+        }
+        for f in rows {
+            let _ = self
+                .publish
+                .send(Arc::from(serde_json::json!({ "change": "closed", "finding": finding_json(&f) }).to_string()));
+        }
     }
 
     /// Reserves blocks of finding and incident ids through the writer (the only connection
@@ -339,7 +460,34 @@ impl DetectorThread {
                         .and_then(|p| p.split_once('/'))
                         .and_then(|(ns, name)| self.identity.ip_of_pod(ns, name, t));
                     ids.behind.insert(u.finding.seq, (behind, own_ip, peer.map(|p| p.into_owned())));
-                    if let Some(c) = round.as_ref().and_then(|r| r.cluster.clone()) {
+                    let cluster = round.as_ref().and_then(|r| r.cluster.clone());
+                    if !ids.adopt.is_empty() {
+                        let lead = &u.finding.lead;
+                        let key: AdoptKey = (
+                            lead.rule.to_string(),
+                            lead.context.user.clone(),
+                            lead.context.resource.clone(),
+                            lead.context.subresource.clone(),
+                            cluster.clone(),
+                        );
+                        let window = self.detector.options().window_ns;
+                        if let Some(base) = ids.adopt.remove(&key) {
+                            let within = match (base.first_ns, u.finding.first_ns) {
+                                (Some(a), Some(b)) => b.saturating_sub(a) <= window,
+                                _ => false,
+                            };
+                            if within {
+                                if let Some(id) = base.id {
+                                    ids.ids.insert(u.finding.seq, id);
+                                }
+                                ids.base.insert(u.finding.seq, base);
+                            } else {
+                                // its window passed: closed on the next tick
+                                ids.closing.push(base);
+                            }
+                        }
+                    }
+                    if let Some(c) = cluster {
                         ids.clusters.insert(u.finding.seq, c);
                     }
                     if let Some(p) = acting {
@@ -368,6 +516,9 @@ impl DetectorThread {
             None => {
                 let _ = self.record(updates, matches, ids, move_cursor.then(|| (CURSOR.to_owned(), last)));
             }
+        }
+        if !ids.adopt.is_empty() || !ids.closing.is_empty() {
+            self.close_adopted(ids, now_ns());
         }
         self.metrics.detect_seconds.observe(received.elapsed().as_secs_f64());
         self.baseline_chores(ids, false);
@@ -483,6 +634,9 @@ impl DetectorThread {
             let owner = st.behind.get(seq).and_then(|b| b.0.as_ref());
             let mut row = finding_row(u, st.ids.get(seq).copied(), owner);
             row.cluster = st.clusters.get(seq).cloned().or_else(|| self.responder.book.options().cluster.clone());
+            if let Some(base) = st.base.get(seq) {
+                continue_from(base, &mut row, self.detector.options().samples);
+            }
             let corr = st.correlations.contains(&*u.finding.lead.rule);
             let mut input = respond::finding_input(&row, &u.finding, st.acting.get(seq).cloned(), corr);
             if let Some((behind, own, peer)) = st.behind.get(seq) {
@@ -530,6 +684,7 @@ impl DetectorThread {
                 st.acting.remove(seq);
                 st.behind.remove(seq);
                 st.clusters.remove(seq);
+                st.base.remove(seq);
             }
             let change = if *opened {
                 "opened"
@@ -647,4 +802,54 @@ pub fn finding_json(f: &FindingRow) -> serde_json::Value {
         "cluster": f.cluster,
         "detail": serde_json::from_str::<serde_json::Value>(&f.detail).unwrap_or(serde_json::Value::Null),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: Option<i64>, first: i64, audit: &[&str], priority: &str, output: &str) -> FindingRow {
+        FindingRow {
+            id,
+            rule: "r".into(),
+            priority: priority.into(),
+            rules: vec!["r".into()],
+            tags: vec!["b".into()],
+            events: 2,
+            matches: 3,
+            first_ns: Some(first),
+            last_ns: Some(first + 10),
+            user: Some("u".into()),
+            namespace: None,
+            resource: Some("secrets".into()),
+            name: None,
+            source_ip: None,
+            output: output.into(),
+            audit_ids: audit.iter().map(|s| (*s).to_owned()).collect(),
+            lead_event: Some(first),
+            open: true,
+            cluster: Some("eu".into()),
+            detail: r#"{"subresource":null}"#.into(),
+        }
+    }
+
+    #[test]
+    fn a_finding_taken_over_is_continued_not_doubled() {
+        let base = row(Some(42), 100, &["a", "b"], "Warning", "first lead");
+        let mut new = row(None, 150, &["b", "c", "d", "e"], "Critical", "later lead");
+        new.tags = vec!["a".into()];
+        assert_eq!(adopt_key(&base), adopt_key(&new));
+        continue_from(&base, &mut new, 4);
+        assert_eq!(new.id, Some(42), "the stored finding is updated, not a second one inserted");
+        assert_eq!((new.events, new.matches), (4, 6));
+        assert_eq!(new.first_ns, Some(100));
+        assert_eq!(new.audit_ids, ["a", "b", "c", "d"]);
+        assert_eq!(new.priority, "Critical", "the more severe priority");
+        assert_eq!(new.output, "first lead");
+        assert_eq!(new.lead_event, Some(100));
+        assert_eq!(new.tags, ["a", "b"]);
+        let mut other = row(None, 150, &[], "Warning", "x");
+        other.cluster = Some("us".into());
+        assert_ne!(adopt_key(&base), adopt_key(&other), "clusters never share a finding");
+    }
 }

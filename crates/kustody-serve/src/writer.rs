@@ -90,8 +90,12 @@ pub struct Round {
 pub enum DetectMsg {
     Events(ToDetect),
     Command(crate::respond::Command),
-    /// Bus partitions changed hands: read the open incidents again.
-    Restore,
+    /// Bus partitions changed hands: read the open incidents again, and the open findings
+    /// of the partitions now `held` (of `partitions`).
+    Restore {
+        held: Vec<u32>,
+        partitions: u32,
+    },
 }
 
 /// Group commits stop growing at this many events.
