@@ -1,5 +1,6 @@
 //! `kustody-gen`: write the bundled example, write benchmark corpora, run the hunt benchmark.
 
+mod bus_bench;
 mod collect_bench;
 mod console_bench;
 mod contain_bench;
@@ -87,6 +88,31 @@ enum Cmd {
         #[arg(long)]
         postgres: bool,
         /// The kustody binary.
+        #[arg(long, default_value = "target/release/kustody")]
+        kustody: PathBuf,
+    },
+    /// Benchmark the scale-out layout: receivers and detectors on a throwaway NATS JetStream
+    /// and PostgreSQL (BENCHMARKS.md "Scale-out over NATS JetStream").
+    BusBench {
+        #[arg(long, default_value_t = 3)]
+        receivers: usize,
+        #[arg(long, default_value_t = 2)]
+        detectors: usize,
+        #[arg(long, default_value_t = 16)]
+        partitions: u32,
+        /// Target events/s over all receivers (0: as fast as they answer).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Concurrent HTTPS connections over all receivers.
+        #[arg(long, default_value_t = 6)]
+        connections: usize,
+        #[arg(long, default_value_t = 400)]
+        batch: usize,
+        /// Kill one detector (SIGKILL) this many seconds into the run.
+        #[arg(long)]
+        kill_detector_after: Option<u64>,
         #[arg(long, default_value = "target/release/kustody")]
         kustody: PathBuf,
     },
@@ -258,6 +284,33 @@ fn main() -> Result<()> {
                 batch: batch.max(1),
                 profile_body_heavy: body_heavy,
                 postgres,
+            },
+        )?,
+        Cmd::BusBench {
+            receivers,
+            detectors,
+            partitions,
+            rate,
+            seconds,
+            connections,
+            batch,
+            kill_detector_after,
+            kustody,
+        } => bus_bench::run(
+            &kustody,
+            &bus_bench::BusOptions {
+                receivers: receivers.max(1),
+                detectors: detectors.max(1),
+                partitions: partitions.max(1),
+                serve: serve_bench::Options {
+                    rate,
+                    seconds,
+                    connections: connections.max(1),
+                    batch: batch.max(1),
+                    profile_body_heavy: false,
+                    postgres: true,
+                },
+                kill_detector_after,
             },
         )?,
         Cmd::ConsoleBench { events, attack_every, requests, kustody } => {

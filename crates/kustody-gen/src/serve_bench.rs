@@ -19,6 +19,7 @@ use kustody_gen::Corpus;
 
 pub(crate) const TOKEN: &str = "bench-token-0123456789abcdefghij";
 
+#[derive(Clone, Copy)]
 pub struct Options {
     pub rate: u64,
     pub seconds: u64,
@@ -209,16 +210,16 @@ pub fn run(kustody: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
-struct Results {
-    stored: u64,
+pub(crate) struct Results {
+    pub stored: u64,
     duplicates: u64,
     bytes: u64,
-    ok: u64,
-    s429: u64,
-    s503: u64,
+    pub ok: u64,
+    pub s429: u64,
+    pub s503: u64,
     other: u64,
     elapsed: f64,
-    latencies_ms: Vec<f64>,
+    pub latencies_ms: Vec<f64>,
     detect_p50: String,
     detect_p99: String,
 }
@@ -268,7 +269,7 @@ pub(crate) fn client_tls(ca: &[u8]) -> Result<Arc<rustls::ClientConfig>> {
     ))
 }
 
-async fn drive(addr: &str, ca: &[u8], opts: &Options) -> Result<Results> {
+pub(crate) async fn drive(addr: &str, ca: &[u8], opts: &Options) -> Result<Results> {
     let tls = client_tls(ca)?;
     let templates = Arc::new(templates(32, opts.batch, opts.profile_body_heavy));
     let counter = Arc::new(AtomicU64::new(0));

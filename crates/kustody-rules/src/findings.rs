@@ -97,11 +97,25 @@ pub struct Grouper {
     stages: FxHashMap<String, Key>,
     /// Findings opened so far.
     opened: u64,
+    /// Added to every [`Finding::seq`] (several groupers feeding one caller number apart).
+    seq_base: u64,
 }
 
 impl Grouper {
     pub fn new(opts: FindingOptions) -> Grouper {
-        Grouper { opts, open: FxHashMap::default(), order: VecDeque::new(), stages: FxHashMap::default(), opened: 0 }
+        Grouper {
+            opts,
+            open: FxHashMap::default(),
+            order: VecDeque::new(),
+            stages: FxHashMap::default(),
+            opened: 0,
+            seq_base: 0,
+        }
+    }
+
+    /// Numbers findings from `base + 1` (see the field `seq_base`).
+    pub fn set_seq_base(&mut self, base: u64) {
+        self.seq_base = base;
     }
 
     /// How this grouper folds.
@@ -202,7 +216,7 @@ impl Grouper {
             audit_ids: Vec::new(),
             last_ref: lead.source_ref.clone(),
             lead: lead.clone(),
-            seq: self.opened + 1,
+            seq: self.seq_base + self.opened + 1,
         };
         self.opened += 1;
         fold(&mut f, &lead, &rest, self.opts.samples);

@@ -88,6 +88,14 @@ impl Detector {
         &self.allow
     }
 
+    /// Numbers this detector's findings from `base + 1`: several detectors (one per cluster)
+    /// feeding one caller keep their [`Finding::seq`]s apart.
+    #[must_use]
+    pub fn with_seq_base(mut self, base: u64) -> Detector {
+        self.grouper.set_seq_base(base);
+        self
+    }
+
     /// How findings fold (window, samples).
     pub fn options(&self) -> &FindingOptions {
         self.grouper.options()

@@ -49,6 +49,8 @@ pub const ALERTS: &str = "kustody.alerts";
 const PARTITIONS_KEY: &str = "kustody.partitions";
 /// A decompressed message's bound (a message holds at most a few megabytes of events).
 const MAX_DECODED: u64 = 256 << 20;
+/// Messages of one partition evaluated in one round (one commit of events, one of findings).
+const ROUND_MESSAGES: usize = 64;
 /// Bytes kept free in a message for its headers.
 const HEADROOM: usize = 16 << 10;
 
@@ -420,7 +422,9 @@ impl Consumer {
                 last_tick = Some(Instant::now());
                 self.tick(&mut parts, &mut renewed);
             }
-            if renewed.is_none_or(|r| r.elapsed() >= self.ttl) && !parts.is_empty() {
+            // Leases expire `ttl` after the renewal was asked for (PostgreSQL's clock, which the
+            // others go by): this detector stops a sixth of it earlier.
+            if renewed.is_none_or(|r| r.elapsed() >= self.ttl * 5 / 6) && !parts.is_empty() {
                 // Another detector may hold them now: stop before it starts.
                 tracing::warn!(partitions = parts.len(), "bus leases not renewed in time; letting go of them");
                 parts.clear();
@@ -429,6 +433,9 @@ impl Consumer {
             let mut busy = false;
             let mut failed = None;
             for (p, part) in &mut parts {
+                if renewed.is_none_or(|r| r.elapsed() >= self.ttl * 5 / 6) {
+                    break; // let go (above) before evaluating more
+                }
                 match self.serve(*p, part) {
                     Ok(n) => busy |= n > 0,
                     Err(Retry(e)) => {
@@ -461,6 +468,7 @@ impl Consumer {
 
     /// Renews and adjusts the leases; re-creates the consumers of partitions taken.
     fn tick(&mut self, parts: &mut BTreeMap<u32, Part>, renewed: &mut Option<Instant>) {
+        let asked = Instant::now();
         let held = match self.store.bus_leases(&self.owner, self.partitions, self.ttl) {
             Ok(h) => h,
             Err(e) => {
@@ -468,7 +476,7 @@ impl Consumer {
                 return;
             }
         };
-        *renewed = Some(Instant::now());
+        *renewed = Some(asked);
         parts.retain(|p, part| held.iter().any(|(q, epoch)| q == p && *epoch == part.epoch));
         let mut took = false;
         for (p, epoch) in held {
@@ -563,90 +571,104 @@ impl Consumer {
         })
     }
 
-    /// Evaluates partition `p`'s waiting messages in order; a failed one stays first.
+    /// Evaluates partition `p`'s waiting messages in order, several per round; a failed round
+    /// stays first in the queue.
     fn serve(&mut self, p: u32, part: &mut Part) -> Result<usize, Retry> {
+        // a few at a time, so the leases are renewed between partitions' turns
         if part.pending.is_empty() {
-            part.pending.extend(self.fetch(&part.consumer, 64)?);
+            part.pending.extend(self.fetch(&part.consumer, ROUND_MESSAGES)?);
         }
-        let mut n = 0;
-        while let Some(m) = part.pending.pop_front() {
-            if let Err(e) = self.round(p, part, &m) {
-                part.recheck = true;
-                part.pending.push_front(m);
-                return Err(e);
-            }
-            n += 1;
+        if part.pending.is_empty() {
+            return Ok(0);
+        }
+        let n = part.pending.len();
+        let msgs: Vec<jetstream::Message> = part.pending.drain(..).collect();
+        if let Err(e) = self.round(p, part, &msgs) {
+            part.recheck = true;
+            part.pending.extend(msgs);
+            return Err(e);
         }
         Ok(n)
     }
 
-    /// One message: store its events, evaluate them with the cursor in the same commit as the
-    /// findings, then acknowledge.
-    fn round(&self, p: u32, part: &mut Part, m: &jetstream::Message) -> Result<(), Retry> {
-        let seq =
-            m.info().map(|i| i64::try_from(i.stream_sequence).unwrap_or(i64::MAX)).map_err(|e| Retry(e.to_string()))?;
-        if seq <= part.cursor {
-            self.metrics.bus_redelivered.fetch_add(1, Relaxed);
-            self.ack(m);
+    /// Messages of one partition, in order: their events stored, evaluated with the cursor in
+    /// the same commit as the findings, then the messages acknowledged.
+    fn round(&self, p: u32, part: &mut Part, msgs: &[jetstream::Message]) -> Result<(), Retry> {
+        let mut fresh = Vec::with_capacity(msgs.len());
+        let mut last = part.cursor;
+        for m in msgs {
+            let seq = m
+                .info()
+                .map(|i| i64::try_from(i.stream_sequence).unwrap_or(i64::MAX))
+                .map_err(|e| Retry(e.to_string()))?;
+            if seq <= last {
+                // its round was committed: only its acknowledgement was lost
+                self.metrics.bus_redelivered.fetch_add(1, Relaxed);
+                self.acks(&[m]);
+            } else {
+                last = seq;
+                fresh.push(m);
+            }
+        }
+        if fresh.is_empty() {
             return Ok(());
         }
-        let header = |k: &str| m.headers.as_ref().and_then(|h| h.get(k)).map(|v| v.as_str().to_owned());
-        let cluster = header("Kustody-Cluster").or_else(|| self.cluster.clone());
-        let origin = origin_of(header("Kustody-Origin").as_deref().unwrap_or(""));
-        let arrived = header("Kustody-Received").and_then(|v| v.parse::<i64>().ok()).unwrap_or_else(now_ns);
-        let texts = match decode(&m.payload) {
-            Ok(t) => t,
-            Err(e) => {
-                // Not a receiver's message: it can never be read; kept in the log, dropped.
-                self.metrics.rejected_events.fetch_add(1, Relaxed);
-                tracing::error!(partition = p, sequence = seq, error = %e, "unreadable bus message; terminated");
-                self.rt.block_on(async {
-                    let _ = m.ack_with(jetstream::AckKind::Term).await;
-                });
-                return Ok(());
+        // Each message's events with its cluster, grouped by origin (one writer job each).
+        let mut texts: Vec<String> = Vec::new();
+        let mut rows: Vec<EventRow<'static>> = Vec::new();
+        let mut origins: Vec<Origin> = Vec::new();
+        let mut earliest = now_ns();
+        let mut clusters: Vec<Option<String>> = Vec::new();
+        for m in &fresh {
+            let header = |k: &str| m.headers.as_ref().and_then(|h| h.get(k)).map(|v| v.as_str().to_owned());
+            let cluster = header("Kustody-Cluster").or_else(|| self.cluster.clone());
+            let origin = origin_of(header("Kustody-Origin").as_deref().unwrap_or(""));
+            if let Some(t) = header("Kustody-Received").and_then(|v| v.parse::<i64>().ok()) {
+                earliest = earliest.min(t);
             }
-        };
-        let mut kept = Vec::with_capacity(texts.len());
-        let mut rows = Vec::with_capacity(texts.len());
-        for t in &texts {
-            match kustody_model::Event::parse(t) {
-                Ok(ev) => {
-                    let mut row = crate::payload::owned(EventRow::of(&ev));
-                    row.cluster.clone_from(&cluster);
-                    rows.push(row);
-                    kept.push(t.as_str());
-                }
+            let decoded = match decode(&m.payload) {
+                Ok(t) => t,
                 Err(e) => {
+                    // Not a receiver's message: it can never be read; logged and counted.
                     self.metrics.rejected_events.fetch_add(1, Relaxed);
-                    tracing::error!(partition = p, sequence = seq, error = %e, "an event on the bus is unreadable");
+                    tracing::error!(partition = p, error = %e, "unreadable bus message; terminated");
+                    self.rt.block_on(async {
+                        let _ = m.ack_with(jetstream::AckKind::Term).await;
+                    });
+                    continue;
+                }
+            };
+            for t in decoded {
+                match kustody_model::Event::parse(&t) {
+                    Ok(ev) => {
+                        let mut row = crate::payload::owned(EventRow::of(&ev));
+                        row.cluster.clone_from(&cluster);
+                        rows.push(row);
+                        origins.push(origin);
+                        clusters.push(cluster.clone());
+                        texts.push(t);
+                    }
+                    Err(e) => {
+                        self.metrics.rejected_events.fetch_add(1, Relaxed);
+                        tracing::error!(partition = p, error = %e, "an event on the bus is unreadable");
+                    }
                 }
             }
         }
-        let lookup = if part.recheck { Some(rows.clone()) } else { None };
         let received = Instant::now()
-            .checked_sub(Duration::from_nanos(u64::try_from(now_ns() - arrived).unwrap_or(0)))
+            .checked_sub(Duration::from_nanos(u64::try_from(now_ns() - earliest).unwrap_or(0)))
             .unwrap_or_else(Instant::now);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer
-            .send(Job::Events { rows, origin, received, reply: tx })
-            .map_err(|_| Retry("the writer stopped".into()))?;
-        let appended = rx
-            .blocking_recv()
-            .map_err(|_| Retry("the writer stopped".into()))?
-            .map_err(|e| Retry(format!("events not stored: {e}")))?;
-        let mut ids = appended.ids;
-        if let Some(rows) = lookup.filter(|_| ids.iter().any(Option::is_none)) {
-            let found = self.store.stored_event_ids(&rows).map_err(|e| Retry(e.to_string()))?;
-            for (id, f) in ids.iter_mut().zip(found) {
-                if id.is_none() {
-                    *id = f;
-                }
+        let ids = self.store_rows(&rows, &origins, received, part.recheck)?;
+        let mut events: Vec<(i64, String)> = Vec::with_capacity(texts.len());
+        let mut event_clusters = Vec::with_capacity(texts.len());
+        for ((id, t), c) in ids.into_iter().zip(texts).zip(clusters) {
+            if let Some(id) = id {
+                events.push((id, t));
+                event_clusters.push(c);
             }
         }
-        let events: Vec<(i64, String)> =
-            ids.iter().zip(kept).filter_map(|(id, t)| id.map(|id| (id, t.to_owned()))).collect();
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
-        let round = Round { cursor: (cursor_name(p), seq), cluster, done: done_tx };
+        let round = Round { cursor: (cursor_name(p), last), clusters: event_clusters, done: done_tx };
         self.detect
             .send(DetectMsg::Events(ToDetect { events, received, round: Some(round) }))
             .map_err(|_| Retry("the detector stopped".into()))?;
@@ -655,22 +677,74 @@ impl Consumer {
             Ok(Err(e)) => return Err(Retry(format!("findings not stored: {e}"))),
             Err(_) => return Err(Retry("the detector stopped".into())),
         }
-        part.cursor = seq;
+        part.cursor = last;
         part.recheck = false;
-        self.ack(m);
-        self.metrics.bus_consumed.fetch_add(1, Relaxed);
+        self.acks(&fresh);
+        self.metrics.bus_consumed.fetch_add(fresh.len() as u64, Relaxed);
         self.metrics.bus_lag_seconds.observe(received.elapsed().as_secs_f64());
         Ok(())
     }
 
-    /// Acknowledges (confirmed by the server); a lost acknowledgement only means the message
-    /// comes again and is skipped by the cursor.
-    fn ack(&self, m: &jetstream::Message) {
+    /// Stores a round's events (one writer job per origin) and returns their ids in order;
+    /// with `recheck`, events already stored are looked up (they may never have been
+    /// evaluated: a previous holder died between storing and evaluating them).
+    fn store_rows(
+        &self,
+        rows: &[EventRow<'static>],
+        origins: &[Origin],
+        received: Instant,
+        recheck: bool,
+    ) -> Result<Vec<Option<i64>>, Retry> {
+        let mut ids: Vec<Option<i64>> = vec![None; rows.len()];
+        let mut kinds: Vec<Origin> = Vec::new();
+        for o in origins {
+            if !kinds.contains(o) {
+                kinds.push(*o);
+            }
+        }
+        for origin in kinds {
+            let at: Vec<usize> = (0..rows.len()).filter(|i| origins.get(*i) == Some(&origin)).collect();
+            let job_rows: Vec<EventRow<'static>> = at.iter().filter_map(|i| rows.get(*i).cloned()).collect();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.writer
+                .send(Job::Events { rows: job_rows, origin, received, reply: tx })
+                .map_err(|_| Retry("the writer stopped".into()))?;
+            let appended = rx
+                .blocking_recv()
+                .map_err(|_| Retry("the writer stopped".into()))?
+                .map_err(|e| Retry(format!("events not stored: {e}")))?;
+            for (i, id) in at.into_iter().zip(appended.ids) {
+                if let Some(slot) = ids.get_mut(i) {
+                    *slot = id;
+                }
+            }
+        }
+        if recheck && ids.iter().any(Option::is_none) {
+            let found = self.store.stored_event_ids(rows).map_err(|e| Retry(e.to_string()))?;
+            for (id, f) in ids.iter_mut().zip(found) {
+                if id.is_none() {
+                    *id = f;
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Acknowledges messages (sent, then flushed once); a lost acknowledgement only means a
+    /// message comes again and is skipped by the cursor.
+    fn acks(&self, msgs: &[&jetstream::Message]) {
         self.rt.block_on(async {
-            match tokio::time::timeout(Duration::from_secs(5), m.double_ack()).await {
+            let sent = tokio::time::timeout(Duration::from_secs(5), async {
+                for m in msgs {
+                    m.ack().await?;
+                }
+                Ok::<_, async_nats::Error>(())
+            })
+            .await;
+            match sent {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "bus acknowledgement failed; the message comes again"),
-                Err(_) => tracing::warn!("bus acknowledgement timed out; the message comes again"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "bus acknowledgement failed; the messages come again"),
+                Err(_) => tracing::warn!("bus acknowledgement timed out; the messages come again"),
             }
         });
     }
@@ -710,7 +784,7 @@ impl Consumer {
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.writer.send(Job::Alerts { rows, reply: tx }).map_err(|_| Retry("the writer stopped".into()))?;
             match rx.blocking_recv() {
-                Ok(Ok(_)) => self.ack(&m),
+                Ok(Ok(_)) => self.acks(&[&m]),
                 // not acknowledged: it comes again after its ack wait
                 Ok(Err(e)) => return Err(Retry(format!("alerts not stored: {e}"))),
                 Err(_) => return Err(Retry("the writer stopped".into())),

@@ -37,6 +37,9 @@ pub struct DetectorThread {
     /// Results go to the writer thread, the only writer.
     pub writes: std::sync::mpsc::SyncSender<crate::writer::Write>,
     pub detector: Detector,
+    /// On a bus, events of other clusters than this server's go through a detector of their
+    /// own each (findings, correlations and grouping never mix clusters), made on first sight.
+    pub others: HashMap<String, Detector>,
     pub rx: Receiver<DetectMsg>,
     /// Incidents and notifications.
     pub responder: Responder,
@@ -222,6 +225,9 @@ impl DetectorThread {
                     let now = now_ns();
                     let mut updates = Vec::new();
                     self.detector.tick(now, &mut updates);
+                    for d in self.others.values_mut() {
+                        d.tick(now, &mut updates);
+                    }
                     if !updates.is_empty() {
                         let _ = self.record(updates, Vec::new(), ids, None);
                     }
@@ -237,8 +243,27 @@ impl DetectorThread {
         // restart must not evaluate, and learn, the same events again).
         let mut updates = Vec::new();
         self.detector.finish(&mut updates);
+        for d in self.others.values_mut() {
+            d.finish(&mut updates);
+        }
         let cursor = (!self.bus).then(|| (CURSOR.to_owned(), cursor));
         let _ = self.record(updates, Vec::new(), ids, cursor);
+    }
+
+    /// The detector for events of `cluster` (see the field `others`).
+    fn detector_for(&mut self, cluster: Option<&str>) -> &mut Detector {
+        let mine = self.responder.book.options().cluster.as_deref();
+        match cluster {
+            Some(c) if Some(c) != mine => {
+                let k = self.others.len() as u64 + 1;
+                let (engine, allow, opts) =
+                    (self.detector.engine().clone(), self.detector.allow().clone(), *self.detector.options());
+                self.others
+                    .entry(c.to_owned())
+                    .or_insert_with(|| Detector::new(engine, allow, opts).with_seq_base(k << 40))
+            }
+            _ => &mut self.detector,
+        }
     }
 
     /// The open findings of partitions this detector now holds that it did not open itself
@@ -339,6 +364,9 @@ impl DetectorThread {
         let next = self.pending.lock().ok().and_then(|mut p| p.take());
         if let Some((engine, allow)) = next {
             st.correlations = correlation_names(&engine);
+            for d in self.others.values_mut() {
+                d.replace_rules(engine.clone(), allow.clone());
+            }
             self.detector.replace_rules(engine, allow);
             tracing::info!("detector now uses the reloaded rules");
         }
@@ -425,7 +453,7 @@ impl DetectorThread {
         let mut updates: Vec<Update> = Vec::new();
         let mut matches: Vec<(i64, kustody_rules::live::Matched)> = Vec::new();
         let mut last = cursor;
-        for (id, raw) in events {
+        for (n, (id, raw)) in events.iter().enumerate() {
             last = last.max(*id);
             let Ok(ev) = Event::parse(raw) else { continue };
             let src = SourceRef { file: file.clone(), line: *id as u64, offset: 0, format: SourceFormat::Native };
@@ -435,7 +463,8 @@ impl DetectorThread {
                 Some(b) => (b.knows(&ev), b.observe(&ev, &src)),
                 None => (false, Vec::new()),
             };
-            let out = self.detector.observe_with(&ev, &src, known, extra, &mut updates);
+            let cluster = round.as_ref().and_then(|r| r.clusters.get(n)).and_then(Option::as_deref);
+            let out = self.detector_for(cluster).observe_with(&ev, &src, known, extra, &mut updates);
             for r in &out.demoted {
                 self.metrics.count_demoted(r);
             }
@@ -460,7 +489,7 @@ impl DetectorThread {
                         .and_then(|p| p.split_once('/'))
                         .and_then(|(ns, name)| self.identity.ip_of_pod(ns, name, t));
                     ids.behind.insert(u.finding.seq, (behind, own_ip, peer.map(|p| p.into_owned())));
-                    let cluster = round.as_ref().and_then(|r| r.cluster.clone());
+                    let cluster = round.as_ref().and_then(|r| r.clusters.get(n).cloned().flatten());
                     if !ids.adopt.is_empty() {
                         let lead = &u.finding.lead;
                         let key: AdoptKey = (

@@ -386,6 +386,7 @@ async fn serve(mut config: Config) -> Result<()> {
                 Arc::new(allow),
                 kustody_rules::findings::FindingOptions { window_ns: config.group_window_ns, ..Default::default() },
             ),
+            others: std::collections::HashMap::new(),
             rx: det_rx,
             responder,
             metrics: metrics.clone(),

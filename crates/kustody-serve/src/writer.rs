@@ -80,8 +80,9 @@ pub struct ToDetect {
 pub struct Round {
     /// The partition's cursor and the message's stream sequence.
     pub cursor: (String, i64),
-    /// The cluster the events came from (findings opened here carry it).
-    pub cluster: Option<String>,
+    /// Each event's cluster, in the order of [`ToDetect::events`] (findings carry the
+    /// cluster of the event that opened them).
+    pub clusters: Vec<Option<String>>,
     /// Answered once the round's findings and cursor are committed.
     pub done: std::sync::mpsc::SyncSender<Result<(), String>>,
 }

@@ -2661,6 +2661,26 @@ fn serve_scales_out_over_nats_jetstream_and_postgresql() {
     assert_eq!(dup_matches, 0, "an event was evaluated twice");
     let dup_ids: i64 = db.query_one("SELECT count(*) - count(DISTINCT id) FROM findings", &[]).unwrap().get(0);
     assert_eq!(dup_ids, 0);
+    // a finding carries the cluster of its lead event (clusters never share a finding)
+    let crossed: i64 = db
+        .query_one(
+            "SELECT count(*) FROM findings f JOIN events e ON e.id = f.lead_event \
+             WHERE coalesce(f.cluster, '') <> coalesce(e.cluster, '')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(crossed, 0, "a finding names another cluster than its lead event");
+    let (eu_findings, us_findings): (i64, i64) = {
+        let r = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE cluster = 'eu'), count(*) FILTER (WHERE cluster = 'us') FROM findings",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(eu_findings > 0 && us_findings > 0, "{eu_findings} {us_findings}");
     // the dead detector's open findings were taken over and closed when their window passed
     // (these events are a day old: every window has passed)
     let t0 = Instant::now();
