@@ -127,6 +127,21 @@ pub fn run(kustody: &Path, opts: &BusOptions) -> Result<()> {
         connections: opts.serve.connections.div_ceil(opts.receivers.max(1)),
         ..opts.serve
     };
+    // the detectors share the partitions before the load starts
+    let shared = Instant::now();
+    loop {
+        let held: Vec<u64> = detectors
+            .iter()
+            .map(|d| rt.block_on(metrics(d)).map(|m| value(&m, "kustody_bus_partitions")).unwrap_or(0))
+            .collect();
+        if held.iter().sum::<u64>() == u64::from(opts.partitions) && held.iter().all(|h| *h > 0) {
+            break;
+        }
+        if shared.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("the detectors did not share the partitions in 120 s: {held:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let t0 = Instant::now();
     // a detector killed mid-run
     let victim = opts.kill_detector_after.filter(|_| detectors.len() > 1).map(|s| {

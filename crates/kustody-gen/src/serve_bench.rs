@@ -91,7 +91,7 @@ pub(crate) fn start(kustody: &Path, extra: &[&str]) -> Result<Started> {
         .arg(&ready)
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log_file()?)
         .spawn()
         .with_context(|| format!("cannot start {}", kustody.display()))?;
     let t0 = Instant::now();
@@ -110,6 +110,15 @@ pub(crate) fn start(kustody: &Path, extra: &[&str]) -> Result<Started> {
     let addr = url.trim_start_matches("https://").to_owned();
     let ca = std::fs::read(data.join("tls/server.crt"))?;
     Ok(Started { tmp, data, child, addr, ca })
+}
+
+/// Where a started server's stderr goes: a new file in `$KUSTODY_BENCH_LOGS` when set, else
+/// nowhere.
+fn log_file() -> Result<Stdio> {
+    let Some(dir) = std::env::var_os("KUSTODY_BENCH_LOGS") else { return Ok(Stdio::null()) };
+    std::fs::create_dir_all(&dir)?;
+    let n = std::fs::read_dir(&dir)?.count();
+    Ok(std::fs::File::create(Path::new(&dir).join(format!("serve-{n}.log")))?.into())
 }
 
 pub fn run(kustody: &Path, opts: &Options) -> Result<()> {

@@ -17,6 +17,7 @@ mod chunk;
 mod docsplit;
 pub mod falco;
 mod files;
+pub mod frames;
 pub mod jscan;
 mod managed;
 mod reader;

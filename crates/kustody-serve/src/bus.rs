@@ -24,7 +24,6 @@
 //! - Runtime alerts need no order: every detector pulls from one shared consumer.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -40,6 +39,7 @@ use tokio::runtime::Handle;
 
 use crate::metrics::Metrics;
 use crate::writer::{now_ns, DetectMsg, Job, Round, ToDetect};
+use kustody_ingest::frames::{bodies, decode};
 
 /// The stream's name.
 pub const STREAM: &str = "KUSTODY";
@@ -47,8 +47,6 @@ pub const STREAM: &str = "KUSTODY";
 pub const ALERTS: &str = "kustody.alerts";
 /// The stream metadata key holding the partition count (receivers and detectors must agree).
 const PARTITIONS_KEY: &str = "kustody.partitions";
-/// A decompressed message's bound (a message holds at most a few megabytes of events).
-const MAX_DECODED: u64 = 256 << 20;
 /// Messages of one partition evaluated in one round (one commit of events, one of findings).
 const ROUND_MESSAGES: usize = 64;
 /// Bytes kept free in a message for its headers.
@@ -181,60 +179,6 @@ pub fn partition_of(cluster: Option<&str>, user: Option<&str>, n: u32) -> u32 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     u32::try_from(h % u64::from(n.max(1))).unwrap_or(0)
-}
-
-/// Texts as one message body: each as a 4-byte little-endian length and its bytes, the whole
-/// zstd-compressed.
-pub fn encode<'a>(texts: impl Iterator<Item = &'a str>) -> Vec<u8> {
-    let mut framed = Vec::new();
-    for t in texts {
-        framed.extend_from_slice(&u32::try_from(t.len()).unwrap_or(u32::MAX).to_le_bytes());
-        framed.extend_from_slice(t.as_bytes());
-    }
-    zstd::bulk::compress(&framed, 1).unwrap_or_default()
-}
-
-/// The texts of a message body, or why it cannot be read (bounded: a body that inflates
-/// beyond [`MAX_DECODED`] is refused).
-pub fn decode(body: &[u8]) -> Result<Vec<String>, String> {
-    decode_bounded(body, MAX_DECODED)
-}
-
-fn decode_bounded(body: &[u8], max: u64) -> Result<Vec<String>, String> {
-    let mut framed = Vec::new();
-    zstd::stream::read::Decoder::new(body)
-        .map_err(|e| format!("not zstd: {e}"))?
-        .take(max + 1)
-        .read_to_end(&mut framed)
-        .map_err(|e| format!("not zstd: {e}"))?;
-    if framed.len() as u64 > max {
-        return Err(format!("inflates beyond {max} bytes"));
-    }
-    let mut out = Vec::new();
-    let mut rest = framed.as_slice();
-    while !rest.is_empty() {
-        let (len, tail) = rest.split_first_chunk::<4>().ok_or("a truncated length")?;
-        let len = u32::from_le_bytes(*len) as usize;
-        let text = tail.get(..len).ok_or("a truncated text")?;
-        out.push(String::from_utf8(text.to_vec()).map_err(|_| "a text that is not UTF-8")?);
-        rest = tail.get(len..).unwrap_or_default();
-    }
-    Ok(out)
-}
-
-/// Bodies of at most `limit` bytes holding `texts` in order (halved until each fits).
-fn bodies(texts: &[&str], limit: usize) -> Result<Vec<Vec<u8>>, String> {
-    let body = encode(texts.iter().copied());
-    if body.len() <= limit {
-        return Ok(vec![body]);
-    }
-    if texts.len() <= 1 {
-        return Err(format!("an event of {} bytes does not fit in a bus message ({limit} bytes)", body.len()));
-    }
-    let (a, b) = texts.split_at(texts.len() / 2);
-    let mut out = bodies(a, limit)?;
-    out.extend(bodies(b, limit)?);
-    Ok(out)
 }
 
 fn origin_name(o: Origin) -> &'static str {
@@ -416,11 +360,19 @@ impl Consumer {
         let mut parts: BTreeMap<u32, Part> = BTreeMap::new();
         let mut renewed: Option<Instant> = None;
         let mut last_tick: Option<Instant> = None;
+        // after a start or a change of hands, leases are looked at every second for a while
+        // (a new detector gets its share in seconds); otherwise every fifth of the lease
+        let mut changed = Instant::now();
         let mut alerts: Option<PullConsumer> = None;
         while !self.stop.load(Relaxed) {
-            if last_tick.is_none_or(|t| t.elapsed() >= self.ttl / 3) {
+            let every = if changed.elapsed() < self.ttl * 2 { Duration::from_secs(1) } else { self.ttl / 5 };
+            if last_tick.is_none_or(|t| t.elapsed() >= every) {
                 last_tick = Some(Instant::now());
+                let before: Vec<(u32, i64)> = parts.iter().map(|(p, x)| (*p, x.epoch)).collect();
                 self.tick(&mut parts, &mut renewed);
+                if parts.iter().map(|(p, x)| (*p, x.epoch)).ne(before) {
+                    changed = Instant::now();
+                }
             }
             // Leases expire `ttl` after the renewal was asked for (PostgreSQL's clock, which the
             // others go by): this detector stops a sixth of it earlier.
@@ -810,41 +762,6 @@ pub fn owner_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bodies_round_trip_and_split_to_fit() {
-        let texts: Vec<String> = (0..50).map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i * 37))).collect();
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let one = bodies(&refs, 1 << 20).unwrap();
-        assert_eq!(one.len(), 1);
-        assert_eq!(decode(&one[0]).unwrap(), texts);
-        // incompressible texts and a small limit: split, in order
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let noise: Vec<String> =
-            (0..20).map(|_| (0..400).map(|_| char::from(b'a' + (next() % 26) as u8)).collect()).collect();
-        let refs: Vec<&str> = noise.iter().map(String::as_str).collect();
-        let many = bodies(&refs, 1500).unwrap();
-        assert!(many.len() > 1 && many.iter().all(|b| b.len() <= 1500));
-        let back: Vec<String> = many.iter().flat_map(|b| decode(b).unwrap()).collect();
-        assert_eq!(back, noise);
-        assert!(bodies(&refs[..1], 10).unwrap_err().contains("does not fit"));
-    }
-
-    #[test]
-    fn bad_bodies_are_refused_not_panicked_on() {
-        assert!(decode(b"not zstd").is_err());
-        let truncated = zstd::bulk::compress(&[9, 0, 0, 0, b'a'], 1).unwrap();
-        assert!(decode(&truncated).unwrap_err().contains("truncated"));
-        let bomb = zstd::bulk::compress(&vec![0u8; 1 << 20], 19).unwrap();
-        assert!(bomb.len() < 1000);
-        assert!(decode_bounded(&bomb, 1 << 16).unwrap_err().contains("inflates"));
-    }
 
     /// FNV-1a 64 of `prod\0alice` modulo 2^30, computed independently.
     const PINNED: u32 = 892_525_628;

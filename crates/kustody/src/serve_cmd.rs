@@ -729,7 +729,7 @@ fn bus_config(args: &crate::cli::ServeArgs) -> Result<Option<kustody_serve::bus:
         .with_context(|| format!("--bus-lease: invalid duration `{}`", args.bus_lease))?;
     b.lease_ttl = std::time::Duration::from_nanos(u64::try_from(lease).unwrap_or(0));
     if b.lease_ttl < std::time::Duration::from_secs(3) {
-        bail!("--bus-lease must be at least 3s (leases are renewed every third of it)");
+        bail!("--bus-lease must be at least 3s (a detector lets go of its partitions when it could not renew them for five sixths of it)");
     }
     Ok(Some(b))
 }
