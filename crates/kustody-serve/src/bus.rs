@@ -330,6 +330,10 @@ struct Part {
     /// a takeover, or one being retried): they may never have been evaluated.
     recheck: bool,
     pending: VecDeque<jetstream::Message>,
+    /// The consumer sequence the next delivery must have: a gap (a delivery this process
+    /// never saw: a fetch cut short, a reconnect) means the consumer is made afresh, since
+    /// JetStream would send the missed message again only after the ack wait, out of order.
+    next_delivery: Option<u64>,
 }
 
 /// A detector's consumer: leases, then each held partition's messages, in order.
@@ -437,6 +441,7 @@ impl Consumer {
             }
             match self.take(p, epoch) {
                 Ok(part) => {
+                    self.metrics.bus_takeovers.fetch_add(1, Relaxed);
                     parts.insert(p, part);
                     took = true;
                 }
@@ -480,8 +485,18 @@ impl Consumer {
                 .await
                 .map_err(|e| format!("cannot create consumer {name}: {e}"))
         })?;
-        self.metrics.bus_takeovers.fetch_add(1, Relaxed);
-        Ok(Part { epoch, consumer, cursor, recheck: true, pending: VecDeque::new() })
+        Ok(Part { epoch, consumer, cursor, recheck: true, pending: VecDeque::new(), next_delivery: Some(1) })
+    }
+
+    /// Makes partition `p`'s consumer afresh (delivery restarts at its oldest unacknowledged
+    /// message), keeping the cursor.
+    fn reset(&mut self, p: u32, part: &mut Part) -> Result<(), Retry> {
+        let fresh = self.take(p, part.epoch).map_err(Retry)?;
+        part.consumer = fresh.consumer;
+        part.pending.clear();
+        part.next_delivery = Some(1);
+        part.recheck = true;
+        Ok(())
     }
 
     async fn alerts_consumer(&self) -> Result<PullConsumer, Retry> {
@@ -516,9 +531,10 @@ impl Consumer {
             .await;
             match fetched {
                 Ok(Ok(())) => Ok(got),
-                Ok(Err(e)) if got.is_empty() => Err(e),
-                // what arrived is kept; the rest comes with the next fetch
-                Ok(Err(_)) | Err(_) => Ok(got),
+                // cut short: what was delivered but not received would come again only after
+                // the ack wait, so nothing of it is used (the caller makes the consumer afresh)
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Retry("a fetch from the bus timed out".into())),
             }
         })
     }
@@ -528,7 +544,28 @@ impl Consumer {
     fn serve(&mut self, p: u32, part: &mut Part) -> Result<usize, Retry> {
         // a few at a time, so the leases are renewed between partitions' turns
         if part.pending.is_empty() {
-            part.pending.extend(self.fetch(&part.consumer, ROUND_MESSAGES)?);
+            let got = match self.fetch(&part.consumer, ROUND_MESSAGES) {
+                Ok(got) => got,
+                Err(e) => {
+                    part.next_delivery = None;
+                    return Err(e);
+                }
+            };
+            // every delivery in sequence, or the consumer is made afresh
+            for m in &got {
+                let seq = m.info().map(|i| i.consumer_sequence).ok();
+                if part.next_delivery.is_some() && seq == part.next_delivery {
+                    part.next_delivery = seq.map(|s| s + 1);
+                } else {
+                    part.next_delivery = None;
+                }
+            }
+            if part.next_delivery.is_none() {
+                tracing::warn!(partition = p, "bus deliveries out of sequence; making the consumer afresh");
+                self.reset(p, part)?;
+                return Ok(0);
+            }
+            part.pending.extend(got);
         }
         if part.pending.is_empty() {
             return Ok(0);
@@ -613,14 +650,17 @@ impl Consumer {
         let ids = self.store_rows(&rows, &origins, received, part.recheck)?;
         let mut events: Vec<(i64, String)> = Vec::with_capacity(texts.len());
         let mut event_clusters = Vec::with_capacity(texts.len());
+        let mut seen = std::collections::HashSet::new();
         for ((id, t), c) in ids.into_iter().zip(texts).zip(clusters) {
-            if let Some(id) = id {
+            // the same event twice in a round (a sender's retry published again): once
+            if let Some(id) = id.filter(|id| seen.insert(*id)) {
                 events.push((id, t));
                 event_clusters.push(c);
             }
         }
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
-        let round = Round { cursor: (cursor_name(p), last), clusters: event_clusters, done: done_tx };
+        let lease = (p, self.owner.clone(), part.epoch);
+        let round = Round { cursor: (cursor_name(p), last), clusters: event_clusters, lease, done: done_tx };
         self.detect
             .send(DetectMsg::Events(ToDetect { events, received, round: Some(round) }))
             .map_err(|_| Retry("the detector stopped".into()))?;

@@ -61,6 +61,8 @@ pub struct DetectorThread {
     pub bus: bool,
     /// Ids in a reserved block (shared writers; set by the store).
     pub block: i64,
+    /// The bus lease the round being recorded is evaluated under (its commit is fenced by it).
+    pub lease: Option<(u32, String, i64)>,
 }
 
 /// Name of the live baseline's state in the store.
@@ -407,6 +409,7 @@ impl DetectorThread {
             notes: w.notes.clone(),
             outbox: w.outbox.clone(),
             actions: w.actions.clone(),
+            lease: if cursor.is_some() { self.lease.clone() } else { None },
             cursor,
             reply: tx,
         };
@@ -539,7 +542,9 @@ impl DetectorThread {
         match round {
             // a bus round always commits its partition's cursor, and says when it did
             Some(r) => {
+                self.lease = Some(r.lease);
                 let result = self.record(updates, matches, ids, Some(r.cursor));
+                self.lease = None;
                 let _ = r.done.send(result);
             }
             None => {

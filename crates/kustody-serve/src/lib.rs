@@ -398,6 +398,7 @@ async fn serve(mut config: Config) -> Result<()> {
             baseline_saving: Arc::default(),
             bus: bus.is_some(),
             block: 0,
+            lease: None,
         };
         Some(
             std::thread::Builder::new()

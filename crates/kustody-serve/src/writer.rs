@@ -44,6 +44,8 @@ pub struct Detections {
     pub actions: Vec<kustody_store::ActionRow>,
     /// Move a cursor (the detector's, or a bus partition's) here, in the same commit.
     pub cursor: Option<(String, i64)>,
+    /// Commit only while this bus lease `(partition, owner, epoch)` holds.
+    pub lease: Option<(u32, String, i64)>,
     pub reply: std::sync::mpsc::SyncSender<Result<BatchIds, StoreError>>,
 }
 
@@ -83,6 +85,9 @@ pub struct Round {
     /// Each event's cluster, in the order of [`ToDetect::events`] (findings carry the
     /// cluster of the event that opened them).
     pub clusters: Vec<Option<String>>,
+    /// The lease the round is evaluated under `(partition, owner, epoch)`: the commit is
+    /// refused once it changed hands.
+    pub lease: (u32, String, i64),
     /// Answered once the round's findings and cursor are committed.
     pub done: std::sync::mpsc::SyncSender<Result<(), String>>,
 }
@@ -353,6 +358,7 @@ fn write_detections(store: &mut dyn Store, w: Write, metrics: &Metrics) {
         outbox: &d.outbox,
         actions: &d.actions,
         cursor: d.cursor.as_ref().map(|(name, c)| (name.as_str(), *c)),
+        lease: d.lease.as_ref().map(|(p, owner, epoch)| (*p, owner.as_str(), *epoch)),
     });
     if let Err(e) = &result {
         metrics.store_errors.fetch_add(1, Relaxed);

@@ -736,6 +736,20 @@ impl PgStore {
         self.writable()?;
         let mut c = self.client()?;
         let mut tx = c.transaction()?;
+        if let Some((part, owner, epoch)) = b.lease {
+            // held in share mode until the commit: a takeover (an UPDATE of the row) waits
+            // for it, and reads the cursor this commit writes
+            let part = i32::try_from(part).unwrap_or(i32::MAX);
+            let held = tx.query(
+                "SELECT 1 FROM bus_leases WHERE part = $1 AND owner = $2 AND epoch = $3 FOR SHARE",
+                &[&part, &owner, &epoch],
+            )?;
+            if held.is_empty() {
+                return Err(Fail::Store(StoreError::Other(format!(
+                    "bus partition {part} changed hands (epoch {epoch} is over): nothing committed"
+                ))));
+            }
+        }
         let mut ids = Vec::with_capacity(b.findings.len());
         let mut new_findings: i64 = 0;
         let mut new_matches: i64 = 0;
@@ -830,10 +844,14 @@ impl PgStore {
         }
         add_totals(&mut tx, &[("findings", new_findings), ("matches", new_matches)])?;
         if let Some((name, value)) = b.cursor {
-            tx.execute(
-                "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = $2",
-                &[&name, &value],
-            )?;
+            // a bus partition's cursor never moves back
+            let sql = if b.lease.is_some() {
+                "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = \
+                 greatest(cursors.value, $2)"
+            } else {
+                "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = $2"
+            };
+            tx.execute(sql, &[&name, &value])?;
         }
         let incidents = response::write_incidents(&mut tx, b.incidents, &ids)?;
         let notes = response::write_notes(&mut tx, b.notes)?;
@@ -1437,7 +1455,10 @@ impl Store for PgStore {
                 let b: i64 = r.try_get(0)?;
                 Ok(b.saturating_mul(block))
             };
-            let f = take("findings", "findings")?;
+            let f = take(
+                "findings",
+                "(SELECT id FROM findings UNION ALL SELECT finding_id AS id FROM incident_findings) f",
+            )?;
             let i = take("incidents", "incidents")?;
             Ok((f, i, block))
         })
@@ -1490,7 +1511,9 @@ impl Store for PgStore {
                 ),
                 &[&owner, &ttl_ms],
             )?;
-            tx.execute("DELETE FROM bus_members WHERE expires < now()", &[])?;
+            // not one's own row: two members renewing after an outage would deadlock on each
+            // other's expired rows
+            tx.execute("DELETE FROM bus_members WHERE expires < now() AND owner <> $1", &[&owner])?;
             let members: i64 = tx.query_one("SELECT count(*) FROM bus_members", &[])?.try_get(0)?;
             tx.execute(
                 "INSERT INTO bus_leases (part, owner, epoch, expires) SELECT g, '', 0, '-infinity' FROM \

@@ -205,6 +205,10 @@ pub struct Batch<'a> {
     /// Response actions, inserted or updated.
     pub actions: &'a [ActionRow],
     pub cursor: Option<(&'a str, i64)>,
+    /// Commit only while this owner holds this bus partition's lease at this epoch
+    /// `(partition, owner, epoch)`: a detector that lost its lease unnoticed commits nothing
+    /// (shared writers only).
+    pub lease: Option<(u32, &'a str, i64)>,
 }
 
 /// The ids a [`Batch`] stored, in the order given.

@@ -483,6 +483,9 @@ impl SqliteStore {
     }
 
     fn commit_(&mut self, b: &Batch<'_>) -> Res<BatchIds> {
+        if b.lease.is_some() {
+            return Err(Fail::Store(StoreError::Other("SQLite has a single writer: it keeps no bus leases".into())));
+        }
         let (findings, matches, cursor) = (b.findings, b.matches, b.cursor);
         let tx = self.write_tx()?;
         let mut ids = Vec::with_capacity(findings.len());

@@ -1886,5 +1886,20 @@ fn postgres_shared_writers_take_id_blocks_leases_and_find_stored_events() {
     assert_eq!(lb.len(), 8, "{lb:?}");
     // a graceful release hands over at once
     b.release_leases("b", None).unwrap();
-    assert_eq!(a.bus_leases("a", 8, ttl).unwrap().len(), 8);
+    let la = a.bus_leases("a", 8, ttl).unwrap();
+    assert_eq!(la.len(), 8);
+    // a commit fenced by a lease: refused once the partition changed hands (b's old epoch)
+    let (p0, epoch) = la[0];
+    let fenced = |owner: &'static str, epoch: i64, value: i64| Batch {
+        cursor: Some(("bus.0", value)),
+        lease: Some((p0, owner, epoch)),
+        ..Default::default()
+    };
+    a.commit(&fenced("a", epoch, 10)).unwrap();
+    let e = b.commit(&fenced("b", epoch - 1, 20)).unwrap_err();
+    assert!(e.to_string().contains("changed hands"), "{e}");
+    assert_eq!(r.cursor("bus.0").unwrap(), 10);
+    // and a partition's cursor never moves back
+    a.commit(&fenced("a", epoch, 5)).unwrap();
+    assert_eq!(r.cursor("bus.0").unwrap(), 10);
 }
