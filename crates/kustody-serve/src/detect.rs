@@ -413,7 +413,9 @@ impl DetectorThread {
             cursor,
             reply: tx,
         };
-        self.writes.send(crate::writer::Write::Detections(job)).map_err(|_| "the writer stopped".to_owned())?;
+        self.writes
+            .send(crate::writer::Write::Detections(Box::new(job)))
+            .map_err(|_| "the writer stopped".to_owned())?;
         match rx.recv() {
             Ok(Ok(ids)) => Ok(ids),
             Ok(Err(e)) => Err(e.to_string()),

@@ -65,7 +65,7 @@ pub async fn send_task(writes: &std::sync::mpsc::SyncSender<Write>, task: StoreT
 
 /// Work for the writer besides ingest.
 pub enum Write {
-    Detections(Detections),
+    Detections(Box<Detections>),
     Run(StoreTask),
 }
 
