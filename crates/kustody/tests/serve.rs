@@ -2379,6 +2379,14 @@ fn serve_keeps_its_store_in_postgresql_through_kill_9_and_an_outage() {
         let search = srv.client.browser("GET", "/search?cluster=prod-eu&user=realk8s-admin", Some(&cookie), "");
         assert_eq!(search.status, 200);
         assert!(search.body.contains("realk8s-admin"), "{}", search.body);
+        // entity pages narrow to a cluster, and their links keep it
+        let who = srv.client.browser("GET", "/identity?user=realk8s-admin&cluster=prod-eu", Some(&cookie), "");
+        assert_eq!(who.status, 200);
+        assert!(who.body.contains(r#"id="cluster">prod-eu<"#), "{}", who.body);
+        assert!(who.body.contains("<th>Cluster</th>") && who.body.contains("&amp;cluster=prod-eu"), "{}", who.body);
+        assert!(!who.body.contains("None stored."), "{}", who.body);
+        let other = srv.client.browser("GET", "/identity?user=realk8s-admin&cluster=prod-us", Some(&cookie), "");
+        assert!(other.body.contains("None stored."), "{}", other.body);
     }
     // a Falco alert carries the cluster too
     let alert = r#"{"hostname":"node-1","output":"Shell spawned","output_fields":{"container.id":"0123456789ab","k8s.ns.name":"shop","k8s.pod.name":"web-1"},"priority":"Notice","rule":"Terminal shell in container","source":"syscall","time":"2026-12-02T03:44:21.431251797Z"}"#;

@@ -34,27 +34,54 @@ pub fn ip_link(ip: &str) -> String {
     format!(r#"<a class="mono" href="/ip?ip={}">{}</a>"#, q(ip), esc(ip))
 }
 
+/// `link`'s anchor narrowed to `cluster` (an entity's page then shows that cluster only).
+fn in_cluster(link: String, cluster: Option<&str>) -> String {
+    match cluster {
+        Some(c) => link.replacen("\">", &format!("&amp;cluster={}\">", q(c)), 1),
+        None => link,
+    }
+}
+
+/// The `cluster` filter of an entity page (empty: every cluster).
+fn cluster_of(c: &str) -> Option<String> {
+    (!c.is_empty()).then(|| c.to_owned())
+}
+
+/// How an entity page's heading says which clusters it shows.
+fn cluster_note(c: &str) -> String {
+    if c.is_empty() {
+        r#" <span class="muted">(every cluster)</span>"#.to_owned()
+    } else {
+        format!(r#" <span class="muted">in cluster</span> <span class="mono" id="cluster">{}</span>"#, esc(c))
+    }
+}
+
 /// A table of events, newest first: time, who, what, code, from where.
 pub(crate) fn events_table(id: &str, events: &[StoredEvent]) -> String {
+    // a cluster column (and links narrowed to it) once the store holds named clusters
+    let clusters = events.iter().any(|e| e.cluster.is_some());
     let mut b = format!(
-        r#"<table id="{id}"><thead><tr><th>Time</th><th>User</th><th>Verb</th><th>Resource</th><th>Code</th><th>From</th><th>Pod behind the IP</th></tr></thead><tbody>"#
+        r#"<table id="{id}"><thead><tr><th>Time</th>{}<th>User</th><th>Verb</th><th>Resource</th><th>Code</th><th>From</th><th>Pod behind the IP</th></tr></thead><tbody>"#,
+        if clusters { "<th>Cluster</th>" } else { "" }
     );
     for e in events {
         let ev = kustody_model::Event::parse(&e.raw).ok();
         let c = ev.as_ref().map(kustody_model::EventContext::of).unwrap_or_default();
+        let k = e.cluster.as_deref();
         b.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td>{}<td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             time(e.time_ns),
-            c.user.as_deref().map(identity_link).unwrap_or_default(),
+            if clusters { format!("<td>{}</td>", esc(k.unwrap_or(""))) } else { String::new() },
+            c.user.as_deref().map(|u| in_cluster(identity_link(u), k)).unwrap_or_default(),
             esc(c.verb.as_deref().unwrap_or("")),
             esc(&c.resource_path().unwrap_or_default()),
             c.response_code.map(|x| x.to_string()).unwrap_or_default(),
-            c.source_ip.as_deref().map(ip_link).unwrap_or_default(),
-            e.source_pod.as_deref().map(pod_link).unwrap_or_default(),
+            c.source_ip.as_deref().map(|ip| in_cluster(ip_link(ip), k)).unwrap_or_default(),
+            e.source_pod.as_deref().map(|p| in_cluster(pod_link(p), k)).unwrap_or_default(),
         ));
     }
     if events.is_empty() {
-        b.push_str(r#"<tr><td colspan="7" class="muted">None stored.</td></tr>"#);
+        b.push_str(r#"<tr><td colspan="8" class="muted">None stored.</td></tr>"#);
     }
     b.push_str("</tbody></table>");
     b
@@ -132,6 +159,9 @@ pub struct PodQuery {
     ns: String,
     #[serde(default)]
     name: String,
+    /// Only this cluster's records (empty: every cluster).
+    #[serde(default)]
+    cluster: String,
 }
 
 /// What the store knows of one pod.
@@ -143,22 +173,29 @@ struct PodView {
     actions: Vec<kustody_store::ActionRow>,
 }
 
-fn pod_view(st: &dyn Store, ns: &str, name: &str) -> Result<PodView, String> {
+fn pod_view(st: &dyn Store, ns: &str, name: &str, cluster: Option<String>) -> Result<PodView, String> {
     let e = |e: kustody_store::StoreError| e.to_string();
     let pod = format!("{ns}/{name}");
+    let cl = || cluster.clone();
     Ok(PodView {
         holds: st.pod_intervals(ns, name).map_err(e)?,
         from: st
-            .search_events(&EventQuery { source_pod: Some(pod.clone()), limit: ROWS, ..Default::default() })
+            .search_events(&EventQuery {
+                source_pod: Some(pod.clone()),
+                limit: ROWS,
+                cluster: cl(),
+                ..Default::default()
+            })
             .map_err(e)?,
         about: st
-            .search_events(&EventQuery { pod: Some(pod.clone()), limit: ROWS, ..Default::default() })
+            .search_events(&EventQuery { pod: Some(pod.clone()), limit: ROWS, cluster: cl(), ..Default::default() })
             .map_err(e)?,
         alerts: st
             .search_alerts(&AlertQuery {
                 namespace: Some(ns.to_owned()),
                 pod: Some(name.to_owned()),
                 limit: ROWS,
+                cluster: cl(),
                 ..Default::default()
             })
             .map_err(e)?,
@@ -167,7 +204,7 @@ fn pod_view(st: &dyn Store, ns: &str, name: &str) -> Result<PodView, String> {
 }
 
 pub async fn pod(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(pq): Query<PodQuery>) -> Response {
-    let back = format!("/pod?ns={}&name={}", q(&pq.ns), q(&pq.name));
+    let back = format!("/pod?ns={}&name={}&cluster={}", q(&pq.ns), q(&pq.name), q(&pq.cluster));
     let sess = match session(&s, &headers, &back) {
         Ok(x) => x,
         Err(r) => return *r,
@@ -180,8 +217,8 @@ pub async fn pod(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(pq): 
             "<h1>Name a pod: ?ns=NAMESPACE&amp;name=NAME</h1>",
         );
     }
-    let (ns, name) = (pq.ns.clone(), pq.name.clone());
-    let v = match crate::http::with_store(&s, move |st| pod_view(st, &ns, &name)).await {
+    let (ns, name, cluster) = (pq.ns.clone(), pq.name.clone(), cluster_of(&pq.cluster));
+    let v = match crate::http::with_store(&s, move |st| pod_view(st, &ns, &name, cluster)).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -192,9 +229,10 @@ pub async fn pod(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(pq): 
         .max_by_key(|a| a.updated_ns)
         .is_some_and(|a| a.action == "quarantine");
     let mut b = format!(
-        r#"<h1>Pod <span class="mono">{}/{}</span>{}</h1>"#,
+        r#"<h1>Pod <span class="mono">{}/{}</span>{}{}</h1>"#,
         esc(&pq.ns),
         esc(&pq.name),
+        cluster_note(&pq.cluster),
         if quarantined { r#" <span class="badge sev-critical" id="quarantined">quarantined</span>"# } else { "" }
     );
     if sess.identity.may(crate::auth::Role::Respond) {
@@ -232,10 +270,13 @@ pub async fn pod(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(pq): 
 pub struct IdentityQuery {
     #[serde(default)]
     user: String,
+    /// Only this cluster's records (empty: every cluster).
+    #[serde(default)]
+    cluster: String,
 }
 
 pub async fn identity(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(iq): Query<IdentityQuery>) -> Response {
-    let sess = match session(&s, &headers, &format!("/identity?user={}", q(&iq.user))) {
+    let sess = match session(&s, &headers, &format!("/identity?user={}&cluster={}", q(&iq.user), q(&iq.cluster))) {
         Ok(x) => x,
         Err(r) => return *r,
     };
@@ -247,16 +288,28 @@ pub async fn identity(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(
             "<h1>Name an identity: ?user=NAME</h1>",
         );
     }
-    let user = iq.user.clone();
+    let (user, cluster) = (iq.user.clone(), cluster_of(&iq.cluster));
     let got = crate::http::with_store(&s, move |st| {
         let e = |e: kustody_store::StoreError| e.to_string();
-        let events =
-            st.search_events(&EventQuery { user: Some(user.clone()), limit: ROWS, ..Default::default() }).map_err(e)?;
+        let cl = || cluster.clone();
+        let events = st
+            .search_events(&EventQuery { user: Some(user.clone()), limit: ROWS, cluster: cl(), ..Default::default() })
+            .map_err(e)?;
         let findings = st
-            .search_findings(&FindingQuery { user: Some(user.clone()), limit: ROWS, ..Default::default() })
+            .search_findings(&FindingQuery {
+                user: Some(user.clone()),
+                limit: ROWS,
+                cluster: cl(),
+                ..Default::default()
+            })
             .map_err(e)?;
         let incidents = st
-            .search_incidents(&IncidentQuery { identity: Some(user.clone()), limit: ROWS, ..Default::default() })
+            .search_incidents(&IncidentQuery {
+                identity: Some(user.clone()),
+                limit: ROWS,
+                cluster: cl(),
+                ..Default::default()
+            })
             .map_err(e)?;
         Ok((events, findings, incidents))
     })
@@ -265,7 +318,8 @@ pub async fn identity(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let mut b = format!(r#"<h1>Identity <span class="mono">{}</span></h1>"#, esc(&iq.user));
+    let mut b =
+        format!(r#"<h1>Identity <span class="mono">{}</span>{}</h1>"#, esc(&iq.user), cluster_note(&iq.cluster));
     if let Some(sa) = iq.user.strip_prefix("system:serviceaccount:") {
         b.push_str(&format!(r#"<p class="muted">Service account {}</p>"#, esc(&sa.replacen(':', "/", 1))));
     }
@@ -282,21 +336,25 @@ pub async fn identity(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(
 pub struct IpQuery {
     #[serde(default)]
     ip: String,
+    /// Only this cluster's records (empty: every cluster).
+    #[serde(default)]
+    cluster: String,
 }
 
 pub async fn ip(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(iq): Query<IpQuery>) -> Response {
-    let sess = match session(&s, &headers, &format!("/ip?ip={}", q(&iq.ip))) {
+    let sess = match session(&s, &headers, &format!("/ip?ip={}&cluster={}", q(&iq.ip), q(&iq.cluster))) {
         Ok(x) => x,
         Err(r) => return *r,
     };
     if iq.ip.parse::<std::net::IpAddr>().is_err() {
         return page(StatusCode::BAD_REQUEST, "IP", Some(&viewer(&sess)), "<h1>Name an IP address: ?ip=ADDRESS</h1>");
     }
-    let addr = iq.ip.clone();
+    let (addr, cluster) = (iq.ip.clone(), cluster_of(&iq.cluster));
     let got = crate::http::with_store(&s, move |st| {
         let e = |e: kustody_store::StoreError| e.to_string();
         let holds = st.ip_intervals(&addr).map_err(e)?;
-        let events = st.search_events(&EventQuery { ip: Some(addr), limit: ROWS, ..Default::default() }).map_err(e)?;
+        let events =
+            st.search_events(&EventQuery { ip: Some(addr), limit: ROWS, cluster, ..Default::default() }).map_err(e)?;
         Ok((holds, events))
     })
     .await;
@@ -304,7 +362,11 @@ pub async fn ip(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(iq): Q
         Ok(x) => x,
         Err(r) => return r,
     };
-    let mut b = format!(r#"<h1>IP <span class="mono">{}</span></h1><h2>Who held it</h2>"#, esc(&iq.ip));
+    let mut b = format!(
+        r#"<h1>IP <span class="mono">{}</span>{}</h1><h2>Who held it</h2>"#,
+        esc(&iq.ip),
+        cluster_note(&iq.cluster)
+    );
     b.push_str(&holds_table(&holds));
     b.push_str("<h2>Requests from it</h2>");
     b.push_str(&events_table("from-ip", &events));
