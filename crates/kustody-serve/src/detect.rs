@@ -706,6 +706,18 @@ impl DetectorThread {
             Err(e) => {
                 tracing::error!(error = %e, "detections not stored; their notifications go with the next change");
                 self.responder.unmark(&w);
+                // A finding the grouper closed is never reported again: its closing is kept
+                // and written once the store is back (else it would stay open for good).
+                for (seq, row) in order.iter().zip(&rows) {
+                    if !row.open {
+                        st.closing.push(row.clone());
+                        st.ids.remove(seq);
+                        st.acting.remove(seq);
+                        st.behind.remove(seq);
+                        st.clusters.remove(seq);
+                        st.base.remove(seq);
+                    }
+                }
                 return Err(e);
             }
         };
