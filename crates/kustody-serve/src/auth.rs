@@ -59,6 +59,25 @@ pub struct Tokens {
     entries: Vec<Entry>,
 }
 
+/// Why a token file's owner and mode are unsafe, if they are. PostgreSQL's rule for its
+/// `ssl_key_file`: owned by the user running kustody, at most 0600; owned by root, at most
+/// 0640 (so a Kubernetes Secret volume, root-owned with the pod's `fsGroup` and mode 0440,
+/// works for a non-root kustody). Never writable by the group, never any access for others.
+#[cfg(unix)]
+fn unsafe_mode(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = meta.permissions().mode() & 0o777;
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let by_root = meta.uid() == 0 && me != Some(0);
+    if mode & 0o007 != 0 || (by_root && mode & 0o020 != 0) || (!by_root && mode & 0o070 != 0) {
+        return Some(format!(
+            "mode {mode:04o} lets {} read or change it: chmod 600 it (0640 is accepted when root owns it)",
+            if mode & 0o007 != 0 { "others" } else { "the group" }
+        ));
+    }
+    None
+}
+
 /// A token file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}:{line}: {reason}")]
@@ -76,11 +95,8 @@ impl Tokens {
             return Err(err(0, "over the 1 MiB limit".into()));
         }
         #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(err(0, "readable by group or others: chmod 600 it".into()));
-            }
+        if let Some(reason) = unsafe_mode(&meta) {
+            return Err(err(0, reason));
         }
         let text = std::fs::read_to_string(path).map_err(|e| err(0, format!("cannot read: {e}")))?;
         Self::parse(&text).map_err(|(line, reason)| err(line, reason))
@@ -150,6 +166,23 @@ pub fn bearer(header: &str) -> Option<&str> {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests fail by panicking")]
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_or_the_group_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("kustody-tokmode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("tokens");
+        std::fs::write(&f, "abcdefghijklmnopqrstuvwx alice read\n").unwrap();
+        for (mode, ok) in [(0o600, true), (0o400, true), (0o604, false), (0o660, false), (0o640, false)] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            // the file is ours (whoever runs the test): group read is refused too; root-owned 0640
+            // for a non-root process is checked by the in-cluster deployment test
+            assert_eq!(Tokens::load(&f).is_ok(), ok, "mode {mode:o}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn tokens_have_roles_and_errors_name_the_line_not_the_token() {

@@ -418,6 +418,40 @@ async fn daemonset(api: &Arc<Api>, state: &State, ds: &Value) {
     });
 }
 
+/// A StatefulSet pod's claims from `volumeClaimTemplates`: `TEMPLATE-STS-ORDINAL`, created when
+/// missing (and kept after the pod and the StatefulSet go, as with the default retention
+/// policy), mounted in place of a template volume of the same name.
+async fn claims_for(api: &Arc<Api>, sts: &Value, ordinal: usize, pod: &mut Value) -> Result<(), String> {
+    let (ns, name) = (meta_str(sts, "namespace"), meta_str(sts, "name"));
+    for t in sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
+        let tname = t["metadata"]["name"].as_str().unwrap_or("");
+        let claim = format!("{tname}-{name}-{ordinal}");
+        if api.store.get(&res::PVCS, ns, &claim).is_none() {
+            let mut pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": ns, "labels": t["metadata"]["labels"].clone()},
+                "spec": t["spec"].clone()});
+            for (k, v) in sts["spec"]["selector"]["matchLabels"].as_object().into_iter().flatten() {
+                pvc["metadata"]["labels"][k] = v.clone();
+            }
+            if let Err(e) = api.call(STS_CTRL, "POST", &uri(&res::PVCS, ns, ""), Some(&pvc)).await {
+                return Err(format!(
+                    "create Claim {claim} for Pod {name}-{ordinal} in StatefulSet {name} failed error: {}",
+                    e.message
+                ));
+            }
+        }
+        let vol = json!({"name": tname, "persistentVolumeClaim": {"claimName": claim}});
+        match pod["spec"]["volumes"].as_array_mut() {
+            Some(vs) => {
+                vs.retain(|v| v["name"] != tname);
+                vs.push(vol);
+            }
+            None => pod["spec"]["volumes"] = json!([vol]),
+        }
+    }
+    Ok(())
+}
+
 async fn statefulset(api: &Arc<Api>, state: &State, sts: &Value) {
     let events = Recorder { api, state, who: STS_CTRL, component: "statefulset-controller" };
     if terminating(sts) {
@@ -443,6 +477,10 @@ async fn statefulset(api: &Arc<Api>, state: &State, sts: &Value) {
                 pod["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] = json!(pod_name);
                 pod["metadata"]["labels"]["apps.kubernetes.io/pod-index"] = json!(i.to_string());
                 pod["spec"]["hostname"] = json!(pod_name);
+                if let Err(msg) = claims_for(api, sts, i, &mut pod).await {
+                    events.event(sts, &res::STATEFULSETS, "Warning", "FailedCreate", &msg, true).await;
+                    break;
+                }
                 match api.call(STS_CTRL, "POST", &uri(&res::PODS, ns, ""), Some(&pod)).await {
                     Ok(_) => {
                         events

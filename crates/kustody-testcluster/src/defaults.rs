@@ -88,6 +88,20 @@ pub fn default_object(api: &Api, rt: &'static ResourceType, obj: &mut Value) {
             }
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
         }
+        "persistentvolumeclaims" => {
+            // a default StorageClass with Immediate binding: bound at once to a new volume
+            let spec = &mut obj["spec"];
+            if !spec.is_object() {
+                *spec = json!({});
+            }
+            set_default(spec, "volumeMode", json!("Filesystem"));
+            set_default(spec, "storageClassName", json!("standard"));
+            let volume = format!("pvc-{}", crate::store::new_uid());
+            set_default(spec, "volumeName", json!(volume));
+            let modes = spec["accessModes"].clone();
+            let capacity = spec["resources"]["requests"]["storage"].clone();
+            obj["status"] = json!({"phase": "Bound", "accessModes": modes, "capacity": {"storage": capacity}});
+        }
         "services" => {
             let spec = &mut obj["spec"];
             if !spec.is_object() {
@@ -391,6 +405,31 @@ pub fn validate(rt: &'static ResourceType, obj: &Value, old: Option<&Value>) -> 
                         reason: "FieldValueInvalid",
                         message: format!("Invalid value: {}: field is immutable", obj["spec"]["selector"]),
                         field: "spec.selector".into(),
+                    });
+                }
+            }
+        }
+        "persistentvolumeclaims" => {
+            if obj["spec"]["accessModes"].as_array().is_none_or(|a| a.is_empty()) {
+                causes.push(Cause {
+                    reason: "FieldValueRequired",
+                    message: "Required value: at least 1 access mode is required".into(),
+                    field: "spec.accessModes".into(),
+                });
+            }
+            if !obj["spec"]["resources"]["requests"]["storage"].is_string() {
+                causes.push(Cause {
+                    reason: "FieldValueRequired",
+                    message: "Required value".into(),
+                    field: "spec.resources[storage]".into(),
+                });
+            }
+            if let Some(old) = old {
+                if old["spec"]["accessModes"] != obj["spec"]["accessModes"] {
+                    causes.push(Cause {
+                        reason: "FieldValueForbidden",
+                        message: "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims".into(),
+                        field: "spec".into(),
                     });
                 }
             }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -435,7 +435,7 @@ fn new_ctr(spec: &Value, ephemeral: bool, images: &Images) -> CtrRt {
         started_at: String::new(),
         last_terminated: None,
         terminated: None,
-        image_id: images.id(ImageKind::for_reference(&image)).to_string(),
+        image_id: images.id(images.kind(&image)).to_string(),
         image,
     }
 }
@@ -445,11 +445,52 @@ fn short(uid: &str) -> &str {
 }
 
 fn write_volumes(api: &Api, rt: &PodRt, pod: &Value) -> anyhow::Result<HashMap<String, PathBuf>> {
+    use std::os::unix::fs::{chown, PermissionsExt};
     let mut out = HashMap::new();
     let sa = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+    let fs_group = pod["spec"]["securityContext"]["fsGroup"].as_u64().and_then(|g| u32::try_from(g).ok());
+    // secret and configMap files: `mode`/`defaultMode` (0644 by default); with an fsGroup the
+    // kubelet gives them that group and group read (SetVolumeOwnership's read-only mask)
+    let write_file = |dir: &Path, path: &str, data: &[u8], mode: u32| -> anyhow::Result<()> {
+        let f = dir.join(path.trim_start_matches('/'));
+        if let Some(parent) = f.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&f, data)?;
+        let mode = if fs_group.is_some() { mode | 0o440 } else { mode };
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode & 0o7777))?;
+        if let Some(g) = fs_group {
+            chown(&f, Some(0), Some(g))?;
+        }
+        Ok(())
+    };
+    let keyed = |v: &Value, data: Vec<(String, Vec<u8>)>, dir: &Path| -> anyhow::Result<()> {
+        let default_mode = v["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+        match v["items"].as_array() {
+            Some(items) => {
+                for it in items {
+                    let key = it["key"].as_str().unwrap_or("");
+                    let Some((_, b)) = data.iter().find(|(k, _)| k == key) else {
+                        if v["optional"].as_bool() == Some(true) {
+                            continue;
+                        }
+                        anyhow::bail!("couldn't find key {key} in the volume's source");
+                    };
+                    let mode = it["mode"].as_u64().map(|m| m as u32).unwrap_or(default_mode);
+                    write_file(dir, it["path"].as_str().unwrap_or(key), b, mode)?;
+                }
+            }
+            None => {
+                for (k, b) in &data {
+                    write_file(dir, k, b, default_mode)?;
+                }
+            }
+        }
+        Ok(())
+    };
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
         let name = v["name"].as_str().unwrap_or("").to_string();
-        let dir = rt.dir.join("volumes").join(&name);
+        let mut dir = rt.dir.join("volumes").join(&name);
         std::fs::create_dir_all(&dir)?;
         if let Some(p) = v.get("projected") {
             for s in p["sources"].as_array().into_iter().flatten() {
@@ -466,23 +507,61 @@ fn write_volumes(api: &Api, rt: &PodRt, pod: &Value) -> anyhow::Result<HashMap<S
                 }
             }
         } else if let Some(cm) = v.get("configMap") {
-            if let Some(obj) = api.store.get(&res::CONFIGMAPS, &rt.ns, cm["name"].as_str().unwrap_or("")) {
-                for (k, val) in obj["data"].as_object().into_iter().flatten() {
-                    std::fs::write(dir.join(k), val.as_str().unwrap_or(""))?;
+            match api.store.get(&res::CONFIGMAPS, &rt.ns, cm["name"].as_str().unwrap_or("")) {
+                Some(obj) => {
+                    let data = obj["data"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").as_bytes().to_vec()))
+                        .collect();
+                    keyed(cm, data, &dir)?;
                 }
+                None if cm["optional"].as_bool() == Some(true) => {}
+                None => anyhow::bail!("configmap \"{}\" not found", cm["name"].as_str().unwrap_or("")),
             }
         } else if let Some(sec) = v.get("secret") {
             use base64::Engine;
-            if let Some(obj) = api.store.get(&res::SECRETS, &rt.ns, sec["secretName"].as_str().unwrap_or("")) {
-                for (k, val) in obj["data"].as_object().into_iter().flatten() {
-                    let b = base64::engine::general_purpose::STANDARD
-                        .decode(val.as_str().unwrap_or(""))
-                        .unwrap_or_default();
-                    std::fs::write(dir.join(k), b)?;
+            match api.store.get(&res::SECRETS, &rt.ns, sec["secretName"].as_str().unwrap_or("")) {
+                Some(obj) => {
+                    let data = obj["data"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                base64::engine::general_purpose::STANDARD
+                                    .decode(v.as_str().unwrap_or(""))
+                                    .unwrap_or_default(),
+                            )
+                        })
+                        .collect();
+                    keyed(sec, data, &dir)?;
                 }
+                None if sec["optional"].as_bool() == Some(true) => {}
+                None => anyhow::bail!("secret \"{}\" not found", sec["secretName"].as_str().unwrap_or("")),
+            }
+        } else if let Some(claim) = v.get("persistentVolumeClaim") {
+            // a claim's storage outlives the pod: kept by the claim's bound volume name
+            let claim_name = claim["claimName"].as_str().unwrap_or("");
+            let Some(pvc) = api.store.get(&res::PVCS, &rt.ns, claim_name) else {
+                anyhow::bail!("persistentvolumeclaim \"{claim_name}\" not found");
+            };
+            let volume = pvc["spec"]["volumeName"].as_str().unwrap_or(claim_name).to_string();
+            dir = api.kubelet.dir.join("volumes").join(volume);
+            std::fs::create_dir_all(&dir)?;
+            if let Some(g) = fs_group {
+                chown(&dir, Some(0), Some(g))?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2775))?;
+            }
+        } else if v.get("emptyDir").is_some() {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+            if let Some(g) = fs_group {
+                chown(&dir, Some(0), Some(g))?;
             }
         }
-        // emptyDir, hostPath and everything else: an empty directory of the pod's own.
+        // hostPath and everything else: an empty directory of the pod's own.
         out.insert(name, dir);
     }
     Ok(out)
@@ -504,6 +583,12 @@ async fn start_pod(api: Arc<Api>, rt: Arc<PodRt>, pod: Value) {
             binds: vec![],
             join: Join { net: if host_network { Some(None) } else { None }, ..Default::default() },
             privileged: false,
+            link_rootfs: false,
+            user: (0, 0, vec![]),
+            readonly_root: false,
+            drop_caps: vec![],
+            add_caps: vec![],
+            no_new_privileges: true,
         };
         let started = kubelet.runc.start(&sandbox, &rt.dir.join("bundles"), false).await?;
         let mut child = started.child;
@@ -544,10 +629,10 @@ fn container_config(
     spec: &Value,
     instance: u32,
     volumes: &HashMap<String, PathBuf>,
-) -> ContainerConfig {
+) -> Result<ContainerConfig, String> {
     let kubelet = &api.kubelet;
     let image = spec["image"].as_str().unwrap_or("");
-    let kind = ImageKind::for_reference(image);
+    let kind = kubelet.images.kind(image);
     let mut args: Vec<String> =
         spec["command"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(String::from)).collect();
     let extra: Vec<String> =
@@ -557,6 +642,14 @@ fn container_config(
             ImageKind::Busybox if extra.is_empty() => vec!["sleep".into(), "2147483647".into()],
             ImageKind::Busybox => vec![],
             ImageKind::Distroless => vec!["/app".into()],
+            ImageKind::Custom(i) => {
+                let entry = &kubelet.images.custom[i].0.entrypoint;
+                if extra.is_empty() {
+                    entry.clone()
+                } else {
+                    entry.iter().take(1).cloned().collect()
+                }
+            }
         };
     }
     args.extend(extra);
@@ -597,7 +690,38 @@ fn container_config(
     let host_pid = pod["spec"]["hostPID"].as_bool() == Some(true);
     let privileged = spec["securityContext"]["privileged"].as_bool() == Some(true);
     let name = spec["name"].as_str().unwrap_or("c");
-    ContainerConfig {
+    let (user, non_root) = security_user(pod, spec, kubelet.images.user(kind));
+    if non_root && user.0 == 0 {
+        // the kubelet's words (kuberuntime_container_linux.go / security_context_others.go)
+        return Err(
+            if spec["securityContext"]["runAsUser"].is_u64() || pod["spec"]["securityContext"]["runAsUser"].is_u64() {
+                "container's runAsUser breaks non-root policy (pod: \"".to_string()
+                    + &rt.name
+                    + "_"
+                    + &rt.ns
+                    + "("
+                    + &rt.uid
+                    + ")\", container: "
+                    + name
+                    + ")"
+            } else {
+                "container has runAsNonRoot and image will run as root (pod: \"".to_string()
+                    + &rt.name
+                    + "_"
+                    + &rt.ns
+                    + "("
+                    + &rt.uid
+                    + ")\", container: "
+                    + name
+                    + ")"
+            },
+        );
+    }
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect()
+    };
+    let sc = &spec["securityContext"];
+    Ok(ContainerConfig {
         id: format!("k-{}-{}-{instance}", short(&rt.uid), name),
         rootfs_from: kubelet.images.rootfs(kind).to_path_buf(),
         args,
@@ -612,7 +736,34 @@ fn container_config(
             pid: if host_pid { Some(PathBuf::from("/proc/1/ns/pid")) } else { target_pid },
         },
         privileged,
-    }
+        link_rootfs: matches!(kind, ImageKind::Custom(_)),
+        user,
+        readonly_root: sc["readOnlyRootFilesystem"].as_bool() == Some(true),
+        drop_caps: strings(&sc["capabilities"]["drop"]),
+        add_caps: strings(&sc["capabilities"]["add"]),
+        no_new_privileges: sc["allowPrivilegeEscalation"].as_bool() == Some(false),
+    })
+}
+
+/// The process user from the pod's and the container's securityContext (the container's wins),
+/// falling back to the image's user: (uid, gid, supplementary groups) and whether
+/// `runAsNonRoot` is asked for.
+fn security_user(pod: &Value, spec: &Value, image: (u32, u32)) -> ((u32, u32, Vec<u32>), bool) {
+    let (p, c) = (&pod["spec"]["securityContext"], &spec["securityContext"]);
+    let num = |k: &str| c[k].as_u64().or_else(|| p[k].as_u64()).and_then(|v| u32::try_from(v).ok());
+    let uid = num("runAsUser").unwrap_or(image.0);
+    let gid = num("runAsGroup").unwrap_or(if num("runAsUser").is_some() { 0 } else { image.1 });
+    let mut groups: Vec<u32> = p["fsGroup"].as_u64().and_then(|v| u32::try_from(v).ok()).into_iter().collect();
+    groups.extend(
+        p["supplementalGroups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_u64())
+            .filter_map(|v| u32::try_from(v).ok()),
+    );
+    let non_root = c["runAsNonRoot"].as_bool().or_else(|| p["runAsNonRoot"].as_bool()) == Some(true);
+    ((uid, gid, groups), non_root)
 }
 
 /// The pod's `/etc/hosts`, as the kubelet keeps it: one file per pod, rewritten in place
@@ -675,14 +826,26 @@ async fn pump_log(
 async fn supervise(api: Arc<Api>, rt: Arc<PodRt>, pod: Value, spec: Value, ephemeral: bool) {
     let name = spec["name"].as_str().unwrap_or("").to_string();
     let node_user = format!("system:node:{}", rt.node);
-    let volumes = write_volumes(&api, &rt, &pod).unwrap_or_default();
+    let volumes = match write_volumes(&api, &rt, &pod) {
+        Ok(v) => v,
+        Err(e) => {
+            set_waiting(&api, &rt, &name, ephemeral, "CreateContainerConfigError", &format!("{e:#}"), &node_user);
+            return;
+        }
+    };
     let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_string();
     let mut instance = 0u32;
     loop {
         if rt.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let cfg = container_config(&api, &rt, &pod, &spec, instance, &volumes);
+        let cfg = match container_config(&api, &rt, &pod, &spec, instance, &volumes) {
+            Ok(c) => c,
+            Err(msg) => {
+                set_waiting(&api, &rt, &name, ephemeral, "CreateContainerConfigError", &msg, &node_user);
+                return;
+            }
+        };
         let log_path = rt.dir.join("logs").join(format!("{name}-{instance}.log"));
         let file = match std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
             Ok(f) => Arc::new(Mutex::new(f)),

@@ -32,6 +32,7 @@ pub mod pki;
 pub mod rbac;
 pub mod resources;
 pub mod runtime;
+pub mod schema;
 pub mod selectors;
 pub mod server;
 pub mod status;
@@ -160,6 +161,7 @@ pub struct Builder {
     exec_protocols: Vec<String>,
     exec_without_runtime: bool,
     eks_users: Vec<(String, String, Vec<String>)>,
+    images: Vec<runtime::CustomImage>,
 }
 
 impl Default for Builder {
@@ -177,6 +179,7 @@ impl Default for Builder {
             exec_protocols: vec![],
             exec_without_runtime: false,
             eks_users: vec![],
+            images: vec![],
         }
     }
 }
@@ -227,6 +230,12 @@ impl Builder {
     /// Benchmarks only: answer `echo ARGS` execs in the API server itself (TLS, authentication,
     /// authorization, audit, the WebSocket upgrade and framing as usual) without starting
     /// `runc exec`, so a client's own exec overhead can be measured apart from the runtime's.
+    /// Run pods naming `image.reference` on a root filesystem the test made (a kustody image,
+    /// say), as the image's user.
+    pub fn image(mut self, image: runtime::CustomImage) -> Self {
+        self.images.push(image);
+        self
+    }
     pub fn exec_without_runtime(mut self) -> Self {
         self.exec_without_runtime = true;
         self
@@ -318,7 +327,10 @@ impl TestCluster {
     pub fn start_with(b: Builder) -> Result<TestCluster> {
         let (runc_bin, busybox) = runtime::check_host()?;
         reap_stale(&runc_bin);
-        let images = runtime::ensure_images(&busybox)?;
+        let mut images = runtime::ensure_images(&busybox)?;
+        for i in &b.images {
+            images.add(i.clone());
+        }
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = base_dir().join(format!("c-{}-{seq}-{}", std::process::id(), store::random_suffix(4)));
@@ -518,9 +530,56 @@ impl TestCluster {
         }
     }
 
-    /// Create every object of a multi-document YAML manifest (a file the repository ships, say).
+    /// Create every object of a multi-document YAML manifest (a file the repository ships, say),
+    /// with strict field validation as `kubectl apply` asks for it: an unknown field fails.
     pub fn apply_yaml(&self, text: &str) -> Result<Vec<Value>> {
-        yaml_documents(text)?.into_iter().map(|d| self.apply(d)).collect()
+        yaml_documents(text)?.into_iter().map(|d| self.apply_strict(d)).collect()
+    }
+
+    /// Create an object with `fieldValidation=Strict`.
+    pub fn apply_strict(&self, obj: Value) -> Result<Value> {
+        let api_version = obj["apiVersion"].as_str().unwrap_or("v1");
+        let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
+        let kind = obj["kind"].as_str().unwrap_or("");
+        let rt = resources::by_kind(group, kind)
+            .with_context(|| format!("the test cluster does not serve {api_version} {kind}"))?;
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or(&self.namespace).to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        self.request("POST", &format!("{}?fieldValidation=Strict", api::uri(rt, &ns, "")), Some(&obj))
+            .with_context(|| format!("{kind} {ns}/{name}"))
+    }
+
+    /// Forward connections to a returned 127.0.0.1 address to `127.0.0.1:port` inside a pod's
+    /// network namespace (that of `container`'s current process), as `kubectl port-forward`
+    /// reaches a pod. Pods have no network the host can route to; this is the harness's way in.
+    /// The forwarder stops when the cluster does.
+    pub fn forward(&self, ns: &str, pod: &str, container: &str, port: u16) -> Result<std::net::SocketAddr> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let api = Arc::downgrade(&self.api);
+        let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+        std::thread::spawn(move || loop {
+            let Some(api) = api.upgrade() else { return };
+            match listener.accept() {
+                Ok((client, _)) => {
+                    let pid = api.store.get(&resources::PODS, &ns, &pod).and_then(|p| {
+                        api.kubelet.running_container(p["metadata"]["uid"].as_str()?, &container).map(|t| t.pid)
+                    });
+                    drop(api);
+                    if let Some(pid) = pid {
+                        let _ = client.set_nonblocking(false);
+                        std::thread::spawn(move || forward_through_nsenter(client, pid, port));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    drop(api);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(_) => return,
+            }
+        });
+        Ok(addr)
     }
 
     /// A user with a bearer token bound to an existing ClusterRole, in one namespace
@@ -687,4 +746,37 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Pipe a connection to 127.0.0.1:port in the network namespace of process `pid` through
+/// `nsenter -t PID -n busybox nc` (no unsafe `setns` here).
+fn forward_through_nsenter(client: std::net::TcpStream, pid: u32, port: u16) {
+    let Ok(busybox) = runtime::check_host().map(|(_, b)| b) else { return };
+    let Ok(mut child) = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "--"])
+        .arg(busybox)
+        .args(["nc", "127.0.0.1", &port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return;
+    };
+    let (Some(mut stdin), Some(mut stdout), Ok(mut reader)) =
+        (child.stdin.take(), child.stdout.take(), client.try_clone())
+    else {
+        let _ = child.kill();
+        return;
+    };
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut reader, &mut stdin);
+        // closing stdin ends nc's sending side
+    });
+    let mut writer = client;
+    let _ = std::io::copy(&mut stdout, &mut writer);
+    let _ = writer.shutdown(std::net::Shutdown::Both);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = up.join();
 }

@@ -85,6 +85,16 @@ pub static SERVICES: ResourceType = rt!("", "v1", "services", "service", "Servic
 pub static ENDPOINTS: ResourceType = rt!("", "v1", "endpoints", "endpoints", "Endpoints", true, &["ep"], &[]);
 pub static SERVICEACCOUNTS: ResourceType =
     rt!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], &["token"]);
+pub static PVCS: ResourceType = rt!(
+    "",
+    "v1",
+    "persistentvolumeclaims",
+    "persistentvolumeclaim",
+    "PersistentVolumeClaim",
+    true,
+    &["pvc"],
+    &["status"]
+);
 pub static SECRETS: ResourceType = rt!("", "v1", "secrets", "secret", "Secret", true, &[], &[]);
 pub static CONFIGMAPS: ResourceType = rt!("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], &[]);
 pub static DEPLOYMENTS: ResourceType =
@@ -131,6 +141,7 @@ pub static ALL: &[&ResourceType] = &[
     &SERVICEACCOUNTS,
     &SECRETS,
     &CONFIGMAPS,
+    &PVCS,
     &DEPLOYMENTS,
     &REPLICASETS,
     &DAEMONSETS,

@@ -59,16 +59,22 @@ int main(void) {
 pub enum ImageKind {
     Busybox,
     Distroless,
+    /// An image a test registered (`Builder::image`), by its index.
+    Custom(usize),
 }
 
-impl ImageKind {
-    pub fn for_reference(image: &str) -> ImageKind {
-        if image.contains("distroless") {
-            ImageKind::Distroless
-        } else {
-            ImageKind::Busybox
-        }
-    }
+/// An image a test supplies: a root filesystem directory (say, the kustody binary with the
+/// libraries `ldd` names, as a distroless/cc image holds them) and the user its Dockerfile's
+/// `USER` names. Its files are hard-linked into each container, not copied.
+#[derive(Debug, Clone)]
+pub struct CustomImage {
+    /// The exact image reference pods name.
+    pub reference: String,
+    pub rootfs: PathBuf,
+    /// The image's default command (its ENTRYPOINT + CMD).
+    pub entrypoint: Vec<String>,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The cached root filesystems.
@@ -80,20 +86,49 @@ pub struct Images {
     /// `sha256:...` of each image's main binary: stable image IDs.
     pub busybox_id: String,
     pub distroless_id: String,
+    pub custom: Vec<(CustomImage, String)>,
 }
 
 impl Images {
+    /// The root filesystem an image reference runs: a registered image by its exact reference,
+    /// else references containing `distroless` run the distroless one and all others busybox.
+    pub fn kind(&self, image: &str) -> ImageKind {
+        if let Some(i) = self.custom.iter().position(|(c, _)| c.reference == image) {
+            ImageKind::Custom(i)
+        } else if image.contains("distroless") {
+            ImageKind::Distroless
+        } else {
+            ImageKind::Busybox
+        }
+    }
     pub fn rootfs(&self, kind: ImageKind) -> &Path {
         match kind {
             ImageKind::Busybox => &self.busybox,
             ImageKind::Distroless => &self.distroless,
+            ImageKind::Custom(i) => &self.custom[i].0.rootfs,
         }
     }
     pub fn id(&self, kind: ImageKind) -> &str {
         match kind {
             ImageKind::Busybox => &self.busybox_id,
             ImageKind::Distroless => &self.distroless_id,
+            ImageKind::Custom(i) => &self.custom[i].1,
         }
+    }
+    /// The user (uid, gid) the image runs as when the pod does not say.
+    pub fn user(&self, kind: ImageKind) -> (u32, u32) {
+        match kind {
+            ImageKind::Custom(i) => (self.custom[i].0.uid, self.custom[i].0.gid),
+            _ => (0, 0),
+        }
+    }
+    /// Register a test's image; its ID is the SHA-256 of its entrypoint binary's path and size.
+    pub fn add(&mut self, image: CustomImage) {
+        use sha2::Digest;
+        let main = image.entrypoint.first().map(|e| image.rootfs.join(e.trim_start_matches('/')));
+        let size = main.as_ref().and_then(|m| std::fs::metadata(m).ok()).map(|m| m.len()).unwrap_or(0);
+        let id = format!("sha256:{:x}", sha2::Sha256::digest(format!("{}:{size}", image.reference)));
+        self.custom.push((image, id));
     }
 }
 
@@ -240,6 +275,7 @@ pub fn ensure_images(busybox: &Path) -> Result<Images> {
         busybox: dir.join("busybox"),
         distroless: dir.join("distroless"),
         sandbox: dir.join("sandbox"),
+        custom: Vec::new(),
     })
 }
 
@@ -255,6 +291,26 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         } else if ft.is_dir() {
             copy_tree(&e.path(), &dst)?;
         } else {
+            std::fs::copy(e.path(), &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Hard-link a directory tree (symlinks and directories recreated, modes kept): a test's image
+/// of several hundred MB starts without a copy. Falls back to copying across file systems.
+pub fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let ft = e.file_type()?;
+        let dst = to.join(e.file_name());
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dst)?;
+        } else if ft.is_dir() {
+            link_tree(&e.path(), &dst)?;
+        } else if std::fs::hard_link(e.path(), &dst).is_err() {
             std::fs::copy(e.path(), &dst)?;
         }
     }
@@ -291,6 +347,18 @@ pub struct ContainerConfig {
     pub binds: Vec<Bind>,
     pub join: Join,
     pub privileged: bool,
+    /// Hard-link the root filesystem instead of copying it (test images).
+    pub link_rootfs: bool,
+    /// The process's user: uid, gid and supplementary groups (fsGroup, supplementalGroups).
+    pub user: (u32, u32, Vec<u32>),
+    /// `readOnlyRootFilesystem`.
+    pub readonly_root: bool,
+    /// Capabilities dropped (`ALL` drops every one) and added, from the container's
+    /// securityContext.
+    pub drop_caps: Vec<String>,
+    pub add_caps: Vec<String>,
+    /// `allowPrivilegeEscalation: false` (no_new_privs is also set for every unprivileged one).
+    pub no_new_privileges: bool,
 }
 
 /// Docker's default capability set; privileged containers get these plus `PRIVILEGED_EXTRA`.
@@ -312,10 +380,25 @@ const DEFAULT_CAPS: &[&str] = &[
 ];
 const PRIVILEGED_EXTRA: &[&str] = &["CAP_DAC_READ_SEARCH", "CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_ADMIN"];
 
-fn caps(privileged: bool) -> Value {
-    let mut list: Vec<&str> = DEFAULT_CAPS.to_vec();
-    if privileged {
-        list.extend_from_slice(PRIVILEGED_EXTRA);
+fn caps(c: &ContainerConfig) -> Value {
+    let mut list: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+    if c.privileged {
+        list.extend(PRIVILEGED_EXTRA.iter().map(|s| s.to_string()));
+    }
+    let name = |s: &str| if s.starts_with("CAP_") { s.to_string() } else { format!("CAP_{s}") };
+    if c.drop_caps.iter().any(|d| d == "ALL") {
+        list.clear();
+    } else {
+        list.retain(|l| !c.drop_caps.iter().any(|d| name(d) == *l));
+    }
+    for a in &c.add_caps {
+        if !list.contains(&name(a)) {
+            list.push(name(a));
+        }
+    }
+    // a non-root process keeps only what ambient rules give it: none here, as in runc's default
+    if c.user.0 != 0 {
+        return json!({"bounding": list, "effective": [], "permitted": []});
     }
     json!({"bounding": list, "effective": list, "permitted": list})
 }
@@ -357,10 +440,12 @@ fn oci_config(c: &ContainerConfig) -> Value {
     let uts_shared = c.join.uts.is_some();
     let mut cfg = json!({
         "ociVersion": "1.0.2",
-        "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": c.args, "env": c.env,
-                    "cwd": if c.cwd.is_empty() { "/" } else { &c.cwd }, "capabilities": caps(c.privileged),
-                    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}], "noNewPrivileges": !c.privileged},
-        "root": {"path": "rootfs", "readonly": false},
+        "process": {"terminal": false, "user": {"uid": c.user.0, "gid": c.user.1, "additionalGids": c.user.2},
+                    "args": c.args, "env": c.env,
+                    "cwd": if c.cwd.is_empty() { "/" } else { &c.cwd }, "capabilities": caps(c),
+                    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+                    "noNewPrivileges": !c.privileged || c.no_new_privileges},
+        "root": {"path": "rootfs", "readonly": c.readonly_root},
         "mounts": mounts,
         "linux": {"namespaces": ns, "resources": {"devices": [{"allow": false, "access": "rwm"}]},
                   "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -402,7 +487,9 @@ impl Runc {
         let rootfs = bundle.join("rootfs");
         let from = c.rootfs_from.clone();
         let rootfs2 = rootfs.clone();
-        tokio::task::spawn_blocking(move || copy_tree(&from, &rootfs2)).await??;
+        let link = c.link_rootfs;
+        tokio::task::spawn_blocking(move || if link { link_tree(&from, &rootfs2) } else { copy_tree(&from, &rootfs2) })
+            .await??;
         for b in &c.binds {
             let dst = rootfs.join(b.destination.trim_start_matches('/'));
             if b.source.is_dir() {
@@ -411,6 +498,8 @@ impl Runc {
                 if let Some(p) = dst.parent() {
                     std::fs::create_dir_all(p)?;
                 }
+                // a new mount point, never a write through a hard-linked image file
+                let _ = std::fs::remove_file(&dst);
                 std::fs::write(&dst, b"")?;
             }
         }

@@ -58,6 +58,9 @@ impl Api {
             obj["metadata"] = json!({});
         }
         crate::defaults::validate_shape(rt.kind, &obj)?;
+        if req.q("fieldValidation") == Some("Strict") {
+            crate::schema::strict(rt.kind, &obj)?;
+        }
         if rt.namespaced {
             let body_ns = meta_str(&obj, "namespace").to_string();
             if !body_ns.is_empty() && body_ns != info.ns {
@@ -254,6 +257,9 @@ impl Api {
             None
         };
         let body = if is_patch { None } else { Some(Self::parse_body(req)?) };
+        if let Some(b) = body.as_ref().filter(|_| req.q("fieldValidation") == Some("Strict")) {
+            crate::schema::strict(rt.kind, b)?;
+        }
         if let Some(b) = &body {
             let n = meta_str(b, "name");
             if !n.is_empty() && n != info.name {
