@@ -119,7 +119,10 @@ impl Tokens {
             }
             let mut rs = Vec::new();
             for r in roles.split(',') {
-                rs.push(Role::parse(r).ok_or_else(|| (i + 1, format!("unknown role `{r}` (ingest, read, admin)")))?);
+                rs.push(
+                    Role::parse(r)
+                        .ok_or_else(|| (i + 1, format!("unknown role `{r}` (ingest, read, respond, admin)")))?,
+                );
             }
             entries.push(Entry { digest: digest(token), identity: Identity { name: (*name).to_owned(), roles: rs } });
         }

@@ -107,6 +107,11 @@ impl Kubelet {
         }
     }
 
+    /// Where a pod's container logs (CRI format, one file per container start) are.
+    pub fn log_dir(&self, pod_uid: &str) -> Option<PathBuf> {
+        lock(&self.pods).get(pod_uid).map(|p| p.dir.join("logs"))
+    }
+
     /// Node names, for the scheduler.
     pub fn node_names(&self) -> &[String] {
         &self.nodes

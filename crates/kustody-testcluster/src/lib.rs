@@ -569,7 +569,7 @@ impl TestCluster {
                     drop(api);
                     if let Some(pid) = pid {
                         let _ = client.set_nonblocking(false);
-                        std::thread::spawn(move || forward_through_nsenter(client, pid, port));
+                        std::thread::spawn(move || forward_into_netns(client, pid, port));
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -708,6 +708,20 @@ impl TestCluster {
         self.api.kubelet.running_container(p["metadata"]["uid"].as_str()?, container).map(|t| t.rootfs)
     }
 
+    /// Everything a pod's containers wrote (every start, oldest first), for a failing test's
+    /// message.
+    pub fn pod_logs(&self, ns: &str, pod: &str) -> String {
+        let Some(dir) =
+            self.get("pods", ns, pod).and_then(|p| self.api.kubelet.log_dir(p["metadata"]["uid"].as_str()?))
+        else {
+            return String::new();
+        };
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        files.sort();
+        files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).collect::<Vec<_>>().join("")
+    }
+
     /// The host pid of a container's main process.
     pub fn container_pid(&self, ns: &str, pod: &str, container: &str) -> Option<u32> {
         let p = self.get("pods", ns, pod)?;
@@ -748,35 +762,25 @@ impl Drop for TestCluster {
     }
 }
 
-/// Pipe a connection to 127.0.0.1:port in the network namespace of process `pid` through
-/// `nsenter -t PID -n busybox nc` (no unsafe `setns` here).
-fn forward_through_nsenter(client: std::net::TcpStream, pid: u32, port: u16) {
-    let Ok(busybox) = runtime::check_host().map(|(_, b)| b) else { return };
-    let Ok(mut child) = std::process::Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "--"])
-        .arg(busybox)
-        .args(["nc", "127.0.0.1", &port.to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-    else {
-        return;
-    };
-    let (Some(mut stdin), Some(mut stdout), Ok(mut reader)) =
-        (child.stdin.take(), child.stdout.take(), client.try_clone())
-    else {
-        let _ = child.kill();
-        return;
-    };
-    let up = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut reader, &mut stdin);
-        // closing stdin ends nc's sending side
+/// Connect to 127.0.0.1:port in the network namespace of process `pid` from a thread that
+/// enters it (a socket stays in the namespace it was made in), then copy bytes both ways.
+fn forward_into_netns(client: std::net::TcpStream, pid: u32, port: u16) {
+    let Ok(ns) = std::fs::File::open(format!("/proc/{pid}/ns/net")) else { return };
+    let upstream = std::thread::spawn(move || {
+        use std::os::fd::AsFd;
+        rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+            .map_err(std::io::Error::from)?;
+        std::net::TcpStream::connect(("127.0.0.1", port))
+    })
+    .join();
+    let Ok(Ok(upstream)) = upstream else { return };
+    let (Ok(mut client_r), Ok(mut up_w)) = (client.try_clone(), upstream.try_clone()) else { return };
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_r, &mut up_w);
+        let _ = up_w.shutdown(std::net::Shutdown::Write);
     });
-    let mut writer = client;
-    let _ = std::io::copy(&mut stdout, &mut writer);
-    let _ = writer.shutdown(std::net::Shutdown::Both);
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = up.join();
+    let (mut up_r, mut client_w) = (upstream, client);
+    let _ = std::io::copy(&mut up_r, &mut client_w);
+    let _ = client_w.shutdown(std::net::Shutdown::Write);
+    let _ = t.join();
 }

@@ -567,3 +567,26 @@ fn replicaset_adopts_a_matching_orphan_instead_of_creating_a_pod() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(c.list("pods", Some("adopt")).len(), 1, "the ReplicaSet created a pod although it adopted one");
 }
+
+#[test]
+fn forward_reaches_a_port_inside_the_pods_network_namespace() {
+    use std::io::{Read, Write};
+    let Some(c) = cluster(TestCluster::builder().namespace("fwd")) else { return };
+    c.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "srv", "namespace": "fwd"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "main", "image": "busybox:1.36",
+                 "command": ["sh", "-c", "while true; do nc -l -p 8080 -e sh -c 'read line; echo got $line'; done"]}]}}))
+        .unwrap();
+    c.wait_pod_running("fwd", "srv", Duration::from_secs(10)).unwrap();
+    let addr = c.forward("fwd", "srv", "main", 8080).unwrap();
+    let got = c
+        .wait_for(Duration::from_secs(10), || {
+            let mut s = std::net::TcpStream::connect(addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.write_all(b"hello\n").ok()?;
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            (!out.is_empty()).then_some(out)
+        })
+        .unwrap();
+    assert_eq!(got, "got hello\n");
+}
