@@ -168,7 +168,7 @@ that cannot work.
 {{- fail "mode scaleout needs tls.secretName: every receiver and detector must present the same certificate (its names: the -receiver and the API Service), which the apiserver's webhook kubeconfig trusts" -}}
 {{- end -}}
 {{- if not (include "kustody.tokensSecretName" .) -}}
-{{- fail "mode scaleout needs auth.tokensSecret.name (or auth.generate: true): the pods' data directories are emptyDirs, a generated token file would be lost and differ per pod" -}}
+{{- fail "mode scaleout needs auth.tokensSecret.name (or auth.generate: true): each pod would generate a token file of its own" -}}
 {{- end -}}
 {{- if not (include "kustody.busTokenSecretName" .) -}}
 {{- fail "mode scaleout needs nats.tokenSecret.name (or auth.generate: true): the token NATS and kustody share" -}}
@@ -287,7 +287,8 @@ capabilities:
 
 {{/*
 The pod template of a kustody process. Call with (dict "root" $ "component" "server|receiver|detector").
-The data volume ("data") is a volumeClaimTemplate for the server and an emptyDir otherwise.
+The data volume ("data") is a volumeClaimTemplate for the server and the detectors, an emptyDir
+for the receivers (they keep nothing).
 */}}
 {{- define "kustody.podTemplate" -}}
 {{- $root := .root -}}
@@ -306,7 +307,6 @@ The data volume ("data") is a volumeClaimTemplate for the server and an emptyDir
 {{- $role = "detector" -}}
 {{- $configFile = "detector.yaml" -}}
 {{- $resources = $v.detector.resources -}}
-{{- $dataSizeLimit = $v.detector.dataSizeLimit -}}
 {{- end -}}
 {{- $api := and (ne $role "receiver") (eq (include "kustody.needsAPI" $root) "true") -}}
 {{- $tokens := include "kustody.tokensSecretName" $root -}}
@@ -426,7 +426,7 @@ spec:
     - name: config
       configMap:
         name: {{ include "kustody.fullname" $root }}
-    {{- if ne $role "all" }}
+    {{- if eq $role "receiver" }}
     - name: data
       emptyDir:
         sizeLimit: {{ $dataSizeLimit }}
