@@ -201,6 +201,12 @@ fn the_plain_manifests_are_what_the_chart_renders_and_the_chart_lints_clean() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    // the chart's appVersion (the image tag it deploys) is the workspace's version
+    let chart = std::fs::read_to_string(repo().join("deploy/helm/kustody/Chart.yaml")).unwrap();
+    let app = chart.lines().find_map(|l| l.strip_prefix("appVersion:")).unwrap().trim().trim_matches('"').to_string();
+    assert_eq!(app, env!("CARGO_PKG_VERSION"), "deploy/helm/kustody/Chart.yaml appVersion");
+    let docker = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    assert!(docker.contains(&format!("ARG VERSION={app}")), "deploy/Dockerfile's VERSION");
     // a misspelt value fails the render (values.schema.json), not silently ignored
     let script = r#"
 import sys, helm_python as helm
