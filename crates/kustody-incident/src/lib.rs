@@ -59,6 +59,9 @@ impl std::str::FromStr for Status {
 /// What the book needs to know of a finding.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FindingInput {
+    /// The cluster of the finding's events, when it differs from the book's own (a detector
+    /// of several clusters): incidents never span clusters.
+    pub cluster: Option<String>,
     /// The finding's id in the store.
     pub finding_id: i64,
     pub rule: String,
@@ -261,8 +264,10 @@ pub struct Book {
     pub evicted: u64,
 }
 
-/// The grouping key of a finding, and the acting workload.
-pub fn key_of(f: &FindingInput) -> (String, Option<Workload>) {
+/// The grouping key of a finding, and the acting workload: identity and workload, prefixed by
+/// the cluster when the finding's is not the book's own (`book_cluster`), so one identity's
+/// activity in two clusters is two incidents while single-cluster keys stay as they were.
+pub fn key_of(f: &FindingInput, book_cluster: Option<&str>) -> (String, Option<Workload>) {
     let workload = f.acting_pod.as_deref().and_then(|p| p.split_once('/')).map(|(ns, pod)| workload::of_pod(ns, pod));
     let who = f.user.clone().unwrap_or_else(|| "(no identity)".to_owned());
     let key = match &workload {
@@ -270,6 +275,10 @@ pub fn key_of(f: &FindingInput) -> (String, Option<Workload>) {
         // No identity and no acting pod: group by what was acted on (namespace).
         None if f.user.is_none() => format!("{who}|ns:{}", f.namespace.as_deref().unwrap_or("")),
         None => format!("{who}|"),
+    };
+    let key = match f.cluster.as_deref() {
+        Some(c) if Some(c) != book_cluster => format!("cluster:{c}|{key}"),
+        _ => key,
     };
     (key, workload)
 }
@@ -314,7 +323,7 @@ impl Book {
 
     /// Folds a finding (new, or an update of one folded before) into its incident.
     pub fn observe(&mut self, f: &FindingInput) -> Change {
-        let (key, workload) = key_of(f);
+        let (key, workload) = key_of(f, self.opts.cluster.as_deref());
         let start = f.first_ns.or(f.last_ns);
         // A stale or resolved incident of the key gives way to a new one.
         // An update of a finding the incident already holds stays in it, resolved or not.
@@ -337,7 +346,7 @@ impl Book {
             Incident {
                 id: None,
                 key: key.clone(),
-                cluster: opts.cluster.clone(),
+                cluster: f.cluster.clone().or_else(|| opts.cluster.clone()),
                 identity: f.user.clone(),
                 workload,
                 severity: Priority::Debug,

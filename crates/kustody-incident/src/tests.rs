@@ -27,6 +27,32 @@ fn finding(id: i64, rule: &str, p: Priority, t: i64) -> FindingInput {
 }
 
 #[test]
+fn one_identity_in_two_clusters_is_two_incidents_each_with_its_cluster() {
+    // a detector of several clusters (its book has no cluster of its own)
+    let mut b = Book::new(Options::default());
+    let mut eu = finding(1, "Secret Read", Priority::Warning, 100 * S);
+    eu.cluster = Some("eu".into());
+    let mut us = finding(2, "Secret Read", Priority::Warning, 101 * S);
+    us.cluster = Some("us".into());
+    let (ce, cu) = (b.observe(&eu), b.observe(&us));
+    assert!(ce.opened && cu.opened);
+    assert_ne!(ce.key, cu.key);
+    assert_eq!(b.get(&ce.key).unwrap().cluster.as_deref(), Some("eu"));
+    assert_eq!(b.get(&cu.key).unwrap().cluster.as_deref(), Some("us"));
+    let mut eu2 = finding(3, "Exec Into Pod", Priority::Notice, 102 * S);
+    eu2.cluster = Some("eu".into());
+    assert!(!b.observe(&eu2).opened, "the same cluster's next finding joins its incident");
+    // a single-cluster server: findings of its own cluster keep the keys they always had
+    let mut own = Book::new(Options { cluster: Some("eu".into()), ..Default::default() });
+    let plain = own.observe(&finding(4, "Secret Read", Priority::Warning, 100 * S));
+    let mut tagged = finding(5, "Exec Into Pod", Priority::Notice, 101 * S);
+    tagged.cluster = Some("eu".into());
+    let c = own.observe(&tagged);
+    assert_eq!((c.opened, &c.key), (false, &plain.key));
+    assert_eq!(own.get(&c.key).unwrap().cluster.as_deref(), Some("eu"));
+}
+
+#[test]
 fn one_identity_and_workload_within_the_window_is_one_incident() {
     let mut b = Book::new(Options::default());
     let c1 = b.observe(&finding(1, "Secret Read", Priority::Warning, 100 * S));

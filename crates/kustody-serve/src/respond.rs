@@ -578,6 +578,7 @@ pub fn finding_input(
 ) -> FindingInput {
     let c = &f.lead.context;
     FindingInput {
+        cluster: row.cluster.clone(),
         finding_id: row.id.unwrap_or_default(),
         rule: row.rule.clone(),
         priority: Some(f.priority),

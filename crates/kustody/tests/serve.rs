@@ -2689,6 +2689,27 @@ fn serve_scales_out_over_nats_jetstream_and_postgresql() {
         (r.get(0), r.get(1))
     };
     assert!(eu_findings > 0 && us_findings > 0, "{eu_findings} {us_findings}");
+    // the same identity acted in both clusters: an incident in each, never one across them
+    let t0 = Instant::now();
+    loop {
+        let r = db
+            .query_one(
+                "SELECT count(DISTINCT cluster), count(*) FILTER (WHERE cluster IS NULL) FROM incidents \
+                 WHERE identity = 'realk8s-admin'",
+                &[],
+            )
+            .unwrap();
+        let (clusters, unnamed): (i64, i64) = (r.get(0), r.get(1));
+        assert_eq!(unnamed, 0, "an incident without its cluster");
+        if clusters == 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "realk8s-admin's incidents are in {clusters} cluster(s), not 2"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // the dead detector's open findings were taken over and closed when their window passed
     // (these events are a day old: every window has passed)
     let t0 = Instant::now();
