@@ -900,7 +900,8 @@ pub struct ServeArgs {
     /// client certificate). They get the `ingest` role.
     #[arg(long, value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
-    /// Bearer tokens: lines of `TOKEN NAME ROLES` (roles: ingest, read, admin), mode 0600.
+    /// Bearer tokens: lines of `TOKEN NAME ROLES` (roles: ingest, read, respond, admin), mode 0600
+    /// (0640 when root owns it, as a Secret volume with fsGroup).
     /// Default: DATA_DIR/tokens, made with one admin token on first start.
     #[arg(long, value_name = "FILE")]
     pub tokens: Option<PathBuf>,

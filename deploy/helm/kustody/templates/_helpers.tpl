@@ -163,7 +163,24 @@ that cannot work.
 {{- fail (printf "serve.extra.%s: this setting is made by the chart from its own values" $k) -}}
 {{- end -}}
 {{- end -}}
+{{- if and (eq (include "kustody.needsAPI" .) "true") (not $v.serviceAccount.create) (not $v.serviceAccount.name) -}}
+{{- fail "watchCluster / responder with serviceAccount.create false need serviceAccount.name: the ClusterRoles would be bound to the namespace's default ServiceAccount, which every pod there runs as" -}}
+{{- end -}}
 {{- if eq $v.mode "scaleout" -}}
+{{- /* what kustody serve refuses on a receiver (Plan::of), and on a detector; merged as kustody.serveConfig merges */ -}}
+{{- range $k, $val := (mergeOverwrite (dict) (deepCopy $v.serve.extra) (deepCopy $v.receiver.extra)) -}}
+{{- if and (eq $k "follow") (ne (toString $val) "false") -}}
+{{- fail "serve.extra / receiver.extra: kustody serve --role receiver refuses follow (a receiver keeps no store for the offsets; detectors refuse it too): follow files in mode single" -}}
+{{- end -}}
+{{- if and (has $k (list "sinks" "playbooks" "watch-cluster")) (ne (toString $val) "false") -}}
+{{- fail (printf "serve.extra / receiver.extra: kustody serve --role receiver refuses %s (receivers make no findings): give it to the detectors (detector.extra, serve.sinks, serve.playbooks, watchCluster.enabled)" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- range $k, $val := (mergeOverwrite (dict) (deepCopy $v.serve.extra) (deepCopy $v.detector.extra)) -}}
+{{- if and (has $k (list "follow" "replay")) (ne (toString $val) "false") -}}
+{{- fail (printf "serve.extra / detector.extra: kustody serve --role detector refuses %s (a detector takes its events from the bus)" $k) -}}
+{{- end -}}
+{{- end -}}
 {{- if not $v.tls.secretName -}}
 {{- fail "mode scaleout needs tls.secretName: every receiver and detector must present the same certificate (its names: the -receiver and the API Service), which the apiserver's webhook kubeconfig trusts" -}}
 {{- end -}}
@@ -227,8 +244,11 @@ Call with (dict "root" $ "role" "all|receiver|detector").
 {{- with $v.serve.retention -}}
 {{- $_ := set $cfg "retention" . -}}
 {{- end -}}
+{{- /* the single server's volume; a shared PostgreSQL is sized by its owner (detector.extra) */ -}}
+{{- if eq $role "all" -}}
 {{- with $v.serve.maxStoreSize -}}
 {{- $_ := set $cfg "max-store-size" . -}}
+{{- end -}}
 {{- end -}}
 {{- if $v.watchCluster.enabled -}}
 {{- $_ := set $cfg "watch-cluster" true -}}
