@@ -595,13 +595,17 @@ async fn serve(mut config: Config) -> Result<()> {
         std::fs::write(p, format!("{url}\n")).with_context(|| format!("cannot write `{}`", p.display()))?;
     }
 
-    // Rule reloads: SIGHUP, POST /v1/rules/reload, or a watched file changing.
+    // Rule reloads: SIGHUP, POST /v1/rules/reload, or a watched file changing; and, for detectors
+    // sharing a store, a rule switched from another detector's console (the stored set read
+    // every two seconds).
     {
         let pending = pending.clone();
         let metrics = metrics.clone();
         let rules = rules.clone();
         let rule_state = rule_state.clone();
+        let shared = (config.bus.is_some() && plan.stores).then(|| state.readers.clone());
         tokio::spawn(async move {
+            let mut last_stored: Option<Option<Vec<u8>>> = None;
             let mut stamps = stamps_of(&rules.watched());
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             loop {
@@ -618,7 +622,32 @@ async fn serve(mut config: Config) -> Result<()> {
                     Some(()) = reload_rx.recv() => {}
                     () = tokio::time::sleep(Duration::from_secs(2)) => {
                         let now = stamps_of(&rules.watched());
-                        if now == stamps { continue; }
+                        let switched = match &shared {
+                            Some(readers) => {
+                                let readers = readers.clone();
+                                let stored = tokio::task::spawn_blocking(move || {
+                                    readers.with(|st| st.state(ruleset::DISABLED).map_err(|e| e.to_string()))
+                                })
+                                .await;
+                                // only a change of the stored set is taken (this console's own switch,
+                                // made in memory before it is stored, is never undone by a read
+                                // racing its write)
+                                match stored {
+                                    Ok(Ok(blob)) if last_stored.as_ref() != Some(&blob) => {
+                                        let set: std::collections::BTreeSet<String> =
+                                            blob.as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+                                        last_stored = Some(blob);
+                                        rule_state.adopt(set)
+                                    }
+                                    _ => false,
+                                }
+                            }
+                            None => false,
+                        };
+                        if now == stamps && !switched { continue; }
+                        if switched {
+                            tracing::info!("rule switches changed in the shared store; reloading");
+                        }
                         stamps = now;
                     }
                 }

@@ -53,6 +53,16 @@ impl RuleState {
         d.clone()
     }
 
+    /// Takes another process's switches (detectors sharing a store); whether they differed.
+    pub fn adopt(&self, stored: BTreeSet<String>) -> bool {
+        let mut d = self.disabled.lock().unwrap_or_else(|p| p.into_inner());
+        if *d == stored {
+            return false;
+        }
+        *d = stored;
+        true
+    }
+
     /// A newly loaded set is in use.
     pub fn installed(&self, engine: Arc<Engine>) {
         *self.engine.lock().unwrap_or_else(|p| p.into_inner()) = engine;

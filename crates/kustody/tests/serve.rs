@@ -2731,6 +2731,26 @@ fn serve_scales_out_over_nats_jetstream_and_postgresql() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(took >= 12, "{m}");
+    // a rule switched off from another detector's console (stored as the shared state
+    // `disabled_rules`) reaches this one without a restart: it reloads its rules
+    let reloads = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("kustody_rule_reloads_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = reloads(&m);
+    let blob = zstd::bulk::compress(br#"["Exec Into Pod"]"#, 3).unwrap();
+    db.execute(
+        "INSERT INTO state (name, value) VALUES ('disabled_rules', $1) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        &[&blob],
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    while reloads(&det_a.get("/metrics").body) <= before {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the detector did not take the stored rule switch");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(det_a.stop().success());
     assert!(us.stop().success());
 }
