@@ -461,6 +461,7 @@ async fn statefulset(api: &Arc<Api>, state: &State, sts: &Value) {
     let sel = LabelSelector::from_object(sts["spec"].get("selector"));
     let _ = claim(api, STS_CTRL, &res::STATEFULSETS, sts, &sel).await;
     let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
+    let parallel = sts["spec"]["podManagementPolicy"] == "Parallel";
     for i in 0..replicas {
         let pod_name = format!("{name}-{i}");
         match api.store.get(&res::PODS, ns, &pod_name) {
@@ -499,11 +500,14 @@ async fn statefulset(api: &Arc<Api>, state: &State, sts: &Value) {
                         events.event(sts, &res::STATEFULSETS, "Warning", "FailedCreate", &msg, true).await;
                     }
                 }
-                // ordered: one pod at a time until it is running
-                break;
+                // OrderedReady: one pod at a time until it is running; Parallel: all at once
+                if !parallel {
+                    break;
+                }
+                continue;
             }
         }
-        if !api.store.get(&res::PODS, ns, &pod_name).is_some_and(|p| is_ready(&p)) {
+        if !parallel && !api.store.get(&res::PODS, ns, &pod_name).is_some_and(|p| is_ready(&p)) {
             break;
         }
     }

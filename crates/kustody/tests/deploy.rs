@@ -264,10 +264,18 @@ fn both_layouts_and_every_option_apply_to_the_test_cluster_with_strict_validatio
                 (n >= want.min(1)).then_some(())
             })
             .unwrap_or_else(|_| panic!("{file}: no pods for {name}"));
+            // each replica's claim (all at once for Parallel pod management; in order the next
+            // waits for a ready pod, which these images, run on busybox here, never become)
+            let parallel = w["spec"]["podManagementPolicy"] == "Parallel";
+            let ordinals = if parallel { want } else { 1 };
             for t in w["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
-                let claim = format!("{}-{name}-0", t["metadata"]["name"].as_str().unwrap());
-                let pvc = c.get("persistentvolumeclaims", ns, &claim).unwrap_or_else(|| panic!("{claim}"));
-                assert_eq!(pvc["status"]["phase"], "Bound");
+                for i in 0..ordinals {
+                    let claim = format!("{}-{name}-{i}", t["metadata"]["name"].as_str().unwrap());
+                    let pvc = c
+                        .wait_for(Duration::from_secs(20), || c.get("persistentvolumeclaims", ns, &claim))
+                        .unwrap_or_else(|_| panic!("{claim}"));
+                    assert_eq!(pvc["status"]["phase"], "Bound");
+                }
             }
         }
     }
