@@ -273,14 +273,27 @@ impl DetectorThread {
     fn adopt_open_findings(&mut self, st: &mut State, held: &[u32], partitions: u32) {
         let ours: std::collections::HashSet<i64> =
             st.ids.values().chain(st.base.values().filter_map(|b| b.id.as_ref())).copied().collect();
-        let q = kustody_store::FindingQuery { limit: 10_000, ..Default::default() };
-        let found = match self.store.search_findings(&q).or_else(|_| self.store.search_findings(&q)) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the open findings of partitions taken over");
-                return;
+        // every open finding, newest first, a page at a time (the partial index `findings_open`)
+        let mut found = Vec::new();
+        let mut before = None;
+        loop {
+            let q =
+                kustody_store::FindingQuery { open_only: true, limit: 5_000, before_id: before, ..Default::default() };
+            let page = match self.store.search_findings(&q).or_else(|_| self.store.search_findings(&q)) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the open findings of partitions taken over");
+                    return;
+                }
+            };
+            let last = page.last().and_then(|f| f.id);
+            let full = page.len() == q.limit;
+            found.extend(page);
+            match last {
+                Some(id) if full => before = Some(id),
+                _ => break,
             }
-        };
+        }
         let mut n = 0;
         for f in found {
             let Some(id) = f.id else { continue };

@@ -66,6 +66,7 @@ pub fn finding_query(p: &SearchParams) -> Result<FindingQuery, String> {
         before_id: p.before,
         limit: p.limit.unwrap_or(100).clamp(1, 10_000),
         cluster: p.cluster.clone(),
+        open_only: false,
     })
 }
 

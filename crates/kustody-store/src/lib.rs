@@ -307,6 +307,9 @@ pub struct FindingQuery {
     pub before_id: Option<i64>,
     pub limit: usize,
     pub cluster: Option<String>,
+    /// Only findings still open, newest id first (so `before_id` pages through them exactly):
+    /// what a detector taking partitions over continues.
+    pub open_only: bool,
 }
 
 /// Filters of a runtime-alert search. Newest first.

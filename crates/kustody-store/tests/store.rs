@@ -562,12 +562,20 @@ fn findings_insert_update_search<B: Backend>() {
     assert_eq!(found(&s, FindingQuery { until_ns: Some(BASE_NS + 15 * SEC), ..fq() }), vec![ids[0]]);
     assert_eq!(found(&s, FindingQuery { before_id: Some(ids[1]), ..fq() }), vec![ids[0]]);
     assert_eq!(found(&s, FindingQuery { limit: 1, ..fq() }), vec![ids[0]]);
+    // the open ones only, newest id first, paged exactly by id (a[0] was closed above)
+    let more = s.record_detections(&[finding("Open 1", 5), finding("Open 2", 50), finding("Open 3", 1)], &[]).unwrap();
+    let open = |before: Option<i64>| found(&s, FindingQuery { open_only: true, limit: 2, before_id: before, ..fq() });
+    let page1 = open(None);
+    assert_eq!(page1, vec![more[2], more[1]]);
+    let page2 = open(page1.last().copied());
+    assert_eq!(page2, vec![more[0], ids[1]]);
+    assert_eq!(open(page2.last().copied()), Vec::<i64>::new());
 
     // Updating a finding that is not stored (removed meanwhile) stores it under its id.
     let gone = FindingRow { id: Some(1000), ..finding("Gone", 40) };
     assert_eq!(s.record_detections(&[gone], &[]).unwrap(), vec![1000]);
     assert_eq!(found(&s, FindingQuery { rule: Some("Gone".into()), ..fq() }), vec![1000]);
-    assert_eq!(s.stats().unwrap().findings, 3);
+    assert_eq!(s.stats().unwrap().findings, 6);
 }
 
 fn alert(n: i64, ns: &str, pod: &str, rule: &str) -> AlertRow {

@@ -208,7 +208,12 @@ pub(crate) fn findings(q: &FindingQuery) -> Sql {
         s.and("f.id < {}", b);
     }
     let l = s.arg(limit(q.limit));
-    s.text.push_str(&format!(" ORDER BY f.last_ns DESC NULLS LAST, f.id DESC LIMIT {l}"));
+    if q.open_only {
+        // the partial index `findings_open` (schema V5)
+        s.text.push_str(&format!(" AND f.open ORDER BY f.id DESC LIMIT {l}"));
+    } else {
+        s.text.push_str(&format!(" ORDER BY f.last_ns DESC NULLS LAST, f.id DESC LIMIT {l}"));
+    }
     s
 }
 

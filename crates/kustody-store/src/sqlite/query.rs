@@ -251,7 +251,11 @@ pub(crate) fn findings(q: &FindingQuery) -> Sql {
     if let Some(b) = q.before_id {
         s.and("f.id < ?", b);
     }
-    s.text.push_str(" ORDER BY f.last_ns DESC, f.id DESC LIMIT ?");
+    if q.open_only {
+        s.text.push_str(" AND f.open = 1 ORDER BY f.id DESC LIMIT ?");
+    } else {
+        s.text.push_str(" ORDER BY f.last_ns DESC, f.id DESC LIMIT ?");
+    }
     s.args.push(Value::from(limit(q.limit)));
     s
 }
