@@ -225,6 +225,23 @@ impl Grouper {
         Some(key)
     }
 
+    /// Lets go of the open findings `keep` refuses, without emitting them: another process
+    /// continues them (a bus partition that changed hands). Returns how many.
+    pub fn forget(&mut self, keep: impl Fn(&Finding) -> bool) -> usize {
+        let gone: Vec<Key> = self.open.iter().filter(|(_, f)| !keep(f)).map(|(k, _)| k.clone()).collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        for k in &gone {
+            self.open.remove(k);
+        }
+        let open = &self.open;
+        // no stale entry may later close a finding reopened under the same key
+        self.order.retain(|(k, _)| open.contains_key(k));
+        self.stages.retain(|_, k| open.contains_key(k));
+        gone.len()
+    }
+
     /// Emits every open finding, in the order they were opened.
     pub fn finish(&mut self, out: &mut Vec<Finding>) {
         while let Some((k, _)) = self.order.pop_front() {
@@ -303,6 +320,29 @@ mod tests {
                 ..EventContext::default()
             },
         }
+    }
+
+    #[test]
+    fn forgotten_findings_are_neither_emitted_nor_closing_a_later_one_early() {
+        let w = FindingOptions::default().window_ns / 1_000_000_000;
+        let mut g = Grouper::new(FindingOptions::default());
+        let mut out = Vec::new();
+        g.event(vec![det("Secret Read", Priority::Warning, "alice", "secrets", 0, "a")], &mut out);
+        g.event(vec![det("Secret Read", Priority::Warning, "bob", "secrets", 1, "b")], &mut out);
+        assert_eq!(g.open(), 2);
+        // alice's partition went to another detector
+        assert_eq!(g.forget(|f| f.lead.context.user.as_deref() != Some("alice")), 1);
+        assert_eq!(g.open(), 1);
+        // alice comes back later (the partition returned): a new finding of the same key, which
+        // the forgotten one's old place in the expiry order must not close early
+        g.event(vec![det("Secret Read", Priority::Warning, "alice", "secrets", w - 1, "c")], &mut out);
+        g.expire_until((w + 2) * 1_000_000_000, &mut out);
+        let closed: Vec<_> = out.iter().map(|f| f.lead.context.user.clone().unwrap()).collect();
+        assert_eq!(closed, vec!["bob".to_string()], "only bob's window has passed");
+        assert_eq!(g.open(), 1);
+        let mut rest = Vec::new();
+        g.finish(&mut rest);
+        assert_eq!(rest[0].audit_ids, vec!["c".to_string()], "alice's new finding, not the forgotten one");
     }
 
     #[test]

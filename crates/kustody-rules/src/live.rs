@@ -202,6 +202,12 @@ impl Detector {
         updates.extend(closed.into_iter().map(|finding| Update { change: Change::Closed, finding }));
     }
 
+    /// Lets go of the open findings `keep` refuses without closing them (another process
+    /// continues them); returns how many.
+    pub fn forget(&mut self, keep: impl Fn(&crate::findings::Finding) -> bool) -> usize {
+        self.grouper.forget(keep)
+    }
+
     /// Closes every open finding (shutdown).
     pub fn finish(&mut self, updates: &mut Vec<Update>) {
         let mut closed = Vec::new();

@@ -385,6 +385,7 @@ impl Consumer {
                 tracing::warn!(partitions = parts.len(), "bus leases not renewed in time; letting go of them");
                 parts.clear();
                 self.metrics.bus_partitions.store(0, Relaxed);
+                let _ = self.detect.send(DetectMsg::Released { held: Vec::new(), partitions: self.partitions });
             }
             let mut busy = false;
             let mut failed = None;
@@ -433,7 +434,12 @@ impl Consumer {
             }
         };
         *renewed = Some(asked);
+        let before = parts.len();
         parts.retain(|p, part| held.iter().any(|(q, epoch)| q == p && *epoch == part.epoch));
+        if parts.len() < before {
+            let kept = parts.keys().copied().collect();
+            let _ = self.detect.send(DetectMsg::Released { held: kept, partitions: self.partitions });
+        }
         let mut took = false;
         for (p, epoch) in held {
             if parts.contains_key(&p) {

@@ -223,6 +223,7 @@ impl DetectorThread {
                     }
                     self.adopt_open_findings(ids, &held, partitions);
                 }
+                Ok(DetectMsg::Released { held, partitions }) => self.let_go(ids, &held, partitions),
                 Err(RecvTimeoutError::Timeout) => {
                     let now = now_ns();
                     let mut updates = Vec::new();
@@ -243,10 +244,19 @@ impl DetectorThread {
         self.baseline_chores(ids, true);
         // Shutdown: close what is open so the store says so, with the cursor where it is (a
         // restart must not evaluate, and learn, the same events again).
+        // On a bus they stay open instead: the detector that takes the partitions over
+        // continues them (or closes them when their window has passed).
         let mut updates = Vec::new();
-        self.detector.finish(&mut updates);
-        for d in self.others.values_mut() {
-            d.finish(&mut updates);
+        if self.bus {
+            self.detector.forget(|_| false);
+            for d in self.others.values_mut() {
+                d.forget(|_| false);
+            }
+        } else {
+            self.detector.finish(&mut updates);
+            for d in self.others.values_mut() {
+                d.finish(&mut updates);
+            }
         }
         let cursor = (!self.bus).then(|| (CURSOR.to_owned(), cursor));
         let _ = self.record(updates, Vec::new(), ids, cursor);
@@ -270,6 +280,26 @@ impl DetectorThread {
 
     /// The open findings of partitions this detector now holds that it did not open itself
     /// (their detector died or handed them over), ready to be continued or closed.
+    /// Forgets, without closing, the open findings (its own and those taken over) of partitions
+    /// no longer held: their new holder continues them, and a close written here would race
+    /// its updates.
+    fn let_go(&mut self, st: &mut State, held: &[u32], partitions: u32) {
+        let theirs = |cluster: Option<&str>, user: Option<&str>| {
+            !held.contains(&crate::bus::partition_of(cluster, user, partitions))
+        };
+        let own = self.responder.book.options().cluster.clone();
+        let mut n = self.detector.forget(|f| !theirs(own.as_deref(), f.lead.context.user.as_deref()));
+        for (cluster, d) in &mut self.others {
+            n += d.forget(|f| !theirs(Some(cluster), f.lead.context.user.as_deref()));
+        }
+        let before = st.adopt.len();
+        st.adopt.retain(|_, f| !theirs(f.cluster.as_deref(), f.user.as_deref()));
+        n += before - st.adopt.len();
+        if n > 0 {
+            tracing::info!(findings = n, "open findings of partitions handed over, left to their new holder");
+        }
+    }
+
     fn adopt_open_findings(&mut self, st: &mut State, held: &[u32], partitions: u32) {
         let ours: std::collections::HashSet<i64> =
             st.ids.values().chain(st.base.values().filter_map(|b| b.id.as_ref())).copied().collect();

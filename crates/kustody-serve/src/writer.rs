@@ -102,6 +102,13 @@ pub enum DetectMsg {
         held: Vec<u32>,
         partitions: u32,
     },
+    /// Bus partitions were lost (to a rebalance, or leases not renewed in time): let go of the
+    /// open findings of partitions no longer `held`, without closing them (their new holder
+    /// continues them).
+    Released {
+        held: Vec<u32>,
+        partitions: u32,
+    },
 }
 
 /// Group commits stop growing at this many events.
