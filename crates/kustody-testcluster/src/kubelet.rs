@@ -698,29 +698,14 @@ fn container_config(
     let (user, non_root) = security_user(pod, spec, kubelet.images.user(kind));
     if non_root && user.0 == 0 {
         // the kubelet's words (kuberuntime_container_linux.go / security_context_others.go)
-        return Err(
-            if spec["securityContext"]["runAsUser"].is_u64() || pod["spec"]["securityContext"]["runAsUser"].is_u64() {
-                "container's runAsUser breaks non-root policy (pod: \"".to_string()
-                    + &rt.name
-                    + "_"
-                    + &rt.ns
-                    + "("
-                    + &rt.uid
-                    + ")\", container: "
-                    + name
-                    + ")"
-            } else {
-                "container has runAsNonRoot and image will run as root (pod: \"".to_string()
-                    + &rt.name
-                    + "_"
-                    + &rt.ns
-                    + "("
-                    + &rt.uid
-                    + ")\", container: "
-                    + name
-                    + ")"
-            },
-        );
+        let pod_ref = format!("pod: \"{}_{}({})\", container: {name}", rt.name, rt.ns, rt.uid);
+        let explicit =
+            spec["securityContext"]["runAsUser"].is_u64() || pod["spec"]["securityContext"]["runAsUser"].is_u64();
+        return Err(if explicit {
+            format!("container's runAsUser breaks non-root policy ({pod_ref})")
+        } else {
+            format!("container has runAsNonRoot and image will run as root ({pod_ref})")
+        });
     }
     let strings = |v: &Value| -> Vec<String> {
         v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect()

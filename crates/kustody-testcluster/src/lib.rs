@@ -465,13 +465,18 @@ impl TestCluster {
 
     /// Create any object (its kind and apiVersion pick the resource).
     pub fn apply(&self, obj: Value) -> Result<Value> {
+        self.create(obj, "")
+    }
+
+    /// POST an object to its resource's collection, with `query` (`?…` or empty).
+    fn create(&self, obj: Value, query: &str) -> Result<Value> {
         let api_version = obj["apiVersion"].as_str().unwrap_or("v1");
         let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
         let kind = obj["kind"].as_str().unwrap_or("");
         let rt = resources::by_kind(group, kind)
             .with_context(|| format!("the test cluster does not serve {api_version} {kind}"))?;
         let ns = obj["metadata"]["namespace"].as_str().unwrap_or(&self.namespace).to_string();
-        self.request("POST", &api::uri(rt, &ns, ""), Some(&obj))
+        self.request("POST", &format!("{}{query}", api::uri(rt, &ns, "")), Some(&obj))
     }
 
     pub fn get(&self, plural: &str, ns: &str, name: &str) -> Option<Value> {
@@ -538,15 +543,13 @@ impl TestCluster {
 
     /// Create an object with `fieldValidation=Strict`.
     pub fn apply_strict(&self, obj: Value) -> Result<Value> {
-        let api_version = obj["apiVersion"].as_str().unwrap_or("v1");
-        let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
-        let kind = obj["kind"].as_str().unwrap_or("");
-        let rt = resources::by_kind(group, kind)
-            .with_context(|| format!("the test cluster does not serve {api_version} {kind}"))?;
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or(&self.namespace).to_string();
-        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        self.request("POST", &format!("{}?fieldValidation=Strict", api::uri(rt, &ns, "")), Some(&obj))
-            .with_context(|| format!("{kind} {ns}/{name}"))
+        let what = format!(
+            "{} {}/{}",
+            obj["kind"].as_str().unwrap_or(""),
+            obj["metadata"]["namespace"].as_str().unwrap_or(&self.namespace),
+            obj["metadata"]["name"].as_str().unwrap_or("")
+        );
+        self.create(obj, "?fieldValidation=Strict").with_context(|| what)
     }
 
     /// Forward connections to a returned 127.0.0.1 address to `127.0.0.1:port` inside a pod's

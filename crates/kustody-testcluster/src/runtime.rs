@@ -281,27 +281,20 @@ pub fn ensure_images(busybox: &Path) -> Result<Images> {
 
 /// Copy a directory tree, keeping symlinks and modes.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let ft = e.file_type()?;
-        let dst = to.join(e.file_name());
-        if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dst)?;
-        } else if ft.is_dir() {
-            copy_tree(&e.path(), &dst)?;
-        } else {
-            std::fs::copy(e.path(), &dst)?;
-        }
-    }
-    Ok(())
+    tree(from, to, false)
 }
 
 /// Hard-link a directory tree (symlinks and directories recreated, modes kept): a test's image
 /// of several hundred MB starts without a copy. Falls back to copying across file systems.
 pub fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    tree(from, to, true)
+}
+
+fn tree(from: &Path, to: &Path, link: bool) -> Result<()> {
     std::fs::create_dir_all(to)?;
-    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    if link {
+        std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    }
     for e in std::fs::read_dir(from)? {
         let e = e?;
         let ft = e.file_type()?;
@@ -309,8 +302,8 @@ pub fn link_tree(from: &Path, to: &Path) -> Result<()> {
         if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dst)?;
         } else if ft.is_dir() {
-            link_tree(&e.path(), &dst)?;
-        } else if std::fs::hard_link(e.path(), &dst).is_err() {
+            tree(&e.path(), &dst, link)?;
+        } else if !link || std::fs::hard_link(e.path(), &dst).is_err() {
             std::fs::copy(e.path(), &dst)?;
         }
     }
