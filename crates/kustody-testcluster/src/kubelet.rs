@@ -493,6 +493,23 @@ fn write_volumes(api: &Api, rt: &PodRt, pod: &Value) -> anyhow::Result<HashMap<S
         }
         Ok(())
     };
+    // a ConfigMap or Secret volume: the object's `data`, each value decoded, written by `keyed`
+    let from_object = |kind: &'static res::ResourceType,
+                       src: &Value,
+                       name_key: &str,
+                       decode: fn(&Value) -> Vec<u8>,
+                       dir: &Path|
+     -> anyhow::Result<()> {
+        let name = src[name_key].as_str().unwrap_or("");
+        match api.store.get(kind, &rt.ns, name) {
+            Some(obj) => {
+                let data = obj["data"].as_object().into_iter().flatten().map(|(k, v)| (k.clone(), decode(v))).collect();
+                keyed(src, data, dir)
+            }
+            None if src["optional"].as_bool() == Some(true) => Ok(()),
+            None => anyhow::bail!("{} \"{name}\" not found", kind.singular),
+        }
+    };
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
         let name = v["name"].as_str().unwrap_or("").to_string();
         let mut dir = rt.dir.join("volumes").join(&name);
@@ -512,41 +529,14 @@ fn write_volumes(api: &Api, rt: &PodRt, pod: &Value) -> anyhow::Result<HashMap<S
                 }
             }
         } else if let Some(cm) = v.get("configMap") {
-            match api.store.get(&res::CONFIGMAPS, &rt.ns, cm["name"].as_str().unwrap_or("")) {
-                Some(obj) => {
-                    let data = obj["data"]
-                        .as_object()
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").as_bytes().to_vec()))
-                        .collect();
-                    keyed(cm, data, &dir)?;
-                }
-                None if cm["optional"].as_bool() == Some(true) => {}
-                None => anyhow::bail!("configmap \"{}\" not found", cm["name"].as_str().unwrap_or("")),
-            }
+            let text = |v: &Value| v.as_str().unwrap_or("").as_bytes().to_vec();
+            from_object(&res::CONFIGMAPS, cm, "name", text, &dir)?;
         } else if let Some(sec) = v.get("secret") {
             use base64::Engine;
-            match api.store.get(&res::SECRETS, &rt.ns, sec["secretName"].as_str().unwrap_or("")) {
-                Some(obj) => {
-                    let data = obj["data"]
-                        .as_object()
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, v)| {
-                            (
-                                k.clone(),
-                                base64::engine::general_purpose::STANDARD
-                                    .decode(v.as_str().unwrap_or(""))
-                                    .unwrap_or_default(),
-                            )
-                        })
-                        .collect();
-                    keyed(sec, data, &dir)?;
-                }
-                None if sec["optional"].as_bool() == Some(true) => {}
-                None => anyhow::bail!("secret \"{}\" not found", sec["secretName"].as_str().unwrap_or("")),
-            }
+            let b64 = |v: &Value| {
+                base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).unwrap_or_default()
+            };
+            from_object(&res::SECRETS, sec, "secretName", b64, &dir)?;
         } else if let Some(claim) = v.get("persistentVolumeClaim") {
             // a claim's storage outlives the pod: kept by the claim's bound volume name
             let claim_name = claim["claimName"].as_str().unwrap_or("");
