@@ -21,6 +21,7 @@ pub mod frames;
 pub mod jscan;
 mod managed;
 mod reader;
+pub mod salvage;
 mod yaml;
 
 pub use chunk::{BadRecord, Chunk, ChunkBody, Layout, Record};

@@ -186,6 +186,7 @@ fn origin_name(o: Origin) -> &'static str {
         Origin::Webhook => "webhook",
         Origin::File => "file",
         Origin::Replay => "replay",
+        Origin::Cloud => "cloud",
     }
 }
 
@@ -193,6 +194,7 @@ fn origin_of(name: &str) -> Origin {
     match name {
         "file" => Origin::File,
         "replay" => Origin::Replay,
+        "cloud" => Origin::Cloud,
         _ => Origin::Webhook,
     }
 }

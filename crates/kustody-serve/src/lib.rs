@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod client;
+pub mod cloud;
 pub mod console;
 pub mod deliver;
 pub mod detect;
@@ -91,6 +92,8 @@ pub struct Config {
     pub follow: Vec<PathBuf>,
     /// Files fed once through the live path (a demo, an import).
     pub replay: Vec<PathBuf>,
+    /// EKS clusters whose audit log is read from CloudWatch Logs (`--eks-cluster`).
+    pub eks: Vec<cloud::EksConfig>,
     pub max_request_bytes: usize,
     pub max_event_bytes: usize,
     /// Request bytes admitted but not yet answered; beyond it, 429.
@@ -145,6 +148,7 @@ impl Config {
             tokens_file: None,
             follow: Vec::new(),
             replay: Vec::new(),
+            eks: Vec::new(),
             max_request_bytes: 16 << 20,
             max_event_bytes: 4 << 20,
             queue_bytes: 64 << 20,
@@ -196,9 +200,15 @@ impl Plan {
             if !config.follow.is_empty() {
                 bail!("a receiver keeps no store to remember --follow offsets in: follow files on a detector or with --role all");
             }
+            if !config.eks.is_empty() {
+                bail!("a receiver keeps no store to keep a cloud source's checkpoint in: read EKS with --role all");
+            }
             if !config.sinks.is_empty() || !config.playbooks.is_empty() || config.watch_cluster {
                 bail!("notifications, playbooks and --watch-cluster run where findings are made: on detectors");
             }
+        }
+        if !plan.receives && !config.eks.is_empty() {
+            bail!("a detector takes its events from the bus: read EKS with --role all (the lease lets one process read it)");
         }
         if !plan.receives && (!config.follow.is_empty() || !config.replay.is_empty()) {
             bail!(
@@ -462,6 +472,19 @@ async fn serve(mut config: Config) -> Result<()> {
             poll: Duration::from_millis(250),
         };
         sources.push(std::thread::Builder::new().name("kustody-follow".into()).spawn(move || f.run())?);
+    }
+    for eks in &config.eks {
+        let src = cloud::EksSource {
+            config: eks.clone(),
+            store: open_read_only()?,
+            writes: writes_for_api.clone(),
+            jobs: job_tx.clone(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+            max_event_bytes: config.max_event_bytes,
+            owner: bus::owner_name(),
+        };
+        sources.push(std::thread::Builder::new().name("kustody-eks".into()).spawn(move || src.run())?);
     }
     let (replay_done_tx, mut replay_done) = tokio::sync::oneshot::channel::<()>();
     if !config.replay.is_empty() {

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub received_webhook: AtomicU64,
     pub received_file: AtomicU64,
     pub received_replay: AtomicU64,
+    pub received_cloud: AtomicU64,
+    /// Managed-cloud sources, by name (`eks:REGION:CLUSTER`).
+    pub sources: Mutex<BTreeMap<String, SourceStats>>,
     pub stored: AtomicU64,
     pub duplicates: AtomicU64,
     /// Events refused inside an otherwise readable payload (bad JSON, not an Event, too big).
@@ -121,6 +124,34 @@ pub struct Metrics {
     pub baseline: Mutex<Option<BaselineSnapshot>>,
 }
 
+/// A managed-cloud source's counters.
+#[derive(Debug, Clone, Default)]
+pub struct SourceStats {
+    /// Events converted and handed to the store.
+    pub converted: u64,
+    /// Records that could not be converted (kept as bad records).
+    pub bad: u64,
+    /// Bad records whose metadata was still stored as an event.
+    pub salvaged: u64,
+    pub pages: u64,
+    /// Events read again and dropped by id (same millisecond, settle passes).
+    pub repeated: u64,
+    pub throttled: u64,
+    pub errors: u64,
+    pub credential_refreshes: u64,
+    /// The newest event timestamp read (ms).
+    pub newest_ms: i64,
+    /// Everything before this timestamp has been read (ms).
+    pub settled_ms: i64,
+    /// The largest `ingestionTime - timestamp` seen (ms).
+    pub max_lateness_ms: i64,
+    /// Event ids remembered for de-duplication.
+    pub remembered: u64,
+    /// Whether this process holds the source's lease.
+    pub leader: bool,
+    pub last_error: Option<String>,
+}
+
 /// What `/metrics` shows of the live baseline.
 #[derive(Debug, Clone, Default)]
 pub struct BaselineSnapshot {
@@ -132,6 +163,12 @@ pub struct BaselineSnapshot {
 }
 
 impl Metrics {
+    /// Updates (or starts) a source's counters.
+    pub fn source<R>(&self, name: &str, f: impl FnOnce(&mut SourceStats) -> R) -> R {
+        let mut m = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(m.entry(name.to_owned()).or_default())
+    }
+
     pub fn count_rule(&self, rule: &str) {
         bump(&self.detections, rule);
     }
@@ -144,6 +181,39 @@ impl Metrics {
         bump(&self.actions, state);
     }
 
+    fn render_sources(&self, o: &mut String) {
+        let sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if sources.is_empty() {
+            return;
+        }
+        let now_ms = crate::writer::now_ns() / 1_000_000;
+        type Get = fn(&SourceStats) -> i64;
+        let series: [(&str, &str, &str, Get); 10] = [
+            ("kustody_source_events_total", "counter", "Events converted from a managed-cloud source.", |s| s.converted as i64),
+            ("kustody_source_bad_records_total", "counter", "Records of a source that could not be converted (kept as bad records).", |s| s.bad as i64),
+            ("kustody_source_salvaged_total", "counter", "Cut-short events whose metadata was still stored.", |s| s.salvaged as i64),
+            ("kustody_source_repeated_total", "counter", "Events read again and dropped by their id.", |s| s.repeated as i64),
+            ("kustody_source_throttled_total", "counter", "Calls the provider throttled.", |s| s.throttled as i64),
+            ("kustody_source_errors_total", "counter", "Calls that failed otherwise.", |s| s.errors as i64),
+            ("kustody_source_credential_refreshes_total", "counter", "Credentials fetched again after the provider refused them.", |s| s.credential_refreshes as i64),
+            ("kustody_source_max_lateness_seconds", "gauge", "The largest delay seen between an event's time and its arrival at the provider.", |s| s.max_lateness_ms / 1000),
+            ("kustody_source_leader", "gauge", "1 while this process reads the source (holds its lease).", |s| i64::from(s.leader)),
+            ("kustody_source_remembered_events", "gauge", "Event ids kept for de-duplication.", |s| s.remembered as i64),
+        ];
+        for (name, kind, help, get) in series {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (src, st) in &sources {
+                let _ = writeln!(o, "{name}{{source=\"{src}\"}} {}", get(st));
+            }
+        }
+        let _ = writeln!(o, "# HELP kustody_source_lag_seconds Now minus the newest event time read from the source.\n# TYPE kustody_source_lag_seconds gauge");
+        for (src, st) in &sources {
+            if st.newest_ms > 0 {
+                let _ = writeln!(o, "kustody_source_lag_seconds{{source=\"{src}\"}} {:.3}", (now_ms - st.newest_ms) as f64 / 1000.0);
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
         let counter = |o: &mut String, name: &str, help: &str, v: &AtomicU64| {
@@ -153,11 +223,15 @@ impl Metrics {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.load(Relaxed));
         };
         let _ = writeln!(o, "# HELP kustody_events_received_total Audit events received, by source.\n# TYPE kustody_events_received_total counter");
-        for (src, v) in
-            [("webhook", &self.received_webhook), ("file", &self.received_file), ("replay", &self.received_replay)]
-        {
+        for (src, v) in [
+            ("webhook", &self.received_webhook),
+            ("file", &self.received_file),
+            ("replay", &self.received_replay),
+            ("cloud", &self.received_cloud),
+        ] {
             let _ = writeln!(o, "kustody_events_received_total{{source=\"{src}\"}} {}", v.load(Relaxed));
         }
+        self.render_sources(&mut o);
         counter(&mut o, "kustody_events_stored_total", "Audit events durably stored.", &self.stored);
         counter(
             &mut o,

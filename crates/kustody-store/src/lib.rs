@@ -44,6 +44,8 @@ pub enum Origin {
     File = 2,
     /// `kustody serve --replay` and imports.
     Replay = 4,
+    /// A managed cloud's logging service (CloudWatch Logs, Cloud Logging, Azure Storage).
+    Cloud = 8,
 }
 
 impl Origin {
@@ -358,6 +360,64 @@ pub struct FileOffset {
     pub line: u64,
 }
 
+/// The longest part of a bad record's raw bytes kept ([`BadRecord::raw_len`] has its length).
+pub const MAX_BAD_RAW: usize = 4 << 20;
+
+/// A record a source could not convert into an event, kept with why: never acknowledged and
+/// forgotten. `(source, locator)` identifies it; storing it again changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BadRecord {
+    /// When it was read (ns since the epoch).
+    pub received_ns: i64,
+    /// The source: `file:/var/log/kube-audit.log`, `cloudwatch:eu-west-1:/aws/eks/prod/cluster`…
+    pub source: String,
+    /// Where in the source: `line 12`, `kube-apiserver-audit-1a2b/3761…` (stream/eventId)…
+    pub locator: String,
+    pub reason: String,
+    /// The record as read, at most [`MAX_BAD_RAW`] bytes of it.
+    pub raw: Vec<u8>,
+    /// The record's whole length.
+    pub raw_len: u64,
+    /// The auditID that could still be read from it.
+    pub audit_id: Option<String>,
+    pub cluster: Option<String>,
+}
+
+impl BadRecord {
+    /// A bad record of `raw`, cut at [`MAX_BAD_RAW`].
+    pub fn new(received_ns: i64, source: &str, locator: String, reason: String, raw: &[u8]) -> BadRecord {
+        BadRecord {
+            received_ns,
+            source: source.to_owned(),
+            locator,
+            reason,
+            raw: raw.get(..MAX_BAD_RAW).unwrap_or(raw).to_vec(),
+            raw_len: raw.len() as u64,
+            audit_id: None,
+            cluster: None,
+        }
+    }
+}
+
+/// A stored bad record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecordRow {
+    pub id: i64,
+    pub record: BadRecord,
+}
+
+/// Which bad records to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct BadRecordQuery {
+    /// Exactly this source.
+    pub source: Option<String>,
+    pub cluster: Option<String>,
+    pub since_ns: Option<i64>,
+    /// Only ids below this (paging).
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -477,6 +537,32 @@ pub trait Store: Send {
     /// given back as it was given.
     fn state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set_state(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Keeps records that could not be converted, in one durable transaction; a record already
+    /// stored (same source and locator) is left as it is. Returns how many were new.
+    fn append_bad_records(&mut self, records: &[BadRecord]) -> Result<u64, StoreError>;
+    /// Stored bad records, newest first.
+    fn bad_records(&self, q: &BadRecordQuery) -> Result<Vec<BadRecordRow>, StoreError>;
+    /// Takes or renews the lease on the source `name` for `owner`: its epoch (it rises each
+    /// time the source changes hands) while `owner` holds it, `None` while another process
+    /// does. A lease unrenewed for `ttl` goes to the next process asking. A backend with a
+    /// single writer has one process: its lease is always held.
+    ///
+    /// # Errors
+    ///
+    /// As any write.
+    fn source_lease(&mut self, name: &str, owner: &str, ttl: std::time::Duration) -> Result<Option<i64>, StoreError> {
+        let _ = (name, owner, ttl);
+        Ok(Some(0))
+    }
+    /// Gives up `owner`'s lease on `name` so another process takes it at once.
+    ///
+    /// # Errors
+    ///
+    /// As any write.
+    fn release_source_lease(&mut self, name: &str, owner: &str) -> Result<(), StoreError> {
+        let _ = (name, owner);
+        Ok(())
+    }
 
     /// A fresh block of finding ids and one of incident ids, `(first finding id, first
     /// incident id, ids in each block)`, for a writer that shares the database with others

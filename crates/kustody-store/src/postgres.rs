@@ -39,6 +39,7 @@ use crate::{
     OutboxQuery, OutboxRow, Retained, Store, StoreError, StoreStats, StoredAlert, StoredEvent,
 };
 
+mod bad;
 mod error;
 mod query;
 mod response;
@@ -918,6 +919,7 @@ impl PgStore {
             let mut c = self.client()?;
             let mut tx = c.transaction()?;
             let alerts = tx.execute("DELETE FROM alerts WHERE time_ns < $1", &[&cutoff])?;
+            tx.execute("DELETE FROM bad_records WHERE received_ns < $1", &[&cutoff])?;
             let gone: Vec<i64> = tx
                 .query("DELETE FROM findings WHERE NOT open AND last_ns < $1 RETURNING id", &[&cutoff])?
                 .iter()
@@ -1438,6 +1440,23 @@ impl Store for PgStore {
 
     fn set_state(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         self.write(|tx| response::set_state(tx, name, value))
+    }
+
+    fn append_bad_records(&mut self, records: &[crate::BadRecord]) -> Result<u64, StoreError> {
+        self.write(|tx| bad::append(tx, records))
+    }
+
+    fn bad_records(&self, q: &crate::BadRecordQuery) -> Result<Vec<crate::BadRecordRow>, StoreError> {
+        self.read(|c| bad::list(c, q))
+    }
+
+    fn source_lease(&mut self, name: &str, owner: &str, ttl: std::time::Duration) -> Result<Option<i64>, StoreError> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.write(|tx| bad::lease(tx, name, owner, ttl_ms))
+    }
+
+    fn release_source_lease(&mut self, name: &str, owner: &str) -> Result<(), StoreError> {
+        self.write(|tx| bad::release(tx, name, owner))
     }
 
     fn reserve_ids(&mut self) -> Result<(i64, i64, i64), StoreError> {

@@ -28,6 +28,7 @@ use crate::{
 pub(crate) mod codec;
 pub(crate) mod counts;
 pub(crate) mod error;
+mod bad;
 mod intervals;
 pub(crate) mod query;
 mod response;
@@ -719,6 +720,7 @@ impl SqliteStore {
             }
             let tx = self.write_tx()?;
             let alerts = tx.execute("DELETE FROM alerts WHERE time_ns < ?1", [cutoff])?;
+            tx.execute("DELETE FROM bad_records WHERE received_ns < ?1", [cutoff])?;
             let findings: Vec<i64> = {
                 let mut st = tx.prepare("SELECT id FROM findings WHERE open = 0 AND last_ns < ?1")?;
                 let ids = st.query_map([cutoff], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
@@ -1208,6 +1210,20 @@ impl Store for SqliteStore {
             Ok(())
         })();
         r.map_err(|f| self.fail(f))
+    }
+
+    fn append_bad_records(&mut self, records: &[crate::BadRecord]) -> Result<u64, StoreError> {
+        let r = (|| {
+            let tx = self.write_tx()?;
+            let n = bad::append(&tx, records)?;
+            tx.commit()?;
+            Ok(n)
+        })();
+        r.map_err(|f| self.fail(f))
+    }
+
+    fn bad_records(&self, q: &crate::BadRecordQuery) -> Result<Vec<crate::BadRecordRow>, StoreError> {
+        bad::list(&self.conn, q).map_err(|f| self.fail(f))
     }
 }
 

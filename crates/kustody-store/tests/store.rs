@@ -1327,6 +1327,48 @@ fn one_of_prefilters_on_stored_columns<B: Backend>() {
     assert_eq!(find_by(vec![one(KeyColumn::Verb, &[], false)]), Vec::<i64>::new());
 }
 
+fn bad_records_are_kept_once_and_listed<B: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = B::open(dir.path());
+    let big = vec![b'x'; kustody_store::MAX_BAD_RAW + 10];
+    let mut a = kustody_store::BadRecord::new(10, "cloudwatch:r:/g", "s/1".into(), "truncated".into(), b"{\"kind\":");
+    a.audit_id = Some("aid-1".into());
+    a.cluster = Some("prod".into());
+    let b = kustody_store::BadRecord::new(20, "cloudwatch:r:/g", "s/2".into(), "too long".into(), &big);
+    let c = kustody_store::BadRecord::new(30, "file:/x.log", "line 3".into(), "not JSON".into(), b"nope");
+    assert_eq!(s.append_bad_records(&[a.clone(), b.clone()]).unwrap(), 2);
+    // read again after a restart: kept once
+    assert_eq!(s.append_bad_records(&[a.clone(), c.clone()]).unwrap(), 1);
+    let r = B::reader(dir.path());
+    let all = r.bad_records(&kustody_store::BadRecordQuery { limit: 10, ..Default::default() }).unwrap();
+    assert_eq!(all.iter().map(|x| x.record.locator.as_str()).collect::<Vec<_>>(), vec!["line 3", "s/2", "s/1"]);
+    assert_eq!(all[2].record, a);
+    assert_eq!(all[1].record.raw.len(), kustody_store::MAX_BAD_RAW);
+    assert_eq!(all[1].record.raw_len, big.len() as u64);
+    let q = |source: Option<&str>, cluster: Option<&str>, since: Option<i64>, before: Option<i64>| {
+        r.bad_records(&kustody_store::BadRecordQuery {
+            source: source.map(str::to_owned),
+            cluster: cluster.map(str::to_owned),
+            since_ns: since,
+            before_id: before,
+            limit: 10,
+        })
+        .unwrap()
+        .into_iter()
+        .map(|x| x.record.locator)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(q(Some("cloudwatch:r:/g"), None, None, None), vec!["s/2", "s/1"]);
+    assert_eq!(q(None, Some("prod"), None, None), vec!["s/1"]);
+    assert_eq!(q(None, None, Some(20), None), vec!["line 3", "s/2"]);
+    assert_eq!(q(None, None, None, Some(all[1].id)), vec!["s/1"]);
+    // a single writer always holds its sources' leases
+    assert_eq!(s.source_lease("eks:x", "me", std::time::Duration::from_secs(5)).unwrap().is_some(), true);
+    // retention removes old ones with the events
+    s.retain(1_000, Some(975), None).unwrap();
+    assert_eq!(q(None, None, None, None), vec!["line 3"]);
+}
+
 macro_rules! suite {
     ($backend:ident: $b:ty) => {
         mod $backend {
@@ -1338,7 +1380,8 @@ macro_rules! suite {
                 search_across_many_events, incidents_and_outbox_commit_with_findings,
                 outbox_attempts_dead_letter_and_retry, actions_are_recorded_and_transition_once,
                 ip_intervals_and_source_pods, events_are_counted_per_minute_by_namespace_and_user,
-                one_of_prefilters_on_stored_columns, odd_values_are_stored_and_found, clusters_are_kept_apart);
+                one_of_prefilters_on_stored_columns, odd_values_are_stored_and_found, clusters_are_kept_apart,
+                bad_records_are_kept_once_and_listed);
         }
     };
     (@tests $b:ty; $($t:ident),*) => {
@@ -1892,6 +1935,16 @@ fn postgres_shared_writers_take_id_blocks_leases_and_find_stored_events() {
     std::thread::sleep(ttl + std::time::Duration::from_millis(300));
     let lb = b.bus_leases("b", 8, ttl).unwrap();
     assert_eq!(lb.len(), 8, "{lb:?}");
+    // source leases: one holder at a time, taken over after the ttl or at once on release
+    assert_eq!(a.source_lease("eks:prod", "a", ttl).unwrap(), Some(1));
+    assert_eq!(b.source_lease("eks:prod", "b", ttl).unwrap(), None);
+    assert_eq!(a.source_lease("eks:prod", "a", ttl).unwrap(), Some(1), "renewed, same epoch");
+    assert_eq!(b.source_lease("eks:other", "b", ttl).unwrap(), Some(1), "another source is free");
+    std::thread::sleep(ttl + std::time::Duration::from_millis(300));
+    assert_eq!(b.source_lease("eks:prod", "b", ttl).unwrap(), Some(2), "expired: b takes it, epoch rises");
+    assert_eq!(a.source_lease("eks:prod", "a", ttl).unwrap(), None);
+    b.release_source_lease("eks:prod", "b").unwrap();
+    assert_eq!(a.source_lease("eks:prod", "a", ttl).unwrap(), Some(3));
     // a graceful release hands over at once
     b.release_leases("b", None).unwrap();
     let la = a.bus_leases("a", 8, ttl).unwrap();

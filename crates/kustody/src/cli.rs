@@ -107,6 +107,10 @@ pub enum Command {
     ///
     /// Exit codes: 0 = intact, 1 = changed, missing or extra files, 2 = unreadable.
     Verify(VerifyArgs),
+    /// Is a managed cluster's audit log on and reaching kustody? What is it blind to, and the
+    /// exact commands that would fix it (printed, never run).
+    #[command(subcommand)]
+    Setup(SetupCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
     ///
     /// bash: `source <(kustody completion bash)`; zsh: `kustody completion zsh >
@@ -118,6 +122,51 @@ pub enum Command {
     /// `kustody man | man -l -` reads it; `kustody man --output-dir /usr/local/share/man/man1`
     /// installs kustody.1, kustody-hunt.1, kustody-rules-check.1 and the others.
     Man(ManArgs),
+}
+
+/// Where AWS calls go and whose credentials sign them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AwsArgs {
+    /// AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, then the profile's).
+    #[arg(long, value_name = "REGION")]
+    pub aws_region: Option<String>,
+    /// Shared-config profile whose credentials sign the calls (default: AWS_PROFILE, then
+    /// `default`; the environment's keys win, as in the AWS CLI).
+    #[arg(long, value_name = "NAME")]
+    pub aws_profile: Option<String>,
+    /// Assume this role first (needs a kustody built with --features aws-chain).
+    #[arg(long, value_name = "ARN")]
+    pub aws_role_arn: Option<String>,
+    /// Send every AWS call to this base URL (a VPC endpoint, or a local implementation such as
+    /// moto); plain http only to loopback addresses.
+    #[arg(long, value_name = "URL")]
+    pub aws_endpoint: Option<String>,
+}
+
+/// Check and explain a managed cluster's audit logging.
+#[derive(Subcommand, Debug)]
+pub enum SetupCommand {
+    /// EKS: are the audit (and authenticator) logs on, is the audit log reaching CloudWatch
+    /// Logs, how long is it kept; prints the commands that would fix what is missing (never
+    /// runs them).
+    ///
+    /// Exit codes: 0 = checked (with --check: and everything is in order), 1 = with --check,
+    /// something is missing, 2 = error.
+    Eks(SetupEksArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SetupEksArgs {
+    /// The EKS cluster's name.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: String,
+    /// Exit 1 when something is missing (for scripts and CI).
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[arg(long = "output", short = 'o', value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
 }
 
 #[derive(Args, Debug)]
@@ -914,6 +963,30 @@ pub struct ServeArgs {
     /// Stop once the --replay files are stored and evaluated.
     #[arg(long, requires = "replay")]
     pub exit_after_replay: bool,
+    /// Read this EKS cluster's audit log from CloudWatch Logs (`/aws/eks/NAME/cluster`,
+    /// `kube-apiserver-audit-*` streams), resuming from the stored cursor. Repeatable. Its
+    /// events carry the cluster's name unless --cluster names another.
+    #[arg(long, value_name = "NAME")]
+    pub eks_cluster: Vec<String>,
+    /// The log group, when not EKS's own (one --eks-cluster only).
+    #[arg(long, value_name = "GROUP", requires = "eks_cluster")]
+    pub eks_log_group: Option<String>,
+    /// Between live reads of the audit log.
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub eks_poll: String,
+    /// On a first start (no stored cursor), read this far back.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub eks_since: String,
+    /// How late an event may reach CloudWatch after its own time and still be read (a settle
+    /// pass reads each window again once this long has passed).
+    #[arg(long, value_name = "DURATION", default_value = "2m")]
+    pub eks_lateness: String,
+    /// FilterLogEvents calls a second per account and region (AWS allows 5 for the whole
+    /// account, shared with every other tool).
+    #[arg(long, value_name = "N", default_value_t = 2.0)]
+    pub eks_calls_per_second: f64,
+    #[command(flatten)]
+    pub aws: AwsArgs,
     #[command(flatten)]
     pub rules: RuleArgs,
     /// Allow-list file (repeatable), as for hunt.

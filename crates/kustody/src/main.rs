@@ -11,6 +11,7 @@ mod render;
 mod rules_cmd;
 mod ruleset;
 mod serve_cmd;
+mod setup_cmd;
 mod source;
 mod timeline;
 mod timespec;
@@ -149,6 +150,7 @@ fn run(mut cli: cli::Cli) -> anyhow::Result<ExitCode> {
             collect_cmd::collect(args)
         }
         cli::Command::Verify(args) => collect_cmd::verify(args),
+        cli::Command::Setup(cli::SetupCommand::Eks(args)) => setup_cmd::eks(args),
         cli::Command::Completion(args) => {
             let mut cmd = command();
             clap_complete::generate(args.shell, &mut cmd, "kustody", &mut std::io::stdout().lock());

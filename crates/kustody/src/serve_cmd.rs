@@ -215,6 +215,38 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     config.tokens_file = args.tokens;
     config.follow = args.follow;
     config.replay = args.replay;
+    if !args.eks_cluster.is_empty() {
+        if args.eks_log_group.is_some() && args.eks_cluster.len() > 1 {
+            bail!("--eks-log-group names one cluster's group: give one --eks-cluster with it");
+        }
+        let (endpoint, credentials) = crate::setup_cmd::aws_of(&args.aws)?;
+        let dur = |flag: &str, v: &str| -> Result<std::time::Duration> {
+            let ns = kustody_rules::correlate::parse_window(v).with_context(|| format!("--{flag}: invalid duration `{v}` (e.g. 5s, 2m, 1h)"))?;
+            Ok(std::time::Duration::from_nanos(u64::try_from(ns).unwrap_or(0)))
+        };
+        let poll = dur("eks-poll", &args.eks_poll)?.max(std::time::Duration::from_millis(100));
+        let since = dur("eks-since", &args.eks_since)?;
+        let lateness = dur("eks-lateness", &args.eks_lateness)?;
+        if !(args.eks_calls_per_second > 0.0 && args.eks_calls_per_second <= 100.0) {
+            bail!("--eks-calls-per-second must be above 0 and at most 100");
+        }
+        for name in &args.eks_cluster {
+            config.eks.push(kustody_serve::cloud::EksConfig {
+                cluster: name.clone(),
+                label: args.cluster.clone().unwrap_or_else(|| name.clone()),
+                endpoint: endpoint.clone(),
+                credentials: credentials.clone(),
+                poll,
+                since,
+                timing: kustody_cloud::cloudwatch::Timing {
+                    lateness_ms: lateness.as_millis() as i64,
+                    settle_every_ms: 30_000.min(lateness.as_millis() as i64).max(1_000),
+                },
+                max_calls_per_second: args.eks_calls_per_second,
+                log_group: args.eks_log_group.clone(),
+            });
+        }
+    }
     config.exit_after_replay = args.exit_after_replay;
     config.max_request_bytes = args.max_request_bytes;
     config.max_event_bytes = args.max_event_bytes;

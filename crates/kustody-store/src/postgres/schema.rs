@@ -286,6 +286,27 @@ const V5: &str = "
 CREATE INDEX findings_open ON findings (id) WHERE open;
 ";
 
+/// Version 6: bad records (as SQLite's version 7) and leases on named sources: which process
+/// reads a cloud source (`eks:…`) when several share the database. A lease unrenewed for its
+/// time goes to another process, with its `epoch` raised.
+const V6: &str = "
+CREATE TABLE bad_records (
+    id bigserial PRIMARY KEY,
+    received_ns bigint NOT NULL,
+    source text NOT NULL,
+    locator text NOT NULL,
+    reason text NOT NULL,
+    raw_len bigint NOT NULL,
+    raw bytea NOT NULL,
+    audit_id text,
+    cluster text
+);
+CREATE UNIQUE INDEX bad_records_key ON bad_records (source, locator);
+CREATE INDEX bad_records_time ON bad_records (received_ns);
+CREATE TABLE source_leases (name text PRIMARY KEY, owner text NOT NULL, epoch bigint NOT NULL,
+    expires timestamptz NOT NULL);
+";
+
 /// Ids in one block of [`V4`]'s `id_blocks`.
 pub(crate) const ID_BLOCK: i64 = 100_000;
 
@@ -294,7 +315,7 @@ pub(crate) const ID_BLOCK: i64 = 100_000;
 pub(crate) const ROW_OVERHEAD: i64 = 300;
 
 /// The migration steps, oldest first: step `i` brings the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this build writes (the number of migration steps).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

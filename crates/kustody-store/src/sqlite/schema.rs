@@ -319,8 +319,27 @@ ALTER TABLE alerts ADD COLUMN cluster TEXT;
 CREATE INDEX alerts_cluster ON alerts(cluster) WHERE cluster IS NOT NULL;
 ";
 
+/// Version 7: records a source could not convert into an event, kept with the reason
+/// ([`crate::BadRecord`]). `(source, locator)` is a record's identity: a record read again after
+/// a restart (its checkpoint not yet stored) is kept once. `raw` is zstd-compressed.
+const V7: &str = "
+CREATE TABLE bad_records (
+    id INTEGER PRIMARY KEY,
+    received_ns INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    locator TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    raw_len INTEGER NOT NULL,
+    raw BLOB NOT NULL,
+    audit_id TEXT,
+    cluster TEXT
+);
+CREATE UNIQUE INDEX bad_records_key ON bad_records(source, locator);
+CREATE INDEX bad_records_time ON bad_records(received_ns);
+";
+
 /// The migration steps, oldest first: step `i` brings the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The schema version this build writes (the number of migration steps).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
