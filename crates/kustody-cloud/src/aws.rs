@@ -80,7 +80,8 @@ const CREDENTIALS: &[&str] = &[
     "InvalidAccessKeyId",
     "MissingAuthenticationToken",
 ];
-const TRANSIENT: &[&str] = &["RequestTimeout", "RequestTimeoutException", "ServiceUnavailableException", "InternalFailure"];
+const TRANSIENT: &[&str] =
+    &["RequestTimeout", "RequestTimeoutException", "ServiceUnavailableException", "InternalFailure"];
 
 /// Sorts an error answer into a [`Kind`].
 pub fn classify(status: u16, code: &str) -> Kind {
@@ -279,7 +280,9 @@ impl Aws {
                         retry_after: None,
                     })
                 }
-                Err(e @ (HttpError::Insecure { .. } | HttpError::BadUrl { .. })) => return Err(invalid(op, e.to_string())),
+                Err(e @ (HttpError::Insecure { .. } | HttpError::BadUrl { .. })) => {
+                    return Err(invalid(op, e.to_string()))
+                }
                 Err(e) => {
                     return Err(AwsError {
                         kind: Kind::Transient,
@@ -420,11 +423,17 @@ mod tests {
         )
         .unwrap();
         let auth = r.headers().get("authorization").unwrap().to_str().unwrap();
-        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261120/eu-west-1/logs/aws4_request"), "{auth}");
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261120/eu-west-1/logs/aws4_request"),
+            "{auth}"
+        );
         assert!(auth.contains("x-amz-target"), "the target is signed: {auth}");
         assert_eq!(r.headers().get("x-amz-date").unwrap(), "20261120T090000Z");
         assert_eq!(r.headers().get("x-amz-security-token").unwrap(), "session");
         assert_eq!(r.body(), b"{}");
-        assert_eq!(Endpoint { region: "cn-north-1".into(), url: None }.base("logs"), "https://logs.cn-north-1.amazonaws.com.cn");
+        assert_eq!(
+            Endpoint { region: "cn-north-1".into(), url: None }.base("logs"),
+            "https://logs.cn-north-1.amazonaws.com.cn"
+        );
     }
 }

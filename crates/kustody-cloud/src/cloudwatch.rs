@@ -167,7 +167,12 @@ impl Cursor {
             return p.clone();
         }
         let req = if self.settle_due(now_ms) && self.live_ms > self.settled_ms {
-            Request { kind: PassKind::Settle, start_ms: self.settled_ms, end_ms: now_ms - self.timing.lateness_ms, token: None }
+            Request {
+                kind: PassKind::Settle,
+                start_ms: self.settled_ms,
+                end_ms: now_ms - self.timing.lateness_ms,
+                token: None,
+            }
         } else {
             Request { kind: PassKind::Live, start_ms: self.live_ms, end_ms: now_ms.max(self.live_ms), token: None }
         };
@@ -299,7 +304,10 @@ impl Reader {
                 }
                 Err(e) if e.code == "AnswerTooLarge" && self.page_limit > 1 => {
                     self.page_limit = (self.page_limit / 2).max(1);
-                    tracing::info!(page_limit = self.page_limit, "FilterLogEvents answer too large: asking for fewer events");
+                    tracing::info!(
+                        page_limit = self.page_limit,
+                        "FilterLogEvents answer too large: asking for fewer events"
+                    );
                 }
                 Err(e) => return Err(e),
             }

@@ -126,7 +126,9 @@ mod tests {
 
     #[test]
     fn plain_http_only_to_loopback() {
-        for ok in ["https://logs.eu-west-1.amazonaws.com/", "http://127.0.0.1:5000/", "http://[::1]:1/", "http://localhost/"] {
+        for ok in
+            ["https://logs.eu-west-1.amazonaws.com/", "http://127.0.0.1:5000/", "http://[::1]:1/", "http://localhost/"]
+        {
             assert!(check(&ok.parse().unwrap(), ok).is_ok(), "{ok}");
         }
         for bad in ["http://logs.eu-west-1.amazonaws.com/", "http://10.0.0.1/", "ftp://127.0.0.1/"] {

@@ -110,7 +110,9 @@ pub async fn check_eks(aws: &Aws, cluster: &str, now_ms: i64) -> Result<EksCheck
             .and_then(|s| s.as_array())
             .into_iter()
             .flatten()
-            .filter(|s| s.get("logStreamName").and_then(|n| n.as_str()).is_some_and(|n| n.starts_with(&group.stream_prefix)))
+            .filter(|s| {
+                s.get("logStreamName").and_then(|n| n.as_str()).is_some_and(|n| n.starts_with(&group.stream_prefix))
+            })
             .filter_map(|s| {
                 let name = s.get("logStreamName")?.as_str()?.to_owned();
                 let last = s

@@ -78,7 +78,13 @@ mod tests {
 
     #[test]
     fn too_little_left_or_not_an_event_is_nothing() {
-        assert_eq!(truncated_event(r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Request","auditID":"x","sta"#, "t"), None);
+        assert_eq!(
+            truncated_event(
+                r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Request","auditID":"x","sta"#,
+                "t"
+            ),
+            None
+        );
         assert_eq!(truncated_event("not json at all", "t"), None);
         assert_eq!(truncated_event(r#"{"kind":"Other","requestObject":{}}"#, "t"), None);
         // a cut inside the user, before any body

@@ -521,3 +521,62 @@ pub async fn reject_action(
         Err(r) => r,
     }
 }
+
+#[derive(Debug, Deserialize)]
+pub struct BadRecordParams {
+    pub source: Option<String>,
+    pub cluster: Option<String>,
+    /// Only ids below this (the next page: the last id of the previous one).
+    pub before: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/bad-records`: what sources could not convert, newest first. The records' text (it
+/// may hold request bodies) only for admins; everyone with `read` sees where, why and the
+/// auditID.
+pub async fn list_bad_records(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Query(p): Query<BadRecordParams>,
+) -> Response {
+    let who = match authorize(&s, &headers, &peer, Role::Read) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let with_raw = who.may(Role::Admin);
+    let q = kustody_store::BadRecordQuery {
+        source: p.source,
+        cluster: p.cluster,
+        since_ns: None,
+        before_id: p.before,
+        limit: p.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    match with_store(&s, move |st| st.bad_records(&q).map_err(|e| e.to_string())).await {
+        Ok(rows) => {
+            let items: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    let b = &r.record;
+                    let mut v = serde_json::json!({
+                        "id": r.id,
+                        "received": kustody_model::time::format_rfc3339_nanos(b.received_ns),
+                        "source": b.source,
+                        "locator": b.locator,
+                        "reason": b.reason,
+                        "bytes": b.raw_len,
+                        "auditID": b.audit_id,
+                        "cluster": b.cluster,
+                    });
+                    if let (true, Some(o)) = (with_raw, v.as_object_mut()) {
+                        o.insert("raw".into(), String::from_utf8_lossy(&b.raw).into_owned().into());
+                        o.insert("rawCut".into(), (b.raw.len() as u64 != b.raw_len).into());
+                    }
+                    v
+                })
+                .collect();
+            json(StatusCode::OK, serde_json::json!({ "items": items }))
+        }
+        Err(r) => r,
+    }
+}

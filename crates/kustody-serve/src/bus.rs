@@ -668,9 +668,9 @@ impl Consumer {
         }
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
         let lease = (p, self.owner.clone(), part.epoch);
-        let round = Round { cursor: (cursor_name(p), last), clusters: event_clusters, lease, done: done_tx };
+        let round = Round { cursor: (cursor_name(p), last), lease, done: done_tx };
         self.detect
-            .send(DetectMsg::Events(ToDetect { events, received, round: Some(round) }))
+            .send(DetectMsg::Events(ToDetect { events, clusters: event_clusters, received, round: Some(round) }))
             .map_err(|_| Retry("the detector stopped".into()))?;
         match done_rx.recv() {
             Ok(Ok(())) => {}

@@ -88,10 +88,7 @@ impl EksSource {
     }
 
     /// Runs `task` on the writer and waits for its answer.
-    fn on_writer<T: Send + 'static>(
-        &self,
-        task: impl FnOnce(&mut dyn Store) -> T + Send + 'static,
-    ) -> Option<T> {
+    fn on_writer<T: Send + 'static>(&self, task: impl FnOnce(&mut dyn Store) -> T + Send + 'static) -> Option<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let t: StoreTask = Box::new(move |s: &mut dyn Store| {
             let _ = tx.send(task(s));
@@ -103,7 +100,9 @@ impl EksSource {
     async fn main(self) {
         let name = self.config.source_name();
         let group = match &self.config.log_group {
-            Some(g) => kustody_cloud::cloudwatch::Group { name: g.clone(), stream_prefix: "kube-apiserver-audit".into() },
+            Some(g) => {
+                kustody_cloud::cloudwatch::Group { name: g.clone(), stream_prefix: "kube-apiserver-audit".into() }
+            }
             None => kustody_cloud::cloudwatch::Group::of_eks_cluster(&self.config.cluster),
         };
         let source_label = format!("cloudwatch:{}:{}", self.config.endpoint.region, group.name);
@@ -134,7 +133,8 @@ impl EksSource {
             }
         };
         let rate = self.config.max_calls_per_second;
-        let bucket = kustody_cloud::limit::shared(&format!("logs:{key}:{}", self.config.endpoint.region), rate, rate.max(1.0));
+        let bucket =
+            kustody_cloud::limit::shared(&format!("logs:{key}:{}", self.config.endpoint.region), rate, rate.max(1.0));
         let mut reader = Reader { aws: aws.clone(), group: group.clone(), bucket, page_limit: 2_000 };
         let mut cursor: Option<Cursor> = None;
         let mut lease_at: Option<Instant> = None;
@@ -248,8 +248,14 @@ impl EksSource {
             let remembered = c.remembered();
             let (rows, bad, salvaged) = convert(&page.new, &source_label, &self.config.label, self.max_event_bytes);
             let n = rows.len();
-            if !rows.is_empty() && !crate::follow::commit(&self.jobs, rows, Origin::Cloud, &self.stop) {
-                return;
+            if !rows.is_empty() {
+                // the commit waits on the writer: off this runtime's thread
+                let (jobs, stop) = (self.jobs.clone(), self.stop.clone());
+                let done =
+                    tokio::task::spawn_blocking(move || crate::follow::commit(&jobs, rows, Origin::Cloud, &stop));
+                if !done.await.unwrap_or(false) {
+                    return;
+                }
             }
             self.metrics.received_cloud.fetch_add(n as u64, Relaxed);
             let nbad = bad.len();
@@ -364,13 +370,23 @@ pub fn convert(
         let saved = kustody_ingest::salvage::truncated_event(text, &time)
             .map(|t| crate::payload::parse(source, t.into_bytes(), max_event_bytes).rows)
             .filter(|r| !r.is_empty());
-        let mut why = if cut { format!("cut short by CloudWatch Logs ({} bytes, ends with [Truncated...]): {reason}", e.message.len()) } else { reason };
+        let mut why = if cut {
+            format!("cut short by CloudWatch Logs ({} bytes, ends with [Truncated...]): {reason}", e.message.len())
+        } else {
+            reason
+        };
         if let Some(r) = saved {
             salvaged += 1;
             why.push_str("; its metadata was stored as a Metadata-level event (annotation kustody.io/truncated)");
             rows.extend(r);
         }
-        let mut b = BadRecord::new(received, source, format!("{}/{}", e.log_stream_name, e.event_id), why, e.message.as_bytes());
+        let mut b = BadRecord::new(
+            received,
+            source,
+            format!("{}/{}", e.log_stream_name, e.event_id),
+            why,
+            e.message.as_bytes(),
+        );
         b.audit_id = kustody_ingest::salvage::audit_id(text);
         b.cluster = Some(cluster.to_owned());
         bad.push(b);

@@ -196,8 +196,9 @@ impl DetectorThread {
             if batch.is_empty() {
                 break;
             }
+            let clusters: Vec<Option<String>> = batch.iter().map(|e| e.cluster.clone()).collect();
             let events: Vec<(i64, String)> = batch.into_iter().map(|e| (e.id, e.raw)).collect();
-            cursor = self.evaluate(&events, Instant::now(), ids, cursor, None);
+            cursor = self.evaluate(&events, &clusters, Instant::now(), ids, cursor, None);
         }
         loop {
             self.take_pending_rules(ids);
@@ -207,12 +208,17 @@ impl DetectorThread {
                     self.take_pending_rules(ids);
                     if let Some(round) = msg.round {
                         // ids from a shared sequence: no order to filter by
-                        self.evaluate(&msg.events, msg.received, ids, cursor, Some(round));
+                        self.evaluate(&msg.events, &msg.clusters, msg.received, ids, cursor, Some(round));
                         continue;
                     }
-                    let fresh: Vec<(i64, String)> = msg.events.into_iter().filter(|(id, _)| *id > cursor).collect();
+                    let (fresh, clusters): (Vec<(i64, String)>, Vec<Option<String>>) = msg
+                        .events
+                        .into_iter()
+                        .zip(msg.clusters.into_iter().chain(std::iter::repeat(None)))
+                        .filter(|((id, _), _)| *id > cursor)
+                        .unzip();
                     if !fresh.is_empty() {
-                        cursor = self.evaluate(&fresh, msg.received, ids, cursor, None);
+                        cursor = self.evaluate(&fresh, &clusters, msg.received, ids, cursor, None);
                     }
                 }
                 Ok(DetectMsg::Command(cmd)) => self.command(cmd),
@@ -492,6 +498,7 @@ impl DetectorThread {
     fn evaluate(
         &mut self,
         events: &[(i64, String)],
+        clusters: &[Option<String>],
         received: Instant,
         ids: &mut State,
         cursor: i64,
@@ -511,7 +518,7 @@ impl DetectorThread {
                 Some(b) => (b.knows(&ev), b.observe(&ev, &src)),
                 None => (false, Vec::new()),
             };
-            let cluster = round.as_ref().and_then(|r| r.clusters.get(n)).and_then(Option::as_deref);
+            let cluster = clusters.get(n).and_then(Option::as_deref);
             let out = self.detector_for(cluster).observe_with(&ev, &src, known, extra, &mut updates);
             for r in &out.demoted {
                 self.metrics.count_demoted(r);
@@ -537,7 +544,7 @@ impl DetectorThread {
                         .and_then(|p| p.split_once('/'))
                         .and_then(|(ns, name)| self.identity.ip_of_pod(ns, name, t));
                     ids.behind.insert(u.finding.seq, (behind, own_ip, peer.map(|p| p.into_owned())));
-                    let cluster = round.as_ref().and_then(|r| r.clusters.get(n).cloned().flatten());
+                    let cluster = clusters.get(n).cloned().flatten();
                     if !ids.adopt.is_empty() {
                         let lead = &u.finding.lead;
                         let key: AdoptKey = (

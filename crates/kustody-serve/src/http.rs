@@ -81,6 +81,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", get(get_events))
         .route("/v1/findings", get(get_findings))
         .route("/v1/alerts", get(get_alerts))
+        .route("/v1/bad-records", get(crate::api::list_bad_records))
         .route("/v1/findings/stream", get(stream_findings))
         .route("/v1/rules/reload", post(post_reload))
         .route("/v1/incidents", get(crate::api::list_incidents))

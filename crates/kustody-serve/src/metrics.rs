@@ -189,16 +189,41 @@ impl Metrics {
         let now_ms = crate::writer::now_ns() / 1_000_000;
         type Get = fn(&SourceStats) -> i64;
         let series: [(&str, &str, &str, Get); 10] = [
-            ("kustody_source_events_total", "counter", "Events converted from a managed-cloud source.", |s| s.converted as i64),
-            ("kustody_source_bad_records_total", "counter", "Records of a source that could not be converted (kept as bad records).", |s| s.bad as i64),
-            ("kustody_source_salvaged_total", "counter", "Cut-short events whose metadata was still stored.", |s| s.salvaged as i64),
-            ("kustody_source_repeated_total", "counter", "Events read again and dropped by their id.", |s| s.repeated as i64),
+            ("kustody_source_events_total", "counter", "Events converted from a managed-cloud source.", |s| {
+                s.converted as i64
+            }),
+            (
+                "kustody_source_bad_records_total",
+                "counter",
+                "Records of a source that could not be converted (kept as bad records).",
+                |s| s.bad as i64,
+            ),
+            ("kustody_source_salvaged_total", "counter", "Cut-short events whose metadata was still stored.", |s| {
+                s.salvaged as i64
+            }),
+            ("kustody_source_repeated_total", "counter", "Events read again and dropped by their id.", |s| {
+                s.repeated as i64
+            }),
             ("kustody_source_throttled_total", "counter", "Calls the provider throttled.", |s| s.throttled as i64),
             ("kustody_source_errors_total", "counter", "Calls that failed otherwise.", |s| s.errors as i64),
-            ("kustody_source_credential_refreshes_total", "counter", "Credentials fetched again after the provider refused them.", |s| s.credential_refreshes as i64),
-            ("kustody_source_max_lateness_seconds", "gauge", "The largest delay seen between an event's time and its arrival at the provider.", |s| s.max_lateness_ms / 1000),
-            ("kustody_source_leader", "gauge", "1 while this process reads the source (holds its lease).", |s| i64::from(s.leader)),
-            ("kustody_source_remembered_events", "gauge", "Event ids kept for de-duplication.", |s| s.remembered as i64),
+            (
+                "kustody_source_credential_refreshes_total",
+                "counter",
+                "Credentials fetched again after the provider refused them.",
+                |s| s.credential_refreshes as i64,
+            ),
+            (
+                "kustody_source_max_lateness_seconds",
+                "gauge",
+                "The largest delay seen between an event's time and its arrival at the provider.",
+                |s| s.max_lateness_ms / 1000,
+            ),
+            ("kustody_source_leader", "gauge", "1 while this process reads the source (holds its lease).", |s| {
+                i64::from(s.leader)
+            }),
+            ("kustody_source_remembered_events", "gauge", "Event ids kept for de-duplication.", |s| {
+                s.remembered as i64
+            }),
         ];
         for (name, kind, help, get) in series {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -209,7 +234,11 @@ impl Metrics {
         let _ = writeln!(o, "# HELP kustody_source_lag_seconds Now minus the newest event time read from the source.\n# TYPE kustody_source_lag_seconds gauge");
         for (src, st) in &sources {
             if st.newest_ms > 0 {
-                let _ = writeln!(o, "kustody_source_lag_seconds{{source=\"{src}\"}} {:.3}", (now_ms - st.newest_ms) as f64 / 1000.0);
+                let _ = writeln!(
+                    o,
+                    "kustody_source_lag_seconds{{source=\"{src}\"}} {:.3}",
+                    (now_ms - st.newest_ms) as f64 / 1000.0
+                );
             }
         }
     }

@@ -130,7 +130,11 @@ pub fn events(store: &dyn Store, mut q: EventQuery, filter: Option<&WhereFilter>
 
 /// Origin bits as names.
 pub fn origins(bits: i64) -> Vec<&'static str> {
-    [(1, "webhook"), (2, "file"), (4, "replay")].into_iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| n).collect()
+    [(1, "webhook"), (2, "file"), (4, "replay"), (8, "cloud")]
+        .into_iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| n)
+        .collect()
 }
 
 impl EventPage {

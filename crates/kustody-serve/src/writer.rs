@@ -72,6 +72,10 @@ pub enum Write {
 /// Stored events on their way to the detector: (row id, JSON text), with when the batch arrived.
 pub struct ToDetect {
     pub events: Vec<(i64, String)>,
+    /// Each event's cluster, in the order of `events` (findings carry the cluster of the
+    /// event that opened them; events of another cluster than the server's go through a
+    /// detector of their own).
+    pub clusters: Vec<Option<String>>,
     pub received: Instant,
     /// A bus message's round: its cursor goes into the findings' commit, and the consumer
     /// waits for that commit before acknowledging the message.
@@ -82,9 +86,6 @@ pub struct ToDetect {
 pub struct Round {
     /// The partition's cursor and the message's stream sequence.
     pub cursor: (String, i64),
-    /// Each event's cluster, in the order of [`ToDetect::events`] (findings carry the
-    /// cluster of the event that opened them).
-    pub clusters: Vec<Option<String>>,
     /// The lease the round is evaluated under `(partition, owner, epoch)`: the commit is
     /// refused once it changed hands.
     pub lease: (u32, String, i64),
@@ -280,17 +281,17 @@ fn commit(
                     let stored = mine.iter().filter(|i| i.is_some()).count() as u64;
                     let _ = reply.send(Ok(Appended { stored, duplicates: n as u64 - stored, ids: mine }));
                 }
-                let events: Vec<(i64, String)> = appended
+                let (events, clusters): (Vec<(i64, String)>, Vec<Option<String>>) = appended
                     .ids
                     .iter()
                     .zip(rows)
-                    .filter_map(|(id, row)| id.map(|id| (id, row.raw.into_owned())))
-                    .collect();
+                    .filter_map(|(id, row)| id.map(|id| ((id, row.raw.into_owned()), row.cluster)))
+                    .unzip();
                 if let (false, Some(detect)) = (events.is_empty(), detect) {
                     // Waits while the detector is behind (writing its results meanwhile): the
                     // queue in front of the writer fills and the sources shed load (429)
                     // instead of memory growing.
-                    let mut msg = DetectMsg::Events(ToDetect { events, received, round: None });
+                    let mut msg = DetectMsg::Events(ToDetect { events, clusters, received, round: None });
                     loop {
                         match detect.try_send(msg) {
                             Ok(()) | Err(TrySendError::Disconnected(_)) => break,

@@ -25,10 +25,10 @@ use crate::{
     OutboxQuery, OutboxRow, Retained, Store, StoreError, StoreStats, StoredAlert, StoredEvent,
 };
 
+mod bad;
 pub(crate) mod codec;
 pub(crate) mod counts;
 pub(crate) mod error;
-mod bad;
 mod intervals;
 pub(crate) mod query;
 mod response;

@@ -1363,7 +1363,7 @@ fn bad_records_are_kept_once_and_listed<B: Backend>() {
     assert_eq!(q(None, None, Some(20), None), vec!["line 3", "s/2"]);
     assert_eq!(q(None, None, None, Some(all[1].id)), vec!["s/1"]);
     // a single writer always holds its sources' leases
-    assert_eq!(s.source_lease("eks:x", "me", std::time::Duration::from_secs(5)).unwrap().is_some(), true);
+    assert!(s.source_lease("eks:x", "me", std::time::Duration::from_secs(5)).unwrap().is_some());
     // retention removes old ones with the events
     s.retain(1_000, Some(975), None).unwrap();
     assert_eq!(q(None, None, None, None), vec!["line 3"]);

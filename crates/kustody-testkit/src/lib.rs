@@ -57,6 +57,7 @@ pub fn run(cmd: &mut Command) -> Run {
 }
 
 pub mod http;
+pub mod moto;
 pub mod nats;
 pub mod postgres;
 pub mod webdriver;

@@ -221,7 +221,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         }
         let (endpoint, credentials) = crate::setup_cmd::aws_of(&args.aws)?;
         let dur = |flag: &str, v: &str| -> Result<std::time::Duration> {
-            let ns = kustody_rules::correlate::parse_window(v).with_context(|| format!("--{flag}: invalid duration `{v}` (e.g. 5s, 2m, 1h)"))?;
+            let ns = kustody_rules::correlate::parse_window(v)
+                .with_context(|| format!("--{flag}: invalid duration `{v}` (e.g. 5s, 2m, 1h)"))?;
             Ok(std::time::Duration::from_nanos(u64::try_from(ns).unwrap_or(0)))
         };
         let poll = dur("eks-poll", &args.eks_poll)?.max(std::time::Duration::from_millis(100));

@@ -9,9 +9,8 @@ use crate::cli::{AwsArgs, ListFormat, SetupEksArgs};
 
 /// The AWS endpoint and credential source of `--aws-*` flags.
 pub fn aws_of(a: &AwsArgs) -> Result<(kustody_cloud::aws::Endpoint, kustody_cloud::aws::CredentialSource)> {
-    let region = kustody_cluster::eks::region(a.aws_region.as_deref(), a.aws_profile.as_deref()).context(
-        "no AWS region: give --aws-region, or set AWS_REGION (or a region in the profile of ~/.aws/config)",
-    )?;
+    let region = kustody_cluster::eks::region(a.aws_region.as_deref(), a.aws_profile.as_deref())
+        .context("no AWS region: give --aws-region, or set AWS_REGION (or a region in the profile of ~/.aws/config)")?;
     Ok((
         kustody_cloud::aws::Endpoint { region, url: a.aws_endpoint.clone() },
         kustody_cloud::aws::CredentialSource { profile: a.aws_profile.clone(), role_arn: a.aws_role_arn.clone() },

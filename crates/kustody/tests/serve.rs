@@ -65,6 +65,11 @@ fn write_tokens(dir: &Path) -> PathBuf {
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Server {
+    start_with_env(dir, extra, &[])
+}
+
+/// [`start`], with environment variables for the server.
+fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Server {
     let tokens = write_tokens(dir.parent().unwrap());
     let ready = dir.parent().unwrap().join(format!("ready-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready);
@@ -77,6 +82,11 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
         .arg("--ready-file")
         .arg(&ready)
         .args(extra)
+        .envs(env.iter().copied())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -2753,4 +2763,323 @@ fn serve_scales_out_over_nats_jetstream_and_postgresql() {
     }
     assert!(det_a.stop().success());
     assert!(us.stop().success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// EKS: the audit log in CloudWatch Logs (moto in server mode, signatures verified).
+
+/// A loopback proxy in front of moto that answers the next `throttle` FilterLogEvents calls
+/// with CloudWatch's throttling error, as AWS does past 5 calls a second, and forwards the
+/// rest byte for byte (the signed Host header stays the proxy's, as the client signed it).
+struct FaultProxy {
+    port: u16,
+    throttle: Arc<std::sync::atomic::AtomicUsize>,
+    throttled: Arc<std::sync::atomic::AtomicUsize>,
+    filter_calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultProxy {
+    fn start(upstream: u16) -> FaultProxy {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let throttle = Arc::new(AtomicUsize::new(0));
+        let throttled = Arc::new(AtomicUsize::new(0));
+        let filter_calls = Arc::new(AtomicUsize::new(0));
+        let (t, td, fc) = (throttle.clone(), throttled.clone(), filter_calls.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let (t, td, fc) = (t.clone(), td.clone(), fc.clone());
+                std::thread::spawn(move || loop {
+                    // one request: head, then Content-Length bytes
+                    let mut buf = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !buf.ends_with(b"\r\n\r\n") {
+                        match c.read(&mut byte) {
+                            Ok(1) => buf.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if c.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let filter = head.contains("x-amz-target: logs_20140328.filterlogevents");
+                    if filter {
+                        fc.fetch_add(1, SeqCst);
+                    }
+                    if filter && t.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+                        td.fetch_add(1, SeqCst);
+                        let b = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
+                        let _ = write!(c, "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: ThrottlingException\r\nContent-Length: {}\r\n\r\n{b}", b.len());
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let head_out = text.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                    let mut up = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                    up.write_all(head_out.as_bytes()).unwrap();
+                    up.write_all(&body).unwrap();
+                    let mut resp = Vec::new();
+                    let _ = up.read_to_end(&mut resp);
+                    // moto closes: the client must too
+                    let resp = String::from_utf8_lossy(&resp).into_owned();
+                    let resp = if resp.to_ascii_lowercase().contains("\r\nconnection:") {
+                        resp
+                    } else {
+                        resp.replacen("\r\n", "\r\nConnection: close\r\n", 1)
+                    };
+                    let _ = c.write_all(resp.as_bytes());
+                    return;
+                });
+            }
+        });
+        FaultProxy { port, throttle, throttled, filter_calls }
+    }
+}
+
+/// An audit event at `ms` (both timestamps), as EKS writes it to CloudWatch.
+fn eks_event(id: &str, user: &str, verb: &str, resource: &str, sub: Option<&str>, ms: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    audit_line(id, user, verb, resource, sub)
+        .replace("2026-12-02T03:00:00.000000Z", &t)
+        .replace("2026-12-02T03:00:00.100000Z", &t)
+}
+
+fn put_events(m: &kustody_testkit::moto::Moto, key: &(String, String), stream: &str, events: &[(i64, String)]) {
+    let evs: Vec<Value> = events.iter().map(|(ts, msg)| serde_json::json!({"timestamp": ts, "message": msg})).collect();
+    let path =
+        std::env::temp_dir().join(format!("kustody-put-{}-{}.json", std::process::id(), kustody_testkit::free_port()));
+    std::fs::write(&path, serde_json::to_vec(&evs).unwrap()).unwrap();
+    m.py(
+        &key.0,
+        &key.1,
+        "eu-west-1",
+        &format!(
+            "evs = json.load(open({p:?}))\nlogs.put_log_events(logGroupName='/aws/eks/prod/cluster', logStreamName={stream:?}, logEvents=evs)\n",
+            p = path.display().to_string()
+        ),
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+fn events_of(srv: &Server, q: &str) -> Vec<Value> {
+    srv.get(&format!("/v1/events?limit=1000&{q}")).json()["items"].as_array().unwrap().clone()
+}
+
+fn wait_events(srv: &Server, q: &str, n: usize, secs: u64) -> Vec<Value> {
+    let t0 = Instant::now();
+    loop {
+        let got = events_of(srv, q);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(secs), "{q}: {} of {n} events after {secs} s", got.len());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn eks_audit_log_is_read_from_cloudwatch_without_loss_through_throttling_key_rotation_and_restarts() {
+    let Some(moto) = kustody_testkit::moto::Moto::start() else { return };
+    let root = ("root".to_owned(), "root".to_owned());
+    // an IAM user whose keys kustody signs with; then moto verifies every signature
+    let out = moto.py(
+        &root.0,
+        &root.1,
+        "eu-west-1",
+        r#"
+iam.create_user(UserName='kustody')
+pol = iam.create_policy(PolicyName='read-audit', PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["logs:FilterLogEvents", "logs:Describe*", "logs:PutLogEvents", "logs:CreateLogStream", "eks:DescribeCluster", "iam:*"], "Resource": "*"}]}))
+iam.attach_user_policy(UserName='kustody', PolicyArn=pol['Policy']['Arn'])
+k = iam.create_access_key(UserName='kustody')['AccessKey']
+logs.create_log_group(logGroupName='/aws/eks/prod/cluster')
+for s in ['kube-apiserver-audit-aaa', 'kube-apiserver-audit-bbb', 'authenticator-ccc']:
+    logs.create_log_stream(logGroupName='/aws/eks/prod/cluster', logStreamName=s)
+print(k['AccessKeyId'], k['SecretAccessKey'])
+"#,
+    );
+    let mut it = out.split_whitespace();
+    let key1 = (it.next().unwrap().to_owned(), it.next().unwrap().to_owned());
+    let r = moto.py(
+        &root.0,
+        &root.1,
+        "eu-west-1",
+        "import requests\nprint(requests.post(url + '/moto-api/reset-auth', data=b'0').text)\n",
+    );
+    assert!(r.contains("ok"), "{r}");
+    let proxy = FaultProxy::start(moto.url().rsplit(':').next().unwrap().parse().unwrap());
+
+    let now = chrono::Utc::now().timestamp_millis();
+    // ten events, two pairs sharing a millisecond across streams, an exec (a finding), a
+    // 300 KB event, an event EKS cut short, and another log's line in the group
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for i in 0..10 {
+        let ms = now - 60_000 + i64::from(i / 2) * 1000;
+        let e = eks_event(&format!("e{i}"), "alice", "get", "pods", None, ms);
+        if i % 2 == 0 {
+            a.push((ms, e))
+        } else {
+            b.push((ms, e))
+        }
+    }
+    let exec = eks_event("exec-1", "system:serviceaccount:shop:intruder", "create", "pods", Some("exec"), now - 50_000)
+        .replace("ResponseComplete", "ResponseStarted");
+    a.push((now - 50_000, exec));
+    let big = eks_event("big-1", "alice", "update", "configmaps", None, now - 49_000).replace(
+        r#""responseStatus""#,
+        &format!(r#""requestObject":{{"data":{{"blob":"{}"}}}},"responseStatus""#, "x".repeat(300_000)),
+    );
+    a.push((now - 49_000, big.clone()));
+    let cut_full = eks_event("cut-1", "bob", "create", "secrets", None, now - 48_000).replace(
+        r#""responseStatus":{"code":200}"#,
+        r#""responseStatus":{"code":201},"requestObject":{"kind":"Secret","data":{"k":"AAAA"#,
+    );
+    let cut = format!("{}[Truncated...]", &cut_full[..cut_full.find("AAAA").unwrap() + 2]);
+    a.push((now - 48_000, cut.clone()));
+    put_events(&moto, &key1, "kube-apiserver-audit-aaa", &a);
+    put_events(&moto, &key1, "kube-apiserver-audit-bbb", &b);
+    put_events(
+        &moto,
+        &key1,
+        "authenticator-ccc",
+        &[(now - 47_000, "time=... level=info msg=\"access granted\"".into())],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let creds = dir.path().join("credentials");
+    std::fs::write(&creds, format!("[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n", key1.0, key1.1))
+        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let serve = |data: &Path| {
+        start_with_env(
+            data,
+            &[
+                "--eks-cluster",
+                "prod",
+                "--aws-region",
+                "eu-west-1",
+                "--aws-endpoint",
+                &endpoint,
+                "--eks-poll",
+                "1s",
+                "--eks-since",
+                "10m",
+                "--eks-lateness",
+                "5s",
+            ],
+            &[("AWS_SHARED_CREDENTIALS_FILE", &creds)],
+        )
+    };
+    let srv = serve(&data);
+    let got = wait_events(&srv, "cluster=prod", 13, 60);
+    assert_eq!(got.len(), 13, "10 + exec + 300 KB + the salvaged cut event; the authenticator line is not an event");
+    let big_stored = srv.get("/v1/events?audit_id=big-1").json();
+    assert_eq!(
+        big_stored["items"][0]["event"]["requestObject"]["data"]["blob"].as_str().unwrap().len(),
+        300_000,
+        "never skipped, never cut"
+    );
+    let salvaged = srv.get("/v1/events?audit_id=cut-1").json();
+    let ev = &salvaged["items"][0]["event"];
+    assert_eq!(ev["level"], "Metadata");
+    assert_eq!(ev["annotations"]["kustody.io/truncated"], "true");
+    assert_eq!(ev["objectRef"]["resource"], "secrets");
+    assert!(ev.get("requestObject").is_none());
+    // the cut record itself is kept: where, why, its auditID; its text for admins only
+    let bad = srv.get("/v1/bad-records").json();
+    assert_eq!(bad["items"].as_array().unwrap().len(), 1, "{bad}");
+    let rec = &bad["items"][0];
+    assert_eq!(rec["auditID"], "cut-1");
+    assert_eq!(rec["source"], "cloudwatch:eu-west-1:/aws/eks/prod/cluster");
+    assert!(rec["locator"].as_str().unwrap().starts_with("kube-apiserver-audit-aaa/"), "{rec}");
+    assert!(rec["reason"].as_str().unwrap().contains("[Truncated...]"), "{rec}");
+    assert!(rec.get("raw").is_none(), "read role: no text");
+    let full = srv.request("GET", "/v1/bad-records", Some(ADMIN), b"").json();
+    assert_eq!(full["items"][0]["raw"], cut);
+    // detected like any other source
+    let f = srv.wait_items("/v1/findings?user=system:serviceaccount:shop:intruder", 1);
+    assert_eq!(f["items"][0]["cluster"], "prod", "{f}");
+    wait_metric(&srv, "kustody_source_events_total{source=\"eks:eu-west-1:prod\"} 13");
+    wait_metric(&srv, "kustody_source_bad_records_total{source=\"eks:eu-west-1:prod\"} 1");
+    wait_metric(&srv, "kustody_source_leader{source=\"eks:eu-west-1:prod\"} 1");
+
+    // throttling: the next three reads are refused; the source backs off and goes on
+    proxy.throttle.store(3, std::sync::atomic::Ordering::SeqCst);
+    let t1 = chrono::Utc::now().timestamp_millis();
+    put_events(&moto, &key1, "kube-apiserver-audit-aaa", &[(t1, eks_event("t-1", "alice", "list", "pods", None, t1))]);
+    put_events(&moto, &key1, "kube-apiserver-audit-bbb", &[(t1, eks_event("t-2", "alice", "list", "pods", None, t1))]);
+    wait_events(&srv, "cluster=prod", 15, 60);
+    assert_eq!(proxy.throttled.load(std::sync::atomic::Ordering::SeqCst), 3);
+    wait_metric(&srv, "kustody_source_throttled_total{source=\"eks:eu-west-1:prod\"} 3");
+
+    // the key is rotated: the old one is deleted in IAM, the file holds the new one
+    let out = moto.py(
+        &key1.0,
+        &key1.1,
+        "eu-west-1",
+        "k = iam.create_access_key(UserName='kustody')['AccessKey']\nprint(k['AccessKeyId'], k['SecretAccessKey'])\n",
+    );
+    let mut it = out.split_whitespace();
+    let key2 = (it.next().unwrap().to_owned(), it.next().unwrap().to_owned());
+    std::fs::write(&creds, format!("[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n", key2.0, key2.1))
+        .unwrap();
+    moto.py(
+        &key2.0,
+        &key2.1,
+        "eu-west-1",
+        &format!("iam.delete_access_key(UserName='kustody', AccessKeyId={:?})\n", key1.0),
+    );
+    let t2 = chrono::Utc::now().timestamp_millis();
+    put_events(&moto, &key2, "kube-apiserver-audit-aaa", &[(t2, eks_event("r-1", "alice", "list", "pods", None, t2))]);
+    wait_events(&srv, "cluster=prod", 16, 60);
+    wait_metric(&srv, "kustody_source_credential_refreshes_total{source=\"eks:eu-west-1:prod\"} 1");
+
+    // kill -9; events arrive while it is down, one of them late (its time before the newest
+    // read); the restart resumes at the stored checkpoint: each stored once
+    let mut srv = srv;
+    srv.child.kill().unwrap();
+    srv.child.wait().unwrap();
+    drop(srv);
+    let t3 = chrono::Utc::now().timestamp_millis();
+    put_events(&moto, &key2, "kube-apiserver-audit-bbb", &[(t3, eks_event("d-1", "alice", "list", "pods", None, t3))]);
+    put_events(
+        &moto,
+        &key2,
+        "kube-apiserver-audit-aaa",
+        &[(t2 - 2_000, eks_event("late-1", "alice", "list", "pods", None, t2 - 2_000))],
+    );
+    let srv = serve(&data);
+    let all = wait_events(&srv, "cluster=prod", 18, 60);
+    // a late event after the restart too, behind the live reads: the settle pass finds it
+    let t4 = chrono::Utc::now().timestamp_millis();
+    put_events(&moto, &key2, "kube-apiserver-audit-aaa", &[(t4, eks_event("n-1", "alice", "list", "pods", None, t4))]);
+    wait_events(&srv, "audit_id=n-1", 1, 30);
+    std::thread::sleep(Duration::from_secs(2));
+    put_events(
+        &moto,
+        &key2,
+        "kube-apiserver-audit-bbb",
+        &[(t4 - 1_000, eks_event("late-2", "alice", "list", "pods", None, t4 - 1_000))],
+    );
+    wait_events(&srv, "audit_id=late-2", 1, 30);
+    let all2 = events_of(&srv, "cluster=prod");
+    let mut ids: Vec<String> = all2.iter().map(|e| e["event"]["auditID"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no event stored twice: {ids:?}");
+    assert_eq!(n, 20, "{ids:?}");
+    assert!(all.len() >= 18);
+    let bad = srv.get("/v1/bad-records").json();
+    assert_eq!(bad["items"].as_array().unwrap().len(), 1, "the cut record, read again, is kept once");
+    assert!(proxy.filter_calls.load(std::sync::atomic::Ordering::SeqCst) > 3);
 }

@@ -14,10 +14,8 @@ pub(super) fn append(tx: &mut Transaction<'_>, records: &[BadRecord]) -> Res<u64
     for r in records {
         let raw = zstd::bulk::compress(&r.raw, 3).map_err(|e| Fail::other(format!("compressing a bad record: {e}")))?;
         let len = i64::try_from(r.raw_len).unwrap_or(i64::MAX);
-        new += tx.execute(
-            &stmt,
-            &[&r.received_ns, &r.source, &r.locator, &r.reason, &len, &raw, &r.audit_id, &r.cluster],
-        )?;
+        new += tx
+            .execute(&stmt, &[&r.received_ns, &r.source, &r.locator, &r.reason, &len, &raw, &r.audit_id, &r.cluster])?;
     }
     Ok(new)
 }
@@ -33,7 +31,8 @@ pub(super) fn list(c: &mut impl GenericClient, q: &BadRecordQuery) -> Res<Vec<Ba
     let mut out = Vec::new();
     for r in rows {
         let packed: Vec<u8> = r.try_get(6)?;
-        let raw = zstd::stream::decode_all(&packed[..]).map_err(|e| Fail::other(format!("a stored bad record: {e}")))?;
+        let raw =
+            zstd::stream::decode_all(&packed[..]).map_err(|e| Fail::other(format!("a stored bad record: {e}")))?;
         let raw_len: i64 = r.try_get(5)?;
         out.push(BadRecordRow {
             id: r.try_get(0)?,

@@ -43,7 +43,10 @@ pub(super) fn list(conn: &Connection, q: &BadRecordQuery) -> Res<Vec<BadRecordRo
     let mut out = Vec::new();
     for row in rows {
         let (id, received_ns, source, locator, reason, raw_len, packed, audit_id, cluster) = row?;
-        out.push(BadRecordRow { id, record: record(received_ns, source, locator, reason, raw_len, &packed, audit_id, cluster)? });
+        out.push(BadRecordRow {
+            id,
+            record: record(received_ns, source, locator, reason, raw_len, &packed, audit_id, cluster)?,
+        });
     }
     Ok(out)
 }
@@ -60,5 +63,14 @@ pub(crate) fn record(
     cluster: Option<String>,
 ) -> Res<BadRecord> {
     let raw = zstd::stream::decode_all(packed).map_err(|e| Fail::other(format!("a stored bad record: {e}")))?;
-    Ok(BadRecord { received_ns, source, locator, reason, raw, raw_len: u64::try_from(raw_len).unwrap_or(0), audit_id, cluster })
+    Ok(BadRecord {
+        received_ns,
+        source,
+        locator,
+        reason,
+        raw,
+        raw_len: u64::try_from(raw_len).unwrap_or(0),
+        audit_id,
+        cluster,
+    })
 }
