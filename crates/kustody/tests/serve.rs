@@ -3083,3 +3083,72 @@ print(k['AccessKeyId'], k['SecretAccessKey'])
     assert_eq!(bad["items"].as_array().unwrap().len(), 1, "the cut record, read again, is kept once");
     assert!(proxy.filter_calls.load(std::sync::atomic::Ordering::SeqCst) > 3);
 }
+
+#[test]
+fn setup_eks_check_says_what_is_off_what_it_blinds_and_prints_the_fix() {
+    let Some(moto) = kustody_testkit::moto::Moto::start() else { return };
+    let k = ("AKIDSETUPCHECK".to_owned(), "secret".to_owned());
+    moto.py(
+        &k.0,
+        &k.1,
+        "eu-west-1",
+        "eks.create_cluster(name='prod', roleArn='arn:aws:iam::123456789012:role/eks', resourcesVpcConfig={'subnetIds': ['subnet-1']})\n",
+    );
+    let check = |extra: &[&str]| {
+        kustody_testkit::run(
+            Command::new(env!("CARGO_BIN_EXE_kustody"))
+                .args(["setup", "eks", "--cluster", "prod", "--aws-region", "eu-west-1", "--aws-endpoint", &moto.url()])
+                .args(extra)
+                .env("AWS_ACCESS_KEY_ID", &k.0)
+                .env("AWS_SECRET_ACCESS_KEY", &k.1)
+                .env_remove("AWS_SESSION_TOKEN")
+                .env_remove("AWS_PROFILE"),
+        )
+    };
+    // a new cluster: every control-plane log is off
+    let r = check(&["--check"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("audit log on:               NO"), "{}", r.stdout);
+    assert!(r.stdout.contains("no secret read, exec, RBAC change"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(r#"aws eks update-cluster-config --region eu-west-1 --name prod --logging '{"clusterLogging":[{"types":["audit","authenticator"],"enabled":true}]}'"#),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(check(&[]).code, 0, "without --check it only reports");
+    // the fix applied (by the operator), and events flowing into a group kept 7 days
+    let now = chrono::Utc::now().timestamp_millis();
+    moto.py(
+        &k.0,
+        &k.1,
+        "eu-west-1",
+        &format!(
+            "eks.update_cluster_config(name='prod', logging={{'clusterLogging': [{{'types': ['audit', 'authenticator'], 'enabled': True}}]}})\n\
+             logs.create_log_group(logGroupName='/aws/eks/prod/cluster')\n\
+             logs.put_retention_policy(logGroupName='/aws/eks/prod/cluster', retentionInDays=7)\n\
+             logs.create_log_stream(logGroupName='/aws/eks/prod/cluster', logStreamName='kube-apiserver-audit-1')\n\
+             logs.put_log_events(logGroupName='/aws/eks/prod/cluster', logStreamName='kube-apiserver-audit-1', logEvents=[{{'timestamp': {now}, 'message': '{{}}'}}])\n"
+        ),
+    );
+    let r = check(&["--check", "-o", "json"]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"));
+    assert!(v["audit_enabled"].as_bool().unwrap() && v["authenticator_enabled"].as_bool().unwrap(), "{v}");
+    assert_eq!(v["newest_audit_stream"], "kube-apiserver-audit-1");
+    assert!(v["flowing"].as_bool().unwrap(), "{v}");
+    assert_eq!(v["retention_days"], 7);
+    assert_eq!(r.code, 1, "7 days of retention is a problem: {v}");
+    assert!(v["fixes"][0].as_str().unwrap().contains("aws logs put-retention-policy --region eu-west-1 --log-group-name /aws/eks/prod/cluster --retention-in-days 365"), "{v}");
+    moto.py(&k.0, &k.1, "eu-west-1", "logs.delete_retention_policy(logGroupName='/aws/eks/prod/cluster')\n");
+    let r = check(&["--check"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("In order. Read it live with: kustody serve --eks-cluster prod --aws-region eu-west-1"), "{}", r.stdout);
+    // no such cluster: an error naming the call, exit 2
+    let r = kustody_testkit::run(
+        Command::new(env!("CARGO_BIN_EXE_kustody"))
+            .args(["setup", "eks", "--cluster", "nope", "--aws-region", "eu-west-1", "--aws-endpoint", &moto.url()])
+            .env("AWS_ACCESS_KEY_ID", &k.0)
+            .env("AWS_SECRET_ACCESS_KEY", &k.1),
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("DescribeCluster") && r.stderr.contains("ResourceNotFoundException"), "{}", r.stderr);
+}
