@@ -226,20 +226,23 @@ impl Grouper {
     }
 
     /// Lets go of the open findings `keep` refuses, without emitting them: another process
-    /// continues them (a bus partition that changed hands). Returns how many.
-    pub fn forget(&mut self, keep: impl Fn(&Finding) -> bool) -> usize {
+    /// continues them (a bus partition that changed hands). Returns their seqs.
+    pub fn forget(&mut self, keep: impl Fn(&Finding) -> bool) -> Vec<u64> {
         let gone: Vec<Key> = self.open.iter().filter(|(_, f)| !keep(f)).map(|(k, _)| k.clone()).collect();
         if gone.is_empty() {
-            return 0;
+            return Vec::new();
         }
+        let mut seqs = Vec::with_capacity(gone.len());
         for k in &gone {
-            self.open.remove(k);
+            if let Some(f) = self.open.remove(k) {
+                seqs.push(f.seq);
+            }
         }
         let open = &self.open;
         // no stale entry may later close a finding reopened under the same key
         self.order.retain(|(k, _)| open.contains_key(k));
         self.stages.retain(|_, k| open.contains_key(k));
-        gone.len()
+        seqs
     }
 
     /// Emits every open finding, in the order they were opened.
@@ -331,7 +334,7 @@ mod tests {
         g.event(vec![det("Secret Read", Priority::Warning, "bob", "secrets", 1, "b")], &mut out);
         assert_eq!(g.open(), 2);
         // alice's partition went to another detector
-        assert_eq!(g.forget(|f| f.lead.context.user.as_deref() != Some("alice")), 1);
+        assert_eq!(g.forget(|f| f.lead.context.user.as_deref() != Some("alice")).len(), 1);
         assert_eq!(g.open(), 1);
         // alice comes back later (the partition returned): a new finding of the same key, which
         // the forgotten one's old place in the expiry order must not close early

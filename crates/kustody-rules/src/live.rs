@@ -204,7 +204,7 @@ impl Detector {
 
     /// Lets go of the open findings `keep` refuses without closing them (another process
     /// continues them); returns how many.
-    pub fn forget(&mut self, keep: impl Fn(&crate::findings::Finding) -> bool) -> usize {
+    pub fn forget(&mut self, keep: impl Fn(&crate::findings::Finding) -> bool) -> Vec<u64> {
         self.grouper.forget(keep)
     }
 

@@ -284,14 +284,16 @@ impl Publisher {
         origin: Origin,
         received: Instant,
     ) -> Result<Pending, String> {
-        let mut parts: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+        // a message per partition and cluster: a message names its events' cluster (a cloud
+        // source's events carry their own; the rest are this receiver's)
+        let mut parts: BTreeMap<(u32, Option<&str>), Vec<&str>> = BTreeMap::new();
         for r in rows {
             let cluster = r.cluster.as_deref().or(self.cluster.as_deref());
-            parts.entry(partition_of(cluster, r.user.as_deref(), self.partitions)).or_default().push(&r.raw);
+            parts.entry((partition_of(cluster, r.user.as_deref(), self.partitions), cluster)).or_default().push(&r.raw);
         }
         let mut acks = Vec::new();
-        for (p, texts) in parts {
-            acks.extend(self.send(&subject(p), origin_name(origin), self.cluster.as_deref(), &texts, received).await?);
+        for ((p, cluster), texts) in parts {
+            acks.extend(self.send(&subject(p), origin_name(origin), cluster, &texts, received).await?);
         }
         Ok(acks)
     }

@@ -80,7 +80,7 @@ impl EksSource {
                 return;
             }
         };
-        rt.block_on(self.main());
+        self.main(&rt);
     }
 
     fn stats<R>(&self, f: impl FnOnce(&mut SourceStats) -> R) -> R {
@@ -97,7 +97,9 @@ impl EksSource {
         rx.recv().ok()
     }
 
-    async fn main(self) {
+    /// The source's loop. The store is synchronous (PostgreSQL's client runs a runtime of its
+    /// own), so this thread enters its runtime only for the provider's calls.
+    fn main(self, rt: &tokio::runtime::Runtime) {
         let name = self.config.source_name();
         let group = match &self.config.log_group {
             Some(g) => {
@@ -120,7 +122,7 @@ impl EksSource {
             if self.stop.load(Relaxed) {
                 return;
             }
-            match aws.access_key_id().await {
+            match rt.block_on(aws.access_key_id()) {
                 Ok(k) => break k,
                 Err(e) => {
                     self.stats(|s| {
@@ -128,7 +130,7 @@ impl EksSource {
                         s.last_error = Some(e.to_string());
                     });
                     tracing::error!(source = %name, error = %e, "no AWS credentials for the EKS source");
-                    self.sleep(backoff.next(None)).await;
+                    self.sleep(backoff.next(None));
                 }
             }
         };
@@ -163,12 +165,12 @@ impl EksSource {
                         cursor = None;
                         lease_at = Some(Instant::now());
                         self.stats(|s| s.leader = false);
-                        self.sleep(LEASE_TTL / 3).await;
+                        self.sleep(LEASE_TTL / 3);
                         continue;
                     }
                     Some(Err(e)) => {
                         tracing::warn!(source = %name, error = %e, "cannot renew the source lease");
-                        self.sleep(Duration::from_secs(2)).await;
+                        self.sleep(Duration::from_secs(2));
                         continue;
                     }
                     None => return,
@@ -183,7 +185,7 @@ impl EksSource {
                         Ok(None) => None,
                         Err(e) => {
                             tracing::warn!(source = %name, error = %e, "cannot read the source's checkpoint");
-                            self.sleep(Duration::from_secs(2)).await;
+                            self.sleep(Duration::from_secs(2));
                             continue;
                         }
                     };
@@ -202,7 +204,7 @@ impl EksSource {
             };
             let req = c.next_request(now_ms());
             let started = Instant::now();
-            let (events, token) = match reader.fetch(&req).await {
+            let (events, token) = match rt.block_on(reader.fetch(&req)) {
                 Ok(page) => {
                     backoff.reset();
                     not_found_said = false;
@@ -239,7 +241,7 @@ impl EksSource {
                             backoff.next(None)
                         }
                     };
-                    self.sleep(wait).await;
+                    self.sleep(wait);
                     continue;
                 }
             };
@@ -248,14 +250,8 @@ impl EksSource {
             let remembered = c.remembered();
             let (rows, bad, salvaged) = convert(&page.new, &source_label, &self.config.label, self.max_event_bytes);
             let n = rows.len();
-            if !rows.is_empty() {
-                // the commit waits on the writer: off this runtime's thread
-                let (jobs, stop) = (self.jobs.clone(), self.stop.clone());
-                let done =
-                    tokio::task::spawn_blocking(move || crate::follow::commit(&jobs, rows, Origin::Cloud, &stop));
-                if !done.await.unwrap_or(false) {
-                    return;
-                }
+            if !rows.is_empty() && !crate::follow::commit(&self.jobs, rows, Origin::Cloud, &self.stop) {
+                return;
             }
             self.metrics.received_cloud.fetch_add(n as u64, Relaxed);
             let nbad = bad.len();
@@ -293,7 +289,7 @@ impl EksSource {
             });
             if page.pass_done == Some(PassKind::Live) {
                 let wait = self.config.poll.saturating_sub(started.elapsed());
-                self.sleep(wait).await;
+                self.sleep(wait);
             }
         }
         if epoch.is_some() {
@@ -303,14 +299,14 @@ impl EksSource {
     }
 
     /// Sleeps, waking early when the server stops.
-    async fn sleep(&self, d: Duration) {
+    fn sleep(&self, d: Duration) {
         let until = Instant::now() + d;
         while !self.stop.load(Relaxed) {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
-            tokio::time::sleep(left.min(Duration::from_millis(200))).await;
+            std::thread::sleep(left.min(Duration::from_millis(200)));
         }
     }
 }

@@ -294,10 +294,20 @@ impl DetectorThread {
             !held.contains(&crate::bus::partition_of(cluster, user, partitions))
         };
         let own = self.responder.book.options().cluster.clone();
-        let mut n = self.detector.forget(|f| !theirs(own.as_deref(), f.lead.context.user.as_deref()));
+        let mut gone = self.detector.forget(|f| !theirs(own.as_deref(), f.lead.context.user.as_deref()));
         for (cluster, d) in &mut self.others {
-            n += d.forget(|f| !theirs(Some(cluster), f.lead.context.user.as_deref()));
+            gone.extend(d.forget(|f| !theirs(Some(cluster), f.lead.context.user.as_deref())));
         }
+        // no longer ours: when these partitions come back, their findings are taken over from
+        // the store like anyone else's (an id kept here would hide them from that forever)
+        for seq in &gone {
+            st.ids.remove(seq);
+            st.base.remove(seq);
+            st.acting.remove(seq);
+            st.behind.remove(seq);
+            st.clusters.remove(seq);
+        }
+        let mut n = gone.len();
         let before = st.adopt.len();
         st.adopt.retain(|_, f| !theirs(f.cluster.as_deref(), f.user.as_deref()));
         n += before - st.adopt.len();

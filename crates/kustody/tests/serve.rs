@@ -2728,7 +2728,25 @@ fn serve_scales_out_over_nats_jetstream_and_postgresql() {
         if open == 0 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "{open} findings left open");
+        if t0.elapsed() >= Duration::from_secs(30) {
+            let rows = db
+                .query("SELECT id, rule, username, cluster, last_ns FROM findings WHERE open ORDER BY id LIMIT 10", &[])
+                .unwrap();
+            let rows: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {:?} {:?} {:?}",
+                        r.get::<_, i64>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, Option<String>>(2),
+                        r.get::<_, Option<String>>(3),
+                        r.get::<_, Option<i64>>(4)
+                    )
+                })
+                .collect();
+            panic!("{open} findings left open: {rows:#?}");
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
     // the survivor holds every partition, and says so
@@ -3141,7 +3159,11 @@ fn setup_eks_check_says_what_is_off_what_it_blinds_and_prints_the_fix() {
     moto.py(&k.0, &k.1, "eu-west-1", "logs.delete_retention_policy(logGroupName='/aws/eks/prod/cluster')\n");
     let r = check(&["--check"]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("In order. Read it live with: kustody serve --eks-cluster prod --aws-region eu-west-1"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("In order. Read it live with: kustody serve --eks-cluster prod --aws-region eu-west-1"),
+        "{}",
+        r.stdout
+    );
     // no such cluster: an error naming the call, exit 2
     let r = kustody_testkit::run(
         Command::new(env!("CARGO_BIN_EXE_kustody"))
@@ -3151,4 +3173,110 @@ fn setup_eks_check_says_what_is_off_what_it_blinds_and_prints_the_fix() {
     );
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("DescribeCluster") && r.stderr.contains("ResourceNotFoundException"), "{}", r.stderr);
+}
+
+#[test]
+fn two_replicas_on_a_shared_store_never_read_the_same_eks_log_and_one_takes_over_from_a_dead_one() {
+    let Some(moto) = kustody_testkit::moto::Moto::start() else { return };
+    let Some(nats) = kustody_testkit::nats::Nats::start() else { return };
+    let Some(pg) = kustody_testkit::postgres::Postgres::start() else { return };
+    pg.create_db("kustody");
+    let k = ("AKIDREPLICAS".to_owned(), "secret".to_owned());
+    moto.py(
+        &k.0,
+        &k.1,
+        "eu-west-1",
+        "logs.create_log_group(logGroupName='/aws/eks/prod/cluster')\nlogs.create_log_stream(logGroupName='/aws/eks/prod/cluster', logStreamName='kube-apiserver-audit-1')\n",
+    );
+    let now = chrono::Utc::now().timestamp_millis();
+    let first: Vec<(i64, String)> = (0..30)
+        .map(|i| {
+            (now - 30_000 + i * 100, eks_event(&format!("p{i}"), "alice", "get", "pods", None, now - 30_000 + i * 100))
+        })
+        .collect();
+    put_events(&moto, &k, "kube-apiserver-audit-1", &first);
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = tmp.path().join("pg.password");
+    std::fs::write(&pw, format!("{}\n", pg.password())).unwrap();
+    let bus_token = tmp.path().join("bus.token");
+    std::fs::write(&bus_token, nats.token()).unwrap();
+    let creds = tmp.path().join("credentials");
+    std::fs::write(&creds, format!("[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n", k.0, k.1))
+        .unwrap();
+    let store = format!("postgres://kustody@127.0.0.1:{}/kustody?sslmode=disable", pg.port());
+    let (bus, murl) = (nats.url(), moto.url());
+    let replica = |name: &str| {
+        std::fs::create_dir_all(tmp.path().join(name)).unwrap();
+        start_with_env(
+            &tmp.path().join(name).join("data"),
+            &[
+                "--role",
+                "all",
+                "--bus",
+                &bus,
+                "--bus-token-file",
+                bus_token.to_str().unwrap(),
+                "--bus-partitions",
+                "4",
+                "--bus-lease",
+                "3s",
+                "--bus-max-bytes",
+                "256M",
+                "--store",
+                &store,
+                "--store-password-file",
+                pw.to_str().unwrap(),
+                "--eks-cluster",
+                "prod",
+                "--aws-region",
+                "eu-west-1",
+                "--aws-endpoint",
+                &murl,
+                "--eks-poll",
+                "1s",
+                "--eks-since",
+                "10m",
+                "--eks-lateness",
+                "5s",
+            ],
+            &[("AWS_SHARED_CREDENTIALS_FILE", &creds)],
+        )
+    };
+    let a = replica("a");
+    let b = replica("b");
+    let leader_of =
+        |s: &Server| metric(s, "kustody_source_leader{source=\"eks:eu-west-1:prod\"}").map(|l| l.ends_with(" 1"));
+    let t0 = Instant::now();
+    let (lead, other) = loop {
+        match (leader_of(&a), leader_of(&b)) {
+            (Some(true), Some(false)) => break (a, b),
+            (Some(false), Some(true)) => break (b, a),
+            (x, y) => {
+                assert!(x != Some(true) || y != Some(true), "both read the log");
+                assert!(t0.elapsed() < Duration::from_secs(30), "no single reader: {x:?} {y:?}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    let got = wait_events(&other, "cluster=prod", 30, 60);
+    assert_eq!(got.len(), 30);
+    let n_of = |s: &Server| {
+        metric(s, "kustody_source_events_total{source=\"eks:eu-west-1:prod\"}")
+            .and_then(|l| l.rsplit_once(' ').map(|(_, v)| v.parse::<u64>().unwrap()))
+            .unwrap_or(0)
+    };
+    assert_eq!(n_of(&other), 0, "the replica without the lease read nothing");
+    assert_eq!(n_of(&lead), 30);
+    // the reader dies (kill -9: its lease is not released); the other takes over after the
+    // lease's 30 s and resumes at the stored checkpoint
+    let mut lead = lead;
+    lead.child.kill().unwrap();
+    lead.child.wait().unwrap();
+    drop(lead);
+    let t = chrono::Utc::now().timestamp_millis();
+    put_events(&moto, &k, "kube-apiserver-audit-1", &[(t, eks_event("after-1", "alice", "get", "pods", None, t))]);
+    wait_events(&other, "audit_id=after-1", 1, 90);
+    assert_eq!(leader_of(&other), Some(true));
+    let all = events_of(&other, "cluster=prod");
+    assert_eq!(all.len(), 31, "each event once");
 }
