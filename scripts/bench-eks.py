@@ -12,7 +12,7 @@ stored them all (events/s, from the first to the last stored), then puts one exe
 time and measures until its finding is in the store (p50, p90, max). moto answers slower than
 CloudWatch and holds everything in one Python process: the rate is a floor for kustody's side.
 """
-import argparse, json, os, shutil, socket, ssl, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, random, shutil, socket, ssl, subprocess, sys, tempfile, time, urllib.request
 
 import boto3
 
@@ -112,7 +112,7 @@ def main():
             while "bench-%d" % i not in get("/v1/findings?user=system:serviceaccount:shop:bench%d" % p):
                 time.sleep(0.02)
             delays.append(time.time() - put)
-            time.sleep(0.7)
+            time.sleep(random.uniform(0.1, 5.0))  # probes at random phases of the poll
         delays.sort()
         q = lambda f: delays[min(len(delays) - 1, int(f * len(delays)))]
         print("event in CloudWatch -> finding stored (poll %s, %d probes): p50 %.2f s, p90 %.2f s, max %.2f s" % (a.poll, len(delays), q(0.5), q(0.9), delays[-1]))

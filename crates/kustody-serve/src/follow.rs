@@ -128,12 +128,16 @@ impl Follower {
             let lines = std::mem::replace(&mut carry, rest);
             let consumed = lines.len() as u64;
             let newlines = lines.iter().filter(|b| **b == b'\n').count() as u64;
-            let parsed = payload::parse(key, lines, self.max_event_bytes);
+            let parsed = payload::parse(key, lines.clone(), self.max_event_bytes);
             self.metrics.received_file.fetch_add(parsed.rows.len() as u64, Relaxed);
             self.metrics.rejected_events.fetch_add(parsed.rejected.len() as u64, Relaxed);
             for r in parsed.rejected.iter().take(3) {
                 tracing::warn!(file = key, line = (o.line + r.line).saturating_sub(1), reason = %r.reason, "bad audit record");
             }
+            // kept with the offset, in the writer's order after the events: a crash between
+            // reads the lines again, and a bad record is kept once
+            let bad =
+                payload::bad_lines(&format!("file:{key}"), &lines, &parsed.rejected, o.line, crate::writer::now_ns());
             if !parsed.rows.is_empty() && !commit(&self.jobs, parsed.rows, Origin::File, &self.stop) {
                 return;
             }
@@ -141,6 +145,10 @@ impl Follower {
             o.line += newlines;
             let off = FileOffset { path: key.to_owned(), dev: o.dev, ino: o.ino, offset: o.offset, line: o.line };
             let task: crate::writer::StoreTask = Box::new(move |s: &mut dyn Store| {
+                if let Err(e) = if bad.is_empty() { Ok(0) } else { s.append_bad_records(&bad) } {
+                    tracing::warn!(error = %e, file = off.path, "cannot keep the bad records; the offset stays");
+                    return;
+                }
                 if let Err(e) = s.set_file_offset(&off) {
                     tracing::warn!(error = %e, file = off.path, "cannot store the read offset");
                 }

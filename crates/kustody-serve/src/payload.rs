@@ -83,3 +83,26 @@ pub fn owned(r: EventRow<'_>) -> EventRow<'static> {
         cluster: r.cluster,
     }
 }
+
+/// The records of a line-based payload (a followed log) that were rejected, as bad records to
+/// keep: each one's line of `body`, located as `line N`, counting from `first_line`.
+pub fn bad_lines(
+    source: &str,
+    body: &[u8],
+    rejected: &[Rejected],
+    first_line: u64,
+    received_ns: i64,
+) -> Vec<kustody_store::BadRecord> {
+    rejected
+        .iter()
+        .map(|r| {
+            let start = usize::try_from(r.offset).unwrap_or(usize::MAX).min(body.len());
+            let rest = body.get(start..).unwrap_or_default();
+            let line = rest.split(|b| *b == b'\n').next().unwrap_or_default();
+            let n = (first_line + r.line).saturating_sub(1);
+            let mut b = kustody_store::BadRecord::new(received_ns, source, format!("line {n}"), r.reason.clone(), line);
+            b.audit_id = kustody_ingest::salvage::audit_id(&String::from_utf8_lossy(line.get(..4096).unwrap_or(line)));
+            b
+        })
+        .collect()
+}

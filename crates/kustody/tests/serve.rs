@@ -689,7 +689,9 @@ fn a_followed_log_fills_the_webhooks_gaps_resumes_after_restart_and_follows_rota
         .iter()
         .map(|i| audit_line(&format!("id-{i}"), "alice", "list", "configmaps", None))
         .collect();
-    std::fs::write(&log, format!("{}\n{}\n{}\n", ev[0], ev[1], ev[2])).unwrap();
+    // the fourth line is cut short: kept as a bad record, never silently skipped
+    let cut = &ev[3][..120];
+    std::fs::write(&log, format!("{}\n{}\n{}\n{cut}\n", ev[0], ev[1], ev[2])).unwrap();
     let args = ["--follow", log.to_str().unwrap(), "--webhook-gap-grace", "0"];
     let srv = start(&data, &args);
     // the webhook delivered a and b; c reached only the file: a gap
@@ -707,6 +709,12 @@ fn a_followed_log_fills_the_webhooks_gaps_resumes_after_restart_and_follows_rota
         std::thread::sleep(Duration::from_millis(100));
     }
     wait_metric(&srv, "kustody_webhook_gap_events 1");
+    let bad = srv.request("GET", "/v1/bad-records", Some(ADMIN), b"").json();
+    let rec = &bad["items"][0];
+    assert_eq!(rec["source"], format!("file:{}", log.display()), "{bad}");
+    assert_eq!(rec["locator"], "line 4");
+    assert_eq!(rec["auditID"], "id-d");
+    assert_eq!(rec["raw"], cut);
     // the console's status page says so first
     let cookie = session_cookie(&srv.client.browser("POST", "/login", None, &format!("token={READ}")));
     let r = srv.client.browser("GET", "/status", Some(&cookie), "");
@@ -733,6 +741,7 @@ fn a_followed_log_fills_the_webhooks_gaps_resumes_after_restart_and_follows_rota
         all["items"].as_array().unwrap().iter().map(|e| e["event"]["auditID"].as_str().unwrap()).collect();
     ids.sort_unstable();
     assert_eq!(ids, vec!["id-a", "id-b", "id-c", "id-d", "id-e", "id-f"], "each event stored once");
+    assert_eq!(srv.get("/v1/bad-records").json()["items"].as_array().unwrap().len(), 1, "kept once across the restart");
     assert!(srv.stop().success());
 }
 
