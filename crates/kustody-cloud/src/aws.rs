@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use kustody_cluster::eks::AwsCredentials;
-use secrecy::ExposeSecret;
 
 use crate::http::{Client, HttpError};
 
@@ -344,27 +343,9 @@ pub fn sign(
     body: &[u8],
     now: SystemTime,
 ) -> Result<http::Request<Vec<u8>>, String> {
-    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    let identity = aws_credential_types::Credentials::new(
-        creds.access_key_id.clone(),
-        creds.secret_access_key.expose_secret().to_owned(),
-        creds.session_token.as_ref().map(|t| t.expose_secret().to_owned()),
-        None,
-        "kustody",
-    )
-    .into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(now)
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| format!("signing parameters: {e}"))?
-        .into();
-    let signable = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(body))
-        .map_err(|e| format!("signable request: {e}"))?;
-    let instructions = sign(signable, &params).map_err(|e| e.to_string())?.into_parts().0;
+    let settings = aws_sigv4::http_request::SigningSettings::default();
+    let instructions = kustody_cluster::eks::sigv4(creds, service, region, method, url, headers, body, now, settings)
+        .map_err(|e| e.to_string())?;
     let mut b = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);

@@ -66,6 +66,25 @@ pub(crate) fn sign_sts(
     now: SystemTime,
     settings: aws_sigv4::http_request::SigningSettings,
 ) -> Result<aws_sigv4::http_request::SigningInstructions, CredentialError> {
+    // botocore hashes the (empty) payload, also when presigning; only S3 uses UNSIGNED-PAYLOAD
+    sigv4(creds, "sts", region, method, url, headers, &[], now, settings)
+}
+
+/// SigV4-signs a request to `service` in `region` with the AWS SDK's own signer: the payload
+/// hashed, a session token included in the signature. `headers` are signed along; the answer
+/// says what to add to the request (headers, or query parameters when presigning).
+#[allow(clippy::too_many_arguments)]
+pub fn sigv4(
+    creds: &AwsCredentials,
+    service: &str,
+    region: &str,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    now: SystemTime,
+    settings: aws_sigv4::http_request::SigningSettings,
+) -> Result<aws_sigv4::http_request::SigningInstructions, CredentialError> {
     use aws_sigv4::http_request::{sign, SessionTokenMode, SignableBody, SignableRequest};
     let identity = aws_credential_types::Credentials::new(
         creds.access_key_id.clone(),
@@ -80,14 +99,13 @@ pub(crate) fn sign_sts(
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
-        .name("sts")
+        .name(service)
         .time(now)
         .settings(settings)
         .build()
         .map_err(|e| CredentialError::Signing(format!("signing parameters: {e}")))?
         .into();
-    // botocore hashes the (empty) payload, also when presigning; only S3 uses UNSIGNED-PAYLOAD
-    let signable = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(&[]))
+    let signable = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(body))
         .map_err(|e| CredentialError::Signing(format!("signable request: {e}")))?;
     Ok(sign(signable, &params).map_err(|e| CredentialError::Signing(e.to_string()))?.into_parts().0)
 }

@@ -24,6 +24,19 @@ pub fn shared(probe: &str) -> Option<PathBuf> {
     None
 }
 
+/// `found`, or `None` after a skip notice naming what is missing and how to get it.
+///
+/// # Panics
+///
+/// When it is missing and `CI=true`: the test script installs every tool the tests use.
+pub fn installed<T>(found: Option<T>, what: &str, how: &str) -> Option<T> {
+    if found.is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {what} is not installed ({how})");
+        eprintln!("SKIP: {what} is not installed ({how})");
+    }
+    found
+}
+
 /// A file of this repository, as text (deploy manifests, fixtures).
 ///
 /// # Panics

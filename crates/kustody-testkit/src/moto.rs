@@ -42,14 +42,7 @@ impl Moto {
     /// When it is not installed and `CI=true` (the test script installs it), or it fails to
     /// start.
     pub fn start() -> Option<Moto> {
-        let Some(python) = python() else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but moto is not installed (scripts/test installs it in target/moto)"
-            );
-            eprintln!("SKIP: moto is not installed (scripts/test installs it in target/moto)");
-            return None;
-        };
+        let python = crate::installed(python(), "moto", "scripts/test installs it in target/moto")?;
         let port = crate::free_port();
         let log = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("moto log: {e}"));
         let out = log.reopen().unwrap_or_else(|e| panic!("moto log: {e}"));

@@ -49,14 +49,7 @@ impl Nats {
     /// When none is installed and `CI=true` (the test script installs one), or it fails to
     /// start.
     pub fn start() -> Option<Nats> {
-        let Some(bin) = binary() else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but no nats-server 2.10 or newer is installed (scripts/test installs one in target/nats)"
-            );
-            eprintln!("SKIP: no nats-server 2.10 or newer (scripts/test installs one in target/nats)");
-            return None;
-        };
+        let bin = crate::installed(binary(), "nats-server 2.10 or newer", "scripts/test installs one in target/nats")?;
         let dir = tempfile::Builder::new()
             .prefix("kustody-nats-")
             .tempdir()

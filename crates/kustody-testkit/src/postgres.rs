@@ -48,14 +48,7 @@ impl Postgres {
     /// When it is not installed and `CI=true` (the test script installs it), or it fails to
     /// start.
     pub fn start() -> Option<Postgres> {
-        let Some(bin) = bindir() else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but PostgreSQL is not installed (scripts/test installs it)"
-            );
-            eprintln!("SKIP: PostgreSQL is not installed (apt-get install postgresql; scripts/test does it)");
-            return None;
-        };
+        let bin = crate::installed(bindir(), "PostgreSQL", "apt-get install postgresql; scripts/test does it")?;
         let dir = tempfile::Builder::new()
             .prefix("kustody-pg-")
             .tempdir()

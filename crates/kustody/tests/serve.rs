@@ -2871,6 +2871,27 @@ impl FaultProxy {
     }
 }
 
+/// `kustody serve` flags reading the EKS cluster `prod` in eu-west-1 from `endpoint`, with
+/// short poll and lateness settings, after `before`.
+fn eks_args<'a>(endpoint: &'a str, before: &[&'a str]) -> Vec<&'a str> {
+    let mut a = before.to_vec();
+    a.extend([
+        "--eks-cluster",
+        "prod",
+        "--aws-region",
+        "eu-west-1",
+        "--aws-endpoint",
+        endpoint,
+        "--eks-poll",
+        "1s",
+        "--eks-since",
+        "10m",
+        "--eks-lateness",
+        "10s",
+    ]);
+    a
+}
+
 /// An audit event at `ms` (both timestamps), as EKS writes it to CloudWatch.
 fn eks_event(id: &str, user: &str, verb: &str, resource: &str, sub: Option<&str>, ms: i64) -> String {
     let t = chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -2986,26 +3007,8 @@ print(k['AccessKeyId'], k['SecretAccessKey'])
     std::fs::write(&creds, format!("[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n", key1.0, key1.1))
         .unwrap();
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
-    let serve = |data: &Path| {
-        start_with_env(
-            data,
-            &[
-                "--eks-cluster",
-                "prod",
-                "--aws-region",
-                "eu-west-1",
-                "--aws-endpoint",
-                &endpoint,
-                "--eks-poll",
-                "1s",
-                "--eks-since",
-                "10m",
-                "--eks-lateness",
-                "5s",
-            ],
-            &[("AWS_SHARED_CREDENTIALS_FILE", &creds)],
-        )
-    };
+    let serve =
+        |data: &Path| start_with_env(data, &eks_args(&endpoint, &[]), &[("AWS_SHARED_CREDENTIALS_FILE", &creds)]);
     let srv = serve(&data);
     let got = wait_events(&srv, "cluster=prod", 13, 60);
     assert_eq!(got.len(), 13, "10 + exec + 300 KB + the salvaged cut event; the authenticator line is not an event");
@@ -3082,7 +3085,7 @@ print(k['AccessKeyId'], k['SecretAccessKey'])
         &moto,
         &key2,
         "kube-apiserver-audit-aaa",
-        &[(t2 - 2_000, eks_event("late-1", "alice", "list", "pods", None, t2 - 2_000))],
+        &[(t2 - 1_000, eks_event("late-1", "alice", "list", "pods", None, t2 - 1_000))],
     );
     let srv = serve(&data);
     let all = wait_events(&srv, "cluster=prod", 18, 60);
@@ -3090,14 +3093,14 @@ print(k['AccessKeyId'], k['SecretAccessKey'])
     let t4 = chrono::Utc::now().timestamp_millis();
     put_events(&moto, &key2, "kube-apiserver-audit-aaa", &[(t4, eks_event("n-1", "alice", "list", "pods", None, t4))]);
     wait_events(&srv, "audit_id=n-1", 1, 30);
-    std::thread::sleep(Duration::from_secs(2));
+    // a millisecond before the newest read, arriving now (within --eks-lateness of its time)
     put_events(
         &moto,
         &key2,
         "kube-apiserver-audit-bbb",
-        &[(t4 - 1_000, eks_event("late-2", "alice", "list", "pods", None, t4 - 1_000))],
+        &[(t4 - 1, eks_event("late-2", "alice", "list", "pods", None, t4 - 1))],
     );
-    wait_events(&srv, "audit_id=late-2", 1, 30);
+    wait_events(&srv, "audit_id=late-2", 1, 60);
     let all2 = events_of(&srv, "cluster=prod");
     let mut ids: Vec<String> = all2.iter().map(|e| e["event"]["auditID"].as_str().unwrap().to_owned()).collect();
     ids.sort();
@@ -3216,38 +3219,27 @@ fn two_replicas_on_a_shared_store_never_read_the_same_eks_log_and_one_takes_over
     let (bus, murl) = (nats.url(), moto.url());
     let replica = |name: &str| {
         std::fs::create_dir_all(tmp.path().join(name)).unwrap();
+        let shared = [
+            "--role",
+            "all",
+            "--bus",
+            &bus,
+            "--bus-token-file",
+            bus_token.to_str().unwrap(),
+            "--bus-partitions",
+            "4",
+            "--bus-lease",
+            "3s",
+            "--bus-max-bytes",
+            "256M",
+            "--store",
+            &store,
+            "--store-password-file",
+            pw.to_str().unwrap(),
+        ];
         start_with_env(
             &tmp.path().join(name).join("data"),
-            &[
-                "--role",
-                "all",
-                "--bus",
-                &bus,
-                "--bus-token-file",
-                bus_token.to_str().unwrap(),
-                "--bus-partitions",
-                "4",
-                "--bus-lease",
-                "3s",
-                "--bus-max-bytes",
-                "256M",
-                "--store",
-                &store,
-                "--store-password-file",
-                pw.to_str().unwrap(),
-                "--eks-cluster",
-                "prod",
-                "--aws-region",
-                "eu-west-1",
-                "--aws-endpoint",
-                &murl,
-                "--eks-poll",
-                "1s",
-                "--eks-since",
-                "10m",
-                "--eks-lateness",
-                "5s",
-            ],
+            &eks_args(&murl, &shared),
             &[("AWS_SHARED_CREDENTIALS_FILE", &creds)],
         )
     };
