@@ -566,3 +566,38 @@ fn the_single_layout_runs_kustody_non_root_on_a_read_only_root_with_its_store_on
     assert!(!log.is_empty());
     assert!(!log.contains(INGEST) && !log.contains(READ));
 }
+
+/// The chart's `extra` values take `kustody serve` flags by name (values.schema.json lists them,
+/// so a misspelt one fails the render): the lists are exactly the flags `kustody serve` has.
+#[test]
+fn the_charts_extra_flags_are_exactly_kustody_serves() {
+    let help = Command::new(env!("CARGO_BIN_EXE_kustody")).args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut flags: Vec<String> = help
+        .lines()
+        .filter_map(|l| {
+            let indent = l.len() - l.trim_start().len();
+            let t = l.trim_start();
+            // `-v, --v`: the long name after the short one
+            let t = if t.get(2..4) == Some(", ") && !t.starts_with("--") { &t[4..] } else { t };
+            let name = t.strip_prefix("--")?.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).next()?;
+            (indent <= 6 && !name.is_empty()).then(|| name.to_owned())
+        })
+        .filter(|f| !["config", "help", "v"].contains(&f.as_str()))
+        .collect();
+    flags.sort();
+    flags.dedup();
+    assert!(flags.len() > 40 && flags.contains(&"eks-cluster".to_owned()), "{flags:?}");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/helm/kustody/values.schema.json")).unwrap())
+            .unwrap();
+    for part in ["serve", "receiver", "detector"] {
+        let listed: Vec<String> = schema["properties"][part]["properties"]["extra"]["propertyNames"]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{part}.extra lists no flags"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(listed, flags, "values.schema.json {part}.extra vs `kustody serve --help`");
+    }
+}
