@@ -37,6 +37,23 @@ pub fn installed<T>(found: Option<T>, what: &str, how: &str) -> Option<T> {
     found
 }
 
+/// Runs the shell command `cleanup` once this test process has ended, however it ends (a
+/// `static` server is never dropped; a panicking test may not drop its own): the servers a
+/// test starts never outlive it. `what` names them in the warning when no watchdog can start.
+pub fn after_this_process(cleanup: &str, what: &str) {
+    let script = format!("while kill -0 {} 2>/dev/null; do sleep 1; done; {cleanup}", std::process::id());
+    let spawned = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!("warning: no watchdog for {what}: {e}");
+    }
+}
+
 /// A file of this repository, as text (deploy manifests, fixtures).
 ///
 /// # Panics

@@ -65,18 +65,7 @@ impl Moto {
     }
 
     fn watch(&self) {
-        let script = format!(
-            "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -9 {} 2>/dev/null",
-            std::process::id(),
-            self.child.id()
-        );
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        crate::after_this_process(&format!("kill -9 {} 2>/dev/null", self.child.id()), "the moto server");
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -102,21 +102,11 @@ impl Nats {
     /// Stops the server when this process ends, however it ends (see
     /// [`crate::postgres::Postgres`]).
     fn watch(&self) {
-        let script = format!(
-            "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -9 $(cat '{dir}/pid') 2>/dev/null; rm -rf '{dir}'",
-            std::process::id(),
-            dir = self.dir.path().display()
+        let dir = self.dir.path().display();
+        crate::after_this_process(
+            &format!("kill -9 $(cat '{dir}/pid') 2>/dev/null; rm -rf '{dir}'"),
+            &format!("the NATS server in {dir}"),
         );
-        let spawned = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        if let Err(e) = spawned {
-            eprintln!("warning: no watchdog for the NATS server in {}: {e}", self.dir.path().display());
-        }
     }
 
     /// Kills the server (SIGKILL: what JetStream acknowledged must survive) and waits for it.

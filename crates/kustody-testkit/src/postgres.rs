@@ -92,21 +92,11 @@ impl Postgres {
         } else {
             format!("'{}' -D '{}' -m immediate stop", ctl.display(), data.display())
         };
-        let script = format!(
-            "while kill -0 {} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf '{}'",
-            std::process::id(),
-            self.dir.path().display()
+        let dir = self.dir.path().display();
+        crate::after_this_process(
+            &format!("{stop} >/dev/null 2>&1; rm -rf '{dir}'"),
+            &format!("the PostgreSQL server in {dir}"),
         );
-        let spawned = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-        if let Err(e) = spawned {
-            eprintln!("warning: no watchdog for the PostgreSQL server in {}: {e}", self.dir.path().display());
-        }
     }
 
     fn cmd(&self, tool: &str) -> Command {
