@@ -128,6 +128,8 @@ impl Follower {
             let lines = std::mem::replace(&mut carry, rest);
             let consumed = lines.len() as u64;
             let newlines = lines.iter().filter(|b| **b == b'\n').count() as u64;
+            // shared with the parser, not copied: the bad lines are cut from it below
+            let lines = hyper::body::Bytes::from(lines);
             let parsed = payload::parse(key, lines.clone(), self.max_event_bytes);
             self.metrics.received_file.fetch_add(parsed.rows.len() as u64, Relaxed);
             self.metrics.rejected_events.fetch_add(parsed.rejected.len() as u64, Relaxed);

@@ -28,10 +28,11 @@ pub struct Parsed {
 }
 
 /// Reads every event of `body`; a bad event is rejected with its reason and the others kept.
-pub fn parse(name: &str, body: Vec<u8>, max_event_bytes: usize) -> Parsed {
+/// `body` may be shared (`Bytes`): a caller that still needs it keeps it without a copy.
+pub fn parse<B: AsRef<[u8]> + Send + 'static>(name: &str, body: B, max_event_bytes: usize) -> Parsed {
     let opts = ReadOptions {
         max_record_bytes: max_event_bytes,
-        max_document_bytes: body.len().max(1),
+        max_document_bytes: body.as_ref().len().max(1),
         ..ReadOptions::default()
     };
     let mut out = Parsed::default();
